@@ -1,0 +1,87 @@
+"""The official Wan2.2 modules (PyPI package ``wan22``), importable on a CPU.
+
+``wan/__init__.py`` imports every pipeline (and through them torchvision, cv2, flash-attn), so the
+packages ``wan`` and ``wan.modules`` are registered here as bare namespaces and only the modules a
+test asks for are executed. Two shims make them run without a GPU:
+
+- ``torch.cuda.current_device`` is called by ``wan.modules.t5`` at import time; it answers 0.
+- ``flash_attention`` needs CUDA; it is replaced by scaled-dot-product attention that honours
+  ``q_lens``/``k_lens`` exactly as the varlen flash kernel does (keys past ``k_lens`` are ignored,
+  query rows past ``q_lens`` are zero), in the inputs' own precision.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def _wan_root() -> Path:
+    spec = importlib.util.find_spec("wan")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the reference package is missing: pip install --no-deps wan22==2.2.11")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _register_namespaces() -> None:
+    if isinstance(sys.modules.get("wan"), types.ModuleType) and getattr(
+        sys.modules["wan"], "_wan_runtime_shim", False
+    ):
+        return
+    root = _wan_root()
+    for name, path in (("wan", root), ("wan.modules", root / "modules")):
+        module = types.ModuleType(name)
+        module.__path__ = [str(path)]
+        module._wan_runtime_shim = True
+        sys.modules[name] = module
+
+
+def sdpa_flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_lens: torch.Tensor | None = None,
+    k_lens: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    q_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    deterministic: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
+    version: int | None = None,
+) -> torch.Tensor:
+    """``wan.modules.attention.flash_attention`` on [B, L, N, D] tensors, without CUDA."""
+    assert not causal and window_size == (-1, -1) and dropout_p == 0.0
+    b, lq, lk = q.size(0), q.size(1), k.size(1)
+    if q_scale is not None:
+        q = q * q_scale
+    keep = torch.ones(b, 1, lq, lk, dtype=torch.bool, device=q.device)
+    if k_lens is not None:
+        keep &= (torch.arange(lk, device=q.device)[None, :] < k_lens.to(q.device)[:, None])[
+            :, None, None, :
+        ]
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=keep, scale=softmax_scale
+    ).transpose(1, 2)
+    if q_lens is not None:
+        rows = torch.arange(lq, device=q.device)[None, :] < q_lens.to(q.device)[:, None]
+        out = out * rows[:, :, None, None]
+    return out.type(q.dtype)
+
+
+def official_module(name: str) -> types.ModuleType:
+    """Import ``wan.modules.<name>`` (e.g. ``"model"``) with the CPU shims applied."""
+    _register_namespaces()
+    if not torch.cuda.is_available():
+        torch.cuda.current_device = lambda: 0
+    module = importlib.import_module(f"wan.modules.{name}")
+    if hasattr(module, "flash_attention") and not torch.cuda.is_available():
+        module.flash_attention = sdpa_flash_attention
+    return module

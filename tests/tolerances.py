@@ -1,0 +1,11 @@
+"""Numerical tolerances of the test suite, stated once: relative L2 error ``|a-b|/|b|``."""
+
+# Our float32 model against the official one on the CPU: only summation order may differ.
+DIT_FP32_VS_OFFICIAL = 1e-5
+# A bfloat16 model against its own float32 weights: rounding of the matrix products alone.
+DIT_BF16_VS_FP32 = 3e-2
+
+
+def rel_l2(actual, expected) -> float:
+    """Relative L2 error of ``actual`` against ``expected``."""
+    return float((actual.double() - expected.double()).norm() / expected.double().norm())

@@ -1,0 +1,13 @@
+"""The runtime's exceptions: every message names the problem and the fix, for a user to read."""
+
+
+class WanError(Exception):
+    """Base of every error the runtime raises on purpose."""
+
+
+class CheckpointError(WanError):
+    """A checkpoint file or folder is missing, unreadable, or does not match what it must hold."""
+
+
+class InputError(WanError):
+    """An argument or tensor given to the runtime is not valid."""

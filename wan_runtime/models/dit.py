@@ -1,0 +1,218 @@
+"""The Wan2.2 diffusion transformer (DiT) of the i2v-A14B experts and ti2v-5B.
+
+A forward is three stages with tensor inputs and outputs, so a step cache can sit between the
+first block and the rest, and each stage can be captured as a CUDA graph:
+
+    prepare   patch, text and time embeddings, RoPE tables
+    blocks    ``run_blocks(tokens, cond, start, stop)``
+    finish    head and unpatchify
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wan_runtime.errors import InputError
+from wan_runtime.models.dit_blocks import AffineLayerNorm, DiTBlock, Head, RMSNorm
+from wan_runtime.models.dit_config import DiTConfig, config_from_checkpoint, read_config_json
+from wan_runtime.models.rope import rope_tables
+from wan_runtime.models.safetensors_checkpoint import (
+    check_keys,
+    checkpoint_files,
+    load_parameters,
+    read_entries,
+)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """[N] timesteps -> [N, dim] ``[cos, sin]`` features in float64, frequencies ``10000^(-i/half)``."""
+    half = dim // 2
+    freqs = torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=t.device).div(half))
+    angles = torch.outer(t.to(torch.float64), freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class Conditioning(NamedTuple):
+    """Everything a block needs besides the tokens; built once per forward by ``prepare``."""
+
+    time: torch.Tensor  # [K, 6, dim] float32 block modulation, one row per timestep value
+    time_embed: torch.Tensor  # [K, dim] float32, for the head
+    time_index: torch.Tensor | None  # [B, L] row of each token, or None: row b is sample b
+    context: torch.Tensor  # [B, text_len, dim]
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [L, 1, head_dim/2]
+    grid: tuple[int, int, int]  # tokens along frames, rows, columns
+
+
+class WanModel(nn.Module):
+    """Wan DiT with the official parameter names; see ``from_pretrained``."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.patch_embedding = nn.Conv3d(c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), nn.Linear(c.dim, c.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, c.dim * 6))
+        self.blocks = nn.ModuleList(
+            DiTBlock(c.dim, c.ffn_dim, c.num_heads, c.qk_norm, c.cross_attn_norm, c.eps)
+            for _ in range(c.num_layers)
+        )
+        self.head = Head(c.dim, c.out_dim, c.patch_size, c.eps)
+        self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> WanModel:
+        """Load an official DiT folder (``config.json`` + single or sharded safetensors).
+
+        ``dtype`` is the compute dtype of the matrix weights (default float32); norm, modulation,
+        time-embedding and head weights stay float32 as in the official autocast flow. Weights are
+        read one tensor at a time into a model built on the meta device.
+        """
+        folder = Path(path)
+        raw = read_config_json(folder / "config.json")
+        files = checkpoint_files(folder)
+        entries = read_entries(files)
+        config = config_from_checkpoint(raw, {k: e.shape for k, e in entries.items()}, folder)
+        with torch.device("meta"):
+            model = cls(config)
+        model.set_compute_dtype(dtype or torch.float32)
+        check_keys(model, entries, folder)
+        load_parameters(model, entries, device or "cpu")
+        return model.eval().requires_grad_(False)
+
+    def float32_parameters(self) -> list[nn.Parameter]:
+        """Parameters the official model applies in float32 whatever the compute dtype."""
+        norms = (m for m in self.modules() if isinstance(m, (RMSNorm, AffineLayerNorm)))
+        kept = [p for m in norms for p in m.parameters()]
+        kept += [*self.time_embedding.parameters(), *self.time_projection.parameters()]
+        kept += [*self.head.parameters()]
+        kept += [block.modulation for block in self.blocks]
+        return kept
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> WanModel:
+        """Cast matrix weights to ``dtype`` and keep ``float32_parameters`` in float32."""
+        self.to(dtype)
+        for param in self.float32_parameters():
+            param.data = param.data.float()
+        return self
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow for latents ``x`` [B, C_in, F, H, W] at timesteps ``t``.
+
+        ``t`` is [B] or [B, L] (one per token, L = number of patches); ``context`` is
+        [B, L_text, text_dim] with L_text <= text_len; ``y`` [B, C_y, F, H, W] is the i2v
+        conditioning, concatenated on channels. Returns [B, out_dim, F, H, W] float32.
+        """
+        tokens, cond = self.prepare(x, t, context, y)
+        tokens = self.run_blocks(tokens, cond)
+        return self.finish(tokens, cond)
+
+    def prepare(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Conditioning]:
+        """Embed patches, text and timesteps; returns tokens [B, L, dim] and the conditioning."""
+        self._check_inputs(x, t, context, y)
+        if y is not None:
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        weight = self.patch_embedding.weight
+        patches = F.conv3d(
+            x.to(weight.dtype), weight, self.patch_embedding.bias, stride=self.config.patch_size
+        )
+        grid = tuple(patches.shape[2:])
+        tokens = patches.flatten(2).transpose(1, 2)
+        time_embed, time_index = self._embed_time(t)
+        time = self.time_projection(time_embed).unflatten(1, (6, self.config.dim))
+        return tokens, Conditioning(
+            time=time,
+            time_embed=time_embed,
+            time_index=time_index,
+            context=self._embed_text(context),
+            rope=self._rope(grid, tokens.device),
+            grid=grid,
+        )
+
+    def run_blocks(
+        self, tokens: torch.Tensor, cond: Conditioning, start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
+        """Run ``blocks[start:stop]`` on tokens [B, L, dim]."""
+        for block in self.blocks[start:stop]:
+            tokens = block(tokens, cond.time, cond.time_index, cond.context, cond.rope)
+        return tokens
+
+    def finish(self, tokens: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Head and unpatchify: tokens [B, L, dim] -> [B, out_dim, F, H, W] float32."""
+        out = self.head(tokens, cond.time_embed, cond.time_index)
+        f, h, w = cond.grid
+        p, q, r = self.config.patch_size
+        out = out.view(out.size(0), f, h, w, p, q, r, self.config.out_dim)
+        return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(
+            out.size(0), self.config.out_dim, f * p, h * q, w * r
+        ).float()
+
+    def _embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # The MLP runs once per distinct timestep value, not once per token as the official model
+        # does: a per-token timestep tensor holds at most a few values.
+        if t.dim() == 1:
+            values, index = t, None
+        else:
+            values, index = torch.unique(t, return_inverse=True)
+        weight = self.time_embedding[0].weight
+        features = sinusoidal_embedding(values.to(weight.device), self.config.freq_dim).float()
+        return self.time_embedding(features), index
+
+    def _embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        # Zero-padded to text_len: the official cross-attention attends to the padded positions.
+        padded = F.pad(context, (0, 0, 0, self.config.text_len - context.size(1)))
+        return self.text_embedding(padded.to(self.text_embedding[0].weight.dtype))
+
+    def _rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (grid, str(device))
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_tables(grid, self.config.head_dim, device)
+        return self._rope_cache[key]
+
+    def _check_inputs(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None
+    ) -> None:
+        c = self.config
+        if x.dim() != 5:
+            raise InputError(f"x must be [B, C, F, H, W] latents, got shape {list(x.shape)}")
+        b, _, *sizes = x.shape
+        channels = x.size(1) + (0 if y is None else y.size(1))
+        if channels != c.in_dim:
+            hint = " (i2v models take the image conditioning as y)" if y is None else ""
+            raise InputError(f"x and y carry {channels} channels, the model takes {c.in_dim}{hint}")
+        if y is not None and (y.shape[0] != b or list(y.shape[2:]) != sizes):
+            raise InputError(f"y has shape {list(y.shape)}, it must match x {list(x.shape)} but for channels")
+        if any(size % patch for size, patch in zip(sizes, c.patch_size, strict=True)):
+            raise InputError(f"latent size {sizes} is not a multiple of the patch size {list(c.patch_size)}")
+        tokens = sizes[0] // c.patch_size[0] * (sizes[1] // c.patch_size[1]) * (sizes[2] // c.patch_size[2])
+        if list(t.shape) not in ([b], [b, tokens]):
+            raise InputError(f"t must be [{b}] or [{b}, {tokens}] (one per token), got {list(t.shape)}")
+        if context.dim() != 3 or context.size(0) != b or context.size(2) != c.text_dim:
+            raise InputError(f"context must be [{b}, L, {c.text_dim}], got {list(context.shape)}")
+        if context.size(1) > c.text_len:
+            raise InputError(f"context has {context.size(1)} tokens, at most text_len={c.text_len} fit")

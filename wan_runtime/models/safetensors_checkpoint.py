@@ -1,0 +1,127 @@
+"""Reading DiT weights from the official safetensors layout, strictly and without a second copy.
+
+A folder holds either ``diffusion_pytorch_model.safetensors`` or the shards named in
+``diffusion_pytorch_model.safetensors.index.json``. Tensors are read one at a time from the
+memory-mapped files, converted to their parameter's dtype and device, and assigned into a module
+built on the meta device, so peak memory is the model plus one tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from wan_runtime.errors import CheckpointError
+
+SINGLE_FILE = "diffusion_pytorch_model.safetensors"
+INDEX_FILE = "diffusion_pytorch_model.safetensors.index.json"
+_REDOWNLOAD = "download that file again from the official release"
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives and what it is."""
+
+    file: Path
+    shape: tuple[int, ...]
+
+
+def _read_index(index_path: Path) -> list[Path]:
+    try:
+        index = json.loads(index_path.read_text())
+        weight_map = index["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(
+            f"{index_path} is not a valid safetensors index ({err}); {_REDOWNLOAD}"
+        ) from err
+    shards = [index_path.parent / name for name in names]
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{index_path.parent} lacks shard(s) {', '.join(missing)} named in {index_path.name}; "
+            "download the missing files"
+        )
+    return shards
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The safetensors files of a DiT folder, single-file or sharded."""
+    if (folder / INDEX_FILE).is_file():
+        return _read_index(folder / INDEX_FILE)
+    if (folder / SINGLE_FILE).is_file():
+        return [folder / SINGLE_FILE]
+    raise CheckpointError(
+        f"{folder} holds neither {SINGLE_FILE} nor {INDEX_FILE}; point to the folder that holds "
+        "the DiT weights (for i2v-A14B: high_noise_model/ or low_noise_model/)"
+    )
+
+
+def read_entries(files: list[Path]) -> dict[str, TensorEntry]:
+    """Every tensor's file and shape, read from the headers only."""
+    entries: dict[str, TensorEntry] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    if key in entries:
+                        raise CheckpointError(
+                            f"tensor {key!r} is stored in both {entries[key].file} and {file}; "
+                            f"the checkpoint is inconsistent: {_REDOWNLOAD}"
+                        )
+                    entries[key] = TensorEntry(file, tuple(handle.get_slice(key).get_shape()))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{file} is unreadable or truncated ({err}); {_REDOWNLOAD}") from err
+    return entries
+
+
+def check_keys(model: nn.Module, entries: dict[str, TensorEntry], folder: Path) -> None:
+    """Raise one error listing every missing, unexpected or mis-shaped tensor."""
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    problems = []
+    missing = sorted(set(expected) - set(entries))
+    unexpected = sorted(set(entries) - set(expected))
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(
+            f"unexpected tensors: {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}"
+        )
+    for name in sorted(set(expected) & set(entries)):
+        if expected[name] != entries[name].shape:
+            problems.append(
+                f"{name} in {entries[name].file.name} has shape {list(entries[name].shape)}, "
+                f"config.json implies {list(expected[name])}"
+            )
+    if problems:
+        raise CheckpointError(
+            f"{folder} does not match its config.json: " + "; ".join(problems[:10])
+            + ". Use the config.json and weights of one official release, unmodified"
+        )
+
+
+def load_parameters(
+    model: nn.Module, entries: dict[str, TensorEntry], device: torch.device | str
+) -> None:
+    """Fill a meta-device ``model`` from ``entries``, each parameter in its own dtype."""
+    by_file: dict[Path, list[str]] = {}
+    for name, entry in entries.items():
+        by_file.setdefault(entry.file, []).append(name)
+    params = dict(model.named_parameters())
+    for file, names in by_file.items():
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                for name in names:
+                    target = params[name]
+                    value = handle.get_tensor(name).to(device=device, dtype=target.dtype)
+                    owner, _, leaf = name.rpartition(".")
+                    model.get_submodule(owner)._parameters[leaf] = nn.Parameter(
+                        value, requires_grad=False
+                    )
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{file} is unreadable or truncated ({err}); {_REDOWNLOAD}") from err
