@@ -5,9 +5,11 @@ packages ``wan`` and ``wan.modules`` are registered here as bare namespaces and 
 test asks for are executed. Two shims make them run without a GPU:
 
 - ``torch.cuda.current_device`` is called by ``wan.modules.t5`` at import time; it answers 0.
-- ``flash_attention`` needs CUDA; it is replaced by scaled-dot-product attention that honours
-  ``q_lens``/``k_lens`` exactly as the varlen flash kernel does (keys past ``k_lens`` are ignored,
-  query rows past ``q_lens`` are zero), in the inputs' own precision.
+- ``flash_attention`` needs flash-attn and CUDA; where flash-attn is missing it is replaced by
+  scaled-dot-product attention that honours ``q_lens``/``k_lens`` as the varlen flash kernel does
+  (keys past ``k_lens`` are ignored, query rows past ``q_lens`` are zero). On CUDA it casts
+  float32 inputs to ``dtype`` (bfloat16) as the official function does; on the CPU it keeps the
+  inputs' precision, so float32 parity tests compare float32 arithmetic.
 """
 
 from __future__ import annotations
@@ -59,12 +61,14 @@ def sdpa_flash_attention(
 ) -> torch.Tensor:
     """``wan.modules.attention.flash_attention`` on [B, L, N, D] tensors, without CUDA."""
     assert not causal and window_size == (-1, -1) and dropout_p == 0.0
-    b, lq, lk = q.size(0), q.size(1), k.size(1)
+    lq, lk, out_dtype = q.size(1), k.size(1), q.dtype
     if q_scale is not None:
         q = q * q_scale
-    keep = torch.ones(b, 1, lq, lk, dtype=torch.bool, device=q.device)
-    if k_lens is not None:
-        keep &= (torch.arange(lk, device=q.device)[None, :] < k_lens.to(q.device)[:, None])[
+    if q.is_cuda:
+        q, k, v = (u if u.dtype in (torch.float16, torch.bfloat16) else u.to(dtype) for u in (q, k, v))
+    keep = None
+    if k_lens is not None and bool((k_lens < lk).any()):
+        keep = (torch.arange(lk, device=q.device)[None, :] < k_lens.to(q.device)[:, None])[
             :, None, None, :
         ]
     out = F.scaled_dot_product_attention(
@@ -73,7 +77,7 @@ def sdpa_flash_attention(
     if q_lens is not None:
         rows = torch.arange(lq, device=q.device)[None, :] < q_lens.to(q.device)[:, None]
         out = out * rows[:, :, None, None]
-    return out.type(q.dtype)
+    return out.type(out_dtype)
 
 
 def official_module(name: str) -> types.ModuleType:
@@ -82,6 +86,8 @@ def official_module(name: str) -> types.ModuleType:
     if not torch.cuda.is_available():
         torch.cuda.current_device = lambda: 0
     module = importlib.import_module(f"wan.modules.{name}")
-    if hasattr(module, "flash_attention") and not torch.cuda.is_available():
+    attention = importlib.import_module("wan.modules.attention")
+    flash_missing = not (attention.FLASH_ATTN_2_AVAILABLE or attention.FLASH_ATTN_3_AVAILABLE)
+    if hasattr(module, "flash_attention") and (flash_missing or not torch.cuda.is_available()):
         module.flash_attention = sdpa_flash_attention
     return module

@@ -1,0 +1,61 @@
+"""Timing and result files shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def device_name(device: torch.device) -> str:
+    """The card's name on CUDA, else the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, repeat: int) -> float:
+    """Median wall time of ``fn`` over ``repeat`` runs after ``warmup``, synchronising the device."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def save_results(name: str, device: torch.device, rows: list[dict], out_dir: Path | None = None) -> Path:
+    """Write ``rows`` as JSON named by date, device and benchmark; returns the path."""
+    out_dir = out_dir or RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = device_name(device).replace(" ", "-").replace("/", "-")
+    stamp = datetime.date.today().isoformat()
+    path = out_dir / f"{stamp}_{card}_{name}.json"
+    payload = {"benchmark": name, "device": device_name(device), "date": stamp,
+               "torch": torch.__version__, "rows": rows}
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """A plain fixed-width table of ``rows``."""
+    widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        print("  ".join(f"{row.get(c, '')}".ljust(w) for c, w in zip(columns, widths, strict=True)))
