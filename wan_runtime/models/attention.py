@@ -34,6 +34,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
     if backend == "auto":
         usable = q.is_cuda and q.dtype in _HALF
         backend = "flash3" if usable and _FLASH3 else "flash2" if usable and _FLASH2 else "sdpa"
+    elif backend in ("flash2", "flash3") and {"flash2": _FLASH2, "flash3": _FLASH3}[backend] is None:
+        package = "flash-attn" if backend == "flash2" else "flash-attn 3 (flash_attn_interface)"
+        raise ValueError(f"attention backend {backend!r} needs {package}; install it or use 'sdpa'")
     if backend == "flash3":
         out = _FLASH3.flash_attn_func(q, k, v)
         return out[0] if isinstance(out, tuple) else out

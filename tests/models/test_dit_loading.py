@@ -1,0 +1,187 @@
+"""Loading official DiT folders: dtype layout, memory, and one clear error for each bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.tolerances import DIT_BF16_VS_FP32, rel_l2
+from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.models import WanModel
+from wan_runtime.models.safetensors_checkpoint import INDEX_FILE, SINGLE_FILE
+from wan_runtime.tiny_checkpoints import TINY_I2V, write_dit
+
+
+@pytest.fixture
+def folder(tmp_path, ti2v_dit_dir) -> Path:
+    """A private copy of the ti2v folder for a test to damage."""
+    return Path(shutil.copytree(ti2v_dit_dir, tmp_path / "dit"))
+
+
+def edit_config(folder: Path, **changes) -> None:
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def edit_weights(folder: Path, edit) -> None:
+    path = folder / SINGLE_FILE
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path)
+
+
+def expect_error(folder: Path, *fragments: str) -> None:
+    with pytest.raises(CheckpointError) as info:
+        WanModel.from_pretrained(folder)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_bf16_keeps_official_float32_islands(ti2v_dit_dir):
+    model = WanModel.from_pretrained(ti2v_dit_dir, dtype=torch.bfloat16)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert dtypes["blocks.0.self_attn.q.weight"] == torch.bfloat16
+    assert dtypes["blocks.0.ffn.2.weight"] == torch.bfloat16
+    assert dtypes["patch_embedding.weight"] == torch.bfloat16
+    assert dtypes["text_embedding.0.weight"] == torch.bfloat16
+    for kept in ("blocks.0.modulation", "blocks.0.self_attn.norm_q.weight", "blocks.0.norm3.bias",
+                 "time_embedding.0.weight", "time_projection.1.weight", "head.head.weight",
+                 "head.modulation"):
+        assert dtypes[kept] == torch.float32, kept
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_bf16_forward_close_to_fp32(ti2v_dit_dir):
+    fp32 = WanModel.from_pretrained(ti2v_dit_dir)
+    bf16 = WanModel.from_pretrained(ti2v_dit_dir, dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(1, 48, 2, 8, 8, generator=g), torch.randn(1, 9, 4096, generator=g)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        out = bf16(x, t, context)
+        assert out.dtype == torch.float32
+        assert rel_l2(out, fp32(x, t, context)) <= DIT_BF16_VS_FP32
+
+
+def test_sharded_and_single_file_load_the_same(tmp_path):
+    single = WanModel.from_pretrained(write_dit(tmp_path / "one", TINY_I2V, seed=7))
+    sharded = WanModel.from_pretrained(write_dit(tmp_path / "three", TINY_I2V, seed=7, shards=3))
+    assert (tmp_path / "three" / INDEX_FILE).is_file()
+    for (name, a), (_, b) in zip(single.state_dict().items(), sharded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_missing_config(folder):
+    (folder / "config.json").unlink()
+    expect_error(folder, "config.json is missing", str(folder))
+
+
+def test_unreadable_config(folder):
+    (folder / "config.json").write_text("{not json")
+    expect_error(folder, "not readable JSON")
+
+
+@pytest.mark.parametrize("model_type", ["t2v", "s2v", "flux", None])
+def test_unknown_model_type(folder, model_type):
+    edit_config(folder, model_type=model_type)
+    expect_error(folder, f"model_type {model_type!r}", "i2v, ti2v")
+
+
+def test_no_weights(folder):
+    (folder / SINGLE_FILE).unlink()
+    expect_error(folder, f"holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+def test_missing_tensor(folder):
+    edit_weights(folder, lambda t: t.pop("blocks.1.ffn.0.bias"))
+    expect_error(folder, "missing tensors: blocks.1.ffn.0.bias")
+
+
+def test_unexpected_tensor(folder):
+    edit_weights(folder, lambda t: t.update({"blocks.0.extra.weight": torch.zeros(2)}))
+    expect_error(folder, "unexpected tensors: blocks.0.extra.weight")
+
+
+def test_config_disagrees_with_tensors(folder):
+    edit_config(folder, ffn_dim=1024)
+    expect_error(folder, "blocks.0.ffn.0.weight", "has shape [512, 256]", "implies [1024, 256]")
+
+
+def test_truncated_file(folder):
+    path = folder / SINGLE_FILE
+    os.truncate(path, path.stat().st_size - 64)
+    expect_error(folder, str(path), "truncated", "download that file again")
+
+
+def test_index_names_missing_shard(tmp_path):
+    folder = write_dit(tmp_path / "dit", TINY_I2V, shards=2)
+    (folder / "diffusion_pytorch_model-00002-of-00002.safetensors").unlink()
+    expect_error(folder, "lacks shard(s) diffusion_pytorch_model-00002-of-00002.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "t_shape", "context_shape", "message"),
+    [
+        ((1, 16, 2, 8, 8), (1,), (1, 9, 4096), "carry 16 channels, the model takes 48"),
+        ((1, 48, 2, 7, 8), (1,), (1, 9, 4096), "not a multiple of the patch size"),
+        ((1, 48, 2, 8, 8), (1, 5), (1, 9, 4096), "t must be [1] or [1, 32]"),
+        ((1, 48, 2, 8, 8), (1,), (1, 9, 100), "context must be [1, L, 4096]"),
+        ((1, 48, 2, 8, 8), (1,), (1, 513, 4096), "at most text_len=512"),
+        ((48, 2, 8, 8), (1,), (1, 9, 4096), "x must be [B, C, F, H, W]"),
+    ],
+)
+def test_bad_forward_inputs(ti2v_dit_dir, x_shape, t_shape, context_shape, message):
+    model = WanModel.from_pretrained(ti2v_dit_dir)
+    with pytest.raises(InputError) as info:
+        model(torch.randn(x_shape), torch.full(t_shape, 500.0), torch.randn(context_shape))
+    assert message in str(info.value)
+
+
+PEAK_LOAD_SCRIPT = textwrap.dedent("""
+    import sys, threading, time, torch
+    from wan_runtime.models import WanModel
+
+    def anon_kib():
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+
+    peak, done = [anon_kib()], [False]
+    def sample():
+        while not done[0]:
+            peak.append(anon_kib())
+            time.sleep(0.001)
+    base = peak[0]
+    thread = threading.Thread(target=sample)
+    thread.start()
+    model = WanModel.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
+    done[0] = True
+    thread.join()
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    print((max(peak) - base) * 1024, size)
+""")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux process status")
+def test_bf16_load_needs_one_model_not_two(tmp_path):
+    """A float32 checkpoint loads into bfloat16 with the bf16 model's memory plus one tensor,
+    not the float32 state dict and the model side by side."""
+    config = TINY_I2V.__class__(model_type="i2v", in_dim=36, out_dim=16, dim=1024, ffn_dim=4096,
+                                num_heads=8, num_layers=6)
+    folder = write_dit(tmp_path / "dit", config, shards=2)
+    file_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    result = subprocess.run([sys.executable, "-c", PEAK_LOAD_SCRIPT, str(folder)], capture_output=True,
+                            text=True, check=True, cwd=Path(__file__).parents[2])
+    peak, model_bytes = map(int, result.stdout.split())
+    largest_fp32_tensor = config.dim * 6 * config.dim * 4
+    assert model_bytes < 0.6 * file_bytes
+    assert peak <= model_bytes + 2 * largest_fp32_tensor + 32 * 2**20, (peak, model_bytes, file_bytes)
