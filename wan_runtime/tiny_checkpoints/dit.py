@@ -1,24 +1,21 @@
-"""Writers of small random checkpoints in the exact official on-disk layout.
+"""Tiny random DiT folders (``config.json`` + safetensors) in the official layout.
 
-They give tests and the demo the same files a user downloads, at a size a CPU handles. Weights are
-random but non-degenerate (the official init zeroes the head, which would make every output 0).
-Every file is written under a temporary name and renamed, so an interrupted write leaves nothing
-that looks complete.
+Weights are random but non-degenerate: the official init zeroes the head, which would make every
+output 0.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from wan_runtime.models.dit import WanModel
 from wan_runtime.models.dit_config import DiTConfig
 from wan_runtime.models.safetensors_checkpoint import INDEX_FILE, SINGLE_FILE
+from wan_runtime.tiny_checkpoints.files import atomic_write, write_safetensors
 
 TINY_I2V = DiTConfig(
     model_type="i2v", in_dim=36, out_dim=16, dim=256, ffn_dim=512, num_heads=2, num_layers=2,
@@ -49,16 +46,6 @@ def random_dit(config: DiTConfig, seed: int = 0) -> WanModel:
     return model.eval().requires_grad_(False)
 
 
-def _atomic_write(path: Path, write) -> None:
-    temporary = path.with_name(f".{path.name}.partial")
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-
-
 def write_dit(
     folder: str | Path,
     config: DiTConfig,
@@ -74,7 +61,7 @@ def write_dit(
     state = {k: v.to(dtype).contiguous() for k, v in random_dit(config, seed).state_dict().items()}
     keys = list(state)
     if shards == 1:
-        _write_safetensors(folder / SINGLE_FILE, state)
+        write_safetensors(folder / SINGLE_FILE, state)
     else:
         weight_map = {}
         per_shard = math.ceil(len(keys) / shards)
@@ -82,11 +69,11 @@ def write_dit(
             name = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
             part = {k: state[k] for k in keys[i * per_shard:(i + 1) * per_shard]}
             weight_map.update(dict.fromkeys(part, name))
-            _write_safetensors(folder / name, part)
+            write_safetensors(folder / name, part)
         total = sum(v.numel() * v.element_size() for v in state.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        _atomic_write(folder / INDEX_FILE, lambda p: p.write_text(json.dumps(index, indent=2)))
-    _atomic_write(
+        atomic_write(folder / INDEX_FILE, lambda p: p.write_text(json.dumps(index, indent=2)))
+    atomic_write(
         folder / "config.json", lambda p: p.write_text(json.dumps(config.to_official_json(), indent=2))
     )
     return folder

@@ -1,0 +1,10 @@
+"""Writers of small random checkpoints in the exact official on-disk layout.
+
+They give tests and the demo the same files a user downloads, at a size a CPU handles. Every file
+is written under a temporary name and renamed, so an interrupted write leaves nothing that looks
+complete.
+"""
+
+from wan_runtime.tiny_checkpoints.dit import TINY_I2V, TINY_TI2V, random_dit, write_dit
+
+__all__ = ["TINY_I2V", "TINY_TI2V", "random_dit", "write_dit"]
