@@ -76,7 +76,7 @@ def official_call(ref, x, t, context, y, tokens):
 
 
 def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeat: int) -> dict:
-    official = official_module("model")
+    official = official_module("modules.model")
     ours = random_dit(case.config, seed=0).to(device)
     ref_kwargs = {k: getattr(case.config, k) for k in (
         "model_type", "in_dim", "out_dim", "dim", "ffn_dim", "num_heads", "num_layers", "text_len", "eps")}

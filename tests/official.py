@@ -1,8 +1,8 @@
 """The official Wan2.2 modules (PyPI package ``wan22``), importable on a CPU.
 
 ``wan/__init__.py`` imports every pipeline (and through them torchvision, cv2, flash-attn), so the
-packages ``wan`` and ``wan.modules`` are registered here as bare namespaces and only the modules a
-test asks for are executed. Two shims make them run without a GPU:
+packages ``wan``, ``wan.modules`` and ``wan.utils`` are registered here as bare namespaces and only
+the modules a test asks for are executed. Two shims make them run without a GPU:
 
 - ``torch.cuda.current_device`` is called by ``wan.modules.t5`` at import time; it answers 0.
 - ``flash_attention`` needs flash-attn and CUDA; where flash-attn is missing it is replaced by
@@ -37,7 +37,7 @@ def _register_namespaces() -> None:
     ):
         return
     root = _wan_root()
-    for name, path in (("wan", root), ("wan.modules", root / "modules")):
+    for name, path in (("wan", root), ("wan.modules", root / "modules"), ("wan.utils", root / "utils")):
         module = types.ModuleType(name)
         module.__path__ = [str(path)]
         module._wan_runtime_shim = True
@@ -81,11 +81,12 @@ def sdpa_flash_attention(
 
 
 def official_module(name: str) -> types.ModuleType:
-    """Import ``wan.modules.<name>`` (e.g. ``"model"``) with the CPU shims applied."""
+    """Import ``wan.<name>`` (e.g. ``"modules.model"``, ``"utils.fm_solvers_unipc"``) with the CPU
+    shims applied."""
     _register_namespaces()
     if not torch.cuda.is_available():
         torch.cuda.current_device = lambda: 0
-    module = importlib.import_module(f"wan.modules.{name}")
+    module = importlib.import_module(f"wan.{name}")
     attention = importlib.import_module("wan.modules.attention")
     flash_missing = not (attention.FLASH_ATTN_2_AVAILABLE or attention.FLASH_ATTN_3_AVAILABLE)
     if hasattr(module, "flash_attention") and (flash_missing or not torch.cuda.is_available()):

@@ -49,7 +49,7 @@ def batch_contexts(contexts):
 def test_forward_matches_official(request, fixture, per_token):
     folder = request.getfixturevalue(fixture)
     ours = WanModel.from_pretrained(folder)
-    ref = official_module("model").WanModel.from_pretrained(folder).eval()
+    ref = official_module("modules.model").WanModel.from_pretrained(folder).eval()
     x, t, contexts, y = make_inputs(ours.config.model_type, seed=3, per_token=per_token)
     with torch.no_grad():
         got = ours(x, t, batch_contexts(contexts), y)
@@ -62,7 +62,7 @@ def test_forward_matches_official(request, fixture, per_token):
 @pytest.mark.parametrize("shard_size", [None, "2MB"])
 def test_loads_official_save_pretrained(tmp_path, shard_size):
     """A folder written by the official class itself (single file and sharded) loads and matches."""
-    official = official_module("model")
+    official = official_module("modules.model")
     torch.manual_seed(0)
     ref = official.WanModel(
         model_type="i2v", in_dim=36, out_dim=16, dim=256, ffn_dim=512, num_heads=2, num_layers=2
