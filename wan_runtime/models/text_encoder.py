@@ -1,0 +1,132 @@
+"""The umT5-XXL prompt encoder: official checkpoint and tokenizer in, per-prompt embeddings out.
+
+``load_text_encoder(ckpt_dir)`` reads ``models_t5_umt5-xxl-enc-bf16.pth`` and the tokenizer folder
+``google/umt5-xxl/`` from a Wan2.2 release root. ``encode(prompts)`` gives what the official
+``T5EncoderModel(prompts, device)`` gives: one ``[L_i, dim]`` tensor per prompt, ``L_i`` its number
+of tokens (``</s>`` included, at most ``text_len``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.models.t5_checkpoint import CHECKPOINT_FILE, T5Sizes, read_checkpoint
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
+
+TOKENIZER_DIR = "google/umt5-xxl"
+TEXT_LEN = 512
+_DTYPES = (torch.bfloat16, torch.float32)
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The Hugging Face tokenizer saved in ``folder``, read from disk only."""
+    # transformers is imported on use: importing the models package stays light for DiT-only work.
+    from transformers import AutoTokenizer
+
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"the tokenizer folder {folder} does not exist; the Wan2.2 release root holds it as "
+            f"{TOKENIZER_DIR}/ next to {CHECKPOINT_FILE}: download that folder too"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(
+            f"the tokenizer in {folder} cannot be loaded ({err}); download {TOKENIZER_DIR}/ again "
+            "from the official Wan2.2 release"
+        ) from err
+
+
+class TextEncoder:
+    """A umT5 encoder with its tokenizer; ``encode`` runs on the encoder's device and dtype."""
+
+    def __init__(
+        self,
+        model: UMT5EncoderModel,
+        sizes: T5Sizes,
+        tokenizer: PreTrainedTokenizerBase,
+        text_len: int = TEXT_LEN,
+    ) -> None:
+        self.model = model
+        self.sizes = sizes
+        self.tokenizer = tokenizer
+        self.text_len = text_len
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are and where ``encode`` returns its tensors."""
+        return self.model.shared.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype, also that of the embeddings ``encode`` returns."""
+        return self.model.shared.weight.dtype
+
+    def to(self, device: torch.device | str) -> TextEncoder:
+        """Move the weights (e.g. back to the CPU to free accelerator memory); returns ``self``."""
+        self.model.to(device)
+        return self
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cleaned, truncated and padded ``[B, text_len]`` token ids and attention mask."""
+        from wan_runtime.models.text_cleaning import clean_prompt
+
+        batch = self.tokenizer(
+            [clean_prompt(p) for p in prompts],
+            padding="max_length",
+            truncation=True,
+            max_length=self.text_len,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        return batch.input_ids, batch.attention_mask
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> list[torch.Tensor]:
+        """One ``[L_i, dim]`` embedding per prompt, on ``self.device`` in ``self.dtype``."""
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise InputError("encode takes a list of prompt strings, e.g. encode(['a cat surfing'])")
+        if not prompts:
+            return []
+        ids, mask = self.tokenize(prompts)
+        lengths = mask.sum(dim=1).tolist()
+        # Padding is on the right and masked out of every attention, so dropping the pad columns
+        # that no prompt needs leaves the real tokens' outputs unchanged and saves their compute.
+        width = max(lengths)
+        ids, mask = ids[:, :width].to(self.device), mask[:, :width].to(self.device)
+        states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return [state[:n] for state, n in zip(states, lengths, strict=True)]
+
+
+def load_text_encoder(
+    ckpt_dir: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    text_len: int = TEXT_LEN,
+) -> TextEncoder:
+    """Load the umT5 encoder and tokenizer of a Wan2.2 release root ``ckpt_dir``.
+
+    ``device="cpu"`` is the official ``t5_cpu`` placement. ``dtype`` is ``torch.bfloat16`` (the
+    official choice and the file's own dtype: on the CPU the weights then stay memory-mapped) or
+    ``torch.float32``.
+    """
+    if dtype not in _DTYPES:
+        raise InputError(f"the text encoder runs in torch.bfloat16 or torch.float32, not {dtype}")
+    from wan_runtime.models.umt5 import build_encoder
+
+    ckpt_dir = Path(ckpt_dir)
+    weights = ckpt_dir / CHECKPOINT_FILE
+    state, sizes = read_checkpoint(weights)
+    tokenizer = load_tokenizer(ckpt_dir / TOKENIZER_DIR)
+    if len(tokenizer) > sizes.vocab:
+        raise CheckpointError(
+            f"the tokenizer in {ckpt_dir / TOKENIZER_DIR} has {len(tokenizer)} tokens but {weights} embeds "
+            f"only {sizes.vocab}; use the tokenizer folder of the same Wan2.2 release"
+        )
+    return TextEncoder(build_encoder(state, sizes, device, dtype), sizes, tokenizer, text_len)
