@@ -2,5 +2,6 @@
 
 from wan_runtime.models.dit import Conditioning, WanModel
 from wan_runtime.models.dit_config import DiTConfig
+from wan_runtime.models.text_encoder import TextEncoder, load_text_encoder
 
-__all__ = ["Conditioning", "DiTConfig", "WanModel"]
+__all__ = ["Conditioning", "DiTConfig", "TextEncoder", "WanModel", "load_text_encoder"]
