@@ -1,0 +1,150 @@
+"""Loading Wan VAE files: what is read from the shapes, dtypes, and every bad file or input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.models.vae_helpers import DEC_DIM_22, DIM_21, DIM_22, tiny_files
+from tests.tolerances import rel_l2
+from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.models.vae_loading import load_vae
+
+# bfloat16 weights and activations against float32: rounding through ~40 conv layers.
+VAE_BF16_VS_FP32 = 5e-2
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return tiny_files(tmp_path_factory.mktemp("vae"))
+
+
+@pytest.fixture(scope="module")
+def vae21(files):
+    return load_vae(files["2.1"])
+
+
+def test_sizes_come_from_the_shapes(files):
+    v21, v22 = load_vae(files["2.1"]), load_vae(files["2.2"])
+    assert (v21.version, v21.z_dim, v21.spatial_stride, v21.temporal_stride) == ("2.1", 16, 8, 4)
+    assert (v22.version, v22.z_dim, v22.spatial_stride, v22.temporal_stride) == ("2.2", 48, 16, 4)
+    assert v21.model.encoder.conv1.out_channels == DIM_21
+    assert v22.model.encoder.conv1.out_channels == DIM_22
+    assert v22.model.decoder.head[2].in_channels == DEC_DIM_22
+
+
+def test_written_file_has_the_official_layout(files):
+    state = torch.load(files["2.1"], map_location="cpu", weights_only=True)
+    assert "encoder.downsamples.5.time_conv.weight" in state
+    assert "decoder.upsamples.11.resample.1.weight" in state
+    assert state["decoder.middle.1.to_qkv.weight"].shape == (4 * DIM_21 * 3, 4 * DIM_21, 1, 1)
+    # Unlike the official init, the attention output and the RMSNorm gains are not trivial.
+    assert float(state["decoder.middle.1.proj.weight"].abs().sum()) > 0
+    assert not torch.equal(state["decoder.head.0.gamma"], torch.ones_like(state["decoder.head.0.gamma"]))
+
+
+def test_bfloat16_is_close_to_float32(files, vae21):
+    bf16 = load_vae(files["2.1"], dtype=torch.bfloat16)
+    assert bf16.model.conv1.weight.dtype == torch.bfloat16
+    video = torch.rand(3, 5, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z32, z16 = vae21.encode([video])[0], bf16.encode([video])[0]
+    assert z16.dtype == torch.float32 and rel_l2(z16, z32) <= VAE_BF16_VS_FP32
+    assert rel_l2(bf16.decode([z32])[0], vae21.decode([z32])[0]) <= VAE_BF16_VS_FP32
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"Wan2\.1_VAE\.pth.*does not exist.*download"):
+        load_vae(tmp_path / "Wan2.1_VAE.pth")
+
+
+def test_truncated_file(files, tmp_path):
+    data = files["2.2"].read_bytes()
+    path = tmp_path / "Wan2.2_VAE.pth"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"Wan2\.2_VAE\.pth cannot be read.*download"):
+        load_vae(path)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {
+            "patch_embedding.weight": torch.zeros(8, 16, 1, 2, 2),
+            "blocks.0.self_attn.q.weight": torch.zeros(8, 8),
+        },
+        {"token_embedding.weight": torch.zeros(10, 8), "blocks.0.attn.q.weight": torch.zeros(8, 8)},
+    ],
+    ids=["dit", "t5"],
+)
+def test_another_models_weights(tmp_path, state):
+    path = tmp_path / "model.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"model\.pth is not a Wan VAE checkpoint.*DiT or T5"):
+        load_vae(path)
+
+
+def test_not_a_state_dict(tmp_path):
+    path = tmp_path / "vae.pth"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_vae(path)
+
+
+def _edited(files, tmp_path, edit) -> str:
+    state = torch.load(files["2.1"], map_location="cpu", weights_only=True)
+    edit(state)
+    path = tmp_path / "edited.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_unknown_key(files, tmp_path):
+    path = _edited(files, tmp_path, lambda s: s.update({"decoder.extra.weight": torch.zeros(1)}))
+    with pytest.raises(CheckpointError, match="unknown keys: decoder.extra.weight"):
+        load_vae(path)
+
+
+def test_missing_key(files, tmp_path):
+    path = _edited(files, tmp_path, lambda s: s.pop("decoder.middle.1.proj.bias"))
+    with pytest.raises(CheckpointError, match="missing keys: decoder.middle.1.proj.bias"):
+        load_vae(path)
+
+
+def test_wrong_shape(files, tmp_path):
+    path = _edited(files, tmp_path, lambda s: s.update({"decoder.head.0.gamma": torch.ones(7, 1, 1, 1)}))
+    with pytest.raises(CheckpointError, match="wrong shapes: decoder.head.0.gamma"):
+        load_vae(path)
+
+
+def test_unknown_channel_counts(files, tmp_path):
+    path = _edited(files, tmp_path, lambda s: s.update({"conv2.weight": torch.zeros(8, 8, 1, 1, 1)}))
+    with pytest.raises(CheckpointError, match="latent channels"):
+        load_vae(path)
+
+
+@pytest.mark.parametrize(
+    ("videos", "message"),
+    [
+        (torch.zeros(3, 5, 16, 16), "list of tensors"),
+        ([torch.zeros(5, 16, 16)], r"expected \[3, F, H, W\]"),
+        ([torch.zeros(4, 5, 16, 16)], r"expected \[3, F, H, W\]"),
+        ([torch.zeros(3, 6, 16, 16)], "1 \\+ 4n frames"),
+        ([torch.zeros(3, 5, 12, 16)], "multiples of 8"),
+    ],
+)
+def test_bad_videos(vae21, videos, message):
+    with pytest.raises(InputError, match=message):
+        vae21.encode(videos)
+
+
+@pytest.mark.parametrize(
+    ("latents", "message"),
+    [
+        ([torch.zeros(48, 2, 2, 2)], r"expected \[16, F, H, W\]"),
+        ([torch.zeros(16, 2, 2)], r"expected \[16, F, H, W\]"),
+        ([torch.zeros(16, 0, 2, 2)], "F positive"),
+    ],
+)
+def test_bad_latents(vae21, latents, message):
+    with pytest.raises(InputError, match=message):
+        vae21.decode(latents)

@@ -1,0 +1,59 @@
+"""Decoding latents in overlapping spatial tiles, for resolutions whose activations do not fit.
+
+Each tile of latents is decoded on its own over all frames (still one latent frame at a time),
+so activation memory scales with the tile area instead of the frame area. Neighbouring tiles
+overlap by ``overlap`` latent pixels; in the overlap the decoded pixels are blended with weights
+that ramp linearly from one tile to the other, and every output pixel is the weighted mean of the
+tiles covering it. The decoder's middle attention sees only its tile and its convolutions see
+zeros past the tile border, so the result differs from the untiled decode near tile borders
+(measured error and memory: see ``WanVAE.decode``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wan_runtime.models.vae_autoencoder import CausalAutoencoder
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length``, consecutive ones overlapping by
+    at least ``overlap``; the last tile ends at ``length``."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    return starts + [length - tile]
+
+
+def _ramp(size: int, fade: int, fade_in: bool, fade_out: bool, device: torch.device) -> torch.Tensor:
+    weight = torch.ones(size, device=device)
+    rising = (torch.arange(fade, device=device) + 0.5) / fade
+    if fade_in:
+        weight[:fade] = rising
+    if fade_out:
+        weight[-fade:] = torch.minimum(weight[-fade:], rising.flip(0))
+    return weight
+
+
+def decode_tiled(model: CausalAutoencoder, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    """``model.decode(z)`` for one [1, C, T, h, w] latent video, in ``tile x tile`` latent tiles
+    overlapping by ``overlap`` (``0 < 2 * overlap <= tile``); returns float32 pixels."""
+    _, _, _, h, w = z.shape
+    stride = model.spatial_stride
+    rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    fade = overlap * stride
+    out: torch.Tensor | None = None
+    total = torch.zeros(h * stride, w * stride, device=z.device)
+    for y in rows:
+        for x in cols:
+            pixels = model.decode(z[:, :, :, y : y + tile, x : x + tile]).float()
+            th, tw = pixels.shape[-2:]
+            weight = _ramp(th, fade, y > 0, y + tile < h, z.device)[:, None] * _ramp(
+                tw, fade, x > 0, x + tile < w, z.device
+            )
+            if out is None:
+                out = pixels.new_zeros(*pixels.shape[:3], h * stride, w * stride)
+            region = (slice(y * stride, y * stride + th), slice(x * stride, x * stride + tw))
+            out[..., region[0], region[1]] += pixels * weight
+            total[region] += weight
+    return out / total
