@@ -9,4 +9,12 @@ from wan_runtime.tiny_checkpoints.dit import TINY_I2V, TINY_TI2V, random_dit, wr
 from wan_runtime.tiny_checkpoints.text_encoder import write_text_encoder
 from wan_runtime.tiny_checkpoints.vae import write_vae21, write_vae22
 
-__all__ = ["TINY_I2V", "TINY_TI2V", "random_dit", "write_dit", "write_text_encoder", "write_vae21", "write_vae22"]
+__all__ = [
+    "TINY_I2V",
+    "TINY_TI2V",
+    "random_dit",
+    "write_dit",
+    "write_text_encoder",
+    "write_vae21",
+    "write_vae22",
+]
