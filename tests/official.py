@@ -1,8 +1,8 @@
 """The official Wan2.2 modules (PyPI package ``wan22``), importable on a CPU.
 
 ``wan/__init__.py`` imports every pipeline (and through them torchvision, cv2, flash-attn), so the
-packages ``wan``, ``wan.modules`` and ``wan.utils`` are registered here as bare namespaces and only
-the modules a test asks for are executed. Two shims make them run without a GPU:
+packages ``wan``, ``wan.modules``, ``wan.utils`` and ``wan.configs`` are registered here as bare
+namespaces and only the modules a test asks for are executed. Two shims make them run without a GPU:
 
 - ``torch.cuda.current_device`` is called by ``wan.modules.t5`` at import time; it answers 0.
 - ``flash_attention`` needs flash-attn and CUDA; where flash-attn is missing it is replaced by
@@ -37,7 +37,8 @@ def _register_namespaces() -> None:
     ):
         return
     root = _wan_root()
-    for name, path in (("wan", root), ("wan.modules", root / "modules"), ("wan.utils", root / "utils")):
+    packages = ("modules", "utils", "configs")
+    for name, path in (("wan", root), *((f"wan.{p}", root / p) for p in packages)):
         module = types.ModuleType(name)
         module.__path__ = [str(path)]
         module._wan_runtime_shim = True

@@ -1,0 +1,57 @@
+"""Complete tiny task folders: the official file names, and every component loads and fits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.official import official_module
+from wan_runtime.errors import InputError
+from wan_runtime.models import WanModel, load_text_encoder, load_vae
+from wan_runtime.task_layouts import TASK_LAYOUTS
+from wan_runtime.tiny_checkpoints import write_task_checkpoint
+
+OFFICIAL_CONFIGS = {"i2v-A14B": ("wan_i2v_A14B", "i2v_A14B"), "ti2v-5B": ("wan_ti2v_5B", "ti2v_5B")}
+
+
+@pytest.fixture(scope="module", params=sorted(TASK_LAYOUTS))
+def task_root(request, tmp_path_factory):
+    return request.param, write_task_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def test_layout_matches_official_config(task_root):
+    task, root = task_root
+    module, name = OFFICIAL_CONFIGS[task]
+    config = getattr(official_module(f"configs.{module}"), name)
+    layout = TASK_LAYOUTS[task]
+    assert (layout.t5_file, layout.tokenizer_dir, layout.vae_file) == (
+        config.t5_checkpoint, config.t5_tokenizer, config.vae_checkpoint
+    )
+    if task == "i2v-A14B":
+        assert layout.dit_folders == (config.high_noise_checkpoint, config.low_noise_checkpoint)
+    for relative in (layout.t5_file, layout.tokenizer_dir, layout.vae_file, *layout.dit_folders):
+        assert (root / relative).exists(), relative
+    assert not list(root.rglob(".*.partial")), "a temporary file was left behind"
+
+
+def test_components_load_and_fit_together(task_root):
+    task, root = task_root
+    layout = TASK_LAYOUTS[task]
+    encoder = load_text_encoder(root, dtype=torch.float32)
+    vae = load_vae(root / layout.vae_file)
+    context = encoder.encode(["a cat surfing a wave"])[0][None]
+    video = torch.rand(3, 5, 2 * vae.spatial_stride, 4 * vae.spatial_stride) * 2 - 1
+    latent = vae.encode([video])[0][None]
+    for folder in layout.dit_folders:
+        dit = WanModel.from_pretrained(root / folder)
+        assert context.shape[-1] == dit.config.text_dim
+        y = torch.zeros(1, dit.config.in_dim - latent.shape[1], *latent.shape[2:])
+        with torch.no_grad():
+            flow = dit(latent, torch.tensor([900.0]), context, y if y.shape[1] else None)
+        assert flow.shape == latent.shape and torch.isfinite(flow).all()
+    assert vae.decode([flow[0]])[0].shape == video.shape
+
+
+def test_unknown_task(tmp_path):
+    with pytest.raises(InputError, match="unknown task 't2v-A14B'"):
+        write_task_checkpoint("t2v-A14B", tmp_path)
