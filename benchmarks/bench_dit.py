@@ -7,7 +7,8 @@
 On the GPU the official model runs as its pipelines run it: bfloat16 autocast, and for timing its
 weights converted to bfloat16 (its faster ``--convert_model_dtype`` mode). Parity columns: relative
 L2 error of each bfloat16 output against a float32 forward of our model on the same weights
-(``ours``/``official``), and of ours against the official (``ours~off``).
+(``ours``/``official``), of ours against the official (``ours~off``), and of both in their
+``convert_model_dtype`` modes, every weight in bfloat16 (``conv~off``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, 
             row["ours~off"] = f"{rel_l2(ours(x, t, context, y), ref_forward()):.2e}"
         official_s = median_seconds(ref_forward, device, warmup, repeat)
         ours_s = median_seconds(lambda: ours(x, t, context, y), device, warmup, repeat)
+        if dtype != torch.float32:
+            ours.set_compute_dtype(dtype, keep_float32=False)
+            row["conv~off"] = f"{rel_l2(ours(x, t, context, y), ref_forward()):.2e}"
     row.update(official_ms=round(official_s * 1e3, 1), ours_ms=round(ours_s * 1e3, 1),
                speedup=round(official_s / ours_s, 3))
     return row
@@ -139,7 +143,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     columns = ["dim", "layers", "tokens", "t", "dtype", "official_ms", "ours_ms", "speedup",
-               "err_ours", "err_official", "ours~off"]
+               "err_ours", "err_official", "ours~off", "conv~off"]
     print_table(rows, columns)
     print("saved", save_results("bench_dit", device, rows, Path(args.out_dir) if args.out_dir else None))
 

@@ -60,12 +60,20 @@ def test_bf16_keeps_official_float32_islands(ti2v_dit_dir):
     assert not any(p.requires_grad for p in model.parameters())
 
 
-def test_bf16_forward_close_to_fp32(ti2v_dit_dir):
+def test_convert_model_dtype_casts_every_weight(ti2v_dit_dir):
+    model = WanModel.from_pretrained(ti2v_dit_dir, dtype=torch.bfloat16, convert_model_dtype=True)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("convert_model_dtype", [False, True])
+def test_bf16_forward_close_to_fp32(ti2v_dit_dir, convert_model_dtype):
     fp32 = WanModel.from_pretrained(ti2v_dit_dir)
-    bf16 = WanModel.from_pretrained(ti2v_dit_dir, dtype=torch.bfloat16)
+    bf16 = WanModel.from_pretrained(
+        ti2v_dit_dir, dtype=torch.bfloat16, convert_model_dtype=convert_model_dtype
+    )
     g = torch.Generator().manual_seed(0)
     x, context = torch.randn(1, 48, 2, 8, 8, generator=g), torch.randn(1, 9, 4096, generator=g)
-    t = torch.tensor([500.0])
+    t = torch.tensor([[500.0] * 16 + [0.0] * 16])
     with torch.no_grad():
         out = bf16(x, t, context)
         assert out.dtype == torch.float32

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wan_runtime.errors import InputError
-from wan_runtime.models.dit_blocks import AffineLayerNorm, DiTBlock, Head, RMSNorm
+from wan_runtime.models.dit_blocks import AffineLayerNorm, DiTBlock, Head, RMSNorm, linear_float32
 from wan_runtime.models.dit_config import DiTConfig, config_from_checkpoint, read_config_json
 from wan_runtime.models.rope import rope_tables
 from wan_runtime.models.safetensors_checkpoint import (
@@ -74,12 +74,15 @@ class WanModel(nn.Module):
         path: str | Path,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        convert_model_dtype: bool = False,
     ) -> WanModel:
         """Load an official DiT folder (``config.json`` + single or sharded safetensors).
 
         ``dtype`` is the compute dtype of the matrix weights (default float32); norm, modulation,
-        time-embedding and head weights stay float32 as in the official autocast flow. Weights are
-        read one tensor at a time into a model built on the meta device.
+        time-embedding and head weights stay float32 as in the official autocast flow, unless
+        ``convert_model_dtype`` casts them too, as the official flag of that name does (the
+        official model then rounds those weights to ``dtype`` but still computes in float32 where
+        it did). Weights are read one tensor at a time into a model built on the meta device.
         """
         folder = Path(path)
         raw = read_config_json(folder / "config.json")
@@ -88,7 +91,7 @@ class WanModel(nn.Module):
         config = config_from_checkpoint(raw, {k: e.shape for k, e in entries.items()}, folder)
         with torch.device("meta"):
             model = cls(config)
-        model.set_compute_dtype(dtype or torch.float32)
+        model.set_compute_dtype(dtype or torch.float32, keep_float32=not convert_model_dtype)
         check_keys(model, entries, folder)
         load_parameters(model, entries, device or "cpu")
         return model.eval().requires_grad_(False)
@@ -102,11 +105,12 @@ class WanModel(nn.Module):
         kept += [block.modulation for block in self.blocks]
         return kept
 
-    def set_compute_dtype(self, dtype: torch.dtype) -> WanModel:
-        """Cast matrix weights to ``dtype`` and keep ``float32_parameters`` in float32."""
+    def set_compute_dtype(self, dtype: torch.dtype, keep_float32: bool = True) -> WanModel:
+        """Cast the weights to ``dtype``, but ``float32_parameters`` when ``keep_float32``."""
         self.to(dtype)
-        for param in self.float32_parameters():
-            param.data = param.data.float()
+        if keep_float32:
+            for param in self.float32_parameters():
+                param.data = param.data.float()
         return self
 
     def forward(
@@ -144,7 +148,7 @@ class WanModel(nn.Module):
         grid = tuple(patches.shape[2:])
         tokens = patches.flatten(2).transpose(1, 2)
         time_embed, time_index = self._embed_time(t)
-        time = self.time_projection(time_embed).unflatten(1, (6, self.config.dim))
+        time = linear_float32(self.time_projection[1], F.silu(time_embed)).unflatten(1, (6, self.config.dim))
         return tokens, Conditioning(
             time=time,
             time_embed=time_embed,
@@ -179,9 +183,9 @@ class WanModel(nn.Module):
             values, index = t, None
         else:
             values, index = torch.unique(t, return_inverse=True)
-        weight = self.time_embedding[0].weight
-        features = sinusoidal_embedding(values.to(weight.device), self.config.freq_dim).float()
-        return self.time_embedding(features), index
+        first, _, second = self.time_embedding
+        features = sinusoidal_embedding(values.to(first.weight.device), self.config.freq_dim)
+        return linear_float32(second, F.silu(linear_float32(first, features))), index
 
     def _embed_text(self, context: torch.Tensor) -> torch.Tensor:
         # Zero-padded to text_len: the official cross-attention attends to the padded positions.

@@ -2,7 +2,9 @@
 
 Precision follows the official model under bfloat16 autocast: matrix products run in the weights'
 dtype (the compute dtype), while norm statistics, modulation, gates and the residual stream stay in
-float32. Norm and modulation parameters are kept in float32 (``WanModel.float32_parameters``).
+float32. Norm and modulation parameters are kept in float32 (``WanModel.float32_parameters``)
+unless the whole model is converted; the layers the official model runs under float32 autocast
+(time MLP, head, the affine norm) then still compute in float32 from the rounded weights.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from wan_kernels.reference import gated_residual, layer_norm, modulate, rms_norm, rope_interleaved
@@ -28,6 +31,12 @@ def per_token(table: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` in the layer's dtype, as autocast would cast the input."""
     return layer(x.to(layer.weight.dtype))
+
+
+def linear_float32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` computed in float32 whatever the weights' dtype (official float32 autocast)."""
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
 
 
 class RMSNorm(nn.Module):
@@ -52,7 +61,7 @@ class AffineLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(x, self.weight, self.bias, self.eps)
+        return layer_norm(x, self.weight.float(), self.bias.float(), self.eps)
 
 
 class Attention(nn.Module):
@@ -136,4 +145,4 @@ class Head(nn.Module):
         shift, scale = (
             per_token(row, time_index) for row in (self.modulation[0] + time_embed[:, None]).unbind(1)
         )
-        return linear(self.head, modulate(layer_norm(x, None, None, self.eps), shift, scale))
+        return linear_float32(self.head, modulate(layer_norm(x, None, None, self.eps), shift, scale))
