@@ -1,8 +1,9 @@
 """The official Wan2.2 modules (PyPI package ``wan22``), importable on a CPU.
 
 ``wan/__init__.py`` imports every pipeline (and through them torchvision, cv2, flash-attn), so the
-packages ``wan``, ``wan.modules``, ``wan.utils`` and ``wan.configs`` are registered here as bare
-namespaces and only the modules a test asks for are executed. Two shims make them run without a GPU:
+packages ``wan``, ``wan.modules`` and ``wan.utils`` are registered here as bare namespaces and only
+the modules a test asks for are executed (``wan.configs`` imports only configuration modules).
+Two shims make them run without a GPU:
 
 - ``torch.cuda.current_device`` is called by ``wan.modules.t5`` at import time; it answers 0.
 - ``flash_attention`` needs flash-attn and CUDA; where flash-attn is missing it is replaced by
@@ -37,7 +38,7 @@ def _register_namespaces() -> None:
     ):
         return
     root = _wan_root()
-    packages = ("modules", "utils", "configs")
+    packages = ("modules", "utils")
     for name, path in (("wan", root), *((f"wan.{p}", root / p) for p in packages)):
         module = types.ModuleType(name)
         module.__path__ = [str(path)]

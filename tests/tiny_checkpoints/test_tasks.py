@@ -8,41 +8,58 @@ import torch
 from tests.official import official_module
 from wan_runtime.errors import InputError
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
-from wan_runtime.task_layouts import TASK_LAYOUTS
+from wan_runtime.tasks import TASKS
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
 
 OFFICIAL_CONFIGS = {"i2v-A14B": ("wan_i2v_A14B", "i2v_A14B"), "ti2v-5B": ("wan_ti2v_5B", "ti2v_5B")}
 
 
-@pytest.fixture(scope="module", params=sorted(TASK_LAYOUTS))
+@pytest.fixture(scope="module", params=sorted(TASKS))
 def task_root(request, tmp_path_factory):
     return request.param, write_task_checkpoint(request.param, tmp_path_factory.mktemp(request.param))
 
 
-def test_layout_matches_official_config(task_root):
-    task, root = task_root
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_task_spec_matches_official_config(task):
     module, name = OFFICIAL_CONFIGS[task]
     config = getattr(official_module(f"configs.{module}"), name)
-    layout = TASK_LAYOUTS[task]
-    assert (layout.t5_file, layout.tokenizer_dir, layout.vae_file) == (
+    spec = TASKS[task]
+    assert (spec.t5_file, spec.tokenizer_dir, spec.vae_file) == (
         config.t5_checkpoint, config.t5_tokenizer, config.vae_checkpoint
     )
     if task == "i2v-A14B":
-        assert layout.dit_folders == (config.high_noise_checkpoint, config.low_noise_checkpoint)
-    for relative in (layout.t5_file, layout.tokenizer_dir, layout.vae_file, *layout.dit_folders):
+        assert spec.dit_folders == (config.high_noise_checkpoint, config.low_noise_checkpoint)
+        assert spec.boundary == config.boundary
+    assert (spec.vae_stride, spec.patch_size, spec.text_len) == (
+        config.vae_stride, config.patch_size, config.text_len
+    )
+    assert (spec.frame_num, spec.sampling_steps, spec.shift, spec.guide_scale, spec.fps) == (
+        config.frame_num, config.sample_steps, config.sample_shift, config.sample_guide_scale,
+        config.sample_fps,
+    )
+    assert spec.negative_prompt == config.sample_neg_prompt
+    assert spec.num_train_timesteps == config.num_train_timesteps
+    official_sizes = official_module("configs").SUPPORTED_SIZES[task]
+    assert spec.supported_sizes == official_sizes and spec.default_size in official_sizes
+
+
+def test_layout_is_written(task_root):
+    task, root = task_root
+    spec = TASKS[task]
+    for relative in (spec.t5_file, spec.tokenizer_dir, spec.vae_file, *spec.dit_folders):
         assert (root / relative).exists(), relative
     assert not list(root.rglob(".*.partial")), "a temporary file was left behind"
 
 
 def test_components_load_and_fit_together(task_root):
     task, root = task_root
-    layout = TASK_LAYOUTS[task]
+    spec = TASKS[task]
     encoder = load_text_encoder(root, dtype=torch.float32)
-    vae = load_vae(root / layout.vae_file)
+    vae = load_vae(root / spec.vae_file)
     context = encoder.encode(["a cat surfing a wave"])[0][None]
     video = torch.rand(3, 5, 2 * vae.spatial_stride, 4 * vae.spatial_stride) * 2 - 1
     latent = vae.encode([video])[0][None]
-    for folder in layout.dit_folders:
+    for folder in spec.dit_folders:
         dit = WanModel.from_pretrained(root / folder)
         assert context.shape[-1] == dit.config.text_dim
         y = torch.zeros(1, dit.config.in_dim - latent.shape[1], *latent.shape[2:])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wan_runtime.errors import InputError
-from wan_runtime.task_layouts import TASK_LAYOUTS
+from wan_runtime.tasks import TASKS
 from wan_runtime.tiny_checkpoints.dit import TINY_I2V, TINY_TI2V, write_dit
 from wan_runtime.tiny_checkpoints.text_encoder import write_text_encoder
 from wan_runtime.tiny_checkpoints.vae import write_vae21, write_vae22
@@ -18,12 +18,12 @@ def write_task_checkpoint(task: str, root: str | Path, seed: int = 0) -> Path:
     """Write ``Wan2.2-I2V-A14B/``-like (``task="i2v-A14B"``) or ``Wan2.2-TI2V-5B/``-like
     (``task="ti2v-5B"``) contents into ``root``: the umT5 file and tokenizer folder, the task's VAE
     file and its DiT folder(s), each DiT sharded in two as the release is. Returns ``root``."""
-    if task not in TASK_LAYOUTS:
-        raise InputError(f"unknown task {task!r}; tiny checkpoints exist for {', '.join(TASK_LAYOUTS)}")
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; tiny checkpoints exist for {', '.join(TASKS)}")
     root = Path(root)
-    layout = TASK_LAYOUTS[task]
+    spec = TASKS[task]
     write_text_encoder(root, dim=_DIT_CONFIGS[task].text_dim, seed=seed)
-    _VAE_WRITERS[task](root / layout.vae_file, seed=seed)
-    for i, folder in enumerate(layout.dit_folders):
+    _VAE_WRITERS[task](root / spec.vae_file, seed=seed)
+    for i, folder in enumerate(spec.dit_folders):
         write_dit(root / folder, _DIT_CONFIGS[task], seed=seed + 1 + i, shards=2)
     return root

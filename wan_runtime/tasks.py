@@ -1,0 +1,81 @@
+"""The tasks this runtime serves: their checkpoint layout and official sampling defaults.
+
+Values are those of the official ``wan/configs`` for each task; file and folder names are relative
+to the task's checkpoint folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wan_runtime.models.t5_checkpoint import CHECKPOINT_FILE
+from wan_runtime.models.text_encoder import TOKENIZER_DIR
+
+# The official default negative prompt (shared by all tasks).
+DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task's files and defaults.
+
+    ``dit_folders`` lists the DiT folders, highest noise first: the two i2v-A14B experts, or the
+    root itself (``"."``) for ti2v-5B. ``guide_scale`` is ``(low_noise, high_noise)`` for the
+    two-expert task, in the official order. ``boundary`` is the fraction of the 1000 training
+    timesteps at and above which the high-noise expert runs (None: one DiT).
+    ``supported_sizes`` are the official ``W*H`` strings the models were trained at.
+    """
+
+    name: str
+    vae_file: str
+    vae_stride: tuple[int, int, int]
+    dit_folders: tuple[str, ...]
+    supported_sizes: tuple[str, ...]
+    default_size: str
+    frame_num: int
+    sampling_steps: int
+    shift: float
+    guide_scale: float | tuple[float, float]
+    fps: int
+    boundary: float | None = None
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    t5_file: str = CHECKPOINT_FILE
+    tokenizer_dir: str = TOKENIZER_DIR
+    text_len: int = 512
+    num_train_timesteps: int = 1000
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+
+
+TASKS = {
+    "i2v-A14B": TaskSpec(
+        name="i2v-A14B",
+        vae_file="Wan2.1_VAE.pth",
+        vae_stride=(4, 8, 8),
+        dit_folders=("high_noise_model", "low_noise_model"),
+        supported_sizes=("720*1280", "1280*720", "480*832", "832*480"),
+        default_size="1280*720",
+        frame_num=81,
+        sampling_steps=40,
+        shift=5.0,
+        guide_scale=(3.5, 3.5),
+        fps=16,
+        boundary=0.900,
+    ),
+    "ti2v-5B": TaskSpec(
+        name="ti2v-5B",
+        vae_file="Wan2.2_VAE.pth",
+        vae_stride=(4, 16, 16),
+        dit_folders=(".",),
+        supported_sizes=("704*1280", "1280*704"),
+        default_size="1280*704",
+        frame_num=121,
+        sampling_steps=50,
+        shift=5.0,
+        guide_scale=5.0,
+        fps=24,
+    ),
+}
