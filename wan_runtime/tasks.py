@@ -7,7 +7,9 @@ to the task's checkpoint folder.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
+from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.models.t5_checkpoint import CHECKPOINT_FILE
 from wan_runtime.models.text_encoder import TOKENIZER_DIR
 
@@ -79,3 +81,31 @@ TASKS = {
         fps=24,
     ),
 }
+
+
+def required_files(spec: TaskSpec) -> list[str]:
+    """Paths a complete checkpoint folder of ``spec`` holds, relative to it (DiT folders by their
+    ``config.json``; their weights are checked when they load)."""
+    dits = [str(PurePosixPath(folder) / "config.json") for folder in spec.dit_folders]
+    return [spec.t5_file, spec.tokenizer_dir, spec.vae_file, *dits]
+
+
+def check_checkpoint_dir(task: str, ckpt_dir: str | Path) -> TaskSpec:
+    """The task's spec, after checking that ``ckpt_dir`` holds every file the task needs.
+
+    Raises ``InputError`` for an unknown task and ``CheckpointError`` listing every missing path.
+    """
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    spec, root = TASKS[task], Path(ckpt_dir)
+    if not root.is_dir():
+        raise CheckpointError(
+            f"checkpoint folder {root} does not exist; pass the folder of the {task} release"
+        )
+    missing = [name for name in required_files(spec) if not (root / name).exists()]
+    if missing:
+        raise CheckpointError(
+            f"{root} is not a complete {task} checkpoint folder: missing {', '.join(missing)}; "
+            "download the whole official release folder"
+        )
+    return spec

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.official import official_module
-from wan_runtime.errors import InputError
+from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
-from wan_runtime.tasks import TASKS
+from wan_runtime.tasks import TASKS, check_checkpoint_dir
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
 
 OFFICIAL_CONFIGS = {"i2v-A14B": ("wan_i2v_A14B", "i2v_A14B"), "ti2v-5B": ("wan_ti2v_5B", "ti2v_5B")}
@@ -72,3 +72,17 @@ def test_components_load_and_fit_together(task_root):
 def test_unknown_task(tmp_path):
     with pytest.raises(InputError, match="unknown task 't2v-A14B'"):
         write_task_checkpoint("t2v-A14B", tmp_path)
+
+
+def test_checkpoint_check_lists_every_missing_file(tmp_path):
+    root = write_task_checkpoint("i2v-A14B", tmp_path / "ckpt")
+    assert check_checkpoint_dir("i2v-A14B", root) is TASKS["i2v-A14B"]
+    (root / "Wan2.1_VAE.pth").unlink()
+    (root / "low_noise_model" / "config.json").unlink()
+    with pytest.raises(CheckpointError) as info:
+        check_checkpoint_dir("i2v-A14B", root)
+    assert "missing Wan2.1_VAE.pth, low_noise_model/config.json" in str(info.value)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        check_checkpoint_dir("ti2v-5B", tmp_path / "nowhere")
+    with pytest.raises(InputError, match="unknown task"):
+        check_checkpoint_dir("t2v-A14B", root)
