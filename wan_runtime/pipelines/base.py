@@ -1,0 +1,231 @@
+"""What the i2v and ti2v pipelines share: argument resolution, text encoding with the negative
+prompt, the denoising loop with classifier-free guidance, decoding, timing and the run report.
+
+A task subclass says how the output size and the latent shape follow from the arguments
+(``_plan``), how an input image conditions the run (``_encode_image``) and, for the two-expert
+task, which expert and guide scale serve a timestep (``_expert``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm import tqdm
+
+from wan_runtime.errors import InputError
+from wan_runtime.models import TextEncoder, WanModel, WanVAE
+from wan_runtime.pipelines.inputs import (
+    check_frame_num,
+    check_guide_scale,
+    check_prompt,
+    load_image,
+    parse_size,
+    resolve_seed,
+)
+from wan_runtime.pipelines.report import RunReport, StageClock
+from wan_runtime.pipelines.residency import Residency
+from wan_runtime.solvers import MultistepFlowSolver, make_solver
+from wan_runtime.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from PIL import Image
+
+TEXT_ENCODER = "text_encoder"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The geometry of one run, fixed before any model runs: output pixels and frames, latent
+    shape ``(channels, frames, height, width)``; ``image`` is the input image, already loaded."""
+
+    width: int
+    height: int
+    frame_num: int
+    latent_shape: tuple[int, int, int, int]
+    image: Image.Image | None
+
+
+@dataclass(frozen=True)
+class ImageCondition:
+    """How an encoded input image enters the denoising: ``y`` [1, C, F, h, w] concatenated to the
+    DiT input (i2v), or ``first_frame`` [C, 1, h, w], a latent frame held fixed at timestep 0 (ti2v)."""
+
+    y: torch.Tensor | None = None
+    first_frame: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The encoded prompt and negative prompt, [1, L, text_dim] each, on the pipeline's device."""
+
+    context: torch.Tensor
+    context_null: torch.Tensor
+
+
+class Pipeline:
+    """A loaded task: ``generate`` turns a prompt (and an image) into a video; build one with
+    ``wan_runtime.pipelines.load_pipeline``.
+
+    ``task`` is the task name, ``fps`` the frame rate the task's videos play at, ``last_report``
+    the ``RunReport`` of the latest ``generate`` (None before the first).
+    """
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        device: torch.device,
+        text_encoder: TextEncoder,
+        vae: WanVAE,
+        dits: dict[str, WanModel],
+        residency: Residency,
+    ) -> None:
+        self.spec = spec
+        self.task = spec.name
+        self.fps = spec.fps
+        self.device = device
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.dits = dits
+        self.residency = residency
+        self.last_report: RunReport | None = None
+
+    # -- what a task defines ------------------------------------------------------------------
+
+    def _plan(self, image: Image.Image | None, width: int, height: int, frame_num: int) -> Plan:
+        raise NotImplementedError
+
+    def _encode_image(self, plan: Plan) -> ImageCondition:
+        raise NotImplementedError
+
+    def _expert(self, t: int, guide_scale: float | tuple[float, float]) -> tuple[str, float]:
+        """The DiT (by name) and the guide scale for timestep ``t``: the one DiT by default."""
+        (name,) = self.dits
+        return name, guide_scale
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        image: Image.Image | str | Path | None = None,
+        size: str | None = None,
+        frame_num: int | None = None,
+        sampling_steps: int | None = None,
+        guide_scale: float | tuple[float, float] | None = None,
+        shift: float | None = None,
+        sample_solver: str = "unipc",
+        seed: int = -1,
+        n_prompt: str = "",
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Generate a video [3, frame_num, H, W], float32 in [-1, 1], on the pipeline's device.
+
+        ``None`` arguments take the task's official defaults. ``size`` is ``"W*H"``: the output
+        size for ti2v-5B without an image, else the target area, the image's aspect ratio giving
+        the shape. ``guide_scale`` for i2v-A14B is one number or ``(low_noise, high_noise)``.
+        ``seed`` -1 draws a random seed; ``n_prompt`` "" uses the official negative prompt. Every
+        argument is checked (``InputError``) before any model runs. ``last_report`` then holds
+        the resolved arguments and the timings.
+        """
+        spec = self.spec
+        prompt = check_prompt(prompt, "prompt")
+        n_prompt = check_prompt(n_prompt, "n_prompt") or spec.negative_prompt
+        width, height = parse_size(spec.default_size if size is None else size, spec)
+        frame_num = check_frame_num(spec.frame_num if frame_num is None else frame_num, spec)
+        steps = spec.sampling_steps if sampling_steps is None else sampling_steps
+        shift = spec.shift if shift is None else shift
+        solver = make_solver(sample_solver, steps, shift, self.device)
+        guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
+        if not isinstance(progress, bool):
+            raise InputError(f"progress must be True or False, got {progress!r}")
+        plan = self._plan(None if image is None else load_image(image), width, height, frame_num)
+        seed = resolve_seed(seed)
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        clock = StageClock(self.device)
+        with torch.inference_mode():
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            noise = torch.randn(
+                plan.latent_shape, dtype=torch.float32, generator=generator, device=self.device
+            )
+            with clock.stage("text_encode"):
+                prompts = self._encode_text(prompt, n_prompt)
+            condition = ImageCondition()
+            if plan.image is not None:
+                with clock.stage("vae_encode"):
+                    condition = self._encode_image(plan)
+            with clock.stage("denoise"):
+                latent = self._denoise(noise, prompts, solver, guide, condition, progress)
+                self.residency.release()
+            with clock.stage("vae_decode"):
+                video = self.vae.decode([latent])[0]
+        self.last_report = RunReport(
+            task=self.task, prompt=prompt, n_prompt=n_prompt, seed=seed, size=f"{plan.width}*{plan.height}",
+            frame_num=frame_num, sampling_steps=int(steps), guide_scale=guide, shift=float(shift),
+            sample_solver=sample_solver, timings=clock.timings, peak_memory_bytes=self._peak_memory(),
+        )
+        # A normal tensor, not an inference tensor, so that callers may modify it in place.
+        return video.clone()
+
+    def _peak_memory(self) -> int | None:
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
+    def _encode_text(self, prompt: str, n_prompt: str) -> Prompts:
+        """Both prompts, encoded one at a time as the official pipelines do (a batch of two
+        would pad the shorter one and change its encoding's arithmetic)."""
+        encoder = self.text_encoder
+        if TEXT_ENCODER in self.residency.placement:
+            self.residency.activate(TEXT_ENCODER)
+        context, context_null = (
+            encoder.encode([text])[0][None].to(self.device) for text in (prompt, n_prompt)
+        )
+        # When offloading, the encoder leaves the accelerator before the VAE encodes.
+        self.residency.release()
+        return Prompts(context, context_null)
+
+    def _denoise(
+        self,
+        noise: torch.Tensor,
+        prompts: Prompts,
+        solver: MultistepFlowSolver,
+        guide: float | tuple[float, float],
+        condition: ImageCondition,
+        progress: bool,
+    ) -> torch.Tensor:
+        """Run every solver step from ``noise`` [C, F, h, w] with classifier-free guidance; the
+        final latent."""
+        first = condition.first_frame
+        latent = noise if first is None else torch.cat([first, noise[:, 1:]], dim=1)
+        timesteps = solver.timesteps
+        per_token = None if first is None else self._moving_tokens(latent)
+        expert_names = len(self.dits) > 1
+        with tqdm(total=len(timesteps), disable=not progress, desc=self.task, unit="step") as bar:
+            for i, t in enumerate(timesteps.tolist()):
+                name, scale = self._expert(t, guide)
+                model = self.residency.activate(name)
+                # ti2v with an image: the tokens of the fixed first frame are at timestep 0.
+                timestep = timesteps[i : i + 1] if per_token is None else per_token * timesteps[i]
+                x = latent[None]
+                cond = model(x, timestep, prompts.context, condition.y)[0]
+                uncond = model(x, timestep, prompts.context_null, condition.y)[0]
+                latent = solver.step(uncond + scale * (cond - uncond), t, latent)
+                if first is not None:
+                    latent = torch.cat([first, latent[:, 1:]], dim=1)
+                if expert_names:
+                    bar.set_postfix(expert=name)
+                bar.update()
+        return latent
+
+    def _moving_tokens(self, latent: torch.Tensor) -> torch.Tensor:
+        """[1, L] int64: 0 for the DiT tokens of the first latent frame, 1 for the others."""
+        _, frames, height, width = latent.shape
+        p_t, p_h, p_w = self.spec.patch_size
+        per_frame = (height // p_h) * (width // p_w)
+        mask = torch.ones(1, frames // p_t * per_frame, dtype=torch.int64, device=latent.device)
+        mask[:, :per_frame] = 0
+        return mask

@@ -1,0 +1,142 @@
+"""Checks of ``generate``'s arguments, all cheap, run before any model does work.
+
+Each raises ``InputError`` with the fix in its message.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import random
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wan_runtime.errors import InputError
+from wan_runtime.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# torch.Generator.manual_seed accepts seeds up to 2**64 - 1.
+_MAX_SEED = 2**64 - 1
+
+
+def _is_int(value: object) -> bool:
+    # bool is an Integral, but True as a frame count or a seed is a caller's mistake.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def size_multiple(spec: TaskSpec) -> int:
+    """Pixels that width and height must be multiples of: VAE stride times DiT patch size."""
+    return spec.vae_stride[1] * spec.patch_size[1]
+
+
+def _nearest_multiples(value: int, step: int) -> list[int]:
+    below = value // step * step
+    return [v for v in (below, below + step) if v > 0]
+
+
+def parse_size(size: str, spec: TaskSpec) -> tuple[int, int]:
+    """``"W*H"`` (width first, as the official ``SIZE_CONFIGS`` keys) -> ``(W, H)``.
+
+    Any width and height that ``size_multiple(spec)`` divides is accepted; the error for
+    another names the nearest valid sizes.
+    """
+    if not isinstance(size, str) or size.count("*") != 1:
+        raise InputError(f"size must be a 'W*H' string such as {spec.default_size!r}, got {size!r}")
+    try:
+        width, height = (int(part) for part in size.split("*"))
+    except ValueError:
+        raise InputError(f"size must be a 'W*H' string such as {spec.default_size!r}, got {size!r}") from None
+    step = size_multiple(spec)
+    if width > 0 and height > 0 and width % step == 0 and height % step == 0:
+        return width, height
+    widths, heights = _nearest_multiples(max(width, 1), step), _nearest_multiples(max(height, 1), step)
+    candidates = sorted(
+        {(w, h) for w in widths for h in heights},
+        key=lambda wh: (abs(wh[0] - width) + abs(wh[1] - height), wh),
+    )
+    nearest = ", ".join(f"{w}*{h}" for w, h in candidates[:4])
+    raise InputError(
+        f"size {size} does not fit {spec.name}: width and height must be positive multiples of {step} "
+        f"(VAE stride {spec.vae_stride[1]} x patch {spec.patch_size[1]}); nearest valid sizes: {nearest} "
+        f"(trained sizes: {', '.join(spec.supported_sizes)})"
+    )
+
+
+def check_frame_num(frame_num: int, spec: TaskSpec) -> int:
+    """``frame_num`` must be ``1 + 4n`` (n >= 0): the VAE packs 4 frames per latent after the
+    first. The official pipelines also run with 1 frame (a single image)."""
+    stride = spec.vae_stride[0]
+    if not (_is_int(frame_num) and frame_num >= 1 and (frame_num - 1) % stride == 0):
+        below = max(1, (int(frame_num) - 1) // stride * stride + 1) if _is_int(frame_num) else 1
+        raise InputError(
+            f"frame_num must be 1 + {stride}n (1, 5, 9, ..., {spec.frame_num}), got {frame_num!r}; "
+            f"nearest valid: {below} or {below + stride}"
+        )
+    return int(frame_num)
+
+
+def _check_scale(value: object) -> float:
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < math.inf):
+        raise InputError(f"guide_scale must be a finite number >= 0 (e.g. 3.5 or 5.0), got {value!r}")
+    return float(value)
+
+
+def check_guide_scale(guide_scale: object, spec: TaskSpec) -> float | tuple[float, float]:
+    """One scale, or for the two-expert task a number or ``(low_noise, high_noise)`` pair, which is
+    returned as a pair."""
+    if spec.boundary is None:
+        if isinstance(guide_scale, (tuple, list)):
+            raise InputError(f"{spec.name} has one model: guide_scale is one number, got {guide_scale!r}")
+        return _check_scale(guide_scale)
+    if isinstance(guide_scale, (tuple, list)):
+        if len(guide_scale) != 2:
+            raise InputError(
+                f"guide_scale for {spec.name} is a number or a (low_noise, high_noise) pair, "
+                f"got {guide_scale!r}"
+            )
+        low, high = (_check_scale(v) for v in guide_scale)
+        return low, high
+    scale = _check_scale(guide_scale)
+    return scale, scale
+
+
+def resolve_seed(seed: int) -> int:
+    """The seed to use: ``seed`` itself, or for a negative one a random seed as the official code
+    draws it."""
+    if not _is_int(seed) or seed > _MAX_SEED:
+        raise InputError(f"seed must be an integer in [0, 2**64 - 1], or -1 for a random seed; got {seed!r}")
+    return int(seed) if seed >= 0 else random.randint(0, sys.maxsize)
+
+
+def check_prompt(prompt: object, name: str) -> str:
+    """``prompt`` itself, after checking that it is a string."""
+    if not isinstance(prompt, str):
+        raise InputError(f"{name} must be a string, got {type(prompt).__name__}")
+    return prompt
+
+
+def load_image(image: object) -> Image.Image:
+    """An RGB PIL image from a PIL image or a path (the official CLI converts to RGB too)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        picture = image
+    elif isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"image {path} does not exist; pass the path of a PNG, JPEG or WebP file")
+        try:
+            with Image.open(path) as opened:
+                picture = opened.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise InputError(
+                f"image {path} cannot be read as an image ({err}); pass a PNG, JPEG or WebP file"
+            ) from err
+    else:
+        raise InputError(f"image must be a PIL image or a file path, got {type(image).__name__}")
+    if picture.width < 1 or picture.height < 1:
+        raise InputError(f"the image is empty ({picture.width}x{picture.height} pixels)")
+    return picture.convert("RGB")

@@ -1,0 +1,81 @@
+"""``load_pipeline``: a task's checkpoint folder -> a ready ``Pipeline``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from wan_runtime.errors import InputError
+from wan_runtime.inference_only import guard, inference_only_enabled
+from wan_runtime.models import WanModel, load_text_encoder, load_vae
+from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
+from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE, I2VPipeline
+from wan_runtime.pipelines.residency import Residency
+from wan_runtime.pipelines.ti2v import TI2VPipeline
+from wan_runtime.tasks import check_checkpoint_dir
+
+_PIPELINES = {"i2v-A14B": (I2VPipeline, (HIGH_NOISE, LOW_NOISE)), "ti2v-5B": (TI2VPipeline, ("dit",))}
+_DTYPES = (torch.bfloat16, torch.float32)
+_CPU = torch.device("cpu")
+
+
+def _resolve_device(device: torch.device | str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(
+            f"device {device!r} is not a torch device; use e.g. 'cuda', 'cuda:1' or 'cpu'"
+        ) from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asks for CUDA, which this machine lacks; use device='cpu'")
+    return resolved
+
+
+def load_pipeline(
+    task: str,
+    ckpt_dir: str | Path,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    offload_model: bool = False,
+    t5_cpu: bool = False,
+    convert_model_dtype: bool = False,
+) -> Pipeline:
+    """Load ``task`` (``"i2v-A14B"`` or ``"ti2v-5B"``) from its official release folder ``ckpt_dir``.
+
+    ``device`` defaults to CUDA when available. ``dtype`` is the DiT compute dtype (the text
+    encoder runs in bfloat16, float32 when ``dtype`` is float32; the VAE in float32, as the
+    official pipelines run them). ``offload_model`` keeps the big models on the CPU and brings
+    only the one at work onto the device; ``t5_cpu`` runs the text encoder on the CPU;
+    ``convert_model_dtype`` casts every DiT weight to ``dtype``, as the official flag does. The
+    folder is checked for every file before anything loads (``CheckpointError``). Unless
+    ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
+    """
+    spec = check_checkpoint_dir(task, ckpt_dir)
+    if dtype not in _DTYPES:
+        raise InputError(f"dtype must be torch.bfloat16 (the official) or torch.float32, got {dtype!r}")
+    device = _resolve_device(device)
+    inference_only_enabled()  # a bad WAN_INFERENCE_ONLY value fails before minutes of loading
+    root = Path(ckpt_dir)
+    rest = _CPU if offload_model else device  # where the big models sit between uses
+    residency = Residency(device, offload_model)
+
+    text_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
+    text_encoder = load_text_encoder(root, device=_CPU if t5_cpu else rest, dtype=text_dtype)
+    guard(text_encoder.model)
+    if not t5_cpu:
+        residency.add(TEXT_ENCODER, text_encoder.model)
+
+    vae = load_vae(root / spec.vae_file, device=device, dtype=torch.float32)
+    guard(vae.model)
+
+    pipeline_class, names = _PIPELINES[spec.name]
+    dits = {}
+    for name, folder in zip(names, spec.dit_folders, strict=True):
+        dits[name] = guard(WanModel.from_pretrained(
+            root / folder, dtype=dtype, device=rest, convert_model_dtype=convert_model_dtype
+        ))
+        residency.add(name, dits[name])
+    return pipeline_class(spec, device, text_encoder, vae, dits, residency)

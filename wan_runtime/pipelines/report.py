@@ -1,0 +1,77 @@
+"""``RunReport``: what one ``generate`` call did, with the values it resolved, and how long it took."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+_STAGE_NAMES = {
+    "text_encode": "text",
+    "vae_encode": "VAE encode",
+    "denoise": "denoise",
+    "vae_decode": "VAE decode",
+}
+
+
+@dataclass
+class RunReport:
+    """One run: every argument as used (``None`` defaults resolved, the random seed drawn, the
+    default negative prompt filled in), the output ``size`` as ``"W*H"``, seconds per stage in
+    ``timings`` (``text_encode``, ``vae_encode`` when an image is encoded, ``denoise``,
+    ``vae_decode``) and the peak accelerator memory (``None`` on the CPU)."""
+
+    task: str
+    prompt: str
+    n_prompt: str
+    seed: int
+    size: str
+    frame_num: int
+    sampling_steps: int
+    guide_scale: float | tuple[float, float]
+    shift: float
+    sample_solver: str
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: int | None = None
+
+    def summary(self) -> str:
+        """A few lines for a person: what ran, the time per stage, the peak memory."""
+        stages = ", ".join(f"{_STAGE_NAMES.get(k, k)} {v:.1f} s" for k, v in self.timings.items())
+        total = sum(self.timings.values())
+        memory = (
+            "peak accelerator memory: n/a (CPU run)"
+            if self.peak_memory_bytes is None
+            else f"peak accelerator memory: {self.peak_memory_bytes / 2**30:.2f} GiB"
+        )
+        return "\n".join([
+            f"{self.task}: {self.size}, {self.frame_num} frames, seed {self.seed}",
+            f"{self.sampling_steps} steps of {self.sample_solver}, shift {self.shift:g}, "
+            f"guide scale {self.guide_scale}",
+            f"time: {stages} (total {total:.1f} s)",
+            memory,
+        ])
+
+
+class StageClock:
+    """Wall-clock seconds per named stage; on CUDA it waits for queued kernels before reading
+    the clock, so a stage is charged for the work it launched."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.timings: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the body as stage ``name``."""
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.timings[name] = time.perf_counter() - start

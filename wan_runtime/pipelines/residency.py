@@ -1,0 +1,55 @@
+"""Which of a pipeline's big models sit on the accelerator, for ``offload_model``.
+
+Without offloading every model stays where it was loaded (on the pipeline's device). With it,
+the big models live on the CPU and ``activate`` brings one onto the device, first sending the
+others back, so only one of them occupies accelerator memory at a time. The bookkeeping
+(``placement``) is kept apart from the tensors' devices so that the logic is observable, and
+testable, on a CPU-only run where both places are the same device.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+Placement = Literal["device", "cpu"]
+_CPU = torch.device("cpu")
+
+
+class Residency:
+    """The big modules of one pipeline, by name, and where each one is."""
+
+    def __init__(self, device: torch.device, offload: bool) -> None:
+        self.device = device
+        self.offload = offload
+        self._modules: dict[str, nn.Module] = {}
+        self.placement: dict[str, Placement] = {}
+
+    def add(self, name: str, module: nn.Module) -> None:
+        """Track ``module``, which must already be where the policy wants it at rest: on the CPU
+        when offloading, else on the device."""
+        self._modules[name] = module
+        self.placement[name] = "cpu" if self.offload else "device"
+
+    def _move(self, name: str, placement: Placement) -> None:
+        if self.placement[name] != placement:
+            self._modules[name].to(self.device if placement == "device" else _CPU)
+            self.placement[name] = placement
+
+    def activate(self, name: str) -> nn.Module:
+        """Module ``name``, on the device; when offloading, every other module is sent to the CPU
+        first, so that the two never share the accelerator."""
+        if self.offload:
+            for other in self._modules:
+                if other != name:
+                    self._move(other, "cpu")
+        self._move(name, "device")
+        return self._modules[name]
+
+    def release(self) -> None:
+        """When offloading, send every module back to the CPU (e.g. before the VAE decodes)."""
+        if self.offload:
+            for name in self._modules:
+                self._move(name, "cpu")
