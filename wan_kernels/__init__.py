@@ -1,9 +1,35 @@
 """Fused ops for diffusion-transformer blocks, each with a plain-torch reference.
 
 ``wan_kernels.reference`` holds the reference of every op; it knows nothing of any particular
-model, so other DiT codebases can use it as is.
+model, so other DiT codebases can use it as is. The ops below check their inputs and run the
+selected backend (``triton`` or ``torch``; see ``wan_kernels.dispatch``) as ``torch.library``
+custom ops, so ``torch.compile`` traces them without graph breaks.
 """
 
 from wan_kernels import reference
+from wan_kernels.dispatch import available_backends, get_backend, set_backend
+from wan_kernels.ops import (
+    gated_residual,
+    gated_residual_layernorm_modulate,
+    layernorm_modulate,
+    qk_rmsnorm_rope,
+    rel_l1,
+    rel_l2,
+    residual_apply,
+    residual_capture,
+)
 
-__all__ = ["reference"]
+__all__ = [
+    "available_backends",
+    "gated_residual",
+    "gated_residual_layernorm_modulate",
+    "get_backend",
+    "layernorm_modulate",
+    "qk_rmsnorm_rope",
+    "reference",
+    "rel_l1",
+    "rel_l2",
+    "residual_apply",
+    "residual_capture",
+    "set_backend",
+]

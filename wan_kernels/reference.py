@@ -53,3 +53,91 @@ def rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     even, odd = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2)
+
+
+def layernorm_modulate(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    round_to_input: bool = True,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """adaLN input: LayerNorm without affine weights, then ``* (1 + scale) + shift``.
+
+    With ``round_to_input`` (the default, and what the official Wan model computes) the normalised
+    value is rounded to ``x.dtype`` before the modulation; without it the float32 normalised value
+    is modulated directly, which is more accurate for low-precision ``x``. The modulation is in
+    float32 and the result is cast once to ``out_dtype``.
+    """
+    if round_to_input:
+        normed = layer_norm(x, None, None, eps)
+    else:
+        normed = F.layer_norm(x.float(), x.shape[-1:], eps=eps)
+    return modulate(normed, shift, scale).to(out_dtype)
+
+
+def gated_residual_layernorm_modulate(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    eps: float,
+    out_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gated_residual`` then ``layernorm_modulate`` of its result: (new residual, modulated input).
+
+    The new residual is float32, so rounding the normalised value to its dtype changes nothing.
+    """
+    residual = gated_residual(x, y, gate)
+    return residual, layernorm_modulate(residual, shift, scale, eps, out_dtype=out_dtype)
+
+
+def _sampled_tokens(a: torch.Tensor, b: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return a[..., ::stride, :].float(), b[..., ::stride, :].float()
+
+
+def rel_l1(a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """``sum|a - b| / sum|b|`` over every ``stride``-th token (second-to-last dim), in float32."""
+    a32, b32 = _sampled_tokens(a, b, stride)
+    return (a32 - b32).abs().sum() / b32.abs().sum()
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """``|a - b|_2 / |b|_2`` over every ``stride``-th token (second-to-last dim), in float32."""
+    a32, b32 = _sampled_tokens(a, b, stride)
+    return torch.sqrt((a32 - b32).square().sum() / b32.square().sum())
+
+
+def residual_apply(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``x + residual`` in float32: a step cache reusing a captured residual."""
+    return x.float() + residual.float()
+
+
+def residual_capture(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    """``out - inp`` in float32: the residual a step cache captures."""
+    return out.float() - inp.float()
+
+
+def qk_rmsnorm_rope(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    weight_q: torch.Tensor,
+    weight_k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    num_heads: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of ``q`` and ``k`` [B, L, C] over the full width, then the interleaved rotary embedding.
+
+    Per head of ``C / num_heads`` channels; ``cos``/``sin`` as in ``rope_interleaved``. Returns
+    [B, L, H, D] in the input's dtype (the attention's dtype), rounded once from float32.
+    """
+
+    def one(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        normed = rms_norm(x, weight, eps).unflatten(-1, (num_heads, -1))
+        return rope_interleaved(normed, cos, sin).to(x.dtype)
+
+    return one(q, weight_q), one(k, weight_k)

@@ -1,0 +1,60 @@
+"""The ops under torch.compile: traced without graph breaks, matching eager; their schemas and fakes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import wan_kernels
+from tests.kernels.cases import randn
+from tests.kernels.tolerances import assert_matches
+
+EPS = 1e-6
+
+
+def _block_tail(x, y, gate, shift, scale, cache_input, cos, sin, weight):
+    """A DiT-like sequence of the ops: residual, next sub-layer input, cache residual and q/k."""
+    residual, hidden = wan_kernels.gated_residual_layernorm_modulate(x, y, gate, shift, scale, EPS)
+    hidden = wan_kernels.layernorm_modulate(hidden.bfloat16(), shift, scale, EPS)
+    residual = wan_kernels.gated_residual(residual, hidden.bfloat16(), gate)
+    captured = wan_kernels.residual_capture(residual, cache_input)
+    out = wan_kernels.residual_apply(cache_input, captured)
+    q, k = wan_kernels.qk_rmsnorm_rope(out.bfloat16(), hidden.bfloat16(), weight, weight, cos, sin, 4, EPS)
+    change = wan_kernels.rel_l1(out, x, 2) + wan_kernels.rel_l2(out, x, 4)
+    return out, q, k, change
+
+
+def _inputs():
+    shape = (2, 7, 64)
+    row = (2, 1, 64)
+    angles = randn((7, 1, 8), seed=7)
+    return (randn(shape, seed=1), randn(shape, torch.bfloat16, seed=2), randn(row, seed=3),
+            randn(row, seed=4), randn(row, seed=5, scale=0.5), randn(shape, seed=6), angles.cos(),
+            angles.sin(), 1 + randn((64,), seed=8, scale=0.1))
+
+
+def test_fullgraph_compile_matches_eager(backend):
+    torch._dynamo.reset()
+    args = _inputs()
+    eager = _block_tail(*args)
+    compiled = torch.compile(_block_tail, fullgraph=True)(*args)
+    for c, e in zip(compiled, eager, strict=True):
+        assert_matches(c, e, e.dtype)
+
+
+OPCHECK_CASES = {
+    "layernorm_modulate": lambda a: (a[1], a[3], a[4], EPS, True, torch.float32),
+    "gated_residual": lambda a: (a[0], a[1], a[2]),
+    "gated_residual_layernorm_modulate": lambda a: (a[0], a[1], a[2], a[3], a[4], EPS, torch.bfloat16),
+    "rel_l1": lambda a: (a[0], a[5], 2),
+    "rel_l2": lambda a: (a[0], a[5], 1),
+    "residual_apply": lambda a: (a[1], a[5]),
+    "residual_capture": lambda a: (a[0], a[5]),
+    "qk_rmsnorm_rope": lambda a: (a[1], a[1], a[8], a[8], a[6], a[7], 4, EPS),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPCHECK_CASES))
+def test_opcheck(name):
+    """Schema, fake implementation and compile-time dispatch of each custom op (torch backend)."""
+    torch.library.opcheck(getattr(torch.ops.wan_kernels, name), OPCHECK_CASES[name](_inputs()))

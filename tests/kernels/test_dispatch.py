@@ -1,0 +1,118 @@
+"""Backend selection and the errors of rejected inputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import wan_kernels
+from tests.kernels.cases import DEVICE, randn
+from wan_kernels import dispatch, reference
+
+EPS = 1e-6
+
+
+def test_torch_is_always_available_and_auto_is_the_default():
+    assert "torch" in wan_kernels.available_backends()
+    assert wan_kernels.get_backend() == "auto"
+
+
+def test_auto_picks_triton_on_cuda_else_torch():
+    expected = "triton" if DEVICE.type == "cuda" and "triton" in wan_kernels.available_backends() else "torch"
+    fn = dispatch.resolve("rel_l1", DEVICE)
+    assert (fn is reference.rel_l1) == (expected == "torch")
+
+
+@pytest.mark.parametrize("name, message", [("nope", "unknown wan_kernels backend"),
+                                           ("cpp", "not available here")])
+def test_set_backend_rejects_unknown_and_unavailable(name, message):
+    with pytest.raises(ValueError, match=message):
+        wan_kernels.set_backend(name)
+    assert wan_kernels.get_backend() == "auto"
+
+
+@pytest.mark.parametrize("value, expected", [("torch", "torch"), ("", "auto")])
+def test_environment_variable_selects_the_backend(value, expected):
+    env = {**os.environ, dispatch.ENV_VAR: value}
+    code = "import wan_kernels; print(wan_kernels.get_backend())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
+
+
+def test_environment_variable_rejects_unknown_backend():
+    env = {**os.environ, dispatch.ENV_VAR: "nope"}
+    out = subprocess.run([sys.executable, "-c", "import wan_kernels"], env=env, capture_output=True,
+                         text=True)
+    assert out.returncode != 0 and "unknown wan_kernels backend 'nope'" in out.stderr
+
+
+@pytest.mark.skipif("triton" not in wan_kernels.available_backends() or torch.cuda.is_available(),
+                    reason="needs Triton's CPU interpreter and no GPU")
+def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
+    wan_kernels.set_backend("triton")
+    try:
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        x = randn((1, 2, 64))
+        with pytest.raises(ValueError, match="backend 'triton' cannot run on cpu tensors"):
+            wan_kernels.residual_apply(x, x)
+    finally:
+        wan_kernels.set_backend("auto")
+
+
+def _modulated_inputs(shape=(2, 7, 64)):
+    return randn(shape, torch.bfloat16), randn((shape[0], 1, shape[2])), randn((shape[0], 1, shape[2]))
+
+
+BAD_LAYERNORM_INPUTS = [
+    (lambda x, s, c: (x.double(), s, c), "x must be float32 or bfloat16 or float16, got torch.float64"),
+    (lambda x, s, c: (x[0], s, c), "x must be 3-D"),
+    (lambda x, s, c: (x.transpose(1, 2).contiguous().transpose(1, 2), s, c), "x must be contiguous in"),
+    (lambda x, s, c: (x, s.bfloat16(), c), "shift must be float32"),
+    (lambda x, s, c: (x, s, c[:, :, :32]), r"scale must be \[B, 1, C\] or \[B, L, C\]"),
+    (lambda x, s, c: (x, s.to("meta"), c), "tensors must be on one device"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_LAYERNORM_INPUTS)
+def test_layernorm_modulate_rejects_bad_input(bad, message):
+    with pytest.raises(ValueError, match="wan_kernels.layernorm_modulate: " + message):
+        wan_kernels.layernorm_modulate(*bad(*_modulated_inputs()), EPS)
+
+
+def test_other_ops_reject_bad_input():
+    x, shift, _ = _modulated_inputs()
+    residual = randn(x.shape)
+    cases = [
+        (lambda: wan_kernels.gated_residual(x, x, shift), "gated_residual: x must be float32"),
+        (lambda: wan_kernels.gated_residual(residual, x[:, :3], shift), "y must have the shape of x"),
+        (lambda: wan_kernels.gated_residual_layernorm_modulate(residual, x, shift, shift, shift, -1.0),
+         "eps must be a non-negative float"),
+        (lambda: wan_kernels.layernorm_modulate(x, shift, shift, EPS, out_dtype=torch.int8),
+         "out_dtype must be float32"),
+        (lambda: wan_kernels.rel_l1(x, x, 0), "rel_l1: stride must be a positive int"),
+        (lambda: wan_kernels.rel_l2(x[0, 0], x[0, 0]), "rel_l2: a must have at least 2 dimensions"),
+        (lambda: wan_kernels.residual_apply(x, residual[:, :2]), "residual must have the shape of x"),
+        (lambda: wan_kernels.residual_capture(x.int(), residual), "out must be float32"),
+        (lambda: wan_kernels.qk_rmsnorm_rope(x, x, shift[0, 0], shift[0, 0], x, x, 3, EPS),
+         "C = 64 must split into 3 heads of an even size"),
+        (lambda: wan_kernels.qk_rmsnorm_rope(x, x, shift[0, 0], shift[0, 0], randn((7, 16)), randn((7, 16)),
+                                             2, EPS), "cos must be a contiguous"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+@pytest.mark.skipif("triton" not in wan_kernels.available_backends(), reason="Triton unavailable here")
+def test_triton_rejects_rows_wider_than_it_holds():
+    wan_kernels.set_backend("triton")
+    try:
+        x = randn((1, 1, 20000))
+        with pytest.raises(ValueError, match="layernorm_modulate: the triton backend supports rows of at"):
+            wan_kernels.layernorm_modulate(x, x, x, EPS)
+    finally:
+        wan_kernels.set_backend("auto")

@@ -1,0 +1,142 @@
+"""Backend registry and selection.
+
+A backend is a named set of implementations, one per op, registered with ``register``. The backend
+in use is ``auto`` unless ``set_backend`` or the ``WAN_KERNELS_BACKEND`` environment variable
+(read when ``wan_kernels`` is imported) names one. ``auto`` picks, per call, the first backend of
+the device's preference list that is available and implements the op.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+
+ENV_VAR = "WAN_KERNELS_BACKEND"
+AUTO = "auto"
+# Compiled backends come first; the list leaves room for native ``cuda`` and ``cpp`` backends.
+KNOWN_BACKENDS = ("cuda", "triton", "cpp", "torch")
+_PREFERENCE = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
+_MODULES = {"torch": "wan_kernels.torch_backend", "triton": "wan_kernels.triton"}
+
+_IMPLS: dict[str, dict[str, Callable]] = {name: {} for name in KNOWN_BACKENDS}
+_loaded: set[str] = set()
+_warned: set[tuple[str, str]] = set()
+
+
+def register(backend: str, op: str) -> Callable[[Callable], Callable]:
+    """Decorator registering ``fn`` as ``backend``'s implementation of ``op``."""
+    if backend not in _IMPLS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(KNOWN_BACKENDS)}")
+
+    def decorate(fn: Callable) -> Callable:
+        _IMPLS[backend][op] = fn
+        return fn
+
+    return decorate
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``).
+
+    Triton reads the variable as it decorates functions, its own ``tl.sum`` and the like included,
+    so it must be set before ``triton`` is first imported.
+    """
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _runs_on(backend: str, device: torch.device) -> bool:
+    if backend == "torch":
+        return True
+    if backend == "triton":
+        return device.type == "cuda" or (device.type == "cpu" and triton_interpreted())
+    return False
+
+
+def _usable(backend: str) -> bool:
+    if backend not in _MODULES or not _importable(backend):
+        return False
+    return backend == "torch" or torch.cuda.is_available() or triton_interpreted()
+
+
+def _load(backend: str) -> None:
+    if backend not in _loaded:
+        importlib.import_module(_MODULES[backend])
+        _loaded.add(backend)
+
+
+def available_backends() -> list[str]:
+    """Backends that can run on this machine, preferred first.
+
+    ``triton`` counts when Triton is importable and either CUDA is available or Triton's CPU
+    interpreter is switched on (``TRITON_INTERPRET=1``).
+    """
+    return [name for name in KNOWN_BACKENDS if _usable(name)]
+
+
+def _check_name(name: str) -> str:
+    if name == AUTO:
+        return name
+    if name not in KNOWN_BACKENDS:
+        raise ValueError(f"unknown wan_kernels backend {name!r}; choose auto or one of {KNOWN_BACKENDS}")
+    if not _usable(name):
+        raise ValueError(
+            f"wan_kernels backend {name!r} is not available here; available: {available_backends()}"
+        )
+    return name
+
+
+_selected = _check_name(os.environ.get(ENV_VAR, AUTO) or AUTO)
+
+
+def set_backend(name: str) -> None:
+    """Use backend ``name`` (or ``"auto"``) for every later op call."""
+    global _selected
+    _selected = _check_name(name)
+
+
+def get_backend() -> str:
+    """The backend setting: ``"auto"`` or a backend's name."""
+    return _selected
+
+
+def _impl(backend: str, op: str) -> Callable | None:
+    _load(backend)
+    return _IMPLS[backend].get(op)
+
+
+def resolve(op: str, device: torch.device) -> Callable:
+    """The implementation of ``op`` for tensors on ``device`` under the current setting."""
+    if _selected != AUTO:
+        if not _runs_on(_selected, device):
+            raise ValueError(
+                f"wan_kernels.{op}: backend {_selected!r} cannot run on {device.type} tensors"
+                + (" (set TRITON_INTERPRET=1 for Triton's CPU interpreter)" if _selected == "triton" else "")
+            )
+        fn = _impl(_selected, op)
+        if fn is None:
+            raise NotImplementedError(f"wan_kernels.{op}: backend {_selected!r} does not implement it")
+        return fn
+    preferred = [b for b in _PREFERENCE.get(device.type, ("torch",)) if _usable(b) and _runs_on(b, device)]
+    for backend in preferred:
+        fn = _impl(backend, op)
+        if fn is not None:
+            if backend != preferred[0] and (op, backend) not in _warned:
+                _warned.add((op, backend))
+                warnings.warn(
+                    f"wan_kernels.{op}: {preferred[0]!r} does not implement it on {device.type}; "
+                    f"using {backend!r}",
+                    stacklevel=3,
+                )
+            return fn
+    raise NotImplementedError(f"wan_kernels.{op}: no available backend implements it on {device.type}")

@@ -1,0 +1,42 @@
+"""Triton ``residual_apply`` (``x + residual``) and ``residual_capture`` (``out - inp``), in float32."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from wan_kernels.dispatch import register
+from wan_kernels.triton.launch import ELEMENTWISE_BLOCK
+
+
+@triton.jit
+def _residual_kernel(a_ptr, b_ptr, out_ptr, n, SUBTRACT: tl.constexpr, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    a = tl.load(a_ptr + offsets, mask=mask).to(tl.float32)
+    b = tl.load(b_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(out_ptr + offsets, a - b if SUBTRACT else a + b, mask=mask)
+
+
+def _launch(a: torch.Tensor, b: torch.Tensor, subtract: bool) -> torch.Tensor:
+    out = torch.empty(a.shape, dtype=torch.float32, device=a.device)
+    if out.numel():
+        grid = (triton.cdiv(out.numel(), ELEMENTWISE_BLOCK),)
+        _residual_kernel[grid](a.reshape(-1), b.reshape(-1), out, out.numel(), SUBTRACT=subtract,
+                               BLOCK=ELEMENTWISE_BLOCK, num_warps=4)
+    return out
+
+
+def residual_apply(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``x + residual`` in float32."""
+    return _launch(x, residual, subtract=False)
+
+
+def residual_capture(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    """``out - inp`` in float32."""
+    return _launch(out, inp, subtract=True)
+
+
+register("triton", "residual_apply")(residual_apply)
+register("triton", "residual_capture")(residual_capture)
