@@ -1,0 +1,225 @@
+"""Argument parsing and validation: official defaults, and every bad input refused with one line,
+exit 2 and no traceback, before any model is imported."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.cli.helpers import run_module
+from wan_runtime.cli_args import EXAMPLE_PROMPT, build_parser, resolve, str2bool
+from wan_runtime.demo import DEMO_SETTINGS
+from wan_runtime.generate import default_save_file, main
+from wan_runtime.tasks import TASKS
+from wan_runtime.tiny_checkpoints import write_task_checkpoint
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    """Complete tiny checkpoint folders of both tasks, shared by the module."""
+    return {task: write_task_checkpoint(task, tmp_path_factory.mktemp(task)) for task in TASKS}
+
+
+@pytest.fixture(autouse=True)
+def no_pipelines(monkeypatch):
+    """Importing the pipelines fails: a case that got past validation would exit 1, not 2."""
+    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", None)
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "input.png"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(path)
+    return path
+
+
+def _errors(capsys, argv: list[str]) -> list[str]:
+    """Run the CLI in-process on ``argv``; it must exit 2 with only ``error:`` lines."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert lines and all(line.startswith("error: ") for line in lines), captured.err
+    return lines
+
+
+def _resolve(*argv: str):
+    return resolve(build_parser().parse_args(list(argv)))
+
+
+def test_official_defaults(roots):
+    config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]))
+    spec = TASKS["ti2v-5B"]
+    assert (config.task, config.size, config.frame_num, config.sample_steps) == (
+        "ti2v-5B", spec.default_size, spec.frame_num, spec.sampling_steps
+    )
+    assert (config.sample_shift, config.sample_guide_scale) == (spec.shift, spec.guide_scale)
+    assert (config.sample_solver, config.base_seed, config.prompt) == ("unipc", -1, EXAMPLE_PROMPT["ti2v-5B"])
+    # The official script run as a single process offloads by default.
+    assert config.offload_model is True
+    assert (config.t5_cpu, config.convert_model_dtype, config.image, config.save_file) == (
+        False, False, None, None
+    )
+    assert config.dtype == torch.bfloat16
+    assert config.device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_i2v_keeps_the_official_size_and_guide_scales(roots, image):
+    config = _resolve("--task", "i2v-A14B", "--ckpt_dir", str(roots["i2v-A14B"]), "--image", str(image))
+    assert config.size == "1280*720"
+    assert config.sample_guide_scale == (3.5, 3.5)
+    assert config.image.mode == "RGB" and config.image.size == (64, 48)
+
+
+def test_given_values_are_kept(roots, tmp_path):
+    config = _resolve(
+        "--ckpt_dir", str(roots["ti2v-5B"]), "--size", "704*1280", "--frame_num", "9",
+        "--sample_steps", "3", "--sample_shift", "3", "--sample_guide_scale", "0", "--sample_solver",
+        "dpm++", "--base_seed", "7", "--prompt", "a cat", "--offload_model", "False", "--t5_cpu",
+        "--convert_model_dtype", "--device", "cpu", "--dtype", "float32",
+        "--save_file", str(tmp_path / "out.mp4"),
+    )
+    assert (config.size, config.frame_num, config.sample_steps) == ("704*1280", 9, 3)
+    assert config.sample_shift == 3.0
+    assert (config.sample_guide_scale, config.sample_solver, config.base_seed) == (0.0, "dpm++", 7)
+    assert (config.prompt, config.offload_model, config.t5_cpu, config.convert_model_dtype) == (
+        "a cat", False, True, True
+    )
+    assert (config.device, config.dtype, config.save_file) == ("cpu", torch.float32, tmp_path / "out.mp4")
+
+
+def test_demo_defaults():
+    config = _resolve("--demo", "--task", "i2v-A14B")
+    assert (config.ckpt_dir, config.size, config.frame_num, config.sample_steps) == (
+        None, DEMO_SETTINGS.default_size, DEMO_SETTINGS.frame_num, DEMO_SETTINGS.sampling_steps
+    )
+    assert (config.device, config.dtype) == ("cpu", torch.float32)
+    assert config.image is not None  # the built-in image
+
+
+@pytest.mark.parametrize("value, expected", [("yes", True), ("T", True), ("1", True), ("no", False),
+                                             ("False", False), ("0", False)])
+def test_str2bool_is_the_official(value, expected):
+    assert str2bool(value) is expected
+
+
+def test_default_save_file_is_the_official_name():
+    name = default_save_file("ti2v-5B", "1280*704", "a cat / dog " + "x" * 60, datetime(2025, 7, 28, 9, 5, 1))
+    size = "1280x704" if sys.platform == "win32" else "1280*704"
+    assert name == Path(f"ti2v-5B_{size}_1_a_cat___dog_{'x' * 38}_20250728_090501.mp4")
+
+
+# (argv after the checkpoint arguments, task, expected words in the single error line)
+BAD_INPUTS = {
+    "unknown task": (["--task", "t2v-A14B", "--demo"], None, ["unknown task 't2v-A14B'", "ti2v-5B"]),
+    "unsupported size": (["--size", "1280*720"], "ti2v-5B",
+                         ["size 1280*720 is not supported by ti2v-5B", "704*1280, 1280*704"]),
+    "bad demo size": (["--demo", "--size", "100*96"], None, ["multiples of 32"]),
+    "frame_num not 4n+1": (["--frame_num", "8"], "ti2v-5B", ["--frame_num", "4n+1", "got 8"]),
+    "frame_num below 5": (["--frame_num", "1"], "ti2v-5B", ["--frame_num", "at least 5", "got 1"]),
+    "i2v without image": ([], "i2v-A14B", ["pass --image"]),
+    "missing image": (["--image", "/nonexistent/cat.png"], "ti2v-5B",
+                      ["--image /nonexistent/cat.png does not exist"]),
+    "negative steps": (["--sample_steps", "-3"], "ti2v-5B", ["--sample_steps", "got -3"]),
+    "zero steps": (["--sample_steps", "0"], "ti2v-5B", ["--sample_steps", "got 0"]),
+    "negative guide scale": (["--sample_guide_scale", "-1"], "ti2v-5B", ["--sample_guide_scale", "-1.0"]),
+    "non-positive shift": (["--sample_shift", "0"], "ti2v-5B", ["--sample_shift must be positive"]),
+    "unknown solver": (["--sample_solver", "euler"], "ti2v-5B", ["'euler'", "unipc or dpm++"]),
+    "save folder missing": (["--save_file", "/nonexistent/dir/out.mp4"], "ti2v-5B",
+                            ["folder /nonexistent/dir does not exist"]),
+    "save file not mp4": (["--save_file", "out.avi"], "ti2v-5B", ["must end in .mp4"]),
+    "unknown device": (["--device", "tpu"], "ti2v-5B", ["unknown --device 'tpu'"]),
+    "unknown dtype": (["--dtype", "float16"], "ti2v-5B", ["unknown --dtype 'float16'"]),
+    "no checkpoint": ([], None, ["--ckpt_dir is required"]),
+    "demo with checkpoint": (["--demo"], "ti2v-5B", ["--demo", "drop --ckpt_dir"]),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_gives_one_line_and_exit_2(name, roots, capsys):
+    extra, ckpt_task, words = BAD_INPUTS[name]
+    argv = ([] if ckpt_task is None else ["--task", ckpt_task, "--ckpt_dir", str(roots[ckpt_task])]) + extra
+    [line] = _errors(capsys, argv)
+    assert all(word in line for word in words), line
+
+
+@pytest.mark.parametrize("content", [b"not an image at all", None], ids=["garbage", "truncated"])
+def test_unreadable_image(content, image, roots, capsys):
+    data = image.read_bytes()
+    image.write_bytes(content if content is not None else data[: len(data) // 2])
+    [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--image", str(image)])
+    assert f"--image {image} cannot be read as an image" in line
+
+
+def test_incomplete_checkpoint_lists_every_missing_file(roots, tmp_path, image, capsys):
+    broken = shutil.copytree(roots["i2v-A14B"], tmp_path / "ckpt")
+    (broken / "Wan2.1_VAE.pth").unlink()
+    shutil.rmtree(broken / "low_noise_model")
+    [line] = _errors(capsys, ["--task", "i2v-A14B", "--ckpt_dir", str(broken), "--image", str(image)])
+    assert "missing Wan2.1_VAE.pth, low_noise_model/config.json" in line
+
+
+def test_missing_checkpoint_folder(capsys, tmp_path):
+    [line] = _errors(capsys, ["--ckpt_dir", str(tmp_path / "nope")])
+    assert f"checkpoint folder {tmp_path / 'nope'} does not exist" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+def test_unwritable_save_folder(roots, tmp_path, capsys):
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o500)
+    [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--save_file", str(folder / "a.mp4")])
+    assert f"folder {folder} is not writable" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda(roots, capsys):
+    [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--device", "cuda"])
+    assert "--device cuda: CUDA is not available" in line
+
+
+def test_malformed_value_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--frame_num", "nine"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: argument --frame_num: invalid int value: 'nine' (see --help)\n"
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_run_time_failure_is_exit_1_and_one_line(debug, tmp_path, monkeypatch, capsys):
+    # The demo cache cannot be created (its root is a file): a failure at run time, not bad input.
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    if debug:
+        with pytest.raises(OSError):
+            main(["--demo", "--debug"])
+        return
+    assert main(["--demo"]) == 1
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert line.endswith("(run with --debug for the traceback)") and str(blocker) in line
+
+
+def test_all_problems_listed_by_the_module_without_traceback(tmp_path):
+    result = run_module(
+        "wan_runtime.generate", "--task", "i2v-A14B", "--ckpt_dir", str(tmp_path / "nope"), "--size", "64*64",
+        "--frame_num", "6", "--sample_steps", "-1", "--sample_guide_scale", "-2", "--save_file",
+        str(tmp_path / "missing" / "out.mp4"),
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    lines = result.stderr.splitlines()
+    for words in ["does not exist; pass the folder", "size 64*64 is not supported", "--frame_num",
+                  "pass --image", "--sample_steps", "--sample_guide_scale", "missing does not exist"]:
+        assert sum(words in line for line in lines) == 1, (words, lines)
+    assert len(lines) == 7
+

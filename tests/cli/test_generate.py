@@ -1,0 +1,118 @@
+"""``python -m wan_runtime.generate`` end to end on the demo's tiny checkpoints, in subprocesses:
+a decodable MP4 with its settings, and no output from a run that is interrupted or fails.
+
+The runs use ``--demo`` because real checkpoints only run at the official sizes (over a minute
+per run on a CPU even with tiny weights); the demo takes the same path after validation.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("wan_runtime.pipelines")
+
+from tests.cli.helpers import cli_env, read_settings, read_video, run_module  # noqa: E402
+from wan_runtime import demo  # noqa: E402
+from wan_runtime.tasks import TASKS  # noqa: E402
+
+FAST = ["--demo", "--frame_num", "5", "--sample_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    """An ``XDG_CACHE_HOME`` holding both demo checkpoints, written once for the module."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache))
+        for task in TASKS:
+            demo.demo_checkpoint(task)
+    return {"XDG_CACHE_HOME": str(cache)}
+
+
+def _generate(*args: str, cwd, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return run_module("wan_runtime.generate", *args, cwd=cwd, env=env)
+
+
+def test_ti2v_demo_writes_the_video_under_the_official_name(cache_env, tmp_path):
+    result = _generate(*FAST, "--prompt", "a red fox", "--base_seed", "42", cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr
+    [path] = tmp_path.iterdir()
+    size = "128x96" if sys.platform == "win32" else "128*96"
+    assert path.name.startswith(f"ti2v-5B_{size}_1_a_red_fox_") and path.suffix == ".mp4"
+    frames, fps = read_video(path)
+    assert frames.shape == (5, 96, 128, 3) and fps == TASKS["ti2v-5B"].fps
+    settings = read_settings(path)
+    assert (settings["prompt"], settings["seed"], settings["frame_num"], settings["sampling_steps"]) == (
+        "a red fox", 42, 5, 2
+    )
+    assert (settings["task"], settings["size"], settings["demo"]) == ("ti2v-5B", "128*96", True)
+    assert settings["n_prompt"] == TASKS["ti2v-5B"].negative_prompt
+    out = result.stdout
+    assert out.count(demo.NOTICE) == 2 and "using cached checkpoint" in out
+    assert "seed: 42" in out and "prompt: a red fox" in out
+    assert "timings: load " in out and "denoise" in out and ", write " in out and "peak memory: " in out
+    assert "2/2" in result.stderr  # the progress bar reached the last step
+    assert "Traceback" not in result.stderr
+
+
+def test_i2v_demo_follows_the_image_and_the_save_file(cache_env, tmp_path):
+    image = tmp_path / "portrait.png"
+    Image.new("RGB", (96, 128), (200, 30, 30)).save(image)
+    target = tmp_path / "out" / "cat.mp4"
+    target.parent.mkdir()
+    result = _generate(*FAST, "--task", "i2v-A14B", "--image", str(image), "--save_file", str(target),
+                       cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in target.parent.iterdir()] == ["cat.mp4"]
+    frames, fps = read_video(target)
+    # The 128*96 area keeps the portrait image's aspect ratio.
+    assert frames.shape == (5, 128, 96, 3) and fps == TASKS["i2v-A14B"].fps
+    settings = read_settings(target)
+    assert (settings["image"], settings["guide_scale"]) == (str(image), [3.5, 3.5])
+
+
+def test_failed_write_exits_1_and_leaves_no_file(cache_env, tmp_path):
+    # ffmpeg fails: a run-time failure after the whole pipeline ran.
+    target = tmp_path / "out.mp4"
+    result = _generate(*FAST, "--save_file", str(target), cwd=tmp_path,
+                       env=dict(cache_env, IMAGEIO_FFMPEG_EXE="/bin/false"))
+    assert result.returncode == 1
+    assert list(tmp_path.iterdir()) == []
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith(f"error: OSError: could not write {target}") and "--debug" in error
+
+
+def test_interrupted_run_leaves_no_file(cache_env, tmp_path):
+    target = tmp_path / "out.mp4"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wan_runtime.generate", "--demo", "--save_file", str(target)],
+        cwd=tmp_path, env=cli_env(**cache_env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    stderr = _read_until(process, b"step", timeout=120)
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=60)[1]
+    stderr = (stderr + rest).decode()
+    assert process.returncode == 130, stderr
+    assert "error: interrupted; no video was written" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _read_until(process: subprocess.Popen, marker: bytes, timeout: float) -> bytes:
+    """Read ``process``'s stderr until ``marker`` appears (the progress bar has started)."""
+    data, deadline = b"", time.monotonic() + timeout
+    fd = process.stderr.fileno()
+    while marker not in data:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0 and process.poll() is None, data.decode()
+        if select.select([fd], [], [], remaining)[0]:
+            data += os.read(fd, 4096)
+    return data

@@ -1,0 +1,290 @@
+"""The ``wan_runtime.generate`` command line: its parser and the validation of every argument.
+
+Flags, defaults and meanings follow the official ``generate.py`` for the tasks served here; see
+``build_parser`` for where they differ. ``resolve`` checks everything that can be checked without
+loading a model (values, sizes, the image, the checkpoint folder's files, the output folder, the
+device) and reports every problem at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from PIL import Image
+
+from wan_runtime import demo
+from wan_runtime.errors import InputError, WanError
+from wan_runtime.tasks import TASKS, TaskSpec, check_checkpoint_dir
+
+T = TypeVar("T")
+
+DEFAULT_TASK = "ti2v-5B"
+SOLVERS = ("unipc", "dpm++")
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+# The official EXAMPLE_PROMPT, used when --prompt is not given.
+EXAMPLE_PROMPT = {
+    "i2v-A14B": (
+        "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The "
+        "fluffy-furred feline gazes directly at the camera with a relaxed expression. Blurred beach "
+        "scenery forms the background featuring crystal-clear waters, distant green hills, and a blue "
+        "sky dotted with white clouds. The cat assumes a naturally relaxed posture, as if savoring the "
+        "sea breeze and warm sunlight. A close-up shot highlights the feline's intricate details and "
+        "the refreshing atmosphere of the seaside."
+    ),
+    "ti2v-5B": (
+        "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a "
+        "spotlighted stage."
+    ),
+}
+
+
+class InvalidArguments(InputError):
+    """Every problem found in the command line, one user-facing message each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """A validated command line with every default resolved.
+
+    ``ckpt_dir`` is None for ``--demo`` (the demo writes its own); ``image`` is the decoded RGB
+    input image (None for text-to-video); ``save_file`` None means the official default name,
+    chosen when the video is written.
+    """
+
+    task: str
+    ckpt_dir: Path | None
+    demo: bool
+    size: str
+    frame_num: int
+    sample_steps: int
+    sample_shift: float
+    sample_guide_scale: float | tuple[float, float]
+    sample_solver: str
+    base_seed: int
+    prompt: str
+    image_path: Path | None
+    image: Image.Image | None
+    save_file: Path | None
+    device: str
+    dtype: torch.dtype
+    offload_model: bool
+    t5_cpu: bool
+    convert_model_dtype: bool
+    debug: bool
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def str2bool(value: str) -> bool:
+    """The official ``str2bool``: yes/true/t/y/1 and no/false/f/n/0, any case."""
+    lowered = value.lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError("Boolean value expected (True/False)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser. Differences from the official ``generate.py``, each because the official
+    default cannot work here: ``--task`` defaults to ti2v-5B (t2v is not served); ``--size``
+    defaults to the task's default size (the official 1280*720 is refused for ti2v-5B);
+    i2v-A14B needs ``--image`` (the official example image is not shipped); ``--save_file``
+    must end in ``.mp4``. Added: ``--device``, ``--dtype``, ``--debug``, ``--demo``.
+    Task, size, solver, device and dtype are checked by ``resolve`` so all problems are
+    listed together."""
+    p = _Parser(
+        prog="python -m wan_runtime.generate",
+        description="Generate a video from a text prompt or an image with Wan2.2.",
+    )
+    p.add_argument("--task", default=DEFAULT_TASK, help=f"{', '.join(TASKS)} (default {DEFAULT_TASK})")
+    p.add_argument("--size", default=None,
+                   help="width*height of the video, one of the task's supported sizes (default: the "
+                        "task's; i2v follows the input image's aspect ratio within this area)")
+    p.add_argument("--frame_num", type=int, default=None,
+                   help="frames to generate, 4n+1 (default: the task's)")
+    p.add_argument("--ckpt_dir", default=None, help="the task's official checkpoint folder")
+    p.add_argument("--offload_model", type=str2bool, default=None,
+                   help="move each model to the CPU after use to save GPU memory (default True)")
+    p.add_argument("--t5_cpu", action="store_true", help="keep the T5 text encoder on the CPU")
+    p.add_argument("--convert_model_dtype", action="store_true",
+                   help="convert the DiT weights to the compute dtype")
+    p.add_argument("--save_file", default=None,
+                   help="output .mp4 (default: <task>_<size>_1_<prompt>_<time>.mp4 in the current folder)")
+    p.add_argument("--prompt", default=None, help="the prompt (default: the official example prompt)")
+    p.add_argument("--base_seed", type=int, default=-1, help="seed; negative picks a random one (default -1)")
+    p.add_argument("--image", default=None, help="input image (required for i2v-A14B, optional for ti2v-5B)")
+    p.add_argument("--sample_solver", default="unipc", help=f"{' or '.join(SOLVERS)} (default unipc)")
+    p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default: the task's)")
+    p.add_argument("--sample_shift", type=float, default=None, help="flow shift (default: the task's)")
+    p.add_argument("--sample_guide_scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the task's)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")
+    p.add_argument("--dtype", default=None, help=f"{' or '.join(DTYPES)} (default bfloat16)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument("--demo", action="store_true",
+                   help="run on tiny random weights (cached) on the CPU to check the installation")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> GenerateConfig:
+    """Validate parsed ``args`` and fill in the defaults; raises ``InvalidArguments`` listing
+    every problem. Nothing here loads model weights."""
+    problems: list[str] = []
+    spec = TASKS.get(args.task)
+    if spec is None:
+        problems.append(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
+
+    ckpt_dir = None if args.ckpt_dir is None else Path(args.ckpt_dir)
+    if args.demo and ckpt_dir is not None:
+        problems.append("--demo writes and uses its own random checkpoint; drop --ckpt_dir")
+    elif not args.demo and ckpt_dir is None:
+        problems.append("--ckpt_dir is required: pass the task's official checkpoint folder (or try --demo)")
+    elif spec is not None and ckpt_dir is not None:
+        _check(problems, lambda: check_checkpoint_dir(spec.name, ckpt_dir))
+
+    # Unset values come from the demo's settings or the task's official ones.
+    base = None if spec is None else demo.DEMO_SETTINGS if args.demo else spec
+    size = _given_or_default(args.size, base, "default_size")
+    if spec is not None:
+        problems += _size_problems(spec, size, args.demo)
+    frame_num = _given_or_default(args.frame_num, base, "frame_num")
+    if frame_num is not None and (frame_num < 5 or frame_num % 4 != 1):
+        problems.append(f"--frame_num must be 4n+1 and at least 5 (5, 9, 13, ...), got {frame_num}")
+    steps = _given_or_default(args.sample_steps, base, "sampling_steps")
+    if steps is not None and steps < 1:
+        problems.append(f"--sample_steps must be a positive number of steps, got {steps}")
+    if args.sample_guide_scale is not None and args.sample_guide_scale < 0:
+        problems.append(f"--sample_guide_scale must not be negative, got {args.sample_guide_scale}")
+    if args.sample_shift is not None and args.sample_shift <= 0:
+        problems.append(f"--sample_shift must be positive, got {args.sample_shift}")
+    if args.sample_solver not in SOLVERS:
+        problems.append(f"unknown --sample_solver {args.sample_solver!r}; choose {' or '.join(SOLVERS)}")
+
+    image_path = None if args.image is None else Path(args.image)
+    image = None
+    if image_path is not None:
+        image = _check(problems, lambda: _read_image(image_path))
+    elif args.task == "i2v-A14B":
+        if args.demo:
+            image = demo.demo_image()
+        else:
+            problems.append("i2v-A14B generates from an image: pass --image")
+
+    save_file = None if args.save_file is None else Path(args.save_file)
+    problems += _save_file_problems(save_file)
+    device = args.device or ("cpu" if args.demo or not torch.cuda.is_available() else "cuda")
+    problems += _device_problems(device)
+    dtype_name = args.dtype or ("float32" if args.demo else "bfloat16")
+    if dtype_name not in DTYPES:
+        problems.append(f"unknown --dtype {dtype_name!r}; choose {' or '.join(DTYPES)}")
+
+    if problems:
+        raise InvalidArguments(problems)
+    return GenerateConfig(
+        task=spec.name,
+        ckpt_dir=ckpt_dir,
+        demo=args.demo,
+        size=size,
+        frame_num=frame_num,
+        sample_steps=steps,
+        sample_shift=spec.shift if args.sample_shift is None else args.sample_shift,
+        sample_guide_scale=spec.guide_scale if args.sample_guide_scale is None else args.sample_guide_scale,
+        sample_solver=args.sample_solver,
+        base_seed=args.base_seed,
+        prompt=EXAMPLE_PROMPT[spec.name] if args.prompt is None else args.prompt,
+        image_path=image_path,
+        image=image,
+        save_file=save_file,
+        device=device,
+        dtype=DTYPES[dtype_name],
+        # As the official script run as one process (world size 1).
+        offload_model=True if args.offload_model is None else args.offload_model,
+        t5_cpu=args.t5_cpu,
+        convert_model_dtype=args.convert_model_dtype,
+        debug=args.debug,
+    )
+
+
+def _given_or_default(given: T | None, base: object | None, field: str) -> T | None:
+    return given if given is not None or base is None else getattr(base, field)
+
+
+def _check(problems: list[str], step: Callable[[], T]) -> T | None:
+    """``step()``'s result, or None after adding its ``WanError`` message to ``problems``."""
+    try:
+        return step()
+    except WanError as err:
+        problems.append(str(err))
+        return None
+
+
+def _size_problems(spec: TaskSpec, size: str, demo_run: bool) -> list[str]:
+    # Real checkpoints only run at the sizes they were trained at; the demo's tiny random
+    # weights run at any size the latent grid can hold.
+    if not demo_run:
+        if size in spec.supported_sizes:
+            return []
+        supported = ", ".join(spec.supported_sizes)
+        return [f"size {size} is not supported by {spec.name}; supported sizes: {supported}"]
+    step = spec.vae_stride[1] * spec.patch_size[1]
+    match = re.fullmatch(r"(\d+)\*(\d+)", size)
+    if match and all(int(v) > 0 and int(v) % step == 0 for v in match.groups()):
+        return []
+    return [f"demo --size must be width*height with both multiples of {step}, got {size!r}"]
+
+
+def _read_image(path: Path) -> Image.Image:
+    # Decoding the whole image (not just its header) also catches truncated files.
+    if not path.is_file():
+        raise InputError(f"--image {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"--image {path} cannot be read as an image ({err})") from err
+
+
+def _save_file_problems(save_file: Path | None) -> list[str]:
+    if save_file is not None and save_file.suffix.lower() != ".mp4":
+        return [f"--save_file {save_file} must end in .mp4 (the video is written as H.264 MP4)"]
+    if save_file is not None and save_file.is_dir():
+        return [f"--save_file {save_file} is a folder; give a file name ending in .mp4"]
+    folder = Path.cwd() if save_file is None else save_file.parent
+    if not folder.is_dir():
+        return [f"cannot write {save_file}: folder {folder} does not exist"]
+    if not os.access(folder, os.W_OK | os.X_OK):
+        what = "the default output file" if save_file is None else str(save_file)
+        return [f"cannot write {what}: folder {folder} is not writable"]
+    return []
+
+
+def _device_problems(device: str) -> list[str]:
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if match is None:
+        return [f"unknown --device {device!r}; use cpu, cuda or cuda:N"]
+    if device == "cpu":
+        return []
+    if not torch.cuda.is_available():
+        return [f"--device {device}: CUDA is not available (torch {torch.__version__}); use --device cpu"]
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        return [f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here"]
+    return []

@@ -1,0 +1,116 @@
+"""``python -m wan_runtime.env``: what a bug report needs to know about this installation.
+
+Versions (Python, torch, CUDA, Triton, the video writer), the GPUs, and which attention and
+kernel backends this machine can use. Every probe is guarded, so the report prints even on a
+broken installation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+from importlib import metadata
+
+import torch
+
+from wan_runtime import __version__
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _importable_version(module: str) -> str:
+    # Installed is not enough for compiled packages: a build for another torch fails to import.
+    try:
+        return getattr(importlib.import_module(module), "__version__", "unknown version")
+    except Exception as err:
+        return f"not importable ({type(err).__name__}: {_first_line(str(err))})"
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _gpus() -> list[str]:
+    if not torch.cuda.is_available():
+        return ["none (torch.cuda.is_available() is False)"]
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        gpus.append(
+            f"cuda:{index} {props.name}, {props.total_memory / 2**30:.1f} GiB, "
+            f"compute capability {props.major}.{props.minor}"
+        )
+    return gpus
+
+
+def _attention_backends() -> str:
+    # The flags the DiT's attention itself consults, so the report says what it will pick.
+    from wan_runtime.models import attention
+
+    names = ["sdpa"]
+    if attention._FLASH2 is not None:
+        names.append("flash2")
+    if attention._FLASH3 is not None:
+        names.append("flash3")
+    return ", ".join(names)
+
+
+def _kernel_backends() -> str:
+    try:
+        kernels = importlib.import_module("wan_kernels")
+    except Exception as err:  # a broken optional build must not stop the report
+        return f"wan_kernels cannot be imported ({type(err).__name__}: {_first_line(str(err))})"
+    if not hasattr(kernels, "available_backends"):
+        return "wan_kernels has no available_backends()"
+    return ", ".join(kernels.available_backends()) or "none"
+
+
+def _ffmpeg() -> str:
+    try:
+        import imageio_ffmpeg
+
+        return f"{imageio_ffmpeg.get_ffmpeg_version()} ({imageio_ffmpeg.get_ffmpeg_exe()})"
+    except Exception as err:  # missing package or binary: say which
+        return f"unavailable ({type(err).__name__}: {_first_line(str(err))})"
+
+
+def report() -> list[tuple[str, str]]:
+    """The report as (label, value) rows."""
+    cuda = torch.version.cuda or "none (CPU build)"
+    rows = [
+        ("wan_runtime", __version__),
+        ("python", f"{sys.version.split()[0]} ({sys.executable})"),
+        ("platform", platform.platform()),
+        ("torch", torch.__version__),
+        ("torch CUDA", cuda),
+        ("cuDNN", str(torch.backends.cudnn.version()) if torch.cuda.is_available() else "n/a"),
+        ("triton", _importable_version("triton")),
+        ("transformers", _version("transformers")),
+        ("safetensors", _version("safetensors")),
+        ("imageio", _version("imageio")),
+        ("imageio-ffmpeg", _version("imageio-ffmpeg")),
+        ("ffmpeg", _ffmpeg()),
+        ("flash-attn", _version("flash-attn")),
+    ]
+    rows += [("GPU", gpu) for gpu in _gpus()]
+    rows += [("attention backends", _attention_backends()), ("kernel backends", _kernel_backends())]
+    return rows
+
+
+def main() -> int:
+    """Print the report; returns the exit code."""
+    rows = report()
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""``python -m wan_runtime.generate``: parse and validate, run a pipeline, write the MP4.
+
+Exit codes: 0 success, 2 bad input (every problem on its own line, before any model loads),
+1 failure at run time, 130 interrupted. No traceback is shown unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wan_runtime import __version__, demo
+from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser, resolve
+from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.video_io import write_mp4
+
+if TYPE_CHECKING:
+    from wan_runtime.pipelines import RunReport
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _generate(resolve(args))
+    except InvalidArguments as err:
+        for problem in err.problems:
+            _error(problem)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        _error("interrupted; no video was written")
+        return 130
+    except (InputError, CheckpointError) as err:
+        # Found only while loading or running: still a problem with what the user gave.
+        if args.debug:
+            raise
+        _error(_one_line(str(err)))
+        return 2
+    except Exception as err:
+        if args.debug:
+            raise
+        _error(f"{type(err).__name__}: {_one_line(str(err))} (run with --debug for the traceback)")
+        return 1
+
+
+def cli() -> None:
+    """Entry point: ``main`` with SIGTERM handled like Ctrl-C, so partial output is removed."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.exit(main())
+
+
+def default_save_file(task: str, size: str, prompt: str, now: datetime) -> Path:
+    """The official default output name: ``<task>_<size>_1_<prompt stub>_<YYYYmmdd_HHMMSS>.mp4``.
+
+    ``1`` is the official name's sequence-parallel (Ulysses) size, always 1 here; it is kept so
+    scripts that parse official names read ours.
+    """
+    size_part = size.replace("*", "x") if sys.platform == "win32" else size
+    stub = prompt.replace(" ", "_").replace("/", "_")[:50]
+    return Path(f"{task}_{size_part}_1_{stub}_{now.strftime('%Y%m%d_%H%M%S')}.mp4")
+
+
+def _generate(config: GenerateConfig) -> int:
+    ckpt_dir = config.ckpt_dir
+    if config.demo:
+        print(demo.NOTICE, flush=True)
+        ckpt_dir, written = demo.demo_checkpoint(config.task)
+        print(f"demo: {'wrote' if written else 'using cached'} checkpoint {ckpt_dir}", flush=True)
+
+    # Imported only now: bad input is refused without importing the models.
+    from wan_runtime.pipelines import load_pipeline
+
+    start = time.perf_counter()
+    pipeline = load_pipeline(
+        config.task, ckpt_dir, device=config.device, dtype=config.dtype,
+        offload_model=config.offload_model, t5_cpu=config.t5_cpu,
+        convert_model_dtype=config.convert_model_dtype,
+    )
+    load_s = time.perf_counter() - start
+    video = pipeline.generate(
+        config.prompt, image=config.image, size=config.size, frame_num=config.frame_num,
+        sampling_steps=config.sample_steps, guide_scale=config.sample_guide_scale,
+        shift=config.sample_shift, sample_solver=config.sample_solver, seed=config.base_seed,
+        progress=True,
+    )
+    report = pipeline.last_report
+    save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now())
+    settings = _settings(config, report)
+    start = time.perf_counter()
+    write_mp4(video, save_file, fps=pipeline.fps, metadata=settings)
+    write_s = time.perf_counter() - start
+
+    frames, height, width = video.shape[1:]
+    print(f"wrote {save_file} ({frames} frames, {width}x{height}, {pipeline.fps} fps)")
+    for key, value in settings.items():
+        print(f"  {key}: {value}")
+    timings = {"load": load_s, **report.timings, "write": write_s}
+    print("timings: " + ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in timings.items()))
+    peak = report.peak_memory_bytes
+    print(f"peak memory: {'not measured on this device' if peak is None else f'{peak / 2**30:.2f} GiB'}")
+    if config.demo:
+        print(demo.NOTICE)
+    return 0
+
+
+def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
+    """What made this video, from the pipeline's report (seed and defaults resolved): stored in
+    the MP4 and printed."""
+    if config.image_path is not None:
+        image = str(config.image_path)
+    else:
+        image = None if config.image is None else "built-in demo image"
+    return {
+        "software": f"wan_runtime {__version__}",
+        "task": report.task,
+        "prompt": report.prompt,
+        "n_prompt": report.n_prompt,
+        "seed": report.seed,
+        "size": report.size,
+        "frame_num": report.frame_num,
+        "sampling_steps": report.sampling_steps,
+        "guide_scale": report.guide_scale,
+        "shift": report.shift,
+        "sample_solver": report.sample_solver,
+        "image": image,
+        "dtype": str(config.dtype).removeprefix("torch."),
+        "demo": config.demo,
+    }
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    cli()
