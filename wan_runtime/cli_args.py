@@ -21,6 +21,7 @@ from PIL import Image
 
 from wan_runtime import demo
 from wan_runtime.errors import InputError, WanError
+from wan_runtime.image_io import load_image
 from wan_runtime.tasks import TASKS, TaskSpec, check_checkpoint_dir
 
 T = TypeVar("T")
@@ -181,7 +182,7 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     image_path = None if args.image is None else Path(args.image)
     image = None
     if image_path is not None:
-        image = _check(problems, lambda: _read_image(image_path))
+        image = _check(problems, lambda: load_image(image_path, "--image"))
     elif args.task == "i2v-A14B":
         if args.demo:
             image = demo.demo_image()
@@ -249,17 +250,6 @@ def _size_problems(spec: TaskSpec, size: str, demo_run: bool) -> list[str]:
     if match and all(int(v) > 0 and int(v) % step == 0 for v in match.groups()):
         return []
     return [f"demo --size must be width*height with both multiples of {step}, got {size!r}"]
-
-
-def _read_image(path: Path) -> Image.Image:
-    # Decoding the whole image (not just its header) also catches truncated files.
-    if not path.is_file():
-        raise InputError(f"--image {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"--image {path} cannot be read as an image ({err})") from err
 
 
 def _save_file_problems(save_file: Path | None) -> list[str]:

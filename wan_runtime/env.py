@@ -50,15 +50,9 @@ def _gpus() -> list[str]:
 
 
 def _attention_backends() -> str:
-    # The flags the DiT's attention itself consults, so the report says what it will pick.
-    from wan_runtime.models import attention
+    from wan_runtime.models.attention import available_backends
 
-    names = ["sdpa"]
-    if attention._FLASH2 is not None:
-        names.append("flash2")
-    if attention._FLASH3 is not None:
-        names.append("flash3")
-    return ", ".join(names)
+    return ", ".join(available_backends())
 
 
 def _kernel_backends() -> str:
@@ -66,8 +60,6 @@ def _kernel_backends() -> str:
         kernels = importlib.import_module("wan_kernels")
     except Exception as err:  # a broken optional build must not stop the report
         return f"wan_kernels cannot be imported ({type(err).__name__}: {_first_line(str(err))})"
-    if not hasattr(kernels, "available_backends"):
-        return "wan_kernels has no available_backends()"
     return ", ".join(kernels.available_backends()) or "none"
 
 

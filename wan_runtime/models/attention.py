@@ -25,6 +25,11 @@ _FLASH2 = _import_optional("flash_attn")
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def available_backends() -> list[str]:
+    """The backends ``attention`` can use here: ``sdpa`` always, flash-attn ones when importable."""
+    return ["sdpa"] + [name for name, module in (("flash2", _FLASH2), ("flash3", _FLASH3)) if module]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Softmax attention with scale ``1/sqrt(D)``; returns [B, Lq, N, D] in ``q.dtype``.
 

@@ -15,12 +15,12 @@ import torch
 from tqdm import tqdm
 
 from wan_runtime.errors import InputError
+from wan_runtime.image_io import load_image
 from wan_runtime.models import TextEncoder, WanModel, WanVAE
 from wan_runtime.pipelines.inputs import (
     check_frame_num,
     check_guide_scale,
     check_prompt,
-    load_image,
     parse_size,
     resolve_seed,
 )

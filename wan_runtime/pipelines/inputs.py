@@ -9,14 +9,9 @@ import math
 import numbers
 import random
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from wan_runtime.errors import InputError
 from wan_runtime.tasks import TaskSpec
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 # torch.Generator.manual_seed accepts seeds up to 2**64 - 1.
 _MAX_SEED = 2**64 - 1
@@ -116,27 +111,3 @@ def check_prompt(prompt: object, name: str) -> str:
     if not isinstance(prompt, str):
         raise InputError(f"{name} must be a string, got {type(prompt).__name__}")
     return prompt
-
-
-def load_image(image: object) -> Image.Image:
-    """An RGB PIL image from a PIL image or a path (the official CLI converts to RGB too)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, Image.Image):
-        picture = image
-    elif isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"image {path} does not exist; pass the path of a PNG, JPEG or WebP file")
-        try:
-            with Image.open(path) as opened:
-                picture = opened.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise InputError(
-                f"image {path} cannot be read as an image ({err}); pass a PNG, JPEG or WebP file"
-            ) from err
-    else:
-        raise InputError(f"image must be a PIL image or a file path, got {type(image).__name__}")
-    if picture.width < 1 or picture.height < 1:
-        raise InputError(f"the image is empty ({picture.width}x{picture.height} pixels)")
-    return picture.convert("RGB")
