@@ -1,0 +1,69 @@
+"""Both pipelines end to end on a GPU, on tiny official-layout checkpoints (random weights).
+
+    python -m benchmarks.gpu_pipelines [--out-dir DIR]
+
+What the CPU suite cannot show: the seeded CUDA generator (same seed, same video), bfloat16
+models on the device with and without ``offload_model`` (after a run every offloaded model is back
+on the CPU), the peak-memory report, and per-phase timings. The checkpoints are tiny, so the
+timings measure overheads, not the real models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import print_table, save_results
+from wan_runtime.demo import demo_image
+from wan_runtime.pipelines import load_pipeline
+from wan_runtime.tasks import TASKS
+from wan_runtime.tiny_checkpoints import write_task_checkpoint
+
+
+def run(task: str, root: Path, offload: bool, device: torch.device) -> dict:
+    pipe = load_pipeline(task, root, device=device, dtype=torch.bfloat16, offload_model=offload)
+    image = demo_image() if task == "i2v-A14B" else None
+    videos = [
+        pipe.generate("a red boat on a river", image=image, size="128*96", frame_num=9, sampling_steps=4,
+                      seed=1234, progress=False)
+        for _ in range(2)
+    ]
+    report = pipe.last_report
+    on_cpu = all(p.device.type == "cpu" for dit in pipe.dits.values() for p in dit.parameters())
+    return {
+        "task": task,
+        "offload": offload,
+        "shape": "x".join(map(str, videos[0].shape)),
+        "finite": bool(torch.isfinite(videos[0]).all()),
+        "same_seed_same_video": bool(torch.equal(videos[0], videos[1])),
+        "dits_on_cpu_after": on_cpu,
+        "peak_MiB": round((report.peak_memory_bytes or 0) / 2**20, 1),
+        **{f"{k}_ms": round(v * 1e3, 1) for k, v in report.timings.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--device", default="cuda", help="cpu only to try the script itself")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in TASKS:
+            root = write_task_checkpoint(task, Path(tmp) / task)
+            for offload in (False, True):
+                rows.append(run(task, root, offload, device))
+                print(rows[-1], flush=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    print_table(rows, columns)
+    print("saved", save_results("gpu_pipelines", device, rows, args.out_dir))
+
+
+if __name__ == "__main__":
+    main()
