@@ -3,7 +3,11 @@
 A backend is a named set of implementations, one per op, registered with ``register``. The backend
 in use is ``auto`` unless ``set_backend`` or the ``WAN_KERNELS_BACKEND`` environment variable
 (read when ``wan_kernels`` is imported) names one. ``auto`` picks, per call, the first backend of
-the device's preference list that is available and implements the op.
+the device's preference list that is available and implements the op: on a GPU ``cuda`` (not yet
+written), then ``triton``; on a CPU the C++ extension ``cpp`` if it is built, then ``torch``.
+``auto`` never compiles anything: ``set_backend("cpp")`` builds the extension on first use (see
+``wan_kernels.native``), and later processes find it built. ``set_backend("torch")`` switches
+every fused kernel off.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from collections.abc import Callable
 
 import torch
 
+from wan_kernels import native
+
 ENV_VAR = "WAN_KERNELS_BACKEND"
 AUTO = "auto"
-# Compiled backends come first; the list leaves room for native ``cuda`` and ``cpp`` backends.
+# Compiled backends come first; the list leaves room for a native ``cuda`` backend.
 KNOWN_BACKENDS = ("cuda", "triton", "cpp", "torch")
 _PREFERENCE = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
-_MODULES = {"torch": "wan_kernels.torch_backend", "triton": "wan_kernels.triton"}
+_MODULES = {
+    "torch": "wan_kernels.torch_backend", "triton": "wan_kernels.triton", "cpp": "wan_kernels.cpp_backend",
+}
 
 _IMPLS: dict[str, dict[str, Callable]] = {name: {} for name in KNOWN_BACKENDS}
 _loaded: set[str] = set()
@@ -60,10 +68,12 @@ def _runs_on(backend: str, device: torch.device) -> bool:
         return True
     if backend == "triton":
         return device.type == "cuda" or (device.type == "cpu" and triton_interpreted())
-    return False
+    return backend == "cpp" and device.type == "cpu"
 
 
-def _usable(backend: str) -> bool:
+def _usable(backend: str, build: bool = False) -> bool:
+    if backend == "cpp":
+        return (build or native.is_built()) and native.load()
     if backend not in _MODULES or not _importable(backend):
         return False
     return backend == "torch" or torch.cuda.is_available() or triton_interpreted()
@@ -79,7 +89,8 @@ def available_backends() -> list[str]:
     """Backends that can run on this machine, preferred first.
 
     ``triton`` counts when Triton is importable and either CUDA is available or Triton's CPU
-    interpreter is switched on (``TRITON_INTERPRET=1``).
+    interpreter is switched on (``TRITON_INTERPRET=1``); ``cpp`` when the C++ extension is built
+    and loads (``set_backend("cpp")`` builds it).
     """
     return [name for name in KNOWN_BACKENDS if _usable(name)]
 
@@ -89,7 +100,7 @@ def _check_name(name: str) -> str:
         return name
     if name not in KNOWN_BACKENDS:
         raise ValueError(f"unknown wan_kernels backend {name!r}; choose auto or one of {KNOWN_BACKENDS}")
-    if not _usable(name):
+    if not _usable(name, build=True):
         raise ValueError(
             f"wan_kernels backend {name!r} is not available here; available: {available_backends()}"
         )

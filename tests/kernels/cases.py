@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "cpp")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

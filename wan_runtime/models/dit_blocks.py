@@ -5,6 +5,11 @@ dtype (the compute dtype), while norm statistics, modulation, gates and the resi
 float32. Norm and modulation parameters are kept in float32 (``WanModel.float32_parameters``)
 unless the whole model is converted; the layers the official model runs under float32 autocast
 (time MLP, head, the affine norm) then still compute in float32 from the rounded weights.
+
+The norm, modulation, gate and residual steps run as ``wan_kernels`` ops, whose arithmetic is that
+of ``wan_kernels.reference``: with the ``torch`` backend the blocks compute exactly what the plain
+composition computes. ``wan_kernels.set_backend("torch")`` (or ``WAN_KERNELS_BACKEND=torch``)
+switches the fused kernels off.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wan_kernels.reference import gated_residual, layer_norm, modulate, rms_norm, rope_interleaved
+import wan_kernels
+from wan_kernels.reference import layer_norm, rms_norm, rope_interleaved
 from wan_runtime.models.attention import attention
 
 
@@ -85,13 +91,24 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Queries from ``x`` [B, L, C], keys and values from ``source`` [B, S, C]."""
         heads = (self.num_heads, -1)
-        q = self.norm_q(linear(self.q, x)).unflatten(-1, heads)
-        k = self.norm_k(linear(self.k, source)).unflatten(-1, heads)
+        q, k = linear(self.q, x), linear(self.k, source)
         v = linear(self.v, source).unflatten(-1, heads)
-        if rope is not None:
-            q, k = rope_interleaved(q, *rope), rope_interleaved(k, *rope)
+        if rope is not None and self._fused_qk_norm():
+            q, k = wan_kernels.qk_rmsnorm_rope(
+                q, k, self.norm_q.weight, self.norm_k.weight, *rope, self.num_heads, self.norm_q.eps
+            )
+        else:
+            q, k = self.norm_q(q).unflatten(-1, heads), self.norm_k(k).unflatten(-1, heads)
+            if rope is not None:
+                q, k = rope_interleaved(q, *rope), rope_interleaved(k, *rope)
         out = attention(q.to(v.dtype), k.to(v.dtype), v)
         return linear(self.o, out.flatten(2))
+
+    def _fused_qk_norm(self) -> bool:
+        # qk_rmsnorm_rope multiplies by float32 weights. Weights converted to the compute dtype
+        # (convert_model_dtype) round that product to it, which only the unfused composition does.
+        return isinstance(self.norm_q, RMSNorm) and self.norm_q.weight.dtype == torch.float32 \
+            and self.norm_k.weight.dtype == torch.float32
 
 
 class DiTBlock(nn.Module):
@@ -122,11 +139,17 @@ class DiTBlock(nn.Module):
         shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (
             per_token(row, time_index) for row in (self.modulation[0] + time).unbind(1)
         )
-        hidden = modulate(layer_norm(x, None, None, self.eps), shift, scale)
-        x = gated_residual(x, self.self_attn(hidden, hidden, rope), gate)
-        x = x + self.cross_attn(self.norm3(x), context)
-        hidden = modulate(layer_norm(x, None, None, self.eps), ffn_shift, ffn_scale)
-        return gated_residual(x, self.ffn(hidden.to(self.ffn[0].weight.dtype)), ffn_gate)
+        dtype = self.ffn[0].weight.dtype
+        hidden = wan_kernels.layernorm_modulate(x, shift, scale, self.eps, out_dtype=dtype)
+        # The first block's input is in the compute dtype; the residual stream is float32 from here.
+        x = wan_kernels.gated_residual(x.float(), self.self_attn(hidden, hidden, rope), gate)
+        # The cross-attention adds ungated; a unit gate is exact (y * 1 == y) and lets the add fuse
+        # with the feed-forward's norm.
+        unit_gate = gate.new_ones((x.size(0), 1, x.size(2)))
+        x, hidden = wan_kernels.gated_residual_layernorm_modulate(
+            x, self.cross_attn(self.norm3(x), context), unit_gate, ffn_shift, ffn_scale, self.eps, dtype
+        )
+        return wan_kernels.gated_residual(x, self.ffn(hidden), ffn_gate)
 
 
 class Head(nn.Module):
@@ -145,4 +168,4 @@ class Head(nn.Module):
         shift, scale = (
             per_token(row, time_index) for row in (self.modulation[0] + time_embed[:, None]).unbind(1)
         )
-        return linear_float32(self.head, modulate(layer_norm(x, None, None, self.eps), shift, scale))
+        return linear_float32(self.head, wan_kernels.layernorm_modulate(x, shift, scale, self.eps))

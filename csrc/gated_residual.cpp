@@ -1,0 +1,42 @@
+// C++ gated_residual: x + y * gate in float32, one token per iteration.
+#include <torch/library.h>
+
+#include "rows.h"
+
+namespace wan_kernels {
+namespace {
+
+template <typename Y>
+void gated_residual_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
+                           float* out) {
+  const int64_t length = x.size(1), width = x.size(2);
+  const Rows<float> xs(x), gates(gate);
+  const Rows<Y> ys(y);
+  at::parallel_for(0, x.size(0) * length, row_grain(width), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / length, t = row % length;
+      const float* xr = xs.row(b, t);
+      const Y* yr = ys.row(b, t);
+      const float* gr = gates.row(b, t);
+      float* o = out + row * width;
+#pragma omp simd
+      for (int64_t c = 0; c < width; ++c) o[c] = xr[c] + static_cast<float>(yr[c]) * gr[c];
+    }
+  });
+}
+
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
+  at::Tensor out = at::empty(x.sizes(), x.options());
+  if (out.numel() == 0) return out;
+  WAN_DISPATCH_FLOATS(y.scalar_type(), "gated_residual", [&] {
+    gated_residual_kernel<scalar_t>(x, y, gate, out.mutable_data_ptr<float>());
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace wan_kernels
+
+TORCH_LIBRARY_FRAGMENT(wan_kernels_cpp, m) {
+  m.def("gated_residual", &wan_kernels::gated_residual);
+}

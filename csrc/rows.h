@@ -1,0 +1,52 @@
+// Shared helpers of the C++ CPU kernels: row access into [B, L, C] tensors, float conversions
+// rounded as torch rounds, and the dispatch over the activation dtypes.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace wan_kernels {
+
+// Token (b, t) of a [B, L, C] tensor whose channels are contiguous; a token dim of size 1 is
+// broadcast (stride 0), as per-sample modulation rows [B, 1, C] are.
+template <typename T>
+struct Rows {
+  const T* data;
+  int64_t batch_stride;
+  int64_t token_stride;
+
+  explicit Rows(const at::Tensor& t)
+      : data(t.const_data_ptr<T>()),
+        batch_stride(t.stride(0)),
+        token_stride(t.size(1) > 1 ? t.stride(1) : 0) {}
+
+  const T* row(int64_t b, int64_t t) const { return data + b * batch_stride + t * token_stride; }
+};
+
+// c10::BFloat16 and c10::Half convert from float with round-to-nearest-even, as tensor.to() does.
+template <typename T>
+inline T from_float(float v) {
+  return static_cast<T>(v);
+}
+
+template <typename T>
+inline float round_through(float v) {
+  return static_cast<float>(static_cast<T>(v));
+}
+
+// Rows per parallel task: about 16k elements, enough to amortise the scheduling.
+inline int64_t row_grain(int64_t width) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));
+}
+
+}  // namespace wan_kernels
+
+#define WAN_DISPATCH_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
