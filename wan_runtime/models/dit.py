@@ -22,6 +22,7 @@ from wan_runtime.models.dit_blocks import AffineLayerNorm, DiTBlock, Head, RMSNo
 from wan_runtime.models.dit_config import DiTConfig, config_from_checkpoint, read_config_json
 from wan_runtime.models.rope import rope_tables
 from wan_runtime.models.safetensors_checkpoint import (
+    TensorEntry,
     check_keys,
     checkpoint_files,
     load_parameters,
@@ -85,16 +86,20 @@ class WanModel(nn.Module):
         it did). Weights are read one tensor at a time into a model built on the meta device.
         """
         folder = Path(path)
-        raw = read_config_json(folder / "config.json")
-        files = checkpoint_files(folder)
-        entries = read_entries(files)
-        config = config_from_checkpoint(raw, {k: e.shape for k, e in entries.items()}, folder)
+        config, entries = cls.read_checkpoint(folder)
         with torch.device("meta"):
             model = cls(config)
         model.set_compute_dtype(dtype or torch.float32, keep_float32=not convert_model_dtype)
         check_keys(model, entries, folder)
         load_parameters(model, entries, device or "cpu")
         return model.eval().requires_grad_(False)
+
+    @classmethod
+    def read_checkpoint(cls, folder: Path) -> tuple[DiTConfig, dict[str, TensorEntry]]:
+        """The folder's architecture (``config.json`` and tensor shapes) and where each tensor lives."""
+        raw = read_config_json(folder / "config.json")
+        entries = read_entries(checkpoint_files(folder))
+        return config_from_checkpoint(raw, {k: e.shape for k, e in entries.items()}, folder), entries
 
     def float32_parameters(self) -> list[nn.Parameter]:
         """Parameters the official model applies in float32 whatever the compute dtype."""
@@ -146,7 +151,8 @@ class WanModel(nn.Module):
             x.to(weight.dtype), weight, self.patch_embedding.bias, stride=self.config.patch_size
         )
         grid = tuple(patches.shape[2:])
-        tokens = patches.flatten(2).transpose(1, 2)
+        # Channel-contiguous tokens, as the blocks' fused ops read whole rows.
+        tokens = patches.flatten(2).transpose(1, 2).contiguous()
         time_embed, time_index = self._embed_time(t)
         time = linear_float32(self.time_projection[1], F.silu(time_embed)).unflatten(1, (6, self.config.dim))
         return tokens, Conditioning(
@@ -175,6 +181,11 @@ class WanModel(nn.Module):
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(
             out.size(0), self.config.out_dim, f * p, h * q, w * r
         ).float()
+
+    def embed_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """Time embedding [N, dim] float32 of timestep values ``t`` [N] (TeaCache's ``poly`` signal,
+        which a step cache plans from before sampling)."""
+        return self._embed_time(t)[0]
 
     def _embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         # The MLP runs once per distinct timestep value, not once per token as the official model

@@ -55,18 +55,11 @@ class DiTConfig:
 
 def read_config_json(path: Path) -> dict:
     """Parse and check the official ``config.json`` of a DiT folder."""
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path} is missing: a DiT folder needs the config.json that ships with the "
-            "official checkpoint; point to the folder that holds it (for i2v-A14B, "
-            "high_noise_model/ or low_noise_model/; for ti2v-5B, the checkpoint root)"
-        )
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not readable JSON ({err}); restore it from the release") from err
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} must hold a JSON object; restore it from the release")
+    raw = read_json_object(
+        path,
+        "point to the folder that holds it (for i2v-A14B, high_noise_model/ or low_noise_model/; "
+        "for ti2v-5B, the checkpoint root)",
+    )
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
@@ -77,6 +70,22 @@ def read_config_json(path: Path) -> dict:
     missing = [key for key in _REQUIRED_KEYS if key not in raw]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; restore it from the release")
+    return raw
+
+
+def read_json_object(path: Path, where: str) -> dict:
+    """Parse the official ``config.json`` at ``path``; ``where`` tells the user where it lives."""
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is missing: a DiT folder needs the config.json that ships with the official "
+            f"checkpoint; {where}"
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not readable JSON ({err}); restore it from the release") from err
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} must hold a JSON object; restore it from the release")
     return raw
 
 

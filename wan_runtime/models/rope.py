@@ -12,29 +12,40 @@ from __future__ import annotations
 import torch
 
 
-def _axis_angles(positions: int, width: int, theta: float = 10000.0) -> torch.Tensor:
+def _axis_angles(positions: torch.Tensor, width: int, theta: float = 10000.0) -> torch.Tensor:
     inv_freq = 1.0 / torch.pow(theta, torch.arange(0, width, 2, dtype=torch.float64) / width)
-    return torch.outer(torch.arange(positions, dtype=torch.float64), inv_freq)
+    return positions.to(torch.float64)[:, None] * inv_freq
+
+
+def rope_tables_at(
+    positions: torch.Tensor, head_dim: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos`` and ``sin`` tables, each [L, 1, head_dim/2] float32, for tokens at integer
+    (frame, row, column) ``positions`` [L, 3]. Positions may be negative: the angle is then negated,
+    as the official conjugated tables of the S2V motion frames are."""
+    third = head_dim // 6
+    angles = torch.cat(
+        [
+            _axis_angles(positions[:, 0], head_dim - 4 * third),
+            _axis_angles(positions[:, 1], 2 * third),
+            _axis_angles(positions[:, 2], 2 * third),
+        ],
+        dim=-1,
+    )[:, None]
+    return angles.cos().float().to(device), angles.sin().float().to(device)
+
+
+def grid_positions(frames: list[int], rows: list[int], columns: list[int]) -> torch.Tensor:
+    """[len(frames) * len(rows) * len(columns), 3] positions of a token grid, frame-major (f, h, w)
+    as the patch embedding flattens it."""
+    axes = [torch.tensor(axis, dtype=torch.long) for axis in (frames, rows, columns)]
+    return torch.cartesian_prod(*axes).view(-1, 3)
 
 
 def rope_tables(
     grid: tuple[int, int, int], head_dim: int, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cos`` and ``sin`` tables, each [F*H*W, 1, head_dim/2] float32, for a token grid (F, H, W).
-
-    Tokens are ordered frame-major (f, h, w), as the patch embedding flattens them.
-    """
+    """``cos`` and ``sin`` tables, each [F*H*W, 1, head_dim/2] float32, for a token grid (F, H, W)
+    at positions ``0..F-1``, ``0..H-1``, ``0..W-1``."""
     f, h, w = grid
-    third = head_dim // 6
-    t_angles = _axis_angles(f, head_dim - 4 * third)
-    h_angles = _axis_angles(h, 2 * third)
-    w_angles = _axis_angles(w, 2 * third)
-    angles = torch.cat(
-        [
-            t_angles[:, None, None, :].expand(f, h, w, -1),
-            h_angles[None, :, None, :].expand(f, h, w, -1),
-            w_angles[None, None, :, :].expand(f, h, w, -1),
-        ],
-        dim=-1,
-    ).reshape(f * h * w, 1, head_dim // 2)
-    return angles.cos().float().to(device), angles.sin().float().to(device)
+    return rope_tables_at(grid_positions(list(range(f)), list(range(h)), list(range(w))), head_dim, device)

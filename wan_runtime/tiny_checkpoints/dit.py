@@ -27,10 +27,11 @@ TINY_TI2V = DiTConfig(
 )
 
 
-def random_dit(config: DiTConfig, seed: int = 0) -> WanModel:
-    """A float32 ``WanModel`` with seeded random weights of realistic scale."""
+def random_dit(config: DiTConfig, seed: int = 0, model_class: type[WanModel] = WanModel) -> WanModel:
+    """A float32 ``model_class`` (``WanModel`` or a subclass taking ``config``) with seeded random
+    weights of realistic scale."""
     generator = torch.Generator().manual_seed(seed)
-    model = WanModel(config)
+    model = model_class(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
@@ -52,13 +53,16 @@ def write_dit(
     seed: int = 0,
     shards: int = 1,
     dtype: torch.dtype = torch.float32,
+    model_class: type[WanModel] = WanModel,
 ) -> Path:
     """Write ``config.json`` and the weights of a random DiT into ``folder`` as the official
     release does: ``diffusion_pytorch_model.safetensors``, or with ``shards > 1``
-    ``diffusion_pytorch_model-0000i-of-0000n.safetensors`` plus the index file."""
+    ``diffusion_pytorch_model-0000i-of-0000n.safetensors`` plus the index file. ``model_class``
+    is ``WanModel`` or a subclass whose config ``config`` is (the S2V DiT)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.to(dtype).contiguous() for k, v in random_dit(config, seed).state_dict().items()}
+    model = random_dit(config, seed, model_class)
+    state = {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}
     keys = list(state)
     if shards == 1:
         write_safetensors(folder / SINGLE_FILE, state)

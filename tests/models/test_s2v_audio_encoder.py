@@ -1,0 +1,53 @@
+"""wav2vec2 features and per-frame buckets against the official ``AudioEncoder``, float32, CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.models.s2v_helpers import official_s2v
+from tests.tolerances import rel_l2
+from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.models.audio_encoder import SAMPLE_RATE, Wav2Vec2Features, audio_buckets
+from wan_runtime.tiny_checkpoints import write_wav2vec2
+
+# The same transformers model on the same samples: only the resampling's summation order differs.
+AUDIO_FEATURES_VS_OFFICIAL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def wav2vec2_dir(tmp_path_factory):
+    return write_wav2vec2(tmp_path_factory.mktemp("s2v") / "wav2vec2-large-xlsr-53-english", seed=1)
+
+
+@pytest.mark.parametrize(("seconds", "frames_per_clip"), [(1.3, 8), (2.05, 12)])
+def test_buckets_match_official(tmp_path, wav2vec2_dir, seconds, frames_per_clip):
+    waveform = np.random.default_rng(0).standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32)
+    np.save(tmp_path / "speech.npy", waveform)
+    official = official_s2v("audio_encoder").AudioEncoder(model_id=str(wav2vec2_dir))
+    with torch.no_grad():
+        want_features = official.extract_audio_feat(str(tmp_path / "speech.npy"), return_all_layers=True)
+        want, want_clips = official.get_audio_embed_bucket_fps(
+            want_features, fps=16, batch_frames=frames_per_clip, m=0
+        )
+    features = Wav2Vec2Features(wav2vec2_dir)(torch.from_numpy(waveform))
+    got, clips = audio_buckets(features, frames_per_clip)
+    assert features.shape == want_features.shape
+    assert rel_l2(features, want_features) <= AUDIO_FEATURES_VS_OFFICIAL
+    assert clips == want_clips and clips * frames_per_clip > features.size(1) * 16 / 30
+    # The official pipeline's layout: [1, layers, C, frames].
+    assert rel_l2(got, want.permute(1, 2, 0)[None]) <= AUDIO_FEATURES_VS_OFFICIAL
+    assert got[..., -1].abs().max() == 0, "frames past the audio's end are zero"
+
+
+def test_missing_wav2vec2_folder_names_it(tmp_path):
+    with pytest.raises(CheckpointError, match="wav2vec2-large-xlsr-53-english"):
+        Wav2Vec2Features(tmp_path / "wav2vec2-large-xlsr-53-english")
+
+
+def test_bad_waveform_and_features(wav2vec2_dir):
+    with pytest.raises(InputError, match="mono 16 kHz"):
+        Wav2Vec2Features(wav2vec2_dir)(torch.zeros(2, 16000))
+    with pytest.raises(InputError, match="layers, T, C"):
+        audio_buckets(torch.zeros(25, 0, 32), 80)

@@ -1,0 +1,101 @@
+"""Speech features for the S2V DiT: wav2vec2 hidden states bucketed per video frame.
+
+As the official ``AudioEncoder`` (``extract_audio_feat(return_all_layers=True)`` then
+``get_audio_embed_bucket_fps(fps=16, batch_frames=infer_frames, m=0)``):
+
+1. the 16 kHz waveform is normalised by the folder's feature extractor and run through wav2vec2
+   (transformers' ``Wav2Vec2Model``); every hidden state is kept (embeddings + each layer);
+2. the 50 features per second are linearly resampled to 30 per second;
+3. video frame i at 16 fps takes the 30 fps feature nearest to its time, ``round(i * 30 / 16)``;
+   frames past the audio's end get zeros. Whole clips of ``frames_per_clip`` frames are made, as
+   many as the audio starts (``num_clips``), so the last clip is zero-padded.
+
+Decoding audio files (and resampling them to 16 kHz) belongs to the pipeline's I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wan_runtime.errors import CheckpointError, InputError
+
+SAMPLE_RATE = 16000
+WAV2VEC2_DIR = "wav2vec2-large-xlsr-53-english"
+WAV2VEC2_FPS = 50  # one feature per 20 ms (the convolutional front end's stride of 320 samples)
+RESAMPLED_FPS = 30
+VIDEO_FPS = 16
+
+
+def resample_features(features: torch.Tensor, fps_in: int = WAV2VEC2_FPS,
+                      fps_out: int = RESAMPLED_FPS) -> torch.Tensor:
+    """[N, T, C] -> [N, int(T / fps_in * fps_out), C] by linear interpolation, ends aligned."""
+    length = int(features.size(1) / float(fps_in) * fps_out)
+    resampled = F.interpolate(features.transpose(1, 2), size=length, mode="linear", align_corners=True)
+    return resampled.transpose(1, 2)
+
+
+def audio_buckets(
+    features: torch.Tensor, frames_per_clip: int, fps: int = VIDEO_FPS
+) -> tuple[torch.Tensor, int]:
+    """Per-video-frame features and the number of clips the audio starts.
+
+    ``features`` [layers, T, C] at ``RESAMPLED_FPS``. Returns [1, layers, C, num_clips *
+    frames_per_clip] (the DiT's ``audio`` layout; clip r is columns ``r*frames_per_clip`` onwards)
+    and ``num_clips``.
+    """
+    if features.dim() != 3 or features.size(1) == 0:
+        raise InputError(f"features must be [layers, T, C] with T > 0, got {list(features.shape)}")
+    available = features.size(1)
+    num_clips = int(available / (frames_per_clip * (RESAMPLED_FPS / fps))) + 1
+    frames = num_clips * frames_per_clip
+    # The official sampler's times i / fps, on a 30 fps timeline padded to cover every frame.
+    padded_length = math.ceil(frames / fps * RESAMPLED_FPS)
+    times = np.linspace(0, frames / fps, frames, endpoint=False)
+    index = np.clip(np.round(times * RESAMPLED_FPS).astype(int), 0, padded_length - 1)
+    index = torch.from_numpy(index).to(features.device)
+    picked = features[:, index.clamp(max=available - 1)]
+    picked = torch.where((index < available)[None, :, None], picked, 0.0)
+    return picked.permute(0, 2, 1)[None], num_clips
+
+
+class Wav2Vec2Features:
+    """The checkpoint's wav2vec2 (``<root>/wav2vec2-large-xlsr-53-english``), loaded offline."""
+
+    def __init__(self, folder: str | Path, device: torch.device | str = "cpu") -> None:
+        from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file() or not (folder / "preprocessor_config.json").is_file():
+            raise CheckpointError(
+                f"{folder} is not a wav2vec2 folder (it needs config.json, preprocessor_config.json and "
+                f"the weights); download {WAV2VEC2_DIR}/ of the Wan2.2-S2V-14B release into it"
+            )
+        try:
+            self.extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
+            self.model = Wav2Vec2Model.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{folder}: wav2vec2 does not load ({err}); download it again") from err
+        self.model = self.model.to(device).eval().requires_grad_(False)
+
+    @property
+    def num_layers(self) -> int:
+        """Hidden states per frame: the embeddings' and each transformer layer's."""
+        return self.model.config.num_hidden_layers + 1
+
+    @torch.no_grad()
+    def __call__(self, waveform: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Mono 16 kHz samples [S] -> features [layers, T, C] at ``RESAMPLED_FPS``, float32."""
+        samples = np.asarray(waveform.cpu() if isinstance(waveform, torch.Tensor) else waveform, np.float32)
+        if samples.ndim != 1 or samples.size < 400:
+            raise InputError(
+                f"the waveform must be mono 16 kHz samples [S] with S >= 400 (25 ms), "
+                f"got shape {samples.shape}"
+            )
+        inputs = self.extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_values
+        out = self.model(inputs.to(self.model.device), output_hidden_states=True)
+        return resample_features(torch.cat(out.hidden_states)).float()
