@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from wan_runtime import demo
+from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig, InvalidCacheConfig
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
 from wan_runtime.tasks import TASKS, TaskSpec, check_checkpoint_dir
@@ -84,6 +85,7 @@ class GenerateConfig:
     t5_cpu: bool
     convert_model_dtype: bool
     debug: bool
+    cache: CacheConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     default cannot work here: ``--task`` defaults to ti2v-5B (t2v is not served); ``--size``
     defaults to the task's default size (the official 1280*720 is refused for ti2v-5B);
     i2v-A14B needs ``--image`` (the official example image is not shipped); ``--save_file``
-    must end in ``.mp4``. Added: ``--device``, ``--dtype``, ``--debug``, ``--demo``.
+    must end in ``.mp4``. Added: ``--device``, ``--dtype``, ``--debug``, ``--demo`` and the step
+    cache flags (``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are
     listed together."""
     p = _Parser(
@@ -142,7 +145,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--demo", action="store_true",
                    help="run on tiny random weights (cached) on the CPU to check the installation")
+    _add_cache_flags(p)
     return p
+
+
+def _add_cache_flags(p: argparse.ArgumentParser) -> None:
+    d = CacheConfig()
+    g = p.add_argument_group("step cache (reuse transformer work between steps; off by default)")
+    g.add_argument("--teacache", action="store_true", help="enable TeaCache")
+    g.add_argument("--teacache_thresh", type=float, default=d.teacache_thresh,
+                   help=f"skip while the accumulated change is under this (default {d.teacache_thresh})")
+    g.add_argument("--teacache_policy", default=d.teacache_policy,
+                   help=f"{' or '.join(TEACACHE_POLICIES)} (default {d.teacache_policy})")
+    g.add_argument("--teacache_warmup", type=int, default=d.teacache_warmup,
+                   help=f"first steps of each expert always computed (default {d.teacache_warmup})")
+    g.add_argument("--teacache_last_steps", type=int, default=d.teacache_last_steps,
+                   help=f"last steps of each expert always computed (default {d.teacache_last_steps})")
+    g.add_argument("--teacache_alternating", action="store_true", help="never skip two steps in a row")
+    g.add_argument("--fbcache", action="store_true", help="enable the first-block cache (takes precedence)")
+    g.add_argument("--fb_thresh", type=float, default=d.fb_thresh,
+                   help=f"skip while the first-block change is under this (default {d.fb_thresh})")
+    g.add_argument("--fb_metric", default=d.fb_metric,
+                   help=f"{', '.join(FB_METRICS)} (default {d.fb_metric})")
+    g.add_argument("--fb_downsample", type=int, default=d.fb_downsample,
+                   help=f"measure every n-th token (default {d.fb_downsample})")
+    g.add_argument("--fb_ema", type=float, default=d.fb_ema,
+                   help=f"EMA weight of the previous metric, in [0, 1) (default {d.fb_ema})")
+    g.add_argument("--fb_warmup", type=int, default=d.fb_warmup,
+                   help=f"first steps of each expert always computed (default {d.fb_warmup})")
+    g.add_argument("--fb_last_steps", type=int, default=d.fb_last_steps,
+                   help=f"last steps of each expert always computed (default {d.fb_last_steps})")
+    g.add_argument("--fb_cfg_sep_diff", type=str2bool, default=d.fb_cfg_sep_diff,
+                   help="also measure the uncond branch's change (default true)")
 
 
 def resolve(args: argparse.Namespace) -> GenerateConfig:
@@ -197,6 +231,12 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     if dtype_name not in DTYPES:
         problems.append(f"unknown --dtype {dtype_name!r}; choose {' or '.join(DTYPES)}")
 
+    cache = None
+    try:
+        cache = CacheConfig(**{name: getattr(args, name) for name in CacheConfig().as_dict()})
+    except InvalidCacheConfig as err:
+        problems += err.problems
+
     if problems:
         raise InvalidArguments(problems)
     return GenerateConfig(
@@ -221,6 +261,7 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         t5_cpu=args.t5_cpu,
         convert_model_dtype=args.convert_model_dtype,
         debug=args.debug,
+        cache=cache,
     )
 
 

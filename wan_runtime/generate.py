@@ -88,7 +88,7 @@ def _generate(config: GenerateConfig) -> int:
         config.prompt, image=config.image, size=config.size, frame_num=config.frame_num,
         sampling_steps=config.sample_steps, guide_scale=config.sample_guide_scale,
         shift=config.sample_shift, sample_solver=config.sample_solver, seed=config.base_seed,
-        progress=True,
+        progress=True, cache=config.cache,
     )
     report = pipeline.last_report
     save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now())

@@ -9,11 +9,12 @@ task, which expert and guide scale serve a timestep (``_expert``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from tqdm import tqdm
 
+from wan_runtime.cache import CacheConfig, CacheManager, WanStages
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
 from wan_runtime.models import TextEncoder, WanModel, WanVAE
@@ -74,6 +75,9 @@ class Pipeline:
     the ``RunReport`` of the latest ``generate`` (None before the first).
     """
 
+    # The names the step cache reports each DiT under (a task's models, not the dict keys).
+    cache_names: ClassVar[dict[str, str]] = {}
+
     def __init__(
         self,
         spec: TaskSpec,
@@ -92,6 +96,7 @@ class Pipeline:
         self.dits = dits
         self.residency = residency
         self.last_report: RunReport | None = None
+        self._cache_report: dict[str, dict] = {}
 
     # -- what a task defines ------------------------------------------------------------------
 
@@ -121,6 +126,7 @@ class Pipeline:
         seed: int = -1,
         n_prompt: str = "",
         progress: bool = True,
+        cache: CacheConfig | None = None,
     ) -> torch.Tensor:
         """Generate a video [3, frame_num, H, W], float32 in [-1, 1], on the pipeline's device.
 
@@ -129,7 +135,8 @@ class Pipeline:
         the shape. ``guide_scale`` for i2v-A14B is one number or ``(low_noise, high_noise)``.
         ``seed`` -1 draws a random seed; ``n_prompt`` "" uses the official negative prompt. Every
         argument is checked (``InputError``) before any model runs. ``last_report`` then holds
-        the resolved arguments and the timings.
+        the resolved arguments and the timings. ``cache`` turns on the step cache (see
+        ``wan_runtime.cache.CacheConfig``); ``cache_report()`` then returns its telemetry.
         """
         spec = self.spec
         prompt = check_prompt(prompt, "prompt")
@@ -142,6 +149,10 @@ class Pipeline:
         guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
         if not isinstance(progress, bool):
             raise InputError(f"progress must be True or False, got {progress!r}")
+        if cache is not None and not isinstance(cache, CacheConfig):
+            raise InputError(f"cache must be a wan_runtime.cache.CacheConfig or None, got {cache!r}")
+        if cache is not None:
+            cache.check_models(self.cache_names.values())
         plan = self._plan(None if image is None else load_image(image), width, height, frame_num)
         seed = resolve_seed(seed)
 
@@ -160,7 +171,7 @@ class Pipeline:
                 with clock.stage("vae_encode"):
                     condition = self._encode_image(plan)
             with clock.stage("denoise"):
-                latent = self._denoise(noise, prompts, solver, guide, condition, progress)
+                latent = self._denoise(noise, prompts, solver, guide, condition, progress, cache)
                 self.residency.release()
             with clock.stage("vae_decode"):
                 video = self.vae.decode([latent])[0]
@@ -171,6 +182,13 @@ class Pipeline:
         )
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
+
+    def cache_report(self) -> dict[str, dict]:
+        """The step cache's telemetry of the latest ``generate``, by model name (``high``,
+        ``low``, ``ti2v``): per branch (``cond``, ``uncond``) ``steps``, ``computed``, ``skipped``,
+        ``forced`` and the details of ``BranchStats.as_dict``, and ``residual_bytes``. Empty when
+        that run had no cache."""
+        return self._cache_report
 
     def _peak_memory(self) -> int | None:
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
@@ -196,30 +214,55 @@ class Pipeline:
         guide: float | tuple[float, float],
         condition: ImageCondition,
         progress: bool,
+        cache: CacheConfig | None = None,
     ) -> torch.Tensor:
         """Run every solver step from ``noise`` [C, F, h, w] with classifier-free guidance; the
-        final latent."""
+        final latent. Without an enabled ``cache`` each branch is the plain DiT forward."""
         first = condition.first_frame
         latent = noise if first is None else torch.cat([first, noise[:, 1:]], dim=1)
         timesteps = solver.timesteps
         per_token = None if first is None else self._moving_tokens(latent)
         expert_names = len(self.dits) > 1
+        manager = self._cache_manager(cache, timesteps.tolist(), guide)
         with tqdm(total=len(timesteps), disable=not progress, desc=self.task, unit="step") as bar:
             for i, t in enumerate(timesteps.tolist()):
                 name, scale = self._expert(t, guide)
                 model = self.residency.activate(name)
+                if manager is not None and self.residency.offload:
+                    self._place_cache(manager)
                 # ti2v with an image: the tokens of the fixed first frame are at timestep 0.
                 timestep = timesteps[i : i + 1] if per_token is None else per_token * timesteps[i]
                 x = latent[None]
-                cond = model(x, timestep, prompts.context, condition.y)[0]
-                uncond = model(x, timestep, prompts.context_null, condition.y)[0]
+                if manager is None:
+                    cond = model(x, timestep, prompts.context, condition.y)[0]
+                    uncond = model(x, timestep, prompts.context_null, condition.y)[0]
+                else:
+                    cond = manager.forward(i, "cond", x, timestep, prompts.context, condition.y)[0]
+                    uncond = manager.forward(i, "uncond", x, timestep, prompts.context_null, condition.y)[0]
                 latent = solver.step(uncond + scale * (cond - uncond), t, latent)
                 if first is not None:
                     latent = torch.cat([first, latent[:, 1:]], dim=1)
                 if expert_names:
                     bar.set_postfix(expert=name)
                 bar.update()
+        self._cache_report = {} if manager is None else manager.finish()
         return latent
+
+    def _cache_manager(
+        self, cache: CacheConfig | None, timesteps: list[float], guide: float | tuple[float, float]
+    ) -> CacheManager | None:
+        """The run's cache manager over the DiTs under their cache names, or None when off."""
+        if cache is None or not cache.enabled:
+            return None
+        schedule = [self.cache_names[self._expert(t, guide)[0]] for t in timesteps]
+        models = {self.cache_names[name]: WanStages(dit) for name, dit in self.dits.items()}
+        return CacheManager(cache, models, schedule, timesteps, log=tqdm.write)
+
+    def _place_cache(self, manager: CacheManager) -> None:
+        """Cached residuals follow their expert: on the device with it, else on the CPU."""
+        for name in self.dits:
+            where = self.device if self.residency.placement[name] == "device" else torch.device("cpu")
+            manager.move(self.cache_names[name], where)
 
     def _moving_tokens(self, latent: torch.Tensor) -> torch.Tensor:
         """[1, L] int64: 0 for the DiT tokens of the first latent frame, 1 for the others."""

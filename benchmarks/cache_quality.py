@@ -1,0 +1,84 @@
+"""Cached against uncached generations with real weights: speedup, PSNR and SSIM per setting.
+
+For each prompt and seed the uncached video is generated once, then each cache setting with the
+same arguments; the speedup is the ratio of the denoising stage's times, measured in this process.
+
+    python -m benchmarks.cache_quality --task ti2v-5B --ckpt_dir DIR [--prompts FILE] [--seeds 0 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import print_table, save_results
+from benchmarks.fidelity import psnr, ssim
+from wan_runtime.cache import CacheConfig
+from wan_runtime.cli_args import EXAMPLE_PROMPT
+from wan_runtime.pipelines import load_pipeline
+
+SETTINGS = {
+    "teacache 0.08": CacheConfig(teacache=True, teacache_thresh=0.08),
+    "teacache 0.2": CacheConfig(teacache=True, teacache_thresh=0.2),
+    "fbcache 0.08": CacheConfig(fbcache=True, fb_thresh=0.08),
+    "fbcache 0.15": CacheConfig(fbcache=True, fb_thresh=0.15),
+}
+# The video range of the pipelines' outputs, [-1, 1].
+VIDEO_RANGE = 2.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--ckpt_dir", required=True)
+    parser.add_argument("--task", default="ti2v-5B")
+    parser.add_argument("--image", default=None, help="input image (required for i2v-A14B)")
+    parser.add_argument("--prompts", default=None, help="text file, one prompt a line (default: the example)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--size", default=None)
+    parser.add_argument("--frame_num", type=int, default=None)
+    parser.add_argument("--sample_steps", type=int, default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    prompts = [EXAMPLE_PROMPT[args.task]] if args.prompts is None else [
+        line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()
+    ]
+    pipeline = load_pipeline(args.task, args.ckpt_dir, device=args.device, dtype=getattr(torch, args.dtype))
+    run = {"image": args.image, "size": args.size, "frame_num": args.frame_num,
+           "sampling_steps": args.sample_steps, "progress": False}
+
+    results: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    for prompt in prompts:
+        for seed in args.seeds:
+            reference = pipeline.generate(prompt, seed=seed, **run).cpu()
+            base_s = pipeline.last_report.timings["denoise"]
+            for name, cache in SETTINGS.items():
+                video = pipeline.generate(prompt, seed=seed, cache=cache, **run).cpu()
+                report = pipeline.cache_report()
+                steps = sum(entry["cond"]["steps"] for entry in report.values())
+                skipped = sum(entry["cond"]["skipped"] for entry in report.values())
+                results[name].append({
+                    "speedup": base_s / pipeline.last_report.timings["denoise"],
+                    "psnr_db": psnr(video, reference, VIDEO_RANGE),
+                    "ssim": ssim(video, reference, VIDEO_RANGE),
+                    "skip_rate": skipped / steps,
+                })
+    rows = []
+    for name, samples in results.items():
+        row = {"setting": name, "videos": len(samples)}
+        for key in ("speedup", "psnr_db", "ssim", "skip_rate"):
+            row[key] = round(statistics.mean(s[key] for s in samples), 4)
+        rows.append(row)
+    print_table(rows, ["setting", "videos", "speedup", "psnr_db", "ssim", "skip_rate"])
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    print("saved", save_results(f"cache_quality_{args.task}", pipeline.device, rows, out_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The skip rules on synthetic metric sequences, each expected decision worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+from wan_runtime.cache.gate import (
+    ALTERNATING,
+    COLD,
+    EXPERT_SWITCH,
+    LAST_STEPS,
+    METRIC,
+    NONFINITE,
+    WARMUP,
+    FBCacheGate,
+    Lifecycle,
+    TeaCacheGate,
+)
+from wan_runtime.cache.policies import FITTED, LINEAR
+
+
+def tea_votes(changes, threshold=0.1, warmup=1, last=1, alternating=False, switch_at=()):
+    gate = TeaCacheGate(LINEAR, threshold, Lifecycle(warmup, last, len(changes)), alternating)
+    return [gate.vote(i, i in switch_at, c) for i, c in enumerate(changes)]
+
+
+def marks(votes):
+    return "".join("s" if v.skip else "C" for v in votes)
+
+
+def test_teacache_accumulates_until_the_threshold_then_resets():
+    # acc: -, .04, .08, .12>=.1 compute (reset), .04, .08, last step forced.
+    votes = tea_votes([None, 0.04, 0.04, 0.04, 0.04, 0.04, 0.04])
+    assert marks(votes) == "CssCssC"
+    assert [v.reason for v in votes] == [WARMUP, METRIC, METRIC, METRIC, METRIC, METRIC, LAST_STEPS]
+    compared = [None if v.metric is None else round(v.metric, 6) for v in votes]
+    assert compared == [None, 0.04, 0.08, 0.12, 0.04, 0.08, None]
+
+
+def test_threshold_zero_never_skips_and_the_comparison_is_strict():
+    assert marks(tea_votes([None, 0.0, 0.0, 0.0], threshold=0.0, warmup=0, last=0)) == "CCCC"
+    # 0.05 + 0.05 == 0.1 is not under 0.1: computes.
+    assert marks(tea_votes([None, 0.05, 0.05, 0.05], threshold=0.1, warmup=0, last=0)) == "CsCs"
+
+
+def test_warmup_and_last_steps_force_compute():
+    votes = tea_votes([0.0] * 8, threshold=1.0, warmup=3, last=2)
+    assert marks(votes) == "CCCsssCC"
+    assert [v.reason for v in votes[:3]] == [WARMUP] * 3 and [v.reason for v in votes[6:]] == [LAST_STEPS] * 2
+
+
+def test_alternating_never_skips_twice_in_a_row():
+    votes = tea_votes([None] + [0.0] * 6, threshold=1.0, warmup=1, last=0, alternating=True)
+    assert marks(votes) == "CsCsCsC"
+    assert votes[2].reason == ALTERNATING
+
+
+def test_cold_start_and_nonfinite_change_compute_and_reset():
+    votes = tea_votes([None, 0.05, math.nan, 0.05, 0.05], threshold=0.1, warmup=0, last=0)
+    # The NaN resets the accumulator: .05 skips, .05 + .05 is not under .1.
+    assert marks(votes) == "CsCsC"
+    assert [votes[0].reason, votes[2].reason] == [COLD, NONFINITE]
+    assert [round(v.metric, 6) for v in votes[3:]] == [0.05, 0.1]
+
+
+def test_expert_switch_is_named_before_warmup():
+    life = Lifecycle(warmup=1, last_steps=1, total=4)
+    assert [life.forced(i, i == 0) for i in range(4)] == [EXPERT_SWITCH, None, None, LAST_STEPS]
+    life = Lifecycle(warmup=0, last_steps=0, total=4)
+    assert [life.forced(i, i == 2) for i in range(4)] == [None, None, EXPERT_SWITCH, None]
+
+
+def test_poly_rescale_is_clamped_at_zero():
+    poly = FITTED["ti2v"]
+    assert poly.rescale(0.0) == 0.0  # the constant term is negative
+    x = 0.1
+    expected = sum(c * x ** (len(poly.coefficients) - 1 - i) for i, c in enumerate(poly.coefficients))
+    assert math.isclose(poly.rescale(x), max(expected, 0.0), rel_tol=1e-12)
+
+
+def fb_votes(metrics, threshold=0.1, ema=0.0, warmup=1, last=1):
+    gate = FBCacheGate(threshold, ema, Lifecycle(warmup, last, len(metrics)))
+    return [gate.vote(i, False, m) for i, m in enumerate(metrics)]
+
+
+def test_fbcache_compares_each_step_without_accumulating():
+    votes = fb_votes([None, 0.05, 0.09, 0.2, 0.05, 0.05])
+    assert marks(votes) == "CssCsC"
+
+
+def test_fbcache_ema_smooths_the_metric():
+    # ema 0.5: 0.05, then .5*.05+.5*.25=.15 (compute), then .5*.15+.5*.01=.08 (skip).
+    votes = fb_votes([None, 0.05, 0.25, 0.01, 0.0], ema=0.5, warmup=1, last=0)
+    assert marks(votes) == "CsCss"
+    assert [round(v.metric, 6) for v in votes[1:4]] == [0.05, 0.15, 0.08]
+
+
+def test_fbcache_nonfinite_metric_computes_and_forgets_the_ema():
+    votes = fb_votes([None, 0.3, math.inf, 0.05], ema=0.5, warmup=1, last=0)
+    assert marks(votes) == "CCCs"
+    assert votes[2].reason == NONFINITE and votes[3].metric == 0.05

@@ -1,0 +1,135 @@
+"""The manager on a fake DiT: priority, CFG following, experts, failsafes, downsampling, telemetry."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.cache.fake_model import FakeDiT, tokens
+from wan_runtime.cache import CacheConfig, CacheManager
+
+BIG = 1e9
+
+
+def run(config, inputs, schedule=None, models=None, uncond=None, timesteps=None):
+    """Drive the manager; ``inputs`` per step (cond), ``uncond`` per step or None (no uncond)."""
+    schedule = schedule or ["m"] * len(inputs)
+    models = models or {name: FakeDiT() for name in set(schedule)}
+    log: list[str] = []
+    manager = CacheManager(config, models, schedule, timesteps or [1000.0 - i for i in range(len(inputs))],
+                           log=log.append)
+    outs = []
+    for step, x in enumerate(inputs):
+        outs.append(manager.forward(step, "cond", x))
+        if uncond is not None:
+            outs.append(manager.forward(step, "uncond", uncond[step]))
+    return manager, manager.finish(), outs, log, models
+
+
+def test_threshold_zero_outputs_equal_the_uncached_ones():
+    inputs = [tokens(v) for v in (1.0, 1.01, 1.02, 1.03)]
+    for config in (CacheConfig(teacache=True, teacache_thresh=0.0), CacheConfig(fbcache=True, fb_thresh=0.0)):
+        _, report, outs, _, models = run(config, inputs)
+        assert all(torch.equal(out, models["m"].full(x)) for out, x in zip(outs, inputs, strict=True))
+        assert report["m"]["cond"]["skipped"] == 0
+
+
+def test_fbcache_wins_over_teacache_and_says_so():
+    inputs = [tokens(v) for v in (1.0, 1.01, 1.02, 1.03)]
+    both = CacheConfig(teacache=True, teacache_thresh=BIG, fbcache=True, fb_thresh=BIG)
+    _, report, _, log, models = run(both, inputs)
+    assert "FBCache takes precedence" in log[0]
+    assert report["m"]["cond"]["skipped_by"] == {"fbcache": 2}
+    # FBCache skips still run the first block.
+    assert models["m"].calls == [(0, 1), (1, 4), (0, 1), (0, 1), (0, 1), (1, 4)]
+    tea_only = CacheConfig(teacache=True, teacache_thresh=BIG, fbcache=True, fb_thresh=0.0)
+    _, report, _, _, _ = run(tea_only, inputs)
+    assert report["m"]["cond"]["skipped_by"] == {"teacache": 2}
+
+
+def test_uncond_follows_cond_with_its_own_residual():
+    inputs = [tokens(v) for v in (1.0, 1.01, 1.02)]
+    uncond = [tokens(v) for v in (2.0, 2.5, 2.9)]  # would compute on its own metric
+    config = CacheConfig(fbcache=True, fb_thresh=0.05, fb_last_steps=0)
+    _, report, outs, _, models = run(config, inputs, uncond=uncond)
+    assert report["m"]["uncond"]["skipped"] == report["m"]["cond"]["skipped"] == 2
+    # Skipped uncond output: its own first block plus its own residual from step 0.
+    first = uncond[1] * 1.5 + 1
+    residual = models["m"].full(uncond[0]) - (uncond[0] * 1.5 + 1)
+    assert torch.allclose(outs[3], first + residual)
+    assert report["m"]["uncond"]["mean_metric"]["fbcache"] > 0.05  # measured, but not deciding
+
+
+def test_uncond_nonfinite_metric_is_a_failsafe_of_its_own():
+    inputs = [tokens(v) for v in (1.0, 1.0, 1.0)]
+    uncond = [tokens(1.0), tokens(float("nan")), tokens(1.0)]
+    _, report, _, _, _ = run(CacheConfig(fbcache=True, fb_thresh=0.5, fb_last_steps=0), inputs, uncond=uncond)
+    assert report["m"]["cond"]["skipped"] == 2
+    # Step 1 computes and captures a NaN reference, so step 2 measures NaN and computes again.
+    assert report["m"]["uncond"]["failsafes"] == {"nonfinite_metric": 2}
+    # Without a separate uncond diff there is nothing to notice.
+    config = CacheConfig(fbcache=True, fb_thresh=0.5, fb_last_steps=0, fb_cfg_sep_diff=False)
+    _, report, _, _, _ = run(config, inputs, uncond=uncond)
+    assert report["m"]["uncond"]["failsafes"] == {}
+
+
+def test_each_expert_keeps_its_own_state_and_the_switch_computes():
+    inputs = [tokens(1.0)] * 6
+    config = CacheConfig(teacache=True, teacache_thresh=BIG, teacache_warmup=0, teacache_last_steps=0)
+    _, report, _, _, _ = run(config, inputs, schedule=["high"] * 3 + ["low"] * 3)
+    assert report["high"]["cond"]["forced_by"] == {"cold": 1}
+    assert report["low"]["cond"]["forced_by"] == {"expert_switch": 1}
+    assert report["high"]["cond"]["skipped"] == report["low"]["cond"]["skipped"] == 2
+
+
+def test_shape_and_dtype_mismatch_force_compute_and_are_counted():
+    wide = tokens(1.0, length=6)
+    inputs = [tokens(1.0), wide, wide, tokens(1.0, length=6, dtype=torch.float16)]
+    config = CacheConfig(fbcache=True, fb_thresh=BIG, fb_last_steps=0)
+    _, report, outs, _, models = run(config, inputs)
+    cond = report["m"]["cond"]
+    assert cond["failsafes"] == {"shape_mismatch": 1, "dtype_mismatch": 1}
+    assert cond["skipped"] == 1
+    teacache = CacheConfig(teacache=True, teacache_thresh=BIG, teacache_last_steps=0)
+    _, report, _, _, _ = run(teacache, [tokens(1.0), tokens(1.0), tokens(1.0, length=6)])
+    assert report["m"]["cond"]["failsafes"] == {"shape_mismatch": 1}
+
+
+def test_downsample_measures_every_nth_token():
+    base = tokens(1.0, length=8)
+    changed = base.clone()
+    changed[:, 1::2] = 5.0  # only odd tokens change
+    for downsample, skipped in ((1, 0), (2, 1)):
+        config = CacheConfig(fbcache=True, fb_thresh=0.01, fb_downsample=downsample, fb_last_steps=0)
+        _, report, _, _, _ = run(config, [base, changed])
+        assert report["m"]["cond"]["skipped"] == skipped
+
+
+def test_telemetry_counts_match_the_block_calls():
+    inputs = [tokens(1.0 + 0.001 * i) for i in range(8)]
+    config = CacheConfig(teacache=True, teacache_thresh=0.002, teacache_warmup=2)
+    _, report, _, log, models = run(config, inputs, uncond=inputs)
+    full_runs = sum(1 for call in models["m"].calls if call == (0, 4))
+    cond, uncond = report["m"]["cond"], report["m"]["uncond"]
+    assert full_runs == cond["computed"] + uncond["computed"]
+    assert cond["steps"] == 8 and cond["computed"] + cond["skipped"] == 8
+    assert cond["forced_by"] == {"warmup": 2, "last_steps": 1}
+    assert cond["work_saved"] == cond["skipped"] / 8
+    assert log[-1].startswith("CacheManager[m] summary: cond steps=8")
+    assert report["m"]["residual_bytes"] > 0
+
+
+def test_poly_plans_the_whole_schedule_before_sampling():
+    inputs = [tokens(1.0)] * 5
+    config = CacheConfig(teacache=True, teacache_policy="poly", teacache_thresh=BIG)
+    manager, report, _, log, _ = run(config, inputs, schedule=["ti2v"] * 5)
+    assert log[0].startswith("CacheManager[ti2v] TeaCache plan") and "CsssC" in log[0]
+    assert report["ti2v"]["cond"]["skipped"] == 3
+
+
+def test_cached_tensors_follow_their_model():
+    config = CacheConfig(teacache=True, teacache_thresh=BIG)
+    manager = CacheManager(config, {"m": FakeDiT()}, ["m"] * 2, [1.0, 0.5])
+    manager.forward(0, "cond", tokens(1.0))
+    manager.move("m", torch.device("meta"))
+    state = manager._models["m"].branches["cond"]
+    assert state.tea_residual.device.type == "meta" and state.tea_signal.device.type == "meta"

@@ -1,0 +1,57 @@
+"""The step cache flags: defaults, values passed through, and bad values refused before loading."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from wan_runtime.cache import CacheConfig
+from wan_runtime.cli_args import build_parser, resolve
+from wan_runtime.generate import main
+
+
+@pytest.fixture(autouse=True)
+def no_pipelines(monkeypatch):
+    """Importing the pipelines fails: a case that got past validation would exit 1, not 2."""
+    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", None)
+
+
+def _resolve(*argv: str):
+    return resolve(build_parser().parse_args(["--demo", *argv]))
+
+
+def test_defaults_are_off_with_the_documented_values():
+    assert _resolve().cache == CacheConfig()
+    assert not CacheConfig().enabled
+
+
+def test_given_values_are_kept():
+    cache = _resolve(
+        "--teacache", "--teacache_thresh", "0.2", "--teacache_policy", "poly", "--teacache_warmup", "3",
+        "--teacache_last_steps", "0", "--teacache_alternating", "--fbcache", "--fb_thresh", "0.1",
+        "--fb_metric", "hidden_rel_l2", "--fb_downsample", "4", "--fb_ema", "0.5", "--fb_warmup", "2",
+        "--fb_last_steps", "2", "--fb_cfg_sep_diff", "false",
+    ).cache
+    assert cache == CacheConfig(
+        teacache=True, teacache_thresh=0.2, teacache_policy="poly", teacache_warmup=3, teacache_last_steps=0,
+        teacache_alternating=True, fbcache=True, fb_thresh=0.1, fb_metric="hidden_rel_l2", fb_downsample=4,
+        fb_ema=0.5, fb_warmup=2, fb_last_steps=2, fb_cfg_sep_diff=False,
+    )
+
+
+def test_every_bad_value_is_listed_with_exit_2(capsys):
+    argv = ["--demo", "--teacache_thresh", "-1", "--fb_ema", "1", "--fb_downsample", "0",
+            "--fb_warmup", "-2", "--fb_metric", "l3"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    expected = ["--teacache_thresh must be a number >= 0", "--fb_ema must be in [0, 1)",
+                "--fb_downsample must be an integer >= 1", "--fb_warmup must be an integer >= 0",
+                "unknown --fb_metric 'l3'"]
+    assert len(lines) == len(expected)
+    assert all(want in line for want, line in zip(expected, lines, strict=True)), lines
+
+
+def test_unknown_policy_falls_back_to_linear_with_a_warning():
+    with pytest.warns(UserWarning, match="unknown teacache_policy 'cubic'; using 'linear'"):
+        assert _resolve("--teacache_policy", "cubic").cache.teacache_policy == "linear"

@@ -1,0 +1,97 @@
+"""The step cache inside the pipelines: exact when it computes, honest counts when it skips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.pipelines.images import gradient_image
+from wan_runtime.cache import CacheConfig, CacheManager
+from wan_runtime.errors import InputError
+from wan_runtime.pipelines import load_pipeline
+
+RUN = {"size": "64*64", "frame_num": 5, "sampling_steps": 5, "shift": 3.0, "seed": 3, "progress": False}
+BIG = 1e9
+EXACT = [
+    CacheConfig(),
+    CacheConfig(teacache=True, teacache_thresh=0.0, teacache_warmup=0, teacache_last_steps=0),
+    CacheConfig(fbcache=True, fb_thresh=0.0, fb_warmup=0, fb_last_steps=0, fb_metric="residual_rel_l1"),
+    CacheConfig(teacache=True, teacache_thresh=0.0, fbcache=True, fb_thresh=0.0),
+]
+
+
+def _count_full_runs(pipeline, calls: list):
+    """Record ``(model name, start, stop)`` for every ``run_blocks`` of the pipeline's DiTs."""
+    for name, model in pipeline.dits.items():
+        def run_blocks(tokens, cond, start=0, stop=None, _name=name, _run=model.run_blocks):
+            calls.append((_name, start, stop))
+            return _run(tokens, cond, start, stop)
+
+        model.run_blocks = run_blocks
+
+
+@pytest.fixture(scope="module")
+def ti2v_reference(ti2v_pipeline):
+    image = gradient_image(80, 60)
+    return image, ti2v_pipeline.generate("a cat", image=image, **RUN)
+
+
+@pytest.mark.parametrize("config", EXACT, ids=["off", "teacache0", "fbcache0", "both0"])
+def test_ti2v_is_bitwise_uncached_at_threshold_zero(ti2v_pipeline, ti2v_reference, config):
+    image, reference = ti2v_reference
+    video = ti2v_pipeline.generate("a cat", image=image, cache=config, **RUN)
+    assert torch.equal(video, reference)
+    report = ti2v_pipeline.cache_report()
+    assert report == {} if not config.enabled else report["ti2v"]["cond"]["skipped"] == 0
+
+
+def test_i2v_is_bitwise_uncached_at_threshold_zero(i2v_pipeline):
+    image = gradient_image(80, 60)
+    reference = i2v_pipeline.generate("a cat", image=image, **RUN)
+    config = CacheConfig(teacache=True, teacache_thresh=0.0, fbcache=True, fb_thresh=0.0)
+    assert torch.equal(i2v_pipeline.generate("a cat", image=image, cache=config, **RUN), reference)
+    assert set(i2v_pipeline.cache_report()) == {"high", "low"}
+
+
+def test_large_threshold_computes_exactly_the_forced_steps(i2v_root):
+    pipeline = load_pipeline("i2v-A14B", i2v_root, device="cpu", dtype=torch.float32)
+    calls: list = []
+    _count_full_runs(pipeline, calls)
+    config = CacheConfig(teacache=True, teacache_thresh=BIG)
+    pipeline.generate("a cat", image=gradient_image(80, 60), cache=config, **RUN)
+    report = pipeline.cache_report()
+    # 5 steps: high-noise 2 (warmup, last), low-noise 3 (switch, skip, last).
+    high, low = report["high"], report["low"]
+    assert high["cond"]["forced_by"] == {"warmup": 1, "last_steps": 1} and high["cond"]["skipped"] == 0
+    assert low["cond"]["forced_by"] == {"expert_switch": 1, "last_steps": 1} and low["cond"]["skipped"] == 1
+    for name, entry in (("high_noise", high), ("low_noise", low)):
+        full = sum(1 for call in calls if call == (name, 0, None))
+        assert full == entry["cond"]["computed"] + entry["uncond"]["computed"]
+        assert entry["cond"] == entry["uncond"] | {"mean_metric": entry["cond"]["mean_metric"]}
+    assert len(calls) == 8  # 4 computed steps x 2 branches; the skipped step runs no block
+
+
+def test_fbcache_skip_runs_only_the_first_block(ti2v_root):
+    pipeline = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32)
+    calls: list = []
+    _count_full_runs(pipeline, calls)
+    pipeline.generate("a cat", cache=CacheConfig(fbcache=True, fb_thresh=BIG), **RUN)
+    cond = pipeline.cache_report()["ti2v"]["cond"]
+    assert (cond["computed"], cond["skipped"]) == (2, 3)
+    assert calls.count(("dit", 0, 1)) == 10 and calls.count(("dit", 1, None)) == 4
+
+
+def test_offloaded_residuals_follow_their_expert(i2v_root, monkeypatch):
+    pipeline = load_pipeline("i2v-A14B", i2v_root, device="cpu", dtype=torch.float32, offload_model=True)
+    moves: list = []
+    monkeypatch.setattr(CacheManager, "move", lambda self, name, device: moves.append(name))
+    pipeline.generate("a cat", image=gradient_image(80, 60), cache=CacheConfig(teacache=True), **RUN)
+    assert moves == ["high", "low"] * 5
+
+
+def test_poly_is_refused_before_any_model_runs(i2v_pipeline):
+    with pytest.raises(InputError, match="no fitted coefficients for model 'high'"):
+        i2v_pipeline.generate("a cat", image=gradient_image(80, 60),
+                              cache=CacheConfig(teacache=True, teacache_policy="poly"), **RUN)
+    with pytest.raises(InputError, match="CacheConfig"):
+        i2v_pipeline.generate("a cat", image=gradient_image(80, 60), cache={"teacache": True}, **RUN)

@@ -1,0 +1,135 @@
+"""The skip decisions of TeaCache and FBCache, on host-side numbers only.
+
+Each gate sees one model's cond steps in order and votes skip or compute. Nothing here touches a
+tensor, so every rule can be tested on synthetic metric sequences and a TeaCache schedule can be
+planned before sampling. A threshold is compared strictly (``value < threshold`` skips) against
+non-negative values, so a threshold of 0 never skips.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from wan_runtime.cache.policies import Policy
+
+# Why a step computes without consulting the metric (counted as "forced" in the telemetry).
+EXPERT_SWITCH, WARMUP, LAST_STEPS, ALTERNATING, COLD = (
+    "expert_switch", "warmup", "last_steps", "alternating", "cold",
+)
+FORCED_REASONS = (EXPERT_SWITCH, WARMUP, LAST_STEPS, ALTERNATING, COLD)
+# Why a step computes although a gate voted to skip (counted as "failsafes").
+SHAPE, DTYPE, NONFINITE = "shape_mismatch", "dtype_mismatch", "nonfinite_metric"
+FAILSAFES = (SHAPE, DTYPE, NONFINITE)
+# A compute decided by the metric itself.
+METRIC = "metric"
+
+
+class Vote(NamedTuple):
+    """A gate's vote for one step: ``reason`` is ``METRIC`` or a forced or failsafe reason;
+    ``metric`` the value compared (the accumulator or the smoothed metric), if any."""
+
+    skip: bool
+    reason: str
+    metric: float | None = None
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """Warmup, main and last-steps phases of one model's ``total`` cond steps."""
+
+    warmup: int
+    last_steps: int
+    total: int
+
+    def forced(self, index: int, switch: bool) -> str | None:
+        """The forced reason of the model's ``index``-th cond step (0-based), or None in the main
+        phase. ``switch``: the previous step ran another expert. The switch is named first, so a
+        MoE run reports its expert switches even where warmup would also force them."""
+        if switch:
+            return EXPERT_SWITCH
+        if index < self.warmup:
+            return WARMUP
+        if index >= self.total - self.last_steps:
+            return LAST_STEPS
+        return None
+
+
+class TeaCacheGate:
+    """TeaCache's accumulate-and-reset rule for one model's cond steps.
+
+    ``change`` is the relative L1 change of the policy's signal since the previous cond step
+    (skipped or not: TeaCache updates its reference every step), or None without one. The
+    rescaled change accumulates; the step skips while the sum stays under ``threshold``, and a
+    compute resets it. With ``alternating`` a skip is never followed by a skip.
+    """
+
+    def __init__(self, policy: Policy, threshold: float, lifecycle: Lifecycle, alternating: bool) -> None:
+        self.policy = policy
+        self.threshold = threshold
+        self.lifecycle = lifecycle
+        self.alternating = alternating
+        self.accumulated = 0.0
+        self._skipped_last = False
+
+    def forced(self, index: int, switch: bool) -> str | None:
+        """The lifecycle's forced reason (the caller may then skip measuring the change)."""
+        return self.lifecycle.forced(index, switch)
+
+    def vote(self, index: int, switch: bool, change: float | None) -> Vote:
+        """The vote for the model's ``index``-th cond step."""
+        reason = self.forced(index, switch) or (COLD if change is None else None)
+        if reason is None and not math.isfinite(change):
+            reason = NONFINITE
+        if reason is not None:
+            self.reset()
+            return Vote(False, reason)
+        self.accumulated += self.policy.rescale(change)
+        value = self.accumulated
+        if value < self.threshold and not (self.alternating and self._skipped_last):
+            self._skipped_last = True
+            return Vote(True, METRIC, value)
+        reason = METRIC if value >= self.threshold else ALTERNATING
+        self.reset()
+        return Vote(False, reason, value)
+
+    def reset(self) -> None:
+        """Back to an empty accumulator (after a compute or a failsafe)."""
+        self.accumulated = 0.0
+        self._skipped_last = False
+
+
+class FBCacheGate:
+    """FBCache's rule for one model's cond steps: skip while the (EMA-smoothed) first-block
+    change since the last computed step is under ``threshold``. ``ema`` is the weight of the
+    previous smoothed value (0: no smoothing)."""
+
+    def __init__(self, threshold: float, ema: float, lifecycle: Lifecycle) -> None:
+        self.threshold = threshold
+        self.ema = ema
+        self.lifecycle = lifecycle
+        self.smoothed: float | None = None
+
+    def forced(self, index: int, switch: bool, has_reference: bool) -> str | None:
+        """Why the step must compute without a metric, or None if the metric decides."""
+        return self.lifecycle.forced(index, switch) or (None if has_reference else COLD)
+
+    def vote(self, index: int, switch: bool, metric: float | None) -> Vote:
+        """The vote for the model's ``index``-th cond step; ``metric`` None: no reference yet."""
+        reason = self.forced(index, switch, metric is not None)
+        if reason is not None:
+            return Vote(False, reason)
+        if not math.isfinite(metric):
+            self.reset()
+            return Vote(False, NONFINITE)
+        # The EMA spans computes: it smooths the rate of change, which a compute does not reset.
+        if self.smoothed is None or self.ema == 0:
+            self.smoothed = metric
+        else:
+            self.smoothed = self.ema * self.smoothed + (1 - self.ema) * metric
+        return Vote(self.smoothed < self.threshold, METRIC, self.smoothed)
+
+    def reset(self) -> None:
+        """Forget the smoothed metric (after a failsafe)."""
+        self.smoothed = None

@@ -1,0 +1,315 @@
+"""``CacheManager``: one run's step cache over one or more models (experts) and their branches.
+
+The manager knows models only by name and forwards only by branch. Per step, the ``"cond"``
+branch decides: FBCache's vote first, then TeaCache's, the first skip winning; otherwise every
+block runs. Every other branch of the step (``"uncond"``) takes that decision with its own
+cached residual. Each model keeps its own gates, residuals and counters, and the first step after
+an expert switch always computes. A computed step runs exactly the model's forward arithmetic and
+never reads cached data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+import wan_kernels
+from wan_runtime.cache.config import CacheConfig
+from wan_runtime.cache.distributed import reduce_metric
+from wan_runtime.cache.gate import (
+    COLD,
+    DTYPE,
+    FORCED_REASONS,
+    NONFINITE,
+    SHAPE,
+    FBCacheGate,
+    Lifecycle,
+    TeaCacheGate,
+    Vote,
+)
+from wan_runtime.cache.policies import policy_for
+from wan_runtime.cache.stages import CachedModel
+from wan_runtime.cache.state import BranchState
+from wan_runtime.cache.telemetry import BranchStats, summary_line
+
+COND = "cond"
+FBCACHE, TEACACHE = "fbcache", "teacache"
+
+
+class _Decision(NamedTuple):
+    """The cond branch's decision for a step: the gate whose skip won (None: compute) and the
+    reason of a compute."""
+
+    gate: str | None
+    reason: str
+
+
+class _Model:
+    """Everything the manager keeps for one model."""
+
+    def __init__(self, name: str, stages: CachedModel, config: CacheConfig, total: int) -> None:
+        self.name = name
+        self.stages = stages
+        self.fb = self.tea = self.plan = None
+        if config.fbcache:
+            self.fb = FBCacheGate(
+                config.fb_thresh, config.fb_ema, Lifecycle(config.fb_warmup, config.fb_last_steps, total)
+            )
+        if config.teacache:
+            policy = policy_for(config.teacache_policy, name)
+            lifecycle = Lifecycle(config.teacache_warmup, config.teacache_last_steps, total)
+            self.tea = TeaCacheGate(policy, config.teacache_thresh, lifecycle, config.teacache_alternating)
+        self.branches: dict[str, BranchState] = {}
+        self.stats: dict[str, BranchStats] = {}
+        self.peak_bytes = 0
+
+    def branch(self, name: str) -> tuple[BranchState, BranchStats]:
+        if name not in self.branches:
+            self.branches[name] = BranchState()
+            self.stats[name] = BranchStats(self.stages.num_blocks)
+        return self.branches[name], self.stats[name]
+
+    def residual_bytes(self) -> int:
+        return sum(state.nbytes() for state in self.branches.values())
+
+
+class CacheManager:
+    """The step cache of one sampling run.
+
+    ``models`` maps each model name to its ``CachedModel``; ``schedule`` names the model of every
+    step and ``timesteps`` its timestep value. Call ``forward(step, branch, *inputs)`` in place
+    of the model's forward, the ``"cond"`` branch first in each step, then ``finish()`` for the
+    telemetry. ``log`` receives the notices, the planned schedule and the summary lines.
+    """
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        models: Mapping[str, CachedModel],
+        schedule: Sequence[str],
+        timesteps: Sequence[float],
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config
+        self.schedule = list(schedule)
+        self.log = log
+        totals = Counter(self.schedule)
+        self._models = {name: _Model(name, models[name], config, totals[name]) for name in totals}
+        # Per step: the index among its model's steps, and whether the previous step ran another model.
+        seen: Counter = Counter()
+        self._position: list[tuple[int, bool]] = []
+        for i, name in enumerate(self.schedule):
+            self._position.append((seen[name], i > 0 and self.schedule[i - 1] != name))
+            seen[name] += 1
+        self._decisions: dict[int, _Decision] = {}
+        if config.fbcache and config.teacache:
+            log("CacheManager: FBCache and TeaCache are both on; FBCache takes precedence "
+                "(a TeaCache skip applies only where FBCache computes)")
+        for model in self._models.values():
+            if model.tea is not None and model.tea.policy.planned:
+                self._plan_teacache(model, [t for t, n in zip(timesteps, self.schedule, strict=True)
+                                            if n == model.name])
+
+    def _plan_teacache(self, model: _Model, timesteps: list[float]) -> None:
+        """Decide every TeaCache vote of ``model`` now: its signal depends on the timesteps only,
+        so sampling then takes no host synchronisation for TeaCache."""
+        signals = [model.stages.time_signal(t) for t in timesteps]
+        changes: list[float | None] = [None]
+        if len(signals) > 1:  # one host read for the whole schedule
+            pairs = zip(signals[1:], signals[:-1], strict=True)
+            changes += torch.stack([wan_kernels.rel_l1(a, b) for a, b in pairs]).tolist()
+        steps = [p for p, n in zip(self._position, self.schedule, strict=True) if n == model.name]
+        votes = zip(steps, changes, strict=True)
+        model.plan = [model.tea.vote(index, switch, change) for (index, switch), change in votes]
+        marks = "".join("s" if vote.skip else "C" for vote in model.plan)
+        self.log(f"CacheManager[{model.name}] TeaCache plan ({model.tea.policy.name}, "
+                 f"C compute, s skip): {marks} ({marks.count('s')}/{len(marks)} skipped)")
+
+    # -- forwards --------------------------------------------------------------------------------
+
+    def forward(self, step: int, branch: str, *inputs: Any) -> torch.Tensor:
+        """The model output of ``branch`` at ``step`` for the model's forward ``inputs``."""
+        model = self._models[self.schedule[step]]
+        state, stats = model.branch(branch)
+        stages = model.stages
+        tokens, cond = stages.prepare(*inputs)
+        # FBCache needs the first block's output whatever it decides: to measure, to add the
+        # cached residual to, or as the input of the remaining blocks.
+        first = None if model.fb is None else stages.run_blocks(tokens, cond, 0, 1)
+        if branch == COND:
+            decision = self._decide(step, model, state, stats, tokens, cond, first)
+        elif step in self._decisions:
+            decision = self._follow(model, state, stats, tokens, first, self._decisions[step])
+        else:
+            raise RuntimeError(f"step {step}: the {COND!r} branch must run before {branch!r}")
+        gate, reason = decision
+        base = tokens if gate == TEACACHE else first
+        failsafe = None if gate is None else self._failsafe(state, gate, base)
+        if failsafe is not None:
+            gate, reason = None, failsafe
+            if branch == COND:
+                self._reset_gates(model)
+        if branch == COND:
+            self._decisions[step] = _Decision(gate, reason)
+
+        if gate is not None:
+            residual = state.fb_residual if gate == FBCACHE else state.tea_residual
+            out = wan_kernels.residual_apply(base, residual)
+            saved = stages.num_blocks - (1 if gate == FBCACHE else 0)
+        else:
+            out = stages.run_blocks(tokens, cond) if first is None else stages.run_blocks(first, cond, 1)
+            self._capture(model, state, tokens, first, out)
+            saved = 0
+        stats.record(gate, reason, saved)
+        model.peak_bytes = max(model.peak_bytes, model.residual_bytes())
+        return stages.finish(out, cond)
+
+    def _decide(
+        self,
+        step: int,
+        model: _Model,
+        state: BranchState,
+        stats: BranchStats,
+        tokens: torch.Tensor,
+        cond: Any,
+        first: torch.Tensor | None,
+    ) -> _Decision:
+        index, switch = self._position[step]
+        votes: list[tuple[str, Vote]] = []
+        if model.fb is not None:
+            mismatch = _mismatch(state.fb_base, first)
+            if mismatch is not None:
+                model.fb.reset()
+                votes.append((FBCACHE, Vote(False, mismatch)))
+            else:
+                forced = model.fb.forced(index, switch, state.fb_reference is not None)
+                metric = None if forced else self._fb_metric(first, tokens, state.fb_reference)
+                votes.append((FBCACHE, model.fb.vote(index, switch, metric)))
+        if model.tea is not None:
+            votes.append((TEACACHE, self._tea_vote(model, state, index, switch, tokens, cond)))
+        for gate, vote in votes:
+            stats.add_metric(gate, vote.metric)
+        winner = next((gate for gate, vote in votes if vote.skip), None)
+        return _Decision(winner, votes[0][1].reason)
+
+    def _tea_vote(
+        self, model: _Model, state: BranchState, index: int, switch: bool, tokens: torch.Tensor, cond: Any
+    ) -> Vote:
+        if model.plan is not None:
+            return model.plan[index]
+        signal = model.stages.modulated_input(tokens, cond)
+        previous, state.tea_signal = state.tea_signal, signal
+        mismatch = None if previous is None else _mismatch((previous.shape, previous.dtype), signal)
+        if mismatch is not None:
+            model.tea.reset()
+            return Vote(False, mismatch)
+        change = None
+        if previous is not None and model.tea.forced(index, switch) is None:
+            change = reduce_metric(wan_kernels.rel_l1(signal, previous)).item()
+        return model.tea.vote(index, switch, change)
+
+    def _follow(
+        self,
+        model: _Model,
+        state: BranchState,
+        stats: BranchStats,
+        tokens: torch.Tensor,
+        first: torch.Tensor | None,
+        decision: _Decision,
+    ) -> _Decision:
+        """A non-cond branch: the cond decision, unless its own FBCache measurement is not finite."""
+        measure = self.config.fb_cfg_sep_diff and model.fb is not None and state.fb_reference is not None
+        if measure and decision.reason not in FORCED_REASONS:
+            mismatch = _mismatch(state.fb_base, first)
+            if mismatch is not None:
+                return _Decision(None, mismatch)
+            metric = self._fb_metric(first, tokens, state.fb_reference)
+            if not math.isfinite(metric):
+                return _Decision(None, NONFINITE)
+            stats.add_metric(FBCACHE, metric)
+        return decision
+
+    def _fb_metric(self, first: torch.Tensor, tokens: torch.Tensor, reference: torch.Tensor) -> float:
+        """The FBCache metric against the last computed step's reference, one host read."""
+        current = self._fb_signal(first, tokens)
+        stride = self.config.fb_downsample
+        measure = wan_kernels.rel_l2 if self.config.fb_metric == "hidden_rel_l2" else wan_kernels.rel_l1
+        return reduce_metric(measure(current, reference, stride)).item()
+
+    def _fb_signal(self, first: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        if self.config.fb_metric == "residual_rel_l1":
+            return wan_kernels.residual_capture(first, tokens)
+        return first
+
+    @staticmethod
+    def _failsafe(state: BranchState, gate: str, base: torch.Tensor) -> str | None:
+        """Why the cached residual of ``gate`` cannot be added to ``base``, or None if it can."""
+        captured = state.fb_base if gate == FBCACHE else state.tea_base
+        return COLD if captured is None else _mismatch(captured, base)
+
+    @staticmethod
+    def _reset_gates(model: _Model) -> None:
+        for gate in (model.fb, model.tea):
+            if gate is not None:
+                gate.reset()
+
+    def _capture(
+        self,
+        model: _Model,
+        state: BranchState,
+        tokens: torch.Tensor,
+        first: torch.Tensor | None,
+        out: torch.Tensor,
+    ) -> None:
+        """Store the residuals of a computed step (after the output exists, so it is never read)."""
+        if model.tea is not None:
+            state.tea_residual = wan_kernels.residual_capture(out, tokens)
+            state.tea_base = (tokens.shape, tokens.dtype)
+        if model.fb is not None:
+            state.fb_residual = wan_kernels.residual_capture(out, first)
+            state.fb_base = (first.shape, first.dtype)
+            state.fb_reference = self._fb_signal(first, tokens)
+
+    # -- placement and results -------------------------------------------------------------------
+
+    def move(self, name: str, device: torch.device) -> None:
+        """Move model ``name``'s cached tensors to ``device``, following the model when offloaded."""
+        for state in self._models[name].branches.values():
+            state.to(device)
+
+    def residual_bytes(self) -> dict[str, int]:
+        """Peak bytes of cached tensors held per model during the run."""
+        return {name: model.peak_bytes for name, model in self._models.items()}
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Per model: per branch the ``BranchStats.as_dict`` numbers, and ``residual_bytes``."""
+        return {
+            name: {**{b: s.as_dict() for b, s in model.stats.items()}, "residual_bytes": model.peak_bytes}
+            for name, model in self._models.items()
+        }
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        """Log one summary line per model, free the cached tensors, and return ``report()``."""
+        report = self.report()
+        for name, entry in report.items():
+            branches = {b: s for b, s in entry.items() if b != "residual_bytes"}
+            self.log(summary_line(name, branches, entry["residual_bytes"]))
+        for model in self._models.values():
+            for state in model.branches.values():
+                state.clear()
+        return report
+
+
+def _mismatch(captured: tuple[torch.Size, torch.dtype] | None, current: torch.Tensor) -> str | None:
+    """``SHAPE`` or ``DTYPE`` when ``current`` is not of the captured kind (None: nothing captured)."""
+    if captured is None:
+        return None
+    if captured[0] != current.shape:
+        return SHAPE
+    if captured[1] != current.dtype:
+        return DTYPE
+    return None

@@ -1,0 +1,71 @@
+"""What the cache manager needs from a DiT, and that interface for ``WanModel``.
+
+A DiT forward is ``prepare`` -> ``run_blocks`` -> ``finish``; the manager runs these stages itself
+so that it can stop after the first block or skip the blocks altogether. Another DiT (e.g. the
+s2v model) plugs in by providing the same five members.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+import wan_kernels
+from wan_runtime.models import WanModel
+from wan_runtime.models.dit_blocks import per_token
+
+
+class CachedModel(Protocol):
+    """A DiT as the cache manager drives it."""
+
+    num_blocks: int
+
+    def prepare(self, *inputs: Any) -> tuple[torch.Tensor, Any]:
+        """Tokens [B, L, C] and whatever the blocks and head need besides them."""
+
+    def run_blocks(
+        self, tokens: torch.Tensor, cond: Any, start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
+        """``blocks[start:stop]`` on the tokens."""
+
+    def finish(self, tokens: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The head: the model's output."""
+
+    def modulated_input(self, tokens: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The first block's modulated, normalised input (TeaCache's ``linear`` signal)."""
+
+    def time_signal(self, t: float) -> torch.Tensor:
+        """A signal of timestep value ``t`` alone (TeaCache's planned ``poly`` signal)."""
+
+
+class WanStages:
+    """``CachedModel`` for ``WanModel``: a computed step is ``prepare`` -> ``run_blocks(0, 1)`` ->
+    ``run_blocks(1)`` -> ``finish``, which is bitwise the model's forward."""
+
+    def __init__(self, model: WanModel) -> None:
+        self.model = model
+        self.num_blocks = len(model.blocks)
+
+    def prepare(self, *inputs: Any) -> tuple[torch.Tensor, Any]:
+        return self.model.prepare(*inputs)
+
+    def run_blocks(
+        self, tokens: torch.Tensor, cond: Any, start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
+        return self.model.run_blocks(tokens, cond, start, stop)
+
+    def finish(self, tokens: torch.Tensor, cond: Any) -> torch.Tensor:
+        return self.model.finish(tokens, cond)
+
+    def modulated_input(self, tokens: torch.Tensor, cond: Any) -> torch.Tensor:
+        # The first block's own norm1 modulation: rows 0 and 1 of modulation[0] + time.
+        block = self.model.blocks[0]
+        rows = (block.modulation[0] + cond.time).unbind(1)[:2]
+        shift, scale = (per_token(row, cond.time_index) for row in rows)
+        return wan_kernels.layernorm_modulate(tokens, shift, scale, block.eps)
+
+    def time_signal(self, t: float) -> torch.Tensor:
+        # The noisy tokens' timestep: for ti2v with an image, the first-frame tokens sit at t=0
+        # on every step and carry no change, so they are left out of the signal.
+        return self.model.embed_timesteps(torch.tensor([t], dtype=torch.float64))
