@@ -37,14 +37,16 @@ def _inputs() -> dict[str, tuple]:
     }
 
 
-@pytest.mark.skipif("cpp" not in wan_kernels.available_backends(), reason="C++ extension not built")
 @pytest.mark.parametrize("impl", ["cpp", "torch"])
 @pytest.mark.parametrize("op", sorted(_inputs()))
 def test_cpu_speed(benchmark, op, impl):
     args = _inputs()[op]
     fn = getattr(reference, op)
     if impl == "cpp":
-        wan_kernels.set_backend("cpp")
+        try:
+            wan_kernels.set_backend("cpp")  # builds the extension on first use
+        except ValueError as err:
+            pytest.skip(f"C++ extension unavailable: {err}")
         fn = getattr(wan_kernels, op)
     benchmark.group = op
     try:
