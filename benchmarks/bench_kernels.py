@@ -9,6 +9,12 @@ error relative to the reference's largest magnitude, relative L2, and the test s
 then timed with ``triton.testing.do_bench`` (median, L2 flushed between runs). Bandwidth is the
 op's minimal DRAM traffic over its time, also as a fraction of a large device-to-device copy
 measured in the same run.
+
+Then whole blocks at the same shapes (``--no-blocks`` skips them), each against its unfused self:
+one ``wan_runtime`` ``DiTBlock`` in bfloat16 on backend ``torch`` against ``triton``, and one
+diffusers ``WanTransformerBlock`` as diffusers runs it against after
+``wan_kernels.integrations.diffusers.apply``; ``rel_l2`` is the fused output's relative L2 error
+against the unfused one.
 """
 
 from __future__ import annotations
@@ -17,15 +23,19 @@ import argparse
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 import wan_kernels
-from benchmarks.common import print_table, save_results
+from benchmarks.bench_dit import A14B, GRID_480P, GRID_720P, TI2V_5B, Case
+from benchmarks.bench_dit import inputs as dit_inputs
+from benchmarks.common import median_seconds, print_table, save_results
 from tests.kernels.tolerances import REDUCTION_RTOL, assert_matches
+from tests.tolerances import rel_l2
 from wan_kernels import reference
+from wan_runtime.tiny_checkpoints import random_dit
 
 EPS = 1e-6
 HEAD_DIM = 128
@@ -171,10 +181,85 @@ def run_op(op: Op, shape: Shape, inputs: Inputs, compiled: Callable | None, copy
     return row
 
 
+# The first two SHAPES as models run them: A14B (C 5120, per-sample modulation) at 480p, 32,760
+# tokens, and TI2V-5B (C 3072, per-token) at 720p, 75,600 tokens. Building a model's random weights
+# takes seconds on the host, so the other two lengths are left to the op rows.
+BLOCK_CASES = [Case(A14B, GRID_480P), Case(TI2V_5B, GRID_720P)]
+BLOCK_REPEAT = 5
+
+
+def _on_backend(backend: str, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    def run() -> torch.Tensor:
+        wan_kernels.set_backend(backend)
+        return fn()
+
+    return run
+
+
+@torch.no_grad()
+def compare_blocks(name: str, case: Case, unfused: Callable[[], torch.Tensor],
+                   fused: Callable[[], torch.Tensor], device: torch.device) -> dict:
+    """Parity, then median milliseconds of ``unfused`` and ``fused`` (one warm-up call each)."""
+    modulation = "per_token" if case.config.model_type == "ti2v" else "per_sample"
+    label = f"{case.tokens}x{case.config.dim} {modulation}"
+    row = {"op": name, "shape": label, "rel_l2": f"{rel_l2(fused(), unfused()):.2e}"}
+    unfused_ms = median_seconds(unfused, device, 1, BLOCK_REPEAT) * 1e3
+    fused_ms = median_seconds(fused, device, 1, BLOCK_REPEAT) * 1e3
+    row.update(eager_ms=round(unfused_ms, 3), ours_ms=round(fused_ms, 3),
+               x_eager=round(unfused_ms / fused_ms, 3))
+    return row
+
+
+def dit_block_row(case: Case, device: torch.device, backend: str) -> dict:
+    """One ``wan_runtime`` block on the float32 residual stream, weights in bfloat16 (norms and
+    modulation float32), on backend ``torch`` against ``backend``."""
+    model = random_dit(replace(case.config, num_layers=1)).to(device).set_compute_dtype(torch.bfloat16)
+    with torch.no_grad():
+        tokens, cond = model.prepare(*dit_inputs(case, device))
+    tokens = tokens.float()
+
+    def run() -> torch.Tensor:
+        return model.run_blocks(tokens, cond)
+
+    return compare_blocks("DiTBlock", case, _on_backend("torch", run), _on_backend(backend, run), device)
+
+
+def diffusers_block_row(case: Case, device: torch.device, backend: str) -> dict:
+    """One diffusers ``WanTransformerBlock`` in bfloat16 (its ``_keep_in_fp32_modules`` float32, as
+    ``from_pretrained`` loads them), diffusers' forward against the applied one on ``backend``."""
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel, WanTransformerBlock
+
+    from wan_kernels.integrations import diffusers as integration
+
+    c = case.config
+    with torch.device(device):
+        model = WanTransformer3DModel(
+            patch_size=c.patch_size, num_attention_heads=c.num_heads, attention_head_dim=c.dim // c.num_heads,
+            in_channels=c.in_dim, out_channels=c.out_dim, text_dim=c.text_dim, freq_dim=c.freq_dim,
+            ffn_dim=c.ffn_dim, num_layers=1, eps=c.eps,
+        ).eval()
+    for name, param in model.named_parameters():
+        keep = any(part in model._keep_in_fp32_modules for part in name.split("."))
+        param.data = param.data.to(torch.float32 if keep else torch.bfloat16)
+    g = torch.Generator(device).manual_seed(0)
+    hidden = torch.randn((1, case.tokens, c.dim), generator=g, device=device, dtype=torch.bfloat16)
+    context = torch.randn((1, c.text_len, c.dim), generator=g, device=device, dtype=torch.bfloat16)
+    # temb as the model's time projection gives it: per token for ti2v, per sample otherwise.
+    temb_shape = (1, case.tokens, 6, c.dim) if c.model_type == "ti2v" else (1, 6, c.dim)
+    temb = 0.1 * torch.randn(temb_shape, generator=g, device=device, dtype=torch.bfloat16)
+    rope = model.rope(torch.empty((1, c.in_dim, *case.grid), device=device))
+    block = integration.apply(model).blocks[0]
+    args = (hidden, context, temb, rope)
+    unfused = lambda: WanTransformerBlock.forward(block, *args)  # noqa: E731 - the class's, not the instance's
+    fused = _on_backend(backend, lambda: block(*args))
+    return compare_blocks("diffusers WanTransformerBlock", case, unfused, fused, device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--no-blocks", action="store_true", help="skip the whole-block comparison")
     parser.add_argument("--compile-budget-s", type=float, default=120.0,
                         help="stop timing the compiled baseline once the run has taken this long")
     args = parser.parse_args()
@@ -205,6 +290,18 @@ def main() -> None:
                   f"{row.get('max_rel_err')}  ({time.perf_counter() - start:.0f} s)", flush=True)
         del inputs
         torch.cuda.empty_cache()
+    for case in [] if args.no_blocks else BLOCK_CASES:
+        for block_row in (dit_block_row, diffusers_block_row):
+            try:
+                row = block_row(case, device, "triton")
+            except Exception as error:  # as above: report it and go on
+                traceback.print_exc()
+                row = {"op": block_row.__name__, "shape": f"{case.tokens}x{case.config.dim}",
+                       "check": f"ERROR: {type(error).__name__}: {error}"}
+            rows.append(row)
+            print(f"  {row['op']:45s} {row['shape']:24s} rel_l2 {row.get('rel_l2')}  "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            torch.cuda.empty_cache()
     columns = ["op", "shape", "check", "max_rel_err", "rel_l2", "ours_ms", "eager_ms", "compile_ms",
                "ours_GBps", "frac_copy", "x_eager", "x_compile"]
     print_table(rows, columns)

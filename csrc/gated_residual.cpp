@@ -1,4 +1,4 @@
-// C++ gated_residual: x + y * gate in float32, one token per iteration.
+// C++ gated_residual: x + y * gate in float32, stored in x's dtype, one token per iteration.
 #include <torch/library.h>
 
 #include "rows.h"
@@ -6,21 +6,23 @@
 namespace wan_kernels {
 namespace {
 
-template <typename Y>
-void gated_residual_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
-                           float* out) {
+template <typename X, typename Y>
+void gated_residual_kernel(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, X* out) {
   const int64_t length = x.size(1), width = x.size(2);
-  const Rows<float> xs(x), gates(gate);
+  const Rows<X> xs(x);
+  const Rows<float> gates(gate);
   const Rows<Y> ys(y);
   at::parallel_for(0, x.size(0) * length, row_grain(width), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / length, t = row % length;
-      const float* xr = xs.row(b, t);
+      const X* xr = xs.row(b, t);
       const Y* yr = ys.row(b, t);
       const float* gr = gates.row(b, t);
-      float* o = out + row * width;
+      X* o = out + row * width;
 #pragma omp simd
-      for (int64_t c = 0; c < width; ++c) o[c] = xr[c] + static_cast<float>(yr[c]) * gr[c];
+      for (int64_t c = 0; c < width; ++c) {
+        o[c] = from_float<X>(static_cast<float>(xr[c]) + static_cast<float>(yr[c]) * gr[c]);
+      }
     }
   });
 }
@@ -28,8 +30,11 @@ void gated_residual_kernel(const at::Tensor& x, const at::Tensor& y, const at::T
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (out.numel() == 0) return out;
-  WAN_DISPATCH_FLOATS(y.scalar_type(), "gated_residual", [&] {
-    gated_residual_kernel<scalar_t>(x, y, gate, out.mutable_data_ptr<float>());
+  WAN_DISPATCH_FLOATS(x.scalar_type(), "gated_residual", [&] {
+    using X = scalar_t;
+    WAN_DISPATCH_FLOATS(y.scalar_type(), "gated_residual", [&] {
+      gated_residual_kernel<X, scalar_t>(x, y, gate, out.mutable_data_ptr<X>());
+    });
   });
   return out;
 }

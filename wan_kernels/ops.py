@@ -48,7 +48,7 @@ def _gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> tor
 
 @_gated_residual.register_fake
 def _(x, y, gate):
-    return _float32_like(x)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 @_custom_op
@@ -129,7 +129,8 @@ def _check_norm_input(op: str, x: torch.Tensor, shift: torch.Tensor, scale: torc
 
 
 def _check_gated_input(op: str, x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> None:
-    checks.tensor(op, "x", x, checks.FLOAT32, ndim=3)
+    # The fused gated_residual_layernorm_modulate narrows x to float32 in _check_norm_input.
+    checks.tensor(op, "x", x, checks.FLOATS, ndim=3)
     checks.tensor(op, "y", y, checks.FLOATS)
     checks.same_shape(op, "y", y, "x", x)
     checks.modulation(op, "gate", gate, x)
@@ -169,8 +170,12 @@ def layernorm_modulate(
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``x + y * gate`` in float32: ``x`` the float32 residual stream [B, L, C], ``y`` its shape in
-    float32, bfloat16 or float16, ``gate`` float32 [B, 1, C] or [B, L, C]. Returns float32."""
+    """``x + y * gate`` computed in float32 and returned in ``x``'s dtype.
+
+    ``x`` is the residual stream [B, L, C]: float32 as the official Wan model keeps it, or bfloat16 /
+    float16 as diffusers keeps it (then the sum is rounded once, as ``.type_as(x)`` would). ``y`` has
+    its shape in float32, bfloat16 or float16; ``gate`` is float32 [B, 1, C] or [B, L, C].
+    """
     op = "gated_residual"
     _check_gated_input(op, x, y, gate)
     checks.same_device(op, x=x, y=y, gate=gate)

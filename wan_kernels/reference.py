@@ -39,8 +39,9 @@ def modulate(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> 
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """``x + y * gate`` with the product and sum in float32 (the residual stream's precision)."""
-    return x + y.float() * gate
+    """``x + y * gate`` with the product and sum in float32, returned in ``x``'s dtype (the residual
+    stream's: float32, or bfloat16/float16 in models that keep the stream there, rounded once)."""
+    return (x.float() + y.float() * gate).to(x.dtype)
 
 
 def rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -90,7 +90,9 @@ def test_other_ops_reject_bad_input():
     x, shift, _ = _modulated_inputs()
     residual = randn(x.shape)
     cases = [
-        (lambda: wan_kernels.gated_residual(x, x, shift), "gated_residual: x must be float32"),
+        (lambda: wan_kernels.gated_residual(x.double(), x, shift), "gated_residual: x must be float32"),
+        (lambda: wan_kernels.gated_residual_layernorm_modulate(x, x, shift, shift, shift, EPS),
+         "gated_residual_layernorm_modulate: x must be float32, got torch.bfloat16"),
         (lambda: wan_kernels.gated_residual(residual, x[:, :3], shift), "y must have the shape of x"),
         (lambda: wan_kernels.gated_residual_layernorm_modulate(residual, x, shift, shift, shift, -1.0),
          "eps must be a non-negative float"),

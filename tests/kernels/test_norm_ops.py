@@ -47,6 +47,16 @@ def test_gated_residual(backend, shape, dtype, kind):
     assert_matches(actual, reference.gated_residual(x, y, gate), torch.float32)
 
 
+@pytest.mark.parametrize("kind", MODULATIONS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gated_residual_low_precision_stream(backend, dtype, kind):
+    """A bfloat16/float16 residual stream, as diffusers keeps it: summed in float32, rounded once."""
+    shape = (2, 7, 1000)
+    x, y, gate = randn(shape, dtype, seed=1), randn(shape, dtype, seed=2), modulation(shape, kind, seed=3)
+    actual = wan_kernels.gated_residual(x, y, gate)
+    assert_matches(actual, reference.gated_residual(x, y, gate), dtype)
+
+
 @pytest.mark.parametrize("shape, dtype, kind", shape_cases(MODULATIONS))
 def test_gated_residual_layernorm_modulate(backend, shape, dtype, kind):
     x, y = randn(shape, seed=1), randn(shape, dtype, seed=2)
@@ -56,6 +66,21 @@ def test_gated_residual_layernorm_modulate(backend, shape, dtype, kind):
     expected = reference.gated_residual_layernorm_modulate(x, y, gate, shift, scale, EPS)
     assert_matches(residual, expected[0], torch.float32)
     assert_matches(hidden, expected[1], torch.float32)
+
+
+@pytest.mark.parametrize("width", [4097, 6000])
+def test_wide_rows_with_a_partial_last_chunk(backend, width):
+    """Rows over 4096 channels, which the Triton kernel walks in 1024-channel chunks, the last partial."""
+    shape = (2, 3, width)
+    x, y = randn(shape, seed=1), randn(shape, torch.bfloat16, seed=2)
+    gate, shift = modulation(shape, "per_sample", seed=3), modulation(shape, "per_sample", seed=4)
+    scale = modulation(shape, "per_sample", seed=5, scale=0.5)
+    assert_matches(wan_kernels.layernorm_modulate(y, shift, scale, EPS),
+                   reference.layernorm_modulate(y, shift, scale, EPS), torch.bfloat16)
+    args = (x, y, gate, shift, scale, EPS)
+    expected = reference.gated_residual_layernorm_modulate(*args)
+    for actual, want in zip(wan_kernels.gated_residual_layernorm_modulate(*args), expected, strict=True):
+        assert_matches(actual, want, torch.float32)
 
 
 def test_strided_inputs(backend):

@@ -1,4 +1,5 @@
-"""Triton ``gated_residual``: ``x + y * gate`` in float32, one block of a token's channels per program."""
+"""Triton ``gated_residual``: ``x + y * gate`` in float32, stored in ``x``'s dtype, one block of a
+token's channels per program."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import triton.language as tl
 
 from wan_kernels.dispatch import register
 from wan_kernels.triton.launch import ELEMENTWISE_BLOCK, row_strides
+from wan_kernels.triton.rounding import cast
 
 
 @triton.jit
@@ -21,16 +23,16 @@ def _gated_residual_kernel(
     t = row % L
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < C
-    x = tl.load(x_ptr + b * x_sb + t * x_sl + cols, mask=mask)
+    x = tl.load(x_ptr + b * x_sb + t * x_sl + cols, mask=mask).to(tl.float32)
     y = tl.load(y_ptr + b * y_sb + t * y_sl + cols, mask=mask).to(tl.float32)
     gate = tl.load(gate_ptr + b * gate_sb + t * gate_sl + cols, mask=mask)
-    tl.store(out_ptr + row * C + cols, x + y * gate, mask=mask)
+    tl.store(out_ptr + row * C + cols, cast(x + y * gate, out_ptr.dtype.element_ty), mask=mask)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """Launch ``_gated_residual_kernel`` over [B, L, C]."""
     batch, length, width = x.shape
-    out = torch.empty((batch, length, width), dtype=torch.float32, device=x.device)
+    out = torch.empty((batch, length, width), dtype=x.dtype, device=x.device)
     if out.numel():
         grid = (batch * length, triton.cdiv(width, ELEMENTWISE_BLOCK))
         _gated_residual_kernel[grid](

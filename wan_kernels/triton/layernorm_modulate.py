@@ -1,7 +1,27 @@
 """Triton ``layernorm_modulate`` and ``gated_residual_layernorm_modulate``: one token per program.
 
 Both run one kernel; with ``GATED`` it first forms and stores the new residual ``x + y * gate`` and
-normalises that, so the residual stream is read once for both.
+normalises that, so the residual stream is read once from memory for both.
+
+A row up to ``_MAX_ROW_IN_REGISTERS`` channels is held whole in registers; a wider one is walked in
+``_CHUNK``-channel pieces, three times (mean, variance, output). Why, from bytes and lanes on an
+H100/H200 (measured there: benchmarks/results/2026-11-26_NVIDIA-H200_bench_kernels.log):
+
+- A whole row of C = 5120 pads to an 8192-lane tile on 16 warps: 16 registers per thread per live
+  value, 37.5% of them padding. At an estimated ~80 registers a thread the program takes ~40K of an
+  SM's 64K, so one row is resident per SM, and that SM has only the row's own loads in flight
+  (10 KB for a bfloat16 row) while it reduces and stores. That is too little to cover DRAM
+  latency: the per-sample op reached 60% of copy bandwidth (72% fused, reading 30 KB a row), where
+  C = 3072 per-token rows (4096 lanes on 8 warps, 30 KB read, several rows per SM) reached ~100%.
+- In 1024-channel chunks on 4 warps every lane is used (1024 divides 3072 and 5120), a program
+  needs some 40 registers a thread, and an SM holds over ten programs: ten rows' loads in flight.
+  The second and third walks re-read the row from L1/L2 rather than DRAM (a row is 10-30 KB, the L2
+  50 MB), so DRAM traffic is unchanged. torch.compile's kernel for this op (a looped reduction at
+  this width by Inductor's heuristics), which re-reads the row the same way, reached 78% (94% fused)
+  at C = 5120 on the H200.
+
+The statistics are the same two-pass float32 mean and centred variance in both paths; only the
+summation order differs, as it already does from torch's.
 """
 
 from __future__ import annotations
@@ -14,35 +34,84 @@ from wan_kernels.dispatch import register
 from wan_kernels.triton.launch import row_block, row_strides
 from wan_kernels.triton.rounding import cast, round_through
 
+# Widest row kept whole in registers: 4096 lanes on 8 warps still leave several rows per SM.
+_MAX_ROW_IN_REGISTERS = 4096
+_CHUNK = 1024
+_CHUNK_WARPS = 4
+
+
+@triton.jit
+def _row_input(x_ptr, y_ptr, gate_ptr, x_row, y_row, gate_row, cols, mask, GATED: tl.constexpr):
+    """The float32 row to normalise: ``x``, or ``x + y * gate`` when ``GATED``; 0 where masked."""
+    h = tl.load(x_ptr + x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    if GATED:
+        y = tl.load(y_ptr + y_row + cols, mask=mask, other=0.0).to(tl.float32)
+        gate = tl.load(gate_ptr + gate_row + cols, mask=mask, other=0.0)
+        h = h + y * gate
+    return h
+
+
+@triton.jit
+def _modulate_store(normed, x_ptr, shift_ptr, scale_ptr, out_ptr, shift_row, scale_row, out_row, cols, mask,
+                    ROUND: tl.constexpr):
+    """Store ``normed * (1 + scale) + shift`` in the output dtype."""
+    if ROUND:
+        # The official model rounds the normalised value to the input's dtype before modulating.
+        normed = round_through(normed, x_ptr.dtype.element_ty)
+    shift = tl.load(shift_ptr + shift_row + cols, mask=mask)
+    scale = tl.load(scale_ptr + scale_row + cols, mask=mask)
+    out = normed * (1.0 + scale) + shift
+    tl.store(out_ptr + out_row + cols, cast(out, out_ptr.dtype.element_ty), mask=mask)
+
 
 @triton.jit
 def _layernorm_modulate_kernel(
     x_ptr, y_ptr, gate_ptr, shift_ptr, scale_ptr, residual_ptr, out_ptr, L, C, eps,
     x_sb, x_sl, y_sb, y_sl, gate_sb, gate_sl, shift_sb, shift_sl, scale_sb, scale_sl,
-    BLOCK: tl.constexpr, GATED: tl.constexpr, ROUND: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNKED: tl.constexpr, GATED: tl.constexpr, ROUND: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     b = row // L
     t = row % L
-    cols = tl.arange(0, BLOCK)
-    mask = cols < C
-    h = tl.load(x_ptr + b * x_sb + t * x_sl + cols, mask=mask, other=0.0).to(tl.float32)
-    if GATED:
-        y = tl.load(y_ptr + b * y_sb + t * y_sl + cols, mask=mask, other=0.0).to(tl.float32)
-        gate = tl.load(gate_ptr + b * gate_sb + t * gate_sl + cols, mask=mask, other=0.0)
-        h = h + y * gate
-        tl.store(residual_ptr + row * C + cols, h, mask=mask)
-    mean = tl.sum(h, axis=0) / C
-    centred = tl.where(mask, h - mean, 0.0)
-    var = tl.sum(centred * centred, axis=0) / C
-    normed = centred * tl.rsqrt(var + eps)
-    if ROUND:
-        # The official model rounds the normalised value to the input's dtype before modulating.
-        normed = round_through(normed, x_ptr.dtype.element_ty)
-    shift = tl.load(shift_ptr + b * shift_sb + t * shift_sl + cols, mask=mask)
-    scale = tl.load(scale_ptr + b * scale_sb + t * scale_sl + cols, mask=mask)
-    out = normed * (1.0 + scale) + shift
-    tl.store(out_ptr + row * C + cols, cast(out, out_ptr.dtype.element_ty), mask=mask)
+    x_row, y_row, gate_row = b * x_sb + t * x_sl, b * y_sb + t * y_sl, b * gate_sb + t * gate_sl
+    shift_row, scale_row = b * shift_sb + t * shift_sl, b * scale_sb + t * scale_sl
+    if CHUNKED:
+        total = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, C, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < C
+            h = _row_input(x_ptr, y_ptr, gate_ptr, x_row, y_row, gate_row, cols, mask, GATED)
+            if GATED:
+                tl.store(residual_ptr + row * C + cols, h, mask=mask)
+            total += h
+        mean = tl.sum(total, axis=0) / C
+        squares = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, C, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < C
+            h = _row_input(x_ptr, y_ptr, gate_ptr, x_row, y_row, gate_row, cols, mask, GATED)
+            centred = tl.where(mask, h - mean, 0.0)
+            squares += centred * centred
+        rstd = tl.rsqrt(tl.sum(squares, axis=0) / C + eps)
+        for start in range(0, C, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = cols < C
+            # Recomputed rather than read back from the stored residual: the same arithmetic on
+            # the same inputs, so the same values, with no dependence on store-to-load ordering.
+            h = _row_input(x_ptr, y_ptr, gate_ptr, x_row, y_row, gate_row, cols, mask, GATED)
+            _modulate_store((h - mean) * rstd, x_ptr, shift_ptr, scale_ptr, out_ptr, shift_row, scale_row,
+                            row * C, cols, mask, ROUND)
+    else:
+        cols = tl.arange(0, BLOCK)
+        mask = cols < C
+        h = _row_input(x_ptr, y_ptr, gate_ptr, x_row, y_row, gate_row, cols, mask, GATED)
+        if GATED:
+            tl.store(residual_ptr + row * C + cols, h, mask=mask)
+        mean = tl.sum(h, axis=0) / C
+        centred = tl.where(mask, h - mean, 0.0)
+        rstd = tl.rsqrt(tl.sum(centred * centred, axis=0) / C + eps)
+        _modulate_store(centred * rstd, x_ptr, shift_ptr, scale_ptr, out_ptr, shift_row, scale_row, row * C,
+                        cols, mask, ROUND)
 
 
 def _launch(
@@ -51,6 +120,9 @@ def _launch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     batch, length, width = x.shape
     block, warps = row_block(op, width)
+    chunked = block > _MAX_ROW_IN_REGISTERS
+    if chunked:
+        block, warps = _CHUNK, _CHUNK_WARPS
     out = torch.empty((batch, length, width), dtype=out_dtype, device=x.device)
     gated = y is not None
     residual = torch.empty((batch, length, width), dtype=torch.float32, device=x.device) if gated else out
@@ -59,7 +131,7 @@ def _launch(
         _layernorm_modulate_kernel[(batch * length,)](
             x, y, gate, shift, scale, residual, out, length, width, eps,
             *row_strides(x), *row_strides(y), *row_strides(gate), *row_strides(shift), *row_strides(scale),
-            BLOCK=block, GATED=gated, ROUND=round_to_input, num_warps=warps,
+            BLOCK=block, CHUNKED=chunked, GATED=gated, ROUND=round_to_input, num_warps=warps,
         )
     return residual, out
 
