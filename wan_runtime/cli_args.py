@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 from PIL import Image
 
 from wan_runtime import demo
+from wan_runtime.audio_io import decode_audio
 from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig, InvalidCacheConfig
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
@@ -45,7 +47,11 @@ EXAMPLE_PROMPT = {
         "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a "
         "spotlighted stage."
     ),
+    "s2v-14B": "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard.",
 }
+S2V = "s2v-14B"
+# The official generate.py's s2v default: frames per clip.
+DEFAULT_INFER_FRAMES = 80
 
 
 class InvalidArguments(InputError):
@@ -62,7 +68,9 @@ class GenerateConfig:
 
     ``ckpt_dir`` is None for ``--demo`` (the demo writes its own); ``image`` is the decoded RGB
     input image (None for text-to-video); ``save_file`` None means the official default name,
-    chosen when the video is written.
+    chosen when the video is written. s2v-14B only: ``audio`` is the decoded speech (mono 16 kHz
+    samples; the demo's built-in sound when ``audio_path`` is None), ``num_clip``,
+    ``infer_frames`` and ``start_from_ref`` as the official flags.
     """
 
     task: str
@@ -86,6 +94,11 @@ class GenerateConfig:
     convert_model_dtype: bool
     debug: bool
     cache: CacheConfig
+    audio_path: Path | None = None
+    audio: np.ndarray | None = None
+    num_clip: int | None = None
+    infer_frames: int = DEFAULT_INFER_FRAMES
+    start_from_ref: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -110,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     default cannot work here: ``--task`` defaults to ti2v-5B (t2v is not served); ``--size``
     defaults to the task's default size (the official 1280*720 is refused for ti2v-5B);
     i2v-A14B needs ``--image`` (the official example image is not shipped); ``--save_file``
-    must end in ``.mp4``. Added: ``--device``, ``--dtype``, ``--debug``, ``--demo`` and the step
-    cache flags (``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
+    must end in ``.mp4``; s2v-14B refuses ``--pose_video`` (not implemented) and ``--enable_tts``
+    (text-to-speech is out of scope). Added: ``--device``, ``--dtype``, ``--debug``, ``--demo`` and
+    the step cache flags (``--teacache*``, ``--fbcache``, ``--fb_*``; see
+    ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are
     listed together."""
     p = _Parser(
@@ -145,8 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--demo", action="store_true",
                    help="run on tiny random weights (cached) on the CPU to check the installation")
+    _add_s2v_flags(p)
     _add_cache_flags(p)
     return p
+
+
+def _add_s2v_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speech to video (s2v-14B)")
+    g.add_argument("--audio", default=None, help="the speech driving the video: any audio file ffmpeg reads")
+    g.add_argument("--num_clip", type=int, default=None,
+                   help="at most this many clips (default: as many as the audio needs)")
+    g.add_argument("--infer_frames", type=int, default=None,
+                   help=f"frames per clip, a multiple of 4 (default {DEFAULT_INFER_FRAMES})")
+    g.add_argument("--pose_video", default=None, help="a pose video to follow (not supported yet)")
+    g.add_argument("--start_from_ref", action="store_true",
+                   help="start the video from the reference image (--image) as its first frame")
+    g.add_argument("--enable_tts", action="store_true", help="not supported: text-to-speech is out of scope")
 
 
 def _add_cache_flags(p: argparse.ArgumentParser) -> None:
@@ -201,7 +230,11 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     if spec is not None:
         problems += _size_problems(spec, size, args.demo)
     frame_num = _given_or_default(args.frame_num, base, "frame_num")
-    if frame_num is not None and (frame_num < 5 or frame_num % 4 != 1):
+    if args.task == S2V and args.frame_num is not None:
+        problems.append(
+            "s2v-14B makes its video in clips: pass --infer_frames (frames per clip), not --frame_num"
+        )
+    elif frame_num is not None and (frame_num < 5 or frame_num % 4 != 1):
         problems.append(f"--frame_num must be 4n+1 and at least 5 (5, 9, 13, ...), got {frame_num}")
     steps = _given_or_default(args.sample_steps, base, "sampling_steps")
     if steps is not None and steps < 1:
@@ -217,11 +250,12 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     image = None
     if image_path is not None:
         image = _check(problems, lambda: load_image(image_path, "--image"))
-    elif args.task == "i2v-A14B":
+    elif args.task in ("i2v-A14B", S2V):
         if args.demo:
             image = demo.demo_image()
         else:
-            problems.append("i2v-A14B generates from an image: pass --image")
+            problems.append(f"{args.task} generates from an image: pass --image")
+    speech = _s2v_problems(problems, args)
 
     save_file = None if args.save_file is None else Path(args.save_file)
     problems += _save_file_problems(save_file)
@@ -262,7 +296,44 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         convert_model_dtype=args.convert_model_dtype,
         debug=args.debug,
         cache=cache,
+        **speech,
     )
+
+
+def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, object]:
+    """The s2v-14B fields of ``GenerateConfig`` (empty for the other tasks, which refuse the s2v
+    flags); the speech is decoded here, so a bad file is refused before any model loads."""
+    values = {"--audio": args.audio, "--num_clip": args.num_clip, "--infer_frames": args.infer_frames,
+              "--pose_video": args.pose_video}
+    given = [flag for flag, value in values.items() if value is not None]
+    given += [flag for flag, on in (("--start_from_ref", args.start_from_ref),
+                                    ("--enable_tts", args.enable_tts)) if on]
+    if args.task != S2V:
+        problems += [f"{flag} is for --task s2v-14B only" for flag in given]
+        return {}
+    if args.enable_tts:
+        problems.append("--enable_tts: text-to-speech is out of scope of wan_runtime; record or synthesise "
+                        "the speech elsewhere and pass it with --audio")
+    if args.pose_video is not None:
+        problems.append("--pose_video is not supported yet (pose-driven s2v is not implemented); drop it")
+    base = demo.DEMO_SETTINGS if args.demo else None
+    infer_frames = args.infer_frames or (base.infer_frames if base else DEFAULT_INFER_FRAMES)
+    if args.infer_frames is not None and (args.infer_frames < 4 or args.infer_frames % 4):
+        problems.append(
+            f"--infer_frames must be a positive multiple of 4 (4, 8, ..., 80), got {args.infer_frames}"
+        )
+    if args.num_clip is not None and args.num_clip < 1:
+        problems.append(f"--num_clip must be a positive number of clips, got {args.num_clip}")
+    audio_path = None if args.audio is None else Path(args.audio)
+    audio = None
+    if audio_path is not None:
+        audio = _check(problems, lambda: decode_audio(audio_path, "--audio"))
+    elif args.demo:
+        audio = demo.demo_audio()
+    elif not args.enable_tts:
+        problems.append("s2v-14B is driven by speech: pass --audio (a WAV, MP3, FLAC or other audio file)")
+    return {"audio_path": audio_path, "audio": audio, "num_clip": args.num_clip, "infer_frames": infer_frames,
+            "start_from_ref": args.start_from_ref}
 
 
 def _given_or_default(given: T | None, base: object | None, field: str) -> T | None:

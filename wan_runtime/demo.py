@@ -34,6 +34,8 @@ class DemoSettings:
     default_size: str = "128*96"
     frame_num: int = 9
     sampling_steps: int = 4
+    # s2v-14B: frames per clip; the built-in speech lasts one clip.
+    infer_frames: int = 8
 
 
 DEMO_SETTINGS = DemoSettings()
@@ -82,3 +84,17 @@ def demo_image(width: int = 128, height: int = 96) -> Image.Image:
         (width // 2 - r, height // 2 - r, width // 2 + r, height // 2 + r), fill=(240, 240, 240)
     )
     return img
+
+
+# The built-in speech: 0.4 s at 16 kHz, which starts one clip of the demo's 8 frames (0.5 s).
+DEMO_AUDIO_SECONDS = 0.4
+
+
+def demo_audio() -> np.ndarray:
+    """A short speech-like sound for the s2v demo: mono 16 kHz float32 samples of a rising
+    chirp (150 to 450 Hz) with a syllable-rate (4 Hz) loudness envelope."""
+    rate = 16000
+    t = np.arange(int(DEMO_AUDIO_SECONDS * rate)) / rate
+    phase = 2 * np.pi * (150 * t + 375 * t**2)  # instantaneous pitch 150 + 750 t Hz
+    envelope = 0.5 - 0.5 * np.cos(2 * np.pi * 4 * t)
+    return (0.5 * envelope * np.sin(phase)).astype(np.float32)

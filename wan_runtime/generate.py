@@ -84,17 +84,25 @@ def _generate(config: GenerateConfig) -> int:
         convert_model_dtype=config.convert_model_dtype,
     )
     load_s = time.perf_counter() - start
-    video = pipeline.generate(
-        config.prompt, image=config.image, size=config.size, frame_num=config.frame_num,
-        sampling_steps=config.sample_steps, guide_scale=config.sample_guide_scale,
-        shift=config.sample_shift, sample_solver=config.sample_solver, seed=config.base_seed,
-        progress=True, cache=config.cache,
-    )
+    common = {
+        "size": config.size, "sampling_steps": config.sample_steps, "guide_scale": config.sample_guide_scale,
+        "shift": config.sample_shift, "sample_solver": config.sample_solver, "seed": config.base_seed,
+        "progress": True, "cache": config.cache,
+    }
+    if config.audio is None:
+        video = pipeline.generate(config.prompt, image=config.image, frame_num=config.frame_num, **common)
+    else:
+        video = pipeline.generate(
+            config.prompt, image=config.image, audio=config.audio, num_clip=config.num_clip,
+            infer_frames=config.infer_frames, start_from_ref=config.start_from_ref, **common,
+        )
     report = pipeline.last_report
     save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now())
     settings = _settings(config, report)
     start = time.perf_counter()
-    write_mp4(video, save_file, fps=pipeline.fps, metadata=settings)
+    # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
+    audio = config.audio_path or config.audio
+    write_mp4(video, save_file, fps=pipeline.fps, metadata=settings, audio=audio)
     write_s = time.perf_counter() - start
 
     frames, height, width = video.shape[1:]
@@ -117,6 +125,14 @@ def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
         image = str(config.image_path)
     else:
         image = None if config.image is None else "built-in demo image"
+    speech = {}
+    if config.audio is not None:
+        speech = {
+            "audio": "built-in demo sound" if config.audio_path is None else str(config.audio_path),
+            "infer_frames": config.infer_frames,
+            "num_clip": config.num_clip,
+            "start_from_ref": config.start_from_ref,
+        }
     return {
         "software": f"wan_runtime {__version__}",
         "task": report.task,
@@ -132,6 +148,7 @@ def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
         "image": image,
         "dtype": str(config.dtype).removeprefix("torch."),
         "demo": config.demo,
+        **speech,
     }
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.models.audio_encoder import WAV2VEC2_DIR
 from wan_runtime.models.t5_checkpoint import CHECKPOINT_FILE
 from wan_runtime.models.text_encoder import TOKENIZER_DIR
 
@@ -18,6 +19,12 @@ DEFAULT_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+# The official speech-to-video negative prompt (``wan_s2v_14B.sample_neg_prompt``).
+S2V_NEGATIVE_PROMPT = (
+    "画面模糊，最差质量，画面模糊，细节模糊不清，情绪激动剧烈，手快速抖动，字幕，丑陋的，残缺的，多余的手指，"
+    "画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，"
+    "背景人很多，倒着走"
 )
 
 
@@ -30,6 +37,8 @@ class TaskSpec:
     two-expert task, in the official order. ``boundary`` is the fraction of the 1000 training
     timesteps at and above which the high-noise expert runs (None: one DiT).
     ``supported_sizes`` are the official ``W*H`` strings the models were trained at.
+    ``audio_dir`` is the speech encoder's folder (s2v-14B only); ``frame_num`` is the official
+    shared default, which s2v-14B ignores for its per-clip ``infer_frames``.
     """
 
     name: str
@@ -50,6 +59,7 @@ class TaskSpec:
     text_len: int = 512
     num_train_timesteps: int = 1000
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    audio_dir: str | None = None
 
 
 TASKS = {
@@ -80,6 +90,24 @@ TASKS = {
         guide_scale=5.0,
         fps=24,
     ),
+    "s2v-14B": TaskSpec(
+        name="s2v-14B",
+        vae_file="Wan2.1_VAE.pth",
+        vae_stride=(4, 8, 8),
+        dit_folders=(".",),
+        supported_sizes=(
+            "720*1280", "1280*720", "480*832", "832*480", "1024*704", "704*1024", "704*1280", "1280*704",
+        ),
+        # The official generate.py's --size default, which is an s2v-14B size.
+        default_size="1280*720",
+        frame_num=81,
+        sampling_steps=40,
+        shift=3.0,
+        guide_scale=4.5,
+        fps=16,
+        negative_prompt=S2V_NEGATIVE_PROMPT,
+        audio_dir=WAV2VEC2_DIR,
+    ),
 }
 
 
@@ -87,7 +115,8 @@ def required_files(spec: TaskSpec) -> list[str]:
     """Paths a complete checkpoint folder of ``spec`` holds, relative to it (DiT folders by their
     ``config.json``; their weights are checked when they load)."""
     dits = [str(PurePosixPath(folder) / "config.json") for folder in spec.dit_folders]
-    return [spec.t5_file, spec.tokenizer_dir, spec.vae_file, *dits]
+    audio = [] if spec.audio_dir is None else [str(PurePosixPath(spec.audio_dir) / "config.json")]
+    return [spec.t5_file, spec.tokenizer_dir, spec.vae_file, *dits, *audio]
 
 
 def check_checkpoint_dir(task: str, ckpt_dir: str | Path) -> TaskSpec:

@@ -9,6 +9,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -223,3 +224,60 @@ def test_all_problems_listed_by_the_module_without_traceback(tmp_path):
         assert sum(words in line for line in lines) == 1, (words, lines)
     assert len(lines) == 7
 
+
+
+@pytest.fixture
+def speech(tmp_path):
+    """One second of a 16 kHz tone as a WAV file."""
+    from wan_runtime.audio_io import write_wav
+
+    t = np.arange(16000) / 16000
+    return write_wav((0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), tmp_path / "speech.wav")
+
+
+S2V_BAD_INPUTS = {
+    "no audio": ([], ["s2v-14B is driven by speech: pass --audio"]),
+    "missing audio": (["--audio", "/nonexistent/talk.wav"], ["--audio /nonexistent/talk.wav does not exist"]),
+    "undecodable audio": (["--audio", "GARBAGE"], ["cannot be decoded by ffmpeg"]),
+    "too short audio": (["--audio", "SHORT"], ["too short"]),
+    "infer_frames not 4n": (["--infer_frames", "6"], ["--infer_frames", "multiple of 4", "got 6"]),
+    "zero clips": (["--num_clip", "0"], ["--num_clip", "got 0"]),
+    "pose video": (["--pose_video", "pose.mp4"], ["--pose_video is not supported"]),
+    "tts": (["--enable_tts"], ["--enable_tts", "out of scope"]),
+    "frame_num": (["--frame_num", "81"], ["--infer_frames", "not --frame_num"]),
+    "unsupported size": (["--size", "1024*1024"], ["size 1024*1024 is not supported by s2v-14B"]),
+}
+
+
+@pytest.mark.parametrize("name", list(S2V_BAD_INPUTS))
+def test_s2v_bad_input_gives_one_line_and_exit_2(name, roots, image, speech, tmp_path, capsys):
+    from wan_runtime.audio_io import write_wav
+
+    extra, words = S2V_BAD_INPUTS[name]
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF not really a wave file")
+    files = {"GARBAGE": str(tmp_path / "garbage.wav"),
+             "SHORT": str(write_wav(np.zeros(300, np.float32), tmp_path / "short.wav"))}
+    argv = ["--task", "s2v-14B", "--ckpt_dir", str(roots["s2v-14B"]), "--image", str(image)]
+    if name != "no audio" and "--audio" not in extra:
+        argv += ["--audio", str(speech)]
+    argv += [files.get(value, value) for value in extra]
+    [line] = _errors(capsys, argv)
+    assert all(word in line for word in words), line
+
+
+def test_s2v_flags_are_refused_for_other_tasks(roots, capsys):
+    lines = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--infer_frames", "8", "--start_from_ref"])
+    assert lines == ["error: --infer_frames is for --task s2v-14B only",
+                     "error: --start_from_ref is for --task s2v-14B only"]
+
+
+def test_s2v_official_defaults(roots, image, speech):
+    config = _resolve("--task", "s2v-14B", "--ckpt_dir", str(roots["s2v-14B"]), "--image", str(image),
+                      "--audio", str(speech))
+    spec = TASKS["s2v-14B"]
+    assert (config.size, config.sample_steps, config.sample_shift, config.sample_guide_scale) == (
+        "1280*720", 40, 3.0, 4.5
+    )
+    assert (config.infer_frames, config.num_clip, config.start_from_ref) == (80, None, False)
+    assert config.audio_path == speech and config.audio.shape == (16000,)
+    assert config.prompt == EXAMPLE_PROMPT["s2v-14B"] and spec.negative_prompt.startswith("画面模糊")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import imageio_ffmpeg
 import pytest
 from PIL import Image
 
@@ -21,6 +22,7 @@ pytest.importorskip("wan_runtime.pipelines")
 
 from tests.cli.helpers import cli_env, read_settings, read_video, run_module  # noqa: E402
 from wan_runtime import demo  # noqa: E402
+from wan_runtime.audio_io import decode_audio  # noqa: E402
 from wan_runtime.tasks import TASKS  # noqa: E402
 
 FAST = ["--demo", "--frame_num", "5", "--sample_steps", "2"]
@@ -116,3 +118,32 @@ def _read_until(process: subprocess.Popen, marker: bytes, timeout: float) -> byt
         if select.select([fd], [], [], remaining)[0]:
             data += os.read(fd, 4096)
     return data
+
+
+def test_s2v_demo_carries_its_speech(cache_env, tmp_path):
+    """The built-in image and sound: one clip of 8 frames less the 3 the first clip drops, and an
+    AAC sound track as long as the video."""
+    target = tmp_path / "talk.mp4"
+    result = _generate("--demo", "--task", "s2v-14B", "--size", "64*64", "--sample_steps", "1",
+                       "--save_file", str(target), cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["talk.mp4"]
+    frames, fps = read_video(target)
+    assert frames.shape == (5, 64, 64, 3) and fps == TASKS["s2v-14B"].fps
+    banner = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(target)],
+                            capture_output=True).stderr.decode(errors="replace")
+    assert "Audio: aac" in banner
+    assert decode_audio(target).size == 5 * 16000 // 16
+    settings = read_settings(target)
+    assert (settings["audio"], settings["infer_frames"], settings["frame_num"]) == (
+        "built-in demo sound", 8, 5
+    )
+
+
+def test_s2v_undecodable_audio_is_one_line_and_exit_2(cache_env, tmp_path):
+    (tmp_path / "talk.mp3").write_bytes(b"ID3 but nothing else")
+    result = _generate("--demo", "--task", "s2v-14B", "--audio", str(tmp_path / "talk.mp3"), cwd=tmp_path,
+                       env=cache_env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: --audio {tmp_path / 'talk.mp3'} cannot be decoded by ffmpeg")

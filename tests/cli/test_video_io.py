@@ -70,3 +70,45 @@ def test_ffmpeg_failing_at_exit_is_an_error(tmp_path, monkeypatch):
 def test_rejects_a_non_video():
     with pytest.raises(ValueError, match=r"\[3, F, H, W\]"):
         video_to_frames(torch.zeros(4, 2, 8, 8))
+
+
+def _speech(seconds: float) -> np.ndarray:
+    t = np.arange(int(16000 * seconds)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+
+
+def _audio_stream(path) -> tuple[str, int]:
+    """The codec of ``path``'s sound stream and its length in 16 kHz samples."""
+    import subprocess
+
+    from wan_runtime.audio_io import decode_audio, ffmpeg_exe
+
+    banner = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True).stderr
+    [line] = [x for x in banner.decode(errors="replace").splitlines() if "Audio:" in x]
+    return line.split("Audio:")[1].split()[0], decode_audio(path).size
+
+
+def test_speech_is_muxed_and_cut_to_the_video(tmp_path):
+    """Samples (PCM) are encoded as AAC and cut at the video's 9 frames at 16 fps."""
+    video = torch.zeros(3, 9, 32, 32)
+    path = write_mp4(video, tmp_path / "out.mp4", fps=16, metadata={"seed": 1}, audio=_speech(2.0))
+    assert _audio_stream(path) == ("aac", 9 * 1000)
+    assert read_settings(path) == {"seed": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+def test_aac_speech_is_copied(tmp_path):
+    first = write_mp4(torch.zeros(3, 32, 32, 32), tmp_path / "long.mp4", fps=16, metadata={},
+                      audio=_speech(3.0))
+    path = write_mp4(torch.zeros(3, 16, 32, 32), tmp_path / "out.mp4", fps=16, metadata={}, audio=first)
+    codec, samples = _audio_stream(path)
+    # A copied stream is cut at its packets (1024 samples for AAC).
+    assert codec == "aac" and abs(samples - 16000) <= 1024
+
+
+def test_mux_failure_is_an_error_and_leaves_nothing(tmp_path):
+    not_audio = tmp_path / "silent.mp4"
+    write_mp4(torch.zeros(3, 4, 32, 32), not_audio, fps=16, metadata={})
+    with pytest.raises(OSError, match="muxing the audio"):
+        write_mp4(torch.zeros(3, 4, 32, 32), tmp_path / "out.mp4", fps=16, metadata={}, audio=not_audio)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["silent.mp4"]

@@ -8,10 +8,15 @@ import torch
 from tests.official import official_module
 from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
+from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.tasks import TASKS, check_checkpoint_dir
-from wan_runtime.tiny_checkpoints import write_task_checkpoint
+from wan_runtime.tiny_checkpoints import TINY_S2V, write_task_checkpoint
 
-OFFICIAL_CONFIGS = {"i2v-A14B": ("wan_i2v_A14B", "i2v_A14B"), "ti2v-5B": ("wan_ti2v_5B", "ti2v_5B")}
+OFFICIAL_CONFIGS = {
+    "i2v-A14B": ("wan_i2v_A14B", "i2v_A14B"),
+    "ti2v-5B": ("wan_ti2v_5B", "ti2v_5B"),
+    "s2v-14B": ("wan_s2v_14B", "s2v_14B"),
+}
 
 
 @pytest.fixture(scope="module", params=sorted(TASKS))
@@ -30,9 +35,12 @@ def test_task_spec_matches_official_config(task):
     if task == "i2v-A14B":
         assert spec.dit_folders == (config.high_noise_checkpoint, config.low_noise_checkpoint)
         assert spec.boundary == config.boundary
-    assert (spec.vae_stride, spec.patch_size, spec.text_len) == (
-        config.vae_stride, config.patch_size, config.text_len
-    )
+    if task == "s2v-14B":
+        # The S2V config keeps its patch size with the transformer's settings.
+        assert (spec.audio_dir, config.transformer.patch_size) == (config.wav2vec, spec.patch_size)
+    else:
+        assert spec.patch_size == config.patch_size
+    assert (spec.vae_stride, spec.text_len) == (config.vae_stride, config.text_len)
     assert (spec.frame_num, spec.sampling_steps, spec.shift, spec.guide_scale, spec.fps) == (
         config.frame_num, config.sample_steps, config.sample_shift, config.sample_guide_scale,
         config.sample_fps,
@@ -48,6 +56,7 @@ def test_layout_is_written(task_root):
     spec = TASKS[task]
     for relative in (spec.t5_file, spec.tokenizer_dir, spec.vae_file, *spec.dit_folders):
         assert (root / relative).exists(), relative
+    assert check_checkpoint_dir(task, root) is spec
     assert not list(root.rglob(".*.partial")), "a temporary file was left behind"
 
 
@@ -59,6 +68,8 @@ def test_components_load_and_fit_together(task_root):
     context = encoder.encode(["a cat surfing a wave"])[0][None]
     video = torch.rand(3, 5, 2 * vae.spatial_stride, 4 * vae.spatial_stride) * 2 - 1
     latent = vae.encode([video])[0][None]
+    if task == "s2v-14B":
+        return  # the S2V DiT's inputs are checked with the models (tests/models/test_s2v_*.py)
     for folder in spec.dit_folders:
         dit = WanModel.from_pretrained(root / folder)
         assert context.shape[-1] == dit.config.text_dim
@@ -86,3 +97,11 @@ def test_checkpoint_check_lists_every_missing_file(tmp_path):
         check_checkpoint_dir("ti2v-5B", tmp_path / "nowhere")
     with pytest.raises(InputError, match="unknown task"):
         check_checkpoint_dir("t2v-A14B", root)
+
+
+def test_s2v_check_needs_the_speech_encoder(tmp_path):
+    root = write_task_checkpoint("s2v-14B", tmp_path / "ckpt")
+    assert WanModelS2V.from_pretrained(root).config.audio_dim == TINY_S2V.audio_dim
+    (root / "wav2vec2-large-xlsr-53-english" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="missing wav2vec2-large-xlsr-53-english/config.json"):
+        check_checkpoint_dir("s2v-14B", root)

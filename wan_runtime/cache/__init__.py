@@ -8,7 +8,7 @@ and reads the telemetry from ``CacheManager.finish``.
 from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig
 from wan_runtime.cache.distributed import reduce_metric
 from wan_runtime.cache.manager import CacheManager
-from wan_runtime.cache.stages import CachedModel, WanStages
+from wan_runtime.cache.stages import CachedModel, S2VStages, WanStages
 
 __all__ = [
     "FB_METRICS",
@@ -16,6 +16,7 @@ __all__ = [
     "CacheConfig",
     "CacheManager",
     "CachedModel",
+    "S2VStages",
     "WanStages",
     "reduce_metric",
 ]

@@ -69,3 +69,10 @@ class WanStages:
         # The noisy tokens' timestep: for ti2v with an image, the first-frame tokens sit at t=0
         # on every step and carry no change, so they are left out of the signal.
         return self.model.embed_timesteps(torch.tensor([t], dtype=torch.float64))
+
+
+class S2VStages(WanStages):
+    """``CachedModel`` for ``WanModelS2V``: its conditioning keeps the Wan DiT's under ``dit``."""
+
+    def modulated_input(self, tokens: torch.Tensor, cond: Any) -> torch.Tensor:
+        return super().modulated_input(tokens, cond.dit)

@@ -8,7 +8,8 @@ causal 1-D convolutions that downsample time by 4 (one token group per latent fr
 ``AudioInjector`` adds audio to the video tokens after selected blocks: each latent frame's tokens
 are AdaLN-modulated by that frame's global audio token, then cross-attend to its local tokens.
 The official model runs the audio encoder under float32 autocast; its parameters are therefore
-kept in float32 (``WanModelS2V.float32_parameters``).
+kept in float32 (``WanModelS2V.float32_parameters``), and it computes in float32 even when
+``convert_model_dtype`` has cast them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wan_kernels.reference import layer_norm, modulate
-from wan_runtime.models.dit_blocks import Attention, linear
+from wan_runtime.models.dit_blocks import Attention, linear, linear_float32
 
 _ENCODER_EPS = 1e-6  # the encoder's LayerNorms (official MotionEncoder_tc)
 _ADAIN_EPS = 1e-5  # diffusers' AdaLayerNorm default, which the official injector keeps
@@ -32,8 +33,10 @@ class CausalConv1d(nn.Module):
         self.conv = nn.Conv1d(channels_in, channels_out, kernel_size=3, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, C_in, T] -> [N, C_out, T_out]."""
-        return self.conv(F.pad(x, (2, 0), mode="replicate"))
+        """[N, C_in, T] -> [N, C_out, T_out], in float32 whatever the weights' dtype."""
+        conv = self.conv
+        return F.conv1d(F.pad(x.float(), (2, 0), mode="replicate"), conv.weight.float(), conv.bias.float(),
+                        stride=conv.stride)
 
 
 class MotionEncoderTC(nn.Module):
@@ -55,8 +58,8 @@ class MotionEncoderTC(nn.Module):
         b = x.size(0)
         local = self.conv1_local(x).unflatten(1, (self.num_tokens, -1)).flatten(0, 1)
         local = self._downsample(local).unflatten(0, (b, self.num_tokens)).transpose(1, 2)
-        padding = self.padding_tokens.expand(b, local.size(1), 1, -1)
-        glob = self.final_linear(self._downsample(self.conv1_global(x)))
+        padding = self.padding_tokens.float().expand(b, local.size(1), 1, -1)
+        glob = linear_float32(self.final_linear, self._downsample(self.conv1_global(x)))
         return torch.cat([local, padding], dim=2), glob
 
     def _downsample(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,15 @@
 """The generation pipelines: prompt (and image) -> text and image encoding -> denoising -> video.
 
 ``load_pipeline(task, ckpt_dir, ...)`` returns a ``Pipeline`` whose ``generate`` matches the
-official ``WanI2V.generate`` (i2v-A14B) or ``WanTI2V.generate`` (ti2v-5B) for the same seed.
+official ``WanI2V.generate`` (i2v-A14B), ``WanTI2V.generate`` (ti2v-5B) or ``WanS2V.generate``
+(s2v-14B) for the same seed.
 """
 
 from wan_runtime.pipelines.base import Pipeline
 from wan_runtime.pipelines.i2v import I2VPipeline
 from wan_runtime.pipelines.loading import load_pipeline
 from wan_runtime.pipelines.report import RunReport
+from wan_runtime.pipelines.s2v import S2VPipeline
 from wan_runtime.pipelines.ti2v import TI2VPipeline
 
-__all__ = ["I2VPipeline", "Pipeline", "RunReport", "TI2VPipeline", "load_pipeline"]
+__all__ = ["I2VPipeline", "Pipeline", "RunReport", "S2VPipeline", "TI2VPipeline", "load_pipeline"]

@@ -67,6 +67,36 @@ class Prompts:
     context_null: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The checked arguments every task shares, defaults resolved; ``width`` x ``height`` is the
+    output size or, with an image, the target area."""
+
+    prompt: str
+    n_prompt: str
+    width: int
+    height: int
+    steps: int
+    shift: float
+    sample_solver: str
+    guide: float | tuple[float, float]
+
+    def new_solver(self, device: torch.device) -> MultistepFlowSolver:
+        """A fresh solver for one sampling run."""
+        return make_solver(self.sample_solver, self.steps, self.shift, device)
+
+    def report(
+        self, task: str, seed: int, width: int, height: int, frame_num: int, clock: StageClock,
+        peak_memory: int | None,
+    ) -> RunReport:
+        """The run report of a finished run with these settings."""
+        return RunReport(
+            task=task, prompt=self.prompt, n_prompt=self.n_prompt, seed=seed, size=f"{width}*{height}",
+            frame_num=frame_num, sampling_steps=self.steps, guide_scale=self.guide, shift=self.shift,
+            sample_solver=self.sample_solver, timings=clock.timings, peak_memory_bytes=peak_memory,
+        )
+
+
 class Pipeline:
     """A loaded task: ``generate`` turns a prompt (and an image) into a video; build one with
     ``wan_runtime.pipelines.load_pipeline``.
@@ -77,6 +107,8 @@ class Pipeline:
 
     # The names the step cache reports each DiT under (a task's models, not the dict keys).
     cache_names: ClassVar[dict[str, str]] = {}
+    # How the step cache drives this task's DiT.
+    stages_class: ClassVar[type[WanStages]] = WanStages
 
     def __init__(
         self,
@@ -138,21 +170,11 @@ class Pipeline:
         the resolved arguments and the timings. ``cache`` turns on the step cache (see
         ``wan_runtime.cache.CacheConfig``); ``cache_report()`` then returns its telemetry.
         """
-        spec = self.spec
-        prompt = check_prompt(prompt, "prompt")
-        n_prompt = check_prompt(n_prompt, "n_prompt") or spec.negative_prompt
-        width, height = parse_size(spec.default_size if size is None else size, spec)
-        frame_num = check_frame_num(spec.frame_num if frame_num is None else frame_num, spec)
-        steps = spec.sampling_steps if sampling_steps is None else sampling_steps
-        shift = spec.shift if shift is None else shift
-        solver = make_solver(sample_solver, steps, shift, self.device)
-        guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
-        if not isinstance(progress, bool):
-            raise InputError(f"progress must be True or False, got {progress!r}")
-        if cache is not None and not isinstance(cache, CacheConfig):
-            raise InputError(f"cache must be a wan_runtime.cache.CacheConfig or None, got {cache!r}")
-        if cache is not None:
-            cache.check_models(self.cache_names.values())
+        settings = self._settings(prompt, n_prompt, size, sampling_steps, guide_scale, shift, sample_solver,
+                                  progress, cache)
+        frame_num = check_frame_num(self.spec.frame_num if frame_num is None else frame_num, self.spec)
+        solver, guide = settings.new_solver(self.device), settings.guide
+        width, height = settings.width, settings.height
         plan = self._plan(None if image is None else load_image(image), width, height, frame_num)
         seed = resolve_seed(seed)
 
@@ -165,7 +187,7 @@ class Pipeline:
                 plan.latent_shape, dtype=torch.float32, generator=generator, device=self.device
             )
             with clock.stage("text_encode"):
-                prompts = self._encode_text(prompt, n_prompt)
+                prompts = self._encode_text(settings.prompt, settings.n_prompt)
             condition = ImageCondition()
             if plan.image is not None:
                 with clock.stage("vae_encode"):
@@ -175,13 +197,39 @@ class Pipeline:
                 self.residency.release()
             with clock.stage("vae_decode"):
                 video = self.vae.decode([latent])[0]
-        self.last_report = RunReport(
-            task=self.task, prompt=prompt, n_prompt=n_prompt, seed=seed, size=f"{plan.width}*{plan.height}",
-            frame_num=frame_num, sampling_steps=int(steps), guide_scale=guide, shift=float(shift),
-            sample_solver=sample_solver, timings=clock.timings, peak_memory_bytes=self._peak_memory(),
-        )
+        self.last_report = settings.report(self.task, seed, plan.width, plan.height, frame_num, clock,
+                                           self._peak_memory())
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
+
+    def _settings(
+        self,
+        prompt: str,
+        n_prompt: str,
+        size: str | None,
+        sampling_steps: int | None,
+        guide_scale: float | tuple[float, float] | None,
+        shift: float | None,
+        sample_solver: str,
+        progress: bool,
+        cache: CacheConfig | None,
+    ) -> Settings:
+        """The arguments every task shares, checked (``InputError``), ``None`` as the task's default."""
+        spec = self.spec
+        prompt = check_prompt(prompt, "prompt")
+        n_prompt = check_prompt(n_prompt, "n_prompt") or spec.negative_prompt
+        width, height = parse_size(spec.default_size if size is None else size, spec)
+        steps = spec.sampling_steps if sampling_steps is None else sampling_steps
+        shift = spec.shift if shift is None else shift
+        make_solver(sample_solver, steps, shift)  # refuses a bad solver, step count or shift now
+        guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
+        if not isinstance(progress, bool):
+            raise InputError(f"progress must be True or False, got {progress!r}")
+        if cache is not None and not isinstance(cache, CacheConfig):
+            raise InputError(f"cache must be a wan_runtime.cache.CacheConfig or None, got {cache!r}")
+        if cache is not None:
+            cache.check_models(self.cache_names.values())
+        return Settings(prompt, n_prompt, width, height, int(steps), float(shift), sample_solver, guide)
 
     def cache_report(self) -> dict[str, dict]:
         """The step cache's telemetry of the latest ``generate``, by model name (``high``,
@@ -255,7 +303,7 @@ class Pipeline:
         if cache is None or not cache.enabled:
             return None
         schedule = [self.cache_names[self._expert(t, guide)[0]] for t in timesteps]
-        models = {self.cache_names[name]: WanStages(dit) for name, dit in self.dits.items()}
+        models = {self.cache_names[name]: self.stages_class(dit) for name, dit in self.dits.items()}
         return CacheManager(cache, models, schedule, timesteps, log=tqdm.write)
 
     def _place_cache(self, manager: CacheManager) -> None:

@@ -111,3 +111,26 @@ def check_prompt(prompt: object, name: str) -> str:
     if not isinstance(prompt, str):
         raise InputError(f"{name} must be a string, got {type(prompt).__name__}")
     return prompt
+
+
+def check_clip_arguments(infer_frames: object, num_clip: object, start_from_ref: object,
+                         pose_video: object) -> None:
+    """s2v-14B's clip arguments: ``infer_frames`` a positive multiple of 4 (the VAE's frames per
+    latent), ``num_clip`` None or positive, ``start_from_ref`` a bool, and no ``pose_video``."""
+    if not _is_int(infer_frames) or infer_frames < 4 or infer_frames % 4:
+        raise InputError(
+            f"infer_frames must be a positive multiple of 4 (frames per clip; the official default is 80), "
+            f"got {infer_frames!r}"
+        )
+    if num_clip is not None and (not _is_int(num_clip) or num_clip < 1):
+        raise InputError(
+            f"num_clip must be a positive number of clips, or None for as many as the audio needs; "
+            f"got {num_clip!r}"
+        )
+    if not isinstance(start_from_ref, bool):
+        raise InputError(f"start_from_ref must be True or False, got {start_from_ref!r}")
+    if pose_video is not None:
+        raise InputError(
+            "pose_video is not supported by wan_runtime's s2v-14B yet (pose-driven generation: reading the "
+            "pose video and encoding it per clip is missing); run without a pose video"
+        )

@@ -9,13 +9,20 @@ import torch
 from wan_runtime.errors import InputError
 from wan_runtime.inference_only import guard, inference_only_enabled
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
+from wan_runtime.models.audio_encoder import Wav2Vec2Features
+from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
 from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE, I2VPipeline
 from wan_runtime.pipelines.residency import Residency
+from wan_runtime.pipelines.s2v import AUDIO_ENCODER, S2VPipeline
 from wan_runtime.pipelines.ti2v import TI2VPipeline
 from wan_runtime.tasks import check_checkpoint_dir
 
-_PIPELINES = {"i2v-A14B": (I2VPipeline, (HIGH_NOISE, LOW_NOISE)), "ti2v-5B": (TI2VPipeline, ("dit",))}
+_PIPELINES = {
+    "i2v-A14B": (I2VPipeline, (HIGH_NOISE, LOW_NOISE)),
+    "ti2v-5B": (TI2VPipeline, ("dit",)),
+    "s2v-14B": (S2VPipeline, ("dit",)),
+}
 _DTYPES = (torch.bfloat16, torch.float32)
 _CPU = torch.device("cpu")
 
@@ -43,12 +50,13 @@ def load_pipeline(
     t5_cpu: bool = False,
     convert_model_dtype: bool = False,
 ) -> Pipeline:
-    """Load ``task`` (``"i2v-A14B"`` or ``"ti2v-5B"``) from its official release folder ``ckpt_dir``.
+    """Load ``task`` (``"i2v-A14B"``, ``"ti2v-5B"`` or ``"s2v-14B"``) from its official release
+    folder ``ckpt_dir``.
 
     ``device`` defaults to CUDA when available. ``dtype`` is the DiT compute dtype (the text
-    encoder runs in bfloat16, float32 when ``dtype`` is float32; the VAE in float32, as the
-    official pipelines run them). ``offload_model`` keeps the big models on the CPU and brings
-    only the one at work onto the device; ``t5_cpu`` runs the text encoder on the CPU;
+    encoder runs in bfloat16, float32 when ``dtype`` is float32; the VAE and s2v-14B's wav2vec2 in
+    float32, as the official pipelines run them). ``offload_model`` keeps the big models on the
+    CPU and brings only the one at work onto the device; ``t5_cpu`` runs the text encoder on the CPU;
     ``convert_model_dtype`` casts every DiT weight to ``dtype``, as the official flag does. The
     folder is checked for every file before anything loads (``CheckpointError``). Unless
     ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
@@ -72,10 +80,16 @@ def load_pipeline(
     guard(vae.model)
 
     pipeline_class, names = _PIPELINES[spec.name]
+    dit_class = WanModel if spec.audio_dir is None else WanModelS2V
     dits = {}
     for name, folder in zip(names, spec.dit_folders, strict=True):
-        dits[name] = guard(WanModel.from_pretrained(
+        dits[name] = guard(dit_class.from_pretrained(
             root / folder, dtype=dtype, device=rest, convert_model_dtype=convert_model_dtype
         ))
         residency.add(name, dits[name])
-    return pipeline_class(spec, device, text_encoder, vae, dits, residency)
+    if spec.audio_dir is None:
+        return pipeline_class(spec, device, text_encoder, vae, dits, residency)
+    audio_encoder = Wav2Vec2Features(root / spec.audio_dir, device=rest)
+    guard(audio_encoder.model)
+    residency.add(AUDIO_ENCODER, audio_encoder.model)
+    return S2VPipeline(spec, device, text_encoder, vae, dits, residency, audio_encoder)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 _STAGE_NAMES = {
+    "audio_encode": "audio",
     "text_encode": "text",
     "vae_encode": "VAE encode",
     "denoise": "denoise",
@@ -21,8 +22,9 @@ _STAGE_NAMES = {
 class RunReport:
     """One run: every argument as used (``None`` defaults resolved, the random seed drawn, the
     default negative prompt filled in), the output ``size`` as ``"W*H"``, seconds per stage in
-    ``timings`` (``text_encode``, ``vae_encode`` when an image is encoded, ``denoise``,
-    ``vae_decode``) and the peak accelerator memory (``None`` on the CPU)."""
+    ``timings`` (``audio_encode`` for s2v-14B, ``text_encode``, ``vae_encode`` when an image is
+    encoded, ``denoise``, ``vae_decode``; s2v-14B's summed over its clips) and the peak
+    accelerator memory (``None`` on the CPU). For s2v-14B ``frame_num`` is the frames made."""
 
     task: str
     prompt: str
@@ -69,9 +71,10 @@ class StageClock:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time the body as stage ``name``."""
+        """Time the body as stage ``name`` (added to its earlier time, if any)."""
         self._sync()
         start = time.perf_counter()
         yield
         self._sync()
-        self.timings[name] = time.perf_counter() - start
+        # Summed over repeats: s2v runs every stage once per clip.
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start

@@ -7,6 +7,7 @@ the same way.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -92,3 +93,67 @@ def resize_and_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     scaled = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
     left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
     return scaled.crop((left, top, left + width, top + height))
+
+
+# s2v-14B pads its output to multiples of 64 pixels and tries 100 scales between the largest that
+# fits the area unpadded and the smallest that fits it with the most padding.
+S2V_PAD = 64
+_S2V_SCALE_TRIES = 100
+
+
+def s2v_output_size(height: int, width: int, area: int) -> tuple[int, int]:
+    """s2v-14B: ``(H, W)``, multiples of 64, of at most ``area`` pixels for an image of
+    ``height`` x ``width``: the image at the largest tried scale, each side padded up to a multiple
+    of 64 (scales up to 1 only, for an image smaller than the area)."""
+    if height * width <= area:
+        low, high = 0.1, 1.0
+    else:
+        # The scale at which the image plus the worst padding (63 per side) has the area.
+        pad = S2V_PAD - 1
+        linear, quadratic = pad * (height + width), height * width
+        constant = pad**2 - area
+        low = (-linear + math.sqrt(linear**2 - 2 * quadratic * constant)) / (2 * quadratic)
+        high = math.sqrt(area / (height * width))
+    for i in range(_S2V_SCALE_TRIES):
+        scale = high - (high - low) * i / _S2V_SCALE_TRIES
+        padded_h = _pad_up(int(height * scale), S2V_PAD)
+        padded_w = _pad_up(int(width * scale), S2V_PAD)
+        if padded_h * padded_w <= area:
+            return padded_h, padded_w
+    # No tried scale fits: the area's own shape at the image's aspect ratio, rounded down.
+    ratio = width / height
+    fit_w = int((area * ratio) ** 0.5 // S2V_PAD * S2V_PAD)
+    fit_h = int((area / ratio) ** 0.5 // S2V_PAD * S2V_PAD)
+    if fit_w >= width or fit_h >= height:
+        fit_w, fit_h = int(width // S2V_PAD * S2V_PAD), int(height // S2V_PAD * S2V_PAD)
+    if fit_w == 0 or fit_h == 0:
+        raise InputError(
+            f"an image of {width}x{height} pixels does not fit a target area of {area} pixels in steps of "
+            f"{S2V_PAD}; crop the image or pass a larger size"
+        )
+    return fit_h, fit_w
+
+
+def _pad_up(value: int, step: int) -> int:
+    return value + (step - value % step) % step
+
+
+def resize_short_side_and_crop(image: Image.Image, height: int, width: int) -> Image.Image:
+    """s2v-14B: scale ``image`` (bilinear) so its short side is ``min(height, width)``, then take the
+    centre ``height`` x ``width``, padding with black where the image is smaller, as torchvision's
+    ``Resize(int)`` and ``CenterCrop`` do for a PIL image."""
+    from PIL import Image, ImageOps
+
+    short, long_ = sorted((image.width, image.height))
+    target = min(height, width)
+    # torchvision truncates the long side and leaves an image already at the size untouched.
+    scaled = (target, int(target * long_ / short))
+    new_size = scaled if image.width <= image.height else scaled[::-1]
+    if new_size != image.size:
+        image = image.resize(new_size, Image.BILINEAR)
+    pad_w, pad_h = max(width - image.width, 0), max(height - image.height, 0)
+    if pad_w or pad_h:
+        image = ImageOps.expand(image, (pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2), fill=0)
+    top = int(round((image.height - height) / 2.0))
+    left = int(round((image.width - width) / 2.0))
+    return image.crop((left, top, left + width, top + height))

@@ -1,0 +1,103 @@
+"""Reading speech for s2v-14B: any audio file ffmpeg decodes, as mono 16 kHz float32 samples.
+
+The official pipeline reads audio with ``librosa.load(path, sr=16000)``; here the bundled ffmpeg of
+``imageio-ffmpeg`` decodes, downmixes and resamples instead, so that no audio library is needed.
+A 16 kHz mono file decodes to the same samples; other rates go through ffmpeg's resampler rather
+than librosa's, which differ by a fraction of a percent of the signal.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+
+from wan_runtime.errors import InputError
+from wan_runtime.models.audio_encoder import SAMPLE_RATE, VIDEO_FPS
+
+# The shortest speech that drives one video frame (1/16 s): wav2vec2 needs 400 samples for its
+# first feature and the 30 fps resampling needs two features to produce one.
+MIN_SAMPLES = SAMPLE_RATE // VIDEO_FPS
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary bundled with imageio-ffmpeg."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def decode_audio(path: str | Path, label: str = "audio") -> np.ndarray:
+    """The audio of file ``path`` as mono float32 samples [S] at 16 kHz (channels averaged).
+
+    Raises ``InputError`` naming ``label`` for a missing file, one ffmpeg cannot decode, or one
+    without sound.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{label} {path} does not exist; pass a WAV, MP3, FLAC or other audio file")
+    # Channels are kept and averaged here, as librosa downmixes (ffmpeg's ``-ac 1`` weights them
+    # by layout). A WAV stream on the pipe carries the channel count in its header.
+    command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-map", "0:a:0",
+               "-ar", str(SAMPLE_RATE), "-c:a", "pcm_f32le", "-f", "wav", "-"]
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        reason = " ".join(result.stderr.decode(errors="replace").split())[-300:] or "no reason given"
+        raise InputError(
+            f"{label} {path} cannot be decoded by ffmpeg ({reason}); pass a WAV, MP3 or FLAC file"
+        )
+    channels, samples = _read_wav_stream(result.stdout)
+    samples = samples[: samples.size // channels * channels].reshape(-1, channels).mean(axis=1)
+    return check_waveform(samples, f"{label} {path}")
+
+
+def _read_wav_stream(data: bytes) -> tuple[int, np.ndarray]:
+    """Channel count and interleaved float32 samples of ffmpeg's piped WAV output (whose sizes in
+    the header are unset, as a pipe cannot be rewound: the data runs to the end)."""
+    position, channels = 12, 1
+    while position + 8 <= len(data):
+        chunk, size = data[position:position + 4], int.from_bytes(data[position + 4:position + 8], "little")
+        body = position + 8
+        if chunk == b"fmt ":
+            channels = int.from_bytes(data[body + 2:body + 4], "little")
+        elif chunk == b"data":
+            payload = data[body:]
+            return max(channels, 1), np.frombuffer(payload[: len(payload) // 4 * 4], dtype=np.float32)
+        position = body + size + (size & 1)
+    return 1, np.zeros(0, dtype=np.float32)
+
+
+def check_waveform(samples: object, label: str = "audio") -> np.ndarray:
+    """``samples`` (a 1-D tensor or array of 16 kHz samples) as float32 numpy, after checking that
+    they are finite and long enough to drive one video frame."""
+    if isinstance(samples, torch.Tensor):
+        samples = samples.detach().cpu().float().numpy()
+    if not isinstance(samples, np.ndarray):
+        raise InputError(f"{label} must be a file path or 1-D 16 kHz samples, got {type(samples).__name__}")
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    if samples.ndim != 1:
+        raise InputError(f"{label} must be mono: 1-D samples at 16 kHz, got shape {list(samples.shape)}")
+    if samples.size == 0:
+        raise InputError(f"{label} holds no sound (0 samples)")
+    if samples.size < MIN_SAMPLES:
+        raise InputError(
+            f"{label} is too short: {samples.size / SAMPLE_RATE * 1000:.0f} ms; s2v needs at least "
+            f"{MIN_SAMPLES / SAMPLE_RATE * 1000:.1f} ms (one video frame at {VIDEO_FPS} fps)"
+        )
+    if not np.isfinite(samples).all():
+        raise InputError(f"{label} holds NaN or infinite samples")
+    return samples
+
+
+def write_wav(samples: np.ndarray, path: str | Path) -> Path:
+    """Write mono 16 kHz float samples as a 16-bit PCM WAV file (clipped to [-1, 1])."""
+    import wave
+
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm.tobytes())
+    return Path(path)

@@ -1,0 +1,228 @@
+"""s2v-14B: speech (and a reference image and a prompt) to video, as the official ``WanS2V.generate``.
+
+The speech is encoded once by wav2vec2 and bucketed per output frame at 16 fps; the video is then
+made clip by clip, ``infer_frames`` frames each, as many clips as the audio starts (at most
+``num_clip``). Every clip is a full denoising run with its own noise (seed ``seed + clip``), the
+reference image's latent and the latents of the last 73 frames made so far (the motion context,
+black before the first clip) as clean conditioning tokens, and the clip's audio columns; the
+unconditional branch takes the negative prompt and silent (zero) audio. A clip is decoded behind
+its motion context, and its frames become the next clip's context.
+
+The first clip has no motion context (``drop_first_motion``): it is decoded behind the reference
+latent and its first 3 frames are dropped. ``start_from_ref`` instead puts the reference image in
+the last 6 context frames and keeps the motion tokens from the first clip on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from tqdm import tqdm
+
+from wan_runtime.audio_io import check_waveform, decode_audio
+from wan_runtime.cache import CacheConfig, S2VStages
+from wan_runtime.errors import InputError
+from wan_runtime.image_io import load_image
+from wan_runtime.models.audio_encoder import audio_buckets
+from wan_runtime.models.s2v_dit import MOTION_FRAMES
+from wan_runtime.pipelines.base import Pipeline, Prompts
+from wan_runtime.pipelines.inputs import check_clip_arguments, resolve_seed
+from wan_runtime.pipelines.report import StageClock
+from wan_runtime.pipelines.resolution import image_to_tensor, resize_short_side_and_crop, s2v_output_size
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from wan_runtime.models import TextEncoder, WanVAE
+    from wan_runtime.models.audio_encoder import Wav2Vec2Features
+    from wan_runtime.models.s2v_dit import WanModelS2V
+    from wan_runtime.pipelines.residency import Residency
+    from wan_runtime.solvers import MultistepFlowSolver
+    from wan_runtime.tasks import TaskSpec
+
+DIT, AUDIO_ENCODER = "dit", "audio_encoder"
+LATENT_CHANNELS = 16
+# The first clip, decoded behind the one reference latent frame, starts with 3 frames that
+# belong to that frame's decoding: the official pipeline drops them.
+FIRST_CLIP_DROPPED_FRAMES = 3
+# ``start_from_ref``: the reference image fills the last 6 frames of the initial motion context.
+REF_CONTEXT_FRAMES = 6
+
+
+class S2VPipeline(Pipeline):
+    """The s2v-14B task: ``dits`` holds its one DiT, ``audio_encoder`` the release's wav2vec2."""
+
+    cache_names = {DIT: "s2v"}
+    stages_class = S2VStages
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        device: torch.device,
+        text_encoder: TextEncoder,
+        vae: WanVAE,
+        dits: dict[str, WanModelS2V],
+        residency: Residency,
+        audio_encoder: Wav2Vec2Features,
+    ) -> None:
+        super().__init__(spec, device, text_encoder, vae, dits, residency)
+        self.audio_encoder = audio_encoder
+        # The motion context (pixel frames, latent frames): the release's (73, 19), which its DiT
+        # was trained with; a smaller context only serves fast tests of the clip logic.
+        self.motion_frames: tuple[int, int] = MOTION_FRAMES
+        self.clip_cache_reports: list[dict[str, dict]] = []
+
+    def generate(  # type: ignore[override]  # s2v takes audio and clip arguments, no frame_num
+        self,
+        prompt: str,
+        image: Image.Image | str | Path | None = None,
+        audio: str | Path | torch.Tensor | np.ndarray | None = None,
+        num_clip: int | None = None,
+        infer_frames: int = 80,
+        pose_video: str | Path | None = None,
+        start_from_ref: bool = False,
+        size: str | None = None,
+        sampling_steps: int | None = None,
+        guide_scale: float | None = None,
+        shift: float | None = None,
+        sample_solver: str = "unipc",
+        seed: int = -1,
+        n_prompt: str = "",
+        progress: bool = True,
+        cache: CacheConfig | None = None,
+    ) -> torch.Tensor:
+        """Generate a talking video [3, frames, H, W], float32 in [-1, 1], on the pipeline's device.
+
+        ``image`` is the reference image (PIL or path); ``audio`` the speech: an audio file any
+        ffmpeg decodes, or mono samples [S] at 16 kHz. ``size`` ``"W*H"`` is the target area; the
+        output keeps the image's aspect ratio, padded to multiples of 64. The video has
+        ``infer_frames`` (a multiple of 4) frames per clip, 3 fewer in the first unless
+        ``start_from_ref``; clips follow the audio's length, at most ``num_clip`` (None: all).
+        ``pose_video`` is not supported (``InputError``). Other arguments as
+        ``Pipeline.generate``; every one is checked (``InputError``) before any model runs.
+        ``cache_report()`` gives the step cache's telemetry of the last clip,
+        ``clip_cache_reports`` that of each clip.
+        """
+        settings = self._settings(prompt, n_prompt, size, sampling_steps, guide_scale, shift, sample_solver,
+                                  progress, cache)
+        check_clip_arguments(infer_frames, num_clip, start_from_ref, pose_video)
+        if image is None:
+            raise InputError("s2v-14B needs a reference image: pass image= a PIL image or a file path")
+        picture = load_image(image)
+        if audio is None:
+            raise InputError("s2v-14B is driven by speech: pass audio= an audio file or 16 kHz samples")
+        waveform = decode_audio(audio) if isinstance(audio, (str, Path)) else check_waveform(audio)
+        height, width = s2v_output_size(picture.height, picture.width, settings.width * settings.height)
+        seed = resolve_seed(seed)
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        clock = StageClock(self.device)
+        self.clip_cache_reports = []
+        with torch.inference_mode():
+            with clock.stage("audio_encode"):
+                self.residency.activate(AUDIO_ENCODER)
+                columns, available = audio_buckets(self.audio_encoder(waveform), infer_frames, self.fps)
+                self.residency.release()
+            clips = available if num_clip is None else min(num_clip, available)
+            with clock.stage("text_encode"):
+                prompts = self._encode_text(settings.prompt, settings.n_prompt)
+            with clock.stage("vae_encode"):
+                reference = image_to_tensor(resize_short_side_and_crop(picture, height, width))[:, None]
+                reference = reference.to(self.device)
+                ref_latent = self.vae.encode([reference])[0][None]
+                # Held in the DiT's dtype, as the official pipeline holds it (it rounds the image).
+                context_frames = torch.zeros(3, self.motion_frames[0], height, width, device=self.device,
+                                             dtype=self._dtype)
+                if start_from_ref:
+                    context_frames[:, -REF_CONTEXT_FRAMES:] = reference
+                motion = self.vae.encode([context_frames.float()])[0][None]
+            out = []
+            for clip in range(clips):
+                drop_motion = clip == 0 and not start_from_ref
+                generator = torch.Generator(device=self.device).manual_seed(seed + clip)
+                # Drawn in the DiT's dtype, as the official noise.
+                noise = torch.randn(LATENT_CHANNELS, infer_frames // self.spec.vae_stride[0],
+                                    height // self.spec.vae_stride[1], width // self.spec.vae_stride[2],
+                                    dtype=self._dtype, generator=generator, device=self.device).float()
+                # Cast to the DiT's dtype as the official pipeline casts the features.
+                audio_clip = columns[..., clip * infer_frames:(clip + 1) * infer_frames]
+                inputs = _ClipInputs(ref_latent, motion, audio_clip.to(self.device, self._dtype), drop_motion)
+                with clock.stage("denoise"):
+                    latent = self._denoise_clip(noise, prompts, settings.new_solver(self.device),
+                                                settings.guide, inputs, progress, cache, clip, clips)
+                    self.residency.release()
+                with clock.stage("vae_decode"):
+                    behind = ref_latent if drop_motion else motion
+                    frames = self.vae.decode([torch.cat([behind[0], latent], dim=1)])[0][:, -infer_frames:]
+                    if drop_motion:
+                        frames = frames[:, FIRST_CLIP_DROPPED_FRAMES:]
+                out.append(frames)
+                if clip + 1 < clips:
+                    with clock.stage("vae_encode"):
+                        kept = min(self.motion_frames[0], frames.shape[1])
+                        context_frames = torch.cat([context_frames[:, kept:].float(), frames[:, -kept:]], 1)
+                        motion = self.vae.encode([context_frames])[0][None]
+            video = torch.cat(out, dim=1)
+        self.last_report = settings.report(self.task, seed, width, height, video.shape[1], clock,
+                                           self._peak_memory())
+        self._cache_report = self.clip_cache_reports[-1] if self.clip_cache_reports else {}
+        # A normal tensor, not an inference tensor, so that callers may modify it in place.
+        return video.clone()
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        """The DiT's compute dtype."""
+        return self.dits[DIT].patch_embedding.weight.dtype
+
+    def _denoise_clip(
+        self,
+        noise: torch.Tensor,
+        prompts: Prompts,
+        solver: MultistepFlowSolver,
+        guide: float,
+        inputs: _ClipInputs,
+        progress: bool,
+        cache: CacheConfig | None,
+        clip: int,
+        clips: int,
+    ) -> torch.Tensor:
+        """One clip's solver steps from ``noise`` [C, F, h, w]; the final latent. The unconditional
+        branch runs only when ``guide > 1``, as in the official pipeline."""
+        latent = noise
+        timesteps = solver.timesteps
+        manager = self._cache_manager(cache, timesteps.tolist(), guide)
+        silent = torch.zeros_like(inputs.audio)
+        desc = f"{self.task} clip {clip + 1}/{clips}"
+        with tqdm(total=len(timesteps), disable=not progress, desc=desc, unit="step") as bar:
+            for i, t in enumerate(timesteps.tolist()):
+                model = self.residency.activate(DIT)
+                if manager is not None and self.residency.offload:
+                    self._place_cache(manager)
+                branches = [("cond", prompts.context, inputs.audio)]
+                if guide > 1:
+                    branches.append(("uncond", prompts.context_null, silent))
+                flows = []
+                for branch, context, audio in branches:
+                    args = (latent[None], timesteps[i:i + 1], context, inputs.ref_latent, inputs.motion,
+                            audio, None, self.motion_frames, inputs.drop_motion)
+                    flow = model(*args) if manager is None else manager.forward(i, branch, *args)
+                    flows.append(flow[0])
+                flow = flows[0] if len(flows) == 1 else flows[1] + guide * (flows[0] - flows[1])
+                latent = solver.step(flow, t, latent)
+                bar.update()
+        self.clip_cache_reports.append({} if manager is None else manager.finish())
+        return latent
+
+
+class _ClipInputs(NamedTuple):
+    """What conditions one clip besides the text: reference and motion latents [1, C, T, h, w],
+    the clip's audio columns [1, layers, C, infer_frames] and whether the motion tokens are left out."""
+
+    ref_latent: torch.Tensor
+    motion: torch.Tensor
+    audio: torch.Tensor
+    drop_motion: bool
