@@ -1,8 +1,24 @@
 """A faithful, fast inference runtime for the Wan2.2 video-diffusion models."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from wan_runtime.errors import CheckpointError, InputError, WanError
-from wan_runtime.pipelines import load_pipeline
+
+if TYPE_CHECKING:
+    from wan_runtime.pipelines import load_pipeline
 
 __version__ = "0.1.0"
 
 __all__ = ["CheckpointError", "InputError", "WanError", "__version__", "load_pipeline"]
+
+
+def __getattr__(name: str) -> Any:
+    # The pipelines (and the models under them) load on first use, so the CLI can check its
+    # arguments, and `import wan_runtime` stays cheap, without importing them.
+    if name == "load_pipeline":
+        from wan_runtime.pipelines import load_pipeline
+
+        return load_pipeline
+    raise AttributeError(f"module 'wan_runtime' has no attribute {name!r}")
