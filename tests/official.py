@@ -1,9 +1,9 @@
 """The official Wan2.2 modules (PyPI package ``wan22``), importable on a CPU.
 
 ``wan/__init__.py`` imports every pipeline (and through them torchvision, cv2, flash-attn), so the
-packages ``wan``, ``wan.modules`` and ``wan.utils`` are registered here as bare namespaces and only
-the modules a test asks for are executed (``wan.configs`` imports only configuration modules).
-Two shims make them run without a GPU:
+packages ``wan``, ``wan.modules``, ``wan.utils``, ``wan.modules.s2v`` and ``wan.distributed`` are
+registered here as bare namespaces and only the modules a test asks for are executed
+(``wan.configs`` imports only configuration modules). Two shims make them run without a GPU:
 
 - ``torch.cuda.current_device`` is called by ``wan.modules.t5`` at import time; it answers 0.
 - ``flash_attention`` needs flash-attn and CUDA; where flash-attn is missing it is replaced by
@@ -38,8 +38,9 @@ def _register_namespaces() -> None:
     ):
         return
     root = _wan_root()
-    packages = ("modules", "utils")
-    for name, path in (("wan", root), *((f"wan.{p}", root / p) for p in packages)):
+    # wan.modules.s2v imports its audio encoder (librosa) and wan.distributed its FSDP helpers.
+    packages = ("modules", "utils", "modules.s2v", "distributed")
+    for name, path in (("wan", root), *((f"wan.{p}", root.joinpath(*p.split("."))) for p in packages)):
         module = types.ModuleType(name)
         module.__path__ = [str(path)]
         module._wan_runtime_shim = True
@@ -94,3 +95,18 @@ def official_module(name: str) -> types.ModuleType:
     if hasattr(module, "flash_attention") and (flash_missing or not torch.cuda.is_available()):
         module.flash_attention = sdpa_flash_attention
     return module
+
+
+def import_with_stand_ins(name: str, stand_ins: dict[str, types.ModuleType]) -> types.ModuleType:
+    """Import ``wan.<name>`` while ``stand_ins`` fill in for missing packages (torchvision,
+    decord, ...), removing them again afterwards so no other code finds them. Modules already
+    present keep precedence over their stand-ins."""
+    if f"wan.{name}" in sys.modules:
+        return sys.modules[f"wan.{name}"]
+    added = [key for key in stand_ins if key not in sys.modules]
+    sys.modules.update({key: stand_ins[key] for key in added})
+    try:
+        return importlib.import_module(f"wan.{name}")
+    finally:
+        for key in added:
+            sys.modules.pop(key, None)

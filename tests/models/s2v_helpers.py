@@ -1,16 +1,15 @@
 """The official S2V modules (``wan.modules.s2v``) importable on a CPU, and shared S2V test inputs.
 
-``wan/modules/s2v/__init__.py`` imports the audio encoder, which imports librosa (not installed:
-file decoding is not what the tests compare), and ``model_s2v`` imports ``wan.distributed``. Both
-packages are registered as bare namespaces, as ``tests.official`` registers ``wan.modules``, and
-``librosa.load`` is stubbed to read a ``.npy`` waveform already at 16 kHz.
+``tests.official`` registers ``wan.modules.s2v`` and ``wan.distributed`` as bare namespaces (their
+``__init__`` imports librosa and FSDP helpers); the audio encoder itself imports librosa (not
+installed: file decoding is not what the tests compare), so ``librosa.load`` is stubbed to read a
+``.npy`` waveform already at 16 kHz.
 """
 
 from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,12 +29,6 @@ def official_s2v(name: str) -> types.ModuleType:
     """Import ``wan.modules.s2v.<name>`` with the CPU shims (flash attention of ``wan.modules.model``
     too, which the audio cross-attention inherits)."""
     official_module("modules.model")
-    root = Path(sys.modules["wan"].__path__[0])
-    for package in ("modules.s2v", "distributed"):
-        if f"wan.{package}" not in sys.modules:
-            module = types.ModuleType(f"wan.{package}")
-            module.__path__ = [str(root / package.replace(".", "/"))]
-            sys.modules[f"wan.{package}"] = module
     _stub_librosa()
     return official_module(f"modules.s2v.{name}")
 

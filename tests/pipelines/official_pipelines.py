@@ -14,8 +14,6 @@ removed again afterwards, so that no other code finds a fake torchvision.
 
 from __future__ import annotations
 
-import importlib
-import sys
 import types
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 
 from tests.models.vae_helpers import official_wrapper
-from tests.official import official_module
+from tests.official import import_with_stand_ins, official_module
 from wan_runtime.models.t5_checkpoint import CHECKPOINT_FILE
 from wan_runtime.models.text_encoder import TOKENIZER_DIR
 from wan_runtime.tasks import TASKS
@@ -55,16 +53,7 @@ def official_with_torchvision(name: str) -> types.ModuleType:
     for module in ("modules.model", "modules.t5", "modules.vae2_1", "modules.vae2_2",
                    "utils.fm_solvers", "utils.fm_solvers_unipc"):
         official_module(module)
-    if f"wan.{name}" in sys.modules:
-        return sys.modules[f"wan.{name}"]
-    present = {key: sys.modules[key] for key in _SHIMMED if key in sys.modules}
-    sys.modules.update({k: v for k, v in _stand_ins().items() if k not in present})
-    try:
-        return importlib.import_module(f"wan.{name}")
-    finally:
-        for key in _SHIMMED:
-            if key not in present:
-                sys.modules.pop(key, None)
+    return import_with_stand_ins(name, _stand_ins())
 
 
 def official_text_encoder(root: Path):

@@ -9,8 +9,6 @@ afterwards. librosa is stubbed by ``tests.models.s2v_helpers`` to read ``.npy`` 
 
 from __future__ import annotations
 
-import importlib
-import sys
 import types
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from PIL import Image, ImageOps
 
 from tests.models.s2v_helpers import official_s2v
 from tests.models.vae_helpers import official_wrapper
-from tests.official import official_module
+from tests.official import import_with_stand_ins, official_module
 from tests.pipelines.official_pipelines import official_text_encoder, to_tensor
 from wan_runtime.models.audio_encoder import WAV2VEC2_DIR
 from wan_runtime.tasks import TASKS
@@ -78,16 +76,7 @@ def speech2video() -> types.ModuleType:
     official_s2v("audio_encoder")
     for module in ("modules.t5", "modules.vae2_1", "utils.fm_solvers", "utils.fm_solvers_unipc"):
         official_module(module)
-    if "wan.speech2video" in sys.modules:
-        return sys.modules["wan.speech2video"]
-    present = {key: sys.modules[key] for key in _SHIMMED if key in sys.modules}
-    sys.modules.update({k: v for k, v in _stand_ins().items() if k not in present})
-    try:
-        return importlib.import_module("wan.speech2video")
-    finally:
-        for key in _SHIMMED:
-            if key not in present:
-                sys.modules.pop(key, None)
+    return import_with_stand_ins("speech2video", _stand_ins())
 
 
 def official_s2v_pipeline(root: Path, motion_frames: int):
