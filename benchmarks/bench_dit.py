@@ -1,8 +1,11 @@
-"""Our DiT forward against the official ``WanModel`` forward, same weights and inputs, one process.
+"""Our DiT forwards against the official ``WanModel`` and ``WanModel_S2V`` forwards, same weights
+and inputs, one process.
 
     python -m benchmarks.bench_dit                # CPU size: dim 512, 4 layers, ~2k tokens, float32
     python -m benchmarks.bench_dit --gpu          # real widths (5120 / 3072), 2 layers, 32,760 and
-                                                  # 75,600 tokens, bfloat16
+                                                  # 75,600 tokens, and the S2V DiT on one 80-frame
+                                                  # 1024x704 clip (with its reference and motion
+                                                  # tokens), bfloat16
 
 On the GPU the official model runs as its pipelines run it: bfloat16 autocast, and for timing its
 weights converted to bfloat16 (its faster ``--convert_model_dtype`` mode). Parity columns: relative
@@ -22,9 +25,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import median_seconds, print_table, save_results
+from tests.models.s2v_helpers import official_s2v
 from tests.official import official_module
 from tests.tolerances import rel_l2
-from wan_runtime.models import DiTConfig
+from wan_runtime.models import DiTConfig, WanModel
+from wan_runtime.models.s2v_config import S2VConfig
+from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.tiny_checkpoints import random_dit
 
 A14B = DiTConfig(
@@ -36,9 +42,15 @@ TI2V_5B = DiTConfig(
 CPU_SIZE = DiTConfig(
     model_type="ti2v", in_dim=48, out_dim=48, dim=512, ffn_dim=2048, num_heads=4, num_layers=4
 )
+# The release's sizes; one audio-injection block, as few layers run (the release injects in 12 of 40).
+S2V_14B = S2VConfig(num_layers=40, audio_inject_layers=(0,))
+CPU_S2V = S2VConfig(dim=512, ffn_dim=2048, num_heads=4, num_layers=4, audio_inject_layers=(0, 2))
 # Latent grids (F, H, W): 480p and 720p 81-frame videos with the Wan2.1 VAE (32,760 / 75,600 tokens).
 GRID_480P = (21, 60, 104)
 GRID_720P = (21, 90, 160)
+# One s2v clip of 80 frames at 1024x704: 56,320 video tokens, plus 2,816 reference tokens and the
+# FramePack tokens of the 19 motion latents.
+GRID_S2V_CLIP = (20, 88, 128)
 
 
 @dataclass
@@ -53,65 +65,93 @@ class Case:
         return f // p[0] * (h // p[1]) * (w // p[2])
 
 
-def inputs(case: Case, device: torch.device, seed: int = 0):
-    """Latents, timesteps (per token for ti2v: first frame at 0), text and i2v conditioning."""
+def inputs(case: Case, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor | None]:
+    """Our forward's arguments: latents, timesteps (per token for ti2v: first frame at 0), text, and
+    the i2v image conditioning or the s2v reference, motion, audio and pose inputs."""
     g = torch.Generator().manual_seed(seed)
     c, (f, h, w) = case.config, case.grid
+    randn = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
     latent_channels = 16 if c.model_type == "i2v" else c.in_dim
-    x = torch.randn(1, latent_channels, f, h, w, generator=g)
-    y = torch.randn(1, c.in_dim - latent_channels, f, h, w, generator=g) if c.model_type == "i2v" else None
-    context = torch.randn(1, 120, c.text_dim, generator=g)
+    args = {"x": randn(1, latent_channels, f, h, w), "context": randn(1, 120, c.text_dim)}
     if c.model_type == "ti2v":
         t = torch.full((1, case.tokens), 812.0)
         t[:, : case.tokens // (f // c.patch_size[0])] = 0.0
     else:
         t = torch.tensor([812.0])
-    move = lambda u: None if u is None else u.to(device)  # noqa: E731
-    return move(x), move(t), move(context), move(y)
+    args["t"] = t.to(device)
+    if c.model_type == "i2v":
+        args["y"] = randn(1, c.in_dim - latent_channels, f, h, w)
+    if c.model_type == "s2v":
+        args.update(ref_latents=randn(1, c.in_dim, 1, h, w),
+                    motion_latents=randn(1, c.in_dim, MOTION_FRAMES[1], h, w),
+                    audio=randn(1, c.audio_layers, c.audio_dim, f * 4), pose=randn(1, c.cond_dim, f, h, w))
+    return args
 
 
-def official_call(ref, x, t, context, y, tokens):
-    t = t.expand(1, tokens) if t.dim() == 1 else t
-    out = ref(list(x), t, list(context), tokens, y=None if y is None else list(y))
+def official_model(case: Case, ours: WanModel) -> torch.nn.Module:
+    """The official class of ``case``'s model with ``ours``'s weights, on the CPU in float32."""
+    c = case.config
+    if c.model_type == "s2v":
+        config = {k: v for k, v in c.to_official_json().items() if not k.startswith("_")}
+        ref = official_s2v("model_s2v").WanModel_S2V(**config)
+    else:
+        names = ("model_type", "in_dim", "out_dim", "dim", "ffn_dim", "num_heads", "num_layers", "text_len",
+                 "eps")
+        ref = official_module("modules.model").WanModel(**{k: getattr(c, k) for k in names})
+    ref.load_state_dict(ours.state_dict())
+    return ref.eval().requires_grad_(False)
+
+
+def official_call(ref: torch.nn.Module, case: Case, args: dict) -> torch.Tensor:
+    """The official forward as its pipelines call it; [1, C, F, H, W]."""
+    if case.config.model_type == "s2v":
+        out = ref(list(args["x"]), t=args["t"], context=list(args["context"]), seq_len=None,
+                  ref_latents=args["ref_latents"], motion_latents=args["motion_latents"],
+                  cond_states=args["pose"], audio_input=args["audio"], motion_frames=list(MOTION_FRAMES),
+                  drop_motion_frames=False)
+        return out[0][None]
+    t = args["t"].expand(1, case.tokens) if args["t"].dim() == 1 else args["t"]
+    y = args.get("y")
+    out = ref(list(args["x"]), t, list(args["context"]), case.tokens, y=None if y is None else list(y))
     return out[0][None]
 
 
 def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeat: int) -> dict:
-    official = official_module("modules.model")
-    ours = random_dit(case.config, seed=0).to(device)
-    ref_kwargs = {k: getattr(case.config, k) for k in (
-        "model_type", "in_dim", "out_dim", "dim", "ffn_dim", "num_heads", "num_layers", "text_len", "eps")}
-    ref = official.WanModel(**ref_kwargs)
-    ref.load_state_dict(ours.state_dict())
-    ref = ref.to(device).eval().requires_grad_(False)
-    x, t, context, y = inputs(case, device)
+    model_class = WanModelS2V if case.config.model_type == "s2v" else WanModel
+    ours = random_dit(case.config, seed=0, model_class=model_class)
+    ref = official_model(case, ours).to(device)
+    ours = ours.to(device)
+    args = inputs(case, device)
     autocast = (torch.amp.autocast("cuda", dtype=dtype) if device.type == "cuda" and dtype != torch.float32
                 else contextlib.nullcontext())
 
     def ref_forward():
         with autocast:
-            return official_call(ref, x, t, context, y, case.tokens)
+            return official_call(ref, case, args)
 
-    row = {"dim": case.config.dim, "layers": case.config.num_layers, "tokens": case.tokens,
-           "t": "per-token" if t.dim() == 2 else "per-sample", "dtype": str(dtype).removeprefix("torch.")}
+    with torch.no_grad():
+        tokens = ours.prepare(**args)[0].shape[1]  # s2v: its reference and motion tokens too
+    row = {"model": case.config.model_type, "dim": case.config.dim, "layers": case.config.num_layers,
+           "tokens": tokens, "t": "per-token" if args["t"].dim() == 2 else "per-sample",
+           "dtype": str(dtype).removeprefix("torch.")}
     with torch.no_grad():
         if dtype != torch.float32:
-            truth = ours(x, t, context, y)
+            truth = ours(**args)
             ref_out = ref_forward()
             ours.set_compute_dtype(dtype)
-            ours_out = ours(x, t, context, y)
+            ours_out = ours(**args)
             row["err_ours"] = f"{rel_l2(ours_out, truth):.2e}"
             row["err_official"] = f"{rel_l2(ref_out, truth):.2e}"
             row["ours~off"] = f"{rel_l2(ours_out, ref_out):.2e}"
             del truth, ref_out, ours_out
             ref.to(dtype)  # the official --convert_model_dtype mode, its fastest
         else:
-            row["ours~off"] = f"{rel_l2(ours(x, t, context, y), ref_forward()):.2e}"
+            row["ours~off"] = f"{rel_l2(ours(**args), ref_forward()):.2e}"
         official_s = median_seconds(ref_forward, device, warmup, repeat)
-        ours_s = median_seconds(lambda: ours(x, t, context, y), device, warmup, repeat)
+        ours_s = median_seconds(lambda: ours(**args), device, warmup, repeat)
         if dtype != torch.float32:
             ours.set_compute_dtype(dtype, keep_float32=False)
-            row["conv~off"] = f"{rel_l2(ours(x, t, context, y), ref_forward()):.2e}"
+            row["conv~off"] = f"{rel_l2(ours(**args), ref_forward()):.2e}"
     row.update(official_ms=round(official_s * 1e3, 1), ours_ms=round(ours_s * 1e3, 1),
                speedup=round(official_s / ours_s, 3))
     return row
@@ -131,10 +171,11 @@ def main() -> None:
         device, dtype = torch.device("cuda"), torch.bfloat16
         cases = [Case(replace(cfg, num_layers=args.layers), grid)
                  for cfg in (A14B, TI2V_5B) for grid in (GRID_480P, GRID_720P)]
+        cases.append(Case(replace(S2V_14B, num_layers=args.layers), GRID_S2V_CLIP))
     else:
         device, dtype = torch.device("cpu"), torch.float32
         cpu_i2v = replace(CPU_SIZE, model_type="i2v", in_dim=36, out_dim=16)
-        cases = [Case(CPU_SIZE, (8, 24, 40)), Case(cpu_i2v, (8, 24, 40))]
+        cases = [Case(CPU_SIZE, (8, 24, 40)), Case(cpu_i2v, (8, 24, 40)), Case(CPU_S2V, (8, 24, 40))]
     rows = []
     for case in cases:
         rows.append(run_case(case, device, dtype, args.warmup, args.repeat))
@@ -142,7 +183,7 @@ def main() -> None:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    columns = ["dim", "layers", "tokens", "t", "dtype", "official_ms", "ours_ms", "speedup",
+    columns = ["model", "dim", "layers", "tokens", "t", "dtype", "official_ms", "ours_ms", "speedup",
                "err_ours", "err_official", "ours~off", "conv~off"]
     print_table(rows, columns)
     print("saved", save_results("bench_dit", device, rows, Path(args.out_dir) if args.out_dir else None))
