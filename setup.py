@@ -1,9 +1,10 @@
 """Build entry point; metadata lives in pyproject.toml.
 
-The C++ CPU kernels (csrc/) are built just in time on first use (``wan_kernels.native``). Set
-``WAN_KERNELS_BUILD_EXT=1`` to build them ahead of time as ``wan_kernels._cpp``; do so with
-``pip install --no-build-isolation .``, so the extension is compiled against the torch in use
-rather than one an isolated build would download.
+The C++ CPU kernels (csrc/) and the CUDA kernels (csrc/cuda/) are built just in time on first use
+(``wan_kernels.native``). Set ``WAN_KERNELS_BUILD_EXT=1`` to build them ahead of time as
+``wan_kernels._cpp`` and, where torch is a CUDA build and nvcc is found, ``wan_kernels._cuda``; do
+so with ``pip install --no-build-isolation .``, so the extensions are compiled against the torch in
+use rather than one an isolated build would download.
 """
 
 import os
@@ -14,15 +15,21 @@ from setuptools import setup
 def _ext_modules() -> dict:
     if os.environ.get("WAN_KERNELS_BUILD_EXT") != "1":
         return {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     from wan_kernels import native
 
-    extension = CppExtension(
-        native.PREBUILT, [str(s.relative_to(os.getcwd())) for s in native.sources()],
-        extra_compile_args=native.CFLAGS, extra_link_args=native.LDFLAGS,
-    )
-    return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
+    extensions = []
+    for ext in (native.CPP, native.CUDA):
+        if not native.buildable(ext) or not ext.sources():
+            continue
+        kind = CUDAExtension if ext.cuda else CppExtension
+        flags = {"cxx": list(ext.cflags), "nvcc": list(ext.cuda_cflags)} if ext.cuda else list(ext.cflags)
+        extensions.append(kind(
+            ext.prebuilt, [str(s.relative_to(os.getcwd())) for s in ext.sources()],
+            extra_compile_args=flags, extra_link_args=list(ext.ldflags),
+        ))
+    return {"ext_modules": extensions, "cmdclass": {"build_ext": BuildExtension}}
 
 
 setup(**_ext_modules())

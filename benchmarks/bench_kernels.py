@@ -1,6 +1,9 @@
-"""The ``wan_kernels`` Triton ops against their plain-torch references, eager and compiled (GPU only).
+"""The ``wan_kernels`` GPU backends' ops against their plain-torch references, eager and compiled (GPU only).
 
-    python -m benchmarks.bench_kernels --out-dir DIR
+    python -m benchmarks.bench_kernels --out-dir DIR [--backends triton,cuda]
+
+Each op runs on every backend of ``--backends`` that is available (``cuda``, the CUDA C++
+extension, is built first if needed), one row per backend.
 
 Shapes are the DiT's: C 5120 (A14B, per-sample modulation) and 3072 (TI2V-5B, per-token
 modulation) at L 32,760 and 75,600 tokens (480p / 720p), one sample, bfloat16 activations and the
@@ -20,6 +23,7 @@ against the unfused one.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 import traceback
 from collections.abc import Callable
@@ -196,6 +200,19 @@ def _on_backend(backend: str, fn: Callable[[], torch.Tensor]) -> Callable[[], to
     return run
 
 
+def gpu_backends(names: str) -> list[str]:
+    """The backends of the comma-separated ``names`` that run here (building ``cuda`` if needed)."""
+    usable = []
+    for name in filter(None, names.split(",")):
+        try:
+            wan_kernels.set_backend(name)
+        except ValueError as error:
+            print(f"backend {name} skipped: {error}")
+            continue
+        usable.append(name)
+    return usable
+
+
 @torch.no_grad()
 def compare_blocks(name: str, case: Case, unfused: Callable[[], torch.Tensor],
                    fused: Callable[[], torch.Tensor], device: torch.device) -> dict:
@@ -260,6 +277,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--no-blocks", action="store_true", help="skip the whole-block comparison")
+    parser.add_argument("--backends", default="triton,cuda", help="comma-separated backends to time")
     parser.add_argument("--compile-budget-s", type=float, default=120.0,
                         help="stop timing the compiled baseline once the run has taken this long")
     args = parser.parse_args()
@@ -268,7 +286,7 @@ def main() -> None:
     import triton
 
     device = torch.device("cuda")
-    wan_kernels.set_backend("triton")
+    backends = gpu_backends(args.backends)
     start = time.perf_counter()
     copy_gbps = copy_bandwidth(device)
     print(f"{torch.cuda.get_device_name(device)}  torch {torch.__version__}  triton {triton.__version__}  "
@@ -278,32 +296,36 @@ def main() -> None:
     for shape in SHAPES:
         inputs = Inputs(shape, device)
         for op in OPS:
-            use_compile = not args.no_compile and time.perf_counter() - start < args.compile_budget_s
-            try:
-                row = run_op(op, shape, inputs, compiled[op.name] if use_compile else None, copy_gbps)
-            except Exception as error:  # one failing op must not cost the rest of a short GPU session
-                traceback.print_exc()
-                verdict = f"ERROR: {type(error).__name__}: {error}"
-                row = {"op": op.name, "shape": shape.label, "check": verdict}
-            rows.append(row)
-            print(f"  {op.name:45s} {shape.label:24s} {row.get('check')}  max rel err "
-                  f"{row.get('max_rel_err')}  ({time.perf_counter() - start:.0f} s)", flush=True)
+            for backend in backends:
+                # The compiled reference is the same for every backend: timed on the first only.
+                use_compile = (not args.no_compile and backend == backends[0]
+                               and time.perf_counter() - start < args.compile_budget_s)
+                wan_kernels.set_backend(backend)
+                try:
+                    row = run_op(op, shape, inputs, compiled[op.name] if use_compile else None, copy_gbps)
+                except Exception as error:  # one failing op must not cost the rest of a short GPU session
+                    traceback.print_exc()
+                    verdict = f"ERROR: {type(error).__name__}: {error}"
+                    row = {"op": op.name, "shape": shape.label, "check": verdict}
+                rows.append({"backend": backend, **row})
+                print(f"  {op.name:45s} {backend:7s} {shape.label:24s} {row.get('check')}  max rel err "
+                      f"{row.get('max_rel_err')}  ({time.perf_counter() - start:.0f} s)", flush=True)
         del inputs
         torch.cuda.empty_cache()
     for case in [] if args.no_blocks else BLOCK_CASES:
-        for block_row in (dit_block_row, diffusers_block_row):
+        for block_row, backend in itertools.product((dit_block_row, diffusers_block_row), backends):
             try:
-                row = block_row(case, device, "triton")
+                row = block_row(case, device, backend)
             except Exception as error:  # as above: report it and go on
                 traceback.print_exc()
                 row = {"op": block_row.__name__, "shape": f"{case.tokens}x{case.config.dim}",
                        "check": f"ERROR: {type(error).__name__}: {error}"}
-            rows.append(row)
-            print(f"  {row['op']:45s} {row['shape']:24s} rel_l2 {row.get('rel_l2')}  "
+            rows.append({"backend": backend, **row})
+            print(f"  {row['op']:45s} {backend:7s} {row['shape']:24s} rel_l2 {row.get('rel_l2')}  "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
             torch.cuda.empty_cache()
-    columns = ["op", "shape", "check", "max_rel_err", "rel_l2", "ours_ms", "eager_ms", "compile_ms",
-               "ours_GBps", "frac_copy", "x_eager", "x_compile"]
+    columns = ["op", "backend", "shape", "check", "max_rel_err", "rel_l2", "ours_ms", "eager_ms",
+               "compile_ms", "ours_GBps", "frac_copy", "x_eager", "x_compile"]
     print_table(rows, columns)
     rows.append({"op": "device_copy", "GBps": round(copy_gbps, 1), "triton": triton.__version__})
     print("wrote", save_results("bench_kernels", device, rows, args.out_dir))

@@ -1,6 +1,7 @@
 // C++ gated_residual: x + y * gate in float32, stored in x's dtype, one token per iteration.
 #include <torch/library.h>
 
+#include "checks.h"
 #include "rows.h"
 
 namespace wan_kernels {
@@ -28,6 +29,7 @@ void gated_residual_kernel(const at::Tensor& x, const at::Tensor& y, const at::T
 }
 
 at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
+  checks::gated_residual(at::kCPU, x, y, gate);
   at::Tensor out = at::empty(x.sizes(), x.options());
   if (out.numel() == 0) return out;
   WAN_DISPATCH_FLOATS(x.scalar_type(), "gated_residual", [&] {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "checks.h"
 #include "rows.h"
 
 namespace wan_kernels {
@@ -64,6 +65,7 @@ void layernorm_modulate_kernel(const at::Tensor& x, const at::Tensor& y, const a
 
 at::Tensor layernorm_modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale,
                               double eps, bool round_to_input, at::ScalarType out_dtype) {
+  checks::layernorm_modulate(at::kCPU, x, shift, scale, eps, out_dtype);
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   WAN_DISPATCH_FLOATS(x.scalar_type(), "layernorm_modulate", [&] {
@@ -80,6 +82,7 @@ at::Tensor layernorm_modulate(const at::Tensor& x, const at::Tensor& shift, cons
 std::tuple<at::Tensor, at::Tensor> gated_residual_layernorm_modulate(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& shift,
     const at::Tensor& scale, double eps, at::ScalarType out_dtype) {
+  checks::gated_residual_layernorm_modulate(at::kCPU, x, y, gate, shift, scale, eps, out_dtype);
   at::Tensor residual = at::empty(x.sizes(), x.options());
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(out_dtype));
   if (out.numel() == 0) return {residual, out};

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "checks.h"
 #include "rows.h"
 
 namespace wan_kernels {
@@ -63,6 +64,7 @@ std::tuple<at::Tensor, at::Tensor> qk_rmsnorm_rope(const at::Tensor& q, const at
                                                    const at::Tensor& weight_q, const at::Tensor& weight_k,
                                                    const at::Tensor& cos, const at::Tensor& sin,
                                                    int64_t num_heads, double eps) {
+  checks::qk_rmsnorm_rope(at::kCPU, q, k, weight_q, weight_k, cos, sin, num_heads, eps);
   return {rmsnorm_rope(q, weight_q.contiguous(), cos, sin, num_heads, eps),
           rmsnorm_rope(k, weight_k.contiguous(), cos, sin, num_heads, eps)};
 }

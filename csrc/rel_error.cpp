@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "checks.h"
 #include "rows.h"
 
 namespace wan_kernels {
@@ -37,9 +38,7 @@ void partial_sums_kernel(const at::Tensor& a, const at::Tensor& b, int64_t strid
 
 template <bool SQUARE>
 at::Tensor relative_error(const at::Tensor& a_in, const at::Tensor& b_in, int64_t stride) {
-  // [N, L, C]: the leading dims flattened (a view when the strides allow).
-  const at::Tensor a = a_in.reshape({-1, a_in.size(-2), a_in.size(-1)});
-  const at::Tensor b = b_in.reshape({-1, b_in.size(-2), b_in.size(-1)});
+  const at::Tensor a = as_token_rows(a_in), b = as_token_rows(b_in);
   const int64_t rows = a.size(0) * ((a.size(1) + stride - 1) / stride);
   std::vector<double> partials(2 * rows);
   if (rows > 0 && a.size(2) > 0) {
@@ -62,10 +61,12 @@ at::Tensor relative_error(const at::Tensor& a_in, const at::Tensor& b_in, int64_
 }
 
 at::Tensor rel_l1(const at::Tensor& a, const at::Tensor& b, int64_t stride) {
+  checks::relative_error("rel_l1", at::kCPU, a, b, stride);
   return relative_error<false>(a, b, stride);
 }
 
 at::Tensor rel_l2(const at::Tensor& a, const at::Tensor& b, int64_t stride) {
+  checks::relative_error("rel_l2", at::kCPU, a, b, stride);
   return relative_error<true>(a, b, stride);
 }
 

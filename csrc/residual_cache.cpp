@@ -1,6 +1,7 @@
 // C++ residual_apply (x + residual) and residual_capture (out - inp) in float32, row by row.
 #include <torch/library.h>
 
+#include "checks.h"
 #include "rows.h"
 
 namespace wan_kernels {
@@ -30,7 +31,7 @@ template <bool SUBTRACT>
 at::Tensor residual(const at::Tensor& a_in, const at::Tensor& b_in) {
   at::Tensor out = at::empty(a_in.sizes(), a_in.options().dtype(at::kFloat));
   if (out.numel() == 0) return out;
-  // Rows of the last dim (a view when the strides allow); wan_kernels.ops checked that channels are contiguous.
+  // Rows of the last dim (a view when the strides allow); the checks made sure channels are contiguous.
   const at::Tensor a = a_in.reshape({-1, a_in.size(-1)});
   const at::Tensor b = b_in.reshape({-1, b_in.size(-1)});
   WAN_DISPATCH_FLOATS(a.scalar_type(), "residual", [&] {
@@ -43,10 +44,12 @@ at::Tensor residual(const at::Tensor& a_in, const at::Tensor& b_in) {
 }
 
 at::Tensor residual_apply(const at::Tensor& x, const at::Tensor& residual_in) {
+  checks::residual_apply(at::kCPU, x, residual_in);
   return residual<false>(x, residual_in);
 }
 
 at::Tensor residual_capture(const at::Tensor& out, const at::Tensor& inp) {
+  checks::residual_capture(at::kCPU, out, inp);
   return residual<true>(out, inp);
 }
 

@@ -2,9 +2,10 @@
 
 ``wan_kernels.reference`` holds the reference of every op; it knows nothing of any particular
 model, so other DiT codebases can use it as is. The ops below check their inputs and run the
-selected backend (``triton`` or ``torch``; see ``wan_kernels.dispatch``) as ``torch.library``
-custom ops, so ``torch.compile`` traces them without graph breaks. ``wan_kernels.integrations``
-runs other libraries' models on them (``wan_kernels.integrations.diffusers.apply(transformer)``).
+selected backend (``cuda``, ``triton``, ``cpp`` or ``torch``; see ``wan_kernels.dispatch``) as
+``torch.library`` custom ops, so ``torch.compile`` traces them without graph breaks.
+``wan_kernels.integrations`` runs other libraries' models on them
+(``wan_kernels.integrations.diffusers.apply(transformer)``).
 """
 
 from wan_kernels import reference

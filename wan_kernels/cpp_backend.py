@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from wan_kernels.dispatch import register
-from wan_kernels.native import NAME
+from wan_kernels.native import CPP
 from wan_kernels.torch_backend import OPS
 
 for _op in OPS:
-    register("cpp", _op)(getattr(getattr(torch.ops, NAME), _op))
+    register("cpp", _op)(getattr(getattr(torch.ops, CPP.name), _op))

@@ -3,11 +3,11 @@
 A backend is a named set of implementations, one per op, registered with ``register``. The backend
 in use is ``auto`` unless ``set_backend`` or the ``WAN_KERNELS_BACKEND`` environment variable
 (read when ``wan_kernels`` is imported) names one. ``auto`` picks, per call, the first backend of
-the device's preference list that is available and implements the op: on a GPU ``cuda`` (not yet
-written), then ``triton``; on a CPU the C++ extension ``cpp`` if it is built, then ``torch``.
-``auto`` never compiles anything: ``set_backend("cpp")`` builds the extension on first use (see
-``wan_kernels.native``), and later processes find it built. ``set_backend("torch")`` switches
-every fused kernel off.
+the device's preference list that is available and implements the op: on a GPU the CUDA C++
+extension ``cuda`` if it is built, then ``triton``; on a CPU the C++ extension ``cpp`` if it is
+built, then ``torch``. ``auto`` never compiles anything: ``set_backend("cpp")`` or
+``set_backend("cuda")`` builds that extension on first use (see ``wan_kernels.native``), and later
+processes find it built. ``set_backend("torch")`` switches every fused kernel off.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from wan_kernels import native
 
 ENV_VAR = "WAN_KERNELS_BACKEND"
 AUTO = "auto"
-# Compiled backends come first; the list leaves room for a native ``cuda`` backend.
+# Compiled backends come first.
 KNOWN_BACKENDS = ("cuda", "triton", "cpp", "torch")
 _PREFERENCE = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
 _MODULES = {
     "torch": "wan_kernels.torch_backend", "triton": "wan_kernels.triton", "cpp": "wan_kernels.cpp_backend",
+    "cuda": "wan_kernels.cuda_backend",
 }
+_EXTENSIONS = {"cpp": native.CPP, "cuda": native.CUDA}
 
 _IMPLS: dict[str, dict[str, Callable]] = {name: {} for name in KNOWN_BACKENDS}
 _loaded: set[str] = set()
@@ -68,12 +70,17 @@ def _runs_on(backend: str, device: torch.device) -> bool:
         return True
     if backend == "triton":
         return device.type == "cuda" or (device.type == "cpu" and triton_interpreted())
+    if backend == "cuda":
+        return device.type == "cuda"
     return backend == "cpp" and device.type == "cpu"
 
 
 def _usable(backend: str, build: bool = False) -> bool:
-    if backend == "cpp":
-        return (build or native.is_built()) and native.load()
+    if backend in _EXTENSIONS:
+        ext = _EXTENSIONS[backend]
+        if ext.cuda and not torch.cuda.is_available():
+            return False
+        return (build or native.is_built(ext)) and native.load(ext)
     if backend not in _MODULES or not _importable(backend):
         return False
     return backend == "torch" or torch.cuda.is_available() or triton_interpreted()
@@ -90,7 +97,8 @@ def available_backends() -> list[str]:
 
     ``triton`` counts when Triton is importable and either CUDA is available or Triton's CPU
     interpreter is switched on (``TRITON_INTERPRET=1``); ``cpp`` when the C++ extension is built
-    and loads (``set_backend("cpp")`` builds it).
+    and loads (``set_backend("cpp")`` builds it); ``cuda`` likewise for the CUDA extension, where
+    CUDA is available (``set_backend("cuda")`` builds it).
     """
     return [name for name in KNOWN_BACKENDS if _usable(name)]
 

@@ -1,11 +1,13 @@
-"""The C++ CPU extension (``csrc/``): found prebuilt, or built just in time on first use.
+"""The compiled extensions: the C++ CPU kernels (``csrc/*.cpp``, backend ``cpp``) and the CUDA
+kernels (``csrc/cuda/*.cu``, backend ``cuda``), each found prebuilt or built just in time on first use.
 
-``setup.py`` builds it ahead of time as ``wan_kernels._cpp`` only when asked
-(``WAN_KERNELS_BUILD_EXT=1 pip install --no-build-isolation .``): an isolated build would install
-its own torch, whose ABI may not be the one in use. Otherwise the first call of ``load`` compiles
-the sources with ``torch.utils.cpp_extension.load`` (needs a C++ compiler and ``ninja``) into
-``WAN_KERNELS_BUILD_DIR`` (default ``~/.cache/wan_kernels/<torch version>``), where later
-processes find it built. Its ops are ``torch.ops.wan_kernels_cpp.<op>``.
+``setup.py`` builds them ahead of time as ``wan_kernels._cpp`` and ``wan_kernels._cuda`` only when
+asked (``WAN_KERNELS_BUILD_EXT=1 pip install --no-build-isolation .``; the CUDA one only where
+``buildable``): an isolated build would install its own torch, whose ABI may not be the one in use.
+Otherwise the first call of ``load`` compiles the sources with ``torch.utils.cpp_extension.load``
+(needs a C++ compiler and ``ninja``, and for CUDA a CUDA build of torch and ``nvcc``) into
+``WAN_KERNELS_BUILD_DIR`` (default ``~/.cache/wan_kernels/<torch version>``), one folder per
+extension, where later processes find it built. Their ops are ``torch.ops.<name>.<op>``.
 """
 
 from __future__ import annotations
@@ -13,67 +15,135 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-NAME = "wan_kernels_cpp"
-PREBUILT = "wan_kernels._cpp"
 BUILD_DIR_VAR = "WAN_KERNELS_BUILD_DIR"
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"
-# -ffp-contract=off: no fused multiply-adds, so products and sums round as torch's separate ops do.
-CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
-LDFLAGS = ["-fopenmp"]
 
 
-def sources() -> list[Path]:
-    """The extension's C++ sources (empty where ``csrc/`` does not ship, as in a wheel)."""
-    return sorted(SOURCE_DIR.glob("*.cpp"))
+@dataclass(frozen=True)
+class Extension:
+    name: str  # the torch.ops namespace, and the just-in-time module's name
+    prebuilt: str  # the module setup.py builds
+    label: str
+    pattern: str  # its sources, under csrc/
+    cflags: tuple[str, ...]
+    ldflags: tuple[str, ...] = ()
+    cuda: bool = False  # CUDA sources, built with nvcc and cuda_cflags
+    cuda_cflags: tuple[str, ...] = ()
+    needs: str = ""
+
+    def sources(self) -> list[Path]:
+        """The extension's sources (empty where ``csrc/`` does not ship, as in a wheel)."""
+        return sorted(SOURCE_DIR.glob(self.pattern))
 
 
-def build_dir() -> Path:
-    """Where the just-in-time build lives: one folder per torch and Python version."""
+# -ffp-contract=off and --fmad=false: no fused multiply-adds, so products and sums round as torch's
+# separate ops do.
+CPP = Extension(
+    "wan_kernels_cpp", "wan_kernels._cpp", "C++ CPU", "*.cpp", ("-O3", "-fopenmp", "-ffp-contract=off"),
+    ("-fopenmp",), needs="a C++ compiler and ninja (pip install ninja)",
+)
+CUDA = Extension(
+    "wan_kernels_cuda", "wan_kernels._cuda", "CUDA", "cuda/*.cu", ("-O3",), cuda=True,
+    cuda_cflags=("-O3", "--fmad=false"),
+    needs="a CUDA build of torch, nvcc (CUDA_HOME or PATH) and ninja",
+)
+
+
+def build_dir(ext: Extension) -> Path:
+    """Where ``ext``'s just-in-time build lives: one folder per torch and Python version."""
     version = f"torch-{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
     default = Path.home() / ".cache" / "wan_kernels" / version
-    return Path(os.environ.get(BUILD_DIR_VAR) or default)
+    return Path(os.environ.get(BUILD_DIR_VAR) or default) / ext.name
 
 
-def is_built() -> bool:
-    """Whether the extension exists already (prebuilt, or in the build folder): loading it then
-    compiles nothing."""
-    prebuilt = importlib.util.find_spec(PREBUILT)
-    return (prebuilt is not None and bool(prebuilt.origin)) or (build_dir() / f"{NAME}.so").is_file()
+def _prebuilt(ext: Extension) -> str | None:
+    spec = importlib.util.find_spec(ext.prebuilt)
+    return spec.origin if spec is not None and spec.origin else None
 
 
 @functools.cache
-def load() -> bool:
-    """Load the extension, building it first if needed; whether its ops are now registered.
+def is_built(ext: Extension) -> bool:
+    """Whether ``ext`` exists already (prebuilt, or in its build folder): loading it then compiles
+    nothing. Looked up once per process (``auto`` asks on every op call); ``load`` refreshes it."""
+    return _prebuilt(ext) is not None or (build_dir(ext) / f"{ext.name}.so").is_file()
 
-    A failed build warns once with the reason and leaves the other backends in place.
-    """
-    prebuilt = importlib.util.find_spec(PREBUILT)
-    if prebuilt is not None and prebuilt.origin:
-        torch.ops.load_library(prebuilt.origin)
+
+def buildable(ext: Extension) -> bool:
+    """Whether this torch can build ``ext``: any for C++; for CUDA a CUDA build with ``nvcc`` found
+    (torch looks in ``CUDA_HOME``, ``PATH`` and ``/usr/local/cuda``)."""
+    if not ext.cuda:
         return True
-    if not sources():
+    if torch.version.cuda is None:
         return False
     from torch.utils import cpp_extension
 
-    folder = build_dir()
+    return cpp_extension.CUDA_HOME is not None
+
+
+def find_nvcc() -> str | None:
+    """An ``nvcc`` on this machine: ``CUDA_HOME``'s, ``PATH``'s, or that of the
+    ``nvidia-cuda-nvcc`` pip package (whose recent versions ship the compiler driver)."""
+    candidates = [Path(os.environ["CUDA_HOME"]) / "bin" / "nvcc"] if os.environ.get("CUDA_HOME") else []
+    if shutil.which("nvcc"):
+        candidates.append(Path(shutil.which("nvcc")))
+    spec = importlib.util.find_spec("nvidia.cuda_nvcc") if importlib.util.find_spec("nvidia") else None
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / "bin" / "nvcc" for p in spec.submodule_search_locations]
+    return next((str(c) for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
+
+
+def nvcc_command(nvcc: str, source: Path, output: Path, arch: str = "sm_90") -> list[str]:
+    """``nvcc`` compiling one source of ``CUDA`` to an object file with the flags and the C++
+    standard that ``torch.utils.cpp_extension`` builds it with (the compile check's command)."""
+    from torch.utils import cpp_extension
+
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
+    return [nvcc, "-c", str(source), "-o", str(output), f"-arch={arch}", "-std=c++20", abi, "-Xcompiler",
+            "-fPIC", *cpp_extension.COMMON_NVCC_FLAGS, *CUDA.cuda_cflags, *includes]
+
+
+@functools.cache
+def load(ext: Extension) -> bool:
+    """Load ``ext``, building it first if needed; whether its ops are now registered.
+
+    A failed build warns once with the reason and leaves the other backends in place.
+    """
+    prebuilt = _prebuilt(ext)
+    if prebuilt is not None:
+        torch.ops.load_library(prebuilt)
+        return True
+    if not ext.sources():
+        return False
+    from torch.utils import cpp_extension
+
+    folder = build_dir(ext)
     try:
+        if not buildable(ext):
+            raise RuntimeError(f"torch {torch.__version__} (CUDA {torch.version.cuda}) found no nvcc")
         folder.mkdir(parents=True, exist_ok=True)
         cpp_extension.load(
-            NAME, [str(s) for s in sources()], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
-            build_directory=str(folder), is_python_module=False, verbose=False,
+            ext.name, [str(s) for s in ext.sources()], extra_cflags=list(ext.cflags),
+            extra_cuda_cflags=list(ext.cuda_cflags), extra_ldflags=list(ext.ldflags),
+            build_directory=str(folder), is_python_module=False, verbose=False, with_cuda=ext.cuda,
         )
     except (OSError, RuntimeError, ImportError) as err:
+        # The compiler's output is in the message: its error lines, else its last line.
+        lines = str(err).strip().splitlines() or [""]
+        reason = "\n".join([line for line in lines if "error" in line.lower()][:10] or lines[-1:])
         warnings.warn(
-            f"wan_kernels: the C++ CPU backend could not be built in {folder} ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}); the other backends remain. "
-            "It needs a C++ compiler and ninja (pip install ninja).",
+            f"wan_kernels: the {ext.label} backend could not be built in {folder} ({type(err).__name__}: "
+            f"{reason}); the other backends remain. It needs {ext.needs}.",
             stacklevel=2,
         )
         return False
+    is_built.cache_clear()
     return True

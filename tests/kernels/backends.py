@@ -22,13 +22,16 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import wan_kernels  # noqa: E402
-from tests.kernels.cases import BACKENDS  # noqa: E402
+from tests.kernels.cases import BACKENDS, DEVICE  # noqa: E402
+from wan_kernels import dispatch  # noqa: E402
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
-    """Each backend in turn, selected for the test (which builds the C++ extension on first use)
-    and reset to ``auto`` after it."""
+    """Each backend that runs on the tests' device in turn (``cpp`` on a CPU, ``cuda`` on a GPU),
+    selected for the test (which builds its extension on first use) and reset to ``auto`` after it."""
+    if not dispatch._runs_on(request.param, DEVICE):
+        pytest.skip(f"backend {request.param!r} does not run on {DEVICE.type} tensors")
     try:
         wan_kernels.set_backend(request.param)
     except ValueError as err:

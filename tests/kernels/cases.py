@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-BACKENDS = ("torch", "triton", "cpp")
+BACKENDS = ("torch", "triton", "cpp", "cuda")
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

@@ -68,9 +68,10 @@ def test_gated_residual_layernorm_modulate(backend, shape, dtype, kind):
     assert_matches(hidden, expected[1], torch.float32)
 
 
-@pytest.mark.parametrize("width", [4097, 6000])
+@pytest.mark.parametrize("width", [4097, 6000, 13000])
 def test_wide_rows_with_a_partial_last_chunk(backend, width):
-    """Rows over 4096 channels, which the Triton kernel walks in 1024-channel chunks, the last partial."""
+    """Rows over 4096 channels, which the Triton kernel walks in 1024-channel chunks, the last partial;
+    and over 12,224, which the CUDA kernel re-reads rather than keeps in shared memory."""
     shape = (2, 3, width)
     x, y = randn(shape, seed=1), randn(shape, torch.bfloat16, seed=2)
     gate, shift = modulation(shape, "per_sample", seed=3), modulation(shape, "per_sample", seed=4)
@@ -98,3 +99,16 @@ def test_strided_inputs(backend):
     expected = reference.gated_residual_layernorm_modulate(*args)
     assert_matches(actual[0], expected[0], torch.float32)
     assert_matches(actual[1], expected[1], torch.bfloat16)
+
+
+def test_no_tokens(backend):
+    """L = 0: empty outputs of the right shapes and dtypes, and no kernel launched on nothing."""
+    shape = (2, 0, 64)
+    x, y, row = randn(shape, seed=1), randn(shape, torch.bfloat16, seed=2), modulation(shape, "per_sample", 3)
+    assert wan_kernels.layernorm_modulate(y, row, row, EPS, out_dtype=torch.bfloat16).shape == shape
+    assert wan_kernels.gated_residual(x, y, row).dtype == torch.float32
+    residual, hidden = wan_kernels.gated_residual_layernorm_modulate(x, y, row, row, row, EPS)
+    assert residual.shape == hidden.shape == shape
+    cos = randn((0, 1, 8))
+    q, k = wan_kernels.qk_rmsnorm_rope(y, y, row[0, 0], row[0, 0], cos, cos, 4, EPS)
+    assert q.shape == k.shape == (2, 0, 4, 16) and q.dtype == torch.bfloat16

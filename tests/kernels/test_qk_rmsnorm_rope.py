@@ -30,6 +30,14 @@ def test_qk_rmsnorm_rope(backend, shape, dtype):
         assert_matches(actual, expected, dtype)
 
 
+def test_rows_wider_than_the_cuda_kernels_shared_memory(backend):
+    """C = 13,312 (104 heads of 128): the CUDA kernel re-reads such a row instead of caching it."""
+    args = _inputs((1, 3, 13312), torch.bfloat16, 128)
+    outputs = zip(wan_kernels.qk_rmsnorm_rope(*args, EPS), reference.qk_rmsnorm_rope(*args, EPS), strict=True)
+    for actual, expected in outputs:
+        assert_matches(actual, expected, torch.bfloat16)
+
+
 def test_reference_is_the_dit_composition():
     q, k, weight_q, weight_k, cos, sin, heads = _inputs((2, 7, 64), torch.bfloat16, 16)
     out_q, _ = reference.qk_rmsnorm_rope(q, k, weight_q, weight_k, cos, sin, heads, EPS)

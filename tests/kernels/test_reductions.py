@@ -39,3 +39,11 @@ def test_leading_dims_and_mixed_dtypes(backend, name, dtypes):
 def test_token_strided_inputs(backend, name):
     a, b = randn((2, 18, 64), seed=1)[:, ::2], randn((2, 9, 128), seed=2)[..., :64]
     _check(name, a, b, 2)
+
+
+@OPS
+def test_no_tokens_gives_nan(backend, name):
+    """0 / 0 over no tokens, as the reference's empty sums give (and nothing launched on nothing)."""
+    a = randn((2, 0, 64))
+    actual = getattr(wan_kernels, name)(a, a, 1)
+    assert actual.shape == () and torch.isnan(actual) and torch.isnan(getattr(reference, name)(a, a, 1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
@@ -27,5 +29,6 @@ def row_strides(t: torch.Tensor) -> tuple[int, int]:
 
 
 def as_rows(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as [N, L, C]: its leading dims flattened into one (a view when its strides allow)."""
-    return t.reshape(-1, *t.shape[-2:])
+    """``t`` as [N, L, C]: its leading dims flattened into one (a view when its strides allow); N
+    counted rather than inferred, which an empty ``t`` would leave ambiguous."""
+    return t.reshape(math.prod(t.shape[:-2]), *t.shape[-2:])
