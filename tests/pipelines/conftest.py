@@ -22,6 +22,12 @@ def ti2v_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def s2v_root(tmp_path_factory):
+    """A complete tiny s2v-14B folder (S2V DiT, wav2vec2)."""
+    return write_task_checkpoint("s2v-14B", tmp_path_factory.mktemp("s2v-14B"), seed=7)
+
+
+@pytest.fixture(scope="session")
 def i2v_pipeline(i2v_root):
     return load_pipeline("i2v-A14B", i2v_root, device="cpu", dtype=torch.float32)
 

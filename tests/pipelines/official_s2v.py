@@ -1,10 +1,11 @@
 """The official ``WanS2V`` on the CPU, built on a tiny s2v-14B folder without its constructor.
 
-``wan.speech2video`` imports torchvision (``transforms.Resize``, ``CenterCrop`` and ``ToTensor``
-are what ``generate`` calls without a pose video) and decord (pose videos only), which the test
-environment lacks. While it imports, stand-ins are registered: the three transforms written from
-torchvision's documented behaviour for PIL images, and an empty decord. They are removed again
-afterwards. librosa is stubbed by ``tests.models.s2v_helpers`` to read ``.npy`` waveforms.
+``wan.speech2video`` imports torchvision (``transforms.Resize``, ``CenterCrop`` and ``ToTensor``,
+on the reference image and on pose frames) and decord (``VideoReader``, for pose videos), which
+the test environment lacks. While it imports, stand-ins are registered: the three transforms
+written from torchvision's documented behaviour for PIL images and float tensors, and a
+``VideoReader`` that decodes every frame with imageio-ffmpeg. They are removed again afterwards.
+librosa is stubbed by ``tests.models.s2v_helpers`` to read ``.npy`` waveforms.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 import types
 from pathlib import Path
 
+import imageio_ffmpeg
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from tests.models.s2v_helpers import official_s2v
@@ -25,38 +29,76 @@ from wan_runtime.tasks import TASKS
 _SHIMMED = ("torchvision", "torchvision.transforms", "torchvision.transforms.functional", "decord")
 
 
+def _height_width(image: Image.Image | torch.Tensor) -> tuple[int, int]:
+    return tuple(image.shape[-2:]) if isinstance(image, torch.Tensor) else (image.height, image.width)
+
+
 class Resize:
-    """``torchvision.transforms.Resize(size: int)`` on a PIL image: the shorter side becomes
-    ``size``, the longer one ``int(size * long / short)``; bilinear; an image already at that size
-    is returned as is."""
+    """``torchvision.transforms.Resize(size: int)`` on a PIL image or a float tensor [..., H, W]: the
+    shorter side becomes ``size``, the longer one ``int(size * long / short)``; bilinear (for tensors
+    with antialiasing, torchvision's default since 0.17); an image already at that size is returned
+    as is."""
 
     def __init__(self, size: int) -> None:
         self.size = size
 
-    def __call__(self, image: Image.Image) -> Image.Image:
-        w, h = image.size
+    def __call__(self, image: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
+        h, w = _height_width(image)
         if w <= h:
             new = (self.size, int(self.size * h / w))
         else:
             new = (int(self.size * w / h), self.size)
-        return image if new == (w, h) else image.resize(new, Image.BILINEAR)
+        if new == (w, h):
+            return image
+        if isinstance(image, torch.Tensor):
+            return F.interpolate(image, size=new[::-1], mode="bilinear", align_corners=False, antialias=True)
+        return image.resize(new, Image.BILINEAR)
 
 
 class CenterCrop:
-    """``torchvision.transforms.CenterCrop((h, w))`` on a PIL image: zero padding (left/top
-    ``diff // 2``, right/bottom the rest) where the image is smaller, then the crop at
-    ``round((size - crop) / 2)``."""
+    """``torchvision.transforms.CenterCrop((h, w))`` on a PIL image or a tensor [..., H, W]: zero
+    padding (left/top ``diff // 2``, right/bottom the rest) where the image is smaller, then the
+    crop at ``round((size - crop) / 2)``."""
 
     def __init__(self, size: tuple[int, int]) -> None:
         self.height, self.width = size
 
-    def __call__(self, image: Image.Image) -> Image.Image:
-        dw, dh = max(self.width - image.width, 0), max(self.height - image.height, 0)
-        if dw or dh:
-            image = ImageOps.expand(image, border=(dw // 2, dh // 2, dw - dw // 2, dh - dh // 2), fill=0)
-        top = int(round((image.height - self.height) / 2.0))
-        left = int(round((image.width - self.width) / 2.0))
+    def __call__(self, image: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
+        h, w = _height_width(image)
+        dw, dh = max(self.width - w, 0), max(self.height - h, 0)
+        border = (dw // 2, dh // 2, dw - dw // 2, dh - dh // 2)
+        if (dw or dh) and isinstance(image, torch.Tensor):
+            image = F.pad(image, (border[0], border[2], border[1], border[3]), value=0.0)
+        elif dw or dh:
+            image = ImageOps.expand(image, border=border, fill=0)
+        h, w = _height_width(image)
+        top = int(round((h - self.height) / 2.0))
+        left = int(round((w - self.width) / 2.0))
+        if isinstance(image, torch.Tensor):
+            return image[..., top:top + self.height, left:left + self.width]
         return image.crop((left, top, left + self.width, top + self.height))
+
+
+class VideoReader:
+    """``decord.VideoReader`` as ``WanS2V.read_last_n_frames`` uses it: every frame of the file,
+    decoded by imageio-ffmpeg's ffmpeg to RGB, its average frame rate, its length and
+    ``get_batch(indices).asnumpy()`` ([N, H, W, 3] uint8)."""
+
+    def __init__(self, path: str) -> None:
+        reader = imageio_ffmpeg.read_frames(path)
+        meta = next(reader)
+        width, height = meta["size"]
+        self.fps = meta["fps"]
+        self.frames = np.stack([np.frombuffer(data, np.uint8).reshape(height, width, 3) for data in reader])
+
+    def get_avg_fps(self) -> float:
+        return self.fps
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def get_batch(self, indices: list[int]) -> types.SimpleNamespace:
+        return types.SimpleNamespace(asnumpy=lambda: self.frames[indices])
 
 
 def _stand_ins() -> dict[str, types.ModuleType]:
@@ -66,7 +108,7 @@ def _stand_ins() -> dict[str, types.ModuleType]:
     transforms.ToTensor = lambda: to_tensor
     transforms.functional = modules["torchvision.transforms.functional"]
     modules["torchvision"].transforms = transforms
-    modules["decord"].VideoReader = None
+    modules["decord"].VideoReader = VideoReader
     return modules
 
 
@@ -101,3 +143,14 @@ def official_s2v_pipeline(root: Path, motion_frames: int):
     pipe.fps = spec.fps
     pipe.audio_sample_m = 0
     return pipe
+
+
+def official_pose_frames(path: Path, clips: int, infer_frames: int,
+                         size: tuple[int, int]) -> list[torch.Tensor]:
+    """The frames [1, 3, infer_frames, H, W] of each clip that the official ``load_pose_cond``
+    hands its VAE for pose video ``path`` at output ``size`` (H, W): its VAE is replaced by the
+    identity, so the slice that drops the first latent drops the repeated first frame instead."""
+    pipe = object.__new__(speech2video().WanS2V)
+    pipe.vae = types.SimpleNamespace(encode=list)
+    pipe.param_dtype, pipe.device, pipe.fps = torch.float32, torch.device("cpu"), TASKS["s2v-14B"].fps
+    return pipe.load_pose_cond(str(path), clips, infer_frames, size)

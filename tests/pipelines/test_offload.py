@@ -6,6 +6,7 @@ On a CPU run the device is the CPU, so the moves are observed through the pipeli
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from tests.pipelines.images import gradient_image
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.pipelines.base import TEXT_ENCODER
 from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE
+from wan_runtime.pipelines.s2v import AUDIO_ENCODER, DIT
 
 RUN = {"size": "64*64", "frame_num": 5, "sampling_steps": 5, "shift": 3.0, "seed": 3, "progress": False}
 CPU = torch.device("cpu")
@@ -21,6 +23,8 @@ CPU = torch.device("cpu")
 def _spy_on_moves(pipeline, moves: list):
     """Record ``(name, target)`` for every ``.to`` call on the pipeline's big models."""
     modules = {**pipeline.dits, TEXT_ENCODER: pipeline.text_encoder.model}
+    if hasattr(pipeline, "audio_encoder"):
+        modules[AUDIO_ENCODER] = pipeline.audio_encoder.model
     for name, module in modules.items():
         def to(*args, _name=name, _to=module.to, **kwargs):
             moves.append((_name, torch.device(args[0])))
@@ -87,3 +91,43 @@ def test_t5_cpu_keeps_the_text_encoder_on_the_cpu(ti2v_root, offload_model):
     assert all(name != TEXT_ENCODER for name, _ in moves)
     assert pipeline.text_encoder.device == CPU
     assert moves == ([("dit", pipeline.device), ("dit", CPU)] if offload_model else [])
+
+
+def _s2v_run(pipeline) -> torch.Tensor:
+    """Two 4-frame clips from 0.5 s of speech, with a small motion context for speed."""
+    pipeline.motion_frames = (9, 3)
+    speech = (0.3 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 300)).astype(np.float32)
+    return pipeline.generate("a woman speaks", image=gradient_image(64, 64), audio=speech, infer_frames=4,
+                             size="64*64", sampling_steps=2, seed=3, num_clip=2, progress=False)
+
+
+@pytest.mark.parametrize("t5_cpu", [False, True])
+def test_s2v_offload_brings_each_model_only_while_it_works(s2v_root, t5_cpu):
+    """wav2vec2, then the text encoder (unless t5_cpu), then the DiT for each clip's steps; the
+    VAE encodes and decodes between clips while the DiT is away."""
+    pipeline = load_pipeline("s2v-14B", s2v_root, device="cpu", dtype=torch.float32, offload_model=True,
+                             t5_cpu=t5_cpu)
+    moves, seen = [], []
+    _spy_on_moves(pipeline, moves)
+    _watch_forwards(pipeline, seen)
+    _s2v_run(pipeline)
+    device = pipeline.device
+    text = [] if t5_cpu else [(TEXT_ENCODER, device), (TEXT_ENCODER, CPU)]
+    clip = [(DIT, device), (DIT, CPU)]
+    assert moves == [(AUDIO_ENCODER, device), (AUDIO_ENCODER, CPU), *text, *clip, *clip]
+    assert seen and all(placement[DIT] == "device" for _, placement, _ in seen)
+    assert set(pipeline.residency.placement.values()) == {"cpu"}
+
+
+def test_s2v_bfloat16_and_convert_model_dtype(s2v_root):
+    """bf16 keeps the official float32 islands (norms, modulation, the audio encoder) unless
+    convert_model_dtype casts every DiT weight, as the official flag does."""
+    pipeline = load_pipeline("s2v-14B", s2v_root, device="cpu", dtype=torch.bfloat16)
+    dit = pipeline.dits[DIT]
+    assert dit.blocks[0].ffn[0].weight.dtype == torch.bfloat16
+    assert {p.dtype for p in dit.casual_audio_encoder.parameters()} == {torch.float32}
+    video = _s2v_run(pipeline)
+    assert video.dtype == torch.float32 and torch.isfinite(video).all()
+    converted = load_pipeline("s2v-14B", s2v_root, device="cpu", dtype=torch.bfloat16,
+                              convert_model_dtype=True)
+    assert {p.dtype for p in converted.dits[DIT].parameters()} == {torch.bfloat16}

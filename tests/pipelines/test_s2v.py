@@ -1,8 +1,10 @@
-"""s2v-14B against the official ``WanS2V.generate`` (float32, CPU, same seed), and its input checks.
+"""s2v-14B against the official ``WanS2V.generate`` (float32, CPU, same seed), with and without a
+pose video, and its input checks.
 
 The tiny runs use a 9-frame motion context instead of the release's 73 (the official pipeline
 reads it from ``motion_frames``, ours from ``S2VPipeline.motion_frames``): the clip logic is the
-same and the VAE work, which dominates a CPU run, is 8 times smaller.
+same and the VAE work, which dominates a CPU run, is 8 times smaller. One run checks the release's
+context itself.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.pipelines.official_s2v import official_s2v_pipeline, speech2video
+from tests.pipelines.images import write_pose_video
+from tests.pipelines.official_s2v import official_pose_frames, official_s2v_pipeline, speech2video
 from tests.tolerances import rel_l2
+from wan_runtime import pose_video
 from wan_runtime.cache import CacheConfig
 from wan_runtime.errors import InputError
+from wan_runtime.models.s2v_dit import MOTION_FRAMES as RELEASE_MOTION_FRAMES
 from wan_runtime.pipelines import load_pipeline
+from wan_runtime.pipelines.pose import pose_clips
 from wan_runtime.pipelines.resolution import s2v_output_size
-from wan_runtime.tiny_checkpoints import write_task_checkpoint
 
 # Same weights, float32, the same operations in another order, through 2 clips of 2 solver steps
 # whose second clip re-encodes the first's frames: measured ~1e-6; 1e-3 is the issue's bound.
@@ -27,11 +32,6 @@ MOTION_FRAMES = (9, 3)
 # 0.5 s of speech: at 4 frames per clip (0.25 s) the audio starts 2 clips.
 SAMPLES = 8000
 RUN = {"infer_frames": 4, "size": "64*64", "sampling_steps": 2, "seed": 11, "num_clip": 2}
-
-
-@pytest.fixture(scope="module")
-def s2v_root(tmp_path_factory):
-    return write_task_checkpoint("s2v-14B", tmp_path_factory.mktemp("s2v-14B"), seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -55,29 +55,86 @@ def portrait():
     return Image.fromarray(rng.integers(0, 256, (56, 72, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("start_from_ref", [False, True])
-def test_matches_official(s2v_root, s2v_pipeline, speech, portrait, tmp_path, start_from_ref):
-    portrait.save(tmp_path / "ref.png")
+def _official_video(root, tmp_path, image, speech, motion_frames, **options) -> torch.Tensor:
+    """The official ``WanS2V.generate`` with ``RUN``'s settings on ``image`` and ``speech``."""
+    image.save(tmp_path / "ref.png")
     np.save(tmp_path / "speech.npy", speech)
-    official = official_s2v_pipeline(s2v_root, MOTION_FRAMES[0])
+    official = official_s2v_pipeline(root, motion_frames)
     with torch.no_grad():
         # enable_tts=False and its three prompts None, as the official generate.py passes them.
-        want = official.generate(
+        return official.generate(
             "a woman speaks", str(tmp_path / "ref.png"), str(tmp_path / "speech.npy"), False, None, None,
             None,
             num_repeat=RUN["num_clip"], max_area=64 * 64, infer_frames=RUN["infer_frames"], shift=3.0,
             sampling_steps=RUN["sampling_steps"], guide_scale=4.5, seed=RUN["seed"], offload_model=False,
-            init_first_frame=start_from_ref,
+            **options,
         )
+
+
+def _check_parity(got: torch.Tensor, want: torch.Tensor, shape: tuple[int, ...], label: str) -> None:
+    assert got.shape == want.shape == shape
+    assert want.std() > 0.05, "degenerate reference video"
+    error = rel_l2(got, want)
+    print(f"s2v video vs official ({label}): rel L2 {error:.3e}")
+    assert error <= S2V_VIDEO_VS_OFFICIAL
+
+
+@pytest.mark.parametrize("start_from_ref", [False, True])
+def test_matches_official(s2v_root, s2v_pipeline, speech, portrait, tmp_path, start_from_ref):
+    want = _official_video(s2v_root, tmp_path, portrait, speech, MOTION_FRAMES[0],
+                           init_first_frame=start_from_ref)
     got = s2v_pipeline.generate("a woman speaks", image=portrait, audio=speech, start_from_ref=start_from_ref,
                                 progress=False, **RUN)
     frames = 2 * RUN["infer_frames"] - (0 if start_from_ref else 3)
-    assert got.shape == want.shape == (3, frames, 64, 64)
-    assert want.std() > 0.05, "degenerate reference video"
-    error = rel_l2(got, want)
-    print(f"s2v video vs official (start_from_ref={start_from_ref}): rel L2 {error:.3e}")
-    assert error <= S2V_VIDEO_VS_OFFICIAL
+    _check_parity(got, want, (3, frames, 64, 64), f"start_from_ref={start_from_ref}")
     assert s2v_pipeline.last_report.size == "64*64" and s2v_pipeline.last_report.frame_num == frames
+
+
+def test_release_motion_context_matches_official(s2v_root, s2v_pipeline, speech, portrait, tmp_path,
+                                                 monkeypatch):
+    """The release's 73 frames (19 latents) of motion context, the pipeline's default (~20 s on
+    2 idle CPU cores: the VAE encodes and decodes the context in both pipelines)."""
+    assert RELEASE_MOTION_FRAMES == (73, 19)
+    monkeypatch.setattr(s2v_pipeline, "motion_frames", RELEASE_MOTION_FRAMES)
+    want = _official_video(s2v_root, tmp_path, portrait, speech, RELEASE_MOTION_FRAMES[0])
+    got = s2v_pipeline.generate("a woman speaks", image=portrait, audio=speech, progress=False, **RUN)
+    _check_parity(got, want, (3, 2 * RUN["infer_frames"] - 3, 64, 64), "motion context (73, 19)")
+
+
+def test_pose_video_matches_official(s2v_root, s2v_pipeline, speech, portrait, tmp_path):
+    """A 45x77 pose video at 30 fps for the 64x64 output: every 2nd frame, resized to 64x109 and
+    cropped; its 6 frames fill 1.5 clips, the rest is -1. (``test_pose_frames_are_the_official``
+    covers the other resizes, paddings and frame rates, before the VAE.)"""
+    pose = write_pose_video(tmp_path / "pose.mp4", 45, 77, frames=11, fps=30)
+    want = _official_video(s2v_root, tmp_path, portrait, speech, MOTION_FRAMES[0], pose_video=str(pose))
+    got = s2v_pipeline.generate("a woman speaks", image=portrait, audio=speech, pose_video=pose,
+                                progress=False, **RUN)
+    _check_parity(got, want, (3, 2 * RUN["infer_frames"] - 3, 64, 64), "pose video")
+
+
+# Pose videos (width, height, frames, fps) and output sizes (H, W): frame intervals 2 (30 fps,
+# 24 fps: round(1.5), 40 fps: round(2.5)) and 1 (8 fps), crops at an odd offset, zero padding on
+# both sides (odd in total), a frame already at the size, and -1 frames filling part of a clip or
+# a whole one.
+POSE_CASES = {
+    "portrait 30 fps, short": ((45, 77, 11, 30), (64, 128)),
+    "landscape 24 fps, long": ((79, 48, 40, 24), (64, 128)),
+    "output size 8 fps, 3 frames": ((64, 64, 3, 8), (64, 64)),
+    "square 40 fps, upscaled": ((50, 50, 30, 40), (64, 64)),
+}
+
+
+@pytest.mark.parametrize("name", list(POSE_CASES))
+def test_pose_frames_are_the_official(name, tmp_path):
+    """Bitwise the frames the official pipeline hands its VAE, clip by clip."""
+    (width, height, frames, fps), size = POSE_CASES[name]
+    path = write_pose_video(tmp_path / "pose.mp4", width, height, frames, fps)
+    want = official_pose_frames(path, 2, RUN["infer_frames"], size)
+    got = list(pose_clips(path, 2, RUN["infer_frames"], *size, output_fps=16))
+    assert len(got) == len(want) == 2
+    for clip, (ours, official) in enumerate(zip(got, want, strict=True)):
+        assert torch.equal(ours[:, 0], ours[:, 1]), "the first frame leads twice"
+        assert torch.equal(ours[:, 1:], official[0]), f"clip {clip}"
 
 
 def test_decoded_wav_is_the_samples(tmp_path, speech):
@@ -102,7 +159,8 @@ def test_decoded_wav_is_the_samples(tmp_path, speech):
     ({"audio": np.zeros((2, 16000), np.float32)}, "must be mono"),
     ({"infer_frames": 6}, "multiple of 4"),
     ({"num_clip": 0}, "num_clip"),
-    ({"pose_video": "pose.mp4"}, "pose_video is not supported"),
+    ({"pose_video": "pose.mp4"}, "pose_video pose.mp4 does not exist"),
+    ({"pose_video": 3}, "pose_video must be the path of a video file"),
     ({"start_from_ref": 1}, "start_from_ref"),
 ])
 def test_bad_input_is_refused(s2v_pipeline, speech, portrait, change, message):
@@ -115,6 +173,42 @@ def test_undecodable_audio_is_refused(s2v_pipeline, portrait, tmp_path):
     (tmp_path / "noise.mp3").write_bytes(b"not audio at all" * 10)
     with pytest.raises(InputError, match="cannot be decoded by ffmpeg"):
         s2v_pipeline.generate("a woman speaks", image=portrait, audio=tmp_path / "noise.mp3", progress=False)
+
+
+@pytest.mark.parametrize(("kind", "reason"), [
+    ("junk", "Invalid data"), ("sound only", "does not contain any stream"),
+])
+def test_undecodable_pose_video_is_refused(s2v_pipeline, portrait, speech, tmp_path, kind, reason):
+    from wan_runtime.audio_io import write_wav
+
+    pose = tmp_path / "pose.mp4"
+    if kind == "junk":
+        pose.write_bytes(b"not a video at all" * 10)
+    else:
+        pose = write_wav(speech, tmp_path / "pose.wav")
+    message = rf"pose_video \S*{pose.name} cannot be decoded by ffmpeg \(.*{reason}"
+    with pytest.raises(InputError, match=message):
+        s2v_pipeline.generate("a woman speaks", image=portrait, audio=speech, pose_video=pose, progress=False)
+
+
+def _fake_reader(meta: dict, frames: int):
+    def read_frames(path, **options):
+        yield meta
+        yield from [bytes(12)] * frames
+    return read_frames
+
+
+@pytest.mark.parametrize(("meta", "frames", "message"), [
+    ({"size": (2, 2), "fps": 25.0}, 0, "has no video frames"),
+    ({"size": (2, 2), "fps": 0}, 1, "ffmpeg reports no frame rate"),
+])
+def test_pose_video_without_frames_or_frame_rate_is_refused(tmp_path, monkeypatch, meta, frames, message):
+    """Cases ffmpeg itself rarely lets through (it fails on a video without frames), as
+    imageio-ffmpeg would report them."""
+    monkeypatch.setattr(pose_video.imageio_ffmpeg, "read_frames", _fake_reader(meta, frames))
+    (tmp_path / "pose.mp4").write_bytes(b"")
+    with pytest.raises(InputError, match=message):
+        pose_video.probe_video(tmp_path / "pose.mp4")
 
 
 @pytest.mark.parametrize("config", [

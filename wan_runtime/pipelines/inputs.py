@@ -9,6 +9,7 @@ import math
 import numbers
 import random
 import sys
+from pathlib import Path
 
 from wan_runtime.errors import InputError
 from wan_runtime.tasks import TaskSpec
@@ -116,7 +117,8 @@ def check_prompt(prompt: object, name: str) -> str:
 def check_clip_arguments(infer_frames: object, num_clip: object, start_from_ref: object,
                          pose_video: object) -> None:
     """s2v-14B's clip arguments: ``infer_frames`` a positive multiple of 4 (the VAE's frames per
-    latent), ``num_clip`` None or positive, ``start_from_ref`` a bool, and no ``pose_video``."""
+    latent), ``num_clip`` None or positive, ``start_from_ref`` a bool, ``pose_video`` None or a path
+    (the file itself is checked by ``wan_runtime.pose_video.probe_video``)."""
     if not _is_int(infer_frames) or infer_frames < 4 or infer_frames % 4:
         raise InputError(
             f"infer_frames must be a positive multiple of 4 (frames per clip; the official default is 80), "
@@ -129,8 +131,5 @@ def check_clip_arguments(infer_frames: object, num_clip: object, start_from_ref:
         )
     if not isinstance(start_from_ref, bool):
         raise InputError(f"start_from_ref must be True or False, got {start_from_ref!r}")
-    if pose_video is not None:
-        raise InputError(
-            "pose_video is not supported by wan_runtime's s2v-14B yet (pose-driven generation: reading the "
-            "pose video and encoding it per clip is missing); run without a pose video"
-        )
+    if pose_video is not None and not isinstance(pose_video, (str, Path)):
+        raise InputError(f"pose_video must be the path of a video file, got {type(pose_video).__name__}")

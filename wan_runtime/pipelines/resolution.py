@@ -144,16 +144,45 @@ def resize_short_side_and_crop(image: Image.Image, height: int, width: int) -> I
     ``Resize(int)`` and ``CenterCrop`` do for a PIL image."""
     from PIL import Image, ImageOps
 
-    short, long_ = sorted((image.width, image.height))
-    target = min(height, width)
-    # torchvision truncates the long side and leaves an image already at the size untouched.
-    scaled = (target, int(target * long_ / short))
-    new_size = scaled if image.width <= image.height else scaled[::-1]
-    if new_size != image.size:
-        image = image.resize(new_size, Image.BILINEAR)
-    pad_w, pad_h = max(width - image.width, 0), max(height - image.height, 0)
-    if pad_w or pad_h:
-        image = ImageOps.expand(image, (pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2), fill=0)
-    top = int(round((image.height - height) / 2.0))
-    left = int(round((image.width - width) / 2.0))
+    new_h, new_w = _short_side_size(image.height, image.width, min(height, width))
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), Image.BILINEAR)
+    (left, right), (top, bottom) = _centre_padding(image.width, width), _centre_padding(image.height, height)
+    if left or right or top or bottom:
+        image = ImageOps.expand(image, (left, top, right, bottom), fill=0)
+    top, left = _crop_offset(image.height, height), _crop_offset(image.width, width)
     return image.crop((left, top, left + width, top + height))
+
+
+def resize_frames_short_side_and_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """s2v-14B pose frames: float [N, 3, h, w] -> [N, 3, height, width], as torchvision's
+    ``Resize(min(height, width))`` and ``CenterCrop((height, width))`` do to a tensor: the short side
+    scaled bilinearly with antialiasing (frames already at that size untouched), then zero padding
+    where smaller (0, mid-grey in [-1, 1], as there) and the centre crop."""
+    h, w = frames.shape[-2:]
+    new_h, new_w = _short_side_size(h, w, min(height, width))
+    if (new_h, new_w) != (h, w):
+        frames = F.interpolate(frames, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                               antialias=True)
+    padding = (*_centre_padding(new_w, width), *_centre_padding(new_h, height))
+    if any(padding):
+        frames = F.pad(frames, padding)
+    top, left = _crop_offset(frames.shape[-2], height), _crop_offset(frames.shape[-1], width)
+    return frames[..., top:top + height, left:left + width]
+
+
+def _short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """torchvision's ``Resize(short)`` size ``(h, w)``: the short side ``short``, the long side
+    truncated at the same ratio."""
+    scaled = (short, int(short * max(height, width) / min(height, width)))
+    return scaled[::-1] if width <= height else scaled
+
+
+def _centre_padding(size: int, crop: int) -> tuple[int, int]:
+    """torchvision's ``CenterCrop`` padding (before, after) of a side of ``size`` to ``crop``."""
+    missing = max(crop - size, 0)
+    return missing // 2, (missing + 1) // 2
+
+
+def _crop_offset(size: int, crop: int) -> int:
+    return int(round((size - crop) / 2.0))

@@ -11,6 +11,11 @@ its motion context, and its frames become the next clip's context.
 The first clip has no motion context (``drop_first_motion``): it is decoded behind the reference
 latent and its first 3 frames are dropped. ``start_from_ref`` instead puts the reference image in
 the last 6 context frames and keeps the motion tokens from the first clip on.
+
+A pose video, read at 16 fps from its start (``pipelines.pose``), conditions each clip with the
+VAE latents of its frames (frames of -1 past the video's end), embedded and added to the noisy
+video tokens. Without one every clip takes the official "no pose" input, zero latents, whose
+embedding is the pose encoder's bias.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from wan_runtime.models.audio_encoder import audio_buckets
 from wan_runtime.models.s2v_dit import MOTION_FRAMES
 from wan_runtime.pipelines.base import Pipeline, Prompts
 from wan_runtime.pipelines.inputs import check_clip_arguments, resolve_seed
+from wan_runtime.pipelines.pose import pose_clips
 from wan_runtime.pipelines.report import StageClock
 from wan_runtime.pipelines.resolution import image_to_tensor, resize_short_side_and_crop, s2v_output_size
+from wan_runtime.pose_video import probe_video
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +62,6 @@ REF_CONTEXT_FRAMES = 6
 class S2VPipeline(Pipeline):
     """The s2v-14B task: ``dits`` holds its one DiT, ``audio_encoder`` the release's wav2vec2."""
 
-    cache_names = {DIT: "s2v"}
     stages_class = S2VStages
 
     def __init__(
@@ -101,8 +107,10 @@ class S2VPipeline(Pipeline):
         output keeps the image's aspect ratio, padded to multiples of 64. The video has
         ``infer_frames`` (a multiple of 4) frames per clip, 3 fewer in the first unless
         ``start_from_ref``; clips follow the audio's length, at most ``num_clip`` (None: all).
-        ``pose_video`` is not supported (``InputError``). Other arguments as
-        ``Pipeline.generate``; every one is checked (``InputError``) before any model runs.
+        ``pose_video`` (a video file ffmpeg decodes) drives the motion: every ``round(fps / 16)``-th
+        frame from its first, resized and centre-cropped to the output, ``infer_frames`` per clip
+        (frames of -1 past its end). Other arguments as ``Pipeline.generate``; every one is checked
+        (``InputError``), the pose video's first frame decoded, before any model runs.
         ``cache_report()`` gives the step cache's telemetry of the last clip,
         ``clip_cache_reports`` that of each clip.
         """
@@ -115,6 +123,8 @@ class S2VPipeline(Pipeline):
         if audio is None:
             raise InputError("s2v-14B is driven by speech: pass audio= an audio file or 16 kHz samples")
         waveform = decode_audio(audio) if isinstance(audio, (str, Path)) else check_waveform(audio)
+        if pose_video is not None:
+            probe_video(pose_video)
         height, width = s2v_output_size(picture.height, picture.width, settings.width * settings.height)
         seed = resolve_seed(seed)
 
@@ -140,6 +150,8 @@ class S2VPipeline(Pipeline):
                 if start_from_ref:
                     context_frames[:, -REF_CONTEXT_FRAMES:] = reference
                 motion = self.vae.encode([context_frames.float()])[0][None]
+                poses = None if pose_video is None else self._pose_latents(pose_video, clips, infer_frames,
+                                                                           height, width)
             out = []
             for clip in range(clips):
                 drop_motion = clip == 0 and not start_from_ref
@@ -150,7 +162,9 @@ class S2VPipeline(Pipeline):
                                     dtype=self._dtype, generator=generator, device=self.device).float()
                 # Cast to the DiT's dtype as the official pipeline casts the features.
                 audio_clip = columns[..., clip * infer_frames:(clip + 1) * infer_frames]
-                inputs = _ClipInputs(ref_latent, motion, audio_clip.to(self.device, self._dtype), drop_motion)
+                pose = None if poses is None else poses[clip].to(self.device)
+                inputs = _ClipInputs(ref_latent, motion, audio_clip.to(self.device, self._dtype), pose,
+                                     drop_motion)
                 with clock.stage("denoise"):
                     latent = self._denoise_clip(noise, prompts, settings.new_solver(self.device),
                                                 settings.guide, inputs, progress, cache, clip, clips)
@@ -172,6 +186,17 @@ class S2VPipeline(Pipeline):
         self._cache_report = self.clip_cache_reports[-1] if self.clip_cache_reports else {}
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
+
+    def _pose_latents(self, path: str | Path, clips: int, infer_frames: int, height: int,
+                      width: int) -> list[torch.Tensor]:
+        """Each clip's pose latents [1, C, infer_frames / 4, h, w], float32 on the CPU (small; the
+        official pipeline keeps them there too). Every clip's frames are cast to the DiT's dtype and
+        encoded behind a copy of their first frame, whose latent is dropped, as the official."""
+        latents = []
+        for frames in pose_clips(path, clips, infer_frames, height, width, self.fps):
+            latent = self.vae.encode([frames.to(self.device, self._dtype)])[0][:, 1:]
+            latents.append(latent[None].cpu())
+        return latents
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -208,7 +233,7 @@ class S2VPipeline(Pipeline):
                 flows = []
                 for branch, context, audio in branches:
                     args = (latent[None], timesteps[i:i + 1], context, inputs.ref_latent, inputs.motion,
-                            audio, None, self.motion_frames, inputs.drop_motion)
+                            audio, inputs.pose, self.motion_frames, inputs.drop_motion)
                     flow = model(*args) if manager is None else manager.forward(i, branch, *args)
                     flows.append(flow[0])
                 flow = flows[0] if len(flows) == 1 else flows[1] + guide * (flows[0] - flows[1])
@@ -220,9 +245,11 @@ class S2VPipeline(Pipeline):
 
 class _ClipInputs(NamedTuple):
     """What conditions one clip besides the text: reference and motion latents [1, C, T, h, w],
-    the clip's audio columns [1, layers, C, infer_frames] and whether the motion tokens are left out."""
+    the clip's audio columns [1, layers, C, infer_frames], its pose latents [1, C, F, h, w] (None:
+    no pose) and whether the motion tokens are left out."""
 
     ref_latent: torch.Tensor
     motion: torch.Tensor
     audio: torch.Tensor
+    pose: torch.Tensor | None
     drop_motion: bool
