@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import print_table, save_results
-from benchmarks.fidelity import psnr, ssim
+from benchmarks.fidelity import VIDEO_RANGE, psnr, ssim
 from wan_runtime.cache import CacheConfig
 from wan_runtime.cli_args import EXAMPLE_PROMPT
 from wan_runtime.pipelines import load_pipeline
@@ -26,8 +26,6 @@ SETTINGS = {
     "fbcache 0.08": CacheConfig(fbcache=True, fb_thresh=0.08),
     "fbcache 0.15": CacheConfig(fbcache=True, fb_thresh=0.15),
 }
-# The video range of the pipelines' outputs, [-1, 1].
-VIDEO_RANGE = 2.0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 # SSIM as Wang et al. 2004: an 11-tap Gaussian window of sigma 1.5 and the stabilisers
 # C1 = (0.01 L)^2, C2 = (0.03 L)^2 for a data range L.
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+# The value range of the pipelines' videos, [-1, 1].
+VIDEO_RANGE = 2.0
 
 
 def max_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -25,7 +27,7 @@ def psnr(out: torch.Tensor, ref: torch.Tensor, data_range: float | None = None) 
     return math.inf if mse == 0 else 10 * math.log10(span**2 / mse)
 
 
-def ssim(out: torch.Tensor, ref: torch.Tensor, data_range: float = 2.0) -> float:
+def ssim(out: torch.Tensor, ref: torch.Tensor, data_range: float = VIDEO_RANGE) -> float:
     """Mean SSIM of videos [C, F, H, W] (frames as images, channels separately); the default
     range fits the pipelines' [-1, 1] videos."""
     x = out.float().permute(1, 0, 2, 3).flatten(0, 1)[:, None]  # [F*C, 1, H, W]

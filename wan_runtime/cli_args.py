@@ -25,6 +25,7 @@ from wan_runtime.audio_io import decode_audio
 from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig, InvalidCacheConfig
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
+from wan_runtime.pose_video import probe_video
 from wan_runtime.tasks import TASKS, TaskSpec, check_checkpoint_dir
 
 T = TypeVar("T")
@@ -70,7 +71,8 @@ class GenerateConfig:
     input image (None for text-to-video); ``save_file`` None means the official default name,
     chosen when the video is written. s2v-14B only: ``audio`` is the decoded speech (mono 16 kHz
     samples; the demo's built-in sound when ``audio_path`` is None), ``num_clip``,
-    ``infer_frames`` and ``start_from_ref`` as the official flags.
+    ``infer_frames``, ``start_from_ref`` and ``pose_video`` (checked: its first frame decodes) as
+    the official flags.
     """
 
     task: str
@@ -99,6 +101,7 @@ class GenerateConfig:
     num_clip: int | None = None
     infer_frames: int = DEFAULT_INFER_FRAMES
     start_from_ref: bool = False
+    pose_video: Path | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,10 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     default cannot work here: ``--task`` defaults to ti2v-5B (t2v is not served); ``--size``
     defaults to the task's default size (the official 1280*720 is refused for ti2v-5B);
     i2v-A14B needs ``--image`` (the official example image is not shipped); ``--save_file``
-    must end in ``.mp4``; s2v-14B refuses ``--pose_video`` (not implemented) and ``--enable_tts``
-    (text-to-speech is out of scope). Added: ``--device``, ``--dtype``, ``--debug``, ``--demo`` and
-    the step cache flags (``--teacache*``, ``--fbcache``, ``--fb_*``; see
-    ``wan_runtime.cache.CacheConfig``).
+    must end in ``.mp4``; s2v-14B refuses ``--enable_tts`` (text-to-speech is out of scope).
+    Added: ``--device``, ``--dtype``, ``--debug``, ``--demo`` and the step cache flags
+    (``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are
     listed together."""
     p = _Parser(
@@ -172,7 +174,9 @@ def _add_s2v_flags(p: argparse.ArgumentParser) -> None:
                    help="at most this many clips (default: as many as the audio needs)")
     g.add_argument("--infer_frames", type=int, default=None,
                    help=f"frames per clip, a multiple of 4 (default {DEFAULT_INFER_FRAMES})")
-    g.add_argument("--pose_video", default=None, help="a pose video to follow (not supported yet)")
+    g.add_argument("--pose_video", default=None,
+                   help="a pose video whose motion the speaker follows, read from its start at 16 fps "
+                        "(any video file ffmpeg reads)")
     g.add_argument("--start_from_ref", action="store_true",
                    help="start the video from the reference image (--image) as its first frame")
     g.add_argument("--enable_tts", action="store_true", help="not supported: text-to-speech is out of scope")
@@ -270,6 +274,8 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         cache = CacheConfig(**{name: getattr(args, name) for name in CacheConfig().as_dict()})
     except InvalidCacheConfig as err:
         problems += err.problems
+    if cache is not None and spec is not None:
+        problems += _cache_policy_problems(cache, spec)
 
     if problems:
         raise InvalidArguments(problems)
@@ -314,8 +320,6 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, ob
     if args.enable_tts:
         problems.append("--enable_tts: text-to-speech is out of scope of wan_runtime; record or synthesise "
                         "the speech elsewhere and pass it with --audio")
-    if args.pose_video is not None:
-        problems.append("--pose_video is not supported yet (pose-driven s2v is not implemented); drop it")
     base = demo.DEMO_SETTINGS if args.demo else None
     infer_frames = args.infer_frames or (base.infer_frames if base else DEFAULT_INFER_FRAMES)
     if args.infer_frames is not None and (args.infer_frames < 4 or args.infer_frames % 4):
@@ -332,8 +336,23 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, ob
         audio = demo.demo_audio()
     elif not args.enable_tts:
         problems.append("s2v-14B is driven by speech: pass --audio (a WAV, MP3, FLAC or other audio file)")
+    pose_video = None if args.pose_video is None else Path(args.pose_video)
+    if pose_video is not None:
+        _check(problems, lambda: probe_video(pose_video, "--pose_video"))
     return {"audio_path": audio_path, "audio": audio, "num_clip": args.num_clip, "infer_frames": infer_frames,
-            "start_from_ref": args.start_from_ref}
+            "start_from_ref": args.start_from_ref, "pose_video": pose_video}
+
+
+def _cache_policy_problems(cache: CacheConfig, spec: TaskSpec) -> list[str]:
+    """A TeaCache policy that cannot serve the task's DiTs (``poly`` without fitted
+    coefficients), refused before loading; ``CacheConfig.check_models`` refuses it in Python."""
+    if cache.serves(spec.cache_models):
+        return []
+    fitted = [task.name for task in TASKS.values() if cache.serves(task.cache_models)]
+    return [
+        f"--teacache_policy {cache.teacache_policy} has no fitted coefficients for {spec.name}; tasks with "
+        f"fitted coefficients: {', '.join(fitted)} (use --teacache_policy linear for {spec.name})"
+    ]
 
 
 def _given_or_default(given: T | None, base: object | None, field: str) -> T | None:

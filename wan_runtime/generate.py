@@ -94,7 +94,8 @@ def _generate(config: GenerateConfig) -> int:
     else:
         video = pipeline.generate(
             config.prompt, image=config.image, audio=config.audio, num_clip=config.num_clip,
-            infer_frames=config.infer_frames, start_from_ref=config.start_from_ref, **common,
+            infer_frames=config.infer_frames, start_from_ref=config.start_from_ref,
+            pose_video=config.pose_video, **common,
         )
     report = pipeline.last_report
     save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now())
@@ -132,6 +133,7 @@ def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
             "infer_frames": config.infer_frames,
             "num_clip": config.num_clip,
             "start_from_ref": config.start_from_ref,
+            "pose_video": None if config.pose_video is None else str(config.pose_video),
         }
     return {
         "software": f"wan_runtime {__version__}",
@@ -147,6 +149,7 @@ def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
         "sample_solver": report.sample_solver,
         "image": image,
         "dtype": str(config.dtype).removeprefix("torch."),
+        "cache": config.cache.describe(),
         "demo": config.demo,
         **speech,
     }

@@ -33,9 +33,11 @@ class TaskSpec:
     """One task's files and defaults.
 
     ``dit_folders`` lists the DiT folders, highest noise first: the two i2v-A14B experts, or the
-    root itself (``"."``) for ti2v-5B. ``guide_scale`` is ``(low_noise, high_noise)`` for the
-    two-expert task, in the official order. ``boundary`` is the fraction of the 1000 training
-    timesteps at and above which the high-noise expert runs (None: one DiT).
+    root itself (``"."``) for ti2v-5B. ``cache_models`` names those DiTs for the step cache (its
+    report's keys and the models TeaCache's ``poly`` coefficients are fitted for), in that order.
+    ``guide_scale`` is ``(low_noise, high_noise)`` for the two-expert task, in the official order.
+    ``boundary`` is the fraction of the 1000 training timesteps at and above which the high-noise
+    expert runs (None: one DiT).
     ``supported_sizes`` are the official ``W*H`` strings the models were trained at.
     ``audio_dir`` is the speech encoder's folder (s2v-14B only); ``frame_num`` is the official
     shared default, which s2v-14B ignores for its per-clip ``infer_frames``.
@@ -45,6 +47,7 @@ class TaskSpec:
     vae_file: str
     vae_stride: tuple[int, int, int]
     dit_folders: tuple[str, ...]
+    cache_models: tuple[str, ...]
     supported_sizes: tuple[str, ...]
     default_size: str
     frame_num: int
@@ -68,6 +71,7 @@ TASKS = {
         vae_file="Wan2.1_VAE.pth",
         vae_stride=(4, 8, 8),
         dit_folders=("high_noise_model", "low_noise_model"),
+        cache_models=("high", "low"),
         supported_sizes=("720*1280", "1280*720", "480*832", "832*480"),
         default_size="1280*720",
         frame_num=81,
@@ -82,6 +86,7 @@ TASKS = {
         vae_file="Wan2.2_VAE.pth",
         vae_stride=(4, 16, 16),
         dit_folders=(".",),
+        cache_models=("ti2v",),
         supported_sizes=("704*1280", "1280*704"),
         default_size="1280*704",
         frame_num=121,
@@ -95,6 +100,7 @@ TASKS = {
         vae_file="Wan2.1_VAE.pth",
         vae_stride=(4, 8, 8),
         dit_folders=(".",),
+        cache_models=("s2v",),
         supported_sizes=(
             "720*1280", "1280*720", "480*832", "832*480", "1024*704", "704*1024", "704*1280", "1280*704",
         ),

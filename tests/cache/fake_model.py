@@ -30,7 +30,8 @@ class FakeDiT:
         return tokens
 
     def time_signal(self, t: float) -> torch.Tensor:
-        return torch.tensor([[t, 1.0]])
+        """``[[t]]``: the relative L1 change between two steps is ``|t1 - t0| / t0``."""
+        return torch.tensor([[t]])
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         """The uncached output."""

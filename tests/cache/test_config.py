@@ -29,3 +29,24 @@ def test_poly_needs_fitted_coefficients():
     with pytest.raises(InputError, match=r"no fitted coefficients for model 'high'.*fitted set: ti2v"):
         config.check_models(["high", "low"])
     CacheConfig(teacache=False, teacache_policy="poly").check_models(["high"])  # TeaCache off: fine
+
+
+def test_describe_names_the_fields_of_the_caches_that_are_on():
+    assert CacheConfig().describe() == "off"
+    assert CacheConfig(teacache=True, teacache_thresh=0.2).describe() == (
+        "teacache=True teacache_thresh=0.2 teacache_policy=linear teacache_warmup=1 teacache_last_steps=1 "
+        "teacache_alternating=False"
+    )
+    assert CacheConfig(fbcache=True, fb_downsample=4).describe() == (
+        "fbcache=True fb_thresh=0.08 fb_metric=hidden_rel_l1 fb_downsample=4 fb_ema=0.0 fb_warmup=1 "
+        "fb_last_steps=1 fb_cfg_sep_diff=True"
+    )
+    both = CacheConfig(teacache=True, fbcache=True).describe().split()
+    assert both[0] == "teacache=True" and "fbcache=True" in both and len(both) == 14
+
+
+def test_serves_matches_check_models():
+    poly = CacheConfig(teacache=True, teacache_policy="poly")
+    assert poly.serves(["ti2v"]) and not poly.serves(["high", "low"])
+    assert CacheConfig(teacache_policy="poly").serves(["high"])  # TeaCache off
+    assert CacheConfig(teacache=True).serves(["high", "s2v"])

@@ -11,10 +11,12 @@ from wan_runtime.cache.gate import (
     LAST_STEPS,
     METRIC,
     NONFINITE,
+    SHAPE,
     WARMUP,
     FBCacheGate,
     Lifecycle,
     TeaCacheGate,
+    TeaCachePlan,
 )
 from wan_runtime.cache.policies import FITTED, LINEAR
 
@@ -76,6 +78,34 @@ def test_poly_rescale_is_clamped_at_zero():
     x = 0.1
     expected = sum(c * x ** (len(poly.coefficients) - 1 - i) for i, c in enumerate(poly.coefficients))
     assert math.isclose(poly.rescale(x), max(expected, 0.0), rel_tol=1e-12)
+
+
+def tea_plan(changes, threshold=0.6):
+    gate = TeaCacheGate(LINEAR, threshold, Lifecycle(1, 1, len(changes)), False)
+    return TeaCachePlan(gate, [(i, False) for i in range(len(changes))], changes)
+
+
+def test_plan_after_a_forced_compute_starts_from_an_empty_accumulator():
+    # acc: -, .25, .5, .75>=.6 compute, .25, .5, .75 compute, last step forced.
+    plan = tea_plan([None] + [0.25] * 7)
+    assert plan.marks() == "CssCssCC"
+    # A failsafe computes step 1: from there .25 (step 2), .5, .75 computes, .25, .5, last.
+    assert plan.restart(1, SHAPE)
+    assert plan.marks() == "CCssCssC"
+    assert plan[1].reason == SHAPE
+    assert [round(v.metric, 6) for v in plan.votes[2:7]] == [0.25, 0.5, 0.75, 0.25, 0.5]
+    # A failsafe on a step the plan computes anyway changes nothing after it.
+    assert not plan.restart(4, NONFINITE)
+    assert plan.marks() == "CCssCssC"
+
+
+def test_plan_restart_follows_the_alternating_rule_from_the_reset():
+    gate = TeaCacheGate(LINEAR, 1.0, Lifecycle(1, 0, 6), alternating=True)
+    plan = TeaCachePlan(gate, [(i, False) for i in range(6)], [None] + [0.0] * 5)
+    assert plan.marks() == "CsCsCs"
+    # Computed at step 1 (was a skip): step 2 may skip again, then alternate.
+    plan.restart(1, SHAPE)
+    assert plan.marks() == "CCsCsC"
 
 
 def fb_votes(metrics, threshold=0.1, ema=0.0, warmup=1, last=1):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 import torch
 
+import wan_kernels
 from tests.cache.fake_model import FakeDiT, tokens
 from wan_runtime.cache import CacheConfig, CacheManager
+from wan_runtime.cache.gate import FBCacheGate, Lifecycle
+from wan_runtime.cache.policies import FITTED, Policy
 
 BIG = 1e9
 
@@ -104,6 +110,41 @@ def test_downsample_measures_every_nth_token():
         assert report["m"]["cond"]["skipped"] == skipped
 
 
+@pytest.mark.parametrize("metric", ["hidden_rel_l1", "residual_rel_l1", "hidden_rel_l2"])
+def test_downsampled_reference_keeps_the_metric_and_is_smaller(metric):
+    # Token k of step s is 1 + 0.01 k s^2: each step changes the later tokens more.
+    inputs = [tokens(1.0, length=9) + 0.01 * torch.arange(9.0)[:, None] * s**2 for s in range(6)]
+    config = CacheConfig(fbcache=True, fb_thresh=0.1, fb_metric=metric, fb_downsample=2, fb_last_steps=0)
+    manager = CacheManager(config, {"m": FakeDiT()}, ["m"] * 6, [0.0] * 6, log=lambda line: None)
+    measure = wan_kernels.rel_l2 if metric == "hidden_rel_l2" else wan_kernels.rel_l1
+    marks, metrics, reference = "", [], None
+    for step, x in enumerate(inputs):
+        first = x * 1.5 + 1
+        signal = first - x if metric == "residual_rel_l1" else first
+        if reference is not None:  # as before the change: the full-size reference, read at stride 2
+            metrics.append(measure(signal, reference, 2).item())
+        skipped = _skipped(manager)
+        manager.forward(step, "cond", x)
+        if _skipped(manager) > skipped:
+            marks += "s"
+        else:
+            marks += "C"
+            reference = signal
+            # Tokens 0, 2, 4, 6 and 8 of 9.
+            assert manager._models["m"].branches["cond"].fb_reference.shape == (1, 5, 2)
+    report = manager.finish()["m"]
+    assert report["cond"]["mean_metric"]["fbcache"] == sum(metrics) / len(metrics)
+    gate = FBCacheGate(0.1, 0.0, Lifecycle(1, 0, 6))
+    votes = map(gate.vote, range(6), [False] * 6, [None, *metrics])
+    assert marks == "".join("s" if v.skip else "C" for v in votes)
+    # The residual [1, 9, 2] and the reference [1, 5, 2], float32.
+    assert report["residual_bytes"] == (18 + 10) * 4
+
+
+def _skipped(manager: CacheManager) -> int:
+    return manager.report()["m"].get("cond", {}).get("skipped", 0)
+
+
 def test_telemetry_counts_match_the_block_calls():
     inputs = [tokens(1.0 + 0.001 * i) for i in range(8)]
     config = CacheConfig(teacache=True, teacache_thresh=0.002, teacache_warmup=2)
@@ -124,6 +165,53 @@ def test_poly_plans_the_whole_schedule_before_sampling():
     manager, report, _, log, _ = run(config, inputs, schedule=["ti2v"] * 5)
     assert log[0].startswith("CacheManager[ti2v] TeaCache plan") and "CsssC" in log[0]
     assert report["ti2v"]["cond"]["skipped"] == 3
+
+
+def test_poly_plan_after_a_failsafe_follows_from_the_reset(monkeypatch):
+    # An identity polynomial and timesteps shrinking by 1/4 a step: every planned change is .25.
+    monkeypatch.setitem(FITTED, "m", Policy("poly", "time_embedding", (1.0, 0.0)))
+    timesteps = [1024 * 0.75**i for i in range(8)]
+    config = CacheConfig(teacache=True, teacache_policy="poly", teacache_thresh=0.6)
+    log: list[str] = []
+    model = FakeDiT()
+    manager = CacheManager(config, {"m": model}, ["m"] * 8, timesteps, log=log.append)
+    # acc .25, .5 skip, .75 computes, .25, .5 skip, the last step is forced.
+    assert log == ["CacheManager[m] TeaCache plan (poly, C compute, s skip): CssCssCC (4/8 skipped)"]
+    # Step 1's tokens are longer than the residual of step 0: a failsafe computes it.
+    inputs = [tokens(1.0)] + [tokens(1.0, length=6)] * 7
+    with no_host_reads(monkeypatch):
+        for step, x in enumerate(inputs):
+            manager.forward(step, "cond", x)
+    # From step 1 on, as planned from an empty accumulator: .25, .5 skip, .75 computes, ...
+    assert log[1] == ("CacheManager[m] TeaCache plan after a forced compute (shape_mismatch) at cond step 1: "
+                      "CCssCssC")
+    cond = manager.finish()["m"]["cond"]
+    assert (cond["computed"], cond["skipped"], cond["failsafes"]) == (4, 4, {"shape_mismatch": 1})
+    assert model.calls == [(0, 4)] * 4
+
+
+@contextlib.contextmanager
+def no_host_reads(monkeypatch):
+    """Any read of a tensor's value by the host fails (the planned path must take none)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("host synchronisation during sampling")
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "__bool__", "__float__"):
+            patch.setattr(torch.Tensor, name, refuse)
+        yield
+
+
+def test_fbcache_nan_metric_is_a_failsafe_that_teacache_cannot_overrule(monkeypatch):
+    monkeypatch.setitem(FITTED, "m", Policy("poly", "time_embedding", (1.0, 0.0)))
+    # residual_rel_l1: the first block's residual 0.5x + 1 is 0 at x = -2, so step 1 divides by 0.
+    inputs = [tokens(-2.0), tokens(1.0), tokens(1.0), tokens(1.0)]
+    config = CacheConfig(teacache=True, teacache_policy="poly", teacache_thresh=BIG, teacache_last_steps=0,
+                         fbcache=True, fb_thresh=0.0, fb_metric="residual_rel_l1", fb_last_steps=0)
+    _, report, _, _, _ = run(config, inputs)
+    cond = report["m"]["cond"]
+    assert cond["failsafes"] == {"nonfinite_metric": 1}
+    assert (cond["computed"], cond["skipped_by"]) == (2, {"teacache": 2})
 
 
 def test_cached_tensors_follow_their_model():

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from tests.cli.helpers import run_module
+from tests.pipelines.images import write_pose_video
 from wan_runtime.cli_args import EXAMPLE_PROMPT, build_parser, resolve, str2bool
 from wan_runtime.demo import DEMO_SETTINGS
 from wan_runtime.generate import default_save_file, main
@@ -242,7 +243,9 @@ S2V_BAD_INPUTS = {
     "too short audio": (["--audio", "SHORT"], ["too short"]),
     "infer_frames not 4n": (["--infer_frames", "6"], ["--infer_frames", "multiple of 4", "got 6"]),
     "zero clips": (["--num_clip", "0"], ["--num_clip", "got 0"]),
-    "pose video": (["--pose_video", "pose.mp4"], ["--pose_video is not supported"]),
+    "missing pose video": (["--pose_video", "/nonexistent/pose.mp4"],
+                           ["--pose_video /nonexistent/pose.mp4 does not exist"]),
+    "undecodable pose video": (["--pose_video", "BADPOSE"], ["--pose_video", "cannot be decoded by ffmpeg"]),
     "tts": (["--enable_tts"], ["--enable_tts", "out of scope"]),
     "frame_num": (["--frame_num", "81"], ["--infer_frames", "not --frame_num"]),
     "unsupported size": (["--size", "1024*1024"], ["size 1024*1024 is not supported by s2v-14B"]),
@@ -255,7 +258,8 @@ def test_s2v_bad_input_gives_one_line_and_exit_2(name, roots, image, speech, tmp
 
     extra, words = S2V_BAD_INPUTS[name]
     (tmp_path / "garbage.wav").write_bytes(b"RIFF not really a wave file")
-    files = {"GARBAGE": str(tmp_path / "garbage.wav"),
+    (tmp_path / "pose.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 but no video")
+    files = {"GARBAGE": str(tmp_path / "garbage.wav"), "BADPOSE": str(tmp_path / "pose.mp4"),
              "SHORT": str(write_wav(np.zeros(300, np.float32), tmp_path / "short.wav"))}
     argv = ["--task", "s2v-14B", "--ckpt_dir", str(roots["s2v-14B"]), "--image", str(image)]
     if name != "no audio" and "--audio" not in extra:
@@ -281,3 +285,11 @@ def test_s2v_official_defaults(roots, image, speech):
     assert (config.infer_frames, config.num_clip, config.start_from_ref) == (80, None, False)
     assert config.audio_path == speech and config.audio.shape == (16000,)
     assert config.prompt == EXAMPLE_PROMPT["s2v-14B"] and spec.negative_prompt.startswith("画面模糊")
+    assert config.pose_video is None
+
+
+def test_s2v_pose_video_is_checked_and_kept(roots, image, speech, tmp_path):
+    pose = write_pose_video(tmp_path / "pose.mp4", 32, 48, frames=3, fps=24)
+    config = _resolve("--task", "s2v-14B", "--ckpt_dir", str(roots["s2v-14B"]), "--image", str(image),
+                      "--audio", str(speech), "--pose_video", str(pose))
+    assert config.pose_video == pose

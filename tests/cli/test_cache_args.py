@@ -55,3 +55,18 @@ def test_every_bad_value_is_listed_with_exit_2(capsys):
 def test_unknown_policy_falls_back_to_linear_with_a_warning():
     with pytest.warns(UserWarning, match="unknown teacache_policy 'cubic'; using 'linear'"):
         assert _resolve("--teacache_policy", "cubic").cache.teacache_policy == "linear"
+
+
+@pytest.mark.parametrize("task", ["i2v-A14B", "s2v-14B"])
+def test_poly_without_fitted_coefficients_is_refused_before_loading(task, capsys):
+    assert main(["--demo", "--task", task, "--teacache", "--teacache_policy", "poly"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"error: --teacache_policy poly has no fitted coefficients for {task}; tasks with fitted "
+        f"coefficients: ti2v-5B (use --teacache_policy linear for {task})"
+    )
+
+
+def test_poly_is_accepted_where_fitted_or_teacache_is_off():
+    assert _resolve("--teacache", "--teacache_policy", "poly").cache.teacache_policy == "poly"
+    assert _resolve("--task", "i2v-A14B", "--teacache_policy", "poly").task == "i2v-A14B"

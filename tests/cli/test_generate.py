@@ -21,6 +21,7 @@ from PIL import Image
 pytest.importorskip("wan_runtime.pipelines")
 
 from tests.cli.helpers import cli_env, read_settings, read_video, run_module  # noqa: E402
+from tests.pipelines.images import write_pose_video  # noqa: E402
 from wan_runtime import demo  # noqa: E402
 from wan_runtime.audio_io import decode_audio  # noqa: E402
 from wan_runtime.tasks import TASKS  # noqa: E402
@@ -57,6 +58,7 @@ def test_ti2v_demo_writes_the_video_under_the_official_name(cache_env, tmp_path)
     )
     assert (settings["task"], settings["size"], settings["demo"]) == ("ti2v-5B", "128*96", True)
     assert settings["n_prompt"] == TASKS["ti2v-5B"].negative_prompt
+    assert settings["cache"] == "off"
     out = result.stdout
     assert out.count(demo.NOTICE) == 2 and "using cached checkpoint" in out
     assert "seed: 42" in out and "prompt: a red fox" in out
@@ -71,7 +73,7 @@ def test_i2v_demo_follows_the_image_and_the_save_file(cache_env, tmp_path):
     target = tmp_path / "out" / "cat.mp4"
     target.parent.mkdir()
     result = _generate(*FAST, "--task", "i2v-A14B", "--image", str(image), "--save_file", str(target),
-                       cwd=tmp_path, env=cache_env)
+                       "--fbcache", "--fb_thresh", "0.1", "--fb_downsample", "2", cwd=tmp_path, env=cache_env)
     assert result.returncode == 0, result.stderr
     assert [p.name for p in target.parent.iterdir()] == ["cat.mp4"]
     frames, fps = read_video(target)
@@ -79,6 +81,11 @@ def test_i2v_demo_follows_the_image_and_the_save_file(cache_env, tmp_path):
     assert frames.shape == (5, 128, 96, 3) and fps == TASKS["i2v-A14B"].fps
     settings = read_settings(target)
     assert (settings["image"], settings["guide_scale"]) == (str(image), [3.5, 3.5])
+    assert settings["cache"] == (
+        "fbcache=True fb_thresh=0.1 fb_metric=hidden_rel_l1 fb_downsample=2 fb_ema=0.0 fb_warmup=1 "
+        "fb_last_steps=1 fb_cfg_sep_diff=True"
+    )
+    assert "CacheManager[high] summary: " in result.stdout and "CacheManager[low] summary: " in result.stdout
 
 
 def test_failed_write_exits_1_and_leaves_no_file(cache_env, tmp_path):
@@ -138,6 +145,18 @@ def test_s2v_demo_carries_its_speech(cache_env, tmp_path):
     assert (settings["audio"], settings["infer_frames"], settings["frame_num"]) == (
         "built-in demo sound", 8, 5
     )
+
+
+def test_s2v_demo_follows_a_pose_video(cache_env, tmp_path):
+    """A pose video shorter than the clip (padded with -1 frames) at 30 fps, of another shape."""
+    pose = write_pose_video(tmp_path / "pose.mp4", 40, 72, frames=7, fps=30)
+    target = tmp_path / "posed.mp4"
+    result = _generate("--demo", "--task", "s2v-14B", "--size", "64*64", "--sample_steps", "1",
+                       "--pose_video", str(pose), "--save_file", str(target), cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr
+    frames, _ = read_video(target)
+    assert frames.shape == (5, 64, 64, 3)
+    assert read_settings(target)["pose_video"] == str(pose)
 
 
 def test_s2v_undecodable_audio_is_one_line_and_exit_2(cache_env, tmp_path):

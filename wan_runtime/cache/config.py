@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
-from wan_runtime.cache.policies import policy_for
+from wan_runtime.cache.policies import available, policy_for
 from wan_runtime.errors import InputError
 
 TEACACHE_POLICIES = ("linear", "poly")
@@ -101,12 +101,24 @@ class CacheConfig:
             found.append(f"--teacache_policy must be a name, got {self.teacache_policy!r}")
         return found
 
+    def serves(self, models: Iterable[str]) -> bool:
+        """Whether the policy can serve every named model (``poly`` needs fitted coefficients);
+        the command line asks this before loading, with the task's models."""
+        return not self.teacache or all(available(self.teacache_policy, name) for name in models)
+
     def check_models(self, models: Iterable[str]) -> None:
         """Raise ``InputError`` if a policy cannot serve one of the named models (``poly`` needs
         fitted coefficients), so a run fails before any model computes."""
         if self.teacache:
             for name in models:
                 policy_for(self.teacache_policy, name)
+
+    def describe(self) -> str:
+        """The fields of the caches that are on, as ``name=value`` words (``off`` when none is):
+        what a video's settings record."""
+        prefixes = tuple(p for p, on in (("teacache", self.teacache), ("fb", self.fbcache)) if on)
+        words = [f"{name}={value}" for name, value in self.as_dict().items() if name.startswith(prefixes)]
+        return " ".join(words) or "off"
 
     def as_dict(self) -> dict[str, object]:
         """The fields by name (for run reports and benchmark rows)."""

@@ -100,6 +100,47 @@ class TeaCacheGate:
         self._skipped_last = False
 
 
+class TeaCachePlan:
+    """Every vote of a ``TeaCacheGate`` over one model's cond steps, decided before sampling from
+    changes known up front (a signal of the timesteps alone).
+
+    ``steps`` holds each cond step's ``(index, switch)`` and ``changes`` its change (None for the
+    first). A failsafe during sampling computes a step the plan may have skipped and resets the
+    accumulator, which the planned votes after it did not see: ``restart`` re-plans them.
+    """
+
+    def __init__(
+        self, gate: TeaCacheGate, steps: list[tuple[int, bool]], changes: list[float | None]
+    ) -> None:
+        self.gate = gate
+        self.steps = steps
+        self.changes = changes
+        self.votes: list[Vote] = []
+        self._vote_from(0)
+
+    def __getitem__(self, index: int) -> Vote:
+        return self.votes[index]
+
+    def restart(self, index: int, reason: str) -> bool:
+        """Step ``index`` computed for ``reason`` (a failsafe) whatever the plan said: re-plan
+        the steps after it as the gate decides them from an empty accumulator. Returns whether a
+        later vote changed."""
+        before = self.votes[index + 1:]
+        self.votes[index] = Vote(False, reason)
+        del self.votes[index + 1:]
+        self.gate.reset()
+        self._vote_from(index + 1)
+        return self.votes[index + 1:] != before
+
+    def marks(self) -> str:
+        """One letter a step: ``C`` compute, ``s`` skip."""
+        return "".join("s" if vote.skip else "C" for vote in self.votes)
+
+    def _vote_from(self, start: int) -> None:
+        for (index, switch), change in zip(self.steps[start:], self.changes[start:], strict=True):
+            self.votes.append(self.gate.vote(index, switch, change))
+
+
 class FBCacheGate:
     """FBCache's rule for one model's cond steps: skip while the (EMA-smoothed) first-block
     change since the last computed step is under ``threshold``. ``ema`` is the weight of the

@@ -23,12 +23,14 @@ from wan_runtime.cache.distributed import reduce_metric
 from wan_runtime.cache.gate import (
     COLD,
     DTYPE,
+    FAILSAFES,
     FORCED_REASONS,
     NONFINITE,
     SHAPE,
     FBCacheGate,
     Lifecycle,
     TeaCacheGate,
+    TeaCachePlan,
     Vote,
 )
 from wan_runtime.cache.policies import policy_for
@@ -54,7 +56,9 @@ class _Model:
     def __init__(self, name: str, stages: CachedModel, config: CacheConfig, total: int) -> None:
         self.name = name
         self.stages = stages
-        self.fb = self.tea = self.plan = None
+        self.fb: FBCacheGate | None = None
+        self.tea: TeaCacheGate | None = None
+        self.plan: TeaCachePlan | None = None
         if config.fbcache:
             self.fb = FBCacheGate(
                 config.fb_thresh, config.fb_ema, Lifecycle(config.fb_warmup, config.fb_last_steps, total)
@@ -123,9 +127,8 @@ class CacheManager:
             pairs = zip(signals[1:], signals[:-1], strict=True)
             changes += torch.stack([wan_kernels.rel_l1(a, b) for a, b in pairs]).tolist()
         steps = [p for p, n in zip(self._position, self.schedule, strict=True) if n == model.name]
-        votes = zip(steps, changes, strict=True)
-        model.plan = [model.tea.vote(index, switch, change) for (index, switch), change in votes]
-        marks = "".join("s" if vote.skip else "C" for vote in model.plan)
+        model.plan = TeaCachePlan(model.tea, steps, changes)
+        marks = model.plan.marks()
         self.log(f"CacheManager[{model.name}] TeaCache plan ({model.tea.policy.name}, "
                  f"C compute, s skip): {marks} ({marks.count('s')}/{len(marks)} skipped)")
 
@@ -152,7 +155,7 @@ class CacheManager:
         if failsafe is not None:
             gate, reason = None, failsafe
             if branch == COND:
-                self._reset_gates(model)
+                self._reset_gates(model, self._position[step][0], failsafe)
         if branch == COND:
             self._decisions[step] = _Decision(gate, reason)
 
@@ -183,7 +186,6 @@ class CacheManager:
         if model.fb is not None:
             mismatch = _mismatch(state.fb_base, first)
             if mismatch is not None:
-                model.fb.reset()
                 votes.append((FBCACHE, Vote(False, mismatch)))
             else:
                 forced = model.fb.forced(index, switch, state.fb_reference is not None)
@@ -193,6 +195,11 @@ class CacheManager:
             votes.append((TEACACHE, self._tea_vote(model, state, index, switch, tokens, cond)))
         for gate, vote in votes:
             stats.add_metric(gate, vote.metric)
+        # A failsafe of either gate forces the compute (no other gate's skip may win) and resets both.
+        failsafe = next((vote.reason for _, vote in votes if vote.reason in FAILSAFES), None)
+        if failsafe is not None:
+            self._reset_gates(model, index, failsafe)
+            return _Decision(None, failsafe)
         winner = next((gate for gate, vote in votes if vote.skip), None)
         return _Decision(winner, votes[0][1].reason)
 
@@ -205,7 +212,6 @@ class CacheManager:
         previous, state.tea_signal = state.tea_signal, signal
         mismatch = None if previous is None else _mismatch((previous.shape, previous.dtype), signal)
         if mismatch is not None:
-            model.tea.reset()
             return Vote(False, mismatch)
         change = None
         if previous is not None and model.tea.forced(index, switch) is None:
@@ -236,14 +242,16 @@ class CacheManager:
     def _fb_metric(self, first: torch.Tensor, tokens: torch.Tensor, reference: torch.Tensor) -> float:
         """The FBCache metric against the last computed step's reference, one host read."""
         current = self._fb_signal(first, tokens)
-        stride = self.config.fb_downsample
         measure = wan_kernels.rel_l2 if self.config.fb_metric == "hidden_rel_l2" else wan_kernels.rel_l1
-        return reduce_metric(measure(current, reference, stride)).item()
+        return reduce_metric(measure(current, reference)).item()
 
     def _fb_signal(self, first: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """What FBCache compares, at every ``fb_downsample``-th token only (a view)."""
+        stride = self.config.fb_downsample
         if self.config.fb_metric == "residual_rel_l1":
-            return wan_kernels.residual_capture(first, tokens)
-        return first
+            # Only the sampled tokens' residual: the others would be computed to be ignored.
+            return wan_kernels.residual_capture(first[..., ::stride, :], tokens[..., ::stride, :])
+        return first[..., ::stride, :]
 
     @staticmethod
     def _failsafe(state: BranchState, gate: str, base: torch.Tensor) -> str | None:
@@ -251,11 +259,18 @@ class CacheManager:
         captured = state.fb_base if gate == FBCACHE else state.tea_base
         return COLD if captured is None else _mismatch(captured, base)
 
-    @staticmethod
-    def _reset_gates(model: _Model) -> None:
-        for gate in (model.fb, model.tea):
-            if gate is not None:
-                gate.reset()
+    def _reset_gates(self, model: _Model, index: int, reason: str) -> None:
+        """Empty both gates' accumulators after a failsafe (``reason``) forced the model's
+        ``index``-th cond step to compute; a planned TeaCache schedule is re-planned from there
+        (host arithmetic on the planned changes: still no host synchronisation)."""
+        if model.fb is not None:
+            model.fb.reset()
+        if model.plan is not None:
+            if model.plan.restart(index, reason):
+                self.log(f"CacheManager[{model.name}] TeaCache plan after a forced compute ({reason}) "
+                         f"at cond step {index}: {model.plan.marks()}")
+        elif model.tea is not None:
+            model.tea.reset()
 
     def _capture(
         self,
@@ -272,7 +287,8 @@ class CacheManager:
         if model.fb is not None:
             state.fb_residual = wan_kernels.residual_capture(out, first)
             state.fb_base = (first.shape, first.dtype)
-            state.fb_reference = self._fb_signal(first, tokens)
+            # A copy of the sampled tokens, so the full-size tensor is not kept alive by a view.
+            state.fb_reference = self._fb_signal(first, tokens).contiguous()
 
     # -- placement and results -------------------------------------------------------------------
 

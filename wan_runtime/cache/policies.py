@@ -61,11 +61,17 @@ FITTED = {
 }
 
 
+def available(name: str, model: str) -> bool:
+    """Whether the policy ``name`` can serve the model named ``model`` (``poly`` needs a fitted
+    polynomial)."""
+    return name == "linear" or model in FITTED
+
+
 def policy_for(name: str, model: str) -> Policy:
     """The policy ``name`` (validated by ``CacheConfig``) for the model named ``model``."""
     if name == "linear":
         return LINEAR
-    if model not in FITTED:
+    if not available(name, model):
         raise InputError(
             f"teacache_policy 'poly' has no fitted coefficients for model {model!r}; models with a "
             f"fitted set: {', '.join(sorted(FITTED))} (use teacache_policy 'linear' for the others)"

@@ -11,8 +11,8 @@ import torch
 class BranchState:
     """Cached tensors of one branch: ``tea_residual`` (last block output minus the first block's
     input), ``fb_residual`` (minus the first block's output), ``fb_reference`` (the first block's
-    output or residual at the last computed step) and ``tea_signal`` (TeaCache's signal at the
-    previous step)."""
+    output or residual at the last computed step, at every ``fb_downsample``-th token: all that
+    FBCache's metric reads) and ``tea_signal`` (TeaCache's signal at the previous step)."""
 
     tea_residual: torch.Tensor | None = None
     fb_residual: torch.Tensor | None = None

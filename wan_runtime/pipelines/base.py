@@ -105,8 +105,6 @@ class Pipeline:
     the ``RunReport`` of the latest ``generate`` (None before the first).
     """
 
-    # The names the step cache reports each DiT under (a task's models, not the dict keys).
-    cache_names: ClassVar[dict[str, str]] = {}
     # How the step cache drives this task's DiT.
     stages_class: ClassVar[type[WanStages]] = WanStages
 
@@ -126,6 +124,8 @@ class Pipeline:
         self.text_encoder = text_encoder
         self.vae = vae
         self.dits = dits
+        # The names the step cache knows each DiT by (the task's models, not the dict keys).
+        self.cache_names = dict(zip(dits, spec.cache_models, strict=True))
         self.residency = residency
         self.last_report: RunReport | None = None
         self._cache_report: dict[str, dict] = {}
@@ -228,7 +228,7 @@ class Pipeline:
         if cache is not None and not isinstance(cache, CacheConfig):
             raise InputError(f"cache must be a wan_runtime.cache.CacheConfig or None, got {cache!r}")
         if cache is not None:
-            cache.check_models(self.cache_names.values())
+            cache.check_models(self.spec.cache_models)
         return Settings(prompt, n_prompt, width, height, int(steps), float(shift), sample_solver, guide)
 
     def cache_report(self) -> dict[str, dict]:

@@ -28,8 +28,6 @@ LATENT_CHANNELS = 16
 class I2VPipeline(Pipeline):
     """The i2v-A14B task; ``dits`` holds the experts under ``"high_noise"`` and ``"low_noise"``."""
 
-    cache_names = {HIGH_NOISE: "high", LOW_NOISE: "low"}
-
     def _plan(self, image: Image.Image | None, width: int, height: int, frame_num: int) -> Plan:
         if image is None:
             raise InputError("i2v-A14B needs an input image: pass image= a PIL image or a file path")

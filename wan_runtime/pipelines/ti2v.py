@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 class TI2VPipeline(Pipeline):
     """The ti2v-5B task; ``dits`` holds its one DiT."""
 
-    cache_names = {"dit": "ti2v"}
-
     def _plan(self, image: Image.Image | None, width: int, height: int, frame_num: int) -> Plan:
         stride_t, stride_h, stride_w = self.spec.vae_stride
         if image is not None:
