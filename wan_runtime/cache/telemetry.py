@@ -45,8 +45,8 @@ class BranchStats:
 
     def as_dict(self) -> dict[str, object]:
         """Plain numbers: ``steps``, ``computed``, ``skipped``, ``forced`` (and ``forced_by``
-        reason), ``failsafes`` (by kind), ``skipped_by`` gate, ``mean_metric`` by gate and
-        ``work_saved`` (share of block work not run)."""
+        reason), ``failsafes`` (by kind), ``skipped_by`` gate, ``mean_metric`` by gate (over
+        ``metric_count`` values) and ``work_saved`` (share of block work not run)."""
         total = self.steps * self.blocks
         return {
             "steps": self.steps,
@@ -57,8 +57,47 @@ class BranchStats:
             "failsafes": dict(self.failsafes),
             "skipped_by": dict(self.skipped_by),
             "mean_metric": {gate: sum(v) / len(v) for gate, v in self.metrics.items()},
+            "metric_count": {gate: len(v) for gate, v in self.metrics.items()},
             "work_saved": self.saved_blocks / total if total else 0.0,
         }
+
+
+_COUNTS = ("steps", "computed", "skipped", "forced")
+_BY_KIND = ("forced_by", "failsafes", "skipped_by")
+
+
+def merge_reports(reports: list[dict[str, dict]]) -> dict[str, dict]:
+    """One report for several runs of the same models (s2v-14B's clips, each a denoising run
+    with its own manager): counts added, means weighted by what they average, ``residual_bytes``
+    the largest (the runs hold their residuals one after another)."""
+    merged: dict[str, dict] = {}
+    for report in reports:
+        for model, entry in report.items():
+            into = merged.setdefault(model, {"residual_bytes": 0})
+            into["residual_bytes"] = max(into["residual_bytes"], entry["residual_bytes"])
+            for branch, stats in entry.items():
+                if branch != "residual_bytes":
+                    into[branch] = _merge_branch(into.get(branch), stats)
+    return merged
+
+
+def _merge_branch(a: dict[str, object] | None, b: dict[str, object]) -> dict[str, object]:
+    if a is None:
+        return {**b, **{key: dict(b[key]) for key in (*_BY_KIND, "mean_metric", "metric_count")}}
+    out = {key: a[key] + b[key] for key in _COUNTS}
+    for key in _BY_KIND:
+        out[key] = dict(Counter(a[key]) + Counter(b[key]))
+    counts = Counter(a["metric_count"]) + Counter(b["metric_count"])
+    out["metric_count"] = dict(counts)
+    out["mean_metric"] = {
+        gate: (a["mean_metric"].get(gate, 0.0) * a["metric_count"].get(gate, 0)
+               + b["mean_metric"].get(gate, 0.0) * b["metric_count"].get(gate, 0)) / n
+        for gate, n in counts.items()
+    }
+    # Same model, so the same blocks per step: the shares weigh by steps.
+    saved = a["work_saved"] * a["steps"] + b["work_saved"] * b["steps"]
+    out["work_saved"] = saved / out["steps"] if out["steps"] else 0.0
+    return out
 
 
 def summary_line(model: str, branches: dict[str, dict[str, object]], residual_bytes: int) -> str:

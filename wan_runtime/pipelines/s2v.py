@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from wan_runtime.audio_io import check_waveform, decode_audio
 from wan_runtime.cache import CacheConfig, S2VStages
+from wan_runtime.cache.telemetry import merge_reports
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
 from wan_runtime.models.audio_encoder import audio_buckets
@@ -111,7 +112,7 @@ class S2VPipeline(Pipeline):
         frame from its first, resized and centre-cropped to the output, ``infer_frames`` per clip
         (frames of -1 past its end). Other arguments as ``Pipeline.generate``; every one is checked
         (``InputError``), the pose video's first frame decoded, before any model runs.
-        ``cache_report()`` gives the step cache's telemetry of the last clip,
+        ``cache_report()`` gives the step cache's telemetry over all clips,
         ``clip_cache_reports`` that of each clip.
         """
         settings = self._settings(prompt, n_prompt, size, sampling_steps, guide_scale, shift, sample_solver,
@@ -183,7 +184,7 @@ class S2VPipeline(Pipeline):
             video = torch.cat(out, dim=1)
         self.last_report = settings.report(self.task, seed, width, height, video.shape[1], clock,
                                            self._peak_memory())
-        self._cache_report = self.clip_cache_reports[-1] if self.clip_cache_reports else {}
+        self._cache_report = merge_reports(self.clip_cache_reports)
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
 
