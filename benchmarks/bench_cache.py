@@ -109,9 +109,11 @@ class Runner:
 def sweep(runner: Runner, cached: list[Setting], repeat: int, steps: int) -> list[dict]:
     """One row per setting, the uncached run first."""
     rows = [{"setting": "no cache", "skip_rate": 0.0}, *quality(runner, cached)]
-    for _ in range(repeat):  # in turns, so a slow spell of the machine falls on every setting
-        runner("no cache", None)
-        for name, _, cache in cached:
+    runs = [("no cache", None), *((name, cache) for name, _, cache in cached)]
+    # In turns, so a slow spell of the machine falls on every setting, each round starting one
+    # setting later, so no setting always runs first or after the same one.
+    for r in range(repeat):
+        for name, cache in runs[r % len(runs):] + runs[:r % len(runs)]:
             runner(name, cache)
     base = runner.median("no cache")
     thresholds = {name: thresh for name, thresh, _ in cached}
