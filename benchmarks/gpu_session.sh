@@ -2,8 +2,9 @@
 # One lent-GPU session, every GPU-only check in one call: environment facts, the CUDA C++ backend's
 # build (the image's nvcc), the kernel tests on the GPU (real Triton and the cuda backend), the
 # kernel benchmark (triton and cuda side by side), the pipelines end to end on CUDA, and (with
-# BENCH_DIT=1) the DiT benchmark at real widths. Run from the repository root on the device
-# machine with the wheels listed in benchmarks/README.md in .whl/. Output files go to $OUT.
+# BENCH_DIT=1) the DiT benchmark at real widths and (with BENCH_CACHE=1) the step-cache sweep at the
+# ti2v-5B width. Run from the repository root on the device machine with the wheels listed in
+# benchmarks/README.md in .whl/. Output files go to $OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/out}
@@ -28,4 +29,8 @@ WAN_KERNELS_BUILD_DIR=$cuda_build timeout 300 python3 -m benchmarks.bench_kernel
 if [ "${BENCH_DIT:-0}" = 1 ]; then
   timeout 300 python3 -m benchmarks.bench_dit --gpu --layers 2 --out-dir "$out" 2>&1 | grep -v -i warn \
     | tee "$out/bench_dit.log"
+fi
+if [ "${BENCH_CACHE:-0}" = 1 ]; then
+  timeout 240 python3 -m benchmarks.bench_cache --gpu --layers 4 --out-dir "$out" 2>&1 | grep -v -i warn \
+    | tee "$out/bench_cache.log"
 fi
