@@ -130,7 +130,7 @@ def test_pose_frames_are_the_official(name, tmp_path):
     (width, height, frames, fps), size = POSE_CASES[name]
     path = write_pose_video(tmp_path / "pose.mp4", width, height, frames, fps)
     want = official_pose_frames(path, 2, RUN["infer_frames"], size)
-    got = list(pose_clips(path, 2, RUN["infer_frames"], *size, output_fps=16))
+    got = list(pose_clips(path, pose_video.probe_video(path), 2, RUN["infer_frames"], *size, output_fps=16))
     assert len(got) == len(want) == 2
     for clip, (ours, official) in enumerate(zip(got, want, strict=True)):
         assert torch.equal(ours[:, 0], ours[:, 1]), "the first frame leads twice"

@@ -19,16 +19,18 @@ import numpy as np
 import torch
 
 from wan_runtime.pipelines.resolution import resize_frames_short_side_and_crop
-from wan_runtime.pose_video import frame_interval, probe_video, sampled_frames
+from wan_runtime.pose_video import VideoInfo, frame_interval, sampled_frames
 
 
 def pose_clips(
-    path: str | Path, clips: int, infer_frames: int, height: int, width: int, output_fps: int
+    path: str | Path, video: VideoInfo, clips: int, infer_frames: int, height: int, width: int,
+    output_fps: int,
 ) -> Iterator[torch.Tensor]:
     """For each of ``clips`` clips, its pose frames [3, 1 + infer_frames, height, width], float32
     in [-1, 1] on the CPU: the first frame twice, then the clip's; -1 past the video's end. The
-    video's frames are taken at ``output_fps``, the generated video's rate."""
-    interval = frame_interval(probe_video(path).fps, output_fps)
+    video's frames (``video``: what ``probe_video`` found for ``path``) are taken at
+    ``output_fps``, the generated video's rate."""
+    interval = frame_interval(video.fps, output_fps)
     with closing(sampled_frames(path, interval)) as frames:
         for _ in range(clips):
             clip = torch.full((3, 1 + infer_frames, height, width), -1.0)

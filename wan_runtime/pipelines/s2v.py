@@ -38,7 +38,7 @@ from wan_runtime.pipelines.inputs import check_clip_arguments, resolve_seed
 from wan_runtime.pipelines.pose import pose_clips
 from wan_runtime.pipelines.report import StageClock
 from wan_runtime.pipelines.resolution import image_to_tensor, resize_short_side_and_crop, s2v_output_size
-from wan_runtime.pose_video import probe_video
+from wan_runtime.pose_video import VideoInfo, probe_video
 
 if TYPE_CHECKING:
     import numpy as np
@@ -124,8 +124,7 @@ class S2VPipeline(Pipeline):
         if audio is None:
             raise InputError("s2v-14B is driven by speech: pass audio= an audio file or 16 kHz samples")
         waveform = decode_audio(audio) if isinstance(audio, (str, Path)) else check_waveform(audio)
-        if pose_video is not None:
-            probe_video(pose_video)
+        pose_info = None if pose_video is None else probe_video(pose_video)
         height, width = s2v_output_size(picture.height, picture.width, settings.width * settings.height)
         seed = resolve_seed(seed)
 
@@ -151,8 +150,8 @@ class S2VPipeline(Pipeline):
                 if start_from_ref:
                     context_frames[:, -REF_CONTEXT_FRAMES:] = reference
                 motion = self.vae.encode([context_frames.float()])[0][None]
-                poses = None if pose_video is None else self._pose_latents(pose_video, clips, infer_frames,
-                                                                           height, width)
+                poses = None if pose_info is None else self._pose_latents(pose_video, pose_info, clips,
+                                                                          infer_frames, height, width)
             out = []
             for clip in range(clips):
                 drop_motion = clip == 0 and not start_from_ref
@@ -188,13 +187,13 @@ class S2VPipeline(Pipeline):
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
 
-    def _pose_latents(self, path: str | Path, clips: int, infer_frames: int, height: int,
+    def _pose_latents(self, path: str | Path, video: VideoInfo, clips: int, infer_frames: int, height: int,
                       width: int) -> list[torch.Tensor]:
         """Each clip's pose latents [1, C, infer_frames / 4, h, w], float32 on the CPU (small; the
         official pipeline keeps them there too). Every clip's frames are cast to the DiT's dtype and
         encoded behind a copy of their first frame, whose latent is dropped, as the official."""
         latents = []
-        for frames in pose_clips(path, clips, infer_frames, height, width, self.fps):
+        for frames in pose_clips(path, video, clips, infer_frames, height, width, self.fps):
             latent = self.vae.encode([frames.to(self.device, self._dtype)])[0][:, 1:]
             latents.append(latent[None].cpu())
         return latents
