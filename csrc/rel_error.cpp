@@ -14,7 +14,7 @@ namespace {
 template <bool SQUARE, typename A, typename B>
 void partial_sums_kernel(const at::Tensor& a, const at::Tensor& b, int64_t stride, double* partials) {
   const int64_t length = a.size(1), width = a.size(2);
-  const int64_t sampled = (length + stride - 1) / stride;
+  const int64_t sampled = sampled_tokens(length, stride);
   const Rows<A> as(a);
   const Rows<B> bs(b);
   at::parallel_for(0, a.size(0) * sampled, row_grain(width), [&](int64_t begin, int64_t end) {
@@ -39,7 +39,7 @@ void partial_sums_kernel(const at::Tensor& a, const at::Tensor& b, int64_t strid
 template <bool SQUARE>
 at::Tensor relative_error(const at::Tensor& a_in, const at::Tensor& b_in, int64_t stride) {
   const at::Tensor a = as_token_rows(a_in), b = as_token_rows(b_in);
-  const int64_t rows = a.size(0) * ((a.size(1) + stride - 1) / stride);
+  const int64_t rows = a.size(0) * sampled_tokens(a.size(1), stride);
   std::vector<double> partials(2 * rows);
   if (rows > 0 && a.size(2) > 0) {
     WAN_DISPATCH_FLOATS(a.scalar_type(), "relative_error", [&] {

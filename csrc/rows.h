@@ -54,6 +54,12 @@ inline at::Tensor as_token_rows(const at::Tensor& t) {
   return t.reshape({count, t.size(-2), t.size(-1)});
 }
 
+// Tokens 0, stride, 2 * stride, ... of ``length``: their count, without forming length + stride - 1,
+// which overflows for a stride near INT64_MAX.
+C10_HOST_DEVICE inline int64_t sampled_tokens(int64_t length, int64_t stride) {
+  return length == 0 ? 0 : (length - 1) / stride + 1;
+}
+
 // Rows per parallel task: about 16k elements, enough to amortise the scheduling.
 inline int64_t row_grain(int64_t width) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));

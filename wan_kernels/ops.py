@@ -205,9 +205,12 @@ def gated_residual_layernorm_modulate(
                                                                    out_dtype)
 
 
-def _check_rel(op: str, a: torch.Tensor, b: torch.Tensor, stride: int) -> None:
+def _check_rel(op: str, a: torch.Tensor, b: torch.Tensor, stride: int) -> int:
+    """The checked stride, clamped to the token count (any stride past the last token samples the
+    first alone), so that no backend forms an index from a stride near INT64_MAX."""
     _check_pair(op, ("a", "b"), a, b, min_dim=2)
     checks.positive_int(op, "stride", stride)
+    return min(stride, max(a.shape[-2], 1))
 
 
 def rel_l1(a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -216,14 +219,12 @@ def rel_l1(a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
     Accumulates in float32 and returns a 0-d float32 tensor on the inputs' device, without
     synchronising with the host.
     """
-    _check_rel("rel_l1", a, b, stride)
-    return torch.ops.wan_kernels.rel_l1(a, b, stride)
+    return torch.ops.wan_kernels.rel_l1(a, b, _check_rel("rel_l1", a, b, stride))
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """``|a - b|_2 / |b|_2`` over every ``stride``-th token; otherwise as ``rel_l1``."""
-    _check_rel("rel_l2", a, b, stride)
-    return torch.ops.wan_kernels.rel_l2(a, b, stride)
+    return torch.ops.wan_kernels.rel_l2(a, b, _check_rel("rel_l2", a, b, stride))
 
 
 def residual_apply(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

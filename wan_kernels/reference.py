@@ -96,6 +96,9 @@ def gated_residual_layernorm_modulate(
 
 
 def _sampled_tokens(a: torch.Tensor, b: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Any stride past the last token samples the first alone; clamped, since torch's slicing
+    # overflows on strides near INT64_MAX.
+    stride = min(stride, max(a.shape[-2], 1))
     return a[..., ::stride, :].float(), b[..., ::stride, :].float()
 
 

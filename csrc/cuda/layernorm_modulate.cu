@@ -5,7 +5,7 @@
 // shared memory. The statistics are then the reference's two-pass float32 mean and centred
 // variance over that copy, with no second read of DRAM and none of the cancellation of a one-pass
 // sum of squares. A row too wide for the 48 KB of shared memory a block gets without opting in
-// (C > 12,288) is recomputed from global memory instead, where it is by then in L1/L2.
+// (C > 12,224) is recomputed from global memory instead, where it is by then in L1/L2.
 #include "common.cuh"
 
 namespace wan_kernels {

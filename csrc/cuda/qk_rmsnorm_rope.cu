@@ -2,7 +2,7 @@
 // its heads; one block per token, one launch for the queries and one for the keys.
 //
 // As in layernorm_modulate.cu, the block reads the token once and keeps its float32 values in
-// shared memory for the second pass (or re-reads them from L1/L2 when C > 12,288). The channels are
+// shared memory for the second pass (or re-reads them from L1/L2 when C > 12,224). The channels are
 // walked in packs of N (even), so each thread holds whole (even, odd) pairs: channel c = 2 * pair + i
 // of head pair / (D/2) rotates by the angle of table column pair % (D/2), as the reference's
 // [L, 1, D/2] cos/sin broadcast over the heads.

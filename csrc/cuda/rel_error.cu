@@ -1,7 +1,8 @@
 // CUDA rel_l1 and rel_l2: one block per sampled token writes its partial sums (float32), then one
 // block reduces them in a fixed order (in double) and divides. Two launches, no atomics and no host
-// synchronisation: the result is a 0-d float32 tensor on the device, the same bits every run, and
-// both launches can be captured in a CUDA graph.
+// synchronisation: the result is a 0-d float32 tensor on the device, the same bits every run for
+// inputs of the same layout (the block size follows the packing their alignment allows), and both
+// launches can be captured in a CUDA graph.
 #include <cmath>
 
 #include "common.cuh"
@@ -59,7 +60,7 @@ template <bool SQUARE>
 at::Tensor relative_error(const at::Tensor& a_in, const at::Tensor& b_in, int64_t stride) {
   const c10::cuda::CUDAGuard guard(a_in.device());
   const at::Tensor a = as_token_rows(a_in), b = as_token_rows(b_in);
-  const int64_t sampled = (a.size(1) + stride - 1) / stride, rows = a.size(0) * sampled, width = a.size(2);
+  const int64_t sampled = sampled_tokens(a.size(1), stride), rows = a.size(0) * sampled, width = a.size(2);
   const auto cuda_stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor out = at::empty({}, a.options().dtype(at::kFloat));
   at::Tensor partials = at::empty({std::max<int64_t>(rows, 1), 2}, a.options().dtype(at::kFloat));

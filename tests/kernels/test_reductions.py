@@ -47,3 +47,11 @@ def test_no_tokens_gives_nan(backend, name):
     a = randn((2, 0, 64))
     actual = getattr(wan_kernels, name)(a, a, 1)
     assert actual.shape == () and torch.isnan(actual) and torch.isnan(getattr(reference, name)(a, a, 1))
+
+
+@OPS
+def test_a_stride_past_the_last_token_samples_the_first_only(backend, name):
+    """Up to INT64_MAX, without the count of sampled tokens overflowing."""
+    a, b = randn((2, 7, 64), seed=1), randn((2, 7, 64), seed=2)
+    for stride in (7, 2**63 - 1):
+        _check(name, a, b, stride)
