@@ -1,26 +1,101 @@
-"""Launch geometry shared by the Triton launchers."""
+"""Launch geometry shared by the Triton launchers.
+
+The row kernels (the norms, ``qk_rmsnorm_rope``, the relative errors) take their geometry from a
+``RowConfig``: how many tokens one program handles, whether it holds a token's row whole in
+registers or walks it in chunks, and its warps. ``row_config`` gives the default for an op and
+width; ``configured`` replaces it inside a ``with`` block, which is how ``benchmarks.bench_kernels
+--sweep`` times the alternatives on a GPU. Every configuration computes the same function (the
+tests run each op under several); only the summation order of the statistics differs.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import triton
 
 from wan_kernels.checks import fail
 
-# Row kernels keep a whole row in registers; beyond this width they would spill.
+# A row held whole in registers beyond this width would spill; chunked configurations have no limit.
 MAX_ROW_WIDTH = 16384
 # Elements per program of the elementwise kernels.
 ELEMENTWISE_BLOCK = 1024
+# Widest row the norms keep whole in registers by default (the reasoning is in layernorm_modulate).
+_MAX_ROW_IN_REGISTERS = 4096
 
 
-def row_block(op: str, width: int) -> tuple[int, int]:
-    """``(BLOCK, num_warps)`` for a kernel holding one row of ``width`` elements per program."""
-    if width > MAX_ROW_WIDTH:
-        fail(op, f"the triton backend supports rows of at most {MAX_ROW_WIDTH} channels, got {width}")
-    block = triton.next_power_of_2(width)
-    return block, max(1, min(16, block // 512))
+@dataclass(frozen=True)
+class RowConfig:
+    """Geometry of a row kernel's program: ``tokens`` rows of the [N, L, C] input (a power of two),
+    each held whole in registers (``chunk`` 0) or walked ``chunk`` channels at a time (a power of
+    two, even), on ``warps`` warps."""
+
+    tokens: int = 1
+    chunk: int = 0
+    warps: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"RowConfig.{name} must be a power of two >= 1, got {value}")
+        if self.chunk and (self.chunk < 2 or self.chunk & (self.chunk - 1)):
+            raise ValueError(
+                f"RowConfig.chunk must be 0 (whole row) or a power of two >= 2, got {self.chunk}")
+
+    @property
+    def label(self) -> str:
+        walk = f"chunk {self.chunk}" if self.chunk else "whole row"
+        return f"{walk}, {self.tokens} token{'s' * (self.tokens > 1)}, {self.warps} warps"
+
+    def block(self, op: str, width: int) -> int:
+        """Channels per tile: the chunk, or the row padded to a power of two (at least 2)."""
+        if self.chunk:
+            return self.chunk
+        if width > MAX_ROW_WIDTH:
+            fail(op, f"the triton backend holds rows of at most {MAX_ROW_WIDTH} channels whole, got {width}")
+        return max(2, triton.next_power_of_2(width))
+
+
+def whole_row(width: int) -> RowConfig:
+    """One token per program, its row padded to a power of two, a warp per 512 lanes (1 to 16)."""
+    return RowConfig(warps=max(1, min(16, triton.next_power_of_2(width) // 512)))
+
+
+def _default(op: str, width: int) -> RowConfig:
+    padded = max(2, triton.next_power_of_2(width))
+    if op in ("rel_l1", "rel_l2"):
+        return RowConfig(chunk=min(padded, 1024))
+    # qk_rmsnorm_rope keeps its rows whole up to the register limit: the only geometry measured for
+    # it so far (the --sweep of bench_kernels decides whether chunks do better, as for the norms).
+    whole_up_to = MAX_ROW_WIDTH if op == "qk_rmsnorm_rope" else _MAX_ROW_IN_REGISTERS
+    return whole_row(width) if padded <= whole_up_to else RowConfig(chunk=1024)
+
+
+_overrides: dict[str, RowConfig] = {}
+
+
+def row_config(op: str, width: int) -> RowConfig:
+    """The geometry ``op`` launches with at ``width`` channels."""
+    return _overrides.get(op) or _default(op, width)
+
+
+@contextmanager
+def configured(op: str, config: RowConfig) -> Iterator[None]:
+    """Launch ``op`` with ``config`` inside the block (for tuning sweeps)."""
+    previous = _overrides.get(op)
+    _overrides[op] = config
+    try:
+        yield
+    finally:
+        if previous is None:
+            del _overrides[op]
+        else:
+            _overrides[op] = previous
 
 
 def row_strides(t: torch.Tensor) -> tuple[int, int]:

@@ -1,11 +1,12 @@
-"""Triton ``layernorm_modulate`` and ``gated_residual_layernorm_modulate``: one token per program.
+"""Triton ``layernorm_modulate`` and ``gated_residual_layernorm_modulate``: a tile of tokens per program.
 
 Both run one kernel; with ``GATED`` it first forms and stores the new residual ``x + y * gate`` and
 normalises that, so the residual stream is read once from memory for both.
 
-A row up to ``_MAX_ROW_IN_REGISTERS`` channels is held whole in registers; a wider one is walked in
-``_CHUNK``-channel pieces, three times (mean, variance, output). Why, from bytes and lanes on an
-H100/H200 (measured there: benchmarks/results/2026-11-26_NVIDIA-H200_bench_kernels.log):
+A program handles ``RowConfig.tokens`` tokens (see ``launch.row_config``). By default a row up to
+4096 channels is held whole in registers; a wider one is walked in 1024-channel chunks, three times
+(mean, variance, output). Why, from bytes and lanes on an H100/H200 (measured there:
+benchmarks/results/2026-11-26_NVIDIA-H200_bench_kernels.log):
 
 - A whole row of C = 5120 pads to an 8192-lane tile on 16 warps: 16 registers per thread per live
   value, 37.5% of them padding. At an estimated ~80 registers a thread the program takes ~40K of an
@@ -31,87 +32,85 @@ import triton
 import triton.language as tl
 
 from wan_kernels.dispatch import register
-from wan_kernels.triton.launch import row_block, row_strides
+from wan_kernels.triton.launch import row_config, row_strides
 from wan_kernels.triton.rounding import cast, round_through
-
-# Widest row kept whole in registers: 4096 lanes on 8 warps still leave several rows per SM.
-_MAX_ROW_IN_REGISTERS = 4096
-_CHUNK = 1024
-_CHUNK_WARPS = 4
 
 
 @triton.jit
-def _row_input(x_ptr, y_ptr, gate_ptr, x_row, y_row, gate_row, cols, mask, GATED: tl.constexpr):
-    """The float32 row to normalise: ``x``, or ``x + y * gate`` when ``GATED``; 0 where masked."""
-    h = tl.load(x_ptr + x_row + cols, mask=mask, other=0.0).to(tl.float32)
+def _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED: tl.constexpr):
+    """The float32 [TOKENS, BLOCK] tile to normalise: ``x``, or ``x + y * gate`` when ``GATED``; 0
+    where masked."""
+    h = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if GATED:
-        y = tl.load(y_ptr + y_row + cols, mask=mask, other=0.0).to(tl.float32)
-        gate = tl.load(gate_ptr + gate_row + cols, mask=mask, other=0.0)
+        y = tl.load(y_ptr + y_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        gate = tl.load(gate_ptr + gate_rows[:, None] + cols[None, :], mask=mask, other=0.0)
         h = h + y * gate
     return h
 
 
 @triton.jit
-def _modulate_store(normed, x_ptr, shift_ptr, scale_ptr, out_ptr, shift_row, scale_row, out_row, cols, mask,
-                    ROUND: tl.constexpr):
+def _modulate_store(normed, x_ptr, shift_ptr, scale_ptr, out_ptr, shift_rows, scale_rows, out_rows, cols,
+                    mask, ROUND: tl.constexpr):
     """Store ``normed * (1 + scale) + shift`` in the output dtype."""
     if ROUND:
         # The official model rounds the normalised value to the input's dtype before modulating.
         normed = round_through(normed, x_ptr.dtype.element_ty)
-    shift = tl.load(shift_ptr + shift_row + cols, mask=mask)
-    scale = tl.load(scale_ptr + scale_row + cols, mask=mask)
+    shift = tl.load(shift_ptr + shift_rows[:, None] + cols[None, :], mask=mask)
+    scale = tl.load(scale_ptr + scale_rows[:, None] + cols[None, :], mask=mask)
     out = normed * (1.0 + scale) + shift
-    tl.store(out_ptr + out_row + cols, cast(out, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + out_rows[:, None] + cols[None, :], cast(out, out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _layernorm_modulate_kernel(
-    x_ptr, y_ptr, gate_ptr, shift_ptr, scale_ptr, residual_ptr, out_ptr, L, C, eps,
+    x_ptr, y_ptr, gate_ptr, shift_ptr, scale_ptr, residual_ptr, out_ptr, N, L, C, eps,
     x_sb, x_sl, y_sb, y_sl, gate_sb, gate_sl, shift_sb, shift_sl, scale_sb, scale_sl,
-    BLOCK: tl.constexpr, CHUNKED: tl.constexpr, GATED: tl.constexpr, ROUND: tl.constexpr,
+    TOKENS: tl.constexpr, BLOCK: tl.constexpr, CHUNKED: tl.constexpr, GATED: tl.constexpr,
+    ROUND: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    b = row // L
-    t = row % L
-    x_row, y_row, gate_row = b * x_sb + t * x_sl, b * y_sb + t * y_sl, b * gate_sb + t * gate_sl
-    shift_row, scale_row = b * shift_sb + t * shift_sl, b * scale_sb + t * scale_sl
+    rows = tl.program_id(0).to(tl.int64) * TOKENS + tl.arange(0, TOKENS)
+    row_mask = rows < N
+    b = rows // L
+    t = rows % L
+    x_rows, y_rows, gate_rows = b * x_sb + t * x_sl, b * y_sb + t * y_sl, b * gate_sb + t * gate_sl
+    shift_rows, scale_rows, out_rows = b * shift_sb + t * shift_sl, b * scale_sb + t * scale_sl, rows * C
     if CHUNKED:
-        total = tl.zeros([BLOCK], dtype=tl.float32)
+        total = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            mask = cols < C
-            h = _row_input(x_ptr, y_ptr, gate_ptr, x_row, y_row, gate_row, cols, mask, GATED)
+            mask = row_mask[:, None] & (cols < C)[None, :]
+            h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED)
             if GATED:
-                tl.store(residual_ptr + row * C + cols, h, mask=mask)
+                tl.store(residual_ptr + out_rows[:, None] + cols[None, :], h, mask=mask)
             total += h
-        mean = tl.sum(total, axis=0) / C
-        squares = tl.zeros([BLOCK], dtype=tl.float32)
+        mean = tl.sum(total, axis=1) / C
+        squares = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            mask = cols < C
-            h = _row_input(x_ptr, y_ptr, gate_ptr, x_row, y_row, gate_row, cols, mask, GATED)
-            centred = tl.where(mask, h - mean, 0.0)
+            mask = row_mask[:, None] & (cols < C)[None, :]
+            h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED)
+            centred = tl.where(mask, h - mean[:, None], 0.0)
             squares += centred * centred
-        rstd = tl.rsqrt(tl.sum(squares, axis=0) / C + eps)
+        rstd = tl.rsqrt(tl.sum(squares, axis=1) / C + eps)
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            mask = cols < C
+            mask = row_mask[:, None] & (cols < C)[None, :]
             # Recomputed rather than read back from the stored residual: the same arithmetic on
             # the same inputs, so the same values, with no dependence on store-to-load ordering.
-            h = _row_input(x_ptr, y_ptr, gate_ptr, x_row, y_row, gate_row, cols, mask, GATED)
-            _modulate_store((h - mean) * rstd, x_ptr, shift_ptr, scale_ptr, out_ptr, shift_row, scale_row,
-                            row * C, cols, mask, ROUND)
+            h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED)
+            _modulate_store((h - mean[:, None]) * rstd[:, None], x_ptr, shift_ptr, scale_ptr, out_ptr,
+                            shift_rows, scale_rows, out_rows, cols, mask, ROUND)
     else:
         cols = tl.arange(0, BLOCK)
-        mask = cols < C
-        h = _row_input(x_ptr, y_ptr, gate_ptr, x_row, y_row, gate_row, cols, mask, GATED)
+        mask = row_mask[:, None] & (cols < C)[None, :]
+        h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED)
         if GATED:
-            tl.store(residual_ptr + row * C + cols, h, mask=mask)
-        mean = tl.sum(h, axis=0) / C
-        centred = tl.where(mask, h - mean, 0.0)
-        rstd = tl.rsqrt(tl.sum(centred * centred, axis=0) / C + eps)
-        _modulate_store(centred * rstd, x_ptr, shift_ptr, scale_ptr, out_ptr, shift_row, scale_row, row * C,
-                        cols, mask, ROUND)
+            tl.store(residual_ptr + out_rows[:, None] + cols[None, :], h, mask=mask)
+        mean = tl.sum(h, axis=1) / C
+        centred = tl.where(mask, h - mean[:, None], 0.0)
+        rstd = tl.rsqrt(tl.sum(centred * centred, axis=1) / C + eps)
+        _modulate_store(centred * rstd[:, None], x_ptr, shift_ptr, scale_ptr, out_ptr, shift_rows, scale_rows,
+                        out_rows, cols, mask, ROUND)
 
 
 def _launch(
@@ -119,19 +118,18 @@ def _launch(
     scale: torch.Tensor, eps: float, round_to_input: bool, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     batch, length, width = x.shape
-    block, warps = row_block(op, width)
-    chunked = block > _MAX_ROW_IN_REGISTERS
-    if chunked:
-        block, warps = _CHUNK, _CHUNK_WARPS
+    config = row_config(op, width)
     out = torch.empty((batch, length, width), dtype=out_dtype, device=x.device)
     gated = y is not None
     residual = torch.empty((batch, length, width), dtype=torch.float32, device=x.device) if gated else out
     y, gate = (y, gate) if gated else (x, x)
     if out.numel():
-        _layernorm_modulate_kernel[(batch * length,)](
-            x, y, gate, shift, scale, residual, out, length, width, eps,
+        rows = batch * length
+        _layernorm_modulate_kernel[(triton.cdiv(rows, config.tokens),)](
+            x, y, gate, shift, scale, residual, out, rows, length, width, eps,
             *row_strides(x), *row_strides(y), *row_strides(gate), *row_strides(shift), *row_strides(scale),
-            BLOCK=block, CHUNKED=chunked, GATED=gated, ROUND=round_to_input, num_warps=warps,
+            TOKENS=config.tokens, BLOCK=config.block(op, width), CHUNKED=bool(config.chunk), GATED=gated,
+            ROUND=round_to_input, num_warps=config.warps,
         )
     return residual, out
 

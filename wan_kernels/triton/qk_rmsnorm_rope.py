@@ -1,5 +1,10 @@
 """Triton ``qk_rmsnorm_rope``: RMSNorm over a token's full width and the interleaved rotary
-embedding of its heads, one token per program, one launch for queries and one for keys."""
+embedding of its heads, a tile of tokens per program (geometry from ``launch.row_config``), one
+launch for queries and one for keys.
+
+A row held whole is read once; a chunked row is read twice (sum of squares, then normalise, rotate
+and store), the second time from L1/L2.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +13,76 @@ import triton
 import triton.language as tl
 
 from wan_kernels.dispatch import register
-from wan_kernels.triton.launch import row_block, row_strides
+from wan_kernels.triton.launch import row_config, row_strides
 from wan_kernels.triton.rounding import cast, round_through
 
 
 @triton.jit
-def _rmsnorm_rope_kernel(
-    x_ptr, weight_ptr, cos_ptr, sin_ptr, out_ptr, L, C, HALF_D, eps, x_sb, x_sl,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    b = row // L
-    t = row % L
-    cols = tl.arange(0, BLOCK)
-    mask = cols < C
-    x = tl.load(x_ptr + b * x_sb + t * x_sl + cols, mask=mask, other=0.0).to(tl.float32)
-    weight = tl.load(weight_ptr + cols, mask=mask, other=0.0)
-    normed = x * tl.rsqrt(tl.sum(x * x, axis=0) / C + eps)
+def _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_ptr, t, out_rows, row_mask,
+                            start, C, HALF_D, TOKENS: tl.constexpr, BLOCK: tl.constexpr):
+    """``x`` [TOKENS, BLOCK] (channels ``start`` on) normalised by ``rstd``, weighted, rotated and stored."""
+    cols = start + tl.arange(0, BLOCK)
+    mask = row_mask[:, None] & (cols < C)[None, :]
+    # Loaded as a [1, BLOCK] tile, in the layout of x: a [BLOCK] vector would come in another
+    # layout and go through shared memory to meet it.
+    weight = tl.load(weight_ptr + cols[None, :], mask=(cols < C)[None, :], other=0.0)
     # As reference.rms_norm: the normalised value is rounded to the input dtype before the weight.
-    normed = round_through(normed, x_ptr.dtype.element_ty) * weight
-    even, odd = tl.split(tl.reshape(normed, [BLOCK // 2, 2]))
-    pairs = tl.arange(0, BLOCK // 2)
-    pair_mask = pairs < C // 2
-    table = t * HALF_D + pairs % HALF_D
+    normed = round_through(x * rstd[:, None], x_ptr.dtype.element_ty) * weight
+    even, odd = tl.split(tl.reshape(normed, [TOKENS, BLOCK // 2, 2]))
+    pairs = start // 2 + tl.arange(0, BLOCK // 2)
+    pair_mask = row_mask[:, None] & (pairs < C // 2)[None, :]
+    table = t[:, None] * HALF_D + (pairs % HALF_D)[None, :]
     cos = tl.load(cos_ptr + table, mask=pair_mask, other=0.0)
     sin = tl.load(sin_ptr + table, mask=pair_mask, other=0.0)
-    rotated = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), [BLOCK])
-    tl.store(out_ptr + row * C + cols, cast(rotated, out_ptr.dtype.element_ty), mask=mask)
+    rotated = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), [TOKENS, BLOCK])
+    tl.store(out_ptr + out_rows[:, None] + cols[None, :], cast(rotated, out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rmsnorm_rope_kernel(
+    x_ptr, weight_ptr, cos_ptr, sin_ptr, out_ptr, N, L, C, HALF_D, eps, x_sb, x_sl,
+    TOKENS: tl.constexpr, BLOCK: tl.constexpr, CHUNKED: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * TOKENS + tl.arange(0, TOKENS)
+    row_mask = rows < N
+    b = rows // L
+    t = rows % L
+    x_rows, out_rows = b * x_sb + t * x_sl, rows * C
+    if CHUNKED:
+        squares = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
+        for start in range(0, C, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = row_mask[:, None] & (cols < C)[None, :]
+            x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            squares += x * x
+        rstd = tl.rsqrt(tl.sum(squares, axis=1) / C + eps)
+        for start in range(0, C, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            mask = row_mask[:, None] & (cols < C)[None, :]
+            x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_ptr, t, out_rows,
+                                    row_mask, start, C, HALF_D, TOKENS, BLOCK)
+    else:
+        cols = tl.arange(0, BLOCK)
+        mask = row_mask[:, None] & (cols < C)[None, :]
+        x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)
+        _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_ptr, t, out_rows, row_mask,
+                                0, C, HALF_D, TOKENS, BLOCK)
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
             eps: float) -> torch.Tensor:
+    op = "qk_rmsnorm_rope"
     batch, length, width = x.shape
-    block, warps = row_block("qk_rmsnorm_rope", width)
+    config = row_config(op, width)
     out = torch.empty((batch, length, num_heads, width // num_heads), dtype=x.dtype, device=x.device)
     if out.numel():
-        _rmsnorm_rope_kernel[(batch * length,)](
-            x, weight, cos, sin, out, length, width, width // num_heads // 2, eps, *row_strides(x),
-            BLOCK=max(block, 2), num_warps=warps,
+        rows = batch * length
+        _rmsnorm_rope_kernel[(triton.cdiv(rows, config.tokens),)](
+            x, weight, cos, sin, out, rows, length, width, width // num_heads // 2, eps, *row_strides(x),
+            TOKENS=config.tokens, BLOCK=config.block(op, width), CHUNKED=bool(config.chunk),
+            num_warps=config.warps,
         )
     return out
 

@@ -1,4 +1,5 @@
-"""Triton ``rel_l1`` and ``rel_l2``: per-token partial sums, then one program reduces and divides.
+"""Triton ``rel_l1`` and ``rel_l2``: partial sums over a tile of tokens per program (geometry from
+``launch.row_config``), then one program reduces them and divides.
 
 Two launches and no host synchronisation; the reduction order is fixed, so results are
 deterministic.
@@ -11,35 +12,37 @@ import triton
 import triton.language as tl
 
 from wan_kernels.dispatch import register
-from wan_kernels.triton.launch import as_rows
+from wan_kernels.triton.launch import as_rows, row_config
 
-_ROW_BLOCK = 1024
 _FINISH_BLOCK = 1024
 
 
 @triton.jit
 def _partial_sums_kernel(
-    a_ptr, b_ptr, partial_ptr, L_sampled, C, stride, a_sn, a_sl, b_sn, b_sl,
-    SQUARE: tl.constexpr, BLOCK: tl.constexpr,
+    a_ptr, b_ptr, partial_ptr, rows, L_sampled, C, stride, a_sn, a_sl, b_sn, b_sl,
+    SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    n = row // L_sampled
-    t = (row % L_sampled) * stride
-    num = tl.zeros([BLOCK], dtype=tl.float32)
-    den = tl.zeros([BLOCK], dtype=tl.float32)
+    program = tl.program_id(0).to(tl.int64)
+    sampled = program * TOKENS + tl.arange(0, TOKENS)
+    row_mask = sampled < rows
+    n = sampled // L_sampled
+    t = (sampled % L_sampled) * stride
+    a_rows, b_rows = n * a_sn + t * a_sl, n * b_sn + t * b_sl
+    num = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
+    den = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
     for start in range(0, C, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        mask = cols < C
-        a = tl.load(a_ptr + n * a_sn + t * a_sl + cols, mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + n * b_sn + t * b_sl + cols, mask=mask, other=0.0).to(tl.float32)
+        mask = row_mask[:, None] & (cols < C)[None, :]
+        a = tl.load(a_ptr + a_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + b_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if SQUARE:
             num += (a - b) * (a - b)
             den += b * b
         else:
             num += tl.abs(a - b)
             den += tl.abs(b)
-    tl.store(partial_ptr + 2 * row, tl.sum(num, axis=0))
-    tl.store(partial_ptr + 2 * row + 1, tl.sum(den, axis=0))
+    tl.store(partial_ptr + 2 * program, tl.sum(tl.sum(num, axis=1), axis=0))
+    tl.store(partial_ptr + 2 * program + 1, tl.sum(tl.sum(den, axis=1), axis=0))
 
 
 @triton.jit
@@ -55,31 +58,33 @@ def _finish_kernel(partial_ptr, out_ptr, rows, SQUARE: tl.constexpr, BLOCK: tl.c
     tl.store(out_ptr, tl.sqrt(ratio) if SQUARE else ratio)
 
 
-def _relative_error(a: torch.Tensor, b: torch.Tensor, stride: int, square: bool) -> torch.Tensor:
+def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, square: bool) -> torch.Tensor:
     a3, b3 = as_rows(a), as_rows(b)
     count, length, width = a3.shape
     sampled = triton.cdiv(length, stride)
     rows = count * sampled
-    partials = torch.empty((max(rows, 1), 2), dtype=torch.float32, device=a.device)
+    config = row_config(op, width)
+    programs = triton.cdiv(rows, config.tokens)
+    partials = torch.empty((max(programs, 1), 2), dtype=torch.float32, device=a.device)
     out = torch.empty((), dtype=torch.float32, device=a.device)
-    block = min(triton.next_power_of_2(max(width, 1)), _ROW_BLOCK)
-    if rows:
-        _partial_sums_kernel[(rows,)](
-            a3, b3, partials, sampled, width, stride, a3.stride(0), a3.stride(1), b3.stride(0), b3.stride(1),
-            SQUARE=square, BLOCK=block, num_warps=4,
+    if programs:
+        _partial_sums_kernel[(programs,)](
+            a3, b3, partials, rows, sampled, width, stride, a3.stride(0), a3.stride(1), b3.stride(0),
+            b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=config.block(op, width),
+            num_warps=config.warps,
         )
-    _finish_kernel[(1,)](partials, out, rows, SQUARE=square, BLOCK=_FINISH_BLOCK, num_warps=4)
+    _finish_kernel[(1,)](partials, out, programs, SQUARE=square, BLOCK=_FINISH_BLOCK, num_warps=4)
     return out
 
 
 def rel_l1(a: torch.Tensor, b: torch.Tensor, stride: int) -> torch.Tensor:
     """``sum|a - b| / sum|b|`` over every ``stride``-th token."""
-    return _relative_error(a, b, stride, square=False)
+    return _relative_error("rel_l1", a, b, stride, square=False)
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor, stride: int) -> torch.Tensor:
     """``|a - b|_2 / |b|_2`` over every ``stride``-th token."""
-    return _relative_error(a, b, stride, square=True)
+    return _relative_error("rel_l2", a, b, stride, square=True)
 
 
 register("triton", "rel_l1")(rel_l1)

@@ -1,0 +1,114 @@
+"""The Triton row kernels under every geometry a ``RowConfig`` can give them (several tokens per
+program, chunked rows, chunks smaller than a head, tiles that straddle samples or run past the
+last token) compute the reference's function; the benchmark's ``--sweep`` times the same ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import wan_kernels
+from tests.kernels.cases import modulation, randn
+from tests.kernels.tolerances import REDUCTION_RTOL, assert_matches
+from wan_kernels import reference
+
+pytestmark = pytest.mark.skipif("triton" not in wan_kernels.available_backends(),
+                                reason="Triton unavailable here")
+if "triton" in wan_kernels.available_backends():
+    from wan_kernels.triton.launch import RowConfig, configured
+
+EPS = 1e-6
+# Two samples of five tokens: 10 rows, so 4- and 8-token tiles straddle the samples and the last
+# tile runs past the last row.
+CONFIGS = [
+    dict(tokens=2), dict(tokens=8, warps=2), dict(chunk=32), dict(tokens=4, chunk=64, warps=2),
+    dict(tokens=2, chunk=128, warps=8),
+]
+CONFIG = pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+
+
+@pytest.fixture(autouse=True)
+def _triton():
+    wan_kernels.set_backend("triton")
+    yield
+    wan_kernels.set_backend("auto")
+
+
+@CONFIG
+@pytest.mark.parametrize("width, kind", [(77, "per_sample"), (320, "per_token")])
+def test_layernorm_modulate(config, width, kind):
+    shape = (2, 5, width)
+    x = randn(shape, torch.bfloat16, seed=1)
+    shift, scale = modulation(shape, kind, seed=2), modulation(shape, kind, seed=3, scale=0.5)
+    with configured("layernorm_modulate", RowConfig(**config)):
+        actual = wan_kernels.layernorm_modulate(x, shift, scale, EPS)
+    assert_matches(actual, reference.layernorm_modulate(x, shift, scale, EPS), torch.bfloat16)
+
+
+@CONFIG
+@pytest.mark.parametrize("width, kind", [(77, "per_token"), (320, "per_sample")])
+def test_gated_residual_layernorm_modulate(config, width, kind):
+    shape = (2, 5, width)
+    x, y = randn(shape, seed=1), randn(shape, torch.bfloat16, seed=2)
+    gate, shift = modulation(shape, kind, seed=3), modulation(shape, kind, seed=4)
+    scale = modulation(shape, kind, seed=5, scale=0.5)
+    with configured("gated_residual_layernorm_modulate", RowConfig(**config)):
+        residual, hidden = wan_kernels.gated_residual_layernorm_modulate(x, y, gate, shift, scale, EPS)
+    expected = reference.gated_residual_layernorm_modulate(x, y, gate, shift, scale, EPS)
+    assert_matches(residual, expected[0], torch.float32)
+    assert_matches(hidden, expected[1], torch.float32)
+
+
+@CONFIG
+@pytest.mark.parametrize("width, heads", [(80, 5), (320, 5)])
+def test_qk_rmsnorm_rope(config, width, heads):
+    """Heads of 16 (chunks of 32 and more span several) and of 64 (chunks of 32 split them)."""
+    shape = (2, 5, width)
+    q, k = randn(shape, torch.bfloat16, seed=1), randn(shape, torch.bfloat16, seed=2)
+    weight_q, weight_k = 1 + randn((width,), seed=3, scale=0.1), 1 + randn((width,), seed=4, scale=0.1)
+    angles = randn((5, 1, width // heads // 2), seed=5, scale=3.0)
+    args = (q, k, weight_q, weight_k, angles.cos(), angles.sin(), heads, EPS)
+    with configured("qk_rmsnorm_rope", RowConfig(**config)):
+        actual = wan_kernels.qk_rmsnorm_rope(*args)
+    for a, e in zip(actual, reference.qk_rmsnorm_rope(*args), strict=True):
+        assert_matches(a, e, torch.bfloat16)
+
+
+@CONFIG
+@pytest.mark.parametrize("name", ["rel_l1", "rel_l2"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_relative_error(config, name, stride):
+    b = randn((2, 5, 77), torch.bfloat16, seed=1)
+    a = (b.float() + randn(b.shape, seed=2, scale=0.1)).to(torch.bfloat16)
+    with configured(name, RowConfig(**config)):
+        actual = getattr(wan_kernels, name)(a, b, stride)
+    torch.testing.assert_close(actual, getattr(reference, name)(a, b, stride), rtol=REDUCTION_RTOL, atol=0)
+
+
+def test_rows_wider_than_registers_hold_are_chunked_by_default():
+    """20,000 channels: past the widest row a program keeps whole, so every row op walks chunks."""
+    shape = (1, 2, 20000)
+    x = randn(shape, torch.bfloat16, seed=1)
+    shift, scale = modulation(shape, "per_sample", seed=2), modulation(shape, "per_sample", seed=3)
+    assert_matches(wan_kernels.layernorm_modulate(x, shift, scale, EPS),
+                   reference.layernorm_modulate(x, shift, scale, EPS), torch.bfloat16)
+    weight = 1 + randn((20000,), seed=4, scale=0.1)
+    angles = randn((2, 1, 80), seed=5, scale=3.0)
+    args = (x, x, weight, weight, angles.cos(), angles.sin(), 125, EPS)
+    assert_matches(wan_kernels.qk_rmsnorm_rope(*args)[0], reference.qk_rmsnorm_rope(*args)[0], torch.bfloat16)
+
+
+def test_a_whole_row_past_the_register_limit_is_refused():
+    x = randn((1, 1, 20000))
+    refusal = "layernorm_modulate: the triton backend holds rows of at most 16384 channels whole"
+    with configured("layernorm_modulate", RowConfig()), pytest.raises(ValueError, match=refusal):
+        wan_kernels.layernorm_modulate(x, x, x, EPS)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(tokens=3), "tokens must be a power of two"), (dict(warps=0), "warps must be a power of two"),
+    (dict(chunk=48), "chunk must be 0"), (dict(chunk=1), "chunk must be 0"),
+])
+def test_row_config_rejects_bad_geometry(fields, message):
+    with pytest.raises(ValueError, match=message):
+        RowConfig(**fields)
