@@ -13,6 +13,11 @@ then timed with ``triton.testing.do_bench`` (median, L2 flushed between runs). B
 op's minimal DRAM traffic over its time, also as a fraction of a large device-to-device copy
 measured in the same run.
 
+``--sweep`` then times the Triton row kernels under other launch geometries
+(``wan_kernels.triton.launch.RowConfig``: tokens per program, whole or chunked rows, warps) at one
+length per width, each checked like the ops, with its time against the default geometry's: the
+data for choosing ``row_config``'s defaults.
+
 Then whole blocks at the same shapes (``--no-blocks`` skips them), each against its unfused self:
 one ``wan_runtime`` ``DiTBlock`` in bfloat16 on backend ``torch`` against ``triton``, and one
 diffusers ``WanTransformerBlock`` as diffusers runs it against after
@@ -66,11 +71,13 @@ class Inputs:
     """Seeded DiT-like tensors of one shape on the GPU."""
 
     def __init__(self, shape: Shape, device: torch.device) -> None:
-        g = torch.Generator(device).manual_seed(0)
+        g = None if device.type == "meta" else torch.Generator(device).manual_seed(0)
         full = (1, shape.length, shape.width)
         row = full if shape.modulation == "per_token" else (1, 1, shape.width)
 
         def randn(size: tuple[int, ...], dtype: torch.dtype = torch.float32, scale: float = 1.0):
+            if device.type == "meta":  # shapes only, for benchmarks.kernel_resources
+                return torch.empty(size, dtype=dtype, device=device)
             return (torch.randn(size, generator=g, device=device) * scale).to(dtype)
 
         self.residual, self.residual2 = randn(full), randn(full)
@@ -88,6 +95,9 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Op:
+    """One op case; ``args`` gives every argument of the op's custom-op signature, so the same tuple
+    calls the public op and a backend's implementation (``dispatch.implementation``)."""
+
     name: str
     ours: Callable
     reference: Callable
@@ -98,12 +108,12 @@ class Op:
 
 OPS = [
     Op("layernorm_modulate", wan_kernels.layernorm_modulate, reference.layernorm_modulate,
-       lambda t: (t.hidden, t.shift, t.scale, EPS), torch.bfloat16),
+       lambda t: (t.hidden, t.shift, t.scale, EPS, True, torch.float32), torch.bfloat16),
     Op("gated_residual", wan_kernels.gated_residual, reference.gated_residual,
        lambda t: (t.residual, t.hidden, t.gate)),
     Op("gated_residual_layernorm_modulate", wan_kernels.gated_residual_layernorm_modulate,
        reference.gated_residual_layernorm_modulate,
-       lambda t: (t.residual, t.hidden, t.gate, t.shift, t.scale, EPS)),
+       lambda t: (t.residual, t.hidden, t.gate, t.shift, t.scale, EPS, torch.float32)),
     Op("gated_residual_layernorm_modulate[bf16 out]", wan_kernels.gated_residual_layernorm_modulate,
        reference.gated_residual_layernorm_modulate,
        lambda t: (t.residual, t.hidden, t.gate, t.shift, t.scale, EPS, torch.bfloat16), torch.bfloat16),
@@ -183,6 +193,65 @@ def run_op(op: Op, shape: Shape, inputs: Inputs, compiled: Callable | None, copy
         row.update(compile_ms=round(compile_ms, 4), compile_GBps=round(gigabytes / compile_ms * 1e3, 1),
                    x_compile=round(compile_ms / ours_ms, 2))
     return row
+
+
+# The row kernels below 80% of copy bandwidth on the H200 at their default geometry, and the
+# geometries tried for them: whole rows (more warps, two tokens), and chunks of 512 to 2048 channels
+# with 1 to 4 tokens a program.
+SWEEP_OPS = ("layernorm_modulate", "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "rel_l1")
+SWEEP_SHAPES = SHAPES[:2]
+SWEEP_GEOMETRIES = [
+    dict(warps=8), dict(warps=16), dict(tokens=2, warps=16),
+    dict(chunk=512, warps=2), dict(chunk=512, tokens=2, warps=4),
+    dict(chunk=1024, warps=4), dict(chunk=1024, warps=8), dict(chunk=1024, tokens=2, warps=4),
+    dict(chunk=1024, tokens=4, warps=8), dict(chunk=2048, warps=8), dict(chunk=2048, tokens=2, warps=16),
+]
+
+
+def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float) -> list[dict]:
+    """Each op of ``SWEEP_OPS`` under its default geometry and each of ``SWEEP_GEOMETRIES`` at
+    ``shape`` (backend ``triton``), until ``deadline`` (``time.perf_counter()``)."""
+    from wan_kernels.triton.launch import RowConfig, configured, row_config
+
+    wan_kernels.set_backend("triton")
+    rows = []
+    for op in (op for op in OPS if op.name in SWEEP_OPS):
+        name, args = op.ours.__name__, op.args(inputs)
+        expected = op.reference(*args)
+        default = row_config(name, shape.width)
+        gigabytes = traffic_bytes(op, args, expected) / 1e9
+        default_ms = None
+        for config in [default, *(RowConfig(**g) for g in SWEEP_GEOMETRIES if RowConfig(**g) != default)]:
+            if time.perf_counter() > deadline:
+                return rows
+            label = config.label + " (default)" * (config == default)
+            row = {"op": op.name, "shape": shape.label, "geometry": label}
+            try:
+                with configured(name, config):
+                    row["max_rel_err"], row["rel_l2"], row["check"] = check(op, op.ours(*args), expected)
+                    ms = bench_ms(lambda: op.ours(*args))  # noqa: B023 - called before the loop moves on
+            except Exception as error:  # a geometry that cannot compile (too many registers) is a result too
+                rows.append({**row, "check": f"ERROR: {type(error).__name__}: {str(error)[:200]}"})
+                continue
+            default_ms = default_ms or ms
+            row.update(ours_ms=round(ms, 4), frac_copy=round(gigabytes / ms * 1e3 / copy_gbps, 3),
+                       x_default=round(default_ms / ms, 3))
+            row["max_rel_err"], row["rel_l2"] = f"{row['max_rel_err']:.2e}", f"{row['rel_l2']:.2e}"
+            rows.append(row)
+            print(f"  sweep {op.name:35s} {shape.label:22s} {row['geometry']:40s} {row['check'][:40]:40s} "
+                  f"{ms:.4f} ms  {row['frac_copy']:.3f} of copy", flush=True)
+        del expected
+    return rows
+
+
+def best_geometries(rows: list[dict]) -> list[dict]:
+    """The fastest passing geometry of each (op, shape) of a sweep."""
+    best: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        key = (row["op"], row["shape"])
+        if row.get("check") == "ok" and (key not in best or row["ours_ms"] < best[key]["ours_ms"]):
+            best[key] = row
+    return list(best.values())
 
 
 # The first two SHAPES as models run them: A14B (C 5120, per-sample modulation) at 480p, 32,760
@@ -280,6 +349,8 @@ def main() -> None:
     parser.add_argument("--backends", default="triton,cuda", help="comma-separated backends to time")
     parser.add_argument("--compile-budget-s", type=float, default=120.0,
                         help="stop timing the compiled baseline once the run has taken this long")
+    parser.add_argument("--sweep", action="store_true", help="time the Triton row kernels' geometries too")
+    parser.add_argument("--sweep-budget-s", type=float, default=150.0, help="time limit of the sweep")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels needs a CUDA GPU")
@@ -312,6 +383,15 @@ def main() -> None:
                       f"{row.get('max_rel_err')}  ({time.perf_counter() - start:.0f} s)", flush=True)
         del inputs
         torch.cuda.empty_cache()
+    sweep = []
+    if args.sweep:
+        deadline = time.perf_counter() + args.sweep_budget_s
+        for shape in SWEEP_SHAPES:
+            inputs = Inputs(shape, device)
+            sweep += sweep_rows(shape, inputs, copy_gbps, deadline)
+            del inputs
+            torch.cuda.empty_cache()
+        wan_kernels.set_backend("auto")
     for case in [] if args.no_blocks else BLOCK_CASES:
         for block_row, backend in itertools.product((dit_block_row, diffusers_block_row), backends):
             try:
@@ -329,6 +409,10 @@ def main() -> None:
     print_table(rows, columns)
     rows.append({"op": "device_copy", "GBps": round(copy_gbps, 1), "triton": triton.__version__})
     print("wrote", save_results("bench_kernels", device, rows, args.out_dir))
+    if sweep:
+        print("fastest geometry of each swept op (x_default: speed-up over the default geometry)")
+        print_table(best_geometries(sweep), ["op", "shape", "geometry", "ours_ms", "frac_copy", "x_default"])
+        print("wrote", save_results("bench_kernels_sweep", device, sweep, args.out_dir))
 
 
 if __name__ == "__main__":

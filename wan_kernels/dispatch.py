@@ -134,6 +134,17 @@ def _impl(backend: str, op: str) -> Callable | None:
     return _IMPLS[backend].get(op)
 
 
+def implementation(backend: str, op: str) -> Callable:
+    """``backend``'s own implementation of ``op``, called as the custom op calls it (no input checks,
+    no device rules): for tools that inspect one backend's kernels."""
+    if backend not in _IMPLS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(KNOWN_BACKENDS)}")
+    fn = _impl(backend, op)
+    if fn is None:
+        raise NotImplementedError(f"wan_kernels.{op}: backend {backend!r} does not implement it")
+    return fn
+
+
 def resolve(op: str, device: torch.device) -> Callable:
     """The implementation of ``op`` for tensors on ``device`` under the current setting."""
     if _selected != AUTO:
@@ -142,10 +153,7 @@ def resolve(op: str, device: torch.device) -> Callable:
                 f"wan_kernels.{op}: backend {_selected!r} cannot run on {device.type} tensors"
                 + (" (set TRITON_INTERPRET=1 for Triton's CPU interpreter)" if _selected == "triton" else "")
             )
-        fn = _impl(_selected, op)
-        if fn is None:
-            raise NotImplementedError(f"wan_kernels.{op}: backend {_selected!r} does not implement it")
-        return fn
+        return implementation(_selected, op)
     preferred = [b for b in _PREFERENCE.get(device.type, ("torch",)) if _usable(b) and _runs_on(b, device)]
     for backend in preferred:
         fn = _impl(backend, op)

@@ -1,0 +1,80 @@
+"""The GPU benchmarks' CPU-checkable parts: the Triton geometry sweep runs end to end (in Triton's
+interpreter, with a stand-in timer), and the compiled Triton kernels at the DiT's widest real shape
+keep their resource properties (no spills, 16-byte global accesses, no shared-memory round trips in
+``qk_rmsnorm_rope``), read from code compiled for sm_90 without a GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import wan_kernels
+from benchmarks import bench_kernels
+
+ROOT = Path(__file__).resolve().parents[2]
+needs_triton = pytest.mark.skipif("triton" not in wan_kernels.available_backends(),
+                                  reason="Triton unavailable here")
+
+
+@needs_triton
+def test_sweep_checks_and_ranks_every_geometry(monkeypatch):
+    timed = []
+
+    def fake_ms(fn):
+        fn()
+        timed.append(fn)
+        return float(len(timed))  # each geometry slower than the last: the default wins
+
+    monkeypatch.setattr(bench_kernels, "bench_ms", fake_ms)
+    geometries = [dict(tokens=2, chunk=64), dict(chunk=128, warps=2)]
+    monkeypatch.setattr(bench_kernels, "SWEEP_GEOMETRIES", geometries)
+    shape = bench_kernels.Shape(3, 256, "per_sample")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        rows = bench_kernels.sweep_rows(shape, bench_kernels.Inputs(shape, device), 1000.0, float("inf"))
+    finally:
+        wan_kernels.set_backend("auto")
+    assert len(rows) == 3 * len(bench_kernels.SWEEP_OPS) == len(timed)
+    assert all(row["check"] == "ok" for row in rows), rows
+    best = bench_kernels.best_geometries(rows)
+    assert sorted(row["op"] for row in best) == sorted(bench_kernels.SWEEP_OPS)
+    assert all(row["geometry"].endswith("(default)") and row["x_default"] == 1.0 for row in best)
+
+
+@needs_triton
+def test_sweep_stops_at_its_deadline():
+    shape = bench_kernels.Shape(3, 256, "per_sample")
+    try:
+        rows = bench_kernels.sweep_rows(shape, bench_kernels.Inputs(shape, torch.device("meta")), 1000.0, 0.0)
+    finally:
+        wan_kernels.set_backend("auto")
+    assert rows == []
+
+
+@needs_triton
+def test_compiled_kernels_at_the_widest_real_shape():
+    pytest.importorskip("triton.backends.nvidia")
+    script = ("import json, sys; from pathlib import Path; from benchmarks import kernel_resources as k; "
+              "from benchmarks.bench_kernels import Shape; "
+              "print(json.dumps(k.kernel_rows(90, Path(sys.argv[1]), [Shape(32760, 5120, 'per_sample')])))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script, str(ROOT)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.splitlines()[-1])
+    assert {row["op"] for row in rows} == {op.name for op in bench_kernels.OPS}
+    for row in rows:
+        assert row["spill_bytes"] == 0, row
+        if row["kernel"] == "_finish_kernel":  # one program summing a few hundred KB of partials
+            continue
+        assert all(access.endswith("x16B") for access in row["loads"].split()), row
+        if row["kernel"] != "_partial_sums_kernel":  # which stores one float per program
+            assert all(access.endswith("x16B") for access in row["stores"].split()), row
+        if row["op"] == "qk_rmsnorm_rope":
+            assert row["layout_conversions"] == 0, row
