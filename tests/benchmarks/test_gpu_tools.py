@@ -58,13 +58,13 @@ def test_sweep_stops_at_its_deadline():
 
 
 @needs_triton
-def test_compiled_kernels_at_the_widest_real_shape():
+def test_compiled_kernels_at_the_widest_real_shape(tmp_path):
     pytest.importorskip("triton.backends.nvidia")
     script = ("import json, sys; from pathlib import Path; from benchmarks import kernel_resources as k; "
               "from benchmarks.bench_kernels import Shape; "
               "print(json.dumps(k.kernel_rows(90, Path(sys.argv[1]), [Shape(32760, 5120, 'per_sample')])))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script, str(ROOT)], cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(done.stdout.splitlines()[-1])
