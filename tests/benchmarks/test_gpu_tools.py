@@ -48,6 +48,26 @@ def test_sweep_checks_and_ranks_every_geometry(monkeypatch):
 
 
 @needs_triton
+def test_every_op_case_runs_and_passes_its_check(monkeypatch):
+    """``run_op`` on each of ``OPS`` (the benchmark's arguments, its check, its byte count) at a
+    small shape on the triton backend, the compiled baseline included."""
+    monkeypatch.setattr(bench_kernels, "bench_ms", lambda fn: (fn(), 1.0)[1])
+    shape = bench_kernels.Shape(3, 256, "per_token")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    inputs = bench_kernels.Inputs(shape, device)
+    wan_kernels.set_backend("triton")
+    try:
+        rows = [bench_kernels.run_op(op, shape, inputs, op.reference, 1000.0) for op in bench_kernels.OPS]
+    finally:
+        wan_kernels.set_backend("auto")
+    assert [row["check"] for row in rows] == ["ok"] * len(bench_kernels.OPS), rows
+    # layernorm_modulate: bfloat16 [1, 3, 256] and two float32 per-token modulations read, float32 written.
+    op = bench_kernels.OPS[0]
+    args = op.args(inputs)
+    assert bench_kernels.traffic_bytes(op, args, op.reference(*args)) == 3 * 256 * (2 + 4 + 4 + 4)
+
+
+@needs_triton
 def test_sweep_stops_at_its_deadline():
     shape = bench_kernels.Shape(3, 256, "per_sample")
     try:
@@ -64,8 +84,8 @@ def test_compiled_kernels_at_the_widest_real_shape(tmp_path):
               "from benchmarks.bench_kernels import Shape; "
               "print(json.dumps(k.kernel_rows(90, Path(sys.argv[1]), [Shape(32760, 5120, 'per_sample')])))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(done.stdout.splitlines()[-1])
     assert {row["op"] for row in rows} == {op.name for op in bench_kernels.OPS}
