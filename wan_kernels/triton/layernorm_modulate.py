@@ -39,6 +39,7 @@ import triton.language as tl
 from wan_kernels.dispatch import register
 from wan_kernels.triton.launch import row_config, row_strides
 from wan_kernels.triton.rounding import cast, round_through
+from wan_kernels.triton.tiles import tile_mask, token_tile
 
 
 @triton.jit
@@ -73,17 +74,14 @@ def _layernorm_modulate_kernel(
     TOKENS: tl.constexpr, BLOCK: tl.constexpr, CHUNKED: tl.constexpr, GATED: tl.constexpr,
     ROUND: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * TOKENS + tl.arange(0, TOKENS)
-    row_mask = rows < N
-    b = rows // L
-    t = rows % L
+    rows, row_mask, b, t = token_tile(N, L, TOKENS)
     x_rows, y_rows, gate_rows = b * x_sb + t * x_sl, b * y_sb + t * y_sl, b * gate_sb + t * gate_sl
     shift_rows, scale_rows, out_rows = b * shift_sb + t * shift_sl, b * scale_sb + t * scale_sl, rows * C
     if CHUNKED:
         total = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            mask = row_mask[:, None] & (cols < C)[None, :]
+            mask = tile_mask(row_mask, cols, C)
             h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED)
             if GATED:
                 tl.store(residual_ptr + out_rows[:, None] + cols[None, :], h, mask=mask)
@@ -92,14 +90,14 @@ def _layernorm_modulate_kernel(
         squares = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            mask = row_mask[:, None] & (cols < C)[None, :]
+            mask = tile_mask(row_mask, cols, C)
             h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED)
             centred = tl.where(mask, h - mean[:, None], 0.0)
             squares += centred * centred
         rstd = tl.rsqrt(tl.sum(squares, axis=1) / C + eps)
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            mask = row_mask[:, None] & (cols < C)[None, :]
+            mask = tile_mask(row_mask, cols, C)
             # Recomputed rather than read back from the stored residual: the same arithmetic on
             # the same inputs, so the same values, with no dependence on store-to-load ordering.
             h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED)
@@ -107,7 +105,7 @@ def _layernorm_modulate_kernel(
                             shift_rows, scale_rows, out_rows, cols, mask, ROUND)
     else:
         cols = tl.arange(0, BLOCK)
-        mask = row_mask[:, None] & (cols < C)[None, :]
+        mask = tile_mask(row_mask, cols, C)
         h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED)
         if GATED:
             tl.store(residual_ptr + out_rows[:, None] + cols[None, :], h, mask=mask)

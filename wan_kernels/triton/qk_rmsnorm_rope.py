@@ -15,6 +15,7 @@ import triton.language as tl
 from wan_kernels.dispatch import register
 from wan_kernels.triton.launch import row_config, row_strides
 from wan_kernels.triton.rounding import cast, round_through
+from wan_kernels.triton.tiles import tile_mask, token_tile
 
 
 @triton.jit
@@ -22,7 +23,7 @@ def _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_pt
                             start, C, HALF_D, TOKENS: tl.constexpr, BLOCK: tl.constexpr):
     """``x`` [TOKENS, BLOCK] (channels ``start`` on) normalised by ``rstd``, weighted, rotated and stored."""
     cols = start + tl.arange(0, BLOCK)
-    mask = row_mask[:, None] & (cols < C)[None, :]
+    mask = tile_mask(row_mask, cols, C)
     # Loaded as a [1, BLOCK] tile, in the layout of x: a [BLOCK] vector would come in another
     # layout and go through shared memory to meet it.
     weight = tl.load(weight_ptr + cols[None, :], mask=(cols < C)[None, :], other=0.0)
@@ -30,7 +31,7 @@ def _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_pt
     normed = round_through(x * rstd[:, None], x_ptr.dtype.element_ty) * weight
     even, odd = tl.split(tl.reshape(normed, [TOKENS, BLOCK // 2, 2]))
     pairs = start // 2 + tl.arange(0, BLOCK // 2)
-    pair_mask = row_mask[:, None] & (pairs < C // 2)[None, :]
+    pair_mask = tile_mask(row_mask, pairs, C // 2)
     table = t[:, None] * HALF_D + (pairs % HALF_D)[None, :]
     cos = tl.load(cos_ptr + table, mask=pair_mask, other=0.0)
     sin = tl.load(sin_ptr + table, mask=pair_mask, other=0.0)
@@ -43,28 +44,25 @@ def _rmsnorm_rope_kernel(
     x_ptr, weight_ptr, cos_ptr, sin_ptr, out_ptr, N, L, C, HALF_D, eps, x_sb, x_sl,
     TOKENS: tl.constexpr, BLOCK: tl.constexpr, CHUNKED: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * TOKENS + tl.arange(0, TOKENS)
-    row_mask = rows < N
-    b = rows // L
-    t = rows % L
+    rows, row_mask, b, t = token_tile(N, L, TOKENS)
     x_rows, out_rows = b * x_sb + t * x_sl, rows * C
     if CHUNKED:
         squares = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            mask = row_mask[:, None] & (cols < C)[None, :]
+            mask = tile_mask(row_mask, cols, C)
             x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             squares += x * x
         rstd = tl.rsqrt(tl.sum(squares, axis=1) / C + eps)
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            mask = row_mask[:, None] & (cols < C)[None, :]
+            mask = tile_mask(row_mask, cols, C)
             x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_ptr, t, out_rows,
                                     row_mask, start, C, HALF_D, TOKENS, BLOCK)
     else:
         cols = tl.arange(0, BLOCK)
-        mask = row_mask[:, None] & (cols < C)[None, :]
+        mask = tile_mask(row_mask, cols, C)
         x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         rstd = tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)
         _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_ptr, t, out_rows, row_mask,

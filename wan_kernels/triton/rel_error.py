@@ -13,6 +13,7 @@ import triton.language as tl
 
 from wan_kernels.dispatch import register
 from wan_kernels.triton.launch import as_rows, row_config
+from wan_kernels.triton.tiles import tile_mask, token_tile
 
 _FINISH_BLOCK = 1024
 
@@ -22,17 +23,15 @@ def _partial_sums_kernel(
     a_ptr, b_ptr, partial_ptr, rows, L_sampled, C, stride, a_sn, a_sl, b_sn, b_sl,
     SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    program = tl.program_id(0).to(tl.int64)
-    sampled = program * TOKENS + tl.arange(0, TOKENS)
-    row_mask = sampled < rows
-    n = sampled // L_sampled
-    t = (sampled % L_sampled) * stride
+    program = tl.program_id(0)
+    _, row_mask, n, sample = token_tile(rows, L_sampled, TOKENS)
+    t = sample * stride
     a_rows, b_rows = n * a_sn + t * a_sl, n * b_sn + t * b_sl
     num = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
     den = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
     for start in range(0, C, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        mask = row_mask[:, None] & (cols < C)[None, :]
+        mask = tile_mask(row_mask, cols, C)
         a = tl.load(a_ptr + a_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + b_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if SQUARE:
