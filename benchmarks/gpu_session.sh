@@ -58,7 +58,9 @@ step kernel_tests 180 60 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m pytest
   --maxfail=25 --no-header -rfE
 step bench_kernels 240 90 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m benchmarks.bench_kernels \
   --compile-budget-s 60 --sweep --sweep-budget-s 90 --out-dir "$out"
-step bench_cache 150 60 python3 -m benchmarks.bench_cache --gpu --layers 4 --out-dir "$out"
+# 30 generations of 10 steps at 18,480 tokens (an estimated 2-3 s each on an H100): one untimed
+# round for the quality columns, two timed rounds.
+step bench_cache 180 90 python3 -m benchmarks.bench_cache --gpu --layers 4 --repeat 2 --out-dir "$out"
 step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --out-dir "$out"
 step gpu_pipelines 60 30 python3 -m benchmarks.gpu_pipelines --out-dir "$out"
 echo "session done in $((SECONDS - start)) s of ${budget}" | tee -a "$log"
