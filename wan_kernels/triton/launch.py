@@ -32,7 +32,7 @@ _MAX_ROW_IN_REGISTERS = 4096
 class RowConfig:
     """Geometry of a row kernel's program: ``tokens`` rows of the [N, L, C] input (a power of two),
     each held whole in registers (``chunk`` 0) or walked ``chunk`` channels at a time (a power of
-    two, even), on ``warps`` warps."""
+    two of at least 2, so a chunk never splits a rotation pair), on ``warps`` warps."""
 
     tokens: int = 1
     chunk: int = 0
@@ -61,7 +61,7 @@ class RowConfig:
         return max(2, triton.next_power_of_2(width))
 
 
-def whole_row(width: int) -> RowConfig:
+def _whole_row(width: int) -> RowConfig:
     """One token per program, its row padded to a power of two, a warp per 512 lanes (1 to 16)."""
     return RowConfig(warps=max(1, min(16, triton.next_power_of_2(width) // 512)))
 
@@ -73,7 +73,7 @@ def _default(op: str, width: int) -> RowConfig:
     # qk_rmsnorm_rope keeps its rows whole up to the register limit: the only geometry measured for
     # it so far (the --sweep of bench_kernels decides whether chunks do better, as for the norms).
     whole_up_to = MAX_ROW_WIDTH if op == "qk_rmsnorm_rope" else _MAX_ROW_IN_REGISTERS
-    return whole_row(width) if padded <= whole_up_to else RowConfig(chunk=1024)
+    return _whole_row(width) if padded <= whole_up_to else RowConfig(chunk=1024)
 
 
 _overrides: dict[str, RowConfig] = {}

@@ -9,19 +9,18 @@ A program handles ``RowConfig.tokens`` tokens (see ``launch.row_config``). By de
 benchmarks/results/2026-11-26_NVIDIA-H200_bench_kernels.log):
 
 - A whole row of C = 5120 pads to an 8192-lane tile on 16 warps: 16 registers per thread per live
-  value, 37.5% of them padding. The kernel measured below took 62 registers a thread (compiled for
-  sm_90 by Triton 3.9; ``python -m benchmarks.kernel_resources`` reads such numbers without a GPU),
-  so two rows were resident per SM, each with only its own loads in flight (10 KB for a bfloat16
-  row) while it reduces and stores. That is too little to cover DRAM
-  latency: the per-sample op reached 60% of copy bandwidth (72% fused, reading 30 KB a row), where
+  value, 37.5% of them padding. The whole-row kernel measured on the H200 takes 62 registers a
+  thread (compiled for sm_90 by Triton 3.9; ``python -m benchmarks.kernel_resources`` reads such
+  numbers without a GPU), so two rows were resident per SM, each with only its own loads in flight
+  (10 KB for a bfloat16 row) while it reduces and stores. That is too little to cover DRAM latency:
+  the per-sample op reached 60% of copy bandwidth (72% fused, reading 30 KB a row), where
   C = 3072 per-token rows (4096 lanes on 8 warps, 30 KB read, several rows per SM) reached ~100%.
 - In 1024-channel chunks on 4 warps every lane is used (1024 divides 3072 and 5120), a program
   needs 34 registers a thread (48 gated), and an SM holds 10 to 12 programs: that many rows' loads
-  in flight.
-  The second and third walks re-read the row from L1/L2 rather than DRAM (a row is 10-30 KB, the L2
-  50 MB), so DRAM traffic is unchanged. torch.compile's kernel for this op (a looped reduction at
-  this width by Inductor's heuristics), which re-reads the row the same way, reached 78% (94% fused)
-  at C = 5120 on the H200.
+  in flight. The second and third walks re-read the row from L1/L2 rather than DRAM (a row is
+  10-30 KB, the L2 50 MB), so DRAM traffic is unchanged. torch.compile's kernel for this op (a
+  looped reduction at this width by Inductor's heuristics), which re-reads the row the same way,
+  reached 78% (94% fused) at C = 5120 on the H200.
 
 The chunked default is a prediction from these numbers, not yet a measurement: ``python -m
 benchmarks.bench_kernels --sweep`` times it against whole rows and other geometries on a GPU.
