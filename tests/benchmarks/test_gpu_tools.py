@@ -83,7 +83,7 @@ def test_compiled_kernels_at_the_widest_real_shape(tmp_path):
     import triton.runtime.jit
 
     if not hasattr(triton.runtime.jit, "native_specialize_impl"):
-        pytest.skip("benchmarks.kernel_resources specialises launches as Triton 3.5+ does")
+        pytest.skip("this Triton has no native_specialize_impl, which benchmarks.kernel_resources uses")
     script = ("import json, sys; from pathlib import Path; from benchmarks import kernel_resources as k; "
               "from benchmarks.bench_kernels import Shape; "
               "print(json.dumps(k.kernel_rows(90, Path(sys.argv[1]), [Shape(32760, 5120, 'per_sample')])))")
