@@ -221,7 +221,8 @@ def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float) 
         default = row_config(name, shape.width)
         gigabytes = traffic_bytes(op, args, expected) / 1e9
         default_ms = None
-        for config in [default, *(RowConfig(**g) for g in SWEEP_GEOMETRIES if RowConfig(**g) != default)]:
+        others = [RowConfig(**g) for g in SWEEP_GEOMETRIES]
+        for config in [default, *(c for c in others if c != default)]:
             if time.perf_counter() > deadline:
                 return rows
             label = config.label + " (default)" * (config == default)

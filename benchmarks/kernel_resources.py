@@ -20,6 +20,7 @@ import argparse
 import math
 import re
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -179,8 +180,6 @@ def main() -> None:
     args = parser.parse_args()
     if dispatch.triton_interpreted():
         raise SystemExit("kernel_resources compiles for a GPU: unset TRITON_INTERPRET")
-    import tempfile
-
     with tempfile.TemporaryDirectory() as workdir:
         rows = kernel_rows(args.arch, Path(workdir))
     print(f"Triton {triton.__version__}, compiled for sm_{args.arch}")
