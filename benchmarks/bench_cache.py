@@ -7,8 +7,13 @@ width and depth with random weights, a tiny random T5 and VAE. It is loaded with
 ``load_pipeline`` and run with ``pipeline.generate(..., cache=CacheConfig(...))``, so what is
 timed is what a user runs. The time is the denoising stage's (``last_report.timings``), the
 skips are ``cache_report()``'s. The uncached run and every setting are timed in turns over
-``--repeat`` rounds after one warm-up each, and compared by their medians. The overhead per step
-is a threshold-0 setting (gate and metric computed, nothing skipped) minus the uncached run.
+``--repeat`` rounds after one warm-up each, and compared by their medians.
+
+The manager's overhead is measured twice on the threshold-0 settings (gate and metric computed,
+nothing skipped): end to end, their median minus the uncached one (``overhead_ms_per_step``, as
+noisy as the machine), and directly, by one more run that times ``CacheManager.forward`` and, inside
+it, the model's own stages (``manager_ms_per_step``, ``manager_share``: what is left is the
+manager's signal, metric, gate, capture and bookkeeping).
 
     python -m benchmarks.bench_cache                    # CPU: small random DiT, float32
     python -m benchmarks.bench_cache --gpu --layers 4   # CUDA bfloat16: the ti2v-5B width
@@ -21,14 +26,18 @@ import contextlib
 import io
 import statistics
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import torch
 
 from benchmarks.common import print_table, save_results
 from benchmarks.fidelity import VIDEO_RANGE, max_error, psnr
-from wan_runtime.cache import CacheConfig
+from wan_runtime.cache import CacheConfig, CacheManager, WanStages
 from wan_runtime.models import DiTConfig
 from wan_runtime.pipelines import Pipeline, load_pipeline
 from wan_runtime.tasks import TASKS
@@ -106,7 +115,59 @@ class Runner:
         return statistics.median(self.seconds[name])
 
 
-def sweep(runner: Runner, cached: list[Setting], repeat: int, steps: int) -> list[dict]:
+class ManagerClock:
+    """Seconds spent in ``CacheManager.forward`` and, of those, in the model's own stages: the
+    difference is the manager's work. The device is synchronised around each timed call, so every
+    part is charged with its own kernels."""
+
+    MODEL_STAGES = ("prepare", "run_blocks", "finish")
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = {"forward": 0.0, "model": 0.0}
+
+    def _timed(self, fn: Callable, part: str) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self._sync()
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self._sync()
+            self.seconds[part] += time.perf_counter() - start
+            return out
+        return timed
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[ManagerClock]:
+        """Time every manager forward and model stage inside the block."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mock.patch.object(CacheManager, "forward",
+                                                  self._timed(CacheManager.forward, "forward")))
+            for name in self.MODEL_STAGES:
+                stage = self._timed(getattr(WanStages, name), "model")
+                stack.enter_context(mock.patch.object(WanStages, name, stage))
+            yield self
+
+    @property
+    def manager_seconds(self) -> float:
+        return self.seconds["forward"] - self.seconds["model"]
+
+
+def manager_overhead(runner: Runner, cache: CacheConfig, device: torch.device, steps: int) -> dict:
+    """The manager's own time per sampling step (both branches) and its share of the forwards'."""
+    clock = ManagerClock(device)
+    with clock.attached():
+        runner("manager clock", cache, timed=False)
+    return {"manager_ms_per_step": round(clock.manager_seconds / steps * 1e3, 3),
+            "manager_share": round(clock.manager_seconds / clock.seconds["forward"], 4)}
+
+
+def sweep(
+    runner: Runner, cached: list[Setting], repeat: int, steps: int, device: torch.device
+) -> list[dict]:
     """One row per setting, the uncached run first."""
     rows = [{"setting": "no cache", "skip_rate": 0.0}, *quality(runner, cached)]
     runs = [("no cache", None), *((name, cache) for name, _, cache in cached)]
@@ -116,13 +177,15 @@ def sweep(runner: Runner, cached: list[Setting], repeat: int, steps: int) -> lis
         for name, cache in runs[r % len(runs):] + runs[:r % len(runs)]:
             runner(name, cache)
     base = runner.median("no cache")
-    thresholds = {name: thresh for name, thresh, _ in cached}
+    configs = {name: (thresh, cache) for name, thresh, cache in cached}
     for row in rows:
         seconds = runner.median(row["setting"])
         row["time_ratio"] = round(seconds / base, 3)
         row["ms_per_step"] = round(seconds / steps * 1e3, 2)
-        if thresholds.get(row["setting"]) == 0:  # the gate's and metric's own cost
+        thresh, cache = configs.get(row["setting"], (None, None))
+        if thresh == 0:  # the gate's and metric's own cost
             row["overhead_ms_per_step"] = round((seconds - base) / steps * 1e3, 3)
+            row.update(manager_overhead(runner, cache, device, steps))
     return rows
 
 
@@ -167,9 +230,9 @@ def main() -> None:
         root = write_task(Path(folder), config, dtype)
         pipeline = load_pipeline(TASK, root, device=device, dtype=dtype, offload_model=False)
         runner = Runner(pipeline, shape, args.steps)
-        rows = sweep(runner, settings(tuple(args.thresholds)), args.repeat, args.steps)
+        rows = sweep(runner, settings(tuple(args.thresholds)), args.repeat, args.steps, device)
     columns = ["setting", "skip_rate", "time_ratio", "ms_per_step", "psnr_db", "max_err", "residual_mib",
-               "bitwise", "overhead_ms_per_step"]
+               "bitwise", "overhead_ms_per_step", "manager_ms_per_step", "manager_share"]
     print_table(rows, columns)
     meta = {"dim": config.dim, "layers": config.num_layers, "size": shape.size, "frame_num": shape.frame_num,
             "steps": args.steps, "repeat": args.repeat, "dtype": str(dtype).removeprefix("torch.")}
