@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from wan_runtime.errors import CheckpointError, InputError, WanError
+from wan_runtime.errors import CheckpointError, InputError, NumericalError, WanError
 
 if TYPE_CHECKING:
     from wan_runtime.pipelines import load_pipeline
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "InputError", "WanError", "__version__", "load_pipeline"]
+__all__ = ["CheckpointError", "InputError", "NumericalError", "WanError", "__version__", "load_pipeline"]
 
 
 def __getattr__(name: str) -> Any:

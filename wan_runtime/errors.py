@@ -11,3 +11,7 @@ class CheckpointError(WanError):
 
 class InputError(WanError):
     """An argument or tensor given to the runtime is not valid."""
+
+
+class NumericalError(WanError):
+    """A run produced NaN or infinite values."""

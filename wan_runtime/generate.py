@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input (every problem on its own line, before any mo
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import time
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import torch
 
 from wan_runtime import __version__, demo
 from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser, resolve
@@ -43,6 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error(_one_line(str(err)))
         return 2
+    except torch.OutOfMemoryError as err:
+        if args.debug:
+            raise
+        # torch's first two sentences say what and how much; the rest is allocator advice.
+        what = ". ".join(_one_line(str(err)).split(". ")[:2])
+        _error(f"out of memory: {what}; {_memory_remedy(args)}")
+        return 1
     except Exception as err:
         if args.debug:
             raise
@@ -153,6 +163,18 @@ def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
         "demo": config.demo,
         **speech,
     }
+
+
+def _memory_remedy(args: argparse.Namespace) -> str:
+    """What frees device memory, of what this command line has not done yet."""
+    steps = []
+    if args.offload_model is False:
+        steps.append("--offload_model True (models wait on the CPU while another works)")
+    if not args.t5_cpu:
+        steps.append("--t5_cpu (the text encoder stays on the CPU)")
+    frames = "--infer_frames" if args.task == "s2v-14B" else "--frame_num"
+    steps.append(f"a smaller --size or {frames}")
+    return "to fit, try " + ", ".join(steps)
 
 
 def _interrupt(signum: int, frame: object) -> None:

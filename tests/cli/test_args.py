@@ -8,6 +8,7 @@ import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -209,6 +210,26 @@ def test_run_time_failure_is_exit_1_and_one_line(debug, tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     [line] = [line for line in err.splitlines() if line.startswith("error: ")]
     assert line.endswith("(run with --debug for the traceback)") and str(blocker) in line
+
+
+OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+       "1.25 GiB is free. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF")
+
+
+@pytest.mark.parametrize(("flags", "advised", "not_advised"), [
+    ([], ["--t5_cpu", "a smaller --size or --frame_num"], ["--offload_model"]),
+    (["--offload_model", "False", "--t5_cpu"], ["--offload_model True", "a smaller --size"], ["--t5_cpu"]),
+], ids=["defaults", "no-offload"])
+def test_out_of_memory_is_one_line_naming_what_frees_memory(roots, monkeypatch, capsys, flags, advised,
+                                                            not_advised):
+    def load_pipeline(*args, **kwargs):
+        raise torch.OutOfMemoryError(OOM)
+
+    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", SimpleNamespace(load_pipeline=load_pipeline))
+    assert main(["--ckpt_dir", str(roots["ti2v-5B"]), *flags]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB; to fit")
+    assert all(advice in line for advice in advised) and not any(flag in line for flag in not_advised)
 
 
 def test_all_problems_listed_by_the_module_without_traceback(tmp_path):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from tqdm import tqdm
 
+import wan_kernels
 from wan_runtime.cache import CacheConfig, CacheManager, WanStages
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
@@ -25,6 +26,7 @@ from wan_runtime.pipelines.inputs import (
     parse_size,
     resolve_seed,
 )
+from wan_runtime.pipelines.numerics import FiniteWatch, check_video
 from wan_runtime.pipelines.report import RunReport, StageClock
 from wan_runtime.pipelines.residency import Residency
 from wan_runtime.solvers import MultistepFlowSolver, make_solver
@@ -197,6 +199,7 @@ class Pipeline:
                 self.residency.release()
             with clock.stage("vae_decode"):
                 video = self.vae.decode([latent])[0]
+            check_video(video, str(self.vae.dtype))
         self.last_report = settings.report(self.task, seed, plan.width, plan.height, frame_num, clock,
                                            self._peak_memory())
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
@@ -238,6 +241,16 @@ class Pipeline:
         that run had no cache."""
         return self._cache_report
 
+    @property
+    def _dtype(self) -> torch.dtype:
+        """The DiTs' compute dtype."""
+        return next(iter(self.dits.values())).patch_embedding.weight.dtype
+
+    def _describe(self, name: str) -> str:
+        """The DiT ``name`` as a numerical failure's message names it."""
+        backend = wan_kernels.get_backend()
+        return f"model {self.cache_names[name]!r}, {self._dtype}, wan_kernels backend {backend!r}"
+
     def _peak_memory(self) -> int | None:
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
 
@@ -271,9 +284,11 @@ class Pipeline:
         timesteps = solver.timesteps
         per_token = None if first is None else self._moving_tokens(latent)
         expert_names = len(self.dits) > 1
-        manager = self._cache_manager(cache, timesteps.tolist(), guide)
-        with tqdm(total=len(timesteps), disable=not progress, desc=self.task, unit="step") as bar:
-            for i, t in enumerate(timesteps.tolist()):
+        steps = timesteps.tolist()
+        manager = self._cache_manager(cache, steps, guide)
+        watch = FiniteWatch(latent.device)
+        with tqdm(total=len(steps), disable=not progress, desc=self.task, unit="step") as bar:
+            for i, t in enumerate(steps):
                 name, scale = self._expert(t, guide)
                 model = self.residency.activate(name)
                 if manager is not None and self.residency.offload:
@@ -290,10 +305,12 @@ class Pipeline:
                 latent = solver.step(uncond + scale * (cond - uncond), t, latent)
                 if first is not None:
                     latent = torch.cat([first, latent[:, 1:]], dim=1)
+                watch.observe(i, latent)
                 if expert_names:
                     bar.set_postfix(expert=name)
                 bar.update()
         self._cache_report = {} if manager is None else manager.finish()
+        watch.check(len(steps), lambda step: self._describe(self._expert(steps[step], guide)[0]))
         return latent
 
     def _cache_manager(

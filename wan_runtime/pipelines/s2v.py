@@ -35,6 +35,7 @@ from wan_runtime.models.audio_encoder import audio_buckets
 from wan_runtime.models.s2v_dit import MOTION_FRAMES
 from wan_runtime.pipelines.base import Pipeline, Prompts
 from wan_runtime.pipelines.inputs import check_clip_arguments, resolve_seed
+from wan_runtime.pipelines.numerics import FiniteWatch, check_video
 from wan_runtime.pipelines.pose import pose_clips
 from wan_runtime.pipelines.report import StageClock
 from wan_runtime.pipelines.resolution import image_to_tensor, resize_short_side_and_crop, s2v_output_size
@@ -181,6 +182,7 @@ class S2VPipeline(Pipeline):
                         context_frames = torch.cat([context_frames[:, kept:].float(), frames[:, -kept:]], 1)
                         motion = self.vae.encode([context_frames])[0][None]
             video = torch.cat(out, dim=1)
+            check_video(video, str(self.vae.dtype))
         self.last_report = settings.report(self.task, seed, width, height, video.shape[1], clock,
                                            self._peak_memory())
         self._cache_report = merge_reports(self.clip_cache_reports)
@@ -197,11 +199,6 @@ class S2VPipeline(Pipeline):
             latent = self.vae.encode([frames.to(self.device, self._dtype)])[0][:, 1:]
             latents.append(latent[None].cpu())
         return latents
-
-    @property
-    def _dtype(self) -> torch.dtype:
-        """The DiT's compute dtype."""
-        return self.dits[DIT].patch_embedding.weight.dtype
 
     def _denoise_clip(
         self,
@@ -220,6 +217,7 @@ class S2VPipeline(Pipeline):
         latent = noise
         timesteps = solver.timesteps
         manager = self._cache_manager(cache, timesteps.tolist(), guide)
+        watch = FiniteWatch(latent.device)
         silent = torch.zeros_like(inputs.audio)
         desc = f"{self.task} clip {clip + 1}/{clips}"
         with tqdm(total=len(timesteps), disable=not progress, desc=desc, unit="step") as bar:
@@ -238,8 +236,10 @@ class S2VPipeline(Pipeline):
                     flows.append(flow[0])
                 flow = flows[0] if len(flows) == 1 else flows[1] + guide * (flows[0] - flows[1])
                 latent = solver.step(flow, t, latent)
+                watch.observe(i, latent)
                 bar.update()
         self.clip_cache_reports.append({} if manager is None else manager.finish())
+        watch.check(len(timesteps), lambda _: f"clip {clip + 1} of {clips}, {self._describe(DIT)}")
         return latent
 
 

@@ -1,0 +1,92 @@
+"""A run whose latent or video turns NaN or infinite raises ``NumericalError`` naming the step,
+the model and what to try, instead of returning a blank video; watching takes no host sync."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.pipelines.images import gradient_image
+from wan_runtime import NumericalError
+from wan_runtime.pipelines import load_pipeline
+from wan_runtime.pipelines.i2v import LOW_NOISE
+from wan_runtime.pipelines.numerics import FiniteWatch
+
+RUN = {"size": "64*64", "frame_num": 5, "sampling_steps": 5, "shift": 3.0, "seed": 3, "progress": False}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_watch_keeps_the_first_bad_step(bad):
+    watch = FiniteWatch(torch.device("cpu"))
+    latents = [torch.ones(2, 3)] * 2 + [torch.tensor([[1.0, bad]]), torch.tensor([[bad]]), torch.zeros(1)]
+    for step, latent in enumerate(latents):
+        watch.observe(step, latent)
+    assert watch.first_bad_step() == 2
+
+
+def test_watch_of_finite_latents_reports_none_and_takes_no_host_sync(monkeypatch):
+    watch = FiniteWatch(torch.device("cpu"))
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+            patch.setattr(torch.Tensor, name, _host_read)
+        for step in range(4):
+            watch.observe(step, torch.randn(8, 8))
+    assert watch.first_bad_step() is None
+    watch.check(4, _unused)
+
+
+def _host_read(*args, **kwargs):
+    raise AssertionError("a host read while watching")
+
+
+def _unused(step: int) -> str:
+    raise AssertionError("described without a bad step")
+
+
+def _poison(module: torch.nn.Module, monkeypatch, from_call: int) -> None:
+    """``module``'s forward returns NaN from its ``from_call``-th call (0-based) on."""
+    forward, calls = module.forward, []
+
+    def poisoned(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        calls.append(None)
+        return out if len(calls) <= from_call else torch.full_like(out, float("nan"))
+
+    monkeypatch.setattr(module, "forward", poisoned)
+
+
+def test_nan_from_a_step_of_ti2v_names_the_step_and_the_model(ti2v_pipeline, monkeypatch):
+    [dit] = ti2v_pipeline.dits.values()
+    _poison(dit, monkeypatch, from_call=5)  # cond and uncond per step: the uncond of step 3
+    with pytest.raises(NumericalError) as error:
+        ti2v_pipeline.generate("a boat", **RUN)
+    message = str(error.value)
+    assert "at sampling step 3 of 5 (model 'ti2v', torch.float32, wan_kernels backend" in message
+    assert "WAN_KERNELS_BACKEND=torch" in message and "float32" in message
+
+
+def test_nan_in_the_low_noise_expert_names_it(i2v_pipeline, monkeypatch):
+    # Shift 3 over 5 steps: 2 high-noise steps, then the low-noise expert from step 3.
+    _poison(i2v_pipeline.dits[LOW_NOISE], monkeypatch, from_call=2)
+    with pytest.raises(NumericalError, match=r"at sampling step 4 of 5 \(model 'low', torch.float32"):
+        i2v_pipeline.generate("a cat", image=gradient_image(80, 60), **RUN)
+
+
+def test_nan_from_the_vae_decode_is_named(ti2v_pipeline, monkeypatch):
+    decode = ti2v_pipeline.vae.decode
+    monkeypatch.setattr(ti2v_pipeline.vae, "decode", lambda z: [v / 0.0 for v in decode(z)])
+    with pytest.raises(NumericalError, match=r"video .* latent is finite \(VAE decode, torch.float32\)"):
+        ti2v_pipeline.generate("a boat", **RUN)
+
+
+def test_nan_in_an_s2v_clip_names_the_clip(s2v_root, monkeypatch):
+    pipeline = load_pipeline("s2v-14B", s2v_root, device="cpu", dtype=torch.float32)
+    pipeline.motion_frames = (9, 3)  # a short motion context keeps the clips quick
+    [dit] = pipeline.dits.values()
+    _poison(dit, monkeypatch, from_call=5)  # 2 steps of cond and uncond per clip: clip 2's first uncond
+    speech = (0.3 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 220)).astype(np.float32)
+    with pytest.raises(NumericalError, match=r"at sampling step 1 of 2 \(clip 2 of 2, model 's2v', torch"):
+        pipeline.generate("a woman speaks", image=Image.new("RGB", (64, 64), (90, 60, 30)), audio=speech,
+                          infer_frames=4, size="64*64", sampling_steps=2, num_clip=2, seed=1, progress=False)

@@ -1,0 +1,51 @@
+"""A guard against a run that went numerically wrong: a latent or video with NaN or infinite values
+decodes to a blank video, so the pipeline raises ``NumericalError`` instead of returning one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from wan_runtime.errors import NumericalError
+
+# What narrows the cause down, in the order it costs the user least.
+_REMEDY = ("to find the cause, run again with WAN_KERNELS_BACKEND=torch (no fused kernels), without the step "
+           "cache, or in float32")
+
+
+class FiniteWatch:
+    """The first solver step after which the latent holds a NaN or an infinity.
+
+    Kept on the latent's device and updated without a host synchronisation, so watching costs
+    one reduction per step and sampling is not stalled; ``first_bad_step`` reads it once.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._first = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def observe(self, step: int, latent: torch.Tensor) -> None:
+        """Note ``latent`` as it is after solver step ``step`` (0-based)."""
+        bad = torch.isfinite(latent).all().logical_not() & (self._first < 0)
+        self._first = torch.where(bad, step, self._first)
+
+    def first_bad_step(self) -> int | None:
+        """The first step whose latent was not finite, or None if every one was."""
+        step = int(self._first)
+        return None if step < 0 else step
+
+    def check(self, steps: int, describe: Callable[[int], str]) -> None:
+        """Raise ``NumericalError`` if a latent was not finite; ``describe(step)`` names what ran
+        at that step (e.g. ``"model 'high', bfloat16"``), ``steps`` is the step count."""
+        step = self.first_bad_step()
+        if step is not None:
+            raise NumericalError(f"the latent became NaN or infinite at sampling step {step + 1} of {steps} "
+                                 f"({describe(step)}), so the video would be blank; {_REMEDY}")
+
+
+def check_video(video: torch.Tensor, where: str) -> None:
+    """Raise ``NumericalError`` if the decoded ``video`` holds a NaN or an infinity (its latent
+    was finite: the VAE decode overflowed)."""
+    if not bool(torch.isfinite(video).all()):
+        raise NumericalError(f"the decoded video holds NaN or infinite values although its latent is finite "
+                             f"(VAE decode, {where}); {_REMEDY}")
