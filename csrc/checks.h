@@ -48,10 +48,11 @@ struct Rank {
 constexpr Rank exactly(int64_t n) { return {n, n}; }
 constexpr Rank at_least(int64_t n) { return {n, std::numeric_limits<int64_t>::max()}; }
 
-// t: on the call's device, of one of dtypes, of a rank within `rank` (whose min is at least 1), and
-// contiguous in its last dim (the kernels walk a row's channels as one array).
+// t: dense, on the call's device, of one of dtypes, of a rank within `rank` (whose min is at least
+// 1), and contiguous in its last dim (the kernels walk a row's channels as one array).
 inline void tensor(const Call& c, const char* name, const at::Tensor& t, Dtypes dtypes, Rank rank) {
   WAN_CHECK_ARG(c, t.defined(), name, " must be a tensor, got an undefined one");
+  WAN_CHECK_ARG(c, t.layout() == at::kStrided, name, " must be a dense tensor, got layout ", t.layout());
   WAN_CHECK_ARG(c, t.device() == c.device, name, " must be on the device of ", c.first, " (", c.device,
                 "), got ", t.device());
   WAN_CHECK_ARG(c, std::find(dtypes.begin(), dtypes.end(), t.scalar_type()) != dtypes.end(), name,
@@ -81,7 +82,7 @@ inline void positive(const Call& c, const char* name, int64_t value) {
 }
 
 inline void epsilon(const Call& c, double eps) {
-  WAN_CHECK_ARG(c, !(eps < 0), "eps must be a non-negative float, got ", eps);
+  WAN_CHECK_ARG(c, eps >= 0, "eps must be a non-negative float, got ", eps);
 }
 
 // ---- the ops, as wan_kernels/ops.py checks them ---------------------------------------------------

@@ -25,6 +25,8 @@ def tensor(op: str, name: str, t: object, dtypes: tuple[torch.dtype, ...], ndim:
     """``t`` is a tensor of one of ``dtypes``, ``ndim``-D when given, contiguous in its last dim."""
     if not isinstance(t, torch.Tensor):
         fail(op, f"{name} must be a tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        fail(op, f"{name} must be a dense tensor, got layout {t.layout} (convert it with .to_dense())")
     if t.dtype not in dtypes:
         fail(op, f"{name} must be {_dtype_names(dtypes)}, got {t.dtype}")
     if ndim is not None and t.dim() != ndim:
@@ -70,6 +72,6 @@ def positive_int(op: str, name: str, value: object) -> None:
 
 
 def epsilon(op: str, value: object) -> None:
-    """``value`` is a non-negative number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    """``value`` is a non-negative number (not NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         fail(op, f"eps must be a non-negative float, got {value!r}")

@@ -93,7 +93,8 @@ def _load(backend: str) -> None:
 
 
 def available_backends() -> list[str]:
-    """Backends that can run on this machine, preferred first.
+    """Backends that can run on this machine, compiled ones first. Which one ``auto`` takes also
+    depends on the tensors' device: on a CPU it never takes ``triton``, even when interpreted.
 
     ``triton`` counts when Triton is importable and either CUDA is available or Triton's CPU
     interpreter is switched on (``TRITON_INTERPRET=1``); ``cpp`` when the C++ extension is built

@@ -1,9 +1,12 @@
-"""The public ops: input checks, then a ``torch.library`` custom op that runs the selected backend.
+"""The public ops: each a ``torch.library`` custom op that checks its inputs and runs the selected
+backend, and a function that calls it.
 
 Every op is a custom op in the ``wan_kernels`` namespace with a fake implementation, so
 ``torch.compile`` traces through it without a graph break; the backend is chosen when the op runs
-(see ``wan_kernels.dispatch``). The arithmetic of each op is that of the function of the same
-name in ``wan_kernels.reference``.
+(see ``wan_kernels.dispatch``). The checks run inside the op and its fake, so a caller of
+``torch.ops.wan_kernels.*`` (or a traced graph) is refused what the functions refuse; the functions
+check beforehand only the Python scalars the op schema would convert. The arithmetic of each op is
+that of the function of the same name in ``wan_kernels.reference``.
 """
 
 from __future__ import annotations
@@ -26,97 +29,6 @@ def _float32_like(t: torch.Tensor) -> torch.Tensor:
 
 def _scalar(t: torch.Tensor) -> torch.Tensor:
     return torch.empty((), dtype=torch.float32, device=t.device)
-
-
-@_custom_op
-def _layernorm_modulate(
-    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, round_to_input: bool,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    return resolve("layernorm_modulate", x.device)(x, shift, scale, eps, round_to_input, out_dtype)
-
-
-@_layernorm_modulate.register_fake
-def _(x, shift, scale, eps, round_to_input, out_dtype):
-    return torch.empty(x.shape, dtype=out_dtype, device=x.device)
-
-
-@_custom_op
-def _gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    return resolve("gated_residual", x.device)(x, y, gate)
-
-
-@_gated_residual.register_fake
-def _(x, y, gate):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-@_custom_op
-def _gated_residual_layernorm_modulate(
-    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-    eps: float, out_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    fn = resolve("gated_residual_layernorm_modulate", x.device)
-    return fn(x, y, gate, shift, scale, eps, out_dtype)
-
-
-@_gated_residual_layernorm_modulate.register_fake
-def _(x, y, gate, shift, scale, eps, out_dtype):
-    return _float32_like(x), torch.empty(x.shape, dtype=out_dtype, device=x.device)
-
-
-@_custom_op
-def _rel_l1(a: torch.Tensor, b: torch.Tensor, stride: int) -> torch.Tensor:
-    return resolve("rel_l1", a.device)(a, b, stride)
-
-
-@_rel_l1.register_fake
-def _(a, b, stride):
-    return _scalar(a)
-
-
-@_custom_op
-def _rel_l2(a: torch.Tensor, b: torch.Tensor, stride: int) -> torch.Tensor:
-    return resolve("rel_l2", a.device)(a, b, stride)
-
-
-@_rel_l2.register_fake
-def _(a, b, stride):
-    return _scalar(a)
-
-
-@_custom_op
-def _residual_apply(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    return resolve("residual_apply", x.device)(x, residual)
-
-
-@_residual_apply.register_fake
-def _(x, residual):
-    return _float32_like(x)
-
-
-@_custom_op
-def _residual_capture(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-    return resolve("residual_capture", out.device)(out, inp)
-
-
-@_residual_capture.register_fake
-def _(out, inp):
-    return _float32_like(out)
-
-
-@_custom_op
-def _qk_rmsnorm_rope(
-    q: torch.Tensor, k: torch.Tensor, weight_q: torch.Tensor, weight_k: torch.Tensor, cos: torch.Tensor,
-    sin: torch.Tensor, num_heads: int, eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return resolve("qk_rmsnorm_rope", q.device)(q, k, weight_q, weight_k, cos, sin, num_heads, eps)
-
-
-@_qk_rmsnorm_rope.register_fake
-def _(q, k, weight_q, weight_k, cos, sin, num_heads, eps):
-    heads = (*q.shape[:-1], num_heads, q.shape[-1] // num_heads)
-    return q.new_empty(heads), k.new_empty(heads)
 
 
 def _check_norm_input(op: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
@@ -145,6 +57,161 @@ def _check_pair(op: str, names: tuple[str, str], a: torch.Tensor, b: torch.Tenso
         checks.fail(op, f"{names[0]} must have at least {min_dim} dimensions, got shape {tuple(a.shape)}")
 
 
+def _check_layernorm_modulate(x, shift, scale, eps, out_dtype) -> None:
+    op = "layernorm_modulate"
+    _check_norm_input(op, x, shift, scale, eps, out_dtype, checks.FLOATS)
+    checks.same_device(op, x=x, shift=shift, scale=scale)
+
+
+def _check_gated_residual(x, y, gate) -> None:
+    op = "gated_residual"
+    _check_gated_input(op, x, y, gate)
+    checks.same_device(op, x=x, y=y, gate=gate)
+
+
+def _check_gated_residual_layernorm_modulate(x, y, gate, shift, scale, eps, out_dtype) -> None:
+    op = "gated_residual_layernorm_modulate"
+    _check_gated_input(op, x, y, gate)
+    _check_norm_input(op, x, shift, scale, eps, out_dtype, checks.FLOAT32)
+    checks.same_device(op, x=x, y=y, gate=gate, shift=shift, scale=scale)
+
+
+def _check_rel(op: str, a: torch.Tensor, b: torch.Tensor, stride: int) -> int:
+    """The checked stride, clamped to the token count (any stride past the last token samples the
+    first alone), so that no backend forms an index from a stride near INT64_MAX."""
+    _check_pair(op, ("a", "b"), a, b, min_dim=2)
+    checks.positive_int(op, "stride", stride)
+    return min(stride, max(a.shape[-2], 1))
+
+
+def _check_qk_rmsnorm_rope(q, k, weight_q, weight_k, cos, sin, num_heads, eps) -> None:
+    op = "qk_rmsnorm_rope"
+    checks.tensor(op, "q", q, checks.FLOATS, ndim=3)
+    checks.tensor(op, "k", k, (q.dtype,), ndim=3)
+    checks.same_shape(op, "k", k, "q", q)
+    checks.positive_int(op, "num_heads", num_heads)
+    checks.epsilon(op, eps)
+    width = q.shape[-1]
+    if width % num_heads or (width // num_heads) % 2:
+        checks.fail(op, f"C = {width} must split into {num_heads} heads of an even size")
+    half = width // num_heads // 2
+    for name, weight in (("weight_q", weight_q), ("weight_k", weight_k)):
+        checks.tensor(op, name, weight, checks.FLOAT32, ndim=1)
+        if weight.shape[0] != width:
+            checks.fail(op, f"{name} must have the shape of [C] {(width,)}, got {tuple(weight.shape)}")
+    for name, table in (("cos", cos), ("sin", sin)):
+        checks.tensor(op, name, table, checks.FLOAT32)
+        if tuple(table.shape) != (q.shape[1], 1, half) or not table.is_contiguous():
+            checks.fail(op, f"{name} must be a contiguous [L, 1, D/2] = {(q.shape[1], 1, half)} table, "
+                            f"got shape {tuple(table.shape)} and strides {table.stride()}")
+    checks.same_device(op, q=q, k=k, weight_q=weight_q, weight_k=weight_k, cos=cos, sin=sin)
+
+
+@_custom_op
+def _layernorm_modulate(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, round_to_input: bool,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    _check_layernorm_modulate(x, shift, scale, eps, out_dtype)
+    return resolve("layernorm_modulate", x.device)(x, shift, scale, eps, round_to_input, out_dtype)
+
+
+@_layernorm_modulate.register_fake
+def _(x, shift, scale, eps, round_to_input, out_dtype):
+    _check_layernorm_modulate(x, shift, scale, eps, out_dtype)
+    return torch.empty(x.shape, dtype=out_dtype, device=x.device)
+
+
+@_custom_op
+def _gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    _check_gated_residual(x, y, gate)
+    return resolve("gated_residual", x.device)(x, y, gate)
+
+
+@_gated_residual.register_fake
+def _(x, y, gate):
+    _check_gated_residual(x, y, gate)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@_custom_op
+def _gated_residual_layernorm_modulate(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+    eps: float, out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_gated_residual_layernorm_modulate(x, y, gate, shift, scale, eps, out_dtype)
+    fn = resolve("gated_residual_layernorm_modulate", x.device)
+    return fn(x, y, gate, shift, scale, eps, out_dtype)
+
+
+@_gated_residual_layernorm_modulate.register_fake
+def _(x, y, gate, shift, scale, eps, out_dtype):
+    _check_gated_residual_layernorm_modulate(x, y, gate, shift, scale, eps, out_dtype)
+    return _float32_like(x), torch.empty(x.shape, dtype=out_dtype, device=x.device)
+
+
+@_custom_op
+def _rel_l1(a: torch.Tensor, b: torch.Tensor, stride: int) -> torch.Tensor:
+    return resolve("rel_l1", a.device)(a, b, _check_rel("rel_l1", a, b, stride))
+
+
+@_rel_l1.register_fake
+def _(a, b, stride):
+    _check_rel("rel_l1", a, b, stride)
+    return _scalar(a)
+
+
+@_custom_op
+def _rel_l2(a: torch.Tensor, b: torch.Tensor, stride: int) -> torch.Tensor:
+    return resolve("rel_l2", a.device)(a, b, _check_rel("rel_l2", a, b, stride))
+
+
+@_rel_l2.register_fake
+def _(a, b, stride):
+    _check_rel("rel_l2", a, b, stride)
+    return _scalar(a)
+
+
+@_custom_op
+def _residual_apply(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    _check_pair("residual_apply", ("x", "residual"), x, residual)
+    return resolve("residual_apply", x.device)(x, residual)
+
+
+@_residual_apply.register_fake
+def _(x, residual):
+    _check_pair("residual_apply", ("x", "residual"), x, residual)
+    return _float32_like(x)
+
+
+@_custom_op
+def _residual_capture(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    _check_pair("residual_capture", ("out", "inp"), out, inp)
+    return resolve("residual_capture", out.device)(out, inp)
+
+
+@_residual_capture.register_fake
+def _(out, inp):
+    _check_pair("residual_capture", ("out", "inp"), out, inp)
+    return _float32_like(out)
+
+
+@_custom_op
+def _qk_rmsnorm_rope(
+    q: torch.Tensor, k: torch.Tensor, weight_q: torch.Tensor, weight_k: torch.Tensor, cos: torch.Tensor,
+    sin: torch.Tensor, num_heads: int, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_qk_rmsnorm_rope(q, k, weight_q, weight_k, cos, sin, num_heads, eps)
+    return resolve("qk_rmsnorm_rope", q.device)(q, k, weight_q, weight_k, cos, sin, num_heads, eps)
+
+
+@_qk_rmsnorm_rope.register_fake
+def _(q, k, weight_q, weight_k, cos, sin, num_heads, eps):
+    _check_qk_rmsnorm_rope(q, k, weight_q, weight_k, cos, sin, num_heads, eps)
+    heads = (*q.shape[:-1], num_heads, q.shape[-1] // num_heads)
+    return q.new_empty(heads), k.new_empty(heads)
+
+
 def layernorm_modulate(
     x: torch.Tensor,
     shift: torch.Tensor,
@@ -162,9 +229,7 @@ def layernorm_modulate(
     rounding. The result is ``out_dtype`` (float32 by default; bfloat16 saves the cast a following
     bfloat16 matmul would do, with the same values).
     """
-    op = "layernorm_modulate"
-    _check_norm_input(op, x, shift, scale, eps, out_dtype, checks.FLOATS)
-    checks.same_device(op, x=x, shift=shift, scale=scale)
+    checks.epsilon("layernorm_modulate", eps)
     return torch.ops.wan_kernels.layernorm_modulate(x, shift, scale, float(eps), bool(round_to_input),
                                                     out_dtype)
 
@@ -176,9 +241,6 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
     float16 as diffusers keeps it (then the sum is rounded once, as ``.type_as(x)`` would). ``y`` has
     its shape in float32, bfloat16 or float16; ``gate`` is float32 [B, 1, C] or [B, L, C].
     """
-    op = "gated_residual"
-    _check_gated_input(op, x, y, gate)
-    checks.same_device(op, x=x, y=y, gate=gate)
     return torch.ops.wan_kernels.gated_residual(x, y, gate)
 
 
@@ -193,49 +255,43 @@ def gated_residual_layernorm_modulate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``gated_residual`` and the next sub-layer's ``layernorm_modulate`` in one pass.
 
-    Returns ``(x + y * gate, layernorm_modulate(x + y * gate, shift, scale, eps))``: the new float32
-    residual and the modulated input in ``out_dtype``. The residual is float32, so the faithful
-    rounding of the normalised value is exact.
+    ``x`` is the float32 residual stream [B, L, C]; ``y``, ``gate``, ``shift`` and ``scale`` as in
+    those two ops. Returns ``(x + y * gate, layernorm_modulate(x + y * gate, shift, scale, eps))``:
+    the new float32 residual and the modulated input in ``out_dtype``. The residual is float32, so
+    the faithful rounding of the normalised value is exact.
     """
-    op = "gated_residual_layernorm_modulate"
-    _check_gated_input(op, x, y, gate)
-    _check_norm_input(op, x, shift, scale, eps, out_dtype, checks.FLOAT32)
-    checks.same_device(op, x=x, y=y, gate=gate, shift=shift, scale=scale)
+    checks.epsilon("gated_residual_layernorm_modulate", eps)
     return torch.ops.wan_kernels.gated_residual_layernorm_modulate(x, y, gate, shift, scale, float(eps),
                                                                    out_dtype)
 
 
-def _check_rel(op: str, a: torch.Tensor, b: torch.Tensor, stride: int) -> int:
-    """The checked stride, clamped to the token count (any stride past the last token samples the
-    first alone), so that no backend forms an index from a stride near INT64_MAX."""
-    _check_pair(op, ("a", "b"), a, b, min_dim=2)
+def _stride(op: str, stride: int) -> int:
+    # The op schema holds an int64: a larger stride is capped (the op clamps it to the tokens).
     checks.positive_int(op, "stride", stride)
-    return min(stride, max(a.shape[-2], 1))
+    return min(stride, 2**62)
 
 
 def rel_l1(a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """``sum|a - b| / sum|b|`` over every ``stride``-th token (the second-to-last dimension).
 
-    Accumulates in float32 and returns a 0-d float32 tensor on the inputs' device, without
-    synchronising with the host.
+    Accumulates in float32 (the C++ and CUDA kernels in double) and returns a 0-d float32 tensor
+    on the inputs' device, without synchronising with the host.
     """
-    return torch.ops.wan_kernels.rel_l1(a, b, _check_rel("rel_l1", a, b, stride))
+    return torch.ops.wan_kernels.rel_l1(a, b, _stride("rel_l1", stride))
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """``|a - b|_2 / |b|_2`` over every ``stride``-th token; otherwise as ``rel_l1``."""
-    return torch.ops.wan_kernels.rel_l2(a, b, _check_rel("rel_l2", a, b, stride))
+    return torch.ops.wan_kernels.rel_l2(a, b, _stride("rel_l2", stride))
 
 
 def residual_apply(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``x + residual`` in float32 (a step cache reusing its residual); same shapes, any float dtypes."""
-    _check_pair("residual_apply", ("x", "residual"), x, residual)
     return torch.ops.wan_kernels.residual_apply(x, residual)
 
 
 def residual_capture(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
     """``out - inp`` in float32 (the residual a step cache captures); same shapes, any float dtypes."""
-    _check_pair("residual_capture", ("out", "inp"), out, inp)
     return torch.ops.wan_kernels.residual_capture(out, inp)
 
 
@@ -257,23 +313,6 @@ def qk_rmsnorm_rope(
     Returns [B, L, num_heads, D] in the input dtype.
     """
     op = "qk_rmsnorm_rope"
-    checks.tensor(op, "q", q, checks.FLOATS, ndim=3)
-    checks.tensor(op, "k", k, (q.dtype,), ndim=3)
-    checks.same_shape(op, "k", k, "q", q)
     checks.positive_int(op, "num_heads", num_heads)
     checks.epsilon(op, eps)
-    width = q.shape[-1]
-    if width % num_heads or (width // num_heads) % 2:
-        checks.fail(op, f"C = {width} must split into {num_heads} heads of an even size")
-    half = width // num_heads // 2
-    for name, weight in (("weight_q", weight_q), ("weight_k", weight_k)):
-        checks.tensor(op, name, weight, checks.FLOAT32, ndim=1)
-        if weight.shape[0] != width:
-            checks.fail(op, f"{name} must have the shape of [C] {(width,)}, got {tuple(weight.shape)}")
-    for name, table in (("cos", cos), ("sin", sin)):
-        checks.tensor(op, name, table, checks.FLOAT32)
-        if tuple(table.shape) != (q.shape[1], 1, half) or not table.is_contiguous():
-            checks.fail(op, f"{name} must be a contiguous [L, 1, D/2] = {(q.shape[1], 1, half)} table, "
-                            f"got shape {tuple(table.shape)}")
-    checks.same_device(op, q=q, k=k, weight_q=weight_q, weight_k=weight_k, cos=cos, sin=sin)
     return torch.ops.wan_kernels.qk_rmsnorm_rope(q, k, weight_q, weight_k, cos, sin, num_heads, float(eps))

@@ -89,7 +89,8 @@ def gated_residual_layernorm_modulate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``gated_residual`` then ``layernorm_modulate`` of its result: (new residual, modulated input).
 
-    The new residual is float32, so rounding the normalised value to its dtype changes nothing.
+    ``x`` is the float32 residual stream (the op refuses another dtype), so the new residual is
+    float32 and rounding the normalised value to its dtype changes nothing.
     """
     residual = gated_residual(x, y, gate)
     return residual, layernorm_modulate(residual, shift, scale, eps, out_dtype=out_dtype)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
+import torch
+
 from wan_kernels import reference
 from wan_kernels.dispatch import register
 
@@ -16,5 +21,17 @@ OPS = (
     "qk_rmsnorm_rope",
 )
 
+
+def _dense_outputs(fn: Callable) -> Callable:
+    """``fn`` with contiguous outputs: a reference keeps its inputs' layout (a transposed input gives
+    a transposed result), while the ops, like their fake implementations, return dense tensors."""
+    @functools.wraps(fn)
+    def run(*args: object) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = fn(*args)
+        return tuple(t.contiguous() for t in out) if isinstance(out, tuple) else out.contiguous()
+
+    return run
+
+
 for _op in OPS:
-    register("torch", _op)(getattr(reference, _op))
+    register("torch", _op)(_dense_outputs(getattr(reference, _op)))

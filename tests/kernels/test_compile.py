@@ -58,3 +58,16 @@ OPCHECK_CASES = {
 def test_opcheck(name):
     """Schema, fake implementation and compile-time dispatch of each custom op (torch backend)."""
     torch.library.opcheck(getattr(torch.ops.wan_kernels, name), OPCHECK_CASES[name](_inputs()))
+
+
+@pytest.mark.parametrize("name", ["gated_residual", "gated_residual_layernorm_modulate", "residual_apply",
+                                  "residual_capture"])
+def test_opcheck_with_transposed_inputs(backend, name):
+    """Inputs laid out [L, B, C] in memory: every backend returns what the fake says (dense)."""
+    def transposed(a):
+        if isinstance(a, torch.Tensor) and a.dim() == 3 and a.shape[1] > 1:
+            return a.transpose(0, 1).contiguous().transpose(0, 1)
+        return a
+
+    args = [transposed(a) for a in OPCHECK_CASES[name](_inputs())]
+    torch.library.opcheck(getattr(torch.ops.wan_kernels, name), tuple(args))

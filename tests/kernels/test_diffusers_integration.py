@@ -92,6 +92,18 @@ def test_refuses_blocks_whose_forward_is_already_replaced():
     assert "forward" not in vars(model.blocks[0])
 
 
+def test_remove_refuses_blocks_wrapped_after_apply():
+    model = integration.apply(_model(torch.float32))
+    fused = model.blocks[1].forward
+    model.blocks[1].forward = lambda *args, **kwargs: fused(*args, **kwargs)  # as a diffusers hook wraps it
+    with pytest.raises(ValueError, match="wrapped by something else .* remove it first"):
+        integration.remove(model)
+    assert not integration.is_applied(model) and integration._applied(model.blocks[0])
+    del model.blocks[1].forward
+    integration.remove(model)
+    assert all("forward" not in vars(block) for block in model.blocks)
+
+
 def test_compile_repeated_blocks_traces_the_fused_forward():
     """The blocks keep their class, so diffusers' regional compilation finds them, and the fused
     forward compiles without graph breaks."""

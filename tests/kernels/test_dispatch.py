@@ -111,3 +111,33 @@ def test_other_ops_reject_bad_input():
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+def test_the_registered_ops_check_their_inputs(backend):
+    """``torch.ops.wan_kernels.*`` called directly (or from a traced graph) refuses what the
+    functions refuse, on every backend, before any kernel reads out of bounds."""
+    x, shift, _ = _modulated_inputs()
+    residual = randn(x.shape)
+    ops = torch.ops.wan_kernels
+    cases = [
+        (lambda: ops.layernorm_modulate(x, shift[:, :, :8], shift, EPS, True, torch.float32),
+         r"layernorm_modulate: shift must be \[B, 1, C\]"),
+        (lambda: ops.rel_l1(residual, residual[:, :2], 1), "rel_l1: b must have the shape of a"),
+        (lambda: ops.residual_apply(residual, residual[:1]), "residual_apply: residual must have the shape"),
+        (lambda: ops.gated_residual(residual, x, shift[0]), "gated_residual: gate must be 3-D"),
+        (lambda: ops.layernorm_modulate(x, shift, shift, float("nan"), True, torch.float32),
+         "eps must be a non-negative float, got nan"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_bad_layouts_and_tables_are_named():
+    x, shift, _ = _modulated_inputs()
+    with pytest.raises(ValueError, match="residual_capture: out must be a dense tensor, got layout torch.sp"):
+        wan_kernels.residual_capture(x.float().to_sparse(), x)
+    weight = torch.ones(64)
+    table = randn((1, 1, 16)).expand(7, 1, 16)
+    with pytest.raises(ValueError, match=r"cos must be a contiguous .* and strides \(0, 16, 1\)"):
+        wan_kernels.qk_rmsnorm_rope(x, x, weight, weight, table, table.contiguous(), 2, EPS)

@@ -84,6 +84,8 @@ def test_a_bad_tensor_raises_naming_the_op(ops, op, name, kind):
     ("layernorm_modulate", {"scale": _randn((2, 1, 8)).bfloat16()},
      "scale must be one of [Float], got BFloat16"),
     ("layernorm_modulate", {"eps": -1.0}, "eps must be a non-negative float, got -1"),
+    ("layernorm_modulate", {"eps": float("nan")}, "eps must be a non-negative float, got nan"),
+    ("residual_apply", {"residual": _randn((2, 3, 8)).to_sparse()}, "residual must be a dense tensor"),
     ("layernorm_modulate", {"out_dtype": torch.int8},
      "out_dtype must be one of [Float, BFloat16, Half], got Char"),
     ("layernorm_modulate", {"x": _randn((2, 3, 8)).to("meta")}, "x must be on a cpu device, got meta"),

@@ -25,3 +25,15 @@ def test_residual_cache(backend, name, shape, dtype):
 def test_non_contiguous_inputs(backend, name):
     a, b = randn((2, 14, 77), torch.bfloat16, seed=1)[:, ::2], randn((2, 7, 77), seed=2)
     assert_matches(getattr(wan_kernels, name)(a, b), getattr(reference, name)(a, b), torch.float32)
+
+
+@OPS
+@pytest.mark.parametrize("view", ["size-1 last dim of a wider row", "broadcast"])
+def test_views_that_flatten_to_a_strided_row(backend, name, view):
+    """Views that ``reshape(-1)`` leaves strided (a kernel reading them as flat would misread)."""
+    if view == "broadcast":
+        a = randn((1, 1, 1), seed=1).expand(3, 1, 1)
+    else:
+        a = randn((1, 4, 3), seed=1)[..., :1]
+    b = randn(a.shape, seed=2)
+    assert_matches(getattr(wan_kernels, name)(a, b), getattr(reference, name)(a, b), torch.float32)

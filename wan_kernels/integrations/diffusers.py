@@ -106,7 +106,8 @@ def _applied(block: WanTransformerBlock) -> bool:
 
 
 def is_applied(transformer: WanTransformer3DModel) -> bool:
-    """Whether ``apply`` has patched every block of ``transformer``."""
+    """Whether ``apply`` has patched every block of ``transformer`` and nothing (a diffusers hook or
+    cache) has wrapped the blocks since."""
     blocks = _blocks(transformer)
     return bool(blocks) and all(_applied(b) for b in blocks)
 
@@ -132,8 +133,20 @@ def apply(transformer: WanTransformer3DModel) -> WanTransformer3DModel:
 
 
 def remove(transformer: WanTransformer3DModel) -> WanTransformer3DModel:
-    """Undo ``apply``: the blocks run diffusers' own forward again. Returns ``transformer``."""
-    for block in _blocks(transformer):
+    """Undo ``apply``: the blocks run diffusers' own forward again. Returns ``transformer``.
+
+    Raises ``ValueError`` when something (a diffusers hook or cache) has wrapped a block's forward:
+    the fused forward may be inside it, out of reach; remove those first, as they were registered
+    after ``apply``.
+    """
+    blocks = _blocks(transformer)
+    if any("forward" in vars(block) and not _applied(block) for block in blocks):
+        raise ValueError(
+            "a WanTransformerBlock's forward is wrapped by something else (a diffusers hook or cache?); "
+            "remove it first (e.g. transformer.disable_cache()), then call "
+            "wan_kernels.integrations.diffusers.remove"
+        )
+    for block in blocks:
         if _applied(block):
             del block.forward
     return transformer

@@ -23,8 +23,11 @@ def _launch(a: torch.Tensor, b: torch.Tensor, subtract: bool) -> torch.Tensor:
     out = torch.empty(a.shape, dtype=torch.float32, device=a.device)
     if out.numel():
         grid = (triton.cdiv(out.numel(), ELEMENTWISE_BLOCK),)
-        _residual_kernel[grid](a.reshape(-1), b.reshape(-1), out, out.numel(), SUBTRACT=subtract,
-                               BLOCK=ELEMENTWISE_BLOCK, num_warps=4)
+        # Flat and dense: reshape alone may return a strided view (a size-1 last dim, a broadcast),
+        # which the kernel's flat offsets would misread.
+        a, b = a.contiguous().view(-1), b.contiguous().view(-1)
+        _residual_kernel[grid](a, b, out, out.numel(), SUBTRACT=subtract, BLOCK=ELEMENTWISE_BLOCK,
+                               num_warps=4)
     return out
 
 
