@@ -9,7 +9,7 @@ selected backend (``cuda``, ``triton``, ``cpp`` or ``torch``; see ``wan_kernels.
 """
 
 from wan_kernels import reference
-from wan_kernels.dispatch import available_backends, get_backend, set_backend
+from wan_kernels.dispatch import available_backends, backend_for, get_backend, set_backend
 from wan_kernels.ops import (
     gated_residual,
     gated_residual_layernorm_modulate,
@@ -23,6 +23,7 @@ from wan_kernels.ops import (
 
 __all__ = [
     "available_backends",
+    "backend_for",
     "gated_residual",
     "gated_residual_layernorm_modulate",
     "get_backend",

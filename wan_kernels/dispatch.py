@@ -2,7 +2,8 @@
 
 A backend is a named set of implementations, one per op, registered with ``register``. The backend
 in use is ``auto`` unless ``set_backend`` or the ``WAN_KERNELS_BACKEND`` environment variable
-(read when ``wan_kernels`` is imported) names one. ``auto`` picks, per call, the first backend of
+(read at the first op call or ``get_backend()``, so that a bad value is an error there, not at
+import) names one. ``auto`` picks, per call, the first backend of
 the device's preference list that is available and implements the op: on a GPU the CUDA C++
 extension ``cuda`` if it is built, then ``triton``; on a CPU the C++ extension ``cpp`` if it is
 built, then ``torch``. ``auto`` never compiles anything: ``set_backend("cpp")`` or
@@ -116,7 +117,8 @@ def _check_name(name: str) -> str:
     return name
 
 
-_selected = _check_name(os.environ.get(ENV_VAR, AUTO) or AUTO)
+# None until set_backend or the first use reads the environment.
+_selected: str | None = None
 
 
 def set_backend(name: str) -> None:
@@ -126,8 +128,26 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
-    """The backend setting: ``"auto"`` or a backend's name."""
+    """The backend setting: ``"auto"`` or a backend's name. Raises ``ValueError`` naming
+    ``WAN_KERNELS_BACKEND`` when that variable holds an unknown or unavailable backend."""
+    global _selected
+    if _selected is None:
+        value = os.environ.get(ENV_VAR, AUTO) or AUTO
+        try:
+            _selected = _check_name(value)
+        except ValueError as err:
+            raise ValueError(f"{ENV_VAR}={value!r}: {err}") from None
     return _selected
+
+
+def backend_for(device: torch.device) -> str:
+    """The backend an op call on ``device`` runs under the current setting (for ``auto``, the
+    first available of the device's preference list)."""
+    selected = get_backend()
+    if selected != AUTO:
+        return selected
+    usable = (b for b in _PREFERENCE.get(device.type, ("torch",)) if _usable(b) and _runs_on(b, device))
+    return next(usable, "torch")
 
 
 def _impl(backend: str, op: str) -> Callable | None:
@@ -148,13 +168,14 @@ def implementation(backend: str, op: str) -> Callable:
 
 def resolve(op: str, device: torch.device) -> Callable:
     """The implementation of ``op`` for tensors on ``device`` under the current setting."""
-    if _selected != AUTO:
-        if not _runs_on(_selected, device):
+    selected = get_backend()
+    if selected != AUTO:
+        if not _runs_on(selected, device):
             raise ValueError(
-                f"wan_kernels.{op}: backend {_selected!r} cannot run on {device.type} tensors"
-                + (" (set TRITON_INTERPRET=1 for Triton's CPU interpreter)" if _selected == "triton" else "")
+                f"wan_kernels.{op}: backend {selected!r} cannot run on {device.type} tensors"
+                + (" (set TRITON_INTERPRET=1 for Triton's CPU interpreter)" if selected == "triton" else "")
             )
-        return implementation(_selected, op)
+        return implementation(selected, op)
     preferred = [b for b in _PREFERENCE.get(device.type, ("torch",)) if _usable(b) and _runs_on(b, device)]
     for backend in preferred:
         fn = _impl(backend, op)

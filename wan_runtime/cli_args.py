@@ -9,6 +9,7 @@ device) and reports every problem at once.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import wan_kernels
 from wan_runtime import demo
 from wan_runtime.audio_io import decode_audio
 from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig, InvalidCacheConfig
@@ -34,22 +36,25 @@ DEFAULT_TASK = "ti2v-5B"
 SOLVERS = ("unipc", "dpm++")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
+_BEACH_CAT = (
+    "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The "
+    "fluffy-furred feline gazes directly at the camera with a relaxed expression. Blurred beach "
+    "scenery forms the background featuring crystal-clear waters, distant green hills, and a blue "
+    "sky dotted with white clouds. The cat assumes a naturally relaxed posture, as if savoring the "
+    "sea breeze and warm sunlight. A close-up shot highlights the feline's intricate details and "
+    "the refreshing atmosphere of the seaside."
+)
 # The official EXAMPLE_PROMPT, used when --prompt is not given.
 EXAMPLE_PROMPT = {
-    "i2v-A14B": (
-        "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The "
-        "fluffy-furred feline gazes directly at the camera with a relaxed expression. Blurred beach "
-        "scenery forms the background featuring crystal-clear waters, distant green hills, and a blue "
-        "sky dotted with white clouds. The cat assumes a naturally relaxed posture, as if savoring the "
-        "sea breeze and warm sunlight. A close-up shot highlights the feline's intricate details and "
-        "the refreshing atmosphere of the seaside."
-    ),
+    "i2v-A14B": _BEACH_CAT,
     "ti2v-5B": (
         "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a "
         "spotlighted stage."
     ),
-    "s2v-14B": "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard.",
+    "s2v-14B": _BEACH_CAT,
 }
+# The official seed range: torch's manual_seed takes at most 2**64 - 1.
+MAX_SEED = 2**64 - 1
 S2V = "s2v-14B"
 # The official generate.py's s2v default: frames per clip.
 DEFAULT_INFER_FRAMES = 80
@@ -164,7 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on tiny random weights (cached) on the CPU to check the installation")
     _add_s2v_flags(p)
     _add_cache_flags(p)
+    _add_unsupported_flags(p)
     return p
+
+
+def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("official flags of features not served here (refused when used)")
+    g.add_argument("--ulysses_size", type=int, default=1, help="sequence-parallel size; only 1")
+    g.add_argument("--t5_fsdp", action="store_true", help="not supported")
+    g.add_argument("--dit_fsdp", action="store_true", help="not supported")
+    g.add_argument("--use_prompt_extend", action="store_true", help="not supported")
+    g.add_argument("--prompt_extend_method", default="local_qwen", help="unused: no prompt extension")
+    g.add_argument("--prompt_extend_model", default=None, help="unused: no prompt extension")
+    g.add_argument("--prompt_extend_target_lang", default="zh", help="unused: no prompt extension")
+    for flag in ("--src_root_path", "--refert_num", "--replace_flag", "--use_relighting_lora"):
+        g.add_argument(flag, default=None, help="animate-14B only; not served")
 
 
 def _add_s2v_flags(p: argparse.ArgumentParser) -> None:
@@ -180,35 +199,41 @@ def _add_s2v_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--start_from_ref", action="store_true",
                    help="start the video from the reference image (--image) as its first frame")
     g.add_argument("--enable_tts", action="store_true", help="not supported: text-to-speech is out of scope")
+    for flag in ("--tts_prompt_audio", "--tts_prompt_text", "--tts_text"):
+        g.add_argument(flag, default=None, help="not supported: text-to-speech is out of scope")
 
 
 def _add_cache_flags(p: argparse.ArgumentParser) -> None:
+    # Unset flags stay None, so that a setting given without its cache can be refused; the
+    # values come from CacheConfig's defaults.
     d = CacheConfig()
     g = p.add_argument_group("step cache (reuse transformer work between steps; off by default)")
-    g.add_argument("--teacache", action="store_true", help="enable TeaCache")
-    g.add_argument("--teacache_thresh", type=float, default=d.teacache_thresh,
+    g.add_argument("--teacache", action="store_true", default=None, help="enable TeaCache")
+    g.add_argument("--teacache_thresh", type=float, default=None,
                    help=f"skip while the accumulated change is under this (default {d.teacache_thresh})")
-    g.add_argument("--teacache_policy", default=d.teacache_policy,
+    g.add_argument("--teacache_policy", default=None,
                    help=f"{' or '.join(TEACACHE_POLICIES)} (default {d.teacache_policy})")
-    g.add_argument("--teacache_warmup", type=int, default=d.teacache_warmup,
+    g.add_argument("--teacache_warmup", type=int, default=None,
                    help=f"first steps of each expert always computed (default {d.teacache_warmup})")
-    g.add_argument("--teacache_last_steps", type=int, default=d.teacache_last_steps,
+    g.add_argument("--teacache_last_steps", type=int, default=None,
                    help=f"last steps of each expert always computed (default {d.teacache_last_steps})")
-    g.add_argument("--teacache_alternating", action="store_true", help="never skip two steps in a row")
-    g.add_argument("--fbcache", action="store_true", help="enable the first-block cache (takes precedence)")
-    g.add_argument("--fb_thresh", type=float, default=d.fb_thresh,
+    g.add_argument("--teacache_alternating", action="store_true", default=None,
+                   help="never skip two steps in a row")
+    g.add_argument("--fbcache", action="store_true", default=None,
+                   help="enable the first-block cache (takes precedence)")
+    g.add_argument("--fb_thresh", type=float, default=None,
                    help=f"skip while the first-block change is under this (default {d.fb_thresh})")
-    g.add_argument("--fb_metric", default=d.fb_metric,
+    g.add_argument("--fb_metric", default=None,
                    help=f"{', '.join(FB_METRICS)} (default {d.fb_metric})")
-    g.add_argument("--fb_downsample", type=int, default=d.fb_downsample,
+    g.add_argument("--fb_downsample", type=int, default=None,
                    help=f"measure every n-th token (default {d.fb_downsample})")
-    g.add_argument("--fb_ema", type=float, default=d.fb_ema,
+    g.add_argument("--fb_ema", type=float, default=None,
                    help=f"EMA weight of the previous metric, in [0, 1) (default {d.fb_ema})")
-    g.add_argument("--fb_warmup", type=int, default=d.fb_warmup,
+    g.add_argument("--fb_warmup", type=int, default=None,
                    help=f"first steps of each expert always computed (default {d.fb_warmup})")
-    g.add_argument("--fb_last_steps", type=int, default=d.fb_last_steps,
+    g.add_argument("--fb_last_steps", type=int, default=None,
                    help=f"last steps of each expert always computed (default {d.fb_last_steps})")
-    g.add_argument("--fb_cfg_sep_diff", type=str2bool, default=d.fb_cfg_sep_diff,
+    g.add_argument("--fb_cfg_sep_diff", type=str2bool, default=None,
                    help="also measure the uncond branch's change (default true)")
 
 
@@ -238,15 +263,18 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         problems.append(
             "s2v-14B makes its video in clips: pass --infer_frames (frames per clip), not --frame_num"
         )
-    elif frame_num is not None and (frame_num < 5 or frame_num % 4 != 1):
-        problems.append(f"--frame_num must be 4n+1 and at least 5 (5, 9, 13, ...), got {frame_num}")
+    elif frame_num is not None and (frame_num < 1 or frame_num % 4 != 1):
+        problems.append(f"--frame_num must be 4n+1 (1, 5, 9, ..., 81), got {frame_num}")
     steps = _given_or_default(args.sample_steps, base, "sampling_steps")
     if steps is not None and steps < 1:
         problems.append(f"--sample_steps must be a positive number of steps, got {steps}")
-    if args.sample_guide_scale is not None and args.sample_guide_scale < 0:
-        problems.append(f"--sample_guide_scale must not be negative, got {args.sample_guide_scale}")
-    if args.sample_shift is not None and args.sample_shift <= 0:
-        problems.append(f"--sample_shift must be positive, got {args.sample_shift}")
+    if args.sample_guide_scale is not None and not 0 <= args.sample_guide_scale < math.inf:
+        problems.append(f"--sample_guide_scale must be a finite number >= 0, got {args.sample_guide_scale}")
+    if args.sample_shift is not None and not 0 < args.sample_shift < math.inf:
+        problems.append(f"--sample_shift must be a finite number > 0, got {args.sample_shift}")
+    if args.base_seed > MAX_SEED:
+        problems.append(f"--base_seed must be at most 2**64 - 1 = {MAX_SEED} (negative: a random seed), "
+                        f"got {args.base_seed}")
     if args.sample_solver not in SOLVERS:
         problems.append(f"unknown --sample_solver {args.sample_solver!r}; choose {' or '.join(SOLVERS)}")
 
@@ -269,9 +297,17 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     if dtype_name not in DTYPES:
         problems.append(f"unknown --dtype {dtype_name!r}; choose {' or '.join(DTYPES)}")
 
-    cache = None
+    problems += _unsupported_flag_problems(args)
     try:
-        cache = CacheConfig(**{name: getattr(args, name) for name in CacheConfig().as_dict()})
+        wan_kernels.get_backend()
+    except ValueError as err:  # a bad WAN_KERNELS_BACKEND
+        problems.append(str(err))
+
+    cache = None
+    given = {name: getattr(args, name) for name in CacheConfig().as_dict() if getattr(args, name) is not None}
+    problems += _idle_cache_flag_problems(given)
+    try:
+        cache = CacheConfig(**given)
     except InvalidCacheConfig as err:
         problems += err.problems
     if cache is not None and spec is not None:
@@ -309,17 +345,20 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
 def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, object]:
     """The s2v-14B fields of ``GenerateConfig`` (empty for the other tasks, which refuse the s2v
     flags); the speech is decoded here, so a bad file is refused before any model loads."""
+    tts = {"--tts_prompt_audio": args.tts_prompt_audio, "--tts_prompt_text": args.tts_prompt_text,
+           "--tts_text": args.tts_text}
     values = {"--audio": args.audio, "--num_clip": args.num_clip, "--infer_frames": args.infer_frames,
-              "--pose_video": args.pose_video}
+              "--pose_video": args.pose_video, **tts}
     given = [flag for flag, value in values.items() if value is not None]
     given += [flag for flag, on in (("--start_from_ref", args.start_from_ref),
                                     ("--enable_tts", args.enable_tts)) if on]
     if args.task != S2V:
         problems += [f"{flag} is for --task s2v-14B only" for flag in given]
         return {}
-    if args.enable_tts:
-        problems.append("--enable_tts: text-to-speech is out of scope of wan_runtime; record or synthesise "
-                        "the speech elsewhere and pass it with --audio")
+    tts_given = [flag for flag in ("--enable_tts", *tts) if flag in given]
+    if tts_given:
+        problems.append(f"{tts_given[0]}: text-to-speech is out of scope of wan_runtime; record or "
+                        "synthesise the speech elsewhere and pass it with --audio")
     base = demo.DEMO_SETTINGS if args.demo else None
     infer_frames = args.infer_frames or (base.infer_frames if base else DEFAULT_INFER_FRAMES)
     if args.infer_frames is not None and (args.infer_frames < 4 or args.infer_frames % 4):
@@ -341,6 +380,40 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, ob
         _check(problems, lambda: probe_video(pose_video, "--pose_video"))
     return {"audio_path": audio_path, "audio": audio, "num_clip": args.num_clip, "infer_frames": infer_frames,
             "start_from_ref": args.start_from_ref, "pose_video": pose_video}
+
+
+def _idle_cache_flag_problems(given: dict[str, object]) -> list[str]:
+    """A cache setting given without its cache: it would change nothing, silently."""
+    problems = []
+    for gate, prefix in (("fbcache", "fb_"), ("teacache", "teacache_")):
+        if not given.get(gate):
+            problems += [f"--{name} has no effect without --{gate}; add --{gate} or drop it"
+                         for name in given if name.startswith(prefix)]
+    return problems
+
+
+# Official flags of features wan_runtime does not serve, and what to do instead.
+_UNSUPPORTED = {
+    "ulysses_size": "multi-GPU sequence parallelism is not supported yet; run on one GPU (--ulysses_size 1)",
+    "t5_fsdp": "FSDP sharding is not supported yet; drop --t5_fsdp (--t5_cpu keeps T5 off the GPU)",
+    "dit_fsdp": "FSDP sharding is not supported yet; drop --dit_fsdp (--offload_model True saves GPU memory)",
+    "use_prompt_extend": "prompt extension is out of scope; extend the prompt elsewhere and pass it with "
+                         "--prompt",
+    "src_root_path": "the animate-14B task is not served by wan_runtime",
+}
+
+
+def _unsupported_flag_problems(args: argparse.Namespace) -> list[str]:
+    """The official flags accepted for compatibility, each refused when it asks for something."""
+    asked = {
+        "ulysses_size": args.ulysses_size != 1,
+        "t5_fsdp": args.t5_fsdp,
+        "dit_fsdp": args.dit_fsdp,
+        "use_prompt_extend": args.use_prompt_extend,
+        "src_root_path": any(v is not None for v in (args.src_root_path, args.refert_num, args.replace_flag,
+                                                     args.use_relighting_lora)),
+    }
+    return [f"--{flag}: {_UNSUPPORTED[flag]}" for flag, on in asked.items() if on]
 
 
 def _cache_policy_problems(cache: CacheConfig, spec: TaskSpec) -> list[str]:

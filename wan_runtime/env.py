@@ -60,7 +60,11 @@ def _kernel_backends() -> str:
         kernels = importlib.import_module("wan_kernels")
     except Exception as err:  # a broken optional build must not stop the report
         return f"wan_kernels cannot be imported ({type(err).__name__}: {_first_line(str(err))})"
-    return ", ".join(kernels.available_backends()) or "none"
+    try:
+        setting = kernels.get_backend()
+    except ValueError as err:  # a bad WAN_KERNELS_BACKEND: the report says so instead of failing
+        setting = f"invalid ({_first_line(str(err))})"
+    return f"{', '.join(kernels.available_backends()) or 'none'} (setting: {setting})"
 
 
 def _ffmpeg() -> str:

@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,13 @@ if TYPE_CHECKING:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        if not args.debug:  # a notice for the user reads as one line, not a source location
+            warnings.showwarning = _warning_line
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return _generate(resolve(args))
     except InvalidArguments as err:
@@ -85,8 +93,10 @@ def _generate(config: GenerateConfig) -> int:
         print(f"demo: {'wrote' if written else 'using cached'} checkpoint {ckpt_dir}", flush=True)
 
     # Imported only now: bad input is refused without importing the models.
-    from wan_runtime.pipelines import load_pipeline
+    from wan_runtime.pipelines import check_output_size, load_pipeline
 
+    if config.image is not None:  # an image too extreme for the size fails before minutes of loading
+        check_output_size(config.task, config.image, config.size)
     start = time.perf_counter()
     pipeline = load_pipeline(
         config.task, ckpt_dir, device=config.device, dtype=config.dtype,
@@ -179,6 +189,10 @@ def _memory_remedy(args: argparse.Namespace) -> str:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    print(f"warning: {_one_line(str(message))}", file=sys.stderr)
 
 
 def _error(message: str) -> None:

@@ -121,8 +121,17 @@ def required_files(spec: TaskSpec) -> list[str]:
     """Paths a complete checkpoint folder of ``spec`` holds, relative to it (DiT folders by their
     ``config.json``; their weights are checked when they load)."""
     dits = [str(PurePosixPath(folder) / "config.json") for folder in spec.dit_folders]
-    audio = [] if spec.audio_dir is None else [str(PurePosixPath(spec.audio_dir) / "config.json")]
+    audio = [] if spec.audio_dir is None else [
+        str(PurePosixPath(spec.audio_dir) / name) for name in ("config.json", "preprocessor_config.json")
+    ]
     return [spec.t5_file, spec.tokenizer_dir, spec.vae_file, *dits, *audio]
+
+
+def task_spec(task: str) -> TaskSpec:
+    """The spec of ``task``; ``InputError`` naming the served tasks for another."""
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[task]
 
 
 def check_checkpoint_dir(task: str, ckpt_dir: str | Path) -> TaskSpec:
@@ -130,9 +139,7 @@ def check_checkpoint_dir(task: str, ckpt_dir: str | Path) -> TaskSpec:
 
     Raises ``InputError`` for an unknown task and ``CheckpointError`` listing every missing path.
     """
-    if task not in TASKS:
-        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    spec, root = TASKS[task], Path(ckpt_dir)
+    spec, root = task_spec(task), Path(ckpt_dir)
     if not root.is_dir():
         raise CheckpointError(
             f"checkpoint folder {root} does not exist; pass the folder of the {task} release"

@@ -126,14 +126,25 @@ BAD_INPUTS = {
                          ["size 1280*720 is not supported by ti2v-5B", "704*1280, 1280*704"]),
     "bad demo size": (["--demo", "--size", "100*96"], None, ["multiples of 32"]),
     "frame_num not 4n+1": (["--frame_num", "8"], "ti2v-5B", ["--frame_num", "4n+1", "got 8"]),
-    "frame_num below 5": (["--frame_num", "1"], "ti2v-5B", ["--frame_num", "at least 5", "got 1"]),
+    "frame_num below 1": (["--frame_num", "-3"], "ti2v-5B", ["--frame_num", "4n+1 (1, 5, 9", "got -3"]),
+    "seed past 2**64 - 1": (["--base_seed", str(2**64)], "ti2v-5B", ["--base_seed must be at most 2**64"]),
+    "nan guide scale": (["--sample_guide_scale", "nan"], "ti2v-5B", ["--sample_guide_scale", "finite"]),
+    "infinite shift": (["--sample_shift", "inf"], "ti2v-5B", ["--sample_shift must be a finite number > 0"]),
+    "idle cache flag": (["--fb_thresh", "0.2"], "ti2v-5B", ["--fb_thresh has no effect without --fbcache"]),
+    "idle teacache flag": (["--fbcache", "--teacache_alternating"], "ti2v-5B",
+                           ["--teacache_alternating has no effect without --teacache"]),
+    "ulysses": (["--ulysses_size", "2"], "ti2v-5B", ["--ulysses_size: multi-GPU", "not supported yet"]),
+    "fsdp": (["--dit_fsdp"], "ti2v-5B", ["--dit_fsdp: FSDP sharding is not supported yet"]),
+    "prompt extension": (["--use_prompt_extend"], "ti2v-5B", ["--use_prompt_extend: prompt extension"]),
+    "animate": (["--refert_num", "77"], "ti2v-5B", ["animate-14B task is not served"]),
+    "tts text": (["--tts_text", "hello"], "ti2v-5B", ["--tts_text is for --task s2v-14B only"]),
     "i2v without image": ([], "i2v-A14B", ["pass --image"]),
     "missing image": (["--image", "/nonexistent/cat.png"], "ti2v-5B",
                       ["--image /nonexistent/cat.png does not exist"]),
     "negative steps": (["--sample_steps", "-3"], "ti2v-5B", ["--sample_steps", "got -3"]),
     "zero steps": (["--sample_steps", "0"], "ti2v-5B", ["--sample_steps", "got 0"]),
     "negative guide scale": (["--sample_guide_scale", "-1"], "ti2v-5B", ["--sample_guide_scale", "-1.0"]),
-    "non-positive shift": (["--sample_shift", "0"], "ti2v-5B", ["--sample_shift must be positive"]),
+    "non-positive shift": (["--sample_shift", "0"], "ti2v-5B", ["--sample_shift must be a finite", "got 0"]),
     "unknown solver": (["--sample_solver", "euler"], "ti2v-5B", ["'euler'", "unipc or dpm++"]),
     "save folder missing": (["--save_file", "/nonexistent/dir/out.mp4"], "ti2v-5B",
                             ["folder /nonexistent/dir does not exist"]),
@@ -225,7 +236,8 @@ def test_out_of_memory_is_one_line_naming_what_frees_memory(roots, monkeypatch, 
     def load_pipeline(*args, **kwargs):
         raise torch.OutOfMemoryError(OOM)
 
-    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", SimpleNamespace(load_pipeline=load_pipeline))
+    pipelines = SimpleNamespace(load_pipeline=load_pipeline, check_output_size=None)
+    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", pipelines)
     assert main(["--ckpt_dir", str(roots["ti2v-5B"]), *flags]) == 1
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB; to fit")

@@ -41,8 +41,8 @@ def test_given_values_are_kept():
 
 
 def test_every_bad_value_is_listed_with_exit_2(capsys):
-    argv = ["--demo", "--teacache_thresh", "-1", "--fb_ema", "1", "--fb_downsample", "0",
-            "--fb_warmup", "-2", "--fb_metric", "l3"]
+    argv = ["--demo", "--teacache", "--fbcache", "--teacache_thresh", "-1", "--fb_ema", "1",
+            "--fb_downsample", "0", "--fb_warmup", "-2", "--fb_metric", "l3"]
     assert main(argv) == 2
     lines = capsys.readouterr().err.splitlines()
     expected = ["--teacache_thresh must be a number >= 0", "--fb_ema must be in [0, 1)",
@@ -54,7 +54,7 @@ def test_every_bad_value_is_listed_with_exit_2(capsys):
 
 def test_unknown_policy_falls_back_to_linear_with_a_warning():
     with pytest.warns(UserWarning, match="unknown teacache_policy 'cubic'; using 'linear'"):
-        assert _resolve("--teacache_policy", "cubic").cache.teacache_policy == "linear"
+        assert _resolve("--teacache", "--teacache_policy", "cubic").cache.teacache_policy == "linear"
 
 
 @pytest.mark.parametrize("task", ["i2v-A14B", "s2v-14B"])
@@ -67,6 +67,19 @@ def test_poly_without_fitted_coefficients_is_refused_before_loading(task, capsys
     )
 
 
-def test_poly_is_accepted_where_fitted_or_teacache_is_off():
+def test_poly_is_accepted_where_fitted():
     assert _resolve("--teacache", "--teacache_policy", "poly").cache.teacache_policy == "poly"
-    assert _resolve("--task", "i2v-A14B", "--teacache_policy", "poly").task == "i2v-A14B"
+
+
+def test_settings_of_a_cache_that_is_off_are_refused(capsys):
+    argv = ["--demo", "--task", "i2v-A14B", "--teacache_warmup", "2", "--fb_ema", "0.5", "--teacache"]
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == "error: --fb_ema has no effect without --fbcache; add --fbcache or drop it"
+
+
+def test_unknown_policy_warning_is_one_line_on_the_command_line(capsys):
+    # Validation passes; the run then fails to import the (blocked) pipelines: exit 1.
+    assert main(["--demo", "--teacache", "--teacache_policy", "cubic"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("warning: unknown teacache_policy 'cubic'; using 'linear' (choose linear or poly)")

@@ -18,3 +18,19 @@ def test_env_report_runs():
     assert rows["attention backends"].startswith("sdpa")
     for key in ("python", "torch CUDA", "triton", "imageio-ffmpeg", "ffmpeg", "GPU", "kernel backends"):
         assert key in rows, result.stdout
+
+
+def test_env_report_names_a_bad_backend_variable_instead_of_failing():
+    result = run_module("wan_runtime.env", env={"WAN_KERNELS_BACKEND": "bogus"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    [row] = [line for line in result.stdout.splitlines() if line.startswith("kernel backends")]
+    assert "(setting: invalid (WAN_KERNELS_BACKEND='bogus': unknown wan_kernels backend 'bogus'" in row
+
+
+def test_command_line_lists_a_bad_backend_variable_as_a_problem():
+    result = run_module("wan_runtime.generate", "--demo", "--sample_steps", "0",
+                        env={"WAN_KERNELS_BACKEND": "bogus"}, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert "error: WAN_KERNELS_BACKEND='bogus': unknown wan_kernels backend" in result.stderr
+    assert any("--sample_steps" in line for line in lines)

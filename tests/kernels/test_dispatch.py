@@ -47,11 +47,14 @@ def test_environment_variable_selects_the_backend(value, expected):
     assert out.stdout.strip() == expected
 
 
-def test_environment_variable_rejects_unknown_backend():
+def test_environment_variable_rejects_unknown_backend_at_first_use():
+    """Importing still works (so a command line can report the bad value as one of its problems);
+    the first use names the variable."""
     env = {**os.environ, dispatch.ENV_VAR: "nope"}
-    out = subprocess.run([sys.executable, "-c", "import wan_kernels"], env=env, capture_output=True,
-                         text=True)
-    assert out.returncode != 0 and "unknown wan_kernels backend 'nope'" in out.stderr
+    code = "import wan_kernels, torch; wan_kernels.residual_apply(torch.ones(1, 2), torch.ones(1, 2))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "ValueError: WAN_KERNELS_BACKEND='nope': unknown wan_kernels backend 'nope'" in out.stderr
 
 
 @pytest.mark.skipif("triton" not in wan_kernels.available_backends() or torch.cuda.is_available(),

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 from tests.pipelines.images import gradient_image
+from wan_runtime import generate, pipelines
 from wan_runtime.errors import CheckpointError, InputError
-from wan_runtime.pipelines import load_pipeline
+from wan_runtime.pipelines import check_output_size, load_pipeline, loading
+from wan_runtime.pipelines.inputs import check_clip_seeds
 
 GOOD = {"size": "64*64", "frame_num": 5, "sampling_steps": 2, "seed": 0, "progress": False}
 
@@ -77,6 +81,25 @@ def test_image_too_extreme_for_the_area(i2v_pipeline, ti2v_pipeline, untouchable
         untouchable(ti2v_pipeline).generate("a cat", image=strip, **{**GOOD, "size": "32*32"})
 
 
+@pytest.mark.parametrize(("task", "size", "message"), [
+    ("i2v-A14B", "832*480", "aspect ratio is too extreme"),
+    ("ti2v-5B", "1280*704", "does not fit a target area"),
+])
+def test_output_size_is_checked_without_a_model(task, size, message):
+    with pytest.raises(InputError, match=message):
+        check_output_size(task, gradient_image(60000, 1), size)
+    check_output_size(task, gradient_image(80, 60), size)
+
+
+def test_command_line_refuses_an_extreme_image_before_loading(ti2v_root, tmp_path, monkeypatch, capsys):
+    strip = tmp_path / "strip.png"
+    gradient_image(8000, 8).save(strip)
+    monkeypatch.setattr(pipelines, "load_pipeline", _loads_nothing)
+    assert generate.main(["--ckpt_dir", str(ti2v_root), "--image", str(strip), "--device", "cpu"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: an image of 8000x8 pixels") and "crop the image" in line
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -103,3 +126,45 @@ def test_load_checks_the_folder_and_arguments_first(tmp_path, ti2v_root):
         load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float16)
     with pytest.raises(InputError, match="not a torch device"):
         load_pipeline("ti2v-5B", ti2v_root, device="gpu")
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(("corrupt", "message"), [
+    (lambda root: (root / "config.json").write_text("{bad json"), "config.json"),
+    (lambda root: (root / "config.json").write_text("{}"), "config.json"),
+    (lambda root: _truncate(root / "diffusion_pytorch_model-00002-of-00002.safetensors"), "truncated"),
+    (lambda root: (root / "diffusion_pytorch_model-00001-of-00002.safetensors").unlink(), "lacks shard"),
+    (lambda root: (root / "diffusion_pytorch_model.safetensors.index.json").unlink(), "holds neither"),
+], ids=["bad-json", "empty-config", "truncated-shard", "missing-shard", "missing-index"])
+def test_a_bad_dit_folder_fails_before_any_model_loads(ti2v_root, tmp_path, monkeypatch, corrupt, message):
+    root = shutil.copytree(ti2v_root, tmp_path / "Wan2.2-TI2V-5B")
+    corrupt(root)
+    monkeypatch.setattr(loading, "load_text_encoder", _loads_nothing)
+    monkeypatch.setattr(loading, "load_vae", _loads_nothing)
+    with pytest.raises(CheckpointError, match=message):
+        load_pipeline("ti2v-5B", root, device="cpu", dtype=torch.float32)
+
+
+def _loads_nothing(*args, **kwargs):
+    raise AssertionError("a model loaded before the DiT folder was checked")
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"ckpt_dir": None}, "ckpt_dir must be the release folder's path"),
+    ({"offload_model": "no"}, "offload_model must be True or False, got 'no'"),
+    ({"t5_cpu": 1}, "t5_cpu must be True or False"),
+    ({"convert_model_dtype": "False"}, "convert_model_dtype must be True or False"),
+])
+def test_load_refuses_switches_that_are_not_bools(ti2v_root, arguments, message):
+    with pytest.raises(InputError, match=message):
+        load_pipeline(**{"task": "ti2v-5B", "ckpt_dir": ti2v_root, **arguments})
+
+
+def test_every_clip_seed_must_be_valid():
+    check_clip_seeds(2**64 - 3, 3)
+    with pytest.raises(InputError, match=r"too large for 3 clips .* at most 2\*\*64 - 3"):
+        check_clip_seeds(2**64 - 2, 3)

@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+import wan_kernels
 from tests.pipelines.images import gradient_image
 from wan_runtime import NumericalError
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.pipelines.i2v import LOW_NOISE
-from wan_runtime.pipelines.numerics import FiniteWatch
+from wan_runtime.pipelines.numerics import FiniteWatch, remedy
 
 RUN = {"size": "64*64", "frame_num": 5, "sampling_steps": 5, "shift": 3.0, "seed": 3, "progress": False}
 
@@ -34,7 +35,7 @@ def test_watch_of_finite_latents_reports_none_and_takes_no_host_sync(monkeypatch
         for step in range(4):
             watch.observe(step, torch.randn(8, 8))
     assert watch.first_bad_step() is None
-    watch.check(4, _unused)
+    watch.check(4, _unused, "unused")
 
 
 def _host_read(*args, **kwargs):
@@ -63,8 +64,24 @@ def test_nan_from_a_step_of_ti2v_names_the_step_and_the_model(ti2v_pipeline, mon
     with pytest.raises(NumericalError) as error:
         ti2v_pipeline.generate("a boat", **RUN)
     message = str(error.value)
-    assert "at sampling step 3 of 5 (model 'ti2v', torch.float32, wan_kernels backend" in message
-    assert "WAN_KERNELS_BACKEND=torch" in message and "float32" in message
+    backend = wan_kernels.backend_for(torch.device("cpu"))
+    assert f"step 3 of 5 (model 'ti2v', torch.float32, wan_kernels backend {backend!r})" in message
+    # Float32 already, no cache: only what is left to try.
+    assert "float32;" not in message and "step cache" not in message
+    assert ("WAN_KERNELS_BACKEND=torch" in message) == (backend != "torch")
+    assert message.endswith("a guide scale or shift far from the task's defaults can also overflow")
+
+
+@pytest.mark.parametrize(("backend", "cache_on", "dtype", "tries"), [
+    ("triton", True, torch.bfloat16, "with WAN_KERNELS_BACKEND=torch (no fused kernels), or without the step "
+                                     "cache, or in float32; "),
+    ("torch", False, torch.bfloat16, "in float32; "),
+    ("torch", False, torch.float32, ""),
+])
+def test_remedy_names_only_what_the_run_did_not_do(backend, cache_on, dtype, tries):
+    advice = remedy(backend, cache_on, dtype)
+    assert advice == (f"to find the cause, run again {tries}" if tries else "") + (
+        "a guide scale or shift far from the task's defaults can also overflow")
 
 
 def test_nan_in_the_low_noise_expert_names_it(i2v_pipeline, monkeypatch):
@@ -77,7 +94,7 @@ def test_nan_in_the_low_noise_expert_names_it(i2v_pipeline, monkeypatch):
 def test_nan_from_the_vae_decode_is_named(ti2v_pipeline, monkeypatch):
     decode = ti2v_pipeline.vae.decode
     monkeypatch.setattr(ti2v_pipeline.vae, "decode", lambda z: [v / 0.0 for v in decode(z)])
-    with pytest.raises(NumericalError, match=r"video .* latent is finite \(VAE decode, torch.float32\)"):
+    with pytest.raises(NumericalError, match=r"video .* latent is finite \(VAE decode in torch.float32\)"):
         ti2v_pipeline.generate("a boat", **RUN)
 
 

@@ -85,14 +85,27 @@ class WanModel(nn.Module):
         official model then rounds those weights to ``dtype`` but still computes in float32 where
         it did). Weights are read one tensor at a time into a model built on the meta device.
         """
-        folder = Path(path)
+        model, entries = cls._meta_model(Path(path))
+        model.set_compute_dtype(dtype or torch.float32, keep_float32=not convert_model_dtype)
+        load_parameters(model, entries, device or "cpu")
+        return model.eval().requires_grad_(False)
+
+    @classmethod
+    def check_pretrained(cls, path: str | Path) -> None:
+        """Check an official DiT folder as ``from_pretrained`` would, without reading a weight:
+        ``config.json``, the index and shards, every safetensors header, and every tensor's name
+        and shape against the model the config describes (``CheckpointError``). Cheap, so a
+        pipeline runs it on every DiT before loading anything."""
+        cls._meta_model(Path(path))
+
+    @classmethod
+    def _meta_model(cls, folder: Path) -> tuple[WanModel, dict[str, TensorEntry]]:
+        """The model of ``folder``'s config on the meta device, checked against its tensors."""
         config, entries = cls.read_checkpoint(folder)
         with torch.device("meta"):
             model = cls(config)
-        model.set_compute_dtype(dtype or torch.float32, keep_float32=not convert_model_dtype)
         check_keys(model, entries, folder)
-        load_parameters(model, entries, device or "cpu")
-        return model.eval().requires_grad_(False)
+        return model, entries
 
     @classmethod
     def read_checkpoint(cls, folder: Path) -> tuple[DiTConfig, dict[str, TensorEntry]]:

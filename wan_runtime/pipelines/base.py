@@ -26,7 +26,7 @@ from wan_runtime.pipelines.inputs import (
     parse_size,
     resolve_seed,
 )
-from wan_runtime.pipelines.numerics import FiniteWatch, check_video
+from wan_runtime.pipelines.numerics import FiniteWatch, check_video, remedy
 from wan_runtime.pipelines.report import RunReport, StageClock
 from wan_runtime.pipelines.residency import Residency
 from wan_runtime.solvers import MultistepFlowSolver, make_solver
@@ -134,6 +134,13 @@ class Pipeline:
 
     # -- what a task defines ------------------------------------------------------------------
 
+    @staticmethod
+    def output_size(spec: TaskSpec, image: Image.Image | None, width: int, height: int) -> tuple[int, int]:
+        """The video's (width, height) for the target ``width*height`` and the input ``image``;
+        ``InputError`` when the image cannot fit. Needs no model, so a caller can check a request
+        before loading one."""
+        raise NotImplementedError
+
     def _plan(self, image: Image.Image | None, width: int, height: int, frame_num: int) -> Plan:
         raise NotImplementedError
 
@@ -199,7 +206,7 @@ class Pipeline:
                 self.residency.release()
             with clock.stage("vae_decode"):
                 video = self.vae.decode([latent])[0]
-            check_video(video, str(self.vae.dtype))
+            check_video(video, self.vae.dtype)
         self.last_report = settings.report(self.task, seed, plan.width, plan.height, frame_num, clock,
                                            self._peak_memory())
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
@@ -248,8 +255,13 @@ class Pipeline:
 
     def _describe(self, name: str) -> str:
         """The DiT ``name`` as a numerical failure's message names it."""
-        backend = wan_kernels.get_backend()
+        backend = wan_kernels.backend_for(self.device)
         return f"model {self.cache_names[name]!r}, {self._dtype}, wan_kernels backend {backend!r}"
+
+    def _remedy(self, cache: CacheConfig | None) -> str:
+        """What to try after a numerical failure of this pipeline's run with ``cache``."""
+        cache_on = cache is not None and cache.enabled
+        return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype)
 
     def _peak_memory(self) -> int | None:
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
@@ -310,7 +322,8 @@ class Pipeline:
                     bar.set_postfix(expert=name)
                 bar.update()
         self._cache_report = {} if manager is None else manager.finish()
-        watch.check(len(steps), lambda step: self._describe(self._expert(steps[step], guide)[0]))
+        watch.check(len(steps), lambda step: self._describe(self._expert(steps[step], guide)[0]),
+                    self._remedy(cache))
         return latent
 
     def _cache_manager(

@@ -20,6 +20,8 @@ from wan_runtime.pipelines.resolution import area_latent_size, image_to_tensor, 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from wan_runtime.tasks import TaskSpec
+
 HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
 # The VAE 2.1 latent channels (the noise the high- and low-noise experts denoise).
 LATENT_CHANNELS = 16
@@ -28,14 +30,20 @@ LATENT_CHANNELS = 16
 class I2VPipeline(Pipeline):
     """The i2v-A14B task; ``dits`` holds the experts under ``"high_noise"`` and ``"low_noise"``."""
 
-    def _plan(self, image: Image.Image | None, width: int, height: int, frame_num: int) -> Plan:
+    @staticmethod
+    def output_size(spec: TaskSpec, image: Image.Image | None, width: int, height: int) -> tuple[int, int]:
         if image is None:
             raise InputError("i2v-A14B needs an input image: pass image= a PIL image or a file path")
-        stride_t, stride, _ = self.spec.vae_stride
-        patch = self.spec.patch_size[1]
-        lat_h, lat_w = area_latent_size(width * height, image.height, image.width, stride, patch)
+        stride = spec.vae_stride[1]
+        lat_h, lat_w = area_latent_size(width * height, image.height, image.width, stride, spec.patch_size[1])
+        return lat_w * stride, lat_h * stride
+
+    def _plan(self, image: Image.Image | None, width: int, height: int, frame_num: int) -> Plan:
+        width, height = self.output_size(self.spec, image, width, height)
+        stride_t, stride_h, stride_w = self.spec.vae_stride
         frames = (frame_num - 1) // stride_t + 1
-        return Plan(lat_w * stride, lat_h * stride, frame_num, (LATENT_CHANNELS, frames, lat_h, lat_w), image)
+        shape = (LATENT_CHANNELS, frames, height // stride_h, width // stride_w)
+        return Plan(width, height, frame_num, shape, image)
 
     def _encode_image(self, plan: Plan) -> ImageCondition:
         first = resize_for_area(image_to_tensor(plan.image), plan.height, plan.width)

@@ -107,6 +107,14 @@ def resolve_seed(seed: int) -> int:
     return int(seed) if seed >= 0 else random.randint(0, sys.maxsize)
 
 
+def check_clip_seeds(seed: int, clips: int) -> None:
+    """Clip ``r`` is seeded with ``seed + r`` (as the official s2v pipeline): every one must be a
+    valid seed."""
+    if seed + clips - 1 > _MAX_SEED:
+        raise InputError(f"seed {seed} is too large for {clips} clips (seeded seed + 0 ... seed + "
+                         f"{clips - 1}): use a seed of at most 2**64 - {clips}")
+
+
 def check_prompt(prompt: object, name: str) -> str:
     """``prompt`` itself, after checking that it is a string."""
     if not isinstance(prompt, str):

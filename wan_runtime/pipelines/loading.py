@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,10 +15,14 @@ from wan_runtime.models.audio_encoder import Wav2Vec2Features
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
 from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE, I2VPipeline
+from wan_runtime.pipelines.inputs import parse_size
 from wan_runtime.pipelines.residency import Residency
 from wan_runtime.pipelines.s2v import AUDIO_ENCODER, S2VPipeline
 from wan_runtime.pipelines.ti2v import TI2VPipeline
-from wan_runtime.tasks import check_checkpoint_dir
+from wan_runtime.tasks import check_checkpoint_dir, task_spec
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 _PIPELINES = {
     "i2v-A14B": (I2VPipeline, (HIGH_NOISE, LOW_NOISE)),
@@ -41,6 +47,14 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
     return resolved
 
 
+def check_output_size(task: str, image: Image.Image | None, size: str) -> None:
+    """Refuse (``InputError``) an input ``image`` that cannot fit ``task``'s target ``size``
+    ``"W*H"``, as ``generate`` would, without loading anything."""
+    spec = task_spec(task)
+    width, height = parse_size(size, spec)
+    _PIPELINES[spec.name][0].output_size(spec, image, width, height)
+
+
 def load_pipeline(
     task: str,
     ckpt_dir: str | Path,
@@ -58,15 +72,27 @@ def load_pipeline(
     float32, as the official pipelines run them). ``offload_model`` keeps the big models on the
     CPU and brings only the one at work onto the device; ``t5_cpu`` runs the text encoder on the CPU;
     ``convert_model_dtype`` casts every DiT weight to ``dtype``, as the official flag does. The
-    folder is checked for every file before anything loads (``CheckpointError``). Unless
+    folder is checked for every file, and every DiT's config and safetensors headers against each
+    other, before anything loads (``CheckpointError``). Unless
     ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
     """
+    if not isinstance(ckpt_dir, (str, os.PathLike)):
+        raise InputError(f"ckpt_dir must be the release folder's path (str or Path), got {ckpt_dir!r}")
+    switches = {"offload_model": offload_model, "t5_cpu": t5_cpu, "convert_model_dtype": convert_model_dtype}
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be True or False, got {value!r}")
     spec = check_checkpoint_dir(task, ckpt_dir)
     if dtype not in _DTYPES:
         raise InputError(f"dtype must be torch.bfloat16 (the official) or torch.float32, got {dtype!r}")
     device = _resolve_device(device)
     inference_only_enabled()  # a bad WAN_INFERENCE_ONLY value fails before minutes of loading
     root = Path(ckpt_dir)
+    pipeline_class, names = _PIPELINES[spec.name]
+    dit_class = WanModel if spec.audio_dir is None else WanModelS2V
+    # A bad DiT folder (config, shards, headers, tensor names and shapes) fails before minutes of loading.
+    for folder in spec.dit_folders:
+        dit_class.check_pretrained(root / folder)
     rest = _CPU if offload_model else device  # where the big models sit between uses
     residency = Residency(device, offload_model)
 
@@ -79,8 +105,6 @@ def load_pipeline(
     vae = load_vae(root / spec.vae_file, device=device, dtype=torch.float32)
     guard(vae.model)
 
-    pipeline_class, names = _PIPELINES[spec.name]
-    dit_class = WanModel if spec.audio_dir is None else WanModelS2V
     dits = {}
     for name, folder in zip(names, spec.dit_folders, strict=True):
         dits[name] = guard(dit_class.from_pretrained(

@@ -9,9 +9,18 @@ import torch
 
 from wan_runtime.errors import NumericalError
 
-# What narrows the cause down, in the order it costs the user least.
-_REMEDY = ("to find the cause, run again with WAN_KERNELS_BACKEND=torch (no fused kernels), without the step "
-           "cache, or in float32")
+
+def remedy(backend: str, cache_on: bool, dtype: torch.dtype) -> str:
+    """What narrows a numerical failure's cause down, of what the run did not do already."""
+    tries = []
+    if backend != "torch":
+        tries.append("with WAN_KERNELS_BACKEND=torch (no fused kernels)")
+    if cache_on:
+        tries.append("without the step cache")
+    if dtype != torch.float32:
+        tries.append("in float32")
+    hint = f"to find the cause, run again {', or '.join(tries)}; " if tries else ""
+    return hint + "a guide scale or shift far from the task's defaults can also overflow"
 
 
 class FiniteWatch:
@@ -34,18 +43,20 @@ class FiniteWatch:
         step = int(self._first)
         return None if step < 0 else step
 
-    def check(self, steps: int, describe: Callable[[int], str]) -> None:
+    def check(self, steps: int, describe: Callable[[int], str], advice: str) -> None:
         """Raise ``NumericalError`` if a latent was not finite; ``describe(step)`` names what ran
-        at that step (e.g. ``"model 'high', bfloat16"``), ``steps`` is the step count."""
+        at that step (e.g. ``"model 'high', bfloat16"``), ``steps`` is the step count and
+        ``advice`` (see ``remedy``) ends the message."""
         step = self.first_bad_step()
         if step is not None:
             raise NumericalError(f"the latent became NaN or infinite at sampling step {step + 1} of {steps} "
-                                 f"({describe(step)}), so the video would be blank; {_REMEDY}")
+                                 f"({describe(step)}), so the video would be blank; {advice}")
 
 
-def check_video(video: torch.Tensor, where: str) -> None:
-    """Raise ``NumericalError`` if the decoded ``video`` holds a NaN or an infinity (its latent
-    was finite: the VAE decode overflowed)."""
+def check_video(video: torch.Tensor, vae_dtype: torch.dtype) -> None:
+    """Raise ``NumericalError`` if the decoded ``video`` holds a NaN or an infinity although its
+    latent was finite: the VAE decode overflowed."""
     if not bool(torch.isfinite(video).all()):
         raise NumericalError(f"the decoded video holds NaN or infinite values although its latent is finite "
-                             f"(VAE decode, {where}); {_REMEDY}")
+                             f"(VAE decode in {vae_dtype}); please report it with the output of "
+                             "python -m wan_runtime.env")

@@ -34,7 +34,7 @@ from wan_runtime.image_io import load_image
 from wan_runtime.models.audio_encoder import audio_buckets
 from wan_runtime.models.s2v_dit import MOTION_FRAMES
 from wan_runtime.pipelines.base import Pipeline, Prompts
-from wan_runtime.pipelines.inputs import check_clip_arguments, resolve_seed
+from wan_runtime.pipelines.inputs import check_clip_arguments, check_clip_seeds, resolve_seed
 from wan_runtime.pipelines.numerics import FiniteWatch, check_video
 from wan_runtime.pipelines.pose import pose_clips
 from wan_runtime.pipelines.report import StageClock
@@ -126,7 +126,7 @@ class S2VPipeline(Pipeline):
             raise InputError("s2v-14B is driven by speech: pass audio= an audio file or 16 kHz samples")
         waveform = decode_audio(audio) if isinstance(audio, (str, Path)) else check_waveform(audio)
         pose_info = None if pose_video is None else probe_video(pose_video)
-        height, width = s2v_output_size(picture.height, picture.width, settings.width * settings.height)
+        width, height = self.output_size(self.spec, picture, settings.width, settings.height)
         seed = resolve_seed(seed)
 
         if self.device.type == "cuda":
@@ -139,6 +139,7 @@ class S2VPipeline(Pipeline):
                 columns, available = audio_buckets(self.audio_encoder(waveform), infer_frames, self.fps)
                 self.residency.release()
             clips = available if num_clip is None else min(num_clip, available)
+            check_clip_seeds(seed, clips)
             with clock.stage("text_encode"):
                 prompts = self._encode_text(settings.prompt, settings.n_prompt)
             with clock.stage("vae_encode"):
@@ -182,12 +183,19 @@ class S2VPipeline(Pipeline):
                         context_frames = torch.cat([context_frames[:, kept:].float(), frames[:, -kept:]], 1)
                         motion = self.vae.encode([context_frames])[0][None]
             video = torch.cat(out, dim=1)
-            check_video(video, str(self.vae.dtype))
+            check_video(video, self.vae.dtype)
         self.last_report = settings.report(self.task, seed, width, height, video.shape[1], clock,
                                            self._peak_memory())
         self._cache_report = merge_reports(self.clip_cache_reports)
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
+
+    @staticmethod
+    def output_size(spec: TaskSpec, image: Image.Image | None, width: int, height: int) -> tuple[int, int]:
+        if image is None:
+            raise InputError("s2v-14B needs a reference image: pass image= a PIL image or a file path")
+        fit_h, fit_w = s2v_output_size(image.height, image.width, width * height)
+        return fit_w, fit_h
 
     def _pose_latents(self, path: str | Path, video: VideoInfo, clips: int, infer_frames: int, height: int,
                       width: int) -> list[torch.Tensor]:
@@ -239,7 +247,8 @@ class S2VPipeline(Pipeline):
                 watch.observe(i, latent)
                 bar.update()
         self.clip_cache_reports.append({} if manager is None else manager.finish())
-        watch.check(len(timesteps), lambda _: f"clip {clip + 1} of {clips}, {self._describe(DIT)}")
+        watch.check(len(timesteps), lambda _: f"clip {clip + 1} of {clips}, {self._describe(DIT)}",
+                    self._remedy(cache))
         return latent
 
 

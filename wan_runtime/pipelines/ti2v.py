@@ -16,17 +16,24 @@ from wan_runtime.pipelines.resolution import best_output_size, image_to_tensor, 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from wan_runtime.tasks import TaskSpec
+
 
 class TI2VPipeline(Pipeline):
     """The ti2v-5B task; ``dits`` holds its one DiT."""
 
+    @staticmethod
+    def output_size(spec: TaskSpec, image: Image.Image | None, width: int, height: int) -> tuple[int, int]:
+        if image is None:
+            return width, height
+        _, stride_h, stride_w = spec.vae_stride
+        _, patch_h, patch_w = spec.patch_size
+        area = width * height
+        return best_output_size(image.width, image.height, stride_w * patch_w, stride_h * patch_h, area)
+
     def _plan(self, image: Image.Image | None, width: int, height: int, frame_num: int) -> Plan:
         stride_t, stride_h, stride_w = self.spec.vae_stride
-        if image is not None:
-            _, patch_h, patch_w = self.spec.patch_size
-            width, height = best_output_size(
-                image.width, image.height, stride_w * patch_w, stride_h * patch_h, width * height
-            )
+        width, height = self.output_size(self.spec, image, width, height)
         shape = (self.vae.z_dim, (frame_num - 1) // stride_t + 1, height // stride_h, width // stride_w)
         return Plan(width, height, frame_num, shape, image)
 
