@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from wan_runtime.errors import InputError
+from wan_runtime.input_files import require_file
 from wan_runtime.models.audio_encoder import SAMPLE_RATE, VIDEO_FPS
 
 # The shortest speech that drives one video frame (1/16 s): wav2vec2 needs 400 samples for its
@@ -28,6 +29,13 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def ffmpeg_path(path: str | Path) -> str:
+    """``path`` as ffmpeg must be given it: absolute. ffmpeg reads a relative name with a colon
+    (``take:1.wav``) as a protocol and one starting with a dash as an option; from ``/`` it reads
+    neither."""
+    return str(Path(path).absolute())
+
+
 def decode_audio(path: str | Path, label: str = "audio") -> np.ndarray:
     """The audio of file ``path`` as mono float32 samples [S] at 16 kHz (channels averaged).
 
@@ -35,15 +43,19 @@ def decode_audio(path: str | Path, label: str = "audio") -> np.ndarray:
     without sound.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{label} {path} does not exist; pass a WAV, MP3, FLAC or other audio file")
+    require_file(path, label, "a WAV, MP3, FLAC or other audio file")
     # Channels are kept and averaged here, as librosa downmixes (ffmpeg's ``-ac 1`` weights them
     # by layout). A WAV stream on the pipe carries the channel count in its header.
-    command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-map", "0:a:0",
+    command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path), "-vn", "-map", "0:a:0",
                "-ar", str(SAMPLE_RATE), "-c:a", "pcm_f32le", "-f", "wav", "-"]
     result = subprocess.run(command, capture_output=True, check=False)
     if result.returncode != 0:
         reason = " ".join(result.stderr.decode(errors="replace").split())[-300:] or "no reason given"
+        # What ffmpeg says of a file without sound (e.g. a silent video) is about our ``-map``.
+        if "matches no streams" in reason:
+            raise InputError(
+                f"{label} {path} has no audio stream; pass a WAV, MP3 or FLAC file, or a video with sound"
+            )
         raise InputError(
             f"{label} {path} cannot be decoded by ffmpeg ({reason}); pass a WAV, MP3 or FLAC file"
         )

@@ -290,7 +290,7 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     speech = _s2v_problems(problems, args)
 
     save_file = None if args.save_file is None else Path(args.save_file)
-    problems += _save_file_problems(save_file)
+    problems += _save_file_problems(args.save_file)
     device = args.device or ("cpu" if args.demo or not torch.cuda.is_available() else "cuda")
     problems += _device_problems(device)
     dtype_name = args.dtype or ("float32" if args.demo else "bfloat16")
@@ -456,18 +456,38 @@ def _size_problems(spec: TaskSpec, size: str, demo_run: bool) -> list[str]:
     return [f"demo --size must be width*height with both multiples of {step}, got {size!r}"]
 
 
-def _save_file_problems(save_file: Path | None) -> list[str]:
-    if save_file is not None and save_file.suffix.lower() != ".mp4":
+def _save_file_problems(save_file: str | None) -> list[str]:
+    if save_file == "":
+        return ["--save_file is empty; give a file name ending in .mp4"]
+    path = None if save_file is None else Path(save_file)
+    if path is not None and path.name.lower() == ".mp4":
+        return [f"--save_file {save_file} has no name before .mp4; give e.g. video.mp4"]
+    if path is not None and path.suffix.lower() != ".mp4":
         return [f"--save_file {save_file} must end in .mp4 (the video is written as H.264 MP4)"]
-    if save_file is not None and save_file.is_dir():
+    folder = Path.cwd() if path is None else path.parent
+    # Before anything asks the file system about the path, which it refuses for too long a name.
+    limit = _name_max(folder)
+    if path is not None and len(os.fsencode(path.name)) > limit:
+        return [f"--save_file name {path.name[:40]}... is {len(os.fsencode(path.name))} bytes long; the file "
+                f"system takes at most {limit}"]
+    if path is not None and path.is_dir():
         return [f"--save_file {save_file} is a folder; give a file name ending in .mp4"]
-    folder = Path.cwd() if save_file is None else save_file.parent
+    if folder.exists() and not folder.is_dir():
+        return [f"cannot write {save_file}: {folder} is a file, not a folder"]
     if not folder.is_dir():
         return [f"cannot write {save_file}: folder {folder} does not exist"]
     if not os.access(folder, os.W_OK | os.X_OK):
         what = "the default output file" if save_file is None else str(save_file)
         return [f"cannot write {what}: folder {folder} is not writable"]
     return []
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name ``folder``'s file system takes, in bytes."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no answer
+        return 255
 
 
 def _device_problems(device: str) -> list[str]:

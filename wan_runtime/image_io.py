@@ -7,6 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from wan_runtime.errors import InputError
+from wan_runtime.input_files import require_file
 
 
 def load_image(image: object, label: str = "image") -> Image.Image:
@@ -19,8 +20,7 @@ def load_image(image: object, label: str = "image") -> Image.Image:
         picture = image
     elif isinstance(image, (str, Path)):
         path = Path(image)
-        if not path.is_file():
-            raise InputError(f"{label} {path} does not exist; pass the path of a PNG, JPEG or WebP file")
+        require_file(path, label, "the path of a PNG, JPEG or WebP file")
         try:
             with Image.open(path) as opened:
                 picture = opened.convert("RGB")

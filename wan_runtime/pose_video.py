@@ -19,7 +19,9 @@ from typing import NamedTuple
 import imageio_ffmpeg
 import numpy as np
 
+from wan_runtime.audio_io import ffmpeg_path
 from wan_runtime.errors import InputError
+from wan_runtime.input_files import require_file
 
 # ffmpeg's defaults duplicate or drop frames to reach a constant rate and rotate by the
 # metadata; decord's frame indices are the decoded frames as they are.
@@ -49,8 +51,7 @@ def probe_video(path: str | Path, label: str = "pose_video") -> VideoInfo:
     one without frames, or one whose frame rate ffmpeg does not report.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{label} {path} does not exist; pass an MP4, MOV, WebM or other video file")
+    require_file(path, label, "an MP4, MOV, WebM or other video file")
     with closing(_frames(path, label)) as frames:
         info = next(frames)
         if next(frames, None) is None:
@@ -83,7 +84,8 @@ def sampled_frames(path: str | Path, interval: int, label: str = "pose_video") -
 
 def _frames(path: Path, label: str) -> Iterator[VideoInfo | np.ndarray]:
     """``VideoInfo``, then every decoded frame as uint8 [H, W, 3]."""
-    reader = imageio_ffmpeg.read_frames(str(path), input_params=_INPUT_PARAMS, output_params=_OUTPUT_PARAMS)
+    reader = imageio_ffmpeg.read_frames(ffmpeg_path(path), input_params=_INPUT_PARAMS,
+                                        output_params=_OUTPUT_PARAMS)
     with closing(reader):
         try:
             meta = next(reader)

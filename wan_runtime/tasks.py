@@ -141,9 +141,8 @@ def check_checkpoint_dir(task: str, ckpt_dir: str | Path) -> TaskSpec:
     """
     spec, root = task_spec(task), Path(ckpt_dir)
     if not root.is_dir():
-        raise CheckpointError(
-            f"checkpoint folder {root} does not exist; pass the folder of the {task} release"
-        )
+        problem = "is a file, not a folder" if root.exists() else "does not exist"
+        raise CheckpointError(f"checkpoint folder {root} {problem}; pass the folder of the {task} release")
     missing = [name for name in required_files(spec) if not (root / name).exists()]
     if missing:
         raise CheckpointError(

@@ -1,35 +1,44 @@
-"""Writing generated videos: H.264 MP4 files through imageio and its bundled ffmpeg, with the
+"""Writing generated videos: H.264 MP4 files through imageio-ffmpeg's bundled ffmpeg, with the
 driving speech muxed in for s2v-14B.
 
 Used by the CLI only; the pipelines return tensors and know nothing of files. Frames are
-converted and encoded exactly as the official ``wan.utils.utils.save_video`` does (same
-quantisation, codec and quality), so a file matches the official one for the same video.
+converted and encoded exactly as the official ``wan.utils.utils.save_video`` does through imageio
+(same quantisation, codec, quality and ffmpeg command), so a file matches the official one for the
+same video. ffmpeg runs here rather than inside imageio so that its output can be kept off the
+terminal and reported in the error instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
 import subprocess
+import tempfile
 from collections.abc import Mapping
+from fractions import Fraction
 from pathlib import Path
 
-import imageio.v2 as imageio
-import imageio_ffmpeg
 import numpy as np
 import torch
 
-from wan_runtime.audio_io import ffmpeg_exe, write_wav
+from wan_runtime.audio_io import ffmpeg_exe, ffmpeg_path, write_wav
 
-# The official writer's settings: libx264 at imageio quality 8 (ffmpeg -crf 10), yuv420p.
+# The official writer's settings: imageio's libx264 at quality 8, which it passes as ``-crf 10``,
+# in yuv420p, with sizes that are not multiples of 16 scaled up to the next ones.
 CODEC = "libx264"
-QUALITY = 8
+CRF = 10
+MACRO_BLOCK = 16
 # Sound codecs that MP4 players read, copied into the file as they are; others (e.g. the PCM of WAV
 # files, which ffmpeg would store as ``ipcm``) are encoded as AAC.
 PLAYABLE_AUDIO = ("aac", "mp3")
 # The MP4 tag that holds the generation settings (ffmpeg maps it to the ``©cmt`` atom).
 METADATA_KEY = "comment"
+# The characters that the ffmetadata format escapes with a backslash.
+_FFMETADATA_SPECIAL = re.compile(r"([=;#\\\n])")
+_LOG_PREFIX = re.compile(r"^\[[^]]* @ 0x[0-9a-f]+\] ")
 
 
 def video_to_frames(video: torch.Tensor) -> np.ndarray:
@@ -58,83 +67,113 @@ def write_mp4(
     is where MP4 holds its codec, else encoded as AAC. The file is written under a hidden
     temporary name in the same folder and renamed when complete, so an interrupted or failed
     write leaves no file at ``path`` (an existing one is kept) and the temporary files are
-    removed. A failed write, muxing included, raises ``OSError`` saying why.
+    removed. A failed write, muxing included, raises ``OSError`` saying why; ffmpeg's own output
+    goes into that message, not to the terminal.
     """
     path = Path(path)
     frames = video_to_frames(video)
-    # Fresh names that ffmpeg creates itself, so the file gets the usual permissions.
+    if not path.parent.is_dir():
+        raise OSError(f"could not write {path}: the folder {path.parent} does not exist; create it first")
+    # Names of a fixed length, so that any name valid for ``path`` fits; ffmpeg creates the
+    # videos itself, so they get the usual permissions.
     token = secrets.token_hex(4)
-    tmp = path.parent / f".{path.stem}.{token}.partial.mp4"
-    silent = path.parent / f".{path.stem}.{token}.video.mp4"
-    wav = path.parent / f".{path.stem}.{token}.audio.wav"
+    tmp, silent, wav, tags = (path.parent / f".{token}.{kind}" for kind in
+                              ("partial.mp4", "video.mp4", "audio.wav", "metadata.txt"))
     try:
-        comment = json.dumps(dict(metadata), ensure_ascii=False)
-        # ``-f mp4``: the temporary suffix must not decide the container.
-        writer = imageio.get_writer(
-            tmp, format="FFMPEG", fps=fps, codec=CODEC, quality=QUALITY,
-            output_params=["-f", "mp4", "-metadata", f"{METADATA_KEY}={comment}"],
-        )
-        try:
-            for frame in frames:
-                writer.append_data(frame)
-        finally:
-            writer.close()
-        # imageio-ffmpeg ignores ffmpeg's exit status, so a failed encode is only seen here.
-        written = imageio_ffmpeg.count_frames_and_secs(str(tmp))[0] if tmp.is_file() else 0
-        if written != len(frames):
-            raise OSError(f"ffmpeg wrote {written} of {len(frames)} frames")
+        # A file rather than a ``-metadata`` argument: Linux caps one argument at 128 KiB.
+        tags.write_text(_ffmetadata({METADATA_KEY: json.dumps(dict(metadata), ensure_ascii=False)}),
+                        encoding="utf-8", newline="\n")
+        _encode(frames, fps, tags, tmp)
         if audio is not None:
             os.replace(tmp, silent)
             sound = write_wav(audio, wav) if isinstance(audio, np.ndarray) else Path(audio)
             _mux(silent, sound, tmp, seconds=len(frames) / fps)
         os.replace(tmp, path)
     except Exception as err:
-        _remove(tmp, silent, wav)
-        raise OSError(f"could not write {path}: {_reason(err)}") from err
+        _remove(tmp, silent, wav, tags)
+        raise OSError(f"could not write {path}: {str(err).strip() or type(err).__name__}") from err
     except BaseException:  # Ctrl-C, SIGTERM: remove the partial files, keep the interruption
-        _remove(tmp, silent, wav)
+        _remove(tmp, silent, wav, tags)
         raise
-    _remove(silent, wav)
+    _remove(silent, wav, tags)
     return path
+
+
+def _encode(frames: np.ndarray, fps: int, tags: Path, out: Path) -> None:
+    """uint8 ``frames`` [F, H, W, 3] into the MP4 ``out`` with the ffmetadata file ``tags`` as its
+    metadata, by the command imageio's writer runs for the official settings."""
+    height, width = frames.shape[1:3]
+    command = [ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
+               "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-",
+               "-f", "ffmetadata", "-i", ffmpeg_path(tags), "-map", "0:v:0", "-map_metadata", "1",
+               "-an", "-vcodec", CODEC, "-pix_fmt", "yuv420p", "-crf", str(CRF)]
+    scaled = (-(-width // MACRO_BLOCK) * MACRO_BLOCK, -(-height // MACRO_BLOCK) * MACRO_BLOCK)
+    if scaled != (width, height):
+        command += ["-vf", f"scale={scaled[0]}:{scaled[1]}"]
+    # ``-f mp4``: the temporary suffix must not decide the container.
+    command += ["-v", "error", "-f", "mp4", ffmpeg_path(out)]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            # One flat view of the frames: no copy, and ffmpeg stopping early is not an error here
+            # but seen in its exit status.
+            process.communicate(memoryview(frames).cast("B"))
+        finally:
+            if process.returncode is None:  # interrupted: ffmpeg would go on writing
+                process.kill()
+                process.wait()
+        if process.returncode != 0:
+            log.seek(0)
+            raise OSError(f"ffmpeg failed with exit status {process.returncode} ({_complaint(log.read())})")
 
 
 def _mux(video: Path, audio: Path, out: Path, seconds: float) -> None:
     """``video``'s stream and metadata with ``audio``'s first sound stream, cut at ``seconds``, into
     the MP4 ``out``: the audio copied when it is AAC or MP3, else (or when copying fails) encoded
     as AAC."""
+    codec = _audio_codec(audio)
+    if codec is None and audio.is_file():
+        raise OSError(f"muxing the audio {audio} failed: it has no audio stream")
     failures = []
-    codecs = ("copy", "aac") if _audio_codec(audio) in PLAYABLE_AUDIO else ("aac",)
-    for codec in codecs:
-        command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", str(video), "-i", str(audio),
-                   "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", codec, "-t", f"{seconds:.6f}",
-                   "-map_metadata", "0", "-f", "mp4", str(out)]
+    for method in ("copy", "aac") if codec in PLAYABLE_AUDIO else ("aac",):
+        command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", ffmpeg_path(video),
+                   "-i", ffmpeg_path(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", method,
+                   "-t", f"{seconds:.6f}", "-map_metadata", "0", "-f", "mp4", ffmpeg_path(out)]
         result = subprocess.run(command, capture_output=True, check=False)
         if result.returncode == 0:
             return
-        failures.append(" ".join(result.stderr.decode(errors="replace").split())[-300:])
-    raise OSError(f"muxing the audio {audio} failed (ffmpeg: {failures[-1] or 'no reason given'})")
+        failures.append(_complaint(result.stderr))
+    raise OSError(f"muxing the audio {audio} failed (ffmpeg: {failures[-1]})")
 
 
 def _audio_codec(audio: Path) -> str | None:
     """The codec of the first sound stream of ``audio``, from ffmpeg's description of the input."""
-    banner = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(audio)], capture_output=True,
-                            check=False).stderr.decode(errors="replace")
+    banner = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", ffmpeg_path(audio)],
+                            capture_output=True, check=False).stderr.decode(errors="replace")
     for line in banner.splitlines():
         if "Audio:" in line:
             return line.split("Audio:", 1)[1].split()[0].rstrip(",")
     return None
 
 
+def _ffmetadata(tags: Mapping[str, str]) -> str:
+    """``tags`` in ffmpeg's ffmetadata format."""
+    def escape(text: str) -> str:
+        return _FFMETADATA_SPECIAL.sub(r"\\\1", text)
+
+    return ";FFMETADATA1\n" + "".join(f"{escape(key)}={escape(value)}\n" for key, value in tags.items())
+
+
+def _complaint(stderr: bytes) -> str:
+    """The last line of ffmpeg's log (what became of the failure), without its ``[component @
+    address]`` prefix."""
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    return _LOG_PREFIX.sub("", lines[-1])[:300] if lines else "no reason given"
+
+
 def _remove(*paths: Path) -> None:
+    """Delete ``paths`` where they exist. Best effort: this runs while an error or interruption is
+    being reported, which a failure to clean up must not replace."""
     for p in paths:
-        p.unlink(missing_ok=True)
-
-
-def _reason(err: Exception) -> str:
-    # imageio-ffmpeg's errors carry the whole ffmpeg command line (with our metadata) followed
-    # by ffmpeg's own output; the first line and ffmpeg's output are what explain the failure.
-    text = str(err)
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    _, marker, ffmpeg_output = text.partition("FFMPEG STDERR OUTPUT:")
-    detail = " ".join(ffmpeg_output.split())
-    return f"{first} (ffmpeg: {detail})" if marker and detail else first
+        with contextlib.suppress(OSError):
+            p.unlink(missing_ok=True)

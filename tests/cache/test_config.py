@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from wan_runtime.cache import CacheConfig
@@ -50,3 +51,11 @@ def test_serves_matches_check_models():
     assert poly.serves(["ti2v"]) and not poly.serves(["high", "low"])
     assert CacheConfig(teacache_policy="poly").serves(["high"])  # TeaCache off
     assert CacheConfig(teacache=True).serves(["high", "s2v"])
+
+
+def test_numpy_scalars_are_taken_as_python_numbers():
+    config = CacheConfig(fb_ema=np.float32(0.5), fb_warmup=np.int64(2), fb_thresh=np.float64(0.1))
+    assert (config.fb_ema, config.fb_warmup, config.fb_thresh) == (0.5, 2, 0.1)
+    assert (type(config.fb_ema), type(config.fb_warmup), type(config.fb_thresh)) == (float, int, float)
+    with pytest.raises(InputError, match="--fb_downsample must be an integer >= 1"):
+        CacheConfig(fb_downsample=np.float32(2.0))

@@ -149,6 +149,10 @@ BAD_INPUTS = {
     "save folder missing": (["--save_file", "/nonexistent/dir/out.mp4"], "ti2v-5B",
                             ["folder /nonexistent/dir does not exist"]),
     "save file not mp4": (["--save_file", "out.avi"], "ti2v-5B", ["must end in .mp4"]),
+    "save file only a suffix": (["--save_file", ".mp4"], "ti2v-5B", ["--save_file .mp4 has no name before"]),
+    "save file empty": (["--save_file", ""], "ti2v-5B", ["--save_file is empty"]),
+    "save file name too long": (["--save_file", "a" * 252 + ".mp4"], "ti2v-5B", ["256 bytes", "at most 255"]),
+    "image is a folder": (["--image", "/tmp"], "ti2v-5B", ["--image /tmp is a folder; pass the path of a"]),
     "unknown device": (["--device", "tpu"], "ti2v-5B", ["unknown --device 'tpu'"]),
     "unknown dtype": (["--dtype", "float16"], "ti2v-5B", ["unknown --dtype 'float16'"]),
     "no checkpoint": ([], None, ["--ckpt_dir is required"]),
@@ -326,3 +330,17 @@ def test_s2v_pose_video_is_checked_and_kept(roots, image, speech, tmp_path):
     config = _resolve("--task", "s2v-14B", "--ckpt_dir", str(roots["s2v-14B"]), "--image", str(image),
                       "--audio", str(speech), "--pose_video", str(pose))
     assert config.pose_video == pose
+
+
+def test_save_file_inside_a_file_says_so(roots, tmp_path, capsys):
+    blocker = tmp_path / "file.mp4"
+    blocker.write_bytes(b"")
+    [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--save_file", str(blocker / "x.mp4")])
+    assert line == f"error: cannot write {blocker / 'x.mp4'}: {blocker} is a file, not a folder"
+
+
+def test_checkpoint_folder_that_is_a_file_says_so(tmp_path, capsys):
+    blocker = tmp_path / "Wan2.2-TI2V-5B"
+    blocker.write_bytes(b"")
+    [line] = _errors(capsys, ["--ckpt_dir", str(blocker)])
+    assert f"checkpoint folder {blocker} is a file, not a folder" in line

@@ -3,12 +3,17 @@ nothing left behind by a failed write."""
 
 from __future__ import annotations
 
+import errno
+import subprocess
+from pathlib import Path
+
 import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
 
 from tests.cli.helpers import read_settings, read_video
+from wan_runtime import video_io
 from wan_runtime.video_io import video_to_frames, write_mp4
 
 
@@ -30,41 +35,118 @@ def test_written_file_decodes_with_its_settings(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
 
 
-def test_failed_write_leaves_nothing_and_keeps_an_older_file(tmp_path, monkeypatch):
+def _fake_ffmpeg(tmp_path, monkeypatch, script: str) -> None:
+    """Make ``script`` (sh, given ffmpeg's arguments) the ffmpeg that imageio-ffmpeg finds."""
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))
+
+
+def test_failed_write_leaves_nothing_and_keeps_an_older_file(tmp_path, monkeypatch, capfd):
+    """ffmpeg fails half-way: its partial output is removed, and its last complaint is in the one
+    error, not on the terminal."""
     target = tmp_path / "out.mp4"
     target.write_bytes(b"an earlier result")
-    real_get_writer = imageio.get_writer
-
-    def failing_writer(*args, **kwargs):
-        writer = real_get_writer(*args, **kwargs)
-        calls = []
-
-        def append_data(frame):
-            calls.append(frame)
-            if len(calls) == 3:
-                raise OSError("disk full")
-            type(writer).append_data(writer, frame)
-
-        writer.append_data = append_data
-        return writer
-
-    monkeypatch.setattr(imageio, "get_writer", failing_writer)
-    with pytest.raises(OSError, match="could not write .*: disk full"):
+    _fake_ffmpeg(tmp_path, monkeypatch, """for last; do :; done
+head -c 100 > /dev/null
+printf partial > "$last"
+echo "[libx264 @ 0x55d0c0ffee00] frame I:1 Avg QP:10.00" >&2
+echo "[out#0/mp4 @ 0x55d0c0ffee00] Error writing trailer: No space left on device" >&2
+exit 1
+""")
+    with pytest.raises(OSError) as raised:
         write_mp4(torch.zeros(3, 9, 32, 32), target, fps=24, metadata={})
+    assert str(raised.value) == (
+        f"could not write {target}: ffmpeg failed with exit status 1 "
+        "(Error writing trailer: No space left on device)"
+    )
+    assert capfd.readouterr().err == ""
     assert target.read_bytes() == b"an earlier result"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ffmpeg", "out.mp4"]
 
 
 def test_ffmpeg_failing_at_exit_is_an_error(tmp_path, monkeypatch):
-    # imageio-ffmpeg ignores ffmpeg's exit status: an ffmpeg that reads every frame and then
-    # fails must still give an error, and no file.
-    fake = tmp_path / "ffmpeg"
-    fake.write_text("#!/bin/sh\ncat > /dev/null\nexit 1\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))
-    with pytest.raises(OSError, match=r"could not write .*out.mp4: ffmpeg wrote 0 of 5 frames"):
+    # An ffmpeg that reads every frame and then fails silently must still give an error, and no file.
+    _fake_ffmpeg(tmp_path, monkeypatch, "cat > /dev/null\nexit 1\n")
+    with pytest.raises(OSError, match=r"could not write .*out.mp4: ffmpeg failed with exit status 1 "
+                                      r"\(no reason given\)"):
         write_mp4(torch.zeros(3, 5, 32, 32), tmp_path / "out.mp4", fps=24, metadata={})
     assert [p.name for p in tmp_path.iterdir()] == ["ffmpeg"]
+
+
+def test_ffmpeg_error_is_in_the_message_not_on_the_terminal(tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr(video_io, "CODEC", "no_such_encoder")
+    with pytest.raises(OSError, match=r"could not write .*out.mp4: ffmpeg failed with exit status \d+ "
+                                      r"\(.*Encoder not found\)$"):
+        write_mp4(torch.zeros(3, 3, 32, 32), tmp_path / "out.mp4", fps=16, metadata={"seed": 1})
+    assert capfd.readouterr().err == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failing_cleanup_keeps_the_error(tmp_path, monkeypatch):
+    """Removing the temporary files fails too (e.g. ENAMETOOLONG): the write's own error is raised."""
+    def unlink(self, missing_ok=False):
+        raise OSError(errno.ENAMETOOLONG, "File name too long", str(self))
+
+    monkeypatch.setattr(video_io, "CODEC", "no_such_encoder")
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(OSError, match=r"could not write .*out.mp4: ffmpeg failed .*Encoder not found"):
+        write_mp4(torch.zeros(3, 3, 32, 32), tmp_path / "out.mp4", fps=16, metadata={})
+
+
+def test_interrupted_write_stops_ffmpeg_and_leaves_nothing(tmp_path, monkeypatch):
+    started = []
+    real_communicate = subprocess.Popen.communicate
+
+    def interrupted(self, *args, **kwargs):
+        started.append(self)
+        if len(started) == 1:
+            raise KeyboardInterrupt
+        return real_communicate(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_mp4(torch.zeros(3, 3, 32, 32), tmp_path / "out.mp4", fps=16, metadata={})
+    assert started[0].returncode is not None
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [(48, 64), (40, 72)])
+def test_encoded_as_the_official_imageio_writer(tmp_path, size):
+    """The same frames as imageio's writer with the official settings, also for a size that is not a
+    multiple of 16 (which both scale up)."""
+    video = torch.rand(3, 4, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with imageio.get_writer(tmp_path / "official.mp4", fps=16, codec="libx264", quality=8) as writer:
+        for frame in video_to_frames(video):
+            writer.append_data(frame)
+    ours = write_mp4(video, tmp_path / "ours.mp4", fps=16, metadata={})
+    official, _ = read_video(tmp_path / "official.mp4")
+    frames, fps = read_video(ours)
+    assert fps == 16 and frames.shape == official.shape
+    np.testing.assert_array_equal(frames, official)
+
+
+@pytest.mark.parametrize("with_audio", [False, True])
+def test_longest_file_name_is_written(tmp_path, with_audio):
+    """A 255-byte name (the most a file system takes): the temporary names are no longer."""
+    target = tmp_path / ("v" * 251 + ".mp4")
+    audio = _speech(1.0) if with_audio else None
+    write_mp4(torch.zeros(3, 4, 32, 32), target, fps=16, metadata={"seed": 3}, audio=audio)
+    assert read_settings(target) == {"seed": 3}
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+@pytest.mark.parametrize("with_audio", [False, True])
+def test_metadata_longer_than_an_argument_is_kept(tmp_path, with_audio):
+    """Linux caps one command-line argument at 128 KiB; the settings may be longer, with every
+    character that the ffmetadata format escapes."""
+    prompt = ("一只猫 = a cat; # not a comment \\ back\nslash\r\t \"quoted\" " * 5000)[:200_000]
+    settings = {"prompt": prompt, "seed": 7}
+    audio = _speech(1.0) if with_audio else None
+    path = write_mp4(torch.zeros(3, 4, 32, 32), tmp_path / "out.mp4", fps=16, metadata=settings, audio=audio)
+    assert read_settings(path) == settings
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
 
 
 def test_rejects_a_non_video():
@@ -109,6 +191,15 @@ def test_aac_speech_is_copied(tmp_path):
 def test_mux_failure_is_an_error_and_leaves_nothing(tmp_path):
     not_audio = tmp_path / "silent.mp4"
     write_mp4(torch.zeros(3, 4, 32, 32), not_audio, fps=16, metadata={})
-    with pytest.raises(OSError, match="muxing the audio"):
+    with pytest.raises(OSError, match="muxing the audio .*silent.mp4 failed: it has no audio stream"):
         write_mp4(torch.zeros(3, 4, 32, 32), tmp_path / "out.mp4", fps=16, metadata={}, audio=not_audio)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["silent.mp4"]
+
+
+def test_missing_folder_or_audio_file_is_named(tmp_path):
+    with pytest.raises(OSError, match=r"could not write .*out.mp4: the folder .*missing does not exist"):
+        write_mp4(torch.zeros(3, 4, 32, 32), tmp_path / "missing" / "out.mp4", fps=16, metadata={})
+    with pytest.raises(OSError, match=r"muxing the audio .*talk.wav failed \(ffmpeg: .*No such file"):
+        write_mp4(torch.zeros(3, 4, 32, 32), tmp_path / "out.mp4", fps=16, metadata={},
+                  audio=tmp_path / "talk.wav")
+    assert list(tmp_path.iterdir()) == []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from tests.models.s2v_helpers import official_s2v
 from tests.tolerances import rel_l2
@@ -51,3 +54,15 @@ def test_bad_waveform_and_features(wav2vec2_dir):
         Wav2Vec2Features(wav2vec2_dir)(torch.zeros(2, 16000))
     with pytest.raises(InputError, match="layers, T, C"):
         audio_buckets(torch.zeros(25, 0, 32), 80)
+
+
+def test_load_is_quiet_and_refuses_missing_weights(wav2vec2_dir, tmp_path, capfd):
+    Wav2Vec2Features(wav2vec2_dir)
+    captured = capfd.readouterr()
+    assert "LOAD REPORT" not in captured.out + captured.err and "Loading weights" not in captured.err
+    broken = shutil.copytree(wav2vec2_dir, tmp_path / "wav2vec2-large-xlsr-53-english")
+    weights = load_file(broken / "model.safetensors")
+    dropped = "encoder.layers.0.attention.k_proj.bias"
+    save_file({k: v for k, v in weights.items() if not k.endswith(dropped)}, broken / "model.safetensors")
+    with pytest.raises(CheckpointError, match=f"wav2vec2 weights missing or mis-shaped: .*{dropped}"):
+        Wav2Vec2Features(broken)

@@ -6,6 +6,7 @@ weights, and the Python API raises the same messages.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -63,6 +64,14 @@ class CacheConfig:
         found = self.problems()
         if found:
             raise InvalidCacheConfig(found)
+        # NumPy scalars (a sweep's np.linspace thresholds) become Python numbers, so that reports,
+        # JSON results and the video's metadata show plain values.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, int(value))
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
         if self.teacache_policy not in TEACACHE_POLICIES:
             # An unknown policy must not stop a long run: fall back to the default, loudly.
             warnings.warn(
@@ -126,8 +135,8 @@ class CacheConfig:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

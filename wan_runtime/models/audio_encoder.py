@@ -15,7 +15,9 @@ Decoding audio files (and resampling them to 16 kHz) belongs to the pipeline's I
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,22 @@ def audio_buckets(
     return picked.permute(0, 2, 1)[None], num_clips
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' load report and progress bar off (the load is checked instead)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 class Wav2Vec2Features:
     """The checkpoint's wav2vec2 (``<root>/wav2vec2-large-xlsr-53-english``), loaded offline."""
 
@@ -76,10 +94,19 @@ class Wav2Vec2Features:
                 f"the weights); download {WAV2VEC2_DIR}/ of the Wan2.2-S2V-14B release into it"
             )
         try:
-            self.extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
-            self.model = Wav2Vec2Model.from_pretrained(folder, local_files_only=True)
+            with _quiet_transformers():
+                self.extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
+                self.model, info = Wav2Vec2Model.from_pretrained(folder, local_files_only=True,
+                                                                 output_loading_info=True)
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{folder}: wav2vec2 does not load ({err}); download it again") from err
+        # The release is a CTC model: its lm_head is not used (the official code reads the hidden
+        # states); any other difference would leave weights random.
+        # Mismatches are (name, stored shape, expected shape).
+        wrong = sorted({*info["missing_keys"], *(entry[0] for entry in info["mismatched_keys"])})
+        if wrong:
+            raise CheckpointError(f"{folder}: wav2vec2 weights missing or mis-shaped: "
+                                  f"{', '.join(wrong[:8])}; download {WAV2VEC2_DIR}/ of the release again")
         self.model = self.model.to(device).eval().requires_grad_(False)
 
     @property

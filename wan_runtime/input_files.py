@@ -1,0 +1,15 @@
+"""The check every input file gets before it is read: it is there, and it is a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wan_runtime.errors import InputError
+
+
+def require_file(path: Path, label: str, expected: str) -> None:
+    """Raise ``InputError`` naming ``label`` unless ``path`` is a file: a folder or a missing path
+    is said to be one; ``expected`` (e.g. ``"a PNG, JPEG or WebP file"``) says what to pass."""
+    if not path.is_file():
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise InputError(f"{label} {path} {problem}; pass {expected}")
