@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from wan_runtime.cache.gate import (
     ALTERNATING,
     COLD,
@@ -21,9 +23,14 @@ from wan_runtime.cache.gate import (
 from wan_runtime.cache.policies import FITTED, LINEAR
 
 
-def tea_votes(changes, threshold=0.1, warmup=1, last=1, alternating=False, switch_at=()):
+def tea_votes(changes, threshold=0.1, warmup=1, last=1, alternating=False, switch_at=(), other_skips=()):
+    """TeaCache alone decides, except at ``other_skips``, where another gate skips the step."""
     gate = TeaCacheGate(LINEAR, threshold, Lifecycle(warmup, last, len(changes)), alternating)
-    return [gate.vote(i, i in switch_at, c) for i, c in enumerate(changes)]
+    votes = []
+    for i, change in enumerate(changes):
+        votes.append(gate.vote(i, i in switch_at, change))
+        gate.settle(votes[-1].skip or i in other_skips)
+    return votes
 
 
 def marks(votes):
@@ -129,3 +136,30 @@ def test_fbcache_nonfinite_metric_computes_and_forgets_the_ema():
     votes = fb_votes([None, 0.3, math.inf, 0.05], ema=0.5, warmup=1, last=0)
     assert marks(votes) == "CCCs"
     assert votes[2].reason == NONFINITE and votes[3].metric == 0.05
+
+
+def test_a_step_another_gate_skips_keeps_the_accumulated_change():
+    # TeaCache alone: step 1 at .06 skips, step 2 at .12 computes (reset), steps 3 and 4 at .06
+    # skip. With step 2 skipped by FBCache nothing has computed since step 0: the sum goes on, .18
+    # at step 3, which must compute.
+    alone = tea_votes([None, 0.06, 0.06, 0.06, 0.0], warmup=1, last=0)
+    assert marks(alone) == "CsCss"
+    shared = tea_votes([None, 0.06, 0.06, 0.06, 0.0], warmup=1, last=0, other_skips={2})
+    assert marks(shared) == "CsCCs"
+    assert shared[3].metric == pytest.approx(0.18)
+
+
+def test_alternating_counts_a_skip_of_another_gate():
+    # Step 1 skipped by FBCache although TeaCache voted compute (warmup 2): step 2 must compute.
+    votes = tea_votes([None, 0.0, 0.0, 0.0], threshold=1.0, warmup=2, last=0, alternating=True,
+                      other_skips={1})
+    assert marks(votes) == "CCCs" and votes[2].reason == ALTERNATING
+
+
+def test_plan_follows_a_step_another_gate_skipped():
+    gate = TeaCacheGate(LINEAR, 0.1, Lifecycle(1, 0, 5), alternating=False)
+    plan = TeaCachePlan(gate, [(i, False) for i in range(5)], [None, 0.06, 0.06, 0.06, 0.0])
+    assert plan.marks() == "CsCss"
+    assert plan.skipped_by_other(2)
+    assert plan.marks() == "CsCCs" and plan[3].metric == pytest.approx(0.18)
+    assert plan.restart(3, SHAPE) is False and plan.marks() == "CsCCs"

@@ -221,3 +221,33 @@ def test_cached_tensors_follow_their_model():
     manager.move("m", torch.device("meta"))
     state = manager._models["m"].branches["cond"]
     assert state.tea_residual.device.type == "meta" and state.tea_signal.device.type == "meta"
+
+
+@pytest.mark.parametrize(("alternating", "thresh", "warmup"), [(False, 0.03, 1), (True, 0.1, 2)],
+                         ids=["sum", "alternating"])
+def test_teacache_counts_a_step_fbcache_skipped_as_skipped(alternating, thresh, warmup):
+    """Inputs 1.0, 1.05, 1.06: FBCache skips step 1 (first-block change .03 < .05) and computes
+    its last step 2. TeaCache's step 1 was a compute vote (change .05 over .03, or its warmup),
+    but nothing computed: its sum runs on to .0595 at step 2, over .03, so step 2 computes; with
+    alternating (threshold .1), step 2 follows a skip and computes. Resetting at step 1 would
+    have let TeaCache skip step 2 on its own change, .0095."""
+    config = CacheConfig(teacache=True, teacache_thresh=thresh, teacache_warmup=warmup, teacache_last_steps=0,
+                         teacache_alternating=alternating, fbcache=True, fb_thresh=0.05)
+    _, report, _, _, _ = run(config, [tokens(v) for v in (1.0, 1.05, 1.06)])
+    assert report["m"]["cond"]["skipped_by"] == {"fbcache": 1}
+    assert report["m"]["cond"]["computed"] == 2
+
+
+def test_planned_teacache_is_replanned_after_an_fbcache_skip(monkeypatch):
+    # Every planned change is .25 (see the failsafe test): alone, TeaCache plans CssCssCC at .6.
+    monkeypatch.setitem(FITTED, "m", Policy("poly", "time_embedding", (1.0, 0.0)))
+    config = CacheConfig(teacache=True, teacache_policy="poly", teacache_thresh=0.6, fbcache=True,
+                         fb_thresh=0.05, fb_warmup=3, fb_last_steps=0)
+    # FBCache: warmup over steps 0-2, then the first block barely changes: it skips step 3 on.
+    inputs = [tokens(1.0 + 0.001 * i) for i in range(8)]
+    _, report, _, log, _ = run(config, inputs, timesteps=[1024 * 0.75**i for i in range(8)])
+    # Step 3, planned C, is FBCache's skip: TeaCache's sum runs on (1.0 at step 4, no skip), and
+    # the re-plan computes step 4 instead of skipping it... which FBCache skips anyway.
+    assert log[1].endswith("TeaCache plan (poly, C compute, s skip): CssCssCC (4/8 skipped)")
+    assert log[2] == "CacheManager[m] TeaCache plan after an FBCache skip at cond step 3: CssCCssC"
+    assert report["m"]["cond"]["skipped_by"] == {"teacache": 2, "fbcache": 5}

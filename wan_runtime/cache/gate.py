@@ -63,6 +63,10 @@ class TeaCacheGate:
     (skipped or not: TeaCache updates its reference every step), or None without one. The
     rescaled change accumulates; the step skips while the sum stays under ``threshold``, and a
     compute resets it. With ``alternating`` a skip is never followed by a skip.
+
+    ``vote`` only proposes: the step's outcome may be another gate's (FBCache skipping a step
+    TeaCache would compute), so ``settle`` then records what happened, and the accumulator is
+    reset by a compute only, as the rule says.
     """
 
     def __init__(self, policy: Policy, threshold: float, lifecycle: Lifecycle, alternating: bool) -> None:
@@ -72,27 +76,33 @@ class TeaCacheGate:
         self.alternating = alternating
         self.accumulated = 0.0
         self._skipped_last = False
+        self._pending = 0.0  # the accumulator should the step voted on be skipped
 
     def forced(self, index: int, switch: bool) -> str | None:
-        """The lifecycle's forced reason (the caller may then skip measuring the change)."""
+        """The lifecycle's forced reason."""
         return self.lifecycle.forced(index, switch)
 
     def vote(self, index: int, switch: bool, change: float | None) -> Vote:
-        """The vote for the model's ``index``-th cond step."""
+        """The vote for the model's ``index``-th cond step; ``settle`` must follow."""
+        finite = change is not None and math.isfinite(change)
+        self._pending = self.accumulated + (self.policy.rescale(change) if finite else 0.0)
         reason = self.forced(index, switch) or (COLD if change is None else None)
-        if reason is None and not math.isfinite(change):
+        if reason is None and not finite:
             reason = NONFINITE
         if reason is not None:
-            self.reset()
             return Vote(False, reason)
-        self.accumulated += self.policy.rescale(change)
-        value = self.accumulated
+        value = self._pending
         if value < self.threshold and not (self.alternating and self._skipped_last):
-            self._skipped_last = True
             return Vote(True, METRIC, value)
-        reason = METRIC if value >= self.threshold else ALTERNATING
-        self.reset()
-        return Vote(False, reason, value)
+        return Vote(False, METRIC if value >= self.threshold else ALTERNATING, value)
+
+    def settle(self, skipped: bool) -> None:
+        """The outcome of the step last voted on: a skip (by any gate) keeps the accumulated
+        change, a compute resets it."""
+        if skipped:
+            self.accumulated, self._skipped_last = self._pending, True
+        else:
+            self.reset()
 
     def reset(self) -> None:
         """Back to an empty accumulator (after a compute or a failsafe)."""
@@ -105,8 +115,9 @@ class TeaCachePlan:
     changes known up front (a signal of the timesteps alone).
 
     ``steps`` holds each cond step's ``(index, switch)`` and ``changes`` its change (None for the
-    first). A failsafe during sampling computes a step the plan may have skipped and resets the
-    accumulator, which the planned votes after it did not see: ``restart`` re-plans them.
+    first). During sampling a step may end otherwise than planned: a failsafe computes it, or
+    another gate skips a step the plan computes. The gate's later votes did not see that outcome,
+    so ``restart`` and ``skipped_by_other`` re-plan them (host arithmetic only).
     """
 
     def __init__(
@@ -115,30 +126,45 @@ class TeaCachePlan:
         self.gate = gate
         self.steps = steps
         self.changes = changes
-        self.votes: list[Vote] = []
-        self._vote_from(0)
+        self._computed: dict[int, str] = {}  # step -> failsafe reason
+        self._skipped: set[int] = set()
+        self.votes = self._plan()
 
     def __getitem__(self, index: int) -> Vote:
         return self.votes[index]
 
     def restart(self, index: int, reason: str) -> bool:
-        """Step ``index`` computed for ``reason`` (a failsafe) whatever the plan said: re-plan
-        the steps after it as the gate decides them from an empty accumulator. Returns whether a
-        later vote changed."""
-        before = self.votes[index + 1:]
-        self.votes[index] = Vote(False, reason)
-        del self.votes[index + 1:]
-        self.gate.reset()
-        self._vote_from(index + 1)
-        return self.votes[index + 1:] != before
+        """Step ``index`` computed for ``reason`` (a failsafe) whatever the plan said. Returns
+        whether a later vote changed."""
+        self._computed[index] = reason
+        return self._replan(index)
+
+    def skipped_by_other(self, index: int) -> bool:
+        """Step ``index``, which the plan computes, was skipped by another gate: its change stays
+        in the accumulator. Returns whether a later vote changed."""
+        self._skipped.add(index)
+        return self._replan(index)
 
     def marks(self) -> str:
         """One letter a step: ``C`` compute, ``s`` skip."""
         return "".join("s" if vote.skip else "C" for vote in self.votes)
 
-    def _vote_from(self, start: int) -> None:
-        for (index, switch), change in zip(self.steps[start:], self.changes[start:], strict=True):
-            self.votes.append(self.gate.vote(index, switch, change))
+    def _replan(self, index: int) -> bool:
+        before = self.votes[index + 1:]
+        self.votes = self._plan()
+        return self.votes[index + 1:] != before
+
+    def _plan(self) -> list[Vote]:
+        """The votes from the first step, with the outcomes known so far."""
+        self.gate.reset()
+        votes = []
+        for i, ((index, switch), change) in enumerate(zip(self.steps, self.changes, strict=True)):
+            vote = self.gate.vote(index, switch, change)
+            if i in self._computed:
+                vote = Vote(False, self._computed[i])
+            votes.append(vote)
+            self.gate.settle(i not in self._computed and (vote.skip or i in self._skipped))
+        return votes
 
 
 class FBCacheGate:

@@ -201,7 +201,17 @@ class CacheManager:
             self._reset_gates(model, index, failsafe)
             return _Decision(None, failsafe)
         winner = next((gate for gate, vote in votes if vote.skip), None)
+        if model.tea is not None:
+            self._settle_teacache(model, index, skipped=winner is not None)
         return _Decision(winner, votes[0][1].reason)
+
+    def _settle_teacache(self, model: _Model, index: int, skipped: bool) -> None:
+        """Tell TeaCache how its ``index``-th cond step ended, which FBCache may have decided."""
+        if model.plan is None:
+            model.tea.settle(skipped)
+        elif skipped and not model.plan[index].skip and model.plan.skipped_by_other(index):
+            self.log(f"CacheManager[{model.name}] TeaCache plan after an FBCache skip at cond step {index}: "
+                     f"{model.plan.marks()}")
 
     def _tea_vote(
         self, model: _Model, state: BranchState, index: int, switch: bool, tokens: torch.Tensor, cond: Any
@@ -213,8 +223,9 @@ class CacheManager:
         mismatch = None if previous is None else _mismatch((previous.shape, previous.dtype), signal)
         if mismatch is not None:
             return Vote(False, mismatch)
+        # A forced step's change matters only if FBCache may skip that step: then it accumulates.
         change = None
-        if previous is not None and model.tea.forced(index, switch) is None:
+        if previous is not None and (model.fb is not None or model.tea.forced(index, switch) is None):
             change = reduce_metric(wan_kernels.rel_l1(signal, previous)).item()
         return model.tea.vote(index, switch, change)
 
