@@ -251,3 +251,24 @@ def test_planned_teacache_is_replanned_after_an_fbcache_skip(monkeypatch):
     assert log[1].endswith("TeaCache plan (poly, C compute, s skip): CssCssCC (4/8 skipped)")
     assert log[2] == "CacheManager[m] TeaCache plan after an FBCache skip at cond step 3: CssCCssC"
     assert report["m"]["cond"]["skipped_by"] == {"teacache": 2, "fbcache": 5}
+
+
+@pytest.mark.parametrize("config", [
+    CacheConfig(fbcache=True, fb_thresh=0.01, fb_last_steps=0),
+    CacheConfig(teacache=True, teacache_thresh=0.01, teacache_last_steps=0),
+], ids=["fbcache", "teacache"])
+def test_decisions_use_the_metric_as_reduced_across_ranks(config, monkeypatch):
+    """Every metric passes through ``reduce_metric`` (the all-reduce mean of a multi-rank run)
+    and the decision is taken on what it returns: here a reduction that reads 0 makes every
+    step after the warmup skip, though each rank's own change is far over the threshold."""
+    seen = []
+
+    def agreed_zero(metric):
+        seen.append(float(metric))
+        return torch.zeros_like(metric)
+
+    monkeypatch.setattr("wan_runtime.cache.manager.reduce_metric", agreed_zero)
+    inputs = [tokens(v) for v in (1.0, 2.0, 4.0, 8.0)]
+    _, report, _, _, _ = run(config, inputs, uncond=[tokens(3 * v) for v in (1.0, 2.0, 4.0, 8.0)])
+    assert report["m"]["cond"]["skipped"] == 3 and report["m"]["uncond"]["skipped"] == 3
+    assert len(seen) >= 3 and min(seen) > 0.1

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.pipelines.images import gradient_image
-from wan_runtime.cache import CacheConfig, CacheManager
+from wan_runtime.cache import CacheConfig, CacheManager, WanStages
 from wan_runtime.errors import InputError
 from wan_runtime.pipelines import load_pipeline
 
@@ -97,3 +97,24 @@ def test_poly_is_refused_before_any_model_runs(i2v_pipeline):
                               cache=CacheConfig(teacache=True, teacache_policy="poly"), **RUN)
     with pytest.raises(InputError, match="CacheConfig"):
         i2v_pipeline.generate("a cat", image=gradient_image(80, 60), cache={"teacache": True}, **RUN)
+
+
+def test_teacache_signals_are_the_models_own(ti2v_pipeline):
+    """``linear`` compares what the first block's attention is given (norm1, then the time
+    modulation); ``poly`` the time embedding the model computes for the step's timestep."""
+    [dit] = ti2v_pipeline.dits.values()
+    stages = WanStages(dit)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, dit.config.in_dim, 2, 4, 4, generator=generator)
+    context = torch.randn(1, 7, dit.config.text_dim, generator=generator)
+    given = []
+    hook = dit.blocks[0].self_attn.register_forward_pre_hook(lambda module, args: given.append(args[0]))
+    try:
+        with torch.inference_mode():
+            tokens, cond = stages.prepare(x, torch.tensor([700]), context, None)
+            stages.run_blocks(tokens, cond, 0, 1)
+            signal = stages.modulated_input(tokens, cond)
+    finally:
+        hook.remove()
+    assert torch.equal(signal, given[0])
+    assert torch.equal(stages.time_signal(700.0), cond.time_embed)

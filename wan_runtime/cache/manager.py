@@ -36,7 +36,7 @@ from wan_runtime.cache.gate import (
 from wan_runtime.cache.policies import policy_for
 from wan_runtime.cache.stages import CachedModel
 from wan_runtime.cache.state import BranchState
-from wan_runtime.cache.telemetry import BranchStats, summary_line
+from wan_runtime.cache.telemetry import BranchStats, summary_lines
 
 COND = "cond"
 FBCACHE, TEACACHE = "fbcache", "teacache"
@@ -319,12 +319,13 @@ class CacheManager:
             for name, model in self._models.items()
         }
 
-    def finish(self) -> dict[str, dict[str, Any]]:
-        """Log one summary line per model, free the cached tensors, and return ``report()``."""
+    def finish(self, summary: bool = True) -> dict[str, dict[str, Any]]:
+        """Log one summary line per model (unless not ``summary``: a caller that merges several
+        runs' reports logs theirs), free the cached tensors, and return ``report()``."""
         report = self.report()
-        for name, entry in report.items():
-            branches = {b: s for b, s in entry.items() if b != "residual_bytes"}
-            self.log(summary_line(name, branches, entry["residual_bytes"]))
+        if summary:
+            for line in summary_lines(report):
+                self.log(line)
         for model in self._models.values():
             for state in model.branches.values():
                 state.clear()

@@ -114,3 +114,12 @@ def summary_line(model: str, branches: dict[str, dict[str, object]], residual_by
         )
     memory = f"residuals {residual_bytes / 2**20:.2f} MiB"
     return f"CacheManager[{model}] summary: " + "; ".join([*parts, memory])
+
+
+def summary_lines(report: dict[str, dict]) -> list[str]:
+    """``summary_line`` of every model of a ``CacheManager.report()`` (or of merged reports)."""
+    lines = []
+    for model, entry in report.items():
+        branches = {b: stats for b, stats in entry.items() if b != "residual_bytes"}
+        lines.append(summary_line(model, branches, entry["residual_bytes"]))
+    return lines

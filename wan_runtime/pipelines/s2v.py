@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from wan_runtime.audio_io import check_waveform, decode_audio
 from wan_runtime.cache import CacheConfig, S2VStages
-from wan_runtime.cache.telemetry import merge_reports
+from wan_runtime.cache.telemetry import merge_reports, summary_lines
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
 from wan_runtime.models.audio_encoder import audio_buckets
@@ -187,6 +187,8 @@ class S2VPipeline(Pipeline):
         self.last_report = settings.report(self.task, seed, width, height, video.shape[1], clock,
                                            self._peak_memory())
         self._cache_report = merge_reports(self.clip_cache_reports)
+        for line in summary_lines(self._cache_report):  # one line per model for the whole run
+            tqdm.write(line)
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
 
@@ -246,7 +248,7 @@ class S2VPipeline(Pipeline):
                 latent = solver.step(flow, t, latent)
                 watch.observe(i, latent)
                 bar.update()
-        self.clip_cache_reports.append({} if manager is None else manager.finish())
+        self.clip_cache_reports.append({} if manager is None else manager.finish(summary=False))
         watch.check(len(timesteps), lambda _: f"clip {clip + 1} of {clips}, {self._describe(DIT)}",
                     self._remedy(cache))
         return latent
