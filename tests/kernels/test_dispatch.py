@@ -26,6 +26,12 @@ def test_auto_picks_cuda_or_triton_on_a_gpu_else_cpp_else_torch():
     preference = ("cuda", "triton", "torch") if DEVICE.type == "cuda" else ("cpp", "torch")
     expected = next(name for name in preference if name in available)
     assert dispatch.resolve("rel_l1", DEVICE) is dispatch._IMPLS[expected]["rel_l1"]
+    assert wan_kernels.backend_for(DEVICE) == expected
+    wan_kernels.set_backend("torch")
+    try:
+        assert wan_kernels.backend_for(DEVICE) == "torch"
+    finally:
+        wan_kernels.set_backend("auto")
 
 
 @pytest.mark.parametrize("name, message", [
