@@ -35,14 +35,14 @@ def test_watch_of_finite_latents_reports_none_and_takes_no_host_sync(monkeypatch
         for step in range(4):
             watch.observe(step, torch.randn(8, 8))
     assert watch.first_bad_step() is None
-    watch.check(4, _unused, "unused")
+    watch.check(4, _unused, _unused)
 
 
 def _host_read(*args, **kwargs):
     raise AssertionError("a host read while watching")
 
 
-def _unused(step: int) -> str:
+def _unused(*args) -> str:
     raise AssertionError("described without a bad step")
 
 

@@ -323,7 +323,7 @@ class Pipeline:
                 bar.update()
         self._cache_report = {} if manager is None else manager.finish()
         watch.check(len(steps), lambda step: self._describe(self._expert(steps[step], guide)[0]),
-                    self._remedy(cache))
+                    lambda: self._remedy(cache))
         return latent
 
     def _cache_manager(

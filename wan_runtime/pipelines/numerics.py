@@ -43,14 +43,14 @@ class FiniteWatch:
         step = int(self._first)
         return None if step < 0 else step
 
-    def check(self, steps: int, describe: Callable[[int], str], advice: str) -> None:
+    def check(self, steps: int, describe: Callable[[int], str], advise: Callable[[], str]) -> None:
         """Raise ``NumericalError`` if a latent was not finite; ``describe(step)`` names what ran
         at that step (e.g. ``"model 'high', bfloat16"``), ``steps`` is the step count and
-        ``advice`` (see ``remedy``) ends the message."""
+        ``advise()`` (see ``remedy``) ends the message. Both are called only for a failure."""
         step = self.first_bad_step()
         if step is not None:
             raise NumericalError(f"the latent became NaN or infinite at sampling step {step + 1} of {steps} "
-                                 f"({describe(step)}), so the video would be blank; {advice}")
+                                 f"({describe(step)}), so the video would be blank; {advise()}")
 
 
 def check_video(video: torch.Tensor, vae_dtype: torch.dtype) -> None:

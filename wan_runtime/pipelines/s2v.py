@@ -250,7 +250,7 @@ class S2VPipeline(Pipeline):
                 bar.update()
         self.clip_cache_reports.append({} if manager is None else manager.finish(summary=False))
         watch.check(len(timesteps), lambda _: f"clip {clip + 1} of {clips}, {self._describe(DIT)}",
-                    self._remedy(cache))
+                    lambda: self._remedy(cache))
         return latent
 
 
