@@ -272,3 +272,14 @@ def test_decisions_use_the_metric_as_reduced_across_ranks(config, monkeypatch):
     _, report, _, _, _ = run(config, inputs, uncond=[tokens(3 * v) for v in (1.0, 2.0, 4.0, 8.0)])
     assert report["m"]["cond"]["skipped"] == 3 and report["m"]["uncond"]["skipped"] == 3
     assert len(seen) >= 3 and min(seen) > 0.1
+
+
+def test_a_compute_either_gate_forced_counts_as_forced():
+    """TeaCache forces its last step; FBCache (no last steps) computes it on its metric: the
+    compute is counted as forced by last_steps, not as a metric decision."""
+    config = CacheConfig(teacache=True, teacache_thresh=BIG, teacache_last_steps=1, fbcache=True,
+                         fb_thresh=0.0, fb_last_steps=0)
+    _, report, _, _, _ = run(config, [tokens(v) for v in (1.0, 1.1, 1.2, 1.3)])
+    cond = report["m"]["cond"]
+    assert cond["forced_by"] == {"warmup": 1, "last_steps": 1}
+    assert cond["skipped_by"] == {"teacache": 2}
