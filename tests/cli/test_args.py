@@ -344,3 +344,7 @@ def test_checkpoint_folder_that_is_a_file_says_so(tmp_path, capsys):
     blocker.write_bytes(b"")
     [line] = _errors(capsys, ["--ckpt_dir", str(blocker)])
     assert f"checkpoint folder {blocker} is a file, not a folder" in line
+
+
+def test_one_frame_is_accepted_as_by_the_official_script(roots):
+    assert _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--frame_num", "1").frame_num == 1
