@@ -166,10 +166,13 @@ def manager_overhead(runner: Runner, cache: CacheConfig, device: torch.device, s
 
 
 def sweep(
-    runner: Runner, cached: list[Setting], repeat: int, steps: int, device: torch.device
+    runner: Runner, cached: list[Setting], repeat: int, steps: int, device: torch.device,
+    checkpoint: Callable[[list[dict]], object] = lambda rows: None,
 ) -> list[dict]:
-    """One row per setting, the uncached run first."""
+    """One row per setting, the uncached run first. ``checkpoint`` gets the rows once their
+    quality columns are known, before the (longer) timed rounds."""
     rows = [{"setting": "no cache", "skip_rate": 0.0}, *quality(runner, cached)]
+    checkpoint(rows)
     runs = [("no cache", None), *((name, cache) for name, _, cache in cached)]
     # In turns, so a slow spell of the machine falls on every setting, each round starting one
     # setting later, so no setting always runs first or after the same one.
@@ -225,20 +228,25 @@ def main() -> None:
     else:
         device, dtype = torch.device("cpu"), torch.float32
         config, shape = CPU_MODEL, CPU_SHAPE
+    meta = {"dim": config.dim, "layers": config.num_layers, "size": shape.size, "frame_num": shape.frame_num,
+            "steps": args.steps, "repeat": args.repeat, "dtype": str(dtype).removeprefix("torch.")}
+    out_dir = Path(args.out_dir) if args.out_dir else None
+
+    def save(rows: list[dict]) -> None:
+        # Also before the timed rounds, so a run stopped at its time limit keeps the quality columns.
+        path = save_results("bench_cache", device, [{**row, **meta} for row in rows], out_dir)
+        print("saved", path, flush=True)
+
     # The folder outlives the run: the loaded weights may be memory-mapped from it.
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as folder:
         root = write_task(Path(folder), config, dtype)
         pipeline = load_pipeline(TASK, root, device=device, dtype=dtype, offload_model=False)
         runner = Runner(pipeline, shape, args.steps)
-        rows = sweep(runner, settings(tuple(args.thresholds)), args.repeat, args.steps, device)
+        rows = sweep(runner, settings(tuple(args.thresholds)), args.repeat, args.steps, device, save)
     columns = ["setting", "skip_rate", "time_ratio", "ms_per_step", "psnr_db", "max_err", "residual_mib",
                "bitwise", "overhead_ms_per_step", "manager_ms_per_step", "manager_share"]
     print_table(rows, columns)
-    meta = {"dim": config.dim, "layers": config.num_layers, "size": shape.size, "frame_num": shape.frame_num,
-            "steps": args.steps, "repeat": args.repeat, "dtype": str(dtype).removeprefix("torch.")}
-    for row in rows:
-        row.update(meta)
-    print("saved", save_results("bench_cache", device, rows, Path(args.out_dir) if args.out_dir else None))
+    save(rows)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -302,7 +303,7 @@ def dit_block_row(case: Case, device: torch.device, backend: str) -> dict:
     modulation float32), on backend ``torch`` against ``backend``."""
     model = random_dit(replace(case.config, num_layers=1)).to(device).set_compute_dtype(torch.bfloat16)
     with torch.no_grad():
-        tokens, cond = model.prepare(*dit_inputs(case, device))
+        tokens, cond = model.prepare(**dit_inputs(case, device))
     tokens = tokens.float()
 
     def run() -> torch.Tensor:
@@ -352,6 +353,8 @@ def main() -> None:
                         help="stop timing the compiled baseline once the run has taken this long")
     parser.add_argument("--sweep", action="store_true", help="time the Triton row kernels' geometries too")
     parser.add_argument("--sweep-budget-s", type=float, default=150.0, help="time limit of the sweep")
+    parser.add_argument("--deadline-s", type=float, default=math.inf,
+                        help="start nothing new after this many seconds (results so far are saved)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels needs a CUDA GPU")
@@ -360,15 +363,29 @@ def main() -> None:
     device = torch.device("cuda")
     backends = gpu_backends(args.backends)
     start = time.perf_counter()
+    deadline = start + args.deadline_s
     copy_gbps = copy_bandwidth(device)
     print(f"{torch.cuda.get_device_name(device)}  torch {torch.__version__}  triton {triton.__version__}  "
           f"device copy {copy_gbps:.0f} GB/s")
     compiled = {op.name: torch.compile(op.reference) for op in OPS}
-    rows = []
-    for shape in SHAPES:
-        inputs = Inputs(shape, device)
-        for op in OPS:
-            for backend in backends:
+    rows: list[dict] = []
+    sweep: list[dict] = []
+
+    def save() -> None:
+        # After every part, so that a run stopped at its time limit keeps what it measured.
+        copy_row = {"op": "device_copy", "GBps": round(copy_gbps, 1), "triton": triton.__version__}
+        print("wrote", save_results("bench_kernels", device, [*rows, copy_row], args.out_dir), flush=True)
+        if sweep:
+            print("wrote", save_results("bench_kernels_sweep", device, sweep, args.out_dir), flush=True)
+
+    try:
+        for shape in SHAPES:
+            if time.perf_counter() > deadline:
+                break
+            inputs = Inputs(shape, device)
+            for op, backend in itertools.product(OPS, backends):
+                if time.perf_counter() > deadline:
+                    break
                 # The compiled reference is the same for every backend: timed on the first only.
                 use_compile = (not args.no_compile and backend == backends[0]
                                and time.perf_counter() - start < args.compile_budget_s)
@@ -381,39 +398,44 @@ def main() -> None:
                     row = {"op": op.name, "shape": shape.label, "check": verdict}
                 rows.append({"backend": backend, **row})
                 print(f"  {op.name:45s} {backend:7s} {shape.label:24s} {row.get('check')}  max rel err "
-                      f"{row.get('max_rel_err')}  ({time.perf_counter() - start:.0f} s)", flush=True)
-        del inputs
-        torch.cuda.empty_cache()
-    sweep = []
-    if args.sweep:
-        deadline = time.perf_counter() + args.sweep_budget_s
-        for shape in SWEEP_SHAPES:
-            inputs = Inputs(shape, device)
-            sweep += sweep_rows(shape, inputs, copy_gbps, deadline)
+                      f"{row.get('max_rel_err')}  {row.get('ours_ms')} ms  {row.get('frac_copy')} of copy  "
+                      f"x_compile {row.get('x_compile')}  ({time.perf_counter() - start:.0f} s)", flush=True)
             del inputs
             torch.cuda.empty_cache()
-        wan_kernels.set_backend("auto")
-    for case in [] if args.no_blocks else BLOCK_CASES:
-        for block_row, backend in itertools.product((dit_block_row, diffusers_block_row), backends):
-            try:
-                row = block_row(case, device, backend)
-            except Exception as error:  # as above: report it and go on
-                traceback.print_exc()
-                row = {"op": block_row.__name__, "shape": f"{case.tokens}x{case.config.dim}",
-                       "check": f"ERROR: {type(error).__name__}: {error}"}
-            rows.append({"backend": backend, **row})
-            print(f"  {row['op']:45s} {backend:7s} {row['shape']:24s} rel_l2 {row.get('rel_l2')}  "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-            torch.cuda.empty_cache()
+            save()
+        if args.sweep:
+            sweep_deadline = min(time.perf_counter() + args.sweep_budget_s, deadline)
+            for shape in SWEEP_SHAPES:
+                inputs = Inputs(shape, device)
+                sweep += sweep_rows(shape, inputs, copy_gbps, sweep_deadline)
+                del inputs
+                torch.cuda.empty_cache()
+            wan_kernels.set_backend("auto")
+            save()
+        for case in [] if args.no_blocks else BLOCK_CASES:
+            for block_row, backend in itertools.product((dit_block_row, diffusers_block_row), backends):
+                if time.perf_counter() > deadline:
+                    break
+                try:
+                    row = block_row(case, device, backend)
+                except Exception as error:  # as above: report it and go on
+                    traceback.print_exc()
+                    row = {"op": block_row.__name__, "shape": f"{case.tokens}x{case.config.dim}",
+                           "check": f"ERROR: {type(error).__name__}: {error}"}
+                rows.append({"backend": backend, **row})
+                print(f"  {row['op']:45s} {backend:7s} {row['shape']:24s} rel_l2 {row.get('rel_l2')}  "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+                torch.cuda.empty_cache()
+    finally:
+        # Whatever stopped the run (the deadline, a CUDA fault that fails every later call), the
+        # rows so far are printed and saved.
+        save()
     columns = ["op", "backend", "shape", "check", "max_rel_err", "rel_l2", "ours_ms", "eager_ms",
                "compile_ms", "ours_GBps", "frac_copy", "x_eager", "x_compile"]
     print_table(rows, columns)
-    rows.append({"op": "device_copy", "GBps": round(copy_gbps, 1), "triton": triton.__version__})
-    print("wrote", save_results("bench_kernels", device, rows, args.out_dir))
     if sweep:
         print("fastest geometry of each swept op (x_default: speed-up over the default geometry)")
         print_table(best_geometries(sweep), ["op", "shape", "geometry", "ours_ms", "frac_copy", "x_default"])
-        print("wrote", save_results("bench_kernels_sweep", device, sweep, args.out_dir))
 
 
 if __name__ == "__main__":

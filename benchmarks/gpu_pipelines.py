@@ -1,4 +1,4 @@
-"""Both pipelines end to end on a GPU, on tiny official-layout checkpoints (random weights).
+"""Every pipeline end to end on a GPU, on tiny official-layout checkpoints (random weights).
 
     python -m benchmarks.gpu_pipelines [--out-dir DIR]
 
@@ -12,25 +12,29 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import traceback
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import print_table, save_results
-from wan_runtime.demo import demo_image
+from wan_runtime.demo import demo_audio, demo_image
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.tasks import TASKS
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
 
 
+def request(task: str) -> dict:
+    """``generate``'s arguments for ``task``: s2v-14B takes speech and frames per clip."""
+    common = {"size": "128*96", "sampling_steps": 4, "seed": 1234, "progress": False}
+    if task == "s2v-14B":
+        return {**common, "image": demo_image(), "audio": demo_audio(), "infer_frames": 8, "num_clip": 2}
+    return {**common, "image": demo_image() if task == "i2v-A14B" else None, "frame_num": 9}
+
+
 def run(task: str, root: Path, offload: bool, device: torch.device) -> dict:
     pipe = load_pipeline(task, root, device=device, dtype=torch.bfloat16, offload_model=offload)
-    image = demo_image() if task == "i2v-A14B" else None
-    videos = [
-        pipe.generate("a red boat on a river", image=image, size="128*96", frame_num=9, sampling_steps=4,
-                      seed=1234, progress=False)
-        for _ in range(2)
-    ]
+    videos = [pipe.generate("a red boat on a river", **request(task)) for _ in range(2)]
     report = pipe.last_report
     on_cpu = all(p.device.type == "cpu" for dit in pipe.dits.values() for p in dit.parameters())
     return {
@@ -58,7 +62,12 @@ def main() -> None:
         for task in TASKS:
             root = write_task_checkpoint(task, Path(tmp) / task)
             for offload in (False, True):
-                rows.append(run(task, root, offload, device))
+                try:
+                    rows.append(run(task, root, offload, device))
+                except Exception as error:  # one failing case must not cost the others' results
+                    traceback.print_exc()
+                    failure = f"{type(error).__name__}: {error}"
+                    rows.append({"task": task, "offload": offload, "error": failure})
                 print(rows[-1], flush=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     print_table(rows, columns)

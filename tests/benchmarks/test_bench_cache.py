@@ -23,7 +23,13 @@ def runner(tmp_path_factory):
 
 
 def test_sweep_reports_exactness_and_the_managers_own_time(runner):
-    rows = bench_cache.sweep(runner, bench_cache.settings((0.0,)), 1, STEPS, CPU)
+    saved = []
+    rows = bench_cache.sweep(runner, bench_cache.settings((0.0,)), 1, STEPS, CPU,
+                             checkpoint=lambda rows: saved.append([dict(row) for row in rows]))
+    # The quality columns are saved before the timed rounds.
+    [early] = saved
+    assert [row["setting"] for row in early] == [row["setting"] for row in rows]
+    assert all("time_ratio" not in row for row in early) and early[1]["bitwise"] is True
     assert [row["setting"] for row in rows] == ["no cache", "teacache linear 0.0", "teacache poly 0.0",
                                                 "fbcache 0.0"]
     assert rows[0]["time_ratio"] == 1.0

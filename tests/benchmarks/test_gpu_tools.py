@@ -16,6 +16,8 @@ import torch
 
 import wan_kernels
 from benchmarks import bench_kernels
+from benchmarks.bench_dit import Case
+from wan_runtime.models import DiTConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_triton = pytest.mark.skipif("triton" not in wan_kernels.available_backends(),
@@ -102,3 +104,15 @@ def test_compiled_kernels_at_the_widest_real_shape(tmp_path):
             assert all(access.endswith("x16B") for access in row["stores"].split()), row
         if row["op"] == "qk_rmsnorm_rope":
             assert row["layout_conversions"] == 0, row
+
+
+@pytest.mark.parametrize("model_type", ["i2v", "ti2v"])
+def test_dit_block_row_runs_one_block_against_the_reference(model_type):
+    """The whole-block row of bench_kernels on the CPU: the block's inputs come from the model's
+    own ``prepare`` (the row failed for every case when they were passed wrongly)."""
+    in_dim = 36 if model_type == "i2v" else 48
+    out_dim = 16 if model_type == "i2v" else 48
+    config = DiTConfig(model_type=model_type, in_dim=in_dim, out_dim=out_dim, dim=64, ffn_dim=128,
+                       num_heads=2, num_layers=1, text_dim=32)
+    row = bench_kernels.dit_block_row(Case(config, (2, 4, 4)), torch.device("cpu"), "torch")
+    assert row["op"] == "DiTBlock" and float(row["rel_l2"]) == 0.0 and row["ours_ms"] > 0
