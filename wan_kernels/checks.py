@@ -37,6 +37,13 @@ def tensor(op: str, name: str, t: object, dtypes: tuple[torch.dtype, ...], ndim:
         fail(op, f"{name} must be contiguous in its last dimension, got stride {t.stride(-1)}")
 
 
+def are_tensors(op: str, **values: object) -> None:
+    """Every value is a tensor: checked before an op's schema would refuse it in its own words."""
+    for name, value in values.items():
+        if not isinstance(value, torch.Tensor):
+            fail(op, f"{name} must be a tensor, got {type(value).__name__}")
+
+
 def same_device(op: str, **tensors: torch.Tensor) -> None:
     """All ``tensors`` are on one device."""
     devices = {name: t.device for name, t in tensors.items()}

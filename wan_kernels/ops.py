@@ -5,8 +5,8 @@ Every op is a custom op in the ``wan_kernels`` namespace with a fake implementat
 ``torch.compile`` traces through it without a graph break; the backend is chosen when the op runs
 (see ``wan_kernels.dispatch``). The checks run inside the op and its fake, so a caller of
 ``torch.ops.wan_kernels.*`` (or a traced graph) is refused what the functions refuse; the functions
-check beforehand only the Python scalars the op schema would convert. The arithmetic of each op is
-that of the function of the same name in ``wan_kernels.reference``.
+check beforehand only what the op schema would refuse in its own words (non-tensors, bad scalars).
+The arithmetic of each op is that of the function of the same name in ``wan_kernels.reference``.
 """
 
 from __future__ import annotations
@@ -229,6 +229,7 @@ def layernorm_modulate(
     rounding. The result is ``out_dtype`` (float32 by default; bfloat16 saves the cast a following
     bfloat16 matmul would do, with the same values).
     """
+    checks.are_tensors("layernorm_modulate", x=x, shift=shift, scale=scale)
     checks.epsilon("layernorm_modulate", eps)
     return torch.ops.wan_kernels.layernorm_modulate(x, shift, scale, float(eps), bool(round_to_input),
                                                     out_dtype)
@@ -241,6 +242,7 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
     float16 as diffusers keeps it (then the sum is rounded once, as ``.type_as(x)`` would). ``y`` has
     its shape in float32, bfloat16 or float16; ``gate`` is float32 [B, 1, C] or [B, L, C].
     """
+    checks.are_tensors("gated_residual", x=x, y=y, gate=gate)
     return torch.ops.wan_kernels.gated_residual(x, y, gate)
 
 
@@ -260,7 +262,9 @@ def gated_residual_layernorm_modulate(
     the new float32 residual and the modulated input in ``out_dtype``. The residual is float32, so
     the faithful rounding of the normalised value is exact.
     """
-    checks.epsilon("gated_residual_layernorm_modulate", eps)
+    op = "gated_residual_layernorm_modulate"
+    checks.are_tensors(op, x=x, y=y, gate=gate, shift=shift, scale=scale)
+    checks.epsilon(op, eps)
     return torch.ops.wan_kernels.gated_residual_layernorm_modulate(x, y, gate, shift, scale, float(eps),
                                                                    out_dtype)
 
@@ -277,21 +281,25 @@ def rel_l1(a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
     Accumulates in float32 (the C++ and CUDA kernels in double) and returns a 0-d float32 tensor
     on the inputs' device, without synchronising with the host.
     """
+    checks.are_tensors("rel_l1", a=a, b=b)
     return torch.ops.wan_kernels.rel_l1(a, b, _stride("rel_l1", stride))
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """``|a - b|_2 / |b|_2`` over every ``stride``-th token; otherwise as ``rel_l1``."""
+    checks.are_tensors("rel_l2", a=a, b=b)
     return torch.ops.wan_kernels.rel_l2(a, b, _stride("rel_l2", stride))
 
 
 def residual_apply(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``x + residual`` in float32 (a step cache reusing its residual); same shapes, any float dtypes."""
+    checks.are_tensors("residual_apply", x=x, residual=residual)
     return torch.ops.wan_kernels.residual_apply(x, residual)
 
 
 def residual_capture(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
     """``out - inp`` in float32 (the residual a step cache captures); same shapes, any float dtypes."""
+    checks.are_tensors("residual_capture", out=out, inp=inp)
     return torch.ops.wan_kernels.residual_capture(out, inp)
 
 
@@ -313,6 +321,7 @@ def qk_rmsnorm_rope(
     Returns [B, L, num_heads, D] in the input dtype.
     """
     op = "qk_rmsnorm_rope"
+    checks.are_tensors(op, q=q, k=k, weight_q=weight_q, weight_k=weight_k, cos=cos, sin=sin)
     checks.positive_int(op, "num_heads", num_heads)
     checks.epsilon(op, eps)
     return torch.ops.wan_kernels.qk_rmsnorm_rope(q, k, weight_q, weight_k, cos, sin, num_heads, float(eps))

@@ -182,8 +182,10 @@ def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt_extend_method", default="local_qwen", help="unused: no prompt extension")
     g.add_argument("--prompt_extend_model", default=None, help="unused: no prompt extension")
     g.add_argument("--prompt_extend_target_lang", default="zh", help="unused: no prompt extension")
-    for flag in ("--src_root_path", "--refert_num", "--replace_flag", "--use_relighting_lora"):
-        g.add_argument(flag, default=None, help="animate-14B only; not served")
+    g.add_argument("--src_root_path", default=None, help="animate-14B only; not served")
+    g.add_argument("--refert_num", type=int, default=None, help="animate-14B only; not served")
+    for flag in ("--replace_flag", "--use_relighting_lora"):
+        g.add_argument(flag, action="store_true", help="animate-14B only; not served")
 
 
 def _add_s2v_flags(p: argparse.ArgumentParser) -> None:
@@ -264,7 +266,8 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
             "s2v-14B makes its video in clips: pass --infer_frames (frames per clip), not --frame_num"
         )
     elif frame_num is not None and (frame_num < 1 or frame_num % 4 != 1):
-        problems.append(f"--frame_num must be 4n+1 (1, 5, 9, ..., 81), got {frame_num}")
+        most = "" if spec is None else f", ..., {spec.frame_num}"
+        problems.append(f"--frame_num must be 4n+1 (1, 5, 9{most}), got {frame_num}")
     steps = _given_or_default(args.sample_steps, base, "sampling_steps")
     if steps is not None and steps < 1:
         problems.append(f"--sample_steps must be a positive number of steps, got {steps}")
@@ -410,8 +413,8 @@ def _unsupported_flag_problems(args: argparse.Namespace) -> list[str]:
         "t5_fsdp": args.t5_fsdp,
         "dit_fsdp": args.dit_fsdp,
         "use_prompt_extend": args.use_prompt_extend,
-        "src_root_path": any(v is not None for v in (args.src_root_path, args.refert_num, args.replace_flag,
-                                                     args.use_relighting_lora)),
+        "src_root_path": args.src_root_path is not None or args.refert_num is not None or args.replace_flag
+        or args.use_relighting_lora,
     }
     return [f"--{flag}: {_UNSUPPORTED[flag]}" for flag, on in asked.items() if on]
 

@@ -131,9 +131,12 @@ def _mux(video: Path, audio: Path, out: Path, seconds: float) -> None:
     """``video``'s stream and metadata with ``audio``'s first sound stream, cut at ``seconds``, into
     the MP4 ``out``: the audio copied when it is AAC or MP3, else (or when copying fails) encoded
     as AAC."""
-    codec = _audio_codec(audio)
-    if codec is None and audio.is_file():
+    streams = _streams(audio)
+    sounds = [line.split("Audio:", 1)[1].split()[0].rstrip(",") for line in streams if "Audio:" in line]
+    # A readable file without sound says so; an unreadable one gets ffmpeg's reason from the mux.
+    if streams and not sounds:
         raise OSError(f"muxing the audio {audio} failed: it has no audio stream")
+    codec = sounds[0] if sounds else None
     failures = []
     for method in ("copy", "aac") if codec in PLAYABLE_AUDIO else ("aac",):
         command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", ffmpeg_path(video),
@@ -146,14 +149,12 @@ def _mux(video: Path, audio: Path, out: Path, seconds: float) -> None:
     raise OSError(f"muxing the audio {audio} failed (ffmpeg: {failures[-1]})")
 
 
-def _audio_codec(audio: Path) -> str | None:
-    """The codec of the first sound stream of ``audio``, from ffmpeg's description of the input."""
-    banner = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", ffmpeg_path(audio)],
+def _streams(path: Path) -> list[str]:
+    """ffmpeg's description of each stream of ``path`` (``Stream #0:0: Audio: aac ...``); none for a
+    file ffmpeg cannot read."""
+    banner = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", ffmpeg_path(path)],
                             capture_output=True, check=False).stderr.decode(errors="replace")
-    for line in banner.splitlines():
-        if "Audio:" in line:
-            return line.split("Audio:", 1)[1].split()[0].rstrip(",")
-    return None
+    return [line.strip() for line in banner.splitlines() if line.strip().startswith("Stream #")]
 
 
 def _ffmetadata(tags: Mapping[str, str]) -> str:

@@ -283,3 +283,17 @@ def test_a_compute_either_gate_forced_counts_as_forced():
     cond = report["m"]["cond"]
     assert cond["forced_by"] == {"warmup": 1, "last_steps": 1}
     assert cond["skipped_by"] == {"teacache": 2}
+
+
+def test_uncond_keeps_its_own_failsafe_when_fbcache_skips_a_step_teacache_forced():
+    """TeaCache's warmup forces steps 1-2, FBCache skips them: a skip, so the uncond branch still
+    measures its own first-block change and its NaN is a failsafe (the forced reason is a
+    compute's only); step 2 then measures against step 1's NaN reference, a second failsafe, as
+    with FBCache alone."""
+    config = CacheConfig(fbcache=True, fb_thresh=0.5, fb_last_steps=0, teacache=True, teacache_warmup=3,
+                         teacache_last_steps=0)
+    cond = [tokens(1.0)] * 3
+    uncond = [tokens(1.0), tokens(float("nan")), tokens(1.0)]
+    _, report, _, _, _ = run(config, cond, uncond=uncond)
+    assert report["m"]["cond"]["skipped_by"] == {"fbcache": 2}
+    assert report["m"]["uncond"]["failsafes"] == {"nonfinite_metric": 2}

@@ -137,6 +137,8 @@ BAD_INPUTS = {
     "fsdp": (["--dit_fsdp"], "ti2v-5B", ["--dit_fsdp: FSDP sharding is not supported yet"]),
     "prompt extension": (["--use_prompt_extend"], "ti2v-5B", ["--use_prompt_extend: prompt extension"]),
     "animate": (["--refert_num", "77"], "ti2v-5B", ["animate-14B task is not served"]),
+    "animate switch": (["--replace_flag"], "ti2v-5B", ["animate-14B task is not served"]),
+    "frame_num of ti2v": (["--frame_num", "3"], "ti2v-5B", ["4n+1 (1, 5, 9, ..., 121), got 3"]),
     "tts text": (["--tts_text", "hello"], "ti2v-5B", ["--tts_text is for --task s2v-14B only"]),
     "i2v without image": ([], "i2v-A14B", ["pass --image"]),
     "missing image": (["--image", "/nonexistent/cat.png"], "ti2v-5B",

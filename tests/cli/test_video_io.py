@@ -196,6 +196,14 @@ def test_mux_failure_is_an_error_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["silent.mp4"]
 
 
+def test_unreadable_audio_gets_ffmpegs_reason(tmp_path):
+    garbage = tmp_path / "bad.wav"
+    garbage.write_bytes(b"not audio at all" * 64)
+    with pytest.raises(OSError, match=r"muxing the audio .*bad.wav failed \(ffmpeg: .*Invalid data"):
+        write_mp4(torch.zeros(3, 4, 32, 32), tmp_path / "out.mp4", fps=16, metadata={}, audio=garbage)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.wav"]
+
+
 def test_missing_folder_or_audio_file_is_named(tmp_path):
     with pytest.raises(OSError, match=r"could not write .*out.mp4: the folder .*missing does not exist"):
         write_mp4(torch.zeros(3, 4, 32, 32), tmp_path / "missing" / "out.mp4", fps=16, metadata={})

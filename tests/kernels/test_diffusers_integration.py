@@ -104,6 +104,13 @@ def test_remove_refuses_blocks_wrapped_after_apply():
     assert all("forward" not in vars(block) for block in model.blocks)
 
 
+def test_remove_leaves_a_model_apply_never_patched_alone():
+    model = _model(torch.float32)
+    wrapper = model.blocks[0].forward  # as a diffusers hook installs one
+    model.blocks[0].forward = wrapper
+    assert integration.remove(model) is model and vars(model.blocks[0])["forward"] is wrapper
+
+
 def test_compile_repeated_blocks_traces_the_fused_forward():
     """The blocks keep their class, so diffusers' regional compilation finds them, and the fused
     forward compiles without graph breaks."""

@@ -150,3 +150,17 @@ def test_bad_layouts_and_tables_are_named():
     table = randn((1, 1, 16)).expand(7, 1, 16)
     with pytest.raises(ValueError, match=r"cos must be a contiguous .* and strides \(0, 16, 1\)"):
         wan_kernels.qk_rmsnorm_rope(x, x, weight, weight, table, table.contiguous(), 2, EPS)
+
+
+def test_functions_name_a_non_tensor_argument():
+    x = randn((1, 4, 8))
+    gate = randn((1, 1, 8))
+    cases = [
+        (lambda: wan_kernels.gated_residual(x.numpy(), x, gate), "gated_residual: x must be a tensor, got"),
+        (lambda: wan_kernels.rel_l1(x, [1.0]), "rel_l1: b must be a tensor, got list"),
+        (lambda: wan_kernels.residual_capture(x, 2.0), "residual_capture: inp must be a tensor, got float"),
+        (lambda: wan_kernels.layernorm_modulate(x, gate, None, EPS), "layernorm_modulate: scale must be a"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()

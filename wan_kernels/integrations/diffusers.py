@@ -129,17 +129,21 @@ def apply(transformer: WanTransformer3DModel) -> WanTransformer3DModel:
             )
     for block in blocks:
         block.forward = types.MethodType(_fused_forward, block)
+    # Marks the model (copies included) for remove(): a wrapper found later may hide our forward.
+    transformer._wan_kernels_applied = True
     return transformer
 
 
 def remove(transformer: WanTransformer3DModel) -> WanTransformer3DModel:
     """Undo ``apply``: the blocks run diffusers' own forward again. Returns ``transformer``.
 
-    Raises ``ValueError`` when something (a diffusers hook or cache) has wrapped a block's forward:
-    the fused forward may be inside it, out of reach; remove those first, as they were registered
-    after ``apply``.
+    Raises ``ValueError`` when, since ``apply``, something (a diffusers hook or cache) has wrapped
+    a block's forward: the fused forward may be inside it, out of reach; remove those first. On a
+    model ``apply`` never patched it changes nothing.
     """
     blocks = _blocks(transformer)
+    if not getattr(transformer, "_wan_kernels_applied", False):
+        return transformer
     if any("forward" in vars(block) and not _applied(block) for block in blocks):
         raise ValueError(
             "a WanTransformerBlock's forward is wrapped by something else (a diffusers hook or cache?); "
@@ -149,4 +153,5 @@ def remove(transformer: WanTransformer3DModel) -> WanTransformer3DModel:
     for block in blocks:
         if _applied(block):
             del block.forward
+    del transformer._wan_kernels_applied
     return transformer

@@ -203,8 +203,9 @@ class CacheManager:
         winner = next((gate for gate, vote in votes if vote.skip), None)
         if model.tea is not None:
             self._settle_teacache(model, index, skipped=winner is not None)
-        # A compute is counted as forced when either gate forced it, whichever voted first.
-        reason = next((vote.reason for _, vote in votes if vote.reason in FORCED_REASONS), votes[0][1].reason)
+        reason = votes[0][1].reason
+        if winner is None:  # a compute is counted as forced when either gate forced it
+            reason = next((vote.reason for _, vote in votes if vote.reason in FORCED_REASONS), reason)
         return _Decision(winner, reason)
 
     def _settle_teacache(self, model: _Model, index: int, skipped: bool) -> None:
