@@ -144,10 +144,12 @@ def backend_for(device: torch.device) -> str:
     """The backend an op call on ``device`` runs under the current setting (for ``auto``, the
     first available of the device's preference list)."""
     selected = get_backend()
-    if selected != AUTO:
-        return selected
-    usable = (b for b in _PREFERENCE.get(device.type, ("torch",)) if _usable(b) and _runs_on(b, device))
-    return next(usable, "torch")
+    return selected if selected != AUTO else next(iter(_preferred(device)), "torch")
+
+
+def _preferred(device: torch.device) -> list[str]:
+    """The backends ``auto`` may take on ``device``, in its order."""
+    return [b for b in _PREFERENCE.get(device.type, ("torch",)) if _usable(b) and _runs_on(b, device)]
 
 
 def _impl(backend: str, op: str) -> Callable | None:
@@ -176,7 +178,7 @@ def resolve(op: str, device: torch.device) -> Callable:
                 + (" (set TRITON_INTERPRET=1 for Triton's CPU interpreter)" if selected == "triton" else "")
             )
         return implementation(selected, op)
-    preferred = [b for b in _PREFERENCE.get(device.type, ("torch",)) if _usable(b) and _runs_on(b, device)]
+    preferred = _preferred(device)
     for backend in preferred:
         fn = _impl(backend, op)
         if fn is not None:

@@ -213,8 +213,11 @@ class CacheManager:
         if model.plan is None:
             model.tea.settle(skipped)
         elif skipped and not model.plan[index].skip and model.plan.skipped_by_other(index):
-            self.log(f"CacheManager[{model.name}] TeaCache plan after an FBCache skip at cond step {index}: "
-                     f"{model.plan.marks()}")
+            self._log_replan(model, "an FBCache skip", index)
+
+    def _log_replan(self, model: _Model, after: str, index: int) -> None:
+        self.log(f"CacheManager[{model.name}] TeaCache plan after {after} at cond step {index}: "
+                 f"{model.plan.marks()}")
 
     def _tea_vote(
         self, model: _Model, state: BranchState, index: int, switch: bool, tokens: torch.Tensor, cond: Any
@@ -281,8 +284,7 @@ class CacheManager:
             model.fb.reset()
         if model.plan is not None:
             if model.plan.restart(index, reason):
-                self.log(f"CacheManager[{model.name}] TeaCache plan after a forced compute ({reason}) "
-                         f"at cond step {index}: {model.plan.marks()}")
+                self._log_replan(model, f"a forced compute ({reason})", index)
         elif model.tea is not None:
             model.tea.reset()
 
