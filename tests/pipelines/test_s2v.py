@@ -214,11 +214,12 @@ def test_pose_video_without_frames_or_frame_rate_is_refused(tmp_path, monkeypatc
 @pytest.mark.parametrize("config", [
     CacheConfig(teacache=True, teacache_thresh=0.0, teacache_warmup=0, teacache_last_steps=0),
     CacheConfig(fbcache=True, fb_thresh=0.0, fb_warmup=0, fb_last_steps=0),
-], ids=["teacache", "fbcache"])
+    CacheConfig(teacache=True, teacache_thresh=0.0, fbcache=True, fb_thresh=0.0),
+], ids=["teacache", "fbcache", "both"])
 def test_step_cache_at_threshold_zero_is_the_uncached_run(s2v_pipeline, speech, portrait, config, capsys):
     """The cache manager drives the S2V DiT unchanged (``CacheManager[s2v]``); at threshold 0 it
     computes every step, bitwise the plain run, and reports each clip and their sum, whose
-    summary line is the run's only one."""
+    summary line is the run's only one; the notice that FBCache takes precedence is given once."""
     run = {**RUN, "sampling_steps": 3}
     plain = s2v_pipeline.generate("a woman speaks", image=portrait, audio=speech, progress=False, **run)
     assert s2v_pipeline.cache_report() == {}
@@ -229,8 +230,10 @@ def test_step_cache_at_threshold_zero_is_the_uncached_run(s2v_pipeline, speech, 
     clips = s2v_pipeline.clip_cache_reports
     assert len(clips) == RUN["num_clip"] and all(clip["s2v"]["cond"]["computed"] == 3 for clip in clips)
     assert list(report) == ["s2v"] and report["s2v"]["cond"]["computed"] == 3 * RUN["num_clip"]
-    [summary] = [line for line in capsys.readouterr().out.splitlines() if "summary:" in line]
+    out = capsys.readouterr().out
+    [summary] = [line for line in out.splitlines() if "summary:" in line]
     assert summary.startswith(f"CacheManager[s2v] summary: cond steps={3 * RUN['num_clip']} ")
+    assert out.count("FBCache takes precedence") == (config.fbcache and config.teacache)
 
 
 def test_step_cache_without_guidance_runs_the_cond_branch_alone(s2v_pipeline, speech, portrait):

@@ -87,7 +87,9 @@ class CacheManager:
     ``models`` maps each model name to its ``CachedModel``; ``schedule`` names the model of every
     step and ``timesteps`` its timestep value. Call ``forward(step, branch, *inputs)`` in place
     of the model's forward, the ``"cond"`` branch first in each step, then ``finish()`` for the
-    telemetry. ``log`` receives the notices, the planned schedule and the summary lines.
+    telemetry. ``log`` receives the notices, the planned schedule and the summary lines;
+    ``notice=False`` leaves out the notice about the configuration, for a run that makes one
+    manager per video clip and gave it with the first.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class CacheManager:
         schedule: Sequence[str],
         timesteps: Sequence[float],
         log: Callable[[str], None] = print,
+        notice: bool = True,
     ) -> None:
         self.config = config
         self.schedule = list(schedule)
@@ -110,7 +113,7 @@ class CacheManager:
             self._position.append((seen[name], i > 0 and self.schedule[i - 1] != name))
             seen[name] += 1
         self._decisions: dict[int, _Decision] = {}
-        if config.fbcache and config.teacache:
+        if notice and config.fbcache and config.teacache:
             log("CacheManager: FBCache and TeaCache are both on; FBCache takes precedence "
                 "(a TeaCache skip applies only where FBCache computes)")
         for model in self._models.values():

@@ -327,14 +327,16 @@ class Pipeline:
         return latent
 
     def _cache_manager(
-        self, cache: CacheConfig | None, timesteps: list[float], guide: float | tuple[float, float]
+        self, cache: CacheConfig | None, timesteps: list[float], guide: float | tuple[float, float],
+        notice: bool = True,
     ) -> CacheManager | None:
-        """The run's cache manager over the DiTs under their cache names, or None when off."""
+        """The run's cache manager over the DiTs under their cache names, or None when off;
+        ``notice`` as ``CacheManager``'s."""
         if cache is None or not cache.enabled:
             return None
         schedule = [self.cache_names[self._expert(t, guide)[0]] for t in timesteps]
         models = {self.cache_names[name]: self.stages_class(dit) for name, dit in self.dits.items()}
-        return CacheManager(cache, models, schedule, timesteps, log=tqdm.write)
+        return CacheManager(cache, models, schedule, timesteps, log=tqdm.write, notice=notice)
 
     def _place_cache(self, manager: CacheManager) -> None:
         """Cached residuals follow their expert: on the device with it, else on the CPU."""

@@ -226,7 +226,7 @@ class S2VPipeline(Pipeline):
         branch runs only when ``guide > 1``, as in the official pipeline."""
         latent = noise
         timesteps = solver.timesteps
-        manager = self._cache_manager(cache, timesteps.tolist(), guide)
+        manager = self._cache_manager(cache, timesteps.tolist(), guide, notice=clip == 0)
         watch = FiniteWatch(latent.device)
         silent = torch.zeros_like(inputs.audio)
         desc = f"{self.task} clip {clip + 1}/{clips}"
