@@ -2,6 +2,9 @@
 
 # Our float32 model against the official one on the CPU: only summation order may differ.
 DIT_FP32_VS_OFFICIAL = 1e-5
+# The same float32 pipeline with the DiT blocks compiled (Inductor's fused kernels): only
+# summation order may differ.
+COMPILED_VS_EAGER_FP32 = 1e-5
 # A bfloat16 model against its own float32 weights: rounding of the matrix products alone.
 DIT_BF16_VS_FP32 = 3e-2
 

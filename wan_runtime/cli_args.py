@@ -99,6 +99,7 @@ class GenerateConfig:
     offload_model: bool
     t5_cpu: bool
     convert_model_dtype: bool
+    compile: bool
     debug: bool
     cache: CacheConfig
     audio_path: Path | None = None
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults to the task's default size (the official 1280*720 is refused for ti2v-5B);
     i2v-A14B needs ``--image`` (the official example image is not shipped); ``--save_file``
     must end in ``.mp4``; s2v-14B refuses ``--enable_tts`` (text-to-speech is out of scope).
-    Added: ``--device``, ``--dtype``, ``--debug``, ``--demo`` and the step cache flags
+    Added: ``--device``, ``--dtype``, ``--compile``, ``--debug``, ``--demo`` and the step cache flags
     (``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are
     listed together."""
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (default: the task's)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")
     p.add_argument("--dtype", default=None, help=f"{' or '.join(DTYPES)} (default bfloat16)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the DiT blocks with torch.compile (the first step pays the "
+                        "compile time)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--demo", action="store_true",
                    help="run on tiny random weights (cached) on the CPU to check the installation")
@@ -339,6 +343,7 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         offload_model=True if args.offload_model is None else args.offload_model,
         t5_cpu=args.t5_cpu,
         convert_model_dtype=args.convert_model_dtype,
+        compile=args.compile,
         debug=args.debug,
         cache=cache,
         **speech,

@@ -64,6 +64,12 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as err:
         if args.debug:
             raise
+        if args.compile and type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            # A compiler report runs to pages; its first line names the failure.
+            first = _one_line(next(iter(str(err).strip().splitlines()), ""))
+            _error(f"torch.compile failed: {type(err).__name__}: {first}; run without --compile "
+                   "(or with --debug for the traceback)")
+            return 1
         _error(f"{type(err).__name__}: {_one_line(str(err))} (run with --debug for the traceback)")
         return 1
 
@@ -101,7 +107,7 @@ def _generate(config: GenerateConfig) -> int:
     pipeline = load_pipeline(
         config.task, ckpt_dir, device=config.device, dtype=config.dtype,
         offload_model=config.offload_model, t5_cpu=config.t5_cpu,
-        convert_model_dtype=config.convert_model_dtype,
+        convert_model_dtype=config.convert_model_dtype, compile=config.compile,
     )
     load_s = time.perf_counter() - start
     common = {
@@ -169,6 +175,7 @@ def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
         "sample_solver": report.sample_solver,
         "image": image,
         "dtype": str(config.dtype).removeprefix("torch."),
+        "compile": config.compile,
         "cache": config.cache.describe(),
         "demo": config.demo,
         **speech,

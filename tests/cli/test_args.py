@@ -250,6 +250,28 @@ def test_out_of_memory_is_one_line_naming_what_frees_memory(roots, monkeypatch, 
     assert all(advice in line for advice in advised) and not any(flag in line for flag in not_advised)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compile", "eager"])
+def test_compiler_failure_is_one_line_suggesting_eager(roots, monkeypatch, capsys, compiled):
+    """A torch.compile failure (a report of many lines) is its first line and the way out; the same
+    exception type without --compile is reported as any other failure."""
+    given = {}
+
+    def load_pipeline(*args, **kwargs):
+        given.update(kwargs)
+        raise torch._dynamo.exc.TorchRuntimeError("Dynamo failed to run FX node\n  pages of graph\n  more")
+
+    pipelines = SimpleNamespace(load_pipeline=load_pipeline, check_output_size=None)
+    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", pipelines)
+    assert main(["--ckpt_dir", str(roots["ti2v-5B"]), *(["--compile"] if compiled else [])]) == 1
+    assert given["compile"] is compiled
+    [line] = capsys.readouterr().err.splitlines()
+    if compiled:
+        assert line == ("error: torch.compile failed: TorchRuntimeError: Dynamo failed to run FX node; "
+                        "run without --compile (or with --debug for the traceback)")
+    else:
+        assert line.startswith("error: TorchRuntimeError: Dynamo failed to run FX node pages of graph more")
+
+
 def test_all_problems_listed_by_the_module_without_traceback(tmp_path):
     result = run_module(
         "wan_runtime.generate", "--task", "i2v-A14B", "--ckpt_dir", str(tmp_path / "nope"), "--size", "64*64",

@@ -58,7 +58,7 @@ def test_ti2v_demo_writes_the_video_under_the_official_name(cache_env, tmp_path)
     )
     assert (settings["task"], settings["size"], settings["demo"]) == ("ti2v-5B", "128*96", True)
     assert settings["n_prompt"] == TASKS["ti2v-5B"].negative_prompt
-    assert settings["cache"] == "off"
+    assert settings["cache"] == "off" and settings["compile"] is False
     out = result.stdout
     assert out.count(demo.NOTICE) == 2 and "using cached checkpoint" in out
     assert "seed: 42" in out and "prompt: a red fox" in out
@@ -86,6 +86,15 @@ def test_i2v_demo_follows_the_image_and_the_save_file(cache_env, tmp_path):
         "fb_last_steps=1 fb_cfg_sep_diff=True"
     )
     assert "CacheManager[high] summary: " in result.stdout and "CacheManager[low] summary: " in result.stdout
+
+
+def test_compiled_demo_writes_the_video(cache_env, tmp_path):
+    target = tmp_path / "compiled.mp4"
+    result = _generate(*FAST, "--compile", "--save_file", str(target), cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr
+    frames, _ = read_video(target)
+    assert frames.shape == (5, 96, 128, 3)
+    assert read_settings(target)["compile"] is True and "compile: True" in result.stdout
 
 
 def test_failed_write_exits_1_and_leaves_no_file(cache_env, tmp_path):

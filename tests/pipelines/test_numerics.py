@@ -72,14 +72,14 @@ def test_nan_from_a_step_of_ti2v_names_the_step_and_the_model(ti2v_pipeline, mon
     assert message.endswith("a guide scale or shift far from the task's defaults can also overflow")
 
 
-@pytest.mark.parametrize(("backend", "cache_on", "dtype", "tries"), [
-    ("triton", True, torch.bfloat16, "with WAN_KERNELS_BACKEND=torch (no fused kernels), or without the step "
-                                     "cache, or in float32; "),
-    ("torch", False, torch.bfloat16, "in float32; "),
-    ("torch", False, torch.float32, ""),
+@pytest.mark.parametrize(("backend", "cache_on", "dtype", "compiled", "tries"), [
+    ("triton", True, torch.bfloat16, True, "with WAN_KERNELS_BACKEND=torch (no fused kernels), or without "
+                                           "compile, or without the step cache, or in float32; "),
+    ("torch", False, torch.bfloat16, False, "in float32; "),
+    ("torch", False, torch.float32, False, ""),
 ])
-def test_remedy_names_only_what_the_run_did_not_do(backend, cache_on, dtype, tries):
-    advice = remedy(backend, cache_on, dtype)
+def test_remedy_names_only_what_the_run_did_not_do(backend, cache_on, dtype, compiled, tries):
+    advice = remedy(backend, cache_on, dtype, compiled)
     assert advice == (f"to find the cause, run again {tries}" if tries else "") + (
         "a guide scale or shift far from the task's defaults can also overflow")
 

@@ -67,6 +67,8 @@ class WanModel(nn.Module):
             for _ in range(c.num_layers)
         )
         self.head = Head(c.dim, c.out_dim, c.patch_size, c.eps)
+        # Set by ``wan_runtime.models.compilation.compile_blocks``.
+        self.blocks_compiled = False
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod

@@ -261,7 +261,8 @@ class Pipeline:
     def _remedy(self, cache: CacheConfig | None) -> str:
         """What to try after a numerical failure of this pipeline's run with ``cache``."""
         cache_on = cache is not None and cache.enabled
-        return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype)
+        compiled = any(dit.blocks_compiled for dit in self.dits.values())
+        return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype, compiled)
 
     def _peak_memory(self) -> int | None:
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None

@@ -12,6 +12,7 @@ from wan_runtime.errors import InputError
 from wan_runtime.inference_only import guard, inference_only_enabled
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
 from wan_runtime.models.audio_encoder import Wav2Vec2Features
+from wan_runtime.models.compilation import check_compile_support, compile_blocks
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
 from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE, I2VPipeline
@@ -63,6 +64,7 @@ def load_pipeline(
     offload_model: bool = False,
     t5_cpu: bool = False,
     convert_model_dtype: bool = False,
+    compile: bool = False,
 ) -> Pipeline:
     """Load ``task`` (``"i2v-A14B"``, ``"ti2v-5B"`` or ``"s2v-14B"``) from its official release
     folder ``ckpt_dir``.
@@ -71,14 +73,17 @@ def load_pipeline(
     encoder runs in bfloat16, float32 when ``dtype`` is float32; the VAE and s2v-14B's wav2vec2 in
     float32, as the official pipelines run them). ``offload_model`` keeps the big models on the
     CPU and brings only the one at work onto the device; ``t5_cpu`` runs the text encoder on the CPU;
-    ``convert_model_dtype`` casts every DiT weight to ``dtype``, as the official flag does. The
+    ``convert_model_dtype`` casts every DiT weight to ``dtype``, as the official flag does;
+    ``compile`` compiles the DiT blocks with ``torch.compile`` (the first step pays the compile
+    time; see ``wan_runtime.models.compilation``). The
     folder is checked for every file, and every DiT's config and safetensors headers against each
     other, before anything loads (``CheckpointError``). Unless
     ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
     """
     if not isinstance(ckpt_dir, (str, os.PathLike)):
         raise InputError(f"ckpt_dir must be the release folder's path (str or Path), got {ckpt_dir!r}")
-    switches = {"offload_model": offload_model, "t5_cpu": t5_cpu, "convert_model_dtype": convert_model_dtype}
+    switches = {"offload_model": offload_model, "t5_cpu": t5_cpu, "convert_model_dtype": convert_model_dtype,
+                "compile": compile}
     for name, value in switches.items():
         if not isinstance(value, bool):
             raise InputError(f"{name} must be True or False, got {value!r}")
@@ -86,6 +91,8 @@ def load_pipeline(
     if dtype not in _DTYPES:
         raise InputError(f"dtype must be torch.bfloat16 (the official) or torch.float32, got {dtype!r}")
     device = _resolve_device(device)
+    if compile:
+        check_compile_support(device)
     inference_only_enabled()  # a bad WAN_INFERENCE_ONLY value fails before minutes of loading
     root = Path(ckpt_dir)
     pipeline_class, names = _PIPELINES[spec.name]
@@ -110,6 +117,8 @@ def load_pipeline(
         dits[name] = guard(dit_class.from_pretrained(
             root / folder, dtype=dtype, device=rest, convert_model_dtype=convert_model_dtype
         ))
+        if compile:
+            compile_blocks(dits[name])
         residency.add(name, dits[name])
     if spec.audio_dir is None:
         return pipeline_class(spec, device, text_encoder, vae, dits, residency)

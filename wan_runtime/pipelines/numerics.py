@@ -10,11 +10,13 @@ import torch
 from wan_runtime.errors import NumericalError
 
 
-def remedy(backend: str, cache_on: bool, dtype: torch.dtype) -> str:
+def remedy(backend: str, cache_on: bool, dtype: torch.dtype, compiled: bool = False) -> str:
     """What narrows a numerical failure's cause down, of what the run did not do already."""
     tries = []
     if backend != "torch":
         tries.append("with WAN_KERNELS_BACKEND=torch (no fused kernels)")
+    if compiled:
+        tries.append("without compile")
     if cache_on:
         tries.append("without the step cache")
     if dtype != torch.float32:
