@@ -6,6 +6,10 @@ and inputs, one process.
                                                   # 75,600 tokens, and the S2V DiT on one 80-frame
                                                   # 1024x704 clip (with its reference and motion
                                                   # tokens), bfloat16
+    python -m benchmarks.bench_dit --compile      # also ours with the blocks compiled (--compile of
+                                                  # the CLI): its time, speed-up over ours eager
+                                                  # (x_eager, the two timed in turns), first-call
+                                                  # (compile) time and error against ours eager
 
 On the GPU the official model runs as its pipelines run it: bfloat16 autocast, and for timing its
 weights converted to bfloat16 (its faster ``--convert_model_dtype`` mode). Parity columns: relative
@@ -18,17 +22,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch._inductor import config as inductor_config
 
-from benchmarks.common import median_seconds, print_table, save_results
+from benchmarks.common import median_seconds, median_seconds_in_turns, print_table, save_results
 from tests.models.s2v_helpers import official_s2v
 from tests.official import official_module
 from tests.tolerances import rel_l2
 from wan_runtime.models import DiTConfig, WanModel
+from wan_runtime.models.compilation import compile_blocks
 from wan_runtime.models.s2v_config import S2VConfig
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.tiny_checkpoints import random_dit
@@ -116,7 +124,9 @@ def official_call(ref: torch.nn.Module, case: Case, args: dict) -> torch.Tensor:
     return out[0][None]
 
 
-def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeat: int) -> dict:
+def run_case(
+    case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeat: int, compiled: bool = False
+) -> dict:
     model_class = WanModelS2V if case.config.model_type == "s2v" else WanModel
     ours = random_dit(case.config, seed=0, model_class=model_class)
     ref = official_model(case, ours).to(device)
@@ -149,12 +159,33 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, 
             row["ours~off"] = f"{rel_l2(ours(**args), ref_forward()):.2e}"
         official_s = median_seconds(ref_forward, device, warmup, repeat)
         ours_s = median_seconds(lambda: ours(**args), device, warmup, repeat)
+        if compiled:
+            row.update(time_compiled(ours, args, device, warmup, repeat))
         if dtype != torch.float32:
             ours.set_compute_dtype(dtype, keep_float32=False)
             row["conv~off"] = f"{rel_l2(ours(**args), ref_forward()):.2e}"
     row.update(official_ms=round(official_s * 1e3, 1), ours_ms=round(ours_s * 1e3, 1),
                speedup=round(official_s / ours_s, 3))
     return row
+
+
+def time_compiled(ours: WanModel, args: dict, device: torch.device, warmup: int, repeat: int) -> dict:
+    """A copy of ``ours`` with its blocks compiled: its first call (a cold compile included), its
+    time, how many times faster it is than ``ours`` eager (the two timed in turns) and its relative
+    error against ``ours`` eager."""
+    torch._dynamo.reset()  # each row times the static-shape graphs a run at one size compiles
+    model = compile_blocks(copy.deepcopy(ours))
+    start = time.perf_counter()
+    with inductor_config.patch(fx_graph_cache=False):  # compiled here, not loaded from an earlier run
+        out = model(**args)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    first_s = time.perf_counter() - start
+    seconds = median_seconds_in_turns({"eager": lambda: ours(**args), "compiled": lambda: model(**args)},
+                                      device, warmup, repeat)
+    return {"first_call_s": round(first_s, 1), "compiled_ms": round(seconds["compiled"] * 1e3, 1),
+            "x_eager": round(seconds["eager"] / seconds["compiled"], 3),
+            "compiled~ours": f"{rel_l2(out, ours(**args)):.2e}"}
 
 
 def main() -> None:
@@ -165,6 +196,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time ours with the blocks compiled")
     parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
     args = parser.parse_args()
     if args.gpu:
@@ -176,17 +208,22 @@ def main() -> None:
         device, dtype = torch.device("cpu"), torch.float32
         cpu_i2v = replace(CPU_SIZE, model_type="i2v", in_dim=36, out_dim=16)
         cases = [Case(CPU_SIZE, (8, 24, 40)), Case(cpu_i2v, (8, 24, 40)), Case(CPU_S2V, (8, 24, 40))]
+    columns = ["model", "dim", "layers", "tokens", "t", "dtype", "official_ms", "ours_ms", "speedup",
+               "err_ours", "err_official", "ours~off", "conv~off"]
+    if args.compile:
+        columns += ["compiled_ms", "x_eager", "first_call_s", "compiled~ours"]
+    out_dir = Path(args.out_dir) if args.out_dir else None
     rows = []
     for case in cases:
-        rows.append(run_case(case, device, dtype, args.warmup, args.repeat))
+        rows.append(run_case(case, device, dtype, args.warmup, args.repeat, args.compile))
         print(rows[-1], flush=True)
+        # Saved after each case: a run cut off by a time limit keeps the rows it made.
+        path = save_results("bench_dit", device, rows, out_dir)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    columns = ["model", "dim", "layers", "tokens", "t", "dtype", "official_ms", "ours_ms", "speedup",
-               "err_ours", "err_official", "ours~off", "conv~off"]
     print_table(rows, columns)
-    print("saved", save_results("bench_dit", device, rows, Path(args.out_dir) if args.out_dir else None))
+    print("saved", path)
 
 
 if __name__ == "__main__":

@@ -24,20 +24,30 @@ def device_name(device: torch.device) -> str:
 
 def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, repeat: int) -> float:
     """Median wall time of ``fn`` over ``repeat`` runs after ``warmup``, synchronising the device."""
+    return median_seconds_in_turns({"fn": fn}, device, warmup, repeat)["fn"]
+
+
+def median_seconds_in_turns(
+    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeat: int
+) -> dict[str, float]:
+    """Median wall time of each of ``fns``, run in turns (one call of each per round) so that a
+    slow spell of the machine falls on all of them alike; ``warmup`` rounds are not timed."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def save_results(name: str, device: torch.device, rows: list[dict], out_dir: Path | None = None) -> Path:

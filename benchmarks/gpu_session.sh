@@ -10,7 +10,8 @@
 #   3. bench_cache --gpu: the step cache at the ti2v-5B width
 #   4. bench_kernels: every op on triton and cuda, then the Triton geometry sweep, then whole blocks,
 #      starting nothing new past its deadline and saving after each part
-#   5. bench_dit --gpu: the DiT against the official one at real widths (S2V included)
+#   5. bench_dit --gpu --compile: the DiT against the official one at real widths (S2V included),
+#      and with its blocks compiled (saved after each case)
 #   6. gpu_pipelines: the pipelines end to end on CUDA
 # Run from the repository root on the device machine with the wheels listed in benchmarks/README.md
 # in .whl/. Everything goes to $OUT: one session.log and each benchmark's JSON (the device tool
@@ -56,10 +57,11 @@ t = time.time(); wan_kernels.set_backend('cuda'); print(f'cuda backend built and
 # forever; without it the next load goes on with the build where ninja left it.
 find "$cuda_build" -name lock -delete 2>/dev/null
 # The nvcc compile check is the build above; the CMake build (which would compile the CUDA sources
-# a second time) and the sm_90 resource check of the Triton kernels are CPU checks, run by CI.
+# a second time), the sm_90 resource check of the Triton kernels and bench_dit's CPU test are CPU
+# checks, run by CI.
 step kernel_tests 150 60 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m pytest -q -p no:cacheprovider \
   tests/kernels tests/benchmarks --ignore=tests/kernels/test_cuda_sources.py \
-  --ignore=tests/kernels/test_cmake_build.py \
+  --ignore=tests/kernels/test_cmake_build.py --ignore=tests/benchmarks/test_bench_dit.py \
   --deselect tests/benchmarks/test_gpu_tools.py::test_compiled_kernels_at_the_widest_real_shape \
   --maxfail=25 --no-header -rfE
 # 30 generations of 10 steps at 18,480 tokens (an estimated 2-3 s each on an H100): one untimed
@@ -69,6 +71,6 @@ step bench_cache 150 90 python3 -m benchmarks.bench_cache --gpu --layers 4 --rep
 kernels_limit=$(( $(left) < 240 ? $(left) : 240 ))
 step bench_kernels 240 90 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m benchmarks.bench_kernels \
   --compile-budget-s 60 --sweep --sweep-budget-s 70 --deadline-s $((kernels_limit - 25)) --out-dir "$out"
-step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --out-dir "$out"
+step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --compile --out-dir "$out"
 step gpu_pipelines 60 30 python3 -m benchmarks.gpu_pipelines --out-dir "$out"
 echo "session done in $((SECONDS - start)) s of ${budget}" | tee -a "$log"
