@@ -1,8 +1,8 @@
 """``python -m wan_runtime.env``: what a bug report needs to know about this installation.
 
-Versions (Python, torch, CUDA, Triton, the video writer), the GPUs, and which attention and
-kernel backends this machine can use. Every probe is guarded, so the report prints even on a
-broken installation.
+Versions (Python, torch, CUDA, Triton, the video writer), the GPUs, which attention and kernel
+backends this machine can use, and where ``--compile`` can run. Every probe is guarded, so the
+report prints even on a broken installation.
 """
 
 from __future__ import annotations
@@ -67,6 +67,19 @@ def _kernel_backends() -> str:
     return f"{', '.join(kernels.available_backends()) or 'none'} (setting: {setting})"
 
 
+def _compile_support() -> str:
+    states = []
+    for name in ["cuda"] * torch.cuda.is_available() + ["cpu"]:
+        try:
+            from wan_runtime.models.compilation import check_compile_support
+
+            check_compile_support(torch.device(name))
+            states.append(f"{name} ready")
+        except Exception as err:  # the check's InputError, or a broken Inductor install
+            states.append(f"{name} unavailable ({_first_line(str(err))})")
+    return ", ".join(states)
+
+
 def _ffmpeg() -> str:
     try:
         import imageio_ffmpeg
@@ -95,7 +108,8 @@ def report() -> list[tuple[str, str]]:
         ("flash-attn", _version("flash-attn")),
     ]
     rows += [("GPU", gpu) for gpu in _gpus()]
-    rows += [("attention backends", _attention_backends()), ("kernel backends", _kernel_backends())]
+    rows += [("attention backends", _attention_backends()), ("kernel backends", _kernel_backends()),
+             ("--compile", _compile_support())]
     return rows
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 import torch
+from torch._inductor import config as inductor_config
 
 from tests.cli.helpers import run_module
+from wan_runtime import env
 
 
 def test_env_report_runs():
@@ -18,6 +20,14 @@ def test_env_report_runs():
     assert rows["attention backends"].startswith("sdpa")
     for key in ("python", "torch CUDA", "triton", "imageio-ffmpeg", "ffmpeg", "GPU", "kernel backends"):
         assert key in rows, result.stdout
+    # This machine has a C++ compiler (the C++ kernel tests build with it).
+    assert rows["--compile"].endswith("cpu ready")
+
+
+def test_env_report_says_why_compile_cannot_run():
+    with inductor_config.patch({"cpp.cxx": ("no-such-c++-compiler",)}):
+        rows = dict(env.report())
+    assert "cpu unavailable (compile on the CPU needs a C++ compiler" in rows["--compile"]
 
 
 def test_env_report_names_a_bad_backend_variable_instead_of_failing():
