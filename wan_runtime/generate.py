@@ -110,6 +110,8 @@ def _generate(config: GenerateConfig) -> int:
         convert_model_dtype=config.convert_model_dtype, compile=config.compile,
     )
     load_s = time.perf_counter() - start
+    if config.compile:  # else a first step many times longer than the next looks like a hang
+        print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)
     common = {
         "size": config.size, "sampling_steps": config.sample_steps, "guide_scale": config.sample_guide_scale,
         "shift": config.sample_shift, "sample_solver": config.sample_solver, "seed": config.base_seed,

@@ -95,6 +95,7 @@ def test_compiled_demo_writes_the_video(cache_env, tmp_path):
     frames, _ = read_video(target)
     assert frames.shape == (5, 96, 128, 3)
     assert read_settings(target)["compile"] is True and "compile: True" in result.stdout
+    assert "the first sampling step also compiles the DiT blocks" in result.stdout
 
 
 def test_failed_write_exits_1_and_leaves_no_file(cache_env, tmp_path):
