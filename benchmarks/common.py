@@ -30,8 +30,9 @@ def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, 
 def median_seconds_in_turns(
     fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeat: int
 ) -> dict[str, float]:
-    """Median wall time of each of ``fns``, run in turns (one call of each per round) so that a
-    slow spell of the machine falls on all of them alike; ``warmup`` rounds are not timed."""
+    """Median wall time of each of ``fns``, run in turns (one call of each per round, each round
+    starting one further along, so none always follows the same one) so that a slow spell of the
+    machine falls on all of them alike; ``warmup`` rounds are not timed."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -40,8 +41,10 @@ def median_seconds_in_turns(
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for index in range(repeat):
+        shift = index % len(order)
+        for name, fn in order[shift:] + order[:shift]:
             sync()
             start = time.perf_counter()
             fn()

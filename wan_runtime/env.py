@@ -68,11 +68,14 @@ def _kernel_backends() -> str:
 
 
 def _compile_support() -> str:
+    try:
+        from wan_runtime.models.compilation import check_compile_support
+    except Exception as err:  # a broken installation must not stop the report
+        return f"cannot be checked ({type(err).__name__}: {_first_line(str(err))})"
+    devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
     states = []
-    for name in ["cuda"] * torch.cuda.is_available() + ["cpu"]:
+    for name in devices:
         try:
-            from wan_runtime.models.compilation import check_compile_support
-
             check_compile_support(torch.device(name))
             states.append(f"{name} ready")
         except Exception as err:  # the check's InputError, or a broken Inductor install

@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 
 from tests.pipelines.images import gradient_image
-from tests.pipelines.test_numerics import _poison
+from tests.pipelines.poison import poison
 from tests.tolerances import COMPILED_VS_EAGER_FP32, rel_l2
 from wan_runtime.cache import CacheConfig
 from wan_runtime.errors import InputError, NumericalError
@@ -98,35 +98,40 @@ def test_i2v_compiles_once_for_both_experts_branches_and_every_size(i2v_root, i2
     assert rel_l2(video, eager) < COMPILED_VS_EAGER_FP32
 
 
-def test_ti2v_compiled_matches_eager_and_the_cache_stays_exact(ti2v_root, ti2v_pipeline):
+def test_ti2v_compiled_matches_eager_and_the_cache_stays_exact(ti2v_root, ti2v_pipeline, fresh_dynamo):
     compiled = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32, compile=True)
     image = gradient_image(80, 60)
+    start = _graphs()
     video = compiled.generate("a cat", image=image, size="64*64", **RUN)
     eager = ti2v_pipeline.generate("a cat", image=image, size="64*64", **RUN)
     assert rel_l2(video, eager) < COMPILED_VS_EAGER_FP32
     # The cache splits the blocks into block 0 and the rest; at threshold 0 it runs the same code.
     cached = compiled.generate("a cat", image=image, size="64*64", cache=THRESHOLD_ZERO, **RUN)
     assert torch.equal(cached, video)
+    assert _graphs() - start == 1
 
 
 def test_numerical_failure_of_a_compiled_run_suggests_running_without_compile(ti2v_root, monkeypatch):
     compiled = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32, compile=True)
     [dit] = compiled.dits.values()
-    _poison(dit, monkeypatch, from_call=2)
+    poison(dit, monkeypatch, from_call=2)
     with pytest.raises(NumericalError, match="at sampling step 2 of 4 .*run again .*without compile"):
         compiled.generate("a cat", size="64*64", **RUN)
 
 
-def test_s2v_compiled_matches_eager(s2v_root):
+def test_s2v_compiled_matches_eager(s2v_root, fresh_dynamo):
     eager, compiled = (load_pipeline("s2v-14B", s2v_root, device="cpu", dtype=torch.float32, compile=flag)
                        for flag in (False, True))
     portrait = gradient_image(72, 56)
     speech = (0.3 * np.sin(np.arange(8000) / 9)).astype(np.float32)
     videos = []
+    start = _graphs()
     for pipeline in (eager, compiled):
         pipeline.motion_frames = (9, 3)  # the tiny motion context of tests/pipelines/test_s2v.py
         videos.append(pipeline.generate("a woman speaks", image=portrait, audio=speech, **S2V_RUN))
     assert rel_l2(videos[1], videos[0]) < COMPILED_VS_EAGER_FP32
+    # The first clip leaves the motion tokens out: the second clip's token count is a second size.
+    assert _graphs() - start == 2
 
 
 def test_compile_must_be_a_bool(ti2v_root):

@@ -10,6 +10,7 @@ from PIL import Image
 
 import wan_kernels
 from tests.pipelines.images import gradient_image
+from tests.pipelines.poison import poison
 from wan_runtime import NumericalError
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.pipelines.i2v import LOW_NOISE
@@ -46,21 +47,9 @@ def _unused(*args) -> str:
     raise AssertionError("described without a bad step")
 
 
-def _poison(module: torch.nn.Module, monkeypatch, from_call: int) -> None:
-    """``module``'s forward returns NaN from its ``from_call``-th call (0-based) on."""
-    forward, calls = module.forward, []
-
-    def poisoned(*args, **kwargs):
-        out = forward(*args, **kwargs)
-        calls.append(None)
-        return out if len(calls) <= from_call else torch.full_like(out, float("nan"))
-
-    monkeypatch.setattr(module, "forward", poisoned)
-
-
 def test_nan_from_a_step_of_ti2v_names_the_step_and_the_model(ti2v_pipeline, monkeypatch):
     [dit] = ti2v_pipeline.dits.values()
-    _poison(dit, monkeypatch, from_call=5)  # cond and uncond per step: the uncond of step 3
+    poison(dit, monkeypatch, from_call=5)  # cond and uncond per step: the uncond of step 3
     with pytest.raises(NumericalError) as error:
         ti2v_pipeline.generate("a boat", **RUN)
     message = str(error.value)
@@ -86,7 +75,7 @@ def test_remedy_names_only_what_the_run_did_not_do(backend, cache_on, dtype, com
 
 def test_nan_in_the_low_noise_expert_names_it(i2v_pipeline, monkeypatch):
     # Shift 3 over 5 steps: 2 high-noise steps, then the low-noise expert from step 3.
-    _poison(i2v_pipeline.dits[LOW_NOISE], monkeypatch, from_call=2)
+    poison(i2v_pipeline.dits[LOW_NOISE], monkeypatch, from_call=2)
     with pytest.raises(NumericalError, match=r"at sampling step 4 of 5 \(model 'low', torch.float32"):
         i2v_pipeline.generate("a cat", image=gradient_image(80, 60), **RUN)
 
@@ -102,7 +91,7 @@ def test_nan_in_an_s2v_clip_names_the_clip(s2v_root, monkeypatch):
     pipeline = load_pipeline("s2v-14B", s2v_root, device="cpu", dtype=torch.float32)
     pipeline.motion_frames = (9, 3)  # a short motion context keeps the clips quick
     [dit] = pipeline.dits.values()
-    _poison(dit, monkeypatch, from_call=5)  # 2 steps of cond and uncond per clip: clip 2's first uncond
+    poison(dit, monkeypatch, from_call=5)  # 2 steps of cond and uncond per clip: clip 2's first uncond
     speech = (0.3 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 220)).astype(np.float32)
     with pytest.raises(NumericalError, match=r"at sampling step 1 of 2 \(clip 2 of 2, model 's2v', torch"):
         pipeline.generate("a woman speaks", image=Image.new("RGB", (64, 64), (90, 60, 30)), audio=speech,

@@ -67,7 +67,8 @@ class WanModel(nn.Module):
             for _ in range(c.num_layers)
         )
         self.head = Head(c.dim, c.out_dim, c.patch_size, c.eps)
-        # Set by ``wan_runtime.models.compilation.compile_blocks``.
+        # Set by ``compilation.compile_blocks``: a numerical failure's advice names compile only
+        # for a run that used it.
         self.blocks_compiled = False
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 

@@ -75,10 +75,10 @@ def load_pipeline(
     CPU and brings only the one at work onto the device; ``t5_cpu`` runs the text encoder on the CPU;
     ``convert_model_dtype`` casts every DiT weight to ``dtype``, as the official flag does;
     ``compile`` compiles the DiT blocks with ``torch.compile`` (the first step pays the compile
-    time; see ``wan_runtime.models.compilation``). The
-    folder is checked for every file, and every DiT's config and safetensors headers against each
-    other, before anything loads (``CheckpointError``). Unless
-    ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
+    time; see ``wan_runtime.models.compilation``). The folder is checked for every file, and every
+    DiT's config and safetensors headers against each other, before anything loads
+    (``CheckpointError``). Unless ``WAN_INFERENCE_ONLY=0``, the loaded models refuse
+    ``train(True)`` and ``requires_grad_(True)``.
     """
     if not isinstance(ckpt_dir, (str, os.PathLike)):
         raise InputError(f"ckpt_dir must be the release folder's path (str or Path), got {ckpt_dir!r}")
