@@ -13,10 +13,12 @@ then timed with ``triton.testing.do_bench`` (median, L2 flushed between runs). B
 op's minimal DRAM traffic over its time, also as a fraction of a large device-to-device copy
 measured in the same run.
 
-``--sweep`` then times the Triton row kernels under other launch geometries
-(``wan_kernels.triton.launch.RowConfig``: tokens per program, whole or chunked rows, warps) at one
-length per width, each checked like the ops, with its time against the default geometry's: the
-data for choosing ``row_config``'s defaults.
+``--sweep`` also times the Triton row kernels under other launch geometries
+(``wan_kernels.triton.launch.RowConfig``: tokens per program, whole, split or chunked rows, warps)
+at one length per width, right after that shape's op rows, each checked like the ops, with its
+time against the default geometry's and the compiled reference's: the data for choosing
+``row_config``'s defaults. Only the row ops whose default falls short of ``SWEEP_BELOW`` of copy
+bandwidth are swept.
 
 Then whole blocks at the same shapes (``--no-blocks`` skips them), each against its unfused self:
 one ``wan_runtime`` ``DiTBlock`` in bfloat16 on backend ``torch`` against ``triton``, and one
@@ -32,7 +34,7 @@ import itertools
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -196,27 +198,38 @@ def run_op(op: Op, shape: Shape, inputs: Inputs, compiled: Callable | None, copy
     return row
 
 
-# The row kernels below 80% of copy bandwidth on the H200 at their default geometry, and the
-# geometries tried for them: whole rows (more warps, two tokens), and chunks of 512 to 2048 channels
-# with 1 to 4 tokens a program.
+# The row kernels that were below 80% of copy bandwidth on the H200 at their first defaults, and the
+# geometries tried for them: whole rows (one padded tile, or split in two tiles: 4096 + 1024 lanes at
+# C = 5120), and chunks of 1024 or 2048 channels with 1 to 4 tokens a program. Only ops whose default
+# reaches less than SWEEP_BELOW of copy bandwidth in the same run are swept (see ``ops_to_sweep``).
 SWEEP_OPS = ("layernorm_modulate", "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "rel_l1")
 SWEEP_SHAPES = SHAPES[:2]
+SWEEP_BELOW = 0.9
 SWEEP_GEOMETRIES = [
-    dict(warps=8), dict(warps=16), dict(tokens=2, warps=16),
-    dict(chunk=512, warps=2), dict(chunk=512, tokens=2, warps=4),
-    dict(chunk=1024, warps=4), dict(chunk=1024, warps=8), dict(chunk=1024, tokens=2, warps=4),
-    dict(chunk=1024, tokens=4, warps=8), dict(chunk=2048, warps=8), dict(chunk=2048, tokens=2, warps=16),
+    dict(warps=8), dict(warps=16), dict(split=True, warps=4), dict(split=True, warps=8),
+    dict(split=True, tokens=2, warps=8), dict(chunk=1024, warps=4), dict(chunk=1024, tokens=2, warps=4),
+    dict(chunk=1024, tokens=4, warps=8), dict(chunk=2048, warps=8), dict(chunk=512, tokens=2, warps=4),
 ]
 
 
-def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float) -> list[dict]:
-    """Each op of ``SWEEP_OPS`` under its default geometry and each of ``SWEEP_GEOMETRIES`` at
-    ``shape`` (backend ``triton``), until ``deadline`` (``time.perf_counter()``)."""
+def ops_to_sweep(rows: list[dict], shape: Shape) -> list[str]:
+    """The ``SWEEP_OPS`` whose ``triton`` row at ``shape`` in ``rows`` did not reach ``SWEEP_BELOW``
+    of copy bandwidth (or has no time: failed or not run)."""
+    reached = {row["op"] for row in rows if row.get("backend") == "triton" and row["shape"] == shape.label
+               and row.get("frac_copy", 0.0) >= SWEEP_BELOW}
+    return [name for name in SWEEP_OPS if name not in reached]
+
+
+def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float,
+               ops: Sequence[str] = SWEEP_OPS, compile_ms: Mapping[str, float] | None = None) -> list[dict]:
+    """Each op of ``ops`` under its default geometry and each of ``SWEEP_GEOMETRIES`` at ``shape``
+    (backend ``triton``), until ``deadline`` (``time.perf_counter()``); ``x_compile`` against the
+    compiled reference's milliseconds where ``compile_ms`` has the op's."""
     from wan_kernels.triton.launch import RowConfig, configured, row_config
 
     wan_kernels.set_backend("triton")
     rows = []
-    for op in (op for op in OPS if op.name in SWEEP_OPS):
+    for op in (op for op in OPS if op.name in ops):
         name, args = op.ours.__name__, op.args(inputs)
         expected = op.reference(*args)
         default = row_config(name, shape.width)
@@ -238,10 +251,13 @@ def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float) 
             default_ms = default_ms or ms
             row.update(ours_ms=round(ms, 4), frac_copy=round(gigabytes / ms * 1e3 / copy_gbps, 3),
                        x_default=round(default_ms / ms, 3))
+            if compile_ms and op.name in compile_ms:
+                row["x_compile"] = round(compile_ms[op.name] / ms, 2)
             row["max_rel_err"], row["rel_l2"] = f"{row['max_rel_err']:.2e}", f"{row['rel_l2']:.2e}"
             rows.append(row)
             print(f"  sweep {op.name:35s} {shape.label:22s} {row['geometry']:40s} {row['check'][:40]:40s} "
-                  f"{ms:.4f} ms  {row['frac_copy']:.3f} of copy", flush=True)
+                  f"{ms:.4f} ms  {row['frac_copy']:.3f} of copy  x_compile {row.get('x_compile')}",
+                  flush=True)
         del expected
     return rows
 
@@ -400,18 +416,18 @@ def main() -> None:
                 print(f"  {op.name:45s} {backend:7s} {shape.label:24s} {row.get('check')}  max rel err "
                       f"{row.get('max_rel_err')}  {row.get('ours_ms')} ms  {row.get('frac_copy')} of copy  "
                       f"x_compile {row.get('x_compile')}  ({time.perf_counter() - start:.0f} s)", flush=True)
+            save()
+            # Swept right after its op rows: the same inputs, and the compiled times just measured.
+            if args.sweep and shape in SWEEP_SHAPES and "triton" in backends:
+                compile_ms = {row["op"]: row["compile_ms"] for row in rows
+                              if row["shape"] == shape.label and "compile_ms" in row}
+                shape_deadline = min(time.perf_counter() + args.sweep_budget_s / len(SWEEP_SHAPES), deadline)
+                sweep += sweep_rows(shape, inputs, copy_gbps, shape_deadline, ops_to_sweep(rows, shape),
+                                    compile_ms)
+                wan_kernels.set_backend("auto")
+                save()
             del inputs
             torch.cuda.empty_cache()
-            save()
-        if args.sweep:
-            sweep_deadline = min(time.perf_counter() + args.sweep_budget_s, deadline)
-            for shape in SWEEP_SHAPES:
-                inputs = Inputs(shape, device)
-                sweep += sweep_rows(shape, inputs, copy_gbps, sweep_deadline)
-                del inputs
-                torch.cuda.empty_cache()
-            wan_kernels.set_backend("auto")
-            save()
         for case in [] if args.no_blocks else BLOCK_CASES:
             for block_row, backend in itertools.product((dit_block_row, diffusers_block_row), backends):
                 if time.perf_counter() > deadline:
@@ -435,7 +451,8 @@ def main() -> None:
     print_table(rows, columns)
     if sweep:
         print("fastest geometry of each swept op (x_default: speed-up over the default geometry)")
-        print_table(best_geometries(sweep), ["op", "shape", "geometry", "ours_ms", "frac_copy", "x_default"])
+        print_table(best_geometries(sweep), ["op", "shape", "geometry", "ours_ms", "frac_copy", "x_default",
+                                             "x_compile"])
 
 
 if __name__ == "__main__":

@@ -8,14 +8,16 @@
 #   1. build the cuda backend with the image's nvcc (its compile check is this build)
 #   2. the kernel tests on the GPU, every backend (real Triton, cuda)
 #   3. bench_cache --gpu: the step cache at the ti2v-5B width
-#   4. bench_kernels: every op on triton and cuda, then the Triton geometry sweep, then whole blocks,
-#      starting nothing new past its deadline and saving after each part
+#   4. bench_kernels: every op on triton and cuda, the Triton geometry sweep of the two sweep
+#      shapes after their op rows, then whole blocks, starting nothing new past its deadline and
+#      saving after each part
 #   5. bench_dit --gpu --compile: the DiT against the official one at real widths (S2V included),
 #      and with its blocks compiled (saved after each case)
 #   6. gpu_pipelines: the pipelines end to end on CUDA
 # Run from the repository root on the device machine with the wheels listed in benchmarks/README.md
 # in .whl/. Everything goes to $OUT: one session.log and each benchmark's JSON (the device tool
-# brings back at most 8 files).
+# brings back at most 8 files). Step names given as arguments run only those steps (in the order
+# above), e.g. `bash benchmarks/gpu_session.sh bench_dit gpu_pipelines` for a second, shorter call.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/out}
@@ -23,6 +25,7 @@ budget=${BUDGET_S:-540}
 mkdir -p "$out"
 log="$out/session.log"
 start=$SECONDS
+wanted=" $* "
 
 left() { echo $((budget - (SECONDS - start))); }
 
@@ -30,6 +33,9 @@ left() { echo $((budget - (SECONDS - start))); }
 step() {
   local name=$1 max=$2 min=$3 remaining limit rc
   shift 3
+  if [ "$wanted" != "  " ] && [[ "$wanted" != *" $name "* ]]; then
+    return
+  fi
   remaining=$(left)
   if [ "$remaining" -lt "$min" ]; then
     echo "== $name: skipped, ${remaining} s left of ${budget}" | tee -a "$log"
@@ -70,7 +76,7 @@ step bench_cache 150 90 python3 -m benchmarks.bench_cache --gpu --layers 4 --rep
 # Its own deadline 25 s inside the step's limit, so that it stops and saves rather than being killed.
 kernels_limit=$(( $(left) < 240 ? $(left) : 240 ))
 step bench_kernels 240 90 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m benchmarks.bench_kernels \
-  --compile-budget-s 60 --sweep --sweep-budget-s 70 --deadline-s $((kernels_limit - 25)) --out-dir "$out"
+  --compile-budget-s 60 --sweep --sweep-budget-s 100 --deadline-s $((kernels_limit - 25)) --out-dir "$out"
 step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --compile --out-dir "$out"
 step gpu_pipelines 60 30 python3 -m benchmarks.gpu_pipelines --out-dir "$out"
 echo "session done in $((SECONDS - start)) s of ${budget}" | tee -a "$log"

@@ -70,6 +70,38 @@ def test_every_op_case_runs_and_passes_its_check(monkeypatch):
 
 
 @needs_triton
+def test_sweep_of_chosen_ops_compares_with_the_compiled_reference(monkeypatch):
+    monkeypatch.setattr(bench_kernels, "bench_ms", lambda fn: (fn(), 2.0)[1])
+    monkeypatch.setattr(bench_kernels, "SWEEP_GEOMETRIES", [dict(split=True, warps=2)])
+    shape = bench_kernels.Shape(3, 384, "per_sample")  # three heads of 128: 256 + 128 lanes split
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        rows = bench_kernels.sweep_rows(shape, bench_kernels.Inputs(shape, device), 1000.0, float("inf"),
+                                        ["qk_rmsnorm_rope"], {"qk_rmsnorm_rope": 3.0, "rel_l1": 1.0})
+    finally:
+        wan_kernels.set_backend("auto")
+    assert [row["geometry"] for row in rows] == ["whole row, 1 token, 1 warps (default)",
+                                                 "row in two tiles, 1 token, 2 warps"]
+    assert all(row["check"] == "ok" and row["x_compile"] == 1.5 for row in rows), rows
+
+
+def test_only_ops_short_of_the_bar_are_swept():
+    shape, other = bench_kernels.SWEEP_SHAPES
+    rows = [
+        {"backend": "triton", "op": "layernorm_modulate", "shape": shape.label, "frac_copy": 0.95},
+        {"backend": "cuda", "op": "qk_rmsnorm_rope", "shape": shape.label, "frac_copy": 0.99},
+        {"backend": "triton", "op": "qk_rmsnorm_rope", "shape": shape.label, "frac_copy": 0.5},
+        {"backend": "triton", "op": "rel_l1", "shape": other.label, "frac_copy": 0.99},
+        {"backend": "triton", "op": "gated_residual_layernorm_modulate", "shape": shape.label,
+         "check": "ERROR"},
+    ]
+    assert bench_kernels.ops_to_sweep(rows, shape) == [
+        "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "rel_l1"]
+    assert bench_kernels.ops_to_sweep(rows, other) == [
+        "layernorm_modulate", "gated_residual_layernorm_modulate", "qk_rmsnorm_rope"]
+
+
+@needs_triton
 def test_sweep_stops_at_its_deadline():
     shape = bench_kernels.Shape(3, 256, "per_sample")
     try:

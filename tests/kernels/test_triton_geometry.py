@@ -1,6 +1,7 @@
 """The Triton row kernels under every geometry a ``RowConfig`` can give them (several tokens per
-program, chunked rows, chunks smaller than a head, tiles that straddle samples or run past the
-last token) compute the reference's function; the benchmark's ``--sweep`` times the same ones."""
+program, chunked rows, chunks smaller than a head, rows split in two tiles, tiles that straddle
+samples or run past the last token) compute the reference's function; the benchmark's ``--sweep``
+times the same ones."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ if "triton" in wan_kernels.available_backends():
 
 EPS = 1e-6
 # Two samples of five tokens: 10 rows, so 4- and 8-token tiles straddle the samples and the last
-# tile runs past the last row.
+# tile runs past the last row. Split rows: 77 channels as 64 + 16 lanes, 80 as 64 + 16 (a tail
+# shorter than a head of 64), 320 as 256 + 64.
 CONFIGS = [
     dict(tokens=2), dict(tokens=8, warps=2), dict(chunk=32), dict(tokens=4, chunk=64, warps=2),
-    dict(tokens=2, chunk=128, warps=8),
+    dict(tokens=2, chunk=128, warps=8), dict(split=True), dict(split=True, tokens=4, warps=2),
 ]
 CONFIG = pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 
@@ -105,9 +107,19 @@ def test_a_whole_row_past_the_register_limit_is_refused():
         wan_kernels.layernorm_modulate(x, x, x, EPS)
 
 
+@pytest.mark.parametrize("width, tiles", [
+    (5120, (4096, 1024)), (3072, (2048, 1024)), (4096, (4096, 0)), (77, (64, 16)), (3, (2, 2)), (2, (2, 0)),
+    (1, (2, 0)),
+])
+def test_split_rows_take_the_widest_power_of_two_then_the_rest(width, tiles):
+    assert RowConfig(split=True).tiles("op", width) == tiles
+    assert RowConfig().tiles("op", width) == (max(2, 1 << (width - 1).bit_length()), 0)
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(tokens=3), "tokens must be a power of two"), (dict(warps=0), "warps must be a power of two"),
     (dict(chunk=48), "chunk must be 0"), (dict(chunk=1), "chunk must be 0"),
+    (dict(chunk=64, split=True), "split applies to whole rows"),
 ])
 def test_row_config_rejects_bad_geometry(fields, message):
     with pytest.raises(ValueError, match=message):

@@ -2,7 +2,8 @@
 
 The row kernels (the norms, ``qk_rmsnorm_rope``, the relative errors) take their geometry from a
 ``RowConfig``: how many tokens one program handles, whether it holds a token's row whole in
-registers or walks it in chunks, and its warps. ``row_config`` gives the default for an op and
+registers (as one tile padded to a power of two, or split in two tiles that waste fewer lanes) or
+walks it in chunks, and its warps. ``row_config`` gives the default for an op and
 width; ``configured`` replaces it inside a ``with`` block, which is how ``benchmarks.bench_kernels
 --sweep`` times the alternatives on a GPU. Every configuration computes the same function (the
 tests run each op under several); only the summation order of the statistics differs.
@@ -32,11 +33,16 @@ _MAX_ROW_IN_REGISTERS = 4096
 class RowConfig:
     """Geometry of a row kernel's program: ``tokens`` rows of the [N, L, C] input (a power of two),
     each held whole in registers (``chunk`` 0) or walked ``chunk`` channels at a time (a power of
-    two of at least 2, so a chunk never splits a rotation pair), on ``warps`` warps."""
+    two of at least 2, so a chunk never splits a rotation pair), on ``warps`` warps.
+
+    A whole row is one tile padded to a power of two, or with ``split`` two tiles loaded together:
+    the widest power of two that fits, then the rest padded (C = 5120 as 4096 + 1024 lanes instead
+    of 8192, so registers hold no padding and more rows fit on an SM)."""
 
     tokens: int = 1
     chunk: int = 0
     warps: int = 4
+    split: bool = False
 
     def __post_init__(self) -> None:
         for name in ("tokens", "warps"):
@@ -46,19 +52,27 @@ class RowConfig:
         if self.chunk and (self.chunk < 2 or self.chunk & (self.chunk - 1)):
             raise ValueError(
                 f"RowConfig.chunk must be 0 (whole row) or a power of two >= 2, got {self.chunk}")
+        if self.split and self.chunk:
+            raise ValueError("RowConfig.split applies to whole rows: give chunk=0 with split=True")
 
     @property
     def label(self) -> str:
-        walk = f"chunk {self.chunk}" if self.chunk else "whole row"
+        walk = f"chunk {self.chunk}" if self.chunk else "row in two tiles" if self.split else "whole row"
         return f"{walk}, {self.tokens} token{'s' * (self.tokens > 1)}, {self.warps} warps"
 
-    def block(self, op: str, width: int) -> int:
-        """Channels per tile: the chunk, or the row padded to a power of two (at least 2)."""
+    def tiles(self, op: str, width: int) -> tuple[int, int]:
+        """Channels of the first tile (the chunk, the row padded to a power of two, or with
+        ``split`` the widest power of two that fits) and of the second (0 if none): powers of two
+        of at least 2."""
         if self.chunk:
-            return self.chunk
+            return self.chunk, 0
         if width > MAX_ROW_WIDTH:
             fail(op, f"the triton backend holds rows of at most {MAX_ROW_WIDTH} channels whole, got {width}")
-        return max(2, triton.next_power_of_2(width))
+        padded = max(2, triton.next_power_of_2(width))
+        if not self.split or padded == width or width <= 2:
+            return padded, 0
+        head = padded // 2
+        return head, max(2, triton.next_power_of_2(width - head))
 
 
 def _whole_row(width: int) -> RowConfig:

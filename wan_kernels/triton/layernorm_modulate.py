@@ -70,8 +70,8 @@ def _modulate_store(normed, x_ptr, shift_ptr, scale_ptr, out_ptr, shift_rows, sc
 def _layernorm_modulate_kernel(
     x_ptr, y_ptr, gate_ptr, shift_ptr, scale_ptr, residual_ptr, out_ptr, N, L, C, eps,
     x_sb, x_sl, y_sb, y_sl, gate_sb, gate_sl, shift_sb, shift_sl, scale_sb, scale_sl,
-    TOKENS: tl.constexpr, BLOCK: tl.constexpr, CHUNKED: tl.constexpr, GATED: tl.constexpr,
-    ROUND: tl.constexpr,
+    TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, CHUNKED: tl.constexpr,
+    GATED: tl.constexpr, ROUND: tl.constexpr,
 ):
     rows, row_mask, b, t = token_tile(N, L, TOKENS)
     x_rows, y_rows, gate_rows = b * x_sb + t * x_sl, b * y_sb + t * y_sl, b * gate_sb + t * gate_sl
@@ -103,16 +103,34 @@ def _layernorm_modulate_kernel(
             _modulate_store((h - mean[:, None]) * rstd[:, None], x_ptr, shift_ptr, scale_ptr, out_ptr,
                             shift_rows, scale_rows, out_rows, cols, mask, ROUND)
     else:
+        # Every load is issued before the first reduction, so a program has its whole row in flight.
         cols = tl.arange(0, BLOCK)
         mask = tile_mask(row_mask, cols, C)
         h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED)
+        if TAIL:
+            tail_cols = BLOCK + tl.arange(0, TAIL)
+            tail_mask = tile_mask(row_mask, tail_cols, C)
+            h_tail = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, tail_cols, tail_mask,
+                                GATED)
         if GATED:
             tl.store(residual_ptr + out_rows[:, None] + cols[None, :], h, mask=mask)
-        mean = tl.sum(h, axis=1) / C
+            if TAIL:
+                tl.store(residual_ptr + out_rows[:, None] + tail_cols[None, :], h_tail, mask=tail_mask)
+        total = tl.sum(h, axis=1)
+        if TAIL:
+            total += tl.sum(h_tail, axis=1)
+        mean = total / C
         centred = tl.where(mask, h - mean[:, None], 0.0)
-        rstd = tl.rsqrt(tl.sum(centred * centred, axis=1) / C + eps)
+        squares = tl.sum(centred * centred, axis=1)
+        if TAIL:
+            centred_tail = tl.where(tail_mask, h_tail - mean[:, None], 0.0)
+            squares += tl.sum(centred_tail * centred_tail, axis=1)
+        rstd = tl.rsqrt(squares / C + eps)
         _modulate_store(centred * rstd[:, None], x_ptr, shift_ptr, scale_ptr, out_ptr, shift_rows, scale_rows,
                         out_rows, cols, mask, ROUND)
+        if TAIL:
+            _modulate_store(centred_tail * rstd[:, None], x_ptr, shift_ptr, scale_ptr, out_ptr, shift_rows,
+                            scale_rows, out_rows, tail_cols, tail_mask, ROUND)
 
 
 def _launch(
@@ -127,10 +145,11 @@ def _launch(
     y, gate = (y, gate) if gated else (x, x)
     if out.numel():
         rows = batch * length
+        block, tail = config.tiles(op, width)
         _layernorm_modulate_kernel[(triton.cdiv(rows, config.tokens),)](
             x, y, gate, shift, scale, residual, out, rows, length, width, eps,
             *row_strides(x), *row_strides(y), *row_strides(gate), *row_strides(shift), *row_strides(scale),
-            TOKENS=config.tokens, BLOCK=config.block(op, width), CHUNKED=bool(config.chunk), GATED=gated,
+            TOKENS=config.tokens, BLOCK=block, TAIL=tail, CHUNKED=bool(config.chunk), GATED=gated,
             ROUND=round_to_input, num_warps=config.warps,
         )
     return residual, out

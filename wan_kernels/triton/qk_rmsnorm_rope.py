@@ -2,8 +2,8 @@
 embedding of its heads, a tile of tokens per program (geometry from ``launch.row_config``), one
 launch for queries and one for keys.
 
-A row held whole is read once; a chunked row is read twice (sum of squares, then normalise, rotate
-and store), the second time from L1/L2.
+A row held whole (in one tile or two) is read once; a chunked row is read twice (sum of squares,
+then normalise, rotate and store), the second time from L1/L2.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_pt
 @triton.jit
 def _rmsnorm_rope_kernel(
     x_ptr, weight_ptr, cos_ptr, sin_ptr, out_ptr, N, L, C, HALF_D, eps, x_sb, x_sl,
-    TOKENS: tl.constexpr, BLOCK: tl.constexpr, CHUNKED: tl.constexpr,
+    TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, CHUNKED: tl.constexpr,
 ):
     rows, row_mask, b, t = token_tile(N, L, TOKENS)
     x_rows, out_rows = b * x_sb + t * x_sl, rows * C
@@ -62,11 +62,22 @@ def _rmsnorm_rope_kernel(
                                     row_mask, start, C, HALF_D, TOKENS, BLOCK)
     else:
         cols = tl.arange(0, BLOCK)
-        mask = tile_mask(row_mask, cols, C)
-        x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / C + eps)
+        x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=tile_mask(row_mask, cols, C), other=0.0)
+        x = x.to(tl.float32)
+        if TAIL:  # loaded before the first reduction, so a program has its whole row in flight
+            tail_cols = BLOCK + tl.arange(0, TAIL)
+            tail_mask = tile_mask(row_mask, tail_cols, C)
+            x_tail = tl.load(x_ptr + x_rows[:, None] + tail_cols[None, :], mask=tail_mask, other=0.0)
+            x_tail = x_tail.to(tl.float32)
+        squares = tl.sum(x * x, axis=1)
+        if TAIL:
+            squares += tl.sum(x_tail * x_tail, axis=1)
+        rstd = tl.rsqrt(squares / C + eps)
         _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_ptr, t, out_rows, row_mask,
                                 0, C, HALF_D, TOKENS, BLOCK)
+        if TAIL:
+            _normalise_rotate_store(x_tail, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_ptr, t, out_rows,
+                                    row_mask, BLOCK, C, HALF_D, TOKENS, TAIL)
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int,
@@ -77,9 +88,10 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch
     out = torch.empty((batch, length, num_heads, width // num_heads), dtype=x.dtype, device=x.device)
     if out.numel():
         rows = batch * length
+        block, tail = config.tiles(op, width)
         _rmsnorm_rope_kernel[(triton.cdiv(rows, config.tokens),)](
             x, weight, cos, sin, out, rows, length, width, width // num_heads // 2, eps, *row_strides(x),
-            TOKENS=config.tokens, BLOCK=config.block(op, width), CHUNKED=bool(config.chunk),
+            TOKENS=config.tokens, BLOCK=block, TAIL=tail, CHUNKED=bool(config.chunk),
             num_warps=config.warps,
         )
     return out

@@ -19,29 +19,53 @@ _FINISH_BLOCK = 1024
 
 
 @triton.jit
+def _load_pair(a_ptr, b_ptr, a_rows, b_rows, cols, mask):
+    """The float32 [TOKENS, width] tiles of ``a`` and ``b`` at channels ``cols`` (0 where masked)."""
+    a = tl.load(a_ptr + a_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + b_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return a, b
+
+
+@triton.jit
+def _terms(a, b, SQUARE: tl.constexpr):
+    """The numerator's and denominator's terms: squared or absolute differences and values."""
+    if SQUARE:
+        return (a - b) * (a - b), b * b
+    return tl.abs(a - b), tl.abs(b)
+
+
+@triton.jit
 def _partial_sums_kernel(
     a_ptr, b_ptr, partial_ptr, rows, L_sampled, C, stride, a_sn, a_sl, b_sn, b_sl,
-    SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr,
+    SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr,
 ):
     program = tl.program_id(0)
     _, row_mask, n, sample = token_tile(rows, L_sampled, TOKENS)
     t = sample * stride
     a_rows, b_rows = n * a_sn + t * a_sl, n * b_sn + t * b_sl
-    num = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
-    den = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
-    for start in range(0, C, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mask = tile_mask(row_mask, cols, C)
-        a = tl.load(a_ptr + a_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + b_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        if SQUARE:
-            num += (a - b) * (a - b)
-            den += b * b
-        else:
-            num += tl.abs(a - b)
-            den += tl.abs(b)
-    tl.store(partial_ptr + 2 * program, tl.sum(tl.sum(num, axis=1), axis=0))
-    tl.store(partial_ptr + 2 * program + 1, tl.sum(tl.sum(den, axis=1), axis=0))
+    if TAIL:
+        # A row split in two tiles: both loaded before either is summed.
+        cols, tail_cols = tl.arange(0, BLOCK), BLOCK + tl.arange(0, TAIL)
+        a, b = _load_pair(a_ptr, b_ptr, a_rows, b_rows, cols, tile_mask(row_mask, cols, C))
+        tail_mask = tile_mask(row_mask, tail_cols, C)
+        a_tail, b_tail = _load_pair(a_ptr, b_ptr, a_rows, b_rows, tail_cols, tail_mask)
+        num, den = _terms(a, b, SQUARE)
+        num_tail, den_tail = _terms(a_tail, b_tail, SQUARE)
+        num_total = tl.sum(tl.sum(num, axis=1), axis=0) + tl.sum(tl.sum(num_tail, axis=1), axis=0)
+        den_total = tl.sum(tl.sum(den, axis=1), axis=0) + tl.sum(tl.sum(den_tail, axis=1), axis=0)
+    else:
+        num = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
+        den = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
+        for start in range(0, C, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            a, b = _load_pair(a_ptr, b_ptr, a_rows, b_rows, cols, tile_mask(row_mask, cols, C))
+            num_terms, den_terms = _terms(a, b, SQUARE)
+            num += num_terms
+            den += den_terms
+        num_total = tl.sum(tl.sum(num, axis=1), axis=0)
+        den_total = tl.sum(tl.sum(den, axis=1), axis=0)
+    tl.store(partial_ptr + 2 * program, num_total)
+    tl.store(partial_ptr + 2 * program + 1, den_total)
 
 
 @triton.jit
@@ -67,9 +91,10 @@ def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, squa
     partials = torch.empty((max(programs, 1), 2), dtype=torch.float32, device=a.device)
     out = torch.empty((), dtype=torch.float32, device=a.device)
     if programs:
+        block, tail = config.tiles(op, width)
         _partial_sums_kernel[(programs,)](
             a3, b3, partials, rows, sampled, width, stride, a3.stride(0), a3.stride(1), b3.stride(0),
-            b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=config.block(op, width),
+            b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=block, TAIL=tail,
             num_warps=config.warps,
         )
     _finish_kernel[(1,)](partials, out, programs, SQUARE=square, BLOCK=_FINISH_BLOCK, num_warps=4)
