@@ -21,10 +21,11 @@ HEAD_DIM = 128
 
 
 def _inputs() -> dict[str, tuple]:
-    x, y = randn(SHAPE, seed=1), randn(SHAPE, torch.bfloat16, seed=2)
-    shift, scale, gate = (modulation(SHAPE, "per_sample", seed=s) for s in (3, 4, 5))
-    angles = randn((SHAPE[1], 1, HEAD_DIM // 2), seed=6, scale=3.0)
-    weight = 1 + randn((SHAPE[2],), seed=7, scale=0.1)
+    """The ops' arguments on the CPU, also where the other kernel tests run on a GPU."""
+    x, y = randn(SHAPE, seed=1).cpu(), randn(SHAPE, torch.bfloat16, seed=2).cpu()
+    shift, scale, gate = (modulation(SHAPE, "per_sample", seed=s).cpu() for s in (3, 4, 5))
+    angles = randn((SHAPE[1], 1, HEAD_DIM // 2), seed=6, scale=3.0).cpu()
+    weight = 1 + randn((SHAPE[2],), seed=7, scale=0.1).cpu()
     return {
         "layernorm_modulate": (y, shift, scale, EPS),
         "gated_residual": (x, y, gate),

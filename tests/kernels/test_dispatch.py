@@ -156,7 +156,8 @@ def test_functions_name_a_non_tensor_argument():
     x = randn((1, 4, 8))
     gate = randn((1, 1, 8))
     cases = [
-        (lambda: wan_kernels.gated_residual(x.numpy(), x, gate), "gated_residual: x must be a tensor, got"),
+        (lambda: wan_kernels.gated_residual(x.cpu().numpy(), x, gate),
+         "gated_residual: x must be a tensor, got"),
         (lambda: wan_kernels.rel_l1(x, [1.0]), "rel_l1: b must be a tensor, got list"),
         (lambda: wan_kernels.residual_capture(x, 2.0), "residual_capture: inp must be a tensor, got float"),
         (lambda: wan_kernels.layernorm_modulate(x, gate, None, EPS), "layernorm_modulate: scale must be a"),
