@@ -100,6 +100,24 @@ def test_rows_wider_than_registers_hold_are_chunked_by_default():
     assert_matches(wan_kernels.qk_rmsnorm_rope(*args)[0], reference.qk_rmsnorm_rope(*args)[0], torch.bfloat16)
 
 
+@pytest.mark.parametrize("op, width, fields", [
+    ("layernorm_modulate", 3072, dict(warps=8)),
+    ("layernorm_modulate", 5120, dict(split=True, warps=4)),
+    ("gated_residual_layernorm_modulate", 3072, dict(warps=8)),
+    ("gated_residual_layernorm_modulate", 5120, dict(split=True, warps=4)),
+    ("qk_rmsnorm_rope", 3072, dict(split=True, warps=4)),
+    ("qk_rmsnorm_rope", 5120, dict(split=True, warps=4)),
+    ("rel_l1", 3072, dict(chunk=1024, tokens=4, warps=8)),
+    ("rel_l2", 5120, dict(chunk=1024, tokens=4, warps=8)),
+])
+def test_defaults_at_the_dit_widths_are_the_geometries_measured_fastest(op, width, fields):
+    """The sweep's winners on an H100 (launch._default cites the numbers), or for the norms at
+    3072, whose whole rows already reach copy bandwidth, the geometry measured there."""
+    from wan_kernels.triton.launch import row_config
+
+    assert row_config(op, width) == RowConfig(**fields)
+
+
 def test_a_whole_row_past_the_register_limit_is_refused():
     x = randn((1, 1, 20000))
     refusal = "layernorm_modulate: the triton backend holds rows of at most 16384 channels whole"

@@ -18,14 +18,10 @@ def _gated_residual_kernel(
     x_sb, x_sl, y_sb, y_sl, gate_sb, gate_sl,
     BLOCK: tl.constexpr,
 ):
-    # One flat grid, a row's blocks consecutive: neighbouring programs read neighbouring memory.
-    # (A [rows, blocks] grid runs down a column of blocks first, 4-20 KB strides apart.)
-    blocks = tl.cdiv(C, BLOCK)
-    program = tl.program_id(0).to(tl.int64)
-    row = program // blocks
+    row = tl.program_id(0).to(tl.int64)
     b = row // L
     t = row % L
-    cols = (program % blocks) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < C
     x = tl.load(x_ptr + b * x_sb + t * x_sl + cols, mask=mask).to(tl.float32)
     y = tl.load(y_ptr + b * y_sb + t * y_sl + cols, mask=mask).to(tl.float32)
@@ -38,7 +34,7 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
     batch, length, width = x.shape
     out = torch.empty((batch, length, width), dtype=x.dtype, device=x.device)
     if out.numel():
-        grid = (batch * length * triton.cdiv(width, ELEMENTWISE_BLOCK),)
+        grid = (batch * length, triton.cdiv(width, ELEMENTWISE_BLOCK))
         _gated_residual_kernel[grid](
             x, y, gate, out, length, width, *row_strides(x), *row_strides(y), *row_strides(gate),
             BLOCK=ELEMENTWISE_BLOCK, num_warps=4,

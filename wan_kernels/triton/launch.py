@@ -25,7 +25,7 @@ from wan_kernels.checks import fail
 MAX_ROW_WIDTH = 16384
 # Elements per program of the elementwise kernels.
 ELEMENTWISE_BLOCK = 1024
-# Widest row the norms keep whole in registers by default (the reasoning is in layernorm_modulate).
+# Widest row the norms keep whole in one tile by default; up to twice that they split it in two.
 _MAX_ROW_IN_REGISTERS = 4096
 
 
@@ -80,14 +80,32 @@ def _whole_row(width: int) -> RowConfig:
     return RowConfig(warps=max(1, min(16, triton.next_power_of_2(width) // 512)))
 
 
+def _split_row(width: int) -> RowConfig:
+    """One token per program, its row in two tiles, a warp per 1024 lanes of the first (4 to 16)."""
+    head = RowConfig(split=True).tiles("", width)[0]
+    return RowConfig(split=True, warps=max(4, min(16, head // 1024)))
+
+
 def _default(op: str, width: int) -> RowConfig:
+    """The geometry measured fastest at the DiT's widths, by ``bench_kernels --sweep`` on an H100
+    (benchmarks/results/2026-11-26_NVIDIA-H100-80GB-HBM3_bench_kernels_sweep.json, fractions of
+    copy bandwidth): as many bytes in flight per SM as the registers allow decides it."""
     padded = max(2, triton.next_power_of_2(width))
     if op in ("rel_l1", "rel_l2"):
-        return RowConfig(chunk=min(padded, 1024))
-    # qk_rmsnorm_rope keeps its rows whole up to the register limit: the only geometry measured for
-    # it so far (the --sweep of bench_kernels decides whether chunks do better, as for the norms).
-    whole_up_to = MAX_ROW_WIDTH if op == "qk_rmsnorm_rope" else _MAX_ROW_IN_REGISTERS
-    return _whole_row(width) if padded <= whole_up_to else RowConfig(chunk=1024)
+        # Four tokens a program, each walked in 1024-channel chunks: 0.87 of copy at C = 5120 and
+        # 3072 (one token: 0.76 and 0.67; whole or split rows: 0.54-0.84).
+        return RowConfig(chunk=min(padded, 1024), tokens=4, warps=8)
+    if op == "qk_rmsnorm_rope":
+        # Split rows on 4 warps: 0.89 of copy at C = 5120, 0.91 at 3072 (whole rows 0.60 and 0.71,
+        # chunks at most 0.72 and 0.81).
+        return _split_row(width) if padded <= MAX_ROW_WIDTH else RowConfig(chunk=1024)
+    # The norms: whole rows reach copy bandwidth at C = 3072 (1.01, per-token modulation); at 5120
+    # split rows on 4 warps reach 0.96 (0.98 fused with the residual) where whole rows of 8192 lanes
+    # reach 0.93 on 8 warps and 0.80 on 16, and 1024-channel chunks 0.70 (0.55 fused). Wider rows
+    # than measured walk chunks.
+    if padded <= _MAX_ROW_IN_REGISTERS:
+        return _whole_row(width)
+    return _split_row(width) if padded <= 2 * _MAX_ROW_IN_REGISTERS else RowConfig(chunk=1024)
 
 
 _overrides: dict[str, RowConfig] = {}

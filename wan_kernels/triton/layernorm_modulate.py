@@ -4,26 +4,22 @@ Both run one kernel; with ``GATED`` it first forms and stores the new residual `
 normalises that, so the residual stream is read once from memory for both.
 
 A program handles ``RowConfig.tokens`` tokens (see ``launch.row_config``). By default a row up to
-4096 channels is held whole in registers; a wider one is walked in 1024-channel chunks, three times
-(mean, variance, output). Why, from bytes and lanes on an H100/H200 (measured there:
-benchmarks/results/2026-11-26_NVIDIA-H200_bench_kernels.log):
+4096 channels is held whole in registers, a row up to 8192 whole in two tiles (C = 5120 as 4096 +
+1024 lanes), and a wider one is walked in 1024-channel chunks, three times (mean, variance,
+output). A memory-bound row kernel reaches copy bandwidth when each SM has enough bytes in flight:
+every load of a row is issued before its first reduction, so that is the rows resident per SM
+times a row's bytes. Measured on an H100 (benchmarks/results/2026-11-26_NVIDIA-H100-80GB-HBM3_
+bench_kernels_sweep.json, Triton 3.6; registers as Triton 3.9 compiles for sm_90, from
+``python -m benchmarks.kernel_resources``):
 
-- A whole row of C = 5120 pads to an 8192-lane tile on 16 warps: 16 registers per thread per live
-  value, 37.5% of them padding. The whole-row kernel measured on the H200 takes 62 registers a
-  thread (compiled for sm_90 by Triton 3.9; ``python -m benchmarks.kernel_resources`` reads such
-  numbers without a GPU), so two rows were resident per SM, each with only its own loads in flight
-  (10 KB for a bfloat16 row) while it reduces and stores. That is too little to cover DRAM latency:
-  the per-sample op reached 60% of copy bandwidth (72% fused, reading 30 KB a row), where
-  C = 3072 per-token rows (4096 lanes on 8 warps, 30 KB read, several rows per SM) reached ~100%.
-- In 1024-channel chunks on 4 warps every lane is used (1024 divides 3072 and 5120), a program
-  needs 34 registers a thread (48 gated), and an SM holds 10 to 12 programs: that many rows' loads
-  in flight. The second and third walks re-read the row from L1/L2 rather than DRAM (a row is
-  10-30 KB, the L2 50 MB), so DRAM traffic is unchanged. torch.compile's kernel for this op (a
-  looped reduction at this width by Inductor's heuristics), which re-reads the row the same way,
-  reached 78% (94% fused) at C = 5120 on the H200.
-
-The chunked default is a prediction from these numbers, not yet a measurement: ``python -m
-benchmarks.bench_kernels --sweep`` times it against whole rows and other geometries on a GPU.
+- C = 5120 padded to one 8192-lane tile wastes 37.5% of the registers: on 8 warps (57 registers a
+  thread, 4 programs an SM) it reached 0.93 of copy bandwidth, on 16 warps 0.80. Split in two
+  tiles on 4 warps (72 registers, 7 programs an SM) it reached 0.96, and 0.98 fused with the
+  residual update (91 registers, 5 programs: three times the bytes of a row).
+- Walked in 1024-channel chunks, a program has one chunk (2 KB) in flight at a time: 0.70, and
+  0.55 fused, though 12 programs fit an SM.
+- C = 3072 per-token rows (4096 lanes on 8 warps, 30 KB of input a row with the modulation)
+  reach 1.01.
 
 The statistics are the same two-pass float32 mean and centred variance in both paths; only the
 summation order differs, as it already does from torch's.
