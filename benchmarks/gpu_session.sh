@@ -64,9 +64,12 @@ t = time.time(); wan_kernels.set_backend('cuda'); print(f'cuda backend built and
 find "$cuda_build" -name lock -delete 2>/dev/null
 # The nvcc compile check is the build above; the CMake build (which would compile the CUDA sources
 # a second time), the sm_90 resource check of the Triton kernels and bench_dit's CPU test are CPU
-# checks, run by CI.
+# checks, run by CI. The tests run in pytest-xdist workers where the image has it: a test that
+# crashes its process (a segfault in a compiled op stopped the whole step on 2026-11-26) then
+# fails alone and a new worker runs the rest.
+workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4")
 step kernel_tests 150 60 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m pytest -q -p no:cacheprovider \
-  tests/kernels tests/benchmarks --ignore=tests/kernels/test_cuda_sources.py \
+  $workers tests/kernels tests/benchmarks --ignore=tests/kernels/test_cuda_sources.py \
   --ignore=tests/kernels/test_cmake_build.py --ignore=tests/benchmarks/test_bench_dit.py \
   --deselect tests/benchmarks/test_gpu_tools.py::test_compiled_kernels_at_the_widest_real_shape \
   --maxfail=25 --no-header -rfE
