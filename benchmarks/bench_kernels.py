@@ -230,6 +230,8 @@ def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float,
     wan_kernels.set_backend("triton")
     rows = []
     for op in (op for op in OPS if op.name in ops):
+        if time.perf_counter() > deadline:
+            return rows
         name, args = op.ours.__name__, op.args(inputs)
         expected = op.reference(*args)
         default = row_config(name, shape.width)
@@ -368,7 +370,8 @@ def main() -> None:
     parser.add_argument("--compile-budget-s", type=float, default=120.0,
                         help="stop timing the compiled baseline once the run has taken this long")
     parser.add_argument("--sweep", action="store_true", help="time the Triton row kernels' geometries too")
-    parser.add_argument("--sweep-budget-s", type=float, default=150.0, help="time limit of the sweep")
+    parser.add_argument("--sweep-budget-s", type=float, default=150.0,
+                        help="time limit of the sweep, shared equally by its shapes")
     parser.add_argument("--deadline-s", type=float, default=math.inf,
                         help="start nothing new after this many seconds (results so far are saved)")
     args = parser.parse_args()

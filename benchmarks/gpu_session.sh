@@ -25,7 +25,18 @@ budget=${BUDGET_S:-540}
 mkdir -p "$out"
 log="$out/session.log"
 start=$SECONDS
+steps=" cuda_build kernel_tests bench_cache bench_kernels bench_dit gpu_pipelines "
+for name in "$@"; do
+  if [[ "$steps" != *" $name "* ]]; then
+    echo "unknown step '$name'; the steps are:$steps" >&2
+    exit 2
+  fi
+done
 wanted=" $* "
+# The steps that use the cuda backend need its build first, in its own step's time.
+if [[ "$wanted" == *" kernel_tests "* || "$wanted" == *" bench_kernels "* ]]; then
+  wanted="$wanted cuda_build "
+fi
 
 left() { echo $((budget - (SECONDS - start))); }
 
@@ -64,9 +75,10 @@ t = time.time(); wan_kernels.set_backend('cuda'); print(f'cuda backend built and
 find "$cuda_build" -name lock -delete 2>/dev/null
 # The nvcc compile check is the build above; the CMake build (which would compile the CUDA sources
 # a second time), the sm_90 resource check of the Triton kernels and bench_dit's CPU test are CPU
-# checks, run by CI. The tests run in pytest-xdist workers where the image has it: a test that
-# crashes its process (a segfault in a compiled op stopped the whole step on 2026-11-26) then
-# fails alone and a new worker runs the rest.
+# checks, run by CI. The tests run in pytest-xdist workers where the image has it (its package
+# list in the device tool's KINDS.md names pytest-xdist): a test that crashes its process (a
+# segfault in a compiled op stopped the whole step on 2026-11-26) then fails alone and a new
+# worker runs the rest.
 workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4")
 step kernel_tests 150 60 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m pytest -q -p no:cacheprovider \
   $workers tests/kernels tests/benchmarks --ignore=tests/kernels/test_cuda_sources.py \

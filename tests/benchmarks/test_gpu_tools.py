@@ -72,16 +72,18 @@ def test_every_op_case_runs_and_passes_its_check(monkeypatch):
 @needs_triton
 def test_sweep_of_chosen_ops_compares_with_the_compiled_reference(monkeypatch):
     monkeypatch.setattr(bench_kernels, "bench_ms", lambda fn: (fn(), 2.0)[1])
-    monkeypatch.setattr(bench_kernels, "SWEEP_GEOMETRIES", [dict(split=True, warps=2)])
-    shape = bench_kernels.Shape(3, 384, "per_sample")  # three heads of 128: 256 + 128 lanes split
+    monkeypatch.setattr(bench_kernels, "SWEEP_GEOMETRIES", [dict(chunk=128, warps=2)])
+    from wan_kernels.triton.launch import row_config
+
+    shape = bench_kernels.Shape(3, 384, "per_sample")  # three heads of 128
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         rows = bench_kernels.sweep_rows(shape, bench_kernels.Inputs(shape, device), 1000.0, float("inf"),
                                         ["qk_rmsnorm_rope"], {"qk_rmsnorm_rope": 3.0, "rel_l1": 1.0})
     finally:
         wan_kernels.set_backend("auto")
-    assert [row["geometry"] for row in rows] == ["whole row, 1 token, 1 warps (default)",
-                                                 "row in two tiles, 1 token, 2 warps"]
+    default = row_config("qk_rmsnorm_rope", 384).label
+    assert [row["geometry"] for row in rows] == [f"{default} (default)", "chunk 128, 1 token, 2 warps"]
     assert all(row["check"] == "ok" and row["x_compile"] == 1.5 for row in rows), rows
 
 

@@ -20,8 +20,8 @@ if "triton" in wan_kernels.available_backends():
 
 EPS = 1e-6
 # Two samples of five tokens: 10 rows, so 4- and 8-token tiles straddle the samples and the last
-# tile runs past the last row. Split rows: 77 channels as 64 + 16 lanes, 80 as 64 + 16 (a tail
-# shorter than a head of 64), 320 as 256 + 64.
+# tile runs past the last row. Split rows: 77 channels as 64 + 16 lanes, 80 (heads of 16) as 64 +
+# 16, 96 (heads of 48) as 64 + 32, the tile boundary inside a head, 320 as 256 + 64.
 CONFIGS = [
     dict(tokens=2), dict(tokens=8, warps=2), dict(chunk=32), dict(tokens=4, chunk=64, warps=2),
     dict(tokens=2, chunk=128, warps=8), dict(split=True), dict(split=True, tokens=4, warps=2),
@@ -62,9 +62,10 @@ def test_gated_residual_layernorm_modulate(config, width, kind):
 
 
 @CONFIG
-@pytest.mark.parametrize("width, heads", [(80, 5), (320, 5)])
+@pytest.mark.parametrize("width, heads", [(80, 5), (96, 2), (320, 5)])
 def test_qk_rmsnorm_rope(config, width, heads):
-    """Heads of 16 (chunks of 32 and more span several) and of 64 (chunks of 32 split them)."""
+    """Heads of 16 (chunks of 32 and more span several), of 48 (split at 64 lanes, inside the
+    second head) and of 64 (chunks of 32 split them)."""
     shape = (2, 5, width)
     q, k = randn(shape, torch.bfloat16, seed=1), randn(shape, torch.bfloat16, seed=2)
     weight_q, weight_k = 1 + randn((width,), seed=3, scale=0.1), 1 + randn((width,), seed=4, scale=0.1)
@@ -100,6 +101,29 @@ def test_rows_wider_than_registers_hold_are_chunked_by_default():
     assert_matches(wan_kernels.qk_rmsnorm_rope(*args)[0], reference.qk_rmsnorm_rope(*args)[0], torch.bfloat16)
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 6, 64])
+def test_split_rows_at_tiny_and_power_of_two_widths(width):
+    """Split rows where the second tile is all padding (1, 2), a pair (3, 6) or absent (64)."""
+    shape = (2, 5, width)
+    x = randn(shape, torch.bfloat16, seed=1)
+    shift, scale = modulation(shape, "per_token", seed=2), modulation(shape, "per_token", seed=3)
+    b = randn(shape, torch.bfloat16, seed=4)
+    with configured("layernorm_modulate", RowConfig(split=True)):
+        actual = wan_kernels.layernorm_modulate(x, shift, scale, EPS)
+    assert_matches(actual, reference.layernorm_modulate(x, shift, scale, EPS), torch.bfloat16)
+    with configured("rel_l2", RowConfig(split=True, tokens=4)):
+        actual = wan_kernels.rel_l2(x, b, 1)
+    torch.testing.assert_close(actual, reference.rel_l2(x, b, 1), rtol=REDUCTION_RTOL, atol=0)
+    if width % 2 == 0:
+        weight = 1 + randn((width,), seed=5, scale=0.1)
+        angles = randn((5, 1, width // 2), seed=6, scale=3.0)
+        args = (x, b, weight, weight, angles.cos(), angles.sin(), 1, EPS)
+        with configured("qk_rmsnorm_rope", RowConfig(split=True)):
+            actual = wan_kernels.qk_rmsnorm_rope(*args)
+        for a, e in zip(actual, reference.qk_rmsnorm_rope(*args), strict=True):
+            assert_matches(a, e, torch.bfloat16)
+
+
 @pytest.mark.parametrize("op, width, fields", [
     ("layernorm_modulate", 3072, dict(warps=8)),
     ("layernorm_modulate", 5120, dict(split=True, warps=4)),
@@ -110,9 +134,10 @@ def test_rows_wider_than_registers_hold_are_chunked_by_default():
     ("rel_l1", 3072, dict(chunk=1024, tokens=4, warps=8)),
     ("rel_l2", 5120, dict(chunk=1024, tokens=4, warps=8)),
 ])
-def test_defaults_at_the_dit_widths_are_the_geometries_measured_fastest(op, width, fields):
-    """The sweep's winners on an H100 (launch._default cites the numbers), or for the norms at
-    3072, whose whole rows already reach copy bandwidth, the geometry measured there."""
+def test_defaults_at_the_dit_widths_are_the_geometries_measured(op, width, fields):
+    """The sweep's fastest on an H100 (launch._default cites the numbers; for the fused norm at
+    5120 a tie with whole rows on 8 warps), or for the norms at 3072, whose whole rows already
+    reach copy bandwidth, the geometry measured there."""
     from wan_kernels.triton.launch import row_config
 
     assert row_config(op, width) == RowConfig(**fields)

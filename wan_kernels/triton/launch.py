@@ -89,7 +89,8 @@ def _split_row(width: int) -> RowConfig:
 def _default(op: str, width: int) -> RowConfig:
     """The geometry measured fastest at the DiT's widths, by ``bench_kernels --sweep`` on an H100
     (benchmarks/results/2026-11-26_NVIDIA-H100-80GB-HBM3_bench_kernels_sweep.json, fractions of
-    copy bandwidth): as many bytes in flight per SM as the registers allow decides it."""
+    copy bandwidth). The winners keep a whole row's loads in flight before reducing it, with no
+    padding lanes or few; widths not measured follow the same rule."""
     padded = max(2, triton.next_power_of_2(width))
     if op in ("rel_l1", "rel_l2"):
         # Four tokens a program, each walked in 1024-channel chunks: 0.87 of copy at C = 5120 and
@@ -99,10 +100,11 @@ def _default(op: str, width: int) -> RowConfig:
         # Split rows on 4 warps: 0.89 of copy at C = 5120, 0.91 at 3072 (whole rows 0.60 and 0.71,
         # chunks at most 0.72 and 0.81).
         return _split_row(width) if padded <= MAX_ROW_WIDTH else RowConfig(chunk=1024)
-    # The norms: whole rows reach copy bandwidth at C = 3072 (1.01, per-token modulation); at 5120
-    # split rows on 4 warps reach 0.96 (0.98 fused with the residual) where whole rows of 8192 lanes
-    # reach 0.93 on 8 warps and 0.80 on 16, and 1024-channel chunks 0.70 (0.55 fused). Wider rows
-    # than measured walk chunks.
+    # The norms: whole rows reach copy bandwidth at C = 3072 (1.01, per-token modulation). At 5120
+    # split rows on 4 warps reach 0.96, whole rows of 8192 lanes 0.93 on 8 warps and 0.80 on 16,
+    # 1024-channel chunks 0.70; fused with the residual update, split rows on 4 warps and whole
+    # rows on 8 tie at 0.98 (chunks 0.55), and the fused op takes the unfused one's geometry.
+    # Rows wider than measured walk chunks.
     if padded <= _MAX_ROW_IN_REGISTERS:
         return _whole_row(width)
     return _split_row(width) if padded <= 2 * _MAX_ROW_IN_REGISTERS else RowConfig(chunk=1024)

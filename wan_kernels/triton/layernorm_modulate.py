@@ -6,16 +6,18 @@ normalises that, so the residual stream is read once from memory for both.
 A program handles ``RowConfig.tokens`` tokens (see ``launch.row_config``). By default a row up to
 4096 channels is held whole in registers, a row up to 8192 whole in two tiles (C = 5120 as 4096 +
 1024 lanes), and a wider one is walked in 1024-channel chunks, three times (mean, variance,
-output). A memory-bound row kernel reaches copy bandwidth when each SM has enough bytes in flight:
-every load of a row is issued before its first reduction, so that is the rows resident per SM
-times a row's bytes. Measured on an H100 (benchmarks/results/2026-11-26_NVIDIA-H100-80GB-HBM3_
+output). Every load of a whole row is issued before its first reduction, so a program has the
+row's bytes in flight; how many programs an SM holds (registers) multiplies that. Measured on an
+H100 (benchmarks/results/2026-11-26_NVIDIA-H100-80GB-HBM3_
 bench_kernels_sweep.json, Triton 3.6; registers as Triton 3.9 compiles for sm_90, from
 ``python -m benchmarks.kernel_resources``):
 
 - C = 5120 padded to one 8192-lane tile wastes 37.5% of the registers: on 8 warps (57 registers a
   thread, 4 programs an SM) it reached 0.93 of copy bandwidth, on 16 warps 0.80. Split in two
-  tiles on 4 warps (72 registers, 7 programs an SM) it reached 0.96, and 0.98 fused with the
-  residual update (91 registers, 5 programs: three times the bytes of a row).
+  tiles on 4 warps (72 registers, 7 programs an SM) it reached 0.96. Fused with the residual
+  update (three times the bytes of a row), split rows on 4 warps (91 registers, 5 programs) and
+  whole rows on 8 (98 registers, 2 programs) tie at 0.98: the programs an SM holds do not tell
+  the whole story.
 - Walked in 1024-channel chunks, a program has one chunk (2 KB) in flight at a time: 0.70, and
   0.55 fused, though 12 programs fit an SM.
 - C = 3072 per-token rows (4096 lanes on 8 warps, 30 KB of input a row with the modulation)
