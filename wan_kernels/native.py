@@ -44,15 +44,19 @@ class Extension:
         return sorted(SOURCE_DIR.glob(self.pattern))
 
 
+# Nothing of an extension is exported: its ops register from static initialisers, and the inline
+# functions both extensions compile from csrc/checks.h and csrc/rows.h stay each extension's own.
+HIDDEN = ("-fvisibility=hidden", "-fvisibility-inlines-hidden")
 # -ffp-contract=off and --fmad=false: no fused multiply-adds, so products and sums round as torch's
 # separate ops do.
 CPP = Extension(
-    "wan_kernels_cpp", "wan_kernels._cpp", "C++ CPU", "*.cpp", ("-O3", "-fopenmp", "-ffp-contract=off"),
+    "wan_kernels_cpp", "wan_kernels._cpp", "C++ CPU", "*.cpp",
+    ("-O3", "-fopenmp", "-ffp-contract=off", *HIDDEN),
     ("-fopenmp",), needs="a C++ compiler and ninja (pip install ninja)",
 )
 CUDA = Extension(
-    "wan_kernels_cuda", "wan_kernels._cuda", "CUDA", "cuda/*.cu", ("-O3",), cuda=True,
-    cuda_cflags=("-O3", "--fmad=false"),
+    "wan_kernels_cuda", "wan_kernels._cuda", "CUDA", "cuda/*.cu", ("-O3", *HIDDEN), cuda=True,
+    cuda_cflags=("-O3", "--fmad=false", *(f"-Xcompiler={f}" for f in HIDDEN)),
     needs="a CUDA build of torch, nvcc (CUDA_HOME or PATH) and ninja",
 )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.kernels.exports import own_exports
 from wan_kernels.torch_backend import OPS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +90,12 @@ def test_the_library_loads_into_torch(build):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           check=False)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+def test_the_libraries_export_nothing_of_their_own(build):
+    folder, _ = build
+    for library in [_library(folder, "wan_kernels_cpp"), *folder.glob("libwan_kernels_cuda.*")]:
+        assert own_exports(library) == [], library
 
 
 def test_cuda_kernels_are_built_or_skipped_with_a_reason(build):

@@ -6,10 +6,13 @@ layout or device raises a ``RuntimeError`` naming the op instead of reading out 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import wan_kernels
+from tests.kernels.exports import own_exports
 from wan_kernels import native
 
 EPS = 1e-6
@@ -123,3 +126,8 @@ def test_the_python_ops_still_raise_their_value_errors(ops):
         torch.testing.assert_close(wan_kernels.residual_apply(x, x), 2 * x)
     finally:
         wan_kernels.set_backend("auto")
+
+
+def test_the_extension_exports_nothing_of_its_own(ops):
+    library = native._prebuilt(native.CPP) or native.build_dir(native.CPP) / f"{native.CPP.name}.so"
+    assert own_exports(Path(library)) == []
