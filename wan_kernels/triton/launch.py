@@ -80,9 +80,9 @@ def _whole_row(width: int) -> RowConfig:
     return RowConfig(warps=max(1, min(16, triton.next_power_of_2(width) // 512)))
 
 
-def _split_row(width: int) -> RowConfig:
+def _split_row(op: str, width: int) -> RowConfig:
     """One token per program, its row in two tiles, a warp per 1024 lanes of the first (4 to 16)."""
-    head = RowConfig(split=True).tiles("", width)[0]
+    head = RowConfig(split=True).tiles(op, width)[0]
     return RowConfig(split=True, warps=max(4, min(16, head // 1024)))
 
 
@@ -99,7 +99,7 @@ def _default(op: str, width: int) -> RowConfig:
     if op == "qk_rmsnorm_rope":
         # Split rows on 4 warps: 0.89 of copy at C = 5120, 0.91 at 3072 (whole rows 0.60 and 0.71,
         # chunks at most 0.72 and 0.81).
-        return _split_row(width) if padded <= MAX_ROW_WIDTH else RowConfig(chunk=1024)
+        return _split_row(op, width) if padded <= MAX_ROW_WIDTH else RowConfig(chunk=1024)
     # The norms: whole rows reach copy bandwidth at C = 3072 (1.01, per-token modulation). At 5120
     # split rows on 4 warps reach 0.96, whole rows of 8192 lanes 0.93 on 8 warps and 0.80 on 16,
     # 1024-channel chunks 0.70; fused with the residual update, split rows on 4 warps and whole
@@ -107,7 +107,7 @@ def _default(op: str, width: int) -> RowConfig:
     # Rows wider than measured walk chunks.
     if padded <= _MAX_ROW_IN_REGISTERS:
         return _whole_row(width)
-    return _split_row(width) if padded <= 2 * _MAX_ROW_IN_REGISTERS else RowConfig(chunk=1024)
+    return _split_row(op, width) if padded <= 2 * _MAX_ROW_IN_REGISTERS else RowConfig(chunk=1024)
 
 
 _overrides: dict[str, RowConfig] = {}
