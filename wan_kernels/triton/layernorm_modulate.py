@@ -8,9 +8,8 @@ A program handles ``RowConfig.tokens`` tokens (see ``launch.row_config``). By de
 1024 lanes), and a wider one is walked in 1024-channel chunks, three times (mean, variance,
 output). Every load of a whole row is issued before its first reduction, so a program has the
 row's bytes in flight; how many programs an SM holds (registers) multiplies that. Measured on an
-H100 (benchmarks/results/2026-11-26_NVIDIA-H100-80GB-HBM3_
-bench_kernels_sweep.json, Triton 3.6; registers as Triton 3.9 compiles for sm_90, from
-``python -m benchmarks.kernel_resources``):
+H100 with Triton 3.6 (``benchmarks/results/2026-11-26_NVIDIA-H100-80GB-HBM3_bench_kernels_sweep.json``;
+registers as Triton 3.9 compiles for sm_90, from ``python -m benchmarks.kernel_resources``):
 
 - C = 5120 padded to one 8192-lane tile wastes 37.5% of the registers: on 8 warps (57 registers a
   thread, 4 programs an SM) it reached 0.93 of copy bandwidth, on 16 warps 0.80. Split in two

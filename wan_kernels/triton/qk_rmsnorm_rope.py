@@ -40,6 +40,14 @@ def _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_pt
 
 
 @triton.jit
+def _load_tile(x_ptr, x_rows, row_mask, start, C, BLOCK: tl.constexpr):
+    """The float32 [TOKENS, BLOCK] tile of ``x`` at channels ``start`` on (0 where masked)."""
+    cols = start + tl.arange(0, BLOCK)
+    return tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=tile_mask(row_mask, cols, C),
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _rmsnorm_rope_kernel(
     x_ptr, weight_ptr, cos_ptr, sin_ptr, out_ptr, N, L, C, HALF_D, eps, x_sb, x_sl,
     TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, CHUNKED: tl.constexpr,
@@ -49,26 +57,17 @@ def _rmsnorm_rope_kernel(
     if CHUNKED:
         squares = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
         for start in range(0, C, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            mask = tile_mask(row_mask, cols, C)
-            x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = _load_tile(x_ptr, x_rows, row_mask, start, C, BLOCK)
             squares += x * x
         rstd = tl.rsqrt(tl.sum(squares, axis=1) / C + eps)
         for start in range(0, C, BLOCK):
-            cols = start + tl.arange(0, BLOCK)
-            mask = tile_mask(row_mask, cols, C)
-            x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = _load_tile(x_ptr, x_rows, row_mask, start, C, BLOCK)
             _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_ptr, t, out_rows,
                                     row_mask, start, C, HALF_D, TOKENS, BLOCK)
     else:
-        cols = tl.arange(0, BLOCK)
-        x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=tile_mask(row_mask, cols, C), other=0.0)
-        x = x.to(tl.float32)
+        x = _load_tile(x_ptr, x_rows, row_mask, 0, C, BLOCK)
         if TAIL:  # loaded before the first reduction, so a program has its whole row in flight
-            tail_cols = BLOCK + tl.arange(0, TAIL)
-            tail_mask = tile_mask(row_mask, tail_cols, C)
-            x_tail = tl.load(x_ptr + x_rows[:, None] + tail_cols[None, :], mask=tail_mask, other=0.0)
-            x_tail = x_tail.to(tl.float32)
+            x_tail = _load_tile(x_ptr, x_rows, row_mask, BLOCK, C, TAIL)
         squares = tl.sum(x * x, axis=1)
         if TAIL:
             squares += tl.sum(x_tail * x_tail, axis=1)
