@@ -13,12 +13,13 @@ then timed with ``triton.testing.do_bench`` (median, L2 flushed between runs). B
 op's minimal DRAM traffic over its time, also as a fraction of a large device-to-device copy
 measured in the same run.
 
-``--sweep`` also times the Triton row kernels under other launch geometries
-(``wan_kernels.triton.launch.RowConfig``: tokens per program, whole, split or chunked rows, warps)
-at one length per width, right after that shape's op rows, each checked like the ops, with its
-time against the default geometry's and the compiled reference's: the data for choosing
-``row_config``'s defaults. Only the row ops whose default falls short of ``SWEEP_BELOW`` of copy
-bandwidth are swept.
+``--sweep`` also times the Triton kernels under other launch geometries (the row kernels'
+``wan_kernels.triton.launch.RowConfig``: tokens per program, whole, split or chunked rows, warps;
+the elementwise kernels' ``BlockConfig``: elements and warps a program) at one length per width,
+right after that shape's op rows, each checked like the ops, with its time against the default
+geometry's and the compiled reference's: the data for choosing ``row_config``'s and
+``block_config``'s defaults. Only the ops whose default falls short of ``SWEEP_BELOW`` of copy
+bandwidth or of the compiled reference's speed are swept.
 
 Then whole blocks at the same shapes (``--no-blocks`` skips them), each against its unfused self:
 one ``wan_runtime`` ``DiTBlock`` in bfloat16 on backend ``torch`` against ``triton``, and one
@@ -198,26 +199,46 @@ def run_op(op: Op, shape: Shape, inputs: Inputs, compiled: Callable | None, copy
     return row
 
 
-# The row kernels that were below 80% of copy bandwidth on the H200 at their first defaults, and the
-# geometries tried for them: whole rows (one padded tile, or split in two tiles: 4096 + 1024 lanes at
-# C = 5120), and chunks of 1024 or 2048 channels with 1 to 4 tokens a program. Only ops whose default
-# reaches less than SWEEP_BELOW of copy bandwidth in the same run are swept (see ``ops_to_sweep``).
-SWEEP_OPS = ("layernorm_modulate", "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "rel_l1")
+# The kernels that were below 80% of copy bandwidth on the H200 at their first defaults, or slower
+# than the compiled reference on the H100, and the geometries tried for them. Row kernels: whole
+# rows (one padded tile, or split in two tiles: 4096 + 1024 lanes at C = 5120), and chunks of 512 to
+# 2048 channels with 1 to 8 tokens a program. Elementwise kernels: 4 to 16 elements a thread (4
+# float32 values are one 16-byte access; the default's 8 make Triton move a float32 result through
+# shared memory to store it). Only ops whose default reaches less than SWEEP_BELOW of copy
+# bandwidth, or is slower than the compiled reference, in the same run are swept (``ops_to_sweep``).
+SWEEP_OPS = ("layernorm_modulate", "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "rel_l1",
+             "gated_residual", "residual_apply", "residual_capture")
 SWEEP_SHAPES = SHAPES[:2]
 SWEEP_BELOW = 0.9
 SWEEP_GEOMETRIES = [
     dict(warps=8), dict(warps=16), dict(split=True, warps=4), dict(split=True, warps=8),
-    dict(split=True, tokens=2, warps=8), dict(chunk=1024, warps=4), dict(chunk=1024, tokens=2, warps=4),
-    dict(chunk=1024, tokens=4, warps=8), dict(chunk=2048, warps=8), dict(chunk=512, tokens=2, warps=4),
+    dict(split=True, tokens=2, warps=4), dict(split=True, tokens=2, warps=8), dict(chunk=1024, warps=4),
+    dict(chunk=1024, tokens=2, warps=4), dict(chunk=1024, tokens=4, warps=8),
+    dict(chunk=1024, tokens=8, warps=8), dict(chunk=2048, warps=8), dict(chunk=2048, tokens=4, warps=8),
+    dict(chunk=512, tokens=2, warps=4),
 ]
+SWEEP_BLOCKS = [dict(block=1024, warps=8), dict(block=512, warps=4), dict(block=2048, warps=16),
+                dict(block=2048, warps=8), dict(block=4096, warps=8)]
 
 
 def ops_to_sweep(rows: list[dict], shape: Shape) -> list[str]:
     """The ``SWEEP_OPS`` whose ``triton`` row at ``shape`` in ``rows`` did not reach ``SWEEP_BELOW``
-    of copy bandwidth (or has no time: failed or not run)."""
+    of copy bandwidth or was slower than the compiled reference (or has no time: failed or not run)."""
     reached = {row["op"] for row in rows if row.get("backend") == "triton" and row["shape"] == shape.label
-               and row.get("frac_copy", 0.0) >= SWEEP_BELOW}
+               and row.get("frac_copy", 0.0) >= SWEEP_BELOW and row.get("x_compile", math.inf) >= 1}
     return [name for name in SWEEP_OPS if name not in reached]
+
+
+def _geometries(name: str, width: int) -> list:
+    """The default launch geometry of the op's Triton kernel ``name`` at ``width``, then the others
+    to sweep."""
+    from wan_kernels.triton.launch import ELEMENTWISE_OPS, BlockConfig, RowConfig, block_config, row_config
+
+    if name in ELEMENTWISE_OPS:
+        default, others = block_config(name), [BlockConfig(**g) for g in SWEEP_BLOCKS]
+    else:
+        default, others = row_config(name, width), [RowConfig(**g) for g in SWEEP_GEOMETRIES]
+    return [default, *(c for c in others if c != default)]
 
 
 def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float,
@@ -225,7 +246,7 @@ def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float,
     """Each op of ``ops`` under its default geometry and each of ``SWEEP_GEOMETRIES`` at ``shape``
     (backend ``triton``), until ``deadline`` (``time.perf_counter()``); ``x_compile`` against the
     compiled reference's milliseconds where ``compile_ms`` has the op's."""
-    from wan_kernels.triton.launch import RowConfig, configured, row_config
+    from wan_kernels.triton.launch import configured
 
     wan_kernels.set_backend("triton")
     rows = []
@@ -234,14 +255,13 @@ def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float,
             return rows
         name, args = op.ours.__name__, op.args(inputs)
         expected = op.reference(*args)
-        default = row_config(name, shape.width)
         gigabytes = traffic_bytes(op, args, expected) / 1e9
         default_ms = None
-        others = [RowConfig(**g) for g in SWEEP_GEOMETRIES]
-        for config in [default, *(c for c in others if c != default)]:
+        geometries = _geometries(name, shape.width)
+        for config in geometries:
             if time.perf_counter() > deadline:
                 return rows
-            label = config.label + " (default)" * (config == default)
+            label = config.label + " (default)" * (config == geometries[0])
             row = {"op": op.name, "shape": shape.label, "geometry": label}
             try:
                 with configured(name, config):

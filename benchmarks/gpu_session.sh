@@ -5,15 +5,19 @@
 # command may run 10 minutes: run this once with the device tool's timeout_s=600; it keeps within
 # BUDGET_S seconds (default 540) by giving each step at most what is left, in priority order, and
 # skipping a step when less than its minimum is left:
-#   1. build the cuda backend with the image's nvcc (its compile check is this build)
-#   2. the kernel tests on the GPU, every backend (real Triton, cuda)
+#   1. build the cuda backend with the image's nvcc (its compile check is this build), and the
+#      cpp backend, so that the test workers find both built
+#   2. the kernel tests on the GPU: the cuda backend's cases and the compiled ops' own checks
 #   3. bench_cache --gpu: the step cache at the ti2v-5B width
 #   4. bench_kernels: every op on triton and cuda, the Triton geometry sweep of the two sweep
 #      shapes after their op rows, then whole blocks, starting nothing new past its deadline and
 #      saving after each part
+#   4b. the rest of the kernel tests (torch and real Triton)
 #   5. bench_dit --gpu --compile: the DiT against the official one at real widths (S2V included),
 #      and with its blocks compiled (saved after each case)
 #   6. gpu_pipelines: the pipelines end to end on CUDA
+#   7. cpp_crash: benchmarks/gpu_cpp_crash.sh, the diagnosis of a crash of the cpp extension, with
+#      what is left, if the kernel tests' log shows one
 # Run from the repository root on the device machine with the wheels listed in benchmarks/README.md
 # in .whl/. Everything goes to $OUT: one session.log and each benchmark's JSON (the device tool
 # brings back at most 8 files). Step names given as arguments run only those steps (in the order
@@ -25,7 +29,7 @@ budget=${BUDGET_S:-540}
 mkdir -p "$out"
 log="$out/session.log"
 start=$SECONDS
-steps=" cuda_build kernel_tests bench_cache bench_kernels bench_dit gpu_pipelines "
+steps=" cuda_build kernel_tests bench_cache bench_kernels bench_dit gpu_pipelines cpp_crash "
 for name in "$@"; do
   if [[ "$steps" != *" $name "* ]]; then
     echo "unknown step '$name'; the steps are:$steps" >&2
@@ -40,7 +44,8 @@ fi
 
 left() { echo $((budget - (SECONDS - start))); }
 
-# step NAME MAX_S MIN_S COMMAND...: run COMMAND for at most MAX_S seconds and at most what is left.
+# step NAME MAX_S MIN_S COMMAND...: run COMMAND for at most MAX_S seconds and at most what is left;
+# at the limit it gets SIGINT (pytest then prints its summary of what ran), 20 s later SIGKILL.
 step() {
   local name=$1 max=$2 min=$3 remaining limit rc
   shift 3
@@ -54,7 +59,7 @@ step() {
   fi
   limit=$((remaining < max ? remaining : max))
   echo "== $name: up to ${limit} s ($(date +%T))" | tee -a "$log"
-  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+  timeout -s INT -k 20 "$limit" "$@" 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
   echo "== $name: exit ${rc} after $((SECONDS - start)) s" | tee -a "$log"
 }
@@ -68,8 +73,9 @@ torch.cuda.get_device_name())" | tee -a "$log"
 # The cuda backend goes to its own build folder, which only the steps that mean to use it name:
 # elsewhere (bench_cache, bench_dit, the pipelines) auto finds no cuda build and stays on triton.
 cuda_build=/tmp/wan_kernels_cuda_build
-step cuda_build 200 60 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -c "import time, wan_kernels; \
-t = time.time(); wan_kernels.set_backend('cuda'); print(f'cuda backend built and loaded in {time.time() - t:.0f} s')"
+step cuda_build 200 60 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -c "import time, wan_kernels
+for name in ('cuda', 'cpp'):
+    t = time.time(); wan_kernels.set_backend(name); print(f'{name} backend built and loaded in {time.time() - t:.0f} s')"
 # A build stopped at its limit leaves torch's build lock behind, on which the next load would wait
 # forever; without it the next load goes on with the build where ninja left it.
 find "$cuda_build" -name lock -delete 2>/dev/null
@@ -79,19 +85,29 @@ find "$cuda_build" -name lock -delete 2>/dev/null
 # list in the device tool's KINDS.md names pytest-xdist): a test that crashes its process (a
 # segfault in a compiled op stopped the whole step on 2026-11-26) then fails alone and a new
 # worker runs the rest.
-workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4")
-step kernel_tests 150 60 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m pytest -q -p no:cacheprovider \
-  $workers tests/kernels tests/benchmarks --ignore=tests/kernels/test_cuda_sources.py \
-  --ignore=tests/kernels/test_cmake_build.py --ignore=tests/benchmarks/test_bench_dit.py \
-  --deselect tests/benchmarks/test_gpu_tools.py::test_compiled_kernels_at_the_widest_real_shape \
-  --maxfail=25 --no-header -rfE
+# test_bench_cpu times the CPU extension on the host, as CI does. One Inductor compile thread a
+# worker: eight workers already keep the cores busy.
+workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+kernel_tests=(env WAN_KERNELS_BUILD_DIR=$cuda_build TORCHINDUCTOR_COMPILE_THREADS=1 python3 -m pytest -q
+  -p no:cacheprovider $workers tests/kernels tests/benchmarks --ignore=tests/kernels/test_cuda_sources.py
+  --ignore=tests/kernels/test_cmake_build.py --ignore=tests/kernels/test_bench_cpu.py
+  --ignore=tests/benchmarks/test_bench_dit.py
+  --deselect tests/benchmarks/test_gpu_tools.py::test_compiled_kernels_at_the_widest_real_shape
+  --maxfail=25 --no-header -rfE --durations=10)
+step kernel_tests 110 40 "${kernel_tests[@]}" -k "cuda or native"
 # 30 generations of 10 steps at 18,480 tokens (an estimated 2-3 s each on an H100): one untimed
 # round for the quality columns (saved first), two timed rounds.
 step bench_cache 150 90 python3 -m benchmarks.bench_cache --gpu --layers 4 --repeat 2 --out-dir "$out"
 # Its own deadline 25 s inside the step's limit, so that it stops and saves rather than being killed.
 kernels_limit=$(( $(left) < 240 ? $(left) : 240 ))
 step bench_kernels 240 90 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m benchmarks.bench_kernels \
-  --compile-budget-s 60 --sweep --sweep-budget-s 100 --deadline-s $((kernels_limit - 25)) --out-dir "$out"
+  --compile-budget-s 120 --sweep --sweep-budget-s 60 --deadline-s $((kernels_limit - 25)) --out-dir "$out"
+# The rest of the kernel tests (torch and Triton cases, which earlier sessions ran on GPUs) after
+# the benchmark, with what is left.
+step kernel_tests 200 40 "${kernel_tests[@]}" -k "not (cuda or native)"
 step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --compile --out-dir "$out"
 step gpu_pipelines 60 30 python3 -m benchmarks.gpu_pipelines --out-dir "$out"
+if grep -q "Segmentation fault\|crashed" "$log"; then
+  step cpp_crash 200 60 bash benchmarks/gpu_cpp_crash.sh
+fi
 echo "session done in $((SECONDS - start)) s of ${budget}" | tee -a "$log"

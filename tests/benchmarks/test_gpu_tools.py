@@ -36,6 +36,7 @@ def test_sweep_checks_and_ranks_every_geometry(monkeypatch):
     monkeypatch.setattr(bench_kernels, "bench_ms", fake_ms)
     geometries = [dict(tokens=2, chunk=64), dict(chunk=128, warps=2)]
     monkeypatch.setattr(bench_kernels, "SWEEP_GEOMETRIES", geometries)
+    monkeypatch.setattr(bench_kernels, "SWEEP_BLOCKS", [dict(block=256, warps=2), dict(block=128, warps=4)])
     shape = bench_kernels.Shape(3, 256, "per_sample")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -88,6 +89,7 @@ def test_sweep_of_chosen_ops_compares_with_the_compiled_reference(monkeypatch):
 
 
 def test_only_ops_short_of_the_bar_are_swept():
+    """Swept: under SWEEP_BELOW of copy, slower than the compiled reference, failed or not run."""
     shape, other = bench_kernels.SWEEP_SHAPES
     rows = [
         {"backend": "triton", "op": "layernorm_modulate", "shape": shape.label, "frac_copy": 0.95},
@@ -96,11 +98,17 @@ def test_only_ops_short_of_the_bar_are_swept():
         {"backend": "triton", "op": "rel_l1", "shape": other.label, "frac_copy": 0.99},
         {"backend": "triton", "op": "gated_residual_layernorm_modulate", "shape": shape.label,
          "check": "ERROR"},
+        {"backend": "triton", "op": "gated_residual", "shape": shape.label, "frac_copy": 0.98,
+         "x_compile": 0.97},
+        {"backend": "triton", "op": "residual_apply", "shape": shape.label, "frac_copy": 1.0,
+         "x_compile": 1.0},
+        {"backend": "triton", "op": "residual_capture", "shape": shape.label, "frac_copy": 1.0},
     ]
     assert bench_kernels.ops_to_sweep(rows, shape) == [
-        "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "rel_l1"]
+        "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "rel_l1", "gated_residual"]
     assert bench_kernels.ops_to_sweep(rows, other) == [
-        "layernorm_modulate", "gated_residual_layernorm_modulate", "qk_rmsnorm_rope"]
+        "layernorm_modulate", "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "gated_residual",
+        "residual_apply", "residual_capture"]
 
 
 @needs_triton

@@ -1,7 +1,8 @@
 """The Triton row kernels under every geometry a ``RowConfig`` can give them (several tokens per
 program, chunked rows, chunks smaller than a head, rows split in two tiles, tiles that straddle
-samples or run past the last token) compute the reference's function; the benchmark's ``--sweep``
-times the same ones."""
+samples or run past the last token), and the elementwise kernels under ``BlockConfig``s (blocks
+wider or narrower than a row, 1 to 16 elements a thread), compute the reference's function; the
+benchmark's ``--sweep`` times the same ones."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from wan_kernels import reference
 pytestmark = pytest.mark.skipif("triton" not in wan_kernels.available_backends(),
                                 reason="Triton unavailable here")
 if "triton" in wan_kernels.available_backends():
-    from wan_kernels.triton.launch import RowConfig, configured
+    from wan_kernels.triton.launch import BlockConfig, RowConfig, configured
 
 EPS = 1e-6
 # Two samples of five tokens: 10 rows, so 4- and 8-token tiles straddle the samples and the last
@@ -86,6 +87,38 @@ def test_relative_error(config, name, stride):
     with configured(name, RowConfig(**config)):
         actual = getattr(wan_kernels, name)(a, b, stride)
     torch.testing.assert_close(actual, getattr(reference, name)(a, b, stride), rtol=REDUCTION_RTOL, atol=0)
+
+
+BLOCKS = [dict(block=64, warps=1), dict(block=128, warps=4), dict(block=512, warps=4),
+          dict(block=1024, warps=8), dict(block=2048, warps=16), dict(block=4096, warps=8)]
+
+
+@pytest.mark.parametrize("config", BLOCKS, ids=lambda c: f"block{c['block']}-warps{c['warps']}")
+@pytest.mark.parametrize("width, kind", [(77, "per_token"), (320, "per_sample")])
+def test_gated_residual(config, width, kind):
+    """Blocks narrower than a row (77 channels: the last block of a row masked) and wider (320)."""
+    shape = (2, 5, width)
+    x, y = randn(shape, torch.bfloat16, seed=1), randn(shape, torch.bfloat16, seed=2)
+    gate = modulation(shape, kind, seed=3)
+    with configured("gated_residual", BlockConfig(**config)):
+        actual = wan_kernels.gated_residual(x, y, gate)
+    assert_matches(actual, reference.gated_residual(x, y, gate), torch.bfloat16)
+
+
+@pytest.mark.parametrize("config", BLOCKS, ids=lambda c: f"block{c['block']}-warps{c['warps']}")
+@pytest.mark.parametrize("name", ["residual_apply", "residual_capture"])
+def test_residual_ops(config, name):
+    """770 elements: the last block part-filled at every block size."""
+    a, b = randn((2, 5, 77), torch.bfloat16, seed=1), randn((2, 5, 77), seed=2)
+    with configured(name, BlockConfig(**config)):
+        actual = getattr(wan_kernels, name)(a, b)
+    assert_matches(actual, getattr(reference, name)(a, b), torch.float32)
+
+
+@pytest.mark.parametrize("op, config", [("gated_residual", RowConfig()), ("rel_l1", BlockConfig())])
+def test_an_op_is_configured_by_its_kernel_kind(op, config):
+    with pytest.raises(TypeError, match=f"^{op} launches with a "), configured(op, config):
+        pass
 
 
 def test_rows_wider_than_registers_hold_are_chunked_by_default():
@@ -167,3 +200,12 @@ def test_split_rows_take_the_widest_power_of_two_then_the_rest(width, tiles):
 def test_row_config_rejects_bad_geometry(fields, message):
     with pytest.raises(ValueError, match=message):
         RowConfig(**fields)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(block=1000), "BlockConfig.block must be a power of two"),
+    (dict(warps=3), "BlockConfig.warps must be a power of two"),
+])
+def test_block_config_rejects_bad_geometry(fields, message):
+    with pytest.raises(ValueError, match=message):
+        BlockConfig(**fields)

@@ -1,5 +1,5 @@
 """Triton ``gated_residual``: ``x + y * gate`` in float32, stored in ``x``'s dtype, one block of a
-token's channels per program."""
+token's channels per program (geometry from ``launch.block_config``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from wan_kernels.dispatch import register
-from wan_kernels.triton.launch import ELEMENTWISE_BLOCK, row_strides
+from wan_kernels.triton.launch import block_config, row_strides
 from wan_kernels.triton.rounding import cast
 
 
@@ -34,10 +34,11 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
     batch, length, width = x.shape
     out = torch.empty((batch, length, width), dtype=x.dtype, device=x.device)
     if out.numel():
-        grid = (batch * length, triton.cdiv(width, ELEMENTWISE_BLOCK))
+        config = block_config("gated_residual")
+        grid = (batch * length, triton.cdiv(width, config.block))
         _gated_residual_kernel[grid](
             x, y, gate, out, length, width, *row_strides(x), *row_strides(y), *row_strides(gate),
-            BLOCK=ELEMENTWISE_BLOCK, num_warps=4,
+            BLOCK=config.block, num_warps=config.warps,
         )
     return out
 

@@ -1,10 +1,12 @@
 """Launch geometry shared by the Triton launchers.
 
-The row kernels (the norms, ``qk_rmsnorm_rope``, the relative errors) take their geometry from a
-``RowConfig``: how many tokens one program handles, whether it holds a token's row whole in
-registers (as one tile padded to a power of two, or split in two tiles that waste fewer lanes) or
-walks it in chunks, and its warps. ``row_config`` gives the default for an op and
-width; ``configured`` replaces it inside a ``with`` block, which is how ``benchmarks.bench_kernels
+The elementwise kernels (``gated_residual``, the residual ops) take theirs from a ``BlockConfig``:
+how many elements one program handles, on how many warps. The row kernels (the norms,
+``qk_rmsnorm_rope``, the relative errors) take theirs from a ``RowConfig``: how many tokens one
+program handles, whether it holds a token's row whole in registers (as one tile padded to a power
+of two, or split in two tiles that waste fewer lanes) or walks it in chunks, and its warps.
+``row_config`` gives the default for an op and width, ``block_config`` for an elementwise op;
+``configured`` replaces either inside a ``with`` block, which is how ``benchmarks.bench_kernels
 --sweep`` times the alternatives on a GPU. Every configuration computes the same function (the
 tests run each op under several); only the summation order of the statistics differs.
 """
@@ -23,10 +25,31 @@ from wan_kernels.checks import fail
 
 # A row held whole in registers beyond this width would spill; chunked configurations have no limit.
 MAX_ROW_WIDTH = 16384
-# Elements per program of the elementwise kernels.
-ELEMENTWISE_BLOCK = 1024
 # Widest row the norms keep whole in one tile by default; up to twice that they split it in two.
 _MAX_ROW_IN_REGISTERS = 4096
+
+
+def _require_powers_of_two(config: object, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"{type(config).__name__}.{name} must be a power of two >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Geometry of an elementwise kernel's program: ``block`` consecutive elements on ``warps``
+    warps (powers of two), ``block / (32 * warps)`` elements a thread."""
+
+    block: int = 1024
+    warps: int = 4
+
+    def __post_init__(self) -> None:
+        _require_powers_of_two(self, "block", "warps")
+
+    @property
+    def label(self) -> str:
+        return f"{self.block} elements, {self.warps} warps"
 
 
 @dataclass(frozen=True)
@@ -45,10 +68,7 @@ class RowConfig:
     split: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "warps"):
-            value = getattr(self, name)
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"RowConfig.{name} must be a power of two >= 1, got {value}")
+        _require_powers_of_two(self, "tokens", "warps")
         if self.chunk and (self.chunk < 2 or self.chunk & (self.chunk - 1)):
             raise ValueError(
                 f"RowConfig.chunk must be 0 (whole row) or a power of two >= 2, got {self.chunk}")
@@ -110,17 +130,30 @@ def _default(op: str, width: int) -> RowConfig:
     return _split_row(op, width) if padded <= 2 * _MAX_ROW_IN_REGISTERS else RowConfig(chunk=1024)
 
 
-_overrides: dict[str, RowConfig] = {}
+# The ops whose kernels are elementwise, configured by a BlockConfig; the others by a RowConfig.
+ELEMENTWISE_OPS = ("gated_residual", "residual_apply", "residual_capture")
+_overrides: dict[str, RowConfig | BlockConfig] = {}
 
 
 def row_config(op: str, width: int) -> RowConfig:
-    """The geometry ``op`` launches with at ``width`` channels."""
-    return _overrides.get(op) or _default(op, width)
+    """The geometry the row kernel of ``op`` launches with at ``width`` channels."""
+    config = _overrides.get(op)
+    return config if isinstance(config, RowConfig) else _default(op, width)
+
+
+def block_config(op: str) -> BlockConfig:
+    """The geometry the elementwise kernel of ``op`` launches with."""
+    config = _overrides.get(op)
+    return config if isinstance(config, BlockConfig) else BlockConfig()
 
 
 @contextmanager
-def configured(op: str, config: RowConfig) -> Iterator[None]:
-    """Launch ``op`` with ``config`` inside the block (for tuning sweeps)."""
+def configured(op: str, config: RowConfig | BlockConfig) -> Iterator[None]:
+    """Launch ``op`` with ``config`` inside the block (for tuning sweeps): a ``BlockConfig`` for
+    the ``ELEMENTWISE_OPS``, a ``RowConfig`` for the others."""
+    wanted = BlockConfig if op in ELEMENTWISE_OPS else RowConfig
+    if not isinstance(config, wanted):
+        raise TypeError(f"{op} launches with a {wanted.__name__}, got {config!r}")
     previous = _overrides.get(op)
     _overrides[op] = config
     try:

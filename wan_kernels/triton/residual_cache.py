@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from wan_kernels.dispatch import register
-from wan_kernels.triton.launch import ELEMENTWISE_BLOCK
+from wan_kernels.triton.launch import block_config
 
 
 @triton.jit
@@ -19,26 +19,27 @@ def _residual_kernel(a_ptr, b_ptr, out_ptr, n, SUBTRACT: tl.constexpr, BLOCK: tl
     tl.store(out_ptr + offsets, a - b if SUBTRACT else a + b, mask=mask)
 
 
-def _launch(a: torch.Tensor, b: torch.Tensor, subtract: bool) -> torch.Tensor:
+def _launch(op: str, a: torch.Tensor, b: torch.Tensor, subtract: bool) -> torch.Tensor:
     out = torch.empty(a.shape, dtype=torch.float32, device=a.device)
     if out.numel():
-        grid = (triton.cdiv(out.numel(), ELEMENTWISE_BLOCK),)
+        config = block_config(op)
+        grid = (triton.cdiv(out.numel(), config.block),)
         # Flat and dense: reshape alone may return a strided view (a size-1 last dim, a broadcast),
         # which the kernel's flat offsets would misread.
         a, b = a.contiguous().view(-1), b.contiguous().view(-1)
-        _residual_kernel[grid](a, b, out, out.numel(), SUBTRACT=subtract, BLOCK=ELEMENTWISE_BLOCK,
-                               num_warps=4)
+        _residual_kernel[grid](a, b, out, out.numel(), SUBTRACT=subtract, BLOCK=config.block,
+                               num_warps=config.warps)
     return out
 
 
 def residual_apply(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """``x + residual`` in float32."""
-    return _launch(x, residual, subtract=False)
+    return _launch("residual_apply", x, residual, subtract=False)
 
 
 def residual_capture(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
     """``out - inp`` in float32."""
-    return _launch(out, inp, subtract=True)
+    return _launch("residual_capture", out, inp, subtract=True)
 
 
 register("triton", "residual_apply")(residual_apply)
