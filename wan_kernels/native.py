@@ -47,16 +47,21 @@ class Extension:
 # Nothing of an extension is exported: its ops register from static initialisers, and the inline
 # functions both extensions compile from csrc/checks.h and csrc/rows.h stay each extension's own.
 HIDDEN = ("-fvisibility=hidden", "-fvisibility-inlines-hidden")
+# The C++ runtime linked as the shared library the process already runs (torch links it), also
+# where the compiler's default links it statically: a second, static copy inside the extension,
+# its symbols bound partly to the first, broke std::ostringstream, which builds the checks' error
+# messages (seen with the CXX of a GPU machine's image: a segfault formatting the first one).
+SHARED_CXX_RUNTIME = ("-l:libstdc++.so.6",)
 # -ffp-contract=off and --fmad=false: no fused multiply-adds, so products and sums round as torch's
 # separate ops do.
 CPP = Extension(
     "wan_kernels_cpp", "wan_kernels._cpp", "C++ CPU", "*.cpp",
     ("-O3", "-fopenmp", "-ffp-contract=off", *HIDDEN),
-    ("-fopenmp",), needs="a C++ compiler and ninja (pip install ninja)",
+    ("-fopenmp", *SHARED_CXX_RUNTIME), needs="a C++ compiler and ninja (pip install ninja)",
 )
 CUDA = Extension(
-    "wan_kernels_cuda", "wan_kernels._cuda", "CUDA", "cuda/*.cu", ("-O3", *HIDDEN), cuda=True,
-    cuda_cflags=("-O3", "--fmad=false", *(f"-Xcompiler={f}" for f in HIDDEN)),
+    "wan_kernels_cuda", "wan_kernels._cuda", "CUDA", "cuda/*.cu", ("-O3", *HIDDEN), SHARED_CXX_RUNTIME,
+    cuda=True, cuda_cflags=("-O3", "--fmad=false", *(f"-Xcompiler={f}" for f in HIDDEN)),
     needs="a CUDA build of torch, nvcc (CUDA_HOME or PATH) and ninja",
 )
 
