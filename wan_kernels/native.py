@@ -50,8 +50,9 @@ HIDDEN = ("-fvisibility=hidden", "-fvisibility-inlines-hidden")
 # The C++ runtime linked as the shared library the process already runs (torch links it), also
 # where the compiler's default links it statically: a second, static copy inside the extension,
 # its symbols bound partly to the first, broke std::ostringstream, which builds the checks' error
-# messages (seen with the CXX of a GPU machine's image: a segfault formatting the first one).
-SHARED_CXX_RUNTIME = ("-l:libstdc++.so.6",)
+# messages (seen with the CXX of a GPU machine's image: a segfault formatting the first one). Linux
+# only: elsewhere torch's C++ runtime is not libstdc++.
+SHARED_CXX_RUNTIME = ("-l:libstdc++.so.6",) if sys.platform.startswith("linux") else ()
 # -ffp-contract=off and --fmad=false: no fused multiply-adds, so products and sums round as torch's
 # separate ops do.
 CPP = Extension(
