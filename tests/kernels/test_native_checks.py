@@ -58,11 +58,13 @@ BAD_TENSORS = {
 
 @dataclass(frozen=True)
 class Compiled:
-    """One compiled extension: its ops (``torch.ops.<name>``), the device its kernels read, and
-    another device that reaches its checks. The cpp ops are registered for every dispatch key, so a
-    meta tensor reaches them; the cuda ops for CUDA tensors, so torch dispatches a call to them when
-    any tensor is on the GPU, and a host tensor among them reaches their checks."""
+    """One compiled extension: the backend that loads it, its ops (``torch.ops.<name>``), the
+    device its kernels read, and another device that reaches its checks. The cpp ops are registered
+    for every dispatch key, so a meta tensor reaches them; the cuda ops for CUDA tensors, so torch
+    dispatches a call to them when any tensor is on the GPU, and a host tensor among them reaches
+    their checks."""
 
+    backend: str
     ext: native.Extension
     device: torch.device
     other: torch.device
@@ -84,8 +86,9 @@ def compiled(request) -> Compiled:
     finally:
         wan_kernels.set_backend("auto")
     if request.param == "cuda":
-        return Compiled(native.CUDA, torch.device("cuda", torch.cuda.current_device()), torch.device("cpu"))
-    return Compiled(native.CPP, torch.device("cpu"), torch.device("meta"))
+        return Compiled("cuda", native.CUDA, torch.device("cuda", torch.cuda.current_device()),
+                        torch.device("cpu"))
+    return Compiled("cpp", native.CPP, torch.device("cpu"), torch.device("meta"))
 
 
 def _place(compiled: Compiled, value: object) -> object:
@@ -172,7 +175,7 @@ def test_a_sparse_tensor_is_refused_naming_the_op(compiled):
 
 def test_the_python_ops_still_raise_their_value_errors(compiled):
     """``wan_kernels.<op>`` checks first, with its own messages; the compiled checks are a backstop."""
-    wan_kernels.set_backend("cuda" if compiled.ext.cuda else "cpp")
+    wan_kernels.set_backend(compiled.backend)
     try:
         x, row = _randn((2, 3, 8)).to(compiled.device), _randn((2, 1, 8)).to(compiled.device)
         with pytest.raises(ValueError, match=r"wan_kernels.gated_residual: y must have the shape of x"):
