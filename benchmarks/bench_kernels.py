@@ -9,9 +9,13 @@ Shapes are the DiT's: C 5120 (A14B, per-sample modulation) and 3072 (TI2V-5B, pe
 modulation) at L 32,760 and 75,600 tokens (480p / 720p), one sample, bfloat16 activations and the
 float32 residual stream. Each op is first checked against the eager reference at that shape (max
 error relative to the reference's largest magnitude, relative L2, and the test suite's tolerance),
-then timed with ``triton.testing.do_bench`` (median, L2 flushed between runs). Bandwidth is the
-op's minimal DRAM traffic over its time, also as a fraction of a large device-to-device copy
-measured in the same run.
+then timed as the runtime runs it, captured in a CUDA graph: the graph's replays are timed by
+``triton.testing.do_bench`` (median, L2 flushed between runs), so the time is the device's alone.
+The host's cost of one eager call (argument checks, dispatch, launches) is measured apart, queued
+behind a GPU sleep (``ours_host_us``, ``compile_host_us``). Bandwidth is the op's minimal DRAM
+traffic over its time, also as a fraction of a large device-to-device copy measured in the same
+run. The compiled references' generated source goes to ``bench_kernels_inductor`` beside the
+results.
 
 ``--sweep`` also times the Triton kernels under other launch geometries (the row kernels'
 ``wan_kernels.triton.launch.RowConfig``: tokens per program, whole, split or chunked rows, warps;
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import statistics
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -162,11 +167,54 @@ def check(op: Op, ours: object, expected: object) -> tuple[float, float, str]:
     return worst_max, worst_l2, verdict
 
 
+def captured(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    """``fn`` captured in a CUDA graph, after one call on a side stream (which compiles Triton
+    kernels and fills the allocator outside the capture, as PyTorch's CUDA graph notes ask)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
 def bench_ms(fn: Callable[[], object]) -> float:
-    """Median milliseconds of ``fn`` (Triton's do_bench, L2 cache flushed between runs)."""
+    """Median device milliseconds of one call of ``fn``: its CUDA graph's replays (the runtime's
+    steps run as graphs) timed by Triton's do_bench, L2 cache flushed between them. Timing the
+    eager call instead would count the host's dispatch wherever it outlasts the flush queued
+    before it; ``host_us`` measures that dispatch apart."""
     from triton.testing import do_bench
 
-    return do_bench(fn, warmup=10, rep=40, return_mode="median")
+    graph = captured(fn)
+    try:
+        return do_bench(graph.replay, warmup=10, rep=40, return_mode="median")
+    finally:
+        graph.reset()
+
+
+# Spin cycles queued ahead of ``host_us``'s calls: tens of milliseconds at an H100's clock, far
+# longer than the calls take to dispatch, so no call waits for the device.
+SLEEP_CYCLES = 100_000_000
+HOST_CALLS = 25
+
+
+def host_us(fn: Callable[[], object]) -> float:
+    """Median host microseconds of one eager call of ``fn`` queued behind a long GPU sleep: the
+    dispatch cost (checks, dispatch, launches) a caller pays per call, which the device time hides
+    wherever the GPU has work queued."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(SLEEP_CYCLES)
+    times = []
+    for _ in range(HOST_CALLS):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    torch.cuda.synchronize()
+    return statistics.median(times) * 1e6
 
 
 def copy_bandwidth(device: torch.device) -> float:
@@ -175,6 +223,20 @@ def copy_bandwidth(device: torch.device) -> float:
     dst = torch.empty_like(src)
     ms = bench_ms(lambda: dst.copy_(src))
     return 2 * COPY_BYTES / ms / 1e6
+
+
+def inductor_code(compiled: Callable, args: tuple) -> list[str]:
+    """Call ``compiled`` on ``args``, returning the source Inductor generates in that call (none
+    where it reuses a compiled graph). Inductor's own ``run_and_get_code`` resets Dynamo first,
+    which would compile every compiled reference again."""
+    from unittest import mock
+
+    from torch._inductor.graph import GraphLowering
+
+    code: list[str] = []
+    with mock.patch.object(GraphLowering, "save_output_code", code.append):
+        compiled(*args)
+    return code
 
 
 def run_op(op: Op, shape: Shape, inputs: Inputs, compiled: Callable | None, copy_gbps: float) -> dict:
@@ -190,12 +252,15 @@ def run_op(op: Op, shape: Shape, inputs: Inputs, compiled: Callable | None, copy
     row.update(ours_ms=round(ours_ms, 4), eager_ms=round(eager_ms, 4),
                ours_GBps=round(gigabytes / ours_ms * 1e3, 1),
                frac_copy=round(gigabytes / ours_ms * 1e3 / copy_gbps, 3),
-               x_eager=round(eager_ms / ours_ms, 2))
+               x_eager=round(eager_ms / ours_ms, 2), ours_host_us=round(host_us(lambda: op.ours(*args)), 1))
     if compiled is not None:
-        compiled(*args)
+        code = inductor_code(compiled, args)
         compile_ms = bench_ms(lambda: compiled(*args))
         row.update(compile_ms=round(compile_ms, 4), compile_GBps=round(gigabytes / compile_ms * 1e3, 1),
-                   x_compile=round(compile_ms / ours_ms, 2))
+                   x_compile=round(compile_ms / ours_ms, 2),
+                   compile_host_us=round(host_us(lambda: compiled(*args)), 1))
+        if code:
+            row["inductor_code"] = "\n".join(code)
     return row
 
 
@@ -410,6 +475,7 @@ def main() -> None:
     compiled = {op.name: torch.compile(op.reference) for op in OPS}
     rows: list[dict] = []
     sweep: list[dict] = []
+    inductor: list[dict] = []  # the compiled references' generated source, an entry per op and width
 
     def save() -> None:
         # After every part, so that a run stopped at its time limit keeps what it measured.
@@ -417,6 +483,8 @@ def main() -> None:
         print("wrote", save_results("bench_kernels", device, [*rows, copy_row], args.out_dir), flush=True)
         if sweep:
             print("wrote", save_results("bench_kernels_sweep", device, sweep, args.out_dir), flush=True)
+        if inductor:
+            print("wrote", save_results("bench_kernels_inductor", device, inductor, args.out_dir), flush=True)
 
     try:
         for shape in SHAPES:
@@ -436,6 +504,8 @@ def main() -> None:
                     traceback.print_exc()
                     verdict = f"ERROR: {type(error).__name__}: {error}"
                     row = {"op": op.name, "shape": shape.label, "check": verdict}
+                if "inductor_code" in row:
+                    inductor.append({"op": op.name, "shape": shape.label, "code": row.pop("inductor_code")})
                 rows.append({"backend": backend, **row})
                 print(f"  {op.name:45s} {backend:7s} {shape.label:24s} {row.get('check')}  max rel err "
                       f"{row.get('max_rel_err')}  {row.get('ours_ms')} ms  {row.get('frac_copy')} of copy  "
@@ -471,7 +541,8 @@ def main() -> None:
         # rows so far are printed and saved.
         save()
     columns = ["op", "backend", "shape", "check", "max_rel_err", "rel_l2", "ours_ms", "eager_ms",
-               "compile_ms", "ours_GBps", "frac_copy", "x_eager", "x_compile"]
+               "compile_ms", "ours_GBps", "frac_copy", "x_eager", "x_compile", "ours_host_us",
+               "compile_host_us"]
     print_table(rows, columns)
     if sweep:
         print("fastest geometry of each swept op (x_default: speed-up over the default geometry)")

@@ -55,6 +55,7 @@ def test_every_op_case_runs_and_passes_its_check(monkeypatch):
     """``run_op`` on each of ``OPS`` (the benchmark's arguments, its check, its byte count) at a
     small shape on the triton backend, the compiled baseline included."""
     monkeypatch.setattr(bench_kernels, "bench_ms", lambda fn: (fn(), 1.0)[1])
+    monkeypatch.setattr(bench_kernels, "host_us", lambda fn: (fn(), 5.0)[1])
     shape = bench_kernels.Shape(3, 256, "per_token")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     inputs = bench_kernels.Inputs(shape, device)
@@ -64,6 +65,7 @@ def test_every_op_case_runs_and_passes_its_check(monkeypatch):
     finally:
         wan_kernels.set_backend("auto")
     assert [row["check"] for row in rows] == ["ok"] * len(bench_kernels.OPS), rows
+    assert all(row["ours_host_us"] == row["compile_host_us"] == 5.0 for row in rows), rows
     # layernorm_modulate: bfloat16 [1, 3, 256] and two float32 per-token modulations read, float32 written.
     op = bench_kernels.OPS[0]
     args = op.args(inputs)
@@ -158,3 +160,32 @@ def test_dit_block_row_runs_one_block_against_the_reference(model_type):
                        num_heads=2, num_layers=1, text_dim=32)
     row = bench_kernels.dit_block_row(Case(config, (2, 4, 4)), torch.device("cpu"), "torch")
     assert row["op"] == "DiTBlock" and float(row["rel_l2"]) == 0.0 and row["ours_ms"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and GPU sleeps need a GPU")
+def test_op_times_are_of_graph_replays_and_host_times_of_eager_calls():
+    x = torch.randn(1 << 22, device="cuda")
+    out = torch.empty_like(x)
+    calls = []
+
+    def double() -> None:
+        calls.append(None)
+        torch.mul(x, 2, out=out)
+
+    out.zero_()
+    assert bench_kernels.bench_ms(double) > 0
+    # Called twice (on a side stream, then captured): do_bench's calls replay the graph, no Python.
+    assert len(calls) == 2
+    torch.testing.assert_close(out, x * 2, rtol=0, atol=0)
+    assert bench_kernels.host_us(double) > 0
+    assert len(calls) == 2 + 1 + bench_kernels.HOST_CALLS
+
+
+def test_inductor_code_is_the_source_of_the_call_that_compiles():
+    from wan_kernels import reference
+
+    compiled = torch.compile(reference.residual_apply)
+    args = (torch.randn(1, 4, 64), torch.randn(1, 4, 64))
+    first, again = bench_kernels.inductor_code(compiled, args), bench_kernels.inductor_code(compiled, args)
+    assert len(first) == 1 and "def call(" in first[0]
+    assert again == []
