@@ -183,6 +183,13 @@ def test_a_whole_row_past_the_register_limit_is_refused():
         wan_kernels.layernorm_modulate(x, x, x, EPS)
 
 
+def test_more_samples_than_a_grid_dimension_holds_are_refused():
+    x = randn((65536, 1, 1))
+    refusal = "gated_residual: the triton backend launches at most .* and 65535 samples, got 65536"
+    with pytest.raises(ValueError, match=refusal):
+        wan_kernels.gated_residual(x, x, x)
+
+
 @pytest.mark.parametrize("width, tiles", [
     (5120, (4096, 1024)), (3072, (2048, 1024)), (4096, (4096, 0)), (77, (64, 16)), (3, (2, 2)), (2, (2, 0)),
     (1, (2, 0)),

@@ -144,7 +144,9 @@ def row_config(op: str, width: int) -> RowConfig:
 def block_config(op: str) -> BlockConfig:
     """The geometry the elementwise kernel of ``op`` launches with: by default 1024 elements on 4
     warps, within 1.8% of the fastest of 512-4096 elements on 4-16 warps at the DiT's shapes on an
-    H100 (benchmarks/results/2026-11-26_NVIDIA-H100-80GB-HBM3_s14_bench_kernels_sweep.json)."""
+    H100 (benchmarks/results/2026-11-26_NVIDIA-H100-80GB-HBM3_s14_bench_kernels_sweep.json; for
+    ``gated_residual`` measured with its programs in token-major order, before they took a row's
+    blocks in turn)."""
     config = _overrides.get(op)
     return config if isinstance(config, BlockConfig) else BlockConfig()
 
