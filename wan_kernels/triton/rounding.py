@@ -13,7 +13,7 @@ import triton.language as tl
 
 from wan_kernels.dispatch import triton_interpreted
 
-# Fixed when the kernels are compiled, as Triton reads TRITON_INTERPRET when it decorates them.
+# Read once, at import: Triton too reads TRITON_INTERPRET once, as it decorates the kernels.
 ROUND_BF16_BITS: tl.constexpr = tl.constexpr(triton_interpreted())
 
 
