@@ -98,6 +98,7 @@ def test_only_ops_short_of_the_bar_are_swept():
         {"backend": "cuda", "op": "qk_rmsnorm_rope", "shape": shape.label, "frac_copy": 0.99},
         {"backend": "triton", "op": "qk_rmsnorm_rope", "shape": shape.label, "frac_copy": 0.5},
         {"backend": "triton", "op": "rel_l1", "shape": other.label, "frac_copy": 0.99},
+        {"backend": "triton", "op": "rel_l1[stride 4]", "shape": other.label, "frac_copy": 0.95},
         {"backend": "triton", "op": "gated_residual_layernorm_modulate", "shape": shape.label,
          "check": "ERROR"},
         {"backend": "triton", "op": "gated_residual", "shape": shape.label, "frac_copy": 0.98,
@@ -107,7 +108,8 @@ def test_only_ops_short_of_the_bar_are_swept():
         {"backend": "triton", "op": "residual_capture", "shape": shape.label, "frac_copy": 1.0},
     ]
     assert bench_kernels.ops_to_sweep(rows, shape) == [
-        "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "rel_l1", "gated_residual"]
+        "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "rel_l1", "rel_l1[stride 4]",
+        "gated_residual"]
     assert bench_kernels.ops_to_sweep(rows, other) == [
         "layernorm_modulate", "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "gated_residual",
         "residual_apply", "residual_capture"]
