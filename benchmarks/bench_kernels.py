@@ -18,12 +18,12 @@ run. The compiled references' generated source goes to ``bench_kernels_inductor`
 results.
 
 ``--sweep`` also times the Triton kernels under other launch geometries (the row kernels'
-``wan_kernels.triton.launch.RowConfig``: tokens per program, whole, split or chunked rows, warps;
-the elementwise kernels' ``BlockConfig``: elements and warps a program) at one length per width,
-right after that shape's op rows, each checked like the ops, with its time against the default
-geometry's and the compiled reference's: the data for choosing ``row_config``'s and
-``block_config``'s defaults. Only the ops whose default falls short of ``SWEEP_BELOW`` of copy
-bandwidth or of the compiled reference's speed are swept.
+``wan_kernels.triton.launch.RowConfig``: tokens per program, whole, split or chunked rows, warps,
+and for the relative errors programs per SM; the elementwise kernels' ``BlockConfig``: elements
+and warps a program) at one length per width, right after that shape's op rows, each checked like
+the ops, with its time against the default geometry's and the compiled reference's: the data for
+choosing ``row_config``'s and ``block_config``'s defaults. Only the ops whose default falls short
+of ``SWEEP_BELOW`` of copy bandwidth or of the compiled reference's speed are swept.
 
 Then whole blocks at the same shapes (``--no-blocks`` skips them), each against its unfused self:
 one ``wan_runtime`` ``DiTBlock`` in bfloat16 on backend ``torch`` against ``triton``, and one
@@ -294,6 +294,14 @@ SWEEP_GEOMETRIES = [
     dict(chunk=1024, tokens=8, warps=8), dict(chunk=2048, warps=8), dict(chunk=2048, tokens=4, warps=8),
     dict(chunk=512, tokens=2, warps=4),
 ]
+# The relative errors' kernels also with a bounded grid whose programs take tiles in turn (one
+# reduction and one partial sum a program, not a tile), at most as many an SM as are resident
+# (compiled for sm_90 by Triton 3.9: 4 of the first, 10 of the second, 5 of the third).
+SWEEP_REDUCTION_GEOMETRIES = [
+    dict(chunk=1024, tokens=4, warps=8, programs_per_sm=4),
+    dict(chunk=1024, tokens=2, warps=4, programs_per_sm=8),
+    dict(chunk=2048, tokens=2, warps=8, programs_per_sm=4),
+]
 SWEEP_BLOCKS = [dict(block=1024, warps=8), dict(block=512, warps=4), dict(block=2048, warps=16),
                 dict(block=2048, warps=8), dict(block=4096, warps=8)]
 
@@ -309,18 +317,26 @@ def ops_to_sweep(rows: list[dict], shape: Shape) -> list[str]:
 def _geometries(name: str, width: int) -> list:
     """The default launch geometry of the op's Triton kernel ``name`` at ``width``, then the others
     to sweep."""
-    from wan_kernels.triton.launch import ELEMENTWISE_OPS, BlockConfig, RowConfig, block_config, row_config
+    from wan_kernels.triton.launch import (
+        ELEMENTWISE_OPS,
+        REDUCTION_OPS,
+        BlockConfig,
+        RowConfig,
+        block_config,
+        row_config,
+    )
 
     if name in ELEMENTWISE_OPS:
         default, others = block_config(name), [BlockConfig(**g) for g in SWEEP_BLOCKS]
     else:
-        default, others = row_config(name, width), [RowConfig(**g) for g in SWEEP_GEOMETRIES]
+        geometries = SWEEP_GEOMETRIES + SWEEP_REDUCTION_GEOMETRIES * (name in REDUCTION_OPS)
+        default, others = row_config(name, width), [RowConfig(**g) for g in geometries]
     return [default, *(c for c in others if c != default)]
 
 
 def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float,
                ops: Sequence[str] = SWEEP_OPS, compile_ms: Mapping[str, float] | None = None) -> list[dict]:
-    """Each op of ``ops`` under its default geometry and each of ``SWEEP_GEOMETRIES`` at ``shape``
+    """Each op of ``ops`` under its default geometry and the others of ``_geometries`` at ``shape``
     (backend ``triton``), until ``deadline`` (``time.perf_counter()``); ``x_compile`` against the
     compiled reference's milliseconds where ``compile_ms`` has the op's."""
     from wan_kernels.triton.launch import configured

@@ -36,6 +36,8 @@ def test_sweep_checks_and_ranks_every_geometry(monkeypatch):
     monkeypatch.setattr(bench_kernels, "bench_ms", fake_ms)
     geometries = [dict(tokens=2, chunk=64), dict(chunk=128, warps=2)]
     monkeypatch.setattr(bench_kernels, "SWEEP_GEOMETRIES", geometries)
+    monkeypatch.setattr(bench_kernels, "SWEEP_REDUCTION_GEOMETRIES",
+                        [dict(tokens=2, chunk=64, programs_per_sm=2)])
     monkeypatch.setattr(bench_kernels, "SWEEP_BLOCKS", [dict(block=256, warps=2), dict(block=128, warps=4)])
     shape = bench_kernels.Shape(3, 256, "per_sample")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,8 +45,11 @@ def test_sweep_checks_and_ranks_every_geometry(monkeypatch):
         rows = bench_kernels.sweep_rows(shape, bench_kernels.Inputs(shape, device), 1000.0, float("inf"))
     finally:
         wan_kernels.set_backend("auto")
-    assert len(rows) == 3 * len(bench_kernels.SWEEP_OPS) == len(timed)
+    # rel_l1, plain and strided, also under the reduction geometry.
+    assert len(rows) == 3 * len(bench_kernels.SWEEP_OPS) + 2 == len(timed)
     assert all(row["check"] == "ok" for row in rows), rows
+    persistent = [row["op"] for row in rows if "programs an SM" in row["geometry"]]
+    assert persistent == ["rel_l1", "rel_l1[stride 4]"]
     best = bench_kernels.best_geometries(rows)
     assert sorted(row["op"] for row in best) == sorted(bench_kernels.SWEEP_OPS)
     assert all(row["geometry"].endswith("(default)") and row["x_default"] == 1.0 for row in best)

@@ -27,7 +27,19 @@ CONFIGS = [
     dict(tokens=2), dict(tokens=8, warps=2), dict(chunk=32), dict(tokens=4, chunk=64, warps=2),
     dict(tokens=2, chunk=128, warps=8), dict(split=True), dict(split=True, tokens=4, warps=2),
 ]
-CONFIG = pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+# The relative errors' kernels also with fewer programs than tiles, each taking tiles in turn (a
+# CPU counts as one SM): 2 programs over 5 or 3 tiles, one over all, 3 over chunked rows.
+REDUCTION_CONFIGS = [
+    *CONFIGS, dict(tokens=2, programs_per_sm=2), dict(split=True, tokens=2, warps=2, programs_per_sm=1),
+    dict(chunk=32, programs_per_sm=3),
+]
+
+
+def _config_id(config: dict) -> str:
+    return "-".join(f"{k}{v}" for k, v in config.items())
+
+
+CONFIG = pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +90,7 @@ def test_qk_rmsnorm_rope(config, width, heads):
         assert_matches(a, e, torch.bfloat16)
 
 
-@CONFIG
+@pytest.mark.parametrize("config", REDUCTION_CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("name", ["rel_l1", "rel_l2"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_relative_error(config, name, stride):
@@ -118,6 +130,13 @@ def test_residual_ops(config, name):
 @pytest.mark.parametrize("op, config", [("gated_residual", RowConfig()), ("rel_l1", BlockConfig())])
 def test_an_op_is_configured_by_its_kernel_kind(op, config):
     with pytest.raises(TypeError, match=f"^{op} launches with a "), configured(op, config):
+        pass
+
+
+def test_programs_per_sm_applies_to_the_relative_errors_only():
+    refusal = "RowConfig.programs_per_sm applies to rel_l1, rel_l2, not layernorm_modulate"
+    config = RowConfig(programs_per_sm=4)
+    with pytest.raises(ValueError, match=refusal), configured("layernorm_modulate", config):
         pass
 
 
@@ -203,6 +222,7 @@ def test_split_rows_take_the_widest_power_of_two_then_the_rest(width, tiles):
     (dict(tokens=3), "tokens must be a power of two"), (dict(warps=0), "warps must be a power of two"),
     (dict(chunk=48), "chunk must be 0"), (dict(chunk=1), "chunk must be 0"),
     (dict(chunk=64, split=True), "split applies to whole rows"),
+    (dict(programs_per_sm=-1), "programs_per_sm must be 0"),
 ])
 def test_row_config_rejects_bad_geometry(fields, message):
     with pytest.raises(ValueError, match=message):

@@ -60,12 +60,17 @@ class RowConfig:
 
     A whole row is one tile padded to a power of two, or with ``split`` two tiles loaded together:
     the widest power of two that fits, then the rest padded (C = 5120 as 4096 + 1024 lanes instead
-    of 8192, so registers hold no padding and more rows fit on an SM)."""
+    of 8192, so registers hold no padding and more rows fit on an SM).
+
+    ``programs_per_sm`` (the relative errors' kernels only, ``REDUCTION_OPS``): 0 launches a
+    program per tile of tokens; n > 0 at most n programs per SM, each taking tiles in turn and
+    reducing its sums once at the end, so fewer partial sums are written and reduced."""
 
     tokens: int = 1
     chunk: int = 0
     warps: int = 4
     split: bool = False
+    programs_per_sm: int = 0
 
     def __post_init__(self) -> None:
         _require_powers_of_two(self, "tokens", "warps")
@@ -74,11 +79,15 @@ class RowConfig:
                 f"RowConfig.chunk must be 0 (whole row) or a power of two >= 2, got {self.chunk}")
         if self.split and self.chunk:
             raise ValueError("RowConfig.split applies to whole rows: give chunk=0 with split=True")
+        if self.programs_per_sm < 0:
+            raise ValueError(f"RowConfig.programs_per_sm must be 0 (a program per tile) or more, got "
+                             f"{self.programs_per_sm}")
 
     @property
     def label(self) -> str:
         walk = f"chunk {self.chunk}" if self.chunk else "row in two tiles" if self.split else "whole row"
-        return f"{walk}, {self.tokens} token{'s' * (self.tokens > 1)}, {self.warps} warps"
+        label = f"{walk}, {self.tokens} token{'s' * (self.tokens > 1)}, {self.warps} warps"
+        return label + (f", {self.programs_per_sm} programs an SM" if self.programs_per_sm else "")
 
     def tiles(self, op: str, width: int) -> tuple[int, int]:
         """Channels of the first tile (the chunk, the row padded to a power of two, or with
@@ -132,6 +141,8 @@ def _default(op: str, width: int) -> RowConfig:
 
 # The ops whose kernels are elementwise, configured by a BlockConfig; the others by a RowConfig.
 ELEMENTWISE_OPS = ("gated_residual", "residual_apply", "residual_capture")
+# The row ops that reduce over all their tokens, the only ones a RowConfig.programs_per_sm applies to.
+REDUCTION_OPS = ("rel_l1", "rel_l2")
 _overrides: dict[str, RowConfig | BlockConfig] = {}
 
 
@@ -158,6 +169,8 @@ def configured(op: str, config: RowConfig | BlockConfig) -> Iterator[None]:
     wanted = BlockConfig if op in ELEMENTWISE_OPS else RowConfig
     if not isinstance(config, wanted):
         raise TypeError(f"{op} launches with a {wanted.__name__}, got {config!r}")
+    if getattr(config, "programs_per_sm", 0) and op not in REDUCTION_OPS:
+        raise ValueError(f"RowConfig.programs_per_sm applies to {', '.join(REDUCTION_OPS)}, not {op}")
     previous = _overrides.get(op)
     _overrides[op] = config
     try:
@@ -167,6 +180,15 @@ def configured(op: str, config: RowConfig | BlockConfig) -> Iterator[None]:
             del _overrides[op]
         else:
             _overrides[op] = previous
+
+
+def programs(config: RowConfig, tiles: int, device: torch.device) -> int:
+    """How many programs a reduction kernel launches under ``config`` for ``tiles`` tiles of tokens
+    on ``device`` (whose SMs are counted; a CPU, where Triton interprets, counts as one)."""
+    if not config.programs_per_sm:
+        return tiles
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return min(tiles, config.programs_per_sm * sms)
 
 
 def row_strides(t: torch.Tensor) -> tuple[int, int]:

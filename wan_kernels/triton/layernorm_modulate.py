@@ -84,7 +84,7 @@ def _layernorm_modulate_kernel(
     TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, CHUNKED: tl.constexpr,
     GATED: tl.constexpr, ROUND: tl.constexpr, SHARED: tl.constexpr,
 ):
-    rows, row_mask, b, t = token_tile(N, L, TOKENS)
+    rows, row_mask, b, t = token_tile(tl.program_id(0), N, L, TOKENS)
     x_rows, y_rows, gate_rows = b * x_sb + t * x_sl, b * y_sb + t * y_sl, b * gate_sb + t * gate_sl
     shift_rows, scale_rows, out_rows = b * shift_sb + t * shift_sl, b * scale_sb + t * scale_sl, rows * C
     if CHUNKED:

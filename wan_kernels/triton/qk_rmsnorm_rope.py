@@ -52,7 +52,7 @@ def _rmsnorm_rope_kernel(
     x_ptr, weight_ptr, cos_ptr, sin_ptr, out_ptr, N, L, C, HALF_D, eps, x_sb, x_sl,
     TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, CHUNKED: tl.constexpr,
 ):
-    rows, row_mask, b, t = token_tile(N, L, TOKENS)
+    rows, row_mask, b, t = token_tile(tl.program_id(0), N, L, TOKENS)
     x_rows, out_rows = b * x_sb + t * x_sl, rows * C
     if CHUNKED:
         squares = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)

@@ -1,4 +1,5 @@
-"""Triton ``rel_l1`` and ``rel_l2``: partial sums over a tile of tokens per program (geometry from
+"""Triton ``rel_l1`` and ``rel_l2``: partial sums over a tile of tokens per program, or with
+``RowConfig.programs_per_sm`` over the tiles a program takes in turn (geometry from
 ``launch.row_config``), then one program reduces them and divides.
 
 Two launches and no host synchronisation; the reduction order is fixed, so results are
@@ -12,7 +13,7 @@ import triton
 import triton.language as tl
 
 from wan_kernels.dispatch import register
-from wan_kernels.triton.launch import as_rows, row_config
+from wan_kernels.triton.launch import as_rows, programs, row_config
 from wan_kernels.triton.tiles import tile_mask, token_tile
 
 _FINISH_BLOCK = 1024
@@ -35,12 +36,11 @@ def _terms(a, b, SQUARE: tl.constexpr):
 
 
 @triton.jit
-def _partial_sums_kernel(
-    a_ptr, b_ptr, partial_ptr, rows, L_sampled, C, stride, a_sn, a_sl, b_sn, b_sl,
-    SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr,
-):
-    program = tl.program_id(0)
-    _, row_mask, n, sample = token_tile(rows, L_sampled, TOKENS)
+def _add_tile(a_ptr, b_ptr, num, den, num_tail, den_tail, tile, rows, L_sampled, C, stride, a_sn, a_sl, b_sn,
+              b_sl, SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr):
+    """The running sums with tile ``tile``'s terms added: [TOKENS, BLOCK] lanes, and with ``TAIL``
+    [TOKENS] row sums of the second tile."""
+    _, row_mask, n, sample = token_tile(tile, rows, L_sampled, TOKENS)
     t = sample * stride
     a_rows, b_rows = n * a_sn + t * a_sl, n * b_sn + t * b_sl
     if TAIL:
@@ -49,23 +49,44 @@ def _partial_sums_kernel(
         a, b = _load_pair(a_ptr, b_ptr, a_rows, b_rows, cols, tile_mask(row_mask, cols, C))
         tail_mask = tile_mask(row_mask, tail_cols, C)
         a_tail, b_tail = _load_pair(a_ptr, b_ptr, a_rows, b_rows, tail_cols, tail_mask)
-        num, den = _terms(a, b, SQUARE)
-        num_tail, den_tail = _terms(a_tail, b_tail, SQUARE)
-        num_total = tl.sum(tl.sum(num, axis=1), axis=0) + tl.sum(tl.sum(num_tail, axis=1), axis=0)
-        den_total = tl.sum(tl.sum(den, axis=1), axis=0) + tl.sum(tl.sum(den_tail, axis=1), axis=0)
+        num_terms, den_terms = _terms(a, b, SQUARE)
+        num += num_terms
+        den += den_terms
+        num_terms, den_terms = _terms(a_tail, b_tail, SQUARE)
+        num_tail += tl.sum(num_terms, axis=1)
+        den_tail += tl.sum(den_terms, axis=1)
     else:
-        num = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
-        den = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
         for start in range(0, C, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             a, b = _load_pair(a_ptr, b_ptr, a_rows, b_rows, cols, tile_mask(row_mask, cols, C))
             num_terms, den_terms = _terms(a, b, SQUARE)
             num += num_terms
             den += den_terms
-        num_total = tl.sum(tl.sum(num, axis=1), axis=0)
-        den_total = tl.sum(tl.sum(den, axis=1), axis=0)
-    tl.store(partial_ptr + 2 * program, num_total)
-    tl.store(partial_ptr + 2 * program + 1, den_total)
+    return num, den, num_tail, den_tail
+
+
+@triton.jit
+def _partial_sums_kernel(
+    a_ptr, b_ptr, partial_ptr, tiles, rows, L_sampled, C, stride, a_sn, a_sl, b_sn, b_sl,
+    SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+):
+    program = tl.program_id(0)
+    num = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
+    den = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
+    num_tail = tl.zeros([TOKENS], dtype=tl.float32)
+    den_tail = tl.zeros([TOKENS], dtype=tl.float32)
+    if PERSISTENT:
+        for tile in range(program, tiles, tl.num_programs(0)):
+            num, den, num_tail, den_tail = _add_tile(
+                a_ptr, b_ptr, num, den, num_tail, den_tail, tile, rows, L_sampled, C, stride, a_sn, a_sl,
+                b_sn, b_sl, SQUARE, TOKENS, BLOCK, TAIL)
+    else:
+        num, den, num_tail, den_tail = _add_tile(
+            a_ptr, b_ptr, num, den, num_tail, den_tail, program, rows, L_sampled, C, stride, a_sn, a_sl, b_sn,
+            b_sl, SQUARE, TOKENS, BLOCK, TAIL)
+    tl.store(partial_ptr + 2 * program, tl.sum(tl.sum(num, axis=1), axis=0) + tl.sum(num_tail, axis=0))
+    tl.store(partial_ptr + 2 * program + 1, tl.sum(tl.sum(den, axis=1), axis=0) + tl.sum(den_tail, axis=0))
 
 
 @triton.jit
@@ -87,17 +108,18 @@ def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, squa
     sampled = triton.cdiv(length, stride)
     rows = count * sampled
     config = row_config(op, width)
-    programs = triton.cdiv(rows, config.tokens)
-    partials = torch.empty((max(programs, 1), 2), dtype=torch.float32, device=a.device)
+    tiles = triton.cdiv(rows, config.tokens)
+    grid = programs(config, tiles, a.device)
+    partials = torch.empty((max(grid, 1), 2), dtype=torch.float32, device=a.device)
     out = torch.empty((), dtype=torch.float32, device=a.device)
-    if programs:
+    if grid:
         block, tail = config.tiles(op, width)
-        _partial_sums_kernel[(programs,)](
-            a3, b3, partials, rows, sampled, width, stride, a3.stride(0), a3.stride(1), b3.stride(0),
+        _partial_sums_kernel[(grid,)](
+            a3, b3, partials, tiles, rows, sampled, width, stride, a3.stride(0), a3.stride(1), b3.stride(0),
             b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=block, TAIL=tail,
-            num_warps=config.warps,
+            PERSISTENT=grid < tiles, num_warps=config.warps,
         )
-    _finish_kernel[(1,)](partials, out, programs, SQUARE=square, BLOCK=_FINISH_BLOCK, num_warps=4)
+    _finish_kernel[(1,)](partials, out, grid, SQUARE=square, BLOCK=_FINISH_BLOCK, num_warps=4)
     return out
 
 

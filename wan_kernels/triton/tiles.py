@@ -1,14 +1,14 @@
-"""Index helpers of the row kernels, whose programs each take a tile of ``TOKENS`` tokens."""
+"""Index helpers of the row kernels, whose programs take tiles of ``TOKENS`` tokens."""
 
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def token_tile(N, L, TOKENS: tl.constexpr):
-    """This program's tokens of the N = B * L rows of a [B, L, C] input: their row indices, which
-    of them exist (the last tile may run past N), and their batch and token indices."""
-    rows = tl.program_id(0).to(tl.int64) * TOKENS + tl.arange(0, TOKENS)
+def token_tile(tile, N, L, TOKENS: tl.constexpr):
+    """The tokens of tile ``tile`` of the N = B * L rows of a [B, L, C] input: their row indices,
+    which of them exist (the last tile may run past N), and their batch and token indices."""
+    rows = tl.cast(tile, tl.int64) * TOKENS + tl.arange(0, TOKENS)
     return rows, rows < N, rows // L, rows % L
 
 
