@@ -133,6 +133,28 @@ def test_an_op_is_configured_by_its_kernel_kind(op, config):
         pass
 
 
+@pytest.mark.parametrize("name", ["rel_l1", "rel_l2"])
+def test_the_finishing_program_sums_the_partials_in_passes(monkeypatch, name):
+    """100 partial sums (a token a program) in passes of 32, the last one part-filled."""
+    from wan_kernels.triton import rel_error
+
+    monkeypatch.setattr(rel_error, "_FINISH_MAX_BLOCK", 32)
+    assert rel_error._finish_geometry(100) == (32, 4)
+    b = randn((2, 50, 8), seed=1)
+    a = b + randn(b.shape, seed=2, scale=0.1)
+    with configured(name, RowConfig(chunk=8)):
+        actual = getattr(wan_kernels, name)(a, b, 1)
+    torch.testing.assert_close(actual, getattr(reference, name)(a, b, 1), rtol=REDUCTION_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("count, geometry", [(1, (32, 4)), (1000, (1024, 4)), (2048, (2048, 8)),
+                                             (18900, (4096, 8))])
+def test_the_finishing_program_takes_up_to_4096_partials_a_pass(count, geometry):
+    from wan_kernels.triton.rel_error import _finish_geometry
+
+    assert _finish_geometry(count) == geometry
+
+
 def test_programs_per_sm_applies_to_the_relative_errors_only():
     refusal = "RowConfig.programs_per_sm applies to rel_l1, rel_l2, not layernorm_modulate"
     config = RowConfig(programs_per_sm=4)

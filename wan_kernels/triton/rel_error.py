@@ -16,7 +16,7 @@ from wan_kernels.dispatch import register
 from wan_kernels.triton.launch import as_rows, programs, row_config
 from wan_kernels.triton.tiles import tile_mask, token_tile
 
-_FINISH_BLOCK = 1024
+_FINISH_MAX_BLOCK = 4096
 
 
 @triton.jit
@@ -90,16 +90,24 @@ def _partial_sums_kernel(
 
 
 @triton.jit
-def _finish_kernel(partial_ptr, out_ptr, rows, SQUARE: tl.constexpr, BLOCK: tl.constexpr):
-    num = tl.zeros([BLOCK], dtype=tl.float32)
-    den = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, rows, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
-        mask = idx < rows
-        num += tl.load(partial_ptr + 2 * idx, mask=mask, other=0.0)
-        den += tl.load(partial_ptr + 2 * idx + 1, mask=mask, other=0.0)
+def _finish_kernel(partial_ptr, out_ptr, count, SQUARE: tl.constexpr, BLOCK: tl.constexpr):
+    # [BLOCK, 2] tiles: each partial's two sums in one 8-byte load; each pass is a round trip to
+    # memory that nothing else hides, so BLOCK grows with the count (``_finish_geometry``).
+    idx = tl.arange(0, BLOCK)[:, None]
+    which = tl.arange(0, 2)[None, :]
+    sums = tl.zeros([BLOCK, 2], dtype=tl.float32)
+    for start in range(0, count, BLOCK):
+        sums += tl.load(partial_ptr + 2 * (start + idx) + which, mask=(start + idx) < count, other=0.0)
+    num, den = tl.split(sums)
     ratio = tl.sum(num, axis=0) / tl.sum(den, axis=0)
     tl.store(out_ptr, tl.sqrt(ratio) if SQUARE else ratio)
+
+
+def _finish_geometry(count: int) -> tuple[int, int]:
+    """The finishing program's block (partials a pass) and warps for ``count`` partials: one pass
+    up to 4096 of them, on 4 warps up to 1024 and 8 beyond."""
+    block = min(_FINISH_MAX_BLOCK, max(32, triton.next_power_of_2(count)))
+    return block, 4 if block <= 1024 else 8
 
 
 def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, square: bool) -> torch.Tensor:
@@ -119,7 +127,8 @@ def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, squa
             b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=block, TAIL=tail,
             PERSISTENT=grid < tiles, num_warps=config.warps,
         )
-    _finish_kernel[(1,)](partials, out, grid, SQUARE=square, BLOCK=_FINISH_BLOCK, num_warps=4)
+    block, warps = _finish_geometry(grid)
+    _finish_kernel[(1,)](partials, out, grid, SQUARE=square, BLOCK=block, num_warps=warps)
     return out
 
 
