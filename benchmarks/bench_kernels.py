@@ -308,10 +308,14 @@ SWEEP_BLOCKS = [dict(block=1024, warps=8), dict(block=512, warps=4), dict(block=
 
 def ops_to_sweep(rows: list[dict], shape: Shape) -> list[str]:
     """The ``SWEEP_OPS`` whose ``triton`` row at ``shape`` in ``rows`` did not reach ``SWEEP_BELOW``
-    of copy bandwidth or was slower than the compiled reference (or has no time: failed or not run)."""
-    reached = {row["op"] for row in rows if row.get("backend") == "triton" and row["shape"] == shape.label
-               and row.get("frac_copy", 0.0) >= SWEEP_BELOW and row.get("x_compile", math.inf) >= 1}
-    return [name for name in SWEEP_OPS if name not in reached]
+    of copy bandwidth or was slower than the compiled reference (or has no time: failed or not run),
+    furthest from copy bandwidth first, so that a sweep cut short by its deadline has spent its
+    time where the gap is widest."""
+    ours = [row for row in rows if row.get("backend") == "triton" and row["shape"] == shape.label]
+    reached = {row["op"] for row in ours
+               if row.get("frac_copy", 0.0) >= SWEEP_BELOW and row.get("x_compile", math.inf) >= 1}
+    frac = {row["op"]: row.get("frac_copy", 0.0) for row in ours}
+    return sorted((name for name in SWEEP_OPS if name not in reached), key=lambda name: frac.get(name, 0.0))
 
 
 def _geometries(name: str, width: int) -> list:
@@ -343,7 +347,8 @@ def sweep_rows(shape: Shape, inputs: Inputs, copy_gbps: float, deadline: float,
 
     wan_kernels.set_backend("triton")
     rows = []
-    for op in (op for op in OPS if op.name in ops):
+    by_name = {op.name: op for op in OPS}
+    for op in (by_name[name] for name in ops):
         if time.perf_counter() > deadline:
             return rows
         name, args = op.ours.__name__, op.args(inputs)

@@ -48,6 +48,7 @@ def test_sweep_checks_and_ranks_every_geometry(monkeypatch):
     # rel_l1, plain and strided, also under the reduction geometry.
     assert len(rows) == 3 * len(bench_kernels.SWEEP_OPS) + 2 == len(timed)
     assert all(row["check"] == "ok" for row in rows), rows
+    assert list(dict.fromkeys(row["op"] for row in rows)) == list(bench_kernels.SWEEP_OPS)  # as given
     persistent = [row["op"] for row in rows if "programs an SM" in row["geometry"]]
     assert persistent == ["rel_l1", "rel_l1[stride 4]"]
     best = bench_kernels.best_geometries(rows)
@@ -96,7 +97,8 @@ def test_sweep_of_chosen_ops_compares_with_the_compiled_reference(monkeypatch):
 
 
 def test_only_ops_short_of_the_bar_are_swept():
-    """Swept: under SWEEP_BELOW of copy, slower than the compiled reference, failed or not run."""
+    """Swept: under SWEEP_BELOW of copy, slower than the compiled reference, failed or not run;
+    the furthest from copy bandwidth first."""
     shape, other = bench_kernels.SWEEP_SHAPES
     rows = [
         {"backend": "triton", "op": "layernorm_modulate", "shape": shape.label, "frac_copy": 0.95},
@@ -112,8 +114,9 @@ def test_only_ops_short_of_the_bar_are_swept():
          "x_compile": 1.0},
         {"backend": "triton", "op": "residual_capture", "shape": shape.label, "frac_copy": 1.0},
     ]
+    # Furthest from copy bandwidth first: failed and not run (as SWEEP_OPS orders them), then 0.5, 0.98.
     assert bench_kernels.ops_to_sweep(rows, shape) == [
-        "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "rel_l1", "rel_l1[stride 4]",
+        "gated_residual_layernorm_modulate", "rel_l1", "rel_l1[stride 4]", "qk_rmsnorm_rope",
         "gated_residual"]
     assert bench_kernels.ops_to_sweep(rows, other) == [
         "layernorm_modulate", "gated_residual_layernorm_modulate", "qk_rmsnorm_rope", "gated_residual",
