@@ -14,8 +14,11 @@ then timed as the runtime runs it, captured in a CUDA graph: the graph's replays
 The host's cost of one eager call (argument checks, dispatch, launches) is measured apart, queued
 behind a GPU sleep (``ours_host_us``, ``compile_host_us``). Bandwidth is the op's minimal DRAM
 traffic over its time, also as a fraction of a large device-to-device copy measured in the same
-run. The compiled references' generated source goes to ``bench_kernels_inductor`` beside the
-results.
+run (``frac_copy``) and of a copy moving as many bytes as the op, timed alike
+(``frac_copy_same_bytes``): ``do_bench`` zeroes 256 MB before each call, so every timed call starts
+with an L2 cache full of dirty lines; whatever writing them back costs is about fixed, so it would
+weigh on a 50 us kernel and hardly on the large copy. The compiled references' generated source goes to
+``bench_kernels_inductor`` beside the results.
 
 ``--sweep`` also times the Triton kernels under other launch geometries (the row kernels'
 ``wan_kernels.triton.launch.RowConfig``: tokens per program, whole, split or chunked rows, warps,
@@ -35,6 +38,7 @@ against the unfused one.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import statistics
@@ -223,15 +227,16 @@ def host_us(fn: Callable[[], object]) -> float:
     return statistics.median(times) * 1e6
 
 
-def copy_bandwidth(device: torch.device) -> float:
-    """GB/s of a device-to-device copy of ``COPY_BYTES`` (read plus write), called eagerly: captured
-    in a CUDA graph the copy becomes a memcpy node, which measured 2434 GB/s on an H100 against
-    3020 eagerly. At 1.4 ms a copy, the eager call's dispatch hides behind the L2 flush queued
-    before it."""
-    src = torch.empty(COPY_BYTES // 4, dtype=torch.float32, device=device)
+@functools.cache
+def copy_bandwidth(device: torch.device, nbytes: int = COPY_BYTES) -> float:
+    """GB/s (read plus write) of a device-to-device copy of ``nbytes``, called eagerly: captured in
+    a CUDA graph the copy becomes a memcpy node, which measured 2434 GB/s on an H100 against 3020
+    eagerly. The eager call's dispatch (microseconds) hides behind the 256 MB flush queued before
+    it, at any size."""
+    src = torch.empty(max(1, nbytes // 4), dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     ms = eager_ms(lambda: dst.copy_(src))
-    return 2 * COPY_BYTES / ms / 1e6
+    return 2 * src.nbytes / ms / 1e6
 
 
 def inductor_code(compiled: Callable, args: tuple) -> list[str]:
@@ -252,15 +257,17 @@ def run_op(op: Op, shape: Shape, inputs: Inputs, compiled: Callable | None, copy
     args = op.args(inputs)
     ours, expected = op.ours(*args), op.reference(*args)
     max_rel, rel_l2, verdict = check(op, ours, expected)
-    gigabytes = traffic_bytes(op, args, ours) / 1e9
+    traffic = traffic_bytes(op, args, ours)
+    gigabytes = traffic / 1e9
     del ours, expected
     row = {"op": op.name, "shape": shape.label, "max_rel_err": f"{max_rel:.2e}", "rel_l2": f"{rel_l2:.2e}",
            "check": verdict, "GB": round(gigabytes, 3)}
     ours_ms = bench_ms(lambda: op.ours(*args))
     eager_ms = bench_ms(lambda: op.reference(*args))
-    row.update(ours_ms=round(ours_ms, 4), eager_ms=round(eager_ms, 4),
-               ours_GBps=round(gigabytes / ours_ms * 1e3, 1),
-               frac_copy=round(gigabytes / ours_ms * 1e3 / copy_gbps, 3),
+    ours_gbps = gigabytes / ours_ms * 1e3
+    row.update(ours_ms=round(ours_ms, 4), eager_ms=round(eager_ms, 4), ours_GBps=round(ours_gbps, 1),
+               frac_copy=round(ours_gbps / copy_gbps, 3),
+               frac_copy_same_bytes=round(ours_gbps / copy_bandwidth(args[0].device, traffic // 2), 3),
                x_eager=round(eager_ms / ours_ms, 2), ours_host_us=round(host_us(lambda: op.ours(*args)), 1))
     if compiled is not None:
         code = inductor_code(compiled, args)
@@ -540,7 +547,8 @@ def main() -> None:
                     inductor.append({"op": op.name, "shape": shape.label, "code": row.pop("inductor_code")})
                 rows.append({"backend": backend, **row})
                 print(f"  {op.name:45s} {backend:7s} {shape.label:24s} {row.get('check')}  max rel err "
-                      f"{row.get('max_rel_err')}  {row.get('ours_ms')} ms  {row.get('frac_copy')} of copy  "
+                      f"{row.get('max_rel_err')}  {row.get('ours_ms')} ms  {row.get('frac_copy')} of copy "
+                      f"({row.get('frac_copy_same_bytes')} of one as large)  "
                       f"x_compile {row.get('x_compile')}  ({time.perf_counter() - start:.0f} s)", flush=True)
             save()
             # Swept right after its op rows: the same inputs, and the compiled times just measured.
@@ -573,8 +581,8 @@ def main() -> None:
         # rows so far are printed and saved.
         save()
     columns = ["op", "backend", "shape", "check", "max_rel_err", "rel_l2", "ours_ms", "eager_ms",
-               "compile_ms", "ours_GBps", "frac_copy", "x_eager", "x_compile", "ours_host_us",
-               "compile_host_us"]
+               "compile_ms", "ours_GBps", "frac_copy", "frac_copy_same_bytes", "x_eager", "x_compile",
+               "ours_host_us", "compile_host_us"]
     print_table(rows, columns)
     if sweep:
         print("fastest geometry of each swept op (x_default: speed-up over the default geometry)")

@@ -62,6 +62,13 @@ def test_every_op_case_runs_and_passes_its_check(monkeypatch):
     small shape on the triton backend, the compiled baseline included."""
     monkeypatch.setattr(bench_kernels, "bench_ms", lambda fn: (fn(), 1.0)[1])
     monkeypatch.setattr(bench_kernels, "host_us", lambda fn: (fn(), 5.0)[1])
+    copies = []
+
+    def copy_gbps(device, nbytes):  # a copy of nbytes, read and written, in bench_ms's 1 ms
+        copies.append(nbytes)
+        return 2 * nbytes / 1e6
+
+    monkeypatch.setattr(bench_kernels, "copy_bandwidth", copy_gbps)
     shape = bench_kernels.Shape(3, 256, "per_token")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     inputs = bench_kernels.Inputs(shape, device)
@@ -72,6 +79,10 @@ def test_every_op_case_runs_and_passes_its_check(monkeypatch):
         wan_kernels.set_backend("auto")
     assert [row["check"] for row in rows] == ["ok"] * len(bench_kernels.OPS), rows
     assert all(row["ours_host_us"] == row["compile_host_us"] == 5.0 for row in rows), rows
+    # Each op against a copy moving its traffic (half read, half written) in as long as it took.
+    assert copies == [bench_kernels.traffic_bytes(op, op.args(inputs), op.reference(*op.args(inputs))) // 2
+                      for op in bench_kernels.OPS]
+    assert [row["frac_copy_same_bytes"] for row in rows] == [1.0] * len(rows), rows
     # layernorm_modulate: bfloat16 [1, 3, 256] and two float32 per-token modulations read, float32 written.
     op = bench_kernels.OPS[0]
     args = op.args(inputs)
