@@ -69,21 +69,16 @@ def _add_tile(a_ptr, b_ptr, num, den, num_tail, den_tail, tile, rows, L_sampled,
 def _partial_sums_kernel(
     a_ptr, b_ptr, partial_ptr, tiles, rows, L_sampled, C, stride, a_sn, a_sl, b_sn, b_sl,
     SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr,
-    PERSISTENT: tl.constexpr,
 ):
     program = tl.program_id(0)
     num = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
     den = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
     num_tail = tl.zeros([TOKENS], dtype=tl.float32)
     den_tail = tl.zeros([TOKENS], dtype=tl.float32)
-    if PERSISTENT:
-        for tile in range(program, tiles, tl.num_programs(0)):
-            num, den, num_tail, den_tail = _add_tile(
-                a_ptr, b_ptr, num, den, num_tail, den_tail, tile, rows, L_sampled, C, stride, a_sn, a_sl,
-                b_sn, b_sl, SQUARE, TOKENS, BLOCK, TAIL)
-    else:
+    # One tile a program, or with a grid of fewer programs than tiles the tiles in turn.
+    for tile in range(program, tiles, tl.num_programs(0)):
         num, den, num_tail, den_tail = _add_tile(
-            a_ptr, b_ptr, num, den, num_tail, den_tail, program, rows, L_sampled, C, stride, a_sn, a_sl, b_sn,
+            a_ptr, b_ptr, num, den, num_tail, den_tail, tile, rows, L_sampled, C, stride, a_sn, a_sl, b_sn,
             b_sl, SQUARE, TOKENS, BLOCK, TAIL)
     tl.store(partial_ptr + 2 * program, tl.sum(tl.sum(num, axis=1), axis=0) + tl.sum(num_tail, axis=0))
     tl.store(partial_ptr + 2 * program + 1, tl.sum(tl.sum(den, axis=1), axis=0) + tl.sum(den_tail, axis=0))
@@ -125,7 +120,7 @@ def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, squa
         _partial_sums_kernel[(grid,)](
             a3, b3, partials, tiles, rows, sampled, width, stride, a3.stride(0), a3.stride(1), b3.stride(0),
             b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=block, TAIL=tail,
-            PERSISTENT=grid < tiles, num_warps=config.warps,
+            num_warps=config.warps,
         )
     block, warps = _finish_geometry(grid)
     _finish_kernel[(1,)](partials, out, grid, SQUARE=square, BLOCK=block, num_warps=warps)
