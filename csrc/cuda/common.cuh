@@ -58,6 +58,34 @@ __device__ __forceinline__ void store(T* p, const float (&in)[N]) {
   }
 }
 
+// N floats as a value, so that a pack's loads can be returned and held in an array.
+template <int N>
+struct Floats {
+  float v[N];
+};
+
+// Loads and uses the packs [0, packs) of a row this thread walks (p = threadIdx.x, then every
+// blockDim.x-th), K at a time: the K packs' loads (load(p), returning what use needs) are all issued
+// before the first use(p, loaded), so a thread has K requests in flight rather than waiting on each
+// in turn (nvcc does not unroll the runtime-bounded loop by itself). The packs are used in the
+// order a one-at-a-time loop uses them, so per-thread sums are the same.
+template <int K, typename Load, typename Use>
+__device__ __forceinline__ void for_each_pack(int64_t packs, Load&& load, Use&& use) {
+  using Loaded = decltype(load(int64_t{0}));
+  const int64_t step = blockDim.x;
+  for (int64_t first = threadIdx.x; first < packs; first += K * step) {
+    Loaded loaded[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (first + k * step < packs) loaded[k] = load(first + k * step);
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (first + k * step < packs) use(first + k * step, loaded[k]);
+    }
+  }
+}
+
 // The sum of v over the warp, the same value in every lane: a xor butterfly adds each pair in both
 // lanes in the same two operands, so all lanes round alike.
 template <typename T>

@@ -12,6 +12,9 @@ namespace wan_kernels {
 namespace {
 
 constexpr int64_t kMaxCachedWidth = 48 * 1024 / sizeof(float) - 64;
+// Packs a thread walks (the launch's target) and has in flight at once in the pass that reads the
+// row from memory (for_each_pack).
+constexpr int kPacks = 2;
 
 template <bool GATED, int N, bool VEC, typename X, typename Y, typename Out>
 __global__ void __launch_bounds__(kMaxThreads)
@@ -27,43 +30,41 @@ __global__ void __launch_bounds__(kMaxThreads)
   const float* gr = gates.row(b, t);
 
   // The float32 value to normalise of pack p, from global memory.
-  auto input = [&](int64_t p, float (&h)[N]) {
-    load<N, VEC>(xr + p * N, h);
+  auto input = [&](int64_t p) {
+    Floats<N> h;
+    load<N, VEC>(xr + p * N, h.v);
     if constexpr (GATED) {
       float y[N], g[N];
       load<N, VEC>(yr + p * N, y);
       load<N, VEC>(gr + p * N, g);
 #pragma unroll
-      for (int i = 0; i < N; ++i) h[i] = h[i] + y[i] * g[i];
+      for (int i = 0; i < N; ++i) h.v[i] = h.v[i] + y[i] * g[i];
     }
+    return h;
   };
   // Pack p again: from the shared copy, or recomputed (the same arithmetic, so the same values).
-  auto again = [&](int64_t p, float (&h)[N]) {
-    if (cached) {
-      load<N, true>(cache + p * N, h);
-    } else {
-      input(p, h);
-    }
+  auto again = [&](int64_t p) {
+    if (!cached) return input(p);
+    Floats<N> h;
+    load<N, true>(cache + p * N, h.v);
+    return h;
   };
 
   float sum = 0.0f;
-  for (int64_t p = threadIdx.x; p < packs; p += blockDim.x) {
-    float h[N];
-    input(p, h);
-    if constexpr (GATED) store<N, VEC>(residual + row * width + p * N, h);
-    if (cached) store<N, true>(cache + p * N, h);
+  for_each_pack<kPacks>(packs, input, [&](int64_t p, const Floats<N>& h) {
+    if constexpr (GATED) store<N, VEC>(residual + row * width + p * N, h.v);
+    if (cached) store<N, true>(cache + p * N, h.v);
 #pragma unroll
-    for (int i = 0; i < N; ++i) sum += h[i];
-  }
+    for (int i = 0; i < N; ++i) sum += h.v[i];
+  });
   const float mean = block_sum(sum, scratch) / static_cast<float>(width);
 
   float squares = 0.0f;
   for (int64_t p = threadIdx.x; p < packs; p += blockDim.x) {
-    float h[N];
-    again(p, h);
+    const Floats<N> h = again(p);
 #pragma unroll
     for (int i = 0; i < N; ++i) {
-      const float d = h[i] - mean;
+      const float d = h.v[i] - mean;
       squares += d * d;
     }
   }
@@ -72,18 +73,18 @@ __global__ void __launch_bounds__(kMaxThreads)
   const float* sh = shifts.row(b, t);
   const float* sc = scales.row(b, t);
   for (int64_t p = threadIdx.x; p < packs; p += blockDim.x) {
-    float h[N], shift[N], scale[N];
-    again(p, h);
+    Floats<N> h = again(p);
+    float shift[N], scale[N];
     load<N, VEC>(sh + p * N, shift);
     load<N, VEC>(sc + p * N, scale);
 #pragma unroll
     for (int i = 0; i < N; ++i) {
-      float normed = (h[i] - mean) * rstd;
+      float normed = (h.v[i] - mean) * rstd;
       // The official model rounds the normalised value to the input's dtype before modulating.
       if (round_to_input) normed = round_through<X>(normed);
-      h[i] = normed * (1.0f + scale[i]) + shift[i];
+      h.v[i] = normed * (1.0f + scale[i]) + shift[i];
     }
-    store<N, VEC>(out + row * width + p * N, h);
+    store<N, VEC>(out + row * width + p * N, h.v);
   }
 }
 
@@ -98,7 +99,7 @@ void launch(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, co
   const bool vec = all_packable(kVec, x, y, gate, shift, scale, residual, out);
   WAN_DISPATCH_PACKED(vec, [&] {
     constexpr int N = VEC ? kVec : 1;
-    const int threads = row_threads(width / N, 2);
+    const int threads = row_threads(width / N, kPacks);
     const size_t shared = cached ? width * sizeof(float) : 0;
     layernorm_modulate_kernel<GATED, N, VEC, X, Y, Out>
         <<<row_blocks(x.size(0) * length), threads, shared, c10::cuda::getCurrentCUDAStream()>>>(
