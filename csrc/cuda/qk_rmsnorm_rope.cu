@@ -12,9 +12,6 @@ namespace wan_kernels {
 namespace {
 
 constexpr int64_t kMaxCachedWidth = 48 * 1024 / sizeof(float) - 64;
-// Packs a thread walks (the launch's target), all in flight at once in the pass that reads the
-// row from memory (for_each_pack).
-constexpr int kPacks = 2;
 
 template <int N, bool VEC, typename X>
 __global__ void __launch_bounds__(kMaxThreads)
@@ -29,44 +26,36 @@ __global__ void __launch_bounds__(kMaxThreads)
   const X* xr = xs.row(row / length, t);
 
   float squares = 0.0f;
-  for_each_pack<kPacks>(
-      packs,
-      [&](int64_t p) {
-        Floats<N> v;
-        load<N, VEC>(xr + p * N, v.v);
-        return v;
-      },
-      [&](int64_t p, const Floats<N>& v) {
-        if (cached) store<N, true>(cache + p * N, v.v);
+  for (int64_t p = threadIdx.x; p < packs; p += blockDim.x) {
+    float v[N];
+    load<N, VEC>(xr + p * N, v);
+    if (cached) store<N, true>(cache + p * N, v);
 #pragma unroll
-        for (int i = 0; i < N; ++i) squares += v.v[i] * v.v[i];
-      });
+    for (int i = 0; i < N; ++i) squares += v[i] * v[i];
+  }
   // As the reference: float32 mean square plus eps, then 1 / sqrt.
   const float rstd = rsqrtf(block_sum(squares, scratch) / static_cast<float>(width) + eps);
 
   const float* cos_t = cos + t * half_head;
   const float* sin_t = sin + t * half_head;
   for (int64_t p = threadIdx.x; p < packs; p += blockDim.x) {
-    float v[N], w[N], c[N / 2], s[N / 2];
+    float v[N], w[N];
     if (cached) {
       load<N, true>(cache + p * N, v);
     } else {
       load<N, VEC>(xr + p * N, v);
     }
     load<N, VEC>(weight + p * N, w);
-    // A pack's N / 2 pairs are consecutive columns of one head's table row, read as one vector:
-    // with VEC the launch checked that half_head is a multiple of N / 2 and the tables' alignment.
-    // 32-bit: a 64-bit remainder is a long software sequence on the GPU.
-    const unsigned column = static_cast<unsigned>(p * (N / 2)) % half_head;
-    load<N / 2, VEC>(cos_t + column, c);
-    load<N / 2, VEC>(sin_t + column, s);
 #pragma unroll
     for (int i = 0; i < N; i += 2) {
       // As reference.rms_norm: the normalised value is rounded to the input dtype before the weight.
       const float even = round_through<X>(v[i] * rstd) * w[i];
       const float odd = round_through<X>(v[i + 1] * rstd) * w[i + 1];
-      v[i] = even * c[i / 2] - odd * s[i / 2];
-      v[i + 1] = even * s[i / 2] + odd * c[i / 2];
+      // 32-bit: a 64-bit remainder is a long software sequence on the GPU.
+      const unsigned j = static_cast<unsigned>((p * N + i) / 2) % half_head;
+      const float c = cos_t[j], s = sin_t[j];
+      v[i] = even * c - odd * s;
+      v[i + 1] = even * s + odd * c;
     }
     store<N, VEC>(out + row * width + p * N, v);
   }
@@ -81,11 +70,10 @@ at::Tensor rmsnorm_rope(const at::Tensor& x, const at::Tensor& weight, const at:
   WAN_DISPATCH_FLOATS(x.scalar_type(), "qk_rmsnorm_rope", [&] {
     using X = scalar_t;
     constexpr int kVec = kPack<X>;
-    const bool vec = all_packable(kVec, x, weight, out) && all_packable(kVec / 2, cos, sin);
-    WAN_DISPATCH_PACKED(vec, [&] {
+    WAN_DISPATCH_PACKED(all_packable(kVec, x, weight, out), [&] {
       // Unaligned: one pair at a time, element by element.
       constexpr int N = VEC ? kVec : 2;
-      const int threads = row_threads(width / N, kPacks);
+      const int threads = row_threads(width / N, 2);
       const size_t shared = cached ? width * sizeof(float) : 0;
       rmsnorm_rope_kernel<N, VEC, X>
           <<<row_blocks(x.size(0) * length), threads, shared, c10::cuda::getCurrentCUDAStream()>>>(
