@@ -79,6 +79,7 @@ def test_every_op_case_runs_and_passes_its_check(monkeypatch):
         wan_kernels.set_backend("auto")
     assert [row["check"] for row in rows] == ["ok"] * len(bench_kernels.OPS), rows
     assert all(row["ours_host_us"] == row["compile_host_us"] == 5.0 for row in rows), rows
+    assert all(row["ours_ms"] == row["ours_ms_again"] == 1.0 for row in rows), rows
     # Each op against a copy moving its traffic (half read, half written) in as long as it took.
     assert copies == [bench_kernels.traffic_bytes(op, op.args(inputs), op.reference(*op.args(inputs))) // 2
                       for op in bench_kernels.OPS]
@@ -87,6 +88,15 @@ def test_every_op_case_runs_and_passes_its_check(monkeypatch):
     op = bench_kernels.OPS[0]
     args = op.args(inputs)
     assert bench_kernels.traffic_bytes(op, args, op.reference(*args)) == 3 * 256 * (2 + 4 + 4 + 4)
+
+
+def test_shapes_are_chosen_by_size_in_the_order_given():
+    assert bench_kernels.select_shapes("75600x5120, 32760x5120") == [bench_kernels.SHAPES[2],
+                                                                      bench_kernels.SHAPES[0]]
+    for sizes, named in (("75600x5121", "75600x5121"), ("", "none given"), ("32760x3072,1x1", "1x1")):
+        with pytest.raises(ValueError, match=f"--shapes: {named} is not a benchmark shape; choose from "
+                                             "32760x5120, 75600x3072, 75600x5120, 32760x3072"):
+            bench_kernels.select_shapes(sizes)
 
 
 @needs_triton
@@ -210,3 +220,40 @@ def test_inductor_code_is_the_source_of_the_call_that_compiles():
     first, again = bench_kernels.inductor_code(compiled, args), bench_kernels.inductor_code(compiled, args)
     assert len(first) == 1 and "def call(" in first[0]
     assert again == []
+
+
+
+@needs_triton
+def test_placement_probe_launches_the_op_kernel_into_any_place(monkeypatch):
+    """``placement_probe``'s direct launch writes what the op computes into an output placed
+    inside a larger buffer, and each probe gives a row per placement (stand-in timer, 1 KiB "MiB")."""
+    from benchmarks import placement_probe
+
+    shape = bench_kernels.Shape(5, 256, "per_sample")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    inputs = bench_kernels.Inputs(shape, device)
+    buffer = torch.zeros(3 * 5 * 256 + 7, device=device)
+    out = buffer[7:7 + 5 * 256].view(1, 5, 256)
+    placement_probe.kernel_into(inputs.residual, inputs.hidden, inputs.gate, out)
+    torch.testing.assert_close(out, wan_kernels.reference.gated_residual(inputs.residual, inputs.hidden,
+                                                                         inputs.gate), rtol=0, atol=0)
+    assert not buffer[:7].any() and not buffer[7 + 5 * 256:].any()
+
+    monkeypatch.setattr(placement_probe, "bench_ms", lambda fn: (fn(), 2.0)[1])
+    monkeypatch.setattr(placement_probe, "MIB", 1024)
+    wan_kernels.set_backend("triton")
+    try:
+        # A copy bandwidth at which the op's 10 bytes an element (float32 x, bfloat16 y, float32
+        # out) in the stand-in 2 ms are exactly copy speed; a copy moves 8.
+        copy_gbps = 5 * 256 * 10 / 1e9 / 2.0 * 1e3
+        gaps = placement_probe.gap_rows(shape, device, copy_gbps)
+        pads = placement_probe.pad_rows(shape, device, copy_gbps)
+    finally:
+        wan_kernels.set_backend("auto")
+    assert [row["placement"] for row in gaps] == [f"out {g} MiB after x" for g in placement_probe.GAPS_MIB]
+    assert all(row["frac_copy"] == 1.0 and row["copy_frac"] == 0.8 for row in gaps), gaps
+    assert [(row["probe"], row["placement"]) for row in pads] == [
+        (op, f"fresh inputs after {pad} MiB") for pad in placement_probe.PADS_MIB
+        for op in ("gated_residual", "gated_residual_layernorm_modulate")]
+    # The fused op writes a second float32 result: 14 bytes an element.
+    assert [row["frac_copy"] for row in pads] == [1.0, 1.4] * len(placement_probe.PADS_MIB)
