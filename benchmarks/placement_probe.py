@@ -15,7 +15,8 @@ at both lengths of the 5,120 width, each timed like ``bench_kernels`` (graph rep
   allocated after padding allocations of several sizes, so each lies somewhere else.
 
 If placement is the cause, the kernel's and the copy's times vary with the distance and the public
-ops' with the padding; if not, they stay within a percent and the cause is the kernel.
+ops' with the padding. If they stay within a percent and short of copy bandwidth, the kernel is
+the cause; at copy bandwidth, neither is (the H100 result, ``results/..._s17_placement_probe``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ import torch
 import wan_kernels
 from benchmarks.bench_kernels import EPS, Inputs, Shape, bench_ms, copy_bandwidth
 from benchmarks.common import print_table, save_results
-from wan_kernels.triton.gated_residual import _gated_residual_kernel
-from wan_kernels.triton.launch import block_config, row_strides
+from wan_kernels.triton.gated_residual import launch_into
 
 SHAPES = [Shape(75600, 5120, "per_sample"), Shape(32760, 5120, "per_sample")]
 MIB = 2**20
@@ -40,17 +40,6 @@ MIB = 2**20
 GAPS_MIB = (0, 2, 6, 37, 256, 1024)
 PADS_MIB = (0, 2, 37, 1024)
 COLUMNS = ["probe", "shape", "placement", "ms", "frac_copy", "copy_ms", "copy_frac"]
-
-
-def kernel_into(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, out: torch.Tensor) -> None:
-    """The Triton ``gated_residual`` kernel launched as the op launches it, into a given ``out``."""
-    batch, length, width = x.shape
-    config = block_config("gated_residual")
-    blocks_per_row = -(-width // config.block)
-    _gated_residual_kernel[(length * blocks_per_row, batch)](
-        x, y, gate, out, length, width, blocks_per_row, *row_strides(x), *row_strides(y),
-        *row_strides(gate), BLOCK=config.block, num_warps=config.warps,
-    )
 
 
 def gap_rows(shape: Shape, device: torch.device, copy_gbps: float) -> list[dict]:
@@ -64,7 +53,7 @@ def gap_rows(shape: Shape, device: torch.device, copy_gbps: float) -> list[dict]
     for gap in GAPS_MIB:
         start = n + gap * MIB // 4
         out = buffer[start:start + n].view(view)
-        ms = bench_ms(functools.partial(kernel_into, x, inputs.hidden, inputs.gate, out))
+        ms = bench_ms(functools.partial(launch_into, x, inputs.hidden, inputs.gate, out))
         copy_ms = bench_ms(functools.partial(out.copy_, x))
         rows.append({"probe": "kernel into buffer", "shape": shape.label,
                      "placement": f"out {gap} MiB after x", "ms": round(ms, 4),

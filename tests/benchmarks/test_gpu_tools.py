@@ -225,8 +225,9 @@ def test_inductor_code_is_the_source_of_the_call_that_compiles():
 
 @needs_triton
 def test_placement_probe_launches_the_op_kernel_into_any_place(monkeypatch):
-    """``placement_probe``'s direct launch writes what the op computes into an output placed
-    inside a larger buffer, and each probe gives a row per placement (stand-in timer, 1 KiB "MiB")."""
+    """``placement_probe``'s direct launch (the op's own) writes what the op computes into an
+    output placed inside a larger buffer, and each probe gives a row per placement (stand-in
+    timer, 1 KiB "MiB")."""
     from benchmarks import placement_probe
 
     shape = bench_kernels.Shape(5, 256, "per_sample")
@@ -234,7 +235,7 @@ def test_placement_probe_launches_the_op_kernel_into_any_place(monkeypatch):
     inputs = bench_kernels.Inputs(shape, device)
     buffer = torch.zeros(3 * 5 * 256 + 7, device=device)
     out = buffer[7:7 + 5 * 256].view(1, 5, 256)
-    placement_probe.kernel_into(inputs.residual, inputs.hidden, inputs.gate, out)
+    placement_probe.launch_into(inputs.residual, inputs.hidden, inputs.gate, out)
     torch.testing.assert_close(out, wan_kernels.reference.gated_residual(inputs.residual, inputs.hidden,
                                                                          inputs.gate), rtol=0, atol=0)
     assert not buffer[:7].any() and not buffer[7 + 5 * 256:].any()

@@ -37,22 +37,28 @@ def _gated_residual_kernel(
     tl.store(out_ptr + (b * L + t) * C + cols, cast(x + y * gate, out_ptr.dtype.element_ty), mask=mask)
 
 
-def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """Launch ``_gated_residual_kernel`` over [B, L, C]."""
+def launch_into(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, out: torch.Tensor) -> None:
+    """Launch ``_gated_residual_kernel`` over [B, L, C], writing the dense ``out`` (benchmarks place
+    ``out`` themselves through this)."""
     batch, length, width = x.shape
-    out = torch.empty((batch, length, width), dtype=x.dtype, device=x.device)
+    config = block_config("gated_residual")
+    blocks_per_row = triton.cdiv(width, config.block)
+    grid = (length * blocks_per_row, batch)
+    if grid[0] > MAX_GRID_X or grid[1] > MAX_GRID_Y:
+        fail("gated_residual", f"the triton backend launches at most {MAX_GRID_X} blocks of "
+             f"{config.block} channels a sample and {MAX_GRID_Y} samples, got {batch} samples of "
+             f"{length} x {width}: use another backend (wan_kernels.set_backend)")
+    _gated_residual_kernel[grid](
+        x, y, gate, out, length, width, blocks_per_row, *row_strides(x), *row_strides(y),
+        *row_strides(gate), BLOCK=config.block, num_warps=config.warps,
+    )
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x + y * gate`` over [B, L, C] in a new tensor of ``x``'s dtype."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if out.numel():
-        config = block_config("gated_residual")
-        blocks_per_row = triton.cdiv(width, config.block)
-        grid = (length * blocks_per_row, batch)
-        if grid[0] > MAX_GRID_X or grid[1] > MAX_GRID_Y:
-            fail("gated_residual", f"the triton backend launches at most {MAX_GRID_X} blocks of "
-                 f"{config.block} channels a sample and {MAX_GRID_Y} samples, got {batch} samples of "
-                 f"{length} x {width}: use another backend (wan_kernels.set_backend)")
-        _gated_residual_kernel[grid](
-            x, y, gate, out, length, width, blocks_per_row, *row_strides(x), *row_strides(y),
-            *row_strides(gate), BLOCK=config.block, num_warps=config.warps,
-        )
+        launch_into(x, y, gate, out)
     return out
 
 
