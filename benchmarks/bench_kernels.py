@@ -13,9 +13,10 @@ timed as the runtime runs it, captured in a CUDA graph: the graph's replays are 
 ``triton.testing.do_bench`` (median, L2 flushed between runs), so the time is the device's alone.
 The host's cost of one eager call (argument checks, dispatch, launches) is measured apart, queued
 behind a GPU sleep (``ours_host_us``, ``compile_host_us``). Each op is timed a second time after its
-references (``ours_ms_again``), which tells a slow moment of the run from a slow kernel. Bandwidth
-is the op's minimal DRAM traffic over its time, also as a fraction of a large device-to-device copy
-measured in the same run (``frac_copy``) and of a copy moving as many bytes as the op, timed alike
+references (``ours_ms_again``), which tells a slow moment of the run from a slow kernel, and the
+row's peak of reserved GPU memory is kept (``peak_reserved_GB``). Bandwidth is the op's minimal DRAM
+traffic over its time, also as a fraction of a large device-to-device copy measured in the same run
+(``frac_copy``) and of a copy moving as many bytes as the op, timed alike
 (``frac_copy_same_bytes``): ``do_bench`` zeroes 256 MB before each call, so every timed call starts
 with an L2 cache full of dirty lines; whatever writing them back costs is about fixed, so it would
 weigh on a 50 us kernel and hardly on the large copy. The compiled references' generated source goes
@@ -219,6 +220,13 @@ def bench_ms(fn: Callable[[], object]) -> float:
         return eager_ms(graph.replay)
     finally:
         graph.reset()
+        # A graph's private memory pool stays reserved after the reset until the allocator empties
+        # its cache, so at 75,600 x 5120, where a row's graphs take gigabytes each, a run could
+        # fill the GPU within a few rows and allocate on through the allocator's out-of-memory
+        # path: a suspect for the rows there that ran 5-17% slow in two sessions, not confirmed
+        # (``ours_ms_again`` and ``peak_reserved_GB`` are there to tell). Emptied after each
+        # timing, every timing starts from the same memory.
+        torch.cuda.empty_cache()
 
 
 # Spin cycles queued ahead of ``host_us``'s calls: tens of milliseconds at an H100's clock, far
@@ -271,6 +279,9 @@ def inductor_code(compiled: Callable, args: tuple) -> list[str]:
 
 def run_op(op: Op, shape: Shape, inputs: Inputs, compiled: Callable | None, copy_gbps: float) -> dict:
     args = op.args(inputs)
+    on_gpu = args[0].is_cuda
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(args[0].device)
     ours, expected = op.ours(*args), op.reference(*args)
     max_rel, rel_l2, verdict = check(op, ours, expected)
     traffic = traffic_bytes(op, args, ours)
@@ -298,6 +309,8 @@ def run_op(op: Op, shape: Shape, inputs: Inputs, compiled: Callable | None, copy
     # after it did not (results/..._s17_placement_probe); a second time that differs from the first
     # shows the slowdown is of the run's moment, not of the kernel.
     row["ours_ms_again"] = round(bench_ms(lambda: op.ours(*args)), 4)
+    if on_gpu:
+        row["peak_reserved_GB"] = round(torch.cuda.max_memory_reserved(args[0].device) / 1e9, 1)
     return row
 
 
@@ -609,8 +622,8 @@ def main() -> None:
         # rows so far are printed and saved.
         save()
     columns = ["op", "backend", "shape", "check", "max_rel_err", "rel_l2", "ours_ms", "eager_ms",
-               "compile_ms", "ours_ms_again", "ours_GBps", "frac_copy", "frac_copy_same_bytes", "x_eager",
-               "x_compile", "ours_host_us", "compile_host_us"]
+               "compile_ms", "ours_ms_again", "peak_reserved_GB", "ours_GBps", "frac_copy",
+               "frac_copy_same_bytes", "x_eager", "x_compile", "ours_host_us", "compile_host_us"]
     print_table(rows, columns)
     if sweep:
         print("fastest geometry of each swept op (x_default: speed-up over the default geometry)")

@@ -212,6 +212,16 @@ def test_op_times_are_of_graph_replays_and_host_times_of_eager_calls():
     assert len(calls) == 2 + 1 + bench_kernels.HOST_CALLS
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_timing_leaves_no_graph_memory_reserved():
+    x = torch.randn(1 << 24, device="cuda")
+    torch.cuda.empty_cache()
+    reserved = torch.cuda.memory_reserved()
+    for _ in range(3):  # each a new graph, whose pool would hold another 64 MB output
+        bench_kernels.bench_ms(lambda: x * 2)
+    assert torch.cuda.memory_reserved() == reserved
+
+
 def test_inductor_code_is_the_source_of_the_call_that_compiles():
     from wan_kernels import reference
 
