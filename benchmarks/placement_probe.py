@@ -42,6 +42,11 @@ PADS_MIB = (0, 2, 37, 1024)
 COLUMNS = ["probe", "shape", "placement", "ms", "frac_copy", "copy_ms", "copy_frac"]
 
 
+def fraction_of_copy(nbytes: int, ms: float, copy_gbps: float) -> float:
+    """The bandwidth of ``nbytes`` moved in ``ms`` as a fraction of ``copy_gbps``, to 3 places."""
+    return round(nbytes / 1e9 / ms * 1e3 / copy_gbps, 3)
+
+
 def gap_rows(shape: Shape, device: torch.device, copy_gbps: float) -> list[dict]:
     inputs = Inputs(shape, device)
     n = shape.length * shape.width
@@ -57,9 +62,9 @@ def gap_rows(shape: Shape, device: torch.device, copy_gbps: float) -> list[dict]
         copy_ms = bench_ms(functools.partial(out.copy_, x))
         rows.append({"probe": "kernel into buffer", "shape": shape.label,
                      "placement": f"out {gap} MiB after x", "ms": round(ms, 4),
-                     "frac_copy": round(n * (4 + 2 + 4) / 1e9 / ms * 1e3 / copy_gbps, 3),
+                     "frac_copy": fraction_of_copy(n * (4 + 2 + 4), ms, copy_gbps),
                      "copy_ms": round(copy_ms, 4),
-                     "copy_frac": round(2 * n * 4 / 1e9 / copy_ms * 1e3 / copy_gbps, 3)})
+                     "copy_frac": fraction_of_copy(2 * n * 4, copy_ms, copy_gbps)})
     return rows
 
 
@@ -77,7 +82,7 @@ def public_op_rows(inputs: Inputs, shape: Shape, placement: str, copy_gbps: floa
     for name, traffic, call in calls:
         ms = bench_ms(call)
         rows.append({"probe": name, "shape": shape.label, "placement": placement, "ms": round(ms, 4),
-                     "frac_copy": round(traffic / 1e9 / ms * 1e3 / copy_gbps, 3)})
+                     "frac_copy": fraction_of_copy(traffic, ms, copy_gbps)})
     return rows
 
 
@@ -107,8 +112,6 @@ def main() -> None:
             except Exception:
                 traceback.print_exc()
                 continue
-            finally:
-                torch.cuda.empty_cache()
             print_table(found, COLUMNS)
             rows += found
             if args.out_dir is not None:

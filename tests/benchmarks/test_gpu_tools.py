@@ -232,7 +232,6 @@ def test_inductor_code_is_the_source_of_the_call_that_compiles():
     assert again == []
 
 
-
 @needs_triton
 def test_placement_probe_launches_the_op_kernel_into_any_place(monkeypatch):
     """``placement_probe``'s direct launch (the op's own) writes what the op computes into an
