@@ -6,13 +6,17 @@ asked (``WAN_KERNELS_BUILD_EXT=1 pip install --no-build-isolation .``; the CUDA 
 ``buildable``): an isolated build would install its own torch, whose ABI may not be the one in use.
 Otherwise the first call of ``load`` compiles the sources with ``torch.utils.cpp_extension.load``
 (needs a C++ compiler and ``ninja``, and for CUDA a CUDA build of torch and ``nvcc``) into
-``WAN_KERNELS_BUILD_DIR`` (default ``~/.cache/wan_kernels/<torch version>``), one folder per
-extension, where later processes find it built. Their ops are ``torch.ops.<name>.<op>``.
+``WAN_KERNELS_BUILD_DIR`` (default ``~/.cache/wan_kernels``), in a folder named after the torch and
+Python versions and a digest of the extension's sources, headers and flags. A later process, from
+this checkout or any other with the same sources, loads the library found there without running
+the build again; changed sources (a ``git pull``) get a folder of their own, built on the first
+``set_backend`` of that extension, never by ``auto``. Their ops are ``torch.ops.<name>.<op>``.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -43,6 +47,14 @@ class Extension:
         """The extension's sources (empty where ``csrc/`` does not ship, as in a wheel)."""
         return sorted(SOURCE_DIR.glob(self.pattern))
 
+    def digest(self) -> str:
+        """A digest of what its build reads: its sources, every header under ``csrc/`` and its flags."""
+        h = hashlib.sha256(repr((self.cflags, self.ldflags, self.cuda_cflags)).encode())
+        headers = [*SOURCE_DIR.glob("*.h"), *SOURCE_DIR.glob("cuda/*.cuh")]
+        for path in sorted({*self.sources(), *headers}):
+            h.update(path.relative_to(SOURCE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+        return h.hexdigest()[:16]
+
 
 # Nothing of an extension is exported: its ops register from static initialisers, and the inline
 # functions both extensions compile from csrc/checks.h and csrc/rows.h stay each extension's own.
@@ -68,10 +80,15 @@ CUDA = Extension(
 
 
 def build_dir(ext: Extension) -> Path:
-    """Where ``ext``'s just-in-time build lives: one folder per torch and Python version."""
+    """Where ``ext``'s just-in-time build lives: one folder per torch and Python version and digest
+    of its sources."""
     version = f"torch-{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
-    default = Path.home() / ".cache" / "wan_kernels" / version
-    return Path(os.environ.get(BUILD_DIR_VAR) or default) / ext.name
+    root = Path(os.environ.get(BUILD_DIR_VAR) or Path.home() / ".cache" / "wan_kernels")
+    return root / version / f"{ext.name}-{ext.digest()}"
+
+
+def _library(ext: Extension) -> Path:
+    return build_dir(ext) / f"{ext.name}.so"
 
 
 def _prebuilt(ext: Extension) -> str | None:
@@ -83,7 +100,7 @@ def _prebuilt(ext: Extension) -> str | None:
 def is_built(ext: Extension) -> bool:
     """Whether ``ext`` exists already (prebuilt, or in its build folder): loading it then compiles
     nothing. Looked up once per process (``auto`` asks on every op call); ``load`` refreshes it."""
-    return _prebuilt(ext) is not None or (build_dir(ext) / f"{ext.name}.so").is_file()
+    return _prebuilt(ext) is not None or _library(ext).is_file()
 
 
 def buildable(ext: Extension) -> bool:
@@ -137,6 +154,11 @@ def load(ext: Extension) -> bool:
 
     folder = build_dir(ext)
     try:
+        if _library(ext).is_file():
+            # Built from these very sources and flags: cpp_extension.load would rerun ninja, which
+            # rebuilds whenever the sources' paths differ from the build's (another checkout).
+            torch.ops.load_library(str(_library(ext)))
+            return True
         if not buildable(ext):
             raise RuntimeError(f"torch {torch.__version__} (CUDA {torch.version.cuda}) found no nvcc")
         folder.mkdir(parents=True, exist_ok=True)
@@ -150,8 +172,9 @@ def load(ext: Extension) -> bool:
         lines = str(err).strip().splitlines() or [""]
         reason = "\n".join([line for line in lines if "error" in line.lower()][:10] or lines[-1:])
         warnings.warn(
-            f"wan_kernels: the {ext.label} backend could not be built in {folder} ({type(err).__name__}: "
-            f"{reason}); the other backends remain. It needs {ext.needs}.",
+            f"wan_kernels: the {ext.label} backend could not be built or loaded in {folder} "
+            f"({type(err).__name__}: {reason}); the other backends remain. It needs {ext.needs}; "
+            f"delete that folder to build it afresh.",
             stacklevel=2,
         )
         return False

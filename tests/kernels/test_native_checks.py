@@ -188,7 +188,7 @@ def test_the_python_ops_still_raise_their_value_errors(compiled):
 
 
 def test_the_extension_exports_nothing_of_its_own(compiled):
-    library = native._prebuilt(compiled.ext) or native.build_dir(compiled.ext) / f"{compiled.ext.name}.so"
+    library = native._prebuilt(compiled.ext) or native._library(compiled.ext)
     assert own_exports(Path(library)) == []
 
 

@@ -1,0 +1,74 @@
+"""Where the compiled extensions are built, and that a built one loads without building again: the
+build folder is named after a digest of the sources, so ``auto`` (which takes an extension only when
+it is built) never starts a compiler, whichever checkout of the same sources asks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wan_kernels import native
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _checkout(root: Path) -> Path:
+    """A copy of ``csrc/`` as another checkout of the same sources holds it."""
+    shutil.copytree(native.SOURCE_DIR, root / "csrc")
+    return root / "csrc"
+
+
+@pytest.mark.parametrize("ext", [native.CPP, native.CUDA], ids=["cpp", "cuda"])
+def test_the_build_folder_follows_the_sources_not_the_checkout(ext, tmp_path, monkeypatch):
+    here = native.build_dir(ext)
+    monkeypatch.setattr(native, "SOURCE_DIR", _checkout(tmp_path / "other"))
+    assert native.build_dir(ext) == here
+    header = native.SOURCE_DIR / ("cuda/common.cuh" if ext.cuda else "rows.h")
+    header.write_text(header.read_text() + "\n// changed\n")
+    changed = native.build_dir(ext)
+    assert changed != here and changed.parent == here.parent and changed.name.startswith(ext.name + "-")
+
+
+def test_a_build_folder_per_flags():
+    assert native.CPP.digest() != native.Extension(**{**vars(native.CPP), "cflags": ("-O2",)}).digest()
+
+
+# A fresh process whose compiler must not run: the extension, built from the same sources in another
+# checkout, is found by is_built and loaded as it is.
+LOAD_WITHOUT_BUILDING = """
+import sys
+from pathlib import Path
+from torch.utils import cpp_extension
+from wan_kernels import dispatch, native
+
+def refuse(*args, **kwargs):
+    raise AssertionError("cpp_extension.load ran")
+
+cpp_extension.load = refuse
+native.SOURCE_DIR = Path(sys.argv[1])
+assert native.is_built(native.CPP)
+assert "cpp" in dispatch.available_backends()
+import torch, wan_kernels
+x = torch.ones(1, 2, 3)
+assert wan_kernels.backend_for(x.device) == "cpp"
+assert torch.equal(wan_kernels.residual_apply(x, x), 2 * x)
+print("loaded", native.build_dir(native.CPP).name)
+"""
+
+
+def test_a_built_extension_loads_without_building_from_any_checkout(tmp_path):
+    if not native.load(native.CPP):
+        pytest.skip("the C++ extension does not build here")
+    if native._prebuilt(native.CPP):
+        pytest.skip("the C++ extension is installed prebuilt")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("WAN_KERNELS_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_BUILDING, str(_checkout(tmp_path))], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["loaded", native.build_dir(native.CPP).name]
