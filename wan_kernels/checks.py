@@ -73,8 +73,8 @@ def out_dtype(op: str, dtype: object) -> None:
 
 
 def positive_int(op: str, name: str, value: object) -> None:
-    """``value`` is an int of at least 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """``value`` is an int of at least 1 (a ``SymInt`` where ``torch.compile`` traces sizes symbolically)."""
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)) or value < 1:
         fail(op, f"{name} must be a positive int, got {value!r}")
 
 

@@ -42,6 +42,23 @@ def test_fullgraph_compile_matches_eager(backend):
         assert_matches(c, e, e.dtype)
 
 
+def _sized_from_inputs(x, cache_input, cos, sin, weight):
+    """Integer arguments computed from the inputs' sizes, which a dynamic compile traces as SymInts."""
+    q, k = wan_kernels.qk_rmsnorm_rope(x, cache_input, weight, weight, cos, sin, x.shape[-1] // 16, EPS)
+    return q, k, wan_kernels.rel_l1(x, cache_input, max(1, x.shape[1] // 3))
+
+
+def test_dynamic_compile_takes_sizes_from_the_inputs(backend):
+    torch._dynamo.reset()
+    compiled = torch.compile(_sized_from_inputs, fullgraph=True, dynamic=True)
+    for tokens in (7, 13):
+        angles = randn((tokens, 1, 8), seed=tokens)
+        args = (randn((2, tokens, 64), seed=1), randn((2, tokens, 64), seed=2), angles.cos(), angles.sin(),
+                1 + randn((64,), seed=8, scale=0.1))
+        for c, e in zip(compiled(*args), _sized_from_inputs(*args), strict=True):
+            assert_matches(c, e, e.dtype)
+
+
 OPCHECK_CASES = {
     "layernorm_modulate": lambda a: (a[1], a[3], a[4], EPS, True, torch.float32),
     "gated_residual": lambda a: (a[0], a[1], a[2]),
