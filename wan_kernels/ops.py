@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import torch
 
-from wan_kernels import checks
+from wan_kernels import checks, reference
 from wan_kernels.dispatch import resolve
+from wan_kernels.gradients import register_reference_backward
 
 _NAMESPACE = "wan_kernels"
 
 
 def _custom_op(fn):
-    return torch.library.custom_op(f"{_NAMESPACE}::{fn.__name__.lstrip('_')}", mutates_args=())(fn)
+    name = fn.__name__.lstrip("_")
+    op = torch.library.custom_op(f"{_NAMESPACE}::{name}", mutates_args=())(fn)
+    register_reference_backward(op, getattr(reference, name))
+    return op
 
 
 def _float32_like(t: torch.Tensor) -> torch.Tensor:

@@ -45,3 +45,30 @@ def modulation(shape: tuple[int, int, int], kind: str, seed: int, scale: float =
     """A float32 modulation row of ``kind``: ``per_token`` [B, L, C] or ``per_sample`` [B, 1, C]."""
     batch, length, width = shape
     return randn((batch, length if kind == "per_token" else 1, width), seed=seed, scale=scale)
+
+
+EPS = 1e-6
+
+
+def block_inputs() -> tuple[torch.Tensor, ...]:
+    """A DiT block's tensors at [B, L, C] = [2, 7, 64]: x, y (bfloat16), gate, shift, scale, a
+    cache input, cos, sin (4 heads of 16) and a norm weight."""
+    shape = (2, 7, 64)
+    row = (2, 1, 64)
+    angles = randn((7, 1, 8), seed=7)
+    return (randn(shape, seed=1), randn(shape, torch.bfloat16, seed=2), randn(row, seed=3),
+            randn(row, seed=4), randn(row, seed=5, scale=0.5), randn(shape, seed=6), angles.cos(),
+            angles.sin(), 1 + randn((64,), seed=8, scale=0.1))
+
+
+# Each op's arguments in schema order, taken from block_inputs().
+OP_ARGS = {
+    "layernorm_modulate": lambda a: (a[1], a[3], a[4], EPS, True, torch.float32),
+    "gated_residual": lambda a: (a[0], a[1], a[2]),
+    "gated_residual_layernorm_modulate": lambda a: (a[0], a[1], a[2], a[3], a[4], EPS, torch.bfloat16),
+    "rel_l1": lambda a: (a[0], a[5], 2),
+    "rel_l2": lambda a: (a[0], a[5], 1),
+    "residual_apply": lambda a: (a[1], a[5]),
+    "residual_capture": lambda a: (a[0], a[5]),
+    "qk_rmsnorm_rope": lambda a: (a[1], a[1], a[8], a[8], a[6], a[7], 4, EPS),
+}

@@ -6,10 +6,8 @@ import pytest
 import torch
 
 import wan_kernels
-from tests.kernels.cases import randn
+from tests.kernels.cases import EPS, OP_ARGS, block_inputs, randn
 from tests.kernels.tolerances import assert_matches
-
-EPS = 1e-6
 
 
 def _block_tail(x, y, gate, shift, scale, cache_input, cos, sin, weight):
@@ -24,18 +22,9 @@ def _block_tail(x, y, gate, shift, scale, cache_input, cos, sin, weight):
     return out, q, k, change
 
 
-def _inputs():
-    shape = (2, 7, 64)
-    row = (2, 1, 64)
-    angles = randn((7, 1, 8), seed=7)
-    return (randn(shape, seed=1), randn(shape, torch.bfloat16, seed=2), randn(row, seed=3),
-            randn(row, seed=4), randn(row, seed=5, scale=0.5), randn(shape, seed=6), angles.cos(),
-            angles.sin(), 1 + randn((64,), seed=8, scale=0.1))
-
-
 def test_fullgraph_compile_matches_eager(backend):
     torch._dynamo.reset()
-    args = _inputs()
+    args = block_inputs()
     eager = _block_tail(*args)
     compiled = torch.compile(_block_tail, fullgraph=True)(*args)
     for c, e in zip(compiled, eager, strict=True):
@@ -59,22 +48,10 @@ def test_dynamic_compile_takes_sizes_from_the_inputs(backend):
             assert_matches(c, e, e.dtype)
 
 
-OPCHECK_CASES = {
-    "layernorm_modulate": lambda a: (a[1], a[3], a[4], EPS, True, torch.float32),
-    "gated_residual": lambda a: (a[0], a[1], a[2]),
-    "gated_residual_layernorm_modulate": lambda a: (a[0], a[1], a[2], a[3], a[4], EPS, torch.bfloat16),
-    "rel_l1": lambda a: (a[0], a[5], 2),
-    "rel_l2": lambda a: (a[0], a[5], 1),
-    "residual_apply": lambda a: (a[1], a[5]),
-    "residual_capture": lambda a: (a[0], a[5]),
-    "qk_rmsnorm_rope": lambda a: (a[1], a[1], a[8], a[8], a[6], a[7], 4, EPS),
-}
-
-
-@pytest.mark.parametrize("name", sorted(OPCHECK_CASES))
+@pytest.mark.parametrize("name", sorted(OP_ARGS))
 def test_opcheck(name):
     """Schema, fake implementation and compile-time dispatch of each custom op (torch backend)."""
-    torch.library.opcheck(getattr(torch.ops.wan_kernels, name), OPCHECK_CASES[name](_inputs()))
+    torch.library.opcheck(getattr(torch.ops.wan_kernels, name), OP_ARGS[name](block_inputs()))
 
 
 @pytest.mark.parametrize("name", ["gated_residual", "gated_residual_layernorm_modulate", "residual_apply",
@@ -86,5 +63,5 @@ def test_opcheck_with_transposed_inputs(backend, name):
             return a.transpose(0, 1).contiguous().transpose(0, 1)
         return a
 
-    args = [transposed(a) for a in OPCHECK_CASES[name](_inputs())]
+    args = [transposed(a) for a in OP_ARGS[name](block_inputs())]
     torch.library.opcheck(getattr(torch.ops.wan_kernels, name), tuple(args))

@@ -10,7 +10,8 @@ attention processors, projections and feed-forward are diffusers' modules, untou
 The forward is set on each block instance, as diffusers' own hooks do, so the block keeps its class
 and everything diffusers keys on class names (``compile_repeated_blocks``, ``_no_split_modules``)
 still finds it. Call ``apply`` before registering diffusers hooks or caches on the model, and
-before compiling it. The ops define no autograd: this is for inference.
+before compiling it. Gradients flow through the ops (their references' backward), so a model
+fine-tuned after ``apply`` trains as the original does.
 """
 
 from __future__ import annotations

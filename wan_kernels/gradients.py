@@ -1,0 +1,42 @@
+"""Backward of the custom ops: the vector-Jacobian product of the op's plain-torch reference.
+
+The fused kernels are forward-only; a model fine-tuned through them (a LoRA on a diffusers model
+after ``integrations.diffusers.apply``) still needs gradients. The backward recomputes the
+reference from the saved inputs under ``torch.func.vjp``, so the gradients are the reference's
+exactly, at the reference's cost and memory (plain torch, unfused), and traceable by
+``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+
+def _setup_context(ctx: object, inputs: tuple, output: object) -> None:
+    ctx.save_for_backward(*(a for a in inputs if isinstance(a, torch.Tensor)))
+    ctx.constants = tuple(None if isinstance(a, torch.Tensor) else a for a in inputs)
+
+
+def _backward(reference: Callable, ctx: object, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    saved = iter(ctx.saved_tensors)
+    args = [next(saved) if c is None else c for c in ctx.constants]
+    positions = [i for i, c in enumerate(ctx.constants) if c is None]
+
+    def of_tensors(*tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        full = list(args)
+        for i, t in zip(positions, tensors, strict=True):
+            full[i] = t
+        return reference(*full)
+
+    out, vjp = torch.func.vjp(of_tensors, *(args[i] for i in positions))
+    cotangents = grads if isinstance(out, tuple) else grads[0]
+    tensor_grads = iter(vjp(cotangents))
+    return tuple(next(tensor_grads) if c is None else None for c in ctx.constants)
+
+
+def register_reference_backward(op: object, reference: Callable) -> None:
+    """Give custom op ``op`` the backward of ``reference`` (same arguments in the same order)."""
+    torch.library.register_autograd(op, functools.partial(_backward, reference), setup_context=_setup_context)
