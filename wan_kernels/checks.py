@@ -69,7 +69,13 @@ def modulation(op: str, name: str, t: object, x: torch.Tensor) -> None:
 def out_dtype(op: str, dtype: object) -> None:
     """``dtype`` is a floating output dtype."""
     if dtype not in FLOATS:
-        fail(op, f"out_dtype must be {_dtype_names(FLOATS)}, got {dtype}")
+        fail(op, f"out_dtype must be {_dtype_names(FLOATS)}, got {dtype!r}")
+
+
+def boolean(op: str, name: str, value: object) -> None:
+    """``value`` is a bool (a string such as ``"False"`` would otherwise count as true)."""
+    if not isinstance(value, bool):
+        fail(op, f"{name} must be True or False, got {value!r}")
 
 
 def positive_int(op: str, name: str, value: object) -> None:

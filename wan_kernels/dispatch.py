@@ -17,6 +17,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -52,13 +53,33 @@ def register(backend: str, op: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def _interpreter_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def triton_interpreted() -> bool:
     """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``).
 
     Triton reads the variable as it decorates functions, its own ``tl.sum`` and the like included,
-    so it must be set before ``triton`` is first imported.
+    so it must be set before ``triton`` is first imported: set after, the interpreter would call
+    Triton's own functions compiled for a GPU, and this says no.
     """
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if not _interpreter_requested():
+        return False
+    standard = sys.modules.get("triton.language.standard")
+    if standard is None:
+        return True
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(standard.sum, InterpretedFunction)
+
+
+def _unavailable_reason(name: str) -> str:
+    if name == "triton" and _importable("triton") and not torch.cuda.is_available():
+        if not _interpreter_requested():
+            return "; on a CPU Triton needs its interpreter: set TRITON_INTERPRET=1 before importing triton"
+        return "; TRITON_INTERPRET=1 was set after triton was imported: set it before anything imports triton"
+    return ""
 
 
 @functools.cache
@@ -111,9 +132,8 @@ def _check_name(name: str) -> str:
     if name not in KNOWN_BACKENDS:
         raise ValueError(f"unknown wan_kernels backend {name!r}; choose auto or one of {KNOWN_BACKENDS}")
     if not _usable(name, build=True):
-        raise ValueError(
-            f"wan_kernels backend {name!r} is not available here; available: {available_backends()}"
-        )
+        raise ValueError(f"wan_kernels backend {name!r} is not available here{_unavailable_reason(name)}; "
+                         f"available: {available_backends()}")
     return name
 
 
@@ -140,11 +160,11 @@ def get_backend() -> str:
     return _selected
 
 
-def backend_for(device: torch.device) -> str:
-    """The backend an op call on ``device`` runs under the current setting (for ``auto``, the
-    first available of the device's preference list)."""
+def backend_for(device: torch.device | str) -> str:
+    """The backend an op call on ``device`` (a ``torch.device`` or a name such as ``"cuda"``) runs
+    under the current setting (for ``auto``, the first available of the device's preference list)."""
     selected = get_backend()
-    return selected if selected != AUTO else next(iter(_preferred(device)), "torch")
+    return selected if selected != AUTO else next(iter(_preferred(torch.device(device))), "torch")
 
 
 def _preferred(device: torch.device) -> list[str]:

@@ -233,10 +233,12 @@ def layernorm_modulate(
     rounding. The result is ``out_dtype`` (float32 by default; bfloat16 saves the cast a following
     bfloat16 matmul would do, with the same values).
     """
-    checks.are_tensors("layernorm_modulate", x=x, shift=shift, scale=scale)
-    checks.epsilon("layernorm_modulate", eps)
-    return torch.ops.wan_kernels.layernorm_modulate(x, shift, scale, float(eps), bool(round_to_input),
-                                                    out_dtype)
+    op = "layernorm_modulate"
+    checks.are_tensors(op, x=x, shift=shift, scale=scale)
+    checks.epsilon(op, eps)
+    checks.boolean(op, "round_to_input", round_to_input)
+    checks.out_dtype(op, out_dtype)
+    return torch.ops.wan_kernels.layernorm_modulate(x, shift, scale, float(eps), round_to_input, out_dtype)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -269,6 +271,7 @@ def gated_residual_layernorm_modulate(
     op = "gated_residual_layernorm_modulate"
     checks.are_tensors(op, x=x, y=y, gate=gate, shift=shift, scale=scale)
     checks.epsilon(op, eps)
+    checks.out_dtype(op, out_dtype)
     return torch.ops.wan_kernels.gated_residual_layernorm_modulate(x, y, gate, shift, scale, float(eps),
                                                                    out_dtype)
 
@@ -283,7 +286,9 @@ def rel_l1(a: torch.Tensor, b: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """``sum|a - b| / sum|b|`` over every ``stride``-th token (the second-to-last dimension).
 
     Accumulates in float32 (the C++ and CUDA kernels in double) and returns a 0-d float32 tensor
-    on the inputs' device, without synchronising with the host.
+    on the inputs' device, without synchronising with the host. As the division does: ``inf`` where
+    the sampled ``b`` is all zeros, ``nan`` where ``a`` is too, so a cache comparing it with a
+    threshold (``nan < t`` is false) recomputes.
     """
     checks.are_tensors("rel_l1", a=a, b=b)
     return torch.ops.wan_kernels.rel_l1(a, b, _stride("rel_l1", stride))

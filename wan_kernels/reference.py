@@ -47,7 +47,8 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
 def rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding on adjacent pairs ``(x[2i], x[2i+1])`` of the last dimension.
 
-    ``x`` is [B, L, H, D]; ``cos``/``sin`` are [L, 1, D/2] (or broadcastable) float32 tables.
+    ``x`` is [B, L, H, D]; ``cos``/``sin`` are float32 tables broadcasting against [B, L, H, D/2]
+    (the op ``qk_rmsnorm_rope`` takes exactly a contiguous [L, 1, D/2], shared by the batch).
     Computed in float32; returns float32.
     """
     pairs = x.float().unflatten(-1, (-1, 2))

@@ -26,7 +26,7 @@ def test_auto_picks_cuda_or_triton_on_a_gpu_else_cpp_else_torch():
     preference = ("cuda", "triton", "torch") if DEVICE.type == "cuda" else ("cpp", "torch")
     expected = next(name for name in preference if name in available)
     assert dispatch.resolve("rel_l1", DEVICE) is dispatch._IMPLS[expected]["rel_l1"]
-    assert wan_kernels.backend_for(DEVICE) == expected
+    assert wan_kernels.backend_for(DEVICE) == expected == wan_kernels.backend_for(DEVICE.type)
     wan_kernels.set_backend("torch")
     try:
         assert wan_kernels.backend_for(DEVICE) == "torch"
@@ -74,6 +74,34 @@ def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
             wan_kernels.residual_apply(x, x)
     finally:
         wan_kernels.set_backend("auto")
+
+
+TRITON_ON_CPU = """
+import os, sys
+if sys.argv[1] == "after":
+    import triton
+    os.environ["TRITON_INTERPRET"] = "1"
+import wan_kernels
+try:
+    wan_kernels.set_backend("triton")
+except ValueError as err:
+    print(err)
+"""
+
+
+@pytest.mark.skipif(not dispatch._importable("triton") or torch.cuda.is_available(),
+                    reason="needs Triton and no GPU")
+@pytest.mark.parametrize("when, hint", [
+    ("never", "on a CPU Triton needs its interpreter: set TRITON_INTERPRET=1 before importing triton"),
+    ("after", "TRITON_INTERPRET=1 was set after triton was imported"),
+])
+def test_triton_unavailable_on_cpu_says_how_to_interpret_it(when, hint):
+    """Set after triton's import, the interpreter would run Triton's own GPU-compiled functions and
+    fail inside a kernel; the backend counts as unavailable instead, with the reason."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", dispatch.ENV_VAR)}
+    out = subprocess.run([sys.executable, "-c", TRITON_ON_CPU, when], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.startswith(f"wan_kernels backend 'triton' is not available here; {hint}"), out.stdout
 
 
 def _modulated_inputs(shape=(2, 7, 64)):
@@ -161,6 +189,12 @@ def test_functions_name_a_non_tensor_argument():
         (lambda: wan_kernels.rel_l1(x, [1.0]), "rel_l1: b must be a tensor, got list"),
         (lambda: wan_kernels.residual_capture(x, 2.0), "residual_capture: inp must be a tensor, got float"),
         (lambda: wan_kernels.layernorm_modulate(x, gate, None, EPS), "layernorm_modulate: scale must be a"),
+        (lambda: wan_kernels.layernorm_modulate(x, gate, gate, EPS, round_to_input="False"),
+         "layernorm_modulate: round_to_input must be True or False, got 'False'"),
+        (lambda: wan_kernels.layernorm_modulate(x, gate, gate, EPS, out_dtype="bfloat16"),
+         "layernorm_modulate: out_dtype must be float32 or bfloat16 or float16, got 'bfloat16'"),
+        (lambda: wan_kernels.gated_residual_layernorm_modulate(x, x, gate, gate, gate, EPS, out_dtype=None),
+         "gated_residual_layernorm_modulate: out_dtype must be float32 or bfloat16 or float16, got None"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -50,6 +50,14 @@ def test_no_tokens_gives_nan(backend, name):
 
 
 @OPS
+def test_zero_reference_gives_inf_or_nan(backend, name):
+    """As documented: ``inf`` where the sampled b is all zeros, ``nan`` where a is too."""
+    zeros, a = randn((2, 7, 64)) * 0, randn((2, 7, 64), seed=1)
+    op = getattr(wan_kernels, name)
+    assert torch.isinf(op(a, zeros, 2)) and torch.isnan(op(zeros, zeros, 2))
+
+
+@OPS
 def test_a_stride_past_the_last_token_samples_the_first_only(backend, name):
     """Up to INT64_MAX, without the count of sampled tokens overflowing."""
     a, b = randn((2, 7, 64), seed=1), randn((2, 7, 64), seed=2)
