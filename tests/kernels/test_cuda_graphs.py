@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.cases import DEVICE, randn
-from tests.kernels.test_compile import _block_tail, _inputs
+from tests.kernels.cases import DEVICE, block_inputs, randn
+from tests.kernels.test_compile import _block_tail
 from tests.kernels.tolerances import assert_matches
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
 def test_block_tail_replays_in_a_cuda_graph(backend):
-    static = _inputs()
+    static = block_inputs()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
