@@ -183,9 +183,12 @@ def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--t5_fsdp", action="store_true", help="not supported")
     g.add_argument("--dit_fsdp", action="store_true", help="not supported")
     g.add_argument("--use_prompt_extend", action="store_true", help="not supported")
-    g.add_argument("--prompt_extend_method", default="local_qwen", help="unused: no prompt extension")
+    # The official choices, so that a script the official parser refuses is refused here too.
+    g.add_argument("--prompt_extend_method", default="local_qwen", choices=("dashscope", "local_qwen"),
+                   help="unused: no prompt extension")
     g.add_argument("--prompt_extend_model", default=None, help="unused: no prompt extension")
-    g.add_argument("--prompt_extend_target_lang", default="zh", help="unused: no prompt extension")
+    g.add_argument("--prompt_extend_target_lang", default="zh", choices=("zh", "en"),
+                   help="unused: no prompt extension")
     g.add_argument("--src_root_path", default=None, help="animate-14B only; not served")
     g.add_argument("--refert_num", type=int, default=None, help="animate-14B only; not served")
     for flag in ("--replace_flag", "--use_relighting_lora"):

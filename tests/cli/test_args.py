@@ -205,6 +205,19 @@ def test_cuda_without_cuda(roots, capsys):
     assert "--device cuda: CUDA is not available" in line
 
 
+@pytest.mark.parametrize(("flag", "choices"), [("--prompt_extend_method", "'dashscope', 'local_qwen'"),
+                                               ("--prompt_extend_target_lang", "'zh', 'en'")])
+def test_prompt_extension_values_are_the_official_choices(flag, choices, roots, capsys):
+    for value in choices.replace("'", "").split(", "):
+        assert _resolve("--ckpt_dir", str(roots["ti2v-5B"]), flag, value).task == "ti2v-5B"
+    with pytest.raises(SystemExit) as exit_info:
+        main([flag, "fr"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: argument {flag}: invalid choice: 'fr' (choose from {choices}) (see --help)\n"
+    )
+
+
 def test_malformed_value_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--frame_num", "nine"])
