@@ -58,6 +58,8 @@ MAX_SEED = 2**64 - 1
 S2V = "s2v-14B"
 # The official generate.py's s2v default: frames per clip.
 DEFAULT_INFER_FRAMES = 80
+# The official generate.py's animate-14B default of --refert_num (a task not served here).
+OFFICIAL_REFERT_NUM = 77
 
 
 class InvalidArguments(InputError):
@@ -190,7 +192,9 @@ def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt_extend_target_lang", default="zh", choices=("zh", "en"),
                    help="unused: no prompt extension")
     g.add_argument("--src_root_path", default=None, help="animate-14B only; not served")
-    g.add_argument("--refert_num", type=int, default=None, help="animate-14B only; not served")
+    g.add_argument("--refert_num", type=int, default=OFFICIAL_REFERT_NUM,
+                   help=f"animate-14B only; not served (its official default {OFFICIAL_REFERT_NUM} is "
+                        "accepted)")
     for flag in ("--replace_flag", "--use_relighting_lora"):
         g.add_argument(flag, action="store_true", help="animate-14B only; not served")
 
@@ -410,19 +414,23 @@ _UNSUPPORTED = {
     "dit_fsdp": "FSDP sharding is not supported yet; drop --dit_fsdp (--offload_model True saves GPU memory)",
     "use_prompt_extend": "prompt extension is out of scope; extend the prompt elsewhere and pass it with "
                          "--prompt",
-    "src_root_path": "the animate-14B task is not served by wan_runtime",
+    **dict.fromkeys(("src_root_path", "refert_num", "replace_flag", "use_relighting_lora"),
+                    "the animate-14B task is not served by wan_runtime; drop the flag"),
 }
 
 
 def _unsupported_flag_problems(args: argparse.Namespace) -> list[str]:
-    """The official flags accepted for compatibility, each refused when it asks for something."""
+    """The official flags accepted for compatibility, each refused, under its own name, when it
+    differs from the official default (a script that spells out the defaults runs)."""
     asked = {
         "ulysses_size": args.ulysses_size != 1,
         "t5_fsdp": args.t5_fsdp,
         "dit_fsdp": args.dit_fsdp,
         "use_prompt_extend": args.use_prompt_extend,
-        "src_root_path": args.src_root_path is not None or args.refert_num is not None or args.replace_flag
-        or args.use_relighting_lora,
+        "src_root_path": args.src_root_path is not None,
+        "refert_num": args.refert_num != OFFICIAL_REFERT_NUM,
+        "replace_flag": args.replace_flag,
+        "use_relighting_lora": args.use_relighting_lora,
     }
     return [f"--{flag}: {_UNSUPPORTED[flag]}" for flag, on in asked.items() if on]
 

@@ -136,8 +136,11 @@ BAD_INPUTS = {
     "ulysses": (["--ulysses_size", "2"], "ti2v-5B", ["--ulysses_size: multi-GPU", "not supported yet"]),
     "fsdp": (["--dit_fsdp"], "ti2v-5B", ["--dit_fsdp: FSDP sharding is not supported yet"]),
     "prompt extension": (["--use_prompt_extend"], "ti2v-5B", ["--use_prompt_extend: prompt extension"]),
-    "animate": (["--refert_num", "77"], "ti2v-5B", ["animate-14B task is not served"]),
-    "animate switch": (["--replace_flag"], "ti2v-5B", ["animate-14B task is not served"]),
+    "animate": (["--src_root_path", "process_results"], "ti2v-5B",
+                ["--src_root_path: the animate-14B task is not served"]),
+    "animate reference frames": (["--refert_num", "5"], "ti2v-5B", ["--refert_num: the animate-14B task"]),
+    "animate switch": (["--replace_flag"], "ti2v-5B", ["--replace_flag: the animate-14B task"]),
+    "animate relighting": (["--use_relighting_lora"], "ti2v-5B", ["--use_relighting_lora: the animate-14B"]),
     "frame_num of ti2v": (["--frame_num", "3"], "ti2v-5B", ["4n+1 (1, 5, 9, ..., 121), got 3"]),
     "tts text": (["--tts_text", "hello"], "ti2v-5B", ["--tts_text is for --task s2v-14B only"]),
     "i2v without image": ([], "i2v-A14B", ["pass --image"]),
@@ -381,6 +384,13 @@ def test_checkpoint_folder_that_is_a_file_says_so(tmp_path, capsys):
     blocker.write_bytes(b"")
     [line] = _errors(capsys, ["--ckpt_dir", str(blocker)])
     assert f"checkpoint folder {blocker} is a file, not a folder" in line
+
+
+def test_official_defaults_spelled_out_are_accepted(roots):
+    """A script that spells out the official defaults of the flags of features not served runs."""
+    config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--refert_num", "77", "--ulysses_size", "1",
+                      "--prompt_extend_method", "local_qwen", "--prompt_extend_target_lang", "zh")
+    assert config.task == "ti2v-5B"
 
 
 def test_one_frame_is_accepted_as_by_the_official_script(roots):
