@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,12 +272,13 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     size = _given_or_default(args.size, base, "default_size")
     if spec is not None:
         problems += _size_problems(spec, size, args.demo)
-    frame_num = _given_or_default(args.frame_num, base, "frame_num")
-    if args.task == S2V and args.frame_num is not None:
-        problems.append(
-            "s2v-14B makes its video in clips: pass --infer_frames (frames per clip), not --frame_num"
-        )
-    elif frame_num is not None and (frame_num < 1 or frame_num % 4 != 1):
+    # The official script parses --frame_num for every task and never passes it to s2v.
+    frame_num_ignored = args.task == S2V and args.frame_num is not None
+    if frame_num_ignored:
+        warnings.warn("--frame_num is ignored by s2v-14B: the video follows the audio's length, "
+                      "--infer_frames frames per clip (at most --num_clip clips)", stacklevel=2)
+    frame_num = _given_or_default(None if frame_num_ignored else args.frame_num, base, "frame_num")
+    if frame_num is not None and (frame_num < 1 or frame_num % 4 != 1):
         most = "" if spec is None else f", ..., {spec.frame_num}"
         problems.append(f"--frame_num must be 4n+1 (1, 5, 9{most}), got {frame_num}")
     steps = _given_or_default(args.sample_steps, base, "sampling_steps")
