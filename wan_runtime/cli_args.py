@@ -26,8 +26,10 @@ import wan_kernels
 from wan_runtime import demo
 from wan_runtime.audio_io import decode_audio
 from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig, InvalidCacheConfig
+from wan_runtime.checks import MAX_SEED, check_clip_seeds, check_infer_frames
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
+from wan_runtime.models.audio_encoder import speech_clip_count
 from wan_runtime.pose_video import probe_video
 from wan_runtime.tasks import TASKS, TaskSpec, check_checkpoint_dir
 
@@ -54,8 +56,6 @@ EXAMPLE_PROMPT = {
     ),
     "s2v-14B": _BEACH_CAT,
 }
-# The official seed range: torch's manual_seed takes at most 2**64 - 1.
-MAX_SEED = 2**64 - 1
 S2V = "s2v-14B"
 # The official generate.py's s2v default: frames per clip.
 DEFAULT_INFER_FRAMES = 80
@@ -377,12 +377,11 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, ob
         problems.append(f"{tts_given[0]}: text-to-speech is out of scope of wan_runtime; record or "
                         "synthesise the speech elsewhere and pass it with --audio")
     base = demo.DEMO_SETTINGS if args.demo else None
-    infer_frames = args.infer_frames or (base.infer_frames if base else DEFAULT_INFER_FRAMES)
-    if args.infer_frames is not None and (args.infer_frames < 4 or args.infer_frames % 4):
-        problems.append(
-            f"--infer_frames must be a positive multiple of 4 (4, 8, ..., 80), got {args.infer_frames}"
-        )
-    if args.num_clip is not None and args.num_clip < 1:
+    infer_frames = _given_or_default(args.infer_frames, base, "infer_frames")
+    infer_frames = DEFAULT_INFER_FRAMES if infer_frames is None else infer_frames
+    frames_ok = _check(problems, lambda: check_infer_frames(infer_frames, "--infer_frames")) is not None
+    clips_ok = args.num_clip is None or args.num_clip >= 1
+    if not clips_ok:
         problems.append(f"--num_clip must be a positive number of clips, got {args.num_clip}")
     audio_path = None if args.audio is None else Path(args.audio)
     audio = None
@@ -392,6 +391,11 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, ob
         audio = demo.demo_audio()
     elif not args.enable_tts:
         problems.append("s2v-14B is driven by speech: pass --audio (a WAV, MP3, FLAC or other audio file)")
+    if audio is not None and frames_ok and clips_ok and 0 <= args.base_seed <= MAX_SEED:
+        # Clip r is seeded with base_seed + r: a seed near 2**64 fails here, not after loading.
+        clips = speech_clip_count(audio.size, infer_frames, TASKS[S2V].fps)
+        clips = clips if args.num_clip is None else min(clips, args.num_clip)
+        _check(problems, lambda: check_clip_seeds(args.base_seed, clips, "--base_seed"))
     pose_video = None if args.pose_video is None else Path(args.pose_video)
     if pose_video is not None:
         _check(problems, lambda: probe_video(pose_video, "--pose_video"))

@@ -319,6 +319,12 @@ S2V_BAD_INPUTS = {
     "undecodable audio": (["--audio", "GARBAGE"], ["cannot be decoded by ffmpeg"]),
     "too short audio": (["--audio", "SHORT"], ["too short"]),
     "infer_frames not 4n": (["--infer_frames", "6"], ["--infer_frames", "multiple of 4", "got 6"]),
+    "zero infer_frames": (["--infer_frames", "0"], ["--infer_frames", "got 0"]),
+    "infer_frames past the official limit": (["--infer_frames", "4100"],
+                                             ["--infer_frames must be a multiple of 4 from 4 to 4096"]),
+    # One second of speech starts 4 clips of 4 frames, seeded base_seed + 0 ... base_seed + 3.
+    "seed too large for the clips": (["--infer_frames", "4", "--base_seed", str(2**64 - 1)],
+                                     [f"--base_seed {2**64 - 1} is too large for 4 clips", "2**64 - 4"]),
     "zero clips": (["--num_clip", "0"], ["--num_clip", "got 0"]),
     "missing pose video": (["--pose_video", "/nonexistent/pose.mp4"],
                            ["--pose_video /nonexistent/pose.mp4 does not exist"]),
@@ -375,6 +381,14 @@ def test_s2v_ignores_frame_num_with_a_warning_as_the_official_script(roots, imag
         "warning: --frame_num is ignored by s2v-14B: the video follows the audio's length, --infer_frames "
         "frames per clip (at most --num_clip clips)"
     )
+
+
+@pytest.mark.parametrize(("seed", "num_clip"), [(2**64 - 4, None), (2**64 - 1, 1)])
+def test_s2v_seed_that_fits_every_clip_is_accepted(roots, image, speech, seed, num_clip):
+    clips = [] if num_clip is None else ["--num_clip", str(num_clip)]
+    config = _resolve("--task", "s2v-14B", "--ckpt_dir", str(roots["s2v-14B"]), "--image", str(image),
+                      "--audio", str(speech), "--infer_frames", "4", "--base_seed", str(seed), *clips)
+    assert (config.base_seed, config.infer_frames) == (seed, 4)
 
 
 def test_s2v_pose_video_is_checked_and_kept(roots, image, speech, tmp_path):

@@ -9,9 +9,9 @@ import torch
 
 from tests.pipelines.images import gradient_image
 from wan_runtime import generate, pipelines
+from wan_runtime.checks import check_clip_seeds
 from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.pipelines import check_output_size, load_pipeline, loading
-from wan_runtime.pipelines.inputs import check_clip_seeds
 
 GOOD = {"size": "64*64", "frame_num": 5, "sampling_steps": 2, "seed": 0, "progress": False}
 
@@ -165,6 +165,6 @@ def test_load_refuses_switches_that_are_not_bools(ti2v_root, arguments, message)
 
 
 def test_every_clip_seed_must_be_valid():
-    check_clip_seeds(2**64 - 3, 3)
-    with pytest.raises(InputError, match=r"too large for 3 clips .* at most 2\*\*64 - 3"):
-        check_clip_seeds(2**64 - 2, 3)
+    check_clip_seeds(2**64 - 3, 3, "seed")
+    with pytest.raises(InputError, match=rf"seed {2**64 - 2} is too large for 3 clips .* 2\*\*64 - 3"):
+        check_clip_seeds(2**64 - 2, 3, "seed")
