@@ -26,7 +26,7 @@ import wan_kernels
 from wan_runtime import demo
 from wan_runtime.audio_io import decode_audio
 from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig, InvalidCacheConfig
-from wan_runtime.checks import MAX_SEED, check_clip_seeds, check_infer_frames
+from wan_runtime.checks import MAX_INFER_FRAMES, MAX_SEED, check_clip_seeds, check_infer_frames
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
 from wan_runtime.models.audio_encoder import speech_clip_count
@@ -38,6 +38,7 @@ T = TypeVar("T")
 DEFAULT_TASK = "ti2v-5B"
 SOLVERS = ("unipc", "dpm++")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+DEFAULT_DTYPE = "bfloat16"
 
 _BEACH_CAT = (
     "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The "
@@ -130,26 +131,48 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError("Boolean value expected (True/False)")
 
 
+def _differences() -> str:
+    """How the command line differs from the official ``generate.py``, each because the official
+    behaviour cannot work here: the end of ``--help``."""
+    sizes = ", ".join(f"{spec.default_size} for {spec.name}" for spec in TASKS.values())
+    return (
+        "Differences from the official generate.py: --task defaults to "
+        f"{DEFAULT_TASK} (the official default, t2v-A14B, is not served); --size defaults to the task's "
+        f"own size ({sizes}; the official default is 1280*720 for every task, which ti2v-5B does not "
+        "support); i2v-A14B and s2v-14B require --image and s2v-14B requires --audio (the official "
+        "script falls back to its example files, which are not shipped); --save_file must end in .mp4; "
+        "the official flags of features not served here "
+        "(--ulysses_size, --t5_fsdp, --dit_fsdp, --use_prompt_extend, the TTS and animate flags) are "
+        "refused unless left at their official defaults. Added: --device, --dtype, --compile, --debug, "
+        "--demo and the step cache flags."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The parser. Differences from the official ``generate.py``, each because the official
-    default cannot work here: ``--task`` defaults to ti2v-5B (t2v is not served); ``--size``
-    defaults to the task's default size (the official 1280*720 is refused for ti2v-5B);
-    i2v-A14B needs ``--image`` (the official example image is not shipped); ``--save_file``
-    must end in ``.mp4``; s2v-14B refuses ``--enable_tts`` (text-to-speech is out of scope).
-    Added: ``--device``, ``--dtype``, ``--compile``, ``--debug``, ``--demo`` and the step cache flags
-    (``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
-    Task, size, solver, device and dtype are checked by ``resolve`` so all problems are
-    listed together."""
+    """The parser: the official ``generate.py``'s flags and defaults but for the differences its
+    epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
+    ``--compile``, ``--debug``, ``--demo`` and the step cache flags ``--teacache*``, ``--fbcache``,
+    ``--fb_*``; see ``wan_runtime.cache.CacheConfig``). Task, size, solver, device and dtype are
+    checked by ``resolve`` so all problems are listed together."""
+    d = demo.DEMO_SETTINGS
     p = _Parser(
         prog="python -m wan_runtime.generate",
-        description="Generate a video from a text prompt or an image with Wan2.2.",
+        description="Generate a video with Wan2.2: text (and optionally an image) to video with ti2v-5B, "
+                    "image to video with i2v-A14B, speech-to-video (speech and a reference image) with "
+                    "s2v-14B.",
+        epilog=_differences(),
     )
-    p.add_argument("--task", default=DEFAULT_TASK, help=f"{', '.join(TASKS)} (default {DEFAULT_TASK})")
+    p.add_argument("--task", default=DEFAULT_TASK,
+                   help=f"{', '.join(TASKS)} (default {DEFAULT_TASK}; the official default t2v-A14B is not "
+                        "served)")
     p.add_argument("--size", default=None,
                    help="width*height of the video, one of the task's supported sizes (default: the "
-                        "task's; i2v follows the input image's aspect ratio within this area)")
+                        f"task's own; --demo: {d.default_size}); with --image the video takes the image's "
+                        "aspect ratio within this area")
     p.add_argument("--frame_num", type=int, default=None,
-                   help="frames to generate, 4n+1 (default: the task's)")
+                   help=f"frames to generate, 4n+1 (default: the task's; --demo: {d.frame_num}); s2v-14B "
+                        "ignores it, with a warning: its video follows the audio, --infer_frames frames "
+                        "per clip")
     p.add_argument("--ckpt_dir", default=None, help="the task's official checkpoint folder")
     p.add_argument("--offload_model", type=str2bool, default=None,
                    help="move each model to the CPU after use to save GPU memory (default True)")
@@ -160,14 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .mp4 (default: <task>_<size>_1_<prompt>_<time>.mp4 in the current folder)")
     p.add_argument("--prompt", default=None, help="the prompt (default: the official example prompt)")
     p.add_argument("--base_seed", type=int, default=-1, help="seed; negative picks a random one (default -1)")
-    p.add_argument("--image", default=None, help="input image (required for i2v-A14B, optional for ti2v-5B)")
+    p.add_argument("--image", default=None,
+                   help="input image: required for i2v-A14B (the first frame) and s2v-14B (the speaker's "
+                        "reference image), optional for ti2v-5B")
     p.add_argument("--sample_solver", default="unipc", help=f"{' or '.join(SOLVERS)} (default unipc)")
-    p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default: the task's)")
+    p.add_argument("--sample_steps", type=int, default=None,
+                   help=f"sampling steps (default: the task's; --demo: {d.sampling_steps})")
     p.add_argument("--sample_shift", type=float, default=None, help="flow shift (default: the task's)")
     p.add_argument("--sample_guide_scale", type=float, default=None,
                    help="classifier-free guidance scale (default: the task's)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")
-    p.add_argument("--dtype", default=None, help=f"{' or '.join(DTYPES)} (default bfloat16)")
+    p.add_argument("--device", default=None,
+                   help=f"cpu, cuda or cuda:N (default cuda when available, else cpu; --demo: {d.device})")
+    p.add_argument("--dtype", default=None,
+                   help=f"{' or '.join(DTYPES)} (default {DEFAULT_DTYPE}; --demo: {d.dtype})")
     p.add_argument("--compile", action="store_true",
                    help="compile the DiT blocks with torch.compile (the first step pays the "
                         "compile time)")
@@ -181,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("official flags of features not served here (refused when used)")
+    g = p.add_argument_group("official flags of features not served here (refused unless at their official "
+                             "defaults)")
     g.add_argument("--ulysses_size", type=int, default=1, help="sequence-parallel size; only 1")
     g.add_argument("--t5_fsdp", action="store_true", help="not supported")
     g.add_argument("--dit_fsdp", action="store_true", help="not supported")
@@ -202,11 +231,13 @@ def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_s2v_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speech to video (s2v-14B)")
-    g.add_argument("--audio", default=None, help="the speech driving the video: any audio file ffmpeg reads")
+    g.add_argument("--audio", default=None,
+                   help="the speech driving the video (required): any audio file ffmpeg reads")
     g.add_argument("--num_clip", type=int, default=None,
                    help="at most this many clips (default: as many as the audio needs)")
     g.add_argument("--infer_frames", type=int, default=None,
-                   help=f"frames per clip, a multiple of 4 (default {DEFAULT_INFER_FRAMES})")
+                   help=f"frames per clip, a multiple of 4 from 4 to {MAX_INFER_FRAMES} (default "
+                        f"{DEFAULT_INFER_FRAMES}; --demo: {demo.DEMO_SETTINGS.infer_frames})")
     g.add_argument("--pose_video", default=None,
                    help="a pose video whose motion the speaker follows, read from its start at 16 fps "
                         "(any video file ffmpeg reads)")
@@ -307,9 +338,10 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
 
     save_file = None if args.save_file is None else Path(args.save_file)
     problems += _save_file_problems(args.save_file)
-    device = args.device or ("cpu" if args.demo or not torch.cuda.is_available() else "cuda")
+    device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
+                             "cuda" if torch.cuda.is_available() else "cpu")
     problems += _device_problems(device)
-    dtype_name = args.dtype or ("float32" if args.demo else "bfloat16")
+    dtype_name = args.dtype or (demo.DEMO_SETTINGS.dtype if args.demo else DEFAULT_DTYPE)
     if dtype_name not in DTYPES:
         problems.append(f"unknown --dtype {dtype_name!r}; choose {' or '.join(DTYPES)}")
 

@@ -107,6 +107,26 @@ def test_demo_defaults():
     assert config.image is not None  # the built-in image
 
 
+def test_help_says_what_each_task_needs_and_how_it_differs_from_the_official_script(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "10000")  # one line per flag: no phrase is cut by wrapping
+    text = build_parser().format_help()
+    d = DEMO_SETTINGS
+    for words in [
+        "speech-to-video (speech and a reference image) with s2v-14B",
+        "--image IMAGE input image: required for i2v-A14B (the first frame) and s2v-14B",
+        "s2v-14B ignores it, with a warning: its video follows the audio",
+        f"--demo: {d.default_size})", f"(default: the task's; --demo: {d.sampling_steps})",
+        f"(default bfloat16; --demo: {d.dtype})", f"else cpu; --demo: {d.device})",
+        f"a multiple of 4 from 4 to 4096 (default 80; --demo: {d.infer_frames})",
+        "--task defaults to ti2v-5B (the official default, t2v-A14B, is not served)",
+        "1280*720 for i2v-A14B, 1280*704 for ti2v-5B, 1280*720 for s2v-14B; the official default is "
+        "1280*720 for every task",
+        "i2v-A14B and s2v-14B require --image and s2v-14B requires --audio (the official script falls back "
+        "to its example files",
+    ]:
+        assert words in " ".join(text.split()), words
+
+
 @pytest.mark.parametrize("value, expected", [("yes", True), ("T", True), ("1", True), ("no", False),
                                              ("False", False), ("0", False)])
 def test_str2bool_is_the_official(value, expected):

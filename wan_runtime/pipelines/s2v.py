@@ -108,7 +108,7 @@ class S2VPipeline(Pipeline):
         ``image`` is the reference image (PIL or path); ``audio`` the speech: an audio file any
         ffmpeg decodes, or mono samples [S] at 16 kHz. ``size`` ``"W*H"`` is the target area; the
         output keeps the image's aspect ratio, padded to multiples of 64. The video has
-        ``infer_frames`` (a multiple of 4) frames per clip, 3 fewer in the first unless
+        ``infer_frames`` (a multiple of 4, at most 4096) frames per clip, 3 fewer in the first unless
         ``start_from_ref``; clips follow the audio's length, at most ``num_clip`` (None: all).
         ``pose_video`` (a video file ffmpeg decodes) drives the motion: every ``round(fps / 16)``-th
         frame from its first, resized and centre-cropped to the output, ``infer_frames`` per clip
