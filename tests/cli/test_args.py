@@ -209,6 +209,22 @@ def test_incomplete_checkpoint_lists_every_missing_file(roots, tmp_path, image, 
     assert "missing Wan2.1_VAE.pth, low_noise_model/config.json" in line
 
 
+def test_tokenizer_folder_without_vocabulary_is_refused(roots, tmp_path, capsys):
+    broken = shutil.copytree(roots["ti2v-5B"], tmp_path / "ckpt")
+    (broken / "google" / "umt5-xxl" / "tokenizer.json").unlink()
+    [line] = _errors(capsys, ["--ckpt_dir", str(broken)])
+    assert "missing google/umt5-xxl/tokenizer.json or google/umt5-xxl/spiece.model" in line
+
+
+def test_s2v_without_speech_encoder_weights_is_refused(roots, image, speech, tmp_path, capsys):
+    broken = shutil.copytree(roots["s2v-14B"], tmp_path / "ckpt")
+    (broken / "wav2vec2-large-xlsr-53-english" / "model.safetensors").unlink()
+    argv = ["--task", "s2v-14B", "--ckpt_dir", str(broken), "--image", str(image), "--audio", str(speech)]
+    [line] = _errors(capsys, argv)
+    assert ("missing wav2vec2-large-xlsr-53-english/model.safetensors or "
+            "wav2vec2-large-xlsr-53-english/pytorch_model.bin") in line
+
+
 def test_missing_checkpoint_folder(capsys, tmp_path):
     [line] = _errors(capsys, ["--ckpt_dir", str(tmp_path / "nope")])
     assert f"checkpoint folder {tmp_path / 'nope'} does not exist" in line

@@ -28,6 +28,8 @@ from wan_runtime.errors import CheckpointError, InputError
 
 SAMPLE_RATE = 16000
 WAV2VEC2_DIR = "wav2vec2-large-xlsr-53-english"
+# The weight files transformers reads from the folder, in its order of preference.
+WAV2VEC2_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 WAV2VEC2_FPS = 50  # one feature per 20 ms (the convolutional front end's stride of 320 samples)
 RESAMPLED_FPS = 30
 VIDEO_FPS = 16
