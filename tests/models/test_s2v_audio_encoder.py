@@ -64,6 +64,17 @@ def test_clip_count_from_the_sample_count_is_that_of_the_encoder(wav2vec2_dir):
         assert audio_buckets(encoder(waveform), 4)[1] == speech_clip_count(count, 4), count
 
 
+def test_weights_saved_by_torch_before_1_6_are_taken(wav2vec2_dir, tmp_path):
+    """transformers reads a pytorch_model.bin in torch's old (not zip) format: the up-front check
+    lets it through."""
+    folder = shutil.copytree(wav2vec2_dir, tmp_path / "wav2vec2-large-xlsr-53-english")
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin",
+               _use_new_zipfile_serialization=False)
+    (folder / "model.safetensors").unlink()
+    Wav2Vec2Features.check_pretrained(folder)
+    assert Wav2Vec2Features(folder).num_layers == Wav2Vec2Features(wav2vec2_dir).num_layers
+
+
 def test_missing_wav2vec2_folder_names_it(tmp_path):
     with pytest.raises(CheckpointError, match="wav2vec2-large-xlsr-53-english"):
         Wav2Vec2Features(tmp_path / "wav2vec2-large-xlsr-53-english")

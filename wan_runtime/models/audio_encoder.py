@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.models.safetensors_checkpoint import read_entries
+from wan_runtime.models.torch_archive import check_torch_archive
 
 SAMPLE_RATE = 16000
 WAV2VEC2_DIR = "wav2vec2-large-xlsr-53-english"
@@ -119,11 +121,7 @@ class Wav2Vec2Features:
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
         folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "preprocessor_config.json").is_file():
-            raise CheckpointError(
-                f"{folder} is not a wav2vec2 folder (it needs config.json, preprocessor_config.json and "
-                f"the weights); download {WAV2VEC2_DIR}/ of the Wan2.2-S2V-14B release into it"
-            )
+        self.check_pretrained(folder)
         try:
             with _quiet_transformers():
                 self.extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
@@ -139,6 +137,27 @@ class Wav2Vec2Features:
             raise CheckpointError(f"{folder}: wav2vec2 weights missing or mis-shaped: "
                                   f"{', '.join(wrong[:8])}; download {WAV2VEC2_DIR}/ of the release again")
         self.model = self.model.to(device).eval().requires_grad_(False)
+
+    @staticmethod
+    def check_pretrained(folder: str | Path) -> None:
+        """Check, without reading a weight, that ``folder`` holds the configs and a complete weight
+        file: the header of ``model.safetensors``, or the archive of ``pytorch_model.bin`` (the one
+        transformers loads). Cheap, so a pipeline runs it before loading any model
+        (``CheckpointError``)."""
+        folder = Path(folder)
+        weights = next((folder / name for name in WAV2VEC2_WEIGHTS if (folder / name).is_file()), None)
+        configs = all((folder / name).is_file() for name in ("config.json", "preprocessor_config.json"))
+        if weights is None or not configs:
+            raise CheckpointError(
+                f"{folder} is not a wav2vec2 folder (it needs config.json, preprocessor_config.json and "
+                f"the weights, {' or '.join(WAV2VEC2_WEIGHTS)}); download {WAV2VEC2_DIR}/ of the "
+                "Wan2.2-S2V-14B release into it"
+            )
+        if weights.suffix == ".safetensors":
+            read_entries([weights])
+        else:  # transformers also reads the pickles torch wrote before 1.6
+            check_torch_archive(weights, "wav2vec2 weight file", f"download {WAV2VEC2_DIR}/{weights.name} "
+                                "again from the Wan2.2-S2V-14B release", legacy_ok=True)
 
     @property
     def num_layers(self) -> int:
