@@ -132,8 +132,8 @@ def str2bool(value: str) -> bool:
 
 
 def _differences() -> str:
-    """How the command line differs from the official ``generate.py``, each because the official
-    behaviour cannot work here: the end of ``--help``."""
+    """The end of ``--help``: how the command line differs from the official ``generate.py`` (each
+    time because the official behaviour cannot work here) and what it adds."""
     sizes = ", ".join(f"{spec.default_size} for {spec.name}" for spec in TASKS.values())
     return (
         "Differences from the official generate.py: --task defaults to "

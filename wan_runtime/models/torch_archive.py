@@ -46,9 +46,9 @@ def check_torch_archive(path: Path, what: str, fix: str, legacy_ok: bool = False
 
 
 def load_state_dict(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
-    """The memory-mapped tensors of the ``torch.save`` file ``path`` (which must exist), read with
-    ``weights_only=True``, after ``check_torch_archive``; it must hold a flat name -> tensor dict."""
-    check_torch_archive(path, what, fix)
+    """The memory-mapped tensors of the ``torch.save`` file ``path``, read with
+    ``weights_only=True``; it must hold a flat name -> tensor dict. Callers pass ``path`` through
+    ``check_torch_archive`` first (and before loading any other model)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch reports damaged archives and refused pickles with many types
