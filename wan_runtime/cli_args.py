@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,10 @@ import wan_kernels
 from wan_runtime import demo
 from wan_runtime.audio_io import decode_audio
 from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig, InvalidCacheConfig
+from wan_runtime.checks import MAX_INFER_FRAMES, MAX_SEED, check_clip_seeds, check_infer_frames
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
+from wan_runtime.models.audio_encoder import speech_clip_count
 from wan_runtime.pose_video import probe_video
 from wan_runtime.tasks import TASKS, TaskSpec, check_checkpoint_dir
 
@@ -35,6 +38,7 @@ T = TypeVar("T")
 DEFAULT_TASK = "ti2v-5B"
 SOLVERS = ("unipc", "dpm++")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+DEFAULT_DTYPE = "bfloat16"
 
 _BEACH_CAT = (
     "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The "
@@ -53,11 +57,11 @@ EXAMPLE_PROMPT = {
     ),
     "s2v-14B": _BEACH_CAT,
 }
-# The official seed range: torch's manual_seed takes at most 2**64 - 1.
-MAX_SEED = 2**64 - 1
 S2V = "s2v-14B"
 # The official generate.py's s2v default: frames per clip.
 DEFAULT_INFER_FRAMES = 80
+# The official generate.py's animate-14B default of --refert_num (a task not served here).
+OFFICIAL_REFERT_NUM = 77
 
 
 class InvalidArguments(InputError):
@@ -127,26 +131,48 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError("Boolean value expected (True/False)")
 
 
+def _differences() -> str:
+    """The end of ``--help``: how the command line differs from the official ``generate.py`` (each
+    time because the official behaviour cannot work here) and what it adds."""
+    sizes = ", ".join(f"{spec.default_size} for {spec.name}" for spec in TASKS.values())
+    return (
+        "Differences from the official generate.py: --task defaults to "
+        f"{DEFAULT_TASK} (the official default, t2v-A14B, is not served); --size defaults to the task's "
+        f"own size ({sizes}; the official default is 1280*720 for every task, which ti2v-5B does not "
+        "support); i2v-A14B and s2v-14B require --image and s2v-14B requires --audio (the official "
+        "script falls back to its example files, which are not shipped); --save_file must end in .mp4; "
+        "the official flags of features not served here "
+        "(--ulysses_size, --t5_fsdp, --dit_fsdp, --use_prompt_extend, the TTS and animate flags) are "
+        "refused unless left at their official defaults. Added: --device, --dtype, --compile, --debug, "
+        "--demo and the step cache flags."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The parser. Differences from the official ``generate.py``, each because the official
-    default cannot work here: ``--task`` defaults to ti2v-5B (t2v is not served); ``--size``
-    defaults to the task's default size (the official 1280*720 is refused for ti2v-5B);
-    i2v-A14B needs ``--image`` (the official example image is not shipped); ``--save_file``
-    must end in ``.mp4``; s2v-14B refuses ``--enable_tts`` (text-to-speech is out of scope).
-    Added: ``--device``, ``--dtype``, ``--compile``, ``--debug``, ``--demo`` and the step cache flags
-    (``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
-    Task, size, solver, device and dtype are checked by ``resolve`` so all problems are
-    listed together."""
+    """The parser: the official ``generate.py``'s flags and defaults but for the differences its
+    epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
+    ``--compile``, ``--debug``, ``--demo`` and the step cache flags ``--teacache*``, ``--fbcache``,
+    ``--fb_*``; see ``wan_runtime.cache.CacheConfig``). Task, size, solver, device and dtype are
+    checked by ``resolve`` so all problems are listed together."""
+    d = demo.DEMO_SETTINGS
     p = _Parser(
         prog="python -m wan_runtime.generate",
-        description="Generate a video from a text prompt or an image with Wan2.2.",
+        description="Generate a video with Wan2.2: text (and optionally an image) to video with ti2v-5B, "
+                    "image to video with i2v-A14B, speech-to-video (speech and a reference image) with "
+                    "s2v-14B.",
+        epilog=_differences(),
     )
-    p.add_argument("--task", default=DEFAULT_TASK, help=f"{', '.join(TASKS)} (default {DEFAULT_TASK})")
+    p.add_argument("--task", default=DEFAULT_TASK,
+                   help=f"{', '.join(TASKS)} (default {DEFAULT_TASK}; the official default t2v-A14B is not "
+                        "served)")
     p.add_argument("--size", default=None,
                    help="width*height of the video, one of the task's supported sizes (default: the "
-                        "task's; i2v follows the input image's aspect ratio within this area)")
+                        f"task's own; --demo: {d.default_size}); with --image the video takes the image's "
+                        "aspect ratio within this area")
     p.add_argument("--frame_num", type=int, default=None,
-                   help="frames to generate, 4n+1 (default: the task's)")
+                   help=f"frames to generate, 4n+1 (default: the task's; --demo: {d.frame_num}); s2v-14B "
+                        "ignores it, with a warning: its video follows the audio, --infer_frames frames "
+                        "per clip")
     p.add_argument("--ckpt_dir", default=None, help="the task's official checkpoint folder")
     p.add_argument("--offload_model", type=str2bool, default=None,
                    help="move each model to the CPU after use to save GPU memory (default True)")
@@ -157,14 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .mp4 (default: <task>_<size>_1_<prompt>_<time>.mp4 in the current folder)")
     p.add_argument("--prompt", default=None, help="the prompt (default: the official example prompt)")
     p.add_argument("--base_seed", type=int, default=-1, help="seed; negative picks a random one (default -1)")
-    p.add_argument("--image", default=None, help="input image (required for i2v-A14B, optional for ti2v-5B)")
+    p.add_argument("--image", default=None,
+                   help="input image: required for i2v-A14B (the first frame) and s2v-14B (the speaker's "
+                        "reference image), optional for ti2v-5B")
     p.add_argument("--sample_solver", default="unipc", help=f"{' or '.join(SOLVERS)} (default unipc)")
-    p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default: the task's)")
+    p.add_argument("--sample_steps", type=int, default=None,
+                   help=f"sampling steps (default: the task's; --demo: {d.sampling_steps})")
     p.add_argument("--sample_shift", type=float, default=None, help="flow shift (default: the task's)")
     p.add_argument("--sample_guide_scale", type=float, default=None,
                    help="classifier-free guidance scale (default: the task's)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda when available)")
-    p.add_argument("--dtype", default=None, help=f"{' or '.join(DTYPES)} (default bfloat16)")
+    p.add_argument("--device", default=None,
+                   help=f"cpu, cuda or cuda:N (default cuda when available, else cpu; --demo: {d.device})")
+    p.add_argument("--dtype", default=None,
+                   help=f"{' or '.join(DTYPES)} (default {DEFAULT_DTYPE}; --demo: {d.dtype})")
     p.add_argument("--compile", action="store_true",
                    help="compile the DiT blocks with torch.compile (the first step pays the "
                         "compile time)")
@@ -178,27 +209,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("official flags of features not served here (refused when used)")
+    g = p.add_argument_group("official flags of features not served here (refused unless at their official "
+                             "defaults)")
     g.add_argument("--ulysses_size", type=int, default=1, help="sequence-parallel size; only 1")
     g.add_argument("--t5_fsdp", action="store_true", help="not supported")
     g.add_argument("--dit_fsdp", action="store_true", help="not supported")
     g.add_argument("--use_prompt_extend", action="store_true", help="not supported")
-    g.add_argument("--prompt_extend_method", default="local_qwen", help="unused: no prompt extension")
+    # The official choices, so that a script the official parser refuses is refused here too.
+    g.add_argument("--prompt_extend_method", default="local_qwen", choices=("dashscope", "local_qwen"),
+                   help="unused: no prompt extension")
     g.add_argument("--prompt_extend_model", default=None, help="unused: no prompt extension")
-    g.add_argument("--prompt_extend_target_lang", default="zh", help="unused: no prompt extension")
+    g.add_argument("--prompt_extend_target_lang", default="zh", choices=("zh", "en"),
+                   help="unused: no prompt extension")
     g.add_argument("--src_root_path", default=None, help="animate-14B only; not served")
-    g.add_argument("--refert_num", type=int, default=None, help="animate-14B only; not served")
+    g.add_argument("--refert_num", type=int, default=OFFICIAL_REFERT_NUM,
+                   help=f"animate-14B only; not served (its official default {OFFICIAL_REFERT_NUM} is "
+                        "accepted)")
     for flag in ("--replace_flag", "--use_relighting_lora"):
         g.add_argument(flag, action="store_true", help="animate-14B only; not served")
 
 
 def _add_s2v_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speech to video (s2v-14B)")
-    g.add_argument("--audio", default=None, help="the speech driving the video: any audio file ffmpeg reads")
+    g.add_argument("--audio", default=None,
+                   help="the speech driving the video (required): any audio file ffmpeg reads")
     g.add_argument("--num_clip", type=int, default=None,
                    help="at most this many clips (default: as many as the audio needs)")
     g.add_argument("--infer_frames", type=int, default=None,
-                   help=f"frames per clip, a multiple of 4 (default {DEFAULT_INFER_FRAMES})")
+                   help=f"frames per clip, a multiple of 4 from 4 to {MAX_INFER_FRAMES} (default "
+                        f"{DEFAULT_INFER_FRAMES}; --demo: {demo.DEMO_SETTINGS.infer_frames})")
     g.add_argument("--pose_video", default=None,
                    help="a pose video whose motion the speaker follows, read from its start at 16 fps "
                         "(any video file ffmpeg reads)")
@@ -264,12 +303,13 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     size = _given_or_default(args.size, base, "default_size")
     if spec is not None:
         problems += _size_problems(spec, size, args.demo)
-    frame_num = _given_or_default(args.frame_num, base, "frame_num")
-    if args.task == S2V and args.frame_num is not None:
-        problems.append(
-            "s2v-14B makes its video in clips: pass --infer_frames (frames per clip), not --frame_num"
-        )
-    elif frame_num is not None and (frame_num < 1 or frame_num % 4 != 1):
+    # The official script parses --frame_num for every task and never passes it to s2v.
+    frame_num_ignored = args.task == S2V and args.frame_num is not None
+    if frame_num_ignored:
+        warnings.warn("--frame_num is ignored by s2v-14B: the video follows the audio's length, "
+                      "--infer_frames frames per clip (at most --num_clip clips)", stacklevel=2)
+    frame_num = _given_or_default(None if frame_num_ignored else args.frame_num, base, "frame_num")
+    if frame_num is not None and (frame_num < 1 or frame_num % 4 != 1):
         most = "" if spec is None else f", ..., {spec.frame_num}"
         problems.append(f"--frame_num must be 4n+1 (1, 5, 9{most}), got {frame_num}")
     steps = _given_or_default(args.sample_steps, base, "sampling_steps")
@@ -298,9 +338,10 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
 
     save_file = None if args.save_file is None else Path(args.save_file)
     problems += _save_file_problems(args.save_file)
-    device = args.device or ("cpu" if args.demo or not torch.cuda.is_available() else "cuda")
+    device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
+                             "cuda" if torch.cuda.is_available() else "cpu")
     problems += _device_problems(device)
-    dtype_name = args.dtype or ("float32" if args.demo else "bfloat16")
+    dtype_name = args.dtype or (demo.DEMO_SETTINGS.dtype if args.demo else DEFAULT_DTYPE)
     if dtype_name not in DTYPES:
         problems.append(f"unknown --dtype {dtype_name!r}; choose {' or '.join(DTYPES)}")
 
@@ -368,12 +409,11 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, ob
         problems.append(f"{tts_given[0]}: text-to-speech is out of scope of wan_runtime; record or "
                         "synthesise the speech elsewhere and pass it with --audio")
     base = demo.DEMO_SETTINGS if args.demo else None
-    infer_frames = args.infer_frames or (base.infer_frames if base else DEFAULT_INFER_FRAMES)
-    if args.infer_frames is not None and (args.infer_frames < 4 or args.infer_frames % 4):
-        problems.append(
-            f"--infer_frames must be a positive multiple of 4 (4, 8, ..., 80), got {args.infer_frames}"
-        )
-    if args.num_clip is not None and args.num_clip < 1:
+    infer_frames = _given_or_default(args.infer_frames, base, "infer_frames")
+    infer_frames = DEFAULT_INFER_FRAMES if infer_frames is None else infer_frames
+    frames_ok = _check(problems, lambda: check_infer_frames(infer_frames, "--infer_frames")) is not None
+    clips_ok = args.num_clip is None or args.num_clip >= 1
+    if not clips_ok:
         problems.append(f"--num_clip must be a positive number of clips, got {args.num_clip}")
     audio_path = None if args.audio is None else Path(args.audio)
     audio = None
@@ -383,6 +423,11 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, ob
         audio = demo.demo_audio()
     elif not args.enable_tts:
         problems.append("s2v-14B is driven by speech: pass --audio (a WAV, MP3, FLAC or other audio file)")
+    if audio is not None and frames_ok and clips_ok and 0 <= args.base_seed <= MAX_SEED:
+        # Clip r is seeded with base_seed + r: a seed near 2**64 fails here, not after loading.
+        clips = speech_clip_count(audio.size, infer_frames, TASKS[S2V].fps)
+        clips = clips if args.num_clip is None else min(clips, args.num_clip)
+        _check(problems, lambda: check_clip_seeds(args.base_seed, clips, "--base_seed"))
     pose_video = None if args.pose_video is None else Path(args.pose_video)
     if pose_video is not None:
         _check(problems, lambda: probe_video(pose_video, "--pose_video"))
@@ -407,19 +452,23 @@ _UNSUPPORTED = {
     "dit_fsdp": "FSDP sharding is not supported yet; drop --dit_fsdp (--offload_model True saves GPU memory)",
     "use_prompt_extend": "prompt extension is out of scope; extend the prompt elsewhere and pass it with "
                          "--prompt",
-    "src_root_path": "the animate-14B task is not served by wan_runtime",
+    **dict.fromkeys(("src_root_path", "refert_num", "replace_flag", "use_relighting_lora"),
+                    "the animate-14B task is not served by wan_runtime; drop the flag"),
 }
 
 
 def _unsupported_flag_problems(args: argparse.Namespace) -> list[str]:
-    """The official flags accepted for compatibility, each refused when it asks for something."""
+    """The official flags accepted for compatibility, each refused, under its own name, when it
+    differs from the official default (a script that spells out the defaults runs)."""
     asked = {
         "ulysses_size": args.ulysses_size != 1,
         "t5_fsdp": args.t5_fsdp,
         "dit_fsdp": args.dit_fsdp,
         "use_prompt_extend": args.use_prompt_extend,
-        "src_root_path": args.src_root_path is not None or args.refert_num is not None or args.replace_flag
-        or args.use_relighting_lora,
+        "src_root_path": args.src_root_path is not None,
+        "refert_num": args.refert_num != OFFICIAL_REFERT_NUM,
+        "replace_flag": args.replace_flag,
+        "use_relighting_lora": args.use_relighting_lora,
     }
     return [f"--{flag}: {_UNSUPPORTED[flag]}" for flag, on in asked.items() if on]
 

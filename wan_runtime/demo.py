@@ -29,13 +29,16 @@ NOTICE = (
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The demo's defaults, named as the ``TaskSpec`` fields they replace."""
+    """The demo's defaults, named as the ``TaskSpec`` fields or the command-line flags they replace."""
 
     default_size: str = "128*96"
     frame_num: int = 9
     sampling_steps: int = 4
     # s2v-14B: frames per clip; the built-in speech lasts one clip.
     infer_frames: int = 8
+    # Tiny random weights run in seconds on any CPU, where float32 is the fast dtype.
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 DEMO_SETTINGS = DemoSettings()

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from wan_runtime.errors import CheckpointError, InputError
-from wan_runtime.models.audio_encoder import WAV2VEC2_DIR
+from wan_runtime.models.audio_encoder import WAV2VEC2_DIR, WAV2VEC2_WEIGHTS
 from wan_runtime.models.t5_checkpoint import CHECKPOINT_FILE
-from wan_runtime.models.text_encoder import TOKENIZER_DIR
+from wan_runtime.models.text_encoder import TOKENIZER_DIR, TOKENIZER_FILES
 
 # The official default negative prompt (shared by all tasks).
 DEFAULT_NEGATIVE_PROMPT = (
@@ -117,14 +117,19 @@ TASKS = {
 }
 
 
-def required_files(spec: TaskSpec) -> list[str]:
-    """Paths a complete checkpoint folder of ``spec`` holds, relative to it (DiT folders by their
-    ``config.json``; their weights are checked when they load)."""
-    dits = [str(PurePosixPath(folder) / "config.json") for folder in spec.dit_folders]
+def required_files(spec: TaskSpec) -> list[tuple[str, ...]]:
+    """Files a complete checkpoint folder of ``spec`` holds, relative to it: at least one of each
+    tuple (DiT folders by their ``config.json``; their weights are checked before they load)."""
+
+    def one_of(folder: str, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(PurePosixPath(folder) / name) for name in names)
+
+    dits = [one_of(folder, ("config.json",)) for folder in spec.dit_folders]
     audio = [] if spec.audio_dir is None else [
-        str(PurePosixPath(spec.audio_dir) / name) for name in ("config.json", "preprocessor_config.json")
+        one_of(spec.audio_dir, ("config.json",)), one_of(spec.audio_dir, ("preprocessor_config.json",)),
+        one_of(spec.audio_dir, WAV2VEC2_WEIGHTS),
     ]
-    return [spec.t5_file, spec.tokenizer_dir, spec.vae_file, *dits, *audio]
+    return [(spec.t5_file,), one_of(spec.tokenizer_dir, TOKENIZER_FILES), (spec.vae_file,), *dits, *audio]
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -143,7 +148,8 @@ def check_checkpoint_dir(task: str, ckpt_dir: str | Path) -> TaskSpec:
     if not root.is_dir():
         problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise CheckpointError(f"checkpoint folder {root} {problem}; pass the folder of the {task} release")
-    missing = [name for name in required_files(spec) if not (root / name).exists()]
+    missing = [" or ".join(names) for names in required_files(spec)
+               if not any((root / name).is_file() for name in names)]
     if missing:
         raise CheckpointError(
             f"{root} is not a complete {task} checkpoint folder: missing {', '.join(missing)}; "

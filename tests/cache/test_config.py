@@ -16,7 +16,7 @@ from wan_runtime.errors import InputError
     ("field", "value"),
     [("teacache_thresh", -0.1), ("fb_thresh", math.nan), ("fb_ema", 1.0), ("fb_ema", -0.1),
      ("fb_downsample", 0), ("teacache_warmup", -1), ("fb_last_steps", 1.5), ("fb_metric", "l1"),
-     ("teacache", "yes")],
+     ("teacache", "yes"), ("teacache_policy", "POLY"), ("teacache_policy", None)],
 )
 def test_bad_values_are_refused(field, value):
     with pytest.raises(InvalidCacheConfig, match=field.split("_")[0]) as err:

@@ -52,9 +52,11 @@ def test_every_bad_value_is_listed_with_exit_2(capsys):
     assert all(want in line for want, line in zip(expected, lines, strict=True)), lines
 
 
-def test_unknown_policy_falls_back_to_linear_with_a_warning():
-    with pytest.warns(UserWarning, match="unknown teacache_policy 'cubic'; using 'linear'"):
-        assert _resolve("--teacache", "--teacache_policy", "cubic").cache.teacache_policy == "linear"
+@pytest.mark.parametrize("policy", ["POLY", "cubic"])
+def test_unknown_policy_is_refused_before_loading(policy, capsys):
+    assert main(["--demo", "--teacache", "--teacache_policy", policy]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == f"error: unknown --teacache_policy '{policy}' (choose linear or poly)"
 
 
 @pytest.mark.parametrize("task", ["i2v-A14B", "s2v-14B"])
@@ -76,10 +78,3 @@ def test_settings_of_a_cache_that_is_off_are_refused(capsys):
     assert main(argv) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line == "error: --fb_ema has no effect without --fbcache; add --fbcache or drop it"
-
-
-def test_unknown_policy_warning_is_one_line_on_the_command_line(capsys):
-    # Validation passes; the run then fails to import the (blocked) pipelines: exit 1.
-    assert main(["--demo", "--teacache", "--teacache_policy", "cubic"]) == 1
-    err = capsys.readouterr().err.splitlines()
-    assert err[0] == ("warning: unknown teacache_policy 'cubic'; using 'linear' (choose linear or poly)")

@@ -12,7 +12,13 @@ from safetensors.torch import load_file, save_file
 from tests.models.s2v_helpers import official_s2v
 from tests.tolerances import rel_l2
 from wan_runtime.errors import CheckpointError, InputError
-from wan_runtime.models.audio_encoder import SAMPLE_RATE, Wav2Vec2Features, audio_buckets
+from wan_runtime.models.audio_encoder import (
+    SAMPLE_RATE,
+    Wav2Vec2Features,
+    audio_buckets,
+    feature_count,
+    speech_clip_count,
+)
 from wan_runtime.tiny_checkpoints import write_wav2vec2
 
 # The same transformers model on the same samples: only the resampling's summation order differs.
@@ -42,6 +48,31 @@ def test_buckets_match_official(tmp_path, wav2vec2_dir, seconds, frames_per_clip
     # The official pipeline's layout: [1, layers, C, frames].
     assert rel_l2(got, want.permute(1, 2, 0)[None]) <= AUDIO_FEATURES_VS_OFFICIAL
     assert got[..., -1].abs().max() == 0, "frames past the audio's end are zero"
+
+
+def test_clip_count_from_the_sample_count_is_that_of_the_encoder(wav2vec2_dir):
+    """The command line counts clips without running wav2vec2: the feature count is the encoder's
+    own at every length up to 3 s, and the clip count that of the buckets, also on either side of
+    the lengths where a second and a third clip of 4 frames start (4560 and 8080 samples)."""
+    encoder = Wav2Vec2Features(wav2vec2_dir)
+    samples = torch.arange(400, 3 * SAMPLE_RATE)
+    lengths = encoder.model._get_feat_extract_output_lengths(samples)
+    assert [feature_count(n) for n in samples.tolist()] == lengths.tolist()
+    rng = np.random.default_rng(1)
+    for count in (1000, 4559, 4560, 8079, 8080, 12345):
+        waveform = rng.standard_normal(count).astype(np.float32)
+        assert audio_buckets(encoder(waveform), 4)[1] == speech_clip_count(count, 4), count
+
+
+def test_weights_saved_by_torch_before_1_6_are_taken(wav2vec2_dir, tmp_path):
+    """transformers reads a pytorch_model.bin in torch's old (not zip) format: the up-front check
+    lets it through."""
+    folder = shutil.copytree(wav2vec2_dir, tmp_path / "wav2vec2-large-xlsr-53-english")
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin",
+               _use_new_zipfile_serialization=False)
+    (folder / "model.safetensors").unlink()
+    Wav2Vec2Features.check_pretrained(folder)
+    assert Wav2Vec2Features(folder).num_layers == Wav2Vec2Features(wav2vec2_dir).num_layers
 
 
 def test_missing_wav2vec2_folder_names_it(tmp_path):

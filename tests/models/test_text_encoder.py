@@ -167,6 +167,14 @@ def test_broken_tokenizer_folder(damaged):
     expect_error(damaged, "google/umt5-xxl", "download")
 
 
+def test_tokenizer_without_its_vocabulary(damaged):
+    """Without tokenizer.json the folder loads as a tokenizer of 4 special tokens; the encoder's
+    embedding table shows it is not umT5's."""
+    (damaged / TOKENIZER_DIR / "tokenizer.json").unlink()
+    expect_error(damaged, f"{damaged / TOKENIZER_DIR} has only 4 tokens for the 512 rows",
+                 "tokenizer.json or spiece.model", "download google/umt5-xxl/ again")
+
+
 def test_truncated_checkpoint(damaged):
     path = damaged / CHECKPOINT_FILE
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

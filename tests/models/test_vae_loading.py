@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import pytest
 import torch
 
@@ -61,7 +63,20 @@ def test_truncated_file(files, tmp_path):
     data = files["2.2"].read_bytes()
     path = tmp_path / "Wan2.2_VAE.pth"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=r"Wan2\.2_VAE\.pth cannot be read.*download"):
+    with pytest.raises(CheckpointError) as info:
+        load_vae(path)
+    # The file, what is wrong with it and the fix; not torch's paragraph on zip internals.
+    assert str(info.value) == (
+        f"VAE checkpoint {path} is truncated or corrupt (its zip directory, at the end of the file, is "
+        "missing or damaged); download Wan2.2_VAE.pth again from the official Wan2.2 release"
+    )
+
+
+def test_zip_archive_that_torch_did_not_write(tmp_path):
+    path = tmp_path / "Wan2.1_VAE.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("weights.txt", "not tensors")
+    with pytest.raises(CheckpointError, match=r"Wan2\.1_VAE\.pth is a zip archive but not a torch.save file"):
         load_vae(path)
 
 

@@ -6,12 +6,13 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.pipelines.images import gradient_image
 from wan_runtime import generate, pipelines
+from wan_runtime.checks import check_clip_seeds
 from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.pipelines import check_output_size, load_pipeline, loading
-from wan_runtime.pipelines.inputs import check_clip_seeds
 
 GOOD = {"size": "64*64", "frame_num": 5, "sampling_steps": 2, "seed": 0, "progress": False}
 
@@ -153,6 +154,54 @@ def _loads_nothing(*args, **kwargs):
     raise AssertionError("a model loaded before the DiT folder was checked")
 
 
+def _torch_file_as_pickle(path):
+    """``path``'s tensors saved again in torch's format before 1.6 (no zip archive)."""
+    torch.save(torch.load(path, weights_only=True), path, _use_new_zipfile_serialization=False)
+
+
+WAV2VEC2 = "wav2vec2-large-xlsr-53-english"
+
+
+def _truncated_wav2vec2_bin(root):
+    """The speech encoder's weights as a truncated ``pytorch_model.bin`` only."""
+    folder = root / WAV2VEC2
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    _truncate(folder / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize(("task", "corrupt", "message"), [
+    ("ti2v-5B", lambda root: _truncate(root / "models_t5_umt5-xxl-enc-bf16.pth"),
+     "models_t5_umt5-xxl-enc-bf16.pth is truncated or corrupt"),
+    ("ti2v-5B", lambda root: _truncate(root / "Wan2.2_VAE.pth"),
+     "Wan2.2_VAE.pth is truncated or corrupt .*; download Wan2.2_VAE.pth again from the official Wan2.2"),
+    ("ti2v-5B", lambda root: _torch_file_as_pickle(root / "Wan2.2_VAE.pth"),
+     "Wan2.2_VAE.pth is not a torch.save zip"),
+    ("s2v-14B", lambda root: _truncate(root / WAV2VEC2 / "model.safetensors"),
+     "model.safetensors is unreadable or truncated"),
+    ("s2v-14B", _truncated_wav2vec2_bin, "wav2vec2 weight file .*pytorch_model.bin is truncated or corrupt"),
+], ids=["truncated-t5", "truncated-vae", "old-format-vae", "truncated-wav2vec2", "truncated-wav2vec2-bin"])
+def test_a_bad_weight_file_fails_before_any_model_loads(request, tmp_path, monkeypatch, task, corrupt,
+                                                        message):
+    root = shutil.copytree(request.getfixturevalue(f"{task.split('-')[0]}_root"), tmp_path / task)
+    corrupt(root)
+    monkeypatch.setattr(loading, "load_text_encoder", _loads_nothing)
+    monkeypatch.setattr(loading, "load_vae", _loads_nothing)
+    with pytest.raises(CheckpointError, match=message):
+        load_pipeline(task, root, device="cpu", dtype=torch.float32)
+
+
+def test_command_line_names_a_truncated_vae_file_in_one_short_line(ti2v_root, tmp_path, monkeypatch, capsys):
+    root = shutil.copytree(ti2v_root, tmp_path / "Wan2.2-TI2V-5B")
+    _truncate(root / "Wan2.2_VAE.pth")
+    monkeypatch.setattr(loading, "load_text_encoder", _loads_nothing)
+    assert generate.main(["--ckpt_dir", str(root), "--device", "cpu", "--dtype", "float32"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (f"error: VAE checkpoint {root / 'Wan2.2_VAE.pth'} is truncated or corrupt (its zip "
+                    "directory, at the end of the file, is missing or damaged); download Wan2.2_VAE.pth "
+                    "again from the official Wan2.2 release")
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     ({"ckpt_dir": None}, "ckpt_dir must be the release folder's path"),
     ({"offload_model": "no"}, "offload_model must be True or False, got 'no'"),
@@ -165,6 +214,6 @@ def test_load_refuses_switches_that_are_not_bools(ti2v_root, arguments, message)
 
 
 def test_every_clip_seed_must_be_valid():
-    check_clip_seeds(2**64 - 3, 3)
-    with pytest.raises(InputError, match=r"too large for 3 clips .* at most 2\*\*64 - 3"):
-        check_clip_seeds(2**64 - 2, 3)
+    check_clip_seeds(2**64 - 3, 3, "seed")
+    with pytest.raises(InputError, match=rf"seed {2**64 - 2} is too large for 3 clips .* 2\*\*64 - 3"):
+        check_clip_seeds(2**64 - 2, 3, "seed")

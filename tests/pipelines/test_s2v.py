@@ -158,6 +158,8 @@ def test_decoded_wav_is_the_samples(tmp_path, speech):
     ({"audio": np.zeros(500, np.float32)}, "too short"),
     ({"audio": np.zeros((2, 16000), np.float32)}, "must be mono"),
     ({"infer_frames": 6}, "multiple of 4"),
+    ({"infer_frames": 4100}, "multiple of 4 from 4 to 4096"),
+    ({"seed": 2**64 - 1}, "too large for 2 clips"),
     ({"num_clip": 0}, "num_clip"),
     ({"pose_video": "pose.mp4"}, "pose_video pose.mp4 does not exist"),
     ({"pose_video": 3}, "pose_video must be the path of a video file"),

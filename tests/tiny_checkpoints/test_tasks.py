@@ -105,3 +105,22 @@ def test_s2v_check_needs_the_speech_encoder(tmp_path):
     (root / "wav2vec2-large-xlsr-53-english" / "config.json").unlink()
     with pytest.raises(CheckpointError, match="missing wav2vec2-large-xlsr-53-english/config.json"):
         check_checkpoint_dir("s2v-14B", root)
+    (root / "wav2vec2-large-xlsr-53-english" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing wav2vec2-large-xlsr-53-english/config.json, "
+                                              "wav2vec2-large-xlsr-53-english/model.safetensors or "
+                                              "wav2vec2-large-xlsr-53-english/pytorch_model.bin; download"):
+        check_checkpoint_dir("s2v-14B", root)
+
+
+def test_tokenizer_folder_needs_its_vocabulary(tmp_path):
+    """Without tokenizer.json or spiece.model transformers still loads the folder, as a tokenizer
+    of the special tokens alone: the check refuses it, and takes either file."""
+    root = write_task_checkpoint("ti2v-5B", tmp_path / "ckpt")
+    vocabulary = root / "google" / "umt5-xxl" / "tokenizer.json"
+    data = vocabulary.read_bytes()
+    vocabulary.unlink()
+    with pytest.raises(CheckpointError, match="missing google/umt5-xxl/tokenizer.json or "
+                                              "google/umt5-xxl/spiece.model; download"):
+        check_checkpoint_dir("ti2v-5B", root)
+    (root / "google" / "umt5-xxl" / "spiece.model").write_bytes(data)
+    assert check_checkpoint_dir("ti2v-5B", root) is TASKS["ti2v-5B"]

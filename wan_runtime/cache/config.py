@@ -7,7 +7,6 @@ weights, and the Python API raises the same messages.
 from __future__ import annotations
 
 import numbers
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
@@ -72,14 +71,6 @@ class CacheConfig:
                 object.__setattr__(self, f.name, int(value))
             elif isinstance(value, numbers.Real) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))
-        if self.teacache_policy not in TEACACHE_POLICIES:
-            # An unknown policy must not stop a long run: fall back to the default, loudly.
-            warnings.warn(
-                f"unknown teacache_policy {self.teacache_policy!r}; using 'linear' "
-                f"(choose {' or '.join(TEACACHE_POLICIES)})",
-                stacklevel=3,
-            )
-            object.__setattr__(self, "teacache_policy", "linear")
 
     @property
     def enabled(self) -> bool:
@@ -106,8 +97,9 @@ class CacheConfig:
                 found.append(f"--{name} must be an integer >= 0, got {value!r}")
         if self.fb_metric not in FB_METRICS:
             found.append(f"unknown --fb_metric {self.fb_metric!r} (choose one of {', '.join(FB_METRICS)})")
-        if not isinstance(self.teacache_policy, str):
-            found.append(f"--teacache_policy must be a name, got {self.teacache_policy!r}")
+        if self.teacache_policy not in TEACACHE_POLICIES:
+            found.append(f"unknown --teacache_policy {self.teacache_policy!r} (choose "
+                         f"{' or '.join(TEACACHE_POLICIES)})")
         return found
 
     def serves(self, models: Iterable[str]) -> bool:

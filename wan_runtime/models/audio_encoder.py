@@ -25,20 +25,53 @@ import torch
 import torch.nn.functional as F
 
 from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.models.safetensors_checkpoint import read_entries
+from wan_runtime.models.torch_archive import check_torch_archive
 
 SAMPLE_RATE = 16000
 WAV2VEC2_DIR = "wav2vec2-large-xlsr-53-english"
+# The weight files transformers reads from the folder, in its order of preference.
+WAV2VEC2_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 WAV2VEC2_FPS = 50  # one feature per 20 ms (the convolutional front end's stride of 320 samples)
 RESAMPLED_FPS = 30
 VIDEO_FPS = 16
+# The release's wav2vec2 feature encoder (transformers' Wav2Vec2Config defaults, which the tiny
+# checkpoints keep): (kernel, stride) of each convolution over the samples.
+CONV_LAYERS = ((10, 5), (3, 2), (3, 2), (3, 2), (3, 2), (2, 2), (2, 2))
+
+
+def resampled_length(length: int, fps_in: int = WAV2VEC2_FPS, fps_out: int = RESAMPLED_FPS) -> int:
+    """Features ``resample_features`` makes of ``length`` features."""
+    return int(length / float(fps_in) * fps_out)
 
 
 def resample_features(features: torch.Tensor, fps_in: int = WAV2VEC2_FPS,
                       fps_out: int = RESAMPLED_FPS) -> torch.Tensor:
     """[N, T, C] -> [N, int(T / fps_in * fps_out), C] by linear interpolation, ends aligned."""
-    length = int(features.size(1) / float(fps_in) * fps_out)
+    length = resampled_length(features.size(1), fps_in, fps_out)
     resampled = F.interpolate(features.transpose(1, 2), size=length, mode="linear", align_corners=True)
     return resampled.transpose(1, 2)
+
+
+def clip_count(features: int, frames_per_clip: int, fps: int = VIDEO_FPS) -> int:
+    """Clips of ``frames_per_clip`` video frames that ``features`` features at ``RESAMPLED_FPS``
+    start (the last one zero-padded), as the official bucketing counts them."""
+    return int(features / (frames_per_clip * (RESAMPLED_FPS / fps))) + 1
+
+
+def feature_count(samples: int) -> int:
+    """wav2vec2 features (``WAV2VEC2_FPS`` a second) of ``samples`` 16 kHz samples (at least 400)."""
+    length = samples
+    for kernel, stride in CONV_LAYERS:
+        length = (length - kernel) // stride + 1
+    return length
+
+
+def speech_clip_count(samples: int, frames_per_clip: int, fps: int = VIDEO_FPS) -> int:
+    """The clip count ``audio_buckets`` gives for the features of ``samples`` 16 kHz samples (as
+    many as ``wan_runtime.audio_io.check_waveform`` accepts), from the feature encoder's geometry
+    alone: so the command line knows it without loading wav2vec2."""
+    return clip_count(resampled_length(feature_count(samples)), frames_per_clip, fps)
 
 
 def audio_buckets(
@@ -53,7 +86,7 @@ def audio_buckets(
     if features.dim() != 3 or features.size(1) == 0:
         raise InputError(f"features must be [layers, T, C] with T > 0, got {list(features.shape)}")
     available = features.size(1)
-    num_clips = int(available / (frames_per_clip * (RESAMPLED_FPS / fps))) + 1
+    num_clips = clip_count(available, frames_per_clip, fps)
     frames = num_clips * frames_per_clip
     # The official sampler's times i / fps, on a 30 fps timeline padded to cover every frame.
     padded_length = math.ceil(frames / fps * RESAMPLED_FPS)
@@ -88,11 +121,7 @@ class Wav2Vec2Features:
         from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
         folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "preprocessor_config.json").is_file():
-            raise CheckpointError(
-                f"{folder} is not a wav2vec2 folder (it needs config.json, preprocessor_config.json and "
-                f"the weights); download {WAV2VEC2_DIR}/ of the Wan2.2-S2V-14B release into it"
-            )
+        self.check_pretrained(folder)
         try:
             with _quiet_transformers():
                 self.extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
@@ -108,6 +137,27 @@ class Wav2Vec2Features:
             raise CheckpointError(f"{folder}: wav2vec2 weights missing or mis-shaped: "
                                   f"{', '.join(wrong[:8])}; download {WAV2VEC2_DIR}/ of the release again")
         self.model = self.model.to(device).eval().requires_grad_(False)
+
+    @staticmethod
+    def check_pretrained(folder: str | Path) -> None:
+        """Check, without reading a weight, that ``folder`` holds the configs and a complete weight
+        file: the header of ``model.safetensors``, or the archive of ``pytorch_model.bin`` (the one
+        transformers loads). Cheap, so a pipeline runs it before loading any model
+        (``CheckpointError``)."""
+        folder = Path(folder)
+        weights = next((folder / name for name in WAV2VEC2_WEIGHTS if (folder / name).is_file()), None)
+        configs = all((folder / name).is_file() for name in ("config.json", "preprocessor_config.json"))
+        if weights is None or not configs:
+            raise CheckpointError(
+                f"{folder} is not a wav2vec2 folder (it needs config.json, preprocessor_config.json and "
+                f"the weights, {' or '.join(WAV2VEC2_WEIGHTS)}); download {WAV2VEC2_DIR}/ of the "
+                "Wan2.2-S2V-14B release into it"
+            )
+        if weights.suffix == ".safetensors":
+            read_entries([weights])
+        else:  # transformers also reads the pickles torch wrote before 1.6
+            check_torch_archive(weights, "wav2vec2 weight file", f"download {WAV2VEC2_DIR}/{weights.name} "
+                                "again from the Wan2.2-S2V-14B release", legacy_ok=True)
 
     @property
     def num_layers(self) -> int:

@@ -8,7 +8,6 @@ any weight is converted.
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,11 @@ from pathlib import Path
 import torch
 
 from wan_runtime.errors import CheckpointError
+from wan_runtime.models.torch_archive import check_torch_archive, load_state_dict
 
 CHECKPOINT_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 _REDOWNLOAD = f"download {CHECKPOINT_FILE} again from the official Wan2.2 release"
+_WHAT = "the text encoder file"
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 
 
@@ -54,24 +55,21 @@ def official_shapes(sizes: T5Sizes) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The memory-mapped tensors of ``path``, which must be a flat name -> tensor dict."""
+def check_checkpoint_file(path: Path) -> None:
+    """Check, without reading a tensor, that the text encoder file ``path`` is there and a complete
+    archive (``CheckpointError``): cheap, so a pipeline runs it before loading anything."""
     if not path.is_file():
         raise CheckpointError(
             f"the text encoder file {path} does not exist; pass the Wan2.2 release root that holds "
             f"{CHECKPOINT_FILE} and google/umt5-xxl/"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{path} is unreadable or truncated ({err}); {_REDOWNLOAD}") from err
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CheckpointError(
-            f"{path} does not hold a state dict of tensors (it holds a {type(state).__name__}); {_REDOWNLOAD}"
-        )
-    return state
+    check_torch_archive(path, _WHAT, _REDOWNLOAD)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The memory-mapped tensors of ``path``, which must be a flat name -> tensor dict."""
+    check_checkpoint_file(path)
+    return load_state_dict(path, _WHAT, _REDOWNLOAD)
 
 
 def _shape(state: dict[str, torch.Tensor], key: str, path: Path) -> tuple[int, int]:

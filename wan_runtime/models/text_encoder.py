@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 TOKENIZER_DIR = "google/umt5-xxl"
+# The files that hold a tokenizer's vocabulary (fast, sentencepiece); a folder with neither still
+# loads in transformers, as a tokenizer of its few special tokens that makes every word <unk>.
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 TEXT_LEN = 512
 _DTYPES = (torch.bfloat16, torch.float32)
 
@@ -128,5 +131,14 @@ def load_text_encoder(
         raise CheckpointError(
             f"the tokenizer in {ckpt_dir / TOKENIZER_DIR} has {len(tokenizer)} tokens but {weights} embeds "
             f"only {sizes.vocab}; use the tokenizer folder of the same Wan2.2 release"
+        )
+    # The embedding table may pad the vocabulary to a round size, never to twice its size: a
+    # tokenizer that small is not the one the encoder learnt (its vocabulary file is missing).
+    if 2 * len(tokenizer) < sizes.vocab:
+        raise CheckpointError(
+            f"the tokenizer in {ckpt_dir / TOKENIZER_DIR} has only {len(tokenizer)} tokens for the "
+            f"{sizes.vocab} rows of {weights}'s embedding table, so most words would be <unk>: its "
+            f"vocabulary ({' or '.join(TOKENIZER_FILES)}) is missing or not umT5's; download "
+            f"{TOKENIZER_DIR}/ again from the official Wan2.2 release"
         )
     return TextEncoder(build_encoder(state, sizes, device, dtype), sizes, tokenizer, text_len)

@@ -14,23 +14,27 @@ import torch
 
 from wan_runtime.errors import CheckpointError
 from wan_runtime.models import vae2_1, vae2_2
+from wan_runtime.models.torch_archive import check_torch_archive, load_state_dict
 from wan_runtime.models.vae_autoencoder import CausalAutoencoder
 from wan_runtime.models.vae_codec import WanVAE
 
-_FIX = "download Wan2.1_VAE.pth or Wan2.2_VAE.pth again from the official release and pass its path"
+_WHAT = "VAE checkpoint"
 _MARKERS = ("encoder.conv1.weight", "decoder.conv1.weight", "conv2.weight")
+# A file of the wrong model or a modified one; a damaged file is re-downloaded (``_redownload``).
+_WRONG_FILE = "use Wan2.1_VAE.pth or Wan2.2_VAE.pth, unmodified, from the official Wan2.2 release"
 
 
-def _read(path: Path) -> dict[str, torch.Tensor]:
+def _redownload(path: Path) -> str:
+    return f"download {path.name} again from the official Wan2.2 release"
+
+
+def check_vae_file(path: str | Path) -> None:
+    """Check, without reading a tensor, that the VAE file ``path`` is there and a complete archive
+    (``CheckpointError``): cheap, so a pipeline runs it before loading anything."""
+    path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"VAE checkpoint {path} does not exist; {_FIX}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch reports damaged archives with many exception types
-        raise CheckpointError(f"VAE checkpoint {path} cannot be read ({err}); {_FIX}") from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"VAE checkpoint {path} is not a state dict of tensors; {_FIX}")
-    return state
+        raise CheckpointError(f"{_WHAT} {path} does not exist; {_redownload(path)}")
+    check_torch_archive(path, _WHAT, _redownload(path))
 
 
 def _build(path: Path, state: dict[str, torch.Tensor]) -> tuple[str, CausalAutoencoder]:
@@ -39,7 +43,7 @@ def _build(path: Path, state: dict[str, torch.Tensor]) -> tuple[str, CausalAutoe
         some = ", ".join(list(state)[:3])
         raise CheckpointError(
             f"{path} is not a Wan VAE checkpoint: it lacks {', '.join(missing)} (its keys begin "
-            f"{some}); a DiT or T5 file was probably given where the VAE belongs; {_FIX}"
+            f"{some}); a DiT or T5 file was probably given where the VAE belongs; {_WRONG_FILE}"
         )
     dim, in_channels = state["encoder.conv1.weight"].shape[:2]
     z_dim = state["conv2.weight"].shape[0]
@@ -51,7 +55,7 @@ def _build(path: Path, state: dict[str, torch.Tensor]) -> tuple[str, CausalAutoe
     else:
         raise CheckpointError(
             f"{path} has {in_channels} input and {z_dim} latent channels; a Wan 2.1 VAE has 3 and "
-            f"{vae2_1.Z_DIM}, a Wan 2.2 VAE {3 * vae2_2.PATCH_SIZE**2} and {vae2_2.Z_DIM}; {_FIX}"
+            f"{vae2_1.Z_DIM}, a Wan 2.2 VAE {3 * vae2_2.PATCH_SIZE**2} and {vae2_2.Z_DIM}; {_WRONG_FILE}"
         )
     with torch.device("meta"):
         model = model_fn()
@@ -66,7 +70,8 @@ def _build(path: Path, state: dict[str, torch.Tensor]) -> tuple[str, CausalAutoe
     ]
     if problems:
         raise CheckpointError(
-            f"{path} does not match the Wan {version} VAE of width {dim} ({'; '.join(problems)}); {_FIX}"
+            f"{path} does not match the Wan {version} VAE of width {dim} ({'; '.join(problems)}); "
+            f"{_WRONG_FILE}"
         )
     return version, model
 
@@ -80,7 +85,8 @@ def load_vae(
     is not a Wan VAE state dict (another model's weights, unknown or missing keys, wrong shapes).
     """
     path = Path(path)
-    state = _read(path)
+    check_vae_file(path)
+    state = load_state_dict(path, _WHAT, _redownload(path))
     version, model = _build(path, state)
     weights = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(weights, assign=True)

@@ -11,16 +11,9 @@ import random
 import sys
 from pathlib import Path
 
+from wan_runtime.checks import MAX_SEED, check_infer_frames, is_int
 from wan_runtime.errors import InputError
 from wan_runtime.tasks import TaskSpec
-
-# torch.Generator.manual_seed accepts seeds up to 2**64 - 1.
-_MAX_SEED = 2**64 - 1
-
-
-def _is_int(value: object) -> bool:
-    # bool is an Integral, but True as a frame count or a seed is a caller's mistake.
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def size_multiple(spec: TaskSpec) -> int:
@@ -65,8 +58,8 @@ def check_frame_num(frame_num: int, spec: TaskSpec) -> int:
     """``frame_num`` must be ``1 + 4n`` (n >= 0): the VAE packs 4 frames per latent after the
     first. The official pipelines also run with 1 frame (a single image)."""
     stride = spec.vae_stride[0]
-    if not (_is_int(frame_num) and frame_num >= 1 and (frame_num - 1) % stride == 0):
-        below = max(1, (int(frame_num) - 1) // stride * stride + 1) if _is_int(frame_num) else 1
+    if not (is_int(frame_num) and frame_num >= 1 and (frame_num - 1) % stride == 0):
+        below = max(1, (int(frame_num) - 1) // stride * stride + 1) if is_int(frame_num) else 1
         raise InputError(
             f"frame_num must be 1 + {stride}n (1, 5, 9, ..., {spec.frame_num}), got {frame_num!r}; "
             f"nearest valid: {below} or {below + stride}"
@@ -102,17 +95,9 @@ def check_guide_scale(guide_scale: object, spec: TaskSpec) -> float | tuple[floa
 def resolve_seed(seed: int) -> int:
     """The seed to use: ``seed`` itself, or for a negative one a random seed as the official code
     draws it."""
-    if not _is_int(seed) or seed > _MAX_SEED:
+    if not is_int(seed) or seed > MAX_SEED:
         raise InputError(f"seed must be an integer in [0, 2**64 - 1], or -1 for a random seed; got {seed!r}")
     return int(seed) if seed >= 0 else random.randint(0, sys.maxsize)
-
-
-def check_clip_seeds(seed: int, clips: int) -> None:
-    """Clip ``r`` is seeded with ``seed + r`` (as the official s2v pipeline): every one must be a
-    valid seed."""
-    if seed + clips - 1 > _MAX_SEED:
-        raise InputError(f"seed {seed} is too large for {clips} clips (seeded seed + 0 ... seed + "
-                         f"{clips - 1}): use a seed of at most 2**64 - {clips}")
 
 
 def check_prompt(prompt: object, name: str) -> str:
@@ -124,15 +109,11 @@ def check_prompt(prompt: object, name: str) -> str:
 
 def check_clip_arguments(infer_frames: object, num_clip: object, start_from_ref: object,
                          pose_video: object) -> None:
-    """s2v-14B's clip arguments: ``infer_frames`` a positive multiple of 4 (the VAE's frames per
-    latent), ``num_clip`` None or positive, ``start_from_ref`` a bool, ``pose_video`` None or a path
-    (the file itself is checked by ``wan_runtime.pose_video.probe_video``)."""
-    if not _is_int(infer_frames) or infer_frames < 4 or infer_frames % 4:
-        raise InputError(
-            f"infer_frames must be a positive multiple of 4 (frames per clip; the official default is 80), "
-            f"got {infer_frames!r}"
-        )
-    if num_clip is not None and (not _is_int(num_clip) or num_clip < 1):
+    """s2v-14B's clip arguments: ``infer_frames`` as ``wan_runtime.checks.check_infer_frames``,
+    ``num_clip`` None or positive, ``start_from_ref`` a bool, ``pose_video`` None or a path (the
+    file itself is checked by ``wan_runtime.pose_video.probe_video``)."""
+    check_infer_frames(infer_frames, "infer_frames")
+    if num_clip is not None and (not is_int(num_clip) or num_clip < 1):
         raise InputError(
             f"num_clip must be a positive number of clips, or None for as many as the audio needs; "
             f"got {num_clip!r}"

@@ -14,6 +14,8 @@ from wan_runtime.models import WanModel, load_text_encoder, load_vae
 from wan_runtime.models.audio_encoder import Wav2Vec2Features
 from wan_runtime.models.compilation import check_compile_support, compile_blocks
 from wan_runtime.models.s2v_dit import WanModelS2V
+from wan_runtime.models.t5_checkpoint import check_checkpoint_file
+from wan_runtime.models.vae_loading import check_vae_file
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
 from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE, I2VPipeline
 from wan_runtime.pipelines.inputs import parse_size
@@ -75,10 +77,10 @@ def load_pipeline(
     CPU and brings only the one at work onto the device; ``t5_cpu`` runs the text encoder on the CPU;
     ``convert_model_dtype`` casts every DiT weight to ``dtype``, as the official flag does;
     ``compile`` compiles the DiT blocks with ``torch.compile`` (the first step pays the compile
-    time; see ``wan_runtime.models.compilation``). The folder is checked for every file, and every
-    DiT's config and safetensors headers against each other, before anything loads
-    (``CheckpointError``). Unless ``WAN_INFERENCE_ONLY=0``, the loaded models refuse
-    ``train(True)`` and ``requires_grad_(True)``.
+    time; see ``wan_runtime.models.compilation``). The folder is checked for every file, the T5
+    and VAE archives for truncation, every DiT's config and safetensors headers against each other
+    and the speech encoder's weights, before anything loads (``CheckpointError``). Unless
+    ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
     """
     if not isinstance(ckpt_dir, (str, os.PathLike)):
         raise InputError(f"ckpt_dir must be the release folder's path (str or Path), got {ckpt_dir!r}")
@@ -97,9 +99,14 @@ def load_pipeline(
     root = Path(ckpt_dir)
     pipeline_class, names = _PIPELINES[spec.name]
     dit_class = WanModel if spec.audio_dir is None else WanModelS2V
-    # A bad DiT folder (config, shards, headers, tensor names and shapes) fails before minutes of loading.
+    # A bad file fails before minutes of loading: a truncated T5 or VAE archive, a DiT folder (config,
+    # shards, headers, tensor names and shapes), the speech encoder's weights.
+    check_checkpoint_file(root / spec.t5_file)
+    check_vae_file(root / spec.vae_file)
     for folder in spec.dit_folders:
         dit_class.check_pretrained(root / folder)
+    if spec.audio_dir is not None:
+        Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
     rest = _CPU if offload_model else device  # where the big models sit between uses
     residency = Residency(device, offload_model)
 

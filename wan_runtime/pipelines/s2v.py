@@ -29,12 +29,13 @@ from tqdm import tqdm
 from wan_runtime.audio_io import check_waveform, decode_audio
 from wan_runtime.cache import CacheConfig, S2VStages
 from wan_runtime.cache.telemetry import merge_reports, summary_lines
+from wan_runtime.checks import check_clip_seeds
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
 from wan_runtime.models.audio_encoder import audio_buckets
 from wan_runtime.models.s2v_dit import MOTION_FRAMES
 from wan_runtime.pipelines.base import Pipeline, Prompts
-from wan_runtime.pipelines.inputs import check_clip_arguments, check_clip_seeds, resolve_seed
+from wan_runtime.pipelines.inputs import check_clip_arguments, resolve_seed
 from wan_runtime.pipelines.numerics import FiniteWatch, check_video
 from wan_runtime.pipelines.pose import pose_clips
 from wan_runtime.pipelines.report import StageClock
@@ -107,7 +108,7 @@ class S2VPipeline(Pipeline):
         ``image`` is the reference image (PIL or path); ``audio`` the speech: an audio file any
         ffmpeg decodes, or mono samples [S] at 16 kHz. ``size`` ``"W*H"`` is the target area; the
         output keeps the image's aspect ratio, padded to multiples of 64. The video has
-        ``infer_frames`` (a multiple of 4) frames per clip, 3 fewer in the first unless
+        ``infer_frames`` (a multiple of 4, at most 4096) frames per clip, 3 fewer in the first unless
         ``start_from_ref``; clips follow the audio's length, at most ``num_clip`` (None: all).
         ``pose_video`` (a video file ffmpeg decodes) drives the motion: every ``round(fps / 16)``-th
         frame from its first, resized and centre-cropped to the output, ``infer_frames`` per clip
@@ -139,7 +140,7 @@ class S2VPipeline(Pipeline):
                 columns, available = audio_buckets(self.audio_encoder(waveform), infer_frames, self.fps)
                 self.residency.release()
             clips = available if num_clip is None else min(num_clip, available)
-            check_clip_seeds(seed, clips)
+            check_clip_seeds(seed, clips, "seed")
             with clock.stage("text_encode"):
                 prompts = self._encode_text(settings.prompt, settings.n_prompt)
             with clock.stage("vae_encode"):

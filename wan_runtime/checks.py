@@ -1,0 +1,43 @@
+"""Checks made both by the command line's validation and by a pipeline's ``generate``, written once.
+
+The command line must refuse bad input without importing the pipelines, so these live outside
+them. Each raises ``InputError`` naming the value as its caller spells it (``name``: a flag such
+as ``--base_seed`` or an argument such as ``seed``).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from wan_runtime.errors import InputError
+
+# torch.Generator.manual_seed accepts seeds up to 2**64 - 1.
+MAX_SEED = 2**64 - 1
+# The official S2V DiT's position table holds 1024 latent frames, 4 video frames each: a clip of
+# more frames fails there (an IndexError), so the official code allows at most 4096.
+MAX_INFER_FRAMES = 4096
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy); ``bool`` is not one here: True as a frame
+    count or a seed is a caller's mistake."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_infer_frames(infer_frames: object, name: str) -> int:
+    """s2v-14B's frames per clip: a multiple of 4 (the VAE's frames per latent) from 4 to
+    ``MAX_INFER_FRAMES``."""
+    if not is_int(infer_frames) or not 4 <= infer_frames <= MAX_INFER_FRAMES or infer_frames % 4:
+        raise InputError(
+            f"{name} must be a multiple of 4 from 4 to {MAX_INFER_FRAMES} (frames per clip, e.g. 48 or the "
+            f"official default 80), got {infer_frames!r}"
+        )
+    return int(infer_frames)
+
+
+def check_clip_seeds(seed: int, clips: int, name: str) -> None:
+    """Clip ``r`` is seeded with ``seed + r`` (as the official s2v pipeline): every one must be a
+    valid seed."""
+    if seed + clips - 1 > MAX_SEED:
+        raise InputError(f"{name} {seed} is too large for {clips} clips (seeded seed + 0 ... seed + "
+                         f"{clips - 1}): use a seed of at most 2**64 - {clips}")
