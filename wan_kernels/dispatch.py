@@ -39,6 +39,7 @@ _EXTENSIONS = {"cpp": native.CPP, "cuda": native.CUDA}
 _IMPLS: dict[str, dict[str, Callable]] = {name: {} for name in KNOWN_BACKENDS}
 _loaded: set[str] = set()
 _warned: set[tuple[str, str]] = set()
+_warned_builds: set[str] = set()
 
 
 def register(backend: str, op: str) -> Callable[[Callable], Callable]:
@@ -54,7 +55,8 @@ def register(backend: str, op: str) -> Callable[[Callable], Callable]:
 
 
 def _interpreter_requested() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    # Triton's own reading of a boolean variable.
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes", "y")
 
 
 def triton_interpreted() -> bool:
@@ -102,10 +104,27 @@ def _usable(backend: str, build: bool = False) -> bool:
         ext = _EXTENSIONS[backend]
         if ext.cuda and not torch.cuda.is_available():
             return False
-        return (build or native.is_built(ext)) and native.load(ext)
+        if not (build or native.is_built(ext)):
+            _warn_of_other_builds(backend, ext)
+            return False
+        return native.load(ext)
     if backend not in _MODULES or not _importable(backend):
         return False
     return backend == "torch" or torch.cuda.is_available() or triton_interpreted()
+
+
+def _warn_of_other_builds(backend: str, ext: native.Extension) -> None:
+    """A build of other sources (before a ``git pull``) or settings is passed over, once, aloud:
+    ``auto`` would otherwise quietly run without the extension."""
+    others = native.other_builds(ext)
+    if others and backend not in _warned_builds:
+        _warned_builds.add(backend)
+        warnings.warn(
+            f"wan_kernels: the {ext.label} build in {others[-1]} is of other sources or build settings "
+            f"than these; 'auto' runs without it until set_backend({backend!r}) builds it in "
+            f"{native.build_dir(ext)}",
+            stacklevel=4,
+        )
 
 
 def _load(backend: str) -> None:
@@ -163,8 +182,13 @@ def get_backend() -> str:
 def backend_for(device: torch.device | str) -> str:
     """The backend an op call on ``device`` (a ``torch.device`` or a name such as ``"cuda"``) runs
     under the current setting (for ``auto``, the first available of the device's preference list)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"wan_kernels.backend_for: device must be a torch.device or a device name such as "
+                         f"'cuda' or 'cpu', got {device!r}") from err
     selected = get_backend()
-    return selected if selected != AUTO else next(iter(_preferred(torch.device(device))), "torch")
+    return selected if selected != AUTO else next(iter(_preferred(device)), "torch")
 
 
 def _preferred(device: torch.device) -> list[str]:

@@ -23,18 +23,18 @@ def _setup_context(ctx: object, inputs: tuple, output: object) -> None:
 def _backward(reference: Callable, ctx: object, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     saved = iter(ctx.saved_tensors)
     args = [next(saved) if c is None else c for c in ctx.constants]
-    positions = [i for i, c in enumerate(ctx.constants) if c is None]
+    # The inputs to differentiate: tensors that need a gradient (not, say, RoPE tables).
+    wrt = [i for i, c in enumerate(ctx.constants) if c is None and ctx.needs_input_grad[i]]
 
-    def of_tensors(*tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def of_inputs(*tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         full = list(args)
-        for i, t in zip(positions, tensors, strict=True):
+        for i, t in zip(wrt, tensors, strict=True):
             full[i] = t
         return reference(*full)
 
-    out, vjp = torch.func.vjp(of_tensors, *(args[i] for i in positions))
-    cotangents = grads if isinstance(out, tuple) else grads[0]
-    tensor_grads = iter(vjp(cotangents))
-    return tuple(next(tensor_grads) if c is None else None for c in ctx.constants)
+    out, vjp = torch.func.vjp(of_inputs, *(args[i] for i in wrt))
+    found = dict(zip(wrt, vjp(grads if isinstance(out, tuple) else grads[0]), strict=True))
+    return tuple(found.get(i) for i in range(len(args)))
 
 
 def register_reference_backward(op: object, reference: Callable) -> None:

@@ -7,10 +7,12 @@ asked (``WAN_KERNELS_BUILD_EXT=1 pip install --no-build-isolation .``; the CUDA 
 Otherwise the first call of ``load`` compiles the sources with ``torch.utils.cpp_extension.load``
 (needs a C++ compiler and ``ninja``, and for CUDA a CUDA build of torch and ``nvcc``) into
 ``WAN_KERNELS_BUILD_DIR`` (default ``~/.cache/wan_kernels``), in a folder named after the torch and
-Python versions and a digest of the extension's sources, headers and flags. A later process, from
-this checkout or any other with the same sources, loads the library found there without running
-the build again; changed sources (a ``git pull``) get a folder of their own, built on the first
-``set_backend`` of that extension, never by ``auto``. Their ops are ``torch.ops.<name>.<op>``.
+Python versions and a digest of the extension's sources, headers, flags and build settings (the
+compiler, the GPU architectures). A later process, from this checkout or any other with the same
+sources, loads the library found there without running the build again; changed sources (a ``git
+pull``) get a folder of their own, built on the first ``set_backend`` of that extension, never by
+``auto``, which meanwhile warns once that it passes over the older build. Older folders may be
+deleted. Their ops are ``torch.ops.<name>.<op>``.
 """
 
 from __future__ import annotations
@@ -48,8 +50,17 @@ class Extension:
         return sorted(SOURCE_DIR.glob(self.pattern))
 
     def digest(self) -> str:
-        """A digest of what its build reads: its sources, every header under ``csrc/`` and its flags."""
-        h = hashlib.sha256(repr((self.cflags, self.ldflags, self.cuda_cflags)).encode())
+        """A digest of what its build reads: its sources, every header under ``csrc/``, its flags,
+        the compiler named by ``CXX`` and, for CUDA, the GPU architectures torch compiles for (from
+        ``TORCH_CUDA_ARCH_LIST``, else the visible GPUs) and the CUDA toolkit, so that a build for
+        another GPU is never taken for this one's."""
+        setting = [self.cflags, self.ldflags, self.cuda_cflags, os.environ.get("CXX")]
+        if self.cuda:
+            from torch.utils import cpp_extension
+
+            gpus = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+            setting += [os.environ.get("TORCH_CUDA_ARCH_LIST"), gpus, cpp_extension.CUDA_HOME]
+        h = hashlib.sha256(repr(setting).encode())
         headers = [*SOURCE_DIR.glob("*.h"), *SOURCE_DIR.glob("cuda/*.cuh")]
         for path in sorted({*self.sources(), *headers}):
             h.update(path.relative_to(SOURCE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
@@ -79,16 +90,28 @@ CUDA = Extension(
 )
 
 
+def _builds_root() -> Path:
+    version = f"torch-{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
+    return Path(os.environ.get(BUILD_DIR_VAR) or Path.home() / ".cache" / "wan_kernels") / version
+
+
 def build_dir(ext: Extension) -> Path:
     """Where ``ext``'s just-in-time build lives: one folder per torch and Python version and digest
-    of its sources."""
-    version = f"torch-{torch.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
-    root = Path(os.environ.get(BUILD_DIR_VAR) or Path.home() / ".cache" / "wan_kernels")
-    return root / version / f"{ext.name}-{ext.digest()}"
+    of its sources and build settings."""
+    return _builds_root() / f"{ext.name}-{ext.digest()}"
+
+
+# Written once a build has linked: the linker writes the library in place, so a library without it
+# may be another process's build, still linking.
+_COMPLETE = "complete"
 
 
 def _library(ext: Extension) -> Path:
     return build_dir(ext) / f"{ext.name}.so"
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / _COMPLETE).is_file()
 
 
 def _prebuilt(ext: Extension) -> str | None:
@@ -98,9 +121,18 @@ def _prebuilt(ext: Extension) -> str | None:
 
 @functools.cache
 def is_built(ext: Extension) -> bool:
-    """Whether ``ext`` exists already (prebuilt, or in its build folder): loading it then compiles
-    nothing. Looked up once per process (``auto`` asks on every op call); ``load`` refreshes it."""
-    return _prebuilt(ext) is not None or _library(ext).is_file()
+    """Whether ``ext`` exists already (prebuilt, or built completely in its build folder): loading it
+    then compiles nothing. Looked up once per process (``auto`` asks on every op call); ``load``
+    refreshes it."""
+    return _prebuilt(ext) is not None or _complete(build_dir(ext))
+
+
+@functools.cache
+def other_builds(ext: Extension) -> list[Path]:
+    """Complete builds of ``ext`` for other sources or settings (an earlier checkout, another GPU):
+    ``auto`` does not take them, and says so once."""
+    here = build_dir(ext)
+    return sorted(f for f in _builds_root().glob(f"{ext.name}-*") if f != here and _complete(f))
 
 
 def buildable(ext: Extension) -> bool:
@@ -154,19 +186,20 @@ def load(ext: Extension) -> bool:
 
     folder = build_dir(ext)
     try:
-        if _library(ext).is_file():
-            # Built from these very sources and flags: cpp_extension.load would rerun ninja, which
+        if _complete(folder):
+            # Built from these very sources and settings: cpp_extension.load would rerun ninja, which
             # rebuilds whenever the sources' paths differ from the build's (another checkout).
             torch.ops.load_library(str(_library(ext)))
-            return True
-        if not buildable(ext):
-            raise RuntimeError(f"torch {torch.__version__} (CUDA {torch.version.cuda}) found no nvcc")
-        folder.mkdir(parents=True, exist_ok=True)
-        cpp_extension.load(
-            ext.name, [str(s) for s in ext.sources()], extra_cflags=list(ext.cflags),
-            extra_cuda_cflags=list(ext.cuda_cflags), extra_ldflags=list(ext.ldflags),
-            build_directory=str(folder), is_python_module=False, verbose=False, with_cuda=ext.cuda,
-        )
+        else:
+            if not buildable(ext):
+                raise RuntimeError(f"torch {torch.__version__} (CUDA {torch.version.cuda}) found no nvcc")
+            folder.mkdir(parents=True, exist_ok=True)
+            cpp_extension.load(
+                ext.name, [str(s) for s in ext.sources()], extra_cflags=list(ext.cflags),
+                extra_cuda_cflags=list(ext.cuda_cflags), extra_ldflags=list(ext.ldflags),
+                build_directory=str(folder), is_python_module=False, verbose=False, with_cuda=ext.cuda,
+            )
+            (folder / _COMPLETE).touch()
     except (OSError, RuntimeError, ImportError) as err:
         # The compiler's output is in the message: its error lines, else its last line.
         lines = str(err).strip().splitlines() or [""]

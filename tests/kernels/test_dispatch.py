@@ -76,6 +76,12 @@ def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
         wan_kernels.set_backend("auto")
 
 
+@pytest.mark.parametrize("value", ["0", "", "false", "off", "2"])
+def test_the_interpreter_variable_is_read_as_triton_reads_it(value, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert not dispatch.triton_interpreted()
+
+
 TRITON_ON_CPU = """
 import os, sys
 if sys.argv[1] == "after":

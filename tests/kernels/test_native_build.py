@@ -5,14 +5,16 @@ it is built) never starts a compiler, whichever checkout of the same sources ask
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
-from wan_kernels import native
+from wan_kernels import dispatch, native
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +38,60 @@ def test_the_build_folder_follows_the_sources_not_the_checkout(ext, tmp_path, mo
 
 def test_a_build_folder_per_flags():
     assert native.CPP.digest() != native.Extension(**{**vars(native.CPP), "cflags": ("-O2",)}).digest()
+
+
+@pytest.mark.parametrize("ext, variable", [(native.CPP, "CXX"), (native.CUDA, "CXX"),
+                                           (native.CUDA, "TORCH_CUDA_ARCH_LIST")])
+def test_a_build_folder_per_compiler_and_gpu_architectures(ext, variable, monkeypatch):
+    """The build's settings from the environment count too: a library built for an H100 must not be
+    loaded for another GPU from a shared cache, where it has no kernel image."""
+    monkeypatch.delenv(variable, raising=False)
+    here = native.build_dir(ext)
+    monkeypatch.setenv(variable, "8.0" if variable == "TORCH_CUDA_ARCH_LIST" else "/opt/other/g++")
+    assert native.build_dir(ext) != here
+
+
+@pytest.fixture
+def build_root(tmp_path, monkeypatch):
+    """An empty build folder for the extensions, and lookups that forget what they found."""
+    monkeypatch.setenv(native.BUILD_DIR_VAR, str(tmp_path))
+    native.is_built.cache_clear()
+    native.other_builds.cache_clear()
+    dispatch._warned_builds.clear()
+    yield tmp_path
+    native.is_built.cache_clear()
+    native.other_builds.cache_clear()
+    dispatch._warned_builds.clear()
+
+
+def _library_without_mark(ext: native.Extension, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / f"{ext.name}.so").write_bytes(b"\x7fELF")
+    return folder
+
+
+def test_a_library_still_linking_is_not_built(build_root):
+    """Another process's build writes the library in place; only its mark makes it complete."""
+    if native._prebuilt(native.CPP):
+        pytest.skip("the C++ extension is installed prebuilt")
+    folder = _library_without_mark(native.CPP, native.build_dir(native.CPP))
+    assert not native.is_built(native.CPP)
+    (folder / native._COMPLETE).touch()
+    native.is_built.cache_clear()
+    assert native.is_built(native.CPP)
+
+
+def test_auto_passes_over_a_build_of_other_sources_aloud(build_root):
+    if native._prebuilt(native.CPP):
+        pytest.skip("the C++ extension is installed prebuilt")
+    older = native.build_dir(native.CPP).with_name(f"{native.CPP.name}-0123456789abcdef")
+    (_library_without_mark(native.CPP, older) / native._COMPLETE).touch()
+    message = re.escape(f"build in {older} is of other sources or build settings")
+    with pytest.warns(UserWarning, match=message):
+        assert "cpp" not in dispatch.available_backends()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "cpp" not in dispatch.available_backends()
 
 
 # A fresh process whose compiler must not run: the extension, built from the same sources in another
