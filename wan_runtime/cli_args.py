@@ -143,8 +143,9 @@ def _differences() -> str:
         "script falls back to its example files, which are not shipped); --save_file must end in .mp4; "
         "the official flags of features not served here "
         "(--ulysses_size, --t5_fsdp, --dit_fsdp, --use_prompt_extend, the TTS and animate flags) are "
-        "refused unless left at their official defaults. Added: --device, --dtype, --compile, --debug, "
-        "--demo and the step cache flags."
+        "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
+        "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
+        "--debug, --demo and the step cache flags."
     )
 
 
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("official flags of features not served here (refused unless at their official "
-                             "defaults)")
+                             "defaults; the --prompt_extend_* settings ignored)")
     g.add_argument("--ulysses_size", type=int, default=1, help="sequence-parallel size; only 1")
     g.add_argument("--t5_fsdp", action="store_true", help="not supported")
     g.add_argument("--dit_fsdp", action="store_true", help="not supported")

@@ -75,6 +75,16 @@ def test_weights_saved_by_torch_before_1_6_are_taken(wav2vec2_dir, tmp_path):
     assert Wav2Vec2Features(folder).num_layers == Wav2Vec2Features(wav2vec2_dir).num_layers
 
 
+def test_weights_that_are_no_torch_file_are_refused_up_front(wav2vec2_dir, tmp_path):
+    """A Git LFS pointer where the weights should be (a clone without git-lfs) is neither a zip
+    archive nor torch's old format."""
+    folder = shutil.copytree(wav2vec2_dir, tmp_path / "wav2vec2-large-xlsr-53-english")
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin is not a torch.save zip archive"):
+        Wav2Vec2Features.check_pretrained(folder)
+
+
 def test_missing_wav2vec2_folder_names_it(tmp_path):
     with pytest.raises(CheckpointError, match="wav2vec2-large-xlsr-53-english"):
         Wav2Vec2Features(tmp_path / "wav2vec2-large-xlsr-53-english")

@@ -17,18 +17,21 @@ from wan_runtime.errors import CheckpointError
 
 # Every zip archive starts with a local file header.
 _ZIP_MAGIC = b"PK\x03\x04"
+# torch.save before 1.6 starts with its magic number pickled with protocol 2 (a 10-byte long).
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 
 def check_torch_archive(path: Path, what: str, fix: str, legacy_ok: bool = False) -> None:
     """Raise ``CheckpointError`` (``"<what> <path> ...; <fix>"``) unless the file ``path`` is a
     complete ``torch.save`` zip archive; only its start and its central directory are read.
-    ``legacy_ok`` lets a file that is no zip archive at all pass (the format of torch before 1.6,
-    which has no directory to check), for readers that take it."""
+    ``legacy_ok`` lets a file in the format of torch before 1.6 pass (it has no directory to check;
+    its start is), for readers that take it; anything else (a Git LFS pointer, an HTML error page) is
+    refused."""
     try:
         with path.open("rb") as file:
-            zipped = file.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
-        if not zipped:
-            if legacy_ok:
+            start = file.read(len(_LEGACY_MAGIC))
+        if not start.startswith(_ZIP_MAGIC):
+            if legacy_ok and start == _LEGACY_MAGIC:
                 return
             # Memory-mapped loading needs the zip format, in which the official files are.
             raise CheckpointError(f"{what} {path} is not a torch.save zip archive (it is damaged or of "
@@ -52,8 +55,10 @@ def load_state_dict(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch reports damaged archives and refused pickles with many types
-        raise CheckpointError(f"{what} {path} cannot be loaded as plain tensors ({type(err).__name__}): it "
-                              f"is corrupt or holds more than a state dict; {fix}") from err
+        first_line = next(iter(str(err).splitlines()), "")
+        raise CheckpointError(f"{what} {path} cannot be loaded as plain tensors ({type(err).__name__}: "
+                              f"{first_line}): it is unreadable, corrupt or holds more than a state dict; "
+                              f"{fix}") from err
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
