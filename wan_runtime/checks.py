@@ -35,6 +35,20 @@ def check_infer_frames(infer_frames: object, name: str) -> int:
     return int(infer_frames)
 
 
+def check_seed(seed: object, name: str) -> None:
+    """A seed as the official code takes it: an integer up to ``MAX_SEED``, negative for a random one."""
+    if not is_int(seed) or seed > MAX_SEED:
+        raise InputError(f"{name} must be an integer at most 2**64 - 1 = {MAX_SEED} (negative: a random "
+                         f"seed), got {seed!r}")
+
+
+def check_num_clip(num_clip: object, name: str) -> None:
+    """s2v-14B's clip count: positive, or None for as many clips as the audio needs."""
+    if num_clip is not None and (not is_int(num_clip) or num_clip < 1):
+        raise InputError(f"{name} must be a positive number of clips (or none given: as many as the audio "
+                         f"needs), got {num_clip!r}")
+
+
 def check_clip_seeds(seed: int, clips: int, name: str) -> None:
     """Clip ``r`` is seeded with ``seed + r`` (as the official s2v pipeline): every one must be a
     valid seed."""

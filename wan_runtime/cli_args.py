@@ -26,7 +26,14 @@ import wan_kernels
 from wan_runtime import demo
 from wan_runtime.audio_io import decode_audio
 from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig, InvalidCacheConfig
-from wan_runtime.checks import MAX_INFER_FRAMES, MAX_SEED, check_clip_seeds, check_infer_frames
+from wan_runtime.checks import (
+    MAX_INFER_FRAMES,
+    MAX_SEED,
+    check_clip_seeds,
+    check_infer_frames,
+    check_num_clip,
+    check_seed,
+)
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
 from wan_runtime.models.audio_encoder import speech_clip_count
@@ -320,9 +327,7 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         problems.append(f"--sample_guide_scale must be a finite number >= 0, got {args.sample_guide_scale}")
     if args.sample_shift is not None and not 0 < args.sample_shift < math.inf:
         problems.append(f"--sample_shift must be a finite number > 0, got {args.sample_shift}")
-    if args.base_seed > MAX_SEED:
-        problems.append(f"--base_seed must be at most 2**64 - 1 = {MAX_SEED} (negative: a random seed), "
-                        f"got {args.base_seed}")
+    _check(problems, lambda: check_seed(args.base_seed, "--base_seed"))
     if args.sample_solver not in SOLVERS:
         problems.append(f"unknown --sample_solver {args.sample_solver!r}; choose {' or '.join(SOLVERS)}")
 
@@ -413,9 +418,12 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, ob
     infer_frames = _given_or_default(args.infer_frames, base, "infer_frames")
     infer_frames = DEFAULT_INFER_FRAMES if infer_frames is None else infer_frames
     frames_ok = _check(problems, lambda: check_infer_frames(infer_frames, "--infer_frames")) is not None
-    clips_ok = args.num_clip is None or args.num_clip >= 1
-    if not clips_ok:
-        problems.append(f"--num_clip must be a positive number of clips, got {args.num_clip}")
+    try:
+        check_num_clip(args.num_clip, "--num_clip")
+        clips_ok = True
+    except InputError as err:
+        problems.append(str(err))
+        clips_ok = False
     audio_path = None if args.audio is None else Path(args.audio)
     audio = None
     if audio_path is not None:

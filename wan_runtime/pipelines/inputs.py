@@ -11,7 +11,7 @@ import random
 import sys
 from pathlib import Path
 
-from wan_runtime.checks import MAX_SEED, check_infer_frames, is_int
+from wan_runtime.checks import check_infer_frames, check_num_clip, check_seed, is_int
 from wan_runtime.errors import InputError
 from wan_runtime.tasks import TaskSpec
 
@@ -95,8 +95,7 @@ def check_guide_scale(guide_scale: object, spec: TaskSpec) -> float | tuple[floa
 def resolve_seed(seed: int) -> int:
     """The seed to use: ``seed`` itself, or for a negative one a random seed as the official code
     draws it."""
-    if not is_int(seed) or seed > MAX_SEED:
-        raise InputError(f"seed must be an integer in [0, 2**64 - 1], or -1 for a random seed; got {seed!r}")
+    check_seed(seed, "seed")
     return int(seed) if seed >= 0 else random.randint(0, sys.maxsize)
 
 
@@ -113,11 +112,7 @@ def check_clip_arguments(infer_frames: object, num_clip: object, start_from_ref:
     ``num_clip`` None or positive, ``start_from_ref`` a bool, ``pose_video`` None or a path (the
     file itself is checked by ``wan_runtime.pose_video.probe_video``)."""
     check_infer_frames(infer_frames, "infer_frames")
-    if num_clip is not None and (not is_int(num_clip) or num_clip < 1):
-        raise InputError(
-            f"num_clip must be a positive number of clips, or None for as many as the audio needs; "
-            f"got {num_clip!r}"
-        )
+    check_num_clip(num_clip, "num_clip")
     if not isinstance(start_from_ref, bool):
         raise InputError(f"start_from_ref must be True or False, got {start_from_ref!r}")
     if pose_video is not None and not isinstance(pose_video, (str, Path)):
