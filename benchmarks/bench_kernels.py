@@ -335,10 +335,15 @@ SWEEP_GEOMETRIES = [
     dict(chunk=1024, tokens=8, warps=8), dict(chunk=2048, warps=8), dict(chunk=2048, tokens=4, warps=8),
     dict(chunk=512, tokens=2, warps=4),
 ]
-# The relative errors' kernels also with a bounded grid whose programs take tiles in turn (one
-# reduction and one partial sum a program, not a tile), at most as many an SM as are resident
-# (compiled for sm_90 by Triton 3.9: 4 of the first, 10 of the second, 5 of the third).
+# The relative errors' kernels also in one launch, the last program reducing the partial sums
+# (untimed as yet, so first: a sweep cut short by its deadline has timed them), and with a bounded
+# grid whose programs take tiles in turn (one reduction and one partial sum a program, not a tile),
+# at most as many an SM as are resident (compiled for sm_90 by Triton 3.9: 4 programs of 8 warps,
+# 10 of 4 warps and 5 of 8 warps for the last three). Swept before the geometries of every row op.
 SWEEP_REDUCTION_GEOMETRIES = [
+    dict(chunk=1024, tokens=4, warps=8, one_launch=True),
+    dict(chunk=512, tokens=2, warps=4, one_launch=True),
+    dict(chunk=1024, tokens=4, warps=8, programs_per_sm=4, one_launch=True),
     dict(chunk=1024, tokens=4, warps=8, programs_per_sm=4),
     dict(chunk=1024, tokens=2, warps=4, programs_per_sm=8),
     dict(chunk=2048, tokens=2, warps=8, programs_per_sm=4),
@@ -374,7 +379,7 @@ def _geometries(name: str, width: int) -> list:
     if name in ELEMENTWISE_OPS:
         default, others = block_config(name), [BlockConfig(**g) for g in SWEEP_BLOCKS]
     else:
-        geometries = SWEEP_GEOMETRIES + SWEEP_REDUCTION_GEOMETRIES * (name in REDUCTION_OPS)
+        geometries = SWEEP_REDUCTION_GEOMETRIES * (name in REDUCTION_OPS) + SWEEP_GEOMETRIES
         default, others = row_config(name, width), [RowConfig(**g) for g in geometries]
     return [default, *(c for c in others if c != default)]
 

@@ -37,7 +37,8 @@ def test_sweep_checks_and_ranks_every_geometry(monkeypatch):
     geometries = [dict(tokens=2, chunk=64), dict(chunk=128, warps=2)]
     monkeypatch.setattr(bench_kernels, "SWEEP_GEOMETRIES", geometries)
     monkeypatch.setattr(bench_kernels, "SWEEP_REDUCTION_GEOMETRIES",
-                        [dict(tokens=2, chunk=64, programs_per_sm=2)])
+                        [dict(tokens=2, chunk=64, programs_per_sm=2),
+                         dict(tokens=2, chunk=64, one_launch=True)])
     monkeypatch.setattr(bench_kernels, "SWEEP_BLOCKS", [dict(block=256, warps=2), dict(block=128, warps=4)])
     shape = bench_kernels.Shape(3, 256, "per_sample")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -45,12 +46,13 @@ def test_sweep_checks_and_ranks_every_geometry(monkeypatch):
         rows = bench_kernels.sweep_rows(shape, bench_kernels.Inputs(shape, device), 1000.0, float("inf"))
     finally:
         wan_kernels.set_backend("auto")
-    # rel_l1, plain and strided, also under the reduction geometry.
-    assert len(rows) == 3 * len(bench_kernels.SWEEP_OPS) + 2 == len(timed)
+    # rel_l1, plain and strided, also under the reduction geometries.
+    assert len(rows) == 3 * len(bench_kernels.SWEEP_OPS) + 4 == len(timed)
     assert all(row["check"] == "ok" for row in rows), rows
     assert list(dict.fromkeys(row["op"] for row in rows)) == list(bench_kernels.SWEEP_OPS)  # as given
     persistent = [row["op"] for row in rows if "programs an SM" in row["geometry"]]
     assert persistent == ["rel_l1", "rel_l1[stride 4]"]
+    assert [row["op"] for row in rows if "one launch" in row["geometry"]] == ["rel_l1", "rel_l1[stride 4]"]
     best = bench_kernels.best_geometries(rows)
     assert sorted(row["op"] for row in best) == sorted(bench_kernels.SWEEP_OPS)
     assert all(row["geometry"].endswith("(default)") and row["x_default"] == 1.0 for row in best)

@@ -28,10 +28,12 @@ CONFIGS = [
     dict(tokens=2, chunk=128, warps=8), dict(split=True), dict(split=True, tokens=4, warps=2),
 ]
 # The relative errors' kernels also with fewer programs than tiles, each taking tiles in turn (a
-# CPU counts as one SM): 2 programs over 5 or 3 tiles, one over all, 3 over chunked rows.
+# CPU counts as one SM): 2 programs over 5 or 3 tiles, one over all, 3 over chunked rows; and in one
+# launch, its last program reducing the partial sums, alone or with programs that take tiles in turn.
 REDUCTION_CONFIGS = [
     *CONFIGS, dict(tokens=2, programs_per_sm=2), dict(split=True, tokens=2, warps=2, programs_per_sm=1),
-    dict(chunk=32, programs_per_sm=3),
+    dict(chunk=32, programs_per_sm=3), dict(one_launch=True), dict(chunk=32, tokens=4, one_launch=True),
+    dict(split=True, programs_per_sm=2, one_launch=True),
 ]
 
 
@@ -155,11 +157,90 @@ def test_the_finishing_program_takes_up_to_4096_partials_a_pass(count, geometry)
     assert _finish_geometry(count) == geometry
 
 
-def test_programs_per_sm_applies_to_the_relative_errors_only():
-    refusal = "RowConfig.programs_per_sm applies to rel_l1, rel_l2, not layernorm_modulate"
-    config = RowConfig(programs_per_sm=4)
+@pytest.mark.parametrize("field, value", [("programs_per_sm", 4), ("one_launch", True)])
+def test_reduction_fields_apply_to_the_relative_errors_only(field, value):
+    refusal = f"RowConfig.{field} applies to rel_l1, rel_l2, not layernorm_modulate"
+    config = RowConfig(**{field: value})
     with pytest.raises(ValueError, match=refusal), configured("layernorm_modulate", config):
         pass
+
+
+@pytest.mark.parametrize("name", ["rel_l1", "rel_l2"])
+def test_one_launch_leaves_its_counter_at_zero_for_the_next(name):
+    """Calls of different grids in turn, the first and last of one program, and no tokens (no
+    program, so the second launch gives the empty sums' NaN): each counts from 0, as only a
+    counter left at 0 lets it find its last program."""
+    from wan_kernels.triton.rel_error import _counter
+
+    fn = getattr(wan_kernels, name)
+    with configured(name, RowConfig(tokens=2, one_launch=True)):
+        for shape in [(1, 2, 77), (2, 5, 77), (3, 7, 64), (1, 0, 77), (1, 1, 77)]:
+            b = randn(shape, seed=1)
+            a = b + randn(shape, seed=2, scale=0.1)
+            torch.testing.assert_close(fn(a, b, 1), getattr(reference, name)(a, b, 1), rtol=REDUCTION_RTOL,
+                                       atol=0, equal_nan=True)
+            assert _counter(b.device).item() == 0
+
+
+def test_one_launch_reduces_more_partials_than_its_tile_holds_in_passes():
+    """300 programs of one warp: their last reduces the 300 partials 256 at a time."""
+    b = randn((1, 300, 8), seed=1)
+    a = b + randn(b.shape, seed=2, scale=0.1)
+    with configured("rel_l1", RowConfig(warps=1, one_launch=True)):
+        actual = wan_kernels.rel_l1(a, b, 1)
+    torch.testing.assert_close(actual, reference.rel_l1(a, b, 1), rtol=REDUCTION_RTOL, atol=0)
+
+
+def test_one_launch_takes_two_in_a_capture_that_finds_no_counter_left(monkeypatch):
+    """Counters come in blocks; a new block is zeroed only outside a capture (inside one, the
+    zeroing would be captured, not run), so there the reduction takes its second launch."""
+    from wan_kernels.triton import rel_error
+
+    monkeypatch.setattr(rel_error, "_COUNTERS_A_BLOCK", 2)
+    monkeypatch.setattr(rel_error, "_counter_blocks", {})
+    monkeypatch.setattr(rel_error, "_counters_taken", {})
+    monkeypatch.setattr(rel_error, "_stream_counters", {})
+    cpu = torch.device("cpu")
+    taken = [rel_error._new_counter(cpu) for _ in range(3)]
+    assert len(rel_error._counter_blocks[cpu]) == 2 and all(int(t) == 0 for t in taken)
+    monkeypatch.setattr(rel_error, "_capturing", lambda device: True)
+    assert rel_error._counter(cpu) is not None  # the second block's last
+    assert rel_error._counter(cpu) is None
+    b = randn((2, 5, 77), seed=1)
+    a = b + randn(b.shape, seed=2, scale=0.1)
+    with configured("rel_l1", RowConfig(one_launch=True)):
+        actual = wan_kernels.rel_l1(a, b, 1)
+    torch.testing.assert_close(actual, reference.rel_l1(a, b, 1), rtol=REDUCTION_RTOL, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and streams need a GPU")
+def test_one_launch_reductions_running_at_once_count_apart():
+    """Two graphs, each a captured reduction, replayed at once on two streams beside eager calls
+    on a third: were a counter shared, a program would find itself last too early or never."""
+    device = torch.device("cuda")
+    b = randn((2, 4096, 1024), seed=1).to(device)
+    a = b + randn(b.shape, seed=2, scale=0.1).to(device)
+    expected = reference.rel_l1(a, b, 1)
+    streams = [torch.cuda.Stream() for _ in range(3)]
+    with configured("rel_l1", RowConfig(chunk=256, one_launch=True)):
+        wan_kernels.rel_l1(a, b, 1)  # compiles, and sets counters aside outside the captures
+        graphs, outs = [torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()], []
+        for graph in graphs:
+            with torch.cuda.graph(graph):
+                outs.append(wan_kernels.rel_l1(a, b, 1))
+        results = []
+        for stream in streams:
+            stream.wait_stream(torch.cuda.current_stream())
+        for _ in range(20):
+            for graph, out, stream in zip(graphs, outs, streams, strict=False):
+                with torch.cuda.stream(stream):
+                    graph.replay()
+                    results.append(out.clone())
+            with torch.cuda.stream(streams[2]):
+                results.append(wan_kernels.rel_l1(a, b, 1))
+        torch.cuda.synchronize()
+    for result in results:
+        torch.testing.assert_close(result, expected, rtol=REDUCTION_RTOL, atol=0)
 
 
 def test_rows_wider_than_registers_hold_are_chunked_by_default():

@@ -64,13 +64,17 @@ class RowConfig:
 
     ``programs_per_sm`` (the relative errors' kernels only, ``REDUCTION_OPS``): 0 launches a
     program per tile of tokens; n > 0 at most n programs per SM, each taking tiles in turn and
-    reducing its sums once at the end, so fewer partial sums are written and reduced."""
+    reducing its sums once at the end, so fewer partial sums are written and reduced.
+    ``one_launch`` (``REDUCTION_OPS`` only): the last program to write its partial sums reduces
+    them all (counting programs with an atomic counter), sparing the second launch and the gap
+    between the two."""
 
     tokens: int = 1
     chunk: int = 0
     warps: int = 4
     split: bool = False
     programs_per_sm: int = 0
+    one_launch: bool = False
 
     def __post_init__(self) -> None:
         _require_powers_of_two(self, "tokens", "warps")
@@ -87,7 +91,8 @@ class RowConfig:
     def label(self) -> str:
         walk = f"chunk {self.chunk}" if self.chunk else "row in two tiles" if self.split else "whole row"
         label = f"{walk}, {self.tokens} token{'s' * (self.tokens > 1)}, {self.warps} warps"
-        return label + (f", {self.programs_per_sm} programs an SM" if self.programs_per_sm else "")
+        label += f", {self.programs_per_sm} programs an SM" if self.programs_per_sm else ""
+        return label + (", one launch" if self.one_launch else "")
 
     def tiles(self, op: str, width: int) -> tuple[int, int]:
         """Channels of the first tile (the chunk, the row padded to a power of two, or with
@@ -141,7 +146,8 @@ def _default(op: str, width: int) -> RowConfig:
 
 # The ops whose kernels are elementwise, configured by a BlockConfig; the others by a RowConfig.
 ELEMENTWISE_OPS = ("gated_residual", "residual_apply", "residual_capture")
-# The row ops that reduce over all their tokens, the only ones a RowConfig.programs_per_sm applies to.
+# The row ops that reduce over all their tokens, the only ones RowConfig.programs_per_sm and
+# RowConfig.one_launch apply to.
 REDUCTION_OPS = ("rel_l1", "rel_l2")
 _overrides: dict[str, RowConfig | BlockConfig] = {}
 
@@ -169,8 +175,9 @@ def configured(op: str, config: RowConfig | BlockConfig) -> Iterator[None]:
     wanted = BlockConfig if op in ELEMENTWISE_OPS else RowConfig
     if not isinstance(config, wanted):
         raise TypeError(f"{op} launches with a {wanted.__name__}, got {config!r}")
-    if getattr(config, "programs_per_sm", 0) and op not in REDUCTION_OPS:
-        raise ValueError(f"RowConfig.programs_per_sm applies to {', '.join(REDUCTION_OPS)}, not {op}")
+    for field in ("programs_per_sm", "one_launch"):
+        if getattr(config, field, 0) and op not in REDUCTION_OPS:
+            raise ValueError(f"RowConfig.{field} applies to {', '.join(REDUCTION_OPS)}, not {op}")
     previous = _overrides.get(op)
     _overrides[op] = config
     try:

@@ -1,9 +1,9 @@
 """Triton ``rel_l1`` and ``rel_l2``: partial sums over a tile of tokens per program, or with
 ``RowConfig.programs_per_sm`` over the tiles a program takes in turn (geometry from
-``launch.row_config``), then one program reduces them and divides.
+``launch.row_config``), then one program reduces them and divides: a second launch, or with
+``RowConfig.one_launch`` the last program of the first to finish its partial sums.
 
-Two launches and no host synchronisation; the reduction order is fixed, so results are
-deterministic.
+No host synchronisation; the reduction order is fixed, so results are deterministic.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from wan_kernels.triton.launch import as_rows, programs, row_config
 from wan_kernels.triton.tiles import tile_mask, token_tile
 
 _FINISH_MAX_BLOCK = 4096
+_ONE_LAUNCH_PARTIALS_A_THREAD = 8
 
 
 @triton.jit
@@ -66,9 +67,28 @@ def _add_tile(a_ptr, b_ptr, num, den, num_tail, den_tail, tile, rows, L_sampled,
 
 
 @triton.jit
+def _reduce_partials(partial_ptr, out_ptr, count, SQUARE: tl.constexpr, BLOCK: tl.constexpr,
+                     CACHE: tl.constexpr):
+    """``out`` = the ratio of the ``count`` partials' sums (its square root with ``SQUARE``), summed
+    in a fixed order: [BLOCK, 2] tiles, each partial's two sums in one 8-byte load; each pass is a
+    round trip to memory that nothing else hides, so BLOCK grows with the count
+    (``_finish_geometry``). ``CACHE`` is the loads' cache modifier."""
+    idx = tl.arange(0, BLOCK)[:, None]
+    which = tl.arange(0, 2)[None, :]
+    sums = tl.zeros([BLOCK, 2], dtype=tl.float32)
+    for start in range(0, count, BLOCK):
+        sums += tl.load(partial_ptr + 2 * (start + idx) + which, mask=(start + idx) < count, other=0.0,
+                        cache_modifier=CACHE)
+    num, den = tl.split(sums)
+    ratio = tl.sum(num, axis=0) / tl.sum(den, axis=0)
+    tl.store(out_ptr, tl.sqrt(ratio) if SQUARE else ratio)
+
+
+@triton.jit
 def _partial_sums_kernel(
-    a_ptr, b_ptr, partial_ptr, tiles, rows, L_sampled, C, stride, a_sn, a_sl, b_sn, b_sl,
-    SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr,
+    a_ptr, b_ptr, partial_ptr, out_ptr, counter_ptr, tiles, rows, L_sampled, C, stride, a_sn, a_sl, b_sn,
+    b_sl, SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr,
+    ONE_LAUNCH: tl.constexpr, FINISH_BLOCK: tl.constexpr,
 ):
     program = tl.program_id(0)
     num = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
@@ -82,20 +102,21 @@ def _partial_sums_kernel(
             b_sl, SQUARE, TOKENS, BLOCK, TAIL)
     tl.store(partial_ptr + 2 * program, tl.sum(tl.sum(num, axis=1), axis=0) + tl.sum(num_tail, axis=0))
     tl.store(partial_ptr + 2 * program + 1, tl.sum(tl.sum(den, axis=1), axis=0) + tl.sum(den_tail, axis=0))
+    if ONE_LAUNCH:
+        # The last program to take a ticket reduces every program's partials. The barrier puts
+        # this program's stores before its ticket (whichever thread made them), the ticket's
+        # acquire-release orders them before the last program's loads, which skip L1 (not
+        # coherent across SMs); the last program leaves the counter at 0 for the next launch.
+        tl.debug_barrier()
+        ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+        if ticket == tl.num_programs(0) - 1:
+            _reduce_partials(partial_ptr, out_ptr, tl.num_programs(0), SQUARE, FINISH_BLOCK, ".cg")
+            tl.store(counter_ptr, 0)
 
 
 @triton.jit
 def _finish_kernel(partial_ptr, out_ptr, count, SQUARE: tl.constexpr, BLOCK: tl.constexpr):
-    # [BLOCK, 2] tiles: each partial's two sums in one 8-byte load; each pass is a round trip to
-    # memory that nothing else hides, so BLOCK grows with the count (``_finish_geometry``).
-    idx = tl.arange(0, BLOCK)[:, None]
-    which = tl.arange(0, 2)[None, :]
-    sums = tl.zeros([BLOCK, 2], dtype=tl.float32)
-    for start in range(0, count, BLOCK):
-        sums += tl.load(partial_ptr + 2 * (start + idx) + which, mask=(start + idx) < count, other=0.0)
-    num, den = tl.split(sums)
-    ratio = tl.sum(num, axis=0) / tl.sum(den, axis=0)
-    tl.store(out_ptr, tl.sqrt(ratio) if SQUARE else ratio)
+    _reduce_partials(partial_ptr, out_ptr, count, SQUARE, BLOCK, "")
 
 
 def _finish_geometry(count: int) -> tuple[int, int]:
@@ -103,6 +124,46 @@ def _finish_geometry(count: int) -> tuple[int, int]:
     up to 4096 of them, on 4 warps up to 1024 and 8 beyond."""
     block = min(_FINISH_MAX_BLOCK, max(32, triton.next_power_of_2(count)))
     return block, 4 if block <= 1024 else 8
+
+
+# The one-launch reductions' counters (RowConfig.one_launch): zeroed blocks of them per device,
+# handed out for good, so every counter is 0 before its first launch and each launch leaves it at 0.
+# Launches that may run at the same time never share one: each stream's eager calls take one, and
+# each captured call its own (graphs may be replayed on several streams at once). Blocks are never
+# freed, as graphs keep the addresses they captured.
+_COUNTERS_A_BLOCK = 1024
+_counter_blocks: dict[torch.device, list[torch.Tensor]] = {}
+_counters_taken: dict[torch.device, int] = {}
+_stream_counters: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _new_counter(device: torch.device) -> torch.Tensor | None:
+    """A counter at 0 no launch has used, or None inside a CUDA graph capture when none is left:
+    zeroing a new block there would be captured and replayed, not run."""
+    taken = _counters_taken.get(device, _COUNTERS_A_BLOCK)
+    if taken == _COUNTERS_A_BLOCK:
+        if _capturing(device):
+            return None
+        _counter_blocks.setdefault(device, []).append(torch.zeros(_COUNTERS_A_BLOCK, dtype=torch.int32,
+                                                                  device=device))
+        taken = 0
+    _counters_taken[device] = taken + 1
+    return _counter_blocks[device][-1][taken]
+
+
+def _counter(device: torch.device) -> torch.Tensor | None:
+    """The counter of a one-launch reduction on ``device``'s current stream, or None where the
+    reduction takes two launches instead (a capture before any counter was set aside)."""
+    if _capturing(device):
+        return _new_counter(device)
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    if key not in _stream_counters:
+        _stream_counters[key] = _new_counter(device)
+    return _stream_counters[key]
 
 
 def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, square: bool) -> torch.Tensor:
@@ -115,15 +176,22 @@ def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, squa
     grid = programs(config, tiles, a.device)
     partials = torch.empty((max(grid, 1), 2), dtype=torch.float32, device=a.device)
     out = torch.empty((), dtype=torch.float32, device=a.device)
+    finish_block, finish_warps = _finish_geometry(grid)
+    counter = _counter(a.device) if config.one_launch and grid else None
+    one_launch = counter is not None
     if grid:
         block, tail = config.tiles(op, width)
+        if one_launch:
+            # Registers are allocated for the kernel's largest need, so the partials' tile, 2 values
+            # a lane, keeps to 16 a thread: more would cost residency in the pass over the rows.
+            finish_block = min(finish_block, _ONE_LAUNCH_PARTIALS_A_THREAD * 32 * config.warps)
         _partial_sums_kernel[(grid,)](
-            a3, b3, partials, tiles, rows, sampled, width, stride, a3.stride(0), a3.stride(1), b3.stride(0),
-            b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=block, TAIL=tail,
-            num_warps=config.warps,
+            a3, b3, partials, out, counter, tiles, rows, sampled, width, stride, a3.stride(0), a3.stride(1),
+            b3.stride(0), b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=block, TAIL=tail,
+            ONE_LAUNCH=one_launch, FINISH_BLOCK=finish_block, num_warps=config.warps,
         )
-    block, warps = _finish_geometry(grid)
-    _finish_kernel[(1,)](partials, out, grid, SQUARE=square, BLOCK=block, num_warps=warps)
+    if not one_launch:
+        _finish_kernel[(1,)](partials, out, grid, SQUARE=square, BLOCK=finish_block, num_warps=finish_warps)
     return out
 
 
