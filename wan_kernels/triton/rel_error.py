@@ -148,8 +148,12 @@ def _new_counter(device: torch.device) -> torch.Tensor | None:
     if taken == _COUNTERS_A_BLOCK:
         if _capturing(device):
             return None
-        _counter_blocks.setdefault(device, []).append(torch.zeros(_COUNTERS_A_BLOCK, dtype=torch.int32,
-                                                                  device=device))
+        block = torch.zeros(_COUNTERS_A_BLOCK, dtype=torch.int32, device=device)
+        if device.type == "cuda":
+            # Zeroed on this stream, but its counters go to others too, whose launches must not
+            # run before the zeros are written: once a block, the host waits for them.
+            torch.cuda.current_stream(device).synchronize()
+        _counter_blocks.setdefault(device, []).append(block)
         taken = 0
     _counters_taken[device] = taken + 1
     return _counter_blocks[device][-1][taken]
