@@ -191,26 +191,60 @@ def test_one_launch_reduces_more_partials_than_its_tile_holds_in_passes():
     torch.testing.assert_close(actual, reference.rel_l1(a, b, 1), rtol=REDUCTION_RTOL, atol=0)
 
 
-def test_one_launch_takes_two_in_a_capture_that_finds_no_counter_left(monkeypatch):
-    """Counters come in blocks; a new block is zeroed only outside a capture (inside one, the
-    zeroing would be captured, not run), so there the reduction takes its second launch."""
+class _CountedLaunches:
+    """A Triton kernel whose launches are counted."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.fixture
+def counters(monkeypatch):
+    """The one-launch counters in fresh blocks of 4, and the finishing kernel's launches counted."""
     from wan_kernels.triton import rel_error
 
-    monkeypatch.setattr(rel_error, "_COUNTERS_A_BLOCK", 2)
-    monkeypatch.setattr(rel_error, "_counter_blocks", {})
-    monkeypatch.setattr(rel_error, "_counters_taken", {})
-    monkeypatch.setattr(rel_error, "_stream_counters", {})
-    cpu = torch.device("cpu")
-    taken = [rel_error._new_counter(cpu) for _ in range(3)]
-    assert len(rel_error._counter_blocks[cpu]) == 2 and all(int(t) == 0 for t in taken)
-    monkeypatch.setattr(rel_error, "_capturing", lambda device: True)
-    assert rel_error._counter(cpu) is not None  # the second block's last
-    assert rel_error._counter(cpu) is None
+    monkeypatch.setattr(rel_error, "_COUNTERS_A_BLOCK", 4)
+    monkeypatch.setattr(rel_error, "_counters", {})
+    monkeypatch.setattr(rel_error, "_finish_kernel", _CountedLaunches(rel_error._finish_kernel))
+    return rel_error
+
+
+@pytest.mark.parametrize("config, launches", [(dict(), 2), (dict(one_launch=True), 1)])
+def test_one_launch_spares_the_finishing_launch(counters, config, launches):
     b = randn((2, 5, 77), seed=1)
     a = b + randn(b.shape, seed=2, scale=0.1)
-    with configured("rel_l1", RowConfig(one_launch=True)):
-        actual = wan_kernels.rel_l1(a, b, 1)
-    torch.testing.assert_close(actual, reference.rel_l1(a, b, 1), rtol=REDUCTION_RTOL, atol=0)
+    with configured("rel_l1", RowConfig(**config)):
+        wan_kernels.rel_l1(a, b, 1)
+    assert 1 + counters._finish_kernel.launches == launches
+
+
+def test_one_launch_takes_two_in_a_capture_that_finds_no_counter_left(counters, monkeypatch):
+    """A block is zeroed only outside a capture (inside one, the zeroing would be captured, not
+    run), so a capture that has taken the block's last counter takes two launches and says so,
+    summing as one launch would (300 programs of one warp: 256 partials a pass either way). An
+    eager call then adds a block, as it does whenever half of the last is taken."""
+    cpu = torch.device("cpu")
+    b = randn((1, 300, 8), seed=3)  # inputs whose sums round differently in one pass of 512
+    a = b + randn(b.shape, seed=13, scale=0.1)
+    with configured("rel_l1", RowConfig(warps=1, one_launch=True)):
+        eager = wan_kernels.rel_l1(a, b, 1)
+        monkeypatch.setattr(counters, "_capturing", lambda device: True)
+        taken = [counters._counter(cpu) for _ in range(3)]
+        assert counters._finish_kernel.launches == 0
+        with pytest.warns(UserWarning, match="rel_l1: no one-launch counter left in this CUDA graph capture"):
+            captured = wan_kernels.rel_l1(a, b, 1)
+        assert counters._finish_kernel.launches == 1
+        assert torch.equal(captured, eager)
+        monkeypatch.setattr(counters, "_capturing", lambda device: False)
+        wan_kernels.rel_l1(a, b, 1)
+    assert len(counters._counters[cpu].blocks) == 2
+    everyone = [counters._counter(cpu), *taken]
+    assert all(int(c) == 0 and c.data_ptr() % 16 == 0 for c in everyone)
+    assert len({c.data_ptr() for c in everyone}) == 4  # the stream's, then the captures' own
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and streams need a GPU")

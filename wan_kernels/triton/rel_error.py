@@ -8,6 +8,10 @@ No host synchronisation; the reduction order is fixed, so results are determinis
 
 from __future__ import annotations
 
+import threading
+import warnings
+from dataclasses import dataclass, field
+
 import torch
 import triton
 import triton.language as tl
@@ -126,48 +130,62 @@ def _finish_geometry(count: int) -> tuple[int, int]:
     return block, 4 if block <= 1024 else 8
 
 
-# The one-launch reductions' counters (RowConfig.one_launch): zeroed blocks of them per device,
-# handed out for good, so every counter is 0 before its first launch and each launch leaves it at 0.
-# Launches that may run at the same time never share one: each stream's eager calls take one, and
-# each captured call its own (graphs may be replayed on several streams at once). Blocks are never
-# freed, as graphs keep the addresses they captured.
+# One-launch reductions (RowConfig.one_launch) count their programs in counters that are 0 before a
+# launch and left at 0 after it. Launches that may run at the same time never share one: each
+# stream's eager calls take one, each captured call its own (graphs may be replayed on several
+# streams at once). They come from zeroed blocks per device, handed out for good and never freed,
+# as graphs keep the addresses they captured; a block is zeroed only outside a capture (inside one,
+# the zeroing would be captured and replayed, not run), so eager calls add one while half of the
+# last is still free. 16 bytes apart, every counter is an aligned pointer: Triton compiles one
+# kernel for all of them, and a capture never compiles.
 _COUNTERS_A_BLOCK = 1024
-_counter_blocks: dict[torch.device, list[torch.Tensor]] = {}
-_counters_taken: dict[torch.device, int] = {}
-_stream_counters: dict[tuple[torch.device, int], torch.Tensor] = {}
+_COUNTER_SPACING = 4
+
+
+@dataclass
+class _DeviceCounters:
+    blocks: list[torch.Tensor] = field(default_factory=list)
+    taken: int = _COUNTERS_A_BLOCK
+    by_stream: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def add_block(self, device: torch.device) -> None:
+        block = torch.zeros(_COUNTERS_A_BLOCK * _COUNTER_SPACING, dtype=torch.int32, device=device)
+        if device.type == "cuda":
+            # Zeroed on this stream, but its counters go to others too, whose launches must not
+            # run before the zeros are written: once a block, the host waits for them.
+            torch.cuda.current_stream(device).synchronize()
+        self.blocks.append(block)
+        self.taken = 0
+
+    def take(self) -> torch.Tensor | None:
+        if self.taken == _COUNTERS_A_BLOCK:
+            return None
+        self.taken += 1
+        return self.blocks[-1][(self.taken - 1) * _COUNTER_SPACING]
+
+
+_counters: dict[torch.device, _DeviceCounters] = {}
+_counters_lock = threading.Lock()
 
 
 def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _new_counter(device: torch.device) -> torch.Tensor | None:
-    """A counter at 0 no launch has used, or None inside a CUDA graph capture when none is left:
-    zeroing a new block there would be captured and replayed, not run."""
-    taken = _counters_taken.get(device, _COUNTERS_A_BLOCK)
-    if taken == _COUNTERS_A_BLOCK:
-        if _capturing(device):
-            return None
-        block = torch.zeros(_COUNTERS_A_BLOCK, dtype=torch.int32, device=device)
-        if device.type == "cuda":
-            # Zeroed on this stream, but its counters go to others too, whose launches must not
-            # run before the zeros are written: once a block, the host waits for them.
-            torch.cuda.current_stream(device).synchronize()
-        _counter_blocks.setdefault(device, []).append(block)
-        taken = 0
-    _counters_taken[device] = taken + 1
-    return _counter_blocks[device][-1][taken]
-
-
 def _counter(device: torch.device) -> torch.Tensor | None:
-    """The counter of a one-launch reduction on ``device``'s current stream, or None where the
-    reduction takes two launches instead (a capture before any counter was set aside)."""
-    if _capturing(device):
-        return _new_counter(device)
-    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
-    if key not in _stream_counters:
-        _stream_counters[key] = _new_counter(device)
-    return _stream_counters[key]
+    """The counter of a one-launch reduction on ``device``'s current stream, or None in a CUDA
+    graph capture that finds none left (half a block captured since the last eager call)."""
+    capturing = _capturing(device)
+    with _counters_lock:
+        counters = _counters.setdefault(device, _DeviceCounters())
+        if capturing:
+            return counters.take()
+        if counters.taken > _COUNTERS_A_BLOCK // 2:
+            counters.add_block(device)
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+        if stream not in counters.by_stream:
+            counters.by_stream[stream] = counters.take()
+        return counters.by_stream[stream]
 
 
 def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, square: bool) -> torch.Tensor:
@@ -181,14 +199,21 @@ def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, squa
     partials = torch.empty((max(grid, 1), 2), dtype=torch.float32, device=a.device)
     out = torch.empty((), dtype=torch.float32, device=a.device)
     finish_block, finish_warps = _finish_geometry(grid)
+    if config.one_launch:
+        # Registers are allocated for the kernel's largest need, so the partials' tile, 2 values a
+        # lane, keeps to 16 a thread: more would cost residency in the pass over the rows. Two
+        # launches in its place take the same tile on as many warps, so results do not depend on a
+        # counter.
+        finish_block = min(finish_block, _ONE_LAUNCH_PARTIALS_A_THREAD * 32 * config.warps)
+        finish_warps = config.warps
     counter = _counter(a.device) if config.one_launch and grid else None
     one_launch = counter is not None
+    if config.one_launch and grid and not one_launch:
+        warnings.warn(f"{op}: no one-launch counter left in this CUDA graph capture (over "
+                      f"{_COUNTERS_A_BLOCK // 2} reductions captured since the last eager one); it "
+                      "takes two launches", stacklevel=3)
     if grid:
         block, tail = config.tiles(op, width)
-        if one_launch:
-            # Registers are allocated for the kernel's largest need, so the partials' tile, 2 values
-            # a lane, keeps to 16 a thread: more would cost residency in the pass over the rows.
-            finish_block = min(finish_block, _ONE_LAUNCH_PARTIALS_A_THREAD * 32 * config.warps)
         _partial_sums_kernel[(grid,)](
             a3, b3, partials, out, counter, tiles, rows, sampled, width, stride, a3.stride(0), a3.stride(1),
             b3.stride(0), b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=block, TAIL=tail,
