@@ -22,7 +22,7 @@ import re
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,7 @@ from triton.backends.compiler import BaseBackend, GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction, native_specialize_impl
 
-from benchmarks.bench_kernels import OPS, SHAPES, Inputs, Shape
+from benchmarks.bench_kernels import OPS, SHAPES, Inputs, Op, Shape
 from benchmarks.common import print_table, save_results
 from wan_kernels import dispatch
 
@@ -154,13 +154,15 @@ def _describe(launch: Launch) -> str:
     return " ".join(constants)
 
 
-def kernel_rows(arch: int, workdir: Path, shapes: list[Shape] = SHAPES) -> list[dict]:
-    """One row per kernel launch of every op of ``bench_kernels`` at each of ``shapes``."""
+def kernel_rows(arch: int, workdir: Path, shapes: Sequence[Shape] = SHAPES,
+                ops: Sequence[Op] = OPS) -> list[dict]:
+    """One row per kernel launch of each of ``ops`` (default: every op of ``bench_kernels``) at each
+    of ``shapes``."""
     rows, seen = [], {}
     meta = torch.device("meta")
     for shape in shapes:
         inputs = Inputs(shape, meta)
-        for op in OPS:
+        for op in ops:
             with intercepted_launches() as launches:
                 dispatch.implementation("triton", op.ours.__name__)(*op.args(inputs))
             for launch in launches:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,49 @@ def test_compiled_kernels_at_the_widest_real_shape(tmp_path):
             assert all(access.endswith("x16B") for access in row["stores"].split()), row
         if row["op"] == "qk_rmsnorm_rope":
             assert row["layout_conversions"] == 0, row
+
+
+@needs_triton
+def test_reduction_sweep_geometries_compile_for_sm90(tmp_path):
+    """The strided ``rel_l1`` under each of the sweep's reduction geometries, compiled for an H100
+    as on a GPU, so that one untimed as yet fails here and not in a lent GPU's time; one launch
+    leaves the finishing kernel out, spills nothing, and holds as many programs an SM as the same
+    geometry in two launches (its partials' tile is sized not to cost registers)."""
+    pytest.importorskip("triton.backends.nvidia")
+    import triton.runtime.jit
+
+    if not hasattr(triton.runtime.jit, "native_specialize_impl"):
+        pytest.skip("this Triton has no native_specialize_impl, which benchmarks.kernel_resources uses")
+    script = textwrap.dedent("""
+        import dataclasses, json, sys
+        from pathlib import Path
+        from benchmarks import kernel_resources
+        from benchmarks.bench_kernels import OPS, SWEEP_REDUCTION_GEOMETRIES, Shape
+        from wan_kernels.triton.launch import RowConfig, configured
+
+        ops, shape = [op for op in OPS if op.name == "rel_l1[stride 4]"], Shape(32760, 3072, "per_token")
+        found = {}
+        for g in SWEEP_REDUCTION_GEOMETRIES:
+            for config in {RowConfig(**g), dataclasses.replace(RowConfig(**g), one_launch=False)}:
+                with configured("rel_l1", config):
+                    found[config.label] = kernel_resources.kernel_rows(90, Path(sys.argv[1]), [shape], ops)
+        print(json.dumps(found))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.splitlines()[-1])
+    one_launch = [label for label in found if label.endswith(", one launch")]
+    geometries = bench_kernels.SWEEP_REDUCTION_GEOMETRIES
+    assert len(one_launch) == sum(g.get("one_launch", False) for g in geometries)
+    for label, rows in found.items():
+        assert [row["kernel"] for row in rows] == (
+            ["_partial_sums_kernel"] if label in one_launch else ["_partial_sums_kernel", "_finish_kernel"])
+        assert all(row["spill_bytes"] == 0 for row in rows), rows
+    for label in one_launch:
+        two_launches = found[label.removesuffix(", one launch")][0]
+        assert found[label][0]["programs_per_sm"] == two_launches["programs_per_sm"], (label, found[label])
 
 
 @pytest.mark.parametrize("model_type", ["i2v", "ti2v"])
