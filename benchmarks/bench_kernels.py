@@ -19,12 +19,14 @@ traffic over its time, also as a fraction of a large device-to-device copy measu
 (``frac_copy``) and of a copy moving as many bytes as the op, timed alike
 (``frac_copy_same_bytes``): ``do_bench`` zeroes 256 MB before each call, so every timed call starts
 with an L2 cache full of dirty lines; whatever writing them back costs is about fixed, so it would
-weigh on a 50 us kernel and hardly on the large copy. The compiled references' generated source goes
-to ``bench_kernels_inductor`` beside the results.
+weigh on a 50 us kernel and hardly on the large copy. The compiled references' generated source, and
+the launch configuration Inductor's autotuning chose for each of their kernels at each shape (block
+sizes, warps, stages: what it found fastest, beside our geometries), go to ``bench_kernels_inductor``
+beside the results.
 
 ``--sweep`` also times the Triton kernels under other launch geometries (the row kernels'
 ``wan_kernels.triton.launch.RowConfig``: tokens per program, whole, split or chunked rows, warps,
-and for the relative errors programs per SM; the elementwise kernels' ``BlockConfig``: elements
+and for the relative errors one launch and programs per SM; the elementwise kernels' ``BlockConfig``: elements
 and warps a program) at one length per width, right after that shape's op rows, each checked like
 the ops, with its time against the default geometry's and the compiled reference's: the data for
 choosing ``row_config``'s and ``block_config``'s defaults. Only the ops whose default falls short
@@ -46,7 +48,8 @@ import math
 import statistics
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -263,6 +266,27 @@ def copy_bandwidth(device: torch.device, nbytes: int = COPY_BYTES) -> float:
     return 2 * src.nbytes / ms / 1e6
 
 
+@contextmanager
+def inductor_launch_configs() -> Iterator[dict[str, str]]:
+    """Within the block, the launch configuration each Inductor Triton kernel that runs was
+    autotuned to (``XBLOCK: 1, R0_BLOCK: 2048, num_warps: 8, ...``), by kernel name."""
+    from unittest import mock
+
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    configs: dict[str, str] = {}
+    original = CachingAutotuner.run
+
+    def run(self: CachingAutotuner, *args: object, **kwargs: object) -> object:
+        result = original(self, *args, **kwargs)
+        if len(self.launchers) == 1:  # autotuned (or given one configuration)
+            configs[self.fn.__name__] = str(self.launchers[0].config)
+        return result
+
+    with mock.patch.object(CachingAutotuner, "run", run):
+        yield configs
+
+
 def inductor_code(compiled: Callable, args: tuple) -> list[str]:
     """Call ``compiled`` on ``args``, returning the source Inductor generates in that call (none
     where it reuses a compiled graph). Inductor's own ``run_and_get_code`` resets Dynamo first,
@@ -297,13 +321,16 @@ def run_op(op: Op, shape: Shape, inputs: Inputs, compiled: Callable | None, copy
                frac_copy_same_bytes=round(ours_gbps / copy_bandwidth(args[0].device, traffic // 2), 3),
                x_eager=round(eager_ms / ours_ms, 2), ours_host_us=round(host_us(lambda: op.ours(*args)), 1))
     if compiled is not None:
-        code = inductor_code(compiled, args)
+        # The reference's first call at this shape: at the first, Inductor generates its code and
+        # autotunes its kernels; at the others, the configurations say what those kernels run with.
+        with inductor_launch_configs() as configs:
+            code = inductor_code(compiled, args)
         compile_ms = bench_ms(lambda: compiled(*args))
         row.update(compile_ms=round(compile_ms, 4), compile_GBps=round(gigabytes / compile_ms * 1e3, 1),
                    x_compile=round(compile_ms / ours_ms, 2),
                    compile_host_us=round(host_us(lambda: compiled(*args)), 1))
-        if code:
-            row["inductor_code"] = "\n".join(code)
+        if code or configs:
+            row["inductor"] = {"code": "\n".join(code), "configs": configs}
     # Ours once more, after the references: at 75,600 x 5120 some ops' first time in a row ran 5-17%
     # over what the same kernel took alone in a fresh process, while the compiled reference timed
     # after it did not (results/..._s17_placement_probe); a second time that differs from the first
@@ -559,7 +586,7 @@ def main() -> None:
     compiled = {op.name: torch.compile(op.reference) for op in OPS}
     rows: list[dict] = []
     sweep: list[dict] = []
-    inductor: list[dict] = []  # the compiled references' generated source, an entry per op and width
+    inductor: list[dict] = []  # the compiled references' source and launch configurations by op and shape
 
     def save() -> None:
         # After every part, so that a run stopped at its time limit keeps what it measured.
@@ -588,8 +615,8 @@ def main() -> None:
                     traceback.print_exc()
                     verdict = f"ERROR: {type(error).__name__}: {error}"
                     row = {"op": op.name, "shape": shape.label, "check": verdict}
-                if "inductor_code" in row:
-                    inductor.append({"op": op.name, "shape": shape.label, "code": row.pop("inductor_code")})
+                if "inductor" in row:
+                    inductor.append({"op": op.name, "shape": shape.label, **row.pop("inductor")})
                 rows.append({"backend": backend, **row})
                 print(f"  {op.name:45s} {backend:7s} {shape.label:24s} {row.get('check')}  max rel err "
                       f"{row.get('max_rel_err')}  {row.get('ours_ms')} ms  {row.get('frac_copy')} of copy "

@@ -268,6 +268,27 @@ def test_a_timing_leaves_no_graph_memory_reserved():
     assert torch.cuda.memory_reserved() == reserved
 
 
+def test_inductor_launch_configs_names_each_kernels_autotuned_configuration(monkeypatch):
+    """Inductor's Triton kernels run through ``CachingAutotuner.run`` (not on a CPU, where Inductor
+    writes C++): a kernel autotuned to one launcher is recorded, one still holding several is not,
+    and ``run`` is itself again after the block."""
+    from types import SimpleNamespace
+
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    def kernel(name, *configs):
+        return SimpleNamespace(fn=SimpleNamespace(__name__=name),
+                               launchers=[SimpleNamespace(config=c) for c in configs])
+
+    monkeypatch.setattr(CachingAutotuner, "run", lambda self, *args, **kwargs: "ran")
+    with bench_kernels.inductor_launch_configs() as configs:
+        assert CachingAutotuner.run(kernel("triton_red_0", "XBLOCK: 1, R0_BLOCK: 2048"), 7, stream=0) == "ran"
+        CachingAutotuner.run(kernel("triton_poi_1", "XBLOCK: 512", "XBLOCK: 1024"), stream=0)
+    assert configs == {"triton_red_0": "XBLOCK: 1, R0_BLOCK: 2048"}
+    CachingAutotuner.run(kernel("triton_red_2", "XBLOCK: 8"), stream=0)
+    assert "triton_red_2" not in configs
+
+
 def test_inductor_code_is_the_source_of_the_call_that_compiles():
     from wan_kernels import reference
 
