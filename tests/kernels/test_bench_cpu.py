@@ -38,6 +38,10 @@ def _inputs() -> dict[str, tuple]:
     }
 
 
+# Warmed up first and at least 50 rounds: timed from a cold start, the first calls (the thread
+# pool's start, the outputs' first pages) made pytest-benchmark calibrate the C++ gated_residual to 5
+# rounds and report it 1.9-4x slower than torch, when warmed up it is 2x faster.
+@pytest.mark.benchmark(warmup=True, warmup_iterations=20, min_rounds=50)
 @pytest.mark.parametrize("impl", ["cpp", "torch"])
 @pytest.mark.parametrize("op", sorted(_inputs()))
 def test_cpu_speed(benchmark, op, impl):
