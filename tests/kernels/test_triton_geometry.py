@@ -170,7 +170,7 @@ def test_one_launch_leaves_its_counter_at_zero_for_the_next(name):
     """Calls of different grids in turn, the first and last of one program, and no tokens (no
     program, so the second launch gives the empty sums' NaN): each counts from 0, as only a
     counter left at 0 lets it find its last program."""
-    from wan_kernels.triton.rel_error import _counter
+    from wan_kernels.triton.counters import counter_for
 
     fn = getattr(wan_kernels, name)
     with configured(name, RowConfig(tokens=2, one_launch=True)):
@@ -179,7 +179,7 @@ def test_one_launch_leaves_its_counter_at_zero_for_the_next(name):
             a = b + randn(shape, seed=2, scale=0.1)
             torch.testing.assert_close(fn(a, b, 1), getattr(reference, name)(a, b, 1), rtol=REDUCTION_RTOL,
                                        atol=0, equal_nan=True)
-            assert _counter(b.device).item() == 0
+            assert counter_for(b.device).item() == 0
 
 
 def test_one_launch_reduces_more_partials_than_its_tile_holds_in_passes():
@@ -203,48 +203,55 @@ class _CountedLaunches:
 
 
 @pytest.fixture
-def counters(monkeypatch):
-    """The one-launch counters in fresh blocks of 4, and the finishing kernel's launches counted."""
+def finish_launches(monkeypatch):
+    """The finishing kernel's launches, counted."""
     from wan_kernels.triton import rel_error
 
-    monkeypatch.setattr(rel_error, "_COUNTERS_A_BLOCK", 4)
-    monkeypatch.setattr(rel_error, "_counters", {})
-    monkeypatch.setattr(rel_error, "_finish_kernel", _CountedLaunches(rel_error._finish_kernel))
-    return rel_error
+    counted = _CountedLaunches(rel_error._finish_kernel)
+    monkeypatch.setattr(rel_error, "_finish_kernel", counted)
+    return counted
 
 
 @pytest.mark.parametrize("config, launches", [(dict(), 2), (dict(one_launch=True), 1)])
-def test_one_launch_spares_the_finishing_launch(counters, config, launches):
+def test_one_launch_spares_the_finishing_launch(finish_launches, config, launches):
     b = randn((2, 5, 77), seed=1)
     a = b + randn(b.shape, seed=2, scale=0.1)
     with configured("rel_l1", RowConfig(**config)):
         wan_kernels.rel_l1(a, b, 1)
-    assert 1 + counters._finish_kernel.launches == launches
+    assert 1 + finish_launches.launches == launches
 
 
-def test_one_launch_takes_two_in_a_capture_that_finds_no_counter_left(counters, monkeypatch):
+def test_one_launch_takes_two_in_a_capture_that_finds_no_counter_left(finish_launches, monkeypatch):
     """A block is zeroed only outside a capture (inside one, the zeroing would be captured, not
-    run), so a capture that has taken the block's last counter takes two launches and says so,
-    summing as one launch would (300 programs of one warp: 256 partials a pass either way). An
-    eager call then adds a block, as it does whenever half of the last is taken."""
+    run): an eager call adds one once half of the last is taken, and a capture that has taken the
+    last block's last counter takes two launches and says so, summing as one launch would (300
+    programs of one warp: 256 partials a pass either way)."""
+    from wan_kernels.triton import counters
+
+    monkeypatch.setattr(counters, "COUNTERS_A_BLOCK", 4)
+    monkeypatch.setattr(counters, "_counters", {})
     cpu = torch.device("cpu")
     b = randn((1, 300, 8), seed=3)  # inputs whose sums round differently in one pass of 512
     a = b + randn(b.shape, seed=13, scale=0.1)
+    in_capture = False
+    monkeypatch.setattr(counters, "capturing", lambda device: in_capture)
     with configured("rel_l1", RowConfig(warps=1, one_launch=True)):
-        eager = wan_kernels.rel_l1(a, b, 1)
-        monkeypatch.setattr(counters, "_capturing", lambda device: True)
-        taken = [counters._counter(cpu) for _ in range(3)]
-        assert counters._finish_kernel.launches == 0
+        eager = wan_kernels.rel_l1(a, b, 1)  # the stream's counter: 1 of the block's 4
+        in_capture = True
+        taken = [counters.counter_for(cpu) for _ in range(2)]
+        in_capture = False
+        assert torch.equal(wan_kernels.rel_l1(a, b, 1), eager)
+        assert len(counters._counters[cpu].blocks) == 2
+        in_capture = True
+        taken += [counters.counter_for(cpu) for _ in range(4)]
+        assert finish_launches.launches == 0
         with pytest.warns(UserWarning, match="rel_l1: no one-launch counter left in this CUDA graph capture"):
             captured = wan_kernels.rel_l1(a, b, 1)
-        assert counters._finish_kernel.launches == 1
+        assert finish_launches.launches == 1
         assert torch.equal(captured, eager)
-        monkeypatch.setattr(counters, "_capturing", lambda device: False)
-        wan_kernels.rel_l1(a, b, 1)
-    assert len(counters._counters[cpu].blocks) == 2
-    everyone = [counters._counter(cpu), *taken]
+    everyone = [counters._counters[cpu].by_stream[0], *taken]
     assert all(int(c) == 0 and c.data_ptr() % 16 == 0 for c in everyone)
-    assert len({c.data_ptr() for c in everyone}) == 4  # the stream's, then the captures' own
+    assert len({c.data_ptr() for c in everyone}) == 7  # the stream's, then the captures' own
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and streams need a GPU")

@@ -8,15 +8,14 @@ No host synchronisation; the reduction order is fixed, so results are determinis
 
 from __future__ import annotations
 
-import threading
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 import triton
 import triton.language as tl
 
 from wan_kernels.dispatch import register
+from wan_kernels.triton.counters import COUNTERS_A_BLOCK, counter_for
 from wan_kernels.triton.launch import as_rows, programs, row_config
 from wan_kernels.triton.tiles import tile_mask, token_tile
 
@@ -130,64 +129,6 @@ def _finish_geometry(count: int) -> tuple[int, int]:
     return block, 4 if block <= 1024 else 8
 
 
-# One-launch reductions (RowConfig.one_launch) count their programs in counters that are 0 before a
-# launch and left at 0 after it. Launches that may run at the same time never share one: each
-# stream's eager calls take one, each captured call its own (graphs may be replayed on several
-# streams at once). They come from zeroed blocks per device, handed out for good and never freed,
-# as graphs keep the addresses they captured; a block is zeroed only outside a capture (inside one,
-# the zeroing would be captured and replayed, not run), so eager calls add one while half of the
-# last is still free. 16 bytes apart, every counter is an aligned pointer: Triton compiles one
-# kernel for all of them, and a capture never compiles.
-_COUNTERS_A_BLOCK = 1024
-_COUNTER_SPACING = 4
-
-
-@dataclass
-class _DeviceCounters:
-    blocks: list[torch.Tensor] = field(default_factory=list)
-    taken: int = _COUNTERS_A_BLOCK
-    by_stream: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def add_block(self, device: torch.device) -> None:
-        block = torch.zeros(_COUNTERS_A_BLOCK * _COUNTER_SPACING, dtype=torch.int32, device=device)
-        if device.type == "cuda":
-            # Zeroed on this stream, but its counters go to others too, whose launches must not
-            # run before the zeros are written: once a block, the host waits for them.
-            torch.cuda.current_stream(device).synchronize()
-        self.blocks.append(block)
-        self.taken = 0
-
-    def take(self) -> torch.Tensor | None:
-        if self.taken == _COUNTERS_A_BLOCK:
-            return None
-        self.taken += 1
-        return self.blocks[-1][(self.taken - 1) * _COUNTER_SPACING]
-
-
-_counters: dict[torch.device, _DeviceCounters] = {}
-_counters_lock = threading.Lock()
-
-
-def _capturing(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
-def _counter(device: torch.device) -> torch.Tensor | None:
-    """The counter of a one-launch reduction on ``device``'s current stream, or None in a CUDA
-    graph capture that finds none left (half a block captured since the last eager call)."""
-    capturing = _capturing(device)
-    with _counters_lock:
-        counters = _counters.setdefault(device, _DeviceCounters())
-        if capturing:
-            return counters.take()
-        if counters.taken > _COUNTERS_A_BLOCK // 2:
-            counters.add_block(device)
-        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-        if stream not in counters.by_stream:
-            counters.by_stream[stream] = counters.take()
-        return counters.by_stream[stream]
-
-
 def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, square: bool) -> torch.Tensor:
     a3, b3 = as_rows(a), as_rows(b)
     count, length, width = a3.shape
@@ -206,11 +147,11 @@ def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, squa
         # counter.
         finish_block = min(finish_block, _ONE_LAUNCH_PARTIALS_A_THREAD * 32 * config.warps)
         finish_warps = config.warps
-    counter = _counter(a.device) if config.one_launch and grid else None
+    counter = counter_for(a.device) if config.one_launch and grid else None
     one_launch = counter is not None
     if config.one_launch and grid and not one_launch:
         warnings.warn(f"{op}: no one-launch counter left in this CUDA graph capture (over "
-                      f"{_COUNTERS_A_BLOCK // 2} reductions captured since the last eager one); it "
+                      f"{COUNTERS_A_BLOCK // 2} reductions captured since the last eager one); it "
                       "takes two launches", stacklevel=3)
     if grid:
         block, tail = config.tiles(op, width)
