@@ -25,12 +25,13 @@ sizes, warps, stages: what it found fastest, beside our geometries), go to ``ben
 beside the results.
 
 ``--sweep`` also times the Triton kernels under other launch geometries (the row kernels'
-``wan_kernels.triton.launch.RowConfig``: tokens per program, whole, split or chunked rows, warps,
-and for the relative errors one launch and programs per SM; the elementwise kernels' ``BlockConfig``: elements
-and warps a program) at one length per width, right after that shape's op rows, each checked like
-the ops, with its time against the default geometry's and the compiled reference's: the data for
-choosing ``row_config``'s and ``block_config``'s defaults. Only the ops whose default falls short
-of ``SWEEP_BELOW`` of copy bandwidth or of the compiled reference's speed are swept.
+``wan_kernels.triton.launch.RowConfig``: tokens per program, whole, split or chunked rows, chunk
+walks pipelined or not, warps, and for the relative errors one launch and programs per SM; the
+elementwise kernels' ``BlockConfig``: elements and warps a program) at one length per width, right
+after that shape's op rows, each checked like the ops, with its time against the default geometry's
+and the compiled reference's: the data for choosing ``row_config``'s and ``block_config``'s
+defaults. Only the ops whose default falls short of ``SWEEP_BELOW`` of copy bandwidth or of the
+compiled reference's speed are swept.
 
 Then whole blocks at the same shapes (``--no-blocks`` skips them), each against its unfused self:
 one ``wan_runtime`` ``DiTBlock`` in bfloat16 on backend ``torch`` against ``triton``, and one
@@ -359,7 +360,13 @@ SWEEP_OPS = ("layernorm_modulate", "gated_residual_layernorm_modulate", "qk_rmsn
              "rel_l1[stride 4]", "gated_residual", "residual_apply", "residual_capture")
 SWEEP_SHAPES = SHAPES[:2]
 SWEEP_BELOW = 0.9
+# First (untimed as yet, so that a sweep cut short by its deadline has timed them), chunk walks
+# pipelined by Triton (``RowConfig.stages``: the next chunks' loads in flight through shared memory
+# while one is summed; compiled for sm_90 by Triton 3.9 they keep 6-16 programs an SM, where the
+# unpipelined walks reached only 0.55-0.80 of copy bandwidth with one chunk in flight at a time).
 SWEEP_GEOMETRIES = [
+    dict(chunk=1024, warps=4, stages=2), dict(chunk=1024, warps=4, stages=3),
+    dict(chunk=512, tokens=2, warps=4, stages=3), dict(chunk=2048, warps=8, stages=2),
     dict(warps=8), dict(warps=16), dict(split=True, warps=4), dict(split=True, warps=8),
     dict(split=True, tokens=2, warps=4), dict(split=True, tokens=2, warps=8), dict(chunk=1024, warps=4),
     dict(chunk=1024, tokens=2, warps=4), dict(chunk=1024, tokens=4, warps=8),
@@ -373,6 +380,7 @@ SWEEP_GEOMETRIES = [
 # 10 of 4 warps and 5 of 8 warps for the last three). Swept before the geometries of every row op.
 SWEEP_REDUCTION_GEOMETRIES = [
     dict(chunk=1024, tokens=4, warps=8, one_launch=True),
+    dict(chunk=1024, warps=4, stages=3, one_launch=True),
     dict(chunk=512, tokens=2, warps=4, one_launch=True),
     dict(chunk=1024, tokens=4, warps=8, programs_per_sm=4, one_launch=True),
     dict(chunk=1024, tokens=4, warps=8, programs_per_sm=4),

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -185,46 +186,56 @@ def test_compiled_kernels_at_the_widest_real_shape(tmp_path):
 
 
 @needs_triton
-def test_reduction_sweep_geometries_compile_for_sm90(tmp_path):
-    """The strided ``rel_l1`` under each of the sweep's reduction geometries, compiled for an H100
-    as on a GPU, so that one untimed as yet fails here and not in a lent GPU's time; one launch
-    leaves the finishing kernel out, spills nothing, and holds as many programs an SM as the same
-    geometry in two launches (its partials' tile is sized not to cost registers)."""
+def test_untimed_sweep_geometries_compile_for_sm90(tmp_path):
+    """The sweep's geometries not yet timed on a GPU (the pipelined chunk walks, for each row op,
+    and the reduction geometries, for the strided ``rel_l1``), compiled for an H100 at 32,760 x 5120
+    as on a GPU, so that one that fails does so here and not in a lent GPU's time. None spills; a
+    pipelined walk loads through asynchronous copies (Triton pipelined it); one launch leaves the
+    finishing kernel out and holds as many programs an SM as the same geometry in two launches (its
+    partials' tile is sized not to cost registers)."""
     pytest.importorskip("triton.backends.nvidia")
     import triton.runtime.jit
 
+    from wan_kernels.triton.launch import RowConfig
+
     if not hasattr(triton.runtime.jit, "native_specialize_impl"):
         pytest.skip("this Triton has no native_specialize_impl, which benchmarks.kernel_resources uses")
+    pipelined = [RowConfig(**g) for g in bench_kernels.SWEEP_GEOMETRIES if g.get("stages", 1) > 1]
+    reductions = [c for g in bench_kernels.SWEEP_REDUCTION_GEOMETRIES
+                  for c in (RowConfig(**g), replace(RowConfig(**g), one_launch=False))]
+    cases = [(name, config) for name in ("layernorm_modulate", "gated_residual_layernorm_modulate",
+                                         "qk_rmsnorm_rope", "rel_l1[stride 4]") for config in pipelined]
+    cases += [("rel_l1[stride 4]", config) for config in dict.fromkeys(reductions)]
     script = textwrap.dedent("""
-        import dataclasses, json, sys
+        import json, sys
         from pathlib import Path
         from benchmarks import kernel_resources
-        from benchmarks.bench_kernels import OPS, SWEEP_REDUCTION_GEOMETRIES, Shape
+        from benchmarks.bench_kernels import OPS, Shape
         from wan_kernels.triton.launch import RowConfig, configured
 
-        ops, shape = [op for op in OPS if op.name == "rel_l1[stride 4]"], Shape(32760, 3072, "per_token")
-        found = {}
-        for g in SWEEP_REDUCTION_GEOMETRIES:
-            for config in {RowConfig(**g), dataclasses.replace(RowConfig(**g), one_launch=False)}:
-                with configured("rel_l1", config):
-                    found[config.label] = kernel_resources.kernel_rows(90, Path(sys.argv[1]), [shape], ops)
+        ops = {op.name: op for op in OPS}
+        found = []
+        for name, fields in json.loads(sys.argv[2]):
+            op = ops[name]
+            with configured(op.ours.__name__, RowConfig(**fields)):
+                found.append(kernel_resources.kernel_rows(90, Path(sys.argv[1]),
+                                                          [Shape(32760, 5120, "per_sample")], [op]))
         print(json.dumps(found))
     """)
+    argument = json.dumps([(name, asdict(config)) for name, config in cases])
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), argument], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.splitlines()[-1])
-    one_launch = [label for label in found if label.endswith(", one launch")]
-    geometries = bench_kernels.SWEEP_REDUCTION_GEOMETRIES
-    assert len(one_launch) == sum(g.get("one_launch", False) for g in geometries)
-    for label, rows in found.items():
-        assert [row["kernel"] for row in rows] == (
-            ["_partial_sums_kernel"] if label in one_launch else ["_partial_sums_kernel", "_finish_kernel"])
-        assert all(row["spill_bytes"] == 0 for row in rows), rows
-    for label in one_launch:
-        two_launches = found[label.removesuffix(", one launch")][0]
-        assert found[label][0]["programs_per_sm"] == two_launches["programs_per_sm"], (label, found[label])
+    compiled = dict(zip(cases, json.loads(done.stdout.splitlines()[-1]), strict=True))
+    for (name, config), rows in compiled.items():
+        assert all(row["spill_bytes"] == 0 for row in rows), (config, rows)
+        assert (rows[0]["async_copies"] > 0) == (config.stages > 1), (config, rows)
+        if config.one_launch:
+            assert [row["kernel"] for row in rows] == ["_partial_sums_kernel"], (config, rows)
+            two_launches = compiled[(name, replace(config, one_launch=False))]
+            assert [row["kernel"] for row in two_launches] == ["_partial_sums_kernel", "_finish_kernel"]
+            assert rows[0]["programs_per_sm"] == two_launches[0]["programs_per_sm"], (config, two_launches)
 
 
 @pytest.mark.parametrize("model_type", ["i2v", "ti2v"])

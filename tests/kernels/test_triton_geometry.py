@@ -22,10 +22,12 @@ if "triton" in wan_kernels.available_backends():
 EPS = 1e-6
 # Two samples of five tokens: 10 rows, so 4- and 8-token tiles straddle the samples and the last
 # tile runs past the last row. Split rows: 77 channels as 64 + 16 lanes, 80 (heads of 16) as 64 +
-# 16, 96 (heads of 48) as 64 + 32, the tile boundary inside a head, 320 as 256 + 64.
+# 16, 96 (heads of 48) as 64 + 32, the tile boundary inside a head, 320 as 256 + 64. Chunk walks
+# also pipelined (the same arithmetic; interpreted, Triton runs the loop as written).
 CONFIGS = [
     dict(tokens=2), dict(tokens=8, warps=2), dict(chunk=32), dict(tokens=4, chunk=64, warps=2),
     dict(tokens=2, chunk=128, warps=8), dict(split=True), dict(split=True, tokens=4, warps=2),
+    dict(chunk=32, stages=3), dict(tokens=2, chunk=64, warps=2, stages=2),
 ]
 # The relative errors' kernels also with fewer programs than tiles, each taking tiles in turn (a
 # CPU counts as one SM): 2 programs over 5 or 3 tiles, one over all, 3 over chunked rows; and in one
@@ -366,7 +368,8 @@ def test_split_rows_take_the_widest_power_of_two_then_the_rest(width, tiles):
     (dict(tokens=3), "tokens must be a power of two"), (dict(warps=0), "warps must be a power of two"),
     (dict(chunk=48), "chunk must be 0"), (dict(chunk=1), "chunk must be 0"),
     (dict(chunk=64, split=True), "split applies to whole rows"),
-    (dict(programs_per_sm=-1), "programs_per_sm must be 0"),
+    (dict(programs_per_sm=-1), "programs_per_sm must be 0"), (dict(chunk=64, stages=0), "stages must be 1"),
+    (dict(stages=2), "stages pipelines the walk over a row's chunks: give chunk > 0"),
 ])
 def test_row_config_rejects_bad_geometry(fields, message):
     with pytest.raises(ValueError, match=message):

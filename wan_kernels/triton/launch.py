@@ -67,7 +67,12 @@ class RowConfig:
     reducing its sums once at the end, so fewer partial sums are written and reduced.
     ``one_launch`` (``REDUCTION_OPS`` only): the last program to write its partial sums reduces
     them all (counting programs with an atomic counter), sparing the second launch and the gap
-    between the two."""
+    between the two.
+
+    ``stages`` (chunked rows only): Triton's loop pipelining of the walk over a row's chunks
+    (``tl.range(num_stages=stages)``): the loads of the next ``stages - 1`` chunks are in flight,
+    through shared memory, while one is summed. 1 (the default) pipelines nothing, as a plain
+    ``range`` loop, which Triton never pipelines for loads that do not feed a matrix product."""
 
     tokens: int = 1
     chunk: int = 0
@@ -75,6 +80,7 @@ class RowConfig:
     split: bool = False
     programs_per_sm: int = 0
     one_launch: bool = False
+    stages: int = 1
 
     def __post_init__(self) -> None:
         _require_powers_of_two(self, "tokens", "warps")
@@ -86,11 +92,17 @@ class RowConfig:
         if self.programs_per_sm < 0:
             raise ValueError(f"RowConfig.programs_per_sm must be 0 (a program per tile) or more, got "
                              f"{self.programs_per_sm}")
+        if self.stages < 1:
+            raise ValueError(f"RowConfig.stages must be 1 (no pipelining) or more, got {self.stages}")
+        if self.stages > 1 and not self.chunk:
+            raise ValueError("RowConfig.stages pipelines the walk over a row's chunks: give chunk > 0 with "
+                             "stages > 1")
 
     @property
     def label(self) -> str:
         walk = f"chunk {self.chunk}" if self.chunk else "row in two tiles" if self.split else "whole row"
         label = f"{walk}, {self.tokens} token{'s' * (self.tokens > 1)}, {self.warps} warps"
+        label += f", {self.stages} stages" if self.stages > 1 else ""
         label += f", {self.programs_per_sm} programs an SM" if self.programs_per_sm else ""
         return label + (", one launch" if self.one_launch else "")
 

@@ -18,7 +18,8 @@ registers as Triton 3.9 compiles for sm_90, from ``python -m benchmarks.kernel_r
   whole rows on 8 (98 registers, 2 programs) tie at 0.98: the programs an SM holds do not tell
   the whole story.
 - Walked in 1024-channel chunks, a program has one chunk (2 KB) in flight at a time: 0.70, and
-  0.55 fused, though 12 programs fit an SM.
+  0.55 fused, though 12 programs fit an SM. ``RowConfig.stages`` pipelines the walk (the next
+  chunks' loads in flight while one is summed); swept, not yet timed.
 - C = 3072 per-token rows (4096 lanes on 8 warps, 30 KB of input a row with the modulation)
   reach 1.01.
 
@@ -82,14 +83,14 @@ def _layernorm_modulate_kernel(
     x_ptr, y_ptr, gate_ptr, shift_ptr, scale_ptr, residual_ptr, out_ptr, N, L, C, eps,
     x_sb, x_sl, y_sb, y_sl, gate_sb, gate_sl, shift_sb, shift_sl, scale_sb, scale_sl,
     TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, CHUNKED: tl.constexpr,
-    GATED: tl.constexpr, ROUND: tl.constexpr, SHARED: tl.constexpr,
+    STAGES: tl.constexpr, GATED: tl.constexpr, ROUND: tl.constexpr, SHARED: tl.constexpr,
 ):
     rows, row_mask, b, t = token_tile(tl.program_id(0), N, L, TOKENS)
     x_rows, y_rows, gate_rows = b * x_sb + t * x_sl, b * y_sb + t * y_sl, b * gate_sb + t * gate_sl
     shift_rows, scale_rows, out_rows = b * shift_sb + t * shift_sl, b * scale_sb + t * scale_sl, rows * C
     if CHUNKED:
         total = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
-        for start in range(0, C, BLOCK):
+        for start in tl.range(0, C, BLOCK, num_stages=STAGES):
             cols = start + tl.arange(0, BLOCK)
             mask = tile_mask(row_mask, cols, C)
             h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED, SHARED)
@@ -98,14 +99,14 @@ def _layernorm_modulate_kernel(
             total += h
         mean = tl.sum(total, axis=1) / C
         squares = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
-        for start in range(0, C, BLOCK):
+        for start in tl.range(0, C, BLOCK, num_stages=STAGES):
             cols = start + tl.arange(0, BLOCK)
             mask = tile_mask(row_mask, cols, C)
             h = _row_input(x_ptr, y_ptr, gate_ptr, x_rows, y_rows, gate_rows, cols, mask, GATED, SHARED)
             centred = tl.where(mask, h - mean[:, None], 0.0)
             squares += centred * centred
         rstd = tl.rsqrt(tl.sum(squares, axis=1) / C + eps)
-        for start in range(0, C, BLOCK):
+        for start in tl.range(0, C, BLOCK, num_stages=STAGES):
             cols = start + tl.arange(0, BLOCK)
             mask = tile_mask(row_mask, cols, C)
             # Recomputed rather than read back from the stored residual: the same arithmetic on
@@ -161,7 +162,8 @@ def _launch(
         _layernorm_modulate_kernel[(triton.cdiv(rows, config.tokens),)](
             x, y, gate, shift, scale, residual, out, rows, length, width, eps,
             *row_strides(x), *row_strides(y), *row_strides(gate), *row_strides(shift), *row_strides(scale),
-            TOKENS=config.tokens, BLOCK=block, TAIL=tail, CHUNKED=bool(config.chunk), GATED=gated,
+            TOKENS=config.tokens, BLOCK=block, TAIL=tail, CHUNKED=bool(config.chunk), STAGES=config.stages,
+            GATED=gated,
             ROUND=round_to_input, SHARED=all(row_strides(t)[1] == 0 for t in modulation),
             num_warps=config.warps,
         )

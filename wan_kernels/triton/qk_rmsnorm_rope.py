@@ -51,16 +51,17 @@ def _load_tile(x_ptr, x_rows, row_mask, start, C, BLOCK: tl.constexpr):
 def _rmsnorm_rope_kernel(
     x_ptr, weight_ptr, cos_ptr, sin_ptr, out_ptr, N, L, C, HALF_D, eps, x_sb, x_sl,
     TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, CHUNKED: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     rows, row_mask, b, t = token_tile(tl.program_id(0), N, L, TOKENS)
     x_rows, out_rows = b * x_sb + t * x_sl, rows * C
     if CHUNKED:
         squares = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
-        for start in range(0, C, BLOCK):
+        for start in tl.range(0, C, BLOCK, num_stages=STAGES):
             x = _load_tile(x_ptr, x_rows, row_mask, start, C, BLOCK)
             squares += x * x
         rstd = tl.rsqrt(tl.sum(squares, axis=1) / C + eps)
-        for start in range(0, C, BLOCK):
+        for start in tl.range(0, C, BLOCK, num_stages=STAGES):
             x = _load_tile(x_ptr, x_rows, row_mask, start, C, BLOCK)
             _normalise_rotate_store(x, rstd, weight_ptr, cos_ptr, sin_ptr, out_ptr, x_ptr, t, out_rows,
                                     row_mask, start, C, HALF_D, TOKENS, BLOCK)
@@ -90,7 +91,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch
         block, tail = config.tiles(op, width)
         _rmsnorm_rope_kernel[(triton.cdiv(rows, config.tokens),)](
             x, weight, cos, sin, out, rows, length, width, width // num_heads // 2, eps, *row_strides(x),
-            TOKENS=config.tokens, BLOCK=block, TAIL=tail, CHUNKED=bool(config.chunk),
+            TOKENS=config.tokens, BLOCK=block, TAIL=tail, CHUNKED=bool(config.chunk), STAGES=config.stages,
             num_warps=config.warps,
         )
     return out

@@ -41,7 +41,8 @@ def _terms(a, b, SQUARE: tl.constexpr):
 
 @triton.jit
 def _add_tile(a_ptr, b_ptr, num, den, num_tail, den_tail, tile, rows, L_sampled, C, stride, a_sn, a_sl, b_sn,
-              b_sl, SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr):
+              b_sl, SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr,
+              STAGES: tl.constexpr):
     """The running sums with tile ``tile``'s terms added: [TOKENS, BLOCK] lanes, and with ``TAIL``
     [TOKENS] row sums of the second tile."""
     _, row_mask, n, sample = token_tile(tile, rows, L_sampled, TOKENS)
@@ -60,7 +61,7 @@ def _add_tile(a_ptr, b_ptr, num, den, num_tail, den_tail, tile, rows, L_sampled,
         num_tail += tl.sum(num_terms, axis=1)
         den_tail += tl.sum(den_terms, axis=1)
     else:
-        for start in range(0, C, BLOCK):
+        for start in tl.range(0, C, BLOCK, num_stages=STAGES):
             cols = start + tl.arange(0, BLOCK)
             a, b = _load_pair(a_ptr, b_ptr, a_rows, b_rows, cols, tile_mask(row_mask, cols, C))
             num_terms, den_terms = _terms(a, b, SQUARE)
@@ -91,7 +92,7 @@ def _reduce_partials(partial_ptr, out_ptr, count, SQUARE: tl.constexpr, BLOCK: t
 def _partial_sums_kernel(
     a_ptr, b_ptr, partial_ptr, out_ptr, counter_ptr, tiles, rows, L_sampled, C, stride, a_sn, a_sl, b_sn,
     b_sl, SQUARE: tl.constexpr, TOKENS: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr,
-    ONE_LAUNCH: tl.constexpr, FINISH_BLOCK: tl.constexpr,
+    STAGES: tl.constexpr, ONE_LAUNCH: tl.constexpr, FINISH_BLOCK: tl.constexpr,
 ):
     program = tl.program_id(0)
     num = tl.zeros([TOKENS, BLOCK], dtype=tl.float32)
@@ -102,7 +103,7 @@ def _partial_sums_kernel(
     for tile in range(program, tiles, tl.num_programs(0)):
         num, den, num_tail, den_tail = _add_tile(
             a_ptr, b_ptr, num, den, num_tail, den_tail, tile, rows, L_sampled, C, stride, a_sn, a_sl, b_sn,
-            b_sl, SQUARE, TOKENS, BLOCK, TAIL)
+            b_sl, SQUARE, TOKENS, BLOCK, TAIL, STAGES)
     tl.store(partial_ptr + 2 * program, tl.sum(tl.sum(num, axis=1), axis=0) + tl.sum(num_tail, axis=0))
     tl.store(partial_ptr + 2 * program + 1, tl.sum(tl.sum(den, axis=1), axis=0) + tl.sum(den_tail, axis=0))
     if ONE_LAUNCH:
@@ -158,7 +159,7 @@ def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, squa
         _partial_sums_kernel[(grid,)](
             a3, b3, partials, out, counter, tiles, rows, sampled, width, stride, a3.stride(0), a3.stride(1),
             b3.stride(0), b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=block, TAIL=tail,
-            ONE_LAUNCH=one_launch, FINISH_BLOCK=finish_block, num_warps=config.warps,
+            STAGES=config.stages, ONE_LAUNCH=one_launch, FINISH_BLOCK=finish_block, num_warps=config.warps,
         )
     if not one_launch:
         _finish_kernel[(1,)](partials, out, grid, SQUARE=square, BLOCK=finish_block, num_warps=finish_warps)
