@@ -68,7 +68,6 @@ class RowConfig:
     ``one_launch`` (``REDUCTION_OPS`` only): the last program to write its partial sums reduces
     them all (counting programs with an atomic counter), sparing the second launch and the gap
     between the two.
-
     ``stages`` (chunked rows only): Triton's loop pipelining of the walk over a row's chunks
     (``tl.range(num_stages=stages)``): the loads of the next ``stages - 1`` chunks are in flight,
     through shared memory, while one is summed. 1 (the default) pipelines nothing, as a plain

@@ -3,7 +3,9 @@
 ``launch.row_config``), then one program reduces them and divides: a second launch, or with
 ``RowConfig.one_launch`` the last program of the first to finish its partial sums.
 
-No host synchronisation; the reduction order is fixed, so results are deterministic.
+No host synchronisation (but where ``one_launch`` takes a new block of counters: once a device,
+then once every 2048 streams or captured calls, see ``counters``); the reduction order is fixed, so
+results are deterministic.
 """
 
 from __future__ import annotations
