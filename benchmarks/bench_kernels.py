@@ -362,7 +362,7 @@ SWEEP_SHAPES = SHAPES[:2]
 SWEEP_BELOW = 0.9
 # First (untimed as yet, so that a sweep cut short by its deadline has timed them), chunk walks
 # pipelined by Triton (``RowConfig.stages``: the next chunks' loads in flight through shared memory
-# while one is summed; compiled for sm_90 by Triton 3.9 they keep 6-16 programs an SM, where the
+# while one is summed; compiled for sm_90 by Triton 3.9 they keep 4-16 programs an SM, where the
 # unpipelined walks reached only 0.55-0.80 of copy bandwidth with one chunk in flight at a time).
 SWEEP_GEOMETRIES = [
     dict(chunk=1024, warps=4, stages=2), dict(chunk=1024, warps=4, stages=3),

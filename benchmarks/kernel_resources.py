@@ -8,8 +8,9 @@ for the target GPU with the specialisation a real launch gets (16-byte-aligned p
 integers divisible by 16 marked so, integers equal to 1 folded). From the compiled code: registers
 per thread, local-memory bytes (spills), shared memory, the widths of the global loads and stores
 (16 bytes is a vectorised access), the layout conversions Triton inserted (each a round trip
-through shared memory), the global loads it made asynchronous copies to shared memory (a loop it
-pipelined), and how many programs an SM can hold at once: the first question when a
+through shared memory), the load sites it left as loads to registers and those it made
+asynchronous copies to shared memory (one a stage of a loop it pipelined), and how many programs
+an SM can hold at once: the first question when a
 memory-bound kernel falls short of copy bandwidth is whether enough loads are in flight.
 
 Triton here may be newer than on the GPU machine; the numbers are those of this Triton.
@@ -146,7 +147,10 @@ def compiled_resources(launch: Launch, arch: int, workdir: Path) -> dict:
         "loads": " ".join(f"{n}x{w}B" for w, n in sorted(widths["ld"].items(), reverse=True)),
         "stores": " ".join(f"{n}x{w}B" for w, n in sorted(widths["st"].items(), reverse=True)),
         "layout_conversions": kernel.asm["ttgir"].count("ttg.convert_layout"),
-        "async_copies": len(re.findall(r"\bcp\.async\.c[ag]\b", kernel.asm["ptx"])),
+        # Per load site in the kernel's Triton GPU IR: a pipelined loop's loads become one
+        # asynchronous copy to shared memory a stage, the others stay loads to registers.
+        "direct_loads": kernel.asm["ttgir"].count("tt.load "),
+        "async_copies": kernel.asm["ttgir"].count("ttg.async_copy_global_to_local"),
         "programs_per_sm": resident, "warps_per_sm": resident * warps,
     }
 
@@ -188,8 +192,8 @@ def main() -> None:
         rows = kernel_rows(args.arch, Path(workdir))
     print(f"Triton {triton.__version__}, compiled for sm_{args.arch}")
     print_table(rows, ["op", "shape", "kernel", "constants", "warps", "registers", "spill_bytes",
-                       "shared_bytes", "loads", "stores", "layout_conversions", "async_copies",
-                       "programs_per_sm", "warps_per_sm"])
+                       "shared_bytes", "loads", "stores", "layout_conversions", "direct_loads",
+                       "async_copies", "programs_per_sm", "warps_per_sm"])
     print("wrote", save_results(f"kernel_resources_sm{args.arch}", torch.device("cpu"), rows, args.out_dir))
 
 

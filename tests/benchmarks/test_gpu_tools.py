@@ -189,10 +189,10 @@ def test_compiled_kernels_at_the_widest_real_shape(tmp_path):
 def test_untimed_sweep_geometries_compile_for_sm90(tmp_path):
     """The sweep's geometries not yet timed on a GPU (the pipelined chunk walks, for each row op,
     and the reduction geometries, for the strided ``rel_l1``), compiled for an H100 at 32,760 x 5120
-    as on a GPU, so that one that fails does so here and not in a lent GPU's time. None spills; a
-    pipelined walk loads through asynchronous copies (Triton pipelined it); one launch leaves the
-    finishing kernel out and holds as many programs an SM as the same geometry in two launches (its
-    partials' tile is sized not to cost registers)."""
+    as on a GPU, so that one that fails does so here and not in a lent GPU's time. None spills; in a
+    pipelined walk every load of every loop is an asynchronous copy (Triton pipelined them all);
+    one launch leaves the finishing kernel out and holds as many programs an SM as the same
+    geometry in two launches (its partials' tile is sized not to cost registers)."""
     pytest.importorskip("triton.backends.nvidia")
     import triton.runtime.jit
 
@@ -204,8 +204,10 @@ def test_untimed_sweep_geometries_compile_for_sm90(tmp_path):
     reductions = [c for g in bench_kernels.SWEEP_REDUCTION_GEOMETRIES
                   for c in (RowConfig(**g), replace(RowConfig(**g), one_launch=False))]
     cases = [(name, config) for name in ("layernorm_modulate", "gated_residual_layernorm_modulate",
-                                         "qk_rmsnorm_rope", "rel_l1[stride 4]") for config in pipelined]
-    cases += [("rel_l1[stride 4]", config) for config in dict.fromkeys(reductions)]
+                                         "qk_rmsnorm_rope", "rel_l1[stride 4]")
+             for config in (*pipelined, *(replace(c, stages=1) for c in pipelined))]
+    cases += [("rel_l1[stride 4]", config) for config in reductions]
+    cases = list(dict.fromkeys(cases))
     script = textwrap.dedent("""
         import json, sys
         from pathlib import Path
@@ -231,6 +233,11 @@ def test_untimed_sweep_geometries_compile_for_sm90(tmp_path):
     for (name, config), rows in compiled.items():
         assert all(row["spill_bytes"] == 0 for row in rows), (config, rows)
         assert (rows[0]["async_copies"] > 0) == (config.stages > 1), (config, rows)
+        if config.stages > 1 and not config.one_launch:
+            # Every load of every chunk walk pipelined: each site a copy a stage, none left direct.
+            unpipelined = compiled[(name, replace(config, stages=1))][0]
+            assert rows[0]["direct_loads"] == 0, (config, rows)
+            assert rows[0]["async_copies"] == config.stages * unpipelined["direct_loads"], (config, rows)
         if config.one_launch:
             assert [row["kernel"] for row in rows] == ["_partial_sums_kernel"], (config, rows)
             two_launches = compiled[(name, replace(config, one_launch=False))]

@@ -185,12 +185,33 @@ def test_one_launch_leaves_its_counter_at_zero_for_the_next(name):
 
 
 def test_one_launch_reduces_more_partials_than_its_tile_holds_in_passes():
-    """300 programs of one warp: their last reduces the 300 partials 256 at a time."""
+    """300 programs of one warp: their last reduces the 300 partials 128 at a time."""
     b = randn((1, 300, 8), seed=1)
     a = b + randn(b.shape, seed=2, scale=0.1)
     with configured("rel_l1", RowConfig(warps=1, one_launch=True)):
         actual = wan_kernels.rel_l1(a, b, 1)
     torch.testing.assert_close(actual, reference.rel_l1(a, b, 1), rtol=REDUCTION_RTOL, atol=0)
+
+
+def test_two_launches_compile_one_partial_sums_kernel_whatever_the_grid(monkeypatch):
+    """The one-launch constants are fixed where unused: a partial-sums kernel that varied with the
+    grid would compile again for each count of partials."""
+    from wan_kernels.triton import rel_error
+
+    launches = []
+
+    class Recorded:
+        def __getitem__(self, grid):
+            return lambda *args, **constants: launches.append(constants)
+
+    monkeypatch.setattr(rel_error, "_partial_sums_kernel", Recorded())
+    monkeypatch.setattr(rel_error, "_finish_kernel", Recorded())
+    for length in (10, 3000, 30000):
+        x = torch.zeros((1, length, 64))
+        wan_kernels.rel_l1(x, x, 1)
+    partial_sums = launches[0::2]
+    assert partial_sums[0] == partial_sums[1] == partial_sums[2]
+    assert len({launch["BLOCK"] for launch in launches[1::2]}) == 3  # the finishing kernel's do vary
 
 
 class _CountedLaunches:
@@ -223,21 +244,21 @@ def test_one_launch_spares_the_finishing_launch(finish_launches, config, launche
     assert 1 + finish_launches.launches == launches
 
 
-def test_one_launch_takes_two_in_a_capture_that_finds_no_counter_left(finish_launches, monkeypatch):
+def test_one_launch_counters_in_and_out_of_captures(finish_launches, monkeypatch):
     """A block is zeroed only outside a capture (inside one, the zeroing would be captured, not
     run): an eager call adds one once half of the last is taken, and a capture that has taken the
-    last block's last counter takes two launches and says so, summing as one launch would (300
-    programs of one warp: 256 partials a pass either way)."""
+    last block's last counter zeroes one of its own, still in one launch. Every counter is a
+    16-byte-aligned 0, no two alike."""
     from wan_kernels.triton import counters
 
     monkeypatch.setattr(counters, "COUNTERS_A_BLOCK", 4)
     monkeypatch.setattr(counters, "_counters", {})
     cpu = torch.device("cpu")
-    b = randn((1, 300, 8), seed=3)  # inputs whose sums round differently in one pass of 512
-    a = b + randn(b.shape, seed=13, scale=0.1)
+    b = randn((2, 5, 77), seed=1)
+    a = b + randn(b.shape, seed=2, scale=0.1)
     in_capture = False
     monkeypatch.setattr(counters, "capturing", lambda device: in_capture)
-    with configured("rel_l1", RowConfig(warps=1, one_launch=True)):
+    with configured("rel_l1", RowConfig(tokens=2, one_launch=True)):
         eager = wan_kernels.rel_l1(a, b, 1)  # the stream's counter: 1 of the block's 4
         in_capture = True
         taken = [counters.counter_for(cpu) for _ in range(2)]
@@ -245,15 +266,16 @@ def test_one_launch_takes_two_in_a_capture_that_finds_no_counter_left(finish_lau
         assert torch.equal(wan_kernels.rel_l1(a, b, 1), eager)
         assert len(counters._counters[cpu].blocks) == 2
         in_capture = True
-        taken += [counters.counter_for(cpu) for _ in range(4)]
-        assert finish_launches.launches == 0
-        with pytest.warns(UserWarning, match="rel_l1: no one-launch counter left in this CUDA graph capture"):
-            captured = wan_kernels.rel_l1(a, b, 1)
-        assert finish_launches.launches == 1
-        assert torch.equal(captured, eager)
+        taken += [counters.counter_for(cpu) for _ in range(5)]  # the new block's 4, then its own
+        assert torch.equal(wan_kernels.rel_l1(a, b, 1), eager)
+    assert finish_launches.launches == 0
+    assert len(counters._counters[cpu].blocks) == 2
+    own = taken[-1]
+    assert not any(own.untyped_storage().data_ptr() == block.untyped_storage().data_ptr()
+                   for block in counters._counters[cpu].blocks)
     everyone = [counters._counters[cpu].by_stream[0], *taken]
     assert all(int(c) == 0 and c.data_ptr() % 16 == 0 for c in everyone)
-    assert len({c.data_ptr() for c in everyone}) == 7  # the stream's, then the captures' own
+    assert len({c.data_ptr() for c in everyone}) == len(everyone)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and streams need a GPU")

@@ -7,9 +7,10 @@ one: each stream's eager calls take one, each call captured in a CUDA graph its 
 replayed on several streams at once). Counters come from zeroed blocks per device, handed out for
 good and never freed, as graphs keep the addresses they captured. A block is zeroed only outside a
 capture (inside one, the zeroing would be captured and replayed, not run), so eager calls add one
-while half of the last is still free; a capture that finds none left gets None. 16 bytes apart,
-every counter is an aligned pointer: Triton compiles one kernel for all of them, and a capture
-never compiles.
+once half of the last is taken; a capture that finds none left zeroes a counter of its own inside
+the graph (one more node, run at every replay). 16 bytes apart, every counter is an aligned
+pointer, as a new allocation is: Triton compiles one kernel for all of them, and a capture never
+compiles.
 """
 
 from __future__ import annotations
@@ -54,14 +55,16 @@ def capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def counter_for(device: torch.device) -> torch.Tensor | None:
-    """A 0-d int32 counter at 0 for a launch on ``device``'s current stream, or None in a CUDA
-    graph capture that finds none left (half a block captured since the last eager call)."""
+def counter_for(device: torch.device) -> torch.Tensor:
+    """A 0-d int32 counter at 0 for a launch on ``device``'s current stream."""
     in_capture = capturing(device)
     with _lock:
         counters = _counters.setdefault(device, _DeviceCounters())
         if in_capture:
-            return counters.take()
+            counter = counters.take()
+            if counter is None:
+                counter = torch.zeros(_SPACING, dtype=torch.int32, device=device)[0]
+            return counter
         if not counters.blocks or counters.taken > COUNTERS_A_BLOCK // 2:
             counters.add_block(device)
         stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0

@@ -4,25 +4,23 @@
 ``RowConfig.one_launch`` the last program of the first to finish its partial sums.
 
 No host synchronisation (but where ``one_launch`` takes a new block of counters: once a device,
-then once every 2048 streams or captured calls, see ``counters``); the reduction order is fixed, so
-results are deterministic.
+then once some 2048 more streams or captured calls have taken one, see ``counters``); the reduction
+order is fixed, so results are deterministic.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 import triton
 import triton.language as tl
 
 from wan_kernels.dispatch import register
-from wan_kernels.triton.counters import COUNTERS_A_BLOCK, counter_for
+from wan_kernels.triton.counters import counter_for
 from wan_kernels.triton.launch import as_rows, programs, row_config
 from wan_kernels.triton.tiles import tile_mask, token_tile
 
 _FINISH_MAX_BLOCK = 4096
-_ONE_LAUNCH_PARTIALS_A_THREAD = 8
+_ONE_LAUNCH_PARTIALS_A_THREAD = 4
 
 
 @triton.jit
@@ -143,25 +141,22 @@ def _relative_error(op: str, a: torch.Tensor, b: torch.Tensor, stride: int, squa
     partials = torch.empty((max(grid, 1), 2), dtype=torch.float32, device=a.device)
     out = torch.empty((), dtype=torch.float32, device=a.device)
     finish_block, finish_warps = _finish_geometry(grid)
-    if config.one_launch:
+    # No program, no last program: the empty sums' NaN comes from the finishing launch.
+    one_launch = config.one_launch and grid > 0
+    if one_launch:
         # Registers are allocated for the kernel's largest need, so the partials' tile, 2 values a
-        # lane, keeps to 16 a thread: more would cost residency in the pass over the rows. Two
-        # launches in its place take the same tile on as many warps, so results do not depend on a
-        # counter.
+        # lane, keeps to 8 a thread: more cost residency in the pass over the rows (compiled for
+        # sm_90, the 4-warp sweep geometries held 12 programs an SM as in two launches; at 16 values
+        # a thread 10 under Triton 3.6, at 64 only 3).
         finish_block = min(finish_block, _ONE_LAUNCH_PARTIALS_A_THREAD * 32 * config.warps)
-        finish_warps = config.warps
-    counter = counter_for(a.device) if config.one_launch and grid else None
-    one_launch = counter is not None
-    if config.one_launch and grid and not one_launch:
-        warnings.warn(f"{op}: no one-launch counter left in this CUDA graph capture (over "
-                      f"{COUNTERS_A_BLOCK // 2} reductions captured since the last eager one); it "
-                      "takes two launches", stacklevel=3)
     if grid:
         block, tail = config.tiles(op, width)
         _partial_sums_kernel[(grid,)](
-            a3, b3, partials, out, counter, tiles, rows, sampled, width, stride, a3.stride(0), a3.stride(1),
-            b3.stride(0), b3.stride(1), SQUARE=square, TOKENS=config.tokens, BLOCK=block, TAIL=tail,
-            STAGES=config.stages, ONE_LAUNCH=one_launch, FINISH_BLOCK=finish_block, num_warps=config.warps,
+            a3, b3, partials, out, counter_for(a.device) if one_launch else None, tiles, rows, sampled, width,
+            stride, a3.stride(0), a3.stride(1), b3.stride(0), b3.stride(1), SQUARE=square,
+            TOKENS=config.tokens, BLOCK=block, TAIL=tail, STAGES=config.stages, ONE_LAUNCH=one_launch,
+            # Unused in two launches: a constant there, so their kernel does not vary with the grid.
+            FINISH_BLOCK=finish_block if one_launch else 1, num_warps=config.warps,
         )
     if not one_launch:
         _finish_kernel[(1,)](partials, out, grid, SQUARE=square, BLOCK=finish_block, num_warps=finish_warps)
