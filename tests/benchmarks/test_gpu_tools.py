@@ -158,21 +158,28 @@ def test_sweep_stops_at_its_deadline():
     assert rows == []
 
 
-@needs_triton
-def test_compiled_kernels_at_the_widest_real_shape(tmp_path):
+def _compiled_for_sm90(script: str, *args: str) -> object:
+    """What ``script`` prints as JSON on its last line, run in a process where Triton compiles for
+    the GPU (without ``TRITON_INTERPRET``), as ``benchmarks.kernel_resources`` needs; skips where
+    this Triton cannot compile for NVIDIA GPUs here."""
     pytest.importorskip("triton.backends.nvidia")
     import triton.runtime.jit
 
     if not hasattr(triton.runtime.jit, "native_specialize_impl"):
         pytest.skip("this Triton has no native_specialize_impl, which benchmarks.kernel_resources uses")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@needs_triton
+def test_compiled_kernels_at_the_widest_real_shape(tmp_path):
     script = ("import json, sys; from pathlib import Path; from benchmarks import kernel_resources as k; "
               "from benchmarks.bench_kernels import Shape; "
               "print(json.dumps(k.kernel_rows(90, Path(sys.argv[1]), [Shape(32760, 5120, 'per_sample')])))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(done.stdout.splitlines()[-1])
+    rows = _compiled_for_sm90(script, str(tmp_path))
     assert {row["op"] for row in rows} == {op.name for op in bench_kernels.OPS}
     for row in rows:
         assert row["spill_bytes"] == 0, row
@@ -193,13 +200,8 @@ def test_untimed_sweep_geometries_compile_for_sm90(tmp_path):
     pipelined walk every load of every loop is an asynchronous copy (Triton pipelined them all);
     one launch leaves the finishing kernel out and holds as many programs an SM as the same
     geometry in two launches (its partials' tile is sized not to cost registers)."""
-    pytest.importorskip("triton.backends.nvidia")
-    import triton.runtime.jit
-
     from wan_kernels.triton.launch import RowConfig
 
-    if not hasattr(triton.runtime.jit, "native_specialize_impl"):
-        pytest.skip("this Triton has no native_specialize_impl, which benchmarks.kernel_resources uses")
     pipelined = [RowConfig(**g) for g in bench_kernels.SWEEP_GEOMETRIES if g.get("stages", 1) > 1]
     reductions = [c for g in bench_kernels.SWEEP_REDUCTION_GEOMETRIES
                   for c in (RowConfig(**g), replace(RowConfig(**g), one_launch=False))]
@@ -225,11 +227,7 @@ def test_untimed_sweep_geometries_compile_for_sm90(tmp_path):
         print(json.dumps(found))
     """)
     argument = json.dumps([(name, asdict(config)) for name, config in cases])
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), argument], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    compiled = dict(zip(cases, json.loads(done.stdout.splitlines()[-1]), strict=True))
+    compiled = dict(zip(cases, _compiled_for_sm90(script, str(tmp_path), argument), strict=True))
     for (name, config), rows in compiled.items():
         assert all(row["spill_bytes"] == 0 for row in rows), (config, rows)
         assert (rows[0]["async_copies"] > 0) == (config.stages > 1), (config, rows)
