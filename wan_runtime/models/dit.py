@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wan_runtime.distributed.sharding import shard_module
+from wan_runtime.distributed.ulysses import SequenceParallel, SequenceShard
 from wan_runtime.errors import InputError
 from wan_runtime.models.dit_blocks import AffineLayerNorm, DiTBlock, Head, RMSNorm, linear_float32
 from wan_runtime.models.dit_config import DiTConfig, config_from_checkpoint, read_config_json
@@ -47,6 +49,9 @@ class Conditioning(NamedTuple):
     context: torch.Tensor  # [B, text_len, dim]
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin [L, 1, head_dim/2]
     grid: tuple[int, int, int]  # tokens along frames, rows, columns
+    # Under sequence parallelism: the sequence's split; tokens, time_index and rope are then this
+    # rank's slices (L = shard.local).
+    shard: SequenceShard | None = None
 
 
 class WanModel(nn.Module):
@@ -70,6 +75,8 @@ class WanModel(nn.Module):
         # Set by ``compilation.compile_blocks``: a numerical failure's advice names compile only
         # for a run that used it.
         self.blocks_compiled = False
+        # Set by ``enable_sequence_parallel``.
+        self.sequence_parallel: SequenceParallel | None = None
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -116,6 +123,24 @@ class WanModel(nn.Module):
         raw = read_config_json(folder / "config.json")
         entries = read_entries(checkpoint_files(folder))
         return config_from_checkpoint(raw, {k: e.shape for k, e in entries.items()}, folder), entries
+
+    def enable_sequence_parallel(self, parallel: SequenceParallel) -> WanModel:
+        """Split every forward's tokens over ``parallel``'s ranks (Ulysses): each rank computes its
+        slice of the tokens and ``num_heads / world`` heads of self-attention, and every rank
+        returns the whole output. Every rank must call the forward with the same inputs."""
+        if self.config.num_heads % parallel.world:
+            raise InputError(
+                f"the DiT has {self.config.num_heads} attention heads, which do not split over "
+                f"{parallel.world} ranks; use a sequence-parallel size that divides {self.config.num_heads}"
+            )
+        self.sequence_parallel = parallel
+        return self
+
+    def enable_fsdp(self, device: torch.device) -> WanModel:
+        """Shard the weights over every process of the process group (FSDP), onto ``device``: one
+        unit per block, gathered as it runs, and one for the embeddings and head."""
+        return shard_module(self, self.blocks, device, ("prepare", "run_blocks", "finish", "embed_timesteps"),
+                            ("self_attention_input",))
 
     def float32_parameters(self) -> list[nn.Parameter]:
         """Parameters the official model applies in float32 whatever the compute dtype."""
@@ -171,13 +196,20 @@ class WanModel(nn.Module):
         tokens = patches.flatten(2).transpose(1, 2).contiguous()
         time_embed, time_index = self._embed_time(t)
         time = linear_float32(self.time_projection[1], F.silu(time_embed)).unflatten(1, (6, self.config.dim))
+        rope, shard = self._rope(grid, tokens.device), None
+        if self.sequence_parallel is not None:
+            shard = self.sequence_parallel.shard(tokens.size(1))
+            tokens = shard.split(tokens)
+            time_index = None if time_index is None else shard.split(time_index)
+            rope = tuple(shard.split(table, dim=0) for table in rope)
         return tokens, Conditioning(
             time=time,
             time_embed=time_embed,
             time_index=time_index,
             context=self._embed_text(context),
-            rope=self._rope(grid, tokens.device),
+            rope=rope,
             grid=grid,
+            shard=shard,
         )
 
     def run_blocks(
@@ -185,12 +217,14 @@ class WanModel(nn.Module):
     ) -> torch.Tensor:
         """Run ``blocks[start:stop]`` on tokens [B, L, dim]."""
         for block in self.blocks[start:stop]:
-            tokens = block(tokens, cond.time, cond.time_index, cond.context, cond.rope)
+            tokens = block(tokens, cond.time, cond.time_index, cond.context, cond.rope, cond.shard)
         return tokens
 
     def finish(self, tokens: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Head and unpatchify: tokens [B, L, dim] -> [B, out_dim, F, H, W] float32."""
         out = self.head(tokens, cond.time_embed, cond.time_index)
+        if cond.shard is not None:
+            out = cond.shard.gather(out)
         f, h, w = cond.grid
         p, q, r = self.config.patch_size
         out = out.view(out.size(0), f, h, w, p, q, r, self.config.out_dim)

@@ -22,6 +22,7 @@ from torch import nn
 
 import wan_kernels
 from wan_kernels.reference import layer_norm, rms_norm, rope_interleaved
+from wan_runtime.distributed.ulysses import SequenceShard
 from wan_runtime.models.attention import attention
 
 
@@ -88,8 +89,10 @@ class Attention(nn.Module):
         x: torch.Tensor,
         source: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        shard: SequenceShard | None = None,
     ) -> torch.Tensor:
-        """Queries from ``x`` [B, L, C], keys and values from ``source`` [B, S, C]."""
+        """Queries from ``x`` [B, L, C], keys and values from ``source`` [B, S, C]; with ``shard``
+        (self-attention under sequence parallelism) both are this rank's slice of the sequence."""
         heads = (self.num_heads, -1)
         q, k = linear(self.q, x), linear(self.k, source)
         v = linear(self.v, source).unflatten(-1, heads)
@@ -101,7 +104,13 @@ class Attention(nn.Module):
             q, k = self.norm_q(q).unflatten(-1, heads), self.norm_k(k).unflatten(-1, heads)
             if rope is not None:
                 q, k = rope_interleaved(q, *rope), rope_interleaved(k, *rope)
-        out = attention(q.to(v.dtype), k.to(v.dtype), v)
+        q, k = q.to(v.dtype), k.to(v.dtype)
+        if shard is not None:
+            q, k, v = shard.to_heads(q, k, v)
+            k, v = shard.real_keys(k), shard.real_keys(v)
+        out = attention(q, k, v)
+        if shard is not None:
+            out = shard.to_tokens(out)
         return linear(self.o, out.flatten(2))
 
     def _fused_qk_norm(self) -> bool:
@@ -134,15 +143,15 @@ class DiTBlock(nn.Module):
         time_index: torch.Tensor | None,
         context: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
+        shard: SequenceShard | None = None,
     ) -> torch.Tensor:
-        """``x`` [B, L, C]; ``time`` [K, 6, C] float32 time projection rows (see ``per_token``)."""
-        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (
-            per_token(row, time_index) for row in (self.modulation[0] + time).unbind(1)
-        )
+        """``x`` [B, L, C]; ``time`` [K, 6, C] float32 time projection rows (see ``per_token``);
+        ``shard``: the sequence's split under sequence parallelism (``x`` is then a slice)."""
+        _, _, gate, ffn_shift, ffn_scale, ffn_gate = self._modulation(time, time_index)
         dtype = self.ffn[0].weight.dtype
-        hidden = wan_kernels.layernorm_modulate(x, shift, scale, self.eps, out_dtype=dtype)
+        hidden = self._self_attention_input(x, time, time_index)
         # The first block's input is in the compute dtype; the residual stream is float32 from here.
-        x = wan_kernels.gated_residual(x.float(), self.self_attn(hidden, hidden, rope), gate)
+        x = wan_kernels.gated_residual(x.float(), self.self_attn(hidden, hidden, rope, shard), gate)
         # The cross-attention adds ungated; a unit gate is exact (y * 1 == y) and lets the add fuse
         # with the feed-forward's norm.
         unit_gate = gate.new_ones((x.size(0), 1, x.size(2)))
@@ -150,6 +159,25 @@ class DiTBlock(nn.Module):
             x, self.cross_attn(self.norm3(x), context), unit_gate, ffn_shift, ffn_scale, self.eps, dtype
         )
         return wan_kernels.gated_residual(x, self.ffn(hidden), ffn_gate)
+
+    def self_attention_input(
+        self, x: torch.Tensor, time: torch.Tensor, time_index: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The self-attention's input: ``x`` normalised and modulated, in the compute dtype (also
+        TeaCache's signal, taken from the first block)."""
+        return self._self_attention_input(x, time, time_index)
+
+    # forward's own: under FSDP, a call of the public method (an entry point gathering the block's
+    # weights) frees them again on return, and forward still needs them.
+    def _self_attention_input(
+        self, x: torch.Tensor, time: torch.Tensor, time_index: torch.Tensor | None
+    ) -> torch.Tensor:
+        shift, scale = self._modulation(time, time_index)[:2]
+        return wan_kernels.layernorm_modulate(x, shift, scale, self.eps, out_dtype=self.ffn[0].weight.dtype)
+
+    def _modulation(self, time: torch.Tensor, time_index: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The six modulation rows (shift, scale, gate; the feed-forward's three) for every token."""
+        return tuple(per_token(row, time_index) for row in (self.modulation[0] + time).unbind(1))
 
 
 class Head(nn.Module):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import InputError
 from wan_runtime.models.dit import Conditioning, WanModel
 from wan_runtime.models.dit_blocks import linear_float32
@@ -76,6 +77,12 @@ class WanModelS2V(WanModel):
     def float32_parameters(self) -> list[nn.Parameter]:
         """The Wan DiT's float32 parameters and the audio encoder's (official float32 autocast)."""
         return super().float32_parameters() + [*self.casual_audio_encoder.parameters()]
+
+    def enable_sequence_parallel(self, parallel: SequenceParallel) -> WanModelS2V:
+        """Refused (``InputError``): the S2V DiT's audio injection addresses the video tokens by
+        frame, which a split sequence does not keep."""
+        raise InputError("s2v-14B has no sequence parallelism (--ulysses_size 1); split its weights over the "
+                         "GPUs with --dit_fsdp instead")
 
     def forward(
         self,
