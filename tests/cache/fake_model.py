@@ -29,6 +29,9 @@ class FakeDiT:
     def modulated_input(self, tokens, cond):
         return tokens
 
+    def sequence_shard(self, cond):
+        return None
+
     def time_signal(self, t: float) -> torch.Tensor:
         """``[[t]]``: the relative L1 change between two steps is ``|t1 - t0| / t0``."""
         return torch.tensor([[t]])

@@ -1,41 +1,56 @@
-"""The metric hook averages across ranks so every rank decides alike (2-process gloo, CPU)."""
+"""The gate metrics agree across ranks (CPU processes, gloo): a metric all ranks measured alike
+is averaged; under sequence parallelism the metric is the whole sequence's."""
 
 from __future__ import annotations
 
-import os
-import socket
-
+import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+import wan_kernels
+from tests.distributed.ranks import run_ranks
 from wan_runtime.cache import reduce_metric
+from wan_runtime.cache.distributed import agreed_metric
+from wan_runtime.distributed.ulysses import SequenceParallel
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank(rank: int, world: int, port: int, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        metric = torch.tensor(0.1 if rank == 0 else 0.3)
-        results[rank] = reduce_metric(metric).item()
-    finally:
-        dist.destroy_process_group()
+def _mean(rank: int) -> None:
+    assert reduce_metric(torch.tensor(0.1 if rank == 0 else 0.3)).item() == torch.tensor(0.2).item()
 
 
 def test_two_ranks_see_the_mean():
-    port = _free_port()
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_rank, args=(2, port, results), nprocs=2, join=True)
-        assert results[0] == results[1] == torch.tensor(0.2).item()
+    run_ranks(_mean, 2)
 
 
 def test_single_process_leaves_the_metric_alone():
     metric = torch.tensor(0.25)
     assert reduce_metric(metric) is metric
+
+
+def _own_run(rank: int) -> None:
+    current, reference = torch.full((1, 4, 2), 1.0 + rank), torch.ones(1, 4, 2)
+    assert agreed_metric(wan_kernels.rel_l1, current, reference, shared=False).item() == rank
+
+
+def test_a_run_of_its_own_keeps_its_metric_in_a_process_group():
+    """A pipeline not split over the group (say, one rank's own preview) takes no collective:
+    the other ranks never join it, so it would wait forever."""
+    run_ranks(_own_run, 2)
+
+
+def _whole_sequence(rank: int, length: int) -> None:
+    generator = torch.Generator().manual_seed(0)
+    current, reference = (torch.randn(1, length, 8, generator=generator) for _ in range(2))
+    shard = SequenceParallel.over().shard(length)
+    mine = [shard.split(x) + 5.0 * (torch.arange(shard.local) + rank * shard.local >= length)[:, None]
+            for x in (current, reference)]  # padded rows hold values, as after a block, never measured
+    for measure in (wan_kernels.rel_l1, wan_kernels.rel_l2):
+        for stride in (1, 3):
+            got = agreed_metric(measure, *(shard.real_rows(x, stride) for x in mine), True, shard)
+            want = measure(current[:, ::stride], reference[:, ::stride])
+            assert torch.allclose(got, want, rtol=1e-6), (measure.__name__, stride, rank)
+
+
+@pytest.mark.parametrize("world, length", [(2, 9), (3, 4)], ids=["one padded row", "a rank of padding only"])
+def test_split_sequence_measures_the_whole_sequence(world, length):
+    """Not the mean of the ranks' own ratios: their sums, as one process measures the sequence."""
+    run_ranks(_whole_sequence, world, length)

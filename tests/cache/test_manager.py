@@ -258,16 +258,17 @@ def test_planned_teacache_is_replanned_after_an_fbcache_skip(monkeypatch):
     CacheConfig(teacache=True, teacache_thresh=0.01, teacache_last_steps=0),
 ], ids=["fbcache", "teacache"])
 def test_decisions_use_the_metric_as_reduced_across_ranks(config, monkeypatch):
-    """Every metric passes through ``reduce_metric`` (the all-reduce mean of a multi-rank run)
-    and the decision is taken on what it returns: here a reduction that reads 0 makes every
+    """Every metric passes through ``agreed_metric`` (what all ranks of a multi-rank run agree
+    on) and the decision is taken on what it returns: here an agreement that reads 0 makes every
     step after the warmup skip, though each rank's own change is far over the threshold."""
     seen = []
 
-    def agreed_zero(metric):
+    def agreed_zero(measure, current, reference, shared, shard):
+        metric = measure(current, reference)
         seen.append(float(metric))
         return torch.zeros_like(metric)
 
-    monkeypatch.setattr("wan_runtime.cache.manager.reduce_metric", agreed_zero)
+    monkeypatch.setattr("wan_runtime.cache.manager.agreed_metric", agreed_zero)
     inputs = [tokens(v) for v in (1.0, 2.0, 4.0, 8.0)]
     _, report, _, _, _ = run(config, inputs, uncond=[tokens(3 * v) for v in (1.0, 2.0, 4.0, 8.0)])
     assert report["m"]["cond"]["skipped"] == 3 and report["m"]["uncond"]["skipped"] == 3

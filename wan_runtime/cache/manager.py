@@ -19,7 +19,7 @@ import torch
 
 import wan_kernels
 from wan_runtime.cache.config import CacheConfig
-from wan_runtime.cache.distributed import reduce_metric
+from wan_runtime.cache.distributed import agreed_metric
 from wan_runtime.cache.gate import (
     COLD,
     DTYPE,
@@ -37,6 +37,7 @@ from wan_runtime.cache.policies import policy_for
 from wan_runtime.cache.stages import CachedModel
 from wan_runtime.cache.state import BranchState
 from wan_runtime.cache.telemetry import BranchStats, summary_lines
+from wan_runtime.distributed.ulysses import SequenceShard
 
 COND = "cond"
 FBCACHE, TEACACHE = "fbcache", "teacache"
@@ -89,7 +90,8 @@ class CacheManager:
     of the model's forward, the ``"cond"`` branch first in each step, then ``finish()`` for the
     telemetry. ``log`` receives the notices, the planned schedule and the summary lines;
     ``notice=False`` leaves out the notice about the configuration, for a run that makes one
-    manager per video clip and gave it with the first.
+    manager per video clip and gave it with the first. ``shared``: the run is one of a process
+    group's, whose ranks must all decide alike (``agreed_metric``).
     """
 
     def __init__(
@@ -100,8 +102,10 @@ class CacheManager:
         timesteps: Sequence[float],
         log: Callable[[str], None] = print,
         notice: bool = True,
+        shared: bool = False,
     ) -> None:
         self.config = config
+        self.shared = shared
         self.schedule = list(schedule)
         self.log = log
         totals = Counter(self.schedule)
@@ -113,6 +117,7 @@ class CacheManager:
             self._position.append((seen[name], i > 0 and self.schedule[i - 1] != name))
             seen[name] += 1
         self._decisions: dict[int, _Decision] = {}
+        self._shard: SequenceShard | None = None  # the current forward's, set by ``forward``
         if notice and config.fbcache and config.teacache:
             log("CacheManager: FBCache and TeaCache are both on; FBCache takes precedence "
                 "(a TeaCache skip applies only where FBCache computes)")
@@ -143,6 +148,9 @@ class CacheManager:
         state, stats = model.branch(branch)
         stages = model.stages
         tokens, cond = stages.prepare(*inputs)
+        # Under sequence parallelism the tokens are this rank's slice; the gates measure the whole
+        # sequence (``_measured``, ``agreed_metric``).
+        self._shard = stages.sequence_shard(cond)
         # FBCache needs the first block's output whatever it decides: to measure, to add the
         # cached residual to, or as the input of the remaining blocks.
         first = None if model.fb is None else stages.run_blocks(tokens, cond, 0, 1)
@@ -227,7 +235,7 @@ class CacheManager:
     ) -> Vote:
         if model.plan is not None:
             return model.plan[index]
-        signal = model.stages.modulated_input(tokens, cond)
+        signal = self._measured(model.stages.modulated_input(tokens, cond))
         previous, state.tea_signal = state.tea_signal, signal
         mismatch = None if previous is None else _mismatch((previous.shape, previous.dtype), signal)
         if mismatch is not None:
@@ -235,7 +243,7 @@ class CacheManager:
         # A forced step's change matters only if FBCache may skip that step: then it accumulates.
         change = None
         if previous is not None and (model.fb is not None or model.tea.forced(index, switch) is None):
-            change = reduce_metric(wan_kernels.rel_l1(signal, previous)).item()
+            change = agreed_metric(wan_kernels.rel_l1, signal, previous, self.shared, self._shard).item()
         return model.tea.vote(index, switch, change)
 
     def _follow(
@@ -263,15 +271,20 @@ class CacheManager:
         """The FBCache metric against the last computed step's reference, one host read."""
         current = self._fb_signal(first, tokens)
         measure = wan_kernels.rel_l2 if self.config.fb_metric == "hidden_rel_l2" else wan_kernels.rel_l1
-        return reduce_metric(measure(current, reference)).item()
+        return agreed_metric(measure, current, reference, self.shared, self._shard).item()
 
     def _fb_signal(self, first: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """What FBCache compares, at every ``fb_downsample``-th token only (a view)."""
         stride = self.config.fb_downsample
         if self.config.fb_metric == "residual_rel_l1":
             # Only the sampled tokens' residual: the others would be computed to be ignored.
-            return wan_kernels.residual_capture(first[..., ::stride, :], tokens[..., ::stride, :])
-        return first[..., ::stride, :]
+            return wan_kernels.residual_capture(self._measured(first, stride), self._measured(tokens, stride))
+        return self._measured(first, stride)
+
+    def _measured(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """The tokens of ``x`` a gate measures (a view): every ``stride``-th of the sequence, of
+        this rank's real tokens under sequence parallelism."""
+        return x[..., ::stride, :] if self._shard is None else self._shard.real_rows(x, stride)
 
     @staticmethod
     def _failsafe(state: BranchState, gate: str, base: torch.Tensor) -> str | None:

@@ -11,9 +11,8 @@ from typing import Any, Protocol
 
 import torch
 
-import wan_kernels
+from wan_runtime.distributed.ulysses import SequenceShard
 from wan_runtime.models import WanModel
-from wan_runtime.models.dit_blocks import per_token
 
 
 class CachedModel(Protocol):
@@ -38,6 +37,10 @@ class CachedModel(Protocol):
     def time_signal(self, t: float) -> torch.Tensor:
         """A signal of timestep value ``t`` alone (TeaCache's planned ``poly`` signal)."""
 
+    def sequence_shard(self, cond: Any) -> SequenceShard | None:
+        """The split of the tokens over ranks under sequence parallelism (the tokens are then this
+        rank's slice), or None."""
+
 
 class WanStages:
     """``CachedModel`` for ``WanModel``: a computed step is ``prepare`` -> ``run_blocks(0, 1)`` ->
@@ -59,11 +62,12 @@ class WanStages:
         return self.model.finish(tokens, cond)
 
     def modulated_input(self, tokens: torch.Tensor, cond: Any) -> torch.Tensor:
-        # The first block's own norm1 modulation: rows 0 and 1 of modulation[0] + time.
-        block = self.model.blocks[0]
-        rows = (block.modulation[0] + cond.time).unbind(1)[:2]
-        shift, scale = (per_token(row, cond.time_index) for row in rows)
-        return wan_kernels.layernorm_modulate(tokens, shift, scale, block.eps)
+        # The first block's own modulated norm, through the block (under FSDP its weights are
+        # gathered only for calls into it).
+        return self.model.blocks[0].self_attention_input(tokens, cond.time, cond.time_index)
+
+    def sequence_shard(self, cond: Any) -> SequenceShard | None:
+        return cond.shard
 
     def time_signal(self, t: float) -> torch.Tensor:
         # The noisy tokens' timestep: for ti2v with an image, the first-frame tokens sit at t=0
@@ -76,3 +80,6 @@ class S2VStages(WanStages):
 
     def modulated_input(self, tokens: torch.Tensor, cond: Any) -> torch.Tensor:
         return super().modulated_input(tokens, cond.dit)
+
+    def sequence_shard(self, cond: Any) -> SequenceShard | None:
+        return cond.dit.shard
