@@ -34,9 +34,11 @@ from wan_runtime.checks import (
     check_num_clip,
     check_seed,
 )
+from wan_runtime.distributed.launch import Launch
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
 from wan_runtime.models.audio_encoder import speech_clip_count
+from wan_runtime.parallel_checks import parallel_problems
 from wan_runtime.pose_video import probe_video
 from wan_runtime.tasks import TASKS, TaskSpec, check_checkpoint_dir
 
@@ -88,7 +90,8 @@ class GenerateConfig:
     chosen when the video is written. s2v-14B only: ``audio`` is the decoded speech (mono 16 kHz
     samples; the demo's built-in sound when ``audio_path`` is None), ``num_clip``,
     ``infer_frames``, ``start_from_ref`` and ``pose_video`` (checked: its first frame decodes) as
-    the official flags.
+    the official flags. ``launch`` is this process's place in a ``torchrun`` launch (``device``
+    is then its own GPU); ``ulysses_size``, ``dit_fsdp`` and ``t5_fsdp`` as the official flags.
     """
 
     task: str
@@ -113,6 +116,10 @@ class GenerateConfig:
     compile: bool
     debug: bool
     cache: CacheConfig
+    ulysses_size: int = 1
+    dit_fsdp: bool = False
+    t5_fsdp: bool = False
+    launch: Launch = Launch()
     audio_path: Path | None = None
     audio: np.ndarray | None = None
     num_clip: int | None = None
@@ -148,8 +155,9 @@ def _differences() -> str:
         f"own size ({sizes}; the official default is 1280*720 for every task, which ti2v-5B does not "
         "support); i2v-A14B and s2v-14B require --image and s2v-14B requires --audio (the official "
         "script falls back to its example files, which are not shipped); --save_file must end in .mp4; "
-        "the official flags of features not served here "
-        "(--ulysses_size, --t5_fsdp, --dit_fsdp, --use_prompt_extend, the TTS and animate flags) are "
+        "--ulysses_size is refused for s2v-14B (its audio injection follows the video's frames; "
+        "--dit_fsdp serves it); the official flags of features not served here "
+        "(--use_prompt_extend, the TTS and animate flags) are "
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
         "--debug, --demo and the step cache flags."
@@ -183,12 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "per clip")
     p.add_argument("--ckpt_dir", default=None, help="the task's official checkpoint folder")
     p.add_argument("--offload_model", type=str2bool, default=None,
-                   help="move each model to the CPU after use to save GPU memory (default True)")
+                   help="move each model to the CPU after use to save GPU memory (default True; False "
+                        "under torchrun)")
     p.add_argument("--t5_cpu", action="store_true", help="keep the T5 text encoder on the CPU")
     p.add_argument("--convert_model_dtype", action="store_true",
                    help="convert the DiT weights to the compute dtype")
     p.add_argument("--save_file", default=None,
-                   help="output .mp4 (default: <task>_<size>_1_<prompt>_<time>.mp4 in the current folder)")
+                   help="output .mp4 (default: <task>_<size>_<ulysses_size>_<prompt>_<time>.mp4 in the "
+                        "current folder)")
     p.add_argument("--prompt", default=None, help="the prompt (default: the official example prompt)")
     p.add_argument("--base_seed", type=int, default=-1, help="seed; negative picks a random one (default -1)")
     p.add_argument("--image", default=None,
@@ -211,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="run on tiny random weights (cached) on the CPU to check the installation")
     _add_s2v_flags(p)
+    _add_parallel_flags(p)
     _add_cache_flags(p)
     _add_unsupported_flags(p)
     return p
@@ -219,9 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("official flags of features not served here (refused unless at their official "
                              "defaults; the --prompt_extend_* settings ignored)")
-    g.add_argument("--ulysses_size", type=int, default=1, help="sequence-parallel size; only 1")
-    g.add_argument("--t5_fsdp", action="store_true", help="not supported")
-    g.add_argument("--dit_fsdp", action="store_true", help="not supported")
     g.add_argument("--use_prompt_extend", action="store_true", help="not supported")
     # The official choices, so that a script the official parser refuses is refused here too.
     g.add_argument("--prompt_extend_method", default="local_qwen", choices=("dashscope", "local_qwen"),
@@ -235,6 +243,20 @@ def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
                         "accepted)")
     for flag in ("--replace_flag", "--use_relighting_lora"):
         g.add_argument(flag, action="store_true", help="animate-14B only; not served")
+
+
+def _add_parallel_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several GPUs: start one process per GPU with torchrun --nproc_per_node N (e.g. "
+                             "torchrun --nproc_per_node 8 -m wan_runtime.generate ... --dit_fsdp --t5_fsdp "
+                             "--ulysses_size 8); rank 0 writes the video")
+    g.add_argument("--ulysses_size", type=int, default=1,
+                   help="split every DiT forward's tokens over this many processes, all of them (Ulysses "
+                        "sequence parallelism; i2v-A14B and ti2v-5B; default 1)")
+    g.add_argument("--dit_fsdp", action="store_true",
+                   help="shard the DiT weights over the processes (FSDP); every DiT weight is then used in "
+                        "--dtype, as with --convert_model_dtype, as the official FSDP does")
+    g.add_argument("--t5_fsdp", action="store_true",
+                   help="shard the T5 text encoder's weights over the processes")
 
 
 def _add_s2v_flags(p: argparse.ArgumentParser) -> None:
@@ -344,9 +366,17 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
 
     save_file = None if args.save_file is None else Path(args.save_file)
     problems += _save_file_problems(args.save_file)
+    launch = _check(problems, Launch.from_env) or Launch()
     device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
                              "cuda" if torch.cuda.is_available() else "cpu")
     problems += _device_problems(device)
+    # As the official script: one process offloads by default, several do not.
+    offload_model = (not launch.distributed) if args.offload_model is None else args.offload_model
+    if launch.distributed:
+        device = _process_device(problems, device, launch)
+    if spec is not None:
+        problems += parallel_problems(spec, launch.world, args.ulysses_size, args.dit_fsdp, args.t5_fsdp,
+                                      offload_model, args.t5_cpu, flag="--")
     dtype_name = args.dtype or (demo.DEMO_SETTINGS.dtype if args.demo else DEFAULT_DTYPE)
     if dtype_name not in DTYPES:
         problems.append(f"unknown --dtype {dtype_name!r}; choose {' or '.join(DTYPES)}")
@@ -386,13 +416,16 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         save_file=save_file,
         device=device,
         dtype=DTYPES[dtype_name],
-        # As the official script run as one process (world size 1).
-        offload_model=True if args.offload_model is None else args.offload_model,
+        offload_model=offload_model,
         t5_cpu=args.t5_cpu,
         convert_model_dtype=args.convert_model_dtype,
         compile=args.compile,
         debug=args.debug,
         cache=cache,
+        ulysses_size=args.ulysses_size,
+        dit_fsdp=args.dit_fsdp,
+        t5_fsdp=args.t5_fsdp,
+        launch=launch,
         **speech,
     )
 
@@ -456,9 +489,6 @@ def _idle_cache_flag_problems(given: dict[str, object]) -> list[str]:
 
 # Official flags of features wan_runtime does not serve, and what to do instead.
 _UNSUPPORTED = {
-    "ulysses_size": "multi-GPU sequence parallelism is not supported yet; run on one GPU (--ulysses_size 1)",
-    "t5_fsdp": "FSDP sharding is not supported yet; drop --t5_fsdp (--t5_cpu keeps T5 off the GPU)",
-    "dit_fsdp": "FSDP sharding is not supported yet; drop --dit_fsdp (--offload_model True saves GPU memory)",
     "use_prompt_extend": "prompt extension is out of scope; extend the prompt elsewhere and pass it with "
                          "--prompt",
     **dict.fromkeys(("src_root_path", "refert_num", "replace_flag", "use_relighting_lora"),
@@ -470,9 +500,6 @@ def _unsupported_flag_problems(args: argparse.Namespace) -> list[str]:
     """The official flags accepted for compatibility, each refused, under its own name, when it
     differs from the official default (a script that spells out the defaults runs)."""
     asked = {
-        "ulysses_size": args.ulysses_size != 1,
-        "t5_fsdp": args.t5_fsdp,
-        "dit_fsdp": args.dit_fsdp,
         "use_prompt_extend": args.use_prompt_extend,
         "src_root_path": args.src_root_path is not None,
         "refert_num": args.refert_num != OFFICIAL_REFERT_NUM,
@@ -554,6 +581,20 @@ def _name_max(folder: Path) -> int:
         return os.pathconf(folder, "PC_NAME_MAX")
     except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no answer
         return 255
+
+
+def _process_device(problems: list[str], device: str, launch: Launch) -> str:
+    """The device of this process of a several-process launch: its own GPU, cuda:LOCAL_RANK."""
+    if device == "cpu" or not device.startswith("cuda"):
+        return device
+    if device != "cuda":
+        problems.append(f"--device {device}: under torchrun each process takes its own GPU, "
+                        f"cuda:LOCAL_RANK; pass --device cuda")
+        return device
+    if torch.cuda.is_available() and launch.local_rank >= torch.cuda.device_count():
+        problems.append(f"LOCAL_RANK {launch.local_rank} has no GPU of its own: this machine has "
+                        f"{torch.cuda.device_count()}; start at most that many processes on it")
+    return f"cuda:{launch.local_rank}"
 
 
 def _device_problems(device: str) -> list[str]:

@@ -7,6 +7,8 @@ Exit codes: 0 success, 2 bad input (every problem on its own line, before any mo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import time
@@ -28,11 +30,18 @@ if TYPE_CHECKING:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Under ``torchrun`` every process runs it; rank 0 alone prints what a run reports and writes
+    the video, and the other processes say only what went wrong in them.
+    """
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         if not args.debug:  # a notice for the user reads as one line, not a source location
             warnings.showwarning = _warning_line
+        if not _reporting_process():
+            warnings.simplefilter("ignore")
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
         return _run(args)
 
 
@@ -40,8 +49,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return _generate(resolve(args))
     except InvalidArguments as err:
-        for problem in err.problems:
-            _error(problem)
+        if _reporting_process():  # every process finds the same problems
+            for problem in err.problems:
+                _error(problem)
         return 2
     except KeyboardInterrupt:
         if args.debug:
@@ -80,18 +90,27 @@ def cli() -> None:
     sys.exit(main())
 
 
-def default_save_file(task: str, size: str, prompt: str, now: datetime) -> Path:
-    """The official default output name: ``<task>_<size>_1_<prompt stub>_<YYYYmmdd_HHMMSS>.mp4``.
-
-    ``1`` is the official name's sequence-parallel (Ulysses) size, always 1 here; it is kept so
-    scripts that parse official names read ours.
-    """
+def default_save_file(task: str, size: str, prompt: str, now: datetime, ulysses_size: int = 1) -> Path:
+    """The official default output name:
+    ``<task>_<size>_<ulysses_size>_<prompt stub>_<YYYYmmdd_HHMMSS>.mp4``."""
     size_part = size.replace("*", "x") if sys.platform == "win32" else size
     stub = prompt.replace(" ", "_").replace("/", "_")[:50]
-    return Path(f"{task}_{size_part}_1_{stub}_{now.strftime('%Y%m%d_%H%M%S')}.mp4")
+    return Path(f"{task}_{size_part}_{ulysses_size}_{stub}_{now.strftime('%Y%m%d_%H%M%S')}.mp4")
 
 
 def _generate(config: GenerateConfig) -> int:
+    launch = config.launch
+    launch.start(torch.device(config.device))
+    try:
+        code = _generate_in_process(config)
+    except BaseException:
+        launch.abandon()
+        raise
+    launch.stop()
+    return code
+
+
+def _generate_in_process(config: GenerateConfig) -> int:
     ckpt_dir = config.ckpt_dir
     if config.demo:
         print(demo.NOTICE, flush=True)
@@ -108,6 +127,7 @@ def _generate(config: GenerateConfig) -> int:
         config.task, ckpt_dir, device=config.device, dtype=config.dtype,
         offload_model=config.offload_model, t5_cpu=config.t5_cpu,
         convert_model_dtype=config.convert_model_dtype, compile=config.compile,
+        ulysses_size=config.ulysses_size, dit_fsdp=config.dit_fsdp, t5_fsdp=config.t5_fsdp,
     )
     load_s = time.perf_counter() - start
     if config.compile:  # else a first step many times longer than the next looks like a hang
@@ -115,7 +135,7 @@ def _generate(config: GenerateConfig) -> int:
     common = {
         "size": config.size, "sampling_steps": config.sample_steps, "guide_scale": config.sample_guide_scale,
         "shift": config.sample_shift, "sample_solver": config.sample_solver, "seed": config.base_seed,
-        "progress": True, "cache": config.cache,
+        "progress": config.launch.main, "cache": config.cache,
     }
     if config.audio is None:
         video = pipeline.generate(config.prompt, image=config.image, frame_num=config.frame_num, **common)
@@ -126,7 +146,10 @@ def _generate(config: GenerateConfig) -> int:
             pose_video=config.pose_video, **common,
         )
     report = pipeline.last_report
-    save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now())
+    if not config.launch.main:  # every process made the same video; rank 0 writes it
+        return 0
+    save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now(),
+                                                      config.ulysses_size)
     settings = _settings(config, report)
     start = time.perf_counter()
     # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
@@ -180,14 +203,30 @@ def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
         "compile": config.compile,
         "cache": config.cache.describe(),
         "demo": config.demo,
+        **_parallel_settings(config),
         **speech,
     }
+
+
+def _parallel_settings(config: GenerateConfig) -> dict[str, object]:
+    """How a several-process run shared the work (nothing for one process)."""
+    if not config.launch.distributed:
+        return {}
+    return {"processes": config.launch.world, "ulysses_size": config.ulysses_size,
+            "dit_fsdp": config.dit_fsdp, "t5_fsdp": config.t5_fsdp}
+
+
+def _reporting_process() -> bool:
+    """Whether this process reports: one not started by torchrun, or torchrun's rank 0 (or one
+    whose RANK is no rank, so that the problem gets told)."""
+    rank = os.environ.get("RANK", "0")
+    return not rank.isdigit() or int(rank) == 0
 
 
 def _memory_remedy(args: argparse.Namespace) -> str:
     """What frees device memory, of what this command line has not done yet."""
     steps = []
-    if args.offload_model is False:
+    if args.offload_model is False and not args.dit_fsdp:
         steps.append("--offload_model True (models wait on the CPU while another works)")
     if not args.t5_cpu:
         steps.append("--t5_cpu (the text encoder stays on the CPU)")
@@ -205,7 +244,10 @@ def _warning_line(message: Warning | str, category: type[Warning], *args: object
 
 
 def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    # Each process of a torchrun launch fails on its own: say which one.
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "")
+    where = f"rank {rank}: " if world.isdigit() and int(world) > 1 else ""
+    print(f"error: {where}{message}", file=sys.stderr)
 
 
 def _one_line(text: str) -> str:

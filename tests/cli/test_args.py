@@ -137,6 +137,9 @@ def test_default_save_file_is_the_official_name():
     name = default_save_file("ti2v-5B", "1280*704", "a cat / dog " + "x" * 60, datetime(2025, 7, 28, 9, 5, 1))
     size = "1280x704" if sys.platform == "win32" else "1280*704"
     assert name == Path(f"ti2v-5B_{size}_1_a_cat___dog_{'x' * 38}_20250728_090501.mp4")
+    # The official name's third field is the sequence-parallel size.
+    assert default_save_file("ti2v-5B", "1280*704", "cat", datetime(2025, 7, 28), ulysses_size=8).name \
+        == f"ti2v-5B_{size}_8_cat_20250728_000000.mp4"
 
 
 # (argv after the checkpoint arguments, task, expected words in the single error line)
@@ -154,8 +157,13 @@ BAD_INPUTS = {
     "idle cache flag": (["--fb_thresh", "0.2"], "ti2v-5B", ["--fb_thresh has no effect without --fbcache"]),
     "idle teacache flag": (["--fbcache", "--teacache_alternating"], "ti2v-5B",
                            ["--teacache_alternating has no effect without --teacache"]),
-    "ulysses": (["--ulysses_size", "2"], "ti2v-5B", ["--ulysses_size: multi-GPU", "not supported yet"]),
-    "fsdp": (["--dit_fsdp"], "ti2v-5B", ["--dit_fsdp: FSDP sharding is not supported yet"]),
+    "ulysses without torchrun": (["--ulysses_size", "2"], "ti2v-5B",
+                                 ["--ulysses_size 2 splits each DiT forward over 2 processes but this launch "
+                                  "has 1", "torchrun --nproc_per_node 2"]),
+    "ulysses zero": (["--ulysses_size", "0"], "ti2v-5B", ["--ulysses_size must be a positive number"]),
+    "dit fsdp without torchrun": (["--dit_fsdp", "--offload_model", "False"], "ti2v-5B",
+                                  ["--dit_fsdp shards weights", "this run is one process"]),
+    "t5 fsdp without torchrun": (["--t5_fsdp"], "ti2v-5B", ["--t5_fsdp shards weights", "drop --t5_fsdp"]),
     "prompt extension": (["--use_prompt_extend"], "ti2v-5B", ["--use_prompt_extend: prompt extension"]),
     "animate": (["--src_root_path", "process_results"], "ti2v-5B",
                 ["--src_root_path: the animate-14B task is not served"]),

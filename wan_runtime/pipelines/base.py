@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from tqdm import tqdm
 
 import wan_kernels
 from wan_runtime.cache import CacheConfig, CacheManager, WanStages
+from wan_runtime.distributed.launch import shared_seed
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
 from wan_runtime.models import TextEncoder, WanModel, WanVAE
@@ -185,7 +187,7 @@ class Pipeline:
         solver, guide = settings.new_solver(self.device), settings.guide
         width, height = settings.width, settings.height
         plan = self._plan(None if image is None else load_image(image), width, height, frame_num)
-        seed = resolve_seed(seed)
+        seed = self._resolve_seed(seed)
 
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -247,6 +249,20 @@ class Pipeline:
         ``forced`` and the details of ``BranchStats.as_dict``, and ``residual_bytes``. Empty when
         that run had no cache."""
         return self._cache_report
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the run is split over a process group (``load_pipeline``'s ``ulysses_size``,
+        ``dit_fsdp``, ``t5_fsdp``), whose processes must then agree on the seed and the cache's
+        decisions."""
+        sharded = any(isinstance(m, FSDPModule) for m in (*self.dits.values(), self.text_encoder.model))
+        return sharded or any(dit.sequence_parallel is not None for dit in self.dits.values())
+
+    def _resolve_seed(self, seed: int) -> int:
+        """``resolve_seed``; rank 0's in a distributed run, as the official script broadcasts it
+        (a random seed drawn by each process would differ)."""
+        seed = resolve_seed(seed)
+        return shared_seed(seed) if self.distributed else seed
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -337,7 +353,8 @@ class Pipeline:
             return None
         schedule = [self.cache_names[self._expert(t, guide)[0]] for t in timesteps]
         models = {self.cache_names[name]: self.stages_class(dit) for name, dit in self.dits.items()}
-        return CacheManager(cache, models, schedule, timesteps, log=tqdm.write, notice=notice)
+        return CacheManager(cache, models, schedule, timesteps, log=tqdm.write, notice=notice,
+                            shared=self.distributed)
 
     def _place_cache(self, manager: CacheManager) -> None:
         """Cached residuals follow their expert: on the device with it, else on the CPU."""

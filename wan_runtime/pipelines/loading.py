@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from wan_runtime.distributed.sharding import shard_module
+from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import InputError
 from wan_runtime.inference_only import guard, inference_only_enabled
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
@@ -16,6 +18,7 @@ from wan_runtime.models.compilation import check_compile_support, compile_blocks
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.models.t5_checkpoint import check_checkpoint_file
 from wan_runtime.models.vae_loading import check_vae_file
+from wan_runtime.parallel_checks import check_heads_split, check_parallel
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
 from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE, I2VPipeline
 from wan_runtime.pipelines.inputs import parse_size
@@ -67,6 +70,9 @@ def load_pipeline(
     t5_cpu: bool = False,
     convert_model_dtype: bool = False,
     compile: bool = False,
+    ulysses_size: int = 1,
+    dit_fsdp: bool = False,
+    t5_fsdp: bool = False,
 ) -> Pipeline:
     """Load ``task`` (``"i2v-A14B"``, ``"ti2v-5B"`` or ``"s2v-14B"``) from its official release
     folder ``ckpt_dir``.
@@ -81,15 +87,25 @@ def load_pipeline(
     and VAE archives for truncation, every DiT's config and safetensors headers against each other
     and the speech encoder's weights, before anything loads (``CheckpointError``). Unless
     ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
+
+    Several processes (``torchrun``, with ``torch.distributed`` initialised and ``device`` each
+    process's own GPU) share one generation, which every process then runs with the same
+    arguments, as the official flags of the same names: ``ulysses_size`` (the number of
+    processes, or 1) splits every DiT forward's tokens over the processes (Ulysses sequence
+    parallelism; not s2v-14B); ``dit_fsdp`` and ``t5_fsdp`` shard the DiTs' and the text
+    encoder's weights over them (FSDP). ``dit_fsdp`` computes with every DiT weight in ``dtype``,
+    as the official FSDP does (its outputs then match ``convert_model_dtype``'s), and keeps the
+    DiTs on the GPUs (no ``offload_model``).
     """
     if not isinstance(ckpt_dir, (str, os.PathLike)):
         raise InputError(f"ckpt_dir must be the release folder's path (str or Path), got {ckpt_dir!r}")
     switches = {"offload_model": offload_model, "t5_cpu": t5_cpu, "convert_model_dtype": convert_model_dtype,
-                "compile": compile}
+                "compile": compile, "dit_fsdp": dit_fsdp, "t5_fsdp": t5_fsdp}
     for name, value in switches.items():
         if not isinstance(value, bool):
             raise InputError(f"{name} must be True or False, got {value!r}")
     spec = check_checkpoint_dir(task, ckpt_dir)
+    check_parallel(spec, ulysses_size, dit_fsdp, t5_fsdp, offload_model, t5_cpu)
     if dtype not in _DTYPES:
         raise InputError(f"dtype must be torch.bfloat16 (the official) or torch.float32, got {dtype!r}")
     device = _resolve_device(device)
@@ -105,15 +121,20 @@ def load_pipeline(
     check_vae_file(root / spec.vae_file)
     for folder in spec.dit_folders:
         dit_class.check_pretrained(root / folder)
+        if ulysses_size > 1:
+            check_heads_split(dit_class.read_checkpoint(root / folder)[0].num_heads, ulysses_size)
     if spec.audio_dir is not None:
         Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
     rest = _CPU if offload_model else device  # where the big models sit between uses
     residency = Residency(device, offload_model)
 
     text_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
-    text_encoder = load_text_encoder(root, device=_CPU if t5_cpu else rest, dtype=text_dtype)
+    # Sharded modules are loaded on the CPU and sharded onto the device; they stay there.
+    text_encoder = load_text_encoder(root, device=_CPU if t5_cpu or t5_fsdp else rest, dtype=text_dtype)
+    if t5_fsdp:
+        shard_module(text_encoder.model, text_encoder.model.encoder.block, device)
     guard(text_encoder.model)
-    if not t5_cpu:
+    if not (t5_cpu or t5_fsdp):
         residency.add(TEXT_ENCODER, text_encoder.model)
 
     vae = load_vae(root / spec.vae_file, device=device, dtype=torch.float32)
@@ -122,8 +143,13 @@ def load_pipeline(
     dits = {}
     for name, folder in zip(names, spec.dit_folders, strict=True):
         dits[name] = guard(dit_class.from_pretrained(
-            root / folder, dtype=dtype, device=rest, convert_model_dtype=convert_model_dtype
+            root / folder, dtype=dtype, device=_CPU if dit_fsdp else rest,
+            convert_model_dtype=convert_model_dtype or dit_fsdp,
         ))
+        if dit_fsdp:
+            dits[name].enable_fsdp(device)
+        if ulysses_size > 1:
+            dits[name].enable_sequence_parallel(SequenceParallel.over())
         if compile:
             compile_blocks(dits[name])
         residency.add(name, dits[name])

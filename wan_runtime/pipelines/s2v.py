@@ -35,7 +35,7 @@ from wan_runtime.image_io import load_image
 from wan_runtime.models.audio_encoder import audio_buckets
 from wan_runtime.models.s2v_dit import MOTION_FRAMES
 from wan_runtime.pipelines.base import Pipeline, Prompts
-from wan_runtime.pipelines.inputs import check_clip_arguments, resolve_seed
+from wan_runtime.pipelines.inputs import check_clip_arguments
 from wan_runtime.pipelines.numerics import FiniteWatch, check_video
 from wan_runtime.pipelines.pose import pose_clips
 from wan_runtime.pipelines.report import StageClock
@@ -128,7 +128,7 @@ class S2VPipeline(Pipeline):
         waveform = decode_audio(audio) if isinstance(audio, (str, Path)) else check_waveform(audio)
         pose_info = None if pose_video is None else probe_video(pose_video)
         width, height = self.output_size(self.spec, picture, settings.width, settings.height)
-        seed = resolve_seed(seed)
+        seed = self._resolve_seed(seed)
 
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -1,0 +1,87 @@
+"""The command line as one process of a torchrun launch: the checks that depend on the launch
+(environment as torchrun sets it, no process started), and a real two-process launch of the demo."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli.helpers import REPO, cli_env, read_video
+from wan_runtime.cli_args import InvalidArguments, build_parser, resolve
+
+
+def _resolve(*argv: str):
+    return resolve(build_parser().parse_args(list(argv)))
+
+
+@pytest.fixture
+def second_of_two(monkeypatch):
+    """This process as rank 1 of a two-process launch."""
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+
+
+def test_launch_defaults(second_of_two, ti2v_root):
+    config = _resolve("--ckpt_dir", str(ti2v_root), "--device", "cpu", "--ulysses_size", "2", "--dit_fsdp")
+    assert (config.launch.rank, config.launch.world, config.launch.local_rank) == (1, 2, 1)
+    assert config.offload_model is False, "the official default of a several-process launch"
+    assert (config.ulysses_size, config.dit_fsdp, config.t5_fsdp) == (2, True, False)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--ulysses_size", "4"], "--ulysses_size 4 splits each DiT forward over 4 processes but this launch"),
+    (["--dit_fsdp", "--offload_model", "True"], "set --offload_model False (the default under torchrun)"),
+    (["--t5_fsdp", "--t5_cpu"], "--t5_fsdp shards the text encoder over the GPUs and --t5_cpu keeps it"),
+], ids=["ulysses size not the launch's", "fsdp with offload", "t5 sharded and on the CPU"])
+def test_launch_refuses_what_cannot_work(second_of_two, ti2v_root, argv, words):
+    with pytest.raises(InvalidArguments) as caught:
+        _resolve("--ckpt_dir", str(ti2v_root), "--device", "cpu", *argv)
+    assert [problem for problem in caught.value.problems if words in problem], caught.value.problems
+
+
+def test_a_rank_that_is_no_rank_is_named(monkeypatch, ti2v_root):
+    monkeypatch.setenv("RANK", "first")
+    with pytest.raises(InvalidArguments, match="RANK='first' is not an integer"):
+        _resolve("--ckpt_dir", str(ti2v_root), "--device", "cpu")
+
+
+ARGS = ["-m", "wan_runtime.generate", "--demo", "--base_seed", "4"]
+
+
+def _torchrun(tmp_path: Path, name: str, *flags: str) -> subprocess.CompletedProcess:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    argv = [torchrun, "--nproc_per_node", "2", *ARGS, *flags, "--save_file", str(tmp_path / name)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=cli_env(), cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def one_process_frames(tmp_path_factory):
+    path = tmp_path_factory.mktemp("one") / "one.mp4"
+    one = subprocess.run([sys.executable, *ARGS, "--save_file", str(path)], capture_output=True, text=True,
+                         timeout=600, env=cli_env(), cwd=REPO)
+    assert one.returncode == 0, one.stderr
+    return read_video(path)[0]
+
+
+def test_two_processes_write_one_video(tmp_path, one_process_frames):
+    """Every several-GPU flag: rank 0 alone reports and writes. FSDP computes from weights
+    gathered into buffers of its own (float32 rounding apart, ``tests/distributed``), which the
+    encoder's rounding to 8 bits and H.264 make differences of a few levels here and there."""
+    two = _torchrun(tmp_path, "two.mp4", "--ulysses_size", "2", "--dit_fsdp", "--t5_fsdp")
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("wrote ") == 1 and "processes: 2" in two.stdout, two.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["two.mp4"]
+    frames = read_video(tmp_path / "two.mp4")[0]
+    assert frames.shape == one_process_frames.shape
+    assert abs(frames.astype(int) - one_process_frames).mean() < 0.2
+
+
+def test_sequence_parallel_makes_the_same_frames(tmp_path, one_process_frames):
+    """Split over two processes alone, the arithmetic is the single process's: the same frames."""
+    two = _torchrun(tmp_path, "two.mp4", "--ulysses_size", "2")
+    assert two.returncode == 0, two.stderr
+    assert (read_video(tmp_path / "two.mp4")[0] == one_process_frames).all()

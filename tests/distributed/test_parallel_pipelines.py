@@ -1,0 +1,118 @@
+"""Pipelines over two CPU processes (gloo) with the official multi-GPU settings: every process's
+video is the one a single process makes (to float32 rounding), with and without the step cache,
+whose decisions are the single process's; settings that cannot work are refused before anything
+loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.distributed.ranks import run_ranks
+from tests.pipelines.images import gradient_image
+from tests.tolerances import COMPILED_VS_EAGER_FP32, PARALLEL_VS_ONE_PROCESS_FP32, rel_l2
+from wan_runtime.cache import CacheConfig
+from wan_runtime.errors import InputError
+from wan_runtime.pipelines import load_pipeline
+
+RUN = {"size": "64*64", "sampling_steps": 4, "seed": 3, "progress": False}
+ALL = {"ulysses_size": 2, "dit_fsdp": True, "t5_fsdp": True}
+# A threshold the tiny models' first-block changes cross now and then: some steps skip, some not.
+FBCACHE = CacheConfig(fbcache=True, fb_thresh=0.3, fb_warmup=1, fb_last_steps=0, fb_downsample=3)
+
+
+def _same_videos(rank: int, task: str, root, options: dict, arguments: dict) -> None:
+    one = load_pipeline(task, root, device="cpu", dtype=torch.float32)
+    several = load_pipeline(task, root, device="cpu", dtype=torch.float32, **options)
+    if task == "s2v-14B":  # a short motion context, as tests/pipelines/test_s2v.py runs it
+        one.motion_frames = several.motion_frames = (9, 3)
+    for cache in (None, FBCACHE):
+        expected = one.generate("a cat", cache=cache, **arguments)
+        got = several.generate("a cat", cache=cache, **arguments)
+        assert rel_l2(got, expected) <= PARALLEL_VS_ONE_PROCESS_FP32, cache
+        skipped = 0
+        for model, branches in one.cache_report().items():
+            for branch, stats in branches.items():
+                if isinstance(stats, dict):
+                    mine = several.cache_report()[model][branch]
+                    assert (mine["computed"], mine["skipped"]) == (stats["computed"], stats["skipped"])
+                    skipped += stats["skipped"]
+        assert (skipped > 0) == (cache is not None), "the cached run skips steps"
+
+
+def _speech() -> np.ndarray:
+    t = np.arange(8000) / 16000
+    return (0.4 * np.sin(2 * np.pi * (200 + 600 * t) * t)).astype(np.float32)
+
+
+CASES = {
+    "i2v, two experts, 80x60 image": ("i2v-A14B", ALL, {"image": gradient_image(80, 60), "frame_num": 5}),
+    "ti2v with an image: per-token timesteps": ("ti2v-5B", ALL, {"image": gradient_image(64, 64),
+                                                                 "frame_num": 5}),
+    "s2v, sharded only": ("s2v-14B", {"dit_fsdp": True, "t5_fsdp": True},
+                          {"image": gradient_image(72, 56), "audio": _speech(), "infer_frames": 4,
+                           "num_clip": 1, "sampling_steps": 3}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_several_processes_make_the_single_process_video(case, request):
+    """Without a cache and with FBCache (which then takes the single process's decisions)."""
+    task, options, arguments = CASES[case]
+    root = request.getfixturevalue(f"{task.split('-')[0]}_root")
+    run_ranks(_same_videos, 2, task, root, options, {**RUN, **arguments})
+
+
+def _compiled(rank: int, root) -> None:
+    arguments = {**RUN, "image": gradient_image(64, 64), "frame_num": 5}
+    one = load_pipeline("ti2v-5B", root, device="cpu", dtype=torch.float32)
+    expected = one.generate("a cat", **arguments)
+    several = load_pipeline("ti2v-5B", root, device="cpu", dtype=torch.float32, compile=True, **ALL)
+    assert rel_l2(several.generate("a cat", **arguments), expected) <= COMPILED_VS_EAGER_FP32
+
+
+def test_compiled_blocks_run_split_and_sharded(ti2v_root):
+    """``--compile`` with every several-GPU setting: the exchanges are functional collectives,
+    which Dynamo traces, and the blocks gather their weights as they run."""
+    run_ranks(_compiled, 2, ti2v_root)
+
+
+def _one_rank_alone(rank: int, root) -> None:
+    if rank == 0:
+        pipeline = load_pipeline("ti2v-5B", root, device="cpu", dtype=torch.float32)
+        assert not pipeline.distributed
+        pipeline.generate("a cat", cache=FBCACHE, **{**RUN, "seed": -1, "frame_num": 5})
+
+
+def test_a_pipeline_of_one_process_in_a_process_group_runs_alone(ti2v_root):
+    """A pipeline loaded without the settings (say, rank 0's own preview in a larger job) takes no
+    collective, for its random seed or its cache: the other ranks never join one."""
+    run_ranks(_one_rank_alone, 2, ti2v_root)
+
+
+def test_settings_need_a_process_group(ti2v_root):
+    with pytest.raises(InputError, match="ulysses_size 2 splits each DiT forward over 2 processes but this "
+                                         "launch has 1"):
+        load_pipeline("ti2v-5B", ti2v_root, device="cpu", ulysses_size=2)
+    with pytest.raises(InputError, match="dit_fsdp shards weights over the processes of a torchrun launch"):
+        load_pipeline("ti2v-5B", ti2v_root, device="cpu", dit_fsdp=True)
+
+
+def _refused(rank: int, roots: dict) -> None:
+    cases = [
+        ("ti2v-5B", {"ulysses_size": 3}, "ulysses_size 3 splits each DiT forward over 3 processes but this "
+                                         "launch has 2"),
+        ("s2v-14B", {"ulysses_size": 2}, "s2v-14B has no sequence parallelism"),
+        ("ti2v-5B", {"dit_fsdp": True, "offload_model": True}, "set offload_model False"),
+        ("ti2v-5B", {"t5_fsdp": True, "t5_cpu": True}, "t5_fsdp shards the text encoder over the GPUs and "
+                                                       "t5_cpu keeps it on the CPU"),
+        ("ti2v-5B", {"ulysses_size": 0}, "ulysses_size must be a positive number of processes"),
+    ]
+    for task, options, message in cases:
+        with pytest.raises(InputError, match=message):
+            load_pipeline(task, roots[task], device="cpu", **options)
+
+
+def test_settings_that_cannot_work_are_refused_in_a_process_group(ti2v_root, s2v_root):
+    run_ranks(_refused, 2, {"ti2v-5B": ti2v_root, "s2v-14B": s2v_root})

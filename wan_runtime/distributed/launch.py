@@ -1,0 +1,84 @@
+"""The processes of one ``torchrun`` launch: which one this is, the process group's start and
+end, and what every process must agree on before it computes (the seed)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from wan_runtime.errors import InputError
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's ``rank`` of ``world`` processes and its ``local_rank`` on its machine (the
+    GPU it takes); one process (0, 1, 0) when not started by ``torchrun``."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Launch:
+        """The launch ``torchrun`` describes in ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``
+        (``InputError`` for values it would never set)."""
+        values = {}
+        for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
+            raw = os.environ.get(name, str(default))
+            try:
+                values[name] = int(raw)
+            except ValueError:
+                raise InputError(f"environment variable {name}={raw!r} is not an integer; start several "
+                                 "processes with torchrun, which sets it, or unset it") from None
+        launch = cls(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
+        if launch.world < 1 or not 0 <= launch.rank < launch.world or launch.local_rank < 0:
+            raise InputError(f"RANK={launch.rank}, WORLD_SIZE={launch.world}, LOCAL_RANK={launch.local_rank} "
+                             "describe no process of a launch; start several processes with torchrun, "
+                             "or unset them")
+        return launch
+
+    @property
+    def distributed(self) -> bool:
+        """Whether this launch has several processes."""
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this process reports and writes the results (rank 0)."""
+        return self.rank == 0
+
+    def start(self, device: torch.device) -> None:
+        """Join the launch's process group (NCCL for CUDA ``device``, the GPU this process then
+        uses; gloo for the CPU). Nothing to do for one process."""
+        if not self.distributed or dist.is_initialized():
+            return
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+
+    def stop(self) -> None:
+        """Leave the process group once every process has finished."""
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+    def abandon(self) -> None:
+        """Leave the process group after a failure, without waiting for the other processes
+        (torchrun stops them when one fails)."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def shared_seed(seed: int) -> int:
+    """Rank 0's ``seed`` on every rank of the process group (``seed`` itself without one): every
+    rank must draw the same noise, and a random seed drawn by each would differ."""
+    if not dist.is_initialized():
+        return seed
+    box = [seed]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
