@@ -377,6 +377,9 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     if spec is not None:
         problems += parallel_problems(spec, launch.world, args.ulysses_size, args.dit_fsdp, args.t5_fsdp,
                                       offload_model, args.t5_cpu, flag="--")
+    if launch.distributed and args.ulysses_size == 1 and not (args.dit_fsdp or args.t5_fsdp):
+        warnings.warn(f"{launch.world} processes share no work without --ulysses_size, --dit_fsdp or "
+                      "--t5_fsdp: each makes the whole video and rank 0 alone writes it", stacklevel=2)
     dtype_name = args.dtype or (demo.DEMO_SETTINGS.dtype if args.demo else DEFAULT_DTYPE)
     if dtype_name not in DTYPES:
         problems.append(f"unknown --dtype {dtype_name!r}; choose {' or '.join(DTYPES)}")

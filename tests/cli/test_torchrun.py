@@ -43,6 +43,12 @@ def test_launch_refuses_what_cannot_work(second_of_two, ti2v_root, argv, words):
     assert [problem for problem in caught.value.problems if words in problem], caught.value.problems
 
 
+def test_a_launch_that_shares_no_work_is_told(monkeypatch, ti2v_root):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.warns(UserWarning, match="2 processes share no work without --ulysses_size"):
+        _resolve("--ckpt_dir", str(ti2v_root), "--device", "cpu")
+
+
 def test_a_rank_that_is_no_rank_is_named(monkeypatch, ti2v_root):
     monkeypatch.setenv("RANK", "first")
     with pytest.raises(InvalidArguments, match="RANK='first' is not an integer"):
