@@ -38,7 +38,7 @@ from wan_runtime.distributed.launch import Launch
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
 from wan_runtime.models.audio_encoder import speech_clip_count
-from wan_runtime.parallel_checks import parallel_problems
+from wan_runtime.parallel_checks import check_heads, parallel_problems
 from wan_runtime.pose_video import probe_video
 from wan_runtime.tasks import TASKS, TaskSpec, check_checkpoint_dir
 
@@ -74,11 +74,13 @@ OFFICIAL_REFERT_NUM = 77
 
 
 class InvalidArguments(InputError):
-    """Every problem found in the command line, one user-facing message each."""
+    """Every problem found in the command line, one user-facing message each; ``own``: those of
+    them that concern this process of a torchrun launch alone (the others every process finds)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], own: list[str] | None = None) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.own = own or []
 
 
 @dataclass(frozen=True)
@@ -321,12 +323,13 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         problems.append(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
 
     ckpt_dir = None if args.ckpt_dir is None else Path(args.ckpt_dir)
+    checkpoint_ok = False
     if args.demo and ckpt_dir is not None:
         problems.append("--demo writes and uses its own random checkpoint; drop --ckpt_dir")
     elif not args.demo and ckpt_dir is None:
         problems.append("--ckpt_dir is required: pass the task's official checkpoint folder (or try --demo)")
     elif spec is not None and ckpt_dir is not None:
-        _check(problems, lambda: check_checkpoint_dir(spec.name, ckpt_dir))
+        checkpoint_ok = _check(problems, lambda: check_checkpoint_dir(spec.name, ckpt_dir)) is not None
 
     # Unset values come from the demo's settings or the task's official ones.
     base = None if spec is None else demo.DEMO_SETTINGS if args.demo else spec
@@ -372,11 +375,15 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     problems += _device_problems(device)
     # As the official script: one process offloads by default, several do not.
     offload_model = (not launch.distributed) if args.offload_model is None else args.offload_model
+    own: list[str] = []  # this process's alone
     if launch.distributed:
-        device = _process_device(problems, device, launch)
+        device = _process_device(own, device, launch)
     if spec is not None:
-        problems += parallel_problems(spec, launch.world, args.ulysses_size, args.dit_fsdp, args.t5_fsdp,
-                                      offload_model, args.t5_cpu, flag="--")
+        parallel = parallel_problems(spec, launch.world, args.ulysses_size, args.dit_fsdp, args.t5_fsdp,
+                                     offload_model, args.t5_cpu, flag="--")
+        problems += parallel
+        if checkpoint_ok and not parallel and args.ulysses_size > 1:
+            _check(problems, lambda: check_heads(spec, ckpt_dir, args.ulysses_size))
     if launch.distributed and args.ulysses_size == 1 and not (args.dit_fsdp or args.t5_fsdp):
         warnings.warn(f"{launch.world} processes share no work without --ulysses_size, --dit_fsdp or "
                       "--t5_fsdp: each makes the whole video and rank 0 alone writes it", stacklevel=2)
@@ -400,8 +407,8 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     if cache is not None and spec is not None:
         problems += _cache_policy_problems(cache, spec)
 
-    if problems:
-        raise InvalidArguments(problems)
+    if problems or own:
+        raise InvalidArguments(problems + own, own)
     return GenerateConfig(
         task=spec.name,
         ckpt_dir=ckpt_dir,

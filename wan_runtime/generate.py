@@ -22,11 +22,12 @@ import torch
 
 from wan_runtime import __version__, demo
 from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser, resolve
+from wan_runtime.distributed.launch import Launch
 from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.video_io import write_mp4
 
 if TYPE_CHECKING:
-    from wan_runtime.pipelines import RunReport
+    from wan_runtime.pipelines import Pipeline, RunReport
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         if not args.debug:  # a notice for the user reads as one line, not a source location
             warnings.showwarning = _warning_line
-        if not _reporting_process():
+        if not _launch().main:
             warnings.simplefilter("ignore")
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
         return _run(args)
@@ -49,14 +50,17 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return _generate(resolve(args))
     except InvalidArguments as err:
-        if _reporting_process():  # every process finds the same problems
-            for problem in err.problems:
-                _error(problem)
+        # Rank 0 tells what every process finds; another process what concerns it alone.
+        for problem in err.problems if _launch().main else err.own:
+            _error(problem)
         return 2
     except KeyboardInterrupt:
         if args.debug:
             raise
-        _error("interrupted; no video was written")
+        if _launch().distributed:  # torchrun stops every process when one fails
+            _error("stopped; no video was written (if another process failed, its error is above)")
+        else:
+            _error("interrupted; no video was written")
         return 130
     except (InputError, CheckpointError) as err:
         # Found only while loading or running: still a problem with what the user gave.
@@ -102,15 +106,20 @@ def _generate(config: GenerateConfig) -> int:
     launch = config.launch
     launch.start(torch.device(config.device))
     try:
-        code = _generate_in_process(config)
+        pipeline, video, load_s = _make_video(config)
     except BaseException:
         launch.abandon()
         raise
+    # Every process made the same video; rank 0 writes it once the others are done, so that none
+    # waits in a collective through the write.
     launch.stop()
-    return code
+    if launch.main:
+        _write(config, pipeline, video, load_s)
+    return 0
 
 
-def _generate_in_process(config: GenerateConfig) -> int:
+def _make_video(config: GenerateConfig) -> tuple[Pipeline, torch.Tensor, float]:
+    """Load the pipeline and generate; the pipeline, the video and the load time in seconds."""
     ckpt_dir = config.ckpt_dir
     if config.demo:
         print(demo.NOTICE, flush=True)
@@ -145,9 +154,12 @@ def _generate_in_process(config: GenerateConfig) -> int:
             infer_frames=config.infer_frames, start_from_ref=config.start_from_ref,
             pose_video=config.pose_video, **common,
         )
+    return pipeline, video, load_s
+
+
+def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load_s: float) -> None:
+    """Write the MP4 and print what made it."""
     report = pipeline.last_report
-    if not config.launch.main:  # every process made the same video; rank 0 writes it
-        return 0
     save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now(),
                                                       config.ulysses_size)
     settings = _settings(config, report)
@@ -167,7 +179,6 @@ def _generate_in_process(config: GenerateConfig) -> int:
     print(f"peak memory: {'not measured on this device' if peak is None else f'{peak / 2**30:.2f} GiB'}")
     if config.demo:
         print(demo.NOTICE)
-    return 0
 
 
 def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
@@ -216,19 +227,27 @@ def _parallel_settings(config: GenerateConfig) -> dict[str, object]:
             "dit_fsdp": config.dit_fsdp, "t5_fsdp": config.t5_fsdp}
 
 
-def _reporting_process() -> bool:
-    """Whether this process reports: one not started by torchrun, or torchrun's rank 0 (or one
-    whose RANK is no rank, so that the problem gets told)."""
-    rank = os.environ.get("RANK", "0")
-    return not rank.isdigit() or int(rank) == 0
+def _launch() -> Launch:
+    """This process's place in a torchrun launch; one process's when the environment describes
+    none (``resolve`` tells that problem)."""
+    try:
+        return Launch.from_env()
+    except InputError:
+        return Launch()
 
 
 def _memory_remedy(args: argparse.Namespace) -> str:
     """What frees device memory, of what this command line has not done yet."""
     steps = []
-    if args.offload_model is False and not args.dit_fsdp:
+    several = _launch().distributed
+    offloading = args.offload_model if args.offload_model is not None else not several
+    if not offloading and not args.dit_fsdp:
         steps.append("--offload_model True (models wait on the CPU while another works)")
-    if not args.t5_cpu:
+    if several and not args.dit_fsdp:
+        steps.append("--dit_fsdp (each GPU holds a share of the DiT weights)")
+    if several and not (args.t5_fsdp or args.t5_cpu):
+        steps.append("--t5_fsdp (each GPU holds a share of the text encoder)")
+    if not (args.t5_cpu or args.t5_fsdp):
         steps.append("--t5_cpu (the text encoder stays on the CPU)")
     frames = "--infer_frames" if args.task == "s2v-14B" else "--frame_num"
     steps.append(f"a smaller --size or {frames}")
@@ -245,8 +264,8 @@ def _warning_line(message: Warning | str, category: type[Warning], *args: object
 
 def _error(message: str) -> None:
     # Each process of a torchrun launch fails on its own: say which one.
-    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "")
-    where = f"rank {rank}: " if world.isdigit() and int(world) > 1 else ""
+    launch = _launch()
+    where = f"rank {launch.rank}: " if launch.distributed else ""
     print(f"error: {where}{message}", file=sys.stderr)
 
 

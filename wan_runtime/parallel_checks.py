@@ -4,11 +4,17 @@ on its flags (``wan_runtime.cli_args``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 import torch.distributed as dist
 
 from wan_runtime.checks import is_int
 from wan_runtime.errors import InputError
-from wan_runtime.tasks import TaskSpec
+
+if TYPE_CHECKING:  # tasks imports the models, which import the checks here
+    from wan_runtime.tasks import TaskSpec
 
 
 def parallel_problems(
@@ -43,12 +49,19 @@ def parallel_problems(
 
 
 def check_parallel(
-    spec: TaskSpec, ulysses_size: int, dit_fsdp: bool, t5_fsdp: bool, offload_model: bool, t5_cpu: bool
+    spec: TaskSpec, device: torch.device, ulysses_size: int, dit_fsdp: bool, t5_fsdp: bool,
+    offload_model: bool, t5_cpu: bool,
 ) -> None:
     """``InputError`` for ``parallel_problems`` in the initialised process group (one process
-    without one)."""
+    without one), and for a group whose backend cannot move ``device``'s tensors."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     problems = parallel_problems(spec, world, ulysses_size, dit_fsdp, t5_fsdp, offload_model, t5_cpu)
+    if world > 1 and (ulysses_size > 1 or dit_fsdp or t5_fsdp):
+        backend = dist.get_backend()
+        needed = "nccl" if device.type == "cuda" else "gloo"
+        if needed not in backend:
+            problems.append(f"the process group's backend {backend!r} does not serve {device.type} tensors; "
+                            f"initialise it with {needed!r}")
     if problems:
         raise InputError("; ".join(problems))
 
@@ -58,3 +71,12 @@ def check_heads_split(num_heads: int, ulysses_size: int) -> None:
     if num_heads % ulysses_size:
         raise InputError(f"ulysses_size {ulysses_size} does not divide the DiT's {num_heads} attention "
                          "heads, which sequence parallelism splits over the processes; use a size that does")
+
+
+def check_heads(spec: TaskSpec, root: Path, ulysses_size: int) -> None:
+    """``check_heads_split`` for every DiT of ``spec``'s release folder ``root`` (its config and
+    safetensors headers only)."""
+    from wan_runtime.models import WanModel
+
+    for folder in spec.dit_folders:
+        check_heads_split(WanModel.read_checkpoint(root / folder)[0].num_heads, ulysses_size)

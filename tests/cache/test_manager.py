@@ -263,8 +263,8 @@ def test_decisions_use_the_metric_as_reduced_across_ranks(config, monkeypatch):
     step after the warmup skip, though each rank's own change is far over the threshold."""
     seen = []
 
-    def agreed_zero(measure, current, reference, shared, shard):
-        metric = measure(current, reference)
+    def agreed_zero(squared, current, reference, shared, shard):
+        metric = (wan_kernels.rel_l2 if squared else wan_kernels.rel_l1)(current, reference)
         seen.append(float(metric))
         return torch.zeros_like(metric)
 

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.cli.helpers import REPO, cli_env, read_video
-from wan_runtime.cli_args import InvalidArguments, build_parser, resolve
+from wan_runtime.cli_args import InvalidArguments
+from wan_runtime.generate import _memory_remedy, build_parser, main, resolve
 
 
 def _resolve(*argv: str):
@@ -41,6 +43,41 @@ def test_launch_refuses_what_cannot_work(second_of_two, ti2v_root, argv, words):
     with pytest.raises(InvalidArguments) as caught:
         _resolve("--ckpt_dir", str(ti2v_root), "--device", "cpu", *argv)
     assert [problem for problem in caught.value.problems if words in problem], caught.value.problems
+
+
+def test_heads_the_size_does_not_divide_are_refused_before_loading(monkeypatch, ti2v_root):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(InvalidArguments, match="ulysses_size 4 does not divide the DiT's 2 attention heads"):
+        _resolve("--ckpt_dir", str(ti2v_root), "--device", "cpu", "--ulysses_size", "4")
+
+
+def _launch_env(monkeypatch, rank: int, world: int) -> None:
+    for name, value in (("RANK", rank), ("WORLD_SIZE", world), ("LOCAL_RANK", rank)):
+        monkeypatch.setenv(name, str(value))
+
+
+def test_each_process_tells_its_own_problem_and_rank_0_the_common_ones(monkeypatch, ti2v_root, capsys):
+    """Three processes on a machine of two GPUs, and a seed out of range: rank 2 alone has no GPU
+    (it says so, with its rank); the seed every process finds wrong rank 0 alone tells."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    argv = ["--ckpt_dir", str(ti2v_root), "--device", "cuda", "--dit_fsdp", "--base_seed", str(2**64)]
+    lines = {}
+    for rank in range(3):
+        _launch_env(monkeypatch, rank, 3)
+        assert main(argv) == 2
+        lines[rank] = capsys.readouterr().err.splitlines()
+    assert len(lines[0]) == 1 and lines[0][0].startswith("error: rank 0: --base_seed")
+    assert lines[1] == []
+    assert lines[2] == ["error: rank 2: LOCAL_RANK 2 has no GPU of its own: this machine has 2; start at "
+                        "most that many processes on it"]
+
+
+def test_out_of_memory_advice_under_torchrun(monkeypatch):
+    _launch_env(monkeypatch, 0, 2)
+    advice = _memory_remedy(build_parser().parse_args(["--t5_fsdp"]))
+    assert "--offload_model True" in advice and "--dit_fsdp" in advice
+    assert "--t5_cpu" not in advice and "--t5_fsdp (" not in advice
 
 
 def test_a_launch_that_shares_no_work_is_told(monkeypatch, ti2v_root):

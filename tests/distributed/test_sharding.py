@@ -30,8 +30,8 @@ def _sharded(rank: int) -> None:
             first = sharded.run_blocks(tokens, cond, 0, 1)
             assert torch.equal(sharded.finish(sharded.run_blocks(first, cond, 1), cond), expected), name
             one_tokens, one_cond = one.prepare(*inputs)
-            signal = sharded.blocks[0].self_attention_input(tokens, cond.time, cond.time_index)
-            want = one.blocks[0].self_attention_input(one_tokens, one_cond.time, one_cond.time_index)
+            signal = sharded.blocks[0].modulated_norm(tokens, cond.time, cond.time_index)
+            want = one.blocks[0].modulated_norm(one_tokens, one_cond.time, one_cond.time_index)
             assert torch.equal(signal, want if cond.shard is None else cond.shard.split(want)), name
             t = torch.tensor([500.0], dtype=torch.float64)
             assert torch.equal(sharded.embed_timesteps(t), one.embed_timesteps(t)), name

@@ -63,5 +63,5 @@ def test_split_forward_is_bitwise_the_single_process_one():
 
 def test_heads_must_split_evenly():
     model = random_dit(TINY_TI2V)
-    with pytest.raises(InputError, match="2 attention heads, which do not split over 3 ranks"):
+    with pytest.raises(InputError, match="ulysses_size 3 does not divide the DiT.s 2 attention heads"):
         model.enable_sequence_parallel(SequenceParallel(group=None, world=3, rank=0))

@@ -10,8 +10,6 @@ all-reduced mean makes their values agree to the bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.distributed as dist
 
@@ -33,26 +31,29 @@ def reduce_metric(metric: torch.Tensor) -> torch.Tensor:
 
 
 def agreed_metric(
-    measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    squared: bool,
     current: torch.Tensor,
     reference: torch.Tensor,
     shared: bool,
     shard: SequenceShard | None = None,
 ) -> torch.Tensor:
-    """``measure(current, reference)`` (``wan_kernels.rel_l1`` or ``rel_l2``, 0-d); when the run
-    is ``shared`` by the ranks of a process group, the same on every rank. With ``shard`` the
-    tensors are this rank's tokens of a split sequence (padding left out), and the result is the
-    whole sequence's."""
+    """The relative change of ``current`` from ``reference`` (0-d): ``wan_kernels.rel_l2`` if
+    ``squared``, else ``rel_l1``. The same on every rank when the run is ``shared`` by the ranks of
+    a process group or split over them (``shard``: the tensors are then this rank's tokens of the
+    sequence, padding left out, and the result is the whole sequence's)."""
+    measure = wan_kernels.rel_l2 if squared else wan_kernels.rel_l1
     local = measure(current, reference)
-    if not shared:  # a run of its own, whatever process group this process may be in
-        return local
     if shard is None:
-        return reduce_metric(local)
-    squared = measure is wan_kernels.rel_l2
-    # The denominator this rank's ratio was taken over; an empty slice (a rank holding padding
-    # only) adds nothing, though its own ratio is 0/0.
+        # A run of its own takes no collective, whatever process group this process may be in.
+        return reduce_metric(local) if shared else local
     denominator = reference.float().square().sum() if squared else reference.abs().sum(dtype=torch.float32)
-    numerator = torch.where(denominator > 0, (local.square() if squared else local) * denominator, 0.0)
+    # The fused ratio times its denominator is this rank's numerator, but for a reference of
+    # zeros (or none: a rank of padding only), whose ratio is not finite.
+    numerator = torch.where(
+        denominator > 0,
+        (local.square() if squared else local) * denominator,
+        current.float().square().sum() if squared else current.abs().sum(dtype=torch.float32),
+    )
     sums = torch.stack([numerator, denominator])
     dist.all_reduce(sums, group=shard.parallel.group)
     ratio = sums[0] / sums[1]

@@ -243,7 +243,7 @@ class CacheManager:
         # A forced step's change matters only if FBCache may skip that step: then it accumulates.
         change = None
         if previous is not None and (model.fb is not None or model.tea.forced(index, switch) is None):
-            change = agreed_metric(wan_kernels.rel_l1, signal, previous, self.shared, self._shard).item()
+            change = agreed_metric(False, signal, previous, self.shared, self._shard).item()
         return model.tea.vote(index, switch, change)
 
     def _follow(
@@ -270,8 +270,8 @@ class CacheManager:
     def _fb_metric(self, first: torch.Tensor, tokens: torch.Tensor, reference: torch.Tensor) -> float:
         """The FBCache metric against the last computed step's reference, one host read."""
         current = self._fb_signal(first, tokens)
-        measure = wan_kernels.rel_l2 if self.config.fb_metric == "hidden_rel_l2" else wan_kernels.rel_l1
-        return agreed_metric(measure, current, reference, self.shared, self._shard).item()
+        squared = self.config.fb_metric == "hidden_rel_l2"
+        return agreed_metric(squared, current, reference, self.shared, self._shard).item()
 
     def _fb_signal(self, first: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """What FBCache compares, at every ``fb_downsample``-th token only (a view)."""

@@ -64,7 +64,7 @@ class WanStages:
     def modulated_input(self, tokens: torch.Tensor, cond: Any) -> torch.Tensor:
         # The first block's own modulated norm, through the block (under FSDP its weights are
         # gathered only for calls into it).
-        return self.model.blocks[0].self_attention_input(tokens, cond.time, cond.time_index)
+        return self.model.blocks[0].modulated_norm(tokens, cond.time, cond.time_index)
 
     def sequence_shard(self, cond: Any) -> SequenceShard | None:
         return cond.shard

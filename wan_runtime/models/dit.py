@@ -30,6 +30,7 @@ from wan_runtime.models.safetensors_checkpoint import (
     load_parameters,
     read_entries,
 )
+from wan_runtime.parallel_checks import check_heads_split
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -128,11 +129,7 @@ class WanModel(nn.Module):
         """Split every forward's tokens over ``parallel``'s ranks (Ulysses): each rank computes its
         slice of the tokens and ``num_heads / world`` heads of self-attention, and every rank
         returns the whole output. Every rank must call the forward with the same inputs."""
-        if self.config.num_heads % parallel.world:
-            raise InputError(
-                f"the DiT has {self.config.num_heads} attention heads, which do not split over "
-                f"{parallel.world} ranks; use a sequence-parallel size that divides {self.config.num_heads}"
-            )
+        check_heads_split(self.config.num_heads, parallel.world)
         self.sequence_parallel = parallel
         return self
 
@@ -140,7 +137,7 @@ class WanModel(nn.Module):
         """Shard the weights over every process of the process group (FSDP), onto ``device``: one
         unit per block, gathered as it runs, and one for the embeddings and head."""
         return shard_module(self, self.blocks, device, ("prepare", "run_blocks", "finish", "embed_timesteps"),
-                            ("self_attention_input",))
+                            ("modulated_norm",))
 
     def float32_parameters(self) -> list[nn.Parameter]:
         """Parameters the official model applies in float32 whatever the compute dtype."""

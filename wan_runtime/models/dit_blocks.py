@@ -147,9 +147,11 @@ class DiTBlock(nn.Module):
     ) -> torch.Tensor:
         """``x`` [B, L, C]; ``time`` [K, 6, C] float32 time projection rows (see ``per_token``);
         ``shard``: the sequence's split under sequence parallelism (``x`` is then a slice)."""
-        _, _, gate, ffn_shift, ffn_scale, ffn_gate = self._modulation(time, time_index)
+        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (
+            per_token(row, time_index) for row in (self.modulation[0] + time).unbind(1)
+        )
         dtype = self.ffn[0].weight.dtype
-        hidden = self._self_attention_input(x, time, time_index)
+        hidden = wan_kernels.layernorm_modulate(x, shift, scale, self.eps, out_dtype=dtype)
         # The first block's input is in the compute dtype; the residual stream is float32 from here.
         x = wan_kernels.gated_residual(x.float(), self.self_attn(hidden, hidden, rope, shard), gate)
         # The cross-attention adds ungated; a unit gate is exact (y * 1 == y) and lets the add fuse
@@ -160,24 +162,14 @@ class DiTBlock(nn.Module):
         )
         return wan_kernels.gated_residual(x, self.ffn(hidden), ffn_gate)
 
-    def self_attention_input(
+    def modulated_norm(
         self, x: torch.Tensor, time: torch.Tensor, time_index: torch.Tensor | None
     ) -> torch.Tensor:
-        """The self-attention's input: ``x`` normalised and modulated, in the compute dtype (also
-        TeaCache's signal, taken from the first block)."""
-        return self._self_attention_input(x, time, time_index)
-
-    # forward's own: under FSDP, a call of the public method (an entry point gathering the block's
-    # weights) frees them again on return, and forward still needs them.
-    def _self_attention_input(
-        self, x: torch.Tensor, time: torch.Tensor, time_index: torch.Tensor | None
-    ) -> torch.Tensor:
-        shift, scale = self._modulation(time, time_index)[:2]
-        return wan_kernels.layernorm_modulate(x, shift, scale, self.eps, out_dtype=self.ffn[0].weight.dtype)
-
-    def _modulation(self, time: torch.Tensor, time_index: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """The six modulation rows (shift, scale, gate; the feed-forward's three) for every token."""
-        return tuple(per_token(row, time_index) for row in (self.modulation[0] + time).unbind(1))
+        """The self-attention's modulated norm of ``x`` (``forward``'s first step) in float32:
+        TeaCache's signal, taken from the first block."""
+        rows = (self.modulation[0, :2] + time[:, :2]).unbind(1)
+        shift, scale = (per_token(row, time_index) for row in rows)
+        return wan_kernels.layernorm_modulate(x, shift, scale, self.eps)
 
 
 class Head(nn.Module):

@@ -292,6 +292,10 @@ class Pipeline:
         context, context_null = (
             encoder.encode([text])[0][None].to(self.device) for text in (prompt, n_prompt)
         )
+        if isinstance(encoder.model, FSDPModule):
+            # FSDP keeps the top unit (the embedding table, 2 GB in umT5-XXL) gathered after a
+            # forward; the encoder's work is done.
+            encoder.model.reshard()
         # When offloading, the encoder leaves the accelerator before the VAE encodes.
         self.residency.release()
         return Prompts(context, context_null)

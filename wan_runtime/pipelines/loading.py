@@ -18,7 +18,7 @@ from wan_runtime.models.compilation import check_compile_support, compile_blocks
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.models.t5_checkpoint import check_checkpoint_file
 from wan_runtime.models.vae_loading import check_vae_file
-from wan_runtime.parallel_checks import check_heads_split, check_parallel
+from wan_runtime.parallel_checks import check_heads, check_parallel
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
 from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE, I2VPipeline
 from wan_runtime.pipelines.inputs import parse_size
@@ -105,10 +105,13 @@ def load_pipeline(
         if not isinstance(value, bool):
             raise InputError(f"{name} must be True or False, got {value!r}")
     spec = check_checkpoint_dir(task, ckpt_dir)
-    check_parallel(spec, ulysses_size, dit_fsdp, t5_fsdp, offload_model, t5_cpu)
     if dtype not in _DTYPES:
         raise InputError(f"dtype must be torch.bfloat16 (the official) or torch.float32, got {dtype!r}")
     device = _resolve_device(device)
+    check_parallel(spec, device, ulysses_size, dit_fsdp, t5_fsdp, offload_model, t5_cpu)
+    if device.type == "cuda" and (ulysses_size > 1 or dit_fsdp or t5_fsdp):
+        # FSDP puts its shards, and collectives their buffers, on the current device.
+        torch.cuda.set_device(device)
     if compile:
         check_compile_support(device)
     inference_only_enabled()  # a bad WAN_INFERENCE_ONLY value fails before minutes of loading
@@ -121,8 +124,8 @@ def load_pipeline(
     check_vae_file(root / spec.vae_file)
     for folder in spec.dit_folders:
         dit_class.check_pretrained(root / folder)
-        if ulysses_size > 1:
-            check_heads_split(dit_class.read_checkpoint(root / folder)[0].num_heads, ulysses_size)
+    if ulysses_size > 1:
+        check_heads(spec, root, ulysses_size)
     if spec.audio_dir is not None:
         Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
     rest = _CPU if offload_model else device  # where the big models sit between uses
