@@ -26,12 +26,15 @@ def shard_module(
     block_entry_points: Sequence[str] = (),
 ) -> nn.Module:
     """Shard ``module``'s weights over every process, one FSDP unit per block of ``blocks`` and
-    one for the rest; the shards go to ``device`` (of this process). ``entry_points`` and
-    ``block_entry_points``: methods of the module and of every block, besides ``forward``, that
-    callers run directly, which then gather their unit's weights too. Returns ``module``, sharded
-    in place."""
+    one for the rest; the shards go to ``device`` (this process's; for CUDA the current device).
+    ``entry_points`` and ``block_entry_points``: methods of the module and of every block, besides
+    ``forward``, that callers run directly, which then gather their unit's weights too. Returns
+    ``module``, sharded in place."""
     if not dist.is_initialized():
         raise RuntimeError("FSDP sharding needs torch.distributed initialised (launch with torchrun)")
+    if device.type == "cuda" and device.index not in (None, torch.cuda.current_device()):
+        # FSDP places the shards on the current device, whatever device it is told.
+        raise ValueError(f"sharding onto {device} needs it to be the current device (torch.cuda.set_device)")
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in blocks:
         fully_shard(block, mesh=mesh)

@@ -60,6 +60,7 @@ class SequenceShard:
 
     @property
     def padded(self) -> int:
+        """The sequence's length with its padding: every rank's slice of ``local`` tokens."""
         return self.local * self.parallel.world
 
     def split(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:

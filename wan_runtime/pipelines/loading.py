@@ -95,7 +95,9 @@ def load_pipeline(
     parallelism; not s2v-14B); ``dit_fsdp`` and ``t5_fsdp`` shard the DiTs' and the text
     encoder's weights over them (FSDP). ``dit_fsdp`` computes with every DiT weight in ``dtype``,
     as the official FSDP does (its outputs then match ``convert_model_dtype``'s), and keeps the
-    DiTs on the GPUs (no ``offload_model``).
+    DiTs on the GPUs (no ``offload_model``). The official FSDP also rounds the DiT's floating-point
+    inputs to ``dtype``, which for ti2v-5B's per-token timesteps and s2v-14B's audio features
+    changes the numbers (timestep 999 becomes 1000 in bfloat16); that rounding is not reproduced.
     """
     if not isinstance(ckpt_dir, (str, os.PathLike)):
         raise InputError(f"ckpt_dir must be the release folder's path (str or Path), got {ckpt_dir!r}")
