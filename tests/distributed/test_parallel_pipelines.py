@@ -12,7 +12,12 @@ from torch.distributed.tensor import DTensor
 
 from tests.distributed.ranks import run_ranks
 from tests.pipelines.images import gradient_image
-from tests.tolerances import COMPILED_VS_EAGER_FP32, PARALLEL_VS_ONE_PROCESS_FP32, rel_l2
+from tests.tolerances import (
+    COMPILED_VS_EAGER_FP32,
+    PARALLEL_VS_ONE_PROCESS_BF16,
+    PARALLEL_VS_ONE_PROCESS_FP32,
+    rel_l2,
+)
 from wan_runtime.cache import CacheConfig
 from wan_runtime.errors import InputError
 from wan_runtime.pipelines import load_pipeline
@@ -21,6 +26,7 @@ RUN = {"size": "64*64", "sampling_steps": 4, "seed": 3, "progress": False}
 ALL = {"ulysses_size": 2, "dit_fsdp": True, "t5_fsdp": True}
 # A threshold the tiny models' first-block changes cross now and then: some steps skip, some not.
 FBCACHE = CacheConfig(fbcache=True, fb_thresh=0.3, fb_warmup=1, fb_last_steps=0, fb_downsample=3)
+TEACACHE = CacheConfig(teacache=True, teacache_thresh=0.2, teacache_warmup=1, teacache_last_steps=0)
 
 
 def _same_videos(rank: int, task: str, root, options: dict, arguments: dict) -> None:
@@ -65,6 +71,24 @@ def test_several_processes_make_the_single_process_video(case, request):
     task, options, arguments = CASES[case]
     root = request.getfixturevalue(f"{task.split('-')[0]}_root")
     run_ranks(_same_videos, 2, task, root, options, {**RUN, **arguments})
+
+
+def _bf16(rank: int, root) -> None:
+    arguments = {**RUN, "image": gradient_image(64, 64), "frame_num": 5}
+    converted, plain = (load_pipeline("ti2v-5B", root, device="cpu", convert_model_dtype=convert)
+                        for convert in (True, False))
+    several = load_pipeline("ti2v-5B", root, device="cpu", **ALL)
+    for cache in (None, TEACACHE):
+        expected, got, unconverted = (pipeline.generate("a cat", cache=cache, **arguments)
+                                      for pipeline in (converted, several, plain))
+        assert rel_l2(got, expected) <= PARALLEL_VS_ONE_PROCESS_BF16
+        assert rel_l2(unconverted, expected) > PARALLEL_VS_ONE_PROCESS_BF16
+
+
+def test_sharded_bfloat16_computes_as_the_official_fsdp_from_converted_weights(ti2v_root):
+    """The default dtype: --dit_fsdp's numbers are --convert_model_dtype's (the official FSDP casts
+    every weight to bfloat16), measurably not those of the float32 norm and modulation weights."""
+    run_ranks(_bf16, 2, ti2v_root)
 
 
 def _compiled(rank: int, root) -> None:
