@@ -12,7 +12,8 @@
 #   4. bench_kernels: every op on triton and cuda, the Triton geometry sweep of the two sweep
 #      shapes after their op rows, then whole blocks, starting nothing new past its deadline and
 #      saving after each part
-#   4b. the rest of the kernel tests (torch and real Triton)
+#   4b. the rest of the kernel tests (torch and real Triton), and the split and sharded DiT in
+#       one NCCL process (FSDP's shards on the GPU, the exchanges as NCCL collectives)
 #   5. bench_dit --gpu --compile: the DiT against the official one at real widths (S2V included),
 #      and with its blocks compiled (saved after each case)
 #   6. gpu_pipelines: the pipelines end to end on CUDA
@@ -88,7 +89,8 @@ find "$cuda_build" -name lock -delete 2>/dev/null
 # worker: eight workers already keep the cores busy.
 workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 kernel_tests=(env WAN_KERNELS_BUILD_DIR=$cuda_build TORCHINDUCTOR_COMPILE_THREADS=1 python3 -m pytest -q
-  -p no:cacheprovider $workers tests/kernels tests/benchmarks --ignore=tests/kernels/test_cuda_sources.py
+  -p no:cacheprovider $workers tests/kernels tests/benchmarks tests/distributed/test_one_gpu_process.py
+  --ignore=tests/kernels/test_cuda_sources.py
   --ignore=tests/kernels/test_cmake_build.py --ignore=tests/kernels/test_bench_cpu.py
   --ignore=tests/benchmarks/test_bench_dit.py
   --deselect tests/benchmarks/test_gpu_tools.py::test_compiled_kernels_at_the_widest_real_shape
