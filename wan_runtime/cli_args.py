@@ -157,8 +157,7 @@ def _differences() -> str:
         f"own size ({sizes}; the official default is 1280*720 for every task, which ti2v-5B does not "
         "support); i2v-A14B and s2v-14B require --image and s2v-14B requires --audio (the official "
         "script falls back to its example files, which are not shipped); --save_file must end in .mp4; "
-        "--ulysses_size is refused for s2v-14B (its audio injection follows the video's frames; "
-        "--dit_fsdp serves it); the official flags of features not served here "
+        "the official flags of features not served here "
         "(--use_prompt_extend, the TTS and animate flags) are "
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
@@ -253,7 +252,7 @@ def _add_parallel_flags(p: argparse.ArgumentParser) -> None:
                              "--ulysses_size 8); rank 0 writes the video")
     g.add_argument("--ulysses_size", type=int, default=1,
                    help="split every DiT forward's tokens over this many processes, all of them (Ulysses "
-                        "sequence parallelism; i2v-A14B and ti2v-5B; default 1)")
+                        "sequence parallelism; default 1)")
     g.add_argument("--dit_fsdp", action="store_true",
                    help="shard the DiT weights over the processes (FSDP); every DiT weight is then used in "
                         "--dtype, as with --convert_model_dtype, as the official FSDP does")

@@ -30,9 +30,6 @@ def parallel_problems(
         problems.append(f"{flag}ulysses_size {ulysses_size} splits each DiT forward over {ulysses_size} "
                         f"processes but this launch has {world}: start {ulysses_size} with torchrun "
                         f"--nproc_per_node {ulysses_size} (one per GPU), or use {flag}ulysses_size 1")
-    if ulysses_size > 1 and spec.audio_dir is not None:
-        problems.append(f"{spec.name} has no sequence parallelism ({flag}ulysses_size 1); shard its weights "
-                        f"over the GPUs with {flag}dit_fsdp instead")
     for name, on in (("dit_fsdp", dit_fsdp), ("t5_fsdp", t5_fsdp)):
         if on and world == 1:
             problems.append(f"{flag}{name} shards weights over the processes of a torchrun launch, and this "
@@ -77,6 +74,8 @@ def check_heads(spec: TaskSpec, root: Path, ulysses_size: int) -> None:
     """``check_heads_split`` for every DiT of ``spec``'s release folder ``root`` (its config and
     safetensors headers only)."""
     from wan_runtime.models import WanModel
+    from wan_runtime.models.s2v_dit import WanModelS2V
 
+    model_class = WanModel if spec.audio_dir is None else WanModelS2V
     for folder in spec.dit_folders:
-        check_heads_split(WanModel.read_checkpoint(root / folder)[0].num_heads, ulysses_size)
+        check_heads_split(model_class.read_checkpoint(root / folder)[0].num_heads, ulysses_size)

@@ -193,12 +193,8 @@ class WanModel(nn.Module):
         tokens = patches.flatten(2).transpose(1, 2).contiguous()
         time_embed, time_index = self._embed_time(t)
         time = linear_float32(self.time_projection[1], F.silu(time_embed)).unflatten(1, (6, self.config.dim))
-        rope, shard = self._rope(grid, tokens.device), None
-        if self.sequence_parallel is not None:
-            shard = self.sequence_parallel.shard(tokens.size(1))
-            tokens = shard.split(tokens)
-            time_index = None if time_index is None else shard.split(time_index)
-            rope = tuple(shard.split(table, dim=0) for table in rope)
+        rope = self._rope(grid, tokens.device)
+        tokens, time_index, rope, shard = self._split_sequence(tokens, time_index, rope)
         return tokens, Conditioning(
             time=time,
             time_embed=time_embed,
@@ -222,12 +218,28 @@ class WanModel(nn.Module):
         out = self.head(tokens, cond.time_embed, cond.time_index)
         if cond.shard is not None:
             out = cond.shard.gather(out)
-        f, h, w = cond.grid
+        return self._unpatchify(out, cond.grid)
+
+    def _unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The head's output [B, L, prod(patch) * out_dim] of a (F, H, W) token grid ->
+        [B, out_dim, F*p, H*q, W*r] float32."""
+        f, h, w = grid
         p, q, r = self.config.patch_size
         out = out.view(out.size(0), f, h, w, p, q, r, self.config.out_dim)
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(
             out.size(0), self.config.out_dim, f * p, h * q, w * r
         ).float()
+
+    def _split_sequence(
+        self, tokens: torch.Tensor, time_index: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor], SequenceShard | None]:
+        """Under sequence parallelism, this rank's slices of ``tokens`` [B, L, dim], of their
+        timestep rows and rope tables, and the split; else all as given, and None."""
+        if self.sequence_parallel is None:
+            return tokens, time_index, rope, None
+        shard = self.sequence_parallel.shard(tokens.size(1))
+        time_index = None if time_index is None else shard.split(time_index)
+        return shard.split(tokens), time_index, tuple(shard.split(table, dim=0) for table in rope), shard
 
     def embed_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Time embedding [N, dim] float32 of timestep values ``t`` [N] (TeaCache's ``poly`` signal,

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import InputError
 from wan_runtime.models.dit import Conditioning, WanModel
 from wan_runtime.models.dit_blocks import linear_float32
@@ -77,12 +76,6 @@ class WanModelS2V(WanModel):
     def float32_parameters(self) -> list[nn.Parameter]:
         """The Wan DiT's float32 parameters and the audio encoder's (official float32 autocast)."""
         return super().float32_parameters() + [*self.casual_audio_encoder.parameters()]
-
-    def enable_sequence_parallel(self, parallel: SequenceParallel) -> WanModelS2V:
-        """Refused (``InputError``): the S2V DiT's audio injection addresses the video tokens by
-        frame, which a split sequence does not keep."""
-        raise InputError("s2v-14B has no sequence parallelism (--ulysses_size 1); split its weights over the "
-                         "GPUs with --dit_fsdp instead")
 
     def forward(
         self,
@@ -157,17 +150,19 @@ class WanModelS2V(WanModel):
         time_embed, _ = self._embed_time(torch.cat([t, t.new_zeros(1)]))
         time = linear_float32(self.time_projection[1], F.silu(time_embed)).unflatten(1, (6, self.config.dim))
         time_index = torch.where(group_of_token == 0, torch.arange(b, device=x.device)[:, None], b)
+        rope = self._s2v_rope(grid, tuple(ref_latents.shape[3:]), tuple(motion_latents.shape[3:]),
+                              drop_motion_frames, x.device)
+        tokens, time_index, rope, shard = self._split_sequence(tokens.contiguous(), time_index, rope)
         dit = Conditioning(
             time=time,
             time_embed=time_embed,
             time_index=time_index,
             context=self._embed_text(context),
-            rope=self._s2v_rope(grid, tuple(ref_latents.shape[3:]), tuple(motion_latents.shape[3:]),
-                                drop_motion_frames, x.device),
+            rope=rope,
             grid=grid,
+            shard=shard,
         )
-        audio_cond = S2VConditioning(dit, local.flatten(0, 1), global_.flatten(0, 1), video_tokens)
-        return tokens.contiguous(), audio_cond
+        return tokens, S2VConditioning(dit, local.flatten(0, 1), global_.flatten(0, 1), video_tokens)
 
     def run_blocks(
         self, tokens: torch.Tensor, cond: S2VConditioning, start: int = 0, stop: int | None = None
@@ -175,13 +170,28 @@ class WanModelS2V(WanModel):
         """Run ``blocks[start:stop]`` on tokens [B, L, dim], each followed by its audio injection."""
         c = cond.dit
         for index in range(len(self.blocks))[start:stop]:
-            tokens = self.blocks[index](tokens, c.time, c.time_index, c.context, c.rope)
-            tokens = self.audio_injector(index, tokens, cond.audio, cond.audio_global, cond.video_tokens)
+            tokens = self.blocks[index](tokens, c.time, c.time_index, c.context, c.rope, c.shard)
+            if index in self.audio_injector.slot:
+                tokens = self._inject_audio(index, tokens, cond)
         return tokens
+
+    def _inject_audio(self, index: int, tokens: torch.Tensor, cond: S2VConditioning) -> torch.Tensor:
+        # The injection groups the video tokens by latent frame, which a rank's slice cuts: under
+        # sequence parallelism it runs on the whole sequence, gathered and split again (one
+        # all-gather of the tokens per injected block, small beside a block's attention).
+        shard = cond.dit.shard
+        whole = tokens if shard is None else shard.gather(tokens)
+        whole = self.audio_injector(index, whole, cond.audio, cond.audio_global, cond.video_tokens)
+        return whole if shard is None else shard.split(whole)
 
     def finish(self, tokens: torch.Tensor, cond: S2VConditioning) -> torch.Tensor:
         """Head and unpatchify of the video tokens -> [B, out_dim, F, H, W] float32."""
         video_only = cond.dit._replace(time_embed=cond.dit.time_embed[:-1], time_index=None)
+        if video_only.shard is not None:
+            # A rank's slice mixes the token groups: the head (per token) runs on all of it, and
+            # the video's tokens are taken from the gathered output.
+            whole = video_only.shard.gather(self.head(tokens, video_only.time_embed, None))
+            return self._unpatchify(whole[:, :cond.video_tokens], video_only.grid)
         return super().finish(tokens[:, :cond.video_tokens], video_only)
 
     def _encode_audio(

@@ -92,7 +92,7 @@ def load_pipeline(
     process's own GPU) share one generation, which every process then runs with the same
     arguments, as the official flags of the same names: ``ulysses_size`` (the number of
     processes, or 1) splits every DiT forward's tokens over the processes (Ulysses sequence
-    parallelism; not s2v-14B); ``dit_fsdp`` and ``t5_fsdp`` shard the DiTs' and the text
+    parallelism); ``dit_fsdp`` and ``t5_fsdp`` shard the DiTs' and the text
     encoder's weights over them (FSDP). ``dit_fsdp`` computes with every DiT weight in ``dtype``,
     as the official FSDP does (its outputs then match ``convert_model_dtype``'s), and keeps the
     DiTs on the GPUs (no ``offload_model``). The official FSDP also rounds the DiT's floating-point
