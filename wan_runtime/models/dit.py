@@ -102,12 +102,12 @@ class WanModel(nn.Module):
         return model.eval().requires_grad_(False)
 
     @classmethod
-    def check_pretrained(cls, path: str | Path) -> None:
+    def check_pretrained(cls, path: str | Path) -> DiTConfig:
         """Check an official DiT folder as ``from_pretrained`` would, without reading a weight:
         ``config.json``, the index and shards, every safetensors header, and every tensor's name
-        and shape against the model the config describes (``CheckpointError``). Cheap, so a
-        pipeline runs it on every DiT before loading anything."""
-        cls._meta_model(Path(path))
+        and shape against the model the config describes (``CheckpointError``); returns that
+        config. Cheap, so a pipeline runs it on every DiT before loading anything."""
+        return cls._meta_model(Path(path))[0].config
 
     @classmethod
     def _meta_model(cls, folder: Path) -> tuple[WanModel, dict[str, TensorEntry]]:

@@ -18,7 +18,7 @@ from wan_runtime.models.compilation import check_compile_support, compile_blocks
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.models.t5_checkpoint import check_checkpoint_file
 from wan_runtime.models.vae_loading import check_vae_file
-from wan_runtime.parallel_checks import check_heads, check_parallel
+from wan_runtime.parallel_checks import check_heads_split, check_parallel
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
 from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE, I2VPipeline
 from wan_runtime.pipelines.inputs import parse_size
@@ -125,9 +125,9 @@ def load_pipeline(
     check_checkpoint_file(root / spec.t5_file)
     check_vae_file(root / spec.vae_file)
     for folder in spec.dit_folders:
-        dit_class.check_pretrained(root / folder)
-    if ulysses_size > 1:
-        check_heads(spec, root, ulysses_size)
+        num_heads = dit_class.check_pretrained(root / folder).num_heads
+        if ulysses_size > 1:
+            check_heads_split(num_heads, ulysses_size)
     if spec.audio_dir is not None:
         Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
     rest = _CPU if offload_model else device  # where the big models sit between uses
