@@ -10,6 +10,7 @@ first block and the rest, and each stage can be captured as a CUDA graph:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ from torch import nn
 from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel, SequenceShard
 from wan_runtime.errors import InputError
+from wan_runtime.lora import LoraFile, WeightUpdates
 from wan_runtime.models.dit_blocks import AffineLayerNorm, DiTBlock, Head, RMSNorm, linear_float32
 from wan_runtime.models.dit_config import DiTConfig, config_from_checkpoint, read_config_json
 from wan_runtime.models.rope import rope_tables
@@ -31,6 +33,14 @@ from wan_runtime.models.safetensors_checkpoint import (
     read_entries,
 )
 from wan_runtime.parallel_checks import check_heads_split
+
+
+def _weight_updates(
+    model: nn.Module, loras: Sequence[tuple[LoraFile, float]], label: str
+) -> WeightUpdates | None:
+    if not loras:
+        return None
+    return WeightUpdates(loras, {name: tuple(p.shape) for name, p in model.named_parameters()}, label)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -87,6 +97,8 @@ class WanModel(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         convert_model_dtype: bool = False,
+        loras: Sequence[tuple[LoraFile, float]] = (),
+        label: str = "",
     ) -> WanModel:
         """Load an official DiT folder (``config.json`` + single or sharded safetensors).
 
@@ -95,19 +107,27 @@ class WanModel(nn.Module):
         ``convert_model_dtype`` casts them too, as the official flag of that name does (the
         official model then rounds those weights to ``dtype`` but still computes in float32 where
         it did). Weights are read one tensor at a time into a model built on the meta device.
+        ``loras``: ``(LoRA file, strength)`` pairs merged into the weights as they load
+        (``wan_runtime.lora``; ``label`` names this DiT in their errors).
         """
         model, entries = cls._meta_model(Path(path))
+        updates = _weight_updates(model, loras, label or str(path))
         model.set_compute_dtype(dtype or torch.float32, keep_float32=not convert_model_dtype)
-        load_parameters(model, entries, device or "cpu")
+        load_parameters(model, entries, device or "cpu", updates)
         return model.eval().requires_grad_(False)
 
     @classmethod
-    def check_pretrained(cls, path: str | Path) -> DiTConfig:
+    def check_pretrained(
+        cls, path: str | Path, loras: Sequence[tuple[LoraFile, float]] = (), label: str = ""
+    ) -> DiTConfig:
         """Check an official DiT folder as ``from_pretrained`` would, without reading a weight:
         ``config.json``, the index and shards, every safetensors header, and every tensor's name
-        and shape against the model the config describes (``CheckpointError``); returns that
-        config. Cheap, so a pipeline runs it on every DiT before loading anything."""
-        return cls._meta_model(Path(path))[0].config
+        and shape against the model the config describes (``CheckpointError``), and that
+        ``loras`` fit it (``InputError``); returns that config. Cheap, so a pipeline runs it on
+        every DiT before loading anything."""
+        model = cls._meta_model(Path(path))[0]
+        _weight_updates(model, loras, label or str(path))
+        return model.config
 
     @classmethod
     def _meta_model(cls, folder: Path) -> tuple[WanModel, dict[str, TensorEntry]]:

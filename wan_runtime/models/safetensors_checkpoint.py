@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from wan_runtime.errors import CheckpointError
+from wan_runtime.lora import WeightUpdates
 
 SINGLE_FILE = "diffusion_pytorch_model.safetensors"
 INDEX_FILE = "diffusion_pytorch_model.safetensors.index.json"
@@ -106,9 +107,11 @@ def check_keys(model: nn.Module, entries: dict[str, TensorEntry], folder: Path) 
 
 
 def load_parameters(
-    model: nn.Module, entries: dict[str, TensorEntry], device: torch.device | str
+    model: nn.Module, entries: dict[str, TensorEntry], device: torch.device | str,
+    updates: WeightUpdates | None = None,
 ) -> None:
-    """Fill a meta-device ``model`` from ``entries``, each parameter in its own dtype."""
+    """Fill a meta-device ``model`` from ``entries``, each parameter in its own dtype; the
+    parameters that ``updates`` change get their LoRA changes before that dtype's rounding."""
     by_file: dict[Path, list[str]] = {}
     for name, entry in entries.items():
         by_file.setdefault(entry.file, []).append(name)
@@ -118,7 +121,10 @@ def load_parameters(
             with safe_open(str(file), framework="pt", device="cpu") as handle:
                 for name in names:
                     target = params[name]
-                    value = handle.get_tensor(name).to(device=device, dtype=target.dtype)
+                    value = handle.get_tensor(name)
+                    if updates is not None and name in updates:
+                        value = updates.apply(name, value.to(device=device, dtype=torch.float32))
+                    value = value.to(device=device, dtype=target.dtype)
                     owner, _, leaf = name.rpartition(".")
                     model.get_submodule(owner)._parameters[leaf] = nn.Parameter(
                         value, requires_grad=False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import InputError
 from wan_runtime.inference_only import guard, inference_only_enabled
+from wan_runtime.lora import Lora, read_loras
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
 from wan_runtime.models.audio_encoder import Wav2Vec2Features
 from wan_runtime.models.compilation import check_compile_support, compile_blocks
@@ -73,6 +75,7 @@ def load_pipeline(
     ulysses_size: int = 1,
     dit_fsdp: bool = False,
     t5_fsdp: bool = False,
+    loras: Sequence[Lora] = (),
 ) -> Pipeline:
     """Load ``task`` (``"i2v-A14B"``, ``"ti2v-5B"`` or ``"s2v-14B"``) from its official release
     folder ``ckpt_dir``.
@@ -87,6 +90,11 @@ def load_pipeline(
     and VAE archives for truncation, every DiT's config and safetensors headers against each other
     and the speech encoder's weights, before anything loads (``CheckpointError``). Unless
     ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
+
+    ``loras``: ``wan_runtime.lora.Lora`` files merged into the DiT weights as they load, each
+    with its strength, into every DiT or (i2v-A14B) one expert; every file is read and checked
+    against the DiTs' shapes before any model loads (``InputError``), and a step then costs what
+    it costs without them.
 
     Several processes (``torchrun``, with ``torch.distributed`` initialised and ``device`` each
     process's own GPU) share one generation, which every process then runs with the same
@@ -120,12 +128,15 @@ def load_pipeline(
     root = Path(ckpt_dir)
     pipeline_class, names = _PIPELINES[spec.name]
     dit_class = WanModel if spec.audio_dir is None else WanModelS2V
+    dit_loras = read_loras(loras, spec.name, names)
+    labels = {name: spec.name if len(names) == 1 else f"{spec.name} {name.replace('_', '-')}"
+              for name in names}
     # A bad file fails before minutes of loading: a truncated T5 or VAE archive, a DiT folder (config,
     # shards, headers, tensor names and shapes), the speech encoder's weights.
     check_checkpoint_file(root / spec.t5_file)
     check_vae_file(root / spec.vae_file)
-    for folder in spec.dit_folders:
-        num_heads = dit_class.check_pretrained(root / folder).num_heads
+    for name, folder in zip(names, spec.dit_folders, strict=True):
+        num_heads = dit_class.check_pretrained(root / folder, dit_loras[name], labels[name]).num_heads
         if ulysses_size > 1:
             check_heads_split(num_heads, ulysses_size)
     if spec.audio_dir is not None:
@@ -149,7 +160,7 @@ def load_pipeline(
     for name, folder in zip(names, spec.dit_folders, strict=True):
         dits[name] = guard(dit_class.from_pretrained(
             root / folder, dtype=dtype, device=_CPU if dit_fsdp else rest,
-            convert_model_dtype=convert_model_dtype or dit_fsdp,
+            convert_model_dtype=convert_model_dtype or dit_fsdp, loras=dit_loras[name], label=labels[name],
         ))
         if dit_fsdp:
             dits[name].enable_fsdp(device)

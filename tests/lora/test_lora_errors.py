@@ -1,0 +1,116 @@
+"""Every bad LoRA is refused with a message naming the file, the tensor and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.lora.lora_writers import parameter_shapes, random_lora, write_official
+from wan_runtime.errors import InputError
+from wan_runtime.lora import Lora, LoraFile, check_loras
+from wan_runtime.models import WanModel
+
+Q = "diffusion_model.blocks.0.self_attn.q"
+
+
+def factors(out: int = 64, inp: int = 64, rank: int = 2) -> dict[str, torch.Tensor]:
+    return {f"{Q}.lora_down.weight": torch.ones(rank, inp), f"{Q}.lora_up.weight": torch.ones(out, rank)}
+
+
+BAD_FILES = {
+    "text_encoder": ({"lora_te1_encoder_block_0.lora_down.weight": torch.ones(2, 4)}, "text encoder"),
+    "loha": ({f"{Q}.hada_w1_a": torch.ones(2, 4)}, "LoHa adapter"),
+    "dora": ({**factors(), f"{Q}.dora_scale": torch.ones(1, 64)}, "DoRA"),
+    "unknown_part": ({f"{Q}.weight": torch.ones(64, 64)}, "ends in none of"),
+    "missing_up": ({f"{Q}.lora_down.weight": torch.ones(2, 64)}, "down factor but no up factor"),
+    "rank_mismatch": ({f"{Q}.lora_down.weight": torch.ones(2, 64), f"{Q}.lora_up.weight": torch.ones(64, 3)},
+                      "do not multiply"),
+    "alpha_vector": ({**factors(), f"{Q}.alpha": torch.ones(2)}, "not one number"),
+    "alpha_alone": ({f"{Q}.alpha": torch.tensor(2.0)}, "no factors"),
+    "nan": ({f"{Q}.lora_down.weight": torch.full((2, 64), float("nan")),
+             f"{Q}.lora_up.weight": torch.ones(64, 2)}, "NaN or infinite"),
+    "empty": ({}, "holds no tensors"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_lora_files_are_refused(tmp_path, case):
+    tensors, fragment = BAD_FILES[case]
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(InputError, match=fragment) as err:
+        LoraFile.read(path)
+    assert str(path) in str(err.value)
+
+
+def test_unreadable_missing_and_pickled_files(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 20)
+    with pytest.raises(InputError, match="not a readable safetensors file; download it again|not a readable"):
+        LoraFile.read(garbage)
+    with pytest.raises(InputError, match="does not exist"):
+        LoraFile.read(tmp_path / "absent.safetensors")
+    pickle = tmp_path / "lora.pt"
+    torch.save({"a": torch.ones(1)}, pickle)
+    with pytest.raises(InputError, match="is a pickle .*use the .safetensors release"):
+        LoraFile.read(pickle)
+
+
+def dit_fit(tmp_path, folder, tensors):
+    path = tmp_path / "lora.safetensors"
+    save_file(tensors, str(path))
+    WanModel.check_pretrained(folder, [(LoraFile.read(path), 1.0)], label="ti2v-5B")
+
+
+def test_lora_for_another_model_is_refused(tmp_path, ti2v_dit_dir):
+    shapes = parameter_shapes(ti2v_dit_dir)
+    dim = shapes["blocks.0.self_attn.q.weight"][0]
+    with pytest.raises(InputError, match=r"does not fit the ti2v-5B DiT .*cannot change a weight of shape"):
+        dit_fit(tmp_path, ti2v_dit_dir, factors(out=dim + 8, inp=dim))
+    with pytest.raises(InputError, match=r"updates modules that the ti2v-5B DiT does not have \(blocks.99"):
+        dit_fit(tmp_path, ti2v_dit_dir, {k.replace("blocks.0.", "blocks.99."): v
+                                          for k, v in factors(dim, dim).items()})
+    with pytest.raises(InputError, match=r"'blocks.0.self_attn.norm_q' has no bias in the ti2v-5B DiT"):
+        dit_fit(tmp_path, ti2v_dit_dir, {"diffusion_model.blocks.0.self_attn.norm_q.diff_b": torch.ones(dim)})
+    with pytest.raises(InputError, match=r"diff of shape \[3\] for a weight of shape"):
+        dit_fit(tmp_path, ti2v_dit_dir, {"diffusion_model.blocks.0.norm3.diff": torch.ones(3)})
+
+
+def test_a_fitting_lora_passes_the_check(tmp_path, ti2v_dit_dir):
+    path = write_official(tmp_path / "ok.safetensors", random_lora(parameter_shapes(ti2v_dit_dir)))
+    assert WanModel.check_pretrained(ti2v_dit_dir, [(LoraFile.read(path), 1.0)]).num_layers > 0
+
+
+def test_merge_that_overflows_is_refused(tmp_path, ti2v_dit_dir):
+    dim = parameter_shapes(ti2v_dit_dir)["blocks.0.self_attn.q.weight"][0]
+    path = tmp_path / "huge.safetensors"
+    save_file({k: v * 1e20 for k, v in factors(dim, dim).items()}, str(path))
+    with pytest.raises(InputError, match="make blocks.0.self_attn.q.weight infinite; lower their strengths"):
+        WanModel.from_pretrained(ti2v_dit_dir, loras=[(LoraFile.read(path), 1.0)])
+
+
+@pytest.mark.parametrize(("loras", "fragment"), [
+    ("lora.safetensors", "must be a list"),
+    (["lora.safetensors"], "must hold wan_runtime.lora.Lora items"),
+    ([Lora("{f}", strength=float("nan"))], "must be a finite number"),
+    ([Lora("{f}", strength=True)], "must be a finite number"),
+    ([Lora("{f}", strength="1")], "must be a finite number"),
+    ([Lora("{f}", expert="high_noise")], "ti2v-5B has one DiT, so LoRA .* takes no expert"),
+    ([Lora("{d}/absent.safetensors")], "does not exist"),
+])
+def test_bad_lora_requests_are_refused(tmp_path, loras, fragment):
+    file = tmp_path / "lora.safetensors"
+    save_file(factors(), str(file))
+    if isinstance(loras, list):
+        loras = [lora if not isinstance(lora, Lora) else
+                 Lora(lora.path.format(f=file, d=tmp_path), lora.strength, lora.expert) for lora in loras]
+    with pytest.raises(InputError, match=fragment):
+        check_loras(loras, "ti2v-5B", ["dit"])
+
+
+def test_unknown_expert_is_refused(tmp_path):
+    file = tmp_path / "lora.safetensors"
+    save_file(factors(), str(file))
+    with pytest.raises(InputError, match="unknown expert 'high'; i2v-A14B's are 'high_noise' and "):
+        check_loras([Lora(file, expert="high")], "i2v-A14B", ["high_noise", "low_noise"])

@@ -1,0 +1,71 @@
+"""LoRAs merged into the DiT weights as they load (see ``weight_updates`` for why merged).
+
+``Lora`` is what a user asks for; ``read_loras`` reads and checks the files for a task's DiTs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wan_runtime.errors import InputError
+from wan_runtime.lora.lora_file import LoraFile
+from wan_runtime.lora.weight_updates import WeightUpdates
+
+__all__ = ["Lora", "LoraFile", "WeightUpdates", "check_loras", "read_loras"]
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA to merge into a task's DiT weights.
+
+    ``path``: a ``.safetensors`` LoRA for Wan (official, diffusers or kohya/musubi tensor names).
+    ``strength``: its multiplier (1 as trained, 0 leaves the model unchanged, negative subtracts).
+    ``expert``: for i2v-A14B, ``"high_noise"`` or ``"low_noise"`` to change that expert alone
+    (the Wan2.2-Lightning LoRAs come as one file per expert); ``None`` changes every DiT.
+    """
+
+    path: str | Path
+    strength: float = 1.0
+    expert: str | None = None
+
+
+def check_loras(loras: Sequence[Lora], task: str, dits: Sequence[str]) -> None:
+    """Refuse (``InputError``) what is wrong with ``loras`` for ``task``, whose DiTs are named
+    ``dits``, without reading the files: the types, strengths, experts, and missing files."""
+    if isinstance(loras, (str, Path, Lora)) or not isinstance(loras, Sequence):
+        raise InputError(f"loras must be a list of wan_runtime.lora.Lora, got {loras!r}")
+    for lora in loras:
+        if not isinstance(lora, Lora):
+            raise InputError(f"loras must hold wan_runtime.lora.Lora items, got {lora!r}")
+        strength = lora.strength
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(
+                strength):
+            raise InputError(f"the strength of LoRA {lora.path} must be a finite number, got {strength!r}")
+        if lora.expert is not None and len(dits) == 1:
+            raise InputError(f"{task} has one DiT, so LoRA {lora.path} takes no expert "
+                             f"(got {lora.expert!r}); drop it")
+        if lora.expert is not None and lora.expert not in dits:
+            raise InputError(f"LoRA {lora.path}: unknown expert {lora.expert!r}; {task}'s are "
+                             f"{' and '.join(map(repr, dits))} (None: both)")
+        if not isinstance(lora.path, (str, Path)) or not Path(lora.path).is_file():
+            raise InputError(f"LoRA file {lora.path} does not exist (or is not a file); check the path")
+
+
+def read_loras(
+    loras: Sequence[Lora], task: str, dits: Sequence[str]
+) -> dict[str, list[tuple[LoraFile, float]]]:
+    """Each of ``dits``' LoRA files (each file read and checked once) with their strengths."""
+    check_loras(loras, task, dits)
+    files: dict[Path, LoraFile] = {}
+    by_dit: dict[str, list[tuple[LoraFile, float]]] = {name: [] for name in dits}
+    for lora in loras:
+        path = Path(lora.path)
+        if path not in files:
+            files[path] = LoraFile.read(path)
+        for name in dits if lora.expert is None else (lora.expert,):
+            by_dit[name].append((files[path], float(lora.strength)))
+    return by_dit

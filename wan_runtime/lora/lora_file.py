@@ -1,0 +1,125 @@
+"""Reading one LoRA file: safetensors only, every tensor named, paired and finite, or a clear error."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from wan_runtime.errors import InputError
+from wan_runtime.lora.keys import ALPHA, DOWN, UP, KeyProblem, ModuleNames, parse_key
+
+_PICKLES = (".pt", ".pth", ".ckpt", ".bin")
+_SHOWN = 3
+
+
+def listed(items: list[str]) -> str:
+    more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return "; ".join(items[:_SHOWN]) + more
+
+
+@dataclass
+class ModuleUpdate:
+    """What a LoRA changes in one module: the low-rank factors with their alpha, and whole-tensor
+    differences of the weight and the bias."""
+
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int:
+        return self.parts[DOWN].shape[0]
+
+    @property
+    def scale(self) -> float:
+        """alpha / rank, the factor every trainer applies to up @ down (1 without an alpha)."""
+        alpha = self.parts.get(ALPHA)
+        return 1.0 if alpha is None else float(alpha) / self.rank
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    """A LoRA file's updates by module, as the file names the modules (see ``wan_runtime.lora.keys``).
+
+    ``LoraFile.read`` refuses (``InputError``, naming the file, the tensor and the fix) a missing
+    or pickled file, an unreadable one, tensor names of no LoRA kind read here, factors without
+    their partner, ranks that disagree, an alpha that is not one number, and non-finite values.
+    """
+
+    path: Path
+    modules: Mapping[str, ModuleUpdate]
+
+    @classmethod
+    def read(cls, path: str | Path) -> LoraFile:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"LoRA file {path} does not exist (or is not a file); check the path")
+        if path.suffix.lower() in _PICKLES:
+            raise InputError(
+                f"LoRA file {path} is a pickle ({path.suffix}), which can run code when loaded; only "
+                "safetensors LoRAs are read: use the .safetensors release of that LoRA"
+            )
+        modules: dict[str, ModuleUpdate] = {}
+        problems: list[str] = []
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                for key in handle.keys():
+                    try:
+                        parsed = parse_key(key)
+                    except KeyProblem as err:
+                        problems.append(f"{key!r} {err}")
+                        continue
+                    tensor = handle.get_tensor(key)
+                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                        problems.append(f"{key!r} holds NaN or infinite values")
+                    modules.setdefault(parsed.module, ModuleUpdate()).parts[parsed.part] = tensor
+        except (SafetensorError, OSError) as err:
+            raise InputError(
+                f"LoRA file {path} is not a readable safetensors file ({err}); download it again"
+            ) from err
+        for module, update in modules.items():
+            problems += _pair_problems(module, update)
+        if problems:
+            raise InputError(f"LoRA file {path} cannot be applied: {listed(problems)}")
+        if not modules:
+            raise InputError(f"LoRA file {path} holds no tensors; download it again")
+        return cls(path, modules)
+
+    def targets(self, names: ModuleNames, dit: str) -> dict[str, tuple[str, ModuleUpdate]]:
+        """Each updated module's official name in the DiT ``dit`` (a label for messages), with its
+        update, checked against the DiT's parameter shapes (``InputError`` naming every mismatch)."""
+        resolved: dict[str, tuple[str, ModuleUpdate]] = {}
+        unknown: list[str] = []
+        for module, update in self.modules.items():
+            official = names.resolve(module)
+            if official is None:
+                unknown.append(module)
+            else:
+                resolved[module] = (official, update)
+        if unknown:
+            raise InputError(
+                f"LoRA file {self.path} updates modules that the {dit} DiT does not have "
+                f"({listed(sorted(unknown))}): it was made for another model; use a LoRA for this one"
+            )
+        return resolved
+
+
+def _pair_problems(module: str, update: ModuleUpdate) -> list[str]:
+    parts = update.parts
+    problems = []
+    if (DOWN in parts) != (UP in parts):
+        have, lack = (DOWN, UP) if DOWN in parts else (UP, DOWN)
+        problems.append(f"{module!r} has a {have} factor but no {lack} factor (the file is incomplete)")
+    elif DOWN in parts:
+        down, up = parts[DOWN], parts[UP]
+        if (down.dim() < 2 or up.dim() < 2 or up.shape[1] != down.shape[0]
+                or any(s != 1 for s in up.shape[2:])):
+            problems.append(f"{module!r} has factors of shapes {list(down.shape)} (down) and "
+                            f"{list(up.shape)} (up), which do not multiply")
+    if ALPHA in parts and DOWN not in parts:
+        problems.append(f"{module!r} has an alpha but no factors for it to scale")
+    elif ALPHA in parts and parts[ALPHA].numel() != 1:
+        problems.append(f"{module!r} has an alpha of shape {list(parts[ALPHA].shape)}, not one number")
+    return problems

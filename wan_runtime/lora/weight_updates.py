@@ -1,0 +1,82 @@
+"""The changes of several LoRAs to one DiT's weights, merged into each weight as it loads.
+
+Merging rather than running the LoRA beside each layer keeps the model what it was: the same
+shapes and kernels, so ``torch.compile``, CUDA graphs, FSDP and the step caches see a plain DiT
+and a step costs what it did. Each changed tensor is read from the checkpoint, widened to float32,
+given ``strength * alpha / rank * up @ down`` (and any ``diff``) of every LoRA in float32, and
+rounded once to the parameter's dtype, so a bfloat16 model carries no second rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from wan_runtime.errors import InputError
+from wan_runtime.lora.keys import DIFF, DIFF_B, DOWN, UP, ModuleNames
+from wan_runtime.lora.lora_file import LoraFile, ModuleUpdate, listed
+
+_WHAT = {DOWN: "weight", DIFF: "weight", DIFF_B: "bias"}
+
+
+class WeightUpdates:
+    """``(LoRA file, strength)`` pairs checked against one DiT's parameter ``shapes`` (name ->
+    shape; ``dit`` labels the DiT in messages). Raises ``InputError`` naming every module the DiT
+    lacks or whose shape the LoRA does not fit."""
+
+    def __init__(self, loras: Sequence[tuple[LoraFile, float]], shapes: Mapping[str, tuple[int, ...]],
+                 dit: str) -> None:
+        names = ModuleNames(shapes)
+        self._changes: dict[str, list[tuple[str, ModuleUpdate, float]]] = {}
+        for lora, strength in loras:
+            if strength == 0:
+                continue
+            problems = []
+            for module, (official, update) in lora.targets(names, dit).items():
+                for part in update.parts.keys() & _WHAT.keys():
+                    param = names.target(official, part)
+                    if param is None:
+                        problems.append(f"{module!r} has no {_WHAT[part]} in the {dit} DiT")
+                        continue
+                    fits = _fit_problem(update, part, shapes[param])
+                    if fits:
+                        problems.append(f"{module!r}: {fits}")
+                    self._changes.setdefault(param, []).append((part, update, strength))
+            if problems:
+                raise InputError(
+                    f"LoRA file {lora.path} does not fit the {dit} DiT ({listed(problems)}): it was made "
+                    "for another model or size; use a LoRA for this one"
+                )
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._changes
+
+    def __len__(self) -> int:
+        """How many parameters change."""
+        return len(self._changes)
+
+    def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` (float32, the parameter ``name`` as stored) plus every LoRA's change to it."""
+        for part, update, strength in self._changes.get(name, ()):
+            if part == DOWN:
+                up = update.parts[UP].to(weight.device, torch.float32).flatten(1)
+                down = update.parts[DOWN].to(weight.device, torch.float32).flatten(1)
+                weight.add_((up @ down).view(weight.shape), alpha=strength * update.scale)
+            else:
+                weight.add_(update.parts[part].to(weight.device, torch.float32), alpha=strength)
+        if not torch.isfinite(weight).all():
+            raise InputError(f"the LoRAs make {name} infinite; lower their strengths")
+        return weight
+
+
+def _fit_problem(update: ModuleUpdate, part: str, shape: tuple[int, ...]) -> str | None:
+    if part == DOWN:
+        down, up = update.parts[DOWN], update.parts[UP]
+        if up.shape[0] != shape[0] or tuple(down.shape[1:]) != tuple(shape[1:]):
+            return (f"factors of shapes {list(up.shape)} @ {list(down.shape)} cannot change a weight "
+                    f"of shape {list(shape)}")
+        return None
+    if tuple(update.parts[part].shape) != tuple(shape):
+        return f"{part} of shape {list(update.parts[part].shape)} for a {_WHAT[part]} of shape {list(shape)}"
+    return None
