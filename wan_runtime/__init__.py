@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Any
 from wan_runtime.errors import CheckpointError, InputError, NumericalError, WanError
 
 if TYPE_CHECKING:
+    from wan_runtime.lora import Lora
     from wan_runtime.pipelines import load_pipeline
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "InputError", "NumericalError", "WanError", "__version__", "load_pipeline"]
+__all__ = ["CheckpointError", "InputError", "Lora", "NumericalError", "WanError", "__version__",
+           "load_pipeline"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from wan_runtime.pipelines import load_pipeline
 
         return load_pipeline
+    if name == "Lora":
+        from wan_runtime.lora import Lora
+
+        return Lora
     raise AttributeError(f"module 'wan_runtime' has no attribute {name!r}")

@@ -37,10 +37,11 @@ from wan_runtime.checks import (
 from wan_runtime.distributed.launch import Launch
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
+from wan_runtime.lora import Lora, check_loras
 from wan_runtime.models.audio_encoder import speech_clip_count
 from wan_runtime.parallel_checks import check_heads, parallel_problems
 from wan_runtime.pose_video import probe_video
-from wan_runtime.tasks import TASKS, TaskSpec, check_checkpoint_dir
+from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE, TASKS, TaskSpec, check_checkpoint_dir
 
 T = TypeVar("T")
 
@@ -94,6 +95,7 @@ class GenerateConfig:
     ``infer_frames``, ``start_from_ref`` and ``pose_video`` (checked: its first frame decodes) as
     the official flags. ``launch`` is this process's place in a ``torchrun`` launch (``device``
     is then its own GPU); ``ulysses_size``, ``dit_fsdp`` and ``t5_fsdp`` as the official flags.
+    ``loras``: the LoRAs of ``--lora``, ``--lora_high_noise`` and ``--lora_low_noise``.
     """
 
     task: str
@@ -128,6 +130,7 @@ class GenerateConfig:
     infer_frames: int = DEFAULT_INFER_FRAMES
     start_from_ref: bool = False
     pose_video: Path | None = None
+    loras: tuple[Lora, ...] = ()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,9 +171,9 @@ def _differences() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The parser: the official ``generate.py``'s flags and defaults but for the differences its
     epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
-    ``--compile``, ``--debug``, ``--demo`` and the step cache flags ``--teacache*``, ``--fbcache``,
-    ``--fb_*``; see ``wan_runtime.cache.CacheConfig``). Task, size, solver, device and dtype are
-    checked by ``resolve`` so all problems are listed together."""
+    ``--compile``, ``--debug``, ``--demo``, ``--lora*`` and the step cache flags ``--teacache*``,
+    ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``). Task, size, solver, device
+    and dtype are checked by ``resolve`` so all problems are listed together."""
     d = demo.DEMO_SETTINGS
     p = _Parser(
         prog="python -m wan_runtime.generate",
@@ -222,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="run on tiny random weights (cached) on the CPU to check the installation")
     _add_s2v_flags(p)
+    _add_lora_flags(p)
     _add_parallel_flags(p)
     _add_cache_flags(p)
     _add_unsupported_flags(p)
@@ -244,6 +248,17 @@ def _add_unsupported_flags(p: argparse.ArgumentParser) -> None:
                         "accepted)")
     for flag in ("--replace_flag", "--use_relighting_lora"):
         g.add_argument(flag, action="store_true", help="animate-14B only; not served")
+
+
+def _add_lora_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LoRA (merged into the DiT weights as they load: a step costs what it did)")
+    g.add_argument("--lora", action="append", default=[], metavar="PATH[=STRENGTH]",
+                   help="a .safetensors LoRA for every DiT of the task, at STRENGTH (default 1); repeat "
+                        "for several (their changes add up)")
+    for expert in ("high_noise", "low_noise"):
+        g.add_argument(f"--lora_{expert}", action="append", default=[], metavar="PATH[=STRENGTH]",
+                       help=f"i2v-A14B: a LoRA for the {expert.replace('_', '-')} expert alone (e.g. the "
+                            f"Wan2.2-Lightning {expert}_model.safetensors)")
 
 
 def _add_parallel_flags(p: argparse.ArgumentParser) -> None:
@@ -391,6 +406,7 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         problems.append(f"unknown --dtype {dtype_name!r}; choose {' or '.join(DTYPES)}")
 
     problems += _unsupported_flag_problems(args)
+    loras = _lora_problems(problems, args, spec)
     try:
         wan_kernels.get_backend()
     except ValueError as err:  # a bad WAN_KERNELS_BACKEND
@@ -435,8 +451,48 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         dit_fsdp=args.dit_fsdp,
         t5_fsdp=args.t5_fsdp,
         launch=launch,
+        loras=loras,
         **speech,
     )
+
+
+def _lora_problems(problems: list[str], args: argparse.Namespace, spec: TaskSpec | None) -> tuple[Lora, ...]:
+    """The LoRAs the flags ask for, each checked as ``load_pipeline`` will before reading it."""
+    flags = {"--lora": (args.lora, None), "--lora_high_noise": (args.lora_high_noise, HIGH_NOISE),
+             "--lora_low_noise": (args.lora_low_noise, LOW_NOISE)}
+    loras = []
+    for flag, (values, expert) in flags.items():
+        for value in values:
+            if expert is not None and spec is not None and len(spec.dit_names) == 1:
+                problems.append(f"{flag} is for i2v-A14B's experts; {spec.name} has one DiT: use --lora")
+                continue
+            path, strength = _split_lora(value)
+            if strength is None:
+                problems.append(f"{flag} {value!r}: the strength after '=' must be a finite number "
+                                f"(e.g. {flag} {path}=0.8)")
+                continue
+            lora = Lora(path, strength, expert)
+            try:
+                if spec is not None:
+                    check_loras([lora], spec.name, spec.dit_names)
+            except InputError as err:
+                problems.append(str(err))
+                continue
+            loras.append(lora)
+    return tuple(loras)
+
+
+def _split_lora(value: str) -> tuple[str, float | None]:
+    """``PATH`` or ``PATH=STRENGTH`` -> (path, strength); strength None when it is not a finite
+    number. An existing file is a path even when its name holds '='."""
+    path, sep, strength = value.rpartition("=")
+    if not sep or Path(value).is_file():
+        return value, 1.0
+    try:
+        number = float(strength)
+    except ValueError:
+        return path, None
+    return path, number if math.isfinite(number) else None
 
 
 def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, object]:

@@ -27,6 +27,7 @@ from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.video_io import write_mp4
 
 if TYPE_CHECKING:
+    from wan_runtime.lora import Lora
     from wan_runtime.pipelines import Pipeline, RunReport
 
 
@@ -137,6 +138,7 @@ def _make_video(config: GenerateConfig) -> tuple[Pipeline, torch.Tensor, float]:
         offload_model=config.offload_model, t5_cpu=config.t5_cpu,
         convert_model_dtype=config.convert_model_dtype, compile=config.compile,
         ulysses_size=config.ulysses_size, dit_fsdp=config.dit_fsdp, t5_fsdp=config.t5_fsdp,
+        loras=config.loras,
     )
     load_s = time.perf_counter() - start
     if config.compile:  # else a first step many times longer than the next looks like a hang
@@ -213,10 +215,17 @@ def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
         "dtype": str(config.dtype).removeprefix("torch."),
         "compile": config.compile,
         "cache": config.cache.describe(),
+        "loras": [_describe_lora(lora) for lora in config.loras],
         "demo": config.demo,
         **_parallel_settings(config),
         **speech,
     }
+
+
+def _describe_lora(lora: Lora) -> str:
+    """``PATH=STRENGTH``, with the expert it changes alone, if one."""
+    expert = "" if lora.expert is None else f" ({lora.expert.replace('_', '-')} expert)"
+    return f"{lora.path}={lora.strength:g}{expert}"
 
 
 def _parallel_settings(config: GenerateConfig) -> dict[str, object]:

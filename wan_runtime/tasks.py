@@ -28,13 +28,19 @@ S2V_NEGATIVE_PROMPT = (
 )
 
 
+# The DiTs' names in a pipeline and for per-expert LoRAs: the two i2v-A14B experts, the one DiT
+# of the other tasks.
+HIGH_NOISE, LOW_NOISE, DIT = "high_noise", "low_noise", "dit"
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One task's files and defaults.
 
     ``dit_folders`` lists the DiT folders, highest noise first: the two i2v-A14B experts, or the
     root itself (``"."``) for ti2v-5B. ``cache_models`` names those DiTs for the step cache (its
-    report's keys and the models TeaCache's ``poly`` coefficients are fitted for), in that order.
+    report's keys and the models TeaCache's ``poly`` coefficients are fitted for), in that order;
+    ``dit_names`` names them for the pipeline (its ``dits``) and for per-expert LoRAs.
     ``guide_scale`` is ``(low_noise, high_noise)`` for the two-expert task, in the official order.
     ``boundary`` is the fraction of the 1000 training timesteps at and above which the high-noise
     expert runs (None: one DiT).
@@ -63,6 +69,7 @@ class TaskSpec:
     num_train_timesteps: int = 1000
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     audio_dir: str | None = None
+    dit_names: tuple[str, ...] = (DIT,)
 
 
 TASKS = {
@@ -80,6 +87,7 @@ TASKS = {
         guide_scale=(3.5, 3.5),
         fps=16,
         boundary=0.900,
+        dit_names=(HIGH_NOISE, LOW_NOISE),
     ),
     "ti2v-5B": TaskSpec(
         name="ti2v-5B",

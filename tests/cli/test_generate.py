@@ -15,12 +15,15 @@ import sys
 import time
 
 import imageio_ffmpeg
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("wan_runtime.pipelines")
 
 from tests.cli.helpers import cli_env, read_settings, read_video, run_module  # noqa: E402
+from tests.lora.lora_writers import parameter_shapes, random_lora, write_official  # noqa: E402
 from tests.pipelines.images import write_pose_video  # noqa: E402
 from wan_runtime import demo  # noqa: E402
 from wan_runtime.audio_io import decode_audio  # noqa: E402
@@ -86,6 +89,31 @@ def test_i2v_demo_follows_the_image_and_the_save_file(cache_env, tmp_path):
         "fb_last_steps=1 fb_cfg_sep_diff=True"
     )
     assert "CacheManager[high] summary: " in result.stdout and "CacheManager[low] summary: " in result.stdout
+
+
+def test_i2v_demo_with_a_lora_per_expert(cache_env, tmp_path, monkeypatch):
+    """The LoRAs change the video, are recorded in it, and one made for another model is refused
+    with one line before loading."""
+    monkeypatch.setenv("XDG_CACHE_HOME", cache_env["XDG_CACHE_HOME"])
+    ckpt_dir, _ = demo.demo_checkpoint("i2v-A14B")
+    lora = write_official(tmp_path / "lightning=high.safetensors",
+                          random_lora(parameter_shapes(ckpt_dir / "high_noise_model")))
+    args = [*FAST, "--task", "i2v-A14B", "--base_seed", "5"]
+    outputs = {}
+    for name, extra in {"plain": [], "lora": ["--lora_high_noise", f"{lora}=0.5"]}.items():
+        outputs[name] = tmp_path / f"{name}.mp4"
+        result = _generate(*args, *extra, "--save_file", str(outputs[name]), cwd=tmp_path, env=cache_env)
+        assert result.returncode == 0, result.stderr
+    assert not np.array_equal(read_video(outputs["plain"])[0], read_video(outputs["lora"])[0])
+    assert read_settings(outputs["lora"])["loras"] == [f"{lora}=0.5 (high-noise expert)"]
+    assert read_settings(outputs["plain"])["loras"] == []
+
+    other = write_official(tmp_path / "other.safetensors", {"blocks.0.self_attn.q": {
+        "down": torch.ones(2, 4), "up": torch.ones(4, 2)}})
+    result = _generate(*args, "--lora", str(other), cwd=tmp_path, env=cache_env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert "does not fit the i2v-A14B high-noise DiT" in line
 
 
 def test_compiled_demo_writes_the_video(cache_env, tmp_path):

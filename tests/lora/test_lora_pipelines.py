@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.distributed.ranks import run_ranks
 from tests.lora.lora_writers import parameter_shapes, random_lora, write_official
 from tests.lora.test_lora_merge import diffusers_merge
 from tests.pipelines.images import gradient_image
-from tests.tolerances import LORA_VS_MERGED_CHECKPOINT, rel_l2
+from tests.tolerances import LORA_VS_MERGED_CHECKPOINT, PARALLEL_VS_ONE_PROCESS_FP32, rel_l2
 from wan_runtime.errors import InputError
 from wan_runtime.lora import Lora
 from wan_runtime.models.s2v_dit import WanModelS2V
@@ -85,3 +86,18 @@ def test_bad_loras_fail_before_any_model_loads(tmp_path, ti2v_root, i2v_root, mo
         load_pipeline("i2v-A14B", i2v_root, device="cpu", loras=[Lora(wide, expert="low_noise")])
     with pytest.raises(InputError, match="does not exist"):
         ti2v(ti2v_root, [Lora(tmp_path / "absent.safetensors")])
+
+
+def _sharded_with_lora(rank: int, root, lora) -> None:
+    arguments = {**RUN, "size": "64*64"}
+    one = ti2v(root, [Lora(lora)]).generate("a cat", **arguments)
+    several = load_pipeline("ti2v-5B", root, device="cpu", dtype=torch.float32, loras=[Lora(lora)],
+                            ulysses_size=2, dit_fsdp=True, t5_fsdp=True).generate("a cat", **arguments)
+    assert rel_l2(several, one) <= PARALLEL_VS_ONE_PROCESS_FP32
+
+
+def test_lora_with_fsdp_and_sequence_parallel(tmp_path, ti2v_root):
+    """FSDP shards the merged weights (merged on the CPU as they load, before sharding): two
+    processes make the single process's video."""
+    lora = write_official(tmp_path / "lora.safetensors", random_lora(parameter_shapes(ti2v_root)))
+    run_ranks(_sharded_with_lora, 2, ti2v_root, lora)

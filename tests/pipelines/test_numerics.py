@@ -13,8 +13,8 @@ from tests.pipelines.images import gradient_image
 from tests.pipelines.poison import poison
 from wan_runtime import NumericalError
 from wan_runtime.pipelines import load_pipeline
-from wan_runtime.pipelines.i2v import LOW_NOISE
 from wan_runtime.pipelines.numerics import FiniteWatch, remedy
+from wan_runtime.tasks import LOW_NOISE
 
 RUN = {"size": "64*64", "frame_num": 5, "sampling_steps": 5, "shift": 3.0, "seed": 3, "progress": False}
 

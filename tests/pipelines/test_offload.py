@@ -13,8 +13,8 @@ import torch
 from tests.pipelines.images import gradient_image
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.pipelines.base import TEXT_ENCODER
-from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE
-from wan_runtime.pipelines.s2v import AUDIO_ENCODER, DIT
+from wan_runtime.pipelines.s2v import AUDIO_ENCODER
+from wan_runtime.tasks import DIT, HIGH_NOISE, LOW_NOISE
 
 RUN = {"size": "64*64", "frame_num": 5, "sampling_steps": 5, "shift": 3.0, "seed": 3, "progress": False}
 CPU = torch.device("cpu")

@@ -57,7 +57,8 @@ class WeightUpdates:
         return len(self._changes)
 
     def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """``weight`` (float32, the parameter ``name`` as stored) plus every LoRA's change to it."""
+        """``weight`` (float32, the parameter ``name`` as stored, a tensor of the caller's own) with
+        every LoRA's change to it added in place."""
         for part, update, strength in self._changes.get(name, ()):
             if part == DOWN:
                 up = update.parts[UP].to(weight.device, torch.float32).flatten(1)

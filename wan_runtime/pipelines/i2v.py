@@ -16,13 +16,13 @@ import torch
 from wan_runtime.errors import InputError
 from wan_runtime.pipelines.base import ImageCondition, Pipeline, Plan
 from wan_runtime.pipelines.resolution import area_latent_size, image_to_tensor, resize_for_area
+from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from wan_runtime.tasks import TaskSpec
 
-HIGH_NOISE, LOW_NOISE = "high_noise", "low_noise"
 # The VAE 2.1 latent channels (the noise the high- and low-noise experts denoise).
 LATENT_CHANNELS = 16
 

@@ -22,7 +22,7 @@ from wan_runtime.models.t5_checkpoint import check_checkpoint_file
 from wan_runtime.models.vae_loading import check_vae_file
 from wan_runtime.parallel_checks import check_heads_split, check_parallel
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
-from wan_runtime.pipelines.i2v import HIGH_NOISE, LOW_NOISE, I2VPipeline
+from wan_runtime.pipelines.i2v import I2VPipeline
 from wan_runtime.pipelines.inputs import parse_size
 from wan_runtime.pipelines.residency import Residency
 from wan_runtime.pipelines.s2v import AUDIO_ENCODER, S2VPipeline
@@ -33,9 +33,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
 _PIPELINES = {
-    "i2v-A14B": (I2VPipeline, (HIGH_NOISE, LOW_NOISE)),
-    "ti2v-5B": (TI2VPipeline, ("dit",)),
-    "s2v-14B": (S2VPipeline, ("dit",)),
+    "i2v-A14B": I2VPipeline,
+    "ti2v-5B": TI2VPipeline,
+    "s2v-14B": S2VPipeline,
 }
 _DTYPES = (torch.bfloat16, torch.float32)
 _CPU = torch.device("cpu")
@@ -60,7 +60,7 @@ def check_output_size(task: str, image: Image.Image | None, size: str) -> None:
     ``"W*H"``, as ``generate`` would, without loading anything."""
     spec = task_spec(task)
     width, height = parse_size(size, spec)
-    _PIPELINES[spec.name][0].output_size(spec, image, width, height)
+    _PIPELINES[spec.name].output_size(spec, image, width, height)
 
 
 def load_pipeline(
@@ -126,7 +126,7 @@ def load_pipeline(
         check_compile_support(device)
     inference_only_enabled()  # a bad WAN_INFERENCE_ONLY value fails before minutes of loading
     root = Path(ckpt_dir)
-    pipeline_class, names = _PIPELINES[spec.name]
+    pipeline_class, names = _PIPELINES[spec.name], spec.dit_names
     dit_class = WanModel if spec.audio_dir is None else WanModelS2V
     dit_loras = read_loras(loras, spec.name, names)
     labels = {name: spec.name if len(names) == 1 else f"{spec.name} {name.replace('_', '-')}"

@@ -41,6 +41,7 @@ from wan_runtime.pipelines.pose import pose_clips
 from wan_runtime.pipelines.report import StageClock
 from wan_runtime.pipelines.resolution import image_to_tensor, resize_short_side_and_crop, s2v_output_size
 from wan_runtime.pose_video import VideoInfo, probe_video
+from wan_runtime.tasks import DIT
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
     from wan_runtime.solvers import MultistepFlowSolver
     from wan_runtime.tasks import TaskSpec
 
-DIT, AUDIO_ENCODER = "dit", "audio_encoder"
+AUDIO_ENCODER = "audio_encoder"
 LATENT_CHANNELS = 16
 # The first clip, decoded behind the one reference latent frame, starts with 3 frames that
 # belong to that frame's decoding: the official pipeline drops them.

@@ -1,0 +1,66 @@
+"""``--lora``, ``--lora_high_noise``, ``--lora_low_noise``: parsed into ``Lora`` requests, every
+bad one refused with one line and exit 2 before any model is imported."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from tests.cli.test_args import _errors, _resolve
+from wan_runtime.lora import Lora
+from wan_runtime.tiny_checkpoints import write_task_checkpoint
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    return {task: write_task_checkpoint(task, tmp_path_factory.mktemp(task))
+            for task in ("i2v-A14B", "ti2v-5B")}
+
+
+@pytest.fixture(autouse=True)
+def no_pipelines(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", None)
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "input.png"
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(path)
+    return path
+
+
+@pytest.fixture
+def lora(tmp_path):
+    path = tmp_path / "style=v2.safetensors"  # a '=' in the name, as some published files have
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.ones(2, 8),
+               "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.ones(8, 2)}, str(path))
+    return path
+
+
+def test_loras_are_parsed_with_strengths_and_experts(roots, lora, image):
+    config = _resolve("--task", "i2v-A14B", "--ckpt_dir", str(roots["i2v-A14B"]), "--image", str(image),
+                      "--lora", str(lora), "--lora", f"{lora}=0.5",
+                      "--lora_high_noise", f"{lora}=-1e-1", "--lora_low_noise", f"{lora}=2")
+    assert config.loras == (Lora(str(lora), 1.0), Lora(str(lora), 0.5), Lora(str(lora), -0.1, "high_noise"),
+                            Lora(str(lora), 2.0, "low_noise"))
+
+
+def test_no_lora_by_default(roots):
+    assert _resolve("--ckpt_dir", str(roots["ti2v-5B"])).loras == ()
+
+
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("--lora", "{lora}=strong", ["--lora", "the strength after '=' must be a finite number", "=0.8"]),
+    ("--lora", "{lora}=nan", ["the strength after '=' must be a finite number"]),
+    ("--lora", "{dir}/absent.safetensors", ["LoRA file", "absent.safetensors does not exist"]),
+    ("--lora_high_noise", "{lora}", ["--lora_high_noise is for i2v-A14B's experts; ti2v-5B has one DiT: "
+                                     "use --lora"]),
+])
+def test_bad_lora_flags_give_one_line_and_exit_2(roots, lora, tmp_path, capsys, flag, value, words):
+    argv = ["--ckpt_dir", str(roots["ti2v-5B"]), flag, value.format(lora=lora, dir=tmp_path)]
+    [line] = _errors(capsys, argv)
+    assert all(word in line for word in words), line
