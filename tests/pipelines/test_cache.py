@@ -53,6 +53,17 @@ def test_i2v_is_bitwise_uncached_at_threshold_zero(i2v_pipeline):
     assert set(i2v_pipeline.cache_report()) == {"high", "low"}
 
 
+def test_i2v_with_one_expert_unguided_is_bitwise_uncached_at_threshold_zero(i2v_pipeline):
+    """The low-noise expert at guide scale 1 runs its conditional branch alone, cached or not."""
+    image = gradient_image(80, 60)
+    run = {**RUN, "guide_scale": (1.0, 3.5)}
+    reference = i2v_pipeline.generate("a cat", image=image, **run)
+    config = CacheConfig(teacache=True, teacache_thresh=0.0, fbcache=True, fb_thresh=0.0)
+    assert torch.equal(i2v_pipeline.generate("a cat", image=image, cache=config, **run), reference)
+    report = i2v_pipeline.cache_report()
+    assert set(report["high"]) >= {"cond", "uncond"} and "uncond" not in report["low"]
+
+
 def test_large_threshold_computes_exactly_the_forced_steps(i2v_root):
     pipeline = load_pipeline("i2v-A14B", i2v_root, device="cpu", dtype=torch.float32)
     calls: list = []

@@ -67,6 +67,8 @@ def _compare(ours, official, run_ours, run_official) -> tuple[float, float]:
         ("unipc", 5, 3.0, "128*96", (100, 60), (3.0, 5.0), 5),
         ("dpm++", 4, 5.0, "64*64", (48, 80), (4.0, 2.5), 9),
         ("unipc", 3, 5.0, "64*64", (100, 60), (3.0, 5.0), 1),
+        # The low-noise expert unguided: its unconditional forward is left out.
+        ("unipc", 4, 5.0, "64*64", (100, 60), (1.0, 3.5), 5),
     ],
 )
 def test_i2v_matches_official(
@@ -110,3 +112,22 @@ def test_ti2v_matches_official(ti2v_pipeline, official_ti2v_pipe, solver, size, 
         lambda: official_ti2v_pipe.generate(PROMPT, img=image, size=(width, height), max_area=width * height,
                                             offload_model=False, **kwargs),
     )
+
+
+def test_ti2v_at_guide_scale_one_runs_one_forward_per_step(ti2v_pipeline, official_ti2v_pipe, monkeypatch):
+    """At guide scale 1 the official pipeline also runs the unconditional branch, which its
+    guidance formula then cancels but for rounding; ours leaves it out and makes the same video."""
+    calls = []
+    (dit,) = ti2v_pipeline.dits.values()
+    forward = dit.forward
+    monkeypatch.setattr(dit, "forward", lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs))
+    kwargs = {"frame_num": 5, "shift": 5.0, "sample_solver": "unipc", "sampling_steps": 4, "guide_scale": 1.0,
+              "seed": 7}
+    _compare(
+        ti2v_pipeline,
+        official_ti2v_pipe,
+        lambda: ti2v_pipeline.generate(PROMPT, size="64*64", progress=False, **kwargs),
+        lambda: official_ti2v_pipe.generate(PROMPT, size=(64, 64), max_area=64 * 64, offload_model=False,
+                                            **kwargs),
+    )
+    assert len(calls) == 4

@@ -329,13 +329,17 @@ class Pipeline:
                 # ti2v with an image: the tokens of the fixed first frame are at timestep 0.
                 timestep = timesteps[i : i + 1] if per_token is None else per_token * timesteps[i]
                 x = latent[None]
-                if manager is None:
-                    cond = model(x, timestep, prompts.context, condition.y)[0]
-                    uncond = model(x, timestep, prompts.context_null, condition.y)[0]
-                else:
-                    cond = manager.forward(i, "cond", x, timestep, prompts.context, condition.y)[0]
-                    uncond = manager.forward(i, "uncond", x, timestep, prompts.context_null, condition.y)[0]
-                latent = solver.step(uncond + scale * (cond - uncond), t, latent)
+                # At scale 1 guidance gives the conditional prediction: the official run's
+                # uncond + 1 * (cond - uncond) differs from it by float rounding alone, so the
+                # unconditional forward (half the step) is left out.
+                branches = [("cond", prompts.context)]
+                if scale != 1:
+                    branches.append(("uncond", prompts.context_null))
+                flows = [(model(x, timestep, context, condition.y) if manager is None else
+                          manager.forward(i, branch, x, timestep, context, condition.y))[0]
+                         for branch, context in branches]
+                flow = flows[0] if len(flows) == 1 else flows[1] + scale * (flows[0] - flows[1])
+                latent = solver.step(flow, t, latent)
                 if first is not None:
                     latent = torch.cat([first, latent[:, 1:]], dim=1)
                 watch.observe(i, latent)
