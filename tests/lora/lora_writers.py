@@ -53,7 +53,7 @@ def write_official(path: Path, lora: dict, prefix: str = "diffusion_model.", dow
                    up: str = "lora_up") -> Path:
     """The official module names (ComfyUI/LightX2V files: ``diffusion_model.`` + lora_down/up)."""
     names = {"down": f"{down}.weight", "up": f"{up}.weight", "alpha": "alpha", "diff": "diff",
-             "diff_b": "diff_b"}
+             "diff_b": "diff_b", "diff_m": "diff_m"}
     tensors = {f"{prefix}{module}.{names[part]}": t
                for module, parts in lora.items() for part, t in parts.items()}
     save_file(tensors, str(path))

@@ -22,6 +22,7 @@ from tests.lora.lora_writers import (
 from tests.models.test_dit_parity import batch_contexts, make_inputs, official_forward
 from tests.official import official_module
 from tests.tolerances import DIT_FP32_VS_OFFICIAL, rel_l2
+from wan_runtime.errors import InputError
 from wan_runtime.lora import LoraFile
 from wan_runtime.lora.keys import official_module as official_name
 from wan_runtime.models import WanModel
@@ -117,11 +118,35 @@ def test_diff_tensors_add_to_weights(tmp_path, ti2v_dit_dir):
                "blocks.0.modulation"]
     diffs = {name: torch.randn(shapes[name], generator=g) for name in targets}
     lora = {name.removesuffix(".weight"): {"diff": d} for name, d in diffs.items()}
+    # LightX2V's distilled LoRAs name a block's modulation change ``blocks.N.diff_m``.
+    diffs["blocks.1.modulation"] = torch.randn(shapes["blocks.1.modulation"], generator=g)
+    lora["blocks.1"] = {"diff_m": diffs["blocks.1.modulation"]}
     path = write_official(tmp_path / "diff.safetensors", lora)
     ours = WanModel.from_pretrained(ti2v_dit_dir, loras=[(LoraFile.read(path), -0.5)]).state_dict()
     plain = WanModel.from_pretrained(ti2v_dit_dir).state_dict()
     for name, diff in diffs.items():
         torch.testing.assert_close(ours[name], plain[name] - 0.5 * diff, rtol=0, atol=1e-6)
+
+
+def test_wan21_image_branch_is_left_out_with_a_warning(tmp_path, i2v_dit_dir):
+    """A Wan2.1 image-to-video LoRA also updates that model's CLIP image branch, which Wan2.2 lacks:
+    those modules are left out (named in a warning) and the rest merges as without them."""
+    shapes = parameter_shapes(i2v_dit_dir)
+    lora = random_lora(shapes, top=False)
+    dim = shapes["blocks.0.cross_attn.k.weight"][0]
+    wan21 = {**lora, "blocks.0.cross_attn.k_img": {"down": torch.ones(4, dim), "up": torch.ones(dim, 4)},
+             "blocks.0.cross_attn.norm_k_img": {"diff": torch.ones(dim)},
+             "img_emb.proj.1": {"down": torch.ones(4, 1280), "up": torch.ones(dim, 4)}}
+    with pytest.warns(UserWarning, match=r"Wan2.1's CLIP image branch \(blocks.0.cross_attn.k_img; "
+                                         r"blocks.0.cross_attn.norm_k_img; img_emb.proj.1\)"):
+        mixed = LoraFile.read(write_official(tmp_path / "wan21.safetensors", wan21))
+    plain = LoraFile.read(write_official(tmp_path / "wan22.safetensors", lora))
+    got = WanModel.from_pretrained(i2v_dit_dir, loras=[(mixed, 1.0)]).state_dict()
+    want = WanModel.from_pretrained(i2v_dit_dir, loras=[(plain, 1.0)]).state_dict()
+    assert all(torch.equal(got[name], want[name]) for name in want)
+    only = {k: v for k, v in wan21.items() if "img" in k}
+    with pytest.raises(InputError, match="updates only Wan2.1's CLIP image branch"):
+        LoraFile.read(write_official(tmp_path / "only.safetensors", only))
 
 
 def test_several_loras_add_and_zero_strength_changes_nothing(tmp_path, ti2v_dit_dir):

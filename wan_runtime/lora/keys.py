@@ -10,7 +10,11 @@ LoRAs for Wan are published under three naming schemes, all read here:
 
 Each name ends in what the tensor is: the low-rank factors (``lora_down``/``lora_A`` and
 ``lora_up``/``lora_B``), their ``alpha``, or a whole-tensor difference (``diff`` for a weight,
-``diff_b`` or ``lora_B.bias`` for a bias).
+``diff_b`` or ``lora_B.bias`` for a bias, ``diff_m`` for a block's modulation).
+
+Wan2.1 image-to-video LoRAs, which users apply to Wan2.2, also update that model's CLIP image
+branch (``k_img``, ``v_img``, ``norm_k_img``, ``img_emb``), which no Wan2.2 DiT has;
+``image_branch`` tells those modules apart.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-DOWN, UP, ALPHA, DIFF, DIFF_B = "down", "up", "alpha", "diff", "diff_b"
+DOWN, UP, ALPHA, DIFF, DIFF_B, DIFF_M = "down", "up", "alpha", "diff", "diff_b", "diff_m"
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet_")
 _PARTS = {
@@ -28,6 +32,7 @@ _PARTS = {
     ".alpha": ALPHA,
     ".diff": DIFF,
     ".diff_b": DIFF_B, ".lora_B.bias": DIFF_B, ".lora_B.default.bias": DIFF_B,
+    ".diff_m": DIFF_M,
 }
 # Name endings of adapters that are not a low-rank product, each with the trainer's name for it.
 _OTHER_ADAPTERS = {
@@ -63,6 +68,9 @@ _DIFFUSERS_TOP = {
     "scale_shift_table": "head.modulation",
 }
 _BLOCK = re.compile(r"^(blocks\.\d+\.)(.+)$")
+# Wan2.1's CLIP image branch under each naming scheme (official, diffusers, flattened).
+_IMAGE_BRANCH = re.compile(r"(^|[._])(k_img|v_img|norm_k_img|img_emb|add_k_proj|add_v_proj|norm_added_k|"
+                           r"image_embedder)([._]|$)")
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,11 @@ def parse_key(key: str) -> LoraKey:
     raise KeyProblem("ends in none of " + ", ".join(sorted(set(_PARTS))))
 
 
+def image_branch(module: str) -> bool:
+    """Whether ``module`` (any naming scheme) is part of Wan2.1's CLIP image branch."""
+    return _IMAGE_BRANCH.search(module) is not None
+
+
 def official_module(module: str) -> str:
     """The official name of a module named the diffusers way (other names unchanged)."""
     block = _BLOCK.match(module)
@@ -107,14 +120,14 @@ class ModuleNames:
 
     def __init__(self, parameters: Iterable[str]) -> None:
         self.parameters = frozenset(parameters)
-        modules = {name.rpartition(".")[0] for name in self.parameters} | self.parameters
-        self._flat = {name.replace(".", "_"): name for name in modules}
+        parts = [name.split(".") for name in self.parameters]
+        self._modules = {".".join(p[:i]) for p in parts for i in range(1, len(p) + 1)}
+        self._flat = {name.replace(".", "_"): name for name in self._modules}
 
     def resolve(self, module: str) -> str | None:
         """The official module (or parameter) name ``module`` denotes in this DiT, or None."""
         for name in (module, official_module(module), self._flat.get(module)):
-            if name is not None and (name in self.parameters or f"{name}.weight" in self.parameters
-                                     or f"{name}.bias" in self.parameters):
+            if name in self._modules:
                 return name
         return None
 
@@ -122,6 +135,8 @@ class ModuleNames:
         """The parameter that ``part`` of the (resolved) ``module`` changes, or None if it has none."""
         if part == DIFF_B:
             name = f"{module}.bias"
+        elif part == DIFF_M:
+            name = f"{module}.modulation"
         elif part == DIFF and module in self.parameters:
             name = module  # a difference of a bare parameter, such as a block's modulation
         else:

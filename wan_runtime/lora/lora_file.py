@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from wan_runtime.errors import InputError
-from wan_runtime.lora.keys import ALPHA, DOWN, UP, KeyProblem, ModuleNames, parse_key
+from wan_runtime.lora.keys import ALPHA, DOWN, UP, KeyProblem, ModuleNames, image_branch, parse_key
 
 _PICKLES = (".pt", ".pth", ".ckpt", ".bin")
 _SHOWN = 3
@@ -85,7 +86,16 @@ class LoraFile:
             raise InputError(f"LoRA file {path} cannot be applied: {listed(problems)}")
         if not modules:
             raise InputError(f"LoRA file {path} holds no tensors; download it again")
-        return cls(path, modules)
+        left_out = sorted(module for module in modules if image_branch(module))
+        if len(left_out) == len(modules):
+            raise InputError(f"LoRA file {path} updates only Wan2.1's CLIP image branch, which Wan2.2's "
+                             "DiTs do not have; use a LoRA made for a Wan DiT")
+        if left_out:
+            # Wan2.1 image-to-video LoRAs are applied to Wan2.2 on purpose: the rest of them fits.
+            warnings.warn(
+                f"LoRA file {path} also updates Wan2.1's CLIP image branch ({listed(left_out)}), which "
+                "Wan2.2's DiTs do not have; those modules are left out, the others applied", stacklevel=2)
+        return cls(path, {module: update for module, update in modules.items() if module not in left_out})
 
     def targets(self, names: ModuleNames, dit: str) -> dict[str, tuple[str, ModuleUpdate]]:
         """Each updated module's official name in the DiT ``dit`` (a label for messages), with its

@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from wan_runtime.errors import InputError
-from wan_runtime.lora.keys import DIFF, DIFF_B, DOWN, UP, ModuleNames
+from wan_runtime.lora.keys import DIFF, DIFF_B, DIFF_M, DOWN, UP, ModuleNames
 from wan_runtime.lora.lora_file import LoraFile, ModuleUpdate, listed
 
-_WHAT = {DOWN: "weight", DIFF: "weight", DIFF_B: "bias"}
+_WHAT = {DOWN: "weight", DIFF: "weight", DIFF_B: "bias", DIFF_M: "modulation"}
 
 
 class WeightUpdates:
