@@ -149,6 +149,18 @@ def test_wan21_image_branch_is_left_out_with_a_warning(tmp_path, i2v_dit_dir):
         LoraFile.read(write_official(tmp_path / "only.safetensors", only))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn])
+def test_low_precision_files_merge_their_values(tmp_path, ti2v_dit_dir, dtype):
+    """Half-precision and float8 LoRA files: the factors' stored values, widened, merge."""
+    lora = random_lora(parameter_shapes(ti2v_dit_dir), top=False, biases=False)
+    stored = {m: {p: t.to(dtype) for p, t in parts.items()} for m, parts in lora.items()}
+    widened = {m: {p: t.float() for p, t in parts.items()} for m, parts in stored.items()}
+    got, want = (WanModel.from_pretrained(ti2v_dit_dir, loras=[(LoraFile.read(
+        write_official(tmp_path / f"{name}.safetensors", parts)), 1.0)]).state_dict()
+        for name, parts in (("stored", stored), ("widened", widened)))
+    assert all(torch.equal(got[name], want[name]) for name in want)
+
+
 def test_several_loras_add_and_zero_strength_changes_nothing(tmp_path, ti2v_dit_dir):
     shapes = parameter_shapes(ti2v_dit_dir)
     first = LoraFile.read(write_official(tmp_path / "a.safetensors", random_lora(shapes, seed=1)))
