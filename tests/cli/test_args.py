@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tests.cli.helpers import run_module
 from tests.pipelines.images import write_pose_video
@@ -23,24 +22,13 @@ from wan_runtime.generate import default_save_file, main
 from wan_runtime.tasks import TASKS
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
 
+pytestmark = pytest.mark.usefixtures("no_pipelines")
+
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     """Complete tiny checkpoint folders of both tasks, shared by the module."""
     return {task: write_task_checkpoint(task, tmp_path_factory.mktemp(task)) for task in TASKS}
-
-
-@pytest.fixture(autouse=True)
-def no_pipelines(monkeypatch):
-    """Importing the pipelines fails: a case that got past validation would exit 1, not 2."""
-    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", None)
-
-
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "input.png"
-    Image.new("RGB", (64, 48), (10, 200, 30)).save(path)
-    return path
 
 
 def _errors(capsys, argv: list[str]) -> list[str]:

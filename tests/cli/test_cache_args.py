@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from wan_runtime.cache import CacheConfig
 from wan_runtime.cli_args import build_parser, resolve
 from wan_runtime.generate import main
 
-
-@pytest.fixture(autouse=True)
-def no_pipelines(monkeypatch):
-    """Importing the pipelines fails: a case that got past validation would exit 1, not 2."""
-    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", None)
+pytestmark = pytest.mark.usefixtures("no_pipelines")
 
 
 def _resolve(*argv: str):

@@ -3,34 +3,21 @@ bad one refused with one line and exit 2 before any model is imported."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from tests.cli.test_args import _errors, _resolve
 from wan_runtime.lora import Lora
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
 
+pytestmark = pytest.mark.usefixtures("no_pipelines")
+
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     return {task: write_task_checkpoint(task, tmp_path_factory.mktemp(task))
             for task in ("i2v-A14B", "ti2v-5B")}
-
-
-@pytest.fixture(autouse=True)
-def no_pipelines(monkeypatch):
-    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", None)
-
-
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "input.png"
-    Image.new("RGB", (64, 48), (10, 200, 30)).save(path)
-    return path
 
 
 @pytest.fixture
