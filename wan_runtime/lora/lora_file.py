@@ -99,8 +99,9 @@ class LoraFile:
         return cls(path, {module: update for module, update in modules.items() if module not in left_out})
 
     def targets(self, names: ModuleNames, dit: str) -> dict[str, tuple[str, ModuleUpdate]]:
-        """Each updated module's official name in the DiT ``dit`` (a label for messages), with its
-        update, checked against the DiT's parameter shapes (``InputError`` naming every mismatch)."""
+        """Each updated module (as the file names it) -> its official name in the DiT whose
+        ``names`` are given, and its update; ``InputError`` naming the modules that DiT lacks
+        (``dit`` labels it)."""
         resolved: dict[str, tuple[str, ModuleUpdate]] = {}
         unknown: list[str] = []
         for module, update in self.modules.items():
