@@ -99,6 +99,7 @@ class WanModel(nn.Module):
         convert_model_dtype: bool = False,
         loras: Sequence[tuple[LoraFile, float]] = (),
         label: str = "",
+        merge_device: torch.device | str | None = None,
     ) -> WanModel:
         """Load an official DiT folder (``config.json`` + single or sharded safetensors).
 
@@ -108,12 +109,14 @@ class WanModel(nn.Module):
         official model then rounds those weights to ``dtype`` but still computes in float32 where
         it did). Weights are read one tensor at a time into a model built on the meta device.
         ``loras``: ``(LoRA file, strength)`` pairs merged into the weights as they load
-        (``wan_runtime.lora``; ``label`` names this DiT in their errors).
+        (``wan_runtime.lora``; ``label`` names this DiT in their errors), the products computed
+        on ``merge_device`` (default ``device``: a GPU is worth it when the weights load to the
+        CPU, for offloading or FSDP).
         """
         model, entries = cls._meta_model(Path(path))
         updates = _weight_updates(model, loras, label or str(path))
         model.set_compute_dtype(dtype or torch.float32, keep_float32=not convert_model_dtype)
-        load_parameters(model, entries, device or "cpu", updates)
+        load_parameters(model, entries, device or "cpu", updates, merge_device)
         return model.eval().requires_grad_(False)
 
     @classmethod

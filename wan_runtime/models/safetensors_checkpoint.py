@@ -108,10 +108,11 @@ def check_keys(model: nn.Module, entries: dict[str, TensorEntry], folder: Path) 
 
 def load_parameters(
     model: nn.Module, entries: dict[str, TensorEntry], device: torch.device | str,
-    updates: WeightUpdates | None = None,
+    updates: WeightUpdates | None = None, merge_device: torch.device | str | None = None,
 ) -> None:
     """Fill a meta-device ``model`` from ``entries``, each parameter in its own dtype; the
-    parameters that ``updates`` change get their LoRA changes before that dtype's rounding."""
+    parameters that ``updates`` change get their LoRA changes, computed on ``merge_device``
+    (default ``device``), before that dtype's rounding."""
     by_file: dict[Path, list[str]] = {}
     for name, entry in entries.items():
         by_file.setdefault(entry.file, []).append(name)
@@ -123,7 +124,8 @@ def load_parameters(
                     target = params[name]
                     value = handle.get_tensor(name)
                     if updates is not None and name in updates:
-                        value = updates.apply(name, value.to(device=device, dtype=torch.float32))
+                        wide = value.to(device=merge_device or device, dtype=torch.float32)
+                        value = updates.apply(name, wide)
                     value = value.to(device=device, dtype=target.dtype)
                     owner, _, leaf = name.rpartition(".")
                     model.get_submodule(owner)._parameters[leaf] = nn.Parameter(

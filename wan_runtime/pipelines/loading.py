@@ -161,6 +161,7 @@ def load_pipeline(
         dits[name] = guard(dit_class.from_pretrained(
             root / folder, dtype=dtype, device=_CPU if dit_fsdp else rest,
             convert_model_dtype=convert_model_dtype or dit_fsdp, loras=dit_loras[name], label=labels[name],
+            merge_device=device,
         ))
         if dit_fsdp:
             dits[name].enable_fsdp(device)
