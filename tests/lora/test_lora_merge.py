@@ -128,6 +128,20 @@ def test_diff_tensors_add_to_weights(tmp_path, ti2v_dit_dir):
         torch.testing.assert_close(ours[name], plain[name] - 0.5 * diff, rtol=0, atol=1e-6)
 
 
+def test_conv_lora_on_the_patch_embedding(tmp_path, ti2v_dit_dir):
+    """A LoRA of the Conv3d patch embedding: down [r, C_in, kt, kh, kw], up [C_out, r, 1, 1, 1];
+    its change is the 1x1x1 convolution of down by up."""
+    shape = parameter_shapes(ti2v_dit_dir)["patch_embedding.weight"]
+    g = torch.Generator().manual_seed(2)
+    down, up = torch.randn(3, *shape[1:], generator=g), torch.randn(shape[0], 3, 1, 1, 1, generator=g)
+    path = write_official(tmp_path / "conv.safetensors", {"patch_embedding": {"down": down, "up": up}})
+    ours = WanModel.from_pretrained(ti2v_dit_dir, loras=[(LoraFile.read(path), 0.5)]).state_dict()
+    plain = WanModel.from_pretrained(ti2v_dit_dir).state_dict()
+    change = torch.nn.functional.conv3d(down.transpose(0, 1), up).transpose(0, 1)
+    torch.testing.assert_close(ours["patch_embedding.weight"], plain["patch_embedding.weight"] + 0.5 * change,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_wan21_image_branch_is_left_out_with_a_warning(tmp_path, i2v_dit_dir):
     """A Wan2.1 image-to-video LoRA also updates that model's CLIP image branch, which Wan2.2 lacks:
     those modules are left out (named in a warning) and the rest merges as without them."""
