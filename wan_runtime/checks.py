@@ -55,3 +55,14 @@ def check_clip_seeds(seed: int, clips: int, name: str) -> None:
     if seed + clips - 1 > MAX_SEED:
         raise InputError(f"{name} {seed} is too large for {clips} clips (seeded seed + 0 ... seed + "
                          f"{clips - 1}): use a seed of at most 2**64 - {clips}")
+
+
+def check_stream_blocks(stream_blocks: object, dit_fsdp: bool, flag: str = "") -> None:
+    """How many DiT blocks stream from CPU memory: a count from 0, and not beside FSDP, which keeps
+    a share of every block on each GPU instead (``flag`` prefixes the names: ``"--"``)."""
+    if not is_int(stream_blocks) or stream_blocks < 0:
+        raise InputError(f"{flag}stream_blocks must be a number of blocks from 0 (0: none stream), got "
+                         f"{stream_blocks!r}")
+    if stream_blocks and dit_fsdp:
+        raise InputError(f"{flag}stream_blocks keeps blocks in CPU memory and {flag}dit_fsdp shards them "
+                         "over the GPUs: choose one")

@@ -138,7 +138,7 @@ def _make_video(config: GenerateConfig) -> tuple[Pipeline, torch.Tensor, float]:
         offload_model=config.offload_model, t5_cpu=config.t5_cpu,
         convert_model_dtype=config.convert_model_dtype, compile=config.compile,
         ulysses_size=config.ulysses_size, dit_fsdp=config.dit_fsdp, t5_fsdp=config.t5_fsdp,
-        loras=config.loras,
+        loras=config.loras, stream_blocks=config.stream_blocks,
     )
     load_s = time.perf_counter() - start
     if config.compile:  # else a first step many times longer than the next looks like a hang
@@ -214,6 +214,7 @@ def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
         "image": image,
         "dtype": str(config.dtype).removeprefix("torch."),
         "compile": config.compile,
+        "stream_blocks": config.stream_blocks,
         "cache": config.cache.describe(),
         "loras": [_describe_lora(lora) for lora in config.loras],
         "demo": config.demo,

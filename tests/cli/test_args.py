@@ -177,6 +177,8 @@ BAD_INPUTS = {
     "image is a folder": (["--image", "/tmp"], "ti2v-5B", ["--image /tmp is a folder; pass the path of a"]),
     "unknown device": (["--device", "tpu"], "ti2v-5B", ["unknown --device 'tpu'"]),
     "unknown dtype": (["--dtype", "float16"], "ti2v-5B", ["unknown --dtype 'float16'"]),
+    "negative stream_blocks": (["--stream_blocks", "-2"], "ti2v-5B",
+                               ["--stream_blocks must be a number of blocks from 0", "got -2"]),
     "no checkpoint": ([], None, ["--ckpt_dir is required"]),
     "demo with checkpoint": (["--demo"], "ti2v-5B", ["--demo", "drop --ckpt_dir"]),
 }

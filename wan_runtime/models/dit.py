@@ -11,6 +11,7 @@ first block and the rest, and each stage can be captured as a CUDA graph:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel, SequenceShard
 from wan_runtime.errors import InputError
 from wan_runtime.lora import LoraFile, WeightUpdates
+from wan_runtime.models.block_streaming import BlockStreaming
 from wan_runtime.models.dit_blocks import AffineLayerNorm, DiTBlock, Head, RMSNorm, linear_float32
 from wan_runtime.models.dit_config import DiTConfig, config_from_checkpoint, read_config_json
 from wan_runtime.models.rope import rope_tables
@@ -86,8 +88,9 @@ class WanModel(nn.Module):
         # Set by ``compilation.compile_blocks``: a numerical failure's advice names compile only
         # for a run that used it.
         self.blocks_compiled = False
-        # Set by ``enable_sequence_parallel``.
+        # Set by ``enable_sequence_parallel`` and ``enable_block_streaming``.
         self.sequence_parallel: SequenceParallel | None = None
+        self.block_streaming: BlockStreaming | None = None
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -155,6 +158,24 @@ class WanModel(nn.Module):
         check_heads_split(self.config.num_heads, parallel.world)
         self.sequence_parallel = parallel
         return self
+
+    def enable_block_streaming(self, count: int, device: torch.device) -> WanModel:
+        """Keep the last ``count`` blocks (all but the first if ``count`` reaches their number) in
+        CPU memory, each copied to ``device`` for its own forward (``BlockStreaming``); the rest
+        of the model is what ``resident_modules`` holds. The first block stays: TeaCache reads its
+        modulation outside a forward. Call it with the model on the CPU."""
+        count = min(count, len(self.blocks) - 1)
+        indices = range(len(self.blocks) - count, len(self.blocks))
+        self.block_streaming = BlockStreaming(self.blocks, indices, device) if count else None
+        return self
+
+    def resident_modules(self) -> nn.Module:
+        """What of the model moves to where it runs: all of it, but the streamed blocks."""
+        if self.block_streaming is None:
+            return self
+        streamed = set(self.block_streaming.indices)
+        kept = [module for name, module in self.named_children() if name != "blocks"]
+        return nn.ModuleList(kept + [b for i, b in enumerate(self.blocks) if i not in streamed])
 
     def enable_fsdp(self, device: torch.device) -> WanModel:
         """Shard the weights over every process of the process group (FSDP), onto ``device``: one
@@ -232,9 +253,15 @@ class WanModel(nn.Module):
         self, tokens: torch.Tensor, cond: Conditioning, start: int = 0, stop: int | None = None
     ) -> torch.Tensor:
         """Run ``blocks[start:stop]`` on tokens [B, L, dim]."""
-        for block in self.blocks[start:stop]:
-            tokens = block(tokens, cond.time, cond.time_index, cond.context, cond.rope, cond.shard)
+        for index in range(len(self.blocks))[start:stop]:
+            tokens = self.run_block(index, tokens, cond)
         return tokens
+
+    def run_block(self, index: int, tokens: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Block ``index`` on tokens [B, L, dim], its weights brought in first if it is streamed."""
+        streaming = self.block_streaming
+        with nullcontext() if streaming is None else streaming.on_device(index):
+            return self.blocks[index](tokens, cond.time, cond.time_index, cond.context, cond.rope, cond.shard)
 
     def finish(self, tokens: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Head and unpatchify: tokens [B, L, dim] -> [B, out_dim, F, H, W] float32."""

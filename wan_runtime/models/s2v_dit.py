@@ -170,7 +170,7 @@ class WanModelS2V(WanModel):
         """Run ``blocks[start:stop]`` on tokens [B, L, dim], each followed by its audio injection."""
         c = cond.dit
         for index in range(len(self.blocks))[start:stop]:
-            tokens = self.blocks[index](tokens, c.time, c.time_index, c.context, c.rope, c.shard)
+            tokens = self.run_block(index, tokens, c)
             if index in self.audio_injector.slot:
                 tokens = self._inject_audio(index, tokens, cond)
         return tokens

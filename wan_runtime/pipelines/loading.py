@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from wan_runtime.checks import check_stream_blocks
 from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import InputError
@@ -76,6 +77,7 @@ def load_pipeline(
     dit_fsdp: bool = False,
     t5_fsdp: bool = False,
     loras: Sequence[Lora] = (),
+    stream_blocks: int = 0,
 ) -> Pipeline:
     """Load ``task`` (``"i2v-A14B"``, ``"ti2v-5B"`` or ``"s2v-14B"``) from its official release
     folder ``ckpt_dir``.
@@ -95,6 +97,11 @@ def load_pipeline(
     with its strength, into every DiT or (i2v-A14B) one expert; every file is read and checked
     against the DiTs' shapes before any model loads (``InputError``), and a step then costs what
     it costs without them.
+
+    ``stream_blocks``: how many blocks of each DiT (the last ones; at most all but the first) stay
+    in CPU memory and are copied to the device just before they run, one at a time
+    (``wan_runtime.models.block_streaming``): the device then holds the rest of the DiT and one
+    block, for the same numbers. Not with ``dit_fsdp``, which shards the blocks instead.
 
     Several processes (``torchrun``, with ``torch.distributed`` initialised and ``device`` each
     process's own GPU) share one generation, which every process then runs with the same
@@ -118,6 +125,7 @@ def load_pipeline(
     if dtype not in _DTYPES:
         raise InputError(f"dtype must be torch.bfloat16 (the official) or torch.float32, got {dtype!r}")
     device = _resolve_device(device)
+    check_stream_blocks(stream_blocks, dit_fsdp)
     check_parallel(spec, device, ulysses_size, dit_fsdp, t5_fsdp, offload_model, t5_cpu)
     if device.type == "cuda" and (ulysses_size > 1 or dit_fsdp or t5_fsdp):
         # FSDP puts its shards, and collectives their buffers, on the current device.
@@ -159,17 +167,19 @@ def load_pipeline(
     dits = {}
     for name, folder in zip(names, spec.dit_folders, strict=True):
         dits[name] = guard(dit_class.from_pretrained(
-            root / folder, dtype=dtype, device=_CPU if dit_fsdp else rest,
+            root / folder, dtype=dtype, device=_CPU if dit_fsdp or stream_blocks else rest,
             convert_model_dtype=convert_model_dtype or dit_fsdp, loras=dit_loras[name], label=labels[name],
             merge_device=device,
         ))
         if dit_fsdp:
             dits[name].enable_fsdp(device)
+        if stream_blocks:
+            dits[name].enable_block_streaming(stream_blocks, device).resident_modules().to(rest)
         if ulysses_size > 1:
             dits[name].enable_sequence_parallel(SequenceParallel.over())
         if compile:
             compile_blocks(dits[name])
-        residency.add(name, dits[name])
+        residency.add(name, dits[name], dits[name].resident_modules())
     if spec.audio_dir is None:
         return pipeline_class(spec, device, text_encoder, vae, dits, residency)
     audio_encoder = Wav2Vec2Features(root / spec.audio_dir, device=rest)

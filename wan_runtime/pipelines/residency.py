@@ -25,17 +25,20 @@ class Residency:
         self.device = device
         self.offload = offload
         self._modules: dict[str, nn.Module] = {}
+        self._moving: dict[str, nn.Module] = {}
         self.placement: dict[str, Placement] = {}
 
-    def add(self, name: str, module: nn.Module) -> None:
+    def add(self, name: str, module: nn.Module, moving: nn.Module | None = None) -> None:
         """Track ``module``, which must already be where the policy wants it at rest: on the CPU
-        when offloading, else on the device."""
+        when offloading, else on the device. ``moving``: the part of it that moves (default all;
+        a DiT's streamed blocks stay in CPU memory)."""
         self._modules[name] = module
+        self._moving[name] = module if moving is None else moving
         self.placement[name] = "cpu" if self.offload else "device"
 
     def _move(self, name: str, placement: Placement) -> None:
         if self.placement[name] != placement:
-            self._modules[name].to(self.device if placement == "device" else _CPU)
+            self._moving[name].to(self.device if placement == "device" else _CPU)
             self.placement[name] = placement
 
     def activate(self, name: str) -> nn.Module:
