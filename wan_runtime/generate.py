@@ -259,6 +259,9 @@ def _memory_remedy(args: argparse.Namespace) -> str:
         steps.append("--t5_fsdp (each GPU holds a share of the text encoder)")
     if not (args.t5_cpu or args.t5_fsdp):
         steps.append("--t5_cpu (the text encoder stays on the CPU)")
+    if not args.dit_fsdp:
+        more = "more " if args.stream_blocks > 0 else ""
+        steps.append(f"{more}--stream_blocks (DiT blocks wait in CPU memory until they run)")
     frames = "--infer_frames" if args.task == "s2v-14B" else "--frame_num"
     steps.append(f"a smaller --size or {frames}")
     return "to fit, try " + ", ".join(steps)
