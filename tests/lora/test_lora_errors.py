@@ -31,6 +31,7 @@ BAD_FILES = {
     "nan": ({f"{Q}.lora_down.weight": torch.full((2, 64), float("nan")),
              f"{Q}.lora_up.weight": torch.ones(64, 2)}, "NaN or infinite"),
     "empty": ({}, "holds no tensors"),
+    "two downs": ({**factors(), f"{Q}.lora_A.weight": torch.ones(2, 64)}, "is a second down of"),
 }
 
 
@@ -75,6 +76,16 @@ def test_lora_for_another_model_is_refused(tmp_path, ti2v_dit_dir):
         dit_fit(tmp_path, ti2v_dit_dir, {"diffusion_model.blocks.0.self_attn.norm_q.diff_b": torch.ones(dim)})
     with pytest.raises(InputError, match=r"diff of shape \[3\] for a weight of shape"):
         dit_fit(tmp_path, ti2v_dit_dir, {"diffusion_model.blocks.0.norm3.diff": torch.ones(3)})
+    diffusers_q = {k.replace(Q, "transformer.blocks.0.attn1.to_q"): v for k, v in factors(dim, dim).items()}
+    twins = {**factors(dim, dim), **diffusers_q}
+    with pytest.raises(InputError, match=r"'blocks.0.attn1.to_q' and 'blocks.0.self_attn.q' both change "
+                                         r"blocks.0.self_attn.q.weight|'blocks.0.self_attn.q' and "
+                                         r"'blocks.0.attn1.to_q' both change"):
+        dit_fit(tmp_path, ti2v_dit_dir, twins)
+    modulation = {"diffusion_model.blocks.0.diff_m": torch.ones(1, 6, dim),
+                  "diffusion_model.blocks.0.modulation.diff": torch.ones(1, 6, dim)}
+    with pytest.raises(InputError, match=r"both change blocks.0.modulation"):
+        dit_fit(tmp_path, ti2v_dit_dir, modulation)
 
 
 def test_a_fitting_lora_passes_the_check(tmp_path, ti2v_dit_dir):

@@ -76,7 +76,10 @@ class LoraFile:
                     # float8 files exist, and isfinite has no float8 kernel.
                     if tensor.is_floating_point() and not torch.isfinite(tensor.float()).all():
                         problems.append(f"{key!r} holds NaN or infinite values")
-                    modules.setdefault(parsed.module, ModuleUpdate()).parts[parsed.part] = tensor
+                    parts = modules.setdefault(parsed.module, ModuleUpdate()).parts
+                    if parsed.part in parts:  # e.g. both lora_down and lora_A
+                        problems.append(f"{key!r} is a second {parsed.part} of {parsed.module!r}")
+                    parts[parsed.part] = tensor
         except (SafetensorError, OSError) as err:
             raise InputError(
                 f"LoRA file {path} is not a readable safetensors file ({err}); download it again"

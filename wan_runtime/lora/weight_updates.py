@@ -33,12 +33,17 @@ class WeightUpdates:
             if strength == 0:
                 continue
             problems = []
+            named: dict[tuple[str, str], str] = {}
             for module, (official, update) in lora.targets(names, dit).items():
                 for part in update.parts.keys() & _WHAT.keys():
                     param = names.target(official, part)
                     if param is None:
                         problems.append(f"{module!r} has no {_WHAT[part]} in the {dit} DiT")
                         continue
+                    # One module under two naming schemes would be applied twice.
+                    twin = named.setdefault((param, DIFF if part == DIFF_M else part), module)
+                    if twin != module:
+                        problems.append(f"{twin!r} and {module!r} both change {param}")
                     fits = _fit_problem(update, part, shapes[param])
                     if fits:
                         problems.append(f"{module!r}: {fits}")
