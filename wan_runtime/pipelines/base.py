@@ -175,7 +175,8 @@ class Pipeline:
 
         ``None`` arguments take the task's official defaults. ``size`` is ``"W*H"``: the output
         size for ti2v-5B without an image, else the target area, the image's aspect ratio giving
-        the shape. ``guide_scale`` for i2v-A14B is one number or ``(low_noise, high_noise)``.
+        the shape. ``guide_scale`` for i2v-A14B is one number or ``(low_noise, high_noise)``; at
+        a scale of 1 a step runs the conditional branch alone (the guidance would cancel the other).
         ``seed`` -1 draws a random seed; ``n_prompt`` "" uses the official negative prompt. Every
         argument is checked (``InputError``) before any model runs. ``last_report`` then holds
         the resolved arguments and the timings. ``cache`` turns on the step cache (see
