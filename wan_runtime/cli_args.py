@@ -97,7 +97,7 @@ class GenerateConfig:
     the official flags. ``launch`` is this process's place in a ``torchrun`` launch (``device``
     is then its own GPU); ``ulysses_size``, ``dit_fsdp`` and ``t5_fsdp`` as the official flags.
     ``loras``: the LoRAs of ``--lora``, ``--lora_high_noise`` and ``--lora_low_noise``;
-    ``stream_blocks`` as ``load_pipeline``'s.
+    ``stream_blocks`` as ``load_pipeline``'s; ``dry_run``: check, print the plan, load nothing.
     """
 
     task: str
@@ -134,6 +134,7 @@ class GenerateConfig:
     pose_video: Path | None = None
     loras: tuple[Lora, ...] = ()
     stream_blocks: int = 0
+    dry_run: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,14 +168,14 @@ def _differences() -> str:
         "(--use_prompt_extend, the TTS and animate flags) are "
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
-        "--debug, --demo, --stream_blocks, the LoRA flags and the step cache flags."
+        "--debug, --dry_run, --demo, --stream_blocks, the LoRA flags and the step cache flags."
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser: the official ``generate.py``'s flags and defaults but for the differences its
     epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
-    ``--compile``, ``--debug``, ``--demo``, ``--stream_blocks``, ``--lora*`` and the step cache
+    ``--compile``, ``--debug``, ``--dry_run``, ``--demo``, ``--stream_blocks``, ``--lora*`` and the step cache
     flags ``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are listed
     together."""
@@ -230,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile the DiT blocks with torch.compile (the first step pays the "
                         "compile time)")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument("--dry_run", action="store_true",
+                   help="check every argument and file as a run would (the checkpoint's configs, headers "
+                        "and archives, the LoRAs and their fit), print what it would make, and exit "
+                        "without loading a model")
     p.add_argument("--demo", action="store_true",
                    help="run on tiny random weights (cached) on the CPU to check the installation")
     _add_s2v_flags(p)
@@ -465,6 +470,7 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         launch=launch,
         loras=loras,
         stream_blocks=args.stream_blocks,
+        dry_run=args.dry_run,
         **speech,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from wan_runtime import __version__, demo
 from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser, resolve
 from wan_runtime.distributed.launch import Launch
 from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.tasks import TASKS
 from wan_runtime.video_io import write_mp4
 
 if TYPE_CHECKING:
@@ -107,39 +109,75 @@ def _generate(config: GenerateConfig) -> int:
     launch = config.launch
     launch.start(torch.device(config.device))
     try:
-        pipeline, video, load_s = _make_video(config)
+        if config.dry_run:
+            width, height = _check_run(config)
+        else:
+            pipeline, video, load_s = _make_video(config)
     except BaseException:
         launch.abandon()
         raise
     # Every process made the same video; rank 0 writes it once the others are done, so that none
     # waits in a collective through the write.
     launch.stop()
-    if launch.main:
+    if launch.main and config.dry_run:
+        _print_plan(config, width, height)
+    elif launch.main:
         _write(config, pipeline, video, load_s)
     return 0
 
 
-def _make_video(config: GenerateConfig) -> tuple[Pipeline, torch.Tensor, float]:
-    """Load the pipeline and generate; the pipeline, the video and the load time in seconds."""
+def _load_arguments(config: GenerateConfig) -> dict[str, object]:
+    """``load_pipeline``'s arguments for this command line (the demo's checkpoint written first)."""
     ckpt_dir = config.ckpt_dir
     if config.demo:
         print(demo.NOTICE, flush=True)
         ckpt_dir, written = demo.demo_checkpoint(config.task)
         print(f"demo: {'wrote' if written else 'using cached'} checkpoint {ckpt_dir}", flush=True)
+    return {
+        "task": config.task, "ckpt_dir": ckpt_dir, "device": config.device, "dtype": config.dtype,
+        "offload_model": config.offload_model, "t5_cpu": config.t5_cpu,
+        "convert_model_dtype": config.convert_model_dtype, "compile": config.compile,
+        "ulysses_size": config.ulysses_size, "dit_fsdp": config.dit_fsdp, "t5_fsdp": config.t5_fsdp,
+        "loras": config.loras, "stream_blocks": config.stream_blocks,
+    }
 
+
+def _check_run(config: GenerateConfig) -> tuple[int, int]:
+    """``--dry_run``: every check a run makes before it loads a model; the video's width and height."""
+    arguments = _load_arguments(config)
+    from wan_runtime.pipelines import check_output_size, check_pipeline
+
+    size = check_output_size(config.task, config.image, config.size)
+    check_pipeline(**arguments)
+    return size
+
+
+def _print_plan(config: GenerateConfig, width: int, height: int) -> None:
+    """What a run of this command line would make and with what, as ``_write`` prints it."""
+    spec = TASKS[config.task]
+    run = {
+        "task": config.task, "prompt": config.prompt, "n_prompt": spec.negative_prompt,
+        "seed": config.base_seed if config.base_seed >= 0 else "random",
+        "size": f"{width}*{height}",
+        "frame_num": config.frame_num if config.audio is None else "--infer_frames per clip",
+        "sampling_steps": config.sample_steps, "guide_scale": config.sample_guide_scale,
+        "shift": config.sample_shift, "sample_solver": config.sample_solver,
+    }
+    print("dry run: every argument and file is in order (nothing was loaded or generated); a run would make")
+    for key, value in _settings(config, run).items():
+        print(f"  {key}: {value}")
+
+
+def _make_video(config: GenerateConfig) -> tuple[Pipeline, torch.Tensor, float]:
+    """Load the pipeline and generate; the pipeline, the video and the load time in seconds."""
+    arguments = _load_arguments(config)
     # Imported only now: bad input is refused without importing the models.
     from wan_runtime.pipelines import check_output_size, load_pipeline
 
     if config.image is not None:  # an image too extreme for the size fails before minutes of loading
         check_output_size(config.task, config.image, config.size)
     start = time.perf_counter()
-    pipeline = load_pipeline(
-        config.task, ckpt_dir, device=config.device, dtype=config.dtype,
-        offload_model=config.offload_model, t5_cpu=config.t5_cpu,
-        convert_model_dtype=config.convert_model_dtype, compile=config.compile,
-        ulysses_size=config.ulysses_size, dit_fsdp=config.dit_fsdp, t5_fsdp=config.t5_fsdp,
-        loras=config.loras, stream_blocks=config.stream_blocks,
-    )
+    pipeline = load_pipeline(**arguments)
     load_s = time.perf_counter() - start
     if config.compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)
@@ -164,7 +202,7 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
     report = pipeline.last_report
     save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now(),
                                                       config.ulysses_size)
-    settings = _settings(config, report)
+    settings = _settings(config, _run_fields(report))
     start = time.perf_counter()
     # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
     audio = config.audio_path or config.audio
@@ -183,9 +221,16 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
         print(demo.NOTICE)
 
 
-def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
-    """What made this video, from the pipeline's report (seed and defaults resolved): stored in
-    the MP4 and printed."""
+def _run_fields(report: RunReport) -> dict[str, object]:
+    """The report's account of the run (seed and defaults resolved), without timings and memory."""
+    fields = dataclasses.asdict(report)
+    del fields["timings"], fields["peak_memory_bytes"]
+    return fields
+
+
+def _settings(config: GenerateConfig, run: dict[str, object]) -> dict[str, object]:
+    """What made this video: ``run``, the run's account (``_run_fields``), and the command line's
+    other settings; stored in the MP4 and printed."""
     if config.image_path is not None:
         image = str(config.image_path)
     else:
@@ -201,16 +246,7 @@ def _settings(config: GenerateConfig, report: RunReport) -> dict[str, object]:
         }
     return {
         "software": f"wan_runtime {__version__}",
-        "task": report.task,
-        "prompt": report.prompt,
-        "n_prompt": report.n_prompt,
-        "seed": report.seed,
-        "size": report.size,
-        "frame_num": report.frame_num,
-        "sampling_steps": report.sampling_steps,
-        "guide_scale": report.guide_scale,
-        "shift": report.shift,
-        "sample_solver": report.sample_solver,
+        **run,
         "image": image,
         "dtype": str(config.dtype).removeprefix("torch."),
         "compile": config.compile,

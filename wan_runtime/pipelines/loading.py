@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -14,7 +15,7 @@ from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import InputError
 from wan_runtime.inference_only import guard, inference_only_enabled
-from wan_runtime.lora import Lora, read_loras
+from wan_runtime.lora import Lora, LoraFile, read_loras
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
 from wan_runtime.models.audio_encoder import Wav2Vec2Features
 from wan_runtime.models.compilation import check_compile_support, compile_blocks
@@ -28,7 +29,7 @@ from wan_runtime.pipelines.inputs import parse_size
 from wan_runtime.pipelines.residency import Residency
 from wan_runtime.pipelines.s2v import AUDIO_ENCODER, S2VPipeline
 from wan_runtime.pipelines.ti2v import TI2VPipeline
-from wan_runtime.tasks import check_checkpoint_dir, task_spec
+from wan_runtime.tasks import TaskSpec, check_checkpoint_dir, task_spec
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -56,12 +57,80 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
     return resolved
 
 
-def check_output_size(task: str, image: Image.Image | None, size: str) -> None:
-    """Refuse (``InputError``) an input ``image`` that cannot fit ``task``'s target ``size``
-    ``"W*H"``, as ``generate`` would, without loading anything."""
+def check_output_size(task: str, image: Image.Image | None, size: str) -> tuple[int, int]:
+    """The video's (width, height) for ``task``'s target ``size`` ``"W*H"`` and the input
+    ``image``, as ``generate`` makes it, without loading anything; ``InputError`` for an image
+    that cannot fit."""
     spec = task_spec(task)
     width, height = parse_size(size, spec)
-    _PIPELINES[spec.name].output_size(spec, image, width, height)
+    return _PIPELINES[spec.name].output_size(spec, image, width, height)
+
+
+def check_pipeline(task: str, ckpt_dir: str | Path, **options: Any) -> None:
+    """Run every check ``load_pipeline`` makes before it loads a model, with its arguments
+    (``options``: its keyword arguments), and load nothing: the settings, the release folder's
+    files, the T5 and VAE archives, every DiT's config and headers, the speech encoder's weights,
+    the LoRA files and their fit. Raises what ``load_pipeline`` would (``InputError``,
+    ``CheckpointError``)."""
+    try:
+        arguments = inspect.signature(load_pipeline).bind(task, ckpt_dir, **options)
+    except TypeError as err:
+        raise InputError(f"check_pipeline takes load_pipeline's arguments: {err}") from err
+    arguments.apply_defaults()
+    _checked(arguments.arguments)
+
+
+class _Checked(NamedTuple):
+    """What ``load_pipeline``'s checks resolve: each DiT's LoRA files with their strengths, and
+    each DiT's label for messages."""
+
+    spec: TaskSpec
+    device: torch.device
+    root: Path
+    dit_loras: dict[str, list[tuple[LoraFile, float]]]
+    labels: dict[str, str]
+
+
+def _checked(arguments: Mapping[str, Any]) -> _Checked:
+    """``load_pipeline``'s checks of its ``arguments``, given in its parameters' order."""
+    (task, ckpt_dir, device, dtype, offload_model, t5_cpu, convert_model_dtype, compile, ulysses_size,
+     dit_fsdp, t5_fsdp, loras, stream_blocks) = arguments.values()
+    if not isinstance(ckpt_dir, (str, os.PathLike)):
+        raise InputError(f"ckpt_dir must be the release folder's path (str or Path), got {ckpt_dir!r}")
+    switches = {"offload_model": offload_model, "t5_cpu": t5_cpu, "convert_model_dtype": convert_model_dtype,
+                "compile": compile, "dit_fsdp": dit_fsdp, "t5_fsdp": t5_fsdp}
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be True or False, got {value!r}")
+    spec = check_checkpoint_dir(task, ckpt_dir)
+    if dtype not in _DTYPES:
+        raise InputError(f"dtype must be torch.bfloat16 (the official) or torch.float32, got {dtype!r}")
+    device = _resolve_device(device)
+    check_stream_blocks(stream_blocks, dit_fsdp)
+    check_parallel(spec, device, ulysses_size, dit_fsdp, t5_fsdp, offload_model, t5_cpu)
+    if device.type == "cuda" and (ulysses_size > 1 or dit_fsdp or t5_fsdp):
+        # FSDP puts its shards, and collectives their buffers, on the current device.
+        torch.cuda.set_device(device)
+    if compile:
+        check_compile_support(device)
+    inference_only_enabled()  # a bad WAN_INFERENCE_ONLY value fails before minutes of loading
+    root = Path(ckpt_dir)
+    names = spec.dit_names
+    dit_class = WanModel if spec.audio_dir is None else WanModelS2V
+    dit_loras = read_loras(loras, spec.name, names)
+    labels = {name: spec.name if len(names) == 1 else f"{spec.name} {name.replace('_', '-')}"
+              for name in names}
+    # A bad file fails before minutes of loading: a truncated T5 or VAE archive, a DiT folder (config,
+    # shards, headers, tensor names and shapes), the speech encoder's weights.
+    check_checkpoint_file(root / spec.t5_file)
+    check_vae_file(root / spec.vae_file)
+    for name, folder in zip(names, spec.dit_folders, strict=True):
+        num_heads = dit_class.check_pretrained(root / folder, dit_loras[name], labels[name]).num_heads
+        if ulysses_size > 1:
+            check_heads_split(num_heads, ulysses_size)
+    if spec.audio_dir is not None:
+        Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
+    return _Checked(spec, device, root, dit_loras, labels)
 
 
 def load_pipeline(
@@ -114,41 +183,10 @@ def load_pipeline(
     inputs to ``dtype``, which for ti2v-5B's per-token timesteps and s2v-14B's audio features
     changes the numbers (timestep 999 becomes 1000 in bfloat16); that rounding is not reproduced.
     """
-    if not isinstance(ckpt_dir, (str, os.PathLike)):
-        raise InputError(f"ckpt_dir must be the release folder's path (str or Path), got {ckpt_dir!r}")
-    switches = {"offload_model": offload_model, "t5_cpu": t5_cpu, "convert_model_dtype": convert_model_dtype,
-                "compile": compile, "dit_fsdp": dit_fsdp, "t5_fsdp": t5_fsdp}
-    for name, value in switches.items():
-        if not isinstance(value, bool):
-            raise InputError(f"{name} must be True or False, got {value!r}")
-    spec = check_checkpoint_dir(task, ckpt_dir)
-    if dtype not in _DTYPES:
-        raise InputError(f"dtype must be torch.bfloat16 (the official) or torch.float32, got {dtype!r}")
-    device = _resolve_device(device)
-    check_stream_blocks(stream_blocks, dit_fsdp)
-    check_parallel(spec, device, ulysses_size, dit_fsdp, t5_fsdp, offload_model, t5_cpu)
-    if device.type == "cuda" and (ulysses_size > 1 or dit_fsdp or t5_fsdp):
-        # FSDP puts its shards, and collectives their buffers, on the current device.
-        torch.cuda.set_device(device)
-    if compile:
-        check_compile_support(device)
-    inference_only_enabled()  # a bad WAN_INFERENCE_ONLY value fails before minutes of loading
-    root = Path(ckpt_dir)
+    # At the first line locals() holds the arguments alone, in the parameters' order.
+    spec, device, root, dit_loras, labels = _checked(locals())
     pipeline_class, names = _PIPELINES[spec.name], spec.dit_names
     dit_class = WanModel if spec.audio_dir is None else WanModelS2V
-    dit_loras = read_loras(loras, spec.name, names)
-    labels = {name: spec.name if len(names) == 1 else f"{spec.name} {name.replace('_', '-')}"
-              for name in names}
-    # A bad file fails before minutes of loading: a truncated T5 or VAE archive, a DiT folder (config,
-    # shards, headers, tensor names and shapes), the speech encoder's weights.
-    check_checkpoint_file(root / spec.t5_file)
-    check_vae_file(root / spec.vae_file)
-    for name, folder in zip(names, spec.dit_folders, strict=True):
-        num_heads = dit_class.check_pretrained(root / folder, dit_loras[name], labels[name]).num_heads
-        if ulysses_size > 1:
-            check_heads_split(num_heads, ulysses_size)
-    if spec.audio_dir is not None:
-        Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
     rest = _CPU if offload_model else device  # where the big models sit between uses
     residency = Residency(device, offload_model)
 

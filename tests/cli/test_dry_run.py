@@ -1,0 +1,60 @@
+"""``--dry_run``: every check of a run, the plan printed, no model loaded, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from wan_runtime.demo import NOTICE
+from wan_runtime.generate import main
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    def loading(*args, **kwargs):
+        raise AssertionError("a dry run loaded a model")
+
+    monkeypatch.setattr("wan_runtime.pipelines.loading.load_text_encoder", loading)
+
+
+def _plan(capsys, argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The printed plan's settings, and every line printed."""
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(out) if line.startswith("dry run: every argument and file"))
+    return dict(line.strip().split(": ", 1) for line in out[start + 1:] if line.startswith("  ")), out
+
+
+def test_ti2v_plan_at_the_official_size(ti2v_root, tmp_path, monkeypatch, capsys, no_loading):
+    monkeypatch.chdir(tmp_path)
+    plan, _ = _plan(capsys, ["--ckpt_dir", str(ti2v_root), "--dry_run", "--prompt", "a fox"])
+    assert (plan["task"], plan["size"], plan["frame_num"]) == ("ti2v-5B", "1280*704", "121")
+    assert plan["seed"] == "random"
+    assert (plan["sampling_steps"], plan["guide_scale"], plan["prompt"]) == ("50", "5.0", "a fox")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_i2v_plan_takes_the_images_aspect_ratio(i2v_root, tmp_path, capsys, no_loading):
+    from PIL import Image
+
+    image = tmp_path / "tall.png"
+    Image.new("RGB", (480, 832), (1, 2, 3)).save(image)
+    plan, _ = _plan(capsys, ["--task", "i2v-A14B", "--ckpt_dir", str(i2v_root), "--image", str(image),
+                             "--size", "832*480", "--base_seed", "7", "--dry_run"])
+    assert (plan["size"], plan["seed"], plan["guide_scale"]) == ("480*832", "7", "(3.5, 3.5)")
+
+
+def test_demo_dry_run_says_it_is_a_demo(capsys, tmp_path, monkeypatch, no_loading):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    plan, out = _plan(capsys, ["--demo", "--dry_run"])
+    assert plan["demo"] == "True" and NOTICE in out
+
+
+def test_a_lora_that_does_not_fit_fails_the_dry_run(ti2v_root, tmp_path, capsys, no_loading):
+    lora = tmp_path / "wide.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.ones(2, 8),
+               "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.ones(8, 2)}, str(lora))
+    assert main(["--ckpt_dir", str(ti2v_root), "--dry_run", "--lora", str(lora)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: LoRA file") and "does not fit the ti2v-5B DiT" in line
