@@ -1,0 +1,100 @@
+"""Streamed DiT blocks (``--stream_blocks``) against resident ones: forward time, timed in turns,
+and peak device memory, same weights and inputs, one process.
+
+    python -m benchmarks.bench_streaming          # CPU size, float32: the copies are no copies there,
+                                                  # so this only checks that it runs and is exact
+    python -m benchmarks.bench_streaming --gpu    # A14B width, 4 layers (all but the first
+                                                  # streamed), 32,760 and 75,600 tokens, bfloat16
+
+Columns: ``resident_ms`` / ``streamed_ms`` and their ratio ``x_resident`` (the streamed time over
+the resident one: what streaming costs), the peak memory of each forward (weights included) and
+the difference ``saved_GB``, and whether the two outputs are bitwise equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_dit import A14B, CPU_SIZE, GRID_480P, GRID_720P, Case, inputs
+from benchmarks.common import median_seconds_in_turns, print_table, save_results
+from wan_runtime.models import WanModel
+from wan_runtime.tiny_checkpoints import random_dit
+
+_GB = 1e9
+
+
+def peak_bytes(forward, device: torch.device) -> int | None:
+    """The peak device memory allocated during one ``forward`` (None on the CPU)."""
+    if device.type != "cuda":
+        forward()
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    forward()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeat: int) -> dict:
+    resident = random_dit(case.config, seed=0).eval().set_compute_dtype(dtype)
+    streamed = copy.deepcopy(resident).enable_block_streaming(case.config.num_layers, device)
+    resident.to(device)
+    streamed.resident_modules().to(device)
+    args = inputs(case, device)
+    models: dict[str, WanModel] = {"resident": resident, "streamed": streamed}
+    with torch.no_grad():
+        outputs = {name: model(**args) for name, model in models.items()}
+        calls = {name: lambda m=model: m(**args) for name, model in models.items()}
+        peaks = {name: peak_bytes(call, device) for name, call in calls.items()}
+        seconds = median_seconds_in_turns(calls, device, warmup, repeat)
+    row = {"dim": case.config.dim, "layers": case.config.num_layers,
+           "streamed": len(streamed.block_streaming.indices), "tokens": case.tokens,
+           "dtype": str(dtype).removeprefix("torch."), "resident_ms": round(seconds["resident"] * 1e3, 1),
+           "streamed_ms": round(seconds["streamed"] * 1e3, 1),
+           "x_resident": round(seconds["streamed"] / seconds["resident"], 3),
+           "equal": bool(torch.equal(outputs["resident"], outputs["streamed"]))}
+    if peaks["resident"] is not None:
+        row.update(resident_peak_GB=round(peaks["resident"] / _GB, 2),
+                   streamed_peak_GB=round(peaks["streamed"] / _GB, 2),
+                   saved_GB=round((peaks["resident"] - peaks["streamed"]) / _GB, 2))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="the A14B width on cuda in bfloat16")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
+    args = parser.parse_args()
+    if args.gpu:
+        device, dtype = torch.device("cuda"), torch.bfloat16
+        cases = [Case(replace(A14B, num_layers=args.layers), grid) for grid in (GRID_480P, GRID_720P)]
+    else:
+        device, dtype = torch.device("cpu"), torch.float32
+        cases = [Case(replace(CPU_SIZE, num_layers=args.layers), (8, 24, 40))]
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    rows = []
+    for case in cases:
+        rows.append(run_case(case, device, dtype, args.warmup, args.repeat))
+        print(rows[-1], flush=True)
+        # Saved after each case: a run cut off by a time limit keeps the rows it made.
+        path = save_results("bench_streaming", device, rows, out_dir)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print_table(rows, ["dim", "layers", "streamed", "tokens", "dtype", "resident_ms", "streamed_ms",
+                       "x_resident", "resident_peak_GB", "streamed_peak_GB", "saved_GB", "equal"])
+    print("saved", path)
+
+
+if __name__ == "__main__":
+    main()
