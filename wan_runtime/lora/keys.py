@@ -76,7 +76,7 @@ _IMAGE_BRANCH = re.compile(r"(^|[._])(k_img|v_img|norm_k_img|img_emb|add_k_proj|
 @dataclass(frozen=True)
 class LoraKey:
     """One tensor name of a LoRA file, split: ``module`` as the file names it (prefix removed) and
-    ``part``, one of ``down``, ``up``, ``alpha``, ``diff``, ``diff_b``."""
+    ``part``, one of ``down``, ``up``, ``alpha``, ``diff``, ``diff_b``, ``diff_m``."""
 
     module: str
     part: str

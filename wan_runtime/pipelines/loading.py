@@ -81,12 +81,13 @@ def check_pipeline(task: str, ckpt_dir: str | Path, **options: Any) -> None:
 
 
 class _Checked(NamedTuple):
-    """What ``load_pipeline``'s checks resolve: each DiT's LoRA files with their strengths, and
-    each DiT's label for messages."""
+    """What ``load_pipeline``'s checks resolve: the DiTs' class, each DiT's LoRA files with their
+    strengths, and each DiT's label for messages."""
 
     spec: TaskSpec
     device: torch.device
     root: Path
+    dit_class: type[WanModel]
     dit_loras: dict[str, list[tuple[LoraFile, float]]]
     labels: dict[str, str]
 
@@ -130,7 +131,7 @@ def _checked(arguments: Mapping[str, Any]) -> _Checked:
             check_heads_split(num_heads, ulysses_size)
     if spec.audio_dir is not None:
         Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
-    return _Checked(spec, device, root, dit_loras, labels)
+    return _Checked(spec, device, root, dit_class, dit_loras, labels)
 
 
 def load_pipeline(
@@ -184,9 +185,8 @@ def load_pipeline(
     changes the numbers (timestep 999 becomes 1000 in bfloat16); that rounding is not reproduced.
     """
     # At the first line locals() holds the arguments alone, in the parameters' order.
-    spec, device, root, dit_loras, labels = _checked(locals())
+    spec, device, root, dit_class, dit_loras, labels = _checked(locals())
     pipeline_class, names = _PIPELINES[spec.name], spec.dit_names
-    dit_class = WanModel if spec.audio_dir is None else WanModelS2V
     rest = _CPU if offload_model else device  # where the big models sit between uses
     residency = Residency(device, offload_model)
 
