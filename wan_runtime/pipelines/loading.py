@@ -160,7 +160,8 @@ def load_pipeline(
     ``compile`` compiles the DiT blocks with ``torch.compile`` (the first step pays the compile
     time; see ``wan_runtime.models.compilation``). The folder is checked for every file, the T5
     and VAE archives for truncation, every DiT's config and safetensors headers against each other
-    and the speech encoder's weights, before anything loads (``CheckpointError``). Unless
+    and the speech encoder's weights, before anything loads (``CheckpointError``;
+    ``check_pipeline`` makes these checks alone). Unless
     ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
 
     ``loras``: ``wan_runtime.lora.Lora`` files merged into the DiT weights as they load, each
