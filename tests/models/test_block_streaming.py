@@ -12,7 +12,9 @@ import torch
 
 from tests.models.test_dit_parity import batch_contexts, make_inputs
 from tests.pipelines.images import gradient_image
+from tests.tolerances import COMPILED_VS_EAGER_FP32, rel_l2
 from wan_runtime.errors import InputError
+from wan_runtime.models.compilation import compile_blocks
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.tiny_checkpoints import TINY_TI2V, random_dit
 
@@ -56,6 +58,20 @@ def test_resident_modules_hold_all_but_the_streamed_blocks():
     streamed = {id(p) for i in (2, 3) for p in model.blocks[i].parameters()}
     assert resident | streamed == {id(p) for p in model.parameters()} and not resident & streamed
     assert random_dit(CONFIG).resident_modules().__class__.__name__ == "WanModel"
+
+
+def test_compiled_blocks_read_the_weights_put_in_place():
+    """Streaming swaps a block's tensors between forwards (``tensor.data``): compiled blocks take
+    parameters as inputs, so they compute with whatever tensors are in place at the call."""
+    model = random_dit(CONFIG, seed=2).eval()
+    compile_blocks(model)
+    forward(model)
+    for p in model.blocks[2].parameters():
+        p.data = p.data * 1.5
+    changed = random_dit(CONFIG, seed=2).eval()
+    for p in changed.blocks[2].parameters():
+        p.data = p.data * 1.5
+    assert rel_l2(forward(model), forward(changed)) < COMPILED_VS_EAGER_FP32
 
 
 def test_zero_streams_nothing():
