@@ -154,13 +154,16 @@ def _check_run(config: GenerateConfig) -> tuple[int, int]:
 
 def _print_plan(config: GenerateConfig, width: int, height: int) -> None:
     """What a run of this command line would make and with what, as ``_write`` prints it."""
+    from wan_runtime.pipelines.inputs import check_guide_scale
+
     spec = TASKS[config.task]
     run = {
         "task": config.task, "prompt": config.prompt, "n_prompt": spec.negative_prompt,
         "seed": config.base_seed if config.base_seed >= 0 else "random",
         "size": f"{width}*{height}",
         "frame_num": config.frame_num if config.audio is None else "--infer_frames per clip",
-        "sampling_steps": config.sample_steps, "guide_scale": config.sample_guide_scale,
+        "sampling_steps": config.sample_steps,
+        "guide_scale": check_guide_scale(config.sample_guide_scale, spec),  # i2v-A14B: one per expert
         "shift": config.sample_shift, "sample_solver": config.sample_solver,
     }
     print("dry run: every argument and file is in order (nothing was loaded or generated); a run would make")

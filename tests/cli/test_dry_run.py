@@ -41,8 +41,9 @@ def test_i2v_plan_takes_the_images_aspect_ratio(i2v_root, tmp_path, capsys, no_l
     image = tmp_path / "tall.png"
     Image.new("RGB", (480, 832), (1, 2, 3)).save(image)
     plan, _ = _plan(capsys, ["--task", "i2v-A14B", "--ckpt_dir", str(i2v_root), "--image", str(image),
-                             "--size", "832*480", "--base_seed", "7", "--dry_run"])
-    assert (plan["size"], plan["seed"], plan["guide_scale"]) == ("480*832", "7", "(3.5, 3.5)")
+                             "--size", "832*480", "--base_seed", "7", "--sample_guide_scale", "2",
+                             "--dry_run"])
+    assert (plan["size"], plan["seed"], plan["guide_scale"]) == ("480*832", "7", "(2.0, 2.0)")
 
 
 def test_demo_dry_run_says_it_is_a_demo(capsys, tmp_path, monkeypatch, no_loading):
