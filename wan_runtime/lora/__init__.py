@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wan_runtime.errors import InputError
-from wan_runtime.lora.lora_file import LoraFile
+from wan_runtime.lora.lora_file import LoraFile, check_lora_path
 from wan_runtime.lora.weight_updates import WeightUpdates
 
 __all__ = ["Lora", "LoraFile", "WeightUpdates", "check_loras", "read_loras"]
@@ -35,7 +35,8 @@ class Lora:
 
 def check_loras(loras: Sequence[Lora], task: str, dits: Sequence[str]) -> None:
     """Refuse (``InputError``) what is wrong with ``loras`` for ``task``, whose DiTs are named
-    ``dits``, without reading the files: the types, strengths, experts, and missing files."""
+    ``dits``, without reading the files: the types, strengths, experts, and missing or pickled
+    files."""
     if isinstance(loras, (str, Path, Lora)) or not isinstance(loras, Sequence):
         raise InputError(f"loras must be a list of wan_runtime.lora.Lora, got {loras!r}")
     for lora in loras:
@@ -51,8 +52,9 @@ def check_loras(loras: Sequence[Lora], task: str, dits: Sequence[str]) -> None:
         if lora.expert is not None and lora.expert not in dits:
             raise InputError(f"LoRA {lora.path}: unknown expert {lora.expert!r}; {task}'s are "
                              f"{' and '.join(map(repr, dits))} (None: both)")
-        if not isinstance(lora.path, (str, Path)) or not Path(lora.path).is_file():
-            raise InputError(f"LoRA file {lora.path} does not exist (or is not a file); check the path")
+        if not isinstance(lora.path, (str, Path)):
+            raise InputError(f"a LoRA's path must be a str or Path, got {lora.path!r}")
+        check_lora_path(Path(lora.path))
 
 
 def read_loras(

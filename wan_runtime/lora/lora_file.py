@@ -22,6 +22,17 @@ def listed(items: list[str]) -> str:
     return "; ".join(items[:_SHOWN]) + more
 
 
+def check_lora_path(path: Path) -> None:
+    """``InputError`` unless ``path`` is a file that is not a pickle (by its suffix)."""
+    if not path.is_file():
+        raise InputError(f"LoRA file {path} does not exist (or is not a file); check the path")
+    if path.suffix.lower() in _PICKLES:
+        raise InputError(
+            f"LoRA file {path} is a pickle ({path.suffix}), which can run code when loaded; only "
+            "safetensors LoRAs are read: use the .safetensors release of that LoRA"
+        )
+
+
 @dataclass
 class ModuleUpdate:
     """What a LoRA changes in one module: the low-rank factors with their alpha, and whole-tensor
@@ -55,13 +66,7 @@ class LoraFile:
     @classmethod
     def read(cls, path: str | Path) -> LoraFile:
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"LoRA file {path} does not exist (or is not a file); check the path")
-        if path.suffix.lower() in _PICKLES:
-            raise InputError(
-                f"LoRA file {path} is a pickle ({path.suffix}), which can run code when loaded; only "
-                "safetensors LoRAs are read: use the .safetensors release of that LoRA"
-            )
+        check_lora_path(path)
         modules: dict[str, ModuleUpdate] = {}
         problems: list[str] = []
         try:
