@@ -97,7 +97,8 @@ class GenerateConfig:
     the official flags. ``launch`` is this process's place in a ``torchrun`` launch (``device``
     is then its own GPU); ``ulysses_size``, ``dit_fsdp`` and ``t5_fsdp`` as the official flags.
     ``loras``: the LoRAs of ``--lora``, ``--lora_high_noise`` and ``--lora_low_noise``;
-    ``stream_blocks`` as ``load_pipeline``'s; ``dry_run``: check, print the plan, load nothing.
+    ``stream_blocks`` as ``load_pipeline``'s; ``dry_run``: check, print the plan, load nothing;
+    ``batch_line``: the line of the ``--batch`` file this video comes from (None without one).
     """
 
     task: str
@@ -111,6 +112,7 @@ class GenerateConfig:
     sample_solver: str
     base_seed: int
     prompt: str
+    negative_prompt: str
     image_path: Path | None
     image: Image.Image | None
     save_file: Path | None
@@ -135,6 +137,7 @@ class GenerateConfig:
     loras: tuple[Lora, ...] = ()
     stream_blocks: int = 0
     dry_run: bool = False
+    batch_line: int | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,14 +171,16 @@ def _differences() -> str:
         "(--use_prompt_extend, the TTS and animate flags) are "
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
-        "--debug, --dry_run, --demo, --stream_blocks, the LoRA flags and the step cache flags."
+        "--debug, --dry_run, --batch, --demo, --negative_prompt, --stream_blocks, the LoRA flags and the "
+        "step cache flags."
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser: the official ``generate.py``'s flags and defaults but for the differences its
     epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
-    ``--compile``, ``--debug``, ``--dry_run``, ``--demo``, ``--stream_blocks``, ``--lora*`` and the step cache
+    ``--compile``, ``--debug``, ``--dry_run``, ``--batch``, ``--demo``, ``--negative_prompt``,
+    ``--stream_blocks``, ``--lora*`` and the step cache
     flags ``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are listed
     together."""
@@ -213,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .mp4 (default: <task>_<size>_<ulysses_size>_<prompt>_<time>.mp4 in the "
                         "current folder)")
     p.add_argument("--prompt", default=None, help="the prompt (default: the official example prompt)")
+    p.add_argument("--negative_prompt", default=None,
+                   help="what guidance steers the video away from (default: the task's official negative "
+                        "prompt, in Chinese, as the official script uses; an empty one keeps it)")
     p.add_argument("--base_seed", type=int, default=-1, help="seed; negative picks a random one (default -1)")
     p.add_argument("--image", default=None,
                    help="input image: required for i2v-A14B (the first frame) and s2v-14B (the speaker's "
@@ -235,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check every argument and file as a run would (the checkpoint's configs, headers "
                         "and archives, the LoRAs and their fit), print what it would make, and exit "
                         "without loading a model")
+    p.add_argument("--batch", default=None, metavar="FILE",
+                   help="make one video per line of this JSON Lines file, loading the models once: each "
+                        "line a JSON object of per-video flags without their dashes (prompt, image, "
+                        "base_seed, save_file, size, ...), the command line's values for what it leaves out")
     p.add_argument("--demo", action="store_true",
                    help="run on tiny random weights (cached) on the CPU to check the installation")
     _add_s2v_flags(p)
@@ -418,6 +430,9 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     if dtype_name not in DTYPES:
         problems.append(f"unknown --dtype {dtype_name!r}; choose {' or '.join(DTYPES)}")
 
+    if spec is not None and args.negative_prompt:
+        given = args.sample_guide_scale
+        _warn_unused_negative_prompt(spec.guide_scale if given is None else given)
     problems += _unsupported_flag_problems(args)
     _check(problems, lambda: check_stream_blocks(args.stream_blocks, args.dit_fsdp, flag="--"))
     if args.stream_blocks > 0 and device == "cpu":
@@ -453,6 +468,7 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         sample_solver=args.sample_solver,
         base_seed=args.base_seed,
         prompt=EXAMPLE_PROMPT[spec.name] if args.prompt is None else args.prompt,
+        negative_prompt=args.negative_prompt or "",
         image_path=image_path,
         image=image,
         save_file=save_file,
@@ -473,6 +489,14 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         dry_run=args.dry_run,
         **speech,
     )
+
+
+def _warn_unused_negative_prompt(guide_scale: float | tuple[float, float]) -> None:
+    """Guidance at scale 1 is the conditional prediction alone: no negative prompt reaches it."""
+    scales = guide_scale if isinstance(guide_scale, tuple) else (guide_scale,)
+    if all(scale == 1 for scale in scales):
+        warnings.warn("--negative_prompt has no effect at --sample_guide_scale 1 (guidance then uses the "
+                      "prompt alone)", stacklevel=3)
 
 
 def _lora_problems(problems: list[str], args: argparse.Namespace, spec: TaskSpec | None) -> tuple[Lora, ...]:

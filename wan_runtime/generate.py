@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from wan_runtime import __version__, demo
-from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser, resolve
+from wan_runtime.batch_file import line_numbers, resolve_jobs
+from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser
 from wan_runtime.distributed.launch import Launch
-from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.errors import CheckpointError, InputError, NumericalError
 from wan_runtime.tasks import TASKS
 from wan_runtime.video_io import write_mp4
 
@@ -39,19 +40,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     Under ``torchrun`` every process runs it; rank 0 alone prints what a run reports and writes
     the video, and the other processes say only what went wrong in them.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         if not args.debug:  # a notice for the user reads as one line, not a source location
             warnings.showwarning = _warning_line
         if not _launch().main:
             warnings.simplefilter("ignore")
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-        return _run(args)
+        return _run(parser, args)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
-        return _generate(resolve(args))
+        return _generate(resolve_jobs(parser, args), args)
     except InvalidArguments as err:
         # Rank 0 tells what every process finds; another process what concerns it alone.
         for problem in err.problems if _launch().main else err.own:
@@ -60,10 +62,12 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
+        # A batch's finished videos are written; the one being made never is.
+        unwritten = "no video was written" if args.batch is None else "the video in progress was not written"
         if _launch().distributed:  # torchrun stops every process when one fails
-            _error("stopped; no video was written (if another process failed, its error is above)")
+            _error(f"stopped; {unwritten} (if another process failed, its error is above)")
         else:
-            _error("interrupted; no video was written")
+            _error(f"interrupted; {unwritten}")
         return 130
     except (InputError, CheckpointError) as err:
         # Found only while loading or running: still a problem with what the user gave.
@@ -74,9 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     except torch.OutOfMemoryError as err:
         if args.debug:
             raise
-        # torch's first two sentences say what and how much; the rest is allocator advice.
-        what = ". ".join(_one_line(str(err)).split(". ")[:2])
-        _error(f"out of memory: {what}; {_memory_remedy(args)}")
+        _error(_out_of_memory(err, args))
         return 1
     except Exception as err:
         if args.debug:
@@ -97,33 +99,35 @@ def cli() -> None:
     sys.exit(main())
 
 
-def default_save_file(task: str, size: str, prompt: str, now: datetime, ulysses_size: int = 1) -> Path:
+def default_save_file(task: str, size: str, prompt: str, now: datetime, ulysses_size: int = 1,
+                      batch_line: int | None = None) -> Path:
     """The official default output name:
-    ``<task>_<size>_<ulysses_size>_<prompt stub>_<YYYYmmdd_HHMMSS>.mp4``."""
+    ``<task>_<size>_<ulysses_size>_<prompt stub>_<YYYYmmdd_HHMMSS>.mp4``, with ``_line<N>``
+    before the suffix for line N of a ``--batch`` file (whose videos may share prompt and second)."""
     size_part = size.replace("*", "x") if sys.platform == "win32" else size
     stub = prompt.replace(" ", "_").replace("/", "_")[:50]
-    return Path(f"{task}_{size_part}_{ulysses_size}_{stub}_{now.strftime('%Y%m%d_%H%M%S')}.mp4")
+    line = "" if batch_line is None else f"_line{batch_line}"
+    return Path(f"{task}_{size_part}_{ulysses_size}_{stub}_{now.strftime('%Y%m%d_%H%M%S')}{line}.mp4")
 
 
-def _generate(config: GenerateConfig) -> int:
-    launch = config.launch
-    launch.start(torch.device(config.device))
+def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
+    """Make (or with ``--dry_run`` check) the videos of ``jobs``, which share every setting of the
+    models; the exit code: 1 if a video of a batch failed (the others are made), else 0."""
+    launch = jobs[0].launch
+    launch.start(torch.device(jobs[0].device))
+    failed: list[int] = []
     try:
-        if config.dry_run:
-            width, height = _check_run(config)
+        if jobs[0].dry_run:
+            sizes = _check_run(jobs)
         else:
-            pipeline, video, load_s = _make_video(config)
+            failed = _make_videos(jobs, args)
     except BaseException:
         launch.abandon()
         raise
-    # Every process made the same video; rank 0 writes it once the others are done, so that none
-    # waits in a collective through the write.
     launch.stop()
-    if launch.main and config.dry_run:
-        _print_plan(config, width, height)
-    elif launch.main:
-        _write(config, pipeline, video, load_s)
-    return 0
+    if launch.main and jobs[0].dry_run:
+        _print_plan(jobs, sizes)
+    return 1 if failed else 0
 
 
 def _load_arguments(config: GenerateConfig) -> dict[str, object]:
@@ -142,52 +146,83 @@ def _load_arguments(config: GenerateConfig) -> dict[str, object]:
     }
 
 
-def _check_run(config: GenerateConfig) -> tuple[int, int]:
-    """``--dry_run``: every check a run makes before it loads a model; the video's width and height."""
-    arguments = _load_arguments(config)
+def _check_run(jobs: list[GenerateConfig]) -> list[tuple[int, int]]:
+    """``--dry_run``: every check a run makes before it loads a model; each video's width and height."""
+    arguments = _load_arguments(jobs[0])
     from wan_runtime.pipelines import check_output_size, check_pipeline
 
-    size = check_output_size(config.task, config.image, config.size)
+    sizes = [check_output_size(job.task, job.image, job.size) for job in jobs]
     check_pipeline(**arguments)
-    return size
+    return sizes
 
 
-def _print_plan(config: GenerateConfig, width: int, height: int) -> None:
+def _print_plan(jobs: list[GenerateConfig], sizes: list[tuple[int, int]]) -> None:
     """What a run of this command line would make and with what, as ``_write`` prints it."""
     from wan_runtime.pipelines.inputs import check_guide_scale
 
-    spec = TASKS[config.task]
-    run = {
-        "task": config.task, "prompt": config.prompt, "n_prompt": spec.negative_prompt,
-        "seed": config.base_seed if config.base_seed >= 0 else "random",
-        "size": f"{width}*{height}",
-        "frame_num": config.frame_num if config.audio is None else "--infer_frames per clip",
-        "sampling_steps": config.sample_steps,
-        "guide_scale": check_guide_scale(config.sample_guide_scale, spec),  # i2v-A14B: one per expert
-        "shift": config.sample_shift, "sample_solver": config.sample_solver,
-    }
-    print("dry run: every argument and file is in order (nothing was loaded or generated); a run would make")
-    for key, value in _settings(config, run).items():
-        print(f"  {key}: {value}")
+    videos = "" if len(jobs) == 1 else f" {len(jobs)} videos, loading the models once"
+    print(f"dry run: every argument and file is in order (nothing was loaded or generated); a run would "
+          f"make{videos}")
+    for job, (width, height) in zip(jobs, sizes, strict=True):
+        spec = TASKS[job.task]
+        run = {
+            "task": job.task, "prompt": job.prompt, "n_prompt": job.negative_prompt or spec.negative_prompt,
+            "seed": job.base_seed if job.base_seed >= 0 else "random",
+            "size": f"{width}*{height}",
+            "frame_num": job.frame_num if job.audio is None else "--infer_frames per clip",
+            "sampling_steps": job.sample_steps,
+            "guide_scale": check_guide_scale(job.sample_guide_scale, spec),  # i2v-A14B: one per expert
+            "shift": job.sample_shift, "sample_solver": job.sample_solver,
+        }
+        if job.batch_line is not None:
+            print(f"--batch line {job.batch_line}:")
+        print(f"  save_file: {job.save_file or 'the official default name, with the time of writing'}")
+        for key, value in _settings(job, run).items():
+            print(f"  {key}: {value}")
 
 
-def _make_video(config: GenerateConfig) -> tuple[Pipeline, torch.Tensor, float]:
-    """Load the pipeline and generate; the pipeline, the video and the load time in seconds."""
-    arguments = _load_arguments(config)
+def _make_videos(jobs: list[GenerateConfig], args: argparse.Namespace) -> list[int]:
+    """Load the pipeline once and make and write (rank 0) each video; the batch lines whose video
+    failed on a bad input or NaNs or for want of memory (a batch goes on without them, unless under
+    torchrun, where the processes could part ways; one video's failure is raised)."""
+    arguments = _load_arguments(jobs[0])
     # Imported only now: bad input is refused without importing the models.
     from wan_runtime.pipelines import check_output_size, load_pipeline
 
-    if config.image is not None:  # an image too extreme for the size fails before minutes of loading
-        check_output_size(config.task, config.image, config.size)
+    for job in jobs:  # an image too extreme for the size fails before minutes of loading
+        if job.image is not None:
+            check_output_size(job.task, job.image, job.size)
     start = time.perf_counter()
     pipeline = load_pipeline(**arguments)
-    load_s = time.perf_counter() - start
-    if config.compile:  # else a first step many times longer than the next looks like a hang
+    load_s: float | None = time.perf_counter() - start
+    if jobs[0].compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)
+    failed = []
+    for job in jobs:
+        try:
+            video = _make_video(pipeline, job)
+        except (InputError, CheckpointError, NumericalError, torch.OutOfMemoryError) as err:
+            if job.batch_line is None or job.launch.distributed or args.debug:
+                raise
+            message = _out_of_memory(err, args) if isinstance(err, torch.OutOfMemoryError) else str(err)
+            _error(f"--batch line {job.batch_line}: {_one_line(message)}; going on with the next line")
+            failed.append(job.batch_line)
+            continue
+        if job.launch.main:  # the other processes go on and wait for it in their next collective
+            _write(job, pipeline, video, load_s)
+        load_s = None  # paid once, by the first video
+    if len(jobs) > 1 and jobs[0].launch.main:
+        lines = f" ({line_numbers(failed)} failed, above)" if failed else ""
+        print(f"batch: wrote {len(jobs) - len(failed)} of {len(jobs)} videos{lines}")
+    return failed
+
+
+def _make_video(pipeline: Pipeline, config: GenerateConfig) -> torch.Tensor:
+    """Generate the video ``config`` asks for with the loaded ``pipeline``."""
     common = {
         "size": config.size, "sampling_steps": config.sample_steps, "guide_scale": config.sample_guide_scale,
         "shift": config.sample_shift, "sample_solver": config.sample_solver, "seed": config.base_seed,
-        "progress": config.launch.main, "cache": config.cache,
+        "progress": config.launch.main, "cache": config.cache, "n_prompt": config.negative_prompt,
     }
     if config.audio is None:
         video = pipeline.generate(config.prompt, image=config.image, frame_num=config.frame_num, **common)
@@ -197,14 +232,14 @@ def _make_video(config: GenerateConfig) -> tuple[Pipeline, torch.Tensor, float]:
             infer_frames=config.infer_frames, start_from_ref=config.start_from_ref,
             pose_video=config.pose_video, **common,
         )
-    return pipeline, video, load_s
+    return video
 
 
-def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load_s: float) -> None:
-    """Write the MP4 and print what made it."""
+def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load_s: float | None) -> None:
+    """Write the MP4 and print what made it (the load time, unless None: another video's)."""
     report = pipeline.last_report
     save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now(),
-                                                      config.ulysses_size)
+                                                      config.ulysses_size, config.batch_line)
     settings = _settings(config, _run_fields(report))
     start = time.perf_counter()
     # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
@@ -216,7 +251,7 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
     print(f"wrote {save_file} ({frames} frames, {width}x{height}, {pipeline.fps} fps)")
     for key, value in settings.items():
         print(f"  {key}: {value}")
-    timings = {"load": load_s, **report.timings, "write": write_s}
+    timings = {**({} if load_s is None else {"load": load_s}), **report.timings, "write": write_s}
     print("timings: " + ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in timings.items()))
     peak = report.peak_memory_bytes
     print(f"peak memory: {'not measured on this device' if peak is None else f'{peak / 2**30:.2f} GiB'}")
@@ -283,6 +318,13 @@ def _launch() -> Launch:
         return Launch.from_env()
     except InputError:
         return Launch()
+
+
+def _out_of_memory(err: torch.OutOfMemoryError, args: argparse.Namespace) -> str:
+    """What ran out and the flags that free memory."""
+    # torch's first two sentences say what and how much; the rest is allocator advice.
+    what = ". ".join(_one_line(str(err)).split(". ")[:2])
+    return f"out of memory: {what}; {_memory_remedy(args)}"
 
 
 def _memory_remedy(args: argparse.Namespace) -> str:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.cli.helpers import REPO, cli_env, read_video
-from wan_runtime.cli_args import InvalidArguments
-from wan_runtime.generate import _memory_remedy, build_parser, main, resolve
+from wan_runtime.cli_args import InvalidArguments, resolve
+from wan_runtime.generate import _memory_remedy, build_parser, main
 
 
 def _resolve(*argv: str):
@@ -128,3 +128,15 @@ def test_sequence_parallel_makes_the_same_frames(tmp_path, one_process_frames):
     two = _torchrun(tmp_path, "two.mp4", "--ulysses_size", "2")
     assert two.returncode == 0, two.stderr
     assert (read_video(tmp_path / "two.mp4")[0] == one_process_frames).all()
+
+
+def test_a_batch_over_two_processes(tmp_path, one_process_frames):
+    """Every video of a batch, a random seed's included (drawn by rank 0 for every process), made
+    by both processes and written once by rank 0; the second the single process's."""
+    batch = tmp_path / "jobs.jsonl"
+    batch.write_text('{"base_seed": -1, "save_file": "random.mp4"}\n{"save_file": "four.mp4"}\n')
+    two = _torchrun(tmp_path, "unused.mp4", "--ulysses_size", "2", "--batch", str(batch))
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("wrote ") == 3 and "batch: wrote 2 of 2 videos" in two.stdout, two.stdout
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["four.mp4", "random.mp4"]
+    assert (read_video(tmp_path / "four.mp4")[0] == one_process_frames).all()

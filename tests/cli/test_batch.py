@@ -1,0 +1,247 @@
+"""``--batch FILE``: every line checked up front as a command line of its own, then one load of
+the models and one video per line, each the video its line would make alone."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.cli.helpers import read_settings, read_video
+from wan_runtime import generate
+from wan_runtime.batch_file import resolve_jobs
+from wan_runtime.cli_args import InvalidArguments, build_parser
+from wan_runtime.errors import NumericalError
+from wan_runtime.tasks import TASKS
+
+FAST = ["--demo", "--frame_num", "5", "--sample_steps", "2"]
+
+
+def _batch(folder: Path, *lines: object, name: str = "jobs.jsonl") -> Path:
+    """A batch file of ``lines``: dicts as JSON, strings as they are."""
+    path = folder / name
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def _jobs(*argv: str):
+    parser = build_parser()
+    return resolve_jobs(parser, parser.parse_args(list(argv)))
+
+
+def _problems(*argv: str) -> list[str]:
+    with pytest.raises(InvalidArguments) as caught:
+        _jobs(*argv)
+    return caught.value.problems
+
+
+def _errors(stderr: str) -> list[str]:
+    """The error lines among the progress bars."""
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_lines_fill_in_the_command_line(tmp_path, image):
+    path = _batch(tmp_path, "# a comment, then a blank line", "",
+                  {"prompt": "a fox", "base_seed": 7, "sample_shift": 3, "fbcache": True},
+                  {"negative_prompt": "blurry", "image": None, "fb_cfg_sep_diff": False, "fbcache": True,
+                   "size": "96*128", "save_file": "two.mp4"})
+    first, second = _jobs(*FAST, "--batch", str(path), "--prompt", "a boat", "--image", str(image))
+    assert (first.batch_line, second.batch_line) == (3, 4)
+    assert (first.prompt, first.base_seed, first.sample_shift, first.image_path) == ("a fox", 7, 3.0, image)
+    assert first.cache.fbcache and first.negative_prompt == "" and first.save_file is None
+    assert (second.prompt, second.negative_prompt, second.size) == ("a boat", "blurry", "96*128")
+    assert second.image is None and second.base_seed == -1  # null: the flag's default, not the command line's
+    assert second.cache.fbcache and not second.cache.fb_cfg_sep_diff
+    assert second.save_file == Path("two.mp4") and first.frame_num == second.frame_num == 5
+
+
+def test_without_a_batch_one_video():
+    [job] = _jobs(*FAST, "--prompt", "a fox")
+    assert job.batch_line is None and job.prompt == "a fox"
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ('{"base_seed": "seven"}', "--batch line 1: base_seed must be a whole number, got \"seven\""),
+    ('{"sample_shift": [1]}', "--batch line 1: sample_shift must be a string or a number, got [1]"),
+    ('{"fbcache": "yes"}', "--batch line 1: fbcache must be true or false, got \"yes\""),
+    ('{"fb_cfg_sep_diff": 1}', "--batch line 1: fb_cfg_sep_diff must be true or false, got 1"),
+    ('["a fox"]', "--batch line 1: a line must be a JSON object of flags"),
+    ('{"prompt": "a", "prompt": "b"}', "--batch line 1: prompt given twice"),
+    ('{"prompt": "a" "fox"}', "--batch line 1 is not JSON (Expecting ',' delimiter at column 16); write one"),
+    ('{"task": "i2v-A14B"}', "--batch line 1: 'task' cannot be set per video (given on the command line, "
+                             "the same for every video); a line sets prompt, negative_prompt, image"),
+    ('{"lora": "style.safetensors"}', "--batch line 1: 'lora' cannot be set per video (given on the command"),
+    ('{"seed": 3}', "--batch line 1: 'seed' cannot be set per video (not a flag)"),
+])
+def test_a_bad_line_is_named(tmp_path, line, problem):
+    [told] = _problems(*FAST, "--batch", str(_batch(tmp_path, line)))
+    assert told.startswith(problem)
+
+
+def test_every_problem_of_every_line_at_once(tmp_path, image):
+    """A problem every line has (a command-line setting) is told once; the others with their lines."""
+    path = _batch(tmp_path, {"frame_num": 4}, {"frame_num": 4, "image": str(tmp_path / "gone.png")},
+                  {"prompt": "fine"}, '{"base_seed": 1.5}')
+    problems = _problems(*FAST, "--size", "100*100", "--batch", str(path))
+    # The file's own problems are found before any line is checked as a command line.
+    assert problems == ['--batch line 4: base_seed must be a whole number, got 1.5']
+    path = _batch(tmp_path, {"frame_num": 4}, {"frame_num": 4, "image": str(tmp_path / "gone.png")},
+                  {"prompt": "fine"})
+    problems = _problems(*FAST, "--size", "100*100", "--batch", str(path))
+    assert problems[0].startswith("demo --size must be width*height with both multiples of 32")
+    assert problems[1] == "--batch lines 1, 2: --frame_num must be 4n+1 (1, 5, 9, ..., 121), got 4"
+    assert problems[2].startswith(f"--batch line 2: --image {tmp_path / 'gone.png'} ")
+    assert len(problems) == 3
+
+
+def test_two_lines_writing_one_file_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = _batch(tmp_path, {"save_file": "a.mp4"}, {"save_file": "./a.mp4"}, {"save_file": "b.mp4"}, {})
+    assert _problems(*FAST, "--batch", str(path)) == [
+        f"--batch lines 1, 2 all write {tmp_path / 'a.mp4'}; give each line its own save_file (or leave it "
+        "out for a name of its own)"
+    ]
+    [problem] = _problems(*FAST, "--save_file", "all.mp4", "--batch", str(_batch(tmp_path, {}, {})))
+    assert problem.startswith("--batch lines 1, 2 all write")
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "does not exist; give a JSON Lines file, one video per line"),
+    ("", "holds no video; write one JSON object per line"),
+    ("# only a comment\n\n", "holds no video"),
+    (b"\xff\xfe{}", "give a UTF-8 JSON Lines file"),
+])
+def test_a_batch_file_without_videos_is_refused(tmp_path, content, problem):
+    path = tmp_path / "jobs.jsonl"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    [told] = _problems(*FAST, "--batch", str(path))
+    assert told.startswith(f"--batch {path}") or told.startswith(f"cannot read --batch {path}")
+    assert problem in told
+    [told] = _problems(*FAST, "--batch", str(tmp_path))
+    assert told == f"--batch {tmp_path} is a folder; give a JSON Lines file, one video per line"
+
+
+def test_a_warning_of_every_line_is_shown_once(tmp_path):
+    path = _batch(tmp_path, {"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"})
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        _jobs(*FAST, "--stream_blocks", "1", "--batch", str(path))
+    assert [str(w.message) for w in raised] == [
+        "--stream_blocks changes nothing on the CPU, where every block already is in CPU memory"
+    ]
+
+
+def test_negative_prompt_without_guidance_is_told(tmp_path):
+    with pytest.warns(UserWarning, match="--negative_prompt has no effect at --sample_guide_scale 1"):
+        _jobs(*FAST, "--negative_prompt", "blurry", "--sample_guide_scale", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        [job] = _jobs(*FAST, "--negative_prompt", "blurry")
+    assert job.negative_prompt == "blurry"
+
+
+def test_default_names_carry_the_batch_line():
+    from datetime import datetime
+
+    name = generate.default_save_file("ti2v-5B", "1280*704", "cat", datetime(2025, 7, 28), batch_line=12)
+    assert name.name.endswith("_cat_20250728_000000_line12.mp4")
+
+
+def test_dry_run_plans_every_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = _batch(tmp_path, {"prompt": "a fox", "base_seed": 1}, "", {"negative_prompt": "blurry",
+                                                                       "save_file": "b.mp4"})
+    assert generate.main([*FAST, "--batch", str(path), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "a run would make 2 videos, loading the models once" in out
+    first, second = out.split("--batch line 1:\n")[1].split("--batch line 3:\n")
+    assert "  prompt: a fox\n" in first and "  seed: 1\n" in first
+    assert f"  n_prompt: {TASKS['ti2v-5B'].negative_prompt}\n" in first
+    assert "  save_file: the official default name, with the time of writing\n" in first
+    assert "  n_prompt: blurry\n" in second and "  save_file: b.mp4\n" in second
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(cache))
+        from wan_runtime import demo
+
+        demo.demo_checkpoint("ti2v-5B")
+    return cache
+
+
+@pytest.fixture
+def in_folder(demo_cache, tmp_path, monkeypatch):
+    """Runs in ``tmp_path`` with the demo checkpoint cached; returns the folder."""
+    pytest.importorskip("wan_runtime.pipelines")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(demo_cache))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_each_video_is_the_one_its_line_makes_alone(in_folder, capsys):
+    """The models load once; a video made after others (a cached one, another negative prompt) is
+    the one the same command line makes alone, and each carries its own settings."""
+    path = _batch(in_folder, {"fbcache": True, "fb_thresh": 0.5},
+                  {"negative_prompt": "blurry", "save_file": "negative.mp4"}, {"save_file": "plain.mp4"})
+    assert generate.main([*FAST, "--prompt", "a fox", "--base_seed", "3", "--batch", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("timings: load ") == 1 and out.count("timings: text_encode ") == 2
+    assert "batch: wrote 3 of 3 videos\n" in out
+    [cached] = in_folder.glob("*_line1.mp4")
+    assert cached.name.startswith("ti2v-5B_128*96_1_a_fox_")
+    assert generate.main([*FAST, "--prompt", "a fox", "--base_seed", "3", "--save_file", "alone.mp4"]) == 0
+    alone = read_video(in_folder / "alone.mp4")[0]
+    assert np.array_equal(read_video(in_folder / "plain.mp4")[0], alone)
+    assert not np.array_equal(read_video(in_folder / "negative.mp4")[0], alone)
+    assert read_settings(in_folder / "negative.mp4")["n_prompt"] == "blurry"
+    assert read_settings(cached)["cache"].startswith("fbcache=True fb_thresh=0.5 ")
+    assert read_settings(in_folder / "plain.mp4")["cache"] == "off"
+
+
+def test_a_failed_video_does_not_stop_the_batch(in_folder, monkeypatch, capsys):
+    made = generate._make_video
+
+    def nan_for_bad(pipeline, config):
+        if config.prompt == "bad":
+            raise NumericalError("the latent turned NaN at sampling step 1 of 2")
+        return made(pipeline, config)
+
+    monkeypatch.setattr(generate, "_make_video", nan_for_bad)
+    path = _batch(in_folder, {"save_file": "one.mp4"}, {"prompt": "bad", "save_file": "two.mp4"},
+                  {"save_file": "three.mp4"})
+    assert generate.main([*FAST, "--batch", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert _errors(captured.err) == [
+        "error: --batch line 2: the latent turned NaN at sampling step 1 of 2; going on with the next line"
+    ]
+    assert "batch: wrote 2 of 3 videos (line 2 failed, above)" in captured.out
+    assert sorted(p.name for p in in_folder.glob("*.mp4")) == ["one.mp4", "three.mp4"]
+
+    # One video alone: its failure is the run's.
+    assert generate.main([*FAST, "--prompt", "bad", "--save_file", "alone.mp4"]) == 1
+    [error] = _errors(capsys.readouterr().err)
+    assert error.startswith("error: NumericalError: the latent turned NaN")
+
+
+def test_an_interrupted_batch_keeps_the_finished_videos(in_folder, monkeypatch, capsys):
+    made = generate._make_video
+
+    def interrupted_at_second(pipeline, config):
+        if config.batch_line == 2:
+            raise KeyboardInterrupt
+        return made(pipeline, config)
+
+    monkeypatch.setattr(generate, "_make_video", interrupted_at_second)
+    path = _batch(in_folder, {"save_file": "one.mp4"}, {"save_file": "two.mp4"})
+    assert generate.main([*FAST, "--batch", str(path)]) == 130
+    assert _errors(capsys.readouterr().err) == ["error: interrupted; the video in progress was not written"]
+    assert [p.name for p in in_folder.glob("*.mp4")] == ["one.mp4"]

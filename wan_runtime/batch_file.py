@@ -1,0 +1,160 @@
+"""``--batch FILE`` of ``python -m wan_runtime.generate``: several videos from one load of the models.
+
+The file holds one JSON object per line (JSON Lines; blank lines and lines starting with ``#``
+are skipped), one video each. Its keys are the per-video flags without their dashes (``prompt``,
+``image``, ``base_seed``, ``save_file``, the sampling and step cache settings, ...); what a line
+leaves out comes from the command line, and ``null`` stands for the flag's default. What the
+loaded models depend on (task, checkpoint, device, dtype, LoRAs, offloading, compiling,
+parallelism) is the command line's for every line. Each line is checked as a command line of its
+own before any model loads, and every problem of every line is listed at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from wan_runtime.cache.config import CacheConfig
+from wan_runtime.cli_args import GenerateConfig, InvalidArguments, resolve, str2bool
+
+# The flags a batch line may set: what one video is made from, not what the models are.
+PER_VIDEO = (
+    "prompt", "negative_prompt", "image", "base_seed", "save_file", "size", "frame_num", "sample_steps",
+    "sample_shift", "sample_guide_scale", "sample_solver", "audio", "num_clip", "infer_frames",
+    "pose_video", "start_from_ref", *CacheConfig().as_dict(),
+)
+COMMENT = "#"
+_KINDS = {int: "a whole number", float: "a number"}
+
+
+def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[GenerateConfig]:
+    """The videos ``args`` asks for: ``resolve(args)`` alone without ``--batch``, else one per line
+    of the batch file, each ``batch_line`` numbered as the file's line. Raises ``InvalidArguments``
+    listing every problem: a problem every line has once, the others with their line number."""
+    if args.batch is None:
+        return [resolve(args)]
+    lines = read_batch(Path(args.batch), parser)
+    jobs: list[GenerateConfig] = []
+    problems: dict[int, list[str]] = {}
+    own: dict[int, list[str]] = {}
+    # A warning every line raises (a setting of the command line's) is shown once.
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        for number, values in lines:
+            line_args = copy.copy(args)
+            vars(line_args).update(values)
+            try:
+                jobs.append(replace(resolve(line_args), batch_line=number))
+            except InvalidArguments as err:
+                problems[number], own[number] = err.problems, err.own
+    for message, category in dict.fromkeys((str(warning.message), warning.category) for warning in raised):
+        warnings.warn(message, category, stacklevel=2)
+    if problems:
+        raise InvalidArguments(_by_line(problems, len(lines)), _by_line(own, len(lines)))
+    problems_of_names = _shared_save_files(jobs)
+    if problems_of_names:
+        raise InvalidArguments(problems_of_names)
+    return jobs
+
+
+def read_batch(path: Path, parser: argparse.ArgumentParser) -> list[tuple[int, dict[str, object]]]:
+    """The lines of the batch file at ``path``: (line number, the flags it sets, as ``parser``'s
+    types make them); ``InvalidArguments`` listing every problem of the file."""
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise InvalidArguments([f"--batch {path} {what}; give a JSON Lines file, one video per line"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidArguments([f"cannot read --batch {path}: {err}; give a UTF-8 JSON Lines file"]) from None
+    actions = {action.dest: action for action in parser._actions}
+    lines, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith(COMMENT):
+            continue
+        try:
+            values = _line_values(json.loads(line, object_pairs_hook=_unique_keys), actions)
+        except json.JSONDecodeError as err:
+            problems.append(f"--batch line {number} is not JSON ({err.msg} at column {err.colno}); write one "
+                            'JSON object per line, e.g. {"prompt": "a red boat", "base_seed": 1}')
+            continue
+        except (ValueError, TypeError) as err:
+            problems.append(f"--batch line {number}: {err}")
+            continue
+        lines.append((number, values))
+    if not lines and not problems:
+        problems.append(f"--batch {path} holds no video; write one JSON object per line, e.g. "
+                        '{"prompt": "a red boat on a river", "base_seed": 1}')
+    if problems:
+        raise InvalidArguments(problems)
+    return lines
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object's keys, refusing one given twice (JSON would keep the last without a word)."""
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise TypeError(f"{', '.join(twice)} given twice")
+    return dict(pairs)
+
+
+def _line_values(line: object, actions: dict[str, argparse.Action]) -> dict[str, object]:
+    """The flags a line's JSON sets, converted as the command line would convert them."""
+    if not isinstance(line, dict):
+        raise TypeError(f"a line must be a JSON object of flags, e.g. {{\"prompt\": \"...\"}}, got "
+                        f"{type(line).__name__}")
+    values = {}
+    for key, value in line.items():
+        if key not in PER_VIDEO:
+            where = "given on the command line, the same for every video" if key in actions else "not a flag"
+            raise ValueError(f"{key!r} cannot be set per video ({where}); a line sets {', '.join(PER_VIDEO)}")
+        values[key] = _flag_value(key, value, actions[key])
+    return values
+
+
+def _flag_value(key: str, value: object, action: argparse.Action) -> object:
+    if value is None:  # the flag's own default, as if neither the command line nor the line gave it
+        return action.default
+    if action.nargs == 0 or action.type is str2bool:  # an on/off flag
+        if not isinstance(value, bool):
+            raise TypeError(f"{key} must be true or false, got {json.dumps(value)}")
+        return value
+    if isinstance(value, (bool, list, dict)):
+        raise TypeError(f"{key} must be a string or a number, got {json.dumps(value)}")
+    if action.type is None:
+        return str(value)
+    try:
+        return action.type(str(value))
+    except ValueError:
+        raise ValueError(f"{key} must be {_KINDS[action.type]}, got {json.dumps(value)}") from None
+
+
+def _by_line(problems: dict[int, list[str]], line_count: int) -> list[str]:
+    """Each problem once: bare when every line has it, else after the numbers of its lines."""
+    lines_of: dict[str, list[int]] = {}
+    for number, line_problems in problems.items():
+        for problem in line_problems:
+            lines_of.setdefault(problem, []).append(number)
+    return [problem if len(numbers) == line_count else f"--batch {line_numbers(numbers)}: {problem}"
+            for problem, numbers in lines_of.items()]
+
+
+def line_numbers(numbers: list[int]) -> str:
+    """``line 3`` or ``lines 3, 5``."""
+    return f"line{'s' * (len(numbers) > 1)} {', '.join(map(str, numbers))}"
+
+
+def _shared_save_files(jobs: list[GenerateConfig]) -> list[str]:
+    """Lines that would write the same file: the later video would replace the earlier."""
+    lines_of: dict[Path, list[int]] = {}
+    for job in jobs:
+        if job.save_file is not None:
+            lines_of.setdefault(job.save_file.resolve(), []).append(job.batch_line)
+    return [f"--batch {line_numbers(numbers)} all write {path}; give each line its own "
+            "save_file (or leave it out for a name of its own)"
+            for path, numbers in lines_of.items() if len(numbers) > 1]
