@@ -39,15 +39,16 @@ from wan_runtime.distributed.launch import Launch
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
 from wan_runtime.lora import Lora, check_loras
+from wan_runtime.lora.lightning_folder import folder_loras
 from wan_runtime.models.audio_encoder import speech_clip_count
 from wan_runtime.parallel_checks import check_heads, parallel_problems
 from wan_runtime.pose_video import probe_video
+from wan_runtime.solvers import SOLVER_NAMES as SOLVERS
 from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE, TASKS, TaskSpec, check_checkpoint_dir
 
 T = TypeVar("T")
 
 DEFAULT_TASK = "ti2v-5B"
-SOLVERS = ("unipc", "dpm++")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_DTYPE = "bfloat16"
 
@@ -225,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None,
                    help="input image: required for i2v-A14B (the first frame) and s2v-14B (the speaker's "
                         "reference image), optional for ti2v-5B")
-    p.add_argument("--sample_solver", default="unipc", help=f"{' or '.join(SOLVERS)} (default unipc)")
+    p.add_argument("--sample_solver", default="unipc",
+                   help=f"{', '.join(SOLVERS[:-1])} or {SOLVERS[-1]} (default unipc); euler is the sampler "
+                        "the Wan2.2-Lightning LoRAs were distilled with (use it with their 4 steps, "
+                        "--sample_shift 5 and --sample_guide_scale 1)")
     p.add_argument("--sample_steps", type=int, default=None,
                    help=f"sampling steps (default: the task's; --demo: {d.sampling_steps})")
     p.add_argument("--sample_shift", type=float, default=None, help="flow shift (default: the task's)")
@@ -280,6 +284,11 @@ def _add_lora_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora", action="append", default=[], metavar="PATH[=STRENGTH]",
                    help="a .safetensors LoRA for every DiT of the task, at STRENGTH (default 1); repeat "
                         "for several (their changes add up)")
+    g.add_argument("--lora_dir", default=None, metavar="DIR[=STRENGTH]",
+                   help="a Wan2.2-Lightning LoRA folder, as that release's generate.py takes it: for "
+                        "i2v-A14B its high_noise_model.safetensors and low_noise_model.safetensors, one per "
+                        "expert; for ti2v-5B its diffusion_pytorch_model.safetensors (at STRENGTH, "
+                        "default 1)")
     for expert in ("high_noise", "low_noise"):
         g.add_argument(f"--lora_{expert}", action="append", default=[], metavar="PATH[=STRENGTH]",
                        help=f"i2v-A14B: a LoRA for the {expert.replace('_', '-')} expert alone (e.g. the "
@@ -393,7 +402,7 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         problems.append(f"--sample_shift must be a finite number > 0, got {args.sample_shift}")
     _check(problems, lambda: check_seed(args.base_seed, "--base_seed"))
     if args.sample_solver not in SOLVERS:
-        problems.append(f"unknown --sample_solver {args.sample_solver!r}; choose {' or '.join(SOLVERS)}")
+        problems.append(f"unknown --sample_solver {args.sample_solver!r}; choose {', '.join(SOLVERS)}")
 
     image_path = None if args.image is None else Path(args.image)
     image = None
@@ -504,6 +513,13 @@ def _lora_problems(problems: list[str], args: argparse.Namespace, spec: TaskSpec
     flags = {"--lora": (args.lora, None), "--lora_high_noise": (args.lora_high_noise, HIGH_NOISE),
              "--lora_low_noise": (args.lora_low_noise, LOW_NOISE)}
     loras = []
+    if args.lora_dir is not None and spec is not None:
+        folder, strength = _split_lora(args.lora_dir)
+        if strength is None:
+            problems.append(f"--lora_dir {args.lora_dir!r}: the strength after '=' must be a finite number "
+                            f"(e.g. --lora_dir {folder}=0.8)")
+        else:
+            loras += _check(problems, lambda: folder_loras(folder, spec.name, strength)) or []
     for flag, (values, expert) in flags.items():
         for value in values:
             if expert is not None and spec is not None and len(spec.dit_names) == 1:

@@ -116,6 +116,32 @@ def test_i2v_demo_with_a_lora_per_expert(cache_env, tmp_path, monkeypatch):
     assert "does not fit the i2v-A14B high-noise DiT" in line
 
 
+def test_i2v_demo_as_the_lightning_release_runs(cache_env, tmp_path, monkeypatch):
+    """A Wan2.2-Lightning folder (--lora_dir) with its sampler: the video of the same LoRAs given
+    per expert, with the LoRAs and the solver recorded."""
+    monkeypatch.setenv("XDG_CACHE_HOME", cache_env["XDG_CACHE_HOME"])
+    ckpt_dir, _ = demo.demo_checkpoint("i2v-A14B")
+    folder = tmp_path / "lightning"
+    folder.mkdir()
+    for seed, expert in enumerate(("high_noise", "low_noise")):
+        write_official(folder / f"{expert}_model.safetensors",
+                       random_lora(parameter_shapes(ckpt_dir / f"{expert}_model"), seed=seed))
+    args = ["--demo", "--task", "i2v-A14B", "--frame_num", "5", "--sample_solver", "euler",
+            "--sample_steps", "4", "--sample_shift", "5", "--sample_guide_scale", "1", "--base_seed", "3"]
+    runs = {"folder": ["--lora_dir", str(folder)],
+            "files": ["--lora_high_noise", str(folder / "high_noise_model.safetensors"),
+                      "--lora_low_noise", str(folder / "low_noise_model.safetensors")]}
+    for name, extra in runs.items():
+        result = _generate(*args, *extra, "--save_file", str(tmp_path / f"{name}.mp4"), cwd=tmp_path,
+                           env=cache_env)
+        assert result.returncode == 0, result.stderr
+    assert np.array_equal(read_video(tmp_path / "folder.mp4")[0], read_video(tmp_path / "files.mp4")[0])
+    settings = read_settings(tmp_path / "folder.mp4")
+    assert settings["sample_solver"] == "euler" and settings["sampling_steps"] == 4
+    assert settings["loras"] == [f"{folder / 'high_noise_model.safetensors'}=1 (high-noise expert)",
+                                 f"{folder / 'low_noise_model.safetensors'}=1 (low-noise expert)"]
+
+
 def test_compiled_demo_writes_the_video(cache_env, tmp_path):
     """Compiled blocks, one of them streamed (which on the CPU says it changes nothing)."""
     target = tmp_path / "compiled.mp4"

@@ -51,3 +51,43 @@ def test_bad_lora_flags_give_one_line_and_exit_2(roots, lora, tmp_path, capsys, 
     argv = ["--ckpt_dir", str(roots["ti2v-5B"]), flag, value.format(lora=lora, dir=tmp_path)]
     [line] = _errors(capsys, argv)
     assert all(word in line for word in words), line
+
+
+def test_a_lightning_folder_gives_one_lora_per_expert(roots, lora, image, tmp_path):
+    folder = tmp_path / "Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1"
+    folder.mkdir()
+    for name in ("high_noise_model.safetensors", "low_noise_model.safetensors"):
+        (folder / name).write_bytes(lora.read_bytes())
+    config = _resolve("--task", "i2v-A14B", "--ckpt_dir", str(roots["i2v-A14B"]), "--image", str(image),
+                      "--lora_dir", str(folder), "--lora", f"{lora}=0.5")
+    assert config.loras == (Lora(folder / "high_noise_model.safetensors", 1.0, "high_noise"),
+                            Lora(folder / "low_noise_model.safetensors", 1.0, "low_noise"),
+                            Lora(str(lora), 0.5))
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(lora.read_bytes())
+    config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", f"{folder}=0.7")
+    assert config.loras == (Lora(folder / "diffusion_pytorch_model.safetensors", 0.7),)
+
+
+@pytest.mark.parametrize(("task", "make", "words"), [
+    ("i2v-A14B", ["high_noise_model.safetensors"],
+     ["LoRA folder", "lacks low_noise_model.safetensors: a Wan2.2-Lightning i2v-A14B folder holds"]),
+    ("ti2v-5B", [], ["lacks diffusion_pytorch_model.safetensors"]),
+    ("s2v-14B", [], ["Wan2.2-Lightning LoRA folders hold LoRAs for i2v-A14B and ti2v-5B, not s2v-14B; give "
+                     "a s2v-14B LoRA file with --lora"]),
+])
+def test_a_folder_without_its_loras_is_refused(roots, s2v_root, lora, image, tmp_path, capsys, task, make,
+                                               words):
+    for name in make:
+        (tmp_path / name).write_bytes(lora.read_bytes())
+    root = s2v_root if task == "s2v-14B" else roots[task]
+    extra = ["--audio", str(lora)] if task == "s2v-14B" else []
+    argv = ["--task", task, "--ckpt_dir", str(root), "--image", str(image), "--lora_dir", str(tmp_path),
+            *extra]
+    lines = _errors(capsys, argv)
+    assert any(all(word in line for word in words) for line in lines), lines
+
+
+def test_a_lora_dir_that_is_no_folder_is_refused(roots, lora, capsys):
+    [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", str(lora)])
+    assert line == (f"error: LoRA folder {lora} is a file; give the folder holding "
+                    "diffusion_pytorch_model.safetensors")

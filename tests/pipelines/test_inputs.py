@@ -50,7 +50,7 @@ def untouchable(monkeypatch):
         ({"guide_scale": (1.0, 2.0, 3.0)}, r"\(low_noise, high_noise\) pair"),
         ({"guide_scale": float("nan")}, "guide_scale must be a finite number"),
         ({"shift": 0.0}, "shift must be a positive finite number"),
-        ({"sample_solver": "euler"}, "unknown solver 'euler'"),
+        ({"sample_solver": "heun"}, "unknown solver 'heun'"),
         ({"seed": "1"}, "seed must be an integer"),
         ({"seed": 2**64}, "seed must be an integer"),
         ({"n_prompt": None}, "n_prompt must be a string"),

@@ -3,11 +3,14 @@ same tiny checkpoint folders, the same seed, float32 on the CPU."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 from tests.pipelines.images import gradient_image
 from tests.pipelines.official_pipelines import official_i2v, official_ti2v
+from tests.solvers.lightning_euler import LightningEuler
 from tests.tolerances import rel_l2
 from wan_runtime.solvers import make_solver
 from wan_runtime.tasks import TASKS
@@ -131,3 +134,29 @@ def test_ti2v_at_guide_scale_one_runs_one_forward_per_step(ti2v_pipeline, offici
                                             **kwargs),
     )
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize(("task", "guide"), [
+    ("i2v-A14B", (1.0, 1.0)), ("i2v-A14B", (3.0, 5.0)), ("ti2v-5B", 1.0),
+])
+def test_euler_matches_the_lightning_loop(i2v_pipeline, official_i2v_pipe, ti2v_pipeline, official_ti2v_pipe,
+                                          monkeypatch, task, guide):
+    """``euler`` at the Lightning LoRAs' settings (4 steps, shift 5; fractional timesteps, two per
+    i2v expert) against the official pipeline loop sampling with the Lightning release's scheduler
+    (diffusers' Euler on its schedule), as that release's pipelines do; ti2v with an image, whose
+    first-frame tokens sit at timestep 0."""
+    ours, official = (i2v_pipeline, official_i2v_pipe) if task == "i2v-A14B" else (ti2v_pipeline,
+                                                                                    official_ti2v_pipe)
+    monkeypatch.setattr(sys.modules[type(official).__module__], "FlowUniPCMultistepScheduler", LightningEuler)
+    image = gradient_image(100, 60, seed=2)
+    kwargs = {"frame_num": 5, "shift": 5.0, "sampling_steps": 4, "guide_scale": guide, "seed": 11}
+    official_args = {"max_area": 64 * 64, "offload_model": False, "sample_solver": "unipc", **kwargs}
+    if task == "ti2v-5B":
+        official_args["size"] = (64, 64)
+    _compare(
+        ours,
+        official,
+        lambda: ours.generate(PROMPT, image=image, size="64*64", sample_solver="euler", progress=False,
+                              **kwargs),
+        lambda: official.generate(PROMPT, img=image, **official_args),
+    )

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from wan_runtime.errors import InputError
-from wan_runtime.solvers import make_solver
+from wan_runtime.solvers import SOLVER_NAMES, make_solver
 
 
-@pytest.mark.parametrize("name", ["euler", "UniPC", "dpm", ""])
+@pytest.mark.parametrize("name", ["heun", "UniPC", "dpm", ""])
 def test_unknown_solver(name):
-    with pytest.raises(InputError, match=r"unknown solver .*valid solvers are 'unipc', 'dpm\+\+'"):
+    with pytest.raises(InputError, match=r"unknown solver .*valid solvers are 'unipc', 'dpm\+\+', 'euler'"):
         make_solver(name, 40, 5.0)
 
 
@@ -27,7 +27,7 @@ def test_bad_shift(shift):
         make_solver("dpm++", 40, shift)
 
 
-@pytest.mark.parametrize("name", ["unipc", "dpm++"])
+@pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_step_checks_timestep_shape_and_count(name):
     solver = make_solver(name, 2, 5.0)
     x = torch.zeros(1, 4, 2, 3)

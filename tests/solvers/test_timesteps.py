@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from tests.solvers.official_schedulers import official_scheduler
-from wan_runtime.solvers import SOLVER_NAMES, make_solver
+from wan_runtime.solvers import OFFICIAL_SOLVER_NAMES, make_solver
 
 
-@pytest.mark.parametrize("name", SOLVER_NAMES)
+@pytest.mark.parametrize("name", OFFICIAL_SOLVER_NAMES)
 @pytest.mark.parametrize("steps", [4, 40, 50])
 @pytest.mark.parametrize("shift", [3.0, 5.0])
 def test_timesteps_equal_official(name, steps, shift):
@@ -24,7 +24,7 @@ def timesteps_of(name: str, steps: int, shift: float) -> tuple[torch.Tensor, tor
     return make_solver(name, steps, shift).timesteps, official_scheduler(name, steps, shift)[1]
 
 
-@pytest.mark.parametrize("name", SOLVER_NAMES)
+@pytest.mark.parametrize("name", OFFICIAL_SOLVER_NAMES)
 def test_timesteps_equal_official_over_many_schedules(name):
     # Truncating sigma*1000 to an integer flips on the last bit of a sigma that lands on an integer
     # timestep, so sweep step counts and shifts (the official configs use 3, 5 and 12) for such ties.

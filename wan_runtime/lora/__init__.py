@@ -1,6 +1,7 @@
 """LoRAs merged into the DiT weights as they load (see ``weight_updates`` for why merged).
 
-``Lora`` is what a user asks for; ``read_loras`` reads and checks the files for a task's DiTs.
+``Lora`` is what a user asks for; ``read_loras`` reads and checks the files for a task's DiTs;
+``lightning_folder.folder_loras`` names the LoRAs of a Wan2.2-Lightning release folder.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from wan_runtime.pipelines.inputs import (
 from wan_runtime.pipelines.numerics import FiniteWatch, check_video, remedy
 from wan_runtime.pipelines.report import RunReport, StageClock
 from wan_runtime.pipelines.residency import Residency
-from wan_runtime.solvers import MultistepFlowSolver, make_solver
+from wan_runtime.solvers import FlowSolver, make_solver
 from wan_runtime.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class Settings:
     sample_solver: str
     guide: float | tuple[float, float]
 
-    def new_solver(self, device: torch.device) -> MultistepFlowSolver:
+    def new_solver(self, device: torch.device) -> FlowSolver:
         """A fresh solver for one sampling run."""
         return make_solver(self.sample_solver, self.steps, self.shift, device)
 
@@ -305,7 +305,7 @@ class Pipeline:
         self,
         noise: torch.Tensor,
         prompts: Prompts,
-        solver: MultistepFlowSolver,
+        solver: FlowSolver,
         guide: float | tuple[float, float],
         condition: ImageCondition,
         progress: bool,

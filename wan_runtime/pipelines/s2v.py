@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from wan_runtime.models.audio_encoder import Wav2Vec2Features
     from wan_runtime.models.s2v_dit import WanModelS2V
     from wan_runtime.pipelines.residency import Residency
-    from wan_runtime.solvers import MultistepFlowSolver
+    from wan_runtime.solvers import FlowSolver
     from wan_runtime.tasks import TaskSpec
 
 AUDIO_ENCODER = "audio_encoder"
@@ -216,7 +216,7 @@ class S2VPipeline(Pipeline):
         self,
         noise: torch.Tensor,
         prompts: Prompts,
-        solver: MultistepFlowSolver,
+        solver: FlowSolver,
         guide: float,
         inputs: _ClipInputs,
         progress: bool,

@@ -1,8 +1,10 @@
-"""The flow samplers of the official Wan2.2 pipelines, ``unipc`` and ``dpm++``.
+"""The flow samplers of the official Wan2.2 pipelines, ``unipc`` and ``dpm++``, and ``euler``.
 
 ``make_solver`` builds one for a run exactly as the official i2v/ti2v pipelines configure theirs
 (1000 training timesteps, the time shift applied to the sampling sigmas, the deterministic
 order-2 variants); its ``timesteps`` and every ``step`` reproduce the official scheduler's.
+``euler`` is the sampler of the Wan2.2-Lightning distillation (not an official solver), as that
+release runs it.
 """
 
 from __future__ import annotations
@@ -16,15 +18,27 @@ import torch
 
 from wan_runtime.errors import InputError
 from wan_runtime.solvers.dpmpp import DPMSolverPlusPlus
+from wan_runtime.solvers.euler import EulerSolver
+from wan_runtime.solvers.flow_solver import FlowSolver
 from wan_runtime.solvers.multistep import MultistepFlowSolver
-from wan_runtime.solvers.schedule import FlowSchedule, dpmpp_sigmas, unipc_sigmas
+from wan_runtime.solvers.schedule import FlowSchedule, dpmpp_sigmas, euler_schedule, unipc_sigmas
 from wan_runtime.solvers.unipc import UniPCSolver
 
-_SOLVERS: dict[str, tuple[type[MultistepFlowSolver], Callable[[int, float], np.ndarray]]] = {
-    "unipc": (UniPCSolver, unipc_sigmas),
-    "dpm++": (DPMSolverPlusPlus, dpmpp_sigmas),
+Device = torch.device | str | None
+
+
+def _official(sigmas: Callable[[int, float], np.ndarray]) -> Callable[[int, float, Device], FlowSchedule]:
+    return lambda steps, shift, device: FlowSchedule.from_sigmas(sigmas(steps, shift), device)
+
+
+_SOLVERS: dict[str, tuple[type[FlowSolver], Callable[[int, float, Device], FlowSchedule]]] = {
+    "unipc": (UniPCSolver, _official(unipc_sigmas)),
+    "dpm++": (DPMSolverPlusPlus, _official(dpmpp_sigmas)),
+    "euler": (EulerSolver, euler_schedule),
 }
 SOLVER_NAMES = tuple(_SOLVERS)
+# The solvers of the official Wan2.2 code (euler comes from the Wan2.2-Lightning release).
+OFFICIAL_SOLVER_NAMES = ("unipc", "dpm++")
 
 
 def _is_number(value: object, kind: type) -> bool:
@@ -41,19 +55,18 @@ def _check_arguments(name: str, sampling_steps: int, shift: float) -> None:
         raise InputError(f"shift must be a positive finite number (e.g. 3.0 or 5.0), got {shift!r}")
 
 
-def make_solver(
-    name: str, sampling_steps: int, shift: float, device: torch.device | str | None = None
-) -> MultistepFlowSolver:
+def make_solver(name: str, sampling_steps: int, shift: float, device: Device = None) -> FlowSolver:
     """A fresh solver for one sampling run of ``sampling_steps`` steps.
 
-    ``name`` is ``"unipc"`` or ``"dpm++"``; ``shift`` (> 0) warps the schedule toward high noise, as
-    the pipelines' ``shift`` argument does; ``device`` is where ``timesteps`` live. Raises
+    ``name`` is ``"unipc"``, ``"dpm++"`` or ``"euler"``; ``shift`` (> 0) warps the schedule toward
+    high noise, as the pipelines' ``shift`` argument does; ``device`` is where ``timesteps`` live. Raises
     ``InputError`` for an unknown name, a non-positive or non-integer step count, or a shift that is
     not a positive finite number.
     """
     _check_arguments(name, sampling_steps, shift)
-    solver_class, sigmas = _SOLVERS[name]
-    return solver_class(FlowSchedule.from_sigmas(sigmas(int(sampling_steps), float(shift)), device))
+    solver_class, schedule = _SOLVERS[name]
+    return solver_class(schedule(int(sampling_steps), float(shift), device))
 
 
-__all__ = ["SOLVER_NAMES", "DPMSolverPlusPlus", "MultistepFlowSolver", "UniPCSolver", "make_solver"]
+__all__ = ["OFFICIAL_SOLVER_NAMES", "SOLVER_NAMES", "DPMSolverPlusPlus", "EulerSolver", "FlowSolver",
+           "MultistepFlowSolver", "UniPCSolver", "make_solver"]

@@ -1,4 +1,4 @@
-"""What the multistep flow solvers share: the walk along the schedule and the recent data predictions.
+"""What the multistep flow solvers share: the recent data predictions and their coefficient arithmetic.
 
 The DiT predicts the flow velocity ``v = noise - x0`` of ``x_s = (1-s)*x0 + s*noise``; both solvers
 turn it into the data prediction ``x0 = x - s*v`` and extrapolate from the last one or two of those.
@@ -12,56 +12,19 @@ from __future__ import annotations
 
 import torch
 
-from wan_runtime.errors import InputError
+from wan_runtime.solvers.flow_solver import FlowSolver
 from wan_runtime.solvers.schedule import FlowSchedule
 
 
-class MultistepFlowSolver:
-    """One sampling run: call ``step`` once per entry of ``timesteps``, in order.
-
-    ``timesteps`` (int64, on the device given to the solver) is what the DiT is conditioned on;
-    ``sigmas`` (float32, CPU) holds one more entry, the final 0. ``step_index`` counts the steps
-    taken. A solver keeps the data predictions of earlier steps, so it serves one run only.
-    """
+class MultistepFlowSolver(FlowSolver):
+    """A solver that extrapolates from the data predictions of its latest steps (newest last);
+    it keeps them, so it serves one run only."""
 
     def __init__(self, schedule: FlowSchedule) -> None:
-        self.timesteps = schedule.timesteps
-        self.sigmas = schedule.sigmas
-        self.step_index = 0
+        super().__init__(schedule)
         self._lambdas = schedule.lambdas
-        # Host copy, so that checking ``t`` never reads the device table.
-        self._timestep_values: list[int] = schedule.timesteps.tolist()
-        # Data predictions of the latest steps, newest last; two are all a second-order step uses.
+        # Two are all a second-order step uses.
         self._x0: list[torch.Tensor] = []
-
-    def step(self, model_output: torch.Tensor, t: int | torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        """The sample at the next timestep, from the DiT's flow prediction ``model_output`` at ``sample``.
-
-        ``t`` must be ``timesteps[step_index]`` (reading a device tensor's value syncs with the device).
-        """
-        self._check(model_output, t, sample)
-        next_sample = self._advance(self.step_index, model_output, sample)
-        self.step_index += 1
-        return next_sample
-
-    def _advance(self, i: int, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _check(self, model_output: torch.Tensor, t: int | torch.Tensor, sample: torch.Tensor) -> None:
-        n = len(self._timestep_values)
-        if self.step_index >= n:
-            raise InputError(f"all {n} steps of this solver are taken; make a new solver for another run")
-        if model_output.shape != sample.shape:
-            raise InputError(
-                f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}; "
-                "they must match"
-            )
-        expected = self._timestep_values[self.step_index]
-        if int(t) != expected:
-            raise InputError(
-                f"step {self.step_index} is at timestep {expected}, got t={int(t)}; "
-                "pass the timesteps of solver.timesteps in order"
-            )
 
     def _order(self, i: int) -> int:
         # Nothing to extrapolate from at the first step, and both official configurations take a

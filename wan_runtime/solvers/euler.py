@@ -1,0 +1,20 @@
+"""The flow Euler sampler the Wan2.2-Lightning LoRAs were distilled with (``--sample_solver euler``).
+
+A first-order step along the predicted flow: ``x_next = x + (sigma_next - sigma) * v``, computed in
+float32 whatever the sample's dtype, on the float32 schedule of ``euler_schedule``. It is not one
+of the official Wan2.2 solvers; the Lightning release pairs it with 4 steps, shift 5 and guide
+scale 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wan_runtime.solvers.flow_solver import FlowSolver
+
+
+class EulerSolver(FlowSolver):
+    """The ``euler`` sampler; build it with ``make_solver("euler", ...)``."""
+
+    def _advance(self, i: int, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        return sample.float() + (self.sigmas[i + 1] - self.sigmas[i]) * model_output
