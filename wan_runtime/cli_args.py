@@ -39,7 +39,7 @@ from wan_runtime.distributed.launch import Launch
 from wan_runtime.errors import InputError, WanError
 from wan_runtime.image_io import load_image
 from wan_runtime.lora import Lora, check_loras
-from wan_runtime.lora.lightning_folder import folder_loras
+from wan_runtime.lora.lightning_folder import LIGHTNING_SAMPLING, folder_loras
 from wan_runtime.models.audio_encoder import speech_clip_count
 from wan_runtime.parallel_checks import check_heads, parallel_problems
 from wan_runtime.pose_video import probe_video
@@ -51,6 +51,7 @@ T = TypeVar("T")
 DEFAULT_TASK = "ti2v-5B"
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_DTYPE = "bfloat16"
+DEFAULT_SOLVER = "unipc"
 
 _BEACH_CAT = (
     "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The "
@@ -226,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None,
                    help="input image: required for i2v-A14B (the first frame) and s2v-14B (the speaker's "
                         "reference image), optional for ti2v-5B")
-    p.add_argument("--sample_solver", default="unipc",
-                   help=f"{', '.join(SOLVERS[:-1])} or {SOLVERS[-1]} (default unipc); euler is the sampler "
+    p.add_argument("--sample_solver", default=None,
+                   help=f"{', '.join(SOLVERS[:-1])} or {SOLVERS[-1]} (default {DEFAULT_SOLVER}; euler with "
+                        "--lora_dir); euler is the sampler "
                         "the Wan2.2-Lightning LoRAs were distilled with (use it with their 4 steps, "
                         "--sample_shift 5 and --sample_guide_scale 1)")
     p.add_argument("--sample_steps", type=int, default=None,
@@ -288,7 +290,8 @@ def _add_lora_flags(p: argparse.ArgumentParser) -> None:
                    help="a Wan2.2-Lightning LoRA folder, as that release's generate.py takes it: for "
                         "i2v-A14B its high_noise_model.safetensors and low_noise_model.safetensors, one per "
                         "expert; for ti2v-5B its diffusion_pytorch_model.safetensors (at STRENGTH, "
-                        "default 1)")
+                        "default 1); the sampling flags not given take the release's settings: "
+                        "--sample_solver euler --sample_steps 4 --sample_shift 5 --sample_guide_scale 1")
     for expert in ("high_noise", "low_noise"):
         g.add_argument(f"--lora_{expert}", action="append", default=[], metavar="PATH[=STRENGTH]",
                        help=f"i2v-A14B: a LoRA for the {expert.replace('_', '-')} expert alone (e.g. the "
@@ -365,6 +368,10 @@ def _add_cache_flags(p: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace) -> GenerateConfig:
     """Validate parsed ``args`` and fill in the defaults; raises ``InvalidArguments`` listing
     every problem. Nothing here loads model weights."""
+    if args.lora_dir is not None:  # the Lightning release's sampling, but for what is given
+        args = argparse.Namespace(**{**vars(args), **{
+            flag: value for flag, value in LIGHTNING_SAMPLING.items() if getattr(args, flag) is None}})
+    solver = args.sample_solver or DEFAULT_SOLVER
     problems: list[str] = []
     spec = TASKS.get(args.task)
     if spec is None:
@@ -401,8 +408,8 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     if args.sample_shift is not None and not 0 < args.sample_shift < math.inf:
         problems.append(f"--sample_shift must be a finite number > 0, got {args.sample_shift}")
     _check(problems, lambda: check_seed(args.base_seed, "--base_seed"))
-    if args.sample_solver not in SOLVERS:
-        problems.append(f"unknown --sample_solver {args.sample_solver!r}; choose {', '.join(SOLVERS)}")
+    if solver not in SOLVERS:
+        problems.append(f"unknown --sample_solver {solver!r}; choose {', '.join(SOLVERS)}")
 
     image_path = None if args.image is None else Path(args.image)
     image = None
@@ -474,7 +481,7 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
         sample_steps=steps,
         sample_shift=spec.shift if args.sample_shift is None else args.sample_shift,
         sample_guide_scale=spec.guide_scale if args.sample_guide_scale is None else args.sample_guide_scale,
-        sample_solver=args.sample_solver,
+        sample_solver=solver,
         base_seed=args.base_seed,
         prompt=EXAMPLE_PROMPT[spec.name] if args.prompt is None else args.prompt,
         negative_prompt=args.negative_prompt or "",

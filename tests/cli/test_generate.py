@@ -117,8 +117,9 @@ def test_i2v_demo_with_a_lora_per_expert(cache_env, tmp_path, monkeypatch):
 
 
 def test_i2v_demo_as_the_lightning_release_runs(cache_env, tmp_path, monkeypatch):
-    """A Wan2.2-Lightning folder (--lora_dir) with its sampler: the video of the same LoRAs given
-    per expert, with the LoRAs and the solver recorded."""
+    """A Wan2.2-Lightning folder (--lora_dir), which brings the release's sampling settings: the
+    video of the same LoRAs given per expert with those settings spelled out, with the LoRAs and
+    the solver recorded."""
     monkeypatch.setenv("XDG_CACHE_HOME", cache_env["XDG_CACHE_HOME"])
     ckpt_dir, _ = demo.demo_checkpoint("i2v-A14B")
     folder = tmp_path / "lightning"
@@ -126,11 +127,11 @@ def test_i2v_demo_as_the_lightning_release_runs(cache_env, tmp_path, monkeypatch
     for seed, expert in enumerate(("high_noise", "low_noise")):
         write_official(folder / f"{expert}_model.safetensors",
                        random_lora(parameter_shapes(ckpt_dir / f"{expert}_model"), seed=seed))
-    args = ["--demo", "--task", "i2v-A14B", "--frame_num", "5", "--sample_solver", "euler",
-            "--sample_steps", "4", "--sample_shift", "5", "--sample_guide_scale", "1", "--base_seed", "3"]
+    args = ["--demo", "--task", "i2v-A14B", "--frame_num", "5", "--base_seed", "3"]
     runs = {"folder": ["--lora_dir", str(folder)],
             "files": ["--lora_high_noise", str(folder / "high_noise_model.safetensors"),
-                      "--lora_low_noise", str(folder / "low_noise_model.safetensors")]}
+                      "--lora_low_noise", str(folder / "low_noise_model.safetensors"), "--sample_solver",
+                      "euler", "--sample_steps", "4", "--sample_shift", "5", "--sample_guide_scale", "1"]}
     for name, extra in runs.items():
         result = _generate(*args, *extra, "--save_file", str(tmp_path / f"{name}.mp4"), cwd=tmp_path,
                            env=cache_env)
@@ -138,6 +139,7 @@ def test_i2v_demo_as_the_lightning_release_runs(cache_env, tmp_path, monkeypatch
     assert np.array_equal(read_video(tmp_path / "folder.mp4")[0], read_video(tmp_path / "files.mp4")[0])
     settings = read_settings(tmp_path / "folder.mp4")
     assert settings["sample_solver"] == "euler" and settings["sampling_steps"] == 4
+    assert settings["guide_scale"] == [1.0, 1.0] and settings["shift"] == 5.0
     assert settings["loras"] == [f"{folder / 'high_noise_model.safetensors'}=1 (high-noise expert)",
                                  f"{folder / 'low_noise_model.safetensors'}=1 (low-noise expert)"]
 

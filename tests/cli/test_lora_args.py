@@ -63,9 +63,15 @@ def test_a_lightning_folder_gives_one_lora_per_expert(roots, lora, image, tmp_pa
     assert config.loras == (Lora(folder / "high_noise_model.safetensors", 1.0, "high_noise"),
                             Lora(folder / "low_noise_model.safetensors", 1.0, "low_noise"),
                             Lora(str(lora), 0.5))
+    # The release's sampling settings for what is not given.
+    assert (config.sample_solver, config.sample_steps, config.sample_shift, config.sample_guide_scale) == (
+        "euler", 4, 5.0, 1.0)
     (folder / "diffusion_pytorch_model.safetensors").write_bytes(lora.read_bytes())
-    config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", f"{folder}=0.7")
+    config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", f"{folder}=0.7",
+                      "--sample_steps", "6", "--sample_solver", "unipc")
     assert config.loras == (Lora(folder / "diffusion_pytorch_model.safetensors", 0.7),)
+    assert (config.sample_solver, config.sample_steps, config.sample_shift, config.sample_guide_scale) == (
+        "unipc", 6, 5.0, 1.0)
 
 
 @pytest.mark.parametrize(("task", "make", "words"), [

@@ -9,6 +9,11 @@ from wan_runtime.errors import InputError
 from wan_runtime.lora import Lora
 from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE
 
+# The sampling the release runs its LoRAs with (its configs and generate.py's defaults), for
+# i2v-A14B and ti2v-5B alike, by the command line's flag.
+LIGHTNING_SAMPLING: dict[str, object] = {
+    "sample_solver": "euler", "sample_steps": 4, "sample_shift": 5.0, "sample_guide_scale": 1.0,
+}
 # The files of a folder by the expert each changes (None: the one DiT).
 LIGHTNING_FILES: dict[str, dict[str | None, str]] = {
     "i2v-A14B": {HIGH_NOISE: "high_noise_model.safetensors", LOW_NOISE: "low_noise_model.safetensors"},
