@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from wan_runtime.cache.config import CacheConfig
-from wan_runtime.cli_args import GenerateConfig, InvalidArguments, resolve, str2bool
+from wan_runtime.cli_args import DecodedInputs, GenerateConfig, InvalidArguments, resolve, str2bool
 
 # The flags a batch line may set: what one video is made from, not what the models are.
 PER_VIDEO = (
@@ -37,22 +37,28 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
     listing every problem: a problem every line has once, the others with their line number."""
     if args.batch is None:
         return [resolve(args)]
+    if args.save_file is not None:
+        raise InvalidArguments(["--save_file names one video, and --batch makes several: give each line its "
+                                "own save_file (a line without one gets the default name, with its line "
+                                "number)"])
     lines = read_batch(Path(args.batch), parser)
     jobs: list[GenerateConfig] = []
     problems: dict[int, list[str]] = {}
     own: dict[int, list[str]] = {}
-    # A warning every line raises (a setting of the command line's) is shown once.
-    with warnings.catch_warnings(record=True) as raised:
-        warnings.simplefilter("always")
-        for number, values in lines:
-            line_args = copy.copy(args)
-            vars(line_args).update(values)
+    told: dict[int, list[str]] = {}
+    inputs = DecodedInputs()
+    for number, values in lines:
+        line_args = copy.copy(args)
+        vars(line_args).update(values)
+        with warnings.catch_warnings(record=True) as raised:
+            warnings.simplefilter("always")
             try:
-                jobs.append(replace(resolve(line_args), batch_line=number))
+                jobs.append(replace(resolve(line_args, inputs), batch_line=number))
             except InvalidArguments as err:
                 problems[number], own[number] = err.problems, err.own
-    for message, category in dict.fromkeys((str(warning.message), warning.category) for warning in raised):
-        warnings.warn(message, category, stacklevel=2)
+        told[number] = [str(warning.message) for warning in raised]
+    for message in _by_line(told, len(lines)):
+        warnings.warn(message, stacklevel=2)
     if problems:
         raise InvalidArguments(_by_line(problems, len(lines)), _by_line(own, len(lines)))
     problems_of_names = _shared_save_files(jobs)
@@ -68,12 +74,14 @@ def read_batch(path: Path, parser: argparse.ArgumentParser) -> list[tuple[int, d
         what = "is a folder" if path.is_dir() else "does not exist"
         raise InvalidArguments([f"--batch {path} {what}; give a JSON Lines file, one video per line"])
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte order mark, as Windows editors write, is not part of line 1.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise InvalidArguments([f"cannot read --batch {path}: {err}; give a UTF-8 JSON Lines file"]) from None
     actions = {action.dest: action for action in parser._actions}
     lines, problems = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at newlines alone: JSON strings may hold the other characters splitlines() splits at.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip() or line.lstrip().startswith(COMMENT):
             continue
         try:
@@ -135,12 +143,13 @@ def _flag_value(key: str, value: object, action: argparse.Action) -> object:
 
 
 def _by_line(problems: dict[int, list[str]], line_count: int) -> list[str]:
-    """Each problem once: bare when every line has it, else after the numbers of its lines."""
+    """Each problem once: bare when every line of several has it (the command line's), else after
+    the numbers of its lines."""
     lines_of: dict[str, list[int]] = {}
     for number, line_problems in problems.items():
         for problem in line_problems:
             lines_of.setdefault(problem, []).append(number)
-    return [problem if len(numbers) == line_count else f"--batch {line_numbers(numbers)}: {problem}"
+    return [problem if len(numbers) == line_count > 1 else f"--batch {line_numbers(numbers)}: {problem}"
             for problem, numbers in lines_of.items()]
 
 
@@ -155,6 +164,6 @@ def _shared_save_files(jobs: list[GenerateConfig]) -> list[str]:
     for job in jobs:
         if job.save_file is not None:
             lines_of.setdefault(job.save_file.resolve(), []).append(job.batch_line)
-    return [f"--batch {line_numbers(numbers)} all write {path}; give each line its own "
-            "save_file (or leave it out for a name of its own)"
+    return [f"--batch {line_numbers(numbers)} all write {path}; give each line its own save_file (or "
+            "leave it out for the default name)"
             for path, numbers in lines_of.items() if len(numbers) > 1]

@@ -142,6 +142,21 @@ class GenerateConfig:
     batch_line: int | None = None
 
 
+class DecodedInputs:
+    """Input files decoded once for all the videos of a command line (the lines of a batch share
+    its ``--image`` or ``--audio``), by kind and resolved path; failures are not kept."""
+
+    def __init__(self) -> None:
+        self._decoded: dict[tuple[str, Path], object] = {}
+
+    def get(self, kind: str, path: Path, decode: Callable[[], T]) -> T:
+        """``decode()``'s result for ``path``, decoded the first time only."""
+        key = (kind, path.resolve())
+        if key not in self._decoded:
+            self._decoded[key] = decode()
+        return self._decoded[key]
+
+
 class _Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line (no usage block), exit code 2."""
 
@@ -365,13 +380,15 @@ def _add_cache_flags(p: argparse.ArgumentParser) -> None:
                    help="also measure the uncond branch's change (default true)")
 
 
-def resolve(args: argparse.Namespace) -> GenerateConfig:
+def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> GenerateConfig:
     """Validate parsed ``args`` and fill in the defaults; raises ``InvalidArguments`` listing
-    every problem. Nothing here loads model weights."""
+    every problem. Nothing here loads model weights. ``inputs`` shares decoded input files with
+    other calls (a batch's lines)."""
+    inputs = inputs or DecodedInputs()
     if args.lora_dir is not None:  # the Lightning release's sampling, but for what is given
         args = argparse.Namespace(**{**vars(args), **{
             flag: value for flag, value in LIGHTNING_SAMPLING.items() if getattr(args, flag) is None}})
-    solver = args.sample_solver or DEFAULT_SOLVER
+    solver = DEFAULT_SOLVER if args.sample_solver is None else args.sample_solver
     problems: list[str] = []
     spec = TASKS.get(args.task)
     if spec is None:
@@ -414,13 +431,14 @@ def resolve(args: argparse.Namespace) -> GenerateConfig:
     image_path = None if args.image is None else Path(args.image)
     image = None
     if image_path is not None:
-        image = _check(problems, lambda: load_image(image_path, "--image"))
+        image = _check(problems, lambda: inputs.get("image", image_path,
+                                                    lambda: load_image(image_path, "--image")))
     elif args.task in ("i2v-A14B", S2V):
         if args.demo:
             image = demo.demo_image()
         else:
             problems.append(f"{args.task} generates from an image: pass --image")
-    speech = _s2v_problems(problems, args)
+    speech = _s2v_problems(problems, args, inputs)
 
     save_file = None if args.save_file is None else Path(args.save_file)
     problems += _save_file_problems(args.save_file)
@@ -550,9 +568,9 @@ def _lora_problems(problems: list[str], args: argparse.Namespace, spec: TaskSpec
 
 def _split_lora(value: str) -> tuple[str, float | None]:
     """``PATH`` or ``PATH=STRENGTH`` -> (path, strength); strength None when it is not a finite
-    number. An existing file is a path even when its name holds '='."""
+    number. An existing file or folder is a path even when its name holds '='."""
     path, sep, strength = value.rpartition("=")
-    if not sep or Path(value).is_file():
+    if not sep or Path(value).exists():
         return value, 1.0
     try:
         number = float(strength)
@@ -561,7 +579,7 @@ def _split_lora(value: str) -> tuple[str, float | None]:
     return path, number if math.isfinite(number) else None
 
 
-def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, object]:
+def _s2v_problems(problems: list[str], args: argparse.Namespace, inputs: DecodedInputs) -> dict[str, object]:
     """The s2v-14B fields of ``GenerateConfig`` (empty for the other tasks, which refuse the s2v
     flags); the speech is decoded here, so a bad file is refused before any model loads."""
     tts = {"--tts_prompt_audio": args.tts_prompt_audio, "--tts_prompt_text": args.tts_prompt_text,
@@ -591,7 +609,8 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace) -> dict[str, ob
     audio_path = None if args.audio is None else Path(args.audio)
     audio = None
     if audio_path is not None:
-        audio = _check(problems, lambda: decode_audio(audio_path, "--audio"))
+        audio = _check(problems, lambda: inputs.get("audio", audio_path,
+                                                    lambda: decode_audio(audio_path, "--audio")))
     elif args.demo:
         audio = demo.demo_audio()
     elif not args.enable_tts:

@@ -78,7 +78,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except torch.OutOfMemoryError as err:
         if args.debug:
             raise
-        _error(_out_of_memory(err, args))
+        # torch's first two sentences say what and how much; the rest is allocator advice.
+        what = ". ".join(_one_line(str(err)).split(". ")[:2])
+        _error(f"out of memory: {what}; {_memory_remedy(args)}")
         return 1
     except Exception as err:
         if args.debug:
@@ -116,17 +118,25 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
     launch = jobs[0].launch
     launch.start(torch.device(jobs[0].device))
     failed: list[int] = []
+    last = None
     try:
         if jobs[0].dry_run:
             sizes = _check_run(jobs)
         else:
-            failed = _make_videos(jobs, args)
+            failed, last = _make_videos(jobs, args)
     except BaseException:
         launch.abandon()
         raise
+    # Every process made the same videos; rank 0 writes the last once the others are done, so that
+    # none waits in a collective through the write (a batch's others it writes between videos).
     launch.stop()
     if launch.main and jobs[0].dry_run:
         _print_plan(jobs, sizes)
+    elif launch.main and last is not None:
+        _write(*last)
+    if launch.main and len(jobs) > 1 and not jobs[0].dry_run:
+        lines = f" ({line_numbers(failed)} failed, above)" if failed else ""
+        print(f"batch: wrote {len(jobs) - len(failed)} of {len(jobs)} videos{lines}")
     return 1 if failed else 0
 
 
@@ -146,12 +156,29 @@ def _load_arguments(config: GenerateConfig) -> dict[str, object]:
     }
 
 
+def _output_sizes(jobs: list[GenerateConfig]) -> list[tuple[int, int]]:
+    """Each video's width and height; an image too extreme for its size is refused now, before
+    minutes of loading, with every such line of a batch named."""
+    # Imported only now: bad input is refused without importing the models.
+    from wan_runtime.pipelines import check_output_size
+
+    sizes, problems = [], []
+    for job in jobs:
+        try:
+            sizes.append(check_output_size(job.task, job.image, job.size))
+        except InputError as err:
+            problems.append(str(err) if job.batch_line is None else f"--batch line {job.batch_line}: {err}")
+    if problems:
+        raise InvalidArguments(problems)
+    return sizes
+
+
 def _check_run(jobs: list[GenerateConfig]) -> list[tuple[int, int]]:
     """``--dry_run``: every check a run makes before it loads a model; each video's width and height."""
     arguments = _load_arguments(jobs[0])
-    from wan_runtime.pipelines import check_output_size, check_pipeline
+    sizes = _output_sizes(jobs)
+    from wan_runtime.pipelines import check_pipeline
 
-    sizes = [check_output_size(job.task, job.image, job.size) for job in jobs]
     check_pipeline(**arguments)
     return sizes
 
@@ -181,40 +208,40 @@ def _print_plan(jobs: list[GenerateConfig], sizes: list[tuple[int, int]]) -> Non
             print(f"  {key}: {value}")
 
 
-def _make_videos(jobs: list[GenerateConfig], args: argparse.Namespace) -> list[int]:
-    """Load the pipeline once and make and write (rank 0) each video; the batch lines whose video
-    failed on a bad input or NaNs or for want of memory (a batch goes on without them, unless under
-    torchrun, where the processes could part ways; one video's failure is raised)."""
+def _make_videos(
+    jobs: list[GenerateConfig], args: argparse.Namespace
+) -> tuple[list[int], tuple[GenerateConfig, Pipeline, torch.Tensor, float | None] | None]:
+    """Load the pipeline once and make each video, rank 0 writing all but the last; the batch
+    lines whose video failed on its input or on NaNs (a batch goes on without them, unless under
+    torchrun, where the processes could part ways; a video alone raises its failure, as does
+    running out of memory, after which the models' placement is not to be trusted), and the last
+    video with what ``_write`` takes (None if it failed)."""
     arguments = _load_arguments(jobs[0])
-    # Imported only now: bad input is refused without importing the models.
-    from wan_runtime.pipelines import check_output_size, load_pipeline
+    _output_sizes([job for job in jobs if job.image is not None])
+    from wan_runtime.pipelines import load_pipeline
 
-    for job in jobs:  # an image too extreme for the size fails before minutes of loading
-        if job.image is not None:
-            check_output_size(job.task, job.image, job.size)
     start = time.perf_counter()
     pipeline = load_pipeline(**arguments)
     load_s: float | None = time.perf_counter() - start
     if jobs[0].compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)
-    failed = []
+    failed, last = [], None
     for job in jobs:
         try:
             video = _make_video(pipeline, job)
-        except (InputError, CheckpointError, NumericalError, torch.OutOfMemoryError) as err:
+        except (InputError, CheckpointError, NumericalError) as err:
             if job.batch_line is None or job.launch.distributed or args.debug:
                 raise
-            message = _out_of_memory(err, args) if isinstance(err, torch.OutOfMemoryError) else str(err)
-            _error(f"--batch line {job.batch_line}: {_one_line(message)}; going on with the next line")
+            going_on = "" if job is jobs[-1] else "; going on with the next line"
+            _error(f"--batch line {job.batch_line}: {_one_line(str(err))}{going_on}")
             failed.append(job.batch_line)
             continue
-        if job.launch.main:  # the other processes go on and wait for it in their next collective
+        if job is jobs[-1]:
+            last = (job, pipeline, video, load_s)
+        elif job.launch.main:  # the other processes go on and wait for it in their next collective
             _write(job, pipeline, video, load_s)
         load_s = None  # paid once, by the first video
-    if len(jobs) > 1 and jobs[0].launch.main:
-        lines = f" ({line_numbers(failed)} failed, above)" if failed else ""
-        print(f"batch: wrote {len(jobs) - len(failed)} of {len(jobs)} videos{lines}")
-    return failed
+    return failed, last
 
 
 def _make_video(pipeline: Pipeline, config: GenerateConfig) -> torch.Tensor:
@@ -318,13 +345,6 @@ def _launch() -> Launch:
         return Launch.from_env()
     except InputError:
         return Launch()
-
-
-def _out_of_memory(err: torch.OutOfMemoryError, args: argparse.Namespace) -> str:
-    """What ran out and the flags that free memory."""
-    # torch's first two sentences say what and how much; the rest is allocator advice.
-    what = ". ".join(_one_line(str(err)).split(". ")[:2])
-    return f"out of memory: {what}; {_memory_remedy(args)}"
 
 
 def _memory_remedy(args: argparse.Namespace) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests.cli.helpers import read_settings, read_video
 from wan_runtime import generate
@@ -102,10 +103,12 @@ def test_two_lines_writing_one_file_are_refused(tmp_path, monkeypatch):
     path = _batch(tmp_path, {"save_file": "a.mp4"}, {"save_file": "./a.mp4"}, {"save_file": "b.mp4"}, {})
     assert _problems(*FAST, "--batch", str(path)) == [
         f"--batch lines 1, 2 all write {tmp_path / 'a.mp4'}; give each line its own save_file (or leave it "
-        "out for a name of its own)"
+        "out for the default name)"
     ]
-    [problem] = _problems(*FAST, "--save_file", "all.mp4", "--batch", str(_batch(tmp_path, {}, {})))
-    assert problem.startswith("--batch lines 1, 2 all write")
+    assert _problems(*FAST, "--save_file", "all.mp4", "--batch", str(_batch(tmp_path, {}, {}))) == [
+        "--save_file names one video, and --batch makes several: give each line its own save_file (a line "
+        "without one gets the default name, with its line number)"
+    ]
 
 
 @pytest.mark.parametrize(("content", "problem"), [
@@ -127,14 +130,44 @@ def test_a_batch_file_without_videos_is_refused(tmp_path, content, problem):
     assert told == f"--batch {tmp_path} is a folder; give a JSON Lines file, one video per line"
 
 
-def test_a_warning_of_every_line_is_shown_once(tmp_path):
-    path = _batch(tmp_path, {"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"})
+def test_a_warning_of_every_line_is_shown_once_and_a_lines_own_with_its_number(tmp_path):
+    path = _batch(tmp_path, {"prompt": "a"}, {"negative_prompt": "blurry", "sample_guide_scale": 1},
+                  {"prompt": "c"})
     with warnings.catch_warnings(record=True) as raised:
         warnings.simplefilter("always")
         _jobs(*FAST, "--stream_blocks", "1", "--batch", str(path))
     assert [str(w.message) for w in raised] == [
-        "--stream_blocks changes nothing on the CPU, where every block already is in CPU memory"
+        "--stream_blocks changes nothing on the CPU, where every block already is in CPU memory",
+        "--batch line 2: --negative_prompt has no effect at --sample_guide_scale 1 (guidance then uses the "
+        "prompt alone)",
     ]
+
+
+def test_the_problems_of_a_one_line_batch_name_the_line(tmp_path):
+    assert _problems(*FAST, "--batch", str(_batch(tmp_path, {"frame_num": 4}))) == [
+        "--batch line 1: --frame_num must be 4n+1 (1, 5, 9, ..., 121), got 4"
+    ]
+
+
+def test_a_windows_file_reads_as_any_other(tmp_path):
+    """A byte order mark and CRLF line ends, as Windows editors write; a JSON string may hold a
+    line separator (U+2028), which does not end the line."""
+    path = tmp_path / "jobs.jsonl"
+    path.write_bytes('{"prompt": "a fox\u2028at dawn"}\r\n\r\n{"base_seed": 2}\r\n'.encode("utf-8-sig"))
+    first, second = _jobs(*FAST, "--batch", str(path))
+    assert (first.prompt, first.batch_line, second.base_seed, second.batch_line) == (
+        "a fox\u2028at dawn", 1, 2, 3)
+
+
+def test_the_command_lines_image_is_decoded_once(tmp_path, image, monkeypatch):
+    from wan_runtime import cli_args
+
+    decoded = []
+    load = cli_args.load_image
+    monkeypatch.setattr(cli_args, "load_image", lambda *args: decoded.append(args) or load(*args))
+    jobs = _jobs(*FAST, "--image", str(image), "--batch", str(_batch(tmp_path, *[{"base_seed": i}
+                                                                                   for i in range(5)])))
+    assert len(decoded) == 1 and all(job.image is jobs[0].image for job in jobs)
 
 
 def test_negative_prompt_without_guidance_is_told(tmp_path):
@@ -217,13 +250,14 @@ def test_a_failed_video_does_not_stop_the_batch(in_folder, monkeypatch, capsys):
 
     monkeypatch.setattr(generate, "_make_video", nan_for_bad)
     path = _batch(in_folder, {"save_file": "one.mp4"}, {"prompt": "bad", "save_file": "two.mp4"},
-                  {"save_file": "three.mp4"})
+                  {"save_file": "three.mp4"}, {"prompt": "bad", "save_file": "four.mp4"})
     assert generate.main([*FAST, "--batch", str(path)]) == 1
     captured = capsys.readouterr()
     assert _errors(captured.err) == [
-        "error: --batch line 2: the latent turned NaN at sampling step 1 of 2; going on with the next line"
+        "error: --batch line 2: the latent turned NaN at sampling step 1 of 2; going on with the next line",
+        "error: --batch line 4: the latent turned NaN at sampling step 1 of 2",
     ]
-    assert "batch: wrote 2 of 3 videos (line 2 failed, above)" in captured.out
+    assert "batch: wrote 2 of 4 videos (lines 2, 4 failed, above)" in captured.out
     assert sorted(p.name for p in in_folder.glob("*.mp4")) == ["one.mp4", "three.mp4"]
 
     # One video alone: its failure is the run's.
@@ -245,3 +279,32 @@ def test_an_interrupted_batch_keeps_the_finished_videos(in_folder, monkeypatch, 
     assert generate.main([*FAST, "--batch", str(path)]) == 130
     assert _errors(capsys.readouterr().err) == ["error: interrupted; the video in progress was not written"]
     assert [p.name for p in in_folder.glob("*.mp4")] == ["one.mp4"]
+
+
+def test_running_out_of_memory_stops_the_batch(in_folder, monkeypatch, capsys):
+    """Memory is not a line's own problem: the batch stops with the advice a single run gets."""
+    made = generate._make_video
+
+    def out_of_memory_at_second(pipeline, config):
+        if config.batch_line == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. More advice.")
+        return made(pipeline, config)
+
+    monkeypatch.setattr(generate, "_make_video", out_of_memory_at_second)
+    path = _batch(in_folder, {"save_file": "one.mp4"}, {"save_file": "two.mp4"}, {"save_file": "three.mp4"})
+    assert generate.main([*FAST, "--batch", str(path)]) == 1
+    [error] = _errors(capsys.readouterr().err)
+    assert error.startswith("error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB; to fit, ")
+    assert [p.name for p in in_folder.glob("*.mp4")] == ["one.mp4"]
+
+
+def test_images_too_extreme_for_their_size_are_named_before_loading(in_folder, monkeypatch, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (4000, 40)).save(in_folder / "strip.png")
+    monkeypatch.setattr("wan_runtime.pipelines.load_pipeline", lambda **kwargs: pytest.fail("loaded"))
+    path = _batch(in_folder, {}, {"image": "strip.png"}, {"image": "strip.png", "size": "96*128"})
+    assert generate.main([*FAST, "--batch", str(path)]) == 2
+    errors = _errors(capsys.readouterr().err)
+    assert [error.split(":")[1] for error in errors] == [" --batch line 2", " --batch line 3"]
+    assert "does not fit" in errors[0]

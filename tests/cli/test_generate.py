@@ -125,8 +125,9 @@ def test_i2v_demo_as_the_lightning_release_runs(cache_env, tmp_path, monkeypatch
     folder = tmp_path / "lightning"
     folder.mkdir()
     for seed, expert in enumerate(("high_noise", "low_noise")):
-        write_official(folder / f"{expert}_model.safetensors",
-                       random_lora(parameter_shapes(ckpt_dir / f"{expert}_model"), seed=seed))
+        # As the release's files: unprefixed names, block linears alone, alpha 8 (2 * rank 4).
+        write_official(folder / f"{expert}_model.safetensors", random_lora(
+            parameter_shapes(ckpt_dir / f"{expert}_model"), seed=seed, top=False, biases=False), prefix="")
     args = ["--demo", "--task", "i2v-A14B", "--frame_num", "5", "--base_seed", "3"]
     runs = {"folder": ["--lora_dir", str(folder)],
             "files": ["--lora_high_noise", str(folder / "high_noise_model.safetensors"),

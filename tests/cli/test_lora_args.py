@@ -53,25 +53,49 @@ def test_bad_lora_flags_give_one_line_and_exit_2(roots, lora, tmp_path, capsys, 
     assert all(word in line for word in words), line
 
 
-def test_a_lightning_folder_gives_one_lora_per_expert(roots, lora, image, tmp_path):
+def _lightning_file(path, alphas: dict[str, float], rank: int = 2):
+    """A LoRA in the Lightning release's layout (unprefixed names, lora_down/up, alpha per module)."""
+    tensors = {}
+    for module in ("blocks.0.self_attn.q", "blocks.0.self_attn.k"):
+        tensors[f"{module}.lora_down.weight"] = torch.ones(rank, 8)
+        tensors[f"{module}.lora_up.weight"] = torch.ones(8, rank)
+        if module in alphas:
+            tensors[f"{module}.alpha"] = torch.tensor(alphas[module])
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize(("alphas", "factor"), [
+    ({"blocks.0.self_attn.q": 8.0, "blocks.0.self_attn.k": 8.0}, 1.0),  # the release's files
+    ({"blocks.0.self_attn.q": 4.0, "blocks.0.self_attn.k": 4.0}, 2.0),
+    ({}, 4.0),  # no alpha: ours merges at alpha = rank 2, the release at 8
+])
+def test_a_lightning_folder_merges_as_the_release_does(roots, lora, image, tmp_path, alphas, factor):
+    """One LoRA per expert at the strength that makes our merge (at the file's alpha) the
+    release's (at alpha 8), and the release's sampling for what is not given."""
     folder = tmp_path / "Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1"
     folder.mkdir()
-    for name in ("high_noise_model.safetensors", "low_noise_model.safetensors"):
-        (folder / name).write_bytes(lora.read_bytes())
+    for name in ("high_noise_model", "low_noise_model", "diffusion_pytorch_model"):
+        _lightning_file(folder / f"{name}.safetensors", alphas)
     config = _resolve("--task", "i2v-A14B", "--ckpt_dir", str(roots["i2v-A14B"]), "--image", str(image),
                       "--lora_dir", str(folder), "--lora", f"{lora}=0.5")
-    assert config.loras == (Lora(folder / "high_noise_model.safetensors", 1.0, "high_noise"),
-                            Lora(folder / "low_noise_model.safetensors", 1.0, "low_noise"),
+    assert config.loras == (Lora(folder / "high_noise_model.safetensors", factor, "high_noise"),
+                            Lora(folder / "low_noise_model.safetensors", factor, "low_noise"),
                             Lora(str(lora), 0.5))
-    # The release's sampling settings for what is not given.
     assert (config.sample_solver, config.sample_steps, config.sample_shift, config.sample_guide_scale) == (
         "euler", 4, 5.0, 1.0)
-    (folder / "diffusion_pytorch_model.safetensors").write_bytes(lora.read_bytes())
-    config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", f"{folder}=0.7",
+    config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", f"{folder}=0.5",
                       "--sample_steps", "6", "--sample_solver", "unipc")
-    assert config.loras == (Lora(folder / "diffusion_pytorch_model.safetensors", 0.7),)
+    assert config.loras == (Lora(folder / "diffusion_pytorch_model.safetensors", 0.5 * factor),)
     assert (config.sample_solver, config.sample_steps, config.sample_shift, config.sample_guide_scale) == (
         "unipc", 6, 5.0, 1.0)
+
+
+def test_a_lightning_folder_with_uneven_alphas_is_refused(roots, tmp_path, capsys):
+    folder = tmp_path / "lora=v2"  # a '=' in a folder's name
+    folder.mkdir()
+    _lightning_file(folder / "diffusion_pytorch_model.safetensors", {"blocks.0.self_attn.q": 8.0})
+    [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", str(folder)])
+    assert "stores alphas that differ from module to module" in line and "--lora" in line
 
 
 @pytest.mark.parametrize(("task", "make", "words"), [

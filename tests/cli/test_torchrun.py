@@ -95,9 +95,11 @@ def test_a_rank_that_is_no_rank_is_named(monkeypatch, ti2v_root):
 ARGS = ["-m", "wan_runtime.generate", "--demo", "--base_seed", "4"]
 
 
-def _torchrun(tmp_path: Path, name: str, *flags: str) -> subprocess.CompletedProcess:
+def _torchrun(tmp_path: Path, name: str | None, *flags: str) -> subprocess.CompletedProcess:
+    """Two processes of ``ARGS`` and ``flags`` writing ``name`` in ``tmp_path`` (None: the flags say)."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    argv = [torchrun, "--nproc_per_node", "2", *ARGS, *flags, "--save_file", str(tmp_path / name)]
+    save = [] if name is None else ["--save_file", str(tmp_path / name)]
+    argv = [torchrun, "--nproc_per_node", "2", *ARGS, *flags, *save]
     return subprocess.run(argv, capture_output=True, text=True, timeout=600, env=cli_env(), cwd=tmp_path)
 
 
@@ -135,7 +137,7 @@ def test_a_batch_over_two_processes(tmp_path, one_process_frames):
     by both processes and written once by rank 0; the second the single process's."""
     batch = tmp_path / "jobs.jsonl"
     batch.write_text('{"base_seed": -1, "save_file": "random.mp4"}\n{"save_file": "four.mp4"}\n')
-    two = _torchrun(tmp_path, "unused.mp4", "--ulysses_size", "2", "--batch", str(batch))
+    two = _torchrun(tmp_path, None, "--ulysses_size", "2", "--batch", str(batch))
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("wrote ") == 3 and "batch: wrote 2 of 2 videos" in two.stdout, two.stdout
     assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["four.mp4", "random.mp4"]

@@ -1,6 +1,7 @@
 """``euler``, the sampler of the Wan2.2-Lightning distillation, against diffusers' flow-matching
 Euler scheduler on the same schedule (``tests/solvers/lightning_euler.py``)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,23 @@ from wan_runtime.tasks import TASKS
 # One float32 rounding of the schedule's arithmetic apart: diffusers spaces the sigmas in float64
 # before rounding, the Lightning sampler (and ours) spaces the timesteps in float32.
 TIMESTEP_ULPS = 1
+
+
+def lightning_schedule(steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Lightning sampler's float32 arithmetic, spelled out: timesteps 1000 -> 0 in float32,
+    to sigmas, shifted, back to timesteps; (timesteps fed to the DiT, sigmas)."""
+    timesteps = torch.from_numpy(np.linspace(1000, 0, steps + 1, dtype=np.float32))
+    sigmas = timesteps / 1000
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return (sigmas * 1000)[:-1], sigmas
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8, 40, 50])
+@pytest.mark.parametrize("shift", [1.0, 3.0, 5.0, 12.0])
+def test_schedule_is_the_lightning_samplers_bit_for_bit(steps, shift):
+    solver = make_solver("euler", steps, shift)
+    timesteps, sigmas = lightning_schedule(steps, shift)
+    assert torch.equal(solver.timesteps, timesteps) and torch.equal(solver.sigmas, sigmas)
 
 
 def test_lightning_settings_give_fractional_timesteps():
@@ -62,9 +80,15 @@ def test_a_step_on_fixed_tensors():
     assert torch.allclose(solver.step(noise - x0, solver.timesteps[0], noise), x0, atol=1e-6)
 
 
-def test_bfloat16_model_output_gives_a_float32_sample():
-    solver = make_solver("euler", 2, 5.0)
-    x = torch.randn(SHAPE)
-    for t in solver.timesteps:
-        x = solver.step(torch.randn(SHAPE).bfloat16(), t, x.bfloat16())
-        assert x.dtype == torch.float32
+def test_bfloat16_model_output_is_stepped_in_float32():
+    """As the Lightning sampler, whose step is a float32 tensor of the sample's rank: the product
+    with a bfloat16 prediction is float32, not rounded to bfloat16."""
+    solver = make_solver("euler", 4, 5.0)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(SHAPE, generator=g)
+    for i, t in enumerate(solver.timesteps):
+        v = torch.randn(SHAPE, generator=g).bfloat16()
+        step = (solver.sigmas[i + 1] - solver.sigmas[i]).reshape([1] * len(SHAPE))
+        expected = x.bfloat16().float() + step * v
+        x = solver.step(v, t, x.bfloat16())
+        assert x.dtype == torch.float32 and torch.equal(x, expected)

@@ -1,13 +1,20 @@
 """The LoRA folders of the Wan2.2-Lightning release, as its ``generate.py --lora_dir`` reads them:
-one file per DiT under a fixed name."""
+one file per DiT under a fixed name, merged at alpha 8 whatever alpha the file stores."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
 from wan_runtime.errors import InputError
 from wan_runtime.lora import Lora
+from wan_runtime.lora.lora_file import check_lora_path
 from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE
+
+# The alpha the release's generate.py merges every module at (alpha / rank times up @ down).
+LIGHTNING_ALPHA = 8.0
+_DOWN, _ALPHA = ".lora_down.weight", ".alpha"
 
 # The sampling the release runs its LoRAs with (its configs and generate.py's defaults), for
 # i2v-A14B and ti2v-5B alike, by the command line's flag.
@@ -38,4 +45,29 @@ def folder_loras(folder: str | Path, task: str, strength: float = 1.0) -> tuple[
     if missing:
         raise InputError(f"LoRA folder {folder} lacks {' and '.join(missing)}: a Wan2.2-Lightning {task} "
                          f"folder holds {' and '.join(files.values())}")
-    return tuple(Lora(folder / name, strength, expert) for expert, name in files.items())
+    return tuple(Lora(folder / name, strength * _release_factor(folder / name), expert)
+                 for expert, name in files.items())
+
+
+def _release_factor(path: Path) -> float:
+    """The strength that merges ``path`` as the release does, at ``LIGHTNING_ALPHA`` over each
+    module's rank, where ours merges at the alpha the file stores (the rank without one): 1 for
+    the release's own files, which store alpha 8. Reads the alphas and the factors' shapes only."""
+    check_lora_path(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            ranks = {key.removesuffix(_DOWN): f.get_slice(key).get_shape()[0]
+                     for key in f.keys() if key.endswith(_DOWN)}
+            # An alpha of another shape is refused with the file's other checks, when it is read.
+            alphas = {key.removesuffix(_ALPHA): float(f.get_tensor(key).reshape(-1)[0]) for key in f.keys()
+                      if key.endswith(_ALPHA)}
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise InputError(f"LoRA file {path} cannot be read as safetensors ({err}); download it "
+                         "again") from None
+    factors = {LIGHTNING_ALPHA / alphas.get(module, rank) for module, rank in ranks.items()}
+    if len(factors) > 1:
+        raise InputError(f"LoRA file {path} stores alphas that differ from module to module, where the "
+                         f"Wan2.2-Lightning release merges every module at alpha {LIGHTNING_ALPHA:g}: give "
+                         "it with --lora (or --lora_high_noise / --lora_low_noise) to merge it at its own "
+                         "alphas")
+    return factors.pop() if factors else 1.0

@@ -149,7 +149,7 @@ class Pipeline:
     def _encode_image(self, plan: Plan) -> ImageCondition:
         raise NotImplementedError
 
-    def _expert(self, t: int, guide_scale: float | tuple[float, float]) -> tuple[str, float]:
+    def _expert(self, t: float, guide_scale: float | tuple[float, float]) -> tuple[str, float]:
         """The DiT (by name) and the guide scale for timestep ``t``: the one DiT by default."""
         (name,) = self.dits
         return name, guide_scale

@@ -53,7 +53,7 @@ class I2VPipeline(Pipeline):
         mask[:, 0] = 1
         return ImageCondition(y=torch.cat([mask, latent])[None])
 
-    def _expert(self, t: int, guide_scale: tuple[float, float]) -> tuple[str, float]:
+    def _expert(self, t: float, guide_scale: tuple[float, float]) -> tuple[str, float]:
         low, high = guide_scale
         if t >= self.spec.boundary * self.spec.num_train_timesteps:
             return HIGH_NOISE, high
