@@ -168,6 +168,7 @@ BAD_INPUTS = {
     "negative guide scale": (["--sample_guide_scale", "-1"], "ti2v-5B", ["--sample_guide_scale", "-1.0"]),
     "non-positive shift": (["--sample_shift", "0"], "ti2v-5B", ["--sample_shift must be a finite", "got 0"]),
     "unknown solver": (["--sample_solver", "heun"], "ti2v-5B", ["'heun'", "unipc, dpm++, euler"]),
+    "empty solver": (["--sample_solver", ""], "ti2v-5B", ["unknown --sample_solver ''"]),
     "save folder missing": (["--save_file", "/nonexistent/dir/out.mp4"], "ti2v-5B",
                             ["folder /nonexistent/dir does not exist"]),
     "save file not mp4": (["--save_file", "out.avi"], "ti2v-5B", ["must end in .mp4"]),
