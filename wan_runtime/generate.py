@@ -226,7 +226,10 @@ def _make_videos(
     if jobs[0].compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)
     failed, last = [], None
-    for job in jobs:
+    for count, job in enumerate(jobs, start=1):
+        if job.batch_line is not None and job.launch.main:  # where a long batch has got to
+            prompt = _one_line(job.prompt)[:80]
+            print(f"--batch line {job.batch_line} (video {count} of {len(jobs)}): {prompt}", flush=True)
         try:
             video = _make_video(pipeline, job)
         except (InputError, CheckpointError, NumericalError) as err:

@@ -229,6 +229,7 @@ def test_each_video_is_the_one_its_line_makes_alone(in_folder, capsys):
     out = capsys.readouterr().out
     assert out.count("timings: load ") == 1 and out.count("timings: text_encode ") == 2
     assert "batch: wrote 3 of 3 videos\n" in out
+    assert "--batch line 1 (video 1 of 3): a fox\n" in out and "--batch line 3 (video 3 of 3): a fox\n" in out
     [cached] = in_folder.glob("*_line1.mp4")
     assert cached.name.startswith("ti2v-5B_128*96_1_a_fox_")
     assert generate.main([*FAST, "--prompt", "a fox", "--base_seed", "3", "--save_file", "alone.mp4"]) == 0
