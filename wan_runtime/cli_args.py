@@ -188,7 +188,8 @@ def _differences() -> str:
         "(--use_prompt_extend, the TTS and animate flags) are "
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
-        "--debug, --dry_run, --batch, --demo, --negative_prompt, --stream_blocks, the LoRA flags and the "
+        "--debug, --dry_run, --batch, --skip_existing, --demo, --negative_prompt, --stream_blocks, the LoRA "
+        "flags and the "
         "step cache flags."
     )
 
@@ -196,7 +197,8 @@ def _differences() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The parser: the official ``generate.py``'s flags and defaults but for the differences its
     epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
-    ``--compile``, ``--debug``, ``--dry_run``, ``--batch``, ``--demo``, ``--negative_prompt``,
+    ``--compile``, ``--debug``, ``--dry_run``, ``--batch``, ``--skip_existing``, ``--demo``,
+    ``--negative_prompt``,
     ``--stream_blocks``, ``--lora*`` and the step cache
     flags ``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are listed
@@ -264,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check every argument and file as a run would (the checkpoint's configs, headers "
                         "and archives, the LoRAs and their fit), print what it would make, and exit "
                         "without loading a model")
+    p.add_argument("--skip_existing", action="store_true",
+                   help="make no video whose --save_file (a --batch line's save_file) already exists, as "
+                        "when running an interrupted batch again")
     p.add_argument("--batch", default=None, metavar="FILE",
                    help="make one video per line of this JSON Lines file, loading the models once: each "
                         "line a JSON object of per-video flags without their dashes (prompt, image, "

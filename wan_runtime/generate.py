@@ -53,7 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
-        return _generate(resolve_jobs(parser, args), args)
+        jobs = resolve_jobs(parser, args)
+        if args.skip_existing:
+            jobs = _unmade(jobs)
+            if not jobs:
+                print("nothing to make: every video's file exists (--skip_existing)")
+                return 0
+        return _generate(jobs, args)
     except InvalidArguments as err:
         # Rank 0 tells what every process finds; another process what concerns it alone.
         for problem in err.problems if _launch().main else err.own:
@@ -110,6 +116,25 @@ def default_save_file(task: str, size: str, prompt: str, now: datetime, ulysses_
     stub = prompt.replace(" ", "_").replace("/", "_")[:50]
     line = "" if batch_line is None else f"_line{batch_line}"
     return Path(f"{task}_{size_part}_{ulysses_size}_{stub}_{now.strftime('%Y%m%d_%H%M%S')}{line}.mp4")
+
+
+def _unmade(jobs: list[GenerateConfig]) -> list[GenerateConfig]:
+    """``--skip_existing``: the videos whose file does not exist yet (a default name, which holds
+    the time of writing, never does)."""
+    unnamed = [job for job in jobs if job.save_file is None]
+    if unnamed:
+        which = "the video" if unnamed[0].batch_line is None else (
+            f"--batch {line_numbers([job.batch_line for job in unnamed])}")
+        warnings.warn(f"--skip_existing cannot skip {which} without a save_file: a default name holds the "
+                      "time of writing, so no such file exists yet", stacklevel=2)
+    unmade = []
+    for job in jobs:
+        if job.save_file is None or not job.save_file.exists():
+            unmade.append(job)
+            continue
+        where = "" if job.batch_line is None else f"--batch line {job.batch_line}: "
+        print(f"{where}{job.save_file} exists; skipped (--skip_existing)")
+    return unmade
 
 
 def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:

@@ -309,3 +309,24 @@ def test_images_too_extreme_for_their_size_are_named_before_loading(in_folder, m
     errors = _errors(capsys.readouterr().err)
     assert [error.split(":")[1] for error in errors] == [" --batch line 2", " --batch line 3"]
     assert "does not fit" in errors[0]
+
+
+def test_skip_existing_makes_only_the_missing_videos(in_folder, capsys):
+    """An interrupted batch run again: the lines whose file exists are skipped, a line without a
+    save_file cannot be (its default name holds the time) and says so."""
+    path = _batch(in_folder, {"save_file": "one.mp4"}, {"save_file": "two.mp4"}, {})
+    (in_folder / "one.mp4").write_bytes(b"made before")
+    assert generate.main([*FAST, "--batch", str(path), "--skip_existing"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: --skip_existing cannot skip --batch line 3 without a save_file" in err
+    assert "--batch line 1: one.mp4 exists; skipped (--skip_existing)" in out
+    assert "batch: wrote 2 of 2 videos" in out
+    assert (in_folder / "one.mp4").read_bytes() == b"made before" and (in_folder / "two.mp4").exists()
+    assert len(list(in_folder.glob("*_line3.mp4"))) == 1
+
+    # Every file there: nothing loads.
+    assert generate.main([*FAST, "--save_file", "two.mp4", "--skip_existing"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "two.mp4 exists; skipped (--skip_existing)",
+        "nothing to make: every video's file exists (--skip_existing)",
+    ]
