@@ -37,34 +37,47 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
     listing every problem: a problem every line has once, the others with their line number."""
     if args.batch is None:
         return [resolve(args)]
+    command_line = []
     if args.save_file is not None:
-        raise InvalidArguments(["--save_file names one video, and --batch makes several: give each line its "
-                                "own save_file (a line without one gets the default name, with its line "
-                                "number)"])
-    lines = read_batch(Path(args.batch), parser)
+        command_line.append("--save_file names one video, and --batch makes several: give each line its own "
+                            "save_file (a line without one gets the default name, with its line number)")
+        args = argparse.Namespace(**{**vars(args), "save_file": None})
+    try:
+        lines = read_batch(Path(args.batch), parser)
+    except InvalidArguments as err:
+        raise InvalidArguments(command_line + err.problems) from None
     jobs: list[GenerateConfig] = []
     problems: dict[int, list[str]] = {}
     own: dict[int, list[str]] = {}
-    told: dict[int, list[str]] = {}
+    raised: dict[int, list[warnings.WarningMessage]] = {}
     inputs = DecodedInputs()
     for number, values in lines:
         line_args = copy.copy(args)
         vars(line_args).update(values)
-        with warnings.catch_warnings(record=True) as raised:
-            warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as raised[number]:
+            # Every line's notices, though they come from one place; other kinds as filtered.
+            warnings.simplefilter("always", UserWarning)
             try:
                 jobs.append(replace(resolve(line_args, inputs), batch_line=number))
             except InvalidArguments as err:
                 problems[number], own[number] = err.problems, err.own
-        told[number] = [str(warning.message) for warning in raised]
-    for message in _by_line(told, len(lines)):
-        warnings.warn(message, stacklevel=2)
-    if problems:
-        raise InvalidArguments(_by_line(problems, len(lines)), _by_line(own, len(lines)))
+    _warn_by_line(raised, len(lines))
+    if problems or command_line:
+        raise InvalidArguments(command_line + _by_line(problems, len(lines)), _by_line(own, len(lines)))
     problems_of_names = _shared_save_files(jobs)
     if problems_of_names:
         raise InvalidArguments(problems_of_names)
     return jobs
+
+
+def _warn_by_line(raised: dict[int, list[warnings.WarningMessage]], line_count: int) -> None:
+    """Each warning the lines raised once, as ``_by_line`` tells problems, in its own category."""
+    categories = dict.fromkeys(warning.category for line in raised.values() for warning in line)
+    for category in categories:
+        told = {number: list(dict.fromkeys(str(w.message) for w in line if w.category is category))
+                for number, line in raised.items()}
+        for message in _by_line(told, line_count):
+            warnings.warn(message, category, stacklevel=3)
 
 
 def read_batch(path: Path, parser: argparse.ArgumentParser) -> list[tuple[int, dict[str, object]]]:

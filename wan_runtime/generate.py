@@ -24,7 +24,7 @@ import torch
 from wan_runtime import __version__, demo
 from wan_runtime.batch_file import line_numbers, resolve_jobs
 from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser
-from wan_runtime.distributed.launch import Launch
+from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, NumericalError
 from wan_runtime.tasks import TASKS
 from wan_runtime.video_io import write_mp4
@@ -53,13 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
-        jobs = resolve_jobs(parser, args)
-        if args.skip_existing:
-            jobs = _unmade(jobs)
-            if not jobs:
-                print("nothing to make: every video's file exists (--skip_existing)")
-                return 0
-        return _generate(jobs, args)
+        return _generate(resolve_jobs(parser, args), args)
     except InvalidArguments as err:
         # Rank 0 tells what every process finds; another process what concerns it alone.
         for problem in err.problems if _launch().main else err.own:
@@ -118,50 +112,58 @@ def default_save_file(task: str, size: str, prompt: str, now: datetime, ulysses_
     return Path(f"{task}_{size_part}_{ulysses_size}_{stub}_{now.strftime('%Y%m%d_%H%M%S')}{line}.mp4")
 
 
-def _unmade(jobs: list[GenerateConfig]) -> list[GenerateConfig]:
-    """``--skip_existing``: the videos whose file does not exist yet (a default name, which holds
-    the time of writing, never does)."""
+def _existing(jobs: list[GenerateConfig]) -> list[bool]:
+    """``--skip_existing``: whether each video's file exists (a default name, which holds the time
+    of writing, never does), as rank 0 sees it, so that every process makes the same videos."""
     unnamed = [job for job in jobs if job.save_file is None]
     if unnamed:
         which = "the video" if unnamed[0].batch_line is None else (
             f"--batch {line_numbers([job.batch_line for job in unnamed])}")
         warnings.warn(f"--skip_existing cannot skip {which} without a save_file: a default name holds the "
                       "time of writing, so no such file exists yet", stacklevel=2)
-    unmade = []
-    for job in jobs:
-        if job.save_file is None or not job.save_file.exists():
-            unmade.append(job)
-            continue
-        where = "" if job.batch_line is None else f"--batch line {job.batch_line}: "
-        print(f"{where}{job.save_file} exists; skipped (--skip_existing)")
-    return unmade
+    exists = from_rank0([job.save_file is not None and job.save_file.exists() for job in jobs])
+    for job, skipped in zip(jobs, exists, strict=True):
+        if skipped:
+            where = "" if job.batch_line is None else f"--batch line {job.batch_line}: "
+            print(f"{where}{job.save_file} exists; skipped (--skip_existing)")
+    return exists
 
 
 def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
     """Make (or with ``--dry_run`` check) the videos of ``jobs``, which share every setting of the
     models; the exit code: 1 if a video of a batch failed (the others are made), else 0."""
     launch = jobs[0].launch
+    dry_run, batch = jobs[0].dry_run, jobs[0].batch_line is not None
     launch.start(torch.device(jobs[0].device))
     failed: list[int] = []
     last = None
     try:
-        if jobs[0].dry_run:
+        exists = _existing(jobs) if args.skip_existing else [False] * len(jobs)
+        todo = [job for job, skipped in zip(jobs, exists, strict=True) if not skipped]
+        if dry_run:  # every check, the skipped videos' too
             sizes = _check_run(jobs)
-        else:
-            failed, last = _make_videos(jobs, args)
+        elif todo:
+            failed, last = _make_videos(todo, args)
     except BaseException:
         launch.abandon()
         raise
     # Every process made the same videos; rank 0 writes the last once the others are done, so that
     # none waits in a collective through the write (a batch's others it writes between videos).
     launch.stop()
-    if launch.main and jobs[0].dry_run:
-        _print_plan(jobs, sizes)
-    elif launch.main and last is not None:
+    if not launch.main:
+        return 1 if failed else 0
+    if dry_run:
+        _print_plan([(job, size) for job, size, skip in zip(jobs, sizes, exists, strict=True) if not skip])
+    elif last is not None:
         _write(*last)
-    if launch.main and len(jobs) > 1 and not jobs[0].dry_run:
-        lines = f" ({line_numbers(failed)} failed, above)" if failed else ""
-        print(f"batch: wrote {len(jobs) - len(failed)} of {len(jobs)} videos{lines}")
+    if not todo:
+        print("nothing to make: every video's file exists (--skip_existing)")
+    elif batch and not dry_run:
+        skipped = [job.batch_line for job, skip in zip(jobs, exists, strict=True) if skip]
+        notes = [f"{line_numbers(failed)} failed, above"] if failed else []
+        notes += [f"{line_numbers(skipped)} skipped, the file exists"] if skipped else []
+        print(f"batch: wrote {len(todo) - len(failed)} of {len(todo)} videos" +
+              (f" ({'; '.join(notes)})" if notes else ""))
     return 1 if failed else 0
 
 
@@ -208,14 +210,18 @@ def _check_run(jobs: list[GenerateConfig]) -> list[tuple[int, int]]:
     return sizes
 
 
-def _print_plan(jobs: list[GenerateConfig], sizes: list[tuple[int, int]]) -> None:
-    """What a run of this command line would make and with what, as ``_write`` prints it."""
+def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]]) -> None:
+    """What a run of this command line would make (each video with its width and height) and
+    with what, as ``_write`` prints it."""
     from wan_runtime.pipelines.inputs import check_guide_scale
 
-    videos = "" if len(jobs) == 1 else f" {len(jobs)} videos, loading the models once"
+    if not plans:
+        print("dry run: every argument and file is in order (nothing was loaded or generated)")
+        return
+    videos = "" if len(plans) == 1 else f" {len(plans)} videos, loading the models once"
     print(f"dry run: every argument and file is in order (nothing was loaded or generated); a run would "
           f"make{videos}")
-    for job, (width, height) in zip(jobs, sizes, strict=True):
+    for job, (width, height) in plans:
         spec = TASKS[job.task]
         run = {
             "task": job.task, "prompt": job.prompt, "n_prompt": job.negative_prompt or spec.negative_prompt,
@@ -257,6 +263,11 @@ def _make_videos(
             print(f"--batch line {job.batch_line} (video {count} of {len(jobs)}): {prompt}", flush=True)
         try:
             video = _make_video(pipeline, job)
+        except torch.OutOfMemoryError:
+            if job.batch_line is not None and job.launch.main:
+                _error(f"--batch line {job.batch_line} ran out of GPU memory: the batch stops there (run it "
+                       "again with --skip_existing not to make the videos written so far again)")
+            raise
         except (InputError, CheckpointError, NumericalError) as err:
             if job.batch_line is None or job.launch.distributed or args.debug:
                 raise

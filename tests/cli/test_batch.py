@@ -294,7 +294,9 @@ def test_running_out_of_memory_stops_the_batch(in_folder, monkeypatch, capsys):
     monkeypatch.setattr(generate, "_make_video", out_of_memory_at_second)
     path = _batch(in_folder, {"save_file": "one.mp4"}, {"save_file": "two.mp4"}, {"save_file": "three.mp4"})
     assert generate.main([*FAST, "--batch", str(path)]) == 1
-    [error] = _errors(capsys.readouterr().err)
+    line, error = _errors(capsys.readouterr().err)
+    assert line == ("error: --batch line 2 ran out of GPU memory: the batch stops there (run it again with "
+                    "--skip_existing not to make the videos written so far again)")
     assert error.startswith("error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB; to fit, ")
     assert [p.name for p in in_folder.glob("*.mp4")] == ["one.mp4"]
 
@@ -320,7 +322,7 @@ def test_skip_existing_makes_only_the_missing_videos(in_folder, capsys):
     out, err = capsys.readouterr()
     assert "warning: --skip_existing cannot skip --batch line 3 without a save_file" in err
     assert "--batch line 1: one.mp4 exists; skipped (--skip_existing)" in out
-    assert "batch: wrote 2 of 2 videos" in out
+    assert "batch: wrote 2 of 2 videos (line 1 skipped, the file exists)\n" in out
     assert (in_folder / "one.mp4").read_bytes() == b"made before" and (in_folder / "two.mp4").exists()
     assert len(list(in_folder.glob("*_line3.mp4"))) == 1
 
@@ -328,5 +330,20 @@ def test_skip_existing_makes_only_the_missing_videos(in_folder, capsys):
     assert generate.main([*FAST, "--save_file", "two.mp4", "--skip_existing"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "two.mp4 exists; skipped (--skip_existing)",
+        "nothing to make: every video's file exists (--skip_existing)",
+    ]
+
+
+def test_a_dry_run_skipping_every_video_still_checks_the_models(in_folder, monkeypatch, capsys):
+    checked = []
+    monkeypatch.setattr("wan_runtime.pipelines.check_pipeline", lambda **kwargs: checked.append(kwargs))
+    (in_folder / "one.mp4").write_bytes(b"made before")
+    path = _batch(in_folder, {"save_file": "one.mp4"})
+    assert generate.main([*FAST, "--batch", str(path), "--skip_existing", "--dry_run"]) == 0
+    assert len(checked) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "--batch line 1: one.mp4 exists; skipped (--skip_existing)" in out
+    assert out[-2:] == [
+        "dry run: every argument and file is in order (nothing was loaded or generated)",
         "nothing to make: every video's file exists (--skip_existing)",
     ]

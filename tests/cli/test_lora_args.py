@@ -90,12 +90,32 @@ def test_a_lightning_folder_merges_as_the_release_does(roots, lora, image, tmp_p
         "unipc", 6, 5.0, 1.0)
 
 
-def test_a_lightning_folder_with_uneven_alphas_is_refused(roots, tmp_path, capsys):
+@pytest.mark.parametrize(("alphas", "words"), [
+    ({"blocks.0.self_attn.q": 8.0}, "needs a different scale (alpha / rank) from module to module"),
+    ({"blocks.0.self_attn.q": 0.0, "blocks.0.self_attn.k": 0.0}, "stores alpha 0.0, not one finite non-zero"),
+    ({"blocks.0.self_attn.q": float("nan"), "blocks.0.self_attn.k": 8.0}, "stores alpha nan, not one finite"),
+])
+def test_a_lightning_folder_that_cannot_merge_as_the_release_is_refused(roots, tmp_path, capsys, alphas,
+                                                                        words):
     folder = tmp_path / "lora=v2"  # a '=' in a folder's name
     folder.mkdir()
-    _lightning_file(folder / "diffusion_pytorch_model.safetensors", {"blocks.0.self_attn.q": 8.0})
+    _lightning_file(folder / "diffusion_pytorch_model.safetensors", alphas)
     [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", str(folder)])
-    assert "stores alphas that differ from module to module" in line and "--lora" in line
+    assert words in line and str(folder) in line
+
+
+def test_a_lightning_folder_file_named_otherwise_merges_as_the_release(roots, tmp_path):
+    """diffusers-style factor names (lora_A) and the official prefix on the factors but not on the
+    alpha: the factor still comes from the rank and alpha of each module; whole-tensor differences,
+    which the release's merge leaves out, are merged and told."""
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.ones(4, 8),
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.ones(8, 4),
+               "blocks.0.self_attn.q.alpha": torch.tensor(2.0),
+               "diffusion_model.blocks.0.norm3.diff": torch.ones(8)},
+              str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    with pytest.warns(UserWarning, match="holds 1 whole-tensor differences .* which the Wan2.2-Lightning"):
+        config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", str(tmp_path))
+    assert config.loras == (Lora(tmp_path / "diffusion_pytorch_model.safetensors", 4.0),)
 
 
 @pytest.mark.parametrize(("task", "make", "words"), [

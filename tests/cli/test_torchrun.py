@@ -142,3 +142,10 @@ def test_a_batch_over_two_processes(tmp_path, one_process_frames):
     assert two.stdout.count("wrote ") == 3 and "batch: wrote 2 of 2 videos" in two.stdout, two.stdout
     assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["four.mp4", "random.mp4"]
     assert (read_video(tmp_path / "four.mp4")[0] == one_process_frames).all()
+
+    # Run again after one video is lost: rank 0 finds the other, and every process skips it alone.
+    (tmp_path / "random.mp4").unlink()
+    again = _torchrun(tmp_path, None, "--ulysses_size", "2", "--batch", str(batch), "--skip_existing")
+    assert again.returncode == 0, again.stderr
+    assert "--batch line 2: four.mp4 exists; skipped (--skip_existing)" in again.stdout
+    assert "batch: wrote 1 of 1 videos (line 2 skipped, the file exists)" in again.stdout, again.stdout

@@ -92,3 +92,13 @@ def test_bfloat16_model_output_is_stepped_in_float32():
         expected = x.bfloat16().float() + step * v
         x = solver.step(v, t, x.bfloat16())
         assert x.dtype == torch.float32 and torch.equal(x, expected)
+
+
+def test_steps_on_the_device_of_the_prediction():
+    """The schedule stays on the CPU; a step on another device's tensors (the meta device here,
+    a GPU in a run) moves its scalar there, whatever the prediction's dtype."""
+    solver = make_solver("euler", 2, 5.0)
+    x = torch.empty(SHAPE, device="meta")
+    for t in solver.timesteps:
+        x = solver.step(torch.empty(SHAPE, device="meta", dtype=torch.bfloat16), t, x)
+        assert (x.device.type, x.dtype) == ("meta", torch.float32)

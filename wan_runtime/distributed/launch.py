@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from wan_runtime.errors import InputError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,17 @@ class Launch:
             dist.destroy_process_group()
 
 
-def shared_seed(seed: int) -> int:
-    """Rank 0's ``seed`` on every rank of the process group (``seed`` itself without one): every
-    rank must draw the same noise, and a random seed drawn by each would differ."""
+def from_rank0(value: T) -> T:
+    """Rank 0's ``value`` on every rank of the process group (``value`` itself without one), for
+    what every rank must agree on but could find otherwise (a random draw, a file's existence)."""
     if not dist.is_initialized():
-        return seed
-    box = [seed]
+        return value
+    box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def shared_seed(seed: int) -> int:
+    """Rank 0's ``seed`` on every rank: every rank must draw the same noise, and a random seed
+    drawn by each would differ."""
+    return from_rank0(seed)

@@ -18,7 +18,8 @@ class EulerSolver(FlowSolver):
     """The ``euler`` sampler; build it with ``make_solver("euler", ...)``."""
 
     def _advance(self, i: int, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        # A step of one dimension, as the Lightning sampler's: a 0-d float32 step would leave a
-        # bfloat16 model output's product in bfloat16, where that sampler's is float32.
-        step = (self.sigmas[i + 1] - self.sigmas[i]).reshape(1)
+        # A step of one dimension on the output's device, as the Lightning sampler's: a 0-d float32
+        # step would leave a bfloat16 model output's product in bfloat16, where that sampler's is
+        # float32.
+        step = (self.sigmas[i + 1] - self.sigmas[i]).reshape(1).to(model_output.device)
         return sample.float() + step * model_output
