@@ -4,7 +4,8 @@
 
 What the CPU suite cannot show: the seeded CUDA generator (same seed, same video), bfloat16
 models on the device with and without ``offload_model`` (after a run every offloaded model is back
-on the CPU), the peak-memory report, and per-phase timings. The checkpoints are tiny, so the
+on the CPU), each solver stepping device tensors (``euler`` keeps its schedule on the CPU), the
+peak-memory report, and per-phase timings. The checkpoints are tiny, so the
 timings measure overheads, not the real models.
 """
 
@@ -24,22 +25,23 @@ from wan_runtime.tasks import TASKS
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
 
 
-def request(task: str) -> dict:
+def request(task: str, solver: str) -> dict:
     """``generate``'s arguments for ``task``: s2v-14B takes speech and frames per clip."""
-    common = {"size": "128*96", "sampling_steps": 4, "seed": 1234, "progress": False}
+    common = {"size": "128*96", "sampling_steps": 4, "seed": 1234, "progress": False, "sample_solver": solver}
     if task == "s2v-14B":
         return {**common, "image": demo_image(), "audio": demo_audio(), "infer_frames": 8, "num_clip": 2}
     return {**common, "image": demo_image() if task == "i2v-A14B" else None, "frame_num": 9}
 
 
-def run(task: str, root: Path, offload: bool, device: torch.device) -> dict:
+def run(task: str, root: Path, offload: bool, solver: str, device: torch.device) -> dict:
     pipe = load_pipeline(task, root, device=device, dtype=torch.bfloat16, offload_model=offload)
-    videos = [pipe.generate("a red boat on a river", **request(task)) for _ in range(2)]
+    videos = [pipe.generate("a red boat on a river", **request(task, solver)) for _ in range(2)]
     report = pipe.last_report
     on_cpu = all(p.device.type == "cpu" for dit in pipe.dits.values() for p in dit.parameters())
     return {
         "task": task,
         "offload": offload,
+        "solver": solver,
         "shape": "x".join(map(str, videos[0].shape)),
         "finite": bool(torch.isfinite(videos[0]).all()),
         "same_seed_same_video": bool(torch.equal(videos[0], videos[1])),
@@ -61,13 +63,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for task in TASKS:
             root = write_task_checkpoint(task, Path(tmp) / task)
-            for offload in (False, True):
+            for offload, solver in ((False, "unipc"), (True, "unipc"), (False, "euler"), (False, "dpm++")):
                 try:
-                    rows.append(run(task, root, offload, device))
+                    rows.append(run(task, root, offload, solver, device))
                 except Exception as error:  # one failing case must not cost the others' results
                     traceback.print_exc()
                     failure = f"{type(error).__name__}: {error}"
-                    rows.append({"task": task, "offload": offload, "error": failure})
+                    rows.append({"task": task, "offload": offload, "solver": solver, "error": failure})
                 print(rows[-1], flush=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     print_table(rows, columns)
