@@ -52,6 +52,9 @@ DEFAULT_TASK = "ti2v-5B"
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_DTYPE = "bfloat16"
 DEFAULT_SOLVER = "unipc"
+# The command-line flags of Pipeline.generate's sampling arguments.
+_SAMPLING_FLAGS = {"sample_solver": "sample_solver", "sampling_steps": "sample_steps",
+                   "shift": "sample_shift", "guide_scale": "sample_guide_scale"}
 
 _BEACH_CAT = (
     "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The "
@@ -391,8 +394,9 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
     other calls (a batch's lines)."""
     inputs = inputs or DecodedInputs()
     if args.lora_dir is not None:  # the Lightning release's sampling, but for what is given
+        release = {flag: LIGHTNING_SAMPLING[name] for name, flag in _SAMPLING_FLAGS.items()}
         args = argparse.Namespace(**{**vars(args), **{
-            flag: value for flag, value in LIGHTNING_SAMPLING.items() if getattr(args, flag) is None}})
+            flag: value for flag, value in release.items() if getattr(args, flag) is None}})
     solver = DEFAULT_SOLVER if args.sample_solver is None else args.sample_solver
     problems: list[str] = []
     spec = TASKS.get(args.task)

@@ -12,6 +12,7 @@ from tests.pipelines.images import gradient_image
 from tests.pipelines.official_pipelines import official_i2v, official_ti2v
 from tests.solvers.lightning_euler import LightningEuler
 from tests.tolerances import rel_l2
+from wan_runtime.lora.lightning_folder import LIGHTNING_SAMPLING
 from wan_runtime.solvers import make_solver
 from wan_runtime.tasks import TASKS
 
@@ -160,3 +161,10 @@ def test_euler_matches_the_lightning_loop(i2v_pipeline, official_i2v_pipe, ti2v_
                               **kwargs),
         lambda: official.generate(PROMPT, img=image, **official_args),
     )
+
+
+def test_the_lightning_settings_are_generate_arguments(ti2v_pipeline):
+    ti2v_pipeline.generate(PROMPT, size="64*64", frame_num=1, seed=3, progress=False, **LIGHTNING_SAMPLING)
+    report = ti2v_pipeline.last_report
+    assert (report.sample_solver, report.sampling_steps, report.shift, report.guide_scale) == (
+        "euler", 4, 5.0, 1.0)

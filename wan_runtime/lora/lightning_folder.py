@@ -20,9 +20,9 @@ from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE
 LIGHTNING_ALPHA = 8.0
 
 # The sampling the release runs its LoRAs with (its configs and generate.py's defaults), for
-# i2v-A14B and ti2v-5B alike, by the command line's flag.
+# i2v-A14B and ti2v-5B alike, as ``Pipeline.generate``'s arguments.
 LIGHTNING_SAMPLING: dict[str, object] = {
-    "sample_solver": "euler", "sample_steps": 4, "sample_shift": 5.0, "sample_guide_scale": 1.0,
+    "sample_solver": "euler", "sampling_steps": 4, "shift": 5.0, "guide_scale": 1.0,
 }
 # The files of a folder by the expert each changes (None: the one DiT).
 LIGHTNING_FILES: dict[str, dict[str | None, str]] = {
