@@ -62,11 +62,9 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
             except InvalidArguments as err:
                 problems[number], own[number] = err.problems, err.own
     _warn_by_line(raised, len(lines))
-    if problems or command_line:
-        raise InvalidArguments(command_line + _by_line(problems, len(lines)), _by_line(own, len(lines)))
-    problems_of_names = _shared_save_files(jobs)
-    if problems_of_names:
-        raise InvalidArguments(problems_of_names)
+    told = command_line + _by_line(problems, len(lines)) + _shared_save_files(jobs)
+    if told:
+        raise InvalidArguments(told, _by_line(own, len(lines)))
     return jobs
 
 
@@ -74,7 +72,7 @@ def _warn_by_line(raised: dict[int, list[warnings.WarningMessage]], line_count: 
     """Each warning the lines raised once, as ``_by_line`` tells problems, in its own category."""
     categories = dict.fromkeys(warning.category for line in raised.values() for warning in line)
     for category in categories:
-        told = {number: list(dict.fromkeys(str(w.message) for w in line if w.category is category))
+        told = {number: [str(w.message) for w in line if w.category is category]
                 for number, line in raised.items()}
         for message in _by_line(told, line_count):
             warnings.warn(message, category, stacklevel=3)
@@ -160,7 +158,7 @@ def _by_line(problems: dict[int, list[str]], line_count: int) -> list[str]:
     the numbers of its lines."""
     lines_of: dict[str, list[int]] = {}
     for number, line_problems in problems.items():
-        for problem in line_problems:
+        for problem in dict.fromkeys(line_problems):
             lines_of.setdefault(problem, []).append(number)
     return [problem if len(numbers) == line_count > 1 else f"--batch {line_numbers(numbers)}: {problem}"
             for problem, numbers in lines_of.items()]

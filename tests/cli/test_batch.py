@@ -100,10 +100,12 @@ def test_every_problem_of_every_line_at_once(tmp_path, image):
 
 def test_two_lines_writing_one_file_are_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = _batch(tmp_path, {"save_file": "a.mp4"}, {"save_file": "./a.mp4"}, {"save_file": "b.mp4"}, {})
-    assert _problems(*FAST, "--batch", str(path)) == [
+    path = _batch(tmp_path, {"save_file": "a.mp4"}, {"save_file": "./a.mp4"}, {"save_file": "b.mp4"},
+                  {"frame_num": 4})
+    assert _problems(*FAST, "--batch", str(path)) == [  # listed with the lines' other problems
+        "--batch line 4: --frame_num must be 4n+1 (1, 5, 9, ..., 121), got 4",
         f"--batch lines 1, 2 all write {tmp_path / 'a.mp4'}; give each line its own save_file (or leave it "
-        "out for the default name)"
+        "out for the default name)",
     ]
     assert _problems(*FAST, "--save_file", "all.mp4", "--batch", str(_batch(tmp_path, {}, {}))) == [
         "--save_file names one video, and --batch makes several: give each line its own save_file (a line "
