@@ -192,8 +192,7 @@ def _differences() -> str:
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
         "--debug, --dry_run, --batch, --skip_existing, --demo, --negative_prompt, --stream_blocks, the LoRA "
-        "flags and the "
-        "step cache flags."
+        "flags and the step cache flags."
     )
 
 
@@ -201,9 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser: the official ``generate.py``'s flags and defaults but for the differences its
     epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
     ``--compile``, ``--debug``, ``--dry_run``, ``--batch``, ``--skip_existing``, ``--demo``,
-    ``--negative_prompt``,
-    ``--stream_blocks``, ``--lora*`` and the step cache
-    flags ``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
+    ``--negative_prompt``, ``--stream_blocks``, ``--lora*`` and the step cache flags
+    ``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are listed
     together."""
     d = demo.DEMO_SETTINGS
@@ -249,9 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "reference image), optional for ti2v-5B")
     p.add_argument("--sample_solver", default=None,
                    help=f"{', '.join(SOLVERS[:-1])} or {SOLVERS[-1]} (default {DEFAULT_SOLVER}; euler with "
-                        "--lora_dir); euler is the sampler "
-                        "the Wan2.2-Lightning LoRAs were distilled with (use it with their 4 steps, "
-                        "--sample_shift 5 and --sample_guide_scale 1)")
+                        "--lora_dir); euler is the sampler the Wan2.2-Lightning LoRAs were distilled with "
+                        "(use it with their 4 steps, --sample_shift 5 and --sample_guide_scale 1)")
     p.add_argument("--sample_steps", type=int, default=None,
                    help=f"sampling steps (default: the task's; --demo: {d.sampling_steps})")
     p.add_argument("--sample_shift", type=float, default=None, help="flow shift (default: the task's)")
@@ -550,8 +547,7 @@ def _lora_problems(problems: list[str], args: argparse.Namespace, spec: TaskSpec
     if args.lora_dir is not None and spec is not None:
         folder, strength = _split_lora(args.lora_dir)
         if strength is None:
-            problems.append(f"--lora_dir {args.lora_dir!r}: the strength after '=' must be a finite number "
-                            f"(e.g. --lora_dir {folder}=0.8)")
+            problems.append(_strength_problem("--lora_dir", args.lora_dir, folder))
         else:
             loras += _check(problems, lambda: folder_loras(folder, spec.name, strength)) or []
     for flag, (values, expert) in flags.items():
@@ -561,8 +557,7 @@ def _lora_problems(problems: list[str], args: argparse.Namespace, spec: TaskSpec
                 continue
             path, strength = _split_lora(value)
             if strength is None:
-                problems.append(f"{flag} {value!r}: the strength after '=' must be a finite number "
-                                f"(e.g. {flag} {path}=0.8)")
+                problems.append(_strength_problem(flag, value, path))
                 continue
             lora = Lora(path, strength, expert)
             try:
@@ -573,6 +568,10 @@ def _lora_problems(problems: list[str], args: argparse.Namespace, spec: TaskSpec
                 continue
             loras.append(lora)
     return tuple(loras)
+
+
+def _strength_problem(flag: str, value: str, path: str) -> str:
+    return f"{flag} {value!r}: the strength after '=' must be a finite number (e.g. {flag} {path}=0.8)"
 
 
 def _split_lora(value: str) -> tuple[str, float | None]:
