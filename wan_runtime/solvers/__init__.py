@@ -59,9 +59,9 @@ def make_solver(name: str, sampling_steps: int, shift: float, device: Device = N
     """A fresh solver for one sampling run of ``sampling_steps`` steps.
 
     ``name`` is ``"unipc"``, ``"dpm++"`` or ``"euler"``; ``shift`` (> 0) warps the schedule toward
-    high noise, as the pipelines' ``shift`` argument does; ``device`` is where ``timesteps`` live. Raises
-    ``InputError`` for an unknown name, a non-positive or non-integer step count, or a shift that is
-    not a positive finite number.
+    high noise, as the pipelines' ``shift`` argument does; ``device`` is where ``timesteps`` live.
+    Raises ``InputError`` for an unknown name, a non-positive or non-integer step count, or a shift
+    that is not a positive finite number.
     """
     _check_arguments(name, sampling_steps, shift)
     solver_class, schedule = _SOLVERS[name]

@@ -2,9 +2,8 @@
 
 A first-order step along the predicted flow: ``x_next = x + (sigma_next - sigma) * v``, computed in
 float32 (at least: float64 for a float64 prediction) whatever the sample's and the prediction's
-dtypes, on the float32 schedule of ``euler_schedule``. It is not one
-of the official Wan2.2 solvers; the Lightning release pairs it with 4 steps, shift 5 and guide
-scale 1.
+dtypes, on the float32 schedule of ``euler_schedule``. It is not one of the official Wan2.2
+solvers; the Lightning release pairs it with 4 steps, shift 5 and guide scale 1.
 """
 
 from __future__ import annotations
