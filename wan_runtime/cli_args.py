@@ -147,7 +147,8 @@ class GenerateConfig:
 
 class DecodedInputs:
     """Input files decoded once for all the videos of a command line (the lines of a batch share
-    its ``--image`` or ``--audio``), by kind and resolved path; failures are not kept."""
+    its ``--image``, ``--audio`` or ``--lora_dir``), by kind and resolved path; failures are not
+    kept."""
 
     def __init__(self) -> None:
         self._decoded: dict[tuple[str, Path], object] = {}
@@ -478,7 +479,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
     if args.stream_blocks > 0 and device == "cpu":
         warnings.warn("--stream_blocks changes nothing on the CPU, where every block already is in CPU "
                       "memory", stacklevel=2)
-    loras = _lora_problems(problems, args, spec)
+    loras = _lora_problems(problems, args, spec, inputs)
     try:
         wan_kernels.get_backend()
     except ValueError as err:  # a bad WAN_KERNELS_BACKEND
@@ -539,8 +540,11 @@ def _warn_unused_negative_prompt(guide_scale: float | tuple[float, float]) -> No
                       "prompt alone)", stacklevel=3)
 
 
-def _lora_problems(problems: list[str], args: argparse.Namespace, spec: TaskSpec | None) -> tuple[Lora, ...]:
-    """The LoRAs the flags ask for, each checked as ``load_pipeline`` will before reading it."""
+def _lora_problems(
+    problems: list[str], args: argparse.Namespace, spec: TaskSpec | None, inputs: DecodedInputs
+) -> tuple[Lora, ...]:
+    """The LoRAs the flags ask for, each checked as ``load_pipeline`` will before reading it (a
+    Lightning folder's alphas read once for all the lines of a batch)."""
     flags = {"--lora": (args.lora, None), "--lora_high_noise": (args.lora_high_noise, HIGH_NOISE),
              "--lora_low_noise": (args.lora_low_noise, LOW_NOISE)}
     loras = []
@@ -549,7 +553,9 @@ def _lora_problems(problems: list[str], args: argparse.Namespace, spec: TaskSpec
         if strength is None:
             problems.append(_strength_problem("--lora_dir", args.lora_dir, folder))
         else:
-            loras += _check(problems, lambda: folder_loras(folder, spec.name, strength)) or []
+            loras += _check(problems, lambda: inputs.get(
+                f"lora_dir {spec.name} {strength}", Path(folder),
+                lambda: folder_loras(folder, spec.name, strength))) or []
     for flag, (values, expert) in flags.items():
         for value in values:
             if expert is not None and spec is not None and len(spec.dit_names) == 1:

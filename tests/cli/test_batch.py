@@ -349,3 +349,14 @@ def test_a_dry_run_skipping_every_video_still_checks_the_models(in_folder, monke
         "dry run: every argument and file is in order (nothing was loaded or generated)",
         "nothing to make: every video's file exists (--skip_existing)",
     ]
+
+
+def test_a_lightning_folder_is_read_once_for_the_batch(tmp_path, monkeypatch):
+    from wan_runtime.lora import lightning_folder
+
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    read = []
+    monkeypatch.setattr(lightning_folder, "_release_factor", lambda path: read.append(path) or 1.0)
+    jobs = _jobs(*FAST, "--lora_dir", str(tmp_path), "--batch",
+                 str(_batch(tmp_path, *[{"base_seed": i} for i in range(4)])))
+    assert len(read) == 1 and all(job.loras == jobs[0].loras for job in jobs)
