@@ -66,3 +66,12 @@ def check_stream_blocks(stream_blocks: object, dit_fsdp: bool, flag: str = "") -
     if stream_blocks and dit_fsdp:
         raise InputError(f"{flag}stream_blocks keeps blocks in CPU memory and {flag}dit_fsdp shards them "
                          "over the GPUs: choose one")
+
+
+def check_dit_fp8(dit_fp8: bool, dit_fsdp: bool, flag: str = "") -> None:
+    """Float8 DiT weights are not sharded: FSDP gathers and shards weights in the compute dtype
+    (``flag`` prefixes the names: ``"--"``)."""
+    if dit_fp8 and dit_fsdp:
+        raise InputError(f"{flag}dit_fp8 keeps whole DiTs in float8 on each GPU and {flag}dit_fsdp shards "
+                         f"them in the compute dtype: choose one (on 2 GPUs or more {flag}dit_fsdp leaves "
+                         "each GPU less, and exact)")

@@ -179,7 +179,7 @@ def _load_arguments(config: GenerateConfig) -> dict[str, object]:
         "offload_model": config.offload_model, "t5_cpu": config.t5_cpu,
         "convert_model_dtype": config.convert_model_dtype, "compile": config.compile,
         "ulysses_size": config.ulysses_size, "dit_fsdp": config.dit_fsdp, "t5_fsdp": config.t5_fsdp,
-        "loras": config.loras, "stream_blocks": config.stream_blocks,
+        "loras": config.loras, "stream_blocks": config.stream_blocks, "dit_fp8": config.dit_fp8,
     }
 
 
@@ -355,6 +355,7 @@ def _settings(config: GenerateConfig, run: dict[str, object]) -> dict[str, objec
         "dtype": str(config.dtype).removeprefix("torch."),
         "compile": config.compile,
         "stream_blocks": config.stream_blocks,
+        "dit_fp8": config.dit_fp8,
         "cache": config.cache.describe(),
         "loras": [_describe_lora(lora) for lora in config.loras],
         "demo": config.demo,
@@ -402,6 +403,8 @@ def _memory_remedy(args: argparse.Namespace) -> str:
     if not args.dit_fsdp:
         more = "more " if args.stream_blocks > 0 else ""
         steps.append(f"{more}--stream_blocks (DiT blocks wait in CPU memory until they run)")
+    if not (args.dit_fsdp or args.dit_fp8):
+        steps.append("--dit_fp8 (DiT weights in 8-bit floats: half the memory, not the official video)")
     frames = "--infer_frames" if args.task == "s2v-14B" else "--frame_num"
     steps.append(f"a smaller --size or {frames}")
     return "to fit, try " + ", ".join(steps)

@@ -193,6 +193,14 @@ def test_bad_input_gives_one_line_and_exit_2(name, roots, capsys):
     assert all(word in line for word in words), line
 
 
+def test_fp8_beside_fsdp_is_refused(roots, capsys):
+    """Among the problems of a one-process --dit_fsdp run."""
+    lines = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--dit_fp8", "--dit_fsdp",
+                             "--offload_model", "False"])
+    assert any("--dit_fp8 keeps whole DiTs in float8 on each GPU and --dit_fsdp shards them" in line
+               for line in lines), lines
+
+
 @pytest.mark.parametrize("content", [b"not an image at all", None], ids=["garbage", "truncated"])
 def test_unreadable_image(content, image, roots, capsys):
     data = image.read_bytes()
@@ -286,11 +294,12 @@ OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capaci
 
 
 @pytest.mark.parametrize(("flags", "advised", "not_advised"), [
-    ([], ["--t5_cpu", ", --stream_blocks (DiT blocks wait", "a smaller --size or --frame_num"],
-     ["--offload_model"]),
+    ([], ["--t5_cpu", ", --stream_blocks (DiT blocks wait", "--dit_fp8 (DiT weights in 8-bit floats",
+          "a smaller --size or --frame_num"], ["--offload_model"]),
     (["--offload_model", "False", "--t5_cpu"], ["--offload_model True", "a smaller --size"], ["--t5_cpu"]),
     (["--stream_blocks", "4"], ["more --stream_blocks"], ["--offload_model"]),
-], ids=["defaults", "no-offload", "streaming"])
+    (["--dit_fp8"], ["--stream_blocks", "a smaller --size"], ["--dit_fp8"]),
+], ids=["defaults", "no-offload", "streaming", "fp8"])
 def test_out_of_memory_is_one_line_naming_what_frees_memory(roots, monkeypatch, capsys, flags, advised,
                                                             not_advised):
     def load_pipeline(*args, **kwargs):

@@ -146,15 +146,16 @@ def test_i2v_demo_as_the_lightning_release_runs(cache_env, tmp_path, monkeypatch
 
 
 def test_compiled_demo_writes_the_video(cache_env, tmp_path):
-    """Compiled blocks, one of them streamed (which on the CPU says it changes nothing)."""
+    """Compiled blocks, one of them streamed (which on the CPU says it changes nothing), with
+    float8 weights."""
     target = tmp_path / "compiled.mp4"
-    result = _generate(*FAST, "--compile", "--stream_blocks", "1", "--save_file", str(target), cwd=tmp_path,
-                       env=cache_env)
+    result = _generate(*FAST, "--compile", "--stream_blocks", "1", "--dit_fp8", "--save_file", str(target),
+                       cwd=tmp_path, env=cache_env)
     assert result.returncode == 0, result.stderr
     frames, _ = read_video(target)
     assert frames.shape == (5, 96, 128, 3)
     assert read_settings(target)["compile"] is True and "compile: True" in result.stdout
-    assert read_settings(target)["stream_blocks"] == 1
+    assert read_settings(target)["stream_blocks"] == 1 and read_settings(target)["dit_fp8"] is True
     assert "--stream_blocks changes nothing on the CPU" in result.stderr
     assert "the first sampling step also compiles the DiT blocks" in result.stdout
 

@@ -26,6 +26,7 @@ from wan_runtime.lora import LoraFile, WeightUpdates
 from wan_runtime.models.block_streaming import BlockStreaming
 from wan_runtime.models.dit_blocks import AffineLayerNorm, DiTBlock, Head, RMSNorm, linear_float32
 from wan_runtime.models.dit_config import DiTConfig, config_from_checkpoint, read_config_json
+from wan_runtime.models.fp8_weights import store_linears_in_fp8
 from wan_runtime.models.rope import rope_tables
 from wan_runtime.models.safetensors_checkpoint import (
     TensorEntry,
@@ -103,6 +104,7 @@ class WanModel(nn.Module):
         loras: Sequence[tuple[LoraFile, float]] = (),
         label: str = "",
         merge_device: torch.device | str | None = None,
+        fp8: bool = False,
     ) -> WanModel:
         """Load an official DiT folder (``config.json`` + single or sharded safetensors).
 
@@ -114,11 +116,16 @@ class WanModel(nn.Module):
         ``loras``: ``(LoRA file, strength)`` pairs merged into the weights as they load
         (``wan_runtime.lora``; ``label`` names this DiT in their errors), the products computed
         on ``merge_device`` (default ``device``: a GPU is worth it when the weights load to the
-        CPU, for offloading or FSDP).
+        CPU, for offloading or FSDP). ``fp8``: the linear layers of ``fp8_modules`` store their
+        weights in float8, each quantized on ``merge_device`` once its LoRA changes are in, and compute in
+        ``dtype`` (``wan_runtime.models.fp8_weights``; lossy).
         """
         model, entries = cls._meta_model(Path(path))
         updates = _weight_updates(model, loras, label or str(path))
         model.set_compute_dtype(dtype or torch.float32, keep_float32=not convert_model_dtype)
+        if fp8:
+            for module in model.fp8_modules():
+                store_linears_in_fp8(module)
         load_parameters(model, entries, device or "cpu", updates, merge_device)
         return model.eval().requires_grad_(False)
 
@@ -191,6 +198,11 @@ class WanModel(nn.Module):
         kept += [*self.head.parameters()]
         kept += [block.modulation for block in self.blocks]
         return kept
+
+    def fp8_modules(self) -> list[nn.Module]:
+        """The modules whose linear layers store float8 weights when loaded with ``fp8``: the
+        blocks, which hold almost all the weights and compute in the compute dtype."""
+        return [self.blocks]
 
     def set_compute_dtype(self, dtype: torch.dtype, keep_float32: bool = True) -> WanModel:
         """Cast the weights to ``dtype``, but ``float32_parameters`` when ``keep_float32``."""

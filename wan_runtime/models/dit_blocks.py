@@ -24,6 +24,7 @@ import wan_kernels
 from wan_kernels.reference import layer_norm, rms_norm, rope_interleaved
 from wan_runtime.distributed.ulysses import SequenceShard
 from wan_runtime.models.attention import attention
+from wan_runtime.models.fp8_weights import compute_dtype
 
 
 def per_token(table: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -35,9 +36,9 @@ def per_token(table: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     return table[:, None] if index is None else table[index]
 
 
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` in the layer's dtype, as autocast would cast the input."""
-    return layer(x.to(layer.weight.dtype))
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in the layer's compute dtype, as autocast would cast the input."""
+    return layer(x.to(compute_dtype(layer)))
 
 
 def linear_float32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -150,7 +151,7 @@ class DiTBlock(nn.Module):
         shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (
             per_token(row, time_index) for row in (self.modulation[0] + time).unbind(1)
         )
-        dtype = self.ffn[0].weight.dtype
+        dtype = compute_dtype(self.ffn[0])
         hidden = wan_kernels.layernorm_modulate(x, shift, scale, self.eps, out_dtype=dtype)
         # The first block's input is in the compute dtype; the residual stream is float32 from here.
         x = wan_kernels.gated_residual(x.float(), self.self_attn(hidden, hidden, rope, shard), gate)

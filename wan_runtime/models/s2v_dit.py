@@ -73,6 +73,11 @@ class WanModelS2V(WanModel):
         dit = config_from_checkpoint({**raw, "model_type": "s2v"}, shapes, folder)
         return s2v_config_from_checkpoint(dit, raw, shapes, folder), entries
 
+    def fp8_modules(self) -> list[nn.Module]:
+        """The blocks and the audio injector (2.5 GB of attention and 1.3 GB of AdaLN weights in
+        bfloat16), which computes in the compute dtype too."""
+        return [*super().fp8_modules(), self.audio_injector]
+
     def float32_parameters(self) -> list[nn.Parameter]:
         """The Wan DiT's float32 parameters and the audio encoder's (official float32 autocast)."""
         return super().float32_parameters() + [*self.casual_audio_encoder.parameters()]

@@ -18,6 +18,7 @@ from torch import nn
 
 from wan_runtime.errors import CheckpointError
 from wan_runtime.lora import WeightUpdates
+from wan_runtime.models.fp8_weights import Fp8Linear
 
 SINGLE_FILE = "diffusion_pytorch_model.safetensors"
 INDEX_FILE = "diffusion_pytorch_model.safetensors.index.json"
@@ -112,7 +113,8 @@ def load_parameters(
 ) -> None:
     """Fill a meta-device ``model`` from ``entries``, each parameter in its own dtype; the
     parameters that ``updates`` change get their LoRA changes, computed on ``merge_device``
-    (default ``device``), before that dtype's rounding."""
+    (default ``device``), before that dtype's rounding. An ``Fp8Linear``'s weight is quantized
+    there too (``Fp8Linear.set_weight``)."""
     by_file: dict[Path, list[str]] = {}
     for name, entry in entries.items():
         by_file.setdefault(entry.file, []).append(name)
@@ -121,15 +123,16 @@ def load_parameters(
         try:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
                 for name in names:
-                    target = params[name]
                     value = handle.get_tensor(name)
                     if updates is not None and name in updates:
                         wide = value.to(device=merge_device or device, dtype=torch.float32)
                         value = updates.apply(name, wide)
-                    value = value.to(device=device, dtype=target.dtype)
                     owner, _, leaf = name.rpartition(".")
-                    model.get_submodule(owner)._parameters[leaf] = nn.Parameter(
-                        value, requires_grad=False
-                    )
+                    module = model.get_submodule(owner)
+                    if isinstance(module, Fp8Linear) and leaf == "weight":
+                        module.set_weight(value.to(merge_device or device), device)
+                        continue
+                    value = value.to(device=device, dtype=params[name].dtype)
+                    module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{file} is unreadable or truncated ({err}); {_REDOWNLOAD}") from err

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from wan_runtime.checks import check_stream_blocks
+from wan_runtime.checks import check_dit_fp8, check_stream_blocks
 from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import InputError
@@ -95,11 +95,11 @@ class _Checked(NamedTuple):
 def _checked(arguments: Mapping[str, Any]) -> _Checked:
     """``load_pipeline``'s checks of its ``arguments``, given in its parameters' order."""
     (task, ckpt_dir, device, dtype, offload_model, t5_cpu, convert_model_dtype, compile, ulysses_size,
-     dit_fsdp, t5_fsdp, loras, stream_blocks) = arguments.values()
+     dit_fsdp, t5_fsdp, loras, stream_blocks, dit_fp8) = arguments.values()
     if not isinstance(ckpt_dir, (str, os.PathLike)):
         raise InputError(f"ckpt_dir must be the release folder's path (str or Path), got {ckpt_dir!r}")
     switches = {"offload_model": offload_model, "t5_cpu": t5_cpu, "convert_model_dtype": convert_model_dtype,
-                "compile": compile, "dit_fsdp": dit_fsdp, "t5_fsdp": t5_fsdp}
+                "compile": compile, "dit_fsdp": dit_fsdp, "t5_fsdp": t5_fsdp, "dit_fp8": dit_fp8}
     for name, value in switches.items():
         if not isinstance(value, bool):
             raise InputError(f"{name} must be True or False, got {value!r}")
@@ -108,6 +108,7 @@ def _checked(arguments: Mapping[str, Any]) -> _Checked:
         raise InputError(f"dtype must be torch.bfloat16 (the official) or torch.float32, got {dtype!r}")
     device = _resolve_device(device)
     check_stream_blocks(stream_blocks, dit_fsdp)
+    check_dit_fp8(dit_fp8, dit_fsdp)
     check_parallel(spec, device, ulysses_size, dit_fsdp, t5_fsdp, offload_model, t5_cpu)
     if device.type == "cuda" and (ulysses_size > 1 or dit_fsdp or t5_fsdp):
         # FSDP puts its shards, and collectives their buffers, on the current device.
@@ -148,6 +149,7 @@ def load_pipeline(
     t5_fsdp: bool = False,
     loras: Sequence[Lora] = (),
     stream_blocks: int = 0,
+    dit_fp8: bool = False,
 ) -> Pipeline:
     """Load ``task`` (``"i2v-A14B"``, ``"ti2v-5B"`` or ``"s2v-14B"``) from its official release
     folder ``ckpt_dir``.
@@ -173,6 +175,12 @@ def load_pipeline(
     in CPU memory and are copied to the device just before they run, one at a time
     (``wan_runtime.models.block_streaming``): the device then holds the rest of the DiT and one
     block, for the same numbers. Not with ``dit_fsdp``, which shards the blocks instead.
+
+    ``dit_fp8``: the DiT blocks' linear layers (about 99% of the weights) store their weights in
+    8-bit floats, each row scaled to the format's range, and compute in ``dtype`` from them
+    (``wan_runtime.models.fp8_weights``): about half the memory of bfloat16 DiTs on the device or,
+    with ``offload_model`` or ``stream_blocks``, in CPU memory and on the bus. Lossy: the video
+    differs from the official one. Not with ``dit_fsdp``.
 
     Several processes (``torchrun``, with ``torch.distributed`` initialised and ``device`` each
     process's own GPU) share one generation, which every process then runs with the same
@@ -208,7 +216,7 @@ def load_pipeline(
         dits[name] = guard(dit_class.from_pretrained(
             root / folder, dtype=dtype, device=_CPU if dit_fsdp or stream_blocks else rest,
             convert_model_dtype=convert_model_dtype or dit_fsdp, loras=dit_loras[name], label=labels[name],
-            merge_device=device,
+            merge_device=device, fp8=dit_fp8,
         ))
         if dit_fsdp:
             dits[name].enable_fsdp(device)
