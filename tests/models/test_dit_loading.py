@@ -46,6 +46,16 @@ def expect_error(folder: Path, *fragments: str) -> None:
         assert fragment in str(info.value), str(info.value)
 
 
+def test_compute_dtype_of_a_float32_model_keeps_its_islands_exact(ti2v_dit_dir):
+    """Each weight is cast once: the float32 islands are not rounded through bfloat16 on the way."""
+    model = WanModel.from_pretrained(ti2v_dit_dir)
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    model.set_compute_dtype(torch.bfloat16)
+    kept = {id(p) for p in model.float32_parameters()}
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name] if id(p) in kept else before[name].bfloat16()), name
+
+
 def test_bf16_keeps_official_float32_islands(ti2v_dit_dir):
     model = WanModel.from_pretrained(ti2v_dit_dir, dtype=torch.bfloat16)
     dtypes = {name: p.dtype for name, p in model.named_parameters()}

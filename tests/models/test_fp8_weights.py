@@ -144,6 +144,16 @@ def test_dit_computes_what_rounded_weights_compute(request, tmp_path, fixture, d
     assert 1e-4 < rel_l2(forward(model, kind), lossless) < 0.03
 
 
+def test_a_loaded_model_quantizes_as_loading_does(ti2v_dit_dir):
+    """``store_weights_in_fp8`` on a float32 model, then its compute dtype set: the model that
+    loading with ``fp8`` makes."""
+    for dtype in (torch.float32, torch.bfloat16):
+        model = WanModel.from_pretrained(ti2v_dit_dir).store_weights_in_fp8().set_compute_dtype(dtype)
+        want = WanModel.from_pretrained(ti2v_dit_dir, dtype=dtype, fp8=True)
+        assert model.blocks[0].ffn[2].weight.dtype == FP8
+        assert torch.equal(forward(model, "ti2v"), forward(want, "ti2v"))
+
+
 def test_lora_merges_before_the_rounding(tmp_path, ti2v_dit_dir):
     path = write_official(tmp_path / "lora.safetensors", random_lora(parameter_shapes(ti2v_dit_dir), seed=6))
     loras = [(LoraFile.read(path), 0.8)]

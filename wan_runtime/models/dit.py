@@ -26,7 +26,7 @@ from wan_runtime.lora import LoraFile, WeightUpdates
 from wan_runtime.models.block_streaming import BlockStreaming
 from wan_runtime.models.dit_blocks import AffineLayerNorm, DiTBlock, Head, RMSNorm, linear_float32
 from wan_runtime.models.dit_config import DiTConfig, config_from_checkpoint, read_config_json
-from wan_runtime.models.fp8_weights import store_linears_in_fp8
+from wan_runtime.models.fp8_weights import FP8, Fp8Linear, store_linears_in_fp8
 from wan_runtime.models.rope import rope_tables
 from wan_runtime.models.safetensors_checkpoint import (
     TensorEntry,
@@ -124,8 +124,7 @@ class WanModel(nn.Module):
         updates = _weight_updates(model, loras, label or str(path))
         model.set_compute_dtype(dtype or torch.float32, keep_float32=not convert_model_dtype)
         if fp8:
-            for module in model.fp8_modules():
-                store_linears_in_fp8(module)
+            model.store_weights_in_fp8()
         load_parameters(model, entries, device or "cpu", updates, merge_device)
         return model.eval().requires_grad_(False)
 
@@ -204,12 +203,24 @@ class WanModel(nn.Module):
         blocks, which hold almost all the weights and compute in the compute dtype."""
         return [self.blocks]
 
+    def store_weights_in_fp8(self) -> WanModel:
+        """Store the weights of the linear layers of ``fp8_modules`` in float8, quantized from
+        their values (``wan_runtime.models.fp8_weights``); they compute in the dtype they had."""
+        for module in self.fp8_modules():
+            store_linears_in_fp8(module)
+        return self
+
     def set_compute_dtype(self, dtype: torch.dtype, keep_float32: bool = True) -> WanModel:
-        """Cast the weights to ``dtype``, but ``float32_parameters`` when ``keep_float32``."""
-        self.to(dtype)
-        if keep_float32:
-            for param in self.float32_parameters():
-                param.data = param.data.float()
+        """Cast the weights to ``dtype``, but ``float32_parameters`` when ``keep_float32``; float8
+        weights stay float8 and compute in ``dtype``. Each weight is cast once from its value,
+        so a float32 model keeps its float32 islands exact."""
+        kept = {id(param) for param in self.float32_parameters()} if keep_float32 else set()
+        for module in self.modules():
+            if isinstance(module, Fp8Linear):
+                module.compute_dtype = dtype
+        for param in self.parameters():
+            if param.dtype != FP8:
+                param.data = param.data.to(torch.float32 if id(param) in kept else dtype)
         return self
 
     def forward(

@@ -64,13 +64,18 @@ def compute_dtype(layer: nn.Module) -> torch.dtype:
 
 
 def store_linears_in_fp8(module: nn.Module) -> int:
-    """Replace every ``nn.Linear`` inside ``module`` by an ``Fp8Linear`` computing in the dtype of
-    the layer it replaces, on the same device (the meta device before loading); returns how many."""
+    """Replace every ``nn.Linear`` inside ``module`` by an ``Fp8Linear`` on the same device,
+    computing in the replaced layer's dtype, with its weight quantized and its bias (on the meta
+    device, before loading, both are left to fill); returns how many."""
     linears = [(name, layer) for name, layer in module.named_modules() if isinstance(layer, nn.Linear)]
     for name, layer in linears:
         owner, _, leaf = name.rpartition(".")
-        with torch.device(layer.weight.device):
+        device = layer.weight.device
+        with torch.device(device):
             replacement = Fp8Linear(layer.in_features, layer.out_features, layer.bias is not None,
                                     layer.weight.dtype)
+        if device.type != "meta":
+            replacement.set_weight(layer.weight.detach(), device)
+            replacement.bias = layer.bias
         setattr(module.get_submodule(owner), leaf, replacement)
     return len(linears)
