@@ -19,6 +19,8 @@
 #   6. gpu_pipelines: the pipelines end to end on CUDA
 #   7. bench_streaming --gpu: streamed DiT blocks against resident ones at the A14B width (time
 #      and peak memory)
+#   8. bench_fp8 --gpu --compile: float8 DiT weights against bfloat16 ones at real widths (time,
+#      eager and compiled, memory and error)
 # Run from the repository root on the device machine with the wheels listed in benchmarks/README.md
 # in .whl/. Everything goes to $OUT: one session.log and each benchmark's JSON (the device tool
 # brings back at most 8 files). Step names given as arguments run only those steps (in the order
@@ -30,7 +32,7 @@ budget=${BUDGET_S:-540}
 mkdir -p "$out"
 log="$out/session.log"
 start=$SECONDS
-steps=" cuda_build kernel_tests bench_cache bench_kernels bench_dit gpu_pipelines bench_streaming "
+steps=" cuda_build kernel_tests bench_cache bench_kernels bench_dit gpu_pipelines bench_streaming bench_fp8 "
 for name in "$@"; do
   if [[ "$steps" != *" $name "* ]]; then
     echo "unknown step '$name'; the steps are:$steps" >&2
@@ -112,4 +114,5 @@ step kernel_tests 200 40 "${kernel_tests[@]}" -k "not (cuda or native)"
 step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --compile --out-dir "$out"
 step gpu_pipelines 90 30 python3 -m benchmarks.gpu_pipelines --out-dir "$out"
 step bench_streaming 60 30 python3 -m benchmarks.bench_streaming --gpu --out-dir "$out"
+step bench_fp8 120 45 python3 -m benchmarks.bench_fp8 --gpu --compile --out-dir "$out"
 echo "session done in $((SECONDS - start)) s of ${budget}" | tee -a "$log"
