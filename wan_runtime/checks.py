@@ -72,6 +72,5 @@ def check_dit_fp8(dit_fp8: bool, dit_fsdp: bool, flag: str = "") -> None:
     """Float8 DiT weights are not sharded: FSDP gathers and shards weights in the compute dtype
     (``flag`` prefixes the names: ``"--"``)."""
     if dit_fp8 and dit_fsdp:
-        raise InputError(f"{flag}dit_fp8 keeps whole DiTs in float8 on each GPU and {flag}dit_fsdp shards "
-                         f"them in the compute dtype: choose one (on 2 GPUs or more {flag}dit_fsdp leaves "
-                         "each GPU less, and exact)")
+        raise InputError(f"{flag}dit_fp8 and {flag}dit_fsdp do not combine: FSDP shards the DiT weights in "
+                         "the compute dtype; choose one")

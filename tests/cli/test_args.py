@@ -197,7 +197,7 @@ def test_fp8_beside_fsdp_is_refused(roots, capsys):
     """Among the problems of a one-process --dit_fsdp run."""
     lines = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--dit_fp8", "--dit_fsdp",
                              "--offload_model", "False"])
-    assert any("--dit_fp8 keeps whole DiTs in float8 on each GPU and --dit_fsdp shards them" in line
+    assert any("--dit_fp8 and --dit_fsdp do not combine: FSDP shards the DiT weights" in line
                for line in lines), lines
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,10 @@ from benchmarks.bench_dit import A14B, TI2V_5B
 from tests.lora.lora_writers import parameter_shapes, random_lora, write_official
 from tests.models.test_dit_parity import batch_contexts, make_inputs
 from tests.pipelines.images import gradient_image
-from tests.tolerances import COMPILED_VS_EAGER_FP32, rel_l2
+from tests.tolerances import rel_l2
 from wan_runtime.errors import InputError
 from wan_runtime.lora import LoraFile
 from wan_runtime.models import WanModel
-from wan_runtime.models.compilation import compile_blocks
 from wan_runtime.models.fp8_weights import (
     FP8,
     Fp8Linear,
@@ -32,6 +32,7 @@ from wan_runtime.models.fp8_weights import (
 from wan_runtime.models.s2v_config import S2VConfig
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.pipelines import check_pipeline, load_pipeline
+from wan_runtime.tiny_checkpoints import TINY_TI2V, random_dit
 
 # The weights of the linear layers stored in float8, in the official names: the blocks' and the
 # S2V audio injector's.
@@ -70,13 +71,34 @@ def test_float8_values_survive_exactly():
     assert torch.equal(rounded(weight), weight)
 
 
-def test_an_all_zero_row_stays_zero():
-    weight = torch.zeros(3, 5)
-    weight[1] = torch.arange(5.0)
+def test_zero_and_vanishing_rows_stay_finite():
+    """A zero row, and a row so small that its largest entry over 448 underflows (scale 1 there:
+    its entries round to zero, as bfloat16 would keep them no better), beside an ordinary one."""
+    weight = torch.tensor([[0.0, 0.0, 0.0], [1e-44, 0.0, -5e-45], [0.0, 1.0, 4.0]])
     values, scale = quantize_rows(weight)
-    assert scale[0].item() == 1 and scale[2].item() == 1
-    assert torch.equal(dequantize_rows(values, scale, torch.float32), rounded(weight))
-    assert not rounded(weight)[[0, 2]].any()
+    assert scale.flatten().tolist() == [1.0, 1.0, torch.tensor(4.0 / 448).item()]
+    assert torch.equal(rounded(weight), torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 4.0]]))
+
+
+def test_converting_a_layer_keeps_its_float8_weight():
+    """``.to(dtype)``, ``.half()``: the bias and the compute dtype follow, the stored weight and
+    scales do not (float8 is a floating dtype to torch); the state dict holds the scales."""
+    g = torch.Generator().manual_seed(5)
+    layer = Fp8Linear(16, 8, True, torch.float32)
+    layer.set_weight(torch.randn(8, 16, generator=g), "cpu")
+    layer.bias = torch.nn.Parameter(torch.randn(8, generator=g), requires_grad=False)
+    values, scale, x = layer.weight.clone(), layer.weight_scale.clone(), torch.randn(2, 16, generator=g)
+    for dtype, convert in ((torch.bfloat16, lambda m: m.to(torch.bfloat16)), (torch.float16, Fp8Linear.half),
+                           (torch.float32, Fp8Linear.float)):
+        convert(layer)
+        assert (layer.compute_dtype, layer.bias.dtype, layer.weight.dtype) == (dtype, dtype, FP8)
+        assert torch.equal(layer.weight.view(torch.uint8), values.view(torch.uint8))
+        assert torch.equal(layer.weight_scale, scale)
+        want = F.linear(x.to(dtype), dequantize_rows(values, scale, dtype), layer.bias)
+        assert torch.equal(layer(x), want)
+    copy = Fp8Linear(16, 8, True, torch.float32)
+    copy.load_state_dict(layer.state_dict())
+    assert torch.equal(copy(x), layer(x))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -165,13 +187,6 @@ def test_lora_merges_before_the_rounding(tmp_path, ti2v_dit_dir):
     assert torch.equal(forward(model, "ti2v"), forward(want, "ti2v"))
 
 
-def test_compiled_blocks_compute_the_eager_float8_forward(ti2v_dit_dir):
-    model = WanModel.from_pretrained(ti2v_dit_dir, fp8=True)
-    eager = forward(model, "ti2v")
-    compile_blocks(model)
-    assert rel_l2(forward(model, "ti2v"), eager) < COMPILED_VS_EAGER_FP32
-
-
 VIDEO = {"size": "64*64", "frame_num": 5, "sampling_steps": 2, "seed": 3}
 RUNS = {
     "ti2v-5B": VIDEO,
@@ -182,15 +197,16 @@ RUNS = {
 }
 
 
-@pytest.mark.parametrize("task", list(RUNS))
-def test_pipelines_make_the_video_of_rounded_weights(request, tmp_path, task):
+@pytest.mark.parametrize(("task", "dtype"), [(task, torch.float32) for task in RUNS]
+                         + [("ti2v-5B", torch.bfloat16)])
+def test_pipelines_make_the_video_of_rounded_weights(request, tmp_path, task, dtype):
     """Every DiT of the task (both i2v-A14B experts; the S2V DiT with its audio injector),
     resident, and offloaded with streamed blocks."""
     root = request.getfixturevalue(f"{task.split('-')[0]}_root")
     want = load_pipeline(task, rounded_copy(root, tmp_path / "rounded"), device="cpu",
-                         dtype=torch.float32).generate("a cat", progress=False, **RUNS[task])
+                         dtype=dtype).generate("a cat", progress=False, **RUNS[task])
     for options in ({}, {"offload_model": True, "stream_blocks": 2}):
-        pipeline = load_pipeline(task, root, device="cpu", dtype=torch.float32, dit_fp8=True, **options)
+        pipeline = load_pipeline(task, root, device="cpu", dtype=dtype, dit_fp8=True, **options)
         for dit in pipeline.dits.values():
             assert all(isinstance(block.ffn[0], Fp8Linear) for block in dit.blocks)
         assert torch.equal(pipeline.generate("a cat", progress=False, **RUNS[task]), want)
@@ -198,10 +214,55 @@ def test_pipelines_make_the_video_of_rounded_weights(request, tmp_path, task):
 
 @pytest.mark.parametrize(("options", "fragment"), [
     ({"dit_fp8": 1}, "dit_fp8 must be True or False"),
-    ({"dit_fp8": True, "dit_fsdp": True}, "dit_fp8 keeps whole DiTs in float8 on each GPU and dit_fsdp"),
+    ({"dit_fp8": True, "dit_fsdp": True}, "dit_fp8 and dit_fsdp do not combine"),
 ])
 def test_bad_dit_fp8_is_refused_before_loading(ti2v_root, options, fragment):
     with pytest.raises(InputError, match=fragment):
         check_pipeline("ti2v-5B", ti2v_root, device="cpu", **options)
     with pytest.raises(InputError, match=fragment):
         load_pipeline("ti2v-5B", ti2v_root, device="cpu", **options)
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+@CUDA
+def test_cuda_quantizes_as_the_cpu_does():
+    """Loading quantizes on the GPU (the merge device) what offloading then keeps on the CPU."""
+    g = torch.Generator().manual_seed(7)
+    weight = torch.randn(300, 200, generator=g) * torch.logspace(-30, 3, 300)[:, None]
+    values, scale = quantize_rows(weight)
+    on_gpu = quantize_rows(weight.cuda())
+    assert torch.equal(on_gpu[0].cpu().view(torch.uint8), values.view(torch.uint8))
+    assert torch.equal(on_gpu[1].cpu(), scale)
+
+
+@CUDA
+@pytest.mark.parametrize("options", [{}, {"offload_model": True, "stream_blocks": 2}],
+                         ids=["resident", "offloaded-streamed"])
+def test_cuda_pipeline_makes_the_video_of_rounded_weights(tmp_path, ti2v_root, options):
+    run = {**VIDEO, "progress": False}
+    want = load_pipeline("ti2v-5B", rounded_copy(ti2v_root, tmp_path / "rounded"), device="cuda",
+                         dtype=torch.bfloat16).generate("a cat", **run)
+    pipeline = load_pipeline("ti2v-5B", ti2v_root, device="cuda", dtype=torch.bfloat16, dit_fp8=True,
+                             **options)
+    assert torch.equal(pipeline.generate("a cat", **run), want)
+    [dit] = pipeline.dits.values()
+    place = "cpu" if options else "cuda"
+    assert {t.device.type for t in [*dit.parameters(), *dit.buffers()]} == {place}
+
+
+@CUDA
+def test_cuda_holds_about_half_the_bytes():
+    config = replace(TINY_TI2V, num_layers=4, dim=1024, ffn_dim=4096, num_heads=8)
+    sizes = {}
+    for name in ("bf16", "fp8"):
+        model = random_dit(config, seed=1)
+        if name == "fp8":
+            model.store_weights_in_fp8()
+        model.set_compute_dtype(torch.bfloat16)
+        before = torch.cuda.memory_allocated()
+        model.cuda()
+        sizes[name] = torch.cuda.memory_allocated() - before
+        del model
+    assert sizes["fp8"] < 0.56 * sizes["bf16"]

@@ -17,7 +17,7 @@ from tests.pipelines.poison import poison
 from tests.tolerances import COMPILED_VS_EAGER_FP32, rel_l2
 from wan_runtime.cache import CacheConfig
 from wan_runtime.errors import InputError, NumericalError
-from wan_runtime.models.compilation import check_compile_support, compile_blocks
+from wan_runtime.models.compilation import check_compile_support, check_fp8_compile_support, compile_blocks
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.tiny_checkpoints.dit import TINY_TI2V, random_dit
 
@@ -111,6 +111,16 @@ def test_ti2v_compiled_matches_eager_and_the_cache_stays_exact(ti2v_root, ti2v_p
     assert _graphs() - start == 1
 
 
+def test_ti2v_with_float8_weights_compiles_without_graph_breaks(ti2v_root, fresh_dynamo):
+    options = {"device": "cpu", "dtype": torch.float32, "dit_fp8": True}
+    compiled = load_pipeline("ti2v-5B", ti2v_root, compile=True, **options)
+    start = _graphs()
+    video = compiled.generate("a cat", size="64*64", **RUN)
+    eager = load_pipeline("ti2v-5B", ti2v_root, **options).generate("a cat", size="64*64", **RUN)
+    assert rel_l2(video, eager) < COMPILED_VS_EAGER_FP32
+    assert _graphs() - start == 1
+
+
 def test_numerical_failure_of_a_compiled_run_suggests_running_without_compile(ti2v_root, monkeypatch):
     compiled = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32, compile=True)
     [dit] = compiled.dits.values()
@@ -150,6 +160,18 @@ def test_cuda_compile_without_triton_is_refused(monkeypatch):
     monkeypatch.setattr("torch.utils._triton.has_triton", lambda: False)
     with pytest.raises(InputError, match="compile needs Triton for CUDA"):
         check_compile_support(torch.device("cuda"))
+
+
+@pytest.mark.parametrize(("capability", "refused"), [((8, 6), True), ((8, 9), False), ((9, 0), False)])
+def test_cuda_compile_of_float8_weights_needs_capability_8_9(monkeypatch, capability, refused):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    if refused:
+        with pytest.raises(InputError, match="compile with dit_fp8 needs a GPU of compute capability 8.9 or "
+                                             "newer .* on this 8.6 GPU; run without one of them"):
+            check_fp8_compile_support(torch.device("cuda"))
+    else:
+        check_fp8_compile_support(torch.device("cuda"))
+    check_fp8_compile_support(torch.device("cpu"))
 
 
 def test_compile_on_another_device_type_is_refused():

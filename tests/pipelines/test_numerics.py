@@ -61,16 +61,26 @@ def test_nan_from_a_step_of_ti2v_names_the_step_and_the_model(ti2v_pipeline, mon
     assert message.endswith("a guide scale or shift far from the task's defaults can also overflow")
 
 
-@pytest.mark.parametrize(("backend", "cache_on", "dtype", "compiled", "tries"), [
-    ("triton", True, torch.bfloat16, True, "with WAN_KERNELS_BACKEND=torch (no fused kernels), or without "
-                                           "compile, or without the step cache, or in float32; "),
-    ("torch", False, torch.bfloat16, False, "in float32; "),
-    ("torch", False, torch.float32, False, ""),
+@pytest.mark.parametrize(("backend", "cache_on", "dtype", "compiled", "fp8", "tries"), [
+    ("triton", True, torch.bfloat16, True, True, "with WAN_KERNELS_BACKEND=torch (no fused kernels), or "
+     "without compile, or without the step cache, or without dit_fp8 (float8 weights), or in float32; "),
+    ("torch", False, torch.bfloat16, False, False, "in float32; "),
+    ("torch", False, torch.float32, False, True, "without dit_fp8 (float8 weights); "),
+    ("torch", False, torch.float32, False, False, ""),
 ])
-def test_remedy_names_only_what_the_run_did_not_do(backend, cache_on, dtype, compiled, tries):
-    advice = remedy(backend, cache_on, dtype, compiled)
+def test_remedy_names_only_what_the_run_did_not_do(backend, cache_on, dtype, compiled, fp8, tries):
+    advice = remedy(backend, cache_on, dtype, compiled, fp8)
     assert advice == (f"to find the cause, run again {tries}" if tries else "") + (
         "a guide scale or shift far from the task's defaults can also overflow")
+
+
+def test_nan_with_float8_weights_names_them(ti2v_root, monkeypatch):
+    pipeline = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32, dit_fp8=True)
+    [dit] = pipeline.dits.values()
+    poison(dit, monkeypatch, from_call=0)
+    expected = r"\(model 'ti2v', torch.float32 with float8 weights, wan_kernels backend .*without dit_fp8"
+    with pytest.raises(NumericalError, match=expected):
+        pipeline.generate("a boat", **RUN)
 
 
 def test_nan_in_the_low_noise_expert_names_it(i2v_pipeline, monkeypatch):

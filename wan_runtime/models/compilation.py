@@ -23,6 +23,9 @@ from torch import nn
 
 from wan_runtime.errors import InputError
 
+# Triton, in which Inductor writes a GPU's kernels, has float8_e4m3fn from compute capability 8.9
+# (Ada, Hopper) on; below it, compiled blocks cannot read float8 weights.
+FP8_MIN_CAPABILITY = (8, 9)
 # The graphs one process may need: input kinds x dtypes x (static, symbolic) sizes x model widths
 # pass Dynamo's default limit of 8, past which the blocks would silently run eagerly.
 RECOMPILE_LIMIT = 64
@@ -47,6 +50,19 @@ def check_compile_support(device: torch.device) -> None:
     except RuntimeError as err:  # Inductor's InvalidCxxCompiler
         raise InputError(f"compile on the CPU needs a C++ compiler ({err}); install g++ or clang++, "
                          "or run without compile") from err
+
+
+def check_fp8_compile_support(device: torch.device) -> None:
+    """Raise ``InputError`` if compiled blocks cannot read float8 weights on ``device``."""
+    if device.type != "cuda":
+        return
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_MIN_CAPABILITY:
+        raise InputError(
+            "compile with dit_fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper or later): "
+            f"Triton, which compiled blocks run on, has no float8 on this {capability[0]}.{capability[1]} "
+            "GPU; run without one of them"
+        )
 
 
 def compile_blocks(model: nn.Module) -> nn.Module:

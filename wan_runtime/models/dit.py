@@ -89,6 +89,8 @@ class WanModel(nn.Module):
         # Set by ``compilation.compile_blocks``: a numerical failure's advice names compile only
         # for a run that used it.
         self.blocks_compiled = False
+        # Set by ``store_weights_in_fp8``, for the same reason.
+        self.weights_fp8 = False
         # Set by ``enable_sequence_parallel`` and ``enable_block_streaming``.
         self.sequence_parallel: SequenceParallel | None = None
         self.block_streaming: BlockStreaming | None = None
@@ -208,6 +210,7 @@ class WanModel(nn.Module):
         their values (``wan_runtime.models.fp8_weights``); they compute in the dtype they had."""
         for module in self.fp8_modules():
             store_linears_in_fp8(module)
+        self.weights_fp8 = True
         return self
 
     def set_compute_dtype(self, dtype: torch.dtype, keep_float32: bool = True) -> WanModel:

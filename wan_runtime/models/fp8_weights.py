@@ -12,6 +12,8 @@ differ from the official ones by what that rounding does (the official code has 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,12 +24,14 @@ FP8_MAX = torch.finfo(FP8).max
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``weight`` [out, in] -> (float8 values [out, in], float32 scales [out, 1]) with
-    ``values * scales`` the nearest float8 approximation of each row; an all-zero row gets scale 1."""
+    ``values * scales`` the nearest float8 approximation of each row; a row whose largest entry
+    over 448 is 0 in float32 (all zeros, or below about 6e-43) gets scale 1."""
     wide = weight.float()
-    peak = wide.abs().amax(dim=1, keepdim=True)
-    scale = torch.where(peak > 0, peak / FP8_MAX, torch.ones_like(peak))
+    scale = wide.abs().amax(dim=1, keepdim=True) / FP8_MAX
+    # A zero row, or one so small that its scale underflows, would divide 0 by 0.
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     # peak / (peak / 448) can round to just above 448, which float8 has no value for.
-    return (wide / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+    return (wide / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
 def dequantize_rows(values: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -37,14 +41,26 @@ def dequantize_rows(values: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
 
 class Fp8Linear(nn.Module):
     """A linear layer with a float8 ``weight`` and its float32 row scales (``weight_scale``, a
-    buffer: the official checkpoints have no such tensor); it computes in ``compute_dtype``."""
+    buffer: the official checkpoints have no such tensor, so checking a folder's tensors looks
+    at the parameters alone); it computes in ``compute_dtype``. Converting the module to another
+    floating dtype (``.to(torch.bfloat16)``, ``.float()``) converts the bias and the compute
+    dtype and keeps the weight and the scales as they are."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, compute_dtype: torch.dtype) -> None:
         super().__init__()
         self.compute_dtype = compute_dtype
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8), requires_grad=False)
-        self.register_buffer("weight_scale", torch.ones(out_features, 1), persistent=False)
+        self.register_buffer("weight_scale", torch.ones(out_features, 1))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=compute_dtype)) if bias else None
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Fp8Linear:
+        weight, scale = self.weight.data, self.weight_scale
+        super()._apply(fn, recurse)
+        if self.weight.dtype != FP8:  # a dtype conversion: float8 is a floating dtype to torch
+            self.compute_dtype = self.weight.dtype
+            self.weight.data = weight.to(self.weight.device)
+            self.weight_scale = scale.to(self.weight_scale.device)
+        return self
 
     def set_weight(self, weight: torch.Tensor, device: torch.device | str) -> None:
         """Store ``weight`` [out, in] (any floating dtype) on ``device``, quantized where it lies

@@ -273,13 +273,15 @@ class Pipeline:
     def _describe(self, name: str) -> str:
         """The DiT ``name`` as a numerical failure's message names it."""
         backend = wan_kernels.backend_for(self.device)
-        return f"model {self.cache_names[name]!r}, {self._dtype}, wan_kernels backend {backend!r}"
+        weights = " with float8 weights" if self.dits[name].weights_fp8 else ""
+        return f"model {self.cache_names[name]!r}, {self._dtype}{weights}, wan_kernels backend {backend!r}"
 
     def _remedy(self, cache: CacheConfig | None) -> str:
         """What to try after a numerical failure of this pipeline's run with ``cache``."""
         cache_on = cache is not None and cache.enabled
         compiled = any(dit.blocks_compiled for dit in self.dits.values())
-        return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype, compiled)
+        fp8 = any(dit.weights_fp8 for dit in self.dits.values())
+        return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype, compiled, fp8)
 
     def _peak_memory(self) -> int | None:
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None

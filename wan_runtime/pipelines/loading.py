@@ -18,7 +18,7 @@ from wan_runtime.inference_only import guard, inference_only_enabled
 from wan_runtime.lora import Lora, LoraFile, read_loras
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
 from wan_runtime.models.audio_encoder import Wav2Vec2Features
-from wan_runtime.models.compilation import check_compile_support, compile_blocks
+from wan_runtime.models.compilation import check_compile_support, check_fp8_compile_support, compile_blocks
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.models.t5_checkpoint import check_checkpoint_file
 from wan_runtime.models.vae_loading import check_vae_file
@@ -115,6 +115,8 @@ def _checked(arguments: Mapping[str, Any]) -> _Checked:
         torch.cuda.set_device(device)
     if compile:
         check_compile_support(device)
+        if dit_fp8:
+            check_fp8_compile_support(device)
     inference_only_enabled()  # a bad WAN_INFERENCE_ONLY value fails before minutes of loading
     root = Path(ckpt_dir)
     names = spec.dit_names

@@ -10,7 +10,9 @@ import torch
 from wan_runtime.errors import NumericalError
 
 
-def remedy(backend: str, cache_on: bool, dtype: torch.dtype, compiled: bool = False) -> str:
+def remedy(
+    backend: str, cache_on: bool, dtype: torch.dtype, compiled: bool = False, fp8: bool = False
+) -> str:
     """What narrows a numerical failure's cause down, of what the run did not do already."""
     tries = []
     if backend != "torch":
@@ -19,6 +21,8 @@ def remedy(backend: str, cache_on: bool, dtype: torch.dtype, compiled: bool = Fa
         tries.append("without compile")
     if cache_on:
         tries.append("without the step cache")
+    if fp8:
+        tries.append("without dit_fp8 (float8 weights)")
     if dtype != torch.float32:
         tries.append("in float32")
     hint = f"to find the cause, run again {', or '.join(tries)}; " if tries else ""
