@@ -108,6 +108,7 @@ def test_command_line_refuses_an_extreme_image_before_loading(ti2v_root, tmp_pat
         ({"guide_scale": (1.0, 2.0)}, "guide_scale is one number"),
         ({"prompt": 3}, "prompt must be a string"),
         ({"progress": "yes"}, "progress must be True or False"),
+        ({"on_step": "print"}, "on_step must be a function taking a StepEvent, or None, got 'print'"),
     ],
 )
 def test_ti2v_bad_arguments(ti2v_pipeline, untouchable, changes, message):

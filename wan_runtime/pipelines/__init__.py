@@ -10,9 +10,10 @@ from wan_runtime.pipelines.i2v import I2VPipeline
 from wan_runtime.pipelines.loading import check_output_size, check_pipeline, load_pipeline
 from wan_runtime.pipelines.report import RunReport
 from wan_runtime.pipelines.s2v import S2VPipeline
+from wan_runtime.pipelines.step_events import StepEvent
 from wan_runtime.pipelines.ti2v import TI2VPipeline
 
 __all__ = [
-    "I2VPipeline", "Pipeline", "RunReport", "S2VPipeline", "TI2VPipeline", "check_output_size",
+    "I2VPipeline", "Pipeline", "RunReport", "S2VPipeline", "StepEvent", "TI2VPipeline", "check_output_size",
     "check_pipeline", "load_pipeline",
 ]

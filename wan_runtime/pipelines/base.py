@@ -31,6 +31,7 @@ from wan_runtime.pipelines.inputs import (
 from wan_runtime.pipelines.numerics import FiniteWatch, check_video, remedy
 from wan_runtime.pipelines.report import RunReport, StageClock
 from wan_runtime.pipelines.residency import Residency
+from wan_runtime.pipelines.step_events import StepCallback, StepReporter
 from wan_runtime.solvers import FlowSolver, make_solver
 from wan_runtime.tasks import TaskSpec
 
@@ -170,6 +171,7 @@ class Pipeline:
         n_prompt: str = "",
         progress: bool = True,
         cache: CacheConfig | None = None,
+        on_step: StepCallback | None = None,
     ) -> torch.Tensor:
         """Generate a video [3, frame_num, H, W], float32 in [-1, 1], on the pipeline's device.
 
@@ -181,9 +183,12 @@ class Pipeline:
         argument is checked (``InputError``) before any model runs. ``last_report`` then holds
         the resolved arguments and the timings. ``cache`` turns on the step cache (see
         ``wan_runtime.cache.CacheConfig``); ``cache_report()`` then returns its telemetry.
+        ``on_step`` is called with a ``StepEvent`` after each sampling step (an exception it
+        raises stops the run); ``progress`` shows a progress bar.
         """
         settings = self._settings(prompt, n_prompt, size, sampling_steps, guide_scale, shift, sample_solver,
-                                  progress, cache)
+                                  cache)
+        reporter = StepReporter(progress, on_step)
         frame_num = check_frame_num(self.spec.frame_num if frame_num is None else frame_num, self.spec)
         solver, guide = settings.new_solver(self.device), settings.guide
         width, height = settings.width, settings.height
@@ -205,7 +210,7 @@ class Pipeline:
                 with clock.stage("vae_encode"):
                     condition = self._encode_image(plan)
             with clock.stage("denoise"):
-                latent = self._denoise(noise, prompts, solver, guide, condition, progress, cache)
+                latent = self._denoise(noise, prompts, solver, guide, condition, reporter, cache)
                 self.residency.release()
             with clock.stage("vae_decode"):
                 video = self.vae.decode([latent])[0]
@@ -224,7 +229,6 @@ class Pipeline:
         guide_scale: float | tuple[float, float] | None,
         shift: float | None,
         sample_solver: str,
-        progress: bool,
         cache: CacheConfig | None,
     ) -> Settings:
         """The arguments every task shares, checked (``InputError``), ``None`` as the task's default."""
@@ -236,8 +240,6 @@ class Pipeline:
         shift = spec.shift if shift is None else shift
         make_solver(sample_solver, steps, shift)  # refuses a bad solver, step count or shift now
         guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
-        if not isinstance(progress, bool):
-            raise InputError(f"progress must be True or False, got {progress!r}")
         if cache is not None and not isinstance(cache, CacheConfig):
             raise InputError(f"cache must be a wan_runtime.cache.CacheConfig or None, got {cache!r}")
         if cache is not None:
@@ -310,7 +312,7 @@ class Pipeline:
         solver: FlowSolver,
         guide: float | tuple[float, float],
         condition: ImageCondition,
-        progress: bool,
+        reporter: StepReporter,
         cache: CacheConfig | None = None,
     ) -> torch.Tensor:
         """Run every solver step from ``noise`` [C, F, h, w] with classifier-free guidance; the
@@ -323,7 +325,7 @@ class Pipeline:
         steps = timesteps.tolist()
         manager = self._cache_manager(cache, steps, guide)
         watch = FiniteWatch(latent.device)
-        with tqdm(total=len(steps), disable=not progress, desc=self.task, unit="step") as bar:
+        with reporter.steps(len(steps), self.task, show_model=expert_names) as done:
             for i, t in enumerate(steps):
                 name, scale = self._expert(t, guide)
                 model = self.residency.activate(name)
@@ -346,9 +348,7 @@ class Pipeline:
                 if first is not None:
                     latent = torch.cat([first, latent[:, 1:]], dim=1)
                 watch.observe(i, latent)
-                if expert_names:
-                    bar.set_postfix(expert=name)
-                bar.update()
+                done(i, t, name, latent)
         self._cache_report = {} if manager is None else manager.finish()
         watch.check(len(steps), lambda step: self._describe(self._expert(steps[step], guide)[0]),
                     lambda: self._remedy(cache))

@@ -40,6 +40,7 @@ from wan_runtime.pipelines.numerics import FiniteWatch, check_video
 from wan_runtime.pipelines.pose import pose_clips
 from wan_runtime.pipelines.report import StageClock
 from wan_runtime.pipelines.resolution import image_to_tensor, resize_short_side_and_crop, s2v_output_size
+from wan_runtime.pipelines.step_events import StepCallback, StepReporter
 from wan_runtime.pose_video import VideoInfo, probe_video
 from wan_runtime.tasks import DIT
 
@@ -103,6 +104,7 @@ class S2VPipeline(Pipeline):
         n_prompt: str = "",
         progress: bool = True,
         cache: CacheConfig | None = None,
+        on_step: StepCallback | None = None,
     ) -> torch.Tensor:
         """Generate a talking video [3, frames, H, W], float32 in [-1, 1], on the pipeline's device.
 
@@ -116,10 +118,12 @@ class S2VPipeline(Pipeline):
         (frames of -1 past its end). Other arguments as ``Pipeline.generate``; every one is checked
         (``InputError``), the pose video's first frame decoded, before any model runs.
         ``cache_report()`` gives the step cache's telemetry over all clips,
-        ``clip_cache_reports`` that of each clip.
+        ``clip_cache_reports`` that of each clip. ``on_step``'s events count the steps of each
+        clip and name the clip.
         """
         settings = self._settings(prompt, n_prompt, size, sampling_steps, guide_scale, shift, sample_solver,
-                                  progress, cache)
+                                  cache)
+        reporter = StepReporter(progress, on_step)
         check_clip_arguments(infer_frames, num_clip, start_from_ref, pose_video)
         if image is None:
             raise InputError("s2v-14B needs a reference image: pass image= a PIL image or a file path")
@@ -171,7 +175,7 @@ class S2VPipeline(Pipeline):
                                      drop_motion)
                 with clock.stage("denoise"):
                     latent = self._denoise_clip(noise, prompts, settings.new_solver(self.device),
-                                                settings.guide, inputs, progress, cache, clip, clips)
+                                                settings.guide, inputs, reporter, cache, clip, clips)
                     self.residency.release()
                 with clock.stage("vae_decode"):
                     behind = ref_latent if drop_motion else motion
@@ -219,7 +223,7 @@ class S2VPipeline(Pipeline):
         solver: FlowSolver,
         guide: float,
         inputs: _ClipInputs,
-        progress: bool,
+        reporter: StepReporter,
         cache: CacheConfig | None,
         clip: int,
         clips: int,
@@ -232,7 +236,7 @@ class S2VPipeline(Pipeline):
         watch = FiniteWatch(latent.device)
         silent = torch.zeros_like(inputs.audio)
         desc = f"{self.task} clip {clip + 1}/{clips}"
-        with tqdm(total=len(timesteps), disable=not progress, desc=desc, unit="step") as bar:
+        with reporter.steps(len(timesteps), desc, clip=clip + 1, clips=clips) as done:
             for i, t in enumerate(timesteps.tolist()):
                 model = self.residency.activate(DIT)
                 if manager is not None and self.residency.offload:
@@ -249,7 +253,7 @@ class S2VPipeline(Pipeline):
                 flow = flows[0] if len(flows) == 1 else flows[1] + guide * (flows[0] - flows[1])
                 latent = solver.step(flow, t, latent)
                 watch.observe(i, latent)
-                bar.update()
+                done(i, t, DIT, latent)
         self.clip_cache_reports.append({} if manager is None else manager.finish(summary=False))
         watch.check(len(timesteps), lambda _: f"clip {clip + 1} of {clips}, {self._describe(DIT)}",
                     lambda: self._remedy(cache))
