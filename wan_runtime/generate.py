@@ -141,7 +141,7 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
         exists = _existing(jobs) if args.skip_existing else [False] * len(jobs)
         todo = [job for job, skipped in zip(jobs, exists, strict=True) if not skipped]
         if dry_run:  # every check, the skipped videos' too
-            sizes = _check_run(jobs)
+            sizes, weights = _check_run(jobs)
         elif todo:
             failed, last = _make_videos(todo, args)
     except BaseException:
@@ -153,7 +153,8 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
     if not launch.main:
         return 1 if failed else 0
     if dry_run:
-        _print_plan([(job, size) for job, size, skip in zip(jobs, sizes, exists, strict=True) if not skip])
+        _print_plan([(job, size) for job, size, skip in zip(jobs, sizes, exists, strict=True) if not skip],
+                    weights)
     elif last is not None:
         _write(*last)
     if not todo:
@@ -200,19 +201,19 @@ def _output_sizes(jobs: list[GenerateConfig]) -> list[tuple[int, int]]:
     return sizes
 
 
-def _check_run(jobs: list[GenerateConfig]) -> list[tuple[int, int]]:
-    """``--dry_run``: every check a run makes before it loads a model; each video's width and height."""
+def _check_run(jobs: list[GenerateConfig]) -> tuple[list[tuple[int, int]], str]:
+    """``--dry_run``: every check a run makes before it loads a model; each video's width and
+    height, and the weights' memory plan in words."""
     arguments = _load_arguments(jobs[0])
     sizes = _output_sizes(jobs)
     from wan_runtime.pipelines import check_pipeline
 
-    check_pipeline(**arguments)
-    return sizes
+    return sizes, check_pipeline(**arguments).describe()
 
 
-def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]]) -> None:
+def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]], weights: str) -> None:
     """What a run of this command line would make (each video with its width and height) and
-    with what, as ``_write`` prints it."""
+    with what, as ``_write`` prints it, and what its weights take of the device's memory."""
     from wan_runtime.pipelines.inputs import check_guide_scale
 
     if not plans:
@@ -237,6 +238,7 @@ def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]]) -> None:
         print(f"  save_file: {job.save_file or 'the official default name, with the time of writing'}")
         for key, value in _settings(job, run).items():
             print(f"  {key}: {value}")
+    print(f"memory: {weights}")
 
 
 def _make_videos(

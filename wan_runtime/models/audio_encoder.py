@@ -159,6 +159,16 @@ class Wav2Vec2Features:
             check_torch_archive(weights, "wav2vec2 weight file", f"download {WAV2VEC2_DIR}/{weights.name} "
                                 "again from the Wan2.2-S2V-14B release", legacy_ok=True)
 
+    @staticmethod
+    def meta_model(folder: str | Path) -> torch.nn.Module:
+        """The model of ``folder``'s config on the meta device, float32 (the release's dtype)."""
+        from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+        with _quiet_transformers():
+            config = Wav2Vec2Config.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            return Wav2Vec2Model(config).float()
+
     @property
     def num_layers(self) -> int:
         """Hidden states per frame: the embeddings' and each transformer layer's."""

@@ -60,6 +60,12 @@ def transformers_name(official: str) -> str:
     return f"encoder.block.{index}.{_BLOCK_NAMES[rest]}"
 
 
+def meta_encoder(sizes: T5Sizes) -> UMT5EncoderModel:
+    """The encoder of ``sizes`` on the meta device, float32 (what loading fills)."""
+    with torch.device("meta"):
+        return UMT5EncoderModel(umt5_config(sizes))
+
+
 def build_encoder(
     state: dict[str, torch.Tensor], sizes: T5Sizes, device: torch.device | str, dtype: torch.dtype
 ) -> UMT5EncoderModel:
@@ -69,8 +75,7 @@ def build_encoder(
     memory is the model plus one tensor; on the CPU in the file's dtype the memory-mapped tensors
     are used as is. ``state`` is left empty.
     """
-    with torch.device("meta"):
-        model = UMT5EncoderModel(umt5_config(sizes))
+    model = meta_encoder(sizes)
     for name in list(state):
         value = state.pop(name).to(device=device, dtype=dtype)
         owner, _, leaf = transformers_name(name).rpartition(".")

@@ -37,6 +37,14 @@ def check_vae_file(path: str | Path) -> None:
     check_torch_archive(path, _WHAT, _redownload(path))
 
 
+def meta_vae(path: str | Path) -> CausalAutoencoder:
+    """The VAE of the file ``path`` on the meta device, float32, checked as ``load_vae`` checks
+    it; reads the archive's index, not its weights."""
+    path = Path(path)
+    check_vae_file(path)
+    return _build(path, load_state_dict(path, _WHAT, _redownload(path)))[1]
+
+
 def _build(path: Path, state: dict[str, torch.Tensor]) -> tuple[str, CausalAutoencoder]:
     missing = [key for key in _MARKERS if key not in state]
     if missing:

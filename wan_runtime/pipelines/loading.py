@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 
 from wan_runtime.checks import check_dit_fp8, check_stream_blocks
 from wan_runtime.distributed.sharding import shard_module
@@ -26,6 +27,7 @@ from wan_runtime.parallel_checks import check_heads_split, check_parallel
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
 from wan_runtime.pipelines.i2v import I2VPipeline
 from wan_runtime.pipelines.inputs import parse_size
+from wan_runtime.pipelines.memory_plan import WeightPlan, plan_weights
 from wan_runtime.pipelines.residency import Residency
 from wan_runtime.pipelines.s2v import AUDIO_ENCODER, S2VPipeline
 from wan_runtime.pipelines.ti2v import TI2VPipeline
@@ -66,23 +68,24 @@ def check_output_size(task: str, image: Image.Image | None, size: str) -> tuple[
     return _PIPELINES[spec.name].output_size(spec, image, width, height)
 
 
-def check_pipeline(task: str, ckpt_dir: str | Path, **options: Any) -> None:
+def check_pipeline(task: str, ckpt_dir: str | Path, **options: Any) -> WeightPlan:
     """Run every check ``load_pipeline`` makes before it loads a model, with its arguments
     (``options``: its keyword arguments), and load nothing: the settings, the release folder's
     files, the T5 and VAE archives, every DiT's config and headers, the speech encoder's weights,
-    the LoRA files and their fit. Raises what ``load_pipeline`` would (``InputError``,
-    ``CheckpointError``)."""
+    the LoRA files and their fit, and on a GPU that the weights fit in its memory. Raises what
+    ``load_pipeline`` would (``InputError``, ``CheckpointError``); returns the weights' memory
+    plan (``wan_runtime.pipelines.memory_plan``)."""
     try:
         arguments = inspect.signature(load_pipeline).bind(task, ckpt_dir, **options)
     except TypeError as err:
         raise InputError(f"check_pipeline takes load_pipeline's arguments: {err}") from err
     arguments.apply_defaults()
-    _checked(arguments.arguments)
+    return _checked(arguments.arguments).plan
 
 
 class _Checked(NamedTuple):
     """What ``load_pipeline``'s checks resolve: the DiTs' class, each DiT's LoRA files with their
-    strengths, and each DiT's label for messages."""
+    strengths, each DiT's label for messages, and the weights' memory plan."""
 
     spec: TaskSpec
     device: torch.device
@@ -90,6 +93,7 @@ class _Checked(NamedTuple):
     dit_class: type[WanModel]
     dit_loras: dict[str, list[tuple[LoraFile, float]]]
     labels: dict[str, str]
+    plan: WeightPlan
 
 
 def _checked(arguments: Mapping[str, Any]) -> _Checked:
@@ -134,7 +138,12 @@ def _checked(arguments: Mapping[str, Any]) -> _Checked:
             check_heads_split(num_heads, ulysses_size)
     if spec.audio_dir is not None:
         Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
-    return _Checked(spec, device, root, dit_class, dit_loras, labels)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    plan = plan_weights(spec, root, device, dit_class, dtype, offload_model, t5_cpu, convert_model_dtype,
+                        dit_fsdp, t5_fsdp, stream_blocks, dit_fp8, world)
+    if device.type == "cuda":
+        plan.check_fits(torch.cuda.get_device_properties(device).total_memory)
+    return _Checked(spec, device, root, dit_class, dit_loras, labels, plan)
 
 
 def load_pipeline(
@@ -165,7 +174,8 @@ def load_pipeline(
     time; see ``wan_runtime.models.compilation``). The folder is checked for every file, the T5
     and VAE archives for truncation, every DiT's config and safetensors headers against each other
     and the speech encoder's weights, before anything loads (``CheckpointError``;
-    ``check_pipeline`` makes these checks alone). Unless
+    ``check_pipeline`` makes these checks alone); on a GPU, weights that would not fit in its
+    memory at once are refused then too (``InputError``; ``wan_runtime.pipelines.memory_plan``). Unless
     ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
 
     ``loras``: ``wan_runtime.lora.Lora`` files merged into the DiT weights as they load, each
@@ -196,7 +206,7 @@ def load_pipeline(
     changes the numbers (timestep 999 becomes 1000 in bfloat16); that rounding is not reproduced.
     """
     # At the first line locals() holds the arguments alone, in the parameters' order.
-    spec, device, root, dit_class, dit_loras, labels = _checked(locals())
+    spec, device, root, dit_class, dit_loras, labels, _ = _checked(locals())
     pipeline_class, names = _PIPELINES[spec.name], spec.dit_names
     rest = _CPU if offload_model else device  # where the big models sit between uses
     residency = Residency(device, offload_model)
