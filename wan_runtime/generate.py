@@ -238,7 +238,7 @@ def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]], weights: st
         print(f"  save_file: {job.save_file or 'the official default name, with the time of writing'}")
         for key, value in _settings(job, run).items():
             print(f"  {key}: {value}")
-    print(f"memory: {weights}")
+    print(f"memory: the weights take {weights}; the activations come on top")
 
 
 def _make_videos(

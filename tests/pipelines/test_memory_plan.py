@@ -4,10 +4,13 @@ fit; worked out from headers alone."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from tests.cli.helpers import run_module
+from tests.distributed.ranks import run_ranks
 from wan_runtime.errors import InputError
 from wan_runtime.models import WanModel
 from wan_runtime.models.s2v_dit import WanModelS2V
@@ -16,27 +19,30 @@ from wan_runtime.pipelines.memory_plan import (
     AUDIO_ENCODER,
     TEXT_ENCODER,
     VAE,
+    Footprint,
     WeightPlan,
-    dit_bytes,
+    dit_footprint,
     module_bytes,
     plan_weights,
+    shard_bytes,
 )
 from wan_runtime.tasks import task_spec
 
 CUDA = torch.device("cuda")  # only a label here: planning touches no device
 
 
-def loaded_bytes(pipeline, stream_blocks: int) -> dict[str, int]:
+def loaded_footprints(pipeline, stream_blocks: int) -> dict[str, Footprint]:
     """What each model of a pipeline loaded on the CPU would hold on a GPU."""
-    sizes = {VAE: module_bytes(pipeline.vae.model), TEXT_ENCODER: module_bytes(pipeline.text_encoder.model)}
+    models = {VAE: Footprint(module_bytes(pipeline.vae.model)),
+              TEXT_ENCODER: Footprint(module_bytes(pipeline.text_encoder.model))}
     for name, dit in pipeline.dits.items():
         indices = dit.block_streaming.indices if stream_blocks else []
         streamed = [module_bytes(dit.blocks[i]) for i in indices] or [0]
         label = f"DiT {name}" if len(pipeline.dits) > 1 else "DiT"
-        sizes[label] = module_bytes(dit.resident_modules()) + max(streamed)
+        models[label] = Footprint(module_bytes(dit.resident_modules()), max(streamed))
     if hasattr(pipeline, "audio_encoder"):
-        sizes[AUDIO_ENCODER] = module_bytes(pipeline.audio_encoder.model)
-    return sizes
+        models[AUDIO_ENCODER] = Footprint(module_bytes(pipeline.audio_encoder.model))
+    return models
 
 
 def plan(task: str, root, device=CUDA, **options) -> WeightPlan:
@@ -60,51 +66,82 @@ def test_each_model_takes_what_the_loaded_pipeline_holds(request, task, options)
     root = request.getfixturevalue(f"{task.split('-')[0]}_root")
     pipeline = load_pipeline(task, root, device="cpu", **{"dtype": torch.bfloat16, **options})
     planned = plan(task, root, **options)
-    assert planned.sizes == loaded_bytes(pipeline, options.get("stream_blocks", 0))
-    # Without offloading every model is on the device at once.
-    assert planned.peak == sum(planned.sizes.values())
+    assert planned.models == loaded_footprints(pipeline, options.get("stream_blocks", 0))
+    # Without offloading every model stays on the device, and one at a time works.
+    resident = sum(f.resident for f in planned.models.values())
+    assert planned.peak == resident + max(f.extra for f in planned.models.values())
 
 
 def test_offloading_takes_turns_beside_the_vae(i2v_root):
-    planned = plan("i2v-A14B", i2v_root, offload_model=True)
-    biggest = max((TEXT_ENCODER, "DiT high_noise", "DiT low_noise"), key=planned.sizes.__getitem__)
-    assert planned.peak_models == (VAE, biggest)
-    assert planned.peak == planned.sizes[VAE] + planned.sizes[biggest]
+    planned = plan("i2v-A14B", i2v_root, offload_model=True, stream_blocks=1)
+    names = (TEXT_ENCODER, "DiT high_noise", "DiT low_noise")
+    working = {name: planned.models[name].working for name in names}
+    busiest = max(working, key=working.__getitem__)
+    assert planned.busiest == busiest
+    assert planned.peak == planned.models[VAE].resident + working[busiest]
     on_cpu = plan("i2v-A14B", i2v_root, offload_model=True, t5_cpu=True)
-    assert TEXT_ENCODER not in on_cpu.sizes and on_cpu.peak_models[0] == VAE
+    assert TEXT_ENCODER not in on_cpu.models and on_cpu.busiest.startswith("DiT")
 
 
 def test_on_the_cpu_every_model_counts(i2v_root):
     planned = plan("i2v-A14B", i2v_root, torch.device("cpu"), offload_model=True, t5_cpu=True,
                    stream_blocks=2)
-    assert planned.sizes == plan("i2v-A14B", i2v_root).sizes
-    assert planned.peak == sum(planned.sizes.values())
+    assert planned.models == plan("i2v-A14B", i2v_root).models
+    assert planned.peak == sum(f.resident for f in planned.models.values())
 
 
-def test_fsdp_shards_hold_a_share_and_one_gathered_block(ti2v_dit_dir):
-    def model():
-        return WanModel._meta_model(ti2v_dit_dir)[0]
+def _local_shard_bytes(rank: int, folder, planned: int) -> None:
+    model = WanModel.from_pretrained(folder, dtype=torch.bfloat16, convert_model_dtype=True).enable_fsdp(
+        torch.device("cpu"))
+    local = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
+    # Rank 0 holds the largest share; the last the smallest.
+    assert local == planned if rank == 0 else local <= planned, (rank, local, planned)
 
-    whole = dit_bytes(model(), torch.bfloat16, False, False, 0, 1)
-    block = module_bytes(model().set_compute_dtype(torch.bfloat16, keep_float32=False).blocks[0])
-    assert dit_bytes(model(), torch.bfloat16, False, False, 0, 4) == whole // 4 + block
+
+def test_fsdp_shares_are_what_each_process_holds(ti2v_dit_dir):
+    def footprint(world: int) -> Footprint:
+        return dit_footprint(WanModel._meta_model(ti2v_dit_dir)[0], torch.bfloat16, False, False, 0, world)
+
+    meta = WanModel._meta_model(ti2v_dit_dir)[0].set_compute_dtype(torch.bfloat16, keep_float32=False)
+    whole, block = module_bytes(meta), module_bytes(meta.blocks[0])
+    root = whole - sum(module_bytes(b) for b in meta.blocks)
+    share = shard_bytes(meta, 2)
+    assert whole // 2 <= share <= whole // 2 * 1.01
+    # The root stays gathered after its first forward; a block is gathered while it runs.
+    assert footprint(2) == Footprint(share + root // 2, block // 2)
+    run_ranks(_local_shard_bytes, 2, ti2v_dit_dir, share)
 
 
 def test_weights_that_cannot_fit_are_refused_with_what_lowers_them(ti2v_root):
-    planned = plan("ti2v-5B", ti2v_root)
+    planned = plan("ti2v-5B", ti2v_root, dtype=torch.float32, stream_blocks=1)
     planned.check_fits(planned.peak)
     with pytest.raises(InputError) as error:
         planned.check_fits(planned.peak - 1)
     message = str(error.value)
     assert message.startswith(f"the weights alone would take at most {planned.peak / 1e9:.2f} GB of cuda "
                               "memory at once (VAE ")
-    assert "more than the" in message and "(offload_model, t5_cpu, stream_blocks)" in message
-    assert message.endswith("store the DiTs in float8 (dit_fp8)")
+    assert f": more than the {(planned.peak - 1) / 1e9:.2f} GB it has; to fit, try offload_model (" in message
+    assert "more stream_blocks (" in message and "dit_fp8 (" in message and "dtype bfloat16" in message
+    assert message.endswith("(the command line's flags of those names)")
+    done = plan("ti2v-5B", ti2v_root, offload_model=True, t5_cpu=True, dit_fp8=True)
+    with pytest.raises(InputError) as error:
+        done.check_fits(0)
+    assert str(error.value).endswith("to fit, try stream_blocks (DiT blocks wait on the CPU until they run) "
+                                     "(the command line's flags of those names)")
 
 
 def test_check_pipeline_returns_the_plan(ti2v_root):
     planned = check_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32)
-    assert planned.sizes == plan("ti2v-5B", ti2v_root, torch.device("cpu"), dtype=torch.float32).sizes
+    assert planned.models == plan("ti2v-5B", ti2v_root, torch.device("cpu"), dtype=torch.float32).models
+
+
+def test_load_on_a_gpu_too_small_for_the_weights_refuses_before_loading(ti2v_root, monkeypatch):
+    monkeypatch.setattr("wan_runtime.pipelines.loading._resolve_device", lambda device: CUDA)
+    small = SimpleNamespace(total_memory=10**6)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: small)
+    monkeypatch.setattr("wan_runtime.pipelines.loading.load_text_encoder", None)  # nothing may load
+    with pytest.raises(InputError, match=r"the weights alone would take .* more than the 0.00 GB it has"):
+        load_pipeline("ti2v-5B", ti2v_root, device="cuda")
 
 
 def test_dry_run_prints_the_plan(tmp_path, ti2v_root):

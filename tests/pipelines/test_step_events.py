@@ -14,21 +14,30 @@ from wan_runtime.solvers import make_solver
 RUN = {"size": "64*64", "frame_num": 5, "sampling_steps": 4, "shift": 3.0, "seed": 3, "progress": False}
 
 
-def record(events: list[StepEvent]):
+def record(events: list[StepEvent], copies: list[torch.Tensor] | None = None):
     def on_step(event: StepEvent) -> None:
         events.append(event)
+        if copies is not None:
+            copies.append(event.latent.clone())
 
     return on_step
 
 
-def test_ti2v_tells_each_step_with_the_latent_the_video_comes_from(ti2v_pipeline):
+@pytest.mark.parametrize("with_image", [False, True], ids=["text", "text-and-image"])
+def test_ti2v_tells_each_step_with_the_latent_the_video_comes_from(ti2v_pipeline, with_image):
     events: list[StepEvent] = []
-    video = ti2v_pipeline.generate("a cat", on_step=record(events), **RUN)
+    copies: list[torch.Tensor] = []
+    image = gradient_image(64, 64) if with_image else None
+    video = ti2v_pipeline.generate("a cat", image=image, on_step=record(events, copies), **RUN)
     schedule = make_solver("unipc", 4, 3.0).timesteps.tolist()
     assert [(e.step, e.steps, e.timestep, e.model, e.clip, e.clips) for e in events] == [
         (i + 1, 4, t, "dit", 1, 1) for i, t in enumerate(schedule)]
     assert torch.equal(ti2v_pipeline.vae.decode([events[-1].latent])[0], video)
-    assert not torch.equal(events[0].latent, events[-1].latent)
+    # The run never changed a latent it handed out.
+    assert all(torch.equal(event.latent, copy) for event, copy in zip(events, copies, strict=True))
+    assert not torch.equal(copies[0], copies[-1])
+    # With an image its latent frame stays in place at every step.
+    assert all(torch.equal(c[:, :1], copies[-1][:, :1]) for c in copies) == with_image
 
 
 def test_i2v_names_the_expert_of_each_step(i2v_pipeline):
@@ -70,4 +79,5 @@ def test_an_exception_from_on_step_stops_the_run_and_the_next_is_unchanged(ti2v_
     with pytest.raises(Stop):
         pipeline.generate("a cat", on_step=stop_at_two, **RUN)
     assert seen == [1, 2]
+    assert set(pipeline.residency.placement.values()) == {"cpu"}
     assert torch.equal(pipeline.generate("a cat", **RUN), want)

@@ -198,7 +198,7 @@ class Pipeline:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         clock = StageClock(self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.residency.released_after():
             generator = torch.Generator(device=self.device).manual_seed(seed)
             noise = torch.randn(
                 plan.latent_shape, dtype=torch.float32, generator=generator, device=self.device

@@ -56,6 +56,9 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
         ) from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} asks for CUDA, which this machine lacks; use device='cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise InputError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                         f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return resolved
 
 
@@ -80,7 +83,7 @@ def check_pipeline(task: str, ckpt_dir: str | Path, **options: Any) -> WeightPla
     except TypeError as err:
         raise InputError(f"check_pipeline takes load_pipeline's arguments: {err}") from err
     arguments.apply_defaults()
-    return _checked(arguments.arguments).plan
+    return _checked(arguments.arguments, plan=True).plan
 
 
 class _Checked(NamedTuple):
@@ -93,11 +96,12 @@ class _Checked(NamedTuple):
     dit_class: type[WanModel]
     dit_loras: dict[str, list[tuple[LoraFile, float]]]
     labels: dict[str, str]
-    plan: WeightPlan
+    plan: WeightPlan | None
 
 
-def _checked(arguments: Mapping[str, Any]) -> _Checked:
-    """``load_pipeline``'s checks of its ``arguments``, given in its parameters' order."""
+def _checked(arguments: Mapping[str, Any], plan: bool = False) -> _Checked:
+    """``load_pipeline``'s checks of its ``arguments``, given in its parameters' order; the
+    weights' memory plan (checked against a GPU's memory) on a GPU, or when ``plan``."""
     (task, ckpt_dir, device, dtype, offload_model, t5_cpu, convert_model_dtype, compile, ulysses_size,
      dit_fsdp, t5_fsdp, loras, stream_blocks, dit_fp8) = arguments.values()
     if not isinstance(ckpt_dir, (str, os.PathLike)):
@@ -138,12 +142,14 @@ def _checked(arguments: Mapping[str, Any]) -> _Checked:
             check_heads_split(num_heads, ulysses_size)
     if spec.audio_dir is not None:
         Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    plan = plan_weights(spec, root, device, dit_class, dtype, offload_model, t5_cpu, convert_model_dtype,
-                        dit_fsdp, t5_fsdp, stream_blocks, dit_fp8, world)
-    if device.type == "cuda":
-        plan.check_fits(torch.cuda.get_device_properties(device).total_memory)
-    return _Checked(spec, device, root, dit_class, dit_loras, labels, plan)
+    weights = None
+    if plan or device.type == "cuda":
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        weights = plan_weights(spec, root, device, dit_class, dtype, offload_model, t5_cpu,
+                               convert_model_dtype, dit_fsdp, t5_fsdp, stream_blocks, dit_fp8, world)
+    if weights is not None and device.type == "cuda":
+        weights.check_fits(torch.cuda.get_device_properties(device).total_memory)
+    return _Checked(spec, device, root, dit_class, dit_loras, labels, weights)
 
 
 def load_pipeline(

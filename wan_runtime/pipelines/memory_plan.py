@@ -2,11 +2,12 @@
 
 Each model is built on the meta device from its checkpoint's headers, in the dtypes and layout
 ``load_pipeline`` would give it (float32 islands, ``convert_model_dtype``, float8 DiT weights,
-streamed blocks, FSDP shards), and its bytes counted. Where the models sit follows the pipeline's
-residency: the VAE always on the device; the text encoder there unless ``t5_cpu``; with
-``offload_model`` the big models (text encoder, DiTs, speech encoder) one at a time, else all at
-once. The activations come on top and are not estimated: they depend on the video's size and on
-the attention kernels.
+streamed blocks, FSDP shards), and its bytes counted: what stays on the device (``Footprint.resident``)
+and what comes only while the model works (``extra``: one streamed block, FSDP's gathered units).
+Where the models sit follows the pipeline's residency: the VAE always on the device; the text
+encoder there unless ``t5_cpu``; with ``offload_model`` the big models (text encoder, DiTs, speech
+encoder) one at a time, else all at once; one model works at a time. The activations come on top
+and are not estimated: they depend on the video's size and on the attention kernels.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -41,61 +43,112 @@ def module_bytes(module: nn.Module) -> int:
     return tensor_bytes([*module.parameters(), *module.buffers()])
 
 
-@dataclass(frozen=True)
-class WeightPlan:
-    """Each model's bytes on the device while it is there (``sizes``; a DiT with streamed
-    blocks: its resident part and one block), the models always there (``fixed``), those taking
-    turns (``turns``, under ``offload_model``) or all there together, and the most bytes of
-    weights the device holds at once (``peak``, with the models then there, ``peak_models``)."""
+def shard_bytes(model: nn.Module, world: int) -> int:
+    """The bytes of the first process's share of ``model``'s parameters under FSDP, which splits
+    each along its first dimension in chunks of ``ceil(rows / world)`` (the largest share)."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(-(-p.shape[0] // world) * (p.numel() // p.shape[0]) * p.element_size() for p in unique)
 
-    device: torch.device
-    sizes: dict[str, int]
-    fixed: tuple[str, ...]
-    turns: bool
-    moving: tuple[str, ...]
+
+class Footprint(NamedTuple):
+    """A model's bytes on the device: always while it is there, and on top while it works."""
+
+    resident: int
+    extra: int = 0
 
     @property
-    def peak_models(self) -> tuple[str, ...]:
-        if not self.turns or not self.moving:
-            return self.fixed + self.moving
-        return (*self.fixed, max(self.moving, key=self.sizes.__getitem__))
+    def working(self) -> int:
+        return self.resident + self.extra
+
+
+def sharded(model: nn.Module, blocks: list[nn.Module], world: int, root_stays: bool) -> Footprint:
+    """``model`` sharded over ``world`` FSDP processes, one unit per block and one for the rest
+    (the root): a share of every weight, and while it works one block gathered whole and the root
+    (which FSDP keeps gathered after the forward when ``root_stays``)."""
+    block = max(module_bytes(b) for b in blocks)
+    root = module_bytes(model) - sum(module_bytes(b) for b in blocks)
+    share, others = shard_bytes(model, world), 1 - 1 / world
+    if root_stays:
+        return Footprint(share + int(root * others), int(block * others))
+    return Footprint(share, int((root + block) * others))
+
+
+def dit_footprint(
+    model: WanModel, dtype: torch.dtype, keep_float32: bool, fp8: bool, stream_blocks: int, world: int
+) -> Footprint:
+    """A meta-device DiT as it would load and run: weights in ``dtype`` (``float32_parameters``
+    kept when ``keep_float32``), float8 with ``fp8``; ``stream_blocks`` of its last blocks in CPU
+    memory, one at a time on the device; sharded over ``world`` processes (FSDP) when above 1."""
+    model.set_compute_dtype(dtype, keep_float32=keep_float32)
+    if fp8:
+        model.store_weights_in_fp8()
+    if world > 1:
+        return sharded(model, list(model.blocks), world, root_stays=True)
+    blocks = [module_bytes(block) for block in model.blocks]
+    streamed = blocks[len(blocks) - min(stream_blocks, len(blocks) - 1):] if stream_blocks else []
+    return Footprint(module_bytes(model) - sum(streamed), max(streamed, default=0))
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """Each model's ``Footprint`` on the device (``models``; none for one kept on the CPU), those
+    taking turns there (``moving``, under ``offload_model``; empty: every model stays), and what
+    lowers the weights of this configuration (``remedy``)."""
+
+    device: torch.device
+    models: dict[str, Footprint]
+    moving: tuple[str, ...]
+    remedy: str
+
+    def _while(self, name: str) -> int:
+        """The weights on the device while ``name`` works."""
+        staying = sum(f.resident for n, f in self.models.items() if n not in self.moving)
+        return staying + self.models[name].extra + (self.models[name].resident if name in self.moving else 0)
+
+    @property
+    def busiest(self) -> str:
+        """The model whose work holds the most weights on the device."""
+        return max(self.models, key=self._while)
 
     @property
     def peak(self) -> int:
-        return sum(self.sizes[name] for name in self.peak_models)
+        """The most bytes of weights on the device at once."""
+        return self._while(self.busiest)
 
     def describe(self) -> str:
-        """One line: the peak and what makes it."""
-        parts = ", ".join(f"{name} {self.sizes[name] / _GB:.2f} GB" for name in self.peak_models)
-        return (f"the weights take at most {self.peak / _GB:.2f} GB of {self.device} memory at once "
-                f"({parts}); the activations come on top")
+        """The peak and what makes it, in words."""
+        busiest = self.busiest
+        there = [n for n in self.models if n not in self.moving or n == busiest]
+        parts = ", ".join(f"{n} {self.models[n].resident / _GB:.2f} GB" for n in there)
+        extra = self.models[busiest].extra
+        working = f"; {extra / _GB:.2f} GB more while the {busiest} works" if extra else ""
+        return f"at most {self.peak / _GB:.2f} GB of {self.device} memory at once ({parts}{working})"
 
     def check_fits(self, capacity: int) -> None:
         """Raise ``InputError`` if the weights alone exceed ``capacity`` bytes of device memory."""
         if self.peak > capacity:
-            raise InputError(
-                f"{self.describe().replace('the weights take', 'the weights alone would take')}, more than "
-                f"the {capacity / _GB:.2f} GB {self.device} has: keep fewer models there (offload_model, "
-                "t5_cpu, stream_blocks) or store the DiTs in float8 (dit_fp8)"
-            )
+            raise InputError(f"the weights alone would take {self.describe()}: more than the "
+                             f"{capacity / _GB:.2f} GB it has; {self.remedy}")
 
 
-def dit_bytes(
-    model: WanModel, dtype: torch.dtype, keep_float32: bool, fp8: bool, stream_blocks: int, shards: int
-) -> int:
-    """The device bytes of a meta-device DiT as it would load and run: its weights in ``dtype``
-    (``float32_parameters`` kept when ``keep_float32``), float8 with ``fp8``; with
-    ``stream_blocks`` its resident part and one streamed block; over ``shards`` FSDP processes
-    its share and one gathered block."""
-    model.set_compute_dtype(dtype, keep_float32=keep_float32)
-    if fp8:
-        model.store_weights_in_fp8()
-    blocks = [module_bytes(block) for block in model.blocks]
-    total = module_bytes(model)
-    if shards > 1:
-        return total // shards + max(blocks)
-    streamed = blocks[len(blocks) - min(stream_blocks, len(blocks) - 1):] if stream_blocks else []
-    return total - sum(streamed) + max(streamed, default=0)
+def _remedy(
+    dtype: torch.dtype, offload_model: bool, t5_cpu: bool, dit_fsdp: bool, t5_fsdp: bool, stream_blocks: int,
+    dit_fp8: bool,
+) -> str:
+    """What lowers the weights' memory, of what this configuration allows and has not done."""
+    steps = []
+    if not offload_model and not dit_fsdp:
+        steps.append("offload_model (big models wait on the CPU while another works)")
+    if not (t5_cpu or t5_fsdp):
+        steps.append("t5_cpu (the text encoder stays on the CPU)")
+    if not dit_fsdp:
+        more = "more " if stream_blocks else ""
+        steps.append(f"{more}stream_blocks (DiT blocks wait on the CPU until they run)")
+    if not (dit_fp8 or dit_fsdp):
+        steps.append("dit_fp8 (DiT weights in float8, lossy)")
+    if dtype == torch.float32:
+        steps.append("dtype bfloat16")
+    return "to fit, try " + ", ".join(steps) + " (the command line's flags of those names)"
 
 
 def plan_weights(
@@ -116,26 +169,26 @@ def plan_weights(
     """The plan of ``load_pipeline``'s checked arguments (``world``: the processes FSDP shards
     over). Reads headers and archive indexes alone. On the CPU every model is in its memory,
     whatever ``offload_model``, ``t5_cpu`` and ``stream_blocks`` say."""
+    remedy = _remedy(dtype, offload_model, t5_cpu, dit_fsdp, t5_fsdp, stream_blocks, dit_fp8)
     if device.type == "cpu":
         offload_model, t5_cpu, stream_blocks = False, False, 0
-    sizes = {VAE: module_bytes(meta_vae(root / spec.vae_file))}
+    models = {VAE: Footprint(module_bytes(meta_vae(root / spec.vae_file)))}
     moving = []
     if not t5_cpu:
         text_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
         encoder = meta_encoder(read_checkpoint(root / spec.t5_file)[1]).to(text_dtype)
-        blocks = [module_bytes(block) for block in encoder.encoder.block]
-        total = module_bytes(encoder)
-        sizes[TEXT_ENCODER] = total // world + max(blocks) if t5_fsdp else total
-        if not t5_fsdp:
+        if t5_fsdp and world > 1:
+            models[TEXT_ENCODER] = sharded(encoder, list(encoder.encoder.block), world, root_stays=False)
+        else:
+            models[TEXT_ENCODER] = Footprint(module_bytes(encoder))
             moving.append(TEXT_ENCODER)
     for name, folder in zip(spec.dit_names, spec.dit_folders, strict=True):
         label = f"DiT {name}" if len(spec.dit_names) > 1 else "DiT"
         model = dit_class._meta_model(root / folder)[0]
-        sizes[label] = dit_bytes(model, dtype, not (convert_model_dtype or dit_fsdp), dit_fp8, stream_blocks,
-                                 world if dit_fsdp else 1)
+        models[label] = dit_footprint(model, dtype, not (convert_model_dtype or dit_fsdp), dit_fp8,
+                                      stream_blocks, world if dit_fsdp else 1)
         moving.append(label)
     if spec.audio_dir is not None:
-        sizes[AUDIO_ENCODER] = module_bytes(Wav2Vec2Features.meta_model(root / spec.audio_dir))
+        models[AUDIO_ENCODER] = Footprint(module_bytes(Wav2Vec2Features.meta_model(root / spec.audio_dir)))
         moving.append(AUDIO_ENCODER)
-    fixed = tuple(name for name in sizes if name not in moving)
-    return WeightPlan(device, sizes, fixed, offload_model, tuple(moving))
+    return WeightPlan(device, models, tuple(moving) if offload_model else (), remedy)

@@ -9,6 +9,8 @@ testable, on a CPU-only run where both places are the same device.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -50,6 +52,15 @@ class Residency:
                     self._move(other, "cpu")
         self._move(name, "device")
         return self._modules[name]
+
+    @contextmanager
+    def released_after(self) -> Iterator[None]:
+        """``release`` when the body ends, however it ends (a run stopped by an exception, e.g.
+        a cancel from ``on_step``, leaves no model on the device)."""
+        try:
+            yield
+        finally:
+            self.release()
 
     def release(self) -> None:
         """When offloading, send every module back to the CPU (e.g. before the VAE decodes)."""

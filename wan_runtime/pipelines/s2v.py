@@ -139,7 +139,7 @@ class S2VPipeline(Pipeline):
             torch.cuda.reset_peak_memory_stats(self.device)
         clock = StageClock(self.device)
         self.clip_cache_reports = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self.residency.released_after():
             with clock.stage("audio_encode"):
                 self.residency.activate(AUDIO_ENCODER)
                 columns, available = audio_buckets(self.audio_encoder(waveform), infer_frames, self.fps)

@@ -1,6 +1,8 @@
 """What a pipeline tells about its sampling steps as they finish: a progress bar on the terminal,
 and ``StepEvent``s to the caller's ``on_step`` (a GUI's progress, latent previews, a cancel button:
-an exception ``on_step`` raises stops the run and reaches the caller of ``generate``)."""
+an exception ``on_step`` raises stops the run, sends offloaded models back to the CPU and reaches
+the caller of ``generate``; under torchrun every process must raise at the same step, or the
+others wait for it in their next collective)."""
 
 from __future__ import annotations
 
@@ -22,8 +24,9 @@ class StepEvent:
     ``clips``; 1 of 1 for the other tasks); ``timestep`` is the step's timestep, ``model`` the
     DiT that ran it, a key of the pipeline's ``dits`` (``"high_noise"`` or ``"low_noise"`` for
     i2v-A14B, ``"dit"`` otherwise). ``latent`` [C, F, h, w] is the latent after the step, on the
-    pipeline's device: read it (e.g. decode a preview with ``pipeline.vae``), do not change it;
-    reading it waits for the GPU to finish the step.
+    pipeline's device, an inference tensor the run goes on from: read it (e.g. decode a preview
+    with ``pipeline.vae``), ``clone()`` it to keep it past the call or to change it; reading it
+    waits for the GPU to finish the step.
     """
 
     step: int
