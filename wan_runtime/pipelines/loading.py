@@ -145,8 +145,9 @@ def _checked(arguments: Mapping[str, Any], plan: bool = False) -> _Checked:
     weights = None
     if plan or device.type == "cuda":
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        weights = plan_weights(spec, root, device, dit_class, dtype, offload_model, t5_cpu,
-                               convert_model_dtype, dit_fsdp, t5_fsdp, stream_blocks, dit_fp8, world)
+        weights = plan_weights(spec, root, device, dit_class, dtype=dtype, offload_model=offload_model,
+                               t5_cpu=t5_cpu, convert_model_dtype=convert_model_dtype, dit_fsdp=dit_fsdp,
+                               t5_fsdp=t5_fsdp, stream_blocks=stream_blocks, dit_fp8=dit_fp8, world=world)
     if weights is not None and device.type == "cuda":
         weights.check_fits(torch.cuda.get_device_properties(device).total_memory)
     return _Checked(spec, device, root, dit_class, dit_loras, labels, weights)

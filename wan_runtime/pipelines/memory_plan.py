@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -115,11 +115,15 @@ class WeightPlan:
         """The most bytes of weights on the device at once."""
         return self._while(self.busiest)
 
+    @property
+    def peak_models(self) -> list[str]:
+        """The models on the device at the peak."""
+        return [n for n in self.models if n not in self.moving or n == self.busiest]
+
     def describe(self) -> str:
         """The peak and what makes it, in words."""
         busiest = self.busiest
-        there = [n for n in self.models if n not in self.moving or n == busiest]
-        parts = ", ".join(f"{n} {self.models[n].resident / _GB:.2f} GB" for n in there)
+        parts = ", ".join(f"{n} {self.models[n].resident / _GB:.2f} GB" for n in self.peak_models)
         extra = self.models[busiest].extra
         working = f"; {extra / _GB:.2f} GB more while the {busiest} works" if extra else ""
         return f"at most {self.peak / _GB:.2f} GB of {self.device} memory at once ({parts}{working})"
@@ -156,6 +160,23 @@ def plan_weights(
     root: Path,
     device: torch.device,
     dit_class: type[WanModel],
+    **options: Any,
+) -> WeightPlan:
+    """The plan of the release folder ``root`` of ``spec``'s task under ``load_pipeline``'s
+    checked arguments ``options`` (``plan_models``'s); reads headers and archive indexes alone."""
+    text_encoder = meta_encoder(read_checkpoint(root / spec.t5_file)[1])
+    dits = {name: dit_class._meta_model(root / folder)[0]
+            for name, folder in zip(spec.dit_names, spec.dit_folders, strict=True)}
+    audio = None if spec.audio_dir is None else Wav2Vec2Features.meta_model(root / spec.audio_dir)
+    return plan_models(device, meta_vae(root / spec.vae_file), text_encoder, dits, audio, **options)
+
+
+def plan_models(
+    device: torch.device,
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    dits: dict[str, WanModel],
+    audio_encoder: nn.Module | None,
     dtype: torch.dtype,
     offload_model: bool,
     t5_cpu: bool,
@@ -166,29 +187,28 @@ def plan_weights(
     dit_fp8: bool,
     world: int,
 ) -> WeightPlan:
-    """The plan of ``load_pipeline``'s checked arguments (``world``: the processes FSDP shards
-    over). Reads headers and archive indexes alone. On the CPU every model is in its memory,
-    whatever ``offload_model``, ``t5_cpu`` and ``stream_blocks`` say."""
+    """The plan of a pipeline's meta-device, float32 models (changed in place) under
+    ``load_pipeline``'s arguments (``world``: the processes FSDP shards over). On the CPU every
+    model is in its memory, whatever ``offload_model``, ``t5_cpu`` and ``stream_blocks`` say."""
     remedy = _remedy(dtype, offload_model, t5_cpu, dit_fsdp, t5_fsdp, stream_blocks, dit_fp8)
     if device.type == "cpu":
         offload_model, t5_cpu, stream_blocks = False, False, 0
-    models = {VAE: Footprint(module_bytes(meta_vae(root / spec.vae_file)))}
+    models = {VAE: Footprint(module_bytes(vae))}
     moving = []
     if not t5_cpu:
-        text_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
-        encoder = meta_encoder(read_checkpoint(root / spec.t5_file)[1]).to(text_dtype)
+        text_encoder.to(torch.float32 if dtype == torch.float32 else torch.bfloat16)
         if t5_fsdp and world > 1:
-            models[TEXT_ENCODER] = sharded(encoder, list(encoder.encoder.block), world, root_stays=False)
+            blocks = list(text_encoder.encoder.block)
+            models[TEXT_ENCODER] = sharded(text_encoder, blocks, world, root_stays=False)
         else:
-            models[TEXT_ENCODER] = Footprint(module_bytes(encoder))
+            models[TEXT_ENCODER] = Footprint(module_bytes(text_encoder))
             moving.append(TEXT_ENCODER)
-    for name, folder in zip(spec.dit_names, spec.dit_folders, strict=True):
-        label = f"DiT {name}" if len(spec.dit_names) > 1 else "DiT"
-        model = dit_class._meta_model(root / folder)[0]
+    for name, model in dits.items():
+        label = f"DiT {name}" if len(dits) > 1 else "DiT"
         models[label] = dit_footprint(model, dtype, not (convert_model_dtype or dit_fsdp), dit_fp8,
                                       stream_blocks, world if dit_fsdp else 1)
         moving.append(label)
-    if spec.audio_dir is not None:
-        models[AUDIO_ENCODER] = Footprint(module_bytes(Wav2Vec2Features.meta_model(root / spec.audio_dir)))
+    if audio_encoder is not None:
+        models[AUDIO_ENCODER] = Footprint(module_bytes(audio_encoder))
         moving.append(AUDIO_ENCODER)
     return WeightPlan(device, models, tuple(moving) if offload_model else (), remedy)

@@ -1,0 +1,79 @@
+"""The weights' GPU memory of each task at the release's sizes, under the memory flags, from the
+same plan ``--dry_run`` prints (``wan_runtime.pipelines.memory_plan``) built on meta-device models
+of the release architectures: no checkpoint is needed, and nothing is measured.
+
+    python -m benchmarks.weight_plans [--out-dir DIR]
+
+Columns: the task, the flags (one GPU, bfloat16), the most GB of weights on the GPU at once
+(``peak_GB``) and the models there then (``at_the_peak``). The activations come on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_dit import A14B, TI2V_5B
+from benchmarks.common import print_table, save_results
+from wan_runtime.models import WanModel
+from wan_runtime.models.s2v_config import S2VConfig
+from wan_runtime.models.s2v_dit import WanModelS2V
+from wan_runtime.models.t5_checkpoint import T5Sizes
+from wan_runtime.models.umt5 import meta_encoder
+from wan_runtime.models.vae2_1 import build_vae21
+from wan_runtime.models.vae2_2 import build_vae22
+from wan_runtime.pipelines.memory_plan import WeightPlan, plan_models
+
+UMT5_XXL = T5Sizes(vocab=256384, dim=4096, dim_attn=4096, dim_ffn=10240, num_heads=64, num_layers=24,
+                   num_buckets=32)
+# wav2vec2-large-xlsr-53-english, the s2v-14B release's speech encoder.
+WAV2VEC2_LARGE = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                  "intermediate_size": 4096, "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+                  "conv_bias": True, "vocab_size": 33}
+# The flags of each row, from every model on the GPU to the fewest bytes there.
+FLAGS = {
+    "--offload_model False": {"offload_model": False},
+    "(default: --offload_model True)": {},
+    "--t5_cpu": {"t5_cpu": True},
+    "--t5_cpu --dit_fp8": {"t5_cpu": True, "dit_fp8": True},
+    "--t5_cpu --stream_blocks 99 (all but one)": {"t5_cpu": True, "stream_blocks": 99},
+    "--t5_cpu --dit_fp8 --stream_blocks 99": {"t5_cpu": True, "dit_fp8": True, "stream_blocks": 99},
+}
+_GB = 1e9
+
+
+def release_plan(task: str, **flags: object) -> WeightPlan:
+    """``task``'s plan on one GPU in bfloat16 under ``flags`` (``load_pipeline``'s arguments)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    with torch.device("meta"):
+        vae = build_vae21() if task != "ti2v-5B" else build_vae22()
+        dits = {"dit": WanModel(TI2V_5B)} if task == "ti2v-5B" else (
+            {"high_noise": WanModel(A14B), "low_noise": WanModel(A14B)} if task == "i2v-A14B" else
+            {"dit": WanModelS2V(S2VConfig())})
+        audio = Wav2Vec2Model(Wav2Vec2Config(**WAV2VEC2_LARGE)) if task == "s2v-14B" else None
+    options = {"dtype": torch.bfloat16, "offload_model": True, "t5_cpu": False, "convert_model_dtype": False,
+               "dit_fsdp": False, "t5_fsdp": False, "stream_blocks": 0, "dit_fp8": False, "world": 1, **flags}
+    return plan_models(torch.device("cuda"), vae, meta_encoder(UMT5_XXL), dits, audio, **options)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
+    args = parser.parse_args()
+    rows = []
+    for task in ("i2v-A14B", "ti2v-5B", "s2v-14B"):
+        for name, flags in FLAGS.items():
+            plan = release_plan(task, **flags)
+            rows.append({"task": task, "flags": name, "peak_GB": round(plan.peak / _GB, 2),
+                         "at_the_peak": ", ".join(plan.peak_models)})
+    print_table(rows, ["task", "flags", "peak_GB", "at_the_peak"])
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    print("saved", save_results("weight_plans", torch.device("cpu"), rows, out_dir))
+
+
+if __name__ == "__main__":
+    main()
