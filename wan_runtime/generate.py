@@ -32,6 +32,7 @@ from wan_runtime.video_io import write_mp4
 if TYPE_CHECKING:
     from wan_runtime.lora import Lora
     from wan_runtime.pipelines import Pipeline, RunReport
+    from wan_runtime.pipelines.memory_plan import WeightPlan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,17 +202,17 @@ def _output_sizes(jobs: list[GenerateConfig]) -> list[tuple[int, int]]:
     return sizes
 
 
-def _check_run(jobs: list[GenerateConfig]) -> tuple[list[tuple[int, int]], str]:
+def _check_run(jobs: list[GenerateConfig]) -> tuple[list[tuple[int, int]], WeightPlan]:
     """``--dry_run``: every check a run makes before it loads a model; each video's width and
-    height, and the weights' memory plan in words."""
+    height, and the weights' memory plan."""
     arguments = _load_arguments(jobs[0])
     sizes = _output_sizes(jobs)
     from wan_runtime.pipelines import check_pipeline
 
-    return sizes, check_pipeline(**arguments).describe()
+    return sizes, check_pipeline(**arguments)
 
 
-def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]], weights: str) -> None:
+def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]], weights: WeightPlan) -> None:
     """What a run of this command line would make (each video with its width and height) and
     with what, as ``_write`` prints it, and what its weights take of the device's memory."""
     from wan_runtime.pipelines.inputs import check_guide_scale
@@ -238,7 +239,7 @@ def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]], weights: st
         print(f"  save_file: {job.save_file or 'the official default name, with the time of writing'}")
         for key, value in _settings(job, run).items():
             print(f"  {key}: {value}")
-    print(f"memory: the weights take {weights}; the activations come on top")
+    print(f"memory: the weights take {weights.describe()}; the activations come on top")
 
 
 def _make_videos(
