@@ -20,18 +20,15 @@ L2 error of each bfloat16 output against a float32 forward of our model on the s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import gc
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 from torch._inductor import config as inductor_config
 
-from benchmarks.common import median_seconds, median_seconds_in_turns, print_table, save_results
+from benchmarks.common import forward_parser, median_seconds, median_seconds_in_turns, run_cases
 from tests.models.s2v_helpers import official_s2v
 from tests.official import official_module
 from tests.tolerances import rel_l2
@@ -191,15 +188,8 @@ def time_compiled(ours: WanModel, args: dict, device: torch.device, warmup: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--gpu", action="store_true", help="real widths on cuda in bfloat16")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = forward_parser(__doc__, "real widths on cuda in bfloat16", layers=2)
     parser.add_argument("--compile", action="store_true", help="also time ours with the blocks compiled")
-    parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
     args = parser.parse_args()
     if args.gpu:
         device, dtype = torch.device("cuda"), torch.bfloat16
@@ -214,18 +204,9 @@ def main() -> None:
                "err_ours", "err_official", "ours~off", "conv~off"]
     if args.compile:
         columns += ["compiled_ms", "eager_in_turns_ms", "x_eager", "first_call_s", "compiled~ours"]
-    out_dir = Path(args.out_dir) if args.out_dir else None
-    rows = []
-    for case in cases:
-        rows.append(run_case(case, device, dtype, args.warmup, args.repeat, args.compile))
-        print(rows[-1], flush=True)
-        # Saved after each case: a run cut off by a time limit keeps the rows it made.
-        path = save_results("bench_dit_compile" if args.compile else "bench_dit", device, rows, out_dir)
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    print_table(rows, columns)
-    print("saved", path)
+    run_cases("bench_dit_compile" if args.compile else "bench_dit", device, cases,
+              lambda case: run_case(case, device, dtype, args.warmup, args.repeat, args.compile), columns,
+              args.out_dir)
 
 
 if __name__ == "__main__":

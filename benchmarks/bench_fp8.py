@@ -18,16 +18,13 @@ float8 does to a real checkpoint's video is measured on that checkpoint (``bench
 
 from __future__ import annotations
 
-import argparse
 import copy
-import gc
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from benchmarks.bench_dit import A14B, CPU_SIZE, GRID_480P, GRID_720P, TI2V_5B, Case, inputs
-from benchmarks.common import median_seconds_in_turns, print_table, save_results
+from benchmarks.common import forward_parser, median_seconds_in_turns, run_cases
 from tests.tolerances import rel_l2
 from wan_runtime.models import WanModel
 from wan_runtime.models.compilation import compile_blocks
@@ -70,14 +67,8 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", action="store_true", help="real widths on cuda")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = forward_parser(__doc__, "real widths on cuda", layers=2)
     parser.add_argument("--compile", action="store_true", help="also both with the blocks compiled")
-    parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
     args = parser.parse_args()
     if args.gpu:
         device = torch.device("cuda")
@@ -90,18 +81,9 @@ def main() -> None:
                "bf16_ms", "fp8_ms", "x_bf16"]
     if args.compile:
         columns += ["c_bf16_ms", "c_fp8_ms", "c_x_bf16"]
-    out_dir = Path(args.out_dir) if args.out_dir else None
-    rows = []
-    for case in cases:
-        rows.append(run_case(case, device, torch.bfloat16, args.warmup, args.repeat, args.compile))
-        print(rows[-1], flush=True)
-        # Saved after each case: a run cut off by a time limit keeps the rows it made.
-        path = save_results("bench_fp8", device, rows, out_dir)
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    print_table(rows, columns)
-    print("saved", path)
+    run_cases("bench_fp8", device, cases,
+              lambda case: run_case(case, device, torch.bfloat16, args.warmup, args.repeat, args.compile),
+              columns, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,13 @@ the difference ``saved_GB``, and whether the two outputs are bitwise equal.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import gc
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from benchmarks.bench_dit import A14B, CPU_SIZE, GRID_480P, GRID_720P, Case, inputs
-from benchmarks.common import median_seconds_in_turns, print_table, save_results
+from benchmarks.common import forward_parser, median_seconds_in_turns, run_cases
 from wan_runtime.models import WanModel
 from wan_runtime.tiny_checkpoints import random_dit
 
@@ -67,33 +64,17 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", action="store_true", help="the A14B width on cuda in bfloat16")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
-    args = parser.parse_args()
+    args = forward_parser(__doc__, "the A14B width on cuda in bfloat16", layers=4).parse_args()
     if args.gpu:
         device, dtype = torch.device("cuda"), torch.bfloat16
         cases = [Case(replace(A14B, num_layers=args.layers), grid) for grid in (GRID_480P, GRID_720P)]
     else:
         device, dtype = torch.device("cpu"), torch.float32
         cases = [Case(replace(CPU_SIZE, num_layers=args.layers), (8, 24, 40))]
-    out_dir = Path(args.out_dir) if args.out_dir else None
-    rows = []
-    for case in cases:
-        rows.append(run_case(case, device, dtype, args.warmup, args.repeat))
-        print(rows[-1], flush=True)
-        # Saved after each case: a run cut off by a time limit keeps the rows it made.
-        path = save_results("bench_streaming", device, rows, out_dir)
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    print_table(rows, ["dim", "layers", "streamed", "tokens", "dtype", "resident_ms", "streamed_ms",
-                       "x_resident", "resident_peak_GB", "streamed_peak_GB", "saved_GB", "equal"])
-    print("saved", path)
+    columns = ["dim", "layers", "streamed", "tokens", "dtype", "resident_ms", "streamed_ms", "x_resident",
+               "resident_peak_GB", "streamed_peak_GB", "saved_GB", "equal"]
+    run_cases("bench_streaming", device, cases,
+              lambda case: run_case(case, device, dtype, args.warmup, args.repeat), columns, args.out_dir)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import gc
 import json
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+CaseT = TypeVar("CaseT")
 
 
 def device_name(device: torch.device) -> str:
@@ -72,3 +76,34 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
         print("  ".join(f"{row.get(c, '')}".ljust(w) for c, w in zip(columns, widths, strict=True)))
+
+
+def forward_parser(doc: str, gpu_help: str, layers: int) -> argparse.ArgumentParser:
+    """The arguments of the forward benchmarks: ``--gpu`` (``gpu_help``), ``--layers`` (default
+    ``layers``), ``--warmup``, ``--repeat``, ``--out-dir``; ``doc`` is the module's docstring."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help=gpu_help)
+    parser.add_argument("--layers", type=int, default=layers)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
+    return parser
+
+
+def run_cases(
+    name: str, device: torch.device, cases: Iterable[CaseT], run: Callable[[CaseT], dict], columns: list[str],
+    out_dir: str | None,
+) -> Path | None:
+    """``run`` each case, printing its row and saving every row so far after it (a run cut off
+    by a time limit keeps the rows it made), then the table; returns the results file."""
+    rows, path = [], None
+    for case in cases:
+        rows.append(run(case))
+        print(rows[-1], flush=True)
+        path = save_results(name, device, rows, Path(out_dir) if out_dir else None)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print_table(rows, columns)
+    print("saved", path)
+    return path
