@@ -29,6 +29,7 @@ import torch
 from torch._inductor import config as inductor_config
 
 from benchmarks.common import forward_parser, median_seconds, median_seconds_in_turns, run_cases
+from benchmarks.release_configs import A14B, TI2V_5B
 from tests.models.s2v_helpers import official_s2v
 from tests.official import official_module
 from tests.tolerances import rel_l2
@@ -38,12 +39,6 @@ from wan_runtime.models.s2v_config import S2VConfig
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.tiny_checkpoints import random_dit
 
-A14B = DiTConfig(
-    model_type="i2v", in_dim=36, out_dim=16, dim=5120, ffn_dim=13824, num_heads=40, num_layers=40
-)
-TI2V_5B = DiTConfig(
-    model_type="ti2v", in_dim=48, out_dim=48, dim=3072, ffn_dim=14336, num_heads=24, num_layers=30
-)
 CPU_SIZE = DiTConfig(
     model_type="ti2v", in_dim=48, out_dim=48, dim=512, ffn_dim=2048, num_heads=4, num_layers=4
 )

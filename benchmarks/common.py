@@ -83,7 +83,7 @@ def forward_parser(doc: str, gpu_help: str, layers: int) -> argparse.ArgumentPar
     ``layers``), ``--warmup``, ``--repeat``, ``--out-dir``; ``doc`` is the module's docstring."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help=gpu_help)
-    parser.add_argument("--layers", type=int, default=layers)
+    parser.add_argument("--layers", type=int, default=layers, help=f"DiT blocks (default {layers})")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")

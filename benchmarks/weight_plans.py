@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_dit import A14B, TI2V_5B
 from benchmarks.common import print_table, save_results
+from benchmarks.release_configs import A14B, S2V_14B, TI2V_5B
 from wan_runtime.models import WanModel
-from wan_runtime.models.s2v_config import S2VConfig
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.models.t5_checkpoint import T5Sizes
 from wan_runtime.models.umt5 import meta_encoder
 from wan_runtime.models.vae2_1 import build_vae21
 from wan_runtime.models.vae2_2 import build_vae22
 from wan_runtime.pipelines.memory_plan import WeightPlan, plan_models
+from wan_runtime.tasks import task_spec
 
 UMT5_XXL = T5Sizes(vocab=256384, dim=4096, dim_attn=4096, dim_ffn=10240, num_heads=64, num_layers=24,
                    num_buckets=32)
@@ -44,16 +44,20 @@ FLAGS = {
 _GB = 1e9
 
 
+DITS = {"i2v-A14B": A14B, "ti2v-5B": TI2V_5B, "s2v-14B": S2V_14B}
+
+
 def release_plan(task: str, **flags: object) -> WeightPlan:
     """``task``'s plan on one GPU in bfloat16 under ``flags`` (``load_pipeline``'s arguments)."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+    spec = task_spec(task)
+    config = DITS[task]
     with torch.device("meta"):
-        vae = build_vae21() if task != "ti2v-5B" else build_vae22()
-        dits = {"dit": WanModel(TI2V_5B)} if task == "ti2v-5B" else (
-            {"high_noise": WanModel(A14B), "low_noise": WanModel(A14B)} if task == "i2v-A14B" else
-            {"dit": WanModelS2V(S2VConfig())})
-        audio = Wav2Vec2Model(Wav2Vec2Config(**WAV2VEC2_LARGE)) if task == "s2v-14B" else None
+        vae = build_vae22() if spec.vae_file == "Wan2.2_VAE.pth" else build_vae21()
+        dit_class = WanModelS2V if spec.audio_dir is not None else WanModel
+        dits = {name: dit_class(config) for name in spec.dit_names}
+        audio = None if spec.audio_dir is None else Wav2Vec2Model(Wav2Vec2Config(**WAV2VEC2_LARGE))
     options = {"dtype": torch.bfloat16, "offload_model": True, "t5_cpu": False, "convert_model_dtype": False,
                "dit_fsdp": False, "t5_fsdp": False, "stream_blocks": 0, "dit_fp8": False, "world": 1, **flags}
     return plan_models(torch.device("cuda"), vae, meta_encoder(UMT5_XXL), dits, audio, **options)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from benchmarks.bench_dit import A14B, TI2V_5B
+from benchmarks.release_configs import A14B, TI2V_5B
 from tests.lora.lora_writers import parameter_shapes, random_lora, write_official
 from tests.models.test_dit_parity import batch_contexts, make_inputs
 from tests.pipelines.images import gradient_image

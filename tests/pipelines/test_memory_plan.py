@@ -83,6 +83,11 @@ def test_offloading_takes_turns_beside_the_vae(i2v_root):
     assert TEXT_ENCODER not in on_cpu.models and on_cpu.busiest.startswith("DiT")
 
 
+def test_a_text_encoder_kept_on_the_cpu_is_not_read(ti2v_root, monkeypatch):
+    monkeypatch.setattr("wan_runtime.pipelines.memory_plan.read_checkpoint", None)
+    assert TEXT_ENCODER not in plan("ti2v-5B", ti2v_root, t5_cpu=True).models
+
+
 def test_on_the_cpu_every_model_counts(i2v_root):
     planned = plan("i2v-A14B", i2v_root, torch.device("cpu"), offload_model=True, t5_cpu=True,
                    stream_blocks=2)

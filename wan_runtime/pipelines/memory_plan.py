@@ -107,7 +107,8 @@ class WeightPlan:
 
     @property
     def busiest(self) -> str:
-        """The model whose work holds the most weights on the device."""
+        """The model whose work holds the most weights on the device (the first loaded of those
+        that tie, e.g. the VAE when every model stays and none brings more while it works)."""
         return max(self.models, key=self._while)
 
     @property
@@ -163,8 +164,10 @@ def plan_weights(
     **options: Any,
 ) -> WeightPlan:
     """The plan of the release folder ``root`` of ``spec``'s task under ``load_pipeline``'s
-    checked arguments ``options`` (``plan_models``'s); reads headers and archive indexes alone."""
-    text_encoder = meta_encoder(read_checkpoint(root / spec.t5_file)[1])
+    checked arguments ``options`` (``plan_models``'s); reads headers and archive indexes alone
+    (not the text encoder's where it stays on the CPU)."""
+    needed = device.type == "cpu" or not options["t5_cpu"]
+    text_encoder = meta_encoder(read_checkpoint(root / spec.t5_file)[1]) if needed else None
     dits = {name: dit_class._meta_model(root / folder)[0]
             for name, folder in zip(spec.dit_names, spec.dit_folders, strict=True)}
     audio = None if spec.audio_dir is None else Wav2Vec2Features.meta_model(root / spec.audio_dir)
@@ -174,7 +177,7 @@ def plan_weights(
 def plan_models(
     device: torch.device,
     vae: nn.Module,
-    text_encoder: nn.Module,
+    text_encoder: nn.Module | None,
     dits: dict[str, WanModel],
     audio_encoder: nn.Module | None,
     dtype: torch.dtype,
@@ -187,15 +190,16 @@ def plan_models(
     dit_fp8: bool,
     world: int,
 ) -> WeightPlan:
-    """The plan of a pipeline's meta-device, float32 models (changed in place) under
-    ``load_pipeline``'s arguments (``world``: the processes FSDP shards over). On the CPU every
-    model is in its memory, whatever ``offload_model``, ``t5_cpu`` and ``stream_blocks`` say."""
+    """The plan of a pipeline's meta-device, float32 models (changed in place; ``text_encoder``
+    may be None under ``t5_cpu`` on a GPU) under ``load_pipeline``'s arguments (``world``: the
+    processes FSDP shards over). On the CPU every model is in its memory, whatever
+    ``offload_model``, ``t5_cpu`` and ``stream_blocks`` say."""
     remedy = _remedy(dtype, offload_model, t5_cpu, dit_fsdp, t5_fsdp, stream_blocks, dit_fp8)
     if device.type == "cpu":
         offload_model, t5_cpu, stream_blocks = False, False, 0
     models = {VAE: Footprint(module_bytes(vae))}
     moving = []
-    if not t5_cpu:
+    if not t5_cpu and text_encoder is not None:
         text_encoder.to(torch.float32 if dtype == torch.float32 else torch.bfloat16)
         if t5_fsdp and world > 1:
             blocks = list(text_encoder.encoder.block)
