@@ -4,8 +4,8 @@ of the release architectures: no checkpoint is needed, and nothing is measured.
 
     python -m benchmarks.weight_plans [--out-dir DIR]
 
-Columns: the task, the flags (one GPU, bfloat16), the most GB of weights on the GPU at once
-(``peak_GB``) and the models there then (``at_the_peak``). The activations come on top.
+Columns: the task, the flags (one GPU, bfloat16), the most GiB of weights on the GPU at once
+(``peak_GiB``) and the models there then (``at_the_peak``). The activations come on top.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ FLAGS = {
     "--t5_cpu --stream_blocks 99 (all but one)": {"t5_cpu": True, "stream_blocks": 99},
     "--t5_cpu --dit_fp8 --stream_blocks 99": {"t5_cpu": True, "dit_fp8": True, "stream_blocks": 99},
 }
-_GB = 1e9
+_GIB = 2**30
 
 
 DITS = {"i2v-A14B": A14B, "ti2v-5B": TI2V_5B, "s2v-14B": S2V_14B}
@@ -72,9 +72,9 @@ def main() -> None:
     for task in ("i2v-A14B", "ti2v-5B", "s2v-14B"):
         for name, flags in FLAGS.items():
             plan = release_plan(task, **flags)
-            rows.append({"task": task, "flags": name, "peak_GB": round(plan.peak / _GB, 2),
+            rows.append({"task": task, "flags": name, "peak_GiB": round(plan.peak / _GIB, 2),
                          "at_the_peak": ", ".join(plan.peak_models)})
-    print_table(rows, ["task", "flags", "peak_GB", "at_the_peak"])
+    print_table(rows, ["task", "flags", "peak_GiB", "at_the_peak"])
     out_dir = Path(args.out_dir) if args.out_dir else None
     print("saved", save_results("weight_plans", torch.device("cpu"), rows, out_dir))
 

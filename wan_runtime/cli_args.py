@@ -238,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0; at most all blocks but the first stream)"),
     p.add_argument("--dit_fp8", action="store_true",
                    help="store the DiT blocks' weights in 8-bit floats (float8_e4m3fn, a scale per row) and "
-                        "compute in --dtype: half the memory of bf16 DiTs (a 14B DiT in 15 GB instead of "
-                        "29), but the video is not the official one (lossy)")
+                        "compute in --dtype: half the memory of bf16 DiTs (a 14B DiT in 14 GiB instead of "
+                        "27), but the video is not the official one (lossy)")
     p.add_argument("--convert_model_dtype", action="store_true",
                    help="convert the DiT weights to the compute dtype")
     p.add_argument("--save_file", default=None,

@@ -257,6 +257,9 @@ def _make_videos(
     start = time.perf_counter()
     pipeline = load_pipeline(**arguments)
     load_s: float | None = time.perf_counter() - start
+    if jobs[0].launch.main and pipeline.weight_plan is not None:
+        print(f"memory: the weights take {pipeline.weight_plan.describe()}; the activations come on top",
+              flush=True)
     if jobs[0].compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)
     failed, last = [], None

@@ -66,6 +66,7 @@ def test_ti2v_demo_writes_the_video_under_the_official_name(cache_env, tmp_path)
     assert out.count(demo.NOTICE) == 2 and "using cached checkpoint" in out
     assert "seed: 42" in out and "prompt: a red fox" in out
     assert "timings: load " in out and "denoise" in out and ", write " in out and "peak memory: " in out
+    assert "memory: the weights take at most " in out and " GiB of cpu memory at once (VAE " in out
     assert "2/2" in result.stderr  # the progress bar reached the last step
     assert "Traceback" not in result.stderr
 

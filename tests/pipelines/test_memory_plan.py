@@ -123,9 +123,10 @@ def test_weights_that_cannot_fit_are_refused_with_what_lowers_them(ti2v_root):
     with pytest.raises(InputError) as error:
         planned.check_fits(planned.peak - 1)
     message = str(error.value)
-    assert message.startswith(f"the weights alone would take at most {planned.peak / 1e9:.2f} GB of cuda "
+    assert message.startswith(f"the weights alone would take at most {planned.peak / 2**30:.2f} GiB of cuda "
                               "memory at once (VAE ")
-    assert f": more than the {(planned.peak - 1) / 1e9:.2f} GB it has; to fit, try offload_model (" in message
+    capacity = f"{(planned.peak - 1) / 2**30:.2f} GiB"
+    assert f": more than the {capacity} it has; to fit, try offload_model (" in message
     assert "more stream_blocks (" in message and "dit_fp8 (" in message and "dtype bfloat16" in message
     assert message.endswith("(the command line's flags of those names)")
     done = plan("ti2v-5B", ti2v_root, offload_model=True, t5_cpu=True, dit_fp8=True)
@@ -135,9 +136,11 @@ def test_weights_that_cannot_fit_are_refused_with_what_lowers_them(ti2v_root):
                                      "(the command line's flags of those names)")
 
 
-def test_check_pipeline_returns_the_plan(ti2v_root):
+def test_check_pipeline_returns_the_plan_the_loaded_pipeline_keeps(ti2v_root):
     planned = check_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32)
     assert planned.models == plan("ti2v-5B", ti2v_root, torch.device("cpu"), dtype=torch.float32).models
+    loaded = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32)
+    assert loaded.weight_plan.models == planned.models
 
 
 def test_load_on_a_gpu_too_small_for_the_weights_refuses_before_loading(ti2v_root, monkeypatch):
@@ -145,7 +148,7 @@ def test_load_on_a_gpu_too_small_for_the_weights_refuses_before_loading(ti2v_roo
     small = SimpleNamespace(total_memory=10**6)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: small)
     monkeypatch.setattr("wan_runtime.pipelines.loading.load_text_encoder", None)  # nothing may load
-    with pytest.raises(InputError, match=r"the weights alone would take .* more than the 0.00 GB it has"):
+    with pytest.raises(InputError, match=r"the weights alone would take .* more than the 0.00 GiB it has"):
         load_pipeline("ti2v-5B", ti2v_root, device="cuda")
 
 

@@ -28,6 +28,7 @@ from wan_runtime.pipelines.inputs import (
     parse_size,
     resolve_seed,
 )
+from wan_runtime.pipelines.memory_plan import WeightPlan
 from wan_runtime.pipelines.numerics import FiniteWatch, check_video, remedy
 from wan_runtime.pipelines.report import RunReport, StageClock
 from wan_runtime.pipelines.residency import Residency
@@ -134,6 +135,8 @@ class Pipeline:
         self.residency = residency
         self.last_report: RunReport | None = None
         self._cache_report: dict[str, dict] = {}
+        # What its weights take of the device's memory, as ``load_pipeline`` planned it.
+        self.weight_plan: WeightPlan | None = None
 
     # -- what a task defines ------------------------------------------------------------------
 

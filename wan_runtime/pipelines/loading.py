@@ -83,7 +83,7 @@ def check_pipeline(task: str, ckpt_dir: str | Path, **options: Any) -> WeightPla
     except TypeError as err:
         raise InputError(f"check_pipeline takes load_pipeline's arguments: {err}") from err
     arguments.apply_defaults()
-    return _checked(arguments.arguments, plan=True).plan
+    return _checked(arguments.arguments).plan
 
 
 class _Checked(NamedTuple):
@@ -96,12 +96,13 @@ class _Checked(NamedTuple):
     dit_class: type[WanModel]
     dit_loras: dict[str, list[tuple[LoraFile, float]]]
     labels: dict[str, str]
-    plan: WeightPlan | None
+    plan: WeightPlan
 
 
-def _checked(arguments: Mapping[str, Any], plan: bool = False) -> _Checked:
-    """``load_pipeline``'s checks of its ``arguments``, given in its parameters' order; the
-    weights' memory plan (checked against a GPU's memory) on a GPU, or when ``plan``."""
+def _checked(arguments: Mapping[str, Any]) -> _Checked:
+    """``load_pipeline``'s checks of its ``arguments``, given in its parameters' order, and the
+    weights' memory plan, checked against a GPU's memory (a tenth of a second on the release
+    folders: headers and archive indexes)."""
     (task, ckpt_dir, device, dtype, offload_model, t5_cpu, convert_model_dtype, compile, ulysses_size,
      dit_fsdp, t5_fsdp, loras, stream_blocks, dit_fp8) = arguments.values()
     if not isinstance(ckpt_dir, (str, os.PathLike)):
@@ -142,13 +143,11 @@ def _checked(arguments: Mapping[str, Any], plan: bool = False) -> _Checked:
             check_heads_split(num_heads, ulysses_size)
     if spec.audio_dir is not None:
         Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
-    weights = None
-    if plan or device.type == "cuda":
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        weights = plan_weights(spec, root, device, dit_class, dtype=dtype, offload_model=offload_model,
-                               t5_cpu=t5_cpu, convert_model_dtype=convert_model_dtype, dit_fsdp=dit_fsdp,
-                               t5_fsdp=t5_fsdp, stream_blocks=stream_blocks, dit_fp8=dit_fp8, world=world)
-    if weights is not None and device.type == "cuda":
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    weights = plan_weights(spec, root, device, dit_class, dtype=dtype, offload_model=offload_model,
+                           t5_cpu=t5_cpu, convert_model_dtype=convert_model_dtype, dit_fsdp=dit_fsdp,
+                           t5_fsdp=t5_fsdp, stream_blocks=stream_blocks, dit_fp8=dit_fp8, world=world)
+    if device.type == "cuda":
         weights.check_fits(torch.cuda.get_device_properties(device).total_memory)
     return _Checked(spec, device, root, dit_class, dit_loras, labels, weights)
 
@@ -213,7 +212,7 @@ def load_pipeline(
     changes the numbers (timestep 999 becomes 1000 in bfloat16); that rounding is not reproduced.
     """
     # At the first line locals() holds the arguments alone, in the parameters' order.
-    spec, device, root, dit_class, dit_loras, labels, _ = _checked(locals())
+    spec, device, root, dit_class, dit_loras, labels, weights = _checked(locals())
     pipeline_class, names = _PIPELINES[spec.name], spec.dit_names
     rest = _CPU if offload_model else device  # where the big models sit between uses
     residency = Residency(device, offload_model)
@@ -247,8 +246,11 @@ def load_pipeline(
             compile_blocks(dits[name])
         residency.add(name, dits[name], dits[name].resident_modules())
     if spec.audio_dir is None:
-        return pipeline_class(spec, device, text_encoder, vae, dits, residency)
-    audio_encoder = Wav2Vec2Features(root / spec.audio_dir, device=rest)
-    guard(audio_encoder.model)
-    residency.add(AUDIO_ENCODER, audio_encoder.model)
-    return S2VPipeline(spec, device, text_encoder, vae, dits, residency, audio_encoder)
+        pipeline = pipeline_class(spec, device, text_encoder, vae, dits, residency)
+    else:
+        audio_encoder = Wav2Vec2Features(root / spec.audio_dir, device=rest)
+        guard(audio_encoder.model)
+        residency.add(AUDIO_ENCODER, audio_encoder.model)
+        pipeline = S2VPipeline(spec, device, text_encoder, vae, dits, residency, audio_encoder)
+    pipeline.weight_plan = weights
+    return pipeline

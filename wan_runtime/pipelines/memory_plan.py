@@ -29,7 +29,8 @@ from wan_runtime.models.vae_loading import meta_vae
 from wan_runtime.tasks import TaskSpec
 
 TEXT_ENCODER, VAE, AUDIO_ENCODER = "text encoder", "VAE", "speech encoder"
-_GB = 1e9
+# GiB, as torch reports a GPU's memory and as the cards are sold ("24 GB" is 24 GiB).
+_GIB = 2**30
 
 
 def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -124,16 +125,16 @@ class WeightPlan:
     def describe(self) -> str:
         """The peak and what makes it, in words."""
         busiest = self.busiest
-        parts = ", ".join(f"{n} {self.models[n].resident / _GB:.2f} GB" for n in self.peak_models)
+        parts = ", ".join(f"{n} {self.models[n].resident / _GIB:.2f} GiB" for n in self.peak_models)
         extra = self.models[busiest].extra
-        working = f"; {extra / _GB:.2f} GB more while the {busiest} works" if extra else ""
-        return f"at most {self.peak / _GB:.2f} GB of {self.device} memory at once ({parts}{working})"
+        working = f"; {extra / _GIB:.2f} GiB more while the {busiest} works" if extra else ""
+        return f"at most {self.peak / _GIB:.2f} GiB of {self.device} memory at once ({parts}{working})"
 
     def check_fits(self, capacity: int) -> None:
         """Raise ``InputError`` if the weights alone exceed ``capacity`` bytes of device memory."""
         if self.peak > capacity:
             raise InputError(f"the weights alone would take {self.describe()}: more than the "
-                             f"{capacity / _GB:.2f} GB it has; {self.remedy}")
+                             f"{capacity / _GIB:.2f} GiB it has; {self.remedy}")
 
 
 def _remedy(
