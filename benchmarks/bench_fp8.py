@@ -26,16 +26,11 @@ import torch
 from benchmarks.bench_dit import A14B, CPU_SIZE, GRID_480P, GRID_720P, TI2V_5B, Case, inputs
 from benchmarks.common import forward_parser, median_seconds_in_turns, run_cases
 from tests.tolerances import rel_l2
-from wan_runtime.models import WanModel
 from wan_runtime.models.compilation import compile_blocks
+from wan_runtime.pipelines.memory_plan import module_bytes
 from wan_runtime.tiny_checkpoints import random_dit
 
 _MB = 1e6
-
-
-def weight_bytes(model: WanModel) -> int:
-    """The bytes of the model's parameters and buffers (the float8 scales)."""
-    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeat: int,
@@ -49,7 +44,7 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, 
         row = {"model": case.config.model_type, "dim": case.config.dim, "layers": case.config.num_layers,
                "tokens": case.tokens, "dtype": str(dtype).removeprefix("torch.")}
         for name, model in models.items():
-            row[f"{name}_MB"] = round(weight_bytes(model) / _MB, 2)
+            row[f"{name}_MB"] = round(module_bytes(model) / _MB, 2)
             row[f"err_{name}"] = f"{rel_l2(model(**args), truth):.2e}"
         del truth
         calls = {name: lambda m=model: m(**args) for name, model in models.items()}

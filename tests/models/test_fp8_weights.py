@@ -32,6 +32,7 @@ from wan_runtime.models.fp8_weights import (
 from wan_runtime.models.s2v_config import S2VConfig
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.pipelines import check_pipeline, load_pipeline
+from wan_runtime.pipelines.memory_plan import module_bytes
 from wan_runtime.tiny_checkpoints import TINY_TI2V, random_dit
 
 # The weights of the linear layers stored in float8, in the official names: the blocks' and the
@@ -123,14 +124,11 @@ def test_real_sizes_take_about_half(config, dtype, most):
     with torch.device("meta"):
         model = model_class(config).set_compute_dtype(dtype)
 
-    def size() -> int:
-        return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-
-    before = size()
+    before = module_bytes(model)
     linears = [store_linears_in_fp8(module) for module in model.fp8_modules()]
     assert linears[0] == 10 * config.num_layers
-    assert size() <= most
-    assert size() / before < (0.53 if dtype == torch.bfloat16 else 0.27)
+    assert module_bytes(model) <= most
+    assert module_bytes(model) / before < (0.53 if dtype == torch.bfloat16 else 0.27)
 
 
 def rounded_copy(folder: Path, destination: Path) -> Path:

@@ -12,7 +12,6 @@ and are not estimated: they depend on the video's size and on the attention kern
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,15 +32,10 @@ TEXT_ENCODER, VAE, AUDIO_ENCODER = "text encoder", "VAE", "speech encoder"
 _GIB = 2**30
 
 
-def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """The bytes of ``tensors``, each counted once."""
-    unique = {id(t): t for t in tensors}
-    return sum(t.numel() * t.element_size() for t in unique.values())
-
-
 def module_bytes(module: nn.Module) -> int:
-    """The bytes of ``module``'s parameters and buffers."""
-    return tensor_bytes([*module.parameters(), *module.buffers()])
+    """The bytes of ``module``'s parameters and buffers, a tensor two layers share counted once."""
+    unique = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in unique.values())
 
 
 def shard_bytes(model: nn.Module, world: int) -> int:
