@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from wan_runtime.cache.config import CacheConfig
-from wan_runtime.cli_args import DecodedInputs, GenerateConfig, InvalidArguments, resolve, str2bool
+from wan_runtime.cli_args import DecodedInputs, GenerateConfig, InvalidArguments, json_flag_value, resolve
 
 # The flags a batch line may set: what one video is made from, not what the models are.
 PER_VIDEO = (
@@ -28,7 +28,6 @@ PER_VIDEO = (
     "pose_video", "start_from_ref", *CacheConfig().as_dict(),
 )
 COMMENT = "#"
-_KINDS = {int: "a whole number", float: "a number"}
 
 
 def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[GenerateConfig]:
@@ -132,25 +131,8 @@ def _line_values(line: object, actions: dict[str, argparse.Action]) -> dict[str,
         if key not in PER_VIDEO:
             where = "given on the command line, the same for every video" if key in actions else "not a flag"
             raise ValueError(f"{key!r} cannot be set per video ({where}); a line sets {', '.join(PER_VIDEO)}")
-        values[key] = _flag_value(key, value, actions[key])
+        values[key] = json_flag_value(key, value, actions[key])
     return values
-
-
-def _flag_value(key: str, value: object, action: argparse.Action) -> object:
-    if value is None:  # the flag's own default, as if neither the command line nor the line gave it
-        return action.default
-    if action.nargs == 0 or action.type is str2bool:  # an on/off flag
-        if not isinstance(value, bool):
-            raise TypeError(f"{key} must be true or false, got {json.dumps(value)}")
-        return value
-    if isinstance(value, (bool, list, dict)):
-        raise TypeError(f"{key} must be a string or a number, got {json.dumps(value)}")
-    if action.type is None:
-        return str(value)
-    try:
-        return action.type(str(value))
-    except ValueError:
-        raise ValueError(f"{key} must be {_KINDS[action.type]}, got {json.dumps(value)}") from None
 
 
 def _by_line(problems: dict[int, list[str]], line_count: int) -> list[str]:

@@ -9,6 +9,8 @@ device) and reports every problem at once.
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import math
 import os
 import re
@@ -181,6 +183,33 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError("Boolean value expected (True/False)")
 
 
+_KINDS = {int: "a whole number", float: "a number"}
+
+
+def json_flag_value(key: str, value: object, action: argparse.Action) -> object:
+    """The JSON ``value`` given for flag ``key`` (a ``--batch`` line's, a video's recorded flags),
+    converted as the command line would convert it; ``null`` is the flag's default. Raises
+    ``TypeError`` or ``ValueError`` naming the flag and what it takes."""
+    if value is None:  # the flag's own default, as if the command line did not give it
+        return copy.copy(action.default)
+    if action.nargs == 0 or action.type is str2bool:  # an on/off flag
+        if not isinstance(value, bool):
+            raise TypeError(f"{key} must be true or false, got {json.dumps(value)}")
+        return value
+    if isinstance(action.default, list):  # a flag given once per value
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise TypeError(f"{key} must be a list of strings, got {json.dumps(value)}")
+        return list(value)
+    if isinstance(value, (bool, list, dict)):
+        raise TypeError(f"{key} must be a string or a number, got {json.dumps(value)}")
+    if action.type is None:
+        return str(value)
+    try:
+        return action.type(str(value))
+    except ValueError:
+        raise ValueError(f"{key} must be {_KINDS[action.type]}, got {json.dumps(value)}") from None
+
+
 def _differences() -> str:
     """The end of ``--help``: how the command line differs from the official ``generate.py`` (each
     time because the official behaviour cannot work here) and what it adds."""
@@ -195,8 +224,8 @@ def _differences() -> str:
         "(--use_prompt_extend, the TTS and animate flags) are "
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
-        "--debug, --dry_run, --batch, --skip_existing, --demo, --negative_prompt, --stream_blocks, "
-        "--dit_fp8, the LoRA flags and the step cache flags."
+        "--debug, --dry_run, --batch, --skip_existing, --demo, --settings_from, --negative_prompt, "
+        "--stream_blocks, --dit_fp8, the LoRA flags and the step cache flags."
     )
 
 
@@ -204,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser: the official ``generate.py``'s flags and defaults but for the differences its
     epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
     ``--compile``, ``--debug``, ``--dry_run``, ``--batch``, ``--skip_existing``, ``--demo``,
-    ``--negative_prompt``, ``--stream_blocks``, ``--dit_fp8``, ``--lora*`` and the step cache flags
-    ``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
+    ``--settings_from``, ``--negative_prompt``, ``--stream_blocks``, ``--dit_fp8``, ``--lora*`` and
+    the step cache flags ``--teacache*``, ``--fbcache``, ``--fb_*``; see
+    ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are listed
     together."""
     d = demo.DEMO_SETTINGS
@@ -283,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "base_seed, save_file, size, ...), the command line's values for what it leaves out")
     p.add_argument("--demo", action="store_true",
                    help="run on tiny random weights (cached) on the CPU to check the installation")
+    p.add_argument("--settings_from", default=None, metavar="VIDEO",
+                   help="make a video again from the settings stored in VIDEO (an MP4 this command wrote): "
+                        "its task, checkpoint, prompts, seed, image, size, sampling, LoRAs and step cache, "
+                        "for each flag not given here (give --base_seed 7 for the same video with another "
+                        "seed)")
     _add_s2v_flags(p)
     _add_lora_flags(p)
     _add_parallel_flags(p)
@@ -364,7 +399,9 @@ def _add_cache_flags(p: argparse.ArgumentParser) -> None:
     # values come from CacheConfig's defaults.
     d = CacheConfig()
     g = p.add_argument_group("step cache (reuse transformer work between steps; off by default)")
-    g.add_argument("--teacache", action="store_true", default=None, help="enable TeaCache")
+    # --no-...: off, where --settings_from's video or a --batch line's command line has it on.
+    g.add_argument("--teacache", action=argparse.BooleanOptionalAction, default=None,
+                   help="enable TeaCache (--no-teacache: off, as is the default)")
     g.add_argument("--teacache_thresh", type=float, default=None,
                    help=f"skip while the accumulated change is under this (default {d.teacache_thresh})")
     g.add_argument("--teacache_policy", default=None,
@@ -375,8 +412,9 @@ def _add_cache_flags(p: argparse.ArgumentParser) -> None:
                    help=f"last steps of each expert always computed (default {d.teacache_last_steps})")
     g.add_argument("--teacache_alternating", action="store_true", default=None,
                    help="never skip two steps in a row")
-    g.add_argument("--fbcache", action="store_true", default=None,
-                   help="enable the first-block cache (takes precedence)")
+    g.add_argument("--fbcache", action=argparse.BooleanOptionalAction, default=None,
+                   help="enable the first-block cache (takes precedence; --no-fbcache: off, as is the "
+                        "default)")
     g.add_argument("--fb_thresh", type=float, default=None,
                    help=f"skip while the first-block change is under this (default {d.fb_thresh})")
     g.add_argument("--fb_metric", default=None,

@@ -28,6 +28,7 @@ from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, NumericalError
 from wan_runtime.tasks import TASKS
 from wan_runtime.video_io import write_mp4
+from wan_runtime.video_settings import FLAGS_KEY, recorded_flags, take_video_settings
 
 if TYPE_CHECKING:
     from wan_runtime.lora import Lora
@@ -49,11 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _launch().main:
             warnings.simplefilter("ignore")
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-        return _run(parser, args)
+        return _run(parser, args, argv)
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     try:
+        if args.settings_from is not None:
+            args = take_video_settings(parser, args, argv)
         return _generate(resolve_jobs(parser, args), args)
     except InvalidArguments as err:
         # Rank 0 tells what every process finds; another process what concerns it alone.
@@ -316,7 +319,8 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
     start = time.perf_counter()
     # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
     audio = config.audio_path or config.audio
-    write_mp4(video, save_file, fps=pipeline.fps, metadata=settings, audio=audio)
+    metadata = {**settings, FLAGS_KEY: recorded_flags(config, report.seed)}
+    write_mp4(video, save_file, fps=pipeline.fps, metadata=metadata, audio=audio)
     write_s = time.perf_counter() - start
 
     frames, height, width = video.shape[1:]

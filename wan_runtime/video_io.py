@@ -1,5 +1,6 @@
 """Writing generated videos: H.264 MP4 files through imageio-ffmpeg's bundled ffmpeg, with the
-driving speech muxed in for s2v-14B.
+driving speech muxed in for s2v-14B and the settings that made them stored in them; reading those
+settings back.
 
 Used by the CLI only; the pipelines return tensors and know nothing of files. Frames are
 converted and encoded exactly as the official ``wan.utils.utils.save_video`` does through imageio
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from wan_runtime.audio_io import ffmpeg_exe, ffmpeg_path, write_wav
+from wan_runtime.errors import InputError
 
 # The official writer's settings: imageio's libx264 at quality 8, which it passes as ``-crf 10``,
 # in yuv420p, with sizes that are not multiples of 16 scaled up to the next ones.
@@ -97,6 +99,60 @@ def write_mp4(
         raise
     _remove(silent, wav, tags)
     return path
+
+
+def read_mp4_settings(path: str | Path, label: str = "video") -> dict[str, object]:
+    """The settings ``write_mp4`` stored in the MP4 at ``path`` (the JSON object of its ``comment``
+    tag). Raises ``InputError`` naming ``label`` for a missing file, one ffmpeg cannot read, and
+    one that holds no wan_runtime settings."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise InputError(f"{label} {path} {what}; give an MP4 written by python -m wan_runtime.generate")
+    command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path), "-f", "ffmetadata", "-"]
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise InputError(f"{label} {path} cannot be read as a video (ffmpeg: {_complaint(result.stderr)})")
+    comment = _global_tags(result.stdout.decode("utf-8", errors="replace")).get(METADATA_KEY)
+    try:
+        settings = None if comment is None else json.loads(comment)
+    except json.JSONDecodeError:
+        settings = None
+    if not isinstance(settings, dict) or not str(settings.get("software", "")).startswith("wan_runtime "):
+        raise InputError(f"{label} {path} holds no wan_runtime settings (its comment tag is not ours); give "
+                         "an MP4 written by python -m wan_runtime.generate")
+    return settings
+
+
+def _global_tags(text: str) -> dict[str, str]:
+    """The file-wide tags of ffmpeg's ffmetadata output ``text``: ``key=value`` lines (``=;#\\`` and
+    newlines escaped with a backslash; lines starting with ``;`` or ``#`` are comments) up to its
+    first section (``[STREAM]``, ``[CHAPTER]``)."""
+    tags: dict[str, str] = {}
+    key: str | None = None
+    field: list[str] = []
+    escaped = comment = False
+    for char in text + "\n":
+        if char == "\n" and not escaped:
+            if key is not None and not comment:
+                tags.setdefault(key, "".join(field))
+            key, field, comment = None, [], False
+        elif comment:
+            continue
+        elif escaped:
+            field.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif key is None and not field and char in ";#[":
+            if char == "[":
+                break
+            comment = True
+        elif char == "=" and key is None:
+            key, field = "".join(field), []
+        else:
+            field.append(char)
+    return tags
 
 
 def _encode(frames: np.ndarray, fps: int, tags: Path, out: Path) -> None:

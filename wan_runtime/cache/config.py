@@ -117,9 +117,13 @@ class CacheConfig:
     def describe(self) -> str:
         """The fields of the caches that are on, as ``name=value`` words (``off`` when none is):
         what a video's settings record."""
+        return " ".join(f"{name}={value}" for name, value in self.fields_on().items()) or "off"
+
+    def fields_on(self) -> dict[str, object]:
+        """The fields of the caches that are on, switches included, by name (none when both are
+        off): the flags that make this configuration."""
         prefixes = tuple(p for p, on in (("teacache", self.teacache), ("fb", self.fbcache)) if on)
-        words = [f"{name}={value}" for name, value in self.as_dict().items() if name.startswith(prefixes)]
-        return " ".join(words) or "off"
+        return {name: value for name, value in self.as_dict().items() if name.startswith(prefixes)}
 
     def as_dict(self) -> dict[str, object]:
         """The fields by name (for run reports and benchmark rows)."""
