@@ -15,11 +15,16 @@ import argparse
 import copy
 import json
 import warnings
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wan_runtime.cache.config import CacheConfig
 from wan_runtime.cli_args import DecodedInputs, GenerateConfig, InvalidArguments, json_flag_value, resolve
+
+if TYPE_CHECKING:
+    from wan_runtime.video_settings import VideoSettings
 
 # The flags a batch line may set: what one video is made from, not what the models are.
 PER_VIDEO = (
@@ -30,12 +35,15 @@ PER_VIDEO = (
 COMMENT = "#"
 
 
-def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[GenerateConfig]:
+def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 video: VideoSettings | None = None) -> list[GenerateConfig]:
     """The videos ``args`` asks for: ``resolve(args)`` alone without ``--batch``, else one per line
-    of the batch file, each ``batch_line`` numbered as the file's line. Raises ``InvalidArguments``
-    listing every problem: a problem every line has once, the others with their line number."""
+    of the batch file, each ``batch_line`` numbered as the file's line; with the flags of
+    ``video`` (``--settings_from``) that neither the command line nor a line gives. Raises
+    ``InvalidArguments`` listing every problem: a problem every line has once, the others with
+    their line number."""
     if args.batch is None:
-        return [resolve(args)]
+        return [_resolve(args, video)]
     command_line = []
     if args.save_file is not None:
         command_line.append("--save_file names one video, and --batch makes several: give each line its own "
@@ -57,7 +65,7 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
             # Every line's notices, though they come from one place; other kinds as filtered.
             warnings.simplefilter("always", UserWarning)
             try:
-                jobs.append(replace(resolve(line_args, inputs), batch_line=number))
+                jobs.append(replace(_resolve(line_args, video, values, inputs), batch_line=number))
             except InvalidArguments as err:
                 problems[number], own[number] = err.problems, err.own
     _warn_by_line(raised, len(lines))
@@ -65,6 +73,22 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
     if told:
         raise InvalidArguments(told, _by_line(own, len(lines)))
     return jobs
+
+
+def _resolve(args: argparse.Namespace, video: VideoSettings | None, line: Iterable[str] = (),
+             inputs: DecodedInputs | None = None) -> GenerateConfig:
+    """``resolve(args)``, with ``video``'s flags for what neither the command line nor ``line``
+    (the flags a batch line sets) gives, and its problems about those flags saying so."""
+    if video is None:
+        return resolve(args, inputs)
+    filled, taken = video.fill(args, line)
+    try:
+        config = resolve(filled, inputs)
+    except InvalidArguments as err:
+        problems, own = (video.source_of(told, taken) for told in (err.problems, err.own))
+        raise InvalidArguments(problems, own) from None
+    video.check_setup(config)
+    return config
 
 
 def _warn_by_line(raised: dict[int, list[warnings.WarningMessage]], line_count: int) -> None:

@@ -104,7 +104,8 @@ class GenerateConfig:
     ``infer_frames``, ``start_from_ref`` and ``pose_video`` (checked: its first frame decodes) as
     the official flags. ``launch`` is this process's place in a ``torchrun`` launch (``device``
     is then its own GPU); ``ulysses_size``, ``dit_fsdp`` and ``t5_fsdp`` as the official flags.
-    ``loras``: the LoRAs of ``--lora``, ``--lora_high_noise`` and ``--lora_low_noise``;
+    ``loras``: the LoRAs of ``--lora_dir``, ``--lora``, ``--lora_high_noise`` and
+    ``--lora_low_noise``; ``lora_flags``: those flags as given, (dest, value) with absolute paths;
     ``stream_blocks`` and ``dit_fp8`` as ``load_pipeline``'s; ``dry_run``: check, print the plan,
     load nothing;
     ``batch_line``: the line of the ``--batch`` file this video comes from (None without one).
@@ -144,6 +145,7 @@ class GenerateConfig:
     start_from_ref: bool = False
     pose_video: Path | None = None
     loras: tuple[Lora, ...] = ()
+    lora_flags: tuple[tuple[str, str], ...] = ()
     stream_blocks: int = 0
     dit_fp8: bool = False
     dry_run: bool = False
@@ -184,6 +186,8 @@ def str2bool(value: str) -> bool:
 
 
 _KINDS = {int: "a whole number", float: "a number"}
+# The flags that give LoRA files, one per value.
+LORA_FLAGS = ("lora", "lora_high_noise", "lora_low_noise")
 
 
 def json_flag_value(key: str, value: object, action: argparse.Action) -> object:
@@ -266,11 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the last N blocks of each DiT in CPU memory, each copied to the GPU just "
                         "before it runs: N x ~0.7 GB less GPU memory for a 14B DiT in bf16, the same video "
                         "(default 0; at most all blocks but the first stream)"),
-    p.add_argument("--dit_fp8", action="store_true",
+    p.add_argument("--dit_fp8", action=argparse.BooleanOptionalAction, default=False,
                    help="store the DiT blocks' weights in 8-bit floats (float8_e4m3fn, a scale per row) and "
                         "compute in --dtype: half the memory of bf16 DiTs (a 14B DiT in 14 GiB instead of "
                         "27), but the video is not the official one (lossy)")
-    p.add_argument("--convert_model_dtype", action="store_true",
+    p.add_argument("--convert_model_dtype", action=argparse.BooleanOptionalAction, default=False,
                    help="convert the DiT weights to the compute dtype")
     p.add_argument("--save_file", default=None,
                    help="output .mp4 (default: <task>_<size>_<ulysses_size>_<prompt>_<time>.mp4 in the "
@@ -314,10 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true",
                    help="run on tiny random weights (cached) on the CPU to check the installation")
     p.add_argument("--settings_from", default=None, metavar="VIDEO",
-                   help="make a video again from the settings stored in VIDEO (an MP4 this command wrote): "
-                        "its task, checkpoint, prompts, seed, image, size, sampling, LoRAs and step cache, "
-                        "for each flag not given here (give --base_seed 7 for the same video with another "
-                        "seed)")
+                   help="make a video again from the flags stored in VIDEO (an MP4 this command wrote): its "
+                        "task, checkpoint, prompts, seed, inputs, size, frames, sampling, dtype, LoRAs and "
+                        "step cache, for each flag not given here (add --base_seed 7 for the same video with "
+                        "another seed; --no-teacache, --image '' and the like leave the video's out)")
     _add_s2v_flags(p)
     _add_lora_flags(p)
     _add_parallel_flags(p)
@@ -387,7 +391,7 @@ def _add_s2v_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pose_video", default=None,
                    help="a pose video whose motion the speaker follows, read from its start at 16 fps "
                         "(any video file ffmpeg reads)")
-    g.add_argument("--start_from_ref", action="store_true",
+    g.add_argument("--start_from_ref", action=argparse.BooleanOptionalAction, default=False,
                    help="start the video from the reference image (--image) as its first frame")
     g.add_argument("--enable_tts", action="store_true", help="not supported: text-to-speech is out of scope")
     for flag in ("--tts_prompt_audio", "--tts_prompt_text", "--tts_text"):
@@ -410,7 +414,7 @@ def _add_cache_flags(p: argparse.ArgumentParser) -> None:
                    help=f"first steps of each expert always computed (default {d.teacache_warmup})")
     g.add_argument("--teacache_last_steps", type=int, default=None,
                    help=f"last steps of each expert always computed (default {d.teacache_last_steps})")
-    g.add_argument("--teacache_alternating", action="store_true", default=None,
+    g.add_argument("--teacache_alternating", action=argparse.BooleanOptionalAction, default=None,
                    help="never skip two steps in a row")
     g.add_argument("--fbcache", action=argparse.BooleanOptionalAction, default=None,
                    help="enable the first-block cache (takes precedence; --no-fbcache: off, as is the "
@@ -572,6 +576,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
         t5_fsdp=args.t5_fsdp,
         launch=launch,
         loras=loras,
+        lora_flags=_lora_flags(args),
         stream_blocks=args.stream_blocks,
         dit_fp8=args.dit_fp8,
         dry_run=args.dry_run,
@@ -621,6 +626,16 @@ def _lora_problems(
                 continue
             loras.append(lora)
     return tuple(loras)
+
+
+def _lora_flags(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """The LoRA flags ``args`` gives, as (dest, value) with each path absolute: what a video
+    records, so that the same files merge at the same strengths from any folder."""
+    given = [("lora_dir", args.lora_dir)] if args.lora_dir is not None else []
+    given += [(dest, value) for dest in LORA_FLAGS for value in getattr(args, dest)]
+    # The strength as typed ("=0.5", or nothing), after the path.
+    return tuple((dest, f"{Path(path).absolute()}{value[len(path):]}")
+                 for dest, value in given for path in [_split_lora(value)[0]])
 
 
 def _strength_problem(flag: str, value: str, path: str) -> str:

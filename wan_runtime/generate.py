@@ -28,7 +28,7 @@ from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, NumericalError
 from wan_runtime.tasks import TASKS
 from wan_runtime.video_io import write_mp4
-from wan_runtime.video_settings import FLAGS_KEY, recorded_flags, take_video_settings
+from wan_runtime.video_settings import FLAGS_KEY, VideoSettings, recorded_flags, run_setup
 
 if TYPE_CHECKING:
     from wan_runtime.lora import Lora
@@ -55,9 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     try:
+        video = None
         if args.settings_from is not None:
-            args = take_video_settings(parser, args, argv)
-        return _generate(resolve_jobs(parser, args), args)
+            video = VideoSettings.read(parser, args, argv)
+            filled, taken = video.fill(args)
+            print(video.notice(filled, taken), flush=True)
+        # The lines of a batch fill in from the command line as given, each its own way.
+        jobs = resolve_jobs(parser, args, video)
+        args = args if video is None else filled
+        return _generate(jobs, args)
     except InvalidArguments as err:
         # Rank 0 tells what every process finds; another process what concerns it alone.
         for problem in err.problems if _launch().main else err.own:
@@ -363,6 +369,7 @@ def _settings(config: GenerateConfig, run: dict[str, object]) -> dict[str, objec
         **run,
         "image": image,
         "dtype": str(config.dtype).removeprefix("torch."),
+        **run_setup(config),
         "compile": config.compile,
         "stream_blocks": config.stream_blocks,
         "dit_fp8": config.dit_fp8,

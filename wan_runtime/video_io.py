@@ -105,15 +105,7 @@ def read_mp4_settings(path: str | Path, label: str = "video") -> dict[str, objec
     """The settings ``write_mp4`` stored in the MP4 at ``path`` (the JSON object of its ``comment``
     tag). Raises ``InputError`` naming ``label`` for a missing file, one ffmpeg cannot read, and
     one that holds no wan_runtime settings."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise InputError(f"{label} {path} {what}; give an MP4 written by python -m wan_runtime.generate")
-    command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path), "-f", "ffmetadata", "-"]
-    result = subprocess.run(command, capture_output=True, check=False)
-    if result.returncode != 0:
-        raise InputError(f"{label} {path} cannot be read as a video (ffmpeg: {_complaint(result.stderr)})")
-    comment = _global_tags(result.stdout.decode("utf-8", errors="replace")).get(METADATA_KEY)
+    comment = mp4_tags(path, label).get(METADATA_KEY)
     try:
         settings = None if comment is None else json.loads(comment)
     except json.JSONDecodeError:
@@ -122,6 +114,20 @@ def read_mp4_settings(path: str | Path, label: str = "video") -> dict[str, objec
         raise InputError(f"{label} {path} holds no wan_runtime settings (its comment tag is not ours); give "
                          "an MP4 written by python -m wan_runtime.generate")
     return settings
+
+
+def mp4_tags(path: str | Path, label: str = "video") -> dict[str, str]:
+    """The file-wide metadata tags of the video at ``path``, by name. Raises ``InputError``
+    naming ``label`` for a missing file and one ffmpeg cannot read."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise InputError(f"{label} {path} {what}; give an MP4 written by python -m wan_runtime.generate")
+    command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path), "-f", "ffmetadata", "-"]
+    result = subprocess.run(command, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise InputError(f"{label} {path} cannot be read as a video (ffmpeg: {_complaint(result.stderr)})")
+    return _global_tags(result.stdout.decode("utf-8", errors="replace"))
 
 
 def _global_tags(text: str) -> dict[str, str]:

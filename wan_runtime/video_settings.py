@@ -3,51 +3,58 @@ in a video ``python -m wan_runtime.generate`` wrote.
 
 Each video stores, beside the account of its run, the flags that make it again (``FLAGS_KEY``,
 written by ``recorded_flags``): every setting that decides its frames, resolved (the drawn seed,
-the task's or the demo's defaults), with paths made absolute. What only places or schedules the
-work (device, offloading, ``--stream_blocks``, ``--compile``, the several-GPU flags) and where the
-video goes are not recorded: the command line gives those.
+the task's or the demo's defaults), with paths made absolute. What places or schedules the work
+(device, offloading, ``--stream_blocks``, ``--compile``, the several-GPU flags) and where the
+video goes are not recorded: the command line gives those. The same flags make the same frames on
+the same kind of device with the same kernels (the run's account records both).
 
-``take_video_settings`` gives each recorded flag the command line leaves out the video's value;
-a flag the command line gives keeps its own. Some flags stand together, so that giving one
-replaces the video's whole group: the checkpoint (``--ckpt_dir``, ``--demo``) and the LoRAs
-(``--lora_dir`` brings its own sampling settings too). Switching one step cache on leaves the
-video's other cache out, and ``--no-teacache`` or ``--no-fbcache`` that cache. A command line
-naming another task takes none of what belongs to the video's task (checkpoint, size, frames,
-sampling, LoRAs, step cache, speech inputs), only the prompts, seed, image and numerics.
+``VideoSettings.fill`` gives each recorded flag that the command line (and a ``--batch`` line)
+leaves out the video's value; a flag given keeps its own. Some flags stand for a group, so that
+giving one replaces the video's whole group: the checkpoint (``--ckpt_dir``, ``--demo``; going
+from the demo to a checkpoint or back also leaves out the video's size, frames, steps, dtype and
+frames per clip, which are the demo's or the checkpoint's) and the LoRAs (a Wan2.2-Lightning
+folder brings its own sampling, so a video's or a command line's folder takes the sampling along).
+Switching one step cache on leaves the video's other cache out, and ``--no-teacache`` or
+``--no-fbcache`` that cache; an empty ``--image``, ``--pose_video`` or LoRA flag leaves the
+video's out. A command line naming another task takes none of what belongs to the video's task
+(checkpoint, size, frames, sampling, LoRAs, step cache, speech inputs).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import wan_kernels
 from wan_runtime import __version__
 from wan_runtime.cache.config import CacheConfig
-from wan_runtime.cli_args import DTYPES, GenerateConfig, InvalidArguments, build_parser, json_flag_value
+from wan_runtime.cli_args import DTYPES, LORA_FLAGS, GenerateConfig, InvalidArguments, json_flag_value
 from wan_runtime.errors import InputError
-from wan_runtime.lora import Lora
 from wan_runtime.video_io import read_mp4_settings
 
 # The key of a video's settings that holds the flags which make it again.
 FLAGS_KEY = "flags"
+SOFTWARE = f"wan_runtime {__version__}"
 
 _CACHE = tuple(CacheConfig().as_dict())
 _TEACACHE = tuple(name for name in _CACHE if name.startswith("teacache"))
 _FBCACHE = tuple(name for name in _CACHE if name.startswith("fb"))
-_LORAS = ("lora", "lora_high_noise", "lora_low_noise")
+_LORAS = ("lora_dir", *LORA_FLAGS)
 _SAMPLING = ("sample_steps", "sample_shift", "sample_guide_scale", "sample_solver")
 _SPEECH = ("audio", "num_clip", "infer_frames", "start_from_ref", "pose_video")
+_CHECKPOINT = ("ckpt_dir", "demo")
+# The demo's defaults, not a checkpoint's (nor the reverse).
+_SCALED = ("size", "frame_num", "sample_steps", "dtype", "infer_frames")
 # What a video's task decides, not taken for another task.
 _TASK_BOUND = frozenset(("ckpt_dir", "size", "frame_num", *_SAMPLING, *_LORAS, *_CACHE, *_SPEECH))
-# (flags the command line gives, recorded flags it then takes none of).
-_GROUPS = (
-    (("ckpt_dir", "demo"), ("ckpt_dir", "demo")),
-    ((*_LORAS, "lora_dir"), _LORAS),
-    (("lora_dir",), _SAMPLING),
-)
+# Flags whose empty value leaves the video's out.
+_CLEARABLE = ("image", "pose_video", *_LORAS)
+_PATHS = ("ckpt_dir", "image", "audio", "pose_video")
 # Every flag a video may record.
 RECORDED = frozenset(("task", "demo", "prompt", "negative_prompt", "base_seed", "image", "dtype",
                       "convert_model_dtype", "dit_fp8", *_TASK_BOUND))
@@ -56,7 +63,7 @@ RECORDED = frozenset(("task", "demo", "prompt", "negative_prompt", "base_seed", 
 def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
     """The flags that make ``config``'s video again, as JSON values by flag name: ``seed`` the
     one the run used (drawn when ``config.base_seed`` is negative), the defaults resolved, paths
-    absolute, LoRAs at the strength they merged at (a Lightning folder's as its files)."""
+    absolute, the LoRA flags as given."""
     guide_scale = config.sample_guide_scale
     flags: dict[str, object] = {
         "task": config.task,
@@ -76,7 +83,8 @@ def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
         # The several-GPU DiT shards compute in --dtype alone, as --convert_model_dtype does.
         "convert_model_dtype": config.convert_model_dtype or config.dit_fsdp,
         "dit_fp8": config.dit_fp8,
-        **_lora_flags(config.loras),
+        "lora_dir": next((value for dest, value in config.lora_flags if dest == "lora_dir"), None),
+        **{dest: [value for given, value in config.lora_flags if given == dest] for dest in LORA_FLAGS},
         **config.cache.fields_on(),
     }
     if config.audio is None:
@@ -88,75 +96,150 @@ def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
     return flags
 
 
-def _lora_flags(loras: Sequence[Lora]) -> dict[str, list[str]]:
-    flags: dict[str, list[str]] = {name: [] for name in _LORAS}
-    for lora in loras:
-        # repr: the strength exactly, so the weights merge as they did.
-        flags["lora" if lora.expert is None else f"lora_{lora.expert}"].append(
-            f"{Path(lora.path).absolute()}={float(lora.strength)!r}")
-    return flags
+def run_setup(config: GenerateConfig) -> dict[str, str]:
+    """Where a video's numbers were computed, which the flags do not decide: the device and the
+    ``wan_kernels`` backend its ops ran on."""
+    return {"device": config.device, "kernels": wan_kernels.backend_for(config.device)}
 
 
 def _absolute(path: Path | None) -> str | None:
     return None if path is None else str(path.absolute())
 
 
-def take_video_settings(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                        argv: Sequence[str] | None) -> argparse.Namespace:
-    """``args`` (parsed by ``parser`` from ``argv``; None: ``sys.argv[1:]``) with each flag of
-    ``args.settings_from``'s video that the command line leaves out set to the video's value, as
-    the module's docstring tells; prints what it takes. Raises ``InvalidArguments`` for a video
-    without readable settings."""
-    path = Path(args.settings_from)
-    label = f"--settings_from {path}"
-    try:
-        settings = read_mp4_settings(path, "--settings_from")
-    except InputError as err:
-        raise InvalidArguments([str(err)]) from None
-    recorded = settings.get(FLAGS_KEY)
-    if not isinstance(recorded, dict):
-        raise InvalidArguments([f"{label} records no flags (it was made by {settings['software']}, which did "
-                                "not store them); give its settings as flags"])
-    actions = {action.dest: action for action in parser._actions}
-    values, problems = {}, []
-    for key, value in recorded.items():
+@dataclass(frozen=True)
+class VideoSettings:
+    """The settings stored in the video ``path`` (``stored``), its recorded flags as the command
+    line converts them (``values``), the flags the command line gives (``given``, by dest) and
+    the parser's actions by dest."""
+
+    path: Path
+    stored: dict[str, object]
+    values: dict[str, object]
+    given: frozenset[str]
+    actions: dict[str, argparse.Action]
+
+    @classmethod
+    def read(cls, parser: argparse.ArgumentParser, args: argparse.Namespace,
+             argv: Sequence[str] | None) -> VideoSettings:
+        """The settings of ``args.settings_from``'s video, for the command line ``argv`` (None:
+        ``sys.argv[1:]``) that ``parser`` parsed into ``args``. Raises ``InvalidArguments`` for a
+        video without usable flags, each problem named; warns of a video of another version."""
+        path = Path(args.settings_from)
+        label = f"--settings_from {path}"
         try:
-            if key not in RECORDED:
-                raise ValueError(f"{key!r} is not a flag a video records")
-            values[key] = json_flag_value(key, value, actions[key])
-        except (TypeError, ValueError) as err:
-            problems.append(f"{label}: {err}")
-    if problems:
-        raise InvalidArguments(problems)
-    given = given_flags(argv)
-    kept = {key for key in values if key in given}
-    for triggers, members in _GROUPS:
-        if given.intersection(triggers):
-            kept.update(key for key in members if key in values)
-    for switch, own, other in (("teacache", _TEACACHE, _FBCACHE), ("fbcache", _FBCACHE, _TEACACHE)):
-        if switch in given:  # one cache instead of the video's other, or --no-...: none of its settings
-            kept.update(key for key in (other if getattr(args, switch) else own) if key in values)
-    other_task = "task" in given and values.get("task") != args.task
-    if other_task:
-        kept.update(_TASK_BOUND.intersection(values))
-    taken = {key: value for key, value in values.items() if key not in kept}
-    vars(args).update(taken)
-    if settings["software"] != f"wan_runtime {__version__}":
-        warnings.warn(f"{path} was made by {settings['software']}, and this is wan_runtime {__version__}: "
-                      "the same settings may not make the same video", stacklevel=2)
-    notice = f"settings from {path}: {shlex.join(command_line(taken, actions))}"
-    # What the command line changes: its own values, and the groups and task settings it replaces.
-    changed = sorted(key for key in kept if getattr(args, key) != values[key])
-    if changed:
-        why = f", for another task than the video's {values.get('task')}" if other_task else ""
-        notice += f"; the command line's own{why}: {', '.join(changed)}"
-    print(notice, flush=True)
-    return args
+            stored = read_mp4_settings(path, "--settings_from")
+        except InputError as err:
+            raise InvalidArguments([str(err)]) from None
+        software = str(stored["software"])
+        other_version = software != SOFTWARE
+        if other_version:
+            warnings.warn(f"{path} was made by {software}, and this is {SOFTWARE}: the same settings may not "
+                          "make the same video", stacklevel=2)
+        recorded = stored.get(FLAGS_KEY)
+        if recorded is None:
+            raise InvalidArguments([f"{label} records no flags (it was made by {software}, which did not "
+                                    "store them); give its settings as flags"])
+        if not isinstance(recorded, dict) or "task" not in recorded:
+            raise InvalidArguments([f"{label}: its flags are not an object of flags with the task's; give "
+                                    "its settings as flags"])
+        actions = {action.dest: action for action in parser._actions}
+        values, problems = {}, []
+        for key, value in recorded.items():
+            try:
+                if key not in RECORDED:
+                    newer = f" (by {software}; use that version)" if other_version else ""
+                    raise ValueError(f"{key!r} is not a flag this version takes from a video{newer}")
+                values[key] = json_flag_value(key, value, actions[key])
+            except (TypeError, ValueError) as err:
+                problems.append(f"{label}: {err}")
+        if problems:
+            raise InvalidArguments(problems)
+        return cls(path, stored, values, frozenset(given_flags(parser, argv)), actions)
+
+    def fill(self, args: argparse.Namespace, line: Iterable[str] = ()) -> tuple[argparse.Namespace, dict]:
+        """A copy of ``args`` with the video's value of each flag that neither the command line
+        nor ``line`` (the flags a ``--batch`` line sets) gives, but for the groups the module's
+        docstring tells; and the values taken, by dest."""
+        given = self.given | set(line)
+        filled = copy.copy(args)
+        for key in given.intersection(_CLEARABLE):
+            value = getattr(filled, key)
+            cleared = [item for item in value if item] if isinstance(value, list) else value or None
+            setattr(filled, key, cleared)
+        taken = {key: value for key, value in self.values.items() if key not in self._left_out(filled, given)}
+        vars(filled).update(taken)
+        return filled, taken
+
+    def _left_out(self, args: argparse.Namespace, given: set[str]) -> set[str]:
+        """The recorded flags ``args`` keeps its own values of: those ``given`` and the groups
+        they replace."""
+        left = set(given)
+        if given.intersection(_CHECKPOINT):
+            left.update(_CHECKPOINT)
+            if bool(args.demo) != bool(self.values.get("demo")):
+                left.update(_SCALED)
+        if given.intersection(_LORAS):
+            left.update(_LORAS)
+        if "lora_dir" in given or ("lora_dir" in left and self.values.get("lora_dir")):
+            left.update(_SAMPLING)
+        for switch, own, other in (("teacache", _TEACACHE, _FBCACHE), ("fbcache", _FBCACHE, _TEACACHE)):
+            if switch in given:  # one cache instead of the video's other, or --no-...: none of its settings
+                left.update(other if getattr(args, switch) else own)
+        if "task" in given and args.task != self.values["task"]:
+            left.update(_TASK_BOUND)
+        return left
+
+    def notice(self, args: argparse.Namespace, taken: dict[str, object]) -> str:
+        """What the command line ``args`` (filled, taking ``taken``) made of the video's flags: the
+        flags taken, as a command line, those it gives otherwise, and those it leaves out with
+        the group of one it gives."""
+        text = f"settings from {self.path}: {shlex.join(command_line(taken, self.actions))}"
+        differ = [key for key in sorted(self.values)
+                  if key not in taken and _differ(key, getattr(args, key), self.values[key])]
+        own = [key for key in differ if key in self.given]
+        left = [key for key in differ if key not in self.given]
+        if own:
+            text += f"; the command line's own: {', '.join(own)}"
+        if left:
+            text += f"; left out with the settings the command line replaces: {', '.join(left)}"
+        return text
+
+    def source_of(self, problems: list[str], taken: dict[str, object]) -> list[str]:
+        """``problems`` with those about a value ``taken`` from the video saying so."""
+        marks = [f"--{key} " for key in taken]
+        for key in taken.keys() & {*_PATHS, *_LORAS}:
+            for item in taken[key] if isinstance(taken[key], list) else [taken[key]]:
+                if item:  # a LoRA's path without its strength, as its problems name it
+                    marks += [str(item), str(item).rpartition("=")[0] if key in _LORAS else ""]
+        hint = f" (recorded in --settings_from {self.path}; give the flag to replace it)"
+        return [problem + hint if any(mark and mark in problem for mark in marks) else problem
+                for problem in problems]
+
+    def check_setup(self, config: GenerateConfig) -> None:
+        """Warn when ``config`` computes on another kind of device or with other kernels than the
+        video did: the same flags then make a video that differs in its last bits."""
+        then = {key: self.stored.get(key) for key in ("device", "kernels")}
+        now = run_setup(config)
+        if then["device"] is not None and str(then["device"]).split(":")[0] != now["device"].split(":")[0]:
+            warnings.warn(f"{self.path} was made on {then['device']}, this run computes on {now['device']}: "
+                          "the video will differ in its last bits", stacklevel=2)
+        elif then["kernels"] is not None and then["kernels"] != now["kernels"]:
+            warnings.warn(f"{self.path} was made with the {then['kernels']} kernels, this run uses "
+                          f"{now['kernels']}: the video will differ in its last bits", stacklevel=2)
 
 
-def given_flags(argv: Sequence[str] | None) -> set[str]:
-    """The flags (by ``dest``) the command line ``argv`` gives, whatever their values."""
-    parser = build_parser()
+def _differ(key: str, mine: object, recorded: object) -> bool:
+    """Whether the command line's value of ``key`` is not the recorded one (paths compared
+    absolute)."""
+    if key in _PATHS and mine is not None and recorded is not None:
+        return Path(str(mine)).absolute() != Path(str(recorded))
+    return mine != recorded
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The flags (by ``dest``) the command line ``argv`` gives to ``parser``, whatever their
+    values."""
+    parser = copy.deepcopy(parser)
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv)))
@@ -172,9 +255,8 @@ def command_line(values: dict[str, object], actions: dict[str, argparse.Action])
             continue
         if action.nargs == 0:  # on; off is the default but where a --no- form says it
             words += [flag] if value else action.option_strings[1:]
-        elif isinstance(value, list):
-            for item in value:
-                words += [flag, item]
         else:
-            words += [flag, str(value)]
+            for item in map(str, value if isinstance(value, list) else [value]):
+                # A value starting with a dash would read as a flag of its own.
+                words += [f"{flag}={item}"] if item.startswith("-") else [flag, item]
     return words

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
-import imageio_ffmpeg
 import numpy as np
+
+from wan_runtime.video_io import METADATA_KEY, mp4_tags
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,13 +42,6 @@ def read_video(path: Path) -> tuple[np.ndarray, float]:
 
 
 def read_settings(path: Path) -> dict:
-    """The JSON the CLI stored in the MP4 ``comment`` tag, read back with ffmpeg (whose
-    ffmetadata output escapes ``=;#\\`` and newlines with a backslash)."""
-    dump = subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    for line in dump.splitlines():
-        if line.startswith("comment="):
-            return json.loads(re.sub(r"\\(.)", r"\1", line.removeprefix("comment=")))
-    raise AssertionError(f"no comment tag in {path}:\n{dump}")
+    """The JSON the CLI stored in the MP4's ``comment`` tag (``mp4_tags`` is tested against
+    ffmpeg's own writer)."""
+    return json.loads(mp4_tags(path)[METADATA_KEY])

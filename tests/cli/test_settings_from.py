@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import warnings
 
 import imageio_ffmpeg
 import numpy as np
@@ -21,7 +22,7 @@ from wan_runtime.batch_file import resolve_jobs
 from wan_runtime.cli_args import InvalidArguments, build_parser, resolve
 from wan_runtime.errors import InputError
 from wan_runtime.video_io import read_mp4_settings, write_mp4
-from wan_runtime.video_settings import FLAGS_KEY, command_line, recorded_flags, take_video_settings
+from wan_runtime.video_settings import FLAGS_KEY, VideoSettings, command_line, recorded_flags, run_setup
 
 FAST = ["--demo", "--frame_num", "5", "--sample_steps", "2"]
 SOFTWARE = f"wan_runtime {__version__}"
@@ -40,9 +41,14 @@ def _recording(path, *argv: str, seed: int = 11) -> dict:
 
 
 def _take(*argv: str):
-    """The arguments ``argv`` gives with its ``--settings_from`` video's flags filled in."""
+    """The arguments ``argv`` gives with its ``--settings_from`` video's flags filled in; prints
+    the notice a run prints."""
     parser = build_parser()
-    return take_video_settings(parser, parser.parse_args(list(argv)), list(argv))
+    args = parser.parse_args(list(argv))
+    video = VideoSettings.read(parser, args, list(argv))
+    filled, taken = video.fill(args)
+    print(video.notice(filled, taken))
+    return filled
 
 
 def _problems(*argv: str) -> list[str]:
@@ -133,8 +139,13 @@ def test_the_printed_flags_give_what_was_taken(tmp_path, image, lora, capsys):
     # A Lightning folder brings its own sampling.
     (["--sample_solver", "dpm++", "--sample_shift", "3"], ["--lora_dir", "{folder}"],
      {"sample_solver": None, "sample_shift": None, "sample_steps": None, "frame_num": 5}),
-    # A checkpoint folder replaces the demo.
-    ([], ["--ckpt_dir", "{folder}"], {"demo": False, "ckpt_dir": "{folder}", "frame_num": 5}),
+    # A checkpoint folder replaces the demo, and the demo's sizes, frames, steps and dtype.
+    ([], ["--ckpt_dir", "{folder}"], {"demo": False, "ckpt_dir": "{folder}", "frame_num": None, "size": None,
+                                      "sample_steps": None, "dtype": None, "prompt": "a fox"}),
+    ([], ["--demo"], {"demo": True, "frame_num": 5, "size": "128*96", "sample_steps": 2}),
+    # --no-...: a setting the video has on, off; an empty value: the video's input left out.
+    (["--dit_fp8", "--image", "{image}"], ["--no-dit_fp8", "--image", ""], {"dit_fp8": False, "image": None}),
+    (["--lora", "{lora}"], ["--lora", ""], {"lora": []}),
 ])
 def test_a_group_of_flags_is_replaced_as_a_whole(tmp_path, image, lora, recorded, given, expected):
     def filled(value):
@@ -144,7 +155,7 @@ def test_a_group_of_flags_is_replaced_as_a_whole(tmp_path, image, lora, recorded
             return {key: filled(item) for key, item in value.items()}
         return value.format(lora=lora, image=image, folder=tmp_path) if isinstance(value, str) else value
 
-    _recording(tmp_path / "a.mp4", *FAST, *filled(recorded))
+    _recording(tmp_path / "a.mp4", *FAST, "--prompt", "a fox", *filled(recorded))
     args = _take("--settings_from", str(tmp_path / "a.mp4"), *filled(given))
     assert {key: getattr(args, key) for key in expected} == filled(expected)
 
@@ -160,18 +171,114 @@ def test_another_task_takes_the_prompts_seed_and_image_alone(tmp_path, image, ca
     config = resolve(args)  # the i2v demo's own defaults
     assert (config.size, config.frame_num) == (demo.DEMO_SETTINGS.default_size, demo.DEMO_SETTINGS.frame_num)
     out = capsys.readouterr().out
-    assert "the command line's own, for another task than the video's ti2v-5B: fb_cfg_sep_diff, " in out
+    assert out.endswith(
+        "; the command line's own: task; left out with the settings the command line replaces: "
+        "fb_cfg_sep_diff, fb_downsample, fb_ema, fb_last_steps, fb_metric, fb_thresh, fb_warmup, fbcache, "
+        "frame_num, sample_guide_scale, sample_shift, sample_solver, sample_steps, size\n")
+
+
+def _video_settings(path, *argv: str) -> VideoSettings:
+    """The settings of the video at ``path`` for the command line ``--settings_from path argv``."""
+    parser = build_parser()
+    argv = ["--settings_from", str(path), *argv]
+    return VideoSettings.read(parser, parser.parse_args(argv), argv)
+
+
+def _jobs(*argv: str):
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    return resolve_jobs(parser, args, VideoSettings.read(parser, args, list(argv)))
 
 
 def test_a_batch_line_sets_what_it_gives_over_the_video(tmp_path):
-    _recording(tmp_path / "a.mp4", *FAST, "--prompt", "a fox")
+    """Over the video's flags as over the command line's, with the groups it gives replaced."""
+    _recording(tmp_path / "a.mp4", *FAST, "--prompt", "a fox", "--fbcache", "--fb_thresh", "0.2")
     batch = tmp_path / "jobs.jsonl"
-    batch.write_text('{"base_seed": 1}\n{"prompt": "a boat"}\n')
-    parser = build_parser()
-    argv = ["--settings_from", str(tmp_path / "a.mp4"), "--batch", str(batch)]
-    first, second = resolve_jobs(parser, take_video_settings(parser, parser.parse_args(argv), argv))
-    assert (first.prompt, first.base_seed, first.frame_num) == ("a fox", 1, 5)
-    assert (second.prompt, second.base_seed) == ("a boat", 11)
+    lines = [{"base_seed": 1}, {"prompt": "a boat", "fb_downsample": 2}, {"fbcache": False},
+             {"teacache": True}, {"image": None}]
+    batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    first, second, uncached, tea, _ = _jobs("--settings_from", str(tmp_path / "a.mp4"), "--batch", str(batch))
+    assert (first.prompt, first.base_seed, first.frame_num, first.cache.fb_thresh) == ("a fox", 1, 5, 0.2)
+    assert (second.prompt, second.base_seed, second.cache.fb_downsample, second.cache.fb_thresh) == (
+        "a boat", 11, 2, 0.2)
+    assert not uncached.cache.enabled
+    assert tea.cache.teacache and not tea.cache.fbcache
+
+
+@pytest.fixture(scope="module")
+def lightning(tmp_path_factory):
+    """A Wan2.2-Lightning LoRA folder for the demo's i2v-A14B checkpoint."""
+    folder = tmp_path_factory.mktemp("lightning")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(folder / "cache"))
+        ckpt_dir, _ = demo.demo_checkpoint("i2v-A14B")
+    for seed, expert in enumerate(("high_noise", "low_noise")):
+        write_official(folder / f"{expert}_model.safetensors", random_lora(
+            parameter_shapes(ckpt_dir / f"{expert}_model"), seed=seed, top=False, biases=False), prefix="")
+    return folder
+
+
+def test_a_lightning_folder_is_recorded_as_a_folder(tmp_path, image, lora, lightning, capsys):
+    """Recorded as given, it merges again as it did; LoRAs given instead leave out its sampling
+    too."""
+    argv = ["--demo", "--task", "i2v-A14B", "--image", str(image), "--lora_dir", f"{lightning}=0.3"]
+    flags = _recording(tmp_path / "a.mp4", *argv, "--lora_low_noise", f"{lora}=0.5")
+    assert (flags["lora_dir"], flags["lora_low_noise"], flags["lora_high_noise"]) == (
+        f"{lightning}=0.3", [f"{lora}=0.5"], [])
+    assert (flags["sample_solver"], flags["sample_steps"]) == ("euler", 4)
+    again = resolve(_take("--settings_from", str(tmp_path / "a.mp4")))
+    assert again.loras == resolve(build_parser().parse_args(argv + ["--lora_low_noise", f"{lora}=0.5"])).loras
+    other = _take("--settings_from", str(tmp_path / "a.mp4"), "--lora", str(lora))
+    assert (other.lora_dir, other.lora_low_noise, other.lora, other.sample_solver, other.sample_steps) == (
+        None, [], [str(lora)], None, None)
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        "; the command line's own: lora; left out with the settings the command line replaces: lora_dir, "
+        "lora_low_noise, sample_guide_scale, sample_shift, sample_solver, sample_steps")
+
+
+def test_a_problem_with_a_recorded_value_says_where_it_comes_from(tmp_path):
+    image = tmp_path / "gone.png"
+    Image.new("RGB", (32, 32)).save(image)
+    _recording(tmp_path / "a.mp4", *FAST, "--image", str(image))
+    image.unlink()
+    with pytest.raises(InvalidArguments) as caught:
+        _jobs("--settings_from", str(tmp_path / "a.mp4"))
+    [line] = caught.value.problems
+    assert line.startswith(f"--image {image} ") and line.endswith(
+        f" (recorded in --settings_from {tmp_path / 'a.mp4'}; give the flag to replace it)")
+
+
+def test_a_value_starting_with_a_dash_prints_joined_to_its_flag(tmp_path, capsys):
+    _recording(tmp_path / "a.mp4", *FAST, "--prompt=-a fox", "--negative_prompt=--blurry")
+    taken = _take("--settings_from", str(tmp_path / "a.mp4"))
+    printed = capsys.readouterr().out.split(": ", 1)[1].rstrip("\n")
+    assert "'--prompt=-a fox' --negative_prompt=--blurry" in printed
+    typed = build_parser().parse_args(shlex.split(printed))
+    assert (typed.prompt, typed.negative_prompt) == (taken.prompt, taken.negative_prompt)
+    assert taken.prompt == "-a fox" and taken.negative_prompt == "--blurry"
+
+
+def test_the_same_file_given_relative_is_no_change(tmp_path, image, monkeypatch, capsys):
+    _recording(tmp_path / "a.mp4", *FAST, "--image", str(image))
+    monkeypatch.chdir(image.parent)
+    _take("--settings_from", str(tmp_path / "a.mp4"), "--image", image.name, "--base_seed", "3")
+    assert capsys.readouterr().out.endswith("; the command line's own: base_seed\n")
+
+
+@pytest.mark.parametrize(("stored", "words"), [
+    ({"device": "cuda:0", "kernels": "cuda"}, "was made on cuda:0, this run computes on cpu"),
+    ({"device": "cpu", "kernels": "no such"}, "was made with the no such kernels, this run uses "),
+])
+def test_another_device_or_kernels_are_told(tmp_path, stored, words):
+    flags = _recording(tmp_path / "a.mp4", *FAST)
+    config = resolve(build_parser().parse_args(FAST))
+    _video(tmp_path / "b.mp4", {"software": SOFTWARE, FLAGS_KEY: flags, **stored})
+    with pytest.warns(UserWarning, match=f"{words}.*: the video will differ in its last bits"):
+        _video_settings(tmp_path / "b.mp4").check_setup(config)
+    _video(tmp_path / "c.mp4", {"software": SOFTWARE, FLAGS_KEY: flags, **run_setup(config)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _video_settings(tmp_path / "c.mp4").check_setup(config)
 
 
 def test_a_video_of_another_version_is_taken_with_a_warning(tmp_path):
@@ -183,15 +290,24 @@ def test_a_video_of_another_version_is_taken_with_a_warning(tmp_path):
 
 @pytest.mark.parametrize(("settings", "problem"), [
     ({"software": SOFTWARE}, "records no flags (it was made by wan_runtime"),
-    ({"software": SOFTWARE, FLAGS_KEY: {"base_seed": "seven"}},
+    ({"software": SOFTWARE, FLAGS_KEY: {}}, "its flags are not an object of flags with the task's"),
+    ({"software": SOFTWARE, FLAGS_KEY: [1]}, "its flags are not an object of flags with the task's"),
+    ({"software": "wan_runtime 9.0", FLAGS_KEY: {"task": "ti2v-5B", "motion": 1}},
+     "'motion' is not a flag this version takes from a video (by wan_runtime 9.0; use that version)"),
+    ({"software": SOFTWARE, FLAGS_KEY: {"task": "ti2v-5B", "base_seed": "seven"}},
      'base_seed must be a whole number, got "seven"'),
-    ({"software": SOFTWARE, FLAGS_KEY: {"device": "cuda"}}, "'device' is not a flag a video records"),
-    ({"software": SOFTWARE, FLAGS_KEY: {"lora": "x.safetensors"}}, "lora must be a list of strings"),
-    ({"software": SOFTWARE, FLAGS_KEY: {"dit_fp8": 1}}, "dit_fp8 must be true or false, got 1"),
+    ({"software": SOFTWARE, FLAGS_KEY: {"task": "ti2v-5B", "device": "cuda"}},
+     "'device' is not a flag this version takes from a video"),
+    ({"software": SOFTWARE, FLAGS_KEY: {"task": "ti2v-5B", "lora": "x.safetensors"}},
+     "lora must be a list of strings"),
+    ({"software": SOFTWARE, FLAGS_KEY: {"task": "ti2v-5B", "dit_fp8": 1}},
+     "dit_fp8 must be true or false, got 1"),
 ])
 def test_unusable_recorded_flags_are_named(tmp_path, settings, problem):
     _video(tmp_path / "a.mp4", settings)
-    [line] = _problems("--settings_from", str(tmp_path / "a.mp4"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # another version's
+        [line] = _problems("--settings_from", str(tmp_path / "a.mp4"))
     assert line.startswith(f"--settings_from {tmp_path / 'a.mp4'}") and problem in line
 
 
@@ -210,8 +326,7 @@ def test_settings_are_read_as_any_writer_stores_them(tmp_path):
     settings = {"software": SOFTWARE, "prompt": "a = b; # c \\ d\nnext line", "n": [1, 2.5, None]}
     path = _ffmpeg_video(tmp_path / "a.mp4", "title=x=y", f"comment={json.dumps(settings)}")
     assert read_mp4_settings(path) == settings
-    written = _video(tmp_path / "b.mp4", settings)
-    assert read_mp4_settings(written) == settings == read_settings(written)
+    assert read_mp4_settings(_video(tmp_path / "b.mp4", settings)) == settings
 
 
 @pytest.mark.parametrize(("make", "problem"), [
@@ -272,16 +387,3 @@ def test_a_video_is_made_again_from_its_settings(in_folder, image, lora, speech,
     settings = {name: read_settings(in_folder / f"{name}.mp4") for name in ("a", "again", "b")}
     assert settings["a"] == settings["again"]
     assert settings["b"][FLAGS_KEY] == {**settings["a"][FLAGS_KEY], "base_seed": 5}
-
-
-def test_an_image_is_one_the_settings_name(in_folder, capsys):
-    """A recorded image that is gone is refused under its flag, as if given."""
-    image = in_folder / "gone.png"
-    Image.new("RGB", (32, 32)).save(image)
-    assert generate.main([*FAST, "--image", str(image), "--save_file", "a.mp4"]) == 0
-    image.unlink()
-    capsys.readouterr()
-    assert generate.main(["--settings_from", "a.mp4"]) == 2
-    out, err = capsys.readouterr()
-    assert f"--image {image}" in out
-    assert "gone.png" in err and err.startswith("error: ")
