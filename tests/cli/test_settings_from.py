@@ -58,14 +58,18 @@ def _problems(*argv: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def lora(tmp_path_factory):
-    """A LoRA that fits every DiT of the demo's i2v-A14B checkpoint."""
-    folder = tmp_path_factory.mktemp("lora")
+def i2v_demo(tmp_path_factory):
+    """The demo's i2v-A14B checkpoint folder, which the LoRAs below fit."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(folder / "cache"))
-        ckpt_dir, _ = demo.demo_checkpoint("i2v-A14B")
-    shapes = parameter_shapes(ckpt_dir / "high_noise_model")
-    return write_official(folder / "style.safetensors", random_lora(shapes))
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        return demo.demo_checkpoint("i2v-A14B")[0]
+
+
+@pytest.fixture(scope="module")
+def lora(i2v_demo, tmp_path_factory):
+    """A LoRA that fits every DiT of the demo's i2v-A14B checkpoint."""
+    shapes = parameter_shapes(i2v_demo / "high_noise_model")
+    return write_official(tmp_path_factory.mktemp("lora") / "style.safetensors", random_lora(shapes))
 
 
 @pytest.fixture(scope="module")
@@ -206,15 +210,12 @@ def test_a_batch_line_sets_what_it_gives_over_the_video(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def lightning(tmp_path_factory):
+def lightning(i2v_demo, tmp_path_factory):
     """A Wan2.2-Lightning LoRA folder for the demo's i2v-A14B checkpoint."""
     folder = tmp_path_factory.mktemp("lightning")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(folder / "cache"))
-        ckpt_dir, _ = demo.demo_checkpoint("i2v-A14B")
     for seed, expert in enumerate(("high_noise", "low_noise")):
         write_official(folder / f"{expert}_model.safetensors", random_lora(
-            parameter_shapes(ckpt_dir / f"{expert}_model"), seed=seed, top=False, biases=False), prefix="")
+            parameter_shapes(i2v_demo / f"{expert}_model"), seed=seed, top=False, biases=False), prefix="")
     return folder
 
 
