@@ -3,10 +3,11 @@
 The file holds one JSON object per line (JSON Lines; blank lines and lines starting with ``#``
 are skipped), one video each. Its keys are the per-video flags without their dashes (``prompt``,
 ``image``, ``base_seed``, ``save_file``, the sampling and step cache settings, ...); what a line
-leaves out comes from the command line, and ``null`` stands for the flag's default. What the
-loaded models depend on (task, checkpoint, device, dtype, LoRAs, offloading, compiling,
-parallelism) is the command line's for every line. Each line is checked as a command line of its
-own before any model loads, and every problem of every line is listed at once.
+leaves out comes from the command line (and its ``--settings_from`` video), and ``null`` stands
+for the flag's default. What the loaded models depend on (task, checkpoint, device, dtype, LoRAs,
+offloading, compiling, parallelism) is the command line's (or its video's) for every line. Each
+line is checked as a command line of its own before any model loads, and every problem of every
+line is listed at once.
 """
 
 from __future__ import annotations

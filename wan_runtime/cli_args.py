@@ -194,8 +194,10 @@ def json_flag_value(key: str, value: object, action: argparse.Action) -> object:
     """The JSON ``value`` given for flag ``key`` (a ``--batch`` line's, a video's recorded flags),
     converted as the command line would convert it; ``null`` is the flag's default. Raises
     ``TypeError`` or ``ValueError`` naming the flag and what it takes."""
-    if value is None:  # the flag's own default, as if the command line did not give it
+    if value is None:  # the flag's own default (not the command line's value, nor a video's)
         return copy.copy(action.default)
+    if isinstance(value, str) and "\0" in value:  # no command line can pass one; paths refuse it
+        raise ValueError(f"{key} holds a NUL character, which no flag takes")
     if action.nargs == 0 or action.type is str2bool:  # an on/off flag
         if not isinstance(value, bool):
             raise TypeError(f"{key} must be true or false, got {json.dumps(value)}")
@@ -633,9 +635,13 @@ def _lora_flags(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     records, so that the same files merge at the same strengths from any folder."""
     given = [("lora_dir", args.lora_dir)] if args.lora_dir is not None else []
     given += [(dest, value) for dest in LORA_FLAGS for value in getattr(args, dest)]
-    # The strength as typed ("=0.5", or nothing), after the path.
-    return tuple((dest, f"{Path(path).absolute()}{value[len(path):]}")
-                 for dest, value in given for path in [_split_lora(value)[0]])
+    return tuple((dest, absolute_lora(value)) for dest, value in given)
+
+
+def absolute_lora(value: str) -> str:
+    """A LoRA flag's ``PATH[=STRENGTH]`` with the path absolute and the strength as typed."""
+    path = _split_lora(value)[0]
+    return f"{Path(path).absolute()}{value[len(path):]}"
 
 
 def _strength_problem(flag: str, value: str, path: str) -> str:

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from wan_runtime import __version__, demo
+from wan_runtime import demo
 from wan_runtime.batch_file import line_numbers, resolve_jobs
 from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser
 from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, NumericalError
 from wan_runtime.tasks import TASKS
 from wan_runtime.video_io import write_mp4
-from wan_runtime.video_settings import FLAGS_KEY, VideoSettings, recorded_flags, run_setup
+from wan_runtime.video_settings import FLAGS_KEY, SOFTWARE, VideoSettings, recorded_flags, run_setup
 
 if TYPE_CHECKING:
     from wan_runtime.lora import Lora
@@ -57,7 +57,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
     try:
         video = None
         if args.settings_from is not None:
-            video = VideoSettings.read(parser, args, argv)
+            video = VideoSettings.read(parser, args.settings_from, argv)
             filled, taken = video.fill(args)
             print(video.notice(filled, taken), flush=True)
         # The lines of a batch fill in from the command line as given, each its own way.
@@ -365,12 +365,11 @@ def _settings(config: GenerateConfig, run: dict[str, object]) -> dict[str, objec
             "pose_video": None if config.pose_video is None else str(config.pose_video),
         }
     return {
-        "software": f"wan_runtime {__version__}",
+        "software": SOFTWARE,
         **run,
         "image": image,
         "dtype": str(config.dtype).removeprefix("torch."),
         **run_setup(config),
-        "compile": config.compile,
         "stream_blocks": config.stream_blocks,
         "dit_fp8": config.dit_fp8,
         "cache": config.cache.describe(),

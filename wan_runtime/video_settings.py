@@ -3,10 +3,12 @@ in a video ``python -m wan_runtime.generate`` wrote.
 
 Each video stores, beside the account of its run, the flags that make it again (``FLAGS_KEY``,
 written by ``recorded_flags``): every setting that decides its frames, resolved (the drawn seed,
-the task's or the demo's defaults), with paths made absolute. What places or schedules the work
-(device, offloading, ``--stream_blocks``, ``--compile``, the several-GPU flags) and where the
-video goes are not recorded: the command line gives those. The same flags make the same frames on
-the same kind of device with the same kernels (the run's account records both).
+the task's or the demo's defaults but the example prompt, which is each task's own), with paths
+made absolute. What places the work (device, offloading, ``--t5_cpu``, ``--stream_blocks``,
+``--compile``, the several-GPU flags) and where the video goes are not recorded: the command line
+gives those. The same flags make the same frames where the work is computed alike: on the same
+kind of device, with the same kernels, compiled or not, the text encoder on the same device
+(``run_setup``, which the video's settings keep; ``check_setup`` warns of a difference).
 
 ``VideoSettings.fill`` gives each recorded flag that the command line (and a ``--batch`` line)
 leaves out the video's value; a flag given keeps its own. Some flags stand for a group, so that
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import shlex
 import warnings
 from collections.abc import Iterable, Sequence
@@ -33,7 +36,15 @@ from pathlib import Path
 import wan_kernels
 from wan_runtime import __version__
 from wan_runtime.cache.config import CacheConfig
-from wan_runtime.cli_args import DTYPES, LORA_FLAGS, GenerateConfig, InvalidArguments, json_flag_value
+from wan_runtime.cli_args import (
+    DTYPES,
+    EXAMPLE_PROMPT,
+    LORA_FLAGS,
+    GenerateConfig,
+    InvalidArguments,
+    absolute_lora,
+    json_flag_value,
+)
 from wan_runtime.errors import InputError
 from wan_runtime.video_io import read_mp4_settings
 
@@ -69,8 +80,9 @@ def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
         "task": config.task,
         "demo": config.demo,
         "ckpt_dir": _absolute(config.ckpt_dir),
-        "prompt": config.prompt,
-        "negative_prompt": config.negative_prompt or None,  # empty: the task's own
+        # The task's own example prompt and negative prompt stay the task's, for another task.
+        "prompt": None if config.prompt == EXAMPLE_PROMPT[config.task] else config.prompt,
+        "negative_prompt": config.negative_prompt or None,
         "base_seed": seed,
         "image": _absolute(config.image_path),
         "size": config.size,
@@ -96,10 +108,12 @@ def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
     return flags
 
 
-def run_setup(config: GenerateConfig) -> dict[str, str]:
-    """Where a video's numbers were computed, which the flags do not decide: the device and the
-    ``wan_kernels`` backend its ops ran on."""
-    return {"device": config.device, "kernels": wan_kernels.backend_for(config.device)}
+def run_setup(config: GenerateConfig) -> dict[str, object]:
+    """How a video's numbers were computed, which its flags leave to the command line: the device,
+    the ``wan_kernels`` backend its ops ran on, whether the DiT blocks were compiled and whether
+    the text encoder ran on the CPU."""
+    return {"device": config.device, "kernels": wan_kernels.backend_for(config.device),
+            "compile": config.compile, "t5_cpu": config.t5_cpu}
 
 
 def _absolute(path: Path | None) -> str | None:
@@ -119,12 +133,14 @@ class VideoSettings:
     actions: dict[str, argparse.Action]
 
     @classmethod
-    def read(cls, parser: argparse.ArgumentParser, args: argparse.Namespace,
-             argv: Sequence[str] | None) -> VideoSettings:
-        """The settings of ``args.settings_from``'s video, for the command line ``argv`` (None:
-        ``sys.argv[1:]``) that ``parser`` parsed into ``args``. Raises ``InvalidArguments`` for a
-        video without usable flags, each problem named; warns of a video of another version."""
-        path = Path(args.settings_from)
+    def read(cls, parser: argparse.ArgumentParser, video: str, argv: Sequence[str] | None) -> VideoSettings:
+        """The settings of the video file ``video`` for the command line ``argv`` (None:
+        ``sys.argv[1:]``), which ``parser`` parses. Raises ``InvalidArguments`` for a video
+        without usable flags, each problem named; warns of a video of another version."""
+        if not video:
+            raise InvalidArguments(["--settings_from is empty; give an MP4 written by python -m "
+                                    "wan_runtime.generate"])
+        path = Path(video)
         label = f"--settings_from {path}"
         try:
             stored = read_mp4_settings(path, "--settings_from")
@@ -137,9 +153,9 @@ class VideoSettings:
                           "make the same video", stacklevel=2)
         recorded = stored.get(FLAGS_KEY)
         if recorded is None:
-            raise InvalidArguments([f"{label} records no flags (it was made by {software}, which did not "
-                                    "store them); give its settings as flags"])
-        if not isinstance(recorded, dict) or "task" not in recorded:
+            raise InvalidArguments([f"{label} records no flags (it was made by an earlier wan_runtime, which "
+                                    "did not store them); give its settings as flags"])
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("task"), str):
             raise InvalidArguments([f"{label}: its flags are not an object of flags with the task's; give "
                                     "its settings as flags"])
         actions = {action.dest: action for action in parser._actions}
@@ -180,11 +196,16 @@ class VideoSettings:
                 left.update(_SCALED)
         if given.intersection(_LORAS):
             left.update(_LORAS)
-        if "lora_dir" in given or ("lora_dir" in left and self.values.get("lora_dir")):
+        # A Lightning folder's sampling comes and goes with it.
+        if args.lora_dir or ("lora_dir" in left and self.values.get("lora_dir")):
             left.update(_SAMPLING)
         for switch, own, other in (("teacache", _TEACACHE, _FBCACHE), ("fbcache", _FBCACHE, _TEACACHE)):
-            if switch in given:  # one cache instead of the video's other, or --no-...: none of its settings
-                left.update(other if getattr(args, switch) else own)
+            if switch not in given:
+                continue
+            if not getattr(args, switch):  # --no-...: none of that cache's settings
+                left.update(own)
+            elif not self.values.get(switch):  # this cache instead of the video's other
+                left.update(other)
         if "task" in given and args.task != self.values["task"]:
             left.update(_TASK_BOUND)
         return left
@@ -205,27 +226,35 @@ class VideoSettings:
         return text
 
     def source_of(self, problems: list[str], taken: dict[str, object]) -> list[str]:
-        """``problems`` with those about a value ``taken`` from the video saying so."""
-        marks = [f"--{key} " for key in taken]
-        for key in taken.keys() & {*_PATHS, *_LORAS}:
-            for item in taken[key] if isinstance(taken[key], list) else [taken[key]]:
-                if item:  # a LoRA's path without its strength, as its problems name it
-                    marks += [str(item), str(item).rpartition("=")[0] if key in _LORAS else ""]
+        """``problems`` with those about a value ``taken`` from the video saying so: those naming
+        its flag, its file (a LoRA's without the strength) or, quoted, its value."""
+        marks = [f"--{key}" for key in taken]
+        for key, value in taken.items():
+            for item in map(str, value if isinstance(value, list) else [value]):
+                if key in (*_PATHS, *_LORAS):
+                    marks += [item, _split_strength(item)]
+                elif key not in ("prompt", "negative_prompt"):
+                    marks.append(repr(item))
+        # Whole words only: a path of the command line's may start with a recorded folder's.
+        found = re.compile("|".join(rf"(?<![^\s'\"(]){re.escape(mark)}(?![^\s'\";:,)])"
+                                    for mark in marks if mark not in ("", "None")))
         hint = f" (recorded in --settings_from {self.path}; give the flag to replace it)"
-        return [problem + hint if any(mark and mark in problem for mark in marks) else problem
-                for problem in problems]
+        return [problem + hint if marks and found.search(problem) else problem for problem in problems]
 
     def check_setup(self, config: GenerateConfig) -> None:
-        """Warn when ``config`` computes on another kind of device or with other kernels than the
-        video did: the same flags then make a video that differs in its last bits."""
-        then = {key: self.stored.get(key) for key in ("device", "kernels")}
+        """Warn when ``config`` computes otherwise than the video did (``run_setup``): on another
+        kind of device, with other kernels, compiled or not, the text encoder elsewhere; the same
+        flags then make a video that differs in its last bits."""
         now = run_setup(config)
-        if then["device"] is not None and str(then["device"]).split(":")[0] != now["device"].split(":")[0]:
-            warnings.warn(f"{self.path} was made on {then['device']}, this run computes on {now['device']}: "
-                          "the video will differ in its last bits", stacklevel=2)
-        elif then["kernels"] is not None and then["kernels"] != now["kernels"]:
-            warnings.warn(f"{self.path} was made with the {then['kernels']} kernels, this run uses "
-                          f"{now['kernels']}: the video will differ in its last bits", stacklevel=2)
+        then = {key: self.stored.get(key) for key in now}
+        then["device"], now["device"] = (None if device is None else str(device).split(":")[0]
+                                         for device in (then["device"], now["device"]))
+        changed = [key for key in now if then[key] is not None and then[key] != now[key]]
+        if changed:
+            made = ", ".join(f"{key} {then[key]}" for key in changed)
+            this = ", ".join(f"{key} {now[key]}" for key in changed)
+            warnings.warn(f"{self.path} was made with {made}, this run computes with {this}: the video will "
+                          "differ in its last bits", stacklevel=2)
 
 
 def _differ(key: str, mine: object, recorded: object) -> bool:
@@ -233,7 +262,15 @@ def _differ(key: str, mine: object, recorded: object) -> bool:
     absolute)."""
     if key in _PATHS and mine is not None and recorded is not None:
         return Path(str(mine)).absolute() != Path(str(recorded))
+    if key in _LORAS and mine:
+        mine = [absolute_lora(item) for item in mine] if isinstance(mine, list) else absolute_lora(str(mine))
     return mine != recorded
+
+
+def _split_strength(value: str) -> str:
+    """A LoRA flag's value without its ``=STRENGTH``."""
+    path, sep, _ = value.rpartition("=")
+    return path if sep else value
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:

@@ -19,7 +19,7 @@ from tests.cli.helpers import read_settings, read_video
 from tests.lora.lora_writers import parameter_shapes, random_lora, write_official
 from wan_runtime import __version__, demo, generate
 from wan_runtime.batch_file import resolve_jobs
-from wan_runtime.cli_args import InvalidArguments, build_parser, resolve
+from wan_runtime.cli_args import EXAMPLE_PROMPT, InvalidArguments, build_parser, resolve
 from wan_runtime.errors import InputError
 from wan_runtime.video_io import read_mp4_settings, write_mp4
 from wan_runtime.video_settings import FLAGS_KEY, VideoSettings, command_line, recorded_flags, run_setup
@@ -45,7 +45,7 @@ def _take(*argv: str):
     the notice a run prints."""
     parser = build_parser()
     args = parser.parse_args(list(argv))
-    video = VideoSettings.read(parser, args, list(argv))
+    video = VideoSettings.read(parser, args.settings_from, list(argv))
     filled, taken = video.fill(args)
     print(video.notice(filled, taken))
     return filled
@@ -185,13 +185,13 @@ def _video_settings(path, *argv: str) -> VideoSettings:
     """The settings of the video at ``path`` for the command line ``--settings_from path argv``."""
     parser = build_parser()
     argv = ["--settings_from", str(path), *argv]
-    return VideoSettings.read(parser, parser.parse_args(argv), argv)
+    return VideoSettings.read(parser, str(path), argv)
 
 
 def _jobs(*argv: str):
     parser = build_parser()
     args = parser.parse_args(list(argv))
-    return resolve_jobs(parser, args, VideoSettings.read(parser, args, list(argv)))
+    return resolve_jobs(parser, args, VideoSettings.read(parser, args.settings_from, list(argv)))
 
 
 def test_a_batch_line_sets_what_it_gives_over_the_video(tmp_path):
@@ -267,19 +267,63 @@ def test_the_same_file_given_relative_is_no_change(tmp_path, image, monkeypatch,
 
 
 @pytest.mark.parametrize(("stored", "words"), [
-    ({"device": "cuda:0", "kernels": "cuda"}, "was made on cuda:0, this run computes on cpu"),
-    ({"device": "cpu", "kernels": "no such"}, "was made with the no such kernels, this run uses "),
+    ({"device": "cuda:0", "kernels": "cuda"},
+     "was made with device cuda, kernels cuda, this run computes with device cpu, kernels "),
+    ({"device": "cpu", "kernels": "no such"},
+     "was made with kernels no such, this run computes with kernels "),
+    ({"compile": True, "t5_cpu": True},
+     "was made with compile True, t5_cpu True, this run computes with compile False, t5_cpu False"),
 ])
-def test_another_device_or_kernels_are_told(tmp_path, stored, words):
+def test_another_setup_is_told(tmp_path, stored, words):
     flags = _recording(tmp_path / "a.mp4", *FAST)
     config = resolve(build_parser().parse_args(FAST))
-    _video(tmp_path / "b.mp4", {"software": SOFTWARE, FLAGS_KEY: flags, **stored})
+    _video(tmp_path / "b.mp4", {"software": SOFTWARE, FLAGS_KEY: flags, **run_setup(config), **stored})
     with pytest.warns(UserWarning, match=f"{words}.*: the video will differ in its last bits"):
         _video_settings(tmp_path / "b.mp4").check_setup(config)
     _video(tmp_path / "c.mp4", {"software": SOFTWARE, FLAGS_KEY: flags, **run_setup(config)})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _video_settings(tmp_path / "c.mp4").check_setup(config)
+
+
+def test_the_example_prompt_is_each_tasks_own(tmp_path):
+    flags = _recording(tmp_path / "a.mp4", *FAST)
+    assert flags["prompt"] is None
+    assert resolve(_take("--settings_from", str(tmp_path / "a.mp4"), "--task", "i2v-A14B")).prompt == (
+        EXAMPLE_PROMPT["i2v-A14B"])
+    assert resolve(_take("--settings_from", str(tmp_path / "a.mp4"))).prompt == EXAMPLE_PROMPT["ti2v-5B"]
+
+
+def test_a_problem_of_the_command_lines_own_is_not_the_videos(tmp_path, image):
+    """Its own image under the recorded image's folder; and a recorded task this version lacks
+    is the video's."""
+    _recording(tmp_path / "a.mp4", *FAST, "--image", str(image))
+    with pytest.raises(InvalidArguments) as caught:
+        _jobs("--settings_from", str(tmp_path / "a.mp4"), "--image", f"{image}.gone.png")
+    [line] = caught.value.problems
+    assert "gone.png" in line and "recorded in" not in line
+    _video(tmp_path / "b.mp4", {"software": SOFTWARE, FLAGS_KEY: {"task": "t2v-A14B", "demo": True}})
+    with pytest.raises(InvalidArguments) as caught:
+        _jobs("--settings_from", str(tmp_path / "b.mp4"))
+    [line] = caught.value.problems
+    assert line.startswith("unknown task 't2v-A14B'") and line.endswith("give the flag to replace it)")
+
+
+def test_a_cache_already_on_keeps_the_other(tmp_path):
+    _recording(tmp_path / "a.mp4", *FAST, "--teacache", "--fbcache", "--fb_thresh", "0.2")
+    args = _take("--settings_from", str(tmp_path / "a.mp4"), "--teacache")
+    assert (args.teacache, args.fbcache, args.fb_thresh) == (True, True, 0.2)
+
+
+def test_an_empty_lora_dir_keeps_the_sampling_of_a_video_without_one(tmp_path):
+    _recording(tmp_path / "a.mp4", *FAST, "--sample_solver", "dpm++", "--sample_shift", "3")
+    args = _take("--settings_from", str(tmp_path / "a.mp4"), "--lora_dir", "")
+    assert (args.lora_dir, args.sample_solver, args.sample_shift) == (None, "dpm++", 3.0)
+
+
+def test_an_empty_settings_from_is_refused():
+    [line] = _problems("--settings_from", "")
+    assert line == "--settings_from is empty; give an MP4 written by python -m wan_runtime.generate"
 
 
 def test_a_video_of_another_version_is_taken_with_a_warning(tmp_path):
@@ -290,9 +334,12 @@ def test_a_video_of_another_version_is_taken_with_a_warning(tmp_path):
 
 
 @pytest.mark.parametrize(("settings", "problem"), [
-    ({"software": SOFTWARE}, "records no flags (it was made by wan_runtime"),
+    ({"software": SOFTWARE}, "records no flags (it was made by an earlier wan_runtime"),
     ({"software": SOFTWARE, FLAGS_KEY: {}}, "its flags are not an object of flags with the task's"),
     ({"software": SOFTWARE, FLAGS_KEY: [1]}, "its flags are not an object of flags with the task's"),
+    ({"software": SOFTWARE, FLAGS_KEY: {"task": None}}, "its flags are not an object of flags with the task"),
+    ({"software": SOFTWARE, FLAGS_KEY: {"task": "ti2v-5B", "image": "a\0b.png"}},
+     "image holds a NUL character, which no flag takes"),
     ({"software": "wan_runtime 9.0", FLAGS_KEY: {"task": "ti2v-5B", "motion": 1}},
      "'motion' is not a flag this version takes from a video (by wan_runtime 9.0; use that version)"),
     ({"software": SOFTWARE, FLAGS_KEY: {"task": "ti2v-5B", "base_seed": "seven"}},
