@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 PER_VIDEO = (
     "prompt", "negative_prompt", "image", "base_seed", "save_file", "size", "frame_num", "sample_steps",
     "sample_shift", "sample_guide_scale", "sample_solver", "audio", "num_clip", "infer_frames",
-    "pose_video", "start_from_ref", *CacheConfig().as_dict(),
+    "pose_video", "start_from_ref", "vae_tiling", *CacheConfig().as_dict(),
 )
 COMMENT = "#"
 

@@ -16,6 +16,10 @@ MAX_SEED = 2**64 - 1
 # The official S2V DiT's position table holds 1024 latent frames, 4 video frames each: a clip of
 # more frames fails there (an IndexError), so the official code allows at most 4096.
 MAX_INFER_FRAMES = 4096
+# Decoding in tiles: their size in pixels when asked for without one, and what sizes must divide
+# (a quarter of the tile overlaps its neighbours, in whole latent pixels of either VAE).
+DEFAULT_VAE_TILE = 512
+VAE_TILE_MULTIPLE = 64
 
 
 def is_int(value: object) -> bool:
@@ -74,3 +78,17 @@ def check_dit_fp8(dit_fp8: bool, dit_fsdp: bool, flag: str = "") -> None:
     if dit_fp8 and dit_fsdp:
         raise InputError(f"{flag}dit_fp8 and {flag}dit_fsdp do not combine: FSDP shards the DiT weights in "
                          "the compute dtype; choose one")
+
+
+def check_vae_tiling(vae_tiling: object, name: str) -> int:
+    """The tile size in pixels ``vae_tiling`` asks for: 0 for whole frames (``False`` or 0),
+    ``DEFAULT_VAE_TILE`` for ``True``, else the size given, a positive multiple of
+    ``VAE_TILE_MULTIPLE``."""
+    if vae_tiling is True:
+        return DEFAULT_VAE_TILE
+    if vae_tiling is False:
+        return 0
+    if not is_int(vae_tiling) or vae_tiling < 0 or vae_tiling % VAE_TILE_MULTIPLE:
+        raise InputError(f"{name} must be a tile size in pixels, a multiple of {VAE_TILE_MULTIPLE} (e.g. "
+                         f"{DEFAULT_VAE_TILE}; 0: whole frames), got {vae_tiling!r}")
+    return int(vae_tiling)

@@ -29,14 +29,17 @@ from wan_runtime import demo
 from wan_runtime.audio_io import decode_audio
 from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig, InvalidCacheConfig
 from wan_runtime.checks import (
+    DEFAULT_VAE_TILE,
     MAX_INFER_FRAMES,
     MAX_SEED,
+    VAE_TILE_MULTIPLE,
     check_clip_seeds,
     check_dit_fp8,
     check_infer_frames,
     check_num_clip,
     check_seed,
     check_stream_blocks,
+    check_vae_tiling,
 )
 from wan_runtime.distributed.launch import Launch
 from wan_runtime.errors import InputError, WanError
@@ -106,7 +109,8 @@ class GenerateConfig:
     is then its own GPU); ``ulysses_size``, ``dit_fsdp`` and ``t5_fsdp`` as the official flags.
     ``loras``: the LoRAs of ``--lora_dir``, ``--lora``, ``--lora_high_noise`` and
     ``--lora_low_noise``; ``lora_flags``: those flags as given, (dest, value) with absolute paths;
-    ``stream_blocks`` and ``dit_fp8`` as ``load_pipeline``'s; ``dry_run``: check, print the plan,
+    ``stream_blocks`` and ``dit_fp8`` as ``load_pipeline``'s; ``vae_tiling`` the decode's tile
+    size in pixels (0: whole frames); ``dry_run``: check, print the plan,
     load nothing;
     ``batch_line``: the line of the ``--batch`` file this video comes from (None without one).
     """
@@ -148,6 +152,7 @@ class GenerateConfig:
     lora_flags: tuple[tuple[str, str], ...] = ()
     stream_blocks: int = 0
     dit_fp8: bool = False
+    vae_tiling: int = 0
     dry_run: bool = False
     batch_line: int | None = None
 
@@ -231,7 +236,7 @@ def _differences() -> str:
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
         "--debug, --dry_run, --batch, --skip_existing, --demo, --settings_from, --negative_prompt, "
-        "--stream_blocks, --dit_fp8, the LoRA flags and the step cache flags."
+        "--stream_blocks, --dit_fp8, --vae_tiling, the LoRA flags and the step cache flags."
     )
 
 
@@ -239,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser: the official ``generate.py``'s flags and defaults but for the differences its
     epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
     ``--compile``, ``--debug``, ``--dry_run``, ``--batch``, ``--skip_existing``, ``--demo``,
-    ``--settings_from``, ``--negative_prompt``, ``--stream_blocks``, ``--dit_fp8``, ``--lora*`` and
-    the step cache flags ``--teacache*``, ``--fbcache``, ``--fb_*``; see
+    ``--settings_from``, ``--negative_prompt``, ``--stream_blocks``, ``--dit_fp8``, ``--vae_tiling``,
+    ``--lora*`` and the step cache flags ``--teacache*``, ``--fbcache``, ``--fb_*``; see
     ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are listed
     together."""
@@ -276,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the DiT blocks' weights in 8-bit floats (float8_e4m3fn, a scale per row) and "
                         "compute in --dtype: half the memory of bf16 DiTs (a 14B DiT in 14 GiB instead of "
                         "27), but the video is not the official one (lossy)")
+    p.add_argument("--vae_tiling", type=int, nargs="?", const=DEFAULT_VAE_TILE, default=0, metavar="PIXELS",
+                   help=f"decode the video in overlapping tiles of PIXELS (default {DEFAULT_VAE_TILE} when "
+                        f"given alone; a multiple of {VAE_TILE_MULTIPLE}; 0: whole frames, the default): "
+                        "about half the decode's memory (a 720p decode in ~8 GiB instead of ~17), but frames "
+                        "that differ slightly near the tiles' borders")
     p.add_argument("--convert_model_dtype", action=argparse.BooleanOptionalAction, default=False,
                    help="convert the DiT weights to the compute dtype")
     p.add_argument("--save_file", default=None,
@@ -528,6 +538,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
     problems += _unsupported_flag_problems(args)
     _check(problems, lambda: check_stream_blocks(args.stream_blocks, args.dit_fsdp, flag="--"))
     _check(problems, lambda: check_dit_fp8(args.dit_fp8, args.dit_fsdp, flag="--"))
+    vae_tiling = _check(problems, lambda: check_vae_tiling(args.vae_tiling, "--vae_tiling"))
     if args.stream_blocks > 0 and device == "cpu":
         warnings.warn("--stream_blocks changes nothing on the CPU, where every block already is in CPU "
                       "memory", stacklevel=2)
@@ -581,6 +592,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
         lora_flags=_lora_flags(args),
         stream_blocks=args.stream_blocks,
         dit_fp8=args.dit_fp8,
+        vae_tiling=vae_tiling,
         dry_run=args.dry_run,
         **speech,
     )

@@ -241,7 +241,7 @@ def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]], weights: We
             "frame_num": job.frame_num if job.audio is None else "--infer_frames per clip",
             "sampling_steps": job.sample_steps,
             "guide_scale": check_guide_scale(job.sample_guide_scale, spec),  # i2v-A14B: one per expert
-            "shift": job.sample_shift, "sample_solver": job.sample_solver,
+            "shift": job.sample_shift, "sample_solver": job.sample_solver, "vae_tiling": job.vae_tiling,
         }
         if job.batch_line is not None:
             print(f"--batch line {job.batch_line}:")
@@ -304,6 +304,7 @@ def _make_video(pipeline: Pipeline, config: GenerateConfig) -> torch.Tensor:
         "size": config.size, "sampling_steps": config.sample_steps, "guide_scale": config.sample_guide_scale,
         "shift": config.sample_shift, "sample_solver": config.sample_solver, "seed": config.base_seed,
         "progress": config.launch.main, "cache": config.cache, "n_prompt": config.negative_prompt,
+        "vae_tiling": config.vae_tiling,
     }
     if config.audio is None:
         video = pipeline.generate(config.prompt, image=config.image, frame_num=config.frame_num, **common)
@@ -421,6 +422,9 @@ def _memory_remedy(args: argparse.Namespace) -> str:
         steps.append(f"{more}--stream_blocks (DiT blocks wait in CPU memory until they run)")
     if not (args.dit_fsdp or args.dit_fp8):
         steps.append("--dit_fp8 (DiT weights in 8-bit floats: half the memory, not the official video)")
+    if not args.vae_tiling:
+        steps.append("--vae_tiling (the VAE decodes in tiles: half its memory, frames slightly off the "
+                     "official ones near the tiles' borders)")
     frames = "--infer_frames" if args.task == "s2v-14B" else "--frame_num"
     steps.append(f"a smaller --size or {frames}")
     return "to fit, try " + ", ".join(steps)

@@ -68,7 +68,7 @@ _CLEARABLE = ("image", "pose_video", *_LORAS)
 _PATHS = ("ckpt_dir", "image", "audio", "pose_video")
 # Every flag a video may record.
 RECORDED = frozenset(("task", "demo", "prompt", "negative_prompt", "base_seed", "image", "dtype",
-                      "convert_model_dtype", "dit_fp8", *_TASK_BOUND))
+                      "convert_model_dtype", "dit_fp8", "vae_tiling", *_TASK_BOUND))
 
 
 def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
@@ -95,6 +95,7 @@ def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
         # The several-GPU DiT shards compute in --dtype alone, as --convert_model_dtype does.
         "convert_model_dtype": config.convert_model_dtype or config.dit_fsdp,
         "dit_fp8": config.dit_fp8,
+        "vae_tiling": config.vae_tiling,
         "lora_dir": next((value for dest, value in config.lora_flags if dest == "lora_dir"), None),
         **{dest: [value for given, value in config.lora_flags if given == dest] for dest in LORA_FLAGS},
         **config.cache.fields_on(),

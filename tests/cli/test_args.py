@@ -137,6 +137,8 @@ BAD_INPUTS = {
                          ["size 1280*720 is not supported by ti2v-5B", "704*1280, 1280*704"]),
     "bad demo size": (["--demo", "--size", "100*96"], None, ["multiples of 32"]),
     "frame_num not 4n+1": (["--frame_num", "8"], "ti2v-5B", ["--frame_num", "4n+1", "got 8"]),
+    "vae tile size": (["--vae_tiling", "100"], "ti2v-5B",
+                      ["--vae_tiling must be a tile size in pixels, a multiple of 64 (e.g. 512", "got 100"]),
     "frame_num below 1": (["--frame_num", "-3"], "ti2v-5B", ["--frame_num", "4n+1 (1, 5, 9", "got -3"]),
     "seed past 2**64 - 1": (["--base_seed", str(2**64)], "ti2v-5B",
                             ["--base_seed must be an integer at most 2**64"]),
@@ -191,6 +193,12 @@ def test_bad_input_gives_one_line_and_exit_2(name, roots, capsys):
     argv = ([] if ckpt_task is None else ["--task", ckpt_task, "--ckpt_dir", str(roots[ckpt_task])]) + extra
     [line] = _errors(capsys, argv)
     assert all(word in line for word in words), line
+
+
+@pytest.mark.parametrize(("flags", "tile"), [([], 0), (["--vae_tiling"], 512), (["--vae_tiling", "128"], 128),
+                                             (["--vae_tiling", "0"], 0)])
+def test_vae_tiling_is_a_tile_size_or_none(roots, flags, tile):
+    assert _resolve("--ckpt_dir", str(roots["ti2v-5B"]), *flags).vae_tiling == tile
 
 
 def test_fp8_beside_fsdp_is_refused(roots, capsys):
@@ -295,11 +303,12 @@ OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capaci
 
 @pytest.mark.parametrize(("flags", "advised", "not_advised"), [
     ([], ["--t5_cpu", ", --stream_blocks (DiT blocks wait", "--dit_fp8 (DiT weights in 8-bit floats",
-          "a smaller --size or --frame_num"], ["--offload_model"]),
+          "--vae_tiling (the VAE decodes in tiles", "a smaller --size or --frame_num"], ["--offload_model"]),
     (["--offload_model", "False", "--t5_cpu"], ["--offload_model True", "a smaller --size"], ["--t5_cpu"]),
     (["--stream_blocks", "4"], ["more --stream_blocks"], ["--offload_model"]),
     (["--dit_fp8"], ["--stream_blocks", "a smaller --size"], ["--dit_fp8"]),
-], ids=["defaults", "no-offload", "streaming", "fp8"])
+    (["--vae_tiling", "256"], ["--dit_fp8", "a smaller --size"], ["--vae_tiling"]),
+], ids=["defaults", "no-offload", "streaming", "fp8", "tiled"])
 def test_out_of_memory_is_one_line_naming_what_frees_memory(roots, monkeypatch, capsys, flags, advised,
                                                             not_advised):
     def load_pipeline(*args, **kwargs):

@@ -87,7 +87,7 @@ def test_the_recorded_flags_make_the_same_settings(tmp_path, image, lora, speech
     argv = {
         "ti2v": [*FAST, "--prompt", "a fox; = # \\ \n two", "--negative_prompt", "blurry", "--fbcache",
                  "--fb_thresh", "0.2", "--fb_cfg_sep_diff", "false", "--dtype", "bfloat16"],
-        "i2v": [*FAST, "--task", "i2v-A14B", "--image", str(image), "--lora", f"{lora}=0.3",
+        "i2v": [*FAST, "--task", "i2v-A14B", "--image", str(image), "--vae_tiling", "--lora", f"{lora}=0.3",
                 "--lora_high_noise", str(lora), "--teacache", "--teacache_thresh", "0.15",
                 "--sample_guide_scale", "4.5", "--dit_fp8", "--convert_model_dtype"],
         "s2v": ["--demo", "--task", "s2v-14B", "--audio", str(speech), "--num_clip", "2", "--infer_frames",
@@ -199,14 +199,16 @@ def test_a_batch_line_sets_what_it_gives_over_the_video(tmp_path):
     _recording(tmp_path / "a.mp4", *FAST, "--prompt", "a fox", "--fbcache", "--fb_thresh", "0.2")
     batch = tmp_path / "jobs.jsonl"
     lines = [{"base_seed": 1}, {"prompt": "a boat", "fb_downsample": 2}, {"fbcache": False},
-             {"teacache": True}, {"image": None}]
+             {"teacache": True}, {"image": None, "vae_tiling": 128}]
     batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    first, second, uncached, tea, _ = _jobs("--settings_from", str(tmp_path / "a.mp4"), "--batch", str(batch))
+    jobs = _jobs("--settings_from", str(tmp_path / "a.mp4"), "--batch", str(batch))
+    first, second, uncached, tea, tiled = jobs
     assert (first.prompt, first.base_seed, first.frame_num, first.cache.fb_thresh) == ("a fox", 1, 5, 0.2)
     assert (second.prompt, second.base_seed, second.cache.fb_downsample, second.cache.fb_thresh) == (
         "a boat", 11, 2, 0.2)
     assert not uncached.cache.enabled
     assert tea.cache.teacache and not tea.cache.fbcache
+    assert (tiled.vae_tiling, first.vae_tiling) == (128, 0)
 
 
 @pytest.fixture(scope="module")
@@ -420,7 +422,8 @@ def test_a_video_is_made_again_from_its_settings(in_folder, image, lora, speech,
     """Frame for frame, with a seed drawn at random; and with another seed, the video that seed
     makes."""
     extra = {"ti2v-5B": ["--fbcache", "--fb_thresh", "0.3", "--negative_prompt", "blurry"],
-             "i2v-A14B": ["--image", str(image), "--lora_high_noise", f"{lora}=0.5", "--teacache"],
+             "i2v-A14B": ["--image", str(image), "--lora_high_noise", f"{lora}=0.5", "--teacache",
+                          "--vae_tiling", "64"],
              "s2v-14B": ["--audio", str(speech), "--infer_frames", "8", "--num_clip", "2", "--size", "64*64",
                          "--image", str(image)]}[task]
     fast = ["--demo", "--sample_steps", "2", *(["--frame_num", "5"] if task != "s2v-14B" else [])]

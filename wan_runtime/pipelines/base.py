@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 import wan_kernels
 from wan_runtime.cache import CacheConfig, CacheManager, WanStages
+from wan_runtime.checks import DEFAULT_VAE_TILE, check_vae_tiling
 from wan_runtime.distributed.launch import shared_seed
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
@@ -76,7 +77,8 @@ class Prompts:
 @dataclass(frozen=True)
 class Settings:
     """The checked arguments every task shares, defaults resolved; ``width`` x ``height`` is the
-    output size or, with an image, the target area."""
+    output size or, with an image, the target area; ``vae_tile`` the decode's tile size in
+    pixels (0: whole frames)."""
 
     prompt: str
     n_prompt: str
@@ -86,6 +88,7 @@ class Settings:
     shift: float
     sample_solver: str
     guide: float | tuple[float, float]
+    vae_tile: int = 0
 
     def new_solver(self, device: torch.device) -> FlowSolver:
         """A fresh solver for one sampling run."""
@@ -99,8 +102,16 @@ class Settings:
         return RunReport(
             task=task, prompt=self.prompt, n_prompt=self.n_prompt, seed=seed, size=f"{width}*{height}",
             frame_num=frame_num, sampling_steps=self.steps, guide_scale=self.guide, shift=self.shift,
-            sample_solver=self.sample_solver, timings=clock.timings, peak_memory_bytes=peak_memory,
+            sample_solver=self.sample_solver, vae_tiling=self.vae_tile, timings=clock.timings,
+            peak_memory_bytes=peak_memory,
         )
+
+    def decode(self, vae: WanVAE, latent: torch.Tensor) -> torch.Tensor:
+        """``latent`` [C, T, h, w] decoded to pixels, in tiles when ``vae_tile`` asks for them (a
+        quarter of each overlapping its neighbours)."""
+        tile = self.vae_tile
+        return vae.decode([latent], tiled=tile > 0, tile_size=tile or DEFAULT_VAE_TILE,
+                          tile_overlap=(tile or DEFAULT_VAE_TILE) // 4)[0]
 
 
 class Pipeline:
@@ -175,6 +186,7 @@ class Pipeline:
         progress: bool = True,
         cache: CacheConfig | None = None,
         on_step: StepCallback | None = None,
+        vae_tiling: bool | int = False,
     ) -> torch.Tensor:
         """Generate a video [3, frame_num, H, W], float32 in [-1, 1], on the pipeline's device.
 
@@ -187,10 +199,13 @@ class Pipeline:
         the resolved arguments and the timings. ``cache`` turns on the step cache (see
         ``wan_runtime.cache.CacheConfig``); ``cache_report()`` then returns its telemetry.
         ``on_step`` is called with a ``StepEvent`` after each sampling step (an exception it
-        raises stops the run); ``progress`` shows a progress bar.
+        raises stops the run); ``progress`` shows a progress bar. ``vae_tiling`` decodes the
+        video in overlapping tiles, ``True`` of 512 pixels or of the size given (a multiple of
+        64; 0 as ``False``: whole frames): about half the decode's memory, frames that differ
+        slightly near the tiles' borders.
         """
         settings = self._settings(prompt, n_prompt, size, sampling_steps, guide_scale, shift, sample_solver,
-                                  cache)
+                                  cache, vae_tiling)
         reporter = StepReporter(progress, on_step)
         frame_num = check_frame_num(self.spec.frame_num if frame_num is None else frame_num, self.spec)
         solver, guide = settings.new_solver(self.device), settings.guide
@@ -216,7 +231,7 @@ class Pipeline:
                 latent = self._denoise(noise, prompts, solver, guide, condition, reporter, cache)
                 self.residency.release()
             with clock.stage("vae_decode"):
-                video = self.vae.decode([latent])[0]
+                video = settings.decode(self.vae, latent)
             check_video(video, self.vae.dtype)
         self.last_report = settings.report(self.task, seed, plan.width, plan.height, frame_num, clock,
                                            self._peak_memory())
@@ -233,6 +248,7 @@ class Pipeline:
         shift: float | None,
         sample_solver: str,
         cache: CacheConfig | None,
+        vae_tiling: object,
     ) -> Settings:
         """The arguments every task shares, checked (``InputError``), ``None`` as the task's default."""
         spec = self.spec
@@ -247,7 +263,8 @@ class Pipeline:
             raise InputError(f"cache must be a wan_runtime.cache.CacheConfig or None, got {cache!r}")
         if cache is not None:
             cache.check_models(self.spec.cache_models)
-        return Settings(prompt, n_prompt, width, height, int(steps), float(shift), sample_solver, guide)
+        return Settings(prompt, n_prompt, width, height, int(steps), float(shift), sample_solver, guide,
+                        check_vae_tiling(vae_tiling, "vae_tiling"))
 
     def cache_report(self) -> dict[str, dict]:
         """The step cache's telemetry of the latest ``generate``, by model name (``high``,

@@ -24,7 +24,8 @@ class RunReport:
     default negative prompt filled in), the output ``size`` as ``"W*H"``, seconds per stage in
     ``timings`` (``audio_encode`` for s2v-14B, ``text_encode``, ``vae_encode`` when an image is
     encoded, ``denoise``, ``vae_decode``; s2v-14B's summed over its clips) and the peak
-    accelerator memory (``None`` on the CPU). For s2v-14B ``frame_num`` is the frames made."""
+    accelerator memory (``None`` on the CPU). For s2v-14B ``frame_num`` is the frames made;
+    ``vae_tiling`` is the decode's tile size in pixels (0: whole frames)."""
 
     task: str
     prompt: str
@@ -36,6 +37,7 @@ class RunReport:
     guide_scale: float | tuple[float, float]
     shift: float
     sample_solver: str
+    vae_tiling: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
 

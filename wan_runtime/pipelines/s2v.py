@@ -105,6 +105,7 @@ class S2VPipeline(Pipeline):
         progress: bool = True,
         cache: CacheConfig | None = None,
         on_step: StepCallback | None = None,
+        vae_tiling: bool | int = False,
     ) -> torch.Tensor:
         """Generate a talking video [3, frames, H, W], float32 in [-1, 1], on the pipeline's device.
 
@@ -122,7 +123,7 @@ class S2VPipeline(Pipeline):
         clip and name the clip.
         """
         settings = self._settings(prompt, n_prompt, size, sampling_steps, guide_scale, shift, sample_solver,
-                                  cache)
+                                  cache, vae_tiling)
         reporter = StepReporter(progress, on_step)
         check_clip_arguments(infer_frames, num_clip, start_from_ref, pose_video)
         if image is None:
@@ -179,7 +180,8 @@ class S2VPipeline(Pipeline):
                     self.residency.release()
                 with clock.stage("vae_decode"):
                     behind = ref_latent if drop_motion else motion
-                    frames = self.vae.decode([torch.cat([behind[0], latent], dim=1)])[0][:, -infer_frames:]
+                    frames = settings.decode(self.vae, torch.cat([behind[0], latent], dim=1))
+                    frames = frames[:, -infer_frames:]
                     if drop_motion:
                         frames = frames[:, FIRST_CLIP_DROPPED_FRAMES:]
                 out.append(frames)
