@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import wan_kernels
 from wan_runtime.cache import CacheConfig, CacheManager, WanStages
-from wan_runtime.checks import DEFAULT_VAE_TILE, check_vae_tiling
+from wan_runtime.checks import check_vae_tiling
 from wan_runtime.distributed.launch import shared_seed
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
@@ -110,8 +110,9 @@ class Settings:
         """``latent`` [C, T, h, w] decoded to pixels, in tiles when ``vae_tile`` asks for them (a
         quarter of each overlapping its neighbours)."""
         tile = self.vae_tile
-        return vae.decode([latent], tiled=tile > 0, tile_size=tile or DEFAULT_VAE_TILE,
-                          tile_overlap=(tile or DEFAULT_VAE_TILE) // 4)[0]
+        if not tile:
+            return vae.decode([latent])[0]
+        return vae.decode([latent], tiled=True, tile_size=tile, tile_overlap=tile // 4)[0]
 
 
 class Pipeline:
