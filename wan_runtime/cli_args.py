@@ -203,6 +203,8 @@ def json_flag_value(key: str, value: object, action: argparse.Action) -> object:
         return copy.copy(action.default)
     if isinstance(value, str) and "\0" in value:  # no command line can pass one; paths refuse it
         raise ValueError(f"{key} holds a NUL character, which no flag takes")
+    if action.nargs == "?" and isinstance(value, bool):  # as the flag alone, or as not given
+        return action.const if value else copy.copy(action.default)
     if action.nargs == 0 or action.type is str2bool:  # an on/off flag
         if not isinstance(value, bool):
             raise TypeError(f"{key} must be true or false, got {json.dumps(value)}")
@@ -284,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae_tiling", type=int, nargs="?", const=DEFAULT_VAE_TILE, default=0, metavar="PIXELS",
                    help=f"decode the video in overlapping tiles of PIXELS (default {DEFAULT_VAE_TILE} when "
                         f"given alone; a multiple of {VAE_TILE_MULTIPLE}; 0: whole frames, the default): "
-                        "about half the decode's memory (a 720p decode in ~8 GiB instead of ~17), but frames "
-                        "that differ slightly near the tiles' borders")
+                        "about half the decode's memory (a 720p decode in ~8 GiB instead of ~17), but not "
+                        "the official video (each tile's decoder sees only its tile)")
     p.add_argument("--convert_model_dtype", action=argparse.BooleanOptionalAction, default=False,
                    help="convert the DiT weights to the compute dtype")
     p.add_argument("--save_file", default=None,

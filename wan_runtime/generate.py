@@ -90,7 +90,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
             raise
         # torch's first two sentences say what and how much; the rest is allocator advice.
         what = ". ".join(_one_line(str(err)).split(". ")[:2])
-        _error(f"out of memory: {what}; {_memory_remedy(args)}")
+        _error(f"out of memory: {what}; {_memory_remedy(args, getattr(err, 'video', None))}")
         return 1
     except Exception as err:
         if args.debug:
@@ -278,11 +278,11 @@ def _make_videos(
             print(f"--batch line {job.batch_line} (video {count} of {len(jobs)}): {prompt}", flush=True)
         try:
             video = _make_video(pipeline, job)
-        except torch.OutOfMemoryError:
+        except torch.OutOfMemoryError as err:
             if job.batch_line is not None and job.launch.main:
                 _error(f"--batch line {job.batch_line} ran out of GPU memory: the batch stops there (run it "
                        "again with --skip_existing not to make the videos written so far again)")
-            raise
+            raise VideoOutOfMemory(str(err), job) from err
         except (InputError, CheckpointError, NumericalError) as err:
             if job.batch_line is None or job.launch.distributed or args.debug:
                 raise
@@ -404,8 +404,18 @@ def _launch() -> Launch:
         return Launch()
 
 
-def _memory_remedy(args: argparse.Namespace) -> str:
-    """What frees device memory, of what this command line has not done yet."""
+class VideoOutOfMemory(torch.OutOfMemoryError):
+    """Running out of device memory while making ``video`` (whose per-video settings, a batch
+    line's, the advice reads)."""
+
+    def __init__(self, message: str, video: GenerateConfig) -> None:
+        super().__init__(message)
+        self.video = video
+
+
+def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None) -> str:
+    """What frees device memory, of what this command line (and the video being made, if one
+    was) has not done yet."""
     steps = []
     several = _launch().distributed
     offloading = args.offload_model if args.offload_model is not None else not several
@@ -422,9 +432,8 @@ def _memory_remedy(args: argparse.Namespace) -> str:
         steps.append(f"{more}--stream_blocks (DiT blocks wait in CPU memory until they run)")
     if not (args.dit_fsdp or args.dit_fp8):
         steps.append("--dit_fp8 (DiT weights in 8-bit floats: half the memory, not the official video)")
-    if not args.vae_tiling:
-        steps.append("--vae_tiling (the VAE decodes in tiles: half its memory, frames slightly off the "
-                     "official ones near the tiles' borders)")
+    if not (args.vae_tiling if video is None else video.vae_tiling):
+        steps.append("--vae_tiling (the VAE decodes in tiles: half its memory, not the official video)")
     frames = "--infer_frames" if args.task == "s2v-14B" else "--frame_num"
     steps.append(f"a smaller --size or {frames}")
     return "to fit, try " + ", ".join(steps)

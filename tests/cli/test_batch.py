@@ -59,6 +59,13 @@ def test_lines_fill_in_the_command_line(tmp_path, image):
     assert second.save_file == Path("two.mp4") and first.frame_num == second.frame_num == 5
 
 
+def test_a_line_may_switch_a_flag_of_an_optional_value(tmp_path):
+    """``true`` as the flag given alone, ``false`` as the flag not given."""
+    path = _batch(tmp_path, {"vae_tiling": True}, {"vae_tiling": False}, {"vae_tiling": 128})
+    jobs = _jobs(*FAST, "--batch", str(path), "--vae_tiling", "256")
+    assert [job.vae_tiling for job in jobs] == [512, 0, 128]
+
+
 def test_without_a_batch_one_video():
     [job] = _jobs(*FAST, "--prompt", "a fox")
     assert job.batch_line is None and job.prompt == "a fox"
@@ -294,12 +301,15 @@ def test_running_out_of_memory_stops_the_batch(in_folder, monkeypatch, capsys):
         return made(pipeline, config)
 
     monkeypatch.setattr(generate, "_make_video", out_of_memory_at_second)
-    path = _batch(in_folder, {"save_file": "one.mp4"}, {"save_file": "two.mp4"}, {"save_file": "three.mp4"})
+    path = _batch(in_folder, {"save_file": "one.mp4"}, {"save_file": "two.mp4", "vae_tiling": 256},
+                  {"save_file": "three.mp4"})
     assert generate.main([*FAST, "--batch", str(path)]) == 1
     line, error = _errors(capsys.readouterr().err)
     assert line == ("error: --batch line 2 ran out of GPU memory: the batch stops there (run it again with "
                     "--skip_existing not to make the videos written so far again)")
     assert error.startswith("error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB; to fit, ")
+    # The line's own settings count: its video decoded in tiles already.
+    assert "--dit_fp8" in error and "--vae_tiling" not in error
     assert [p.name for p in in_folder.glob("*.mp4")] == ["one.mp4"]
 
 

@@ -22,21 +22,22 @@ def _last_latent(latents: list[torch.Tensor]):
     return on_step
 
 
-@pytest.mark.parametrize("task", ["ti2v-5B", "i2v-A14B"])
-def test_the_video_is_the_tiled_decode_of_the_same_latent(ti2v_pipeline, i2v_pipeline, task):
+@pytest.mark.parametrize(("task", "with_image"), [("ti2v-5B", False), ("ti2v-5B", True), ("i2v-A14B", True)])
+def test_the_video_is_the_tiled_decode_of_the_same_latent(ti2v_pipeline, i2v_pipeline, task, with_image):
+    """Over the Wan2.2 VAE (16-pixel stride) and the Wan2.1 one (8)."""
     pipeline = {"ti2v-5B": ti2v_pipeline, "i2v-A14B": i2v_pipeline}[task]
-    image = gradient_image(128, 128)
+    image = gradient_image(128, 128) if with_image else None
     latents: list[torch.Tensor] = []
     whole = pipeline.generate("a cat", image=image, on_step=_last_latent(latents), **RUN)
     tiled = pipeline.generate("a cat", image=image, vae_tiling=64, **RUN)
     assert pipeline.last_report.vae_tiling == 64
-    expected = pipeline.vae.decode([latents[-1]], tiled=True, tile_size=64, tile_overlap=16)[0]
+    [expected] = pipeline.vae.decode([latents[-1]], tiled=True, tile_size=64, tile_overlap=16)
     assert torch.equal(tiled, expected)
-    # 64-pixel tiles of a 128-pixel frame: the borders show.
+    # 64-pixel tiles of a 128-pixel frame: the tiles' decoders each see a part of it.
     assert not torch.equal(tiled, whole)
-    for off in (False, 0):
-        assert torch.equal(pipeline.generate("a cat", image=image, vae_tiling=off, **RUN), whole)
-        assert pipeline.last_report.vae_tiling == 0
+    # False, 0, and a tile that holds the whole frame: the whole frame's decode.
+    for whole_frame in (False, 0, 256):
+        assert torch.equal(pipeline.generate("a cat", image=image, vae_tiling=whole_frame, **RUN), whole)
 
 
 def test_s2v_decodes_every_clip_in_tiles(s2v_root, monkeypatch):
@@ -53,8 +54,11 @@ def test_s2v_decodes_every_clip_in_tiles(s2v_root, monkeypatch):
     speech = (0.3 * np.sin(np.arange(8000) / 9)).astype(np.float32)
     pipeline.generate("a man speaks", image=gradient_image(72, 56), audio=speech, size="64*64",
                       infer_frames=4, num_clip=2, sampling_steps=1, seed=1, progress=False, vae_tiling=True)
-    assert calls == [{"tiled": True, "tile_size": 512, "tile_overlap": 128}] * 2
-    assert pipeline.last_report.vae_tiling == 512
+    assert calls == [{"tiled": True, "tile_size": 512}] * 2
+    report = pipeline.last_report
+    assert report.vae_tiling == 512
+    assert report.summary().startswith(f"s2v-14B: 64*64, {report.frame_num} frames, seed 1, decoded in "
+                                       "512-pixel tiles\n")
 
 
 @pytest.mark.parametrize("value", [100, -64, "512", 64.0, None])

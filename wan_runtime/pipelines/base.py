@@ -77,7 +77,7 @@ class Prompts:
 @dataclass(frozen=True)
 class Settings:
     """The checked arguments every task shares, defaults resolved; ``width`` x ``height`` is the
-    output size or, with an image, the target area; ``vae_tile`` the decode's tile size in
+    output size or, with an image, the target area; ``vae_tiling`` the decode's tile size in
     pixels (0: whole frames)."""
 
     prompt: str
@@ -88,7 +88,7 @@ class Settings:
     shift: float
     sample_solver: str
     guide: float | tuple[float, float]
-    vae_tile: int = 0
+    vae_tiling: int = 0
 
     def new_solver(self, device: torch.device) -> FlowSolver:
         """A fresh solver for one sampling run."""
@@ -102,17 +102,15 @@ class Settings:
         return RunReport(
             task=task, prompt=self.prompt, n_prompt=self.n_prompt, seed=seed, size=f"{width}*{height}",
             frame_num=frame_num, sampling_steps=self.steps, guide_scale=self.guide, shift=self.shift,
-            sample_solver=self.sample_solver, vae_tiling=self.vae_tile, timings=clock.timings,
+            sample_solver=self.sample_solver, vae_tiling=self.vae_tiling, timings=clock.timings,
             peak_memory_bytes=peak_memory,
         )
 
     def decode(self, vae: WanVAE, latent: torch.Tensor) -> torch.Tensor:
-        """``latent`` [C, T, h, w] decoded to pixels, in tiles when ``vae_tile`` asks for them (a
-        quarter of each overlapping its neighbours)."""
-        tile = self.vae_tile
-        if not tile:
+        """``latent`` [C, T, h, w] decoded to pixels, in tiles when ``vae_tiling`` asks for them."""
+        if not self.vae_tiling:
             return vae.decode([latent])[0]
-        return vae.decode([latent], tiled=True, tile_size=tile, tile_overlap=tile // 4)[0]
+        return vae.decode([latent], tiled=True, tile_size=self.vae_tiling)[0]
 
 
 class Pipeline:
@@ -202,8 +200,8 @@ class Pipeline:
         ``on_step`` is called with a ``StepEvent`` after each sampling step (an exception it
         raises stops the run); ``progress`` shows a progress bar. ``vae_tiling`` decodes the
         video in overlapping tiles, ``True`` of 512 pixels or of the size given (a multiple of
-        64; 0 as ``False``: whole frames): about half the decode's memory, frames that differ
-        slightly near the tiles' borders.
+        64; 0 as ``False``: whole frames): about half the decode's memory, and frames that differ
+        from the whole frames' decode (each tile's decoder sees only its tile).
         """
         settings = self._settings(prompt, n_prompt, size, sampling_steps, guide_scale, shift, sample_solver,
                                   cache, vae_tiling)

@@ -50,8 +50,9 @@ class RunReport:
             if self.peak_memory_bytes is None
             else f"peak accelerator memory: {self.peak_memory_bytes / 2**30:.2f} GiB"
         )
+        tiles = f", decoded in {self.vae_tiling}-pixel tiles" if self.vae_tiling else ""
         return "\n".join([
-            f"{self.task}: {self.size}, {self.frame_num} frames, seed {self.seed}",
+            f"{self.task}: {self.size}, {self.frame_num} frames, seed {self.seed}{tiles}",
             f"{self.sampling_steps} steps of {self.sample_solver}, shift {self.shift:g}, "
             f"guide scale {self.guide_scale}",
             f"time: {stages} (total {total:.1f} s)",
