@@ -21,6 +21,8 @@
 #      and peak memory)
 #   8. bench_fp8 --gpu --compile: float8 DiT weights against bfloat16 ones at real widths (time,
 #      eager and compiled, memory and error)
+#   9. bench_vae --gpu: the VAEs' decode at 720p, 81 frames, whole frames against 512- and
+#      256-pixel tiles (time, peak memory, distance), and i2v-A14B's encode
 # Run from the repository root on the device machine with the wheels listed in benchmarks/README.md
 # in .whl/. Everything goes to $OUT: one session.log and each benchmark's JSON (the device tool
 # brings back at most 8 files). Step names given as arguments run only those steps (in the order
@@ -32,7 +34,7 @@ budget=${BUDGET_S:-540}
 mkdir -p "$out"
 log="$out/session.log"
 start=$SECONDS
-steps=" cuda_build kernel_tests bench_cache bench_kernels bench_dit gpu_pipelines bench_streaming bench_fp8 "
+steps=" cuda_build kernel_tests bench_cache bench_kernels bench_dit gpu_pipelines bench_streaming bench_fp8 bench_vae "
 for name in "$@"; do
   if [[ "$steps" != *" $name "* ]]; then
     echo "unknown step '$name'; the steps are:$steps" >&2
@@ -116,4 +118,5 @@ step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --compile
 step gpu_pipelines 90 30 python3 -m benchmarks.gpu_pipelines --out-dir "$out"
 step bench_streaming 60 30 python3 -m benchmarks.bench_streaming --gpu --out-dir "$out"
 step bench_fp8 120 45 python3 -m benchmarks.bench_fp8 --gpu --compile --out-dir "$out"
+step bench_vae 150 60 python3 -m benchmarks.bench_vae --gpu --out-dir "$out"
 echo "session done in $((SECONDS - start)) s of ${budget}" | tee -a "$log"

@@ -1,0 +1,134 @@
+"""The VAEs' decode, whole frames against tiles (``--vae_tiling``), and the encode of i2v-A14B's
+conditioning video: time, peak device memory and how far the tiled decode is from the whole one,
+random weights, one process.
+
+    python -m benchmarks.bench_vae          # CPU: narrow VAEs on small frames, float32 (checks
+                                            # that it runs; the memory columns need a GPU)
+    python -m benchmarks.bench_vae --gpu    # the release widths at 720p, 81 frames, bfloat16
+
+Rows: ``decode`` (``tile`` 0: whole frames, else the tile size in pixels), and ``encode`` of the
+video i2v-A14B encodes (the image, then black frames) with the Wan2.1 VAE. Columns: the median
+time ``ms``, the peak memory allocated and reserved while it runs (``peak_alloc_GiB``,
+``peak_reserved_GiB``, the weights included), and for tiles ``rel_l2``, the relative L2 distance
+of the tiled video from the whole-frame one (random weights mix the frame more than trained ones
+may).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from benchmarks.common import median_seconds, run_cases
+from wan_runtime.checks import DEFAULT_VAE_TILE
+from wan_runtime.models import WanVAE, vae2_1, vae2_2
+from wan_runtime.tiny_checkpoints.vae import randomize
+
+_GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Case:
+    """``op`` (``decode`` or ``encode``) with the Wan ``version`` VAE of the widths ``dims`` on
+    ``frames`` frames of ``width`` x ``height``; ``tile`` the decode's tile size (0: whole)."""
+
+    op: str
+    version: str
+    dims: tuple[int, ...]
+    width: int
+    height: int
+    frames: int
+    tile: int = 0
+
+
+def build(case: Case, device: torch.device, dtype: torch.dtype) -> WanVAE:
+    """A random VAE of ``case``'s version and widths, on ``device`` in ``dtype``."""
+    module = vae2_1 if case.version == "2.1" else vae2_2
+    model = vae2_1.build_vae21(*case.dims) if case.version == "2.1" else vae2_2.build_vae22(*case.dims)
+    return WanVAE(case.version, randomize(model, seed=0).to(device, dtype), module.MEAN, module.STD)
+
+
+def _measured(run: Callable[[], list[torch.Tensor]], device: torch.device) -> tuple[list[torch.Tensor], dict]:
+    """What one ``run`` returns, and the peak memory it allocated and reserved (none on the CPU)."""
+    if device.type != "cuda":
+        return run(), {}
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    result = run()
+    torch.cuda.synchronize(device)
+    return result, {"peak_alloc_GiB": round(torch.cuda.max_memory_allocated(device) / _GIB, 2),
+                    "peak_reserved_GiB": round(torch.cuda.max_memory_reserved(device) / _GIB, 2)}
+
+
+def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeat: int,
+             whole: dict[Case, torch.Tensor]) -> dict:
+    """Time and measure ``case``; a whole-frame decode's video is kept in ``whole`` for the tiled
+    cases of the same VAE and size that follow it."""
+    vae = build(case, device, dtype)
+    generator = torch.Generator().manual_seed(0)
+    if case.op == "encode":
+        video = torch.zeros(3, case.frames, case.height, case.width, device=device)
+        video[:, 0] = torch.rand(3, case.height, case.width, generator=generator) * 2 - 1
+
+        def run() -> list[torch.Tensor]:
+            return vae.encode([video])
+    else:
+        stride, latent_frames = vae.spatial_stride, (case.frames - 1) // vae.temporal_stride + 1
+        z = torch.randn(vae.z_dim, latent_frames, case.height // stride, case.width // stride,
+                        generator=generator).to(device)
+
+        def run() -> list[torch.Tensor]:
+            return vae.decode([z], tiled=case.tile > 0, tile_size=case.tile or DEFAULT_VAE_TILE)
+    row = {"op": case.op, "vae": case.version, "size": f"{case.width}*{case.height}", "frames": case.frames,
+           "tile": case.tile, "dtype": str(dtype).removeprefix("torch.")}
+    # The measured run is the timing's warm-up too.
+    [out], peaks = _measured(run, device)
+    row.update(peaks, ms=round(median_seconds(run, device, warmup=0, repeat=repeat) * 1e3, 1))
+    if case.op == "decode":
+        pixels = out
+        key = Case("decode", case.version, case.dims, case.width, case.height, case.frames)
+        if case.tile == 0:
+            whole[key] = pixels.cpu()
+        elif key in whole:
+            reference = whole[key]
+            row["rel_l2"] = round(float((pixels.cpu() - reference).norm() / reference.norm()), 4)
+    return row
+
+
+def cases(gpu: bool) -> list[Case]:
+    """The release widths at 720p, 81 frames (``gpu``), else narrow VAEs on small frames."""
+    if gpu:
+        sizes = {"2.1": ((96,), 1280, 720), "2.2": ((160, 256), 1280, 704)}
+        frames, tiles = 81, (0, DEFAULT_VAE_TILE, DEFAULT_VAE_TILE // 2)
+    else:
+        sizes = {"2.1": ((16,), 256, 128), "2.2": ((16, 24), 256, 128)}
+        frames, tiles = 5, (0, 128)
+    decodes = [Case("decode", version, dims, width, height, frames, tile)
+               for version, (dims, width, height) in sizes.items() for tile in tiles]
+    dims, width, height = sizes["2.1"]
+    return [*decodes, Case("encode", "2.1", dims, width, height, frames)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="the release widths at 720p on cuda in bfloat16")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs after the measured one (default 1)")
+    parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.gpu else "cpu")
+    dtype = torch.bfloat16 if args.gpu else torch.float32
+    whole: dict[Case, torch.Tensor] = {}
+    columns = ["op", "vae", "size", "frames", "tile", "dtype", "ms", "peak_alloc_GiB", "peak_reserved_GiB",
+               "rel_l2"]
+    with torch.inference_mode():
+        run_cases("bench_vae", device, cases(args.gpu),
+                  lambda case: run_case(case, device, dtype, args.repeat, whole), columns, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
