@@ -232,8 +232,10 @@ class VideoSettings:
         marks = [f"--{key}" for key in taken]
         for key, value in taken.items():
             for item in map(str, value if isinstance(value, list) else [value]):
-                if key in (*_PATHS, *_LORAS):
+                if key in _LORAS:
                     marks += [item, _split_strength(item)]
+                elif key in _PATHS:
+                    marks.append(item)
                 elif key not in ("prompt", "negative_prompt"):
                     marks.append(repr(item))
         # Whole words only: a path of the command line's may start with a recorded folder's.
