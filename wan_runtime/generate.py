@@ -90,7 +90,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
             raise
         # torch's first two sentences say what and how much; the rest is allocator advice.
         what = ". ".join(_one_line(str(err)).split(". ")[:2])
-        _error(f"out of memory: {what}; {_memory_remedy(args, getattr(err, 'video', None))}")
+        stage = getattr(err, "stage_name", None)
+        where = "" if stage is None else f" in the {stage} stage"
+        remedy = _memory_remedy(args, getattr(err, "video", None), getattr(err, "stage", None))
+        _error(f"out of memory{where}: {what}; {remedy}")
         return 1
     except Exception as err:
         if args.debug:
@@ -282,7 +285,8 @@ def _make_videos(
             if job.batch_line is not None and job.launch.main:
                 _error(f"--batch line {job.batch_line} ran out of GPU memory: the batch stops there (run it "
                        "again with --skip_existing not to make the videos written so far again)")
-            raise VideoOutOfMemory(str(err), job) from err
+            raise VideoOutOfMemory(str(err), job, getattr(err, "stage", None),
+                                   getattr(err, "stage_name", None)) from err
         except (InputError, CheckpointError, NumericalError) as err:
             if job.batch_line is None or job.launch.distributed or args.debug:
                 raise
@@ -406,16 +410,20 @@ def _launch() -> Launch:
 
 class VideoOutOfMemory(torch.OutOfMemoryError):
     """Running out of device memory while making ``video`` (whose per-video settings, a batch
-    line's, the advice reads)."""
+    line's, the advice reads), in the run's stage ``stage`` (``stage_name`` as its summary names
+    it; both None outside the stages)."""
 
-    def __init__(self, message: str, video: GenerateConfig) -> None:
+    def __init__(self, message: str, video: GenerateConfig, stage: str | None,
+                 stage_name: str | None) -> None:
         super().__init__(message)
         self.video = video
+        self.stage, self.stage_name = stage, stage_name
 
 
-def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None) -> str:
+def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None,
+                   stage: str | None = None) -> str:
     """What frees device memory, of what this command line (and the video being made, if one
-    was) has not done yet."""
+    was) has not done yet; in the VAE decode (``stage`` ``vae_decode``), decoding in tiles first."""
     steps = []
     several = _launch().distributed
     offloading = args.offload_model if args.offload_model is not None else not several
@@ -433,7 +441,8 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     if not (args.dit_fsdp or args.dit_fp8):
         steps.append("--dit_fp8 (DiT weights in 8-bit floats: half the memory, not the official video)")
     if not (args.vae_tiling if video is None else video.vae_tiling):
-        steps.append("--vae_tiling (the VAE decodes in tiles: half its memory, not the official video)")
+        tiles = "--vae_tiling (the VAE decodes in tiles: half its memory, not the official video)"
+        steps.insert(0 if stage == "vae_decode" else len(steps), tiles)
     frames = "--infer_frames" if args.task == "s2v-14B" else "--frame_num"
     steps.append(f"a smaller --size or {frames}")
     return "to fit, try " + ", ".join(steps)

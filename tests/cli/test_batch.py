@@ -313,6 +313,19 @@ def test_running_out_of_memory_stops_the_batch(in_folder, monkeypatch, capsys):
     assert [p.name for p in in_folder.glob("*.mp4")] == ["one.mp4"]
 
 
+def test_running_out_of_memory_in_the_decode_advises_tiles_first(in_folder, monkeypatch, capsys):
+    from wan_runtime.pipelines import StageOutOfMemory
+
+    def out_of_memory(pipeline, config):
+        raise StageOutOfMemory("CUDA out of memory. Tried to allocate 9.00 GiB. More advice.", "vae_decode")
+
+    monkeypatch.setattr(generate, "_make_video", out_of_memory)
+    assert generate.main(FAST) == 1
+    [error] = _errors(capsys.readouterr().err)
+    assert error.startswith("error: out of memory in the VAE decode stage: CUDA out of memory. Tried to "
+                            "allocate 9.00 GiB; to fit, try --vae_tiling (the VAE decodes in tiles")
+
+
 def test_images_too_extreme_for_their_size_are_named_before_loading(in_folder, monkeypatch, capsys):
     from PIL import Image
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.pipelines.images import gradient_image
 from wan_runtime.models.dit_blocks import RMSNorm
-from wan_runtime.pipelines import RunReport, load_pipeline
+from wan_runtime.pipelines import RunReport, StageOutOfMemory, load_pipeline
 from wan_runtime.tasks import DEFAULT_NEGATIVE_PROMPT
 
 RUN = {"size": "64*64", "frame_num": 5, "sampling_steps": 3, "progress": False}
@@ -65,3 +66,19 @@ def test_bfloat16_and_convert_model_dtype(ti2v_root):
         "ti2v-5B", ti2v_root, device="cpu", dtype=torch.bfloat16, convert_model_dtype=True
     )
     assert {p.dtype for p in converted.dits["dit"].parameters()} == {torch.bfloat16}
+
+
+def test_running_out_of_memory_names_the_stage(ti2v_root, monkeypatch):
+    """As a ``torch.OutOfMemoryError`` still, with the models sent back to the CPU."""
+    pipeline = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32, offload_model=True)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+    monkeypatch.setattr(pipeline.vae, "decode", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError) as caught:
+        pipeline.generate("a cat", **RUN)
+    assert isinstance(caught.value, StageOutOfMemory)
+    assert (caught.value.stage, caught.value.stage_name) == ("vae_decode", "VAE decode")
+    assert str(caught.value) == "CUDA out of memory. Tried to allocate 2.00 GiB."
+    assert set(pipeline.residency.placement.values()) == {"cpu"}

@@ -8,12 +8,12 @@ official ``WanI2V.generate`` (i2v-A14B), ``WanTI2V.generate`` (ti2v-5B) or ``Wan
 from wan_runtime.pipelines.base import Pipeline
 from wan_runtime.pipelines.i2v import I2VPipeline
 from wan_runtime.pipelines.loading import check_output_size, check_pipeline, load_pipeline
-from wan_runtime.pipelines.report import RunReport
+from wan_runtime.pipelines.report import RunReport, StageOutOfMemory
 from wan_runtime.pipelines.s2v import S2VPipeline
 from wan_runtime.pipelines.step_events import StepEvent
 from wan_runtime.pipelines.ti2v import TI2VPipeline
 
 __all__ = [
-    "I2VPipeline", "Pipeline", "RunReport", "S2VPipeline", "StepEvent", "TI2VPipeline", "check_output_size",
-    "check_pipeline", "load_pipeline",
+    "I2VPipeline", "Pipeline", "RunReport", "S2VPipeline", "StageOutOfMemory", "StepEvent", "TI2VPipeline",
+    "check_output_size", "check_pipeline", "load_pipeline",
 ]

@@ -60,6 +60,16 @@ class RunReport:
         ])
 
 
+class StageOutOfMemory(torch.OutOfMemoryError):
+    """Device memory ran out in a stage of a run: ``stage`` is its name in ``RunReport.timings``
+    (``vae_decode``, ...), ``stage_name`` as the summary writes it (``VAE decode``)."""
+
+    def __init__(self, message: str, stage: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.stage_name = _STAGE_NAMES.get(stage, stage)
+
+
 class StageClock:
     """Wall-clock seconds per named stage; on CUDA it waits for queued kernels before reading
     the clock, so a stage is charged for the work it launched."""
@@ -74,10 +84,17 @@ class StageClock:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time the body as stage ``name`` (added to its earlier time, if any)."""
+        """Time the body as stage ``name`` (added to its earlier time, if any); running out of
+        device memory in it raises ``StageOutOfMemory`` naming it."""
         self._sync()
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except StageOutOfMemory:
+            raise
+        except torch.OutOfMemoryError as err:
+            # Which stage tells what frees memory: the decode's tiles are no help to the DiT.
+            raise StageOutOfMemory(str(err), name) from err
         self._sync()
         # Summed over repeats: s2v runs every stage once per clip.
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
