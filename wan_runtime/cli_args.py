@@ -617,7 +617,7 @@ def _lora_problems(
              "--lora_low_noise": (args.lora_low_noise, LOW_NOISE)}
     loras = []
     if args.lora_dir is not None and spec is not None:
-        folder, strength = _split_lora(args.lora_dir)
+        folder, strength = split_lora(args.lora_dir)
         if strength is None:
             problems.append(_strength_problem("--lora_dir", args.lora_dir, folder))
         else:
@@ -629,7 +629,7 @@ def _lora_problems(
             if expert is not None and spec is not None and len(spec.dit_names) == 1:
                 problems.append(f"{flag} is for i2v-A14B's experts; {spec.name} has one DiT: use --lora")
                 continue
-            path, strength = _split_lora(value)
+            path, strength = split_lora(value)
             if strength is None:
                 problems.append(_strength_problem(flag, value, path))
                 continue
@@ -654,7 +654,7 @@ def _lora_flags(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
 
 def absolute_lora(value: str) -> str:
     """A LoRA flag's ``PATH[=STRENGTH]`` with the path absolute and the strength as typed."""
-    path = _split_lora(value)[0]
+    path = split_lora(value)[0]
     return f"{Path(path).absolute()}{value[len(path):]}"
 
 
@@ -662,7 +662,7 @@ def _strength_problem(flag: str, value: str, path: str) -> str:
     return f"{flag} {value!r}: the strength after '=' must be a finite number (e.g. {flag} {path}=0.8)"
 
 
-def _split_lora(value: str) -> tuple[str, float | None]:
+def split_lora(value: str) -> tuple[str, float | None]:
     """``PATH`` or ``PATH=STRENGTH`` -> (path, strength); strength None when it is not a finite
     number. An existing file or folder is a path even when its name holds '='."""
     path, sep, strength = value.rpartition("=")

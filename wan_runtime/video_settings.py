@@ -44,6 +44,7 @@ from wan_runtime.cli_args import (
     InvalidArguments,
     absolute_lora,
     json_flag_value,
+    split_lora,
 )
 from wan_runtime.errors import InputError
 from wan_runtime.video_io import read_mp4_settings
@@ -233,7 +234,7 @@ class VideoSettings:
         for key, value in taken.items():
             for item in map(str, value if isinstance(value, list) else [value]):
                 if key in _LORAS:
-                    marks += [item, _split_strength(item)]
+                    marks += [item, split_lora(item)[0]]
                 elif key in _PATHS:
                     marks.append(item)
                 elif key not in ("prompt", "negative_prompt"):
@@ -268,12 +269,6 @@ def _differ(key: str, mine: object, recorded: object) -> bool:
     if key in _LORAS and mine:
         mine = [absolute_lora(item) for item in mine] if isinstance(mine, list) else absolute_lora(str(mine))
     return mine != recorded
-
-
-def _split_strength(value: str) -> str:
-    """A LoRA flag's value without its ``=STRENGTH``."""
-    path, sep, _ = value.rpartition("=")
-    return path if sep else value
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
