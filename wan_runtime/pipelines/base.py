@@ -88,7 +88,7 @@ class Settings:
     shift: float
     sample_solver: str
     guide: float | tuple[float, float]
-    vae_tiling: int = 0
+    vae_tiling: int
 
     def new_solver(self, device: torch.device) -> FlowSolver:
         """A fresh solver for one sampling run."""
