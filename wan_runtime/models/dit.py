@@ -338,6 +338,11 @@ class WanModel(nn.Module):
         padded = F.pad(context, (0, 0, 0, self.config.text_len - context.size(1)))
         return self.text_embedding(padded.to(self.text_embedding[0].weight.dtype))
 
+    def forget_rope_tables(self) -> None:
+        """Drop the rope tables cached per token grid and device; the next forward makes its own
+        again (what a memory estimate of a run's first step counts)."""
+        self._rope_cache.clear()
+
     def _rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (grid, str(device))
         if key not in self._rope_cache:

@@ -98,5 +98,10 @@ def load_vae(
     version, model = _build(path, state)
     weights = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(weights, assign=True)
-    module = vae2_1 if version == "2.1" else vae2_2
+    return codec(model)
+
+
+def codec(model: CausalAutoencoder) -> WanVAE:
+    """``model`` with its version's latent normalisation (the version told by its latent channels)."""
+    version, module = ("2.1", vae2_1) if model.z_dim == vae2_1.Z_DIM else ("2.2", vae2_2)
     return WanVAE(version, model, module.MEAN, module.STD)

@@ -108,9 +108,14 @@ class Settings:
 
     def decode(self, vae: WanVAE, latent: torch.Tensor) -> torch.Tensor:
         """``latent`` [C, T, h, w] decoded to pixels, in tiles when ``vae_tiling`` asks for them."""
-        if not self.vae_tiling:
-            return vae.decode([latent])[0]
-        return vae.decode([latent], tiled=True, tile_size=self.vae_tiling)[0]
+        return decode(vae, latent, self.vae_tiling)
+
+
+def decode(vae: WanVAE, latent: torch.Tensor, vae_tiling: int) -> torch.Tensor:
+    """``latent`` [C, T, h, w] decoded to pixels, in tiles of ``vae_tiling`` pixels (0: whole frames)."""
+    if not vae_tiling:
+        return vae.decode([latent])[0]
+    return vae.decode([latent], tiled=True, tile_size=vae_tiling)[0]
 
 
 class Pipeline:

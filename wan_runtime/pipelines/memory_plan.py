@@ -12,7 +12,7 @@ and are not estimated: they depend on the video's size and on the attention kern
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +30,11 @@ from wan_runtime.tasks import TaskSpec
 TEXT_ENCODER, VAE, AUDIO_ENCODER = "text encoder", "VAE", "speech encoder"
 # GiB, as torch reports a GPU's memory and as the cards are sold ("24 GB" is 24 GiB).
 _GIB = 2**30
+
+
+def dit_label(name: str, names: list[str]) -> str:
+    """The plan's name of the DiT ``name`` of a task's ``names``."""
+    return f"DiT {name}" if len(names) > 1 else "DiT"
 
 
 def module_bytes(module: nn.Module) -> int:
@@ -87,16 +92,19 @@ def dit_footprint(
 @dataclass(frozen=True)
 class WeightPlan:
     """Each model's ``Footprint`` on the device (``models``; none for one kept on the CPU), those
-    taking turns there (``moving``, under ``offload_model``; empty: every model stays), and what
-    lowers the weights of this configuration (``remedy``)."""
+    taking turns there (``moving``, under ``offload_model``; empty: every model stays), what
+    lowers the weights of this configuration (``remedy``), and the meta-device models the plan
+    was made of, by the same names, in the dtypes they would run in (``meta_models``: what
+    ``activation_memory`` runs a video's stages on)."""
 
     device: torch.device
     models: dict[str, Footprint]
     moving: tuple[str, ...]
     remedy: str
+    meta_models: dict[str, nn.Module] = field(default_factory=dict, compare=False, repr=False)
 
-    def _while(self, name: str) -> int:
-        """The weights on the device while ``name`` works."""
+    def weights_while(self, name: str) -> int:
+        """The weights on the device while the model ``name`` works."""
         staying = sum(f.resident for n, f in self.models.items() if n not in self.moving)
         return staying + self.models[name].extra + (self.models[name].resident if name in self.moving else 0)
 
@@ -104,12 +112,12 @@ class WeightPlan:
     def busiest(self) -> str:
         """The model whose work holds the most weights on the device (the first loaded of those
         that tie, e.g. the VAE when every model stays and none brings more while it works)."""
-        return max(self.models, key=self._while)
+        return max(self.models, key=self.weights_while)
 
     @property
     def peak(self) -> int:
         """The most bytes of weights on the device at once."""
-        return self._while(self.busiest)
+        return self.weights_while(self.busiest)
 
     @property
     def peak_models(self) -> list[str]:
@@ -193,6 +201,7 @@ def plan_models(
     if device.type == "cpu":
         offload_model, t5_cpu, stream_blocks = False, False, 0
     models = {VAE: Footprint(module_bytes(vae))}
+    meta_models: dict[str, nn.Module] = {VAE: vae}
     moving = []
     if not t5_cpu and text_encoder is not None:
         text_encoder.to(torch.float32 if dtype == torch.float32 else torch.bfloat16)
@@ -202,12 +211,15 @@ def plan_models(
         else:
             models[TEXT_ENCODER] = Footprint(module_bytes(text_encoder))
             moving.append(TEXT_ENCODER)
+        meta_models[TEXT_ENCODER] = text_encoder
     for name, model in dits.items():
-        label = f"DiT {name}" if len(dits) > 1 else "DiT"
+        label = dit_label(name, list(dits))
         models[label] = dit_footprint(model, dtype, not (convert_model_dtype or dit_fsdp), dit_fp8,
                                       stream_blocks, world if dit_fsdp else 1)
+        meta_models[label] = model
         moving.append(label)
     if audio_encoder is not None:
         models[AUDIO_ENCODER] = Footprint(module_bytes(audio_encoder))
+        meta_models[AUDIO_ENCODER] = audio_encoder
         moving.append(AUDIO_ENCODER)
-    return WeightPlan(device, models, tuple(moving) if offload_model else (), remedy)
+    return WeightPlan(device, models, tuple(moving) if offload_model else (), remedy, meta_models)

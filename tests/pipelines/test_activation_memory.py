@@ -1,0 +1,164 @@
+"""The peak memory estimate: the live-bytes counter on known allocations, the meta device's count
+of each stage equal to the count of the same work on real tensors (the tiny pipelines' models,
+float32 on the CPU), and the estimate's stages, peak and advice."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.pipelines.test_memory_plan import plan as cuda_plan
+from wan_runtime.pipelines import check_pipeline
+from wan_runtime.pipelines.activation_memory import (
+    MemoryEstimate,
+    StagePeak,
+    VideoShape,
+    decode_work,
+    encode_work,
+    estimate_memory,
+    step_work,
+)
+from wan_runtime.pipelines.live_bytes import FusedAttention, LiveBytes, peak_bytes
+from wan_runtime.pipelines.memory_plan import TEXT_ENCODER, VAE
+from wan_runtime.tasks import task_spec
+
+KIB = 1024
+CPU = torch.device("cpu")
+
+
+def test_live_bytes_counts_each_storage_until_it_is_freed():
+    before = torch.empty(10_000)
+    with LiveBytes() as counter:
+        a = torch.empty(1000)  # 4000 bytes, a 4096-byte block
+        b = a * 2
+        assert counter.live == 2 * 4096
+        del a
+        gc.collect()
+        c = b + 1
+        assert counter.live == 2 * 4096
+        view, part, same = c.view(10, 100), c[:10], c.add_(before[:1000])
+        assert counter.live == 2 * 4096 and same is c
+        del b, c, view, part, same
+        gc.collect()
+        assert counter.live == 0
+    assert counter.peak == 2 * 4096
+
+
+def test_a_storage_counts_while_a_tensor_holds_it_though_python_dropped_its_object():
+    with LiveBytes() as counter:
+        a = torch.empty(256)
+        view = a[1:]
+        del a
+        gc.collect()
+        assert counter.live == KIB
+        del view
+        gc.collect()
+        assert counter.live == 0
+
+
+def test_meta_attention_counts_what_the_fused_kernels_keep():
+    """On meta tensors the fused kernel's output and log-sum-exp rows, not the math path's
+    scores: the CPU's attention on real tensors, one op whose rows stay inside it, and the rows."""
+    def run(device):
+        q, k, v = (torch.zeros(1, 4, 300, 16, device=device) for _ in range(3))
+        F.scaled_dot_product_attention(q, k, v)
+
+    meta = peak_bytes(run, torch.device("meta"))
+    with torch.inference_mode(), LiveBytes() as counter:
+        run(CPU)
+    rows = 4 * 300 * 4  # float32 per head and query, 4800 bytes: ten 512-byte blocks
+    assert meta == counter.peak + 10 * 512 and rows <= 10 * 512
+    assert meta < 300 * 300 * 4  # below one head's scores
+
+
+def test_meta_attention_leaves_a_real_tensors_call_alone():
+    q = torch.randn(1, 2, 8, 4)
+    with FusedAttention():
+        out = F.scaled_dot_product_attention(q, q, q)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, q, q), rtol=0, atol=0)
+
+
+def real_peak(work, *args) -> int:
+    """``work``'s peak count on real CPU tensors."""
+    with torch.inference_mode(), LiveBytes() as counter:
+        work(*args, device=CPU)
+    return counter.peak
+
+
+def float32_plan(task: str, root):
+    return check_pipeline(task, root, device="cpu", dtype=torch.float32)
+
+
+@pytest.mark.parametrize(("task", "per_token", "branches"), [
+    ("ti2v-5B", False, 2), ("ti2v-5B", True, 2), ("ti2v-5B", False, 1), ("i2v-A14B", False, 2),
+])
+def test_a_steps_count_on_the_meta_device_is_that_of_real_tensors(
+    task, per_token, branches, request
+):
+    pipeline = request.getfixturevalue("ti2v_pipeline" if task == "ti2v-5B" else "i2v_pipeline")
+    plan = float32_plan(task, request.getfixturevalue("ti2v_root" if task == "ti2v-5B" else "i2v_root"))
+    name = task_spec(task).dit_names[0]
+    label = "DiT" if task == "ti2v-5B" else f"DiT {name}"
+    latent = (plan.meta_models[label].config.out_dim, 3, 8, 12)
+    args = (latent, 32, torch.float32, branches, per_token)
+    meta = peak_bytes(step_work, plan.meta_models[label], *args)
+    assert meta == real_peak(step_work, pipeline.dits[name], *args)
+    assert peak_bytes(step_work, plan.meta_models[label], *args) == meta  # the rope tables count each time
+
+
+@pytest.mark.parametrize("vae_tiling", [0, 64])
+def test_the_vaes_count_on_the_meta_device_is_that_of_real_tensors(vae_tiling, i2v_pipeline, i2v_root):
+    from wan_runtime.models.vae_loading import codec
+
+    vae = codec(float32_plan("i2v-A14B", i2v_root).meta_models[VAE])
+    latent = (16, 2, 12, 16)
+    assert peak_bytes(decode_work, vae, latent, vae_tiling) == real_peak(
+        decode_work, i2v_pipeline.vae, latent, vae_tiling)
+    assert peak_bytes(encode_work, vae, 9, 64, 96) == real_peak(encode_work, i2v_pipeline.vae, 9, 64, 96)
+
+
+def test_i2v_has_a_stage_per_model_and_the_peak_is_the_largest(i2v_root):
+    plan = cuda_plan("i2v-A14B", i2v_root, offload_model=True)
+    estimate = estimate_memory(plan, task_spec("i2v-A14B"), VideoShape(96, 64, 9, True, (3.5, 3.5)))
+    assert [(s.stage, s.model) for s in estimate.stages] == [
+        ("text_encode", TEXT_ENCODER), ("vae_encode", VAE), ("denoise", "DiT high_noise"),
+        ("denoise", "DiT low_noise"), ("vae_decode", VAE)]
+    for stage in estimate.stages:
+        assert stage.weights == plan.weights_while(stage.model)
+        assert stage.activations > 0 or stage.stage == "text_encode"
+    assert estimate.peak == max(s.weights + s.activations for s in estimate.stages)
+    assert estimate.busiest.total == estimate.peak
+
+
+def test_guidance_at_scale_1_runs_one_branch_and_takes_less(i2v_root):
+    plan = cuda_plan("i2v-A14B", i2v_root)
+    spec = task_spec("i2v-A14B")
+    both = estimate_memory(plan, spec, VideoShape(96, 64, 9, True, (3.5, 3.5)))
+    high_only = estimate_memory(plan, spec, VideoShape(96, 64, 9, True, (1.0, 3.5)))
+    steps = {s.model: s.activations for s in both.stages if s.stage == "denoise"}
+    one = {s.model: s.activations for s in high_only.stages if s.stage == "denoise"}
+    assert one["DiT high_noise"] == steps["DiT high_noise"] > one["DiT low_noise"]
+
+
+def test_ti2v_without_an_image_has_no_encode_and_tiles_shrink_the_decode(ti2v_root):
+    plan = cuda_plan("ti2v-5B", ti2v_root, t5_cpu=True)
+    spec = task_spec("ti2v-5B")
+    whole = estimate_memory(plan, spec, VideoShape(512, 256, 9, False, 5.0))
+    tiled = estimate_memory(plan, spec, VideoShape(512, 256, 9, False, 5.0, vae_tiling=128))
+    assert [s.stage for s in whole.stages] == ["denoise", "vae_decode"]  # the T5 stays on the CPU
+    assert tiled.stages[-1].activations < whole.stages[-1].activations / 2
+    # The advice follows the stage of the peak.
+    assert whole.busiest.stage == "vae_decode" and "decode in tiles (--vae_tiling" in whole.remedy
+    assert tiled.busiest.stage == "vae_decode" and "--vae_tiling 256" in tiled.remedy
+
+
+def test_the_peak_is_the_busiest_stages_sum_and_told_as_a_lower_bound():
+    stages = [StagePeak("denoise", "DiT", 10, 5), StagePeak("vae_decode", VAE, 2, 20)]
+    estimate = MemoryEstimate(torch.device("cuda"), tuple(stages), "decode in tiles")
+    assert estimate.peak == 22 and estimate.busiest == stages[1]
+    assert "at least" in estimate.describe() and "in the vae_decode" in estimate.describe()
+    denoise = MemoryEstimate(torch.device("cuda"), (StagePeak("denoise", "DiT", 10, 5),), "")
+    assert denoise.peak == 15

@@ -1,0 +1,103 @@
+"""Counting the bytes of the tensors alive while some code runs, on the meta device.
+
+Code run on meta-device tensors (shapes and dtypes, no data) costs no memory and little time;
+``LiveBytes`` watches it and keeps the largest sum of the tensors alive at once: what the same
+code would hold on a device. Two ops are answered as CUDA runs them, where the meta device would
+differ: attention (``FusedAttention``: a fused kernel keeps its output and the log-sum-exp rows,
+while a meta ``scaled_dot_product_attention`` takes the math path and its [L, L] scores) and
+``torch.unique`` of a per-token timestep, whose size depends on the data (two values: the fixed
+first frame's 0 and the step's timestep).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+# The CUDA caching allocator hands out blocks in multiples of 512 bytes.
+_BLOCK = 512
+# A per-token timestep holds two values (see the module's docstring).
+_TIMESTEP_VALUES = 2
+
+
+def _rounded(nbytes: int) -> int:
+    return -(-nbytes // _BLOCK) * _BLOCK
+
+
+class LiveBytes(TorchDispatchMode):
+    """A dispatch mode that counts each new tensor storage an op returns from the op until Python
+    frees it (views and in-place results share an input's storage, and count with it); ``peak``
+    is the most bytes alive at once since the mode was entered, tensors made before not counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._counted: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._unique2.default and args[0].is_meta:
+            out = _meta_unique(*args, **kwargs)
+        else:
+            out = func(*args, **kwargs)
+        # A view or an in-place result shares an input's storage: nothing new, even for an input
+        # made before the mode (a weight's transpose is not an activation).
+        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and id(tensor.untyped_storage()) not in inputs:
+                self._count(tensor.untyped_storage())
+        return out
+
+    def _count(self, storage: torch.UntypedStorage) -> None:
+        key = id(storage)
+        if key in self._counted:
+            return
+        nbytes = _rounded(storage.nbytes())
+        self._counted.add(key)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key, nbytes)
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._counted.discard(key)
+        self.live -= nbytes
+
+
+def _meta_unique(
+    values: torch.Tensor, sorted: bool = True, return_inverse: bool = False, return_counts: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``aten._unique2`` on a meta tensor: ``_TIMESTEP_VALUES`` values, an index per element."""
+    unique = torch.empty(_TIMESTEP_VALUES, dtype=values.dtype, device=values.device)
+    inverse = torch.empty(values.shape if return_inverse else (0,), dtype=torch.int64, device=values.device)
+    counts = torch.empty(_TIMESTEP_VALUES if return_counts else 0, dtype=torch.int64, device=values.device)
+    return unique, inverse, counts
+
+
+class FusedAttention(TorchFunctionMode):
+    """``scaled_dot_product_attention`` on meta tensors as a fused CUDA kernel allocates: the
+    output, and float32 log-sum-exp rows [B, H, Lq] while it runs."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention or not args[0].is_meta:
+            return func(*args, **kwargs)
+        q, v = args[0], args[2] if len(args) > 2 else kwargs["value"]
+        rows = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+        out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+        del rows
+        return out
+
+
+def peak_bytes(run, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    """The most bytes ``run(*args, **kwargs)`` holds at once on meta tensors, its inputs made
+    inside it counted, its result counted until it returns, as ``LiveBytes`` counts them."""
+    counter = LiveBytes()
+    with torch.inference_mode(), FusedAttention(), counter:
+        run(*args, **kwargs)
+    return counter.peak
