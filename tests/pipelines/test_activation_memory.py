@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.pipelines.test_memory_plan import plan as cuda_plan
-from wan_runtime.pipelines import check_pipeline
+from wan_runtime.models.vae_loading import codec
+from wan_runtime.pipelines import check_pipeline, load_pipeline
 from wan_runtime.pipelines.activation_memory import (
     MemoryEstimate,
     StagePeak,
@@ -19,10 +20,13 @@ from wan_runtime.pipelines.activation_memory import (
     decode_work,
     encode_work,
     estimate_memory,
+    s2v_encode_work,
+    s2v_step_work,
+    speech_work,
     step_work,
 )
 from wan_runtime.pipelines.live_bytes import FusedAttention, LiveBytes, peak_bytes
-from wan_runtime.pipelines.memory_plan import TEXT_ENCODER, VAE
+from wan_runtime.pipelines.memory_plan import AUDIO_ENCODER, TEXT_ENCODER, VAE
 from wan_runtime.tasks import task_spec
 
 KIB = 1024
@@ -103,7 +107,7 @@ def test_a_steps_count_on_the_meta_device_is_that_of_real_tensors(
     name = task_spec(task).dit_names[0]
     label = "DiT" if task == "ti2v-5B" else f"DiT {name}"
     latent = (plan.meta_models[label].config.out_dim, 3, 8, 12)
-    args = (latent, 32, torch.float32, branches, per_token)
+    args = (latent, 32, branches, per_token)
     meta = peak_bytes(step_work, plan.meta_models[label], *args)
     assert meta == real_peak(step_work, pipeline.dits[name], *args)
     assert peak_bytes(step_work, plan.meta_models[label], *args) == meta  # the rope tables count each time
@@ -111,13 +115,53 @@ def test_a_steps_count_on_the_meta_device_is_that_of_real_tensors(
 
 @pytest.mark.parametrize("vae_tiling", [0, 64])
 def test_the_vaes_count_on_the_meta_device_is_that_of_real_tensors(vae_tiling, i2v_pipeline, i2v_root):
-    from wan_runtime.models.vae_loading import codec
-
     vae = codec(float32_plan("i2v-A14B", i2v_root).meta_models[VAE])
     latent = (16, 2, 12, 16)
     assert peak_bytes(decode_work, vae, latent, vae_tiling) == real_peak(
         decode_work, i2v_pipeline.vae, latent, vae_tiling)
     assert peak_bytes(encode_work, vae, 9, 64, 96) == real_peak(encode_work, i2v_pipeline.vae, 9, 64, 96)
+
+
+@pytest.fixture(scope="module")
+def s2v_pipeline(s2v_root):
+    return load_pipeline("s2v-14B", s2v_root, device="cpu", dtype=torch.float32)
+
+
+@pytest.mark.parametrize(("motion", "pose", "branches"), [(False, False, 2), (True, True, 1)])
+def test_an_s2v_steps_count_on_the_meta_device_is_that_of_real_tensors(
+    motion, pose, branches, s2v_pipeline, s2v_root
+):
+    plan = float32_plan("s2v-14B", s2v_root)
+    args = ((16, 2, 8, 8), 8, 32, branches, motion, pose)
+    meta = peak_bytes(s2v_step_work, plan.meta_models["DiT"], *args)
+    assert meta == real_peak(s2v_step_work, s2v_pipeline.dits["dit"], *args)
+
+
+@pytest.mark.parametrize("pose_frames", [0, 9])
+def test_s2vs_encodes_and_the_speech_count_on_the_meta_device_as_on_real_tensors(
+    pose_frames, s2v_pipeline, s2v_root
+):
+    plan = float32_plan("s2v-14B", s2v_root)
+    args = (32, 32, pose_frames, torch.float32)
+    vae = codec(plan.meta_models[VAE])
+    assert peak_bytes(s2v_encode_work, vae, *args) == real_peak(s2v_encode_work, s2v_pipeline.vae, *args)
+    speech = peak_bytes(speech_work, plan.meta_models[AUDIO_ENCODER], 8000)
+    assert speech == real_peak(speech_work, s2v_pipeline.audio_encoder.model, 8000)
+
+
+def test_s2v_counts_the_speech_when_given_and_a_later_clips_motion(s2v_root):
+    plan = cuda_plan("s2v-14B", s2v_root, offload_model=True)
+    spec = task_spec("s2v-14B")
+    one = estimate_memory(plan, spec, VideoShape(64, 64, 8, True, 4.5))
+    assert [(s.stage, s.model) for s in one.stages] == [
+        ("audio_encode", AUDIO_ENCODER), ("text_encode", TEXT_ENCODER), ("vae_encode", VAE),
+        ("denoise", "DiT"), ("vae_decode", VAE)]
+    assert one.stages[0].activations == 0  # no samples given
+    more = estimate_memory(plan, spec, VideoShape(64, 64, 8, True, 4.5, clips=3, audio_samples=16000))
+    assert more.stages[0].activations > 0
+    for stage in ("denoise", "vae_decode"):
+        by_stage = [{s.stage: s.activations for s in e.stages}[stage] for e in (one, more)]
+        assert by_stage[1] > by_stage[0]
 
 
 def test_i2v_has_a_stage_per_model_and_the_peak_is_the_largest(i2v_root):

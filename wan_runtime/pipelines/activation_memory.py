@@ -2,13 +2,16 @@
 
 Each stage of the run does its work on meta-device tensors of the video's sizes, through the
 models' own code, while ``live_bytes`` counts the tensors alive at once: the VAE encoding the
-input image (i2v-A14B: and the black frames after it), each
-DiT's forward for each guidance branch (the conditional prediction kept while the unconditional
-one runs), and the VAE decode of the latent (in tiles with ``vae_tiling``). Added to the weights
-on the device during that stage (``WeightPlan.weights_while``), the largest sum is the peak. The
-text encoder's stage counts its weights alone: its activations at 512 tokens are a few tens of MB
-beside 11 GB of weights (and the encoder's attention mask is built from the tokens' values, which
-the meta device does not have).
+input image (i2v-A14B: and the black frames after it; s2v-14B: the reference image, the motion
+context and the pose video), each DiT's forward for each guidance branch (the conditional
+prediction kept while the unconditional one runs; s2v-14B: the clip with the motion tokens, when
+one has them), and the VAE decode of the latent (s2v-14B: of a clip behind its motion's latent;
+in tiles with ``vae_tiling``). Added to the weights on the device during that stage
+(``WeightPlan.weights_while``), the largest sum is the peak. The text encoder's stage counts its
+weights alone: its activations at 512 tokens are a few tens of MB beside 11 GB of weights, and it
+builds its attention mask from the tokens' values, which the meta device does not have. The
+speech encoder's stage counts wav2vec2 on ``audio_samples`` samples (0.74 GiB for a minute),
+when the video gives them.
 
 It is a lower bound of ``torch.cuda.max_memory_allocated``: left out are the kernels' workspaces
 (cuDNN's convolutions above all: on an H100 the VAE decode at 720p allocated 1.2-1.5x the
@@ -26,11 +29,13 @@ from typing import NamedTuple
 import torch
 
 from wan_runtime.models import WanModel, WanVAE
+from wan_runtime.models.audio_encoder import resample_features
+from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.models.vae_loading import codec
 from wan_runtime.pipelines.base import decode
 from wan_runtime.pipelines.live_bytes import peak_bytes
-from wan_runtime.pipelines.memory_plan import _GIB, TEXT_ENCODER, VAE, WeightPlan, dit_label
-from wan_runtime.tasks import HIGH_NOISE, TaskSpec
+from wan_runtime.pipelines.memory_plan import _GIB, AUDIO_ENCODER, TEXT_ENCODER, VAE, WeightPlan, dit_label
+from wan_runtime.tasks import DIT, HIGH_NOISE, TaskSpec
 
 _META = torch.device("meta")
 
@@ -81,7 +86,10 @@ class VideoShape:
     """What sizes a video's activations: its ``width`` x ``height`` in pixels (the output size,
     resolved), ``frame_num`` frames, whether an input ``image`` conditions it, the guide scale
     (one, or i2v-A14B's ``(low_noise, high_noise)``; at 1 a step runs one branch) and the decode's
-    tiles (``vae_tiling`` pixels, 0: whole frames)."""
+    tiles (``vae_tiling`` pixels, 0: whole frames). For s2v-14B ``frame_num`` is the frames of a
+    clip (``infer_frames``), ``clips`` their number, ``start_from_ref`` and ``pose`` as its
+    ``generate`` takes them (the reference image is always there), ``audio_samples`` the speech's
+    16 kHz samples (0: not known, the speech encoder's activations not counted)."""
 
     width: int
     height: int
@@ -89,6 +97,10 @@ class VideoShape:
     image: bool
     guide: float | tuple[float, float]
     vae_tiling: int = 0
+    clips: int = 1
+    start_from_ref: bool = False
+    pose: bool = False
+    audio_samples: int = 0
 
 
 def estimate_memory(plan: WeightPlan, spec: TaskSpec, video: VideoShape) -> MemoryEstimate:
@@ -99,30 +111,63 @@ def estimate_memory(plan: WeightPlan, spec: TaskSpec, video: VideoShape) -> Memo
     vae = codec(models[VAE])
     names = list(spec.dit_names)
     dits: dict[str, WanModel] = {name: models[dit_label(name, names)] for name in names}
-    first = next(iter(dits.values()))
+    config = next(iter(dits.values())).config
     stride_t, stride_h, stride_w = spec.vae_stride
-    latent_shape = (first.config.out_dim, (video.frame_num - 1) // stride_t + 1,
-                    video.height // stride_h, video.width // stride_w)
-    dtype = first.patch_embedding.weight.dtype
-    text_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
+    frames = (video.frame_num - 1) // stride_t + 1 if spec.audio_dir is None else video.frame_num // stride_t
+    latent_shape = (config.out_dim, frames, video.height // stride_h, video.width // stride_w)
 
     stages = []
-
-    def add(stage: str, model: str, activations: int) -> None:
-        stages.append(StagePeak(stage, model, plan.weights_while(model), activations))
-
+    if AUDIO_ENCODER in plan.models:
+        samples = video.audio_samples
+        stages.append(("audio_encode", AUDIO_ENCODER,
+                       peak_bytes(speech_work, models[AUDIO_ENCODER], samples) if samples else 0))
     if TEXT_ENCODER in plan.models:
-        add("text_encode", TEXT_ENCODER, 0)
+        stages.append(("text_encode", TEXT_ENCODER, 0))
+    run = _s2v_activations if spec.audio_dir is not None else _activations
+    stages += run(vae, dits, latent_shape, spec, video)
+    peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_) for stage, model, bytes_ in stages]
+    return MemoryEstimate(plan.device, tuple(peaks), _remedy(peaks, video.vae_tiling, plan.remedy))
+
+
+def _activations(
+    vae: WanVAE, dits: dict[str, WanModel], latent_shape: tuple[int, ...], spec: TaskSpec, video: VideoShape
+) -> list[tuple[str, str, int]]:
+    """i2v-A14B's and ti2v-5B's stages after the text: (stage, model, activations)."""
+    config = next(iter(dits.values())).config
+    names = list(dits)
+    stages = []
     if video.image:
-        frames = video.frame_num if first.config.in_dim > first.config.out_dim else 1
-        add("vae_encode", VAE, peak_bytes(encode_work, vae, frames, video.height, video.width))
+        encoded = video.frame_num if config.in_dim > config.out_dim else 1
+        stages.append(("vae_encode", VAE, peak_bytes(encode_work, vae, encoded, video.height, video.width)))
     for name, dit in dits.items():
         branches = 1 if _scale(video.guide, name) == 1 else 2
-        per_token = video.image and first.config.in_dim == first.config.out_dim
-        add("denoise", dit_label(name, names),
-            peak_bytes(step_work, dit, latent_shape, spec.text_len, text_dtype, branches, per_token))
-    add("vae_decode", VAE, peak_bytes(decode_work, vae, latent_shape, video.vae_tiling))
-    return MemoryEstimate(plan.device, tuple(stages), _remedy(stages, video.vae_tiling, plan.remedy))
+        per_token = video.image and config.in_dim == config.out_dim
+        step = peak_bytes(step_work, dit, latent_shape, spec.text_len, branches, per_token)
+        stages.append(("denoise", dit_label(name, names), step))
+    stages.append(("vae_decode", VAE, peak_bytes(decode_work, vae, latent_shape, video.vae_tiling)))
+    return stages
+
+
+def _s2v_activations(
+    vae: WanVAE, dits: dict[str, WanModelS2V], latent_shape: tuple[int, ...], spec: TaskSpec,
+    video: VideoShape,
+) -> list[tuple[str, str, int]]:
+    """s2v-14B's stages after the text: the encodes of the reference image, the motion context and
+    the pose video, a clip's DiT forwards and decode. A clip after the first (or the first with
+    ``start_from_ref``) carries the motion: its tokens in the DiT, its latent frames before the
+    clip's in the decode; the estimate takes that clip when there is one."""
+    (dit,) = dits.values()
+    motion = video.clips > 1 or video.start_from_ref
+    pose_frames = video.frame_num + 1 if video.pose else 0
+    dtype = dit.patch_embedding.weight.dtype
+    encode = peak_bytes(s2v_encode_work, vae, video.height, video.width, pose_frames, dtype)
+    branches = 1 if video.guide <= 1 else 2
+    step = peak_bytes(s2v_step_work, dit, latent_shape, video.frame_num, spec.text_len, branches, motion,
+                      video.pose)
+    behind = MOTION_FRAMES[1] if motion else 1
+    decoded = (latent_shape[0], behind + latent_shape[1], *latent_shape[2:])
+    return [("vae_encode", VAE, encode), ("denoise", dit_label(DIT, [DIT]), step),
+            ("vae_decode", VAE, peak_bytes(decode_work, vae, decoded, video.vae_tiling))]
 
 
 def _scale(guide: float | tuple[float, float], name: str) -> float:
@@ -138,9 +183,17 @@ def encode_work(vae: WanVAE, frames: int, height: int, width: int, device: torch
     vae.encode([torch.zeros(3, frames, height, width, device=device)])
 
 
+def _text(dit: WanModel, text_len: int, branches: int, device: torch.device) -> list[torch.Tensor]:
+    """Each branch's prompt encoding at its longest, in the text encoder's dtype (bfloat16 unless
+    the DiT computes in float32)."""
+    dtype = torch.float32 if dit.patch_embedding.weight.dtype == torch.float32 else torch.bfloat16
+    shape = (1, text_len, dit.config.text_dim)
+    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(branches)]
+
+
 def step_work(
-    dit: WanModel, latent_shape: tuple[int, ...], text_len: int, text_dtype: torch.dtype, branches: int,
-    per_token: bool, device: torch.device = _META,
+    dit: WanModel, latent_shape: tuple[int, ...], text_len: int, branches: int, per_token: bool,
+    device: torch.device = _META,
 ) -> None:
     """A sampling step's DiT forwards, one per guidance branch, on inputs made on ``device``: the
     i2v conditioning ``y`` beside the latent when the DiT takes more channels than it predicts,
@@ -154,11 +207,54 @@ def step_work(
     t = torch.full((1, tokens) if per_token else (1,), 999.0, device=device)
     if per_token:
         t[:, : tokens // (latent_shape[1] // patch_t)] = 0
-    contexts = [torch.zeros(1, text_len, config.text_dim, dtype=text_dtype, device=device)
-                for _ in range(branches)]
+    contexts = _text(dit, text_len, branches, device)
     # The first step makes the rope tables the model then keeps: they count, as in a run.
     dit.forget_rope_tables()
     flows = [dit(x, t, context, y) for context in contexts]
+    del flows
+
+
+def speech_work(model: torch.nn.Module, samples: int, device: torch.device = _META) -> None:
+    """wav2vec2's features of ``samples`` samples, made on ``device``, resampled as the pipeline's."""
+    hidden = model(torch.zeros(1, samples, device=device), output_hidden_states=True).hidden_states
+    resample_features(torch.cat(hidden)).float()
+
+
+def s2v_encode_work(
+    vae: WanVAE, height: int, width: int, pose_frames: int, dit_dtype: torch.dtype,
+    device: torch.device = _META,
+) -> None:
+    """s2v-14B's encodes, made on ``device``: the reference image (its latent kept), the motion
+    context's frames (in the DiT's dtype, encoded in float32) and ``pose_frames`` of a pose video."""
+    reference = vae.encode([torch.zeros(3, 1, height, width, device=device)])
+    context = torch.zeros(3, MOTION_FRAMES[0], height, width, dtype=dit_dtype, device=device)
+    vae.encode([context.float()])
+    if pose_frames:
+        vae.encode([torch.zeros(3, pose_frames, height, width, dtype=dit_dtype, device=device)])
+    del reference
+
+
+def s2v_step_work(
+    dit: WanModelS2V, latent_shape: tuple[int, ...], columns: int, text_len: int, branches: int, motion: bool,
+    pose: bool, device: torch.device = _META,
+) -> None:
+    """A sampling step of an s2v-14B clip, made on ``device``: the latent, the reference and motion
+    latents (the motion's tokens with ``motion``), the clip's ``columns`` audio columns (one per
+    video frame; silence for the unconditional branch), the pose latents with ``pose``."""
+    config = dit.config
+    channels, frames, height, width = latent_shape
+    dtype = dit.patch_embedding.weight.dtype
+    x = torch.zeros(1, *latent_shape, device=device)
+    t = torch.full((1,), 999.0, device=device)
+    reference = torch.zeros(1, channels, 1, height, width, device=device)
+    motion_latents = torch.zeros(1, channels, MOTION_FRAMES[1], height, width, device=device)
+    audio = [torch.zeros(1, config.audio_layers, config.audio_dim, columns, dtype=dtype, device=device)
+             for _ in range(branches)]
+    poses = torch.zeros(1, config.cond_dim, frames, height, width, device=device) if pose else None
+    contexts = _text(dit, text_len, branches, device)
+    dit.forget_rope_tables()
+    flows = [dit(x, t, context, reference, motion_latents, sound, poses, MOTION_FRAMES, not motion)
+             for context, sound in zip(contexts, audio, strict=True)]
     del flows
 
 

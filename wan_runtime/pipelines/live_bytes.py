@@ -48,7 +48,9 @@ class LiveBytes(TorchDispatchMode):
             out = func(*args, **kwargs)
         # A view or an in-place result shares an input's storage: nothing new, even for an input
         # made before the mode (a weight's transpose is not an activation).
-        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        # The storages are held while their ids are compared, so that no id is reused meanwhile.
+        held = [t.untyped_storage() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        inputs = {id(storage) for storage in held}
         for tensor in tree_leaves(out):
             if isinstance(tensor, torch.Tensor) and id(tensor.untyped_storage()) not in inputs:
                 self._count(tensor.untyped_storage())
