@@ -32,7 +32,7 @@ from wan_runtime.video_settings import FLAGS_KEY, SOFTWARE, VideoSettings, recor
 
 if TYPE_CHECKING:
     from wan_runtime.lora import Lora
-    from wan_runtime.pipelines import Pipeline, RunReport
+    from wan_runtime.pipelines import MemoryEstimate, Pipeline, RunReport, VideoShape
     from wan_runtime.pipelines.memory_plan import WeightPlan
 
 
@@ -232,6 +232,7 @@ def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]], weights: We
     if not plans:
         print("dry run: every argument and file is in order (nothing was loaded or generated)")
         return
+    estimates: dict[VideoShape, MemoryEstimate] = {}
     videos = "" if len(plans) == 1 else f" {len(plans)} videos, loading the models once"
     print(f"dry run: every argument and file is in order (nothing was loaded or generated); a run would "
           f"make{videos}")
@@ -251,7 +252,8 @@ def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]], weights: We
         print(f"  save_file: {job.save_file or 'the official default name, with the time of writing'}")
         for key, value in _settings(job, run).items():
             print(f"  {key}: {value}")
-    print(f"memory: the weights take {weights.describe()}; the activations come on top")
+        print(f"  memory: {_peak_memory(job, (width, height), weights, estimates)}")
+    print(f"memory: the weights take {weights.describe()}")
 
 
 def _make_videos(
@@ -270,15 +272,18 @@ def _make_videos(
     pipeline = load_pipeline(**arguments)
     load_s: float | None = time.perf_counter() - start
     if jobs[0].launch.main and pipeline.weight_plan is not None:
-        print(f"memory: the weights take {pipeline.weight_plan.describe()}; the activations come on top",
-              flush=True)
+        print(f"memory: the weights take {pipeline.weight_plan.describe()}", flush=True)
+    sizes = _output_sizes(jobs)
+    estimates: dict[VideoShape, MemoryEstimate] = {}
     if jobs[0].compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)
     failed, last = [], None
-    for count, job in enumerate(jobs, start=1):
+    for count, (job, size) in enumerate(zip(jobs, sizes, strict=True), start=1):
         if job.batch_line is not None and job.launch.main:  # where a long batch has got to
             prompt = _one_line(job.prompt)[:80]
             print(f"--batch line {job.batch_line} (video {count} of {len(jobs)}): {prompt}", flush=True)
+        if job.launch.main and pipeline.weight_plan is not None:
+            print(f"memory: {_peak_memory(job, size, pipeline.weight_plan, estimates)}", flush=True)
         try:
             video = _make_video(pipeline, job)
         except torch.OutOfMemoryError as err:
@@ -300,6 +305,38 @@ def _make_videos(
             _write(job, pipeline, video, load_s)
         load_s = None  # paid once, by the first video
     return failed, last
+
+
+def _peak_memory(
+    job: GenerateConfig, size: tuple[int, int], weights: WeightPlan,
+    estimates: dict[VideoShape, MemoryEstimate],
+) -> str:
+    """What ``job``'s video of ``size`` takes of the device's memory at its peak, at least, in words
+    (``wan_runtime.pipelines.activation_memory``), worked out once per video shape (``estimates``);
+    a warning when that is more than the GPU has."""
+    from wan_runtime.pipelines import VideoShape, estimate_memory
+    from wan_runtime.pipelines.activation_memory import speech_video
+    from wan_runtime.pipelines.inputs import check_guide_scale
+
+    if job.launch.distributed:
+        return "the video's peak is not worked out under torchrun (the weights and the sequence are split)"
+    spec = TASKS[job.task]
+    width, height = size
+    guide = check_guide_scale(job.sample_guide_scale, spec)
+    if job.audio is None:
+        video = VideoShape(width, height, job.frame_num, job.image is not None, guide, job.vae_tiling)
+    else:
+        video = speech_video(width, height, job.infer_frames, guide, job.vae_tiling, job.audio.size,
+                             job.num_clip, job.start_from_ref, job.pose_video is not None, spec.fps)
+    if video not in estimates:
+        estimates[video] = estimate_memory(weights, spec, video)
+    estimate = estimates[video]
+    if weights.device.type == "cuda":
+        capacity = torch.cuda.get_device_properties(weights.device).total_memory
+        if estimate.peak > capacity:
+            warnings.warn(f"this video will run out of GPU memory: it takes {estimate.describe()}, more than "
+                          f"the {capacity / 2**30:.2f} GiB the GPU has; {estimate.remedy}", stacklevel=2)
+    return f"the video takes {estimate.describe()}"
 
 
 def _make_video(pipeline: Pipeline, config: GenerateConfig) -> torch.Tensor:

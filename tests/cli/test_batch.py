@@ -207,6 +207,26 @@ def test_dry_run_plans_every_line(tmp_path, monkeypatch, capsys):
     assert f"  n_prompt: {TASKS['ti2v-5B'].negative_prompt}\n" in first
     assert "  save_file: the official default name, with the time of writing\n" in first
     assert "  n_prompt: blurry\n" in second and "  save_file: b.mp4\n" in second
+    # Both videos have one shape: one estimate of the peak, told for each.
+    assert first.count("  memory: the video takes at least ") == 1
+    assert second.split("  memory: ")[1].splitlines()[0] == first.split("  memory: ")[1].splitlines()[0]
+
+
+def test_the_peak_is_worked_out_once_per_video_shape(tmp_path, monkeypatch, capsys):
+    from wan_runtime import pipelines
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shapes = []
+    real = pipelines.estimate_memory
+
+    def counted(plan, spec, video):
+        shapes.append(video)
+        return real(plan, spec, video)
+
+    monkeypatch.setattr(pipelines, "estimate_memory", counted)
+    path = _batch(tmp_path, {"base_seed": 1}, {"base_seed": 2}, {"vae_tiling": 64}, {"frame_num": 9})
+    assert generate.main([*FAST, "--batch", str(path), "--dry_run"]) == 0
+    assert [(v.frame_num, v.vae_tiling) for v in shapes] == [(5, 0), (5, 64), (9, 0)]
 
 
 @pytest.fixture(scope="module")

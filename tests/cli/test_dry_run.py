@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -59,3 +62,46 @@ def test_a_lora_that_does_not_fit_fails_the_dry_run(ti2v_root, tmp_path, capsys,
     assert main(["--ckpt_dir", str(ti2v_root), "--dry_run", "--lora", str(lora)]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("error: LoRA file") and "does not fit the ti2v-5B DiT" in line
+
+
+def _job(*argv: str):
+    from wan_runtime.batch_file import resolve_jobs
+    from wan_runtime.cli_args import build_parser
+
+    parser = build_parser()
+    [job] = resolve_jobs(parser, parser.parse_args(list(argv)))
+    return job
+
+
+def test_a_video_larger_than_the_gpu_is_warned_of_with_what_lowers_it(ti2v_root, monkeypatch):
+    from types import SimpleNamespace
+
+    from tests.pipelines.test_memory_plan import plan as cuda_plan
+    from wan_runtime.generate import _peak_memory
+
+    weights = cuda_plan("ti2v-5B", ti2v_root)
+    job = _job("--ckpt_dir", str(ti2v_root), "--frame_num", "9")
+    size = (1280, 704)
+
+    def gpu_of(capacity: int) -> None:
+        properties = SimpleNamespace(total_memory=capacity)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: properties)
+
+    gpu_of(2**40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        line = _peak_memory(job, size, weights, {})
+    assert line.startswith("the video takes at least ") and " GiB of cuda memory at the peak, in the " in line
+    gpu_of(2**20)
+    with pytest.warns(UserWarning, match=r"this video will run out of GPU memory: it takes at least .* more "
+                                         r"than the 0\.00 GiB the GPU has; decode in tiles \(--vae_tiling"):
+        _peak_memory(job, size, weights, {})
+
+
+def test_under_torchrun_the_peak_is_not_worked_out(ti2v_root, monkeypatch):
+    from wan_runtime.distributed.launch import Launch
+    from wan_runtime.generate import _peak_memory
+
+    job = dataclasses.replace(_job("--ckpt_dir", str(ti2v_root)), launch=Launch(rank=0, world=2))
+    assert _peak_memory(job, (1280, 704), None, {}) == (
+        "the video's peak is not worked out under torchrun (the weights and the sequence are split)")

@@ -206,3 +206,48 @@ def test_the_peak_is_the_busiest_stages_sum_and_told_as_a_lower_bound():
     assert "at least" in estimate.describe() and "in the vae_decode" in estimate.describe()
     denoise = MemoryEstimate(torch.device("cuda"), (StagePeak("denoise", "DiT", 10, 5),), "")
     assert denoise.peak == 15
+
+
+def test_a_pipelines_estimate_resolves_its_arguments_as_generate(ti2v_pipeline, i2v_pipeline):
+    from PIL import Image
+
+    spec = task_spec("ti2v-5B")
+    estimate = ti2v_pipeline.estimate_memory(size="1280*704", frame_num=9, vae_tiling=True)
+    video = VideoShape(1280, 704, 9, False, 5.0, 512)
+    assert estimate == estimate_memory(ti2v_pipeline.weight_plan, spec, video)
+    # The image sets the shape from the area, as in generate; i2v's one guide scale serves both experts.
+    tall = Image.new("RGB", (480, 832), (9, 9, 9))
+    estimate = i2v_pipeline.estimate_memory(image=tall, size="832*480", frame_num=5, guide_scale=1.0)
+    video = VideoShape(480, 832, 5, True, (1.0, 1.0))
+    assert estimate == estimate_memory(i2v_pipeline.weight_plan, task_spec("i2v-A14B"), video)
+
+
+def test_a_pipelines_estimate_checks_its_arguments(ti2v_pipeline, i2v_pipeline):
+    from wan_runtime.errors import InputError
+
+    with pytest.raises(InputError, match="frame_num"):
+        ti2v_pipeline.estimate_memory(frame_num=8)
+    with pytest.raises(InputError, match="vae_tiling"):
+        ti2v_pipeline.estimate_memory(vae_tiling=100)
+    with pytest.raises(InputError, match="i2v-A14B needs an input image"):
+        i2v_pipeline.estimate_memory()
+
+
+def test_an_s2v_pipelines_estimate_counts_the_clips_of_its_speech(s2v_pipeline):
+    import numpy as np
+    from PIL import Image
+
+    from wan_runtime.errors import InputError
+
+    image = Image.new("RGB", (64, 64), (9, 9, 9))
+    speech = np.zeros(16000 * 3, dtype=np.float32)  # 48 frames at 16 fps: three clips of 16
+    clip = {"image": image, "audio": speech, "infer_frames": 16, "size": "1024*704"}
+    estimate = s2v_pipeline.estimate_memory(**clip)
+    spec = task_spec("s2v-14B")
+    width, height = s2v_pipeline.output_size(spec, image, 1024, 704)
+    video = VideoShape(width, height, 16, True, spec.guide_scale, clips=3, audio_samples=speech.size)
+    assert estimate == estimate_memory(s2v_pipeline.weight_plan, spec, video)
+    one = s2v_pipeline.estimate_memory(**clip, num_clip=1)
+    assert one.peak < estimate.peak
+    with pytest.raises(InputError, match="driven by speech"):
+        s2v_pipeline.estimate_memory(image=image)

@@ -221,6 +221,11 @@ class WanModelS2V(WanModel):
     def _patchify(self, conv: nn.Conv3d, latents: torch.Tensor) -> torch.Tensor:
         return F.conv3d(latents.to(conv.weight.dtype), conv.weight, conv.bias, stride=self.config.patch_size)
 
+    def forget_rope_tables(self) -> None:
+        """Drop the cached rope tables, the S2V token groups' too."""
+        super().forget_rope_tables()
+        self._positions_cache.clear()
+
     def _s2v_rope(
         self,
         grid: tuple[int, int, int],

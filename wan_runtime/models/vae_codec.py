@@ -75,6 +75,13 @@ class WanVAE:
                 out.append(((mu - self.mean) * self.inv_std).float().squeeze(0))
             return out
 
+    def decode_latent(self, latent: torch.Tensor, tile_size: int = 0) -> torch.Tensor:
+        """One latent [z_dim, T, h, w] decoded to pixels [3, F, H, W]: whole frames with
+        ``tile_size`` 0, else in tiles of that many pixels (``decode``'s ``tiled``)."""
+        if not tile_size:
+            return self.decode([latent])[0]
+        return self.decode([latent], tiled=True, tile_size=tile_size)[0]
+
     def decode(
         self,
         zs: list[torch.Tensor],

@@ -2,9 +2,11 @@
 
 ``load_pipeline(task, ckpt_dir, ...)`` returns a ``Pipeline`` whose ``generate`` matches the
 official ``WanI2V.generate`` (i2v-A14B), ``WanTI2V.generate`` (ti2v-5B) or ``WanS2V.generate``
-(s2v-14B) for the same seed.
+(s2v-14B) for the same seed; its ``estimate_memory`` (or ``estimate_memory`` of ``check_pipeline``'s
+plan, before loading) what a video takes of the device's memory at its peak.
 """
 
+from wan_runtime.pipelines.activation_memory import MemoryEstimate, StagePeak, VideoShape, estimate_memory
 from wan_runtime.pipelines.base import Pipeline
 from wan_runtime.pipelines.i2v import I2VPipeline
 from wan_runtime.pipelines.loading import check_output_size, check_pipeline, load_pipeline
@@ -14,6 +16,7 @@ from wan_runtime.pipelines.step_events import StepEvent
 from wan_runtime.pipelines.ti2v import TI2VPipeline
 
 __all__ = [
-    "I2VPipeline", "Pipeline", "RunReport", "S2VPipeline", "StageOutOfMemory", "StepEvent", "TI2VPipeline",
-    "check_output_size", "check_pipeline", "load_pipeline",
+    "I2VPipeline", "MemoryEstimate", "Pipeline", "RunReport", "S2VPipeline", "StagePeak", "StageOutOfMemory",
+    "StepEvent", "TI2VPipeline", "VideoShape", "check_output_size", "check_pipeline", "estimate_memory",
+    "load_pipeline",
 ]

@@ -29,10 +29,9 @@ from typing import NamedTuple
 import torch
 
 from wan_runtime.models import WanModel, WanVAE
-from wan_runtime.models.audio_encoder import resample_features
+from wan_runtime.models.audio_encoder import resample_features, speech_clip_count
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.models.vae_loading import codec
-from wan_runtime.pipelines.base import decode
 from wan_runtime.pipelines.live_bytes import peak_bytes
 from wan_runtime.pipelines.memory_plan import _GIB, AUDIO_ENCODER, TEXT_ENCODER, VAE, WeightPlan, dit_label
 from wan_runtime.tasks import DIT, HIGH_NOISE, TaskSpec
@@ -101,6 +100,18 @@ class VideoShape:
     start_from_ref: bool = False
     pose: bool = False
     audio_samples: int = 0
+
+
+def speech_video(
+    width: int, height: int, infer_frames: int, guide: float, vae_tiling: int, samples: int,
+    num_clip: int | None, start_from_ref: bool, pose: bool, fps: int,
+) -> VideoShape:
+    """An s2v-14B video's ``VideoShape``: as many clips as ``samples`` of speech start (at most
+    ``num_clip``), the other arguments as ``generate``'s, checked."""
+    clips = speech_clip_count(samples, infer_frames, fps)
+    clips = clips if num_clip is None else min(clips, num_clip)
+    return VideoShape(width, height, infer_frames, image=True, guide=guide, vae_tiling=vae_tiling,
+                      clips=clips, start_from_ref=start_from_ref, pose=pose, audio_samples=samples)
 
 
 def estimate_memory(plan: WeightPlan, spec: TaskSpec, video: VideoShape) -> MemoryEstimate:
@@ -262,7 +273,7 @@ def decode_work(
     vae: WanVAE, latent_shape: tuple[int, ...], vae_tiling: int, device: torch.device = _META
 ) -> None:
     """The decode of a latent of ``latent_shape``, made on ``device``, as the pipeline decodes."""
-    decode(vae, torch.zeros(*latent_shape, device=device), vae_tiling)
+    vae.decode_latent(torch.zeros(*latent_shape, device=device), vae_tiling)
 
 
 def _remedy(stages: list[StagePeak], vae_tiling: int, weights_remedy: str) -> str:

@@ -22,6 +22,7 @@ from wan_runtime.distributed.launch import shared_seed
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
 from wan_runtime.models import TextEncoder, WanModel, WanVAE
+from wan_runtime.pipelines.activation_memory import MemoryEstimate, VideoShape, estimate_memory
 from wan_runtime.pipelines.inputs import (
     check_frame_num,
     check_guide_scale,
@@ -108,14 +109,7 @@ class Settings:
 
     def decode(self, vae: WanVAE, latent: torch.Tensor) -> torch.Tensor:
         """``latent`` [C, T, h, w] decoded to pixels, in tiles when ``vae_tiling`` asks for them."""
-        return decode(vae, latent, self.vae_tiling)
-
-
-def decode(vae: WanVAE, latent: torch.Tensor, vae_tiling: int) -> torch.Tensor:
-    """``latent`` [C, T, h, w] decoded to pixels, in tiles of ``vae_tiling`` pixels (0: whole frames)."""
-    if not vae_tiling:
-        return vae.decode([latent])[0]
-    return vae.decode([latent], tiled=True, tile_size=vae_tiling)[0]
+        return vae.decode_latent(latent, self.vae_tiling)
 
 
 class Pipeline:
@@ -241,6 +235,32 @@ class Pipeline:
                                            self._peak_memory())
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
+
+    def estimate_memory(
+        self,
+        image: Image.Image | str | Path | None = None,
+        size: str | None = None,
+        frame_num: int | None = None,
+        guide_scale: float | tuple[float, float] | None = None,
+        vae_tiling: bool | int = False,
+    ) -> MemoryEstimate:
+        """The device memory ``generate`` with these arguments would take at its peak, at least,
+        stage by stage (``wan_runtime.pipelines.activation_memory``): worked out on the meta
+        device, in seconds, without running a model. Arguments as ``generate``'s, checked alike."""
+        spec = self.spec
+        width, height = parse_size(spec.default_size if size is None else size, spec)
+        frame_num = check_frame_num(spec.frame_num if frame_num is None else frame_num, spec)
+        plan = self._plan(None if image is None else load_image(image), width, height, frame_num)
+        guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
+        video = VideoShape(plan.width, plan.height, frame_num, plan.image is not None, guide,
+                           check_vae_tiling(vae_tiling, "vae_tiling"))
+        return self._estimate(video)
+
+    def _estimate(self, video: VideoShape) -> MemoryEstimate:
+        if self.weight_plan is None:
+            raise InputError("estimate_memory needs the memory plan load_pipeline gives a pipeline; "
+                             "build the pipeline with wan_runtime.pipelines.load_pipeline")
+        return estimate_memory(self.weight_plan, self.spec, video)
 
     def _settings(
         self,

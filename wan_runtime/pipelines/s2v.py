@@ -29,13 +29,14 @@ from tqdm import tqdm
 from wan_runtime.audio_io import check_waveform, decode_audio
 from wan_runtime.cache import CacheConfig, S2VStages
 from wan_runtime.cache.telemetry import merge_reports, summary_lines
-from wan_runtime.checks import check_clip_seeds
+from wan_runtime.checks import check_clip_seeds, check_vae_tiling
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
 from wan_runtime.models.audio_encoder import audio_buckets
 from wan_runtime.models.s2v_dit import MOTION_FRAMES
+from wan_runtime.pipelines.activation_memory import MemoryEstimate, speech_video
 from wan_runtime.pipelines.base import Pipeline, Prompts
-from wan_runtime.pipelines.inputs import check_clip_arguments
+from wan_runtime.pipelines.inputs import check_clip_arguments, check_guide_scale, parse_size
 from wan_runtime.pipelines.numerics import FiniteWatch, check_video
 from wan_runtime.pipelines.pose import pose_clips
 from wan_runtime.pipelines.report import StageClock
@@ -125,13 +126,7 @@ class S2VPipeline(Pipeline):
         settings = self._settings(prompt, n_prompt, size, sampling_steps, guide_scale, shift, sample_solver,
                                   cache, vae_tiling)
         reporter = StepReporter(progress, on_step)
-        check_clip_arguments(infer_frames, num_clip, start_from_ref, pose_video)
-        if image is None:
-            raise InputError("s2v-14B needs a reference image: pass image= a PIL image or a file path")
-        picture = load_image(image)
-        if audio is None:
-            raise InputError("s2v-14B is driven by speech: pass audio= an audio file or 16 kHz samples")
-        waveform = decode_audio(audio) if isinstance(audio, (str, Path)) else check_waveform(audio)
+        picture, waveform = self._inputs(image, audio, num_clip, infer_frames, pose_video, start_from_ref)
         pose_info = None if pose_video is None else probe_video(pose_video)
         width, height = self.output_size(self.spec, picture, settings.width, settings.height)
         seed = self._resolve_seed(seed)
@@ -199,6 +194,45 @@ class S2VPipeline(Pipeline):
             tqdm.write(line)
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
+
+    def estimate_memory(  # type: ignore[override]  # s2v takes audio and clip arguments, no frame_num
+        self,
+        image: Image.Image | str | Path | None = None,
+        audio: str | Path | torch.Tensor | np.ndarray | None = None,
+        num_clip: int | None = None,
+        infer_frames: int = 80,
+        pose_video: str | Path | None = None,
+        start_from_ref: bool = False,
+        size: str | None = None,
+        guide_scale: float | None = None,
+        vae_tiling: bool | int = False,
+    ) -> MemoryEstimate:
+        """The device memory ``generate`` with these arguments would take at its peak, at least,
+        stage by stage (``wan_runtime.pipelines.activation_memory``), the largest clip's: worked
+        out on the meta device, in seconds. Arguments as ``generate``'s, checked alike; the speech
+        gives the clip count and the speech encoder's input."""
+        picture, waveform = self._inputs(image, audio, num_clip, infer_frames, pose_video, start_from_ref)
+        spec = self.spec
+        area = parse_size(spec.default_size if size is None else size, spec)
+        width, height = self.output_size(spec, picture, *area)
+        guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
+        video = speech_video(width, height, infer_frames, guide, check_vae_tiling(vae_tiling, "vae_tiling"),
+                             waveform.size, num_clip, start_from_ref, pose_video is not None, self.fps)
+        return self._estimate(video)
+
+    @staticmethod
+    def _inputs(
+        image: Image.Image | str | Path | None, audio: str | Path | torch.Tensor | np.ndarray | None,
+        num_clip: int | None, infer_frames: int, pose_video: str | Path | None, start_from_ref: bool,
+    ) -> tuple[Image.Image, np.ndarray]:
+        """The checked clip arguments' reference image, loaded, and speech samples, decoded."""
+        check_clip_arguments(infer_frames, num_clip, start_from_ref, pose_video)
+        if image is None:
+            raise InputError("s2v-14B needs a reference image: pass image= a PIL image or a file path")
+        picture = load_image(image)
+        if audio is None:
+            raise InputError("s2v-14B is driven by speech: pass audio= an audio file or 16 kHz samples")
+        return picture, decode_audio(audio) if isinstance(audio, (str, Path)) else check_waveform(audio)
 
     @staticmethod
     def output_size(spec: TaskSpec, image: Image.Image | None, width: int, height: int) -> tuple[int, int]:
