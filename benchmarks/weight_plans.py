@@ -1,11 +1,14 @@
-"""The weights' GPU memory of each task at the release's sizes, under the memory flags, from the
-same plan ``--dry_run`` prints (``wan_runtime.pipelines.memory_plan``) built on meta-device models
-of the release architectures: no checkpoint is needed, and nothing is measured.
+"""The GPU memory of each task at the release's sizes, under the memory flags, from the same plan
+and estimate ``--dry_run`` prints (``wan_runtime.pipelines.memory_plan``, ``activation_memory``)
+built on meta-device models of the release architectures: no checkpoint is needed, and nothing is
+measured.
 
     python -m benchmarks.weight_plans [--out-dir DIR]
 
 Columns: the task, the flags (one GPU, bfloat16), the most GiB of weights on the GPU at once
-(``peak_GiB``) and the models there then (``at_the_peak``). The activations come on top.
+(``peak_GiB``) and the models there then (``at_the_peak``); then the peak of the task's release
+video (``RELEASE_VIDEOS``), weights and activations, at least (``video_GiB``), its stage
+(``video_stage``), and the same with ``--vae_tiling`` (``tiled_GiB``, ``tiled_stage``).
 """
 
 from __future__ import annotations
@@ -14,15 +17,20 @@ import argparse
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from benchmarks.common import print_table, save_results
 from benchmarks.release_configs import A14B, S2V_14B, TI2V_5B
+from wan_runtime.checks import DEFAULT_VAE_TILE
+from wan_runtime.cli_args import DEFAULT_INFER_FRAMES
 from wan_runtime.models import WanModel
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.models.t5_checkpoint import T5Sizes
 from wan_runtime.models.umt5 import meta_encoder
 from wan_runtime.models.vae2_1 import build_vae21
 from wan_runtime.models.vae2_2 import build_vae22
+from wan_runtime.pipelines import I2VPipeline, S2VPipeline, VideoShape, estimate_memory
+from wan_runtime.pipelines.activation_memory import speech_video
 from wan_runtime.pipelines.memory_plan import WeightPlan, plan_models
 from wan_runtime.tasks import task_spec
 
@@ -45,6 +53,24 @@ _GIB = 2**30
 
 
 DITS = {"i2v-A14B": A14B, "ti2v-5B": TI2V_5B, "s2v-14B": S2V_14B}
+# 10 s of speech: two clips of s2v-14B's 80 frames, the second with its motion.
+SPEECH_SAMPLES = 160_000
+
+
+def release_video(task: str, vae_tiling: int = 0) -> VideoShape:
+    """The task's video at the release size and defaults: i2v-A14B from a 16:9 image, 81 frames;
+    ti2v-5B from text, 121 frames; s2v-14B from a 16:9 image and ``SPEECH_SAMPLES`` of speech."""
+    spec = task_spec(task)
+    width, height = (int(n) for n in spec.default_size.split("*"))
+    picture = Image.new("RGB", (width, height))
+    if task == "i2v-A14B":
+        width, height = I2VPipeline.output_size(spec, picture, width, height)
+        return VideoShape(width, height, spec.frame_num, True, spec.guide_scale, vae_tiling)
+    if task == "s2v-14B":
+        width, height = S2VPipeline.output_size(spec, picture, width, height)
+        return speech_video(width, height, DEFAULT_INFER_FRAMES, spec.guide_scale, vae_tiling, SPEECH_SAMPLES,
+                            None, False, False, spec.fps)
+    return VideoShape(width, height, spec.frame_num, False, spec.guide_scale, vae_tiling)
 
 
 def release_plan(task: str, **flags: object) -> WeightPlan:
@@ -72,9 +98,16 @@ def main() -> None:
     for task in ("i2v-A14B", "ti2v-5B", "s2v-14B"):
         for name, flags in FLAGS.items():
             plan = release_plan(task, **flags)
-            rows.append({"task": task, "flags": name, "peak_GiB": round(plan.peak / _GIB, 2),
-                         "at_the_peak": ", ".join(plan.peak_models)})
-    print_table(rows, ["task", "flags", "peak_GiB", "at_the_peak"])
+            row = {"task": task, "flags": name, "peak_GiB": round(plan.peak / _GIB, 2),
+                   "at_the_peak": ", ".join(plan.peak_models)}
+            for column, tile in (("video", 0), ("tiled", DEFAULT_VAE_TILE)):
+                estimate = estimate_memory(plan, task_spec(task), release_video(task, tile))
+                row.update({f"{column}_GiB": round(estimate.peak / _GIB, 2),
+                            f"{column}_stage": f"{estimate.busiest.stage} ({estimate.busiest.model})"})
+            rows.append(row)
+            print(row, flush=True)
+    print_table(rows, ["task", "flags", "peak_GiB", "at_the_peak", "video_GiB", "video_stage", "tiled_GiB",
+                       "tiled_stage"])
     out_dir = Path(args.out_dir) if args.out_dir else None
     print("saved", save_results("weight_plans", torch.device("cpu"), rows, out_dir))
 

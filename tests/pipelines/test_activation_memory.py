@@ -251,3 +251,16 @@ def test_an_s2v_pipelines_estimate_counts_the_clips_of_its_speech(s2v_pipeline):
     assert one.peak < estimate.peak
     with pytest.raises(InputError, match="driven by speech"):
         s2v_pipeline.estimate_memory(image=image)
+
+
+def test_per_token_modulation_holds_at_most_two_tables_at_once(ti2v_root):
+    """ti2v-5B with an image (and s2v-14B's reference and motion tokens) modulate per token: a
+    float32 [L, C] table per modulation row, made as its op is called, not six at once."""
+    dit = float32_plan("ti2v-5B", ti2v_root).meta_models["DiT"]
+    latent = (dit.config.out_dim, 3, 32, 32)
+    tokens, table = 3 * 16 * 16, 3 * 16 * 16 * dit.config.dim * 4
+    per_sample = peak_bytes(step_work, dit, latent, 32, 1, False)
+    per_token = peak_bytes(step_work, dit, latent, 32, 1, True)
+    # Two tables, the tokens' timesteps and row indexes, and the 512-byte rounding of the small ones
+    # (made all six at once, they held 2.4 MB more here).
+    assert per_token - per_sample <= 2 * table + tokens * (8 + 4) + 8 * 1024

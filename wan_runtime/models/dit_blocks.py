@@ -148,20 +148,26 @@ class DiTBlock(nn.Module):
     ) -> torch.Tensor:
         """``x`` [B, L, C]; ``time`` [K, 6, C] float32 time projection rows (see ``per_token``);
         ``shard``: the sequence's split under sequence parallelism (``x`` is then a slice)."""
-        shift, scale, gate, ffn_shift, ffn_scale, ffn_gate = (
-            per_token(row, time_index) for row in (self.modulation[0] + time).unbind(1)
-        )
+        rows = (self.modulation[0] + time).unbind(1)
+
+        # Per-token modulation is a float32 [B, L, C] table per row (1.6 GB each at 80k tokens of
+        # 5120): each is made as its op is called, after the sublayer before it has run, so that
+        # at most two are alive at once.
+        def modulation(row: int) -> torch.Tensor:
+            return per_token(rows[row], time_index)
+
         dtype = compute_dtype(self.ffn[0])
-        hidden = wan_kernels.layernorm_modulate(x, shift, scale, self.eps, out_dtype=dtype)
+        hidden = wan_kernels.layernorm_modulate(x, modulation(0), modulation(1), self.eps, out_dtype=dtype)
         # The first block's input is in the compute dtype; the residual stream is float32 from here.
-        x = wan_kernels.gated_residual(x.float(), self.self_attn(hidden, hidden, rope, shard), gate)
+        x = wan_kernels.gated_residual(x.float(), self.self_attn(hidden, hidden, rope, shard), modulation(2))
         # The cross-attention adds ungated; a unit gate is exact (y * 1 == y) and lets the add fuse
         # with the feed-forward's norm.
-        unit_gate = gate.new_ones((x.size(0), 1, x.size(2)))
+        unit_gate = rows[2].new_ones((x.size(0), 1, x.size(2)))
+        attended = self.cross_attn(self.norm3(x), context)
         x, hidden = wan_kernels.gated_residual_layernorm_modulate(
-            x, self.cross_attn(self.norm3(x), context), unit_gate, ffn_shift, ffn_scale, self.eps, dtype
+            x, attended, unit_gate, modulation(3), modulation(4), self.eps, dtype
         )
-        return wan_kernels.gated_residual(x, self.ffn(hidden), ffn_gate)
+        return wan_kernels.gated_residual(x, self.ffn(hidden), modulation(5))
 
     def modulated_norm(
         self, x: torch.Tensor, time: torch.Tensor, time_index: torch.Tensor | None
