@@ -9,7 +9,8 @@ random weights, one process.
 Rows: ``decode`` (``tile`` 0: whole frames, else the tile size in pixels), and ``encode`` of the
 video i2v-A14B encodes (the image, then black frames) with the Wan2.1 VAE. Columns: the median
 time ``ms``, the peak memory allocated and reserved while it runs (``peak_alloc_GiB``,
-``peak_reserved_GiB``, the weights included), and for tiles ``rel_l2``, the relative L2 distance
+``peak_reserved_GiB``, the weights included), the peak ``--dry_run`` estimates for it
+(``estimate_GiB``: a lower bound of ``peak_alloc_GiB``), and for tiles ``rel_l2``, the relative L2 distance
 of the tiled video from the whole-frame one (random weights mix the frame more than trained ones
 may).
 """
@@ -25,6 +26,11 @@ import torch
 from benchmarks.common import median_seconds, run_cases
 from wan_runtime.checks import DEFAULT_VAE_TILE
 from wan_runtime.models import WanVAE, vae2_1, vae2_2
+from wan_runtime.models.vae_autoencoder import CausalAutoencoder
+from wan_runtime.models.vae_loading import codec
+from wan_runtime.pipelines.activation_memory import decode_work, encode_work
+from wan_runtime.pipelines.live_bytes import peak_bytes
+from wan_runtime.pipelines.memory_plan import module_bytes
 from wan_runtime.tiny_checkpoints.vae import randomize
 
 _GIB = 2**30
@@ -44,11 +50,28 @@ class Case:
     tile: int = 0
 
 
+def _model(case: Case) -> CausalAutoencoder:
+    return vae2_1.build_vae21(*case.dims) if case.version == "2.1" else vae2_2.build_vae22(*case.dims)
+
+
 def build(case: Case, device: torch.device, dtype: torch.dtype) -> WanVAE:
     """A random VAE of ``case``'s version and widths, on ``device`` in ``dtype``."""
-    module = vae2_1 if case.version == "2.1" else vae2_2
-    model = vae2_1.build_vae21(*case.dims) if case.version == "2.1" else vae2_2.build_vae22(*case.dims)
-    return WanVAE(case.version, randomize(model, seed=0).to(device, dtype), module.MEAN, module.STD)
+    return codec(randomize(_model(case), seed=0).to(device, dtype))
+
+
+def estimated_peak(case: Case, dtype: torch.dtype) -> int:
+    """The bytes ``case`` holds at its peak, at least, as ``--dry_run`` counts them
+    (``wan_runtime.pipelines.activation_memory``): the weights, and the tensors of the same work
+    on the meta device."""
+    with torch.device("meta"):
+        vae = codec(_model(case).to(dtype))
+    if case.op == "encode":
+        work = peak_bytes(encode_work, vae, case.frames, case.height, case.width)
+    else:
+        latent = (vae.z_dim, (case.frames - 1) // vae.temporal_stride + 1, case.height // vae.spatial_stride,
+                  case.width // vae.spatial_stride)
+        work = peak_bytes(decode_work, vae, latent, case.tile)
+    return module_bytes(vae.model) + work
 
 
 def _measured(run: Callable[[], list[torch.Tensor]], device: torch.device) -> tuple[list[torch.Tensor], dict]:
@@ -87,7 +110,8 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeat: int,
            "tile": case.tile, "dtype": str(dtype).removeprefix("torch.")}
     # The measured run is the timing's warm-up too.
     [out], peaks = _measured(run, device)
-    row.update(peaks, ms=round(median_seconds(run, device, warmup=0, repeat=repeat) * 1e3, 1))
+    row.update(peaks, ms=round(median_seconds(run, device, warmup=0, repeat=repeat) * 1e3, 1),
+               estimate_GiB=round(estimated_peak(case, dtype) / _GIB, 2))
     if case.op == "decode":
         pixels = out
         key = Case("decode", case.version, case.dims, case.width, case.height, case.frames)
@@ -124,7 +148,7 @@ def main() -> None:
     dtype = torch.bfloat16 if args.gpu else torch.float32
     whole: dict[Case, torch.Tensor] = {}
     columns = ["op", "vae", "size", "frames", "tile", "dtype", "ms", "peak_alloc_GiB", "peak_reserved_GiB",
-               "rel_l2"]
+               "estimate_GiB", "rel_l2"]
     with torch.inference_mode():
         run_cases("bench_vae", device, cases(args.gpu),
                   lambda case: run_case(case, device, dtype, args.repeat, whole), columns, args.out_dir)

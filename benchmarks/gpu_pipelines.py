@@ -35,7 +35,10 @@ def request(task: str, solver: str) -> dict:
 
 def run(task: str, root: Path, offload: bool, solver: str, device: torch.device) -> dict:
     pipe = load_pipeline(task, root, device=device, dtype=torch.bfloat16, offload_model=offload)
-    videos = [pipe.generate("a red boat on a river", **request(task, solver)) for _ in range(2)]
+    arguments = request(task, solver)
+    videos = [pipe.generate("a red boat on a river", **arguments) for _ in range(2)]
+    sampling = ("sampling_steps", "seed", "progress", "sample_solver")
+    estimate = pipe.estimate_memory(**{k: v for k, v in arguments.items() if k not in sampling})
     report = pipe.last_report
     on_cpu = all(p.device.type == "cpu" for dit in pipe.dits.values() for p in dit.parameters())
     return {
@@ -47,6 +50,7 @@ def run(task: str, root: Path, offload: bool, solver: str, device: torch.device)
         "same_seed_same_video": bool(torch.equal(videos[0], videos[1])),
         "dits_on_cpu_after": on_cpu,
         "peak_MiB": round((report.peak_memory_bytes or 0) / 2**20, 1),
+        "estimate_MiB": round(estimate.peak / 2**20, 1),
         **{f"{k}_ms": round(v * 1e3, 1) for k, v in report.timings.items()},
     }
 

@@ -1,5 +1,5 @@
 """``bench_vae`` on narrow VAEs: the tiled decode's distance from the whole-frame one it follows,
-the encode row, and no memory columns on the CPU."""
+the encode row, the estimated peaks, and no measured memory columns on the CPU."""
 
 from dataclasses import replace
 
@@ -18,7 +18,12 @@ def test_a_tiled_decode_is_compared_with_the_whole_one_before_it():
                          bench_vae.Case("encode", "2.1", (8,), 128, 64, 5))]
     assert [(row["op"], row["tile"]) for row in rows] == [("decode", 0), ("decode", 64), ("encode", 0)]
     assert "rel_l2" not in rows[0] and 0 < rows[1]["rel_l2"] < 1
-    assert all(row["ms"] > 0 and "peak_alloc_GiB" not in row for row in rows)
+    assert all(row["ms"] > 0 and "peak_alloc_GiB" not in row and "estimate_GiB" in row for row in rows)
+
+
+def test_the_estimate_of_a_tiled_decode_is_below_the_whole_ones():
+    whole = bench_vae.estimated_peak(DECODE, torch.float32)
+    assert 0 < bench_vae.estimated_peak(replace(DECODE, tile=64), torch.float32) < whole
 
 
 def test_the_gpu_cases_are_the_release_widths_at_720p():

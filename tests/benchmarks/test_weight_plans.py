@@ -21,3 +21,21 @@ def test_an_a14b_expert_in_bfloat16_is_29_gb_beside_the_vae():
     plan = weight_plans.release_plan("i2v-A14B", t5_cpu=True)
     assert plan.peak_models == [VAE, "DiT high_noise"]
     assert round(plan.models["DiT high_noise"].resident / 1e9, 2) == 28.95
+
+
+def test_the_release_videos_are_the_official_defaults():
+    shapes = {task: weight_plans.release_video(task) for task in ("i2v-A14B", "ti2v-5B", "s2v-14B")}
+    assert [(v.width, v.height, v.frame_num, v.image) for v in shapes.values()] == [
+        (1280, 720, 81, True), (1280, 704, 121, False), (1280, 704, 80, True)]
+    assert shapes["i2v-A14B"].guide == (3.5, 3.5)
+    assert (shapes["s2v-14B"].clips, shapes["s2v-14B"].audio_samples) == (2, weight_plans.SPEECH_SAMPLES)
+    assert weight_plans.release_video("ti2v-5B", 512).vae_tiling == 512
+
+
+def test_ti2v_at_its_release_size_peaks_in_the_decode():
+    from wan_runtime.pipelines import estimate_memory
+    from wan_runtime.tasks import task_spec
+
+    plan = weight_plans.release_plan("ti2v-5B", t5_cpu=True)
+    estimate = estimate_memory(plan, task_spec("ti2v-5B"), weight_plans.release_video("ti2v-5B"))
+    assert estimate.busiest.stage == "vae_decode" and estimate.peak > 16 * 2**30

@@ -7,7 +7,7 @@ and what comes only while the model works (``extra``: one streamed block, FSDP's
 Where the models sit follows the pipeline's residency: the VAE always on the device; the text
 encoder there unless ``t5_cpu``; with ``offload_model`` the big models (text encoder, DiTs, speech
 encoder) one at a time, else all at once; one model works at a time. The activations come on top
-and are not estimated: they depend on the video's size and on the attention kernels.
+and depend on the video: ``activation_memory`` adds them, stage by stage, on the plan's meta models.
 """
 
 from __future__ import annotations
