@@ -329,11 +329,11 @@ def _peak_memory(
         video = speech_video(width, height, job.infer_frames, guide, job.vae_tiling, job.audio.size,
                              job.num_clip, job.start_from_ref, job.pose_video is not None, spec.fps)
     if video not in estimates:
-        estimates[video] = estimate_memory(weights, spec, video)
+        estimates[video] = estimate_memory(weights, spec, video, job.compile)
     estimate = estimates[video]
     if weights.device.type == "cuda":
         capacity = torch.cuda.get_device_properties(weights.device).total_memory
-        if estimate.peak > capacity:
+        if estimate.lower_bound > capacity:
             warnings.warn(f"this video will run out of GPU memory: it takes {estimate.describe()}, more than "
                           f"the {capacity / 2**30:.2f} GiB the GPU has; {estimate.remedy}", stacklevel=2)
     return f"the video takes {estimate.describe()}"

@@ -264,3 +264,18 @@ def test_per_token_modulation_holds_at_most_two_tables_at_once(ti2v_root):
     # Two tables, the tokens' timesteps and row indexes, and the 512-byte rounding of the small ones
     # (made all six at once, they held 2.4 MB more here).
     assert per_token - per_sample <= 2 * table + tokens * (8 + 4) + 8 * 1024
+
+
+def test_compiled_blocks_make_the_denoise_no_bound(ti2v_root):
+    """torch.compile fuses the blocks' elementwise ops: their eager count may exceed the run's, so
+    the surely-held peak is that of the other stages."""
+    plan = cuda_plan("ti2v-5B", ti2v_root, t5_cpu=True)
+    spec = task_spec("ti2v-5B")
+    video = VideoShape(64, 64, 9, False, 5.0)
+    eager, compiled = (estimate_memory(plan, spec, video, compiled) for compiled in (False, True))
+    assert [s.bound for s in eager.stages] == [True, True]
+    assert [(s.stage, s.bound) for s in compiled.stages] == [("denoise", False), ("vae_decode", True)]
+    assert compiled.busiest.stage == "denoise"  # the tiny DiT's step outweighs the small decode
+    assert compiled.peak == eager.peak and compiled.lower_bound == compiled.stages[1].total < compiled.peak
+    assert compiled.describe().startswith("about (counted eager")
+    assert eager.describe().startswith("at least ") and eager.lower_bound == eager.peak

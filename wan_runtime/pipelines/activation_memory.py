@@ -17,8 +17,9 @@ It is a lower bound of ``torch.cuda.max_memory_allocated``: left out are the ker
 (cuDNN's convolutions above all: on an H100 the VAE decode at 720p allocated 1.2-1.5x the
 tensors counted here), the tensors one stage hands the next (the prompts' encodings, the
 image's latent) and the solver's past predictions (latent-sized: tens of MB at 720p), and what
-the allocator reserves beyond what it hands out. One process: under ``torchrun`` the sequence
-and the weights are split, and this is not worked out.
+the allocator reserves beyond what it hands out. DiT blocks compiled by ``torch.compile`` are
+counted eager: their fused kernels may hold less, so those stages are no bound. One process: under
+``torchrun`` the sequence and the weights are split, and this is not worked out.
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ _META = torch.device("meta")
 class StagePeak(NamedTuple):
     """A stage of the run (named as the run report's timings name it), the model working in it
     (the ``WeightPlan``'s name), the weights on the device meanwhile and the stage's activations
-    at their most, in bytes."""
+    at their most, in bytes; ``bound``: whether the run holds at least that (not for DiT blocks
+    compiled by ``torch.compile``, whose fused kernels may leave out tensors the eager count has)."""
 
     stage: str
     model: str
     weights: int
     activations: int
+    bound: bool = True
 
     @property
     def total(self) -> int:
@@ -69,13 +72,19 @@ class MemoryEstimate:
 
     @property
     def peak(self) -> int:
-        """The most bytes on the device at once, at least."""
+        """The most bytes on the device at once (at least that, when ``busiest.bound``)."""
         return self.busiest.total
+
+    @property
+    def lower_bound(self) -> int:
+        """The most bytes the run surely holds at once: the peak of the stages that are bounds."""
+        return max((stage.total for stage in self.stages if stage.bound), default=0)
 
     def describe(self) -> str:
         """The peak and what makes it, in words."""
         stage = self.busiest
-        return (f"at least {stage.total / _GIB:.2f} GiB of {self.device} memory at the peak, in the "
+        amount = "at least" if stage.bound else "about (counted eager: the compiled blocks may hold less)"
+        return (f"{amount} {stage.total / _GIB:.2f} GiB of {self.device} memory at the peak, in the "
                 f"{stage.stage} ({stage.weights / _GIB:.2f} GiB of weights, {stage.activations / _GIB:.2f} "
                 f"GiB of activations of the {stage.model})")
 
@@ -114,10 +123,13 @@ def speech_video(
                       clips=clips, start_from_ref=start_from_ref, pose=pose, audio_samples=samples)
 
 
-def estimate_memory(plan: WeightPlan, spec: TaskSpec, video: VideoShape) -> MemoryEstimate:
+def estimate_memory(
+    plan: WeightPlan, spec: TaskSpec, video: VideoShape, compiled: bool = False
+) -> MemoryEstimate:
     """The peak of ``video``'s run with the models of ``plan`` (``load_pipeline``'s, one process),
     stage by stage, as the module's docstring says; a second or so for a release DiT, several
-    for a tiled decode at 720p (the meta device runs each tile's ops)."""
+    for a tiled decode at 720p (the meta device runs each tile's ops). ``compiled``: the DiT
+    blocks run compiled (``compile``), so their stages are counted eager and are no bound."""
     models = plan.meta_models
     vae = codec(models[VAE])
     names = list(spec.dit_names)
@@ -136,7 +148,8 @@ def estimate_memory(plan: WeightPlan, spec: TaskSpec, video: VideoShape) -> Memo
         stages.append(("text_encode", TEXT_ENCODER, 0))
     run = _s2v_activations if spec.audio_dir is not None else _activations
     stages += run(vae, dits, latent_shape, spec, video)
-    peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_) for stage, model, bytes_ in stages]
+    peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_, not (compiled and stage == "denoise"))
+             for stage, model, bytes_ in stages]
     return MemoryEstimate(plan.device, tuple(peaks), _remedy(peaks, video.vae_tiling, plan.remedy))
 
 

@@ -260,7 +260,8 @@ class Pipeline:
         if self.weight_plan is None:
             raise InputError("estimate_memory needs the memory plan load_pipeline gives a pipeline; "
                              "build the pipeline with wan_runtime.pipelines.load_pipeline")
-        return estimate_memory(self.weight_plan, self.spec, video)
+        compiled = any(dit.blocks_compiled for dit in self.dits.values())
+        return estimate_memory(self.weight_plan, self.spec, video, compiled)
 
     def _settings(
         self,
