@@ -329,13 +329,18 @@ def _peak_memory(
         video = speech_video(width, height, job.infer_frames, guide, job.vae_tiling, job.audio.size,
                              job.num_clip, job.start_from_ref, job.pose_video is not None, spec.fps)
     if video not in estimates:
-        estimates[video] = estimate_memory(weights, spec, video, job.compile)
+        try:
+            estimates[video] = estimate_memory(weights, spec, video, job.compile)
+        except Exception as err:  # an estimate that fails must not cost the video
+            return f"the video's peak could not be worked out ({type(err).__name__}: {_one_line(str(err))})"
     estimate = estimates[video]
-    if weights.device.type == "cuda":
+    stage = estimate.busiest_bound
+    if weights.device.type == "cuda" and stage is not None:
         capacity = torch.cuda.get_device_properties(weights.device).total_memory
-        if estimate.lower_bound > capacity:
-            warnings.warn(f"this video will run out of GPU memory: it takes {estimate.describe()}, more than "
-                          f"the {capacity / 2**30:.2f} GiB the GPU has; {estimate.remedy}", stacklevel=2)
+        if stage.total > capacity:
+            warnings.warn(f"this video will run out of GPU memory: it takes {estimate.describe(stage)}, more "
+                          f"than the {capacity / 2**30:.2f} GiB the GPU has; {estimate.remedy_for(stage)}",
+                          stacklevel=2)
     return f"the video takes {estimate.describe()}"
 
 

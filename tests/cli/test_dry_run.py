@@ -93,8 +93,9 @@ def test_a_video_larger_than_the_gpu_is_warned_of_with_what_lowers_it(ti2v_root,
         line = _peak_memory(job, size, weights, {})
     assert line.startswith("the video takes at least ") and " GiB of cuda memory at the peak, in the " in line
     gpu_of(2**20)
-    with pytest.warns(UserWarning, match=r"this video will run out of GPU memory: it takes at least .* more "
-                                         r"than the 0\.00 GiB the GPU has; decode in tiles \(--vae_tiling"):
+    warning = (r"this video will run out of GPU memory: it takes at least .* more than the 0\.00 GiB the GPU "
+               r"has; to fit, decode in tiles \(--vae_tiling")
+    with pytest.warns(UserWarning, match=warning):
         _peak_memory(job, size, weights, {})
 
 
@@ -105,3 +106,18 @@ def test_under_torchrun_the_peak_is_not_worked_out(ti2v_root, monkeypatch):
     job = dataclasses.replace(_job("--ckpt_dir", str(ti2v_root)), launch=Launch(rank=0, world=2))
     assert _peak_memory(job, (1280, 704), None, {}) == (
         "the video's peak is not worked out under torchrun (the weights and the sequence are split)")
+
+
+def test_an_estimate_that_fails_is_told_and_costs_no_video(ti2v_root, monkeypatch):
+    from tests.pipelines.test_memory_plan import plan as cuda_plan
+    from wan_runtime import pipelines
+    from wan_runtime.generate import _peak_memory
+
+    def broken(*args):
+        raise RuntimeError("an op the meta device lacks\nsecond line")
+
+    monkeypatch.setattr(pipelines, "estimate_memory", broken)
+    line = _peak_memory(_job("--ckpt_dir", str(ti2v_root)), (1280, 704), cuda_plan("ti2v-5B", ti2v_root), {})
+    assert line == ("the video's peak could not be worked out (RuntimeError: an op the meta device lacks "
+                    "second line)")
+

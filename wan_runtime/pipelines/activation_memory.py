@@ -4,9 +4,11 @@ Each stage of the run does its work on meta-device tensors of the video's sizes,
 models' own code, while ``live_bytes`` counts the tensors alive at once: the VAE encoding the
 input image (i2v-A14B: and the black frames after it; s2v-14B: the reference image, the motion
 context and the pose video), each DiT's forward for each guidance branch (the conditional
-prediction kept while the unconditional one runs; s2v-14B: the clip with the motion tokens, when
-one has them), and the VAE decode of the latent (s2v-14B: of a clip behind its motion's latent;
-in tiles with ``vae_tiling``). Added to the weights on the device during that stage
+prediction kept while the unconditional one runs; each prompt's encoding at its shortest, one
+token), and the VAE decode of the latent (in tiles with ``vae_tiling``). For s2v-14B the clip
+counted is one with the motion's tokens in the DiT and its latent frames before the clip's in the
+decode, when the video has such a clip, the motion context's frames held beside both; a clip
+leaves the device once decoded. Added to the weights on the device during that stage
 (``WeightPlan.weights_while``), the largest sum is the peak. The text encoder's stage counts its
 weights alone: its activations at 512 tokens are a few tens of MB beside 11 GB of weights, and it
 builds its attention mask from the tokens' values, which the meta device does not have. The
@@ -14,12 +16,14 @@ speech encoder's stage counts wav2vec2 on ``audio_samples`` samples (0.74 GiB fo
 when the video gives them.
 
 It is a lower bound of ``torch.cuda.max_memory_allocated``: left out are the kernels' workspaces
-(cuDNN's convolutions above all: on an H100 the VAE decode at 720p allocated 1.2-1.5x the
+(cuDNN's convolutions above all: on an H100 the bf16 VAE decode at 720p allocated 1.2-1.5x the
 tensors counted here), the tensors one stage hands the next (the prompts' encodings, the
-image's latent) and the solver's past predictions (latent-sized: tens of MB at 720p), and what
-the allocator reserves beyond what it hands out. DiT blocks compiled by ``torch.compile`` are
-counted eager: their fused kernels may hold less, so those stages are no bound. One process: under
-``torchrun`` the sequence and the weights are split, and this is not worked out.
+image's latent), the solver's past predictions (latent-sized: tens of MB at 720p), the step
+cache's residuals (``cache``: a float32 [L, C] tensor per branch and DiT, 1.4 GiB at i2v-A14B's
+720p) and what the allocator reserves beyond what it hands out. DiT blocks compiled by
+``torch.compile`` are counted eager: their fused kernels may hold less, so those stages are no
+bound. One process: under ``torchrun`` the sequence and the weights are split, and this is not
+worked out.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import NamedTuple
 
 import torch
 
+from wan_runtime.checks import VAE_TILE_MULTIPLE
 from wan_runtime.models import WanModel, WanVAE
 from wan_runtime.models.audio_encoder import resample_features, speech_clip_count
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
@@ -59,11 +64,15 @@ class StagePeak(NamedTuple):
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Each stage's ``StagePeak`` of one video on ``device``; ``remedy`` says what lowers the peak."""
+    """Each stage's ``StagePeak`` of one video on ``device``. What lowers a stage's peak
+    (``remedy_for``) draws on what lowers the weights (``weights_remedy``, the ``WeightPlan``'s),
+    the decode's tile size (``vae_tiling``) and the flag of the frame count (``frames_flag``)."""
 
     device: torch.device
     stages: tuple[StagePeak, ...]
-    remedy: str
+    weights_remedy: str
+    vae_tiling: int = 0
+    frames_flag: str = "--frame_num"
 
     @property
     def busiest(self) -> StagePeak:
@@ -76,17 +85,42 @@ class MemoryEstimate:
         return self.busiest.total
 
     @property
+    def busiest_bound(self) -> StagePeak | None:
+        """The stage of the most bytes the run surely holds at once (None: no stage is a bound)."""
+        bounds = [stage for stage in self.stages if stage.bound]
+        return max(bounds, key=lambda stage: stage.total, default=None)
+
+    @property
     def lower_bound(self) -> int:
         """The most bytes the run surely holds at once: the peak of the stages that are bounds."""
-        return max((stage.total for stage in self.stages if stage.bound), default=0)
+        stage = self.busiest_bound
+        return 0 if stage is None else stage.total
 
-    def describe(self) -> str:
-        """The peak and what makes it, in words."""
-        stage = self.busiest
+    @property
+    def remedy(self) -> str:
+        """What lowers the peak."""
+        return self.remedy_for(self.busiest)
+
+    def describe(self, stage: StagePeak | None = None) -> str:
+        """The peak (or ``stage``'s) and what makes it, in words."""
+        stage = stage or self.busiest
         amount = "at least" if stage.bound else "about (counted eager: the compiled blocks may hold less)"
         return (f"{amount} {stage.total / _GIB:.2f} GiB of {self.device} memory at the peak, in the "
                 f"{stage.stage} ({stage.weights / _GIB:.2f} GiB of weights, {stage.activations / _GIB:.2f} "
                 f"GiB of activations of the {stage.model})")
+
+    def remedy_for(self, stage: StagePeak) -> str:
+        """What lowers ``stage``'s bytes: for the decode tiles (smaller tiles), then a smaller
+        video or fewer frames, and what lowers the weights, first when they are the larger part."""
+        steps = []
+        if stage.stage == "vae_decode" and self.vae_tiling != VAE_TILE_MULTIPLE:
+            smaller = max(VAE_TILE_MULTIPLE, self.vae_tiling // 2 // VAE_TILE_MULTIPLE * VAE_TILE_MULTIPLE)
+            steps.append(f"decode in smaller tiles (--vae_tiling {smaller})" if self.vae_tiling else
+                         "decode in tiles (--vae_tiling, about a third of the decode's memory at 720p)")
+        steps.append(f"make a smaller video or fewer frames (--size, {self.frames_flag})")
+        weights = f"for the weights, {self.weights_remedy.removeprefix('to fit, ')}"
+        steps.insert(0 if stage.weights > stage.activations else len(steps), weights)
+        return "to fit, " + "; or ".join(steps)
 
 
 @dataclass(frozen=True)
@@ -97,7 +131,8 @@ class VideoShape:
     tiles (``vae_tiling`` pixels, 0: whole frames). For s2v-14B ``frame_num`` is the frames of a
     clip (``infer_frames``), ``clips`` their number, ``start_from_ref`` and ``pose`` as its
     ``generate`` takes them (the reference image is always there), ``audio_samples`` the speech's
-    16 kHz samples (0: not known, the speech encoder's activations not counted)."""
+    16 kHz samples (0: not known, the speech encoder's activations not counted), ``motion_frames``
+    the motion context's (pixel, latent) frames (the release's; ``S2VPipeline.motion_frames``)."""
 
     width: int
     height: int
@@ -109,18 +144,21 @@ class VideoShape:
     start_from_ref: bool = False
     pose: bool = False
     audio_samples: int = 0
+    motion_frames: tuple[int, int] = MOTION_FRAMES
 
 
 def speech_video(
     width: int, height: int, infer_frames: int, guide: float, vae_tiling: int, samples: int,
     num_clip: int | None, start_from_ref: bool, pose: bool, fps: int,
+    motion_frames: tuple[int, int] = MOTION_FRAMES,
 ) -> VideoShape:
     """An s2v-14B video's ``VideoShape``: as many clips as ``samples`` of speech start (at most
     ``num_clip``), the other arguments as ``generate``'s, checked."""
     clips = speech_clip_count(samples, infer_frames, fps)
     clips = clips if num_clip is None else min(clips, num_clip)
     return VideoShape(width, height, infer_frames, image=True, guide=guide, vae_tiling=vae_tiling,
-                      clips=clips, start_from_ref=start_from_ref, pose=pose, audio_samples=samples)
+                      clips=clips, start_from_ref=start_from_ref, pose=pose, audio_samples=samples,
+                      motion_frames=motion_frames)
 
 
 def estimate_memory(
@@ -150,7 +188,8 @@ def estimate_memory(
     stages += run(vae, dits, latent_shape, spec, video)
     peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_, not (compiled and stage == "denoise"))
              for stage, model, bytes_ in stages]
-    return MemoryEstimate(plan.device, tuple(peaks), _remedy(peaks, video.vae_tiling, plan.remedy))
+    frames_flag = "--frame_num" if spec.audio_dir is None else "--infer_frames"
+    return MemoryEstimate(plan.device, tuple(peaks), plan.remedy, video.vae_tiling, frames_flag)
 
 
 def _activations(
@@ -166,7 +205,7 @@ def _activations(
     for name, dit in dits.items():
         branches = 1 if _scale(video.guide, name) == 1 else 2
         per_token = video.image and config.in_dim == config.out_dim
-        step = peak_bytes(step_work, dit, latent_shape, spec.text_len, branches, per_token)
+        step = peak_bytes(step_work, dit, latent_shape, branches, per_token)
         stages.append(("denoise", dit_label(name, names), step))
     stages.append(("vae_decode", VAE, peak_bytes(decode_work, vae, latent_shape, video.vae_tiling)))
     return stages
@@ -184,14 +223,19 @@ def _s2v_activations(
     motion = video.clips > 1 or video.start_from_ref
     pose_frames = video.frame_num + 1 if video.pose else 0
     dtype = dit.patch_embedding.weight.dtype
-    encode = peak_bytes(s2v_encode_work, vae, video.height, video.width, pose_frames, dtype)
+    # The motion context's frames stay on the device through the clip: in the DiT's dtype until a
+    # clip's frames join them, in float32 after (the first encode, of the DiT's dtype, is the larger).
+    first = (video.motion_frames[0], video.height, video.width, dtype)
+    context = (*first[:3], torch.float32 if video.clips > 1 else dtype)
+    encode = peak_bytes(s2v_encode_work, vae, pose_frames, first)
     branches = 1 if video.guide <= 1 else 2
-    step = peak_bytes(s2v_step_work, dit, latent_shape, video.frame_num, spec.text_len, branches, motion,
-                      video.pose)
-    behind = MOTION_FRAMES[1] if motion else 1
+    step = peak_bytes(s2v_step_work, dit, latent_shape, video.frame_num, branches, motion, video.pose,
+                      context, video.motion_frames)
+    behind = video.motion_frames[1] if motion else 1
     decoded = (latent_shape[0], behind + latent_shape[1], *latent_shape[2:])
+    decode = peak_bytes(s2v_decode_work, vae, decoded, video.vae_tiling, context)
     return [("vae_encode", VAE, encode), ("denoise", dit_label(DIT, [DIT]), step),
-            ("vae_decode", VAE, peak_bytes(decode_work, vae, decoded, video.vae_tiling))]
+            ("vae_decode", VAE, decode)]
 
 
 def _scale(guide: float | tuple[float, float], name: str) -> float:
@@ -207,17 +251,15 @@ def encode_work(vae: WanVAE, frames: int, height: int, width: int, device: torch
     vae.encode([torch.zeros(3, frames, height, width, device=device)])
 
 
-def _text(dit: WanModel, text_len: int, branches: int, device: torch.device) -> list[torch.Tensor]:
-    """Each branch's prompt encoding at its longest, in the text encoder's dtype (bfloat16 unless
-    the DiT computes in float32)."""
+def _text(dit: WanModel, branches: int, device: torch.device) -> list[torch.Tensor]:
+    """Each branch's prompt encoding at its shortest, one token (the DiT pads it to ``text_len``
+    itself), in the text encoder's dtype (bfloat16 unless the DiT computes in float32)."""
     dtype = torch.float32 if dit.patch_embedding.weight.dtype == torch.float32 else torch.bfloat16
-    shape = (1, text_len, dit.config.text_dim)
-    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(branches)]
+    return [torch.zeros(1, 1, dit.config.text_dim, dtype=dtype, device=device) for _ in range(branches)]
 
 
 def step_work(
-    dit: WanModel, latent_shape: tuple[int, ...], text_len: int, branches: int, per_token: bool,
-    device: torch.device = _META,
+    dit: WanModel, latent_shape: tuple[int, ...], branches: int, per_token: bool, device: torch.device = _META
 ) -> None:
     """A sampling step's DiT forwards, one per guidance branch, on inputs made on ``device``: the
     i2v conditioning ``y`` beside the latent when the DiT takes more channels than it predicts,
@@ -231,7 +273,7 @@ def step_work(
     t = torch.full((1, tokens) if per_token else (1,), 999.0, device=device)
     if per_token:
         t[:, : tokens // (latent_shape[1] // patch_t)] = 0
-    contexts = _text(dit, text_len, branches, device)
+    contexts = _text(dit, branches, device)
     # The first step makes the rope tables the model then keeps: they count, as in a run.
     dit.forget_rope_tables()
     flows = [dit(x, t, context, y) for context in contexts]
@@ -245,41 +287,61 @@ def speech_work(model: torch.nn.Module, samples: int, device: torch.device = _ME
 
 
 def s2v_encode_work(
-    vae: WanVAE, height: int, width: int, pose_frames: int, dit_dtype: torch.dtype,
-    device: torch.device = _META,
+    vae: WanVAE, pose_frames: int, context: tuple[int, int, int, torch.dtype], device: torch.device = _META
 ) -> None:
     """s2v-14B's encodes, made on ``device``: the reference image (its latent kept), the motion
-    context's frames (in the DiT's dtype, encoded in float32) and ``pose_frames`` of a pose video."""
+    context's frames (``context``: their count, height, width and dtype; encoded in float32) and
+    ``pose_frames`` of a pose video (in the context's dtype)."""
+    _, height, width, dtype = context
     reference = vae.encode([torch.zeros(3, 1, height, width, device=device)])
-    context = torch.zeros(3, MOTION_FRAMES[0], height, width, dtype=dit_dtype, device=device)
-    vae.encode([context.float()])
+    frames = _context_frames(context, device)
+    vae.encode([frames.float()])
     if pose_frames:
-        vae.encode([torch.zeros(3, pose_frames, height, width, dtype=dit_dtype, device=device)])
-    del reference
+        vae.encode([torch.zeros(3, pose_frames, height, width, dtype=dtype, device=device)])
+    del reference, frames
+
+
+def _context_frames(context: tuple[int, int, int, torch.dtype], device: torch.device) -> torch.Tensor:
+    """s2v-14B's motion context of ``context`` (frames, height, width, dtype)."""
+    frames, height, width, dtype = context
+    return torch.zeros(3, frames, height, width, dtype=dtype, device=device)
 
 
 def s2v_step_work(
-    dit: WanModelS2V, latent_shape: tuple[int, ...], columns: int, text_len: int, branches: int, motion: bool,
-    pose: bool, device: torch.device = _META,
+    dit: WanModelS2V, latent_shape: tuple[int, ...], columns: int, branches: int, motion: bool, pose: bool,
+    context: tuple[int, int, int, torch.dtype], motion_frames: tuple[int, int], device: torch.device = _META,
 ) -> None:
     """A sampling step of an s2v-14B clip, made on ``device``: the latent, the reference and motion
-    latents (the motion's tokens with ``motion``), the clip's ``columns`` audio columns (one per
-    video frame; silence for the unconditional branch), the pose latents with ``pose``."""
+    latents (``motion_frames[1]``; the motion's tokens with ``motion``), the clip's ``columns``
+    audio columns (one per video frame; silence for the unconditional branch), the pose latents
+    with ``pose``, beside the motion context's frames (``context``)."""
     config = dit.config
     channels, frames, height, width = latent_shape
     dtype = dit.patch_embedding.weight.dtype
+    held = _context_frames(context, device)
     x = torch.zeros(1, *latent_shape, device=device)
     t = torch.full((1,), 999.0, device=device)
     reference = torch.zeros(1, channels, 1, height, width, device=device)
-    motion_latents = torch.zeros(1, channels, MOTION_FRAMES[1], height, width, device=device)
+    motion_latents = torch.zeros(1, channels, motion_frames[1], height, width, device=device)
     audio = [torch.zeros(1, config.audio_layers, config.audio_dim, columns, dtype=dtype, device=device)
              for _ in range(branches)]
     poses = torch.zeros(1, config.cond_dim, frames, height, width, device=device) if pose else None
-    contexts = _text(dit, text_len, branches, device)
+    contexts = _text(dit, branches, device)
     dit.forget_rope_tables()
-    flows = [dit(x, t, context, reference, motion_latents, sound, poses, MOTION_FRAMES, not motion)
-             for context, sound in zip(contexts, audio, strict=True)]
-    del flows
+    flows = [dit(x, t, text, reference, motion_latents, sound, poses, motion_frames, not motion)
+             for text, sound in zip(contexts, audio, strict=True)]
+    del flows, held
+
+
+def s2v_decode_work(
+    vae: WanVAE, latent_shape: tuple[int, ...], vae_tiling: int, context: tuple[int, int, int, torch.dtype],
+    device: torch.device = _META,
+) -> None:
+    """An s2v-14B clip's decode (its latent behind the motion's or the reference's) beside the
+    motion context's frames, made on ``device``."""
+    held = _context_frames(context, device)
+    decode_work(vae, latent_shape, vae_tiling, device)
+    del held
 
 
 def decode_work(
@@ -287,14 +349,3 @@ def decode_work(
 ) -> None:
     """The decode of a latent of ``latent_shape``, made on ``device``, as the pipeline decodes."""
     vae.decode_latent(torch.zeros(*latent_shape, device=device), vae_tiling)
-
-
-def _remedy(stages: list[StagePeak], vae_tiling: int, weights_remedy: str) -> str:
-    """What lowers the peak: smaller tiles, or tiling, when the decode makes it; else a smaller
-    video or fewer frames, and what lowers the weights."""
-    busiest = max(stages, key=lambda stage: stage.total)
-    if busiest.stage == "vae_decode":
-        return ("decode in smaller tiles (--vae_tiling 256)" if vae_tiling else
-                "decode in tiles (--vae_tiling, about half the decode's memory)")
-    weights = weights_remedy.removeprefix("to fit, ")
-    return f"make a smaller video or fewer frames (--size, --frame_num), or {weights}"

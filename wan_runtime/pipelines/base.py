@@ -260,6 +260,10 @@ class Pipeline:
         if self.weight_plan is None:
             raise InputError("estimate_memory needs the memory plan load_pipeline gives a pipeline; "
                              "build the pipeline with wan_runtime.pipelines.load_pipeline")
+        if self.distributed:
+            raise InputError("estimate_memory works out one process's run; this pipeline splits its run "
+                             "over a process group (ulysses_size, dit_fsdp, t5_fsdp), whose shares it does "
+                             "not model")
         compiled = any(dit.blocks_compiled for dit in self.dits.values())
         return estimate_memory(self.weight_plan, self.spec, video, compiled)
 

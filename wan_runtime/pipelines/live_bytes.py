@@ -83,15 +83,19 @@ def _meta_unique(
 
 class FusedAttention(TorchFunctionMode):
     """``scaled_dot_product_attention`` on meta tensors as a fused CUDA kernel allocates: the
-    output, and float32 log-sum-exp rows [B, H, Lq] while it runs."""
+    output, laid out as the query is (so that a transpose back to tokens is a view, as on CUDA),
+    and float32 log-sum-exp rows [B, H, Lq] while it runs."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        if func is not F.scaled_dot_product_attention or not args[0].is_meta:
+        if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
-        q, v = args[0], args[2] if len(args) > 2 else kwargs["value"]
+        named = {**dict(zip(("query", "key", "value"), args[:3], strict=False)), **kwargs}
+        q, v = named["query"], named["value"]
+        if not q.is_meta:
+            return func(*args, **kwargs)
         rows = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
-        out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+        out = torch.empty_like(q) if v.shape[-1] == q.shape[-1] else q.new_empty(*q.shape[:-1], v.shape[-1])
         del rows
         return out
 

@@ -222,4 +222,6 @@ def plan_models(
         models[AUDIO_ENCODER] = Footprint(module_bytes(audio_encoder))
         meta_models[AUDIO_ENCODER] = audio_encoder
         moving.append(AUDIO_ENCODER)
+    # In inference mode, as loading leaves them: a training-mode wav2vec2 masks and drops at random.
+    meta_models = {name: model.eval() for name, model in meta_models.items()}
     return WeightPlan(device, models, tuple(moving) if offload_model else (), remedy, meta_models)

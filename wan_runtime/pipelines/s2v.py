@@ -108,7 +108,8 @@ class S2VPipeline(Pipeline):
         on_step: StepCallback | None = None,
         vae_tiling: bool | int = False,
     ) -> torch.Tensor:
-        """Generate a talking video [3, frames, H, W], float32 in [-1, 1], on the pipeline's device.
+        """Generate a talking video [3, frames, H, W], float32 in [-1, 1], on the CPU (as the official
+        pipeline gathers it: each clip leaves the device once decoded).
 
         ``image`` is the reference image (PIL or path); ``audio`` the speech: an audio file any
         ffmpeg decodes, or mono samples [S] at 16 kHz. ``size`` ``"W*H"`` is the target area; the
@@ -126,8 +127,8 @@ class S2VPipeline(Pipeline):
         settings = self._settings(prompt, n_prompt, size, sampling_steps, guide_scale, shift, sample_solver,
                                   cache, vae_tiling)
         reporter = StepReporter(progress, on_step)
-        picture, waveform = self._inputs(image, audio, num_clip, infer_frames, pose_video, start_from_ref)
-        pose_info = None if pose_video is None else probe_video(pose_video)
+        picture, waveform, pose_info = self._inputs(image, audio, num_clip, infer_frames, pose_video,
+                                                    start_from_ref)
         width, height = self.output_size(self.spec, picture, settings.width, settings.height)
         seed = self._resolve_seed(seed)
 
@@ -179,12 +180,16 @@ class S2VPipeline(Pipeline):
                     frames = frames[:, -infer_frames:]
                     if drop_motion:
                         frames = frames[:, FIRST_CLIP_DROPPED_FRAMES:]
-                out.append(frames)
+                # Each clip leaves the device once decoded, as in the official pipeline: a minute of
+                # 720p video is 10 GB of float32.
+                out.append(frames.cpu())
                 if clip + 1 < clips:
                     with clock.stage("vae_encode"):
                         kept = min(self.motion_frames[0], frames.shape[1])
                         context_frames = torch.cat([context_frames[:, kept:].float(), frames[:, -kept:]], 1)
                         motion = self.vae.encode([context_frames])[0][None]
+                # A view of the whole decode, the motion's frames too: gone before the next clip.
+                del frames
             video = torch.cat(out, dim=1)
             check_video(video, self.vae.dtype)
         self.last_report = settings.report(self.task, seed, width, height, video.shape[1], clock,
@@ -211,28 +216,31 @@ class S2VPipeline(Pipeline):
         stage by stage (``wan_runtime.pipelines.activation_memory``), the largest clip's: worked
         out on the meta device, in seconds. Arguments as ``generate``'s, checked alike; the speech
         gives the clip count and the speech encoder's input."""
-        picture, waveform = self._inputs(image, audio, num_clip, infer_frames, pose_video, start_from_ref)
+        picture, waveform, _ = self._inputs(image, audio, num_clip, infer_frames, pose_video, start_from_ref)
         spec = self.spec
         area = parse_size(spec.default_size if size is None else size, spec)
         width, height = self.output_size(spec, picture, *area)
         guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
         video = speech_video(width, height, infer_frames, guide, check_vae_tiling(vae_tiling, "vae_tiling"),
-                             waveform.size, num_clip, start_from_ref, pose_video is not None, self.fps)
+                             waveform.size, num_clip, start_from_ref, pose_video is not None, self.fps,
+                             self.motion_frames)
         return self._estimate(video)
 
     @staticmethod
     def _inputs(
         image: Image.Image | str | Path | None, audio: str | Path | torch.Tensor | np.ndarray | None,
         num_clip: int | None, infer_frames: int, pose_video: str | Path | None, start_from_ref: bool,
-    ) -> tuple[Image.Image, np.ndarray]:
-        """The checked clip arguments' reference image, loaded, and speech samples, decoded."""
+    ) -> tuple[Image.Image, np.ndarray, VideoInfo | None]:
+        """The checked clip arguments' reference image, loaded, speech samples, decoded, and the
+        pose video's first frame decoded and its geometry (None: no pose video)."""
         check_clip_arguments(infer_frames, num_clip, start_from_ref, pose_video)
         if image is None:
             raise InputError("s2v-14B needs a reference image: pass image= a PIL image or a file path")
         picture = load_image(image)
         if audio is None:
             raise InputError("s2v-14B is driven by speech: pass audio= an audio file or 16 kHz samples")
-        return picture, decode_audio(audio) if isinstance(audio, (str, Path)) else check_waveform(audio)
+        waveform = decode_audio(audio) if isinstance(audio, (str, Path)) else check_waveform(audio)
+        return picture, waveform, None if pose_video is None else probe_video(pose_video)
 
     @staticmethod
     def output_size(spec: TaskSpec, image: Image.Image | None, width: int, height: int) -> tuple[int, int]:
