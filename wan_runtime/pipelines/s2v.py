@@ -213,9 +213,10 @@ class S2VPipeline(Pipeline):
         vae_tiling: bool | int = False,
     ) -> MemoryEstimate:
         """The device memory ``generate`` with these arguments would take at its peak, at least,
-        stage by stage (``wan_runtime.pipelines.activation_memory``), the largest clip's: worked
-        out on the meta device, in seconds. Arguments as ``generate``'s, checked alike; the speech
-        gives the clip count and the speech encoder's input."""
+        stage by stage (``wan_runtime.pipelines.activation_memory``), of a clip with the motion's
+        tokens when the video has one: worked out on the meta device, in seconds. Arguments as
+        ``generate``'s, checked alike; the speech gives the clip count and the speech encoder's
+        input."""
         picture, waveform, _ = self._inputs(image, audio, num_clip, infer_frames, pose_video, start_from_ref)
         spec = self.spec
         area = parse_size(spec.default_size if size is None else size, spec)
