@@ -265,7 +265,7 @@ def _make_videos(
     running out of memory, after which the models' placement is not to be trusted), and the last
     video with what ``_write`` takes (None if it failed)."""
     arguments = _load_arguments(jobs[0])
-    _output_sizes([job for job in jobs if job.image is not None])
+    sizes = _output_sizes(jobs)
     from wan_runtime.pipelines import load_pipeline
 
     start = time.perf_counter()
@@ -273,7 +273,6 @@ def _make_videos(
     load_s: float | None = time.perf_counter() - start
     if jobs[0].launch.main and pipeline.weight_plan is not None:
         print(f"memory: the weights take {pipeline.weight_plan.describe()}", flush=True)
-    sizes = _output_sizes(jobs)
     estimates: dict[VideoShape, MemoryEstimate] = {}
     if jobs[0].compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)

@@ -185,7 +185,7 @@ def estimate_memory(
     if TEXT_ENCODER in plan.models:
         stages.append(("text_encode", TEXT_ENCODER, 0))
     run = _s2v_activations if spec.audio_dir is not None else _activations
-    stages += run(vae, dits, latent_shape, spec, video)
+    stages += run(vae, dits, latent_shape, video)
     peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_, not (compiled and stage == "denoise"))
              for stage, model, bytes_ in stages]
     frames_flag = "--frame_num" if spec.audio_dir is None else "--infer_frames"
@@ -193,7 +193,7 @@ def estimate_memory(
 
 
 def _activations(
-    vae: WanVAE, dits: dict[str, WanModel], latent_shape: tuple[int, ...], spec: TaskSpec, video: VideoShape
+    vae: WanVAE, dits: dict[str, WanModel], latent_shape: tuple[int, ...], video: VideoShape
 ) -> list[tuple[str, str, int]]:
     """i2v-A14B's and ti2v-5B's stages after the text: (stage, model, activations)."""
     config = next(iter(dits.values())).config
@@ -212,8 +212,7 @@ def _activations(
 
 
 def _s2v_activations(
-    vae: WanVAE, dits: dict[str, WanModelS2V], latent_shape: tuple[int, ...], spec: TaskSpec,
-    video: VideoShape,
+    vae: WanVAE, dits: dict[str, WanModelS2V], latent_shape: tuple[int, ...], video: VideoShape
 ) -> list[tuple[str, str, int]]:
     """s2v-14B's stages after the text: the encodes of the reference image, the motion context and
     the pose video, a clip's DiT forwards and decode. A clip after the first (or the first with
