@@ -12,6 +12,7 @@ first frame's 0 and the step's timestep).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,7 @@ class FusedAttention(TorchFunctionMode):
         return out
 
 
-def peak_bytes(run, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
+def peak_bytes(run: Callable[..., object], *args: object, **kwargs: object) -> int:
     """The most bytes ``run(*args, **kwargs)`` holds at once on meta tensors, its inputs made
     inside it counted, its result counted until it returns, as ``LiveBytes`` counts them."""
     counter = LiveBytes()
