@@ -68,10 +68,14 @@ def estimated_peak(case: Case, dtype: torch.dtype) -> int:
     if case.op == "encode":
         work = peak_bytes(encode_work, vae, case.frames, case.height, case.width)
     else:
-        latent = (vae.z_dim, (case.frames - 1) // vae.temporal_stride + 1, case.height // vae.spatial_stride,
-                  case.width // vae.spatial_stride)
-        work = peak_bytes(decode_work, vae, latent, case.tile)
+        work = peak_bytes(decode_work, vae, _latent_shape(case, vae), case.tile)
     return module_bytes(vae.model) + work
+
+
+def _latent_shape(case: Case, vae: WanVAE) -> tuple[int, int, int, int]:
+    """The latent of ``case``'s frames: [z_dim, T, h, w]."""
+    stride, frames = vae.spatial_stride, (case.frames - 1) // vae.temporal_stride + 1
+    return vae.z_dim, frames, case.height // stride, case.width // stride
 
 
 def _measured(run: Callable[[], list[torch.Tensor]], device: torch.device) -> tuple[list[torch.Tensor], dict]:
@@ -100,9 +104,7 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeat: int,
         def run() -> list[torch.Tensor]:
             return vae.encode([video])
     else:
-        stride, latent_frames = vae.spatial_stride, (case.frames - 1) // vae.temporal_stride + 1
-        z = torch.randn(vae.z_dim, latent_frames, case.height // stride, case.width // stride,
-                        generator=generator).to(device)
+        z = torch.randn(_latent_shape(case, vae), generator=generator).to(device)
 
         def run() -> list[torch.Tensor]:
             return vae.decode([z], tiled=case.tile > 0, tile_size=case.tile or DEFAULT_VAE_TILE)
