@@ -31,7 +31,7 @@ from wan_runtime.models.vae2_1 import build_vae21
 from wan_runtime.models.vae2_2 import build_vae22
 from wan_runtime.pipelines import I2VPipeline, S2VPipeline, VideoShape, estimate_memory
 from wan_runtime.pipelines.activation_memory import speech_video
-from wan_runtime.pipelines.memory_plan import WeightPlan, plan_models
+from wan_runtime.pipelines.memory_plan import PlanOptions, WeightPlan, plan_models
 from wan_runtime.tasks import task_spec
 
 UMT5_XXL = T5Sizes(vocab=256384, dim=4096, dim_attn=4096, dim_ffn=10240, num_heads=64, num_layers=24,
@@ -84,9 +84,10 @@ def release_plan(task: str, **flags: object) -> WeightPlan:
         dit_class = WanModelS2V if spec.audio_dir is not None else WanModel
         dits = {name: dit_class(config) for name in spec.dit_names}
         audio = None if spec.audio_dir is None else Wav2Vec2Model(Wav2Vec2Config(**WAV2VEC2_LARGE))
-    options = {"dtype": torch.bfloat16, "offload_model": True, "t5_cpu": False, "convert_model_dtype": False,
-               "dit_fsdp": False, "t5_fsdp": False, "stream_blocks": 0, "dit_fp8": False, "world": 1, **flags}
-    return plan_models(torch.device("cuda"), vae, meta_encoder(UMT5_XXL), dits, audio, **options)
+    options = PlanOptions(**{"dtype": torch.bfloat16, "offload_model": True, "t5_cpu": False,
+                             "convert_model_dtype": False, "dit_fsdp": False, "t5_fsdp": False,
+                             "stream_blocks": 0, "dit_fp8": False, **flags})
+    return plan_models(torch.device("cuda"), vae, meta_encoder(UMT5_XXL), dits, audio, options)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from wan_runtime.pipelines.memory_plan import (
     dit_footprint,
     module_bytes,
     plan_weights,
+    prepare_dit,
     shard_bytes,
 )
 from wan_runtime.tasks import task_spec
@@ -105,7 +106,8 @@ def _local_shard_bytes(rank: int, folder, planned: int) -> None:
 
 def test_fsdp_shares_are_what_each_process_holds(ti2v_dit_dir):
     def footprint(world: int) -> Footprint:
-        return dit_footprint(WanModel._meta_model(ti2v_dit_dir)[0], torch.bfloat16, False, False, 0, world)
+        model = prepare_dit(WanModel._meta_model(ti2v_dit_dir)[0], torch.bfloat16, False, False)
+        return dit_footprint(model, 0, world)
 
     meta = WanModel._meta_model(ti2v_dit_dir)[0].set_compute_dtype(torch.bfloat16, keep_float32=False)
     whole, block = module_bytes(meta), module_bytes(meta.blocks[0])
@@ -127,13 +129,17 @@ def test_weights_that_cannot_fit_are_refused_with_what_lowers_them(ti2v_root):
                               "memory at once (VAE ")
     capacity = f"{(planned.peak - 1) / 2**30:.2f} GiB"
     assert f": more than the {capacity} it has; to fit, try offload_model (" in message
-    assert "more stream_blocks (" in message and "dit_fp8 (" in message and "dtype bfloat16" in message
+    assert "dit_fp8 (" in message and "dtype bfloat16" in message
+    # The tiny DiT's one block but the first streams already.
+    assert planned.most_streamed == 1 and "stream_blocks" not in message
     assert message.endswith("(the command line's flags of those names)")
     done = plan("ti2v-5B", ti2v_root, offload_model=True, t5_cpu=True, dit_fp8=True)
     with pytest.raises(InputError) as error:
         done.check_fits(0)
     assert str(error.value).endswith("to fit, try stream_blocks (DiT blocks wait on the CPU until they run) "
                                      "(the command line's flags of those names)")
+    streaming = done.placed(offload_model=True, t5_cpu=True, stream_blocks=1)
+    assert streaming.remedy == "no option lowers them further"
 
 
 def test_check_pipeline_returns_the_plan_the_loaded_pipeline_keeps(ti2v_root):
@@ -169,3 +175,25 @@ def test_cuda_holds_what_the_plan_says(ti2v_root):
     held = torch.cuda.memory_allocated() - before
     assert planned.peak <= held <= planned.peak * 1.01 + 2**20
     del pipeline
+
+
+@pytest.mark.parametrize("task", ["i2v-A14B", "s2v-14B"])
+@pytest.mark.parametrize(("offload_model", "t5_cpu", "stream_blocks"), [
+    (False, False, 0), (True, False, 1), (False, True, 1), (True, True, 0),
+])
+def test_a_plan_placed_otherwise_is_the_plan_of_those_options(request, task, offload_model, t5_cpu,
+                                                              stream_blocks):
+    root = request.getfixturevalue(f"{task.split('-')[0]}_root")
+    options = {"dtype": torch.bfloat16, "dit_fp8": True}
+    placed = plan(task, root, **options).placed(offload_model, t5_cpu, stream_blocks)
+    direct = plan(task, root, offload_model=offload_model, t5_cpu=t5_cpu, stream_blocks=stream_blocks,
+                  **options)
+    assert (placed.models, placed.moving, placed.options) == (direct.models, direct.moving, direct.options)
+    assert placed.remedy == direct.remedy
+
+
+def test_a_text_encoder_not_read_cannot_be_placed(ti2v_root):
+    without = plan("ti2v-5B", ti2v_root, t5_cpu=True)
+    with pytest.raises(ValueError, match="made without the text encoder"):
+        without.placed(offload_model=True, t5_cpu=False, stream_blocks=0)
+    assert without.placed(offload_model=True, t5_cpu=True, stream_blocks=1).models["DiT"].extra > 0

@@ -37,6 +37,11 @@ def dit_label(name: str, names: list[str]) -> str:
     return f"DiT {name}" if len(names) > 1 else "DiT"
 
 
+def is_dit(label: str) -> bool:
+    """Whether the plan's name ``label`` is a DiT's (``dit_label``'s)."""
+    return label == "DiT" or label.startswith("DiT ")
+
+
 def module_bytes(module: nn.Module) -> int:
     """The bytes of ``module``'s parameters and buffers, a tensor two layers share counted once."""
     unique = {id(t): t for t in [*module.parameters(), *module.buffers()]}
@@ -73,15 +78,18 @@ def sharded(model: nn.Module, blocks: list[nn.Module], world: int, root_stays: b
     return Footprint(share, int((root + block) * others))
 
 
-def dit_footprint(
-    model: WanModel, dtype: torch.dtype, keep_float32: bool, fp8: bool, stream_blocks: int, world: int
-) -> Footprint:
-    """A meta-device DiT as it would load and run: weights in ``dtype`` (``float32_parameters``
-    kept when ``keep_float32``), float8 with ``fp8``; ``stream_blocks`` of its last blocks in CPU
-    memory, one at a time on the device; sharded over ``world`` processes (FSDP) when above 1."""
+def prepare_dit(model: WanModel, dtype: torch.dtype, keep_float32: bool, fp8: bool) -> WanModel:
+    """A meta-device DiT as it would load: weights in ``dtype`` (``float32_parameters`` kept when
+    ``keep_float32``), float8 with ``fp8``; changed in place and returned."""
     model.set_compute_dtype(dtype, keep_float32=keep_float32)
     if fp8:
         model.store_weights_in_fp8()
+    return model
+
+
+def dit_footprint(model: WanModel, stream_blocks: int, world: int) -> Footprint:
+    """A loaded (or ``prepare_dit``'s) DiT as it runs: ``stream_blocks`` of its last blocks in CPU
+    memory, one at a time on the device; sharded over ``world`` processes (FSDP) when above 1."""
     if world > 1:
         return sharded(model, list(model.blocks), world, root_stays=True)
     blocks = [module_bytes(block) for block in model.blocks]
@@ -89,18 +97,33 @@ def dit_footprint(
     return Footprint(module_bytes(model) - sum(streamed), max(streamed, default=0))
 
 
+class PlanOptions(NamedTuple):
+    """``load_pipeline``'s arguments that shape its weights' plan, and ``world``: the processes
+    FSDP shards over."""
+
+    dtype: torch.dtype
+    offload_model: bool
+    t5_cpu: bool
+    convert_model_dtype: bool
+    dit_fsdp: bool
+    t5_fsdp: bool
+    stream_blocks: int
+    dit_fp8: bool
+    world: int = 1
+
+
 @dataclass(frozen=True)
 class WeightPlan:
     """Each model's ``Footprint`` on the device (``models``; none for one kept on the CPU), those
-    taking turns there (``moving``, under ``offload_model``; empty: every model stays), what
-    lowers the weights of this configuration (``remedy``), and the meta-device models the plan
-    was made of, by the same names, in the dtypes they would run in (``meta_models``: what
-    ``activation_memory`` runs a video's stages on)."""
+    taking turns there (``moving``, under ``offload_model``; empty: every model stays), the
+    ``options`` it was made for, and the meta-device models it was made of, by the same names, in
+    the dtypes they would run in (``meta_models``: what ``activation_memory`` runs a video's stages
+    on; the text encoder there also under ``t5_cpu`` when it was read)."""
 
     device: torch.device
     models: dict[str, Footprint]
     moving: tuple[str, ...]
-    remedy: str
+    options: PlanOptions
     meta_models: dict[str, nn.Module] = field(default_factory=dict, compare=False, repr=False)
 
     def weights_while(self, name: str) -> int:
@@ -138,25 +161,43 @@ class WeightPlan:
             raise InputError(f"the weights alone would take {self.describe()}: more than the "
                              f"{capacity / _GIB:.2f} GiB it has; {self.remedy}")
 
+    @property
+    def most_streamed(self) -> int:
+        """The most blocks ``stream_blocks`` can stream: all of the smallest DiT's but its first."""
+        return min(len(model.blocks) for name, model in self.meta_models.items() if is_dit(name)) - 1
 
-def _remedy(
-    dtype: torch.dtype, offload_model: bool, t5_cpu: bool, dit_fsdp: bool, t5_fsdp: bool, stream_blocks: int,
-    dit_fp8: bool,
-) -> str:
-    """What lowers the weights' memory, of what this configuration allows and has not done."""
-    steps = []
-    if not offload_model and not dit_fsdp:
-        steps.append("offload_model (big models wait on the CPU while another works)")
-    if not (t5_cpu or t5_fsdp):
-        steps.append("t5_cpu (the text encoder stays on the CPU)")
-    if not dit_fsdp:
-        more = "more " if stream_blocks else ""
-        steps.append(f"{more}stream_blocks (DiT blocks wait on the CPU until they run)")
-    if not (dit_fp8 or dit_fsdp):
-        steps.append("dit_fp8 (DiT weights in float8, lossy)")
-    if dtype == torch.float32:
-        steps.append("dtype bfloat16")
-    return "to fit, try " + ", ".join(steps) + " (the command line's flags of those names)"
+    @property
+    def remedy(self) -> str:
+        """What lowers the weights' memory, of what these options allow and have not done."""
+        o = self.options
+        steps = []
+        if not o.offload_model and not o.dit_fsdp:
+            steps.append("offload_model (big models wait on the CPU while another works)")
+        if not (o.t5_cpu or o.t5_fsdp):
+            steps.append("t5_cpu (the text encoder stays on the CPU)")
+        if not o.dit_fsdp and o.stream_blocks < self.most_streamed:
+            more = "more " if o.stream_blocks else ""
+            steps.append(f"{more}stream_blocks (DiT blocks wait on the CPU until they run)")
+        if not (o.dit_fp8 or o.dit_fsdp):
+            steps.append("dit_fp8 (DiT weights in float8, lossy)")
+        if o.dtype == torch.float32:
+            steps.append("dtype bfloat16")
+        if not steps:
+            return "no option lowers them further"
+        return "to fit, try " + ", ".join(steps) + " (the command line's flags of those names)"
+
+    def placed(self, offload_model: bool, t5_cpu: bool, stream_blocks: int) -> WeightPlan:
+        """The plan of the same models placed under these options instead (one process, no FSDP):
+        what ``plan_models`` would give for them. On a GPU the text encoder must have been read
+        (a plan made under ``t5_cpu`` lacks it) to be placed there."""
+        if self.options.world > 1 and (self.options.dit_fsdp or self.options.t5_fsdp):
+            raise ValueError("placed: a plan sharded over processes (dit_fsdp, t5_fsdp) is not placed again")
+        if self.device.type == "cuda" and not t5_cpu and TEXT_ENCODER not in self.meta_models:
+            raise ValueError("placed: this plan was made without the text encoder (t5_cpu on a GPU); "
+                             "make it with t5_cpu=False to place the text encoder on the device")
+        options = self.options._replace(offload_model=offload_model, t5_cpu=t5_cpu,
+                                        stream_blocks=stream_blocks)
+        return _placed(self.device, self.meta_models, options)
 
 
 def plan_weights(
@@ -167,14 +208,15 @@ def plan_weights(
     **options: Any,
 ) -> WeightPlan:
     """The plan of the release folder ``root`` of ``spec``'s task under ``load_pipeline``'s
-    checked arguments ``options`` (``plan_models``'s); reads headers and archive indexes alone
-    (not the text encoder's where it stays on the CPU)."""
+    checked arguments ``options`` (``PlanOptions``'s fields); reads headers and archive indexes
+    alone (not the text encoder's where it stays on the CPU of a GPU's run)."""
     needed = device.type == "cpu" or not options["t5_cpu"]
     text_encoder = meta_encoder(read_checkpoint(root / spec.t5_file)[1]) if needed else None
     dits = {name: dit_class._meta_model(root / folder)[0]
             for name, folder in zip(spec.dit_names, spec.dit_folders, strict=True)}
     audio = None if spec.audio_dir is None else Wav2Vec2Features.meta_model(root / spec.audio_dir)
-    return plan_models(device, meta_vae(root / spec.vae_file), text_encoder, dits, audio, **options)
+    vae = meta_vae(root / spec.vae_file)
+    return plan_models(device, vae, text_encoder, dits, audio, PlanOptions(**options))
 
 
 def plan_models(
@@ -183,45 +225,46 @@ def plan_models(
     text_encoder: nn.Module | None,
     dits: dict[str, WanModel],
     audio_encoder: nn.Module | None,
-    dtype: torch.dtype,
-    offload_model: bool,
-    t5_cpu: bool,
-    convert_model_dtype: bool,
-    dit_fsdp: bool,
-    t5_fsdp: bool,
-    stream_blocks: int,
-    dit_fp8: bool,
-    world: int,
+    options: PlanOptions,
 ) -> WeightPlan:
-    """The plan of a pipeline's meta-device, float32 models (changed in place; ``text_encoder``
-    may be None under ``t5_cpu`` on a GPU) under ``load_pipeline``'s arguments (``world``: the
-    processes FSDP shards over). On the CPU every model is in its memory, whatever
-    ``offload_model``, ``t5_cpu`` and ``stream_blocks`` say."""
-    remedy = _remedy(dtype, offload_model, t5_cpu, dit_fsdp, t5_fsdp, stream_blocks, dit_fp8)
-    if device.type == "cpu":
-        offload_model, t5_cpu, stream_blocks = False, False, 0
-    models = {VAE: Footprint(module_bytes(vae))}
+    """The plan of a pipeline's meta-device, float32 models (changed in place to the dtypes they
+    would run in; ``text_encoder`` may be None under ``t5_cpu`` on a GPU) under ``options``. On the
+    CPU every model is in its memory, whatever ``offload_model``, ``t5_cpu`` and ``stream_blocks`` say."""
     meta_models: dict[str, nn.Module] = {VAE: vae}
+    if text_encoder is not None:
+        meta_models[TEXT_ENCODER] = text_encoder.to(torch.float32 if options.dtype == torch.float32
+                                                    else torch.bfloat16)
+    keep_float32 = not (options.convert_model_dtype or options.dit_fsdp)
+    for name, model in dits.items():
+        label = dit_label(name, list(dits))
+        meta_models[label] = prepare_dit(model, options.dtype, keep_float32, options.dit_fp8)
+    if audio_encoder is not None:
+        meta_models[AUDIO_ENCODER] = audio_encoder
+    # In inference mode, as loading leaves them: a training-mode wav2vec2 masks and drops at random.
+    return _placed(device, {name: model.eval() for name, model in meta_models.items()}, options)
+
+
+def _placed(device: torch.device, meta_models: dict[str, nn.Module], options: PlanOptions) -> WeightPlan:
+    """The plan of ``plan_models``'s prepared ``meta_models`` under ``options``."""
+    on_cpu = device.type == "cpu"
+    offload_model = options.offload_model and not on_cpu
+    t5_cpu = options.t5_cpu and not on_cpu
+    stream_blocks = 0 if on_cpu else options.stream_blocks
+    models = {VAE: Footprint(module_bytes(meta_models[VAE]))}
     moving = []
+    text_encoder = meta_models.get(TEXT_ENCODER)
     if not t5_cpu and text_encoder is not None:
-        text_encoder.to(torch.float32 if dtype == torch.float32 else torch.bfloat16)
-        if t5_fsdp and world > 1:
+        if options.t5_fsdp and options.world > 1:
             blocks = list(text_encoder.encoder.block)
-            models[TEXT_ENCODER] = sharded(text_encoder, blocks, world, root_stays=False)
+            models[TEXT_ENCODER] = sharded(text_encoder, blocks, options.world, root_stays=False)
         else:
             models[TEXT_ENCODER] = Footprint(module_bytes(text_encoder))
             moving.append(TEXT_ENCODER)
-        meta_models[TEXT_ENCODER] = text_encoder
-    for name, model in dits.items():
-        label = dit_label(name, list(dits))
-        models[label] = dit_footprint(model, dtype, not (convert_model_dtype or dit_fsdp), dit_fp8,
-                                      stream_blocks, world if dit_fsdp else 1)
-        meta_models[label] = model
-        moving.append(label)
-    if audio_encoder is not None:
-        models[AUDIO_ENCODER] = Footprint(module_bytes(audio_encoder))
-        meta_models[AUDIO_ENCODER] = audio_encoder
+    for label, model in meta_models.items():
+        if is_dit(label):
+            models[label] = dit_footprint(model, stream_blocks, options.world if options.dit_fsdp else 1)
+            moving.append(label)
+    if AUDIO_ENCODER in meta_models:
+        models[AUDIO_ENCODER] = Footprint(module_bytes(meta_models[AUDIO_ENCODER]))
         moving.append(AUDIO_ENCODER)
-    # In inference mode, as loading leaves them: a training-mode wav2vec2 masks and drops at random.
-    meta_models = {name: model.eval() for name, model in meta_models.items()}
-    return WeightPlan(device, models, tuple(moving) if offload_model else (), remedy, meta_models)
+    return WeightPlan(device, models, tuple(moving) if offload_model else (), options, meta_models)
