@@ -19,6 +19,7 @@ from tests.pipelines.images import write_pose_video
 from wan_runtime.cli_args import EXAMPLE_PROMPT, build_parser, resolve, str2bool
 from wan_runtime.demo import DEMO_SETTINGS
 from wan_runtime.generate import default_save_file, main
+from wan_runtime.pipelines import check_output_size
 from wan_runtime.tasks import TASKS
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
 
@@ -297,6 +298,13 @@ def test_run_time_failure_is_exit_1_and_one_line(debug, tmp_path, monkeypatch, c
     assert line.endswith("(run with --debug for the traceback)") and str(blocker) in line
 
 
+def _stub_loading(monkeypatch, load_pipeline) -> None:
+    """The CLI's pipelines with ``load_pipeline`` in place of the real one (the sizes worked out
+    before loading are the real ones)."""
+    pipelines = SimpleNamespace(load_pipeline=load_pipeline, check_output_size=check_output_size)
+    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", pipelines)
+
+
 OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
        "1.25 GiB is free. If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF")
 
@@ -314,8 +322,7 @@ def test_out_of_memory_is_one_line_naming_what_frees_memory(roots, monkeypatch, 
     def load_pipeline(*args, **kwargs):
         raise torch.OutOfMemoryError(OOM)
 
-    pipelines = SimpleNamespace(load_pipeline=load_pipeline, check_output_size=None)
-    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", pipelines)
+    _stub_loading(monkeypatch, load_pipeline)
     assert main(["--ckpt_dir", str(roots["ti2v-5B"]), *flags]) == 1
     # On a CPU-only machine --stream_blocks also warns that it changes nothing there.
     [line] = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
@@ -333,8 +340,7 @@ def test_compiler_failure_is_one_line_suggesting_eager(roots, monkeypatch, capsy
         given.update(kwargs)
         raise torch._dynamo.exc.TorchRuntimeError("Dynamo failed to run FX node\n  pages of graph\n  more")
 
-    pipelines = SimpleNamespace(load_pipeline=load_pipeline, check_output_size=None)
-    monkeypatch.setitem(sys.modules, "wan_runtime.pipelines", pipelines)
+    _stub_loading(monkeypatch, load_pipeline)
     assert main(["--ckpt_dir", str(roots["ti2v-5B"]), *(["--compile"] if compiled else [])]) == 1
     assert given["compile"] is compiled
     [line] = capsys.readouterr().err.splitlines()
