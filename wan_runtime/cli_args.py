@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -58,6 +58,8 @@ DEFAULT_TASK = "ti2v-5B"
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_DTYPE = "bfloat16"
 DEFAULT_SOLVER = "unipc"
+# The flags that place the models; --fit_memory chooses those the command line leaves out.
+PLACEMENT_FLAGS = ("offload_model", "t5_cpu", "stream_blocks")
 # The command-line flags of Pipeline.generate's sampling arguments.
 _SAMPLING_FLAGS = {"sample_solver": "sample_solver", "sampling_steps": "sample_steps",
                    "shift": "sample_shift", "guide_scale": "sample_guide_scale"}
@@ -109,7 +111,8 @@ class GenerateConfig:
     is then its own GPU); ``ulysses_size``, ``dit_fsdp`` and ``t5_fsdp`` as the official flags.
     ``loras``: the LoRAs of ``--lora_dir``, ``--lora``, ``--lora_high_noise`` and
     ``--lora_low_noise``; ``lora_flags``: those flags as given, (dest, value) with absolute paths;
-    ``stream_blocks`` and ``dit_fp8`` as ``load_pipeline``'s; ``vae_tiling`` the decode's tile
+    ``stream_blocks`` and ``dit_fp8`` as ``load_pipeline``'s; ``fit_memory``: ``--fit_memory``'s
+    request (None without it: the placement flags stand as resolved); ``vae_tiling`` the decode's tile
     size in pixels (0: whole frames); ``dry_run``: check, print the plan,
     load nothing;
     ``batch_line``: the line of the ``--batch`` file this video comes from (None without one).
@@ -151,10 +154,19 @@ class GenerateConfig:
     loras: tuple[Lora, ...] = ()
     lora_flags: tuple[tuple[str, str], ...] = ()
     stream_blocks: int = 0
+    fit_memory: FitMemory | None = None
     dit_fp8: bool = False
     vae_tiling: int = 0
     dry_run: bool = False
     batch_line: int | None = None
+
+
+class FitMemory(NamedTuple):
+    """``--fit_memory``: the budget in GiB (None: the GPU's free memory less a reserve) and the
+    placement flags the command line gave, which the fit keeps (``PLACEMENT_FLAGS``)."""
+
+    budget_gib: float | None
+    given: tuple[str, ...]
 
 
 class DecodedInputs:
@@ -238,7 +250,7 @@ def _differences() -> str:
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
         "--debug, --dry_run, --batch, --skip_existing, --demo, --settings_from, --negative_prompt, "
-        "--stream_blocks, --dit_fp8, --vae_tiling, the LoRA flags and the step cache flags."
+        "--stream_blocks, --fit_memory, --dit_fp8, --vae_tiling, the LoRA flags and the step cache flags."
     )
 
 
@@ -246,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser: the official ``generate.py``'s flags and defaults but for the differences its
     epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
     ``--compile``, ``--debug``, ``--dry_run``, ``--batch``, ``--skip_existing``, ``--demo``,
-    ``--settings_from``, ``--negative_prompt``, ``--stream_blocks``, ``--dit_fp8``, ``--vae_tiling``,
+    ``--settings_from``, ``--negative_prompt``, ``--stream_blocks``, ``--fit_memory``, ``--dit_fp8``,
+    ``--vae_tiling``,
     ``--lora*`` and the step cache flags ``--teacache*``, ``--fbcache``, ``--fb_*``; see
     ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are listed
@@ -275,10 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move each model to the CPU after use to save GPU memory (default True; False "
                         "under torchrun)")
     p.add_argument("--t5_cpu", action="store_true", help="keep the T5 text encoder on the CPU")
-    p.add_argument("--stream_blocks", type=int, default=0, metavar="N",
+    p.add_argument("--stream_blocks", type=int, default=None, metavar="N",
                    help="keep the last N blocks of each DiT in CPU memory, each copied to the GPU just "
                         "before it runs: N x ~0.7 GB less GPU memory for a 14B DiT in bf16, the same video "
                         "(default 0; at most all blocks but the first stream)"),
+    # Given alone it is True (argparse converts a string const): the GPU's free memory.
+    p.add_argument("--fit_memory", type=float, nargs="?", const=True, default=None, metavar="GIB",
+                   help="choose --offload_model, --stream_blocks and, as a last resort, --t5_cpu (those not "
+                        "given) for the fastest run whose every video fits GIB of GPU memory by the estimate "
+                        "--dry_run prints, with room for the kernels' workspaces (default when given alone: "
+                        "the GPU's free memory less 1 GiB); never the lossy --dit_fp8 or --vae_tiling: when "
+                        "nothing fits it says what would"),
     p.add_argument("--dit_fp8", action=argparse.BooleanOptionalAction, default=False,
                    help="store the DiT blocks' weights in 8-bit floats (float8_e4m3fn, a scale per row) and "
                         "compute in --dtype: half the memory of bf16 DiTs (a 14B DiT in 14 GiB instead of "
@@ -538,10 +558,12 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
         given = args.sample_guide_scale
         _warn_unused_negative_prompt(spec.guide_scale if given is None else given)
     problems += _unsupported_flag_problems(args)
-    _check(problems, lambda: check_stream_blocks(args.stream_blocks, args.dit_fsdp, flag="--"))
+    stream_blocks = 0 if args.stream_blocks is None else args.stream_blocks
+    _check(problems, lambda: check_stream_blocks(stream_blocks, args.dit_fsdp, flag="--"))
     _check(problems, lambda: check_dit_fp8(args.dit_fp8, args.dit_fsdp, flag="--"))
     vae_tiling = _check(problems, lambda: check_vae_tiling(args.vae_tiling, "--vae_tiling"))
-    if args.stream_blocks > 0 and device == "cpu":
+    fit_memory = _fit_memory(problems, args, device, launch)
+    if stream_blocks > 0 and device == "cpu":
         warnings.warn("--stream_blocks changes nothing on the CPU, where every block already is in CPU "
                       "memory", stacklevel=2)
     loras = _lora_problems(problems, args, spec, inputs)
@@ -592,12 +614,35 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
         launch=launch,
         loras=loras,
         lora_flags=_lora_flags(args),
-        stream_blocks=args.stream_blocks,
+        stream_blocks=stream_blocks,
+        fit_memory=fit_memory,
         dit_fp8=args.dit_fp8,
         vae_tiling=vae_tiling,
         dry_run=args.dry_run,
         **speech,
     )
+
+
+def _fit_memory(
+    problems: list[str], args: argparse.Namespace, device: str, launch: Launch
+) -> FitMemory | None:
+    """``--fit_memory``'s request, or None without the flag; refused where there is no GPU's
+    memory to fit (the CPU) or where the estimate does not model the run (several processes)."""
+    if args.fit_memory is None:
+        return None
+    budget = None if args.fit_memory is True else args.fit_memory
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        problems.append(f"--fit_memory takes a GPU memory budget in GiB above 0 (or none: the GPU's free "
+                        f"memory), got {budget:g}")
+    if device == "cpu":
+        problems.append("--fit_memory places the models for a GPU's memory; on the CPU every model is in its "
+                        "memory (leave it out, or pass --device cuda)")
+    if launch.distributed:
+        problems.append("--fit_memory works out one process's run; under torchrun the processes share the "
+                        "weights and the sequence, which it does not model (leave it out)")
+    given = {"offload_model": args.offload_model is not None, "t5_cpu": args.t5_cpu,
+             "stream_blocks": args.stream_blocks is not None}
+    return FitMemory(budget, tuple(name for name in PLACEMENT_FLAGS if given[name]))
 
 
 def _warn_unused_negative_prompt(guide_scale: float | tuple[float, float]) -> None:

@@ -23,7 +23,7 @@ import torch
 
 from wan_runtime import demo
 from wan_runtime.batch_file import line_numbers, resolve_jobs
-from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser
+from wan_runtime.cli_args import PLACEMENT_FLAGS, GenerateConfig, InvalidArguments, build_parser
 from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, NumericalError
 from wan_runtime.tasks import TASKS
@@ -154,7 +154,7 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
         exists = _existing(jobs) if args.skip_existing else [False] * len(jobs)
         todo = [job for job, skipped in zip(jobs, exists, strict=True) if not skipped]
         if dry_run:  # every check, the skipped videos' too
-            sizes, weights = _check_run(jobs)
+            sizes, jobs, weights, estimates = _check_run(jobs)
         elif todo:
             failed, last = _make_videos(todo, args)
     except BaseException:
@@ -167,7 +167,7 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
         return 1 if failed else 0
     if dry_run:
         _print_plan([(job, size) for job, size, skip in zip(jobs, sizes, exists, strict=True) if not skip],
-                    weights)
+                    weights, estimates)
     elif last is not None:
         _write(*last)
     if not todo:
@@ -214,25 +214,54 @@ def _output_sizes(jobs: list[GenerateConfig]) -> list[tuple[int, int]]:
     return sizes
 
 
-def _check_run(jobs: list[GenerateConfig]) -> tuple[list[tuple[int, int]], WeightPlan]:
+def _check_run(
+    jobs: list[GenerateConfig],
+) -> tuple[list[tuple[int, int]], list[GenerateConfig], WeightPlan, dict[VideoShape, MemoryEstimate]]:
     """``--dry_run``: every check a run makes before it loads a model; each video's width and
-    height, and the weights' memory plan."""
+    height, the videos with ``--fit_memory``'s placement, the weights' memory plan and the videos'
+    estimates the fit made (``_fit``)."""
     arguments = _load_arguments(jobs[0])
     sizes = _output_sizes(jobs)
+    jobs, arguments, estimates = _fit(jobs, sizes, arguments)
     from wan_runtime.pipelines import check_pipeline
 
-    return sizes, check_pipeline(**arguments)
+    return sizes, jobs, check_pipeline(**arguments), estimates
 
 
-def _print_plan(plans: list[tuple[GenerateConfig, tuple[int, int]]], weights: WeightPlan) -> None:
+def _fit(
+    jobs: list[GenerateConfig], sizes: list[tuple[int, int]], arguments: dict[str, object]
+) -> tuple[list[GenerateConfig], dict[str, object], dict[VideoShape, MemoryEstimate]]:
+    """``--fit_memory``: the videos and ``load_pipeline``'s ``arguments`` with the placement it
+    chooses (``wan_runtime.pipelines.memory_fit``), told in a line, and each video's estimate
+    under it, by shape; without the flag, the same videos and arguments and no estimate."""
+    request = jobs[0].fit_memory
+    if request is None:
+        return jobs, arguments, {}
+    from wan_runtime.pipelines.memory_fit import fit_memory
+
+    # The placement flags the command line left out are the fit's to choose.
+    options = {name: value for name, value in arguments.items()
+               if name not in PLACEMENT_FLAGS or name in request.given}
+    videos = [_video_shape(job, size) for job, size in zip(jobs, sizes, strict=True)]
+    fit = fit_memory(videos=videos, budget_gib=request.budget_gib, **options)
+    if jobs[0].launch.main:
+        print(f"fit_memory: {fit.describe()}", flush=True)
+    placement = fit.options
+    return [dataclasses.replace(job, **placement) for job in jobs], {**arguments, **placement}, fit.estimates
+
+
+def _print_plan(
+    plans: list[tuple[GenerateConfig, tuple[int, int]]], weights: WeightPlan,
+    estimates: dict[VideoShape, MemoryEstimate],
+) -> None:
     """What a run of this command line would make (each video with its width and height) and
-    with what, as ``_write`` prints it, and what its weights take of the device's memory."""
+    with what, as ``_write`` prints it, and what its weights take of the device's memory (each
+    video's peak worked out once per shape, unless in ``estimates``)."""
     from wan_runtime.pipelines.inputs import check_guide_scale
 
     if not plans:
         print("dry run: every argument and file is in order (nothing was loaded or generated)")
         return
-    estimates: dict[VideoShape, MemoryEstimate] = {}
     videos = "" if len(plans) == 1 else f" {len(plans)} videos, loading the models once"
     print(f"dry run: every argument and file is in order (nothing was loaded or generated); a run would "
           f"make{videos}")
@@ -266,14 +295,17 @@ def _make_videos(
     video with what ``_write`` takes (None if it failed)."""
     arguments = _load_arguments(jobs[0])
     sizes = _output_sizes(jobs)
+    jobs, arguments, estimates = _fit(jobs, sizes, arguments)
     from wan_runtime.pipelines import load_pipeline
 
     start = time.perf_counter()
-    pipeline = load_pipeline(**arguments)
+    try:
+        pipeline = load_pipeline(**arguments)
+    except torch.OutOfMemoryError as err:  # the advice reads the placement --fit_memory chose
+        raise VideoOutOfMemory(str(err), jobs[0], None, None) from err
     load_s: float | None = time.perf_counter() - start
     if jobs[0].launch.main and pipeline.weight_plan is not None:
         print(f"memory: the weights take {pipeline.weight_plan.describe()}", flush=True)
-    estimates: dict[VideoShape, MemoryEstimate] = {}
     if jobs[0].compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)
     failed, last = [], None
@@ -313,20 +345,12 @@ def _peak_memory(
     """What ``job``'s video of ``size`` takes of the device's memory at its peak, at least, in words
     (``wan_runtime.pipelines.activation_memory``), worked out once per video shape (``estimates``);
     a warning when that is more than the GPU has."""
-    from wan_runtime.pipelines import VideoShape, estimate_memory
-    from wan_runtime.pipelines.activation_memory import speech_video
-    from wan_runtime.pipelines.inputs import check_guide_scale
+    from wan_runtime.pipelines import estimate_memory
 
     if job.launch.distributed:
         return "the video's peak is not worked out under torchrun (the weights and the sequence are split)"
     spec = TASKS[job.task]
-    width, height = size
-    guide = check_guide_scale(job.sample_guide_scale, spec)
-    if job.audio is None:
-        video = VideoShape(width, height, job.frame_num, job.image is not None, guide, job.vae_tiling)
-    else:
-        video = speech_video(width, height, job.infer_frames, guide, job.vae_tiling, job.audio.size,
-                             job.num_clip, job.start_from_ref, job.pose_video is not None, spec.fps)
+    video = _video_shape(job, size)
     if video not in estimates:
         try:
             estimates[video] = estimate_memory(weights, spec, video, job.compile)
@@ -341,6 +365,21 @@ def _peak_memory(
                           f"than the {capacity / 2**30:.2f} GiB the GPU has; {estimate.remedy_for(stage)}",
                           stacklevel=2)
     return f"the video takes {estimate.describe()}"
+
+
+def _video_shape(job: GenerateConfig, size: tuple[int, int]) -> VideoShape:
+    """What sizes ``job``'s video of ``size`` (width, height) in memory."""
+    from wan_runtime.pipelines import VideoShape
+    from wan_runtime.pipelines.activation_memory import speech_video
+    from wan_runtime.pipelines.inputs import check_guide_scale
+
+    spec = TASKS[job.task]
+    width, height = size
+    guide = check_guide_scale(job.sample_guide_scale, spec)
+    if job.audio is None:
+        return VideoShape(width, height, job.frame_num, job.image is not None, guide, job.vae_tiling)
+    return speech_video(width, height, job.infer_frames, guide, job.vae_tiling, job.audio.size, job.num_clip,
+                        job.start_from_ref, job.pose_video is not None, spec.fps)
 
 
 def _make_video(pipeline: Pipeline, config: GenerateConfig) -> torch.Tensor:
@@ -450,9 +489,9 @@ def _launch() -> Launch:
 
 
 class VideoOutOfMemory(torch.OutOfMemoryError):
-    """Running out of device memory while making ``video`` (whose per-video settings, a batch
-    line's, the advice reads), in the run's stage ``stage`` (``stage_name`` as its summary names
-    it; both None outside the stages)."""
+    """Running out of device memory while making ``video`` or loading the models for it (whose
+    settings, a batch line's and ``--fit_memory``'s placement, the advice reads), in the run's
+    stage ``stage`` (``stage_name`` as its summary names it; both None outside the stages)."""
 
     def __init__(self, message: str, video: GenerateConfig, stage: str | None,
                  stage_name: str | None) -> None:
@@ -463,28 +502,32 @@ class VideoOutOfMemory(torch.OutOfMemoryError):
 
 def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None,
                    stage: str | None = None) -> str:
-    """What frees device memory, of what this command line (and the video being made, if one
-    was) has not done yet; in the VAE decode (``stage`` ``vae_decode``), decoding in tiles first."""
+    """What frees device memory, of what this command line (or the video being made, if one was,
+    with ``--fit_memory``'s placement) has not done yet; in the VAE decode (``stage``
+    ``vae_decode``), decoding in tiles first; after a fit, first a smaller budget."""
     steps = []
+    if args.fit_memory is not None:
+        steps.append("a smaller --fit_memory budget in GiB (the fit's estimate fell short here)")
+    flags = args if video is None else video  # the same names
     several = _launch().distributed
-    offloading = args.offload_model if args.offload_model is not None else not several
-    if not offloading and not args.dit_fsdp:
+    offloading = flags.offload_model if flags.offload_model is not None else not several
+    if not offloading and not flags.dit_fsdp:
         steps.append("--offload_model True (models wait on the CPU while another works)")
-    if several and not args.dit_fsdp:
+    if several and not flags.dit_fsdp:
         steps.append("--dit_fsdp (each GPU holds a share of the DiT weights)")
-    if several and not (args.t5_fsdp or args.t5_cpu):
+    if several and not (flags.t5_fsdp or flags.t5_cpu):
         steps.append("--t5_fsdp (each GPU holds a share of the text encoder)")
-    if not (args.t5_cpu or args.t5_fsdp):
+    if not (flags.t5_cpu or flags.t5_fsdp):
         steps.append("--t5_cpu (the text encoder stays on the CPU)")
-    if not args.dit_fsdp:
-        more = "more " if args.stream_blocks > 0 else ""
+    if not flags.dit_fsdp:
+        more = "more " if flags.stream_blocks else ""
         steps.append(f"{more}--stream_blocks (DiT blocks wait in CPU memory until they run)")
-    if not (args.dit_fsdp or args.dit_fp8):
+    if not (flags.dit_fsdp or flags.dit_fp8):
         steps.append("--dit_fp8 (DiT weights in 8-bit floats: half the memory, not the official video)")
-    if not (args.vae_tiling if video is None else video.vae_tiling):
+    if not flags.vae_tiling:
         tiles = "--vae_tiling (the VAE decodes in tiles: half its memory, not the official video)"
         steps.insert(0 if stage == "vae_decode" else len(steps), tiles)
-    frames = "--infer_frames" if args.task == "s2v-14B" else "--frame_num"
+    frames = "--infer_frames" if flags.task == "s2v-14B" else "--frame_num"
     steps.append(f"a smaller --size or {frames}")
     return "to fit, try " + ", ".join(steps)
 

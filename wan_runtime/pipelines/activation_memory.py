@@ -28,6 +28,7 @@ worked out.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -118,9 +119,19 @@ class MemoryEstimate:
             steps.append(f"decode in smaller tiles (--vae_tiling {smaller})" if self.vae_tiling else
                          "decode in tiles (--vae_tiling, about a third of the decode's memory at 720p)")
         steps.append(f"make a smaller video or fewer frames (--size, {self.frames_flag})")
-        weights = f"for the weights, {self.weights_remedy.removeprefix('to fit, ')}"
-        steps.insert(0 if stage.weights > stage.activations else len(steps), weights)
+        if self.weights_remedy.startswith("to fit, "):  # else no option lowers the weights
+            weights = f"for the weights, {self.weights_remedy.removeprefix('to fit, ')}"
+            steps.insert(0 if stage.weights > stage.activations else len(steps), weights)
         return "to fit, " + "; or ".join(steps)
+
+    def placed(self, plan: WeightPlan) -> MemoryEstimate:
+        """The same video with the models placed as ``plan`` places them (``WeightPlan.placed``):
+        each stage's activations and the weights on the device meanwhile under ``plan``; a model
+        ``plan`` keeps off the device (the text encoder under ``t5_cpu``) works off it, and its
+        stage is left out."""
+        stages = tuple(stage._replace(weights=plan.weights_while(stage.model)) for stage in self.stages
+                       if stage.model in plan.models)
+        return dataclasses.replace(self, stages=stages, weights_remedy=plan.remedy)
 
 
 @dataclass(frozen=True)

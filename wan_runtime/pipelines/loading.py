@@ -71,19 +71,19 @@ def check_output_size(task: str, image: Image.Image | None, size: str) -> tuple[
     return _PIPELINES[spec.name].output_size(spec, image, width, height)
 
 
-def check_pipeline(task: str, ckpt_dir: str | Path, **options: Any) -> WeightPlan:
+def check_pipeline(task: str, ckpt_dir: str | Path, *, check_fits: bool = True, **options: Any) -> WeightPlan:
     """Run every check ``load_pipeline`` makes before it loads a model, with its arguments
     (``options``: its keyword arguments), and load nothing: the settings, the release folder's
     files, the T5 and VAE archives, every DiT's config and headers, the speech encoder's weights,
-    the LoRA files and their fit, and on a GPU that the weights fit in its memory. Raises what
-    ``load_pipeline`` would (``InputError``, ``CheckpointError``); returns the weights' memory
-    plan (``wan_runtime.pipelines.memory_plan``)."""
+    the LoRA files and their fit, and on a GPU that the weights fit in its memory (unless not
+    ``check_fits``). Raises what ``load_pipeline`` would (``InputError``, ``CheckpointError``);
+    returns the weights' memory plan (``wan_runtime.pipelines.memory_plan``)."""
     try:
         arguments = inspect.signature(load_pipeline).bind(task, ckpt_dir, **options)
     except TypeError as err:
         raise InputError(f"check_pipeline takes load_pipeline's arguments: {err}") from err
     arguments.apply_defaults()
-    return _checked(arguments.arguments).plan
+    return _checked(arguments.arguments, check_fits).plan
 
 
 class _Checked(NamedTuple):
@@ -99,10 +99,10 @@ class _Checked(NamedTuple):
     plan: WeightPlan
 
 
-def _checked(arguments: Mapping[str, Any]) -> _Checked:
+def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
     """``load_pipeline``'s checks of its ``arguments``, given in its parameters' order, and the
-    weights' memory plan, checked against a GPU's memory (a tenth of a second on the release
-    folders: headers and archive indexes)."""
+    weights' memory plan, checked against a GPU's memory when ``check_fits`` (a tenth of a second
+    on the release folders: headers and archive indexes)."""
     (task, ckpt_dir, device, dtype, offload_model, t5_cpu, convert_model_dtype, compile, ulysses_size,
      dit_fsdp, t5_fsdp, loras, stream_blocks, dit_fp8) = arguments.values()
     if not isinstance(ckpt_dir, (str, os.PathLike)):
@@ -147,7 +147,7 @@ def _checked(arguments: Mapping[str, Any]) -> _Checked:
     weights = plan_weights(spec, root, device, dit_class, dtype=dtype, offload_model=offload_model,
                            t5_cpu=t5_cpu, convert_model_dtype=convert_model_dtype, dit_fsdp=dit_fsdp,
                            t5_fsdp=t5_fsdp, stream_blocks=stream_blocks, dit_fp8=dit_fp8, world=world)
-    if device.type == "cuda":
+    if device.type == "cuda" and check_fits:
         weights.check_fits(torch.cuda.get_device_properties(device).total_memory)
     return _Checked(spec, device, root, dit_class, dit_loras, labels, weights)
 

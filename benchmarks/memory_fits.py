@@ -1,0 +1,70 @@
+"""What ``--fit_memory`` chooses for each task's release video on the common GPU sizes, from the
+same plan and estimate as ``benchmarks.weight_plans`` (meta-device models of the release
+architectures, bf16, one GPU): computed, not measured.
+
+    python -m benchmarks.memory_fits [--out-dir DIR]
+
+Columns: the task, the decode (whole frames, or ``--vae_tiling``'s 512-pixel tiles), the card
+(GiB as sold) and the budget ``--fit_memory`` alone would take on it (the card less about 0.5 GiB
+of CUDA context and the 1 GiB ``RESERVED``), the placement chosen (or ``no fit``), the most any
+stage needs with the margin (``need_GiB``) and that stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import print_table, save_results
+from benchmarks.weight_plans import release_plan, release_video
+from wan_runtime.checks import DEFAULT_VAE_TILE
+from wan_runtime.errors import InputError
+from wan_runtime.pipelines import estimate_memory
+from wan_runtime.pipelines.memory_fit import fit_placement, needed
+from wan_runtime.tasks import task_spec
+
+_GIB = 2**30
+# Cards by their GiB, and the budget --fit_memory alone would find on each.
+CARDS = {16: 14.5, 24: 22.5, 32: 30.5, 48: 46.5, 80: 78.5, 141: 139.5}
+
+
+def fits(task: str, tile: int) -> list[dict]:
+    """The rows of ``task``'s release video decoded whole (``tile`` 0) or in tiles."""
+    plan = release_plan(task, offload_model=False)
+    video = release_video(task, tile)
+    estimates = {video: estimate_memory(plan, task_spec(task), video)}
+    rows = []
+    for card, budget in CARDS.items():
+        row = {"task": task, "decode": f"tiles of {tile}" if tile else "whole", "card_GiB": card,
+               "budget_GiB": budget}
+        try:
+            fit = fit_placement(plan, estimates, int(budget * _GIB), {})
+        except InputError:  # the stage that needs the most under the most frugal placement
+            row["placement"] = "no fit"
+            frugal = {"offload_model": True, "t5_cpu": True, "stream_blocks": plan.most_streamed}
+            stage = fit_placement(plan, estimates, 10**15, frugal).busiest
+        else:
+            row["placement"] = ", ".join(f"{name} {value}" for name, value in fit.options.items())
+            stage = fit.busiest
+        row.update({"need_GiB": round(needed(stage) / _GIB, 2), "stage": f"{stage.stage} ({stage.model})"})
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
+    args = parser.parse_args()
+    rows = [row for task in ("i2v-A14B", "ti2v-5B", "s2v-14B") for tile in (0, DEFAULT_VAE_TILE)
+            for row in fits(task, tile)]
+    print_table(rows, ["task", "decode", "card_GiB", "budget_GiB", "placement", "need_GiB", "stage"])
+    out_dir = Path(args.out_dir) if args.out_dir else None
+    print("saved", save_results("memory_fits", torch.device("cpu"), rows, out_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""``--fit_memory [GIB]``: the placement flags left out are chosen by ``fit_memory`` before anything
+loads, told in a line, and the run (or ``--dry_run``'s plan) uses them; refused where there is no
+GPU memory to fit. The GPU is faked: the fit reads only its free memory."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.cli.test_dry_run import _plan
+from wan_runtime.generate import main
+from wan_runtime.pipelines import VideoShape, fit_memory
+from wan_runtime.pipelines.memory_fit import RESERVED, needed
+
+GIB = 2**30
+# The tiny ti2v-5B's video at its size, 5 frames, from text.
+FLAGS = ["--frame_num", "5", "--device", "cuda", "--dry_run"]
+VIDEO = VideoShape(1280, 704, 5, False, 5.0)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A GPU of 80 GiB with ``free.bytes`` of them free."""
+    free = SimpleNamespace(bytes=80 * GIB)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free.bytes, 80 * GIB))
+    properties = SimpleNamespace(total_memory=80 * GIB, name="fake GPU", major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    return free
+
+
+@pytest.mark.parametrize("budget", ["free", "least"])
+def test_the_dry_run_plans_the_placement_the_fit_chooses(ti2v_root, fake_gpu, capsys, budget):
+    frugal = fit_memory("ti2v-5B", ti2v_root, [VIDEO], budget_gib=1000, device="cuda",
+                        offload_model=True, t5_cpu=True, stream_blocks=1)
+    fake_gpu.bytes = 80 * GIB if budget == "free" else needed(frugal.busiest) + RESERVED
+    expected = fit_memory("ti2v-5B", ti2v_root, [VIDEO], device="cuda")
+    plan, out = _plan(capsys, ["--ckpt_dir", str(ti2v_root), *FLAGS, "--fit_memory"])
+    assert f"fit_memory: {expected.describe()}" in out
+    assert (plan["t5_cpu"], plan["stream_blocks"]) == (str(expected.options["t5_cpu"]),
+                                                         str(expected.options["stream_blocks"]))
+    if budget == "free":
+        assert expected.options == {"offload_model": False, "t5_cpu": False, "stream_blocks": 0}
+    else:  # the decode needs the most, with the VAE alone on the GPU: offloading suffices
+        assert expected.options == {"offload_model": True, "t5_cpu": False, "stream_blocks": 0}
+
+
+def test_a_budget_in_gib_and_the_flags_given_stand(ti2v_root, fake_gpu, capsys):
+    _, out = _plan(capsys, ["--ckpt_dir", str(ti2v_root), *FLAGS, "--fit_memory", "70", "--offload_model",
+                            "True", "--stream_blocks", "1"])
+    [line] = [line for line in out if line.startswith("fit_memory: ")]
+    assert line.startswith("fit_memory: offload_model True, t5_cpu False, stream_blocks 1: the ")
+    assert line.endswith(" of the 70.00 GiB budget")
+
+
+def test_the_run_loads_with_the_placement_and_out_of_memory_advises_a_smaller_budget(
+    ti2v_root, fake_gpu, monkeypatch, capsys
+):
+    loaded = {}
+
+    def load_pipeline(**kwargs):
+        loaded.update(kwargs)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. More")
+
+    monkeypatch.setattr("wan_runtime.pipelines.load_pipeline", load_pipeline)
+    flags = [flag for flag in FLAGS if flag != "--dry_run"]
+    assert main(["--ckpt_dir", str(ti2v_root), *flags, "--fit_memory", "70", "--t5_cpu"]) == 1
+    # The advice reads the placement the fit chose: every model stays on the GPU.
+    assert (loaded["offload_model"], loaded["t5_cpu"], loaded["stream_blocks"]) == (False, True, 0)
+    [error] = capsys.readouterr().err.splitlines()
+    assert error.startswith("error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB; to fit, "
+                            "try a smaller --fit_memory budget in GiB (the fit's estimate fell short here), "
+                            "--offload_model True (")
+
+
+def test_nothing_that_fits_is_an_input_error_before_loading(ti2v_root, fake_gpu, capsys):
+    assert main(["--ckpt_dir", str(ti2v_root), *FLAGS, "--fit_memory", "0.5"]) == 2
+    [error] = capsys.readouterr().err.splitlines()
+    assert error.startswith("error: no placement of the models fits the video in 0.50 GiB: with the least "
+                            "on the GPU, offload_model True, t5_cpu True, stream_blocks 1: the ")
+
+
+@pytest.mark.parametrize(("argv", "problem"), [
+    (["--device", "cpu", "--fit_memory"],
+     "--fit_memory places the models for a GPU's memory; on the CPU every model is in its memory"),
+    (["--device", "cuda", "--fit_memory", "-3"], "--fit_memory takes a GPU memory budget in GiB above 0 (or "
+                                                 "none: the GPU's free memory), got -3"),
+    (["--device", "cuda", "--fit_memory", "nan"], "--fit_memory takes a GPU memory budget in GiB above 0"),
+])
+def test_fit_memory_is_refused_where_there_is_nothing_to_fit(ti2v_root, fake_gpu, capsys, argv, problem):
+    assert main(["--ckpt_dir", str(ti2v_root), *argv]) == 2
+    [error] = capsys.readouterr().err.splitlines()
+    assert error.startswith(f"error: {problem}")
+
+
+def test_fit_memory_is_refused_under_torchrun(ti2v_root, fake_gpu, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    argv = ["--ckpt_dir", str(ti2v_root), "--device", "cuda", "--fit_memory", "--ulysses_size", "2"]
+    assert main(argv) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert any("--fit_memory works out one process's run; under torchrun" in line for line in errors), errors

@@ -1,0 +1,141 @@
+"""``fit_memory``: the placement (offload_model, t5_cpu, stream_blocks) chosen for a budget is the
+first in the order of speed under which every stage of every video fits, the options given are
+kept, and what cannot fit is refused with what else would lower the peak."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.pipelines.test_memory_plan import plan as cuda_plan
+from wan_runtime.errors import InputError
+from wan_runtime.pipelines import VideoShape, check_pipeline, estimate_memory, fit_memory
+from wan_runtime.pipelines.memory_fit import (
+    ACTIVATION_MARGIN,
+    RESERVED,
+    WORKSPACE,
+    fit_placement,
+    needed,
+    placements,
+)
+from wan_runtime.pipelines.memory_plan import TEXT_ENCODER
+from wan_runtime.tasks import task_spec
+
+GIB = 2**30
+I2V = VideoShape(64, 48, 5, True, (3.5, 3.5))
+I2V_TILED = VideoShape(64, 48, 5, True, (1.0, 3.5), vae_tiling=64)
+
+
+def _base(root):
+    return cuda_plan("i2v-A14B", root)
+
+
+def _estimates(plan, *videos):
+    return {video: estimate_memory(plan, task_spec("i2v-A14B"), video) for video in videos}
+
+
+def _most_needed(plan, estimates, placement) -> int:
+    placed = plan.placed(*placement)
+    return max(needed(stage) for e in estimates.values() for stage in e.placed(placed).stages)
+
+
+def test_placements_go_from_the_fastest_run_to_the_most_frugal(i2v_root):
+    plan = _base(i2v_root)
+    assert plan.most_streamed == 1
+    assert list(placements(plan, {})) == [
+        (False, False, 0), (True, False, 0), (False, False, 1), (True, False, 1),
+        (False, True, 0), (True, True, 0), (False, True, 1), (True, True, 1),
+    ]
+    given = {"offload_model": True, "stream_blocks": 1}
+    assert list(placements(plan, given)) == [(True, False, 1), (True, True, 1)]
+
+
+def test_an_estimate_placed_otherwise_is_the_estimate_of_that_placement(i2v_root):
+    plan = _base(i2v_root)
+    for video, estimate in _estimates(plan, I2V, I2V_TILED).items():
+        for placement in placements(plan, {}):
+            placed = plan.placed(*placement)
+            assert estimate.placed(placed) == estimate_memory(placed, task_spec("i2v-A14B"), video)
+    assert TEXT_ENCODER not in {stage.model for stage in estimate.placed(plan.placed(True, True, 0)).stages}
+
+
+def test_the_first_placement_that_fits_every_video_is_chosen(i2v_root):
+    plan = _base(i2v_root)
+    estimates = _estimates(plan, I2V, I2V_TILED)
+    order = list(placements(plan, {}))
+    costs = [_most_needed(plan, estimates, placement) for placement in order]
+    # Each budget from what a placement needs: the first of those it fits is the one chosen.
+    for budget in sorted(set(costs)):
+        fit = fit_placement(plan, estimates, budget, {})
+        first = next(p for p, cost in zip(order, costs, strict=True) if cost <= budget)
+        assert tuple(fit.options.values()) == first
+        assert needed(fit.busiest) <= budget and fit.budget == budget
+        assert set(fit.estimates) == {I2V, I2V_TILED}
+    assert costs[0] > min(costs)  # the tiny models still make the choice matter
+
+
+def test_a_stage_needs_its_weights_its_activations_with_a_margin_and_a_workspace():
+    from wan_runtime.pipelines import StagePeak
+
+    stage = StagePeak("denoise", "DiT", 10 * GIB, 5 * GIB)
+    assert needed(stage) == 10 * GIB + int(ACTIVATION_MARGIN * 5 * GIB) + WORKSPACE
+
+
+def test_the_options_given_are_kept(i2v_root):
+    plan = _base(i2v_root)
+    estimates = _estimates(plan, I2V)
+    fit = fit_placement(plan, estimates, 10**15, {"offload_model": True, "stream_blocks": 1})
+    assert fit.options == {"offload_model": True, "t5_cpu": False, "stream_blocks": 1}
+    described = fit.describe()
+    assert described.startswith("offload_model True, t5_cpu False, stream_blocks 1: the ")
+    assert "GiB of weights, 1.2 x " in described
+    assert "GiB of activations and 2 GiB of workspace) of the" in described
+
+
+def test_nothing_that_fits_is_refused_with_what_else_lowers_the_peak(i2v_root):
+    plan = _base(i2v_root)
+    estimates = _estimates(plan, I2V)
+    least = _most_needed(plan, estimates, (True, True, 1))
+    with pytest.raises(InputError) as error:
+        fit_placement(plan, estimates, least - 1, {})
+    message = str(error.value)
+    assert message.startswith("no placement of the models fits the video in ")
+    assert "with the least on the GPU, offload_model True, t5_cpu True, stream_blocks 1: the " in message
+    assert "make a smaller video or fewer frames (--size, --frame_num)" in message
+    assert "dit_fp8" in message and "to fit, " in message
+    fit_placement(plan, estimates, least, {})
+
+
+def _fake_gpu(monkeypatch, free: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
+
+
+def test_fit_memory_checks_the_folder_and_fits_the_free_memory_by_default(i2v_root, monkeypatch):
+    plan = _base(i2v_root)
+    estimates = _estimates(plan, I2V)
+    frugal = _most_needed(plan, estimates, (True, False, 0))
+    _fake_gpu(monkeypatch, frugal + RESERVED)
+    fit = fit_memory("i2v-A14B", i2v_root, [I2V, I2V], device="cuda", dtype=torch.bfloat16)
+    assert fit.options == {"offload_model": True, "t5_cpu": False, "stream_blocks": 0}
+    assert fit.budget == frugal and list(fit.estimates) == [I2V]
+    fixed = fit_memory("i2v-A14B", i2v_root, [I2V], budget_gib=frugal / GIB, device="cuda", stream_blocks=1)
+    assert fixed.options["stream_blocks"] == 1
+    # What the fit chose loads with the weights' check it skipped.
+    check_pipeline("i2v-A14B", i2v_root, device="cpu", **fit.options)
+
+
+@pytest.mark.parametrize(("arguments", "problem"), [
+    ({"videos": []}, "fit_memory needs the videos to fit"),
+    ({"budget_gib": 0}, "budget_gib must be a number of GiB above 0, got 0"),
+    ({"budget_gib": "24"}, "budget_gib must be a number of GiB above 0, got '24'"),
+    ({"device": "cpu"}, "fit_memory places the models for a GPU's memory; on cpu every model stays"),
+    ({"ulysses_size": 2}, "fit_memory works out one process's run"),
+    ({"dtype": torch.float16}, "dtype must be torch.bfloat16"),
+])
+def test_fit_memory_refuses_what_it_cannot_fit(i2v_root, monkeypatch, arguments, problem):
+    _fake_gpu(monkeypatch, 80 * GIB)
+    arguments = {"videos": [I2V], "device": "cuda", **arguments}
+    with pytest.raises(InputError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        fit_memory("i2v-A14B", i2v_root, **arguments)

@@ -1,0 +1,151 @@
+"""``fit_memory``: where the models wait, chosen so that each video's peak fits a GPU's memory.
+
+Three of ``load_pipeline``'s options place the weights without changing what is computed on the
+GPU: ``offload_model`` (the big models take turns on the device), ``stream_blocks`` (the DiTs'
+last blocks wait in CPU memory until they run) and ``t5_cpu`` (the text encoder runs on the CPU,
+an official option whose prompt encodings differ from the GPU's by rounding). ``fit_placement``
+tries them from the fastest run to the most frugal and takes the first under which every stage
+of every video fits the budget (``wan_runtime.pipelines.activation_memory``'s estimate):
+
+- the text encoder on the GPU before the CPU, since on the CPU the video is not quite the one a
+  GPU encoder makes;
+- then the fewest streamed blocks, since their copies cost every forward of every step;
+- then every model staying on the GPU before them taking turns, which costs seconds of copies
+  per video.
+
+Options the caller gives are kept. The lossy ones (``dit_fp8``, ``vae_tiling``) are never
+chosen: when nothing fits, the error names them with what else would lower the peak.
+
+An estimate counts tensors alone. On an H100 the bf16 VAE decodes at 720p, whole and tiled,
+allocated 0.8-3.0 GiB (1.18-1.51x) more than the tensors counted: cuDNN's workspaces, which grow
+less than the tensors do. A stage fits when its weights (counted exactly), its activations times
+``ACTIVATION_MARGIN`` and ``WORKSPACE`` come within the budget, which covers each of those
+measurements; the budget is by default the GPU's free memory less ``RESERVED`` for the
+allocator's rounding and fragments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wan_runtime.errors import InputError
+from wan_runtime.pipelines.activation_memory import MemoryEstimate, StagePeak, VideoShape, estimate_memory
+from wan_runtime.pipelines.loading import check_pipeline
+from wan_runtime.pipelines.memory_plan import _GIB, WeightPlan
+from wan_runtime.tasks import task_spec
+
+# Room beyond the tensors counted (see the module's docstring).
+ACTIVATION_MARGIN = 1.2
+WORKSPACE = 2 * _GIB
+RESERVED = _GIB
+PLACEMENT = ("offload_model", "t5_cpu", "stream_blocks")
+
+
+def needed(stage: StagePeak) -> int:
+    """The bytes ``stage`` is given room for: its weights, and its activations with the margin."""
+    return stage.weights + math.ceil(ACTIVATION_MARGIN * stage.activations) + WORKSPACE
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryFit:
+    """The placement chosen (``plan``: its options and the weights' bytes under them), the
+    ``budget`` in bytes, and each video's estimate under the placement, by its ``VideoShape``."""
+
+    plan: WeightPlan
+    estimates: dict[VideoShape, MemoryEstimate]
+    budget: int
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """``load_pipeline``'s arguments of the placement."""
+        return {name: getattr(self.plan.options, name) for name in PLACEMENT}
+
+    @property
+    def busiest(self) -> StagePeak:
+        """The stage that needs the most room, of all the videos."""
+        return max((stage for estimate in self.estimates.values() for stage in estimate.stages), key=needed)
+
+    def describe(self) -> str:
+        """The placement and how close it comes to the budget, in words."""
+        chosen = ", ".join(f"{name} {value}" for name, value in self.options.items())
+        stage = self.busiest
+        return (f"{chosen}: the {stage.stage} of the {stage.model} needs the most, "
+                f"{needed(stage) / _GIB:.2f} GiB ({_room(stage)}) of the {self.budget / _GIB:.2f} GiB budget")
+
+
+def _room(stage: StagePeak) -> str:
+    activations = f"{ACTIVATION_MARGIN:g} x {stage.activations / _GIB:.2f} GiB of activations"
+    workspace = f"{WORKSPACE / _GIB:g} GiB of workspace"
+    return f"{stage.weights / _GIB:.2f} GiB of weights, {activations} and {workspace}"
+
+
+def placements(plan: WeightPlan, given: Mapping[str, Any]) -> Iterator[tuple[bool, bool, int]]:
+    """Each ``(offload_model, t5_cpu, stream_blocks)`` to try, fastest run first (the module's
+    order), the options in ``given`` kept as they are."""
+    t5 = [given["t5_cpu"]] if "t5_cpu" in given else [False, True]
+    streams = [given["stream_blocks"]] if "stream_blocks" in given else range(plan.most_streamed + 1)
+    offload = [given["offload_model"]] if "offload_model" in given else [False, True]
+    for t5_cpu in t5:
+        for stream_blocks in streams:
+            for offload_model in offload:
+                yield offload_model, t5_cpu, stream_blocks
+
+
+def fit_placement(
+    plan: WeightPlan, estimates: Mapping[VideoShape, MemoryEstimate], budget: int, given: Mapping[str, Any]
+) -> MemoryFit:
+    """The first of ``placements`` of ``plan``'s models under which every stage of every video
+    (``estimates``, made with ``plan``) ``needed`` at most ``budget`` bytes; ``InputError`` naming
+    what else would lower the peak when none does."""
+    for offload_model, t5_cpu, stream_blocks in placements(plan, given):
+        placed = plan.placed(offload_model, t5_cpu, stream_blocks)
+        fit = MemoryFit(placed, {video: e.placed(placed) for video, e in estimates.items()}, budget)
+        if needed(fit.busiest) <= budget:
+            return fit
+    stage = fit.busiest
+    estimate = next(e for e in fit.estimates.values() if stage in e.stages)
+    raise InputError(f"no placement of the models fits the video in {budget / _GIB:.2f} GiB: with the least "
+                     f"on the GPU, {fit.describe()}; {estimate.remedy_for(stage)}")
+
+
+def fit_memory(
+    task: str,
+    ckpt_dir: str | Path,
+    videos: Sequence[VideoShape],
+    budget_gib: float | None = None,
+    **options: Any,
+) -> MemoryFit:
+    """Choose ``load_pipeline``'s ``offload_model``, ``t5_cpu`` and ``stream_blocks`` (those not in
+    ``options``, its other keyword arguments, which are kept) for the fastest run on one GPU in
+    which each of ``videos`` fits ``budget_gib`` GiB (default: the GPU's free memory less
+    ``RESERVED``), as the module's docstring says; loads nothing (seconds: ``check_pipeline``'s
+    checks and each video's estimate). ``load_pipeline(task, ckpt_dir, **options, **fit.options)``
+    then loads the pipeline so placed. ``InputError`` when nothing fits, with what else would."""
+    if not videos:
+        raise InputError("fit_memory needs the videos to fit (VideoShape), got none")
+    if budget_gib is not None and not (isinstance(budget_gib, (int, float)) and budget_gib > 0):
+        raise InputError(f"budget_gib must be a number of GiB above 0, got {budget_gib!r}")
+    several = options.get("ulysses_size", 1) > 1 or options.get("dit_fsdp") or options.get("t5_fsdp")
+    if several:
+        raise InputError("fit_memory works out one process's run; ulysses_size, dit_fsdp and t5_fsdp split "
+                         "the run over several, whose shares it does not model")
+    given = {name: options[name] for name in PLACEMENT if name in options}
+    most = {"offload_model": False, "t5_cpu": False, "stream_blocks": 0}
+    plan = check_pipeline(task, ckpt_dir, check_fits=False, **{**options, **most, **given})
+    if plan.device.type != "cuda":
+        raise InputError(f"fit_memory places the models for a GPU's memory; on {plan.device} every model "
+                         "stays in its memory (pass device='cuda')")
+    if budget_gib is None:
+        budget = torch.cuda.mem_get_info(plan.device)[0] - RESERVED
+    else:
+        budget = int(budget_gib * _GIB)
+    spec = task_spec(task)
+    compiled = bool(options.get("compile", False))
+    estimates = {video: estimate_memory(plan, spec, video, compiled) for video in dict.fromkeys(videos)}
+    return fit_placement(plan, estimates, budget, given)
