@@ -87,6 +87,22 @@ def test_each_expert_keeps_its_own_state_and_the_switch_computes():
     assert report["high"]["cond"]["skipped"] == report["low"]["cond"]["skipped"] == 2
 
 
+def test_an_expert_done_for_good_frees_its_cached_tensors_at_the_switch():
+    config = CacheConfig(teacache=True, fbcache=True, fb_thresh=BIG)
+    models = {"high": FakeDiT(), "low": FakeDiT()}
+    manager = CacheManager(config, models, ["high"] * 2 + ["low"] * 2, [1000.0, 900.0, 800.0, 700.0],
+                           log=lambda line: None)
+    for step in range(2):
+        for branch in ("cond", "uncond"):
+            manager.forward(step, branch, tokens(1.0))
+    held = manager._models["high"].residual_bytes()
+    assert held > 0
+    manager.forward(2, "cond", tokens(1.0))
+    # The switch frees the high-noise expert's tensors, never read again; the telemetry keeps its peak.
+    assert manager._models["high"].residual_bytes() == 0 and manager._models["low"].residual_bytes() > 0
+    assert manager.residual_bytes()["high"] == held
+
+
 def test_shape_and_dtype_mismatch_force_compute_and_are_counted():
     wide = tokens(1.0, length=6)
     inputs = [tokens(1.0), wide, wide, tokens(1.0, length=6, dtype=torch.float16)]

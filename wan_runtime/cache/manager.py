@@ -81,6 +81,11 @@ class _Model:
     def residual_bytes(self) -> int:
         return sum(state.nbytes() for state in self.branches.values())
 
+    def release(self) -> None:
+        """Drop every cached tensor of the model's branches."""
+        for state in self.branches.values():
+            state.clear()
+
 
 class CacheManager:
     """The step cache of one sampling run.
@@ -116,6 +121,7 @@ class CacheManager:
         for i, name in enumerate(self.schedule):
             self._position.append((seen[name], i > 0 and self.schedule[i - 1] != name))
             seen[name] += 1
+        self._last_step = {name: i for i, name in enumerate(self.schedule)}
         self._decisions: dict[int, _Decision] = {}
         self._shard: SequenceShard | None = None  # the current forward's, set by ``forward``
         if notice and config.fbcache and config.teacache:
@@ -145,6 +151,8 @@ class CacheManager:
     def forward(self, step: int, branch: str, *inputs: Any) -> torch.Tensor:
         """The model output of ``branch`` at ``step`` for the model's forward ``inputs``."""
         model = self._models[self.schedule[step]]
+        if self._position[step][1]:
+            self._release_finished(step)
         state, stats = model.branch(branch)
         stages = model.stages
         tokens, cond = stages.prepare(*inputs)
@@ -181,6 +189,14 @@ class CacheManager:
         stats.record(gate, reason, saved)
         model.peak_bytes = max(model.peak_bytes, model.residual_bytes())
         return stages.finish(out, cond)
+
+    def _release_finished(self, step: int) -> None:
+        """Free the cached tensors of the models whose steps all came before ``step`` (i2v-A14B's
+        high-noise expert once the low-noise one takes over): they are never read again, and
+        would hold device memory through the other model's steps."""
+        for name, last in self._last_step.items():
+            if last < step:
+                self._models[name].release()
 
     def _decide(
         self,
@@ -348,8 +364,7 @@ class CacheManager:
             for line in summary_lines(report):
                 self.log(line)
         for model in self._models.values():
-            for state in model.branches.values():
-                state.clear()
+            model.release()
         return report
 
 
