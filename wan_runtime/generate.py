@@ -376,10 +376,12 @@ def _video_shape(job: GenerateConfig, size: tuple[int, int]) -> VideoShape:
     spec = TASKS[job.task]
     width, height = size
     guide = check_guide_scale(job.sample_guide_scale, spec)
+    cache = job.cache if job.cache.enabled else None
     if job.audio is None:
-        return VideoShape(width, height, job.frame_num, job.image is not None, guide, job.vae_tiling)
+        return VideoShape(width, height, job.frame_num, job.image is not None, guide, job.vae_tiling,
+                          cache=cache)
     return speech_video(width, height, job.infer_frames, guide, job.vae_tiling, job.audio.size, job.num_clip,
-                        job.start_from_ref, job.pose_video is not None, spec.fps)
+                        job.start_from_ref, job.pose_video is not None, spec.fps, cache=cache)
 
 
 def _make_video(pipeline: Pipeline, config: GenerateConfig) -> torch.Tensor:

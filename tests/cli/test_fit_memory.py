@@ -106,3 +106,14 @@ def test_fit_memory_is_refused_under_torchrun(ti2v_root, fake_gpu, monkeypatch, 
     assert main(argv) == 2
     errors = capsys.readouterr().err.splitlines()
     assert any("--fit_memory works out one process's run; under torchrun" in line for line in errors), errors
+
+
+def test_each_videos_shape_carries_its_step_cache(ti2v_root):
+    """So that the estimate, and the fit, count the cache's tensors."""
+    from tests.cli.test_dry_run import _job
+    from wan_runtime.cache import CacheConfig
+    from wan_runtime.generate import _video_shape
+
+    cached = _video_shape(_job("--ckpt_dir", str(ti2v_root), "--teacache"), (1280, 704))
+    assert cached.cache == CacheConfig(teacache=True)
+    assert _video_shape(_job("--ckpt_dir", str(ti2v_root)), (1280, 704)).cache is None

@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from tests.pipelines.test_memory_plan import plan as cuda_plan
+from wan_runtime.cache import CacheConfig
 from wan_runtime.models.vae_loading import codec
 from wan_runtime.pipelines import check_pipeline, load_pipeline
 from wan_runtime.pipelines.activation_memory import (
     MemoryEstimate,
     StagePeak,
+    StepCache,
     VideoShape,
     decode_work,
     encode_work,
@@ -85,10 +87,10 @@ def test_meta_attention_leaves_a_real_tensors_call_alone():
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, q, q), rtol=0, atol=0)
 
 
-def real_peak(work, *args) -> int:
+def real_peak(work, *args, **kwargs) -> int:
     """``work``'s peak count on real CPU tensors."""
     with torch.inference_mode(), LiveBytes() as counter:
-        work(*args, device=CPU)
+        work(*args, device=CPU, **kwargs)
     return counter.peak
 
 
@@ -96,11 +98,16 @@ def float32_plan(task: str, root):
     return check_pipeline(task, root, device="cpu", dtype=torch.float32)
 
 
-@pytest.mark.parametrize(("task", "per_token", "branches"), [
-    ("ti2v-5B", False, 2), ("ti2v-5B", True, 2), ("ti2v-5B", False, 1), ("i2v-A14B", False, 2),
+BOTH_CACHES = CacheConfig(teacache=True, fbcache=True, fb_downsample=2)
+
+
+@pytest.mark.parametrize(("task", "per_token", "branches", "cache"), [
+    ("ti2v-5B", False, 2, None), ("ti2v-5B", True, 2, None), ("ti2v-5B", False, 1, None),
+    ("i2v-A14B", False, 2, None), ("ti2v-5B", True, 2, BOTH_CACHES), ("i2v-A14B", False, 2, BOTH_CACHES),
+    ("ti2v-5B", False, 1, CacheConfig(teacache=True, teacache_policy="poly")),
 ])
 def test_a_steps_count_on_the_meta_device_is_that_of_real_tensors(
-    task, per_token, branches, request
+    task, per_token, branches, cache, request
 ):
     pipeline = request.getfixturevalue("ti2v_pipeline" if task == "ti2v-5B" else "i2v_pipeline")
     plan = float32_plan(task, request.getfixturevalue("ti2v_root" if task == "ti2v-5B" else "i2v_root"))
@@ -108,9 +115,15 @@ def test_a_steps_count_on_the_meta_device_is_that_of_real_tensors(
     label = "DiT" if task == "ti2v-5B" else f"DiT {name}"
     latent = (plan.meta_models[label].config.out_dim, 3, 8, 12)
     args = (latent, branches, per_token)
-    meta = peak_bytes(step_work, plan.meta_models[label], *args)
-    assert meta == real_peak(step_work, pipeline.dits[name], *args)
-    assert peak_bytes(step_work, plan.meta_models[label], *args) == meta  # the rope tables count each time
+    step_cache = None if cache is None else StepCache(cache, task_spec(task).cache_models[0])
+    meta = peak_bytes(step_work, plan.meta_models[label], *args, cache=step_cache)
+    assert meta == real_peak(step_work, pipeline.dits[name], *args, cache=step_cache)
+    # The rope tables count each time.
+    assert peak_bytes(step_work, plan.meta_models[label], *args, cache=step_cache) == meta
+    if cache is not None and branches == 2:  # the cond branch's two float32 residuals held on
+        tokens = 3 * 8 * 12 // 4
+        residuals = 2 * tokens * plan.meta_models[label].config.dim * 4
+        assert meta >= peak_bytes(step_work, plan.meta_models[label], *args) + residuals
 
 
 @pytest.mark.parametrize("vae_tiling", [0, 64])
@@ -129,14 +142,17 @@ def s2v_pipeline(s2v_root):
     return pipeline
 
 
-@pytest.mark.parametrize(("motion", "pose", "branches"), [(False, False, 2), (True, True, 1)])
+@pytest.mark.parametrize(("motion", "pose", "branches", "cache"), [
+    (False, False, 2, None), (True, True, 1, None), (True, False, 2, BOTH_CACHES),
+])
 def test_an_s2v_steps_count_on_the_meta_device_is_that_of_real_tensors(
-    motion, pose, branches, s2v_pipeline, s2v_root
+    motion, pose, branches, cache, s2v_pipeline, s2v_root
 ):
     plan = float32_plan("s2v-14B", s2v_root)
     args = ((16, 2, 8, 8), 8, branches, motion, pose, (9, 64, 64, torch.float32), (9, 3))
-    meta = peak_bytes(s2v_step_work, plan.meta_models["DiT"], *args)
-    assert meta == real_peak(s2v_step_work, s2v_pipeline.dits["dit"], *args)
+    step_cache = None if cache is None else StepCache(cache, "s2v")
+    meta = peak_bytes(s2v_step_work, plan.meta_models["DiT"], *args, cache=step_cache)
+    assert meta == real_peak(s2v_step_work, s2v_pipeline.dits["dit"], *args, cache=step_cache)
 
 
 @pytest.mark.parametrize("pose_frames", [0, 9])
@@ -364,6 +380,9 @@ RUNS = [
     ("s2v", {"image": IMAGE, "infer_frames": 16, "size": "192*128", "num_clip": 1}),
     ("s2v", {"image": IMAGE, "infer_frames": 16, "size": "192*128"}),
     ("s2v", {"image": IMAGE, "infer_frames": 16, "size": "192*128", "start_from_ref": True, "num_clip": 1}),
+    ("ti2v", {"size": "256*128", "frame_num": 9, "image": IMAGE, "cache": BOTH_CACHES}),
+    ("i2v", {"size": "128*96", "frame_num": 9, "image": IMAGE, "cache": CacheConfig(teacache=True)}),
+    ("s2v", {"image": IMAGE, "infer_frames": 16, "size": "192*128", "cache": CacheConfig(fbcache=True)}),
 ]
 
 
@@ -388,6 +407,9 @@ def test_each_stages_estimate_is_at_most_what_the_run_holds_in_it(task, argument
         assert stage.activations <= run[stage.stage] + copied.get(stage.stage, 0), stage
     denoise = max(s.activations for s in estimate.stages if s.stage == "denoise")
     assert denoise > run["denoise"] / 3  # the step's own tensors make most of the stage
+    if "cache" in arguments:
+        uncached = pipeline.estimate_memory(**{**arguments, "cache": None})
+        assert denoise > max(s.activations for s in uncached.stages if s.stage == "denoise")
 
 
 def test_a_distributed_pipeline_is_refused_an_estimate(ti2v_pipeline, monkeypatch):

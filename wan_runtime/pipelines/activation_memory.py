@@ -15,12 +15,17 @@ builds its attention mask from the tokens' values, which the meta device does no
 speech encoder's stage counts wav2vec2 on ``audio_samples`` samples (0.74 GiB for a minute),
 when the video gives them.
 
+With a step cache (``VideoShape.cache``) a DiT's step runs through the run's ``CacheManager`` at
+its first step, so each branch's cached tensors count from their capture on (TeaCache's or
+FBCache's float32 residual of the tokens: 1.4 GiB per branch at i2v-A14B's 720p); a later step
+also holds, for a moment, the residual it replaces.
+
 It is a lower bound of ``torch.cuda.max_memory_allocated``: left out are the kernels' workspaces
 (cuDNN's convolutions above all: on an H100 the bf16 VAE decode at 720p allocated 1.2-1.5x the
 tensors counted here), the tensors one stage hands the next (the prompts' encodings, the
-image's latent), the solver's past predictions (latent-sized: tens of MB at 720p), the step
-cache's residuals (``cache``: a float32 [L, C] tensor per branch and DiT, 1.4 GiB at i2v-A14B's
-720p) and what the allocator reserves beyond what it hands out. DiT blocks compiled by
+image's latent), the solver's past predictions (latent-sized: tens of MB at 720p), the residual
+a later cached step replaces while it captures the new one, and what the allocator reserves
+beyond what it hands out. DiT blocks compiled by
 ``torch.compile`` are counted eager: their fused kernels may hold less, so those stages are no
 bound. One process: under ``torchrun`` the sequence and the weights are split, and this is not
 worked out.
@@ -34,6 +39,7 @@ from typing import NamedTuple
 
 import torch
 
+from wan_runtime.cache import CacheConfig, CacheManager, S2VStages, WanStages
 from wan_runtime.checks import VAE_TILE_MULTIPLE
 from wan_runtime.models import WanModel, WanVAE
 from wan_runtime.models.audio_encoder import resample_features, speech_clip_count
@@ -44,6 +50,7 @@ from wan_runtime.pipelines.memory_plan import _GIB, AUDIO_ENCODER, TEXT_ENCODER,
 from wan_runtime.tasks import DIT, HIGH_NOISE, TaskSpec
 
 _META = torch.device("meta")
+_BRANCHES = ("cond", "uncond")  # the guidance branches, in the order a step runs them
 
 
 class StagePeak(NamedTuple):
@@ -143,7 +150,8 @@ class VideoShape:
     clip (``infer_frames``), ``clips`` their number, ``start_from_ref`` and ``pose`` as its
     ``generate`` takes them (the reference image is always there), ``audio_samples`` the speech's
     16 kHz samples (0: not known, the speech encoder's activations not counted), ``motion_frames``
-    the motion context's (pixel, latent) frames (the release's; ``S2VPipeline.motion_frames``)."""
+    the motion context's (pixel, latent) frames (the release's; ``S2VPipeline.motion_frames``);
+    ``cache`` the step cache, if one is on (its tensors kept between steps count in the DiTs')."""
 
     width: int
     height: int
@@ -156,12 +164,13 @@ class VideoShape:
     pose: bool = False
     audio_samples: int = 0
     motion_frames: tuple[int, int] = MOTION_FRAMES
+    cache: CacheConfig | None = None
 
 
 def speech_video(
     width: int, height: int, infer_frames: int, guide: float, vae_tiling: int, samples: int,
     num_clip: int | None, start_from_ref: bool, pose: bool, fps: int,
-    motion_frames: tuple[int, int] = MOTION_FRAMES,
+    motion_frames: tuple[int, int] = MOTION_FRAMES, cache: CacheConfig | None = None,
 ) -> VideoShape:
     """An s2v-14B video's ``VideoShape``: as many clips as ``samples`` of speech start (at most
     ``num_clip``), the other arguments as ``generate``'s, checked."""
@@ -169,7 +178,7 @@ def speech_video(
     clips = clips if num_clip is None else min(clips, num_clip)
     return VideoShape(width, height, infer_frames, image=True, guide=guide, vae_tiling=vae_tiling,
                       clips=clips, start_from_ref=start_from_ref, pose=pose, audio_samples=samples,
-                      motion_frames=motion_frames)
+                      motion_frames=motion_frames, cache=cache)
 
 
 def estimate_memory(
@@ -196,7 +205,9 @@ def estimate_memory(
     if TEXT_ENCODER in plan.models:
         stages.append(("text_encode", TEXT_ENCODER, 0))
     run = _s2v_activations if spec.audio_dir is not None else _activations
-    stages += run(vae, dits, latent_shape, video)
+    caches = {name: None if video.cache is None else StepCache(video.cache, cache_name)
+              for name, cache_name in zip(names, spec.cache_models, strict=True)}
+    stages += run(vae, dits, latent_shape, video, caches)
     peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_, not (compiled and stage == "denoise"))
              for stage, model, bytes_ in stages]
     frames_flag = "--frame_num" if spec.audio_dir is None else "--infer_frames"
@@ -204,9 +215,11 @@ def estimate_memory(
 
 
 def _activations(
-    vae: WanVAE, dits: dict[str, WanModel], latent_shape: tuple[int, ...], video: VideoShape
+    vae: WanVAE, dits: dict[str, WanModel], latent_shape: tuple[int, ...], video: VideoShape,
+    caches: dict[str, StepCache | None],
 ) -> list[tuple[str, str, int]]:
-    """i2v-A14B's and ti2v-5B's stages after the text: (stage, model, activations)."""
+    """i2v-A14B's and ti2v-5B's stages after the text: (stage, model, activations), each DiT's
+    with its step cache (``caches``, by DiT name)."""
     config = next(iter(dits.values())).config
     names = list(dits)
     stages = []
@@ -216,20 +229,21 @@ def _activations(
     for name, dit in dits.items():
         branches = 1 if _scale(video.guide, name) == 1 else 2
         per_token = video.image and config.in_dim == config.out_dim
-        step = peak_bytes(step_work, dit, latent_shape, branches, per_token)
+        step = peak_bytes(step_work, dit, latent_shape, branches, per_token, cache=caches[name])
         stages.append(("denoise", dit_label(name, names), step))
     stages.append(("vae_decode", VAE, peak_bytes(decode_work, vae, latent_shape, video.vae_tiling)))
     return stages
 
 
 def _s2v_activations(
-    vae: WanVAE, dits: dict[str, WanModelS2V], latent_shape: tuple[int, ...], video: VideoShape
+    vae: WanVAE, dits: dict[str, WanModelS2V], latent_shape: tuple[int, ...], video: VideoShape,
+    caches: dict[str, StepCache | None],
 ) -> list[tuple[str, str, int]]:
     """s2v-14B's stages after the text: the encodes of the reference image, the motion context and
     the pose video, a clip's DiT forwards and decode. A clip after the first (or the first with
     ``start_from_ref``) carries the motion: its tokens in the DiT, its latent frames before the
     clip's in the decode; the estimate takes that clip when there is one."""
-    (dit,) = dits.values()
+    ((name, dit),) = dits.items()
     motion = video.clips > 1 or video.start_from_ref
     pose_frames = video.frame_num + 1 if video.pose else 0
     dtype = dit.patch_embedding.weight.dtype
@@ -240,7 +254,7 @@ def _s2v_activations(
     encode = peak_bytes(s2v_encode_work, vae, pose_frames, first)
     branches = 1 if video.guide <= 1 else 2
     step = peak_bytes(s2v_step_work, dit, latent_shape, video.frame_num, branches, motion, video.pose,
-                      context, video.motion_frames)
+                      context, video.motion_frames, cache=caches[name])
     behind = video.motion_frames[1] if motion else 1
     decoded = (latent_shape[0], behind + latent_shape[1], *latent_shape[2:])
     decode = peak_bytes(s2v_decode_work, vae, decoded, video.vae_tiling, context)
@@ -268,12 +282,36 @@ def _text(dit: WanModel, branches: int, device: torch.device) -> list[torch.Tens
     return [torch.zeros(1, 1, dit.config.text_dim, dtype=dtype, device=device) for _ in range(branches)]
 
 
+class StepCache(NamedTuple):
+    """A step cache's settings and the name it knows the DiT by (``TaskSpec.cache_models``)."""
+
+    config: CacheConfig
+    name: str
+
+
+def _forwards(dit: WanModel, inputs: list[tuple], cache: StepCache | None) -> None:
+    """The DiT's forward of each guidance branch's ``inputs`` (cond, then uncond), each branch's
+    prediction kept until the step's last; with a step ``cache``, through the run's
+    ``CacheManager`` at its first step (a computed one), so that each branch's cached tensors count
+    from their capture on."""
+    if cache is None:
+        flows = [dit(*args) for args in inputs]
+    else:
+        stages = S2VStages(dit) if isinstance(dit, WanModelS2V) else WanStages(dit)
+        manager = CacheManager(cache.config, {cache.name: stages}, [cache.name], [999.0],
+                               log=lambda line: None, notice=False)
+        flows = [manager.forward(0, branch, *args) for branch, args in zip(_BRANCHES, inputs, strict=False)]
+    del flows
+
+
 def step_work(
-    dit: WanModel, latent_shape: tuple[int, ...], branches: int, per_token: bool, device: torch.device = _META
+    dit: WanModel, latent_shape: tuple[int, ...], branches: int, per_token: bool,
+    device: torch.device = _META, cache: StepCache | None = None,
 ) -> None:
     """A sampling step's DiT forwards, one per guidance branch, on inputs made on ``device``: the
     i2v conditioning ``y`` beside the latent when the DiT takes more channels than it predicts,
-    one timestep per token (ti2v-5B's fixed first frame at 0) with ``per_token``."""
+    one timestep per token (ti2v-5B's fixed first frame at 0) with ``per_token``; with the step
+    ``cache``'s tensors (``_forwards``)."""
     config = dit.config
     x = torch.zeros(1, *latent_shape, device=device)
     extra = config.in_dim - config.out_dim
@@ -286,8 +324,7 @@ def step_work(
     contexts = _text(dit, branches, device)
     # The first step makes the rope tables the model then keeps: they count, as in a run.
     dit.forget_rope_tables()
-    flows = [dit(x, t, context, y) for context in contexts]
-    del flows
+    _forwards(dit, [(x, t, context, y) for context in contexts], cache)
 
 
 def speech_work(model: torch.nn.Module, samples: int, device: torch.device = _META) -> None:
@@ -320,11 +357,13 @@ def _context_frames(context: tuple[int, int, int, torch.dtype], device: torch.de
 def s2v_step_work(
     dit: WanModelS2V, latent_shape: tuple[int, ...], columns: int, branches: int, motion: bool, pose: bool,
     context: tuple[int, int, int, torch.dtype], motion_frames: tuple[int, int], device: torch.device = _META,
+    cache: StepCache | None = None,
 ) -> None:
     """A sampling step of an s2v-14B clip, made on ``device``: the latent, the reference and motion
     latents (``motion_frames[1]``; the motion's tokens with ``motion``), the clip's ``columns``
     audio columns (one per video frame; silence for the unconditional branch), the pose latents
-    with ``pose``, beside the motion context's frames (``context``)."""
+    with ``pose``, beside the motion context's frames (``context``); with the step ``cache``'s
+    tensors (``_forwards``)."""
     config = dit.config
     channels, frames, height, width = latent_shape
     dtype = dit.patch_embedding.weight.dtype
@@ -338,9 +377,9 @@ def s2v_step_work(
     poses = torch.zeros(1, config.cond_dim, frames, height, width, device=device) if pose else None
     contexts = _text(dit, branches, device)
     dit.forget_rope_tables()
-    flows = [dit(x, t, text, reference, motion_latents, sound, poses, motion_frames, not motion)
-             for text, sound in zip(contexts, audio, strict=True)]
-    del flows, held
+    _forwards(dit, [(x, t, text, reference, motion_latents, sound, poses, motion_frames, not motion)
+                    for text, sound in zip(contexts, audio, strict=True)], cache)
+    del held
 
 
 def s2v_decode_work(

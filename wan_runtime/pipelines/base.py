@@ -243,6 +243,7 @@ class Pipeline:
         frame_num: int | None = None,
         guide_scale: float | tuple[float, float] | None = None,
         vae_tiling: bool | int = False,
+        cache: CacheConfig | None = None,
     ) -> MemoryEstimate:
         """The device memory ``generate`` with these arguments would take at its peak, at least,
         stage by stage (``wan_runtime.pipelines.activation_memory``): worked out on the meta
@@ -253,7 +254,7 @@ class Pipeline:
         plan = self._plan(None if image is None else load_image(image), width, height, frame_num)
         guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
         video = VideoShape(plan.width, plan.height, frame_num, plan.image is not None, guide,
-                           check_vae_tiling(vae_tiling, "vae_tiling"))
+                           check_vae_tiling(vae_tiling, "vae_tiling"), cache=self._step_cache(cache))
         return self._estimate(video)
 
     def _estimate(self, video: VideoShape) -> MemoryEstimate:
@@ -288,12 +289,18 @@ class Pipeline:
         shift = spec.shift if shift is None else shift
         make_solver(sample_solver, steps, shift)  # refuses a bad solver, step count or shift now
         guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
-        if cache is not None and not isinstance(cache, CacheConfig):
-            raise InputError(f"cache must be a wan_runtime.cache.CacheConfig or None, got {cache!r}")
-        if cache is not None:
-            cache.check_models(self.spec.cache_models)
+        self._step_cache(cache)
         return Settings(prompt, n_prompt, width, height, int(steps), float(shift), sample_solver, guide,
                         check_vae_tiling(vae_tiling, "vae_tiling"))
+
+    def _step_cache(self, cache: object) -> CacheConfig | None:
+        """``cache`` checked (``InputError``): the step cache if one is on, else None."""
+        if cache is not None and not isinstance(cache, CacheConfig):
+            raise InputError(f"cache must be a wan_runtime.cache.CacheConfig or None, got {cache!r}")
+        if cache is None or not cache.enabled:
+            return None
+        cache.check_models(self.spec.cache_models)
+        return cache
 
     def cache_report(self) -> dict[str, dict]:
         """The step cache's telemetry of the latest ``generate``, by model name (``high``,

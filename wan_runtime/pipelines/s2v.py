@@ -211,6 +211,7 @@ class S2VPipeline(Pipeline):
         size: str | None = None,
         guide_scale: float | None = None,
         vae_tiling: bool | int = False,
+        cache: CacheConfig | None = None,
     ) -> MemoryEstimate:
         """The device memory ``generate`` with these arguments would take at its peak, at least,
         stage by stage (``wan_runtime.pipelines.activation_memory``), of a clip with the motion's
@@ -224,7 +225,7 @@ class S2VPipeline(Pipeline):
         guide = check_guide_scale(spec.guide_scale if guide_scale is None else guide_scale, spec)
         video = speech_video(width, height, infer_frames, guide, check_vae_tiling(vae_tiling, "vae_tiling"),
                              waveform.size, num_clip, start_from_ref, pose_video is not None, self.fps,
-                             self.motion_frames)
+                             self.motion_frames, self._step_cache(cache))
         return self._estimate(video)
 
     @staticmethod
