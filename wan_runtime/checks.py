@@ -20,6 +20,8 @@ MAX_INFER_FRAMES = 4096
 # (a quarter of the tile overlaps its neighbours, in whole latent pixels of either VAE).
 DEFAULT_VAE_TILE = 512
 VAE_TILE_MULTIPLE = 64
+# load_pipeline's options that place the models without changing the GPU's numbers (fit_memory's).
+PLACEMENT_FLAGS = ("offload_model", "t5_cpu", "stream_blocks")
 
 
 def is_int(value: object) -> bool:

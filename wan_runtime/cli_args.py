@@ -32,6 +32,7 @@ from wan_runtime.checks import (
     DEFAULT_VAE_TILE,
     MAX_INFER_FRAMES,
     MAX_SEED,
+    PLACEMENT_FLAGS,
     VAE_TILE_MULTIPLE,
     check_clip_seeds,
     check_dit_fp8,
@@ -58,8 +59,7 @@ DEFAULT_TASK = "ti2v-5B"
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_DTYPE = "bfloat16"
 DEFAULT_SOLVER = "unipc"
-# The flags that place the models; --fit_memory chooses those the command line leaves out.
-PLACEMENT_FLAGS = ("offload_model", "t5_cpu", "stream_blocks")
+
 # The command-line flags of Pipeline.generate's sampling arguments.
 _SAMPLING_FLAGS = {"sample_solver": "sample_solver", "sampling_steps": "sample_steps",
                    "shift": "sample_shift", "guide_scale": "sample_guide_scale"}
@@ -287,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload_model", type=str2bool, default=None,
                    help="move each model to the CPU after use to save GPU memory (default True; False "
                         "under torchrun)")
-    p.add_argument("--t5_cpu", action="store_true", help="keep the T5 text encoder on the CPU")
+    p.add_argument("--t5_cpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the T5 text encoder on the CPU (default off; --no-t5_cpu keeps it off under "
+                        "--fit_memory)")
     p.add_argument("--stream_blocks", type=int, default=None, metavar="N",
                    help="keep the last N blocks of each DiT in CPU memory, each copied to the GPU just "
                         "before it runs: N x ~0.7 GB less GPU memory for a 14B DiT in bf16, the same video "
@@ -543,7 +545,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
         device = _process_device(own, device, launch)
     if spec is not None:
         parallel = parallel_problems(spec, launch.world, args.ulysses_size, args.dit_fsdp, args.t5_fsdp,
-                                     offload_model, args.t5_cpu, flag="--")
+                                     offload_model, bool(args.t5_cpu), flag="--")
         problems += parallel
         if checkpoint_ok and not parallel and args.ulysses_size > 1:
             _check(problems, lambda: check_heads(spec, ckpt_dir, args.ulysses_size))
@@ -603,7 +605,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
         device=device,
         dtype=DTYPES[dtype_name],
         offload_model=offload_model,
-        t5_cpu=args.t5_cpu,
+        t5_cpu=bool(args.t5_cpu),
         convert_model_dtype=args.convert_model_dtype,
         compile=args.compile,
         debug=args.debug,
@@ -640,8 +642,7 @@ def _fit_memory(
     if launch.distributed:
         problems.append("--fit_memory works out one process's run; under torchrun the processes share the "
                         "weights and the sequence, which it does not model (leave it out)")
-    given = {"offload_model": args.offload_model is not None, "t5_cpu": args.t5_cpu,
-             "stream_blocks": args.stream_blocks is not None}
+    given = {name: getattr(args, name) is not None for name in PLACEMENT_FLAGS}
     return FitMemory(budget, tuple(name for name in PLACEMENT_FLAGS if given[name]))
 
 

@@ -23,7 +23,8 @@ import torch
 
 from wan_runtime import demo
 from wan_runtime.batch_file import line_numbers, resolve_jobs
-from wan_runtime.cli_args import PLACEMENT_FLAGS, GenerateConfig, InvalidArguments, build_parser
+from wan_runtime.checks import PLACEMENT_FLAGS
+from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser
 from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, NumericalError
 from wan_runtime.tasks import TASKS
@@ -92,7 +93,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
         what = ". ".join(_one_line(str(err)).split(". ")[:2])
         stage = getattr(err, "stage_name", None)
         where = "" if stage is None else f" in the {stage} stage"
-        remedy = _memory_remedy(args, getattr(err, "video", None), getattr(err, "stage", None))
+        remedy = _memory_remedy(args, getattr(err, "video", None), getattr(err, "stage", None),
+                                getattr(err, "most_streamed", None))
         _error(f"out of memory{where}: {what}; {remedy}")
         return 1
     except Exception as err:
@@ -154,7 +156,7 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
         exists = _existing(jobs) if args.skip_existing else [False] * len(jobs)
         todo = [job for job, skipped in zip(jobs, exists, strict=True) if not skipped]
         if dry_run:  # every check, the skipped videos' too
-            sizes, jobs, weights, estimates = _check_run(jobs)
+            sizes, jobs, weights, estimates = _check_run(jobs, exists)
         elif todo:
             failed, last = _make_videos(todo, args)
     except BaseException:
@@ -215,39 +217,47 @@ def _output_sizes(jobs: list[GenerateConfig]) -> list[tuple[int, int]]:
 
 
 def _check_run(
-    jobs: list[GenerateConfig],
+    jobs: list[GenerateConfig], skipped: list[bool],
 ) -> tuple[list[tuple[int, int]], list[GenerateConfig], WeightPlan, dict[VideoShape, MemoryEstimate]]:
-    """``--dry_run``: every check a run makes before it loads a model; each video's width and
-    height, the videos with ``--fit_memory``'s placement, the weights' memory plan and the videos'
-    estimates the fit made (``_fit``)."""
+    """``--dry_run``: every check a run makes before it loads a model (the ``skipped`` videos'
+    too); each video's width and height, the videos with ``--fit_memory``'s placement for those
+    a run would make, the weights' memory plan and the videos' estimates the fit made (``_fit``)."""
     arguments = _load_arguments(jobs[0])
     sizes = _output_sizes(jobs)
-    jobs, arguments, estimates = _fit(jobs, sizes, arguments)
+    made = [(job, size) for job, size, skip in zip(jobs, sizes, skipped, strict=True) if not skip]
+    placement, estimates = _fit(made, arguments)
+    jobs = [dataclasses.replace(job, **placement) for job in jobs]
+    arguments = {**arguments, **placement}
     from wan_runtime.pipelines import check_pipeline
 
     return sizes, jobs, check_pipeline(**arguments), estimates
 
 
 def _fit(
-    jobs: list[GenerateConfig], sizes: list[tuple[int, int]], arguments: dict[str, object]
-) -> tuple[list[GenerateConfig], dict[str, object], dict[VideoShape, MemoryEstimate]]:
-    """``--fit_memory``: the videos and ``load_pipeline``'s ``arguments`` with the placement it
-    chooses (``wan_runtime.pipelines.memory_fit``), told in a line, and each video's estimate
-    under it, by shape; without the flag, the same videos and arguments and no estimate."""
-    request = jobs[0].fit_memory
+    videos: list[tuple[GenerateConfig, tuple[int, int]]], arguments: dict[str, object]
+) -> tuple[dict[str, object], dict[VideoShape, MemoryEstimate]]:
+    """``--fit_memory``: the placement it chooses for ``videos`` (each with its width and height)
+    under ``load_pipeline``'s ``arguments`` (``wan_runtime.pipelines.memory_fit``), told in a line,
+    and each video's estimate under it, by shape; without the flag (or a video), none."""
+    request = None if not videos else videos[0][0].fit_memory
     if request is None:
-        return jobs, arguments, {}
-    from wan_runtime.pipelines.memory_fit import fit_memory
+        return {}, {}
+    from wan_runtime.pipelines.memory_fit import NoFit, fit_memory
 
     # The placement flags the command line left out are the fit's to choose.
     options = {name: value for name, value in arguments.items()
                if name not in PLACEMENT_FLAGS or name in request.given}
-    videos = [_video_shape(job, size) for job, size in zip(jobs, sizes, strict=True)]
-    fit = fit_memory(videos=videos, budget_gib=request.budget_gib, **options)
-    if jobs[0].launch.main:
+    shapes = [_video_shape(job, size) for job, size in videos]
+    try:
+        fit = fit_memory(videos=shapes, budget_gib=request.budget_gib, **options)
+    except NoFit as err:
+        lines = [job.batch_line for (job, _), shape in zip(videos, shapes, strict=True) if shape == err.video]
+        if lines[0] is None:
+            raise
+        raise InputError(f"--batch {line_numbers(lines)}: {err}") from err
+    if videos[0][0].launch.main:
         print(f"fit_memory: {fit.describe()}", flush=True)
-    placement = fit.options
-    return [dataclasses.replace(job, **placement) for job in jobs], {**arguments, **placement}, fit.estimates
+    return fit.options, fit.estimates
 
 
 def _print_plan(
@@ -295,14 +305,16 @@ def _make_videos(
     video with what ``_write`` takes (None if it failed)."""
     arguments = _load_arguments(jobs[0])
     sizes = _output_sizes(jobs)
-    jobs, arguments, estimates = _fit(jobs, sizes, arguments)
+    placement, estimates = _fit(list(zip(jobs, sizes, strict=True)), arguments)
+    jobs = [dataclasses.replace(job, **placement) for job in jobs]
+    arguments = {**arguments, **placement}
     from wan_runtime.pipelines import load_pipeline
 
     start = time.perf_counter()
     try:
         pipeline = load_pipeline(**arguments)
     except torch.OutOfMemoryError as err:  # the advice reads the placement --fit_memory chose
-        raise VideoOutOfMemory(str(err), jobs[0], None, None) from err
+        raise VideoOutOfMemory(str(err), jobs[0], LOADING, "model loading") from err
     load_s: float | None = time.perf_counter() - start
     if jobs[0].launch.main and pipeline.weight_plan is not None:
         print(f"memory: the weights take {pipeline.weight_plan.describe()}", flush=True)
@@ -321,8 +333,9 @@ def _make_videos(
             if job.batch_line is not None and job.launch.main:
                 _error(f"--batch line {job.batch_line} ran out of GPU memory: the batch stops there (run it "
                        "again with --skip_existing not to make the videos written so far again)")
+            most = None if pipeline.weight_plan is None else pipeline.weight_plan.most_streamed
             raise VideoOutOfMemory(str(err), job, getattr(err, "stage", None),
-                                   getattr(err, "stage_name", None)) from err
+                                   getattr(err, "stage_name", None), most) from err
         except (InputError, CheckpointError, NumericalError) as err:
             if job.batch_line is None or job.launch.distributed or args.debug:
                 raise
@@ -490,23 +503,30 @@ def _launch() -> Launch:
         return Launch()
 
 
+LOADING = "load"  # VideoOutOfMemory's stage while the models load
+
+
 class VideoOutOfMemory(torch.OutOfMemoryError):
     """Running out of device memory while making ``video`` or loading the models for it (whose
     settings, a batch line's and ``--fit_memory``'s placement, the advice reads), in the run's
-    stage ``stage`` (``stage_name`` as its summary names it; both None outside the stages)."""
+    stage ``stage`` (``LOADING`` while loading; ``stage_name`` as its summary names it; both None
+    outside the stages); ``most_streamed``: the most blocks ``--stream_blocks`` can stream (None:
+    not known)."""
 
     def __init__(self, message: str, video: GenerateConfig, stage: str | None,
-                 stage_name: str | None) -> None:
+                 stage_name: str | None, most_streamed: int | None = None) -> None:
         super().__init__(message)
         self.video = video
         self.stage, self.stage_name = stage, stage_name
+        self.most_streamed = most_streamed
 
 
 def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None,
-                   stage: str | None = None) -> str:
+                   stage: str | None = None, most_streamed: int | None = None) -> str:
     """What frees device memory, of what this command line (or the video being made, if one was,
-    with ``--fit_memory``'s placement) has not done yet; in the VAE decode (``stage``
-    ``vae_decode``), decoding in tiles first; after a fit, first a smaller budget."""
+    with ``--fit_memory``'s placement) has not done yet (no more streaming than ``most_streamed``
+    blocks); in the VAE decode (``stage`` ``vae_decode``), decoding in tiles first; while
+    ``LOADING``, only what lowers the weights; after a fit, first a smaller budget."""
     steps = []
     if args.fit_memory is not None:
         steps.append("a smaller --fit_memory budget in GiB (the fit's estimate fell short here)")
@@ -521,11 +541,14 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
         steps.append("--t5_fsdp (each GPU holds a share of the text encoder)")
     if not (flags.t5_cpu or flags.t5_fsdp):
         steps.append("--t5_cpu (the text encoder stays on the CPU)")
-    if not flags.dit_fsdp:
-        more = "more " if flags.stream_blocks else ""
+    streamed = flags.stream_blocks or 0
+    if not flags.dit_fsdp and (most_streamed is None or streamed < most_streamed):
+        more = "more " if streamed else ""
         steps.append(f"{more}--stream_blocks (DiT blocks wait in CPU memory until they run)")
     if not (flags.dit_fsdp or flags.dit_fp8):
         steps.append("--dit_fp8 (DiT weights in 8-bit floats: half the memory, not the official video)")
+    if stage == LOADING:  # the video's size does not matter yet
+        return "to fit, try " + ", ".join(steps)
     if not flags.vae_tiling:
         tiles = "--vae_tiling (the VAE decodes in tiles: half its memory, not the official video)"
         steps.insert(0 if stage == "vae_decode" else len(steps), tiles)

@@ -319,15 +319,36 @@ OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capaci
 ], ids=["defaults", "no-offload", "streaming", "fp8", "tiled"])
 def test_out_of_memory_is_one_line_naming_what_frees_memory(roots, monkeypatch, capsys, flags, advised,
                                                             not_advised):
-    def load_pipeline(*args, **kwargs):
+    def generate(*args, **kwargs):
         raise torch.OutOfMemoryError(OOM)
 
-    _stub_loading(monkeypatch, load_pipeline)
+    _stub_loading(monkeypatch, lambda **kwargs: SimpleNamespace(weight_plan=None, generate=generate))
     assert main(["--ckpt_dir", str(roots["ti2v-5B"]), *flags]) == 1
     # On a CPU-only machine --stream_blocks also warns that it changes nothing there.
     [line] = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
     assert line.startswith("error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB; to fit")
     assert all(advice in line for advice in advised) and not any(flag in line for flag in not_advised)
+
+
+def test_out_of_memory_while_loading_advises_on_the_weights_alone(roots, monkeypatch, capsys):
+    def load_pipeline(**kwargs):
+        raise torch.OutOfMemoryError(OOM)
+
+    _stub_loading(monkeypatch, load_pipeline)
+    assert main(["--ckpt_dir", str(roots["ti2v-5B"])]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: out of memory in the model loading stage: CUDA out of memory. Tried to "
+                           "allocate 2.00 GiB; to fit, try --t5_cpu (")
+    assert "--dit_fp8" in line and "--vae_tiling" not in line and "--size" not in line
+
+
+def test_out_of_memory_advice_streams_no_more_than_every_block_but_the_first(roots):
+    from wan_runtime.generate import _memory_remedy
+
+    argv = ["--ckpt_dir", str(roots["ti2v-5B"]), "--stream_blocks", "29"]
+    args, config = build_parser().parse_args(argv), _resolve(*argv)
+    assert "more --stream_blocks" in _memory_remedy(args, config, "denoise", most_streamed=None)
+    assert "--stream_blocks" not in _memory_remedy(args, config, "denoise", most_streamed=29)
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compile", "eager"])

@@ -34,7 +34,7 @@ def fake_gpu(monkeypatch):
 
 @pytest.mark.parametrize("budget", ["free", "least"])
 def test_the_dry_run_plans_the_placement_the_fit_chooses(ti2v_root, fake_gpu, capsys, budget):
-    frugal = fit_memory("ti2v-5B", ti2v_root, [VIDEO], budget_gib=1000, device="cuda",
+    frugal = fit_memory("ti2v-5B", ti2v_root, [VIDEO], budget_gib=70, device="cuda",
                         offload_model=True, t5_cpu=True, stream_blocks=1)
     fake_gpu.bytes = 80 * GIB if budget == "free" else needed(frugal.busiest) + RESERVED
     expected = fit_memory("ti2v-5B", ti2v_root, [VIDEO], device="cuda")
@@ -71,9 +71,9 @@ def test_the_run_loads_with_the_placement_and_out_of_memory_advises_a_smaller_bu
     # The advice reads the placement the fit chose: every model stays on the GPU.
     assert (loaded["offload_model"], loaded["t5_cpu"], loaded["stream_blocks"]) == (False, True, 0)
     [error] = capsys.readouterr().err.splitlines()
-    assert error.startswith("error: out of memory: CUDA out of memory. Tried to allocate 2.00 GiB; to fit, "
-                            "try a smaller --fit_memory budget in GiB (the fit's estimate fell short here), "
-                            "--offload_model True (")
+    assert error.startswith("error: out of memory in the model loading stage: CUDA out of memory. Tried to "
+                            "allocate 2.00 GiB; to fit, try a smaller --fit_memory budget in GiB (the fit's "
+                            "estimate fell short here), --offload_model True (")
 
 
 def test_nothing_that_fits_is_an_input_error_before_loading(ti2v_root, fake_gpu, capsys):
@@ -117,3 +117,36 @@ def test_each_videos_shape_carries_its_step_cache(ti2v_root):
     cached = _video_shape(_job("--ckpt_dir", str(ti2v_root), "--teacache"), (1280, 704))
     assert cached.cache == CacheConfig(teacache=True)
     assert _video_shape(_job("--ckpt_dir", str(ti2v_root)), (1280, 704)).cache is None
+
+
+def _batch(tmp_path, *lines: dict):
+    import json
+
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_a_batch_line_that_cannot_fit_is_named(ti2v_root, fake_gpu, tmp_path, capsys):
+    small = fit_memory("ti2v-5B", ti2v_root, [VIDEO], budget_gib=70, device="cuda")
+    budget = needed(small.busiest) / GIB
+    batch = _batch(tmp_path, {"prompt": "a fox"}, {"prompt": "a long fox", "frame_num": 121},
+                   {"prompt": "a cat"})
+    argv = ["--ckpt_dir", str(ti2v_root), *FLAGS, "--fit_memory", f"{budget}", "--batch", str(batch)]
+    assert main(argv) == 2
+    [error] = capsys.readouterr().err.splitlines()
+    assert error.startswith("error: --batch line 2: no placement of the models fits the video in ")
+
+
+def test_the_dry_run_fits_only_the_videos_the_run_would_make(ti2v_root, fake_gpu, tmp_path, capsys):
+    small = fit_memory("ti2v-5B", ti2v_root, [VIDEO], budget_gib=70, device="cuda")
+    budget = needed(small.busiest) / GIB
+    made = tmp_path / "long.mp4"
+    made.write_bytes(b"made before")
+    batch = _batch(tmp_path, {"prompt": "a fox"}, {"prompt": "a long fox", "frame_num": 121,
+                                                   "save_file": str(made)})
+    argv = ["--ckpt_dir", str(ti2v_root), *FLAGS, "--fit_memory", f"{budget}", "--batch", str(batch),
+            "--skip_existing"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{made} exists; skipped (--skip_existing)" in out and "fit_memory: " in out

@@ -438,3 +438,26 @@ def test_a_video_is_made_again_from_its_settings(in_folder, image, lora, speech,
     settings = {name: read_settings(in_folder / f"{name}.mp4") for name in ("a", "again", "b")}
     assert settings["a"] == settings["again"]
     assert settings["b"][FLAGS_KEY] == {**settings["a"][FLAGS_KEY], "base_seed": 5}
+
+
+def test_fit_memory_keeps_the_text_encoder_where_the_video_had_it(tmp_path, monkeypatch):
+    """So that the placement it chooses makes the video again in its last bits."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    properties = SimpleNamespace(total_memory=80 * 2**30, name="fake GPU", major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    flags = _recording(tmp_path / "a.mp4", *FAST, "--device", "cuda")
+    config = resolve(build_parser().parse_args([*FAST, "--device", "cuda", "--t5_cpu"]))
+    _video(tmp_path / "b.mp4", {"software": SOFTWARE, FLAGS_KEY: flags, **run_setup(config)})
+    video = str(tmp_path / "b.mp4")
+    [fitted] = _jobs("--settings_from", video, "--device", "cuda", "--fit_memory")
+    assert fitted.t5_cpu is True and fitted.fit_memory.given == ("t5_cpu",)
+    differs = "t5_cpu True, this run computes with t5_cpu False"
+    with pytest.warns(UserWarning, match=differs):  # without the fit the command line places it
+        [plain] = _jobs("--settings_from", video, "--device", "cuda")
+    assert plain.t5_cpu is False and plain.fit_memory is None
+    with pytest.warns(UserWarning, match=differs):
+        [kept] = _jobs("--settings_from", video, "--device", "cuda", "--fit_memory", "--no-t5_cpu")
+    assert kept.t5_cpu is False and kept.fit_memory.given == ("t5_cpu",)

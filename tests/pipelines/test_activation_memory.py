@@ -315,6 +315,11 @@ def test_the_advice_names_each_tasks_flags_and_puts_the_larger_part_first():
     # No tile is smaller than 64 pixels.
     assert s2v.remedy.startswith("to fit, make a smaller video or fewer frames (--size, --infer_frames); or "
                                  "for the weights")
+    # The VAE alone on the device: no weights' option lowers its stage.
+    alone = MemoryEstimate(torch.device("cuda"), (StagePeak("vae_decode", VAE, 2, 20, own=2),), weights, 64)
+    assert alone.remedy == "to fit, make a smaller video or fewer frames (--size, --frame_num)"
+    dits_stay = MemoryEstimate(torch.device("cuda"), (StagePeak("vae_encode", VAE, 30, 20, own=2),), weights)
+    assert dits_stay.remedy.startswith("to fit, for the weights, try offload_model")
 
 
 def test_fused_attention_lays_its_output_out_as_the_query():

@@ -4,6 +4,8 @@ kept, and what cannot fit is refused with what else would lower the peak."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -107,9 +109,12 @@ def test_nothing_that_fits_is_refused_with_what_else_lowers_the_peak(i2v_root):
 
 
 def _fake_gpu(monkeypatch, free: int) -> None:
+    """A GPU of twice ``free`` bytes, half of them free."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2 * free))
+    properties = SimpleNamespace(total_memory=2 * free, name="fake GPU", major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
 
 
 def test_fit_memory_checks_the_folder_and_fits_the_free_memory_by_default(i2v_root, monkeypatch):
@@ -122,14 +127,29 @@ def test_fit_memory_checks_the_folder_and_fits_the_free_memory_by_default(i2v_ro
     assert fit.budget == frugal and list(fit.estimates) == [I2V]
     fixed = fit_memory("i2v-A14B", i2v_root, [I2V], budget_gib=frugal / GIB, device="cuda", stream_blocks=1)
     assert fixed.options["stream_blocks"] == 1
-    # What the fit chose loads with the weights' check it skipped.
-    check_pipeline("i2v-A14B", i2v_root, device="cpu", **fit.options)
+    # The plan of what the fit chose is the one loading checks against the GPU's memory.
+    _fake_gpu(monkeypatch, -(-fit.plan.peak // 2))
+    assert check_pipeline("i2v-A14B", i2v_root, device="cuda", **fit.options) == fit.plan
+    _fake_gpu(monkeypatch, fit.plan.peak // 2 - 1)
+    with pytest.raises(InputError, match="the weights alone would take"):
+        check_pipeline("i2v-A14B", i2v_root, device="cuda", **fit.options)
+
+
+def test_a_budget_above_the_free_memory_is_warned_of_and_no_free_memory_refused(i2v_root, monkeypatch):
+    _fake_gpu(monkeypatch, 2 * GIB)
+    with pytest.warns(UserWarning, match="a budget of 500.00 GiB is more than the 2.00 GiB the GPU has free"):
+        fit_memory("i2v-A14B", i2v_root, [I2V], budget_gib=500, device="cuda")
+    _fake_gpu(monkeypatch, RESERVED)
+    with pytest.raises(InputError, match="the GPU has 1.00 GiB free, no more than the 1 GiB the fit keeps"):
+        fit_memory("i2v-A14B", i2v_root, [I2V], device="cuda")
 
 
 @pytest.mark.parametrize(("arguments", "problem"), [
     ({"videos": []}, "fit_memory needs the videos to fit"),
     ({"budget_gib": 0}, "budget_gib must be a number of GiB above 0, got 0"),
     ({"budget_gib": "24"}, "budget_gib must be a number of GiB above 0, got '24'"),
+    ({"budget_gib": True}, "budget_gib must be a number of GiB above 0, got True"),
+    ({"budget_gib": float("inf")}, "budget_gib must be a number of GiB above 0, got inf"),
     ({"device": "cpu"}, "fit_memory places the models for a GPU's memory; on cpu every model stays"),
     ({"ulysses_size": 2}, "fit_memory works out one process's run"),
     ({"dtype": torch.float16}, "dtype must be torch.bfloat16"),

@@ -57,13 +57,15 @@ class StagePeak(NamedTuple):
     """A stage of the run (named as the run report's timings name it), the model working in it
     (the ``WeightPlan``'s name), the weights on the device meanwhile and the stage's activations
     at their most, in bytes; ``bound``: whether the run holds at least that (not for DiT blocks
-    compiled by ``torch.compile``, whose fused kernels may leave out tensors the eager count has)."""
+    compiled by ``torch.compile``, whose fused kernels may leave out tensors the eager count has);
+    ``own``: the working model's part of ``weights``."""
 
     stage: str
     model: str
     weights: int
     activations: int
     bound: bool = True
+    own: int = 0
 
     @property
     def total(self) -> int:
@@ -126,7 +128,9 @@ class MemoryEstimate:
             steps.append(f"decode in smaller tiles (--vae_tiling {smaller})" if self.vae_tiling else
                          "decode in tiles (--vae_tiling, about a third of the decode's memory at 720p)")
         steps.append(f"make a smaller video or fewer frames (--size, {self.frames_flag})")
-        if self.weights_remedy.startswith("to fit, "):  # else no option lowers the weights
+        # No option lowers the VAE's or the speech encoder's own weights: only other models' there.
+        alone = stage.model in (VAE, AUDIO_ENCODER) and stage.weights == stage.own
+        if self.weights_remedy.startswith("to fit, ") and not alone:
             weights = f"for the weights, {self.weights_remedy.removeprefix('to fit, ')}"
             steps.insert(0 if stage.weights > stage.activations else len(steps), weights)
         return "to fit, " + "; or ".join(steps)
@@ -136,8 +140,10 @@ class MemoryEstimate:
         each stage's activations and the weights on the device meanwhile under ``plan``; a model
         ``plan`` keeps off the device (the text encoder under ``t5_cpu``) works off it, and its
         stage is left out."""
-        stages = tuple(stage._replace(weights=plan.weights_while(stage.model)) for stage in self.stages
-                       if stage.model in plan.models)
+        stages = tuple(
+            stage._replace(weights=plan.weights_while(stage.model), own=plan.models[stage.model].working)
+            for stage in self.stages if stage.model in plan.models
+        )
         return dataclasses.replace(self, stages=stages, weights_remedy=plan.remedy)
 
 
@@ -208,8 +214,8 @@ def estimate_memory(
     caches = {name: None if video.cache is None else StepCache(video.cache, cache_name)
               for name, cache_name in zip(names, spec.cache_models, strict=True)}
     stages += run(vae, dits, latent_shape, video, caches)
-    peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_, not (compiled and stage == "denoise"))
-             for stage, model, bytes_ in stages]
+    peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_, not (compiled and stage == "denoise"),
+                       plan.models[model].working) for stage, model, bytes_ in stages]
     frames_flag = "--frame_num" if spec.audio_dir is None else "--infer_frames"
     return MemoryEstimate(plan.device, tuple(peaks), plan.remedy, video.vae_tiling, frames_flag)
 

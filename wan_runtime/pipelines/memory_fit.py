@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from wan_runtime.checks import PLACEMENT_FLAGS
 from wan_runtime.errors import InputError
 from wan_runtime.pipelines.activation_memory import MemoryEstimate, StagePeak, VideoShape, estimate_memory
 from wan_runtime.pipelines.loading import check_pipeline
@@ -44,7 +46,6 @@ from wan_runtime.tasks import task_spec
 ACTIVATION_MARGIN = 1.2
 WORKSPACE = 2 * _GIB
 RESERVED = _GIB
-PLACEMENT = ("offload_model", "t5_cpu", "stream_blocks")
 
 
 def needed(stage: StagePeak) -> int:
@@ -64,7 +65,7 @@ class MemoryFit:
     @property
     def options(self) -> dict[str, Any]:
         """``load_pipeline``'s arguments of the placement."""
-        return {name: getattr(self.plan.options, name) for name in PLACEMENT}
+        return {name: getattr(self.plan.options, name) for name in PLACEMENT_FLAGS}
 
     @property
     def busiest(self) -> StagePeak:
@@ -109,9 +110,17 @@ def fit_placement(
         if needed(fit.busiest) <= budget:
             return fit
     stage = fit.busiest
-    estimate = next(e for e in fit.estimates.values() if stage in e.stages)
-    raise InputError(f"no placement of the models fits the video in {budget / _GIB:.2f} GiB: with the least "
-                     f"on the GPU, {fit.describe()}; {estimate.remedy_for(stage)}")
+    video, estimate = next((v, e) for v, e in fit.estimates.items() if stage in e.stages)
+    raise NoFit(f"no placement of the models fits the video in {budget / _GIB:.2f} GiB: with the least on "
+                f"the GPU, {fit.describe()}; {estimate.remedy_for(stage)}", video)
+
+
+class NoFit(InputError):
+    """No placement fits ``video`` (the one that needs the most) in the budget."""
+
+    def __init__(self, message: str, video: VideoShape) -> None:
+        super().__init__(message)
+        self.video = video
 
 
 def fit_memory(
@@ -129,22 +138,29 @@ def fit_memory(
     then loads the pipeline so placed. ``InputError`` when nothing fits, with what else would."""
     if not videos:
         raise InputError("fit_memory needs the videos to fit (VideoShape), got none")
-    if budget_gib is not None and not (isinstance(budget_gib, (int, float)) and budget_gib > 0):
+    number = isinstance(budget_gib, (int, float)) and not isinstance(budget_gib, bool)
+    if budget_gib is not None and not (number and math.isfinite(budget_gib) and budget_gib > 0):
         raise InputError(f"budget_gib must be a number of GiB above 0, got {budget_gib!r}")
     several = options.get("ulysses_size", 1) > 1 or options.get("dit_fsdp") or options.get("t5_fsdp")
     if several:
         raise InputError("fit_memory works out one process's run; ulysses_size, dit_fsdp and t5_fsdp split "
                          "the run over several, whose shares it does not model")
-    given = {name: options[name] for name in PLACEMENT if name in options}
+    given = {name: options[name] for name in PLACEMENT_FLAGS if name in options}
     most = {"offload_model": False, "t5_cpu": False, "stream_blocks": 0}
     plan = check_pipeline(task, ckpt_dir, check_fits=False, **{**options, **most, **given})
     if plan.device.type != "cuda":
         raise InputError(f"fit_memory places the models for a GPU's memory; on {plan.device} every model "
                          "stays in its memory (pass device='cuda')")
-    if budget_gib is None:
-        budget = torch.cuda.mem_get_info(plan.device)[0] - RESERVED
-    else:
-        budget = int(budget_gib * _GIB)
+    free = torch.cuda.mem_get_info(plan.device)[0]
+    budget = free - RESERVED if budget_gib is None else int(budget_gib * _GIB)
+    if budget_gib is None and budget <= 0:
+        raise InputError(f"the GPU has {free / _GIB:.2f} GiB free, no more than the {RESERVED / _GIB:g} GiB "
+                         "the fit keeps in reserve: another process holds its memory (give a budget to fit "
+                         "anyway)")
+    if budget > free - RESERVED:
+        warnings.warn(f"a budget of {budget / _GIB:.2f} GiB is more than the {free / _GIB:.2f} GiB the GPU "
+                      f"has free less the {RESERVED / _GIB:g} GiB reserve: the run may run out of memory",
+                      stacklevel=2)
     spec = task_spec(task)
     compiled = bool(options.get("compile", False))
     estimates = {video: estimate_memory(plan, spec, video, compiled) for video in dict.fromkeys(videos)}
