@@ -346,7 +346,8 @@ def test_out_of_memory_advice_streams_no_more_than_every_block_but_the_first(roo
     from wan_runtime.generate import _memory_remedy
 
     argv = ["--ckpt_dir", str(roots["ti2v-5B"]), "--stream_blocks", "29"]
-    args, config = build_parser().parse_args(argv), _resolve(*argv)
+    with pytest.warns(UserWarning, match="--stream_blocks changes nothing on the CPU"):
+        args, config = build_parser().parse_args(argv), _resolve(*argv)
     assert "more --stream_blocks" in _memory_remedy(args, config, "denoise", most_streamed=None)
     assert "--stream_blocks" not in _memory_remedy(args, config, "denoise", most_streamed=29)
 
