@@ -45,9 +45,10 @@ from wan_runtime.models import WanModel, WanVAE
 from wan_runtime.models.audio_encoder import resample_features, speech_clip_count
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.models.vae_loading import codec
+from wan_runtime.pipelines.inputs import expert_scale
 from wan_runtime.pipelines.live_bytes import peak_bytes
 from wan_runtime.pipelines.memory_plan import _GIB, AUDIO_ENCODER, TEXT_ENCODER, VAE, WeightPlan, dit_label
-from wan_runtime.tasks import DIT, HIGH_NOISE, TaskSpec
+from wan_runtime.tasks import DIT, TaskSpec
 
 _META = torch.device("meta")
 _BRANCHES = ("cond", "uncond")  # the guidance branches, in the order a step runs them
@@ -233,7 +234,7 @@ def _activations(
         encoded = video.frame_num if config.in_dim > config.out_dim else 1
         stages.append(("vae_encode", VAE, peak_bytes(encode_work, vae, encoded, video.height, video.width)))
     for name, dit in dits.items():
-        branches = 1 if _scale(video.guide, name) == 1 else 2
+        branches = 1 if expert_scale(video.guide, name) == 1 else 2
         per_token = video.image and config.in_dim == config.out_dim
         step = peak_bytes(step_work, dit, latent_shape, branches, per_token, cache=caches[name])
         stages.append(("denoise", dit_label(name, names), step))
@@ -266,14 +267,6 @@ def _s2v_activations(
     decode = peak_bytes(s2v_decode_work, vae, decoded, video.vae_tiling, context)
     return [("vae_encode", VAE, encode), ("denoise", dit_label(DIT, [DIT]), step),
             ("vae_decode", VAE, decode)]
-
-
-def _scale(guide: float | tuple[float, float], name: str) -> float:
-    """The guide scale the DiT ``name`` samples with."""
-    if isinstance(guide, tuple):
-        low, high = guide
-        return high if name == HIGH_NOISE else low
-    return guide
 
 
 def encode_work(vae: WanVAE, frames: int, height: int, width: int, device: torch.device = _META) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from wan_runtime.errors import InputError
 from wan_runtime.pipelines.base import ImageCondition, Pipeline, Plan
+from wan_runtime.pipelines.inputs import expert_scale
 from wan_runtime.pipelines.resolution import area_latent_size, image_to_tensor, resize_for_area
 from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE
 
@@ -54,7 +55,5 @@ class I2VPipeline(Pipeline):
         return ImageCondition(y=torch.cat([mask, latent])[None])
 
     def _expert(self, t: float, guide_scale: tuple[float, float]) -> tuple[str, float]:
-        low, high = guide_scale
-        if t >= self.spec.boundary * self.spec.num_train_timesteps:
-            return HIGH_NOISE, high
-        return LOW_NOISE, low
+        name = HIGH_NOISE if t >= self.spec.boundary * self.spec.num_train_timesteps else LOW_NOISE
+        return name, expert_scale(guide_scale, name)

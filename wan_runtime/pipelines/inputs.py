@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wan_runtime.checks import check_infer_frames, check_num_clip, check_seed, is_int
 from wan_runtime.errors import InputError
-from wan_runtime.tasks import TaskSpec
+from wan_runtime.tasks import HIGH_NOISE, TaskSpec
 
 
 def size_multiple(spec: TaskSpec) -> int:
@@ -90,6 +90,15 @@ def check_guide_scale(guide_scale: object, spec: TaskSpec) -> float | tuple[floa
         return low, high
     scale = _check_scale(guide_scale)
     return scale, scale
+
+
+def expert_scale(guide: float | tuple[float, float], name: str) -> float:
+    """The guide scale the DiT ``name`` samples with, of ``check_guide_scale``'s ``guide``: the
+    one scale, or of i2v-A14B's ``(low_noise, high_noise)`` pair the expert's."""
+    if isinstance(guide, tuple):
+        low, high = guide
+        return high if name == HIGH_NOISE else low
+    return guide
 
 
 def resolve_seed(seed: int) -> int:
