@@ -5,8 +5,8 @@
 What the CPU suite cannot show: the seeded CUDA generator (same seed, same video), bfloat16
 models on the device with and without ``offload_model`` (after a run every offloaded model is back
 on the CPU), each solver stepping device tensors (``euler`` keeps its schedule on the CPU), the
-peak-memory report, and per-phase timings. The checkpoints are tiny, so the
-timings measure overheads, not the real models.
+peak-memory report beside the estimate made before the run (also with both step caches on), and
+per-phase timings. The checkpoints are tiny, so the timings measure overheads, not the real models.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import print_table, save_results
+from wan_runtime.cache import CacheConfig
 from wan_runtime.demo import demo_audio, demo_image
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.tasks import TASKS
@@ -33,9 +34,13 @@ def request(task: str, solver: str) -> dict:
     return {**common, "image": demo_image() if task == "i2v-A14B" else None, "frame_num": 9}
 
 
-def run(task: str, root: Path, offload: bool, solver: str, device: torch.device) -> dict:
+# Both step caches: the estimate counts their tensors.
+CACHED = CacheConfig(teacache=True, fbcache=True)
+
+
+def run(task: str, root: Path, offload: bool, solver: str, device: torch.device, cache: bool) -> dict:
     pipe = load_pipeline(task, root, device=device, dtype=torch.bfloat16, offload_model=offload)
-    arguments = request(task, solver)
+    arguments = {**request(task, solver), "cache": CACHED if cache else None}
     videos = [pipe.generate("a red boat on a river", **arguments) for _ in range(2)]
     sampling = ("sampling_steps", "seed", "progress", "sample_solver")
     estimate = pipe.estimate_memory(**{k: v for k, v in arguments.items() if k not in sampling})
@@ -45,6 +50,7 @@ def run(task: str, root: Path, offload: bool, solver: str, device: torch.device)
         "task": task,
         "offload": offload,
         "solver": solver,
+        "cache": cache,
         "shape": "x".join(map(str, videos[0].shape)),
         "finite": bool(torch.isfinite(videos[0]).all()),
         "same_seed_same_video": bool(torch.equal(videos[0], videos[1])),
@@ -67,13 +73,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for task in TASKS:
             root = write_task_checkpoint(task, Path(tmp) / task)
-            for offload, solver in ((False, "unipc"), (True, "unipc"), (False, "euler"), (False, "dpm++")):
+            cases = ((False, "unipc", False), (True, "unipc", False), (False, "euler", False),
+                     (False, "dpm++", False), (False, "unipc", True))
+            for offload, solver, cache in cases:
                 try:
-                    rows.append(run(task, root, offload, solver, device))
+                    rows.append(run(task, root, offload, solver, device, cache))
                 except Exception as error:  # one failing case must not cost the others' results
                     traceback.print_exc()
                     failure = f"{type(error).__name__}: {error}"
-                    rows.append({"task": task, "offload": offload, "solver": solver, "error": failure})
+                    rows.append({"task": task, "offload": offload, "solver": solver, "cache": cache,
+                                 "error": failure})
                 print(rows[-1], flush=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     print_table(rows, columns)

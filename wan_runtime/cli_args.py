@@ -250,7 +250,8 @@ def _differences() -> str:
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
         "--debug, --dry_run, --batch, --skip_existing, --demo, --settings_from, --negative_prompt, "
-        "--stream_blocks, --fit_memory, --dit_fp8, --vae_tiling, the LoRA flags and the step cache flags."
+        "--stream_blocks, --fit_memory, --no-t5_cpu, --dit_fp8, --vae_tiling, the LoRA flags and the step "
+        "cache flags."
     )
 
 

@@ -33,7 +33,7 @@ from wan_runtime.video_settings import FLAGS_KEY, SOFTWARE, VideoSettings, recor
 
 if TYPE_CHECKING:
     from wan_runtime.lora import Lora
-    from wan_runtime.pipelines import MemoryEstimate, Pipeline, RunReport, VideoShape
+    from wan_runtime.pipelines import MemoryEstimate, MemoryFit, Pipeline, RunReport, VideoShape
     from wan_runtime.pipelines.memory_plan import WeightPlan
 
 
@@ -224,24 +224,25 @@ def _check_run(
     a run would make, the weights' memory plan and the videos' estimates the fit made (``_fit``)."""
     arguments = _load_arguments(jobs[0])
     sizes = _output_sizes(jobs)
-    made = [(job, size) for job, size, skip in zip(jobs, sizes, skipped, strict=True) if not skip]
-    placement, estimates = _fit(made, arguments)
-    jobs = [dataclasses.replace(job, **placement) for job in jobs]
-    arguments = {**arguments, **placement}
+    jobs, arguments, fit = _fit(jobs, sizes, arguments, [not skip for skip in skipped])
     from wan_runtime.pipelines import check_pipeline
 
-    return sizes, jobs, check_pipeline(**arguments), estimates
+    return sizes, jobs, check_pipeline(**arguments), {} if fit is None else dict(fit.estimates)
 
 
 def _fit(
-    videos: list[tuple[GenerateConfig, tuple[int, int]]], arguments: dict[str, object]
-) -> tuple[dict[str, object], dict[VideoShape, MemoryEstimate]]:
-    """``--fit_memory``: the placement it chooses for ``videos`` (each with its width and height)
-    under ``load_pipeline``'s ``arguments`` (``wan_runtime.pipelines.memory_fit``), told in a line,
-    and each video's estimate under it, by shape; without the flag (or a video), none."""
+    jobs: list[GenerateConfig], sizes: list[tuple[int, int]], arguments: dict[str, object],
+    made: list[bool] | None = None,
+) -> tuple[list[GenerateConfig], dict[str, object], MemoryFit | None]:
+    """``--fit_memory``: the videos and ``load_pipeline``'s ``arguments`` with the placement it
+    chooses (``wan_runtime.pipelines.memory_fit``) for the videos of ``sizes`` a run makes
+    (``made``; default all), told in a line, and the fit (each video's estimate under it); without
+    the flag (or a video to make), the same videos and arguments and None."""
+    videos = [(job, size) for job, size, make in zip(jobs, sizes, made or [True] * len(jobs), strict=True)
+              if make]
     request = None if not videos else videos[0][0].fit_memory
     if request is None:
-        return {}, {}
+        return jobs, arguments, None
     from wan_runtime.pipelines.memory_fit import NoFit, fit_memory
 
     # The placement flags the command line left out are the fit's to choose.
@@ -257,7 +258,8 @@ def _fit(
         raise InputError(f"--batch {line_numbers(lines)}: {err}") from err
     if videos[0][0].launch.main:
         print(f"fit_memory: {fit.describe()}", flush=True)
-    return fit.options, fit.estimates
+    placement = fit.options
+    return [dataclasses.replace(job, **placement) for job in jobs], {**arguments, **placement}, fit
 
 
 def _print_plan(
@@ -305,19 +307,19 @@ def _make_videos(
     video with what ``_write`` takes (None if it failed)."""
     arguments = _load_arguments(jobs[0])
     sizes = _output_sizes(jobs)
-    placement, estimates = _fit(list(zip(jobs, sizes, strict=True)), arguments)
-    jobs = [dataclasses.replace(job, **placement) for job in jobs]
-    arguments = {**arguments, **placement}
+    jobs, arguments, fit = _fit(jobs, sizes, arguments)
     from wan_runtime.pipelines import load_pipeline
 
     start = time.perf_counter()
     try:
         pipeline = load_pipeline(**arguments)
     except torch.OutOfMemoryError as err:  # the advice reads the placement --fit_memory chose
-        raise VideoOutOfMemory(str(err), jobs[0], LOADING, "model loading") from err
+        most = None if fit is None else fit.plan.most_streamed
+        raise VideoOutOfMemory(str(err), jobs[0], LOADING, "model loading", most) from err
     load_s: float | None = time.perf_counter() - start
     if jobs[0].launch.main and pipeline.weight_plan is not None:
         print(f"memory: the weights take {pipeline.weight_plan.describe()}", flush=True)
+    estimates = {} if fit is None else dict(fit.estimates)  # more shapes join it as they come
     if jobs[0].compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)
     failed, last = [], None

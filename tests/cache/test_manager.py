@@ -103,6 +103,20 @@ def test_an_expert_done_for_good_frees_its_cached_tensors_at_the_switch():
     assert manager.residual_bytes()["high"] == held
 
 
+
+def test_forgetting_a_branch_drops_its_tensors_or_its_signal_alone():
+    config = CacheConfig(teacache=True, fbcache=True)
+    manager = CacheManager(config, {"m": FakeDiT()}, ["m"], [1000.0], log=lambda line: None)
+    for branch in ("cond", "uncond"):
+        manager.forward(0, branch, tokens(1.0))
+    state = manager._models["m"].branches
+    assert state["cond"].tea_signal is not None
+    manager.forget("m", "cond", signal_only=True)
+    assert state["cond"].tea_signal is None and state["cond"].tea_residual is not None
+    manager.forget("m", "cond")
+    assert state["cond"].nbytes() == 0 and state["uncond"].nbytes() > 0
+
+
 def test_shape_and_dtype_mismatch_force_compute_and_are_counted():
     wide = tokens(1.0, length=6)
     inputs = [tokens(1.0), wide, wide, tokens(1.0, length=6, dtype=torch.float16)]

@@ -450,10 +450,17 @@ def test_fit_memory_keeps_the_text_encoder_where_the_video_had_it(tmp_path, monk
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
     flags = _recording(tmp_path / "a.mp4", *FAST, "--device", "cuda")
     config = resolve(build_parser().parse_args([*FAST, "--device", "cuda", "--t5_cpu"]))
-    _video(tmp_path / "b.mp4", {"software": SOFTWARE, FLAGS_KEY: flags, **run_setup(config)})
+    made = {"software": SOFTWARE, FLAGS_KEY: flags, "task": "ti2v-5B"}
+    _video(tmp_path / "b.mp4", {**made, **run_setup(config)})
     video = str(tmp_path / "b.mp4")
     [fitted] = _jobs("--settings_from", video, "--device", "cuda", "--fit_memory")
     assert fitted.t5_cpu is True and fitted.fit_memory.given == ("t5_cpu",)
+    # A video made on another kind of device says nothing of where the encoder runs here.
+    on_cpu = {**run_setup(config), "device": "cpu"}
+    _video(tmp_path / "c.mp4", {**made, **on_cpu})
+    with pytest.warns(UserWarning, match="was made with device cpu"):
+        [free] = _jobs("--settings_from", str(tmp_path / "c.mp4"), "--device", "cuda", "--fit_memory")
+    assert free.fit_memory.given == ()
     differs = "t5_cpu True, this run computes with t5_cpu False"
     with pytest.warns(UserWarning, match=differs):  # without the fit the command line places it
         [plain] = _jobs("--settings_from", video, "--device", "cuda")

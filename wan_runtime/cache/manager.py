@@ -152,7 +152,7 @@ class CacheManager:
         """The model output of ``branch`` at ``step`` for the model's forward ``inputs``."""
         model = self._models[self.schedule[step]]
         if self._position[step][1]:
-            self._release_finished(step)
+            self.release_finished(step)
         state, stats = model.branch(branch)
         stages = model.stages
         tokens, cond = stages.prepare(*inputs)
@@ -190,13 +190,23 @@ class CacheManager:
         model.peak_bytes = max(model.peak_bytes, model.residual_bytes())
         return stages.finish(out, cond)
 
-    def _release_finished(self, step: int) -> None:
+    def release_finished(self, step: int) -> None:
         """Free the cached tensors of the models whose steps all came before ``step`` (i2v-A14B's
         high-noise expert once the low-noise one takes over): they are never read again, and
-        would hold device memory through the other model's steps."""
+        would hold device memory through the other model's steps. ``forward`` calls it at a
+        switch of models; a caller that moves the tensors first calls it before."""
         for name, last in self._last_step.items():
             if last < step:
                 self._models[name].release()
+
+    def forget(self, name: str, branch: str, signal_only: bool = False) -> None:
+        """Drop the cached tensors of model ``name``'s ``branch``, as its next capture would (with
+        ``signal_only`` TeaCache's signal alone, as its next vote does, before the blocks run)."""
+        state = self._models[name].branches[branch]
+        if signal_only:
+            state.tea_signal = None
+        else:
+            state.clear()
 
     def _decide(
         self,

@@ -15,17 +15,16 @@ builds its attention mask from the tokens' values, which the meta device does no
 speech encoder's stage counts wav2vec2 on ``audio_samples`` samples (0.74 GiB for a minute),
 when the video gives them.
 
-With a step cache (``VideoShape.cache``) a DiT's step runs through the run's ``CacheManager`` at
-its first step, so each branch's cached tensors count from their capture on (TeaCache's or
-FBCache's float32 residual of the tokens: 1.4 GiB per branch at i2v-A14B's 720p); a later step
-also holds, for a moment, the residual it replaces.
+With a step cache (``VideoShape.cache``) a DiT's step is a computed step after another, run
+through the run's ``CacheManager``: each branch holds what the step before cached for it (TeaCache's
+or FBCache's float32 residual of the tokens: 1.4 GiB per branch at i2v-A14B's 720p) until it
+captures its own.
 
 It is a lower bound of ``torch.cuda.max_memory_allocated``: left out are the kernels' workspaces
 (cuDNN's convolutions above all: on an H100 the bf16 VAE decode at 720p allocated 1.2-1.5x the
 tensors counted here), the tensors one stage hands the next (the prompts' encodings, the
-image's latent), the solver's past predictions (latent-sized: tens of MB at 720p), the residual
-a later cached step replaces while it captures the new one, and what the allocator reserves
-beyond what it hands out. DiT blocks compiled by
+image's latent), the solver's past predictions (latent-sized: tens of MB at 720p) and what the
+allocator reserves beyond what it hands out. DiT blocks compiled by
 ``torch.compile`` are counted eager: their fused kernels may hold less, so those stages are no
 bound. One process: under ``torchrun`` the sequence and the weights are split, and this is not
 worked out.
@@ -290,16 +289,26 @@ class StepCache(NamedTuple):
 
 def _forwards(dit: WanModel, inputs: list[tuple], cache: StepCache | None) -> None:
     """The DiT's forward of each guidance branch's ``inputs`` (cond, then uncond), each branch's
-    prediction kept until the step's last; with a step ``cache``, through the run's
-    ``CacheManager`` at its first step (a computed one), so that each branch's cached tensors count
-    from their capture on."""
+    prediction kept until the step's last; with a step ``cache``, a computed step after another,
+    through the run's ``CacheManager``: each branch holds the tensors the step before cached for
+    it until it captures its own."""
     if cache is None:
         flows = [dit(*args) for args in inputs]
-    else:
-        stages = S2VStages(dit) if isinstance(dit, WanModelS2V) else WanStages(dit)
-        manager = CacheManager(cache.config, {cache.name: stages}, [cache.name], [999.0],
-                               log=lambda line: None, notice=False)
-        flows = [manager.forward(0, branch, *args) for branch, args in zip(_BRANCHES, inputs, strict=False)]
+        del flows
+        return
+    stages = S2VStages(dit) if isinstance(dit, WanModelS2V) else WanStages(dit)
+    # Two managers, each at its first step, which computes without a metric (a later step's would
+    # read values the meta device does not have); the first's tensors stand for the step before.
+    before, later = (CacheManager(cache.config, {cache.name: stages}, [cache.name], [999.0],
+                                  log=lambda line: None, notice=False) for _ in range(2))
+    branches = list(zip(_BRANCHES, inputs, strict=False))
+    flows = [before.forward(0, branch, *args) for branch, args in branches]
+    del flows
+    flows = []
+    for branch, args in branches:
+        before.forget(cache.name, branch, signal_only=True)
+        flows.append(later.forward(0, branch, *args))
+        before.forget(cache.name, branch)
     del flows
 
 

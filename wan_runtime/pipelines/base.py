@@ -386,6 +386,7 @@ class Pipeline:
                 name, scale = self._expert(t, guide)
                 model = self.residency.activate(name)
                 if manager is not None and self.residency.offload:
+                    manager.release_finished(i)  # not copied to the CPU to be dropped there
                     self._place_cache(manager)
                 # ti2v with an image: the tokens of the fixed first frame are at timestep 0.
                 timestep = timesteps[i : i + 1] if per_token is None else per_token * timesteps[i]
