@@ -550,6 +550,8 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     if not (flags.dit_fsdp or flags.dit_fp8):
         steps.append("--dit_fp8 (DiT weights in 8-bit floats: half the memory, not the official video)")
     if stage == LOADING:  # the video's size does not matter yet
+        if not steps:
+            return "no flag lowers the weights further: it takes a GPU with more memory (or more GPUs)"
         return "to fit, try " + ", ".join(steps)
     if not flags.vae_tiling:
         tiles = "--vae_tiling (the VAE decodes in tiles: half its memory, not the official video)"

@@ -340,6 +340,11 @@ def test_out_of_memory_while_loading_advises_on_the_weights_alone(roots, monkeyp
     assert line.startswith("error: out of memory in the model loading stage: CUDA out of memory. Tried to "
                            "allocate 2.00 GiB; to fit, try --t5_cpu (")
     assert "--dit_fp8" in line and "--vae_tiling" not in line and "--size" not in line
+    from wan_runtime.generate import LOADING, _memory_remedy
+
+    sharded = SimpleNamespace(fit_memory=None, offload_model=False, dit_fsdp=True, t5_fsdp=True, t5_cpu=False,
+                              stream_blocks=None, dit_fp8=False, vae_tiling=0, task="ti2v-5B")
+    assert _memory_remedy(sharded, None, LOADING).startswith("no flag lowers the weights further")
 
 
 def test_out_of_memory_advice_streams_no_more_than_every_block_but_the_first(roots):

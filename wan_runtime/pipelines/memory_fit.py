@@ -141,7 +141,7 @@ def fit_memory(
     number = isinstance(budget_gib, (int, float)) and not isinstance(budget_gib, bool)
     if budget_gib is not None and not (number and math.isfinite(budget_gib) and budget_gib > 0):
         raise InputError(f"budget_gib must be a number of GiB above 0, got {budget_gib!r}")
-    several = options.get("ulysses_size", 1) > 1 or options.get("dit_fsdp") or options.get("t5_fsdp")
+    several = options.get("ulysses_size", 1) != 1 or options.get("dit_fsdp") or options.get("t5_fsdp")
     if several:
         raise InputError("fit_memory works out one process's run; ulysses_size, dit_fsdp and t5_fsdp split "
                          "the run over several, whose shares it does not model")
