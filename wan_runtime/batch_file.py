@@ -88,13 +88,7 @@ def _resolve(args: argparse.Namespace, video: VideoSettings | None, line: Iterab
     except InvalidArguments as err:
         problems, own = (video.source_of(told, taken) for told in (err.problems, err.own))
         raise InvalidArguments(problems, own) from None
-    fit = config.fit_memory
-    stored, device = video.stored.get("t5_cpu"), str(video.stored.get("device", "")).split(":")[0]
-    same_run = device == config.device.split(":")[0] and video.stored.get("task") == config.task
-    if fit is not None and "t5_cpu" not in fit.given and isinstance(stored, bool) and same_run:
-        # The text encoder where the video's ran on the same kind of device, so that the fit
-        # places it the same: elsewhere it would encode the prompt otherwise in its last bits.
-        config = replace(config, t5_cpu=stored, fit_memory=fit._replace(given=(*fit.given, "t5_cpu")))
+    config = video.keep_text_encoder(config)
     video.check_setup(config)
     return config
 

@@ -643,8 +643,7 @@ def _fit_memory(
     if launch.distributed:
         problems.append("--fit_memory works out one process's run; under torchrun the processes share the "
                         "weights and the sequence, which it does not model (leave it out)")
-    given = {name: getattr(args, name) is not None for name in PLACEMENT_FLAGS}
-    return FitMemory(budget, tuple(name for name in PLACEMENT_FLAGS if given[name]))
+    return FitMemory(budget, tuple(name for name in PLACEMENT_FLAGS if getattr(args, name) is not None))
 
 
 def _warn_unused_negative_prompt(guide_scale: float | tuple[float, float]) -> None:

@@ -30,7 +30,7 @@ import re
 import shlex
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import wan_kernels
@@ -245,20 +245,36 @@ class VideoSettings:
         hint = f" (recorded in --settings_from {self.path}; give the flag to replace it)"
         return [problem + hint if marks and found.search(problem) else problem for problem in problems]
 
+    def keep_text_encoder(self, config: GenerateConfig) -> GenerateConfig:
+        """``config`` with the text encoder where the video's ran, for ``--fit_memory`` to keep
+        (unless the command line placed it), when the video was made for the same task on the
+        same kind of device: elsewhere the encoder would encode the prompt otherwise in its last
+        bits. Any other ``config`` as it is."""
+        fit, stored = config.fit_memory, self.stored.get("t5_cpu")
+        same_run = (_device_kind(self.stored.get("device")) == _device_kind(config.device)
+                    and self.stored.get("task") == config.task)
+        if fit is None or "t5_cpu" in fit.given or not isinstance(stored, bool) or not same_run:
+            return config
+        return replace(config, t5_cpu=stored, fit_memory=fit._replace(given=(*fit.given, "t5_cpu")))
+
     def check_setup(self, config: GenerateConfig) -> None:
         """Warn when ``config`` computes otherwise than the video did (``run_setup``): on another
         kind of device, with other kernels, compiled or not, the text encoder elsewhere; the same
         flags then make a video that differs in its last bits."""
         now = run_setup(config)
         then = {key: self.stored.get(key) for key in now}
-        then["device"], now["device"] = (None if device is None else str(device).split(":")[0]
-                                         for device in (then["device"], now["device"]))
+        then["device"], now["device"] = (_device_kind(device) for device in (then["device"], now["device"]))
         changed = [key for key in now if then[key] is not None and then[key] != now[key]]
         if changed:
             made = ", ".join(f"{key} {then[key]}" for key in changed)
             this = ", ".join(f"{key} {now[key]}" for key in changed)
             warnings.warn(f"{self.path} was made with {made}, this run computes with {this}: the video will "
                           "differ in its last bits", stacklevel=2)
+
+
+def _device_kind(device: object) -> str | None:
+    """``cuda`` of ``cuda:1``; None for no device."""
+    return None if device is None else str(device).split(":")[0]
 
 
 def _differ(key: str, mine: object, recorded: object) -> bool:
