@@ -1,7 +1,8 @@
 """DiT blocks kept in CPU memory and copied to the device for their forward alone.
 
 A 14B expert holds 40 blocks of about 0.7 GB each in bfloat16: more than a 24 GB GPU. Streamed
-blocks keep their weights in (pinned) CPU memory; just before a block runs they are copied to the
+blocks keep their weights in CPU memory, pinned and packed into a few buffers
+(``wan_runtime.models.pinned_chunks``); just before a block runs they are copied to the
 device, and once its work is queued the device copies are dropped, so the device holds the rest
 of the model and one streamed block at a time. The numbers are the same: the same weights meet the
 same kernels.
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-_CPU = torch.device("cpu")
+from wan_runtime.models.pinned_chunks import move_into_chunks
 
 
 class BlockStreaming:
@@ -32,12 +33,11 @@ class BlockStreaming:
     def __init__(self, blocks: Sequence[nn.Module], indices: Sequence[int], device: torch.device) -> None:
         self.device = device
         self.loaded: set[int] = set()
-        self._stored: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        for index in indices:
-            tensors = [*blocks[index].parameters(), *blocks[index].buffers()]
-            self._stored[index] = [(tensor, _host_copy(tensor, device)) for tensor in tensors]
-            for tensor, host in self._stored[index]:
-                tensor.data = host
+        by_block = {i: [*blocks[i].parameters(), *blocks[i].buffers()] for i in indices}
+        every = [tensor for tensors in by_block.values() for tensor in tensors]
+        # Pinned pages copy to a GPU at full bus speed and without blocking the host.
+        hosts = iter(move_into_chunks(every, pin=device.type == "cuda"))
+        self._stored = {i: [(tensor, next(hosts)) for tensor in tensors] for i, tensors in by_block.items()}
 
     @property
     def indices(self) -> list[int]:
@@ -62,8 +62,3 @@ class BlockStreaming:
                 tensor.data = host
             self.loaded.discard(index)
 
-
-def _host_copy(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    host = tensor.detach().to(_CPU)
-    # Pinned pages copy to a GPU at full bus speed and without blocking the host.
-    return host.pin_memory() if device.type == "cuda" else host
