@@ -8,7 +8,8 @@ Columns: the task, the decode (whole frames, or ``--vae_tiling``'s 512-pixel til
 (GB as sold) and the budget ``--fit_memory`` alone would take on it (the GiB torch reports, less
 about 0.5 GiB of CUDA context and the 1 GiB ``RESERVED``), the placement chosen (or ``no fit``),
 the most any stage needs with the margin (``need_GiB``) and that stage (for ``no fit``, under the
-most frugal placement).
+most frugal placement), and the most GiB of weights in CPU memory at once under the placement
+(``cpu_GiB``: the fit here assumes the machine has that free).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from benchmarks.weight_plans import release_plan, release_video
 from wan_runtime.checks import DEFAULT_VAE_TILE, PLACEMENT_FLAGS
 from wan_runtime.errors import InputError
 from wan_runtime.pipelines import estimate_memory
+from wan_runtime.pipelines.host_memory import host_plan
 from wan_runtime.pipelines.memory_fit import fit_placement, needed, placements
 from wan_runtime.pipelines.memory_plan import _GIB
 from wan_runtime.tasks import task_spec
@@ -47,11 +49,12 @@ def fits(task: str, tile: int) -> list[dict]:
             row["placement"] = "no fit"
             *_, frugal = placements(plan, {})
             given = dict(zip(PLACEMENT_FLAGS, frugal, strict=True))
-            stage = fit_placement(plan, estimates, 10**15, given).busiest
+            fit = fit_placement(plan, estimates, 10**15, given)
         else:
             row["placement"] = ", ".join(f"{name} {value}" for name, value in fit.options.items())
-            stage = fit.busiest
-        row.update({"need_GiB": round(needed(stage) / _GIB, 2), "stage": f"{stage.stage} ({stage.model})"})
+        stage = fit.busiest
+        row.update({"need_GiB": round(needed(stage) / _GIB, 2), "stage": f"{stage.stage} ({stage.model})",
+                    "cpu_GiB": round(host_plan(fit.plan).peak / _GIB, 2)})
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -64,7 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = [row for task in ("i2v-A14B", "ti2v-5B", "s2v-14B") for tile in (0, DEFAULT_VAE_TILE)
             for row in fits(task, tile)]
-    print_table(rows, ["task", "decode", "card_GiB", "budget_GiB", "placement", "need_GiB", "stage"])
+    columns = ["task", "decode", "card_GiB", "budget_GiB", "placement", "need_GiB", "stage", "cpu_GiB"]
+    print_table(rows, columns)
     out_dir = Path(args.out_dir) if args.out_dir else None
     print("saved", save_results("memory_fits", torch.device("cpu"), rows, out_dir))
 

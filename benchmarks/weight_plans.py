@@ -6,7 +6,8 @@ measured.
     python -m benchmarks.weight_plans [--out-dir DIR]
 
 Columns: the task, the flags (one GPU, bfloat16), the most GiB of weights on the GPU at once
-(``peak_GiB``) and the models there then (``at_the_peak``); then the peak of the task's release
+(``peak_GiB``) and the models there then (``at_the_peak``), the most GiB of weights in CPU memory
+at once (``cpu_GiB``, ``wan_runtime.pipelines.host_memory``); then the peak of the task's release
 video (``RELEASE_VIDEOS``), weights and activations, at least (``video_GiB``), its stage
 (``video_stage``), and the same with ``--vae_tiling`` (``tiled_GiB``, ``tiled_stage``).
 """
@@ -31,6 +32,7 @@ from wan_runtime.models.vae2_1 import build_vae21
 from wan_runtime.models.vae2_2 import build_vae22
 from wan_runtime.pipelines import I2VPipeline, S2VPipeline, VideoShape, estimate_memory
 from wan_runtime.pipelines.activation_memory import speech_video
+from wan_runtime.pipelines.host_memory import host_plan
 from wan_runtime.pipelines.memory_plan import PlanOptions, WeightPlan, plan_models
 from wan_runtime.tasks import task_spec
 
@@ -100,15 +102,16 @@ def main() -> None:
         for name, flags in FLAGS.items():
             plan = release_plan(task, **flags)
             row = {"task": task, "flags": name, "peak_GiB": round(plan.peak / _GIB, 2),
-                   "at_the_peak": ", ".join(plan.peak_models)}
+                   "at_the_peak": ", ".join(plan.peak_models),
+                   "cpu_GiB": round(host_plan(plan).peak / _GIB, 2)}
             for column, tile in (("video", 0), ("tiled", DEFAULT_VAE_TILE)):
                 estimate = estimate_memory(plan, task_spec(task), release_video(task, tile))
                 row.update({f"{column}_GiB": round(estimate.peak / _GIB, 2),
                             f"{column}_stage": f"{estimate.busiest.stage} ({estimate.busiest.model})"})
             rows.append(row)
             print(row, flush=True)
-    print_table(rows, ["task", "flags", "peak_GiB", "at_the_peak", "video_GiB", "video_stage", "tiled_GiB",
-                       "tiled_stage"])
+    print_table(rows, ["task", "flags", "peak_GiB", "at_the_peak", "cpu_GiB", "video_GiB", "video_stage",
+                       "tiled_GiB", "tiled_stage"])
     out_dir = Path(args.out_dir) if args.out_dir else None
     print("saved", save_results("weight_plans", torch.device("cpu"), rows, out_dir))
 

@@ -1,8 +1,8 @@
 """``python -m wan_runtime.env``: what a bug report needs to know about this installation.
 
-Versions (Python, torch, CUDA, Triton, the video writer), the GPUs, which attention and kernel
-backends this machine can use, and where ``--compile`` can run. Every probe is guarded, so the
-report prints even on a broken installation.
+Versions (Python, torch, CUDA, Triton, the video writer), the GPUs, the free CPU memory, which
+attention and kernel backends this machine can use, and where ``--compile`` can run. Every probe
+is guarded, so the report prints even on a broken installation.
 """
 
 from __future__ import annotations
@@ -92,6 +92,16 @@ def _ffmpeg() -> str:
         return f"unavailable ({type(err).__name__}: {_first_line(str(err))})"
 
 
+def _cpu_memory() -> str:
+    try:
+        from wan_runtime.pipelines.host_memory import free_memory
+
+        free = free_memory()
+    except Exception as err:  # an unreadable /proc or cgroup file must not stop the report
+        return f"cannot be read ({type(err).__name__}: {_first_line(str(err))})"
+    return "unknown (not Linux)" if free is None else free.describe()
+
+
 def report() -> list[tuple[str, str]]:
     """The report as (label, value) rows."""
     cuda = torch.version.cuda or "none (CPU build)"
@@ -111,6 +121,7 @@ def report() -> list[tuple[str, str]]:
         ("flash-attn", _version("flash-attn")),
     ]
     rows += [("GPU", gpu) for gpu in _gpus()]
+    rows.append(("CPU memory", _cpu_memory()))
     rows += [("attention backends", _attention_backends()), ("kernel backends", _kernel_backends()),
              ("--compile", _compile_support())]
     return rows

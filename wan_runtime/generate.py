@@ -294,7 +294,14 @@ def _print_plan(
         for key, value in _settings(job, run).items():
             print(f"  {key}: {value}")
         print(f"  memory: {_peak_memory(job, (width, height), weights, estimates)}")
-    print(f"memory: the weights take {weights.describe()}")
+    if weights.device.type != "cpu":
+        print(f"memory: the weights take {weights.describe()}")
+    if weights.options.world == 1:  # on the CPU, the same memory: this line alone
+        from wan_runtime.pipelines.host_memory import free_memory, host_plan
+
+        free = free_memory()
+        have = "" if free is None else f"; the machine has {free.describe()}"
+        print(f"memory: the weights take {host_plan(weights).describe()}{have}")
 
 
 def _make_videos(

@@ -159,11 +159,13 @@ def test_load_on_a_gpu_too_small_for_the_weights_refuses_before_loading(ti2v_roo
 
 
 def test_dry_run_prints_the_plan(tmp_path, ti2v_root):
+    """On the CPU the weights' one memory is the CPU's (``host_memory``), with what is free."""
     result = run_module("wan_runtime.generate", "--ckpt_dir", str(ti2v_root), "--device", "cpu", "--dry_run",
                         cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [line] = [line for line in result.stdout.splitlines() if line.startswith("memory: ")]
-    assert line.startswith("memory: the weights take at most ") and "of cpu memory at once (VAE " in line
+    assert line.startswith("memory: the weights take at most ") and "of CPU memory at once (VAE " in line
+    assert "; the machine has " in line and "GiB of RAM free (" in line
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="device memory needs a GPU")

@@ -25,6 +25,7 @@ from wan_runtime.models.t5_checkpoint import check_checkpoint_file
 from wan_runtime.models.vae_loading import check_vae_file
 from wan_runtime.parallel_checks import check_heads_split, check_parallel
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
+from wan_runtime.pipelines.host_memory import check_host_memory, free_to_check
 from wan_runtime.pipelines.i2v import I2VPipeline
 from wan_runtime.pipelines.inputs import parse_size
 from wan_runtime.pipelines.memory_plan import WeightPlan, plan_weights
@@ -75,9 +76,10 @@ def check_pipeline(task: str, ckpt_dir: str | Path, *, check_fits: bool = True, 
     """Run every check ``load_pipeline`` makes before it loads a model, with its arguments
     (``options``: its keyword arguments), and load nothing: the settings, the release folder's
     files, the T5 and VAE archives, every DiT's config and headers, the speech encoder's weights,
-    the LoRA files and their fit, and on a GPU that the weights fit in its memory (unless not
-    ``check_fits``). Raises what ``load_pipeline`` would (``InputError``, ``CheckpointError``);
-    returns the weights' memory plan (``wan_runtime.pipelines.memory_plan``)."""
+    the LoRA files and their fit, and that the weights fit in the GPU's memory and in the
+    machine's free CPU memory (unless not ``check_fits``; ``wan_runtime.pipelines.host_memory``).
+    Raises what ``load_pipeline`` would (``InputError``, ``CheckpointError``); returns the weights'
+    memory plan (``wan_runtime.pipelines.memory_plan``)."""
     try:
         arguments = inspect.signature(load_pipeline).bind(task, ckpt_dir, **options)
     except TypeError as err:
@@ -101,8 +103,8 @@ class _Checked(NamedTuple):
 
 def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
     """``load_pipeline``'s checks of its ``arguments``, given in its parameters' order, and the
-    weights' memory plan, checked against a GPU's memory when ``check_fits`` (a tenth of a second
-    on the release folders: headers and archive indexes)."""
+    weights' memory plan, checked against a GPU's memory and the free CPU memory when
+    ``check_fits`` (a tenth of a second on the release folders: headers and archive indexes)."""
     (task, ckpt_dir, device, dtype, offload_model, t5_cpu, convert_model_dtype, compile, ulysses_size,
      dit_fsdp, t5_fsdp, loras, stream_blocks, dit_fp8) = arguments.values()
     if not isinstance(ckpt_dir, (str, os.PathLike)):
@@ -149,6 +151,8 @@ def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
                            t5_fsdp=t5_fsdp, stream_blocks=stream_blocks, dit_fp8=dit_fp8, world=world)
     if device.type == "cuda" and check_fits:
         weights.check_fits(torch.cuda.get_device_properties(device).total_memory)
+    if check_fits:
+        check_host_memory(weights, free_to_check())
     return _Checked(spec, device, root, dit_class, dit_loras, labels, weights)
 
 
@@ -181,7 +185,9 @@ def load_pipeline(
     and VAE archives for truncation, every DiT's config and safetensors headers against each other
     and the speech encoder's weights, before anything loads (``CheckpointError``;
     ``check_pipeline`` makes these checks alone); on a GPU, weights that would not fit in its
-    memory at once are refused then too (``InputError``; ``wan_runtime.pipelines.memory_plan``). Unless
+    memory at once are refused then too (``InputError``; ``wan_runtime.pipelines.memory_plan``), and
+    so are weights that would need more CPU memory than the machine has free
+    (``wan_runtime.pipelines.host_memory``; offloaded models and streamed blocks wait there). Unless
     ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
 
     ``loras``: ``wan_runtime.lora.Lora`` files merged into the DiT weights as they load, each

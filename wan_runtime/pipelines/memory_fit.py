@@ -38,6 +38,7 @@ import torch
 from wan_runtime.checks import PLACEMENT_FLAGS
 from wan_runtime.errors import InputError
 from wan_runtime.pipelines.activation_memory import MemoryEstimate, StagePeak, VideoShape, estimate_memory
+from wan_runtime.pipelines.host_memory import FreeMemory, free_to_check, host_plan, host_remedy
 from wan_runtime.pipelines.loading import check_pipeline
 from wan_runtime.pipelines.memory_plan import _GIB, WeightPlan
 from wan_runtime.tasks import task_spec
@@ -74,10 +75,13 @@ class MemoryFit:
 
     def describe(self) -> str:
         """The placement and how close it comes to the budget, in words."""
-        chosen = ", ".join(f"{name} {value}" for name, value in self.options.items())
         stage = self.busiest
-        return (f"{chosen}: the {stage.stage} of the {stage.model} needs the most, "
+        return (f"{_placement(self.plan)}: the {stage.stage} of the {stage.model} needs the most, "
                 f"{needed(stage) / _GIB:.2f} GiB ({_room(stage)}) of the {self.budget / _GIB:.2f} GiB budget")
+
+
+def _placement(plan: WeightPlan) -> str:
+    return ", ".join(f"{name} {getattr(plan.options, name)}" for name in PLACEMENT_FLAGS)
 
 
 def _room(stage: StagePeak) -> str:
@@ -99,18 +103,28 @@ def placements(plan: WeightPlan, given: Mapping[str, Any]) -> Iterator[tuple[boo
 
 
 def fit_placement(
-    plan: WeightPlan, estimates: Mapping[VideoShape, MemoryEstimate], budget: int, given: Mapping[str, Any]
+    plan: WeightPlan, estimates: Mapping[VideoShape, MemoryEstimate], budget: int, given: Mapping[str, Any],
+    free: FreeMemory | None = None,
 ) -> MemoryFit:
     """The first of ``placements`` of ``plan``'s models under which every stage of every video
-    (``estimates``, made with ``plan``) ``needed`` at most ``budget`` bytes; ``InputError`` naming
+    (``estimates``, made with ``plan``) ``needed`` at most ``budget`` bytes and, given the machine's
+    ``free`` CPU memory, the weights waiting there fit it (``host_memory``); ``InputError`` naming
     what else would lower the peak when none does."""
+    fitting_gpu: list[WeightPlan] = []
     for offload_model, t5_cpu, stream_blocks in placements(plan, given):
         placed = plan.placed(offload_model, t5_cpu, stream_blocks)
         fit = MemoryFit(placed, {video: e.placed(placed) for video, e in estimates.items()}, budget)
         if needed(fit.busiest) <= budget:
-            return fit
+            if free is None or host_plan(placed).fits(free):
+                return fit
+            fitting_gpu.append(placed)
     stage = fit.busiest
     video, estimate = next((v, e) for v, e in fit.estimates.items() if stage in e.stages)
+    if fitting_gpu and free is not None:
+        least = min(fitting_gpu, key=lambda p: host_plan(p).peak)
+        raise NoFit(f"every placement that fits the video in {budget / _GIB:.2f} GiB of the GPU needs more "
+                    f"CPU memory than the machine's {free.describe()}: the least, {_placement(least)}, takes "
+                    f"{host_plan(least).describe()}; {host_remedy(least, placements=False)}", video)
     raise NoFit(f"no placement of the models fits the video in {budget / _GIB:.2f} GiB: with the least on "
                 f"the GPU, {fit.describe()}; {estimate.remedy_for(stage)}", video)
 
@@ -164,4 +178,4 @@ def fit_memory(
     spec = task_spec(task)
     compiled = bool(options.get("compile", False))
     estimates = {video: estimate_memory(plan, spec, video, compiled) for video in dict.fromkeys(videos)}
-    return fit_placement(plan, estimates, budget, given)
+    return fit_placement(plan, estimates, budget, given, free_to_check())

@@ -87,13 +87,18 @@ def prepare_dit(model: WanModel, dtype: torch.dtype, keep_float32: bool, fp8: bo
     return model
 
 
+def streamed_blocks(model: WanModel, stream_blocks: int) -> list[nn.Module]:
+    """The blocks ``stream_blocks`` keeps in CPU memory: the last ones, all but the first at most."""
+    blocks = list(model.blocks)
+    return blocks[len(blocks) - min(stream_blocks, len(blocks) - 1):] if stream_blocks else []
+
+
 def dit_footprint(model: WanModel, stream_blocks: int, world: int) -> Footprint:
     """A loaded (or ``prepare_dit``'s) DiT as it runs: ``stream_blocks`` of its last blocks in CPU
     memory, one at a time on the device; sharded over ``world`` processes (FSDP) when above 1."""
     if world > 1:
         return sharded(model, list(model.blocks), world, root_stays=True)
-    blocks = [module_bytes(block) for block in model.blocks]
-    streamed = blocks[len(blocks) - min(stream_blocks, len(blocks) - 1):] if stream_blocks else []
+    streamed = [module_bytes(block) for block in streamed_blocks(model, stream_blocks)]
     return Footprint(module_bytes(model) - sum(streamed), max(streamed, default=0))
 
 
@@ -209,8 +214,9 @@ def plan_weights(
 ) -> WeightPlan:
     """The plan of the release folder ``root`` of ``spec``'s task under ``load_pipeline``'s
     checked arguments ``options`` (``PlanOptions``'s fields); reads headers and archive indexes
-    alone (not the text encoder's where it stays on the CPU of a GPU's run)."""
-    needed = device.type == "cpu" or not options["t5_cpu"]
+    alone (not the text encoder's where it stays on the CPU of a GPU's run in bfloat16, reading its
+    file: its bytes are then in neither memory's count)."""
+    needed = device.type == "cpu" or not options["t5_cpu"] or options["dtype"] == torch.float32
     text_encoder = meta_encoder(read_checkpoint(root / spec.t5_file)[1]) if needed else None
     dits = {name: dit_class._meta_model(root / folder)[0]
             for name, folder in zip(spec.dit_names, spec.dit_folders, strict=True)}

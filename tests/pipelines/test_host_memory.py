@@ -1,0 +1,219 @@
+"""The weights' CPU memory: what each placement keeps there (the bytes of the loaded pipelines,
+the streamed blocks' real buffers), the free memory read from Linux and cgroup files, and the
+refusal, before loading, of weights that would not fit it."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.pipelines.test_memory_fit import I2V, _base, _estimates
+from tests.pipelines.test_memory_plan import plan
+from wan_runtime.errors import InputError
+from wan_runtime.pipelines import check_pipeline, load_pipeline
+from wan_runtime.pipelines.host_memory import (
+    ENV_VAR,
+    FreeMemory,
+    check_host_memory,
+    free_memory,
+    free_to_check,
+    host_plan,
+    host_remedy,
+)
+from wan_runtime.pipelines.memory_fit import NoFit, fit_placement
+from wan_runtime.pipelines.memory_plan import AUDIO_ENCODER, TEXT_ENCODER, VAE, module_bytes
+
+GIB = 2**30
+KIB = 1024
+
+
+def loaded_host(pipeline, offload_model: bool, t5_cpu: bool) -> tuple[dict[str, int], int]:
+    """What ``pipeline``, loaded on the CPU with these options, would keep in CPU memory on a GPU:
+    the bytes of the models waiting there, and of the streamed blocks' buffers as allocated."""
+    encoder = pipeline.text_encoder.model
+    copied = next(encoder.parameters()).dtype != torch.bfloat16  # bfloat16 reads the mapped file
+    waits = copied if t5_cpu else offload_model  # back from its turns on the GPU, a copy
+    models = {TEXT_ENCODER: module_bytes(encoder) if waits else 0, VAE: 0}
+    buffers = {}
+    for name, dit in pipeline.dits.items():
+        label = f"DiT {name}" if len(pipeline.dits) > 1 else "DiT"
+        models[label] = module_bytes(dit.resident_modules()) if offload_model else 0
+        streamed = [] if dit.block_streaming is None else dit.block_streaming.indices
+        for block in (dit.blocks[i] for i in streamed):
+            for tensor in [*block.parameters(), *block.buffers()]:
+                storage = tensor.untyped_storage()
+                buffers[storage.data_ptr()] = storage.nbytes()
+    if hasattr(pipeline, "audio_encoder"):
+        models[AUDIO_ENCODER] = module_bytes(pipeline.audio_encoder.model) if offload_model else 0
+    return models, sum(buffers.values())
+
+
+@pytest.mark.parametrize(("task", "options"), [
+    ("ti2v-5B", {"offload_model": True}),
+    ("ti2v-5B", {"t5_cpu": True, "dtype": torch.float32, "stream_blocks": 2}),
+    ("i2v-A14B", {"offload_model": True, "stream_blocks": 1, "dit_fp8": True}),
+    ("i2v-A14B", {"t5_cpu": True, "stream_blocks": 9}),
+    ("s2v-14B", {"offload_model": True, "t5_cpu": True}),
+    ("s2v-14B", {"stream_blocks": 3, "dit_fp8": True}),
+])
+def test_each_model_keeps_in_cpu_memory_what_the_loaded_pipeline_does(request, task, options):
+    root = request.getfixturevalue(f"{task.split('-')[0]}_root")
+    offload_model, t5_cpu = options.get("offload_model", False), options.get("t5_cpu", False)
+    pipeline = load_pipeline(task, root, device="cpu", **{"dtype": torch.bfloat16, **options})
+    planned = host_plan(plan(task, root, **options))
+    models, pinned = loaded_host(pipeline, offload_model, t5_cpu)
+    assert {n: b for n, b in planned.models.items() if b} == {n: b for n, b in models.items() if b}
+    assert planned.pinned == pinned and (pinned > 0) == bool(options.get("stream_blocks"))
+    assert planned.peak >= planned.settled == sum(models.values()) + pinned
+
+
+def test_a_bfloat16_text_encoder_on_the_cpu_reads_its_mapped_file(ti2v_root):
+    """Not counted because its weights are the file's pages, which the kernel can drop."""
+    pipeline = load_pipeline("ti2v-5B", ti2v_root, device="cpu", t5_cpu=True)
+    t5_file = str((ti2v_root / "models_t5_umt5-xxl-enc-bf16.pth").resolve())
+    spans = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith(t5_file):
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            spans.append((start, end))
+    weights = list(pipeline.text_encoder.model.parameters())
+    assert spans and all(any(s <= w.data_ptr() < e for s, e in spans) for w in weights)
+    assert host_plan(plan("ti2v-5B", ti2v_root, device=torch.device("cpu"))).models[TEXT_ENCODER] == 0
+
+
+def test_on_the_cpu_every_model_but_the_mapped_text_encoder_counts(s2v_root):
+    planned = plan("s2v-14B", s2v_root, device=torch.device("cpu"), stream_blocks=2)
+    host = host_plan(planned)
+    assert host.pinned == 0 and host.models[TEXT_ENCODER] == 0
+    assert host.settled == sum(module_bytes(m) for n, m in planned.meta_models.items() if n != TEXT_ENCODER)
+
+
+def test_a_dit_loads_whole_through_cpu_memory_before_its_blocks_stream(i2v_root):
+    planned = plan("i2v-A14B", i2v_root, stream_blocks=1)
+    host = host_plan(planned)
+    assert host.models == {TEXT_ENCODER: 0, VAE: 0, "DiT high_noise": 0, "DiT low_noise": 0}
+    dits = [m for n, m in planned.meta_models.items() if n.startswith("DiT")]
+    # The low-noise expert loads whole beside the high-noise one's buffers, and one buffer of its own.
+    high_buffers = host.pinned // 2
+    assert host.loading > high_buffers + module_bytes(dits[1]) and host.peak == host.loading > host.settled
+    assert "while a model loads through it" in host.describe()
+    assert host_plan(plan("i2v-A14B", i2v_root)).describe() == "no weights in CPU memory"
+
+
+def _root_with(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+MEMINFO = "MemTotal: 65000000 kB\nMemAvailable:   50000000 kB\nSwapTotal: 8000000 kB\nSwapFree: 4000000 kB\n"
+
+
+def test_free_memory_is_memavailable_and_free_swap(tmp_path):
+    root = _root_with(tmp_path, {"proc/meminfo": MEMINFO, "proc/self/cgroup": "0::/\n"})
+    assert free_memory(root) == FreeMemory(50000000 * KIB, 4000000 * KIB, "MemAvailable")
+    assert free_memory(tmp_path / "nothing") is None
+
+
+def test_a_cgroup_v2_limit_over_the_process_or_its_parents_bounds_it(tmp_path):
+    files = {"proc/meminfo": MEMINFO, "proc/self/cgroup": "0::/jobs/mine\n",
+             "sys/fs/cgroup/jobs/mine/memory.max": "max\n", "sys/fs/cgroup/jobs/mine/memory.current": "5\n",
+             "sys/fs/cgroup/jobs/memory.max": f"{20 * GIB}\n",
+             "sys/fs/cgroup/jobs/memory.current": f"{6 * GIB}\n",
+             "sys/fs/cgroup/jobs/memory.stat": f"anon 1\ninactive_file {GIB}\n",
+             "sys/fs/cgroup/jobs/memory.swap.max": f"{2 * GIB}\n",
+             "sys/fs/cgroup/jobs/memory.swap.current": f"{GIB // 2}\n"}
+    root = _root_with(tmp_path, files)
+    free = free_memory(root)
+    assert (free.ram, free.swap) == (15 * GIB, GIB + GIB // 2)
+    assert free.source == f"the room left under the cgroup limit {root}/sys/fs/cgroup/jobs/memory.max"
+
+
+def test_a_cgroup_v1_limit_is_read_at_the_mount_a_container_sees(tmp_path):
+    files = {"proc/meminfo": MEMINFO, "proc/self/cgroup": "5:cpuacct,cpu:/x\n4:memory:/outside/path\n",
+             "sys/fs/cgroup/memory/memory.limit_in_bytes": f"{8 * GIB}\n",
+             "sys/fs/cgroup/memory/memory.usage_in_bytes": f"{3 * GIB}\n",
+             "sys/fs/cgroup/memory/memory.stat": "cache 9\ntotal_inactive_file 1024\n"}
+    free = free_memory(_root_with(tmp_path, files))
+    assert (free.ram, free.swap) == (5 * GIB + 1024, 4000000 * KIB)
+    unlimited = {**files, "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n"}
+    assert free_memory(_root_with(tmp_path, unlimited)).source == "MemAvailable"
+
+
+def test_this_machine_reports_its_free_memory():
+    free = free_memory()
+    assert free is not None and 0 < free.ram and free.swap >= 0
+
+
+def test_weights_beyond_ram_and_swap_are_refused_with_what_lowers_them(i2v_root):
+    planned = plan("i2v-A14B", i2v_root, offload_model=True)
+    peak = host_plan(planned).peak
+    with pytest.raises(InputError) as caught:
+        check_host_memory(planned, FreeMemory(peak // 2, peak // 4, "MemAvailable"))
+    message = str(caught.value)
+    assert message.startswith("the weights would take at most ") and "of CPU memory at once (" in message
+    for step in ("dit_fp8", "t5_cpu", "no offload_model", f"{ENV_VAR}=0"):
+        assert step in message
+    with pytest.warns(UserWarning, match="the rest goes to swap"):
+        check_host_memory(planned, FreeMemory(peak // 2, peak, "MemAvailable"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_host_memory(planned, FreeMemory(peak, 0, "MemAvailable"))
+        check_host_memory(planned, None)
+
+
+def test_pinned_blocks_beyond_ram_are_refused_whatever_the_swap(i2v_root):
+    planned = plan("i2v-A14B", i2v_root, t5_cpu=True, stream_blocks=1, dit_fp8=True)
+    host = host_plan(planned)
+    with pytest.raises(InputError, match="the streamed blocks would pin .* which cannot be swapped out"):
+        check_host_memory(planned, FreeMemory(host.pinned - 1, 100 * GIB, "MemAvailable"))
+    remedy = "to fit, try fewer stream_blocks (fit_memory, or --fit_memory, weighs both memories)"
+    assert host_remedy(planned) == remedy
+
+
+def test_the_check_can_be_turned_off_and_its_setting_is_checked(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "0")
+    assert free_to_check() is None
+    monkeypatch.setenv(ENV_VAR, "no")
+    with pytest.raises(InputError, match=f"{ENV_VAR} must be 1 .* or 0, got 'no'"):
+        free_to_check()
+    monkeypatch.delenv(ENV_VAR)
+    assert free_to_check() is not None
+
+
+def test_load_refuses_weights_beyond_the_free_memory_before_loading(ti2v_root, monkeypatch):
+    tiny = FreeMemory(1000, 0, "MemAvailable")
+    monkeypatch.setattr("wan_runtime.pipelines.host_memory.free_memory", lambda: tiny)
+    monkeypatch.setattr("wan_runtime.pipelines.loading.load_text_encoder", None)  # nothing may load
+    with pytest.raises(InputError, match=r"more than the 0.00 GiB of RAM free \(MemAvailable\) and 0.00 GiB"):
+        load_pipeline("ti2v-5B", ti2v_root, device="cpu")
+    assert check_pipeline("ti2v-5B", ti2v_root, device="cpu", check_fits=False).device.type == "cpu"
+
+
+def test_fit_memory_skips_placements_beyond_the_free_memory(i2v_root):
+    base = _base(i2v_root)
+    estimates = _estimates(base, I2V)
+    roomy = fit_placement(base, estimates, 10**15, {})
+    assert host_plan(roomy.plan).peak == 0  # everything on the GPU
+    # Every model on the GPU is too much for this budget; offloading, the first that fits it, is not
+    # allowed by the free memory: the next placement keeps less in CPU memory.
+    first = fit_placement(base, estimates, _just_below_all_on_the_gpu(base, estimates), {})
+    assert first.options["offload_model"]
+    free = FreeMemory(host_plan(first.plan).peak - 1, 0, "MemAvailable")
+    second = fit_placement(base, estimates, first.budget, {}, free)
+    assert second.options != first.options and host_plan(second.plan).fits(free)
+    with pytest.raises(NoFit, match=r"every placement that fits the video in .* needs more CPU memory "
+                                    r"than the machine's 0.00 GiB of RAM free \(MemAvailable\) .* the least, "
+                                    r"offload_model False, t5_cpu False, stream_blocks 1, takes .*dit_fp8"):
+        fit_placement(base, estimates, first.budget, {"t5_cpu": False}, FreeMemory(2**20, 0, "MemAvailable"))
+
+
+def _just_below_all_on_the_gpu(base, estimates) -> int:
+    from wan_runtime.pipelines.memory_fit import needed
+
+    return max(needed(s) for e in estimates.values() for s in e.stages) - 1
+

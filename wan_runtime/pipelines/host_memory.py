@@ -1,0 +1,264 @@
+"""How much CPU memory a pipeline's weights take, and whether the machine has it free.
+
+Weights wait in CPU memory under three options: ``offload_model`` (the big models between their
+turns on the GPU, all of them while the VAE decodes), ``stream_blocks`` (the DiTs' last blocks,
+pinned: ``wan_runtime.models.pinned_chunks``) and ``t5_cpu`` in float32 (the text encoder's
+bfloat16 file converted). On the CPU every model is there. A text encoder in bfloat16 on the CPU
+reads its memory-mapped file, whose pages the kernel drops and reads again as it needs, so it is
+not counted. A DiT that waits on the CPU, or streams, loads there whole first.
+
+A machine without that much memory free raises no error: minutes into loading its out-of-memory
+killer ends the process, which prints one word, "Killed". So ``load_pipeline`` compares the
+plan with the memory free before it loads a model (``check_host_memory``). Free is Linux's
+``MemAvailable`` (free pages and those it can reclaim), at most the room left under the process's
+cgroup limit (a container's memory), and free swap for the pageable weights; pinned pages cannot
+be swapped out. Elsewhere than Linux, with several processes (each would need its own share of
+the memory the others are reading at the same time), and with ``WAN_HOST_MEMORY_CHECK=0`` (for
+memory the kernel does not count as available, such as a ZFS cache), nothing is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from wan_runtime.errors import InputError
+from wan_runtime.models.pinned_chunks import layout
+from wan_runtime.pipelines.memory_plan import (
+    _GIB,
+    AUDIO_ENCODER,
+    TEXT_ENCODER,
+    WeightPlan,
+    is_dit,
+    module_bytes,
+    streamed_blocks,
+)
+
+ENV_VAR = "WAN_HOST_MEMORY_CHECK"
+# A cgroup v1 without a limit reports about 2**63 bytes.
+_NO_LIMIT = 2**60
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """The bytes of a pipeline's weights in CPU memory: each model's once loaded (``models``,
+    pageable), the streamed blocks' buffers (``pinned``: they cannot be swapped out), and the most
+    at once while the models load (``loading``)."""
+
+    models: dict[str, int]
+    pinned: int
+    loading: int
+
+    @property
+    def settled(self) -> int:
+        """The bytes once every model has loaded."""
+        return sum(self.models.values()) + self.pinned
+
+    @property
+    def peak(self) -> int:
+        """The most bytes at once, loading or after."""
+        return max(self.settled, self.loading)
+
+    def fits(self, free: FreeMemory) -> bool:
+        """Whether the pinned bytes fit in ``free``'s RAM and all of them in its RAM and swap."""
+        return self.pinned <= free.ram and self.peak <= free.ram + free.swap
+
+    def describe(self) -> str:
+        """The peak and what makes it, in words."""
+        parts = [f"{name} {size / _GIB:.2f} GiB" for name, size in self.models.items() if size]
+        if self.pinned:
+            parts.append(f"the streamed blocks {self.pinned / _GIB:.2f} GiB, pinned")
+        if self.loading > self.settled:
+            parts.append(f"{self.loading / _GIB:.2f} GiB while a model loads through it")
+        if not parts:
+            return "no weights in CPU memory"
+        return f"at most {self.peak / _GIB:.2f} GiB of CPU memory at once ({', '.join(parts)})"
+
+
+def host_plan(plan: WeightPlan) -> HostPlan:
+    """The CPU memory of ``plan``'s weights (one process's), as the module's docstring counts it,
+    in the order ``load_pipeline`` loads the models."""
+    options, on_cpu = plan.options, plan.device.type == "cpu"
+    waiting = on_cpu or options.offload_model
+    models: dict[str, int] = {}
+    pinned = loading = 0
+    order = sorted(plan.meta_models, key=lambda name: name != TEXT_ENCODER)
+    for name in order:
+        model = plan.meta_models[name]
+        before = sum(models.values()) + pinned
+        if name == TEXT_ENCODER:
+            mapped = next(model.parameters()).dtype == torch.bfloat16
+            kept = on_cpu or options.t5_cpu or options.offload_model
+            models[name] = module_bytes(model) if kept and not (mapped and (on_cpu or options.t5_cpu)) else 0
+        elif is_dit(name):
+            blocks = [] if on_cpu else streamed_blocks(model, options.stream_blocks)
+            streamed = [t for block in blocks for t in [*block.parameters(), *block.buffers()]]
+            chunks = layout([t.numel() * t.element_size() for t in streamed]).chunks
+            resident = module_bytes(model) - sum(t.numel() * t.element_size() for t in streamed)
+            models[name] = resident if waiting else 0
+            if waiting or chunks:
+                loading = max(loading, before + module_bytes(model) + max(chunks, default=0))
+            pinned += sum(chunks)
+        else:
+            models[name] = module_bytes(model) if on_cpu or (name == AUDIO_ENCODER and waiting) else 0
+            if name == AUDIO_ENCODER:  # transformers loads it on the CPU first
+                loading = max(loading, before + module_bytes(model))
+    return HostPlan(models, pinned, loading)
+
+
+
+class FreeMemory(NamedTuple):
+    """The CPU memory this process can still take: ``ram`` without swapping, ``swap`` free, and
+    where ``ram`` was read (``source``)."""
+
+    ram: int
+    swap: int
+    source: str
+
+    def describe(self) -> str:
+        """The free memory, in words."""
+        return f"{self.ram / _GIB:.2f} GiB of RAM free ({self.source}) and {self.swap / _GIB:.2f} GiB of swap"
+
+
+def free_memory(root: Path = Path("/")) -> FreeMemory | None:
+    """The machine's free memory as the module's docstring reads it (``root``: where ``/proc`` and
+    ``/sys`` are, for tests); None where ``/proc/meminfo`` is not (not Linux)."""
+    try:
+        info = _fields((root / "proc/meminfo").read_text(), scale=1024)
+    except OSError:
+        return None
+    ram, swap, source = info.get("MemAvailable", 0), info.get("SwapFree", 0), "MemAvailable"
+    for name, room, swap_room in _cgroup_rooms(root):
+        if room < ram:
+            ram, source = room, f"the room left under the cgroup limit {name}"
+        if swap_room is not None:
+            swap = min(swap, swap_room)
+    return FreeMemory(ram, swap, source)
+
+
+def _fields(text: str, scale: int = 1) -> dict[str, int]:
+    """``name value`` (or ``name: value kB``) lines as numbers of bytes."""
+    fields = {}
+    for line in text.splitlines():
+        parts = line.replace(":", " ").split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            fields[parts[0]] = int(parts[1]) * scale
+    return fields
+
+
+def _cgroup_rooms(root: Path) -> list[tuple[str, int, int | None]]:
+    """Each memory limit over this process: its file, the bytes left under it (its reclaimable
+    file pages counted as free) and, for cgroup v2, the swap left under its swap limit."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    rooms = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            rooms += _limits(root / "sys/fs/cgroup", path, "memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            rooms += _limits(root / "sys/fs/cgroup/memory", path, "memory.limit_in_bytes",
+                             "memory.usage_in_bytes", "total_inactive_file")
+    return rooms
+
+
+def _limits(mount: Path, path: str, limit_file: str, usage_file: str, reclaimable: str,
+            ) -> list[tuple[str, int, int | None]]:
+    """The limits of the cgroup ``path`` under ``mount`` and its ancestors (a container sees its
+    own cgroup at the mount itself, so a path missing there means the mount)."""
+    leaf = mount / path.lstrip("/")
+    folder = leaf if leaf.is_dir() else mount
+    rooms = []
+    for current in [folder, *folder.parents]:
+        if not current.is_relative_to(mount):
+            break
+        try:
+            limit = (current / limit_file).read_text().strip()
+            usage = int((current / usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= _NO_LIMIT:
+            continue
+        stat = _read_fields(current / "memory.stat")
+        room = max(int(limit) - usage + stat.get(reclaimable, 0), 0)
+        rooms.append((str(current / limit_file), room, _swap_room(current)))
+    return rooms
+
+
+def _read_fields(path: Path) -> dict[str, int]:
+    try:
+        return _fields(path.read_text())
+    except OSError:
+        return {}
+
+
+def _swap_room(folder: Path) -> int | None:
+    """The swap left under a cgroup v2 swap limit, None without one."""
+    try:
+        limit = (folder / "memory.swap.max").read_text().strip()
+        used = int((folder / "memory.swap.current").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if not limit.isdigit() else max(int(limit) - used, 0)
+
+
+def free_to_check() -> FreeMemory | None:
+    """The free memory to check weights against (``free_memory``); None where nothing is checked:
+    not Linux, or ``WAN_HOST_MEMORY_CHECK=0``."""
+    setting = os.environ.get(ENV_VAR, "1")
+    if setting not in ("0", "1"):
+        raise InputError(f"{ENV_VAR} must be 1 (check that the weights fit in CPU memory, the default) or 0, "
+                         f"got {setting!r}")
+    return free_memory() if setting == "1" else None
+
+
+def check_host_memory(plan: WeightPlan, free: FreeMemory | None) -> None:
+    """Raise ``InputError`` if ``plan``'s weights need more CPU memory than ``free`` (see
+    ``HostPlan.fits``), naming what lowers them; warn when they would need the swap, which slows
+    every copy. Nothing is checked without ``free`` or for several processes (``plan``'s world)."""
+    if free is None or plan.options.world > 1:
+        return
+    host = host_plan(plan)
+    if host.fits(free):
+        if host.peak > free.ram:
+            warnings.warn(f"the weights take {host.describe()}: more than the {free.describe()}; the rest "
+                          "goes to swap, which slows the run", stacklevel=2)
+        return
+    if host.pinned > free.ram:
+        problem = (f"the streamed blocks would pin {host.pinned / _GIB:.2f} GiB of CPU memory, which "
+                   f"cannot be swapped out: more than the {free.describe()}")
+    else:
+        problem = f"the weights would take {host.describe()}: more than the {free.describe()}"
+    raise InputError(f"{problem}; {host_remedy(plan)}, or free memory (if it is there but not counted as "
+                     f"available, set {ENV_VAR}=0)")
+
+
+def host_remedy(plan: WeightPlan, placements: bool = True) -> str:
+    """What lowers the weights' CPU memory, of what ``plan``'s options allow and have not done;
+    not where the models wait unless ``placements`` (``fit_memory`` has tried those)."""
+    o, on_cpu = plan.options, plan.device.type == "cpu"
+    steps = []
+    if not (o.dit_fp8 or o.dit_fsdp):
+        steps.append("dit_fp8 (DiT weights in float8, half the bytes, lossy)")
+    if o.dtype == torch.float32:
+        steps.append("dtype bfloat16")
+    if on_cpu:
+        steps.append("a GPU")
+    elif placements:
+        if o.offload_model and not o.t5_cpu:
+            steps.append("t5_cpu (the text encoder reads its file in place of a copy)")
+        if o.offload_model:
+            steps.append("no offload_model (the models stay on the GPU)")
+        if o.stream_blocks:
+            steps.append("fewer stream_blocks")
+    if not steps:
+        return "no option lowers them further"
+    weighs = " (fit_memory, or --fit_memory, weighs both memories)" if placements and not on_cpu else ""
+    return "to fit, try " + ", ".join(steps) + weighs
