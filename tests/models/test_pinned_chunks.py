@@ -48,23 +48,29 @@ def test_a_layout_places_every_tensor_inside_its_buffer_without_overlap(sizes):
 
 
 @pytest.mark.parametrize("fp8", [False, True])
-def test_a_14b_experts_streamed_blocks_take_a_few_percent_more_where_each_tensor_pinned_takes_half_more(fp8):
-    """The module docstring's numbers: 39 of an A14B expert's 40 blocks, bfloat16 or float8."""
+@pytest.mark.parametrize(("count", "most"), [(39, 1.03), (2, 1.06), (1, 1.15)])
+def test_a_14b_experts_streamed_blocks_take_a_few_percent_more_where_each_tensor_pinned_takes_half_more(
+    fp8, count, most,
+):
+    """The module docstring's numbers: of an A14B expert's 40 blocks the last ``count``, in
+    bfloat16 or float8."""
     with torch.device("meta"):
         model = prepare_dit(WanModel(A14B), torch.bfloat16, keep_float32=True, fp8=fp8)
-    tensors = [t for block in model.blocks[1:] for t in [*block.parameters(), *block.buffers()]]
+    tensors = [t for block in model.blocks[-count:] for t in [*block.parameters(), *block.buffers()]]
     sizes = [t.numel() * t.element_size() for t in tensors]
     one_by_one = sum(power_of_two_at_least(size) for size in sizes)
     assert 1.5 < one_by_one / sum(sizes) < 1.55
-    assert 1.0 < chunk_bytes(tensors) / sum(sizes) < 1.03
+    assert 1.0 < chunk_bytes(tensors) / sum(sizes) < most
 
 
 def test_moved_tensors_keep_their_values_in_views_of_few_buffers():
     tensors = [torch.randn(3, 5), torch.randn(7).to(torch.bfloat16), torch.tensor(2.5),
                torch.empty(0, 4), torch.randn(4, 6).to(torch.float8_e4m3fn), torch.arange(9).view(3, 3).t()]
     wants = [t.clone() for t in tensors]
+    chunks = layout([t.numel() * t.element_size() for t in tensors]).chunks
     moved = move_into_chunks(tensors, pin=False)
-    assert len({m.untyped_storage().data_ptr() for m in moved}) == len(layout([1] * 6).chunks) == 1
+    storages = {m.untyped_storage().data_ptr(): m.untyped_storage().nbytes() for m in moved}
+    assert sorted(storages.values()) == sorted(chunks) and len(chunks) < len(tensors)
     for tensor, view, want in zip(tensors, moved, wants, strict=True):
         assert tensor.data_ptr() == view.data_ptr() and view.is_contiguous()
         assert view.dtype == want.dtype and view.shape == want.shape

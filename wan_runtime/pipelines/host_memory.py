@@ -3,9 +3,12 @@
 Weights wait in CPU memory under three options: ``offload_model`` (the big models between their
 turns on the GPU, all of them while the VAE decodes), ``stream_blocks`` (the DiTs' last blocks,
 pinned: ``wan_runtime.models.pinned_chunks``) and ``t5_cpu`` in float32 (the text encoder's
-bfloat16 file converted). On the CPU every model is there. A text encoder in bfloat16 on the CPU
-reads its memory-mapped file, whose pages the kernel drops and reads again as it needs, so it is
-not counted. A DiT that waits on the CPU, or streams, loads there whole first.
+bfloat16 file converted). What counts is the memory the kernel cannot drop: copies. A text
+encoder in bfloat16 on the CPU reads its memory-mapped file, whose pages the kernel drops and
+reads again as it needs, so it is not counted; an offloaded model is, as its first turn on the GPU
+leaves a copy in its place. A DiT that waits on the CPU, or streams, loads there whole first; so
+does the speech encoder. Those loads and, with the device the CPU, every model are counted whole:
+an upper bound, as weights kept in their files' dtype are read from the mapped files too.
 
 A machine without that much memory free raises no error: minutes into loading its out-of-memory
 killer ends the process, which prints one word, "Killed". So ``load_pipeline`` compares the
@@ -13,8 +16,9 @@ plan with the memory free before it loads a model (``check_host_memory``). Free 
 ``MemAvailable`` (free pages and those it can reclaim), at most the room left under the process's
 cgroup limit (a container's memory), and free swap for the pageable weights; pinned pages cannot
 be swapped out. Elsewhere than Linux, with several processes (each would need its own share of
-the memory the others are reading at the same time), and with ``WAN_HOST_MEMORY_CHECK=0`` (for
-memory the kernel does not count as available, such as a ZFS cache), nothing is checked.
+the memory the others are reading at the same time), on the CPU device (an upper bound), and with
+``WAN_HOST_MEMORY_CHECK=0`` (for memory the kernel does not count as available, such as a ZFS
+cache), nothing is checked.
 """
 
 from __future__ import annotations
@@ -222,8 +226,9 @@ def free_to_check() -> FreeMemory | None:
 def check_host_memory(plan: WeightPlan, free: FreeMemory | None) -> None:
     """Raise ``InputError`` if ``plan``'s weights need more CPU memory than ``free`` (see
     ``HostPlan.fits``), naming what lowers them; warn when they would need the swap, which slows
-    every copy. Nothing is checked without ``free`` or for several processes (``plan``'s world)."""
-    if free is None or plan.options.world > 1:
+    every copy. Nothing is checked without ``free``, for several processes (``plan``'s world) or
+    on the CPU device (the module's docstring)."""
+    if free is None or plan.options.world > 1 or plan.device.type == "cpu":
         return
     host = host_plan(plan)
     if host.fits(free):
