@@ -17,6 +17,7 @@ import torch
 from tests.pipelines.test_memory_fit import I2V, _base, _estimates
 from tests.pipelines.test_memory_plan import plan
 from wan_runtime.errors import InputError
+from wan_runtime.models.pinned_chunks import chunk_bytes
 from wan_runtime.pipelines import check_pipeline, load_pipeline
 from wan_runtime.pipelines.host_memory import (
     ENV_VAR,
@@ -37,23 +38,21 @@ KIB = 1024
 
 def loaded_host(pipeline, offload_model: bool, t5_cpu: bool) -> tuple[dict[str, int], int]:
     """What ``pipeline``, loaded on the CPU with these options, would keep in CPU memory on a GPU:
-    the bytes of the models waiting there, and of the streamed blocks' buffers as allocated."""
+    the bytes of the models waiting there, and of the buffers its streamed blocks would move into
+    (on a GPU; ``test_pinned_chunks`` checks those buffers)."""
     encoder = pipeline.text_encoder.model
     copied = next(encoder.parameters()).dtype != torch.bfloat16  # bfloat16 reads the mapped file
     waits = copied if t5_cpu else offload_model  # back from its turns on the GPU, a copy
     models = {TEXT_ENCODER: module_bytes(encoder) if waits else 0, VAE: 0}
-    buffers = {}
+    pinned = 0
     for name, dit in pipeline.dits.items():
         label = f"DiT {name}" if len(pipeline.dits) > 1 else "DiT"
         models[label] = module_bytes(dit.resident_modules()) if offload_model else 0
-        streamed = [] if dit.block_streaming is None else dit.block_streaming.indices
-        for block in (dit.blocks[i] for i in streamed):
-            for tensor in [*block.parameters(), *block.buffers()]:
-                storage = tensor.untyped_storage()
-                buffers[storage.data_ptr()] = storage.nbytes()
+        streamed = [] if dit.block_streaming is None else [dit.blocks[i] for i in dit.block_streaming.indices]
+        pinned += chunk_bytes([t for block in streamed for t in [*block.parameters(), *block.buffers()]])
     if hasattr(pipeline, "audio_encoder"):
         models[AUDIO_ENCODER] = module_bytes(pipeline.audio_encoder.model) if offload_model else 0
-    return models, sum(buffers.values())
+    return models, pinned
 
 
 @pytest.mark.parametrize(("task", "options"), [
@@ -105,7 +104,7 @@ def test_a_dit_loads_whole_through_cpu_memory_before_its_blocks_stream(i2v_root)
     high_buffers = host.pinned // 2
     assert host.loading > high_buffers + module_bytes(dits[1]) and host.peak == host.loading > host.settled
     assert "while a model loads through it" in host.describe()
-    assert host_plan(plan("i2v-A14B", i2v_root)).describe() == "no weights in CPU memory"
+    assert host_plan(plan("i2v-A14B", i2v_root)).describe() == "no CPU memory"
 
 
 def _root_with(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -149,9 +148,43 @@ def test_a_cgroup_v1_limit_is_read_at_the_mount_a_container_sees(tmp_path):
     assert free_memory(_root_with(tmp_path, unlimited)).source == "MemAvailable"
 
 
+def test_a_swap_limit_binds_without_a_memory_limit_and_page_cache_counts_as_free(tmp_path):
+    """cgroup v2: a pod whose memory is unlimited but its swap not; a limit with the page cache
+    (active and inactive) of checkpoints read before, which the kernel reclaims before it kills."""
+    files = {"proc/meminfo": MEMINFO, "proc/self/cgroup": "0::/pod\n",
+             "sys/fs/cgroup/pod/memory.max": "max\n", "sys/fs/cgroup/pod/memory.current": f"{GIB}\n",
+             "sys/fs/cgroup/pod/memory.swap.max": "0\n", "sys/fs/cgroup/pod/memory.swap.current": "0\n"}
+    free = free_memory(_root_with(tmp_path / "unlimited", files))
+    assert (free.ram, free.swap, free.source) == (50000000 * KIB, 0, "MemAvailable")
+    cached = {**files, "sys/fs/cgroup/pod/memory.max": f"{20 * GIB}\n",
+              "sys/fs/cgroup/pod/memory.current": f"{19 * GIB}\n",
+              "sys/fs/cgroup/pod/memory.stat": f"active_file {4 * GIB}\ninactive_file {2 * GIB}\nshmem 5\n"}
+    assert free_memory(_root_with(tmp_path / "cached", cached)).ram == 7 * GIB
+
+
+def test_a_cgroup_v1_memory_and_swap_limit_leaves_the_swap_beyond_the_memory(tmp_path):
+    """Docker's ``--memory 16g --memory-swap 19g`` on cgroup v1, 10 GiB used, none swapped."""
+    files = {"proc/meminfo": MEMINFO, "proc/self/cgroup": "4:memory:/docker/x\n",
+             "sys/fs/cgroup/memory/memory.limit_in_bytes": f"{16 * GIB}\n",
+             "sys/fs/cgroup/memory/memory.usage_in_bytes": f"{10 * GIB}\n",
+             "sys/fs/cgroup/memory/memory.memsw.limit_in_bytes": f"{19 * GIB}\n",
+             "sys/fs/cgroup/memory/memory.memsw.usage_in_bytes": f"{10 * GIB}\n"}
+    free = free_memory(_root_with(tmp_path / "swap", files))
+    assert (free.ram, free.swap) == (6 * GIB, 3 * GIB)
+    no_swap = {**files, "sys/fs/cgroup/memory/memory.memsw.limit_in_bytes": f"{16 * GIB}\n"}
+    assert free_memory(_root_with(tmp_path / "no_swap", no_swap))[:2] == (6 * GIB, 0)
+
+
+def test_an_old_kernel_or_an_odd_cgroup_line_is_no_failure(tmp_path):
+    old = _root_with(tmp_path / "old", {"proc/meminfo": "MemTotal: 100 kB\nMemFree: 50 kB\n"})
+    assert free_memory(old) is None  # without MemAvailable nothing is checked
+    odd = _root_with(tmp_path / "odd", {"proc/meminfo": MEMINFO, "proc/self/cgroup": "garbage\n0::/\n"})
+    assert free_memory(odd).source == "MemAvailable"
+
+
 def test_this_machine_reports_its_free_memory():
     free = free_memory()
-    assert free is not None and 0 < free.ram and free.swap >= 0
+    assert free is not None and free.ram >= 0 and free.swap >= 0
 
 
 def test_weights_beyond_ram_and_swap_are_refused_with_what_lowers_them(i2v_root):
@@ -178,6 +211,23 @@ def test_pinned_blocks_beyond_ram_are_refused_whatever_the_swap(i2v_root):
         check_host_memory(planned, FreeMemory(host.pinned - 1, 100 * GIB, "MemAvailable"))
     remedy = "to fit, try fewer stream_blocks (fit_memory, or --fit_memory, weighs both memories)"
     assert host_remedy(planned) == remedy
+    offloaded = plan("i2v-A14B", i2v_root, offload_model=True, stream_blocks=1)
+    fp8 = "dit_fp8 (DiT weights in float8, half the bytes, lossy)"
+    assert host_remedy(offloaded, pinned_only=True, placements=False) == f"to fit, try {fp8}"
+
+
+def test_the_remedies_are_those_of_what_holds_the_memory(i2v_root):
+    """A float32 text encoder on the CPU alone: neither float8 DiTs nor t5_cpu lower it."""
+    encoder_only = plan("i2v-A14B", i2v_root, t5_cpu=True, dtype=torch.float32)
+    assert host_plan(encoder_only).models[TEXT_ENCODER] > 0 and host_plan(encoder_only).pinned == 0
+    weighs = " (fit_memory, or --fit_memory, weighs both memories)"
+    steps = "dtype bfloat16, no t5_cpu (the text encoder on the GPU)"
+    assert host_remedy(encoder_only) == f"to fit, try {steps}{weighs}"
+    offloaded = plan("i2v-A14B", i2v_root, offload_model=True)
+    fp8 = "dit_fp8 (DiT weights in float8, half the bytes, lossy)"
+    assert host_remedy(offloaded, placements=False) == f"to fit, try {fp8}"
+    assert host_remedy(plan("i2v-A14B", i2v_root, offload_model=True, dit_fp8=True, t5_cpu=True),
+                       placements=False) == "no option lowers them further"
 
 
 def test_the_check_can_be_turned_off_and_its_setting_is_checked(monkeypatch):
@@ -220,6 +270,13 @@ def test_fit_memory_skips_placements_beyond_the_free_memory(i2v_root):
     free = FreeMemory(host_plan(first.plan).peak - 1, 0, "MemAvailable")
     second = fit_placement(base, estimates, first.budget, {}, free)
     assert second.options != first.options and host_plan(second.plan).fits(free)
+    # With swap enough for the first, the one that fits in RAM still comes first; the swap serves
+    # only when no placement fits in RAM.
+    swap = free._replace(swap=GIB)
+    assert fit_placement(base, estimates, first.budget, {}, swap).options == second.options
+    assert fit_placement(base, estimates, first.budget, first.options, swap).options == first.options
+    with pytest.raises(NoFit):
+        fit_placement(base, estimates, first.budget, first.options, free)
     with pytest.raises(NoFit, match=r"every placement that fits the video in .* needs more CPU memory "
                                     r"than the machine's 0.00 GiB of RAM free \(MemAvailable\) .* the least, "
                                     r"offload_model False, t5_cpu False, stream_blocks 1, takes .*dit_fp8"):
@@ -236,6 +293,7 @@ def _just_below_all_on_the_gpu(base, estimates) -> int:
 
 MEASURE = """
 import sys, torch
+from wan_runtime.models.pinned_chunks import move_into_chunks
 from wan_runtime.pipelines import load_pipeline
 
 def anonymous():
@@ -245,6 +303,9 @@ def anonymous():
 before = anonymous()
 pipeline = load_pipeline("ti2v-5B", sys.argv[1], device="cpu", dtype=torch.float32, t5_cpu=True,
                          stream_blocks=int(sys.argv[2]))
+streaming = pipeline.dits["dit"].block_streaming
+blocks = [pipeline.dits["dit"].blocks[i] for i in streaming.indices]
+move_into_chunks([t for block in blocks for t in [*block.parameters(), *block.buffers()]], pin=False)
 print(anonymous() - before)
 """
 
@@ -254,8 +315,8 @@ def test_streamed_blocks_and_a_float32_text_encoder_take_the_memory_counted(tmp_
     """Measured by Linux in a fresh process around the load of a ti2v-5B folder with a DiT of 0.4 GB
     in float32 (``RssAnon``: the pages the out-of-memory killer weighs, not the mapped files'), on
     the CPU as it would load for a GPU with ``t5_cpu``: the text encoder converted from its bfloat16
-    file, the streamed blocks copied into their buffers (not pinned on the CPU, the same bytes), the
-    rest of the DiT and the VAE read from their mapped files, in their files' dtype."""
+    file, the streamed blocks moved into their buffers as a GPU's streaming moves them (not pinned
+    here), the rest of the DiT and the VAE read from their mapped files, in their files' dtype."""
     root = write_task_checkpoint("ti2v-5B", tmp_path_factory.mktemp("ti2v-wide"))
     for shard in root.glob("diffusion_pytorch_model*"):  # ti2v-5B's DiT is in the root folder
         shard.unlink()

@@ -27,16 +27,18 @@ from wan_runtime.models.pinned_chunks import move_into_chunks
 
 
 class BlockStreaming:
-    """``blocks[index]`` for each of ``indices`` kept in CPU memory (pinned when ``device`` is a
-    GPU), and copied to ``device`` inside ``on_device(index)``."""
+    """``blocks[index]`` for each of ``indices`` kept in CPU memory (moved into pinned buffers when
+    ``device`` is a GPU), and copied to ``device`` inside ``on_device(index)``."""
 
     def __init__(self, blocks: Sequence[nn.Module], indices: Sequence[int], device: torch.device) -> None:
         self.device = device
         self.loaded: set[int] = set()
         by_block = {i: [*blocks[i].parameters(), *blocks[i].buffers()] for i in indices}
         every = [tensor for tensors in by_block.values() for tensor in tensors]
-        # Pinned pages copy to a GPU at full bus speed and without blocking the host.
-        hosts = iter(move_into_chunks(every, pin=device.type == "cuda"))
+        # Pinned pages copy to a GPU at full bus speed and without blocking the host. Elsewhere the
+        # tensors stay as they are: those in their file's dtype read its mapped pages, not copies.
+        pin = device.type == "cuda"
+        hosts = iter(move_into_chunks(every, pin=True) if pin else [tensor.detach() for tensor in every])
         self._stored = {i: [(tensor, next(hosts)) for tensor in tensors] for i, tensors in by_block.items()}
 
     @property

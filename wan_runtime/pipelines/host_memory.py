@@ -80,7 +80,7 @@ class HostPlan:
         if self.loading > self.settled:
             parts.append(f"{self.loading / _GIB:.2f} GiB while a model loads through it")
         if not parts:
-            return "no weights in CPU memory"
+            return "no CPU memory"
         return f"at most {self.peak / _GIB:.2f} GiB of CPU memory at once ({', '.join(parts)})"
 
 
@@ -131,14 +131,17 @@ class FreeMemory(NamedTuple):
 
 def free_memory(root: Path = Path("/")) -> FreeMemory | None:
     """The machine's free memory as the module's docstring reads it (``root``: where ``/proc`` and
-    ``/sys`` are, for tests); None where ``/proc/meminfo`` is not (not Linux)."""
+    ``/sys`` are, for tests); None where ``/proc/meminfo`` has no ``MemAvailable`` (not Linux, or
+    a kernel older than 3.14)."""
     try:
         info = _fields((root / "proc/meminfo").read_text(), scale=1024)
     except OSError:
         return None
-    ram, swap, source = info.get("MemAvailable", 0), info.get("SwapFree", 0), "MemAvailable"
+    if "MemAvailable" not in info:
+        return None
+    ram, swap, source = info["MemAvailable"], info.get("SwapFree", 0), "MemAvailable"
     for name, room, swap_room in _cgroup_rooms(root):
-        if room < ram:
+        if room is not None and room < ram:
             ram, source = room, f"the room left under the cgroup limit {name}"
         if swap_room is not None:
             swap = min(swap, swap_room)
@@ -155,45 +158,81 @@ def _fields(text: str, scale: int = 1) -> dict[str, int]:
     return fields
 
 
-def _cgroup_rooms(root: Path) -> list[tuple[str, int, int | None]]:
-    """Each memory limit over this process: its file, the bytes left under it (its reclaimable
-    file pages counted as free) and, for cgroup v2, the swap left under its swap limit."""
+class _Cgroup(NamedTuple):
+    """A cgroup version's memory files: under ``mount``, the ``limit`` and its ``usage``, the page
+    cache fields of ``memory.stat`` (which the kernel reclaims before it kills), and the swap
+    limit and usage; version 1's count memory and swap together."""
+
+    mount: str
+    limit: str
+    usage: str
+    page_cache: tuple[str, str]
+    swap_limit: str
+    swap_usage: str
+    swap_with_memory: bool
+
+
+_V2 = _Cgroup("sys/fs/cgroup", "memory.max", "memory.current", ("active_file", "inactive_file"),
+              "memory.swap.max", "memory.swap.current", False)
+_V1 = _Cgroup("sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes",
+              ("total_active_file", "total_inactive_file"), "memory.memsw.limit_in_bytes",
+              "memory.memsw.usage_in_bytes", True)
+
+
+def _cgroup_rooms(root: Path) -> list[tuple[str, int | None, int | None]]:
+    """Each cgroup over this process with a limit: its limit file, the bytes of memory left under
+    it (its page cache counted as free; None without a memory limit) and of swap (None without a
+    swap limit)."""
     try:
         lines = (root / "proc/self/cgroup").read_text().splitlines()
     except OSError:
         return []
     rooms = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
         if controllers == "":
-            rooms += _limits(root / "sys/fs/cgroup", path, "memory.max", "memory.current", "inactive_file")
+            rooms += _limits(root, _V2, path)
         elif "memory" in controllers.split(","):
-            rooms += _limits(root / "sys/fs/cgroup/memory", path, "memory.limit_in_bytes",
-                             "memory.usage_in_bytes", "total_inactive_file")
+            rooms += _limits(root, _V1, path)
     return rooms
 
 
-def _limits(mount: Path, path: str, limit_file: str, usage_file: str, reclaimable: str,
-            ) -> list[tuple[str, int, int | None]]:
-    """The limits of the cgroup ``path`` under ``mount`` and its ancestors (a container sees its
-    own cgroup at the mount itself, so a path missing there means the mount)."""
+def _limits(root: Path, cgroup: _Cgroup, path: str) -> list[tuple[str, int | None, int | None]]:
+    """The limits of the cgroup ``path`` and its ancestors (a container sees its own cgroup at the
+    mount itself, so a path missing there means the mount)."""
+    mount = root / cgroup.mount
     leaf = mount / path.lstrip("/")
     folder = leaf if leaf.is_dir() else mount
     rooms = []
     for current in [folder, *folder.parents]:
         if not current.is_relative_to(mount):
             break
-        try:
-            limit = (current / limit_file).read_text().strip()
-            usage = int((current / usage_file).read_text())
-        except (OSError, ValueError):
-            continue
-        if limit == "max" or not limit.isdigit() or int(limit) >= _NO_LIMIT:
-            continue
         stat = _read_fields(current / "memory.stat")
-        room = max(int(limit) - usage + stat.get(reclaimable, 0), 0)
-        rooms.append((str(current / limit_file), room, _swap_room(current)))
+        cache = sum(stat.get(name, 0) for name in cgroup.page_cache)
+        room = _room(current, cgroup.limit, cgroup.usage, cache)
+        swap = _room(current, cgroup.swap_limit, cgroup.swap_usage, cache if cgroup.swap_with_memory else 0)
+        if swap is not None and cgroup.swap_with_memory:  # memory and swap together: the swap is the rest
+            room = swap if room is None else min(room, swap)
+            swap -= room
+        if room is not None or swap is not None:
+            rooms.append((str(current / cgroup.limit), room, swap))
     return rooms
+
+
+def _room(folder: Path, limit_file: str, usage_file: str, reclaimable: int) -> int | None:
+    """The bytes left under the limit in ``limit_file``, None without one (a missing file, "max",
+    or version 1's "unlimited", about 2**63)."""
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text())
+    except (OSError, ValueError):
+        return None
+    if not limit.isdigit() or int(limit) >= _NO_LIMIT:
+        return None
+    return max(int(limit) - usage + reclaimable, 0)
 
 
 def _read_fields(path: Path) -> dict[str, int]:
@@ -201,16 +240,6 @@ def _read_fields(path: Path) -> dict[str, int]:
         return _fields(path.read_text())
     except OSError:
         return {}
-
-
-def _swap_room(folder: Path) -> int | None:
-    """The swap left under a cgroup v2 swap limit, None without one."""
-    try:
-        limit = (folder / "memory.swap.max").read_text().strip()
-        used = int((folder / "memory.swap.current").read_text())
-    except (OSError, ValueError):
-        return None
-    return None if not limit.isdigit() else max(int(limit) - used, 0)
 
 
 def free_to_check() -> FreeMemory | None:
@@ -241,29 +270,33 @@ def check_host_memory(plan: WeightPlan, free: FreeMemory | None) -> None:
                    f"cannot be swapped out: more than the {free.describe()}")
     else:
         problem = f"the weights would take {host.describe()}: more than the {free.describe()}"
-    raise InputError(f"{problem}; {host_remedy(plan)}, or free memory (if it is there but not counted as "
-                     f"available, set {ENV_VAR}=0)")
+    remedy = host_remedy(plan, pinned_only=host.pinned > free.ram)
+    raise InputError(f"{problem}; {remedy}, or free memory (if it is there but not counted as available, set "
+                     f"{ENV_VAR}=0)")
 
 
-def host_remedy(plan: WeightPlan, placements: bool = True) -> str:
-    """What lowers the weights' CPU memory, of what ``plan``'s options allow and have not done;
-    not where the models wait unless ``placements`` (``fit_memory`` has tried those)."""
-    o, on_cpu = plan.options, plan.device.type == "cpu"
+def host_remedy(plan: WeightPlan, pinned_only: bool = False, placements: bool = True) -> str:
+    """What lowers the CPU memory of ``plan``'s weights (with ``pinned_only``, of its streamed
+    blocks), of what its options allow and have not done, as the models there hold it; where the
+    models wait only with ``placements`` (``fit_memory`` has tried every placement)."""
+    o, host = plan.options, host_plan(plan)
+    dits = host.pinned > 0 or (not pinned_only and any(b for n, b in host.models.items() if is_dit(n)))
+    encoder = not pinned_only and host.models.get(TEXT_ENCODER, 0) > 0
     steps = []
-    if not (o.dit_fp8 or o.dit_fsdp):
+    if dits and not o.dit_fp8:
         steps.append("dit_fp8 (DiT weights in float8, half the bytes, lossy)")
-    if o.dtype == torch.float32:
+    if (dits or encoder) and o.dtype == torch.float32:
         steps.append("dtype bfloat16")
-    if on_cpu:
-        steps.append("a GPU")
-    elif placements:
-        if o.offload_model and not o.t5_cpu:
+    if placements:
+        if encoder and o.t5_cpu:
+            steps.append("no t5_cpu (the text encoder on the GPU)")
+        elif encoder and o.dtype != torch.float32:
             steps.append("t5_cpu (the text encoder reads its file in place of a copy)")
-        if o.offload_model:
+        if o.offload_model and not pinned_only:
             steps.append("no offload_model (the models stay on the GPU)")
-        if o.stream_blocks:
+        if host.pinned:
             steps.append("fewer stream_blocks")
     if not steps:
         return "no option lowers them further"
-    weighs = " (fit_memory, or --fit_memory, weighs both memories)" if placements and not on_cpu else ""
+    weighs = " (fit_memory, or --fit_memory, weighs both memories)" if placements else ""
     return "to fit, try " + ", ".join(steps) + weighs

@@ -108,20 +108,23 @@ def fit_placement(
 ) -> MemoryFit:
     """The first of ``placements`` of ``plan``'s models under which every stage of every video
     (``estimates``, made with ``plan``) ``needed`` at most ``budget`` bytes and, given the machine's
-    ``free`` CPU memory, the weights waiting there fit it (``host_memory``); ``InputError`` naming
-    what else would lower the peak when none does."""
-    fitting_gpu: list[WeightPlan] = []
+    ``free`` CPU memory, the weights waiting there fit it (``host_memory``): in its RAM if one
+    does, else with its swap; ``InputError`` naming what else would lower the peak when none does."""
+    fitting_gpu: list[MemoryFit] = []
     for offload_model, t5_cpu, stream_blocks in placements(plan, given):
         placed = plan.placed(offload_model, t5_cpu, stream_blocks)
         fit = MemoryFit(placed, {video: e.placed(placed) for video, e in estimates.items()}, budget)
         if needed(fit.busiest) <= budget:
-            if free is None or host_plan(placed).fits(free):
+            if free is None or host_plan(placed).fits(free._replace(swap=0)):
                 return fit
-            fitting_gpu.append(placed)
+            fitting_gpu.append(fit)
+    swapping = next((f for f in fitting_gpu if free is not None and host_plan(f.plan).fits(free)), None)
+    if swapping is not None:
+        return swapping
     stage = fit.busiest
     video, estimate = next((v, e) for v, e in fit.estimates.items() if stage in e.stages)
     if fitting_gpu and free is not None:
-        least = min(fitting_gpu, key=lambda p: host_plan(p).peak)
+        least = min((f.plan for f in fitting_gpu), key=lambda p: host_plan(p).peak)
         raise NoFit(f"every placement that fits the video in {budget / _GIB:.2f} GiB of the GPU needs more "
                     f"CPU memory than the machine's {free.describe()}: the least, {_placement(least)}, takes "
                     f"{host_plan(least).describe()}; {host_remedy(least, placements=False)}", video)
