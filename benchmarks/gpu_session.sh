@@ -97,7 +97,7 @@ workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 kernel_tests=(env WAN_KERNELS_BUILD_DIR=$cuda_build TORCHINDUCTOR_COMPILE_THREADS=1 python3 -m pytest -q
   -p no:cacheprovider $workers tests/kernels tests/benchmarks tests/distributed/test_one_gpu_process.py
   tests/lora/test_lora_devices.py tests/models/test_block_streaming.py tests/models/test_fp8_weights.py
-  tests/models/test_pinned_chunks.py tests/pipelines/test_memory_plan.py
+  tests/models/test_pinned_chunks.py tests/pipelines/test_memory_plan.py tests/pipelines/test_offload.py
   --ignore=tests/kernels/test_cuda_sources.py
   --ignore=tests/kernels/test_cmake_build.py --ignore=tests/kernels/test_bench_cpu.py
   --ignore=tests/benchmarks/test_bench_dit.py

@@ -1,7 +1,7 @@
 """Model placement: with ``offload_model`` only the model at work is on the device.
 
 On a CPU run the device is the CPU, so the moves are observed through the pipeline's bookkeeping
-(``residency.placement``) and through the ``.to`` calls each model receives.
+(``residency.placement``) and its moves; ``Residency`` alone moves models to the meta device.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from tests.pipelines.images import gradient_image
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.pipelines.base import TEXT_ENCODER
+from wan_runtime.pipelines.residency import Residency
 from wan_runtime.pipelines.s2v import AUDIO_ENCODER
 from wan_runtime.tasks import DIT, HIGH_NOISE, LOW_NOISE
 
@@ -21,16 +22,15 @@ CPU = torch.device("cpu")
 
 
 def _spy_on_moves(pipeline, moves: list):
-    """Record ``(name, target)`` for every ``.to`` call on the pipeline's big models."""
-    modules = {**pipeline.dits, TEXT_ENCODER: pipeline.text_encoder.model}
-    if hasattr(pipeline, "audio_encoder"):
-        modules[AUDIO_ENCODER] = pipeline.audio_encoder.model
-    for name, module in modules.items():
-        def to(*args, _name=name, _to=module.to, **kwargs):
-            moves.append((_name, torch.device(args[0])))
-            return _to(*args, **kwargs)
+    """Record ``(name, target)`` for every move of one of the pipeline's big models."""
+    residency, move = pipeline.residency, pipeline.residency._move
 
-        module.to = to
+    def recording(name, placement):
+        if residency.placement[name] != placement:
+            moves.append((name, pipeline.device if placement == "device" else CPU))
+        move(name, placement)
+
+    residency._move = recording
 
 
 def _watch_forwards(pipeline, seen: list):
@@ -131,3 +131,27 @@ def test_s2v_bfloat16_and_convert_model_dtype(s2v_root):
     converted = load_pipeline("s2v-14B", s2v_root, device="cpu", dtype=torch.bfloat16,
                               convert_model_dtype=True)
     assert {p.dtype for p in converted.dits[DIT].parameters()} == {torch.bfloat16}
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a move to the device needs a GPU")
+def test_a_model_back_from_the_device_has_its_cpu_tensors_again():
+    """No copy on the way back: the same storage (a memory-mapped file's pages included); the
+    device holds a copy while the model works, one model at a time."""
+    first, second = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    second.weight = first.weight  # one weight in two places, as umT5's embedding table
+    first.register_buffer("scale", torch.ones(4))
+    tied = torch.nn.Sequential(first, second)
+    residency = Residency(torch.device("cuda"), offload=True)
+    residency.add("tied", tied)
+    residency.add("other", torch.nn.Linear(2, 2))
+    before = {name: t.data_ptr() for name, t in [*tied.named_parameters(), *tied.named_buffers()]}
+    want = tied(torch.ones(4))
+    assert residency.activate("tied") is tied
+    assert {t.device.type for t in [*tied.parameters(), *tied.buffers()]} == {"cuda"}
+    torch.testing.assert_close(tied(torch.ones(4, device="cuda")).cpu(), want)
+    residency.activate("other")
+    assert residency.placement == {"tied": "cpu", "other": "device"}
+    assert {name: t.data_ptr() for name, t in [*tied.named_parameters(), *tied.named_buffers()]} == before
+    residency.release()
+    assert {t.device.type for t in tied.parameters()} == {"cpu"}

@@ -5,10 +5,12 @@ turns on the GPU, all of them while the VAE decodes), ``stream_blocks`` (the DiT
 pinned: ``wan_runtime.models.pinned_chunks``) and ``t5_cpu`` in float32 (the text encoder's
 bfloat16 file converted). What counts is the memory the kernel cannot drop: copies. A text
 encoder in bfloat16 on the CPU reads its memory-mapped file, whose pages the kernel drops and
-reads again as it needs, so it is not counted; an offloaded model is, as its first turn on the GPU
-leaves a copy in its place. A DiT that waits on the CPU, or streams, loads there whole first; so
-does the speech encoder. Those loads and, with the device the CPU, every model are counted whole:
-an upper bound, as weights kept in their files' dtype are read from the mapped files too.
+reads again as it needs, so it is not counted, offloaded too (an offloaded model keeps its CPU
+tensors while a copy works on the GPU: ``residency``). A DiT that waits on the CPU, or streams,
+loads there whole first; so does the speech encoder. Those loads, offloaded DiTs and, with the
+device the CPU, every model are counted whole: exact for weights converted as they load (a
+float32 file's DiT run in bfloat16), an upper bound for those kept in their file's dtype, which
+read the mapped file too.
 
 A machine without that much memory free raises no error: minutes into loading its out-of-memory
 killer ends the process, which prints one word, "Killed". So ``load_pipeline`` compares the
@@ -98,7 +100,7 @@ def host_plan(plan: WeightPlan) -> HostPlan:
         if name == TEXT_ENCODER:
             mapped = next(model.parameters()).dtype == torch.bfloat16
             kept = on_cpu or options.t5_cpu or options.offload_model
-            models[name] = module_bytes(model) if kept and not (mapped and (on_cpu or options.t5_cpu)) else 0
+            models[name] = module_bytes(model) if kept and not mapped else 0
         elif is_dit(name):
             blocks = [] if on_cpu else streamed_blocks(model, options.stream_blocks)
             streamed = [t for block in blocks for t in [*block.parameters(), *block.buffers()]]
@@ -290,8 +292,6 @@ def host_remedy(plan: WeightPlan, pinned_only: bool = False, placements: bool = 
     if placements:
         if encoder and o.t5_cpu:
             steps.append("no t5_cpu (the text encoder on the GPU)")
-        elif encoder and o.dtype != torch.float32:
-            steps.append("t5_cpu (the text encoder reads its file in place of a copy)")
         if o.offload_model and not pinned_only:
             steps.append("no offload_model (the models stay on the GPU)")
         if host.pinned:

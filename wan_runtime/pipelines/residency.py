@@ -2,9 +2,13 @@
 
 Without offloading every model stays where it was loaded (on the pipeline's device). With it,
 the big models live on the CPU and ``activate`` brings one onto the device, first sending the
-others back, so only one of them occupies accelerator memory at a time. The bookkeeping
-(``placement``) is kept apart from the tensors' devices so that the logic is observable, and
-testable, on a CPU-only run where both places are the same device.
+others back, so only one of them occupies accelerator memory at a time. A model on the device is
+a copy: its CPU tensors stay, and sending it back puts them in place again and drops the copy.
+The way back then costs no copy, and weights read from a memory-mapped file in its dtype (the
+text encoder's bfloat16) stay file pages the kernel can drop, not a copy in CPU memory
+(``host_memory``). The weights do not change while a model works, so the CPU tensors stay right.
+The bookkeeping (``placement``) is kept apart from the tensors' devices so that the logic is
+observable, and testable, on a CPU-only run where both places are the same device.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import torch
 from torch import nn
 
 Placement = Literal["device", "cpu"]
-_CPU = torch.device("cpu")
 
 
 class Residency:
@@ -29,6 +32,8 @@ class Residency:
         self._modules: dict[str, nn.Module] = {}
         self._moving: dict[str, nn.Module] = {}
         self.placement: dict[str, Placement] = {}
+        # Each model on the device: its tensors, each with its CPU data.
+        self._on_cpu: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def add(self, name: str, module: nn.Module, moving: nn.Module | None = None) -> None:
         """Track ``module``, which must already be where the policy wants it at rest: on the CPU
@@ -39,9 +44,18 @@ class Residency:
         self.placement[name] = "cpu" if self.offload else "device"
 
     def _move(self, name: str, placement: Placement) -> None:
-        if self.placement[name] != placement:
-            self._moving[name].to(self.device if placement == "device" else _CPU)
-            self.placement[name] = placement
+        if self.placement[name] == placement:
+            return
+        if placement == "device":
+            module = self._moving[name]
+            tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}.values()
+            self._on_cpu[name] = [(tensor, tensor.data) for tensor in tensors]
+            for tensor, host in self._on_cpu[name]:
+                tensor.data = host.to(self.device)
+        else:
+            for tensor, host in self._on_cpu.pop(name):
+                tensor.data = host
+        self.placement[name] = placement
 
     def activate(self, name: str) -> nn.Module:
         """Module ``name``, on the device; when offloading, every other module is sent to the CPU
