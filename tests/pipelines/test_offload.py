@@ -147,11 +147,37 @@ def test_a_model_back_from_the_device_has_its_cpu_tensors_again():
     residency.add("other", torch.nn.Linear(2, 2))
     before = {name: t.data_ptr() for name, t in [*tied.named_parameters(), *tied.named_buffers()]}
     want = tied(torch.ones(4))
-    assert residency.activate("tied") is tied
-    assert {t.device.type for t in [*tied.parameters(), *tied.buffers()]} == {"cuda"}
-    torch.testing.assert_close(tied(torch.ones(4, device="cuda")).cpu(), want)
-    residency.activate("other")
+    with torch.inference_mode():  # as the pipelines move them
+        assert residency.activate("tied") is tied
+        assert {t.device.type for t in [*tied.parameters(), *tied.buffers()]} == {"cuda"}
+        torch.testing.assert_close(tied(torch.ones(4, device="cuda")).cpu(), want)
+        residency.activate("other")
     assert residency.placement == {"tied": "cpu", "other": "device"}
     assert {name: t.data_ptr() for name, t in [*tied.named_parameters(), *tied.named_buffers()]} == before
+    assert not any(t.is_inference() for t in tied.parameters())
     residency.release()
     assert {t.device.type for t in tied.parameters()} == {"cpu"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a move to the device needs a GPU")
+def test_a_move_that_fails_midway_leaves_the_model_on_the_cpu(monkeypatch):
+    """Out of memory at the second tensor: nothing stays on the GPU, and the next move works."""
+    model = torch.nn.Linear(4, 4)
+    residency = Residency(torch.device("cuda"), offload=True)
+    residency.add("model", model)
+    copy, calls = torch.Tensor.to, []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (a test)")
+        return copy(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", failing)
+    with pytest.raises(torch.OutOfMemoryError):
+        residency.activate("model")
+    monkeypatch.undo()
+    assert residency.placement["model"] == "cpu" and {p.device.type for p in model.parameters()} == {"cpu"}
+    residency.activate("model")
+    residency.release()
+    assert {p.device.type for p in model.parameters()} == {"cpu"}

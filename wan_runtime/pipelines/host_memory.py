@@ -1,12 +1,12 @@
 """How much CPU memory a pipeline's weights take, and whether the machine has it free.
 
-Weights wait in CPU memory under three options: ``offload_model`` (the big models between their
-turns on the GPU, all of them while the VAE decodes), ``stream_blocks`` (the DiTs' last blocks,
-pinned: ``wan_runtime.models.pinned_chunks``) and ``t5_cpu`` in float32 (the text encoder's
-bfloat16 file converted). What counts is the memory the kernel cannot drop: copies. A text
-encoder in bfloat16 on the CPU reads its memory-mapped file, whose pages the kernel drops and
-reads again as it needs, so it is not counted, offloaded too (an offloaded model keeps its CPU
-tensors while a copy works on the GPU: ``residency``). A DiT that waits on the CPU, or streams,
+Weights wait in CPU memory under three options: ``offload_model`` (the big models, which keep
+their CPU tensors while a copy of one works on the GPU: ``residency``), ``stream_blocks`` (the
+DiTs' last blocks, pinned: ``wan_runtime.models.pinned_chunks``) and ``t5_cpu`` in float32 (the
+text encoder's bfloat16 file converted). What counts is the memory the kernel cannot drop:
+copies. A text encoder in bfloat16 on the CPU, offloaded too, reads its memory-mapped file (the
+release's is bfloat16), whose pages the kernel drops and reads again as it needs, so it is not
+counted. A DiT that waits on the CPU, or streams,
 loads there whole first; so does the speech encoder. Those loads, offloaded DiTs and, with the
 device the CPU, every model are counted whole: exact for weights converted as they load (a
 float32 file's DiT run in bfloat16), an upper bound for those kept in their file's dtype, which

@@ -6,7 +6,8 @@ others back, so only one of them occupies accelerator memory at a time. A model 
 a copy: its CPU tensors stay, and sending it back puts them in place again and drops the copy.
 The way back then costs no copy, and weights read from a memory-mapped file in its dtype (the
 text encoder's bfloat16) stay file pages the kernel can drop, not a copy in CPU memory
-(``host_memory``). The weights do not change while a model works, so the CPU tensors stay right.
+(``host_memory``), as under ``t5_cpu`` (so the file must stay as it is while the pipeline lives).
+The weights do not change while a model works, so the CPU tensors stay right.
 The bookkeeping (``placement``) is kept apart from the tensors' devices so that the logic is
 observable, and testable, on a CPU-only run where both places are the same device.
 """
@@ -49,9 +50,11 @@ class Residency:
         if placement == "device":
             module = self._moving[name]
             tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}.values()
-            self._on_cpu[name] = [(tensor, tensor.data) for tensor in tensors]
-            for tensor, host in self._on_cpu[name]:
-                tensor.data = host.to(self.device)
+            # Every copy first: a copy that fails (out of memory) leaves the model whole on the CPU.
+            copies = [(tensor, tensor.data, tensor.data.to(self.device)) for tensor in tensors]
+            self._on_cpu[name] = [(tensor, host) for tensor, host, _ in copies]
+            for tensor, _, copy in copies:
+                tensor.data = copy
         else:
             for tensor, host in self._on_cpu.pop(name):
                 tensor.data = host
