@@ -50,6 +50,19 @@ ENV_VAR = "WAN_HOST_MEMORY_CHECK"
 _NO_LIMIT = 2**60
 
 
+class FreeMemory(NamedTuple):
+    """The CPU memory this process can still take: ``ram`` without swapping, ``swap`` free, and
+    where ``ram`` was read (``source``)."""
+
+    ram: int
+    swap: int
+    source: str
+
+    def describe(self) -> str:
+        """The free memory, in words."""
+        return f"{self.ram / _GIB:.2f} GiB of RAM free ({self.source}) and {self.swap / _GIB:.2f} GiB of swap"
+
+
 @dataclass(frozen=True)
 class HostPlan:
     """The bytes of a pipeline's weights in CPU memory: each model's once loaded (``models``,
@@ -115,20 +128,6 @@ def host_plan(plan: WeightPlan) -> HostPlan:
             if name == AUDIO_ENCODER:  # transformers loads it on the CPU first
                 loading = max(loading, before + module_bytes(model))
     return HostPlan(models, pinned, loading)
-
-
-
-class FreeMemory(NamedTuple):
-    """The CPU memory this process can still take: ``ram`` without swapping, ``swap`` free, and
-    where ``ram`` was read (``source``)."""
-
-    ram: int
-    swap: int
-    source: str
-
-    def describe(self) -> str:
-        """The free memory, in words."""
-        return f"{self.ram / _GIB:.2f} GiB of RAM free ({self.source}) and {self.swap / _GIB:.2f} GiB of swap"
 
 
 def free_memory(root: Path = Path("/")) -> FreeMemory | None:
