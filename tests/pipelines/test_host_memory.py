@@ -311,17 +311,24 @@ print(anonymous() - before)
 """
 
 
+@pytest.fixture(scope="module")
+def wide_ti2v_root(tmp_path_factory):
+    """A ti2v-5B folder whose DiT takes 0.4 GB in float32."""
+    root = write_task_checkpoint("ti2v-5B", tmp_path_factory.mktemp("ti2v-wide"))
+    for shard in root.glob("diffusion_pytorch_model*"):  # ti2v-5B's DiT is in the root folder
+        shard.unlink()
+    write_dit(root, replace(TINY_TI2V, dim=1024, ffn_dim=4096, num_heads=8, num_layers=6), shards=2)
+    return root
+
+
 @pytest.mark.parametrize("count", [1, 5])
-def test_streamed_blocks_and_a_float32_text_encoder_take_the_memory_counted(tmp_path_factory, count):
+def test_streamed_blocks_and_a_float32_text_encoder_take_the_memory_counted(wide_ti2v_root, count):
     """Measured by Linux in a fresh process around the load of a ti2v-5B folder with a DiT of 0.4 GB
     in float32 (``RssAnon``: the pages the out-of-memory killer weighs, not the mapped files'), on
     the CPU as it would load for a GPU with ``t5_cpu``: the text encoder converted from its bfloat16
     file, the streamed blocks moved into their buffers as a GPU's streaming moves them (not pinned
     here), the rest of the DiT and the VAE read from their mapped files, in their files' dtype."""
-    root = write_task_checkpoint("ti2v-5B", tmp_path_factory.mktemp("ti2v-wide"))
-    for shard in root.glob("diffusion_pytorch_model*"):  # ti2v-5B's DiT is in the root folder
-        shard.unlink()
-    write_dit(root, replace(TINY_TI2V, dim=1024, ffn_dim=4096, num_heads=8, num_layers=6), shards=2)
+    root = wide_ti2v_root
     planned = plan("ti2v-5B", root, dtype=torch.float32, t5_cpu=True, stream_blocks=count)
     host = host_plan(planned)
     result = subprocess.run([sys.executable, "-c", MEASURE, str(root), str(count)], capture_output=True,
