@@ -38,7 +38,7 @@ import torch
 from wan_runtime.checks import PLACEMENT_FLAGS
 from wan_runtime.errors import InputError
 from wan_runtime.pipelines.activation_memory import MemoryEstimate, StagePeak, VideoShape, estimate_memory
-from wan_runtime.pipelines.host_memory import FreeMemory, free_to_check, host_plan, host_remedy
+from wan_runtime.pipelines.host_memory import FreeMemory, HostPlan, free_to_check, host_plan, host_remedy
 from wan_runtime.pipelines.loading import check_pipeline
 from wan_runtime.pipelines.memory_plan import _GIB, WeightPlan
 from wan_runtime.tasks import task_spec
@@ -110,24 +110,28 @@ def fit_placement(
     (``estimates``, made with ``plan``) ``needed`` at most ``budget`` bytes and, given the machine's
     ``free`` CPU memory, the weights waiting there fit it (``host_memory``): in its RAM if one
     does, else with its swap; ``InputError`` naming what else would lower the peak when none does."""
-    fitting_gpu: list[MemoryFit] = []
+    fitting_gpu: list[tuple[MemoryFit, HostPlan]] = []
     for offload_model, t5_cpu, stream_blocks in placements(plan, given):
         placed = plan.placed(offload_model, t5_cpu, stream_blocks)
         fit = MemoryFit(placed, {video: e.placed(placed) for video, e in estimates.items()}, budget)
         if needed(fit.busiest) <= budget:
-            if free is None or host_plan(placed).fits(free._replace(swap=0)):
+            if free is None:
                 return fit
-            fitting_gpu.append(fit)
-    swapping = next((f for f in fitting_gpu if free is not None and host_plan(f.plan).fits(free)), None)
-    if swapping is not None:
-        return swapping
+            host = host_plan(placed)
+            if host.fits(free._replace(swap=0)):
+                return fit
+            fitting_gpu.append((fit, host))
+    if free is not None:  # the placements that fit the GPU, then, with the swap
+        swapping = next((f for f, host in fitting_gpu if host.fits(free)), None)
+        if swapping is not None:
+            return swapping
     stage = fit.busiest
     video, estimate = next((v, e) for v, e in fit.estimates.items() if stage in e.stages)
     if fitting_gpu and free is not None:
-        least = min((f.plan for f in fitting_gpu), key=lambda p: host_plan(p).peak)
+        least, host = min(fitting_gpu, key=lambda pair: pair[1].peak)
         raise NoFit(f"every placement that fits the video in {budget / _GIB:.2f} GiB of the GPU needs more "
-                    f"CPU memory than the machine's {free.describe()}: the least, {_placement(least)}, takes "
-                    f"{host_plan(least).describe()}; {host_remedy(least, placements=False)}", video)
+                    f"CPU memory than the machine's {free.describe()}: the least, {_placement(least.plan)}, "
+                    f"takes {host.describe()}; {host_remedy(least.plan, placements=False)}", video)
     raise NoFit(f"no placement of the models fits the video in {budget / _GIB:.2f} GiB: with the least on "
                 f"the GPU, {fit.describe()}; {estimate.remedy_for(stage)}", video)
 
