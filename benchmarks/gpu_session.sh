@@ -98,6 +98,7 @@ kernel_tests=(env WAN_KERNELS_BUILD_DIR=$cuda_build TORCHINDUCTOR_COMPILE_THREAD
   -p no:cacheprovider $workers tests/kernels tests/benchmarks tests/distributed/test_one_gpu_process.py
   tests/lora/test_lora_devices.py tests/models/test_block_streaming.py tests/models/test_fp8_weights.py
   tests/models/test_pinned_chunks.py tests/pipelines/test_memory_plan.py tests/pipelines/test_offload.py
+  tests/pipelines/test_host_memory.py
   --ignore=tests/kernels/test_cuda_sources.py
   --ignore=tests/kernels/test_cmake_build.py --ignore=tests/kernels/test_bench_cpu.py
   --ignore=tests/benchmarks/test_bench_dit.py

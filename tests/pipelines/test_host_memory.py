@@ -4,6 +4,7 @@ refusal, before loading, of weights that would not fit it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -343,3 +344,45 @@ def test_streamed_blocks_and_a_float32_text_encoder_take_the_memory_counted(wide
     slack = 8 * 2**20
     assert abs(measured - touched) <= 0.01 * touched + slack, (touched, measured)
     assert measured <= host.settled + slack
+
+
+GPU_MEASURE = """
+import sys, torch
+from wan_runtime.pipelines import host_plan, load_pipeline
+
+def anonymous():
+    status = open("/proc/self/status").read()
+    return int(status.split("RssAnon:")[1].split()[0]) * 1024
+
+torch.empty(1, device="cuda")  # the CUDA context and the pinned allocator, before the count
+torch.empty(1).pin_memory()
+dtype = getattr(torch, sys.argv[2])
+before = anonymous()
+pipeline = load_pipeline("ti2v-5B", sys.argv[1], device="cuda", dtype=dtype, offload_model=True)
+for name in list(pipeline.residency.placement):  # each model's turn on the GPU, and back
+    pipeline.residency.activate(name)
+pipeline.residency.release()
+# Counted whole, an offloaded DiT's float32 weights are the pages of its float32 file.
+dit = pipeline.dits["dit"].resident_modules()
+mapped = sum(p.numel() * p.element_size() for p in dit.parameters() if p.dtype == torch.float32)
+print(anonymous() - before, host_plan(pipeline.weight_plan).settled - mapped)
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="offloading needs a GPU")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_an_offloaded_gpu_run_takes_the_cpu_memory_counted(wide_ti2v_root, dtype):
+    """Linux's count in a fresh process around an offloaded load on the GPU and each model's turn
+    there and back: in bfloat16 the DiT converted from its float32 file and the text encoder the
+    pages of its bfloat16 file; in float32 the other way round. The DiT's float32 weights, counted
+    whole, are the pages of its file. (The pinned buffers' bytes: ``test_pinned_chunks``.)"""
+    # glibc keeps some freed heap memory (allocations under its mmap threshold, up to 32 MB: this
+    # DiT's converted tensors, not a 14B one's); each allocation its own mapping, Linux counts
+    # what the tensors hold, which is what the count is of.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    command = [sys.executable, "-c", GPU_MEASURE, str(wide_ti2v_root), dtype]
+    repo = Path(__file__).parents[2]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=repo, env=env)
+    assert result.returncode == 0, result.stderr
+    measured, copies = (int(x) for x in result.stdout.split())
+    assert copies > 20 * 2**20 and abs(measured - copies) <= 0.02 * copies + 16 * 2**20, (copies, measured)
