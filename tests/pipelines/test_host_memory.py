@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.pipelines.test_memory_fit import I2V, _base, _estimates
+from tests.pipelines.test_memory_fit import I2V, _base, _estimates, _most_needed
 from tests.pipelines.test_memory_plan import plan
 from wan_runtime.errors import InputError
 from wan_runtime.models.pinned_chunks import chunk_bytes
@@ -267,7 +267,7 @@ def test_fit_memory_skips_placements_beyond_the_free_memory(i2v_root):
     assert host_plan(roomy.plan).peak == 0  # everything on the GPU
     # Every model on the GPU is too much for this budget; offloading, the first that fits it, is not
     # allowed by the free memory: the next placement keeps less in CPU memory.
-    first = fit_placement(base, estimates, _just_below_all_on_the_gpu(base, estimates), {})
+    first = fit_placement(base, estimates, _most_needed(base, estimates, (False, False, 0)) - 1, {})
     assert first.options["offload_model"]
     free = FreeMemory(host_plan(first.plan).peak - 1, 0, "MemAvailable")
     second = fit_placement(base, estimates, first.budget, {}, free)
@@ -285,22 +285,29 @@ def test_fit_memory_skips_placements_beyond_the_free_memory(i2v_root):
         fit_placement(base, estimates, first.budget, {"t5_cpu": False}, FreeMemory(2**20, 0, "MemAvailable"))
 
 
-def _just_below_all_on_the_gpu(base, estimates) -> int:
-    from wan_runtime.pipelines.memory_fit import needed
-
-    return max(needed(s) for e in estimates.values() for s in e.stages) - 1
-
-
-
-
-MEASURE = """
+# The measuring scripts' start: Linux's count of the process's anonymous pages (``RssAnon``), the
+# pages the out-of-memory killer weighs; not those of mapped files.
+ANONYMOUS = """
 import sys, torch
-from wan_runtime.models.pinned_chunks import move_into_chunks
-from wan_runtime.pipelines import load_pipeline
 
 def anonymous():
     status = open("/proc/self/status").read()
     return int(status.split("RssAnon:")[1].split()[0]) * 1024
+"""
+
+
+def measure(script: str, *args: str, **env: str) -> list[int]:
+    """The numbers ``script`` (after ``ANONYMOUS``) prints, run with ``args`` in a fresh process
+    from the repository, with ``env`` added to its environment."""
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                            timeout=300, cwd=Path(__file__).parents[2], env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    return [int(x) for x in result.stdout.split()]
+
+
+MEASURE = ANONYMOUS + """
+from wan_runtime.models.pinned_chunks import move_into_chunks
+from wan_runtime.pipelines import load_pipeline
 
 before = anonymous()
 pipeline = load_pipeline("ti2v-5B", sys.argv[1], device="cpu", dtype=torch.float32, t5_cpu=True,
@@ -332,10 +339,7 @@ def test_streamed_blocks_and_a_float32_text_encoder_take_the_memory_counted(wide
     root = wide_ti2v_root
     planned = plan("ti2v-5B", root, dtype=torch.float32, t5_cpu=True, stream_blocks=count)
     host = host_plan(planned)
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(root), str(count)], capture_output=True,
-                            text=True, timeout=300, cwd=Path(__file__).parents[2])
-    assert result.returncode == 0, result.stderr
-    measured = int(result.stdout)
+    [measured] = measure(MEASURE, str(root), str(count))
     # Unlike pinned ones, the pages of a CPU buffer that no tensor fills are never touched.
     streamed = sum(module_bytes(b) for b in streamed_blocks(planned.meta_models["DiT"], count))
     touched = host.settled - host.pinned + streamed
@@ -346,13 +350,8 @@ def test_streamed_blocks_and_a_float32_text_encoder_take_the_memory_counted(wide
     assert measured <= host.settled + slack
 
 
-GPU_MEASURE = """
-import sys, torch
+GPU_MEASURE = ANONYMOUS + """
 from wan_runtime.pipelines import host_plan, load_pipeline
-
-def anonymous():
-    status = open("/proc/self/status").read()
-    return int(status.split("RssAnon:")[1].split()[0]) * 1024
 
 torch.empty(1, device="cuda")  # the CUDA context and the pinned allocator, before the count
 torch.empty(1).pin_memory()
@@ -379,10 +378,5 @@ def test_an_offloaded_gpu_run_takes_the_cpu_memory_counted(wide_ti2v_root, dtype
     # glibc keeps some freed heap memory (allocations under its mmap threshold, up to 32 MB: this
     # DiT's converted tensors, not a 14B one's); each allocation its own mapping, Linux counts
     # what the tensors hold, which is what the count is of.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    command = [sys.executable, "-c", GPU_MEASURE, str(wide_ti2v_root), dtype]
-    repo = Path(__file__).parents[2]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=repo, env=env)
-    assert result.returncode == 0, result.stderr
-    measured, copies = (int(x) for x in result.stdout.split())
+    measured, copies = measure(GPU_MEASURE, str(wide_ti2v_root), dtype, MALLOC_MMAP_THRESHOLD_="65536")
     assert copies > 20 * 2**20 and abs(measured - copies) <= 0.02 * copies + 16 * 2**20, (copies, measured)

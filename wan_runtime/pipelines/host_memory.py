@@ -116,9 +116,9 @@ def host_plan(plan: WeightPlan) -> HostPlan:
             models[name] = module_bytes(model) if kept and not mapped else 0
         elif is_dit(name):
             blocks = [] if on_cpu else streamed_blocks(model, options.stream_blocks)
-            streamed = [t for block in blocks for t in [*block.parameters(), *block.buffers()]]
-            chunks = layout([t.numel() * t.element_size() for t in streamed]).chunks
-            resident = module_bytes(model) - sum(t.numel() * t.element_size() for t in streamed)
+            sizes = [t.numel() * t.element_size() for b in blocks for t in [*b.parameters(), *b.buffers()]]
+            chunks = layout(sizes).chunks
+            resident = module_bytes(model) - sum(sizes)
             models[name] = resident if waiting else 0
             if waiting or chunks:
                 loading = max(loading, before + module_bytes(model) + max(chunks, default=0))
