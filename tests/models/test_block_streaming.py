@@ -14,6 +14,7 @@ from tests.models.test_dit_parity import batch_contexts, make_inputs
 from tests.pipelines.images import gradient_image
 from tests.tolerances import COMPILED_VS_EAGER_FP32, rel_l2
 from wan_runtime.errors import InputError
+from wan_runtime.models import WanModel
 from wan_runtime.models.compilation import compile_blocks
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.tiny_checkpoints import TINY_TI2V, random_dit
@@ -73,6 +74,20 @@ def test_compiled_blocks_read_the_weights_put_in_place():
     for p in changed.blocks[2].parameters():
         p.data = p.data * 1.5
     assert rel_l2(forward(model), forward(changed)) < COMPILED_VS_EAGER_FP32
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_the_streamed_blocks_alone_load_into_cpu_memory(ti2v_dit_dir, fp8):
+    """``host_blocks`` loads the blocks streaming keeps onto the CPU, and every other weight
+    straight onto ``device`` (the meta device stands for a GPU here), so that no weight passes
+    through CPU memory that does not stay there."""
+    model = WanModel.from_pretrained(ti2v_dit_dir, device="meta", host_blocks=1, merge_device=CPU, fp8=fp8)
+    streamed = model.streamed_indices(1)
+    assert list(streamed) == [len(model.blocks) - 1]
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        on_cpu = any(name.startswith(f"blocks.{i}.") for i in streamed)
+        assert tensor.device == (CPU if on_cpu else torch.device("meta")), name
+    assert model.enable_block_streaming(1, torch.device("meta")).block_streaming.indices == list(streamed)
 
 
 def test_zero_streams_nothing():

@@ -107,6 +107,7 @@ class WanModel(nn.Module):
         label: str = "",
         merge_device: torch.device | str | None = None,
         fp8: bool = False,
+        host_blocks: int = 0,
     ) -> WanModel:
         """Load an official DiT folder (``config.json`` + single or sharded safetensors).
 
@@ -120,14 +121,17 @@ class WanModel(nn.Module):
         on ``merge_device`` (default ``device``: a GPU is worth it when the weights load to the
         CPU, for offloading or FSDP). ``fp8``: the linear layers of ``fp8_modules`` store their
         weights in float8, each quantized on ``merge_device`` once its LoRA changes are in, and compute in
-        ``dtype`` (``wan_runtime.models.fp8_weights``; lossy).
+        ``dtype`` (``wan_runtime.models.fp8_weights``; lossy). ``host_blocks``: the blocks that
+        ``enable_block_streaming(host_blocks, ...)`` streams load into CPU memory, the rest onto
+        ``device``, so that no weight passes through CPU memory that does not stay there.
         """
         model, entries = cls._meta_model(Path(path))
         updates = _weight_updates(model, loras, label or str(path))
         model.set_compute_dtype(dtype or torch.float32, keep_float32=not convert_model_dtype)
         if fp8:
             model.store_weights_in_fp8()
-        load_parameters(model, entries, device or "cpu", updates, merge_device)
+        host = tuple(f"blocks.{i}." for i in model.streamed_indices(host_blocks))
+        load_parameters(model, entries, device or "cpu", updates, merge_device, host)
         return model.eval().requires_grad_(False)
 
     @classmethod
@@ -171,11 +175,17 @@ class WanModel(nn.Module):
         """Keep the last ``count`` blocks (all but the first if ``count`` reaches their number) in
         CPU memory, each copied to ``device`` for its own forward (``BlockStreaming``); the rest
         of the model is what ``resident_modules`` holds. The first block stays: TeaCache reads its
-        modulation outside a forward. Call it with the model on the CPU."""
-        count = min(count, len(self.blocks) - 1)
-        indices = range(len(self.blocks) - count, len(self.blocks))
-        self.block_streaming = BlockStreaming(self.blocks, indices, device) if count else None
+        modulation outside a forward. Call it with those blocks on the CPU (``from_pretrained``'s
+        ``host_blocks``)."""
+        indices = self.streamed_indices(count)
+        self.block_streaming = BlockStreaming(self.blocks, indices, device) if indices else None
         return self
+
+    def streamed_indices(self, count: int) -> range:
+        """The blocks ``enable_block_streaming(count)`` streams: the last ``count``, all but the
+        first at most."""
+        count = min(count, len(self.blocks) - 1)
+        return range(len(self.blocks) - count, len(self.blocks))
 
     def resident_modules(self) -> nn.Module:
         """What of the model moves to where it runs: all of it, but the streamed blocks."""

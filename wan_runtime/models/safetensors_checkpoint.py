@@ -110,8 +110,10 @@ def check_keys(model: nn.Module, entries: dict[str, TensorEntry], folder: Path) 
 def load_parameters(
     model: nn.Module, entries: dict[str, TensorEntry], device: torch.device | str,
     updates: WeightUpdates | None = None, merge_device: torch.device | str | None = None,
+    host_prefixes: tuple[str, ...] = (),
 ) -> None:
-    """Fill a meta-device ``model`` from ``entries``, each parameter in its own dtype; the
+    """Fill a meta-device ``model`` from ``entries``, each parameter in its own dtype, on
+    ``device``, or on the CPU for names that start with one of ``host_prefixes``; the
     parameters that ``updates`` change get their LoRA changes, computed on ``merge_device``
     (default ``device``), before that dtype's rounding. An ``Fp8Linear``'s weight is quantized
     there too (``Fp8Linear.set_weight``)."""
@@ -123,6 +125,7 @@ def load_parameters(
         try:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
                 for name in names:
+                    target = "cpu" if name.startswith(host_prefixes) else device
                     value = handle.get_tensor(name)
                     if updates is not None and name in updates:
                         wide = value.to(device=merge_device or device, dtype=torch.float32)
@@ -130,9 +133,9 @@ def load_parameters(
                     owner, _, leaf = name.rpartition(".")
                     module = model.get_submodule(owner)
                     if isinstance(module, Fp8Linear) and leaf == "weight":
-                        module.set_weight(value.to(merge_device or device), device)
+                        module.set_weight(value.to(merge_device or device), target)
                         continue
-                    value = value.to(device=device, dtype=params[name].dtype)
+                    value = value.to(device=target, dtype=params[name].dtype)
                     module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{file} is unreadable or truncated ({err}); {_REDOWNLOAD}") from err

@@ -6,8 +6,8 @@ DiTs' last blocks, pinned: ``wan_runtime.models.pinned_chunks``) and ``t5_cpu`` 
 text encoder's bfloat16 file converted). What counts is the memory the kernel cannot drop:
 copies. A text encoder in bfloat16 on the CPU, offloaded too, reads its memory-mapped file (the
 release's is bfloat16), whose pages the kernel drops and reads again as it needs, so it is not
-counted. A DiT that waits on the CPU, or streams,
-loads there whole first; so does the speech encoder. Those loads, offloaded DiTs and, with the
+counted. A DiT that waits on the CPU loads there whole first, a streamed one its streamed blocks
+alone; the speech encoder loads there whole. Those loads, offloaded DiTs and, with the
 device the CPU, every model are counted whole: exact for weights converted as they load (a
 float32 file's DiT run in bfloat16), an upper bound for those kept in their file's dtype, which
 read the mapped file too.
@@ -121,7 +121,8 @@ def host_plan(plan: WeightPlan) -> HostPlan:
             resident = module_bytes(model) - sum(sizes)
             models[name] = resident if waiting else 0
             if waiting or chunks:
-                loading = max(loading, before + module_bytes(model) + max(chunks, default=0))
+                through = module_bytes(model) if waiting else sum(sizes)
+                loading = max(loading, before + through + max(chunks, default=0))
             pinned += sum(chunks)
         else:
             models[name] = module_bytes(model) if on_cpu or (name == AUDIO_ENCODER and waiting) else 0

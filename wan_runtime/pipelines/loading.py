@@ -238,14 +238,14 @@ def load_pipeline(
     dits = {}
     for name, folder in zip(names, spec.dit_folders, strict=True):
         dits[name] = guard(dit_class.from_pretrained(
-            root / folder, dtype=dtype, device=_CPU if dit_fsdp or stream_blocks else rest,
+            root / folder, dtype=dtype, device=_CPU if dit_fsdp else rest,
             convert_model_dtype=convert_model_dtype or dit_fsdp, loras=dit_loras[name], label=labels[name],
-            merge_device=device, fp8=dit_fp8,
+            merge_device=device, fp8=dit_fp8, host_blocks=stream_blocks,
         ))
         if dit_fsdp:
             dits[name].enable_fsdp(device)
         if stream_blocks:
-            dits[name].enable_block_streaming(stream_blocks, device).resident_modules().to(rest)
+            dits[name].enable_block_streaming(stream_blocks, device)
         if ulysses_size > 1:
             dits[name].enable_sequence_parallel(SequenceParallel.over())
         if compile:

@@ -88,9 +88,8 @@ def prepare_dit(model: WanModel, dtype: torch.dtype, keep_float32: bool, fp8: bo
 
 
 def streamed_blocks(model: WanModel, stream_blocks: int) -> list[nn.Module]:
-    """The blocks ``stream_blocks`` keeps in CPU memory: the last ones, all but the first at most."""
-    blocks = list(model.blocks)
-    return blocks[len(blocks) - min(stream_blocks, len(blocks) - 1):] if stream_blocks else []
+    """The blocks ``stream_blocks`` keeps in CPU memory (``WanModel.streamed_indices``)."""
+    return [model.blocks[i] for i in model.streamed_indices(stream_blocks)]
 
 
 def dit_footprint(model: WanModel, stream_blocks: int, world: int) -> Footprint:
