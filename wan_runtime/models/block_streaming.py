@@ -23,6 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from wan_runtime.models.device_copies import module_tensors, swap_back, swap_in_copies
 from wan_runtime.models.pinned_chunks import move_into_chunks
 
 
@@ -33,13 +34,11 @@ class BlockStreaming:
     def __init__(self, blocks: Sequence[nn.Module], indices: Sequence[int], device: torch.device) -> None:
         self.device = device
         self.loaded: set[int] = set()
-        by_block = {i: [*blocks[i].parameters(), *blocks[i].buffers()] for i in indices}
-        every = [tensor for tensors in by_block.values() for tensor in tensors]
+        self._stored = {i: module_tensors(blocks[i]) for i in indices}
         # Pinned pages copy to a GPU at full bus speed and without blocking the host. Elsewhere the
         # tensors stay as they are: those in their file's dtype read its mapped pages, not copies.
-        pin = device.type == "cuda"
-        hosts = iter(move_into_chunks(every, pin=True) if pin else [tensor.detach() for tensor in every])
-        self._stored = {i: [(tensor, next(hosts)) for tensor in tensors] for i, tensors in by_block.items()}
+        if device.type == "cuda":
+            move_into_chunks([tensor for tensors in self._stored.values() for tensor in tensors], pin=True)
 
     @property
     def indices(self) -> list[int]:
@@ -54,13 +53,10 @@ class BlockStreaming:
         if stored is None:
             yield
             return
-        for tensor, host in stored:
-            tensor.data = host.to(self.device, non_blocking=True)
+        swapped = swap_in_copies(stored, self.device, non_blocking=True)
         self.loaded.add(index)
         try:
             yield
         finally:
-            for tensor, host in stored:
-                tensor.data = host
+            swap_back(swapped)
             self.loaded.discard(index)
-

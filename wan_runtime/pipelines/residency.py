@@ -3,11 +3,10 @@
 Without offloading every model stays where it was loaded (on the pipeline's device). With it,
 the big models live on the CPU and ``activate`` brings one onto the device, first sending the
 others back, so only one of them occupies accelerator memory at a time. A model on the device is
-a copy: its CPU tensors stay, and sending it back puts them in place again and drops the copy.
-The way back then costs no copy, and weights read from a memory-mapped file in its dtype (the
-text encoder's bfloat16) stay file pages the kernel can drop, not a copy in CPU memory
+a copy that stands in for its CPU tensors (``wan_runtime.models.device_copies``), and sending it
+back puts them in place again: weights read from a memory-mapped file in its dtype (the text
+encoder's bfloat16) stay file pages the kernel can drop, not a copy in CPU memory
 (``host_memory``), as under ``t5_cpu`` (so the file must stay as it is while the pipeline lives).
-The weights do not change while a model works, so the CPU tensors stay right.
 The bookkeeping (``placement``) is kept apart from the tensors' devices so that the logic is
 observable, and testable, on a CPU-only run where both places are the same device.
 """
@@ -20,6 +19,8 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from wan_runtime.models.device_copies import Swapped, module_tensors, swap_back, swap_in_copies
 
 Placement = Literal["device", "cpu"]
 
@@ -34,7 +35,7 @@ class Residency:
         self._moving: dict[str, nn.Module] = {}
         self.placement: dict[str, Placement] = {}
         # Each model on the device: its tensors, each with its CPU data.
-        self._on_cpu: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._on_cpu: dict[str, Swapped] = {}
 
     def add(self, name: str, module: nn.Module, moving: nn.Module | None = None) -> None:
         """Track ``module``, which must already be where the policy wants it at rest: on the CPU
@@ -48,16 +49,9 @@ class Residency:
         if self.placement[name] == placement:
             return
         if placement == "device":
-            module = self._moving[name]
-            tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}.values()
-            # Every copy first: a copy that fails (out of memory) leaves the model whole on the CPU.
-            copies = [(tensor, tensor.data, tensor.data.to(self.device)) for tensor in tensors]
-            self._on_cpu[name] = [(tensor, host) for tensor, host, _ in copies]
-            for tensor, _, copy in copies:
-                tensor.data = copy
+            self._on_cpu[name] = swap_in_copies(module_tensors(self._moving[name]), self.device)
         else:
-            for tensor, host in self._on_cpu.pop(name):
-                tensor.data = host
+            swap_back(self._on_cpu.pop(name))
         self.placement[name] = placement
 
     def activate(self, name: str) -> nn.Module:
