@@ -23,7 +23,7 @@ import torch
 
 from wan_runtime import demo
 from wan_runtime.batch_file import line_numbers, resolve_jobs
-from wan_runtime.checks import PLACEMENT_FLAGS
+from wan_runtime.checks import PLACEMENT_FLAGS, VAE_TILE_MULTIPLE
 from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser
 from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, NumericalError
@@ -383,9 +383,9 @@ def _peak_memory(
     if weights.device.type == "cuda" and stage is not None:
         capacity = torch.cuda.get_device_properties(weights.device).total_memory
         if stage.total > capacity:
+            remedy = estimate.remedy_for(stage, flags=True)
             warnings.warn(f"this video will run out of GPU memory: it takes {estimate.describe(stage)}, more "
-                          f"than the {capacity / 2**30:.2f} GiB the GPU has; {estimate.remedy_for(stage)}",
-                          stacklevel=2)
+                          f"than the {capacity / 2**30:.2f} GiB the GPU has; {remedy}", stacklevel=2)
     return f"the video takes {estimate.describe()}"
 
 
@@ -536,36 +536,31 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     with ``--fit_memory``'s placement) has not done yet (no more streaming than ``most_streamed``
     blocks); in the VAE decode (``stage`` ``vae_decode``), decoding in tiles first; while
     ``LOADING``, only what lowers the weights; after a fit, first a smaller budget."""
-    steps = []
-    if args.fit_memory is not None:
-        steps.append("a smaller --fit_memory budget in GiB (the fit's estimate fell short here)")
+    from wan_runtime.pipelines.memory_advice import Step, say, tiling_step, video_steps, weight_steps
+    from wan_runtime.pipelines.memory_plan import PlanOptions
+
     flags = args if video is None else video  # the same names
-    several = _launch().distributed
-    offloading = flags.offload_model if flags.offload_model is not None else not several
-    if not offloading and not flags.dit_fsdp:
-        steps.append("--offload_model True (models wait on the CPU while another works)")
-    if several and not flags.dit_fsdp:
-        steps.append("--dit_fsdp (each GPU holds a share of the DiT weights)")
-    if several and not (flags.t5_fsdp or flags.t5_cpu):
-        steps.append("--t5_fsdp (each GPU holds a share of the text encoder)")
-    if not (flags.t5_cpu or flags.t5_fsdp):
-        steps.append("--t5_cpu (the text encoder stays on the CPU)")
-    streamed = flags.stream_blocks or 0
-    if not flags.dit_fsdp and (most_streamed is None or streamed < most_streamed):
-        more = "more " if streamed else ""
-        steps.append(f"{more}--stream_blocks (DiT blocks wait in CPU memory until they run)")
-    if not (flags.dit_fsdp or flags.dit_fp8):
-        steps.append("--dit_fp8 (DiT weights in 8-bit floats: half the memory, not the official video)")
+    launch = _launch()
+    offloading = flags.offload_model if flags.offload_model is not None else not launch.distributed
+    options = PlanOptions(
+        dtype=torch.float32 if flags.dtype in ("float32", torch.float32) else torch.bfloat16,
+        offload_model=offloading, t5_cpu=bool(flags.t5_cpu),
+        convert_model_dtype=bool(flags.convert_model_dtype), dit_fsdp=bool(flags.dit_fsdp),
+        t5_fsdp=bool(flags.t5_fsdp), stream_blocks=flags.stream_blocks or 0, dit_fp8=bool(flags.dit_fp8),
+        world=launch.world,
+    )
+    steps = weight_steps(options, most_streamed)
+    if args.fit_memory is not None:
+        steps.insert(0, Step("fit_memory", "smaller", "a budget in GiB; the fit's estimate fell short here"))
     if stage == LOADING:  # the video's size does not matter yet
-        if not steps:
-            return "no flag lowers the weights further: it takes a GPU with more memory (or more GPUs)"
-        return "to fit, try " + ", ".join(steps)
-    if not flags.vae_tiling:
-        tiles = "--vae_tiling (the VAE decodes in tiles: half its memory, not the official video)"
+        return say(steps, flags=True, nothing="no flag lowers the weights further: it takes a GPU with more "
+                                              "memory (or more GPUs)")
+    # Smaller tiles lower the decode alone; tiles at all, the peak of a stage not known.
+    tiles = tiling_step(flags.vae_tiling or 0, VAE_TILE_MULTIPLE)
+    if tiles and (stage == "vae_decode" or not flags.vae_tiling):
         steps.insert(0 if stage == "vae_decode" else len(steps), tiles)
-    frames = "--infer_frames" if flags.task == "s2v-14B" else "--frame_num"
-    steps.append(f"a smaller --size or {frames}")
-    return "to fit, try " + ", ".join(steps)
+    frames = "infer_frames" if flags.task == "s2v-14B" else "frame_num"
+    return say(steps + video_steps(frames), flags=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -310,12 +310,12 @@ OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capaci
 
 
 @pytest.mark.parametrize(("flags", "advised", "not_advised"), [
-    ([], ["--t5_cpu", ", --stream_blocks (DiT blocks wait", "--dit_fp8 (DiT weights in 8-bit floats",
-          "--vae_tiling (the VAE decodes in tiles", "a smaller --size or --frame_num"], ["--offload_model"]),
-    (["--offload_model", "False", "--t5_cpu"], ["--offload_model True", "a smaller --size"], ["--t5_cpu"]),
+    ([], ["--t5_cpu", ", --stream_blocks N (DiT blocks wait", "--dit_fp8 (DiT weights in 8-bit",
+          "--vae_tiling (the VAE decodes", "smaller --size, fewer --frame_num"], ["--offload_model"]),
+    (["--offload_model", "False", "--t5_cpu"], ["--offload_model True", "smaller --size"], ["--t5_cpu"]),
     (["--stream_blocks", "4"], ["more --stream_blocks"], ["--offload_model"]),
-    (["--dit_fp8"], ["--stream_blocks", "a smaller --size"], ["--dit_fp8"]),
-    (["--vae_tiling", "256"], ["--dit_fp8", "a smaller --size"], ["--vae_tiling"]),
+    (["--dit_fp8"], ["--stream_blocks", "smaller --size"], ["--dit_fp8"]),
+    (["--vae_tiling", "256"], ["--dit_fp8", "smaller --size"], ["--vae_tiling"]),
 ], ids=["defaults", "no-offload", "streaming", "fp8", "tiled"])
 def test_out_of_memory_is_one_line_naming_what_frees_memory(roots, monkeypatch, capsys, flags, advised,
                                                             not_advised):
@@ -343,7 +343,8 @@ def test_out_of_memory_while_loading_advises_on_the_weights_alone(roots, monkeyp
     from wan_runtime.generate import LOADING, _memory_remedy
 
     sharded = SimpleNamespace(fit_memory=None, offload_model=False, dit_fsdp=True, t5_fsdp=True, t5_cpu=False,
-                              stream_blocks=None, dit_fp8=False, vae_tiling=0, task="ti2v-5B")
+                              stream_blocks=None, dit_fp8=False, vae_tiling=0, task="ti2v-5B", dtype=None,
+                              convert_model_dtype=False)
     assert _memory_remedy(sharded, None, LOADING).startswith("no flag lowers the weights further")
 
 

@@ -94,7 +94,7 @@ def test_a_video_larger_than_the_gpu_is_warned_of_with_what_lowers_it(ti2v_root,
     assert line.startswith("the video takes at least ") and " GiB of cuda memory at the peak, in the " in line
     gpu_of(2**20)
     warning = (r"this video will run out of GPU memory: it takes at least .* more than the 0\.00 GiB the GPU "
-               r"has; to fit, decode in tiles \(--vae_tiling")
+               r"has; to fit, try --vae_tiling \(the VAE decodes in tiles")
     with pytest.warns(UserWarning, match=warning):
         _peak_memory(job, size, weights, {})
 

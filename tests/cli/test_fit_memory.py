@@ -72,7 +72,7 @@ def test_the_run_loads_with_the_placement_and_out_of_memory_advises_a_smaller_bu
     assert (loaded["offload_model"], loaded["t5_cpu"], loaded["stream_blocks"]) == (False, True, 0)
     [error] = capsys.readouterr().err.splitlines()
     assert error.startswith("error: out of memory in the model loading stage: CUDA out of memory. Tried to "
-                            "allocate 2.00 GiB; to fit, try a smaller --fit_memory budget in GiB (the fit's "
+                            "allocate 2.00 GiB; to fit, try smaller --fit_memory (a budget in GiB; the fit's "
                             "estimate fell short here), --offload_model True (")
 
 

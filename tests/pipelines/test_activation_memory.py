@@ -28,6 +28,7 @@ from wan_runtime.pipelines.activation_memory import (
     step_work,
 )
 from wan_runtime.pipelines.live_bytes import FusedAttention, LiveBytes, peak_bytes
+from wan_runtime.pipelines.memory_advice import Step
 from wan_runtime.pipelines.memory_plan import AUDIO_ENCODER, TEXT_ENCODER, VAE
 from wan_runtime.tasks import task_spec
 
@@ -213,16 +214,16 @@ def test_ti2v_without_an_image_has_no_encode_and_tiles_shrink_the_decode(ti2v_ro
     assert [s.stage for s in whole.stages] == ["denoise", "vae_decode"]  # the T5 stays on the CPU
     assert tiled.stages[-1].activations < whole.stages[-1].activations / 2
     # The advice follows the stage of the peak.
-    assert whole.busiest.stage == "vae_decode" and "decode in tiles (--vae_tiling" in whole.remedy
-    assert tiled.busiest.stage == "vae_decode" and "smaller tiles (--vae_tiling 64)" in tiled.remedy
+    assert whole.busiest.stage == "vae_decode" and "try vae_tiling (the VAE decodes in tiles" in whole.remedy
+    assert tiled.busiest.stage == "vae_decode" and "try vae_tiling 64 (smaller tiles)" in tiled.remedy
 
 
 def test_the_peak_is_the_busiest_stages_sum_and_told_as_a_lower_bound():
     stages = [StagePeak("denoise", "DiT", 10, 5), StagePeak("vae_decode", VAE, 2, 20)]
-    estimate = MemoryEstimate(torch.device("cuda"), tuple(stages), "decode in tiles")
+    estimate = MemoryEstimate(torch.device("cuda"), tuple(stages), ())
     assert estimate.peak == 22 and estimate.busiest == stages[1]
     assert "at least" in estimate.describe() and "in the vae_decode" in estimate.describe()
-    denoise = MemoryEstimate(torch.device("cuda"), (StagePeak("denoise", "DiT", 10, 5),), "")
+    denoise = MemoryEstimate(torch.device("cuda"), (StagePeak("denoise", "DiT", 10, 5),), ())
     assert denoise.peak == 15
 
 
@@ -298,28 +299,30 @@ def test_compiled_blocks_make_the_denoise_no_bound(ti2v_root):
     assert eager.describe().startswith("at least ") and eager.lower_bound == eager.peak
     # When the compiled step is the largest, the words say so, and the bound is the other stage's.
     step, decode = StagePeak("denoise", "DiT", 10, 9, bound=False), StagePeak("vae_decode", VAE, 2, 12)
-    both = MemoryEstimate(torch.device("cuda"), (step, decode), "")
+    both = MemoryEstimate(torch.device("cuda"), (step, decode), ())
     assert both.describe().startswith("about (counted eager") and both.busiest_bound == decode
     assert both.lower_bound == 14 < both.peak == 19
 
 
-def test_the_advice_names_each_tasks_flags_and_puts_the_larger_part_first():
-    weights = "to fit, try offload_model (big models wait on the CPU while another works)"
+def test_the_advice_names_each_tasks_options_and_puts_the_larger_part_first():
+    weights = (Step("offload_model", True, "models wait"),)
+    names = " (the command line's flags of those names)"
     decode = StagePeak("vae_decode", VAE, 60, 20)
     estimate = MemoryEstimate(torch.device("cuda"), (decode,), weights, vae_tiling=256)
-    assert estimate.remedy == ("to fit, for the weights, try offload_model (big models wait on the CPU while "
-                               "another works); or decode in smaller tiles (--vae_tiling 128); or make a "
-                               "smaller video or fewer frames (--size, --frame_num)")
+    assert estimate.remedy == ("to fit, try offload_model (models wait), vae_tiling 128 (smaller tiles), "
+                               f"smaller size, fewer frame_num{names}")
+    flags = "--offload_model True (models wait), --vae_tiling 128 (smaller tiles), smaller --size, fewer "
+    flags += "--frame_num"
+    assert estimate.remedy_for(decode, flags=True) == f"to fit, try {flags}"
     decode = StagePeak("vae_decode", VAE, 2, 20)
-    s2v = MemoryEstimate(torch.device("cuda"), (decode,), weights, 64, "--infer_frames")
+    s2v = MemoryEstimate(torch.device("cuda"), (decode,), weights, 64, "infer_frames")
     # No tile is smaller than 64 pixels.
-    assert s2v.remedy.startswith("to fit, make a smaller video or fewer frames (--size, --infer_frames); or "
-                                 "for the weights")
+    assert s2v.remedy == f"to fit, try smaller size, fewer infer_frames, offload_model (models wait){names}"
     # The VAE alone on the device: no weights' option lowers its stage.
     alone = MemoryEstimate(torch.device("cuda"), (StagePeak("vae_decode", VAE, 2, 20, own=2),), weights, 64)
-    assert alone.remedy == "to fit, make a smaller video or fewer frames (--size, --frame_num)"
+    assert alone.remedy == f"to fit, try smaller size, fewer frame_num{names}"
     dits_stay = MemoryEstimate(torch.device("cuda"), (StagePeak("vae_encode", VAE, 30, 20, own=2),), weights)
-    assert dits_stay.remedy.startswith("to fit, for the weights, try offload_model")
+    assert dits_stay.remedy.startswith("to fit, try offload_model")
 
 
 def test_fused_attention_lays_its_output_out_as_the_query():

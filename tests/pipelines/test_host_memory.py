@@ -210,28 +210,29 @@ def test_weights_beyond_ram_and_swap_are_refused_with_what_lowers_them(i2v_root)
         check_host_memory(planned, None)
 
 
+NAMES = " (the command line's flags of those names)"
+WEIGHS = "; fit_memory (--fit_memory) weighs both memories"
+FP8 = "dit_fp8 (DiT weights in 8-bit floats: half the memory, not the official video)"
+
+
 def test_pinned_blocks_beyond_ram_are_refused_whatever_the_swap(i2v_root):
     planned = plan("i2v-A14B", i2v_root, t5_cpu=True, stream_blocks=1, dit_fp8=True)
     host = host_plan(planned)
     with pytest.raises(InputError, match="the streamed blocks would pin .* which cannot be swapped out"):
         check_host_memory(planned, FreeMemory(host.pinned - 1, 100 * GIB, "MemAvailable"))
-    remedy = "to fit, try fewer stream_blocks (fit_memory, or --fit_memory, weighs both memories)"
-    assert host_remedy(planned) == remedy
+    assert host_remedy(planned) == f"to fit, try fewer stream_blocks{NAMES}{WEIGHS}"
     offloaded = plan("i2v-A14B", i2v_root, offload_model=True, stream_blocks=1)
-    fp8 = "dit_fp8 (DiT weights in float8, half the bytes, lossy)"
-    assert host_remedy(offloaded, pinned_only=True, placements=False) == f"to fit, try {fp8}"
+    assert host_remedy(offloaded, pinned_only=True, placements=False) == f"to fit, try {FP8}{NAMES}"
 
 
 def test_the_remedies_are_those_of_what_holds_the_memory(i2v_root):
     """A float32 text encoder on the CPU alone: neither float8 DiTs nor t5_cpu lower it."""
     encoder_only = plan("i2v-A14B", i2v_root, t5_cpu=True, dtype=torch.float32)
     assert host_plan(encoder_only).models[TEXT_ENCODER] > 0 and host_plan(encoder_only).pinned == 0
-    weighs = " (fit_memory, or --fit_memory, weighs both memories)"
-    steps = "dtype bfloat16, no t5_cpu (the text encoder on the GPU)"
-    assert host_remedy(encoder_only) == f"to fit, try {steps}{weighs}"
+    steps = "dtype bfloat16 (half the bytes of float32), no t5_cpu (the text encoder on the GPU)"
+    assert host_remedy(encoder_only) == f"to fit, try {steps}{NAMES}{WEIGHS}"
     offloaded = plan("i2v-A14B", i2v_root, offload_model=True)
-    fp8 = "dit_fp8 (DiT weights in float8, half the bytes, lossy)"
-    assert host_remedy(offloaded, placements=False) == f"to fit, try {fp8}"
+    assert host_remedy(offloaded, placements=False) == f"to fit, try {FP8}{NAMES}"
     assert host_remedy(plan("i2v-A14B", i2v_root, offload_model=True, dit_fp8=True, t5_cpu=True),
                        placements=False) == "no option lowers them further"
 

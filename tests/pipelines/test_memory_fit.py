@@ -103,7 +103,7 @@ def test_nothing_that_fits_is_refused_with_what_else_lowers_the_peak(i2v_root):
     message = str(error.value)
     assert message.startswith("no placement of the models fits the video in ")
     assert "with the least on the GPU, offload_model True, t5_cpu True, stream_blocks 1: the " in message
-    assert "make a smaller video or fewer frames (--size, --frame_num)" in message
+    assert "smaller size, fewer frame_num" in message
     assert "dit_fp8" in message and "to fit, " in message
     fit_placement(plan, estimates, least, {})
 

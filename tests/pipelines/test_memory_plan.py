@@ -136,8 +136,8 @@ def test_weights_that_cannot_fit_are_refused_with_what_lowers_them(ti2v_root):
     done = plan("ti2v-5B", ti2v_root, offload_model=True, t5_cpu=True, dit_fp8=True)
     with pytest.raises(InputError) as error:
         done.check_fits(0)
-    assert str(error.value).endswith("to fit, try stream_blocks (DiT blocks wait on the CPU until they run) "
-                                     "(the command line's flags of those names)")
+    assert str(error.value).endswith("to fit, try stream_blocks N (DiT blocks wait in CPU memory until they "
+                                     "run) (the command line's flags of those names)")
     streaming = done.placed(offload_model=True, t5_cpu=True, stream_blocks=1)
     assert streaming.remedy == "no option lowers them further"
 

@@ -46,6 +46,7 @@ from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.models.vae_loading import codec
 from wan_runtime.pipelines.inputs import expert_scale
 from wan_runtime.pipelines.live_bytes import peak_bytes
+from wan_runtime.pipelines.memory_advice import Step, say, tiling_step, video_steps
 from wan_runtime.pipelines.memory_plan import _GIB, AUDIO_ENCODER, TEXT_ENCODER, VAE, WeightPlan, dit_label
 from wan_runtime.tasks import DIT, TaskSpec
 
@@ -75,14 +76,14 @@ class StagePeak(NamedTuple):
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Each stage's ``StagePeak`` of one video on ``device``. What lowers a stage's peak
-    (``remedy_for``) draws on what lowers the weights (``weights_remedy``, the ``WeightPlan``'s),
-    the decode's tile size (``vae_tiling``) and the flag of the frame count (``frames_flag``)."""
+    (``remedy_for``) draws on what lowers the weights (``weight_steps``, the ``WeightPlan``'s),
+    the decode's tile size (``vae_tiling``) and the option of the frame count (``frames_option``)."""
 
     device: torch.device
     stages: tuple[StagePeak, ...]
-    weights_remedy: str
+    weight_steps: tuple[Step, ...]
     vae_tiling: int = 0
-    frames_flag: str = "--frame_num"
+    frames_option: str = "frame_num"
 
     @property
     def busiest(self) -> StagePeak:
@@ -119,21 +120,18 @@ class MemoryEstimate:
                 f"{stage.stage} ({stage.weights / _GIB:.2f} GiB of weights, {stage.activations / _GIB:.2f} "
                 f"GiB of activations of the {stage.model})")
 
-    def remedy_for(self, stage: StagePeak) -> str:
-        """What lowers ``stage``'s bytes: for the decode tiles (smaller tiles), then a smaller
-        video or fewer frames, and what lowers the weights, first when they are the larger part."""
-        steps = []
-        if stage.stage == "vae_decode" and self.vae_tiling != VAE_TILE_MULTIPLE:
-            smaller = max(VAE_TILE_MULTIPLE, self.vae_tiling // 2 // VAE_TILE_MULTIPLE * VAE_TILE_MULTIPLE)
-            steps.append(f"decode in smaller tiles (--vae_tiling {smaller})" if self.vae_tiling else
-                         "decode in tiles (--vae_tiling, about a third of the decode's memory at 720p)")
-        steps.append(f"make a smaller video or fewer frames (--size, {self.frames_flag})")
+    def remedy_for(self, stage: StagePeak, flags: bool = False) -> str:
+        """What lowers ``stage``'s bytes, naming the command line's flags (``flags``) or the
+        arguments: for the decode, tiles (smaller tiles); a smaller video or fewer frames; and
+        what lowers the weights, first when they are the larger part."""
+        tiles = tiling_step(self.vae_tiling, VAE_TILE_MULTIPLE) if stage.stage == "vae_decode" else None
+        steps = [tiles] if tiles else []
+        steps += video_steps(self.frames_option)
         # No option lowers the VAE's or the speech encoder's own weights: only other models' there.
-        alone = stage.model in (VAE, AUDIO_ENCODER) and stage.weights == stage.own
-        if self.weights_remedy.startswith("to fit, ") and not alone:
-            weights = f"for the weights, {self.weights_remedy.removeprefix('to fit, ')}"
-            steps.insert(0 if stage.weights > stage.activations else len(steps), weights)
-        return "to fit, " + "; or ".join(steps)
+        if not (stage.model in (VAE, AUDIO_ENCODER) and stage.weights == stage.own):
+            position = 0 if stage.weights > stage.activations else len(steps)
+            steps[position:position] = self.weight_steps
+        return say(steps, flags)
 
     def placed(self, plan: WeightPlan) -> MemoryEstimate:
         """The same video with the models placed as ``plan`` places them (``WeightPlan.placed``):
@@ -144,7 +142,7 @@ class MemoryEstimate:
             stage._replace(weights=plan.weights_while(stage.model), own=plan.models[stage.model].working)
             for stage in self.stages if stage.model in plan.models
         )
-        return dataclasses.replace(self, stages=stages, weights_remedy=plan.remedy)
+        return dataclasses.replace(self, stages=stages, weight_steps=tuple(plan.remedy_steps))
 
 
 @dataclass(frozen=True)
@@ -216,8 +214,9 @@ def estimate_memory(
     stages += run(vae, dits, latent_shape, video, caches)
     peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_, not (compiled and stage == "denoise"),
                        plan.models[model].working) for stage, model, bytes_ in stages]
-    frames_flag = "--frame_num" if spec.audio_dir is None else "--infer_frames"
-    return MemoryEstimate(plan.device, tuple(peaks), plan.remedy, video.vae_tiling, frames_flag)
+    frames_option = "frame_num" if spec.audio_dir is None else "infer_frames"
+    return MemoryEstimate(plan.device, tuple(peaks), tuple(plan.remedy_steps), video.vae_tiling,
+                          frames_option)
 
 
 def _activations(

@@ -35,6 +35,7 @@ import torch
 
 from wan_runtime.errors import InputError
 from wan_runtime.models.pinned_chunks import layout
+from wan_runtime.pipelines.memory_advice import DIT_FP8, TO_BFLOAT16, Step, say
 from wan_runtime.pipelines.memory_plan import (
     _GIB,
     AUDIO_ENCODER,
@@ -273,7 +274,7 @@ def check_host_memory(plan: WeightPlan, free: FreeMemory | None) -> None:
     else:
         problem = f"the weights would take {host.describe()}: more than the {free.describe()}"
     remedy = host_remedy(plan, pinned_only=host.pinned > free.ram)
-    raise InputError(f"{problem}; {remedy}, or free memory (if it is there but not counted as available, set "
+    raise InputError(f"{problem}; {remedy}; or free memory (if it is there but not counted as available, set "
                      f"{ENV_VAR}=0)")
 
 
@@ -286,17 +287,15 @@ def host_remedy(plan: WeightPlan, pinned_only: bool = False, placements: bool = 
     encoder = not pinned_only and host.models.get(TEXT_ENCODER, 0) > 0
     steps = []
     if dits and not o.dit_fp8:
-        steps.append("dit_fp8 (DiT weights in float8, half the bytes, lossy)")
+        steps.append(DIT_FP8)
     if (dits or encoder) and o.dtype == torch.float32:
-        steps.append("dtype bfloat16")
+        steps.append(TO_BFLOAT16)
     if placements:
         if encoder and o.t5_cpu:
-            steps.append("no t5_cpu (the text encoder on the GPU)")
+            steps.append(Step("t5_cpu", False, "the text encoder on the GPU"))
         if o.offload_model and not pinned_only:
-            steps.append("no offload_model (the models stay on the GPU)")
+            steps.append(Step("offload_model", False, "the models stay on the GPU"))
         if host.pinned:
-            steps.append("fewer stream_blocks")
-    if not steps:
-        return "no option lowers them further"
-    weighs = " (fit_memory, or --fit_memory, weighs both memories)" if placements else ""
-    return "to fit, try " + ", ".join(steps) + weighs
+            steps.append(Step("stream_blocks", "fewer"))
+    weighs = "; fit_memory (--fit_memory) weighs both memories" if placements and steps else ""
+    return say(steps, flags=False) + weighs

@@ -25,6 +25,7 @@ from wan_runtime.models.audio_encoder import Wav2Vec2Features
 from wan_runtime.models.t5_checkpoint import read_checkpoint
 from wan_runtime.models.umt5 import meta_encoder
 from wan_runtime.models.vae_loading import meta_vae
+from wan_runtime.pipelines.memory_advice import Step, say, weight_steps
 from wan_runtime.tasks import TaskSpec
 
 TEXT_ENCODER, VAE, AUDIO_ENCODER = "text encoder", "VAE", "speech encoder"
@@ -171,24 +172,14 @@ class WeightPlan:
         return min(len(model.blocks) for name, model in self.meta_models.items() if is_dit(name)) - 1
 
     @property
-    def remedy(self) -> str:
+    def remedy_steps(self) -> list[Step]:
         """What lowers the weights' memory, of what these options allow and have not done."""
-        o = self.options
-        steps = []
-        if not o.offload_model and not o.dit_fsdp:
-            steps.append("offload_model (big models wait on the CPU while another works)")
-        if not (o.t5_cpu or o.t5_fsdp):
-            steps.append("t5_cpu (the text encoder stays on the CPU)")
-        if not o.dit_fsdp and o.stream_blocks < self.most_streamed:
-            more = "more " if o.stream_blocks else ""
-            steps.append(f"{more}stream_blocks (DiT blocks wait on the CPU until they run)")
-        if not (o.dit_fp8 or o.dit_fsdp):
-            steps.append("dit_fp8 (DiT weights in float8, lossy)")
-        if o.dtype == torch.float32:
-            steps.append("dtype bfloat16")
-        if not steps:
-            return "no option lowers them further"
-        return "to fit, try " + ", ".join(steps) + " (the command line's flags of those names)"
+        return weight_steps(self.options, self.most_streamed)
+
+    @property
+    def remedy(self) -> str:
+        """``remedy_steps`` in words."""
+        return say(self.remedy_steps, flags=False)
 
     def placed(self, offload_model: bool, t5_cpu: bool, stream_blocks: int) -> WeightPlan:
         """The plan of the same models placed under these options instead (one process, no FSDP):

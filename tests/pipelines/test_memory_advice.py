@@ -1,0 +1,58 @@
+"""The memory advice, said with the arguments' names or the command line's flags."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wan_runtime.pipelines.memory_advice import Step, say, tiling_step, weight_steps
+from wan_runtime.pipelines.memory_plan import PlanOptions
+
+NONE = PlanOptions(torch.bfloat16, offload_model=False, t5_cpu=False, convert_model_dtype=False,
+                   dit_fsdp=False, t5_fsdp=False, stream_blocks=0, dit_fp8=False)
+
+
+@pytest.mark.parametrize(("step", "argument", "flag"), [
+    (Step("offload_model", True), "offload_model", "--offload_model True"),
+    (Step("offload_model", False), "no offload_model", "--offload_model False"),
+    (Step("t5_cpu", True, "why"), "t5_cpu (why)", "--t5_cpu (why)"),
+    (Step("t5_cpu", False), "no t5_cpu", "--no-t5_cpu"),
+    (Step("stream_blocks", "more"), "more stream_blocks", "more --stream_blocks"),
+    (Step("vae_tiling", 128), "vae_tiling 128", "--vae_tiling 128"),
+])
+def test_a_step_names_the_argument_or_the_flag_as_each_is_written(step, argument, flag):
+    assert (step.say(flags=False), step.say(flags=True)) == (argument, flag)
+
+
+def test_the_advice_says_the_flags_share_the_arguments_names():
+    steps = [Step("t5_cpu"), Step("dit_fp8")]
+    assert say(steps, flags=False) == "to fit, try t5_cpu, dit_fp8 (the command line's flags of those names)"
+    assert say(steps, flags=True) == "to fit, try --t5_cpu, --dit_fp8"
+    assert say([], flags=True, nothing="nothing") == "nothing"
+
+
+def options(steps: list[Step]) -> list[tuple[str, object]]:
+    return [(step.option, step.value) for step in steps]
+
+
+def test_the_weights_steps_are_those_not_taken():
+    assert options(weight_steps(NONE, most_streamed=None)) == [
+        ("offload_model", True), ("t5_cpu", True), ("stream_blocks", "N"), ("dit_fp8", True)]
+    done = NONE._replace(offload_model=True, t5_cpu=True, stream_blocks=3, dit_fp8=True, dtype=torch.float32)
+    more = [("stream_blocks", "more"), ("dtype", "bfloat16")]
+    assert options(weight_steps(done, most_streamed=None)) == more
+    assert options(weight_steps(done, most_streamed=3)) == [("dtype", "bfloat16")]
+
+
+def test_several_processes_add_the_shards_and_fsdp_leaves_no_placement_to_the_dits():
+    several = NONE._replace(world=2)
+    assert options(weight_steps(several, None))[:3] == [("offload_model", True), ("dit_fsdp", True),
+                                                        ("t5_fsdp", True)]
+    sharded = several._replace(dit_fsdp=True, t5_fsdp=True)
+    assert weight_steps(sharded, None) == []
+
+
+@pytest.mark.parametrize(("tiling", "value"), [(0, True), (256, 128), (192, 64), (128, 64), (64, None)])
+def test_tiles_then_tiles_half_as_wide_down_to_the_smallest(tiling, value):
+    step = tiling_step(tiling, 64)
+    assert (None if step is None else step.value) == value

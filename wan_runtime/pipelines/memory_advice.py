@@ -1,0 +1,94 @@
+"""What lowers memory, worked out once for every message that suggests it.
+
+Errors raised through the API (``load_pipeline``'s and ``generate``'s checks, ``fit_memory``)
+name the options by their argument names, which are also the command line's flag names; the
+command line's own out-of-memory message names its flags (``--t5_cpu``, ``--no-t5_cpu``,
+``--offload_model True``). Both say the same steps, from the same ``Step`` lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+
+if TYPE_CHECKING:
+    from wan_runtime.pipelines.memory_plan import PlanOptions
+
+# Flags taking True or False as a value, as the official script's; the others are switches
+# (``--t5_cpu``, ``--no-t5_cpu``).
+_VALUED = frozenset({"offload_model"})
+# Steps that say a direction rather than a value.
+_DIRECTIONS = frozenset({"more", "fewer", "smaller"})
+
+
+class Step(NamedTuple):
+    """Set ``option`` to ``value`` (a switch's True or False, a number, a dtype's name), or move
+    it the way ``value`` says (``"more"``, ``"fewer"``, ``"smaller"``); ``why``: what it does."""
+
+    option: str
+    value: bool | int | str = True
+    why: str = ""
+
+    def say(self, flags: bool) -> str:
+        """The step in words, naming the command line's flag (``flags``) or the argument."""
+        name = f"--{self.option}" if flags else self.option
+        if self.value in _DIRECTIONS:
+            text = f"{self.value} {name}"
+        elif isinstance(self.value, bool) and not (flags and self.option in _VALUED):
+            text = name if self.value else (f"--no-{self.option}" if flags else f"no {name}")
+        else:
+            text = f"{name} {self.value}"
+        return f"{text} ({self.why})" if self.why else text
+
+
+DIT_FP8 = Step("dit_fp8", True, "DiT weights in 8-bit floats: half the memory, not the official video")
+TO_BFLOAT16 = Step("dtype", "bfloat16", "half the bytes of float32")
+
+
+def say(steps: Sequence[Step], flags: bool, nothing: str = "no option lowers them further") -> str:
+    """``steps`` as one piece of advice, or ``nothing`` when there are none. Said with the
+    arguments' names, it tells the command line's user that the flags have the same names."""
+    if not steps:
+        return nothing
+    names = "" if flags else " (the command line's flags of those names)"
+    return "to fit, try " + ", ".join(step.say(flags) for step in steps) + names
+
+
+def weight_steps(options: PlanOptions, most_streamed: int | None) -> list[Step]:
+    """What lowers the weights' device memory, of what ``options`` allow and have not done
+    (``most_streamed``: how many blocks can stream at most; None: unknown)."""
+    o, several = options, options.world > 1
+    steps = []
+    if not o.offload_model and not o.dit_fsdp:
+        steps.append(Step("offload_model", True, "models wait on the CPU while another works"))
+    if several and not o.dit_fsdp:
+        steps.append(Step("dit_fsdp", True, "each GPU holds a share of the DiT weights"))
+    if several and not (o.t5_fsdp or o.t5_cpu):
+        steps.append(Step("t5_fsdp", True, "each GPU holds a share of the text encoder"))
+    if not (o.t5_cpu or o.t5_fsdp):
+        steps.append(Step("t5_cpu", True, "the text encoder stays on the CPU"))
+    if not o.dit_fsdp and (most_streamed is None or o.stream_blocks < most_streamed):
+        steps.append(Step("stream_blocks", "more" if o.stream_blocks else "N",
+                          "DiT blocks wait in CPU memory until they run"))
+    if not (o.dit_fsdp or o.dit_fp8):
+        steps.append(DIT_FP8)
+    if o.dtype == torch.float32:
+        steps.append(TO_BFLOAT16)
+    return steps
+
+
+def tiling_step(vae_tiling: int, multiple: int) -> Step | None:
+    """What lowers the VAE decode's memory: decoding in tiles, or in tiles half as wide (a
+    multiple of ``multiple`` pixels); None when the tiles are as small as they go."""
+    if not vae_tiling:
+        return Step("vae_tiling", True, "the VAE decodes in tiles, about a third of its memory at 720p, "
+                                        "not the official video")
+    smaller = max(multiple, vae_tiling // 2 // multiple * multiple)
+    return None if smaller == vae_tiling else Step("vae_tiling", smaller, "smaller tiles")
+
+
+def video_steps(frames_option: str) -> list[Step]:
+    """A smaller video: fewer pixels or frames (``frames_option``: the task's frame-count option)."""
+    return [Step("size", "smaller"), Step(frames_option, "fewer")]
