@@ -316,7 +316,8 @@ OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capaci
     (["--stream_blocks", "4"], ["more --stream_blocks"], ["--offload_model"]),
     (["--dit_fp8"], ["--stream_blocks", "smaller --size"], ["--dit_fp8"]),
     (["--vae_tiling", "256"], ["--dit_fp8", "smaller --size"], ["--vae_tiling"]),
-], ids=["defaults", "no-offload", "streaming", "fp8", "tiled"])
+    (["--dtype", "float32"], ["--dtype bfloat16 (half the bytes of float32)"], []),
+], ids=["defaults", "no-offload", "streaming", "fp8", "tiled", "float32"])
 def test_out_of_memory_is_one_line_naming_what_frees_memory(roots, monkeypatch, capsys, flags, advised,
                                                             not_advised):
     def generate(*args, **kwargs):
@@ -346,6 +347,10 @@ def test_out_of_memory_while_loading_advises_on_the_weights_alone(roots, monkeyp
                               stream_blocks=None, dit_fp8=False, vae_tiling=0, task="ti2v-5B", dtype=None,
                               convert_model_dtype=False)
     assert _memory_remedy(sharded, None, LOADING).startswith("no flag lowers the weights further")
+    # In the decode, tiles half as wide.
+    tiled = SimpleNamespace(**vars(sharded) | {"vae_tiling": 256})
+    smaller = "--vae_tiling 128 (smaller tiles), smaller --size, fewer --frame_num"
+    assert _memory_remedy(tiled, None, "vae_decode") == f"to fit, try {smaller}"
 
 
 def test_out_of_memory_advice_streams_no_more_than_every_block_but_the_first(roots):

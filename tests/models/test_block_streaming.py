@@ -120,6 +120,33 @@ def test_pipelines_with_streamed_blocks_make_the_same_video(request, task):
         assert torch.equal(pipeline.generate("a cat", progress=False, **RUNS[task]), want)
 
 
+def test_a_pipeline_loads_the_blocks_it_streams_into_cpu_memory(ti2v_root, monkeypatch):
+    """The DiT loads on the device, its streamed blocks on the CPU (here both are the CPU: the
+    GPU test below sees the two places)."""
+    given, load = [], WanModel.from_pretrained.__func__
+
+    def spy(cls, path, **kwargs):
+        given.append(kwargs)
+        return load(cls, path, **kwargs)
+
+    monkeypatch.setattr(WanModel, "from_pretrained", classmethod(spy))
+    load_pipeline("ti2v-5B", ti2v_root, device="cpu", stream_blocks=1)
+    [kwargs] = given
+    assert (kwargs["host_blocks"], kwargs["device"]) == (1, CPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="placement on the device needs a GPU")
+@pytest.mark.parametrize("fp8", [False, True])
+def test_a_pipeline_on_cuda_keeps_only_its_streamed_blocks_in_pinned_cpu_memory(ti2v_root, fp8):
+    pipeline = load_pipeline("ti2v-5B", ti2v_root, device="cuda", stream_blocks=1, dit_fp8=fp8)
+    dit = pipeline.dits["dit"]
+    [streamed] = dit.block_streaming.indices
+    for name, tensor in [*dit.named_parameters(), *dit.named_buffers()]:
+        on_cpu = name.startswith(f"blocks.{streamed}.")
+        want = ("cpu", True) if on_cpu else ("cuda", False)
+        assert (tensor.device.type, tensor.is_pinned()) == want, name
+
+
 @pytest.mark.parametrize(("options", "fragment"), [
     ({"stream_blocks": -1}, "stream_blocks must be a number of blocks from 0"),
     ({"stream_blocks": True}, "stream_blocks must be a number of blocks from 0"),
@@ -149,8 +176,6 @@ def test_streamed_blocks_on_cuda_save_their_memory():
         results[count] = (out, torch.cuda.max_memory_allocated())
         if count:
             assert all(p.device.type == "cpu" and p.is_pinned() for p in model.blocks[5].parameters())
-            from wan_runtime.models.compilation import compile_blocks
-
             compile_blocks(model)
             with torch.no_grad():
                 compiled = model(x.to(device), t.to(device), batch_contexts(contexts).to(device))

@@ -309,20 +309,21 @@ def test_the_advice_names_each_tasks_options_and_puts_the_larger_part_first():
     names = " (the command line's flags of those names)"
     decode = StagePeak("vae_decode", VAE, 60, 20)
     estimate = MemoryEstimate(torch.device("cuda"), (decode,), weights, vae_tiling=256)
-    assert estimate.remedy == ("to fit, try offload_model (models wait), vae_tiling 128 (smaller tiles), "
-                               f"smaller size, fewer frame_num{names}")
+    assert estimate.remedy == ("to fit, try offload_model True (models wait), vae_tiling 128 (smaller "
+                               f"tiles), smaller size, fewer frame_num{names}")
     flags = "--offload_model True (models wait), --vae_tiling 128 (smaller tiles), smaller --size, fewer "
     flags += "--frame_num"
     assert estimate.remedy_for(decode, flags=True) == f"to fit, try {flags}"
     decode = StagePeak("vae_decode", VAE, 2, 20)
     s2v = MemoryEstimate(torch.device("cuda"), (decode,), weights, 64, "infer_frames")
     # No tile is smaller than 64 pixels.
-    assert s2v.remedy == f"to fit, try smaller size, fewer infer_frames, offload_model (models wait){names}"
+    waits = "offload_model True (models wait)"
+    assert s2v.remedy == f"to fit, try smaller size, fewer infer_frames, {waits}{names}"
     # The VAE alone on the device: no weights' option lowers its stage.
     alone = MemoryEstimate(torch.device("cuda"), (StagePeak("vae_decode", VAE, 2, 20, own=2),), weights, 64)
     assert alone.remedy == f"to fit, try smaller size, fewer frame_num{names}"
     dits_stay = MemoryEstimate(torch.device("cuda"), (StagePeak("vae_encode", VAE, 30, 20, own=2),), weights)
-    assert dits_stay.remedy.startswith("to fit, try offload_model")
+    assert dits_stay.remedy.startswith("to fit, try offload_model True")
 
 
 def test_fused_attention_lays_its_output_out_as_the_query():

@@ -200,7 +200,7 @@ def test_weights_beyond_ram_and_swap_are_refused_with_what_lowers_them(i2v_root)
         check_host_memory(planned, FreeMemory(peak // 2, peak // 4, "MemAvailable"))
     message = str(caught.value)
     assert message.startswith("the weights would take at most ") and "of CPU memory at once (" in message
-    for step in ("dit_fp8", "no offload_model", f"{ENV_VAR}=0"):
+    for step in ("dit_fp8", "offload_model False", f"{ENV_VAR}=0"):
         assert step in message
     with pytest.warns(UserWarning, match="the rest goes to swap"):
         check_host_memory(planned, FreeMemory(peak // 2, peak, "MemAvailable"))

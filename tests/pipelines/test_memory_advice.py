@@ -13,8 +13,8 @@ NONE = PlanOptions(torch.bfloat16, offload_model=False, t5_cpu=False, convert_mo
 
 
 @pytest.mark.parametrize(("step", "argument", "flag"), [
-    (Step("offload_model", True), "offload_model", "--offload_model True"),
-    (Step("offload_model", False), "no offload_model", "--offload_model False"),
+    (Step("offload_model", True), "offload_model True", "--offload_model True"),
+    (Step("offload_model", False), "offload_model False", "--offload_model False"),
     (Step("t5_cpu", True, "why"), "t5_cpu (why)", "--t5_cpu (why)"),
     (Step("t5_cpu", False), "no t5_cpu", "--no-t5_cpu"),
     (Step("stream_blocks", "more"), "more stream_blocks", "more --stream_blocks"),

@@ -128,7 +128,7 @@ def test_weights_that_cannot_fit_are_refused_with_what_lowers_them(ti2v_root):
     assert message.startswith(f"the weights alone would take at most {planned.peak / 2**30:.2f} GiB of cuda "
                               "memory at once (VAE ")
     capacity = f"{(planned.peak - 1) / 2**30:.2f} GiB"
-    assert f": more than the {capacity} it has; to fit, try offload_model (" in message
+    assert f": more than the {capacity} it has; to fit, try offload_model True (" in message
     assert "dit_fp8 (" in message and "dtype bfloat16" in message
     # The tiny DiT's one block but the first streams already.
     assert planned.most_streamed == 1 and "stream_blocks" not in message

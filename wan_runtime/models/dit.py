@@ -122,8 +122,9 @@ class WanModel(nn.Module):
         CPU, for offloading or FSDP). ``fp8``: the linear layers of ``fp8_modules`` store their
         weights in float8, each quantized on ``merge_device`` once its LoRA changes are in, and compute in
         ``dtype`` (``wan_runtime.models.fp8_weights``; lossy). ``host_blocks``: the blocks that
-        ``enable_block_streaming(host_blocks, ...)`` streams load into CPU memory, the rest onto
-        ``device``, so that no weight passes through CPU memory that does not stay there.
+        ``enable_block_streaming(host_blocks, ...)`` streams (give it the same count) load into CPU
+        memory, the rest onto ``device``, so that no weight passes through CPU memory that does not
+        stay there.
         """
         model, entries = cls._meta_model(Path(path))
         updates = _weight_updates(model, loras, label or str(path))

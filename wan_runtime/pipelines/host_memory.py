@@ -6,8 +6,8 @@ DiTs' last blocks, pinned: ``wan_runtime.models.pinned_chunks``) and ``t5_cpu`` 
 text encoder's bfloat16 file converted). What counts is the memory the kernel cannot drop:
 copies. A text encoder in bfloat16 on the CPU, offloaded too, reads its memory-mapped file (the
 release's is bfloat16), whose pages the kernel drops and reads again as it needs, so it is not
-counted. A DiT that waits on the CPU loads there whole first, a streamed one its streamed blocks
-alone; the speech encoder loads there whole. Those loads, offloaded DiTs and, with the
+counted. A DiT that waits on the CPU (offloaded) loads there whole first, one kept on the GPU its
+streamed blocks alone; the speech encoder loads there whole. Those loads, offloaded DiTs and, with the
 device the CPU, every model are counted whole: exact for weights converted as they load (a
 float32 file's DiT run in bfloat16), an upper bound for those kept in their file's dtype, which
 read the mapped file too.
@@ -34,6 +34,7 @@ from typing import NamedTuple
 import torch
 
 from wan_runtime.errors import InputError
+from wan_runtime.models.device_copies import module_tensors
 from wan_runtime.models.pinned_chunks import layout
 from wan_runtime.pipelines.memory_advice import DIT_FP8, TO_BFLOAT16, Step, say
 from wan_runtime.pipelines.memory_plan import (
@@ -117,7 +118,7 @@ def host_plan(plan: WeightPlan) -> HostPlan:
             models[name] = module_bytes(model) if kept and not mapped else 0
         elif is_dit(name):
             blocks = [] if on_cpu else streamed_blocks(model, options.stream_blocks)
-            sizes = [t.numel() * t.element_size() for b in blocks for t in [*b.parameters(), *b.buffers()]]
+            sizes = [t.numel() * t.element_size() for b in blocks for t in module_tensors(b)]
             chunks = layout(sizes).chunks
             resident = module_bytes(model) - sum(sizes)
             models[name] = resident if waiting else 0

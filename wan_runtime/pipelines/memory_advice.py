@@ -2,7 +2,7 @@
 
 Errors raised through the API (``load_pipeline``'s and ``generate``'s checks, ``fit_memory``)
 name the options by their argument names, which are also the command line's flag names; the
-command line's own out-of-memory message names its flags (``--t5_cpu``, ``--no-t5_cpu``,
+command line's own out-of-memory message and warning name its flags (``--t5_cpu``,
 ``--offload_model True``). Both say the same steps, from the same ``Step`` lists.
 """
 
@@ -16,8 +16,8 @@ import torch
 if TYPE_CHECKING:
     from wan_runtime.pipelines.memory_plan import PlanOptions
 
-# Flags taking True or False as a value, as the official script's; the others are switches
-# (``--t5_cpu``, ``--no-t5_cpu``).
+# Options whose flags take True or False as a value, as the official script's, said with the value
+# either way; the others are switches (``--t5_cpu``, ``--no-t5_cpu``).
 _VALUED = frozenset({"offload_model"})
 # Steps that say a direction rather than a value.
 _DIRECTIONS = frozenset({"more", "fewer", "smaller"})
@@ -36,7 +36,7 @@ class Step(NamedTuple):
         name = f"--{self.option}" if flags else self.option
         if self.value in _DIRECTIONS:
             text = f"{self.value} {name}"
-        elif isinstance(self.value, bool) and not (flags and self.option in _VALUED):
+        elif isinstance(self.value, bool) and self.option not in _VALUED:
             text = name if self.value else (f"--no-{self.option}" if flags else f"no {name}")
         else:
             text = f"{name} {self.value}"

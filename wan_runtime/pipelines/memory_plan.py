@@ -22,6 +22,7 @@ from torch import nn
 from wan_runtime.errors import InputError
 from wan_runtime.models import WanModel
 from wan_runtime.models.audio_encoder import Wav2Vec2Features
+from wan_runtime.models.device_copies import module_tensors
 from wan_runtime.models.t5_checkpoint import read_checkpoint
 from wan_runtime.models.umt5 import meta_encoder
 from wan_runtime.models.vae_loading import meta_vae
@@ -45,8 +46,7 @@ def is_dit(label: str) -> bool:
 
 def module_bytes(module: nn.Module) -> int:
     """The bytes of ``module``'s parameters and buffers, a tensor two layers share counted once."""
-    unique = {id(t): t for t in [*module.parameters(), *module.buffers()]}
-    return sum(t.numel() * t.element_size() for t in unique.values())
+    return sum(t.numel() * t.element_size() for t in module_tensors(module))
 
 
 def shard_bytes(model: nn.Module, world: int) -> int:
