@@ -25,19 +25,24 @@ def test_each_parameter_and_buffer_counts_once():
     assert any(t is module.get_buffer("0.scale") for t in module_tensors(module))
 
 
-def test_a_copy_that_fails_midway_leaves_every_tensor_as_it_was(monkeypatch):
-    """Out of memory at the third copy; a tensor given its copy before then would have failed
-    with another error (a CPU tensor cannot take meta data)."""
-    module = tied_module()
+def run_out_of_memory_at_copy(monkeypatch, number: int) -> None:
+    """``Tensor.to`` raises ``torch.OutOfMemoryError`` at its ``number``-th call from now on."""
     copy, calls = torch.Tensor.to, []
 
     def failing(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == number:
             raise torch.OutOfMemoryError("out of memory (a test)")
         return copy(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "to", failing)
+
+
+def test_a_copy_that_fails_midway_leaves_every_tensor_as_it_was(monkeypatch):
+    """Out of memory at the third copy; a tensor given its copy before then would have failed
+    with another error (a CPU tensor cannot take meta data)."""
+    module = tied_module()
+    run_out_of_memory_at_copy(monkeypatch, 3)
     with pytest.raises(torch.OutOfMemoryError):
         swap_in_copies(module_tensors(module), META)
     assert {t.device.type for t in module_tensors(module)} == {"cpu"}

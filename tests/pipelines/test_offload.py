@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.models.test_device_copies import run_out_of_memory_at_copy
 from tests.pipelines.images import gradient_image
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.pipelines.base import TEXT_ENCODER
@@ -165,15 +166,7 @@ def test_a_move_that_fails_midway_leaves_the_model_on_the_cpu(monkeypatch):
     model = torch.nn.Linear(4, 4)
     residency = Residency(torch.device("cuda"), offload=True)
     residency.add("model", model)
-    copy, calls = torch.Tensor.to, []
-
-    def failing(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (a test)")
-        return copy(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "to", failing)
+    run_out_of_memory_at_copy(monkeypatch, 2)
     with pytest.raises(torch.OutOfMemoryError):
         residency.activate("model")
     monkeypatch.undo()
