@@ -28,6 +28,7 @@ from wan_runtime.pipelines.host_memory import (
     free_to_check,
     host_plan,
     host_remedy,
+    local_processes,
 )
 from wan_runtime.pipelines.memory_fit import NoFit, fit_placement
 from wan_runtime.pipelines.memory_plan import AUDIO_ENCODER, TEXT_ENCODER, VAE, module_bytes, streamed_blocks
@@ -235,6 +236,31 @@ def test_the_remedies_are_those_of_what_holds_the_memory(i2v_root):
     assert host_remedy(offloaded, placements=False) == f"to fit, try {FP8}{NAMES}"
     assert host_remedy(plan("i2v-A14B", i2v_root, offload_model=True, dit_fp8=True, t5_cpu=True),
                        placements=False) == "no option lowers them further"
+
+
+def test_processes_of_one_machine_that_may_not_fit_together_are_warned_of(i2v_root, monkeypatch):
+    sharded = plan("i2v-A14B", i2v_root, world=2, dit_fsdp=True)
+    host = host_plan(sharded)
+    # Each DiT loads whole on the CPU, then is sharded onto the GPUs.
+    assert host.settled == 0 and host.loading >= module_bytes(sharded.meta_models["DiT low_noise"])
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    warning = r"the 2 processes on this machine load at the same time, each taking at most .*--nproc_per_node"
+    with pytest.warns(UserWarning, match=warning):
+        check_host_memory(sharded, FreeMemory(host.peak, host.peak // 2, "MemAvailable"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_host_memory(sharded, FreeMemory(host.peak, host.peak, "MemAvailable"))
+        monkeypatch.setenv("LOCAL_RANK", "1")  # the machine's first process alone says it
+        check_host_memory(sharded, FreeMemory(host.peak, 0, "MemAvailable"))
+
+
+@pytest.mark.parametrize(("value", "count"), [(None, 1), ("4", 4), ("0", 1), ("four", 1)])
+def test_the_processes_of_a_machine_are_torchruns_local_world(monkeypatch, value, count):
+    if value is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", value)
+    assert local_processes() == count
 
 
 def test_the_check_can_be_turned_off_and_its_setting_is_checked(monkeypatch):

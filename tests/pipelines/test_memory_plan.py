@@ -46,13 +46,13 @@ def loaded_footprints(pipeline, stream_blocks: int) -> dict[str, Footprint]:
     return models
 
 
-def plan(task: str, root, device=CUDA, **options) -> WeightPlan:
+def plan(task: str, root, device=CUDA, world: int = 1, **options) -> WeightPlan:
     settings = {"dtype": torch.bfloat16, "offload_model": False, "t5_cpu": False,
                 "convert_model_dtype": False, "dit_fsdp": False, "t5_fsdp": False, "stream_blocks": 0,
                 "dit_fp8": False, **options}
     spec = task_spec(task)
     dit_class = WanModel if spec.audio_dir is None else WanModelS2V
-    return plan_weights(spec, root, device, dit_class, world=1, **settings)
+    return plan_weights(spec, root, device, dit_class, world=world, **settings)
 
 
 @pytest.mark.parametrize(("task", "options"), [

@@ -6,21 +6,22 @@ DiTs' last blocks, pinned: ``wan_runtime.models.pinned_chunks``) and ``t5_cpu`` 
 text encoder's bfloat16 file converted). What counts is the memory the kernel cannot drop:
 copies. A text encoder in bfloat16 on the CPU, offloaded too, reads its memory-mapped file (the
 release's is bfloat16), whose pages the kernel drops and reads again as it needs, so it is not
-counted. A DiT that waits on the CPU (offloaded) loads there whole first, one kept on the GPU its
-streamed blocks alone; the speech encoder loads there whole. Those loads, offloaded DiTs and, with the
-device the CPU, every model are counted whole: exact for weights converted as they load (a
-float32 file's DiT run in bfloat16), an upper bound for those kept in their file's dtype, which
-read the mapped file too.
+counted. A DiT that waits on the CPU (offloaded) or that FSDP shards loads there whole first, one
+kept on the GPU its streamed blocks alone; the speech encoder loads there whole. Those loads,
+offloaded DiTs and, with the device the CPU, every model are counted whole: exact for weights
+converted as they load (a float32 file's DiT run in bfloat16), an upper bound for those kept in
+their file's dtype, which read the mapped file too.
 
 A machine without that much memory free raises no error: minutes into loading its out-of-memory
 killer ends the process, which prints one word, "Killed". So ``load_pipeline`` compares the
 plan with the memory free before it loads a model (``check_host_memory``). Free is Linux's
 ``MemAvailable`` (free pages and those it can reclaim), at most the room left under the process's
 cgroup limit (a container's memory), and free swap for the pageable weights; pinned pages cannot
-be swapped out. Elsewhere than Linux, with several processes (each would need its own share of
-the memory the others are reading at the same time), on the CPU device (an upper bound), and with
-``WAN_HOST_MEMORY_CHECK=0`` (for memory the kernel does not count as available, such as a ZFS
-cache), nothing is checked.
+be swapped out. Several processes (``torchrun``) count themselves before any has loaded: those on
+one machine together are compared with its free memory, and only warned about (the sum is a
+bound: they need not peak together). Elsewhere than Linux, on the CPU device (an upper bound),
+and with ``WAN_HOST_MEMORY_CHECK=0`` (for memory the kernel does not count as available, such as
+a ZFS cache), nothing is checked.
 """
 
 from __future__ import annotations
@@ -116,14 +117,18 @@ def host_plan(plan: WeightPlan) -> HostPlan:
             mapped = next(model.parameters()).dtype == torch.bfloat16
             kept = on_cpu or options.t5_cpu or options.offload_model
             models[name] = module_bytes(model) if kept and not mapped else 0
+            if options.t5_fsdp and not mapped:  # converted on the CPU, then sharded
+                loading = max(loading, module_bytes(model))
         elif is_dit(name):
             blocks = [] if on_cpu else streamed_blocks(model, options.stream_blocks)
             sizes = [t.numel() * t.element_size() for b in blocks for t in module_tensors(b)]
             chunks = layout(sizes).chunks
             resident = module_bytes(model) - sum(sizes)
             models[name] = resident if waiting else 0
-            if waiting or chunks:
-                through = module_bytes(model) if waiting else sum(sizes)
+            # FSDP shards a DiT loaded whole on the CPU.
+            whole = waiting or options.dit_fsdp
+            if whole or chunks:
+                through = module_bytes(model) if whole else sum(sizes)
                 loading = max(loading, before + through + max(chunks, default=0))
             pinned += sum(chunks)
         else:
@@ -256,14 +261,27 @@ def free_to_check() -> FreeMemory | None:
     return free_memory() if setting == "1" else None
 
 
+def local_processes() -> int:
+    """How many processes of this launch share this machine (torchrun's ``LOCAL_WORLD_SIZE``;
+    1 without it)."""
+    try:
+        return max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
 def check_host_memory(plan: WeightPlan, free: FreeMemory | None) -> None:
     """Raise ``InputError`` if ``plan``'s weights need more CPU memory than ``free`` (see
     ``HostPlan.fits``), naming what lowers them; warn when they would need the swap, which slows
-    every copy. Nothing is checked without ``free``, for several processes (``plan``'s world) or
-    on the CPU device (the module's docstring)."""
-    if free is None or plan.options.world > 1 or plan.device.type == "cpu":
+    every copy. With several processes (``plan``'s world), warn (on each machine's first) when
+    those on this machine together may need more than ``free``. Nothing is checked without
+    ``free`` or on the CPU device (the module's docstring)."""
+    if free is None or plan.device.type == "cpu":
         return
     host = host_plan(plan)
+    if plan.options.world > 1:
+        _check_local_processes(host, free)
+        return
     if host.fits(free):
         if host.peak > free.ram:
             warnings.warn(f"the weights take {host.describe()}: more than the {free.describe()}; the rest "
@@ -277,6 +295,19 @@ def check_host_memory(plan: WeightPlan, free: FreeMemory | None) -> None:
     remedy = host_remedy(plan, pinned_only=host.pinned > free.ram)
     raise InputError(f"{problem}; {remedy}; or free memory (if it is there but not counted as available, set "
                      f"{ENV_VAR}=0)")
+
+
+def _check_local_processes(host: HostPlan, free: FreeMemory) -> None:
+    # Each process counts itself before any has loaded, so each sees the whole machine free. The
+    # sum is a bound, not a certainty (the processes need not peak together), hence a warning.
+    local = local_processes()
+    if host.peak * local <= free.ram + free.swap or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    total = host.peak * local / _GIB
+    warnings.warn(f"the {local} processes on this machine load at the same time, each taking "
+                  f"{host.describe()}: up to {total:.2f} GiB in all, more than the {free.describe()}; if the "
+                  "run is killed (\"Killed\"), start fewer processes per machine (torchrun --nproc_per_node) "
+                  "or free memory", stacklevel=3)
 
 
 def host_remedy(plan: WeightPlan, pinned_only: bool = False, placements: bool = True) -> str:
