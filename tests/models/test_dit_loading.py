@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from tests.tolerances import DIT_BF16_VS_FP32, rel_l2
 from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.models import WanModel
-from wan_runtime.models.safetensors_checkpoint import INDEX_FILE, SINGLE_FILE
+from wan_runtime.models.safetensors_checkpoint import INDEX_FILE, SINGLE_FILE, load_parameters
 from wan_runtime.tiny_checkpoints import TINY_I2V, write_dit
 
 
@@ -203,3 +204,22 @@ def test_bf16_load_needs_one_model_not_two(tmp_path):
     largest_fp32_tensor = config.dim * 6 * config.dim * 4
     assert model_bytes < 0.6 * file_bytes
     assert peak <= model_bytes + 2 * largest_fp32_tensor + 32 * 2**20, (peak, model_bytes, file_bytes)
+
+
+def test_each_block_is_handed_on_as_soon_as_its_weights_have_loaded(ti2v_dit_dir):
+    """``when_loaded`` (FSDP shards a block then): when a block's hook runs, every block handed on
+    so far and this one have loaded, and no other has begun."""
+    model, entries = WanModel._meta_model(ti2v_dit_dir)
+    seen = []
+
+    def begun() -> list[int]:
+        return [i for i, block in enumerate(model.blocks) if any(not p.is_meta for p in block.parameters())]
+
+    def hand_on(index: int) -> None:
+        assert all(not p.is_meta for p in model.blocks[index].parameters())
+        seen.append((index, begun()))
+
+    hooks = {f"blocks.{i}.": partial(hand_on, i) for i in range(len(model.blocks))}
+    load_parameters(model, entries, "cpu", when_loaded=hooks)
+    assert len(model.blocks) > 1 and sorted(i for i, _ in seen) == list(range(len(model.blocks)))
+    assert all(loaded == sorted(i for i, _ in seen[:k + 1]) for k, (_, loaded) in enumerate(seen))

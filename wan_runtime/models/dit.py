@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wan_runtime.distributed.sharding import shard_module
+from wan_runtime.distributed.sharding import Sharding, shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel, SequenceShard
 from wan_runtime.errors import InputError
 from wan_runtime.lora import LoraFile, WeightUpdates
@@ -71,6 +72,9 @@ class Conditioning(NamedTuple):
 class WanModel(nn.Module):
     """Wan DiT with the official parameter names; see ``from_pretrained``."""
 
+    # What callers run directly under FSDP besides ``forward``: the model's methods, a block's.
+    FSDP_ENTRY_POINTS = (("prepare", "run_blocks", "finish", "embed_timesteps"), ("modulated_norm",))
+
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
         c = config
@@ -108,6 +112,7 @@ class WanModel(nn.Module):
         merge_device: torch.device | str | None = None,
         fp8: bool = False,
         host_blocks: int = 0,
+        fsdp_device: torch.device | None = None,
     ) -> WanModel:
         """Load an official DiT folder (``config.json`` + single or sharded safetensors).
 
@@ -124,7 +129,9 @@ class WanModel(nn.Module):
         ``dtype`` (``wan_runtime.models.fp8_weights``; lossy). ``host_blocks``: the blocks that
         ``enable_block_streaming(host_blocks, ...)`` streams (give it the same count) load into CPU
         memory, the rest onto ``device``, so that no weight passes through CPU memory that does not
-        stay there.
+        stay there. ``fsdp_device``: shard the weights over the process group onto it as
+        ``enable_fsdp`` does, each block as soon as it has loaded, so that a process holds one
+        block whole at a time (besides the embeddings and head), not the whole DiT.
         """
         model, entries = cls._meta_model(Path(path))
         updates = _weight_updates(model, loras, label or str(path))
@@ -132,7 +139,12 @@ class WanModel(nn.Module):
         if fp8:
             model.store_weights_in_fp8()
         host = tuple(f"blocks.{i}." for i in model.streamed_indices(host_blocks))
-        load_parameters(model, entries, device or "cpu", updates, merge_device, host)
+        sharding = None if fsdp_device is None else Sharding(fsdp_device, *cls.FSDP_ENTRY_POINTS)
+        shard_each = {} if sharding is None else {
+            f"blocks.{i}.": partial(sharding.block, block) for i, block in enumerate(model.blocks)}
+        load_parameters(model, entries, device or "cpu", updates, merge_device, host, shard_each)
+        if sharding is not None:
+            sharding.root(model)
         return model.eval().requires_grad_(False)
 
     @classmethod
@@ -199,8 +211,7 @@ class WanModel(nn.Module):
     def enable_fsdp(self, device: torch.device) -> WanModel:
         """Shard the weights over every process of the process group (FSDP), onto ``device``: one
         unit per block, gathered as it runs, and one for the embeddings and head."""
-        return shard_module(self, self.blocks, device, ("prepare", "run_blocks", "finish", "embed_timesteps"),
-                            ("modulated_norm",))
+        return shard_module(self, self.blocks, device, *self.FSDP_ENTRY_POINTS)
 
     def float32_parameters(self) -> list[nn.Parameter]:
         """Parameters the official model applies in float32 whatever the compute dtype."""

@@ -9,6 +9,7 @@ built on the meta device, so peak memory is the model plus one tensor.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,17 +111,21 @@ def check_keys(model: nn.Module, entries: dict[str, TensorEntry], folder: Path) 
 def load_parameters(
     model: nn.Module, entries: dict[str, TensorEntry], device: torch.device | str,
     updates: WeightUpdates | None = None, merge_device: torch.device | str | None = None,
-    host_prefixes: tuple[str, ...] = (),
+    host_prefixes: tuple[str, ...] = (), when_loaded: Mapping[str, Callable[[], None]] | None = None,
 ) -> None:
     """Fill a meta-device ``model`` from ``entries``, each parameter in its own dtype, on
     ``device``, or on the CPU for names that start with one of ``host_prefixes``; the
     parameters that ``updates`` change get their LoRA changes, computed on ``merge_device``
     (default ``device``), before that dtype's rounding. An ``Fp8Linear``'s weight is quantized
-    there too (``Fp8Linear.set_weight``)."""
+    there too (``Fp8Linear.set_weight``). ``when_loaded``: for a name prefix, what to run as soon
+    as every parameter under it has loaded (FSDP shards a block then, before the next loads: the
+    files list a block's tensors one after another)."""
     by_file: dict[Path, list[str]] = {}
     for name, entry in entries.items():
         by_file.setdefault(entry.file, []).append(name)
     params = dict(model.named_parameters())
+    hooks = dict(when_loaded or {})
+    pending = {prefix: sum(name.startswith(prefix) for name in params) for prefix in hooks}
     for file, names in by_file.items():
         try:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
@@ -134,8 +139,13 @@ def load_parameters(
                     module = model.get_submodule(owner)
                     if isinstance(module, Fp8Linear) and leaf == "weight":
                         module.set_weight(value.to(merge_device or device), target)
-                        continue
-                    value = value.to(device=target, dtype=params[name].dtype)
-                    module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+                    else:
+                        value = value.to(device=target, dtype=params[name].dtype)
+                        module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+                    for prefix in hooks:
+                        if name.startswith(prefix):
+                            pending[prefix] -= 1
+                            if not pending[prefix]:
+                                hooks[prefix]()
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{file} is unreadable or truncated ({err}); {_REDOWNLOAD}") from err

@@ -6,8 +6,9 @@ DiTs' last blocks, pinned: ``wan_runtime.models.pinned_chunks``) and ``t5_cpu`` 
 text encoder's bfloat16 file converted). What counts is the memory the kernel cannot drop:
 copies. A text encoder in bfloat16 on the CPU, offloaded too, reads its memory-mapped file (the
 release's is bfloat16), whose pages the kernel drops and reads again as it needs, so it is not
-counted. A DiT that waits on the CPU (offloaded) or that FSDP shards loads there whole first, one
-kept on the GPU its streamed blocks alone; the speech encoder loads there whole. Those loads,
+counted. A DiT that waits on the CPU (offloaded) loads there whole first, one kept on the GPU its
+streamed blocks alone, one that FSDP shards its embeddings and head and one block at a time; the
+speech encoder loads there whole. Those loads,
 offloaded DiTs and, with the device the CPU, every model are counted whole: exact for weights
 converted as they load (a float32 file's DiT run in bfloat16), an upper bound for those kept in
 their file's dtype, which read the mapped file too.
@@ -125,10 +126,14 @@ def host_plan(plan: WeightPlan) -> HostPlan:
             chunks = layout(sizes).chunks
             resident = module_bytes(model) - sum(sizes)
             models[name] = resident if waiting else 0
-            # FSDP shards a DiT loaded whole on the CPU.
-            whole = waiting or options.dit_fsdp
-            if whole or chunks:
-                through = module_bytes(model) if whole else sum(sizes)
+            if waiting:
+                through = module_bytes(model)
+            elif options.dit_fsdp:  # each block sharded as soon as it has loaded
+                each = [module_bytes(block) for block in model.blocks]
+                through = module_bytes(model) - sum(each) + max(each)
+            else:
+                through = sum(sizes)
+            if through:
                 loading = max(loading, before + through + max(chunks, default=0))
             pinned += sum(chunks)
         else:

@@ -241,9 +241,8 @@ def load_pipeline(
             root / folder, dtype=dtype, device=_CPU if dit_fsdp else rest,
             convert_model_dtype=convert_model_dtype or dit_fsdp, loras=dit_loras[name], label=labels[name],
             merge_device=device, fp8=dit_fp8, host_blocks=stream_blocks,
+            fsdp_device=device if dit_fsdp else None,
         ))
-        if dit_fsdp:
-            dits[name].enable_fsdp(device)
         if stream_blocks:
             dits[name].enable_block_streaming(stream_blocks, device)
         if ulysses_size > 1:
