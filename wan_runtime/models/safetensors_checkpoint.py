@@ -118,8 +118,8 @@ def load_parameters(
     parameters that ``updates`` change get their LoRA changes, computed on ``merge_device``
     (default ``device``), before that dtype's rounding. An ``Fp8Linear``'s weight is quantized
     there too (``Fp8Linear.set_weight``). ``when_loaded``: for a name prefix, what to run as soon
-    as every parameter under it has loaded (FSDP shards a block then, before the next loads: the
-    files list a block's tensors one after another)."""
+    as every parameter under it has loaded (FSDP shards a block then: a file lists each block's
+    tensors one after another, so a block or two are whole at a time)."""
     by_file: dict[Path, list[str]] = {}
     for name, entry in entries.items():
         by_file.setdefault(entry.file, []).append(name)

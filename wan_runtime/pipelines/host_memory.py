@@ -7,8 +7,8 @@ text encoder's bfloat16 file converted). What counts is the memory the kernel ca
 copies. A text encoder in bfloat16 on the CPU, offloaded too, reads its memory-mapped file (the
 release's is bfloat16), whose pages the kernel drops and reads again as it needs, so it is not
 counted. A DiT that waits on the CPU (offloaded) loads there whole first, one kept on the GPU its
-streamed blocks alone, one that FSDP shards its embeddings and head and one block at a time; the
-speech encoder loads there whole. Those loads,
+streamed blocks alone, one that FSDP shards its embeddings and head and a block or two at a time;
+the speech encoder loads there whole. Those loads,
 offloaded DiTs and, with the device the CPU, every model are counted whole: exact for weights
 converted as they load (a float32 file's DiT run in bfloat16), an upper bound for those kept in
 their file's dtype, which read the mapped file too.
@@ -128,9 +128,11 @@ def host_plan(plan: WeightPlan) -> HostPlan:
             models[name] = resident if waiting else 0
             if waiting:
                 through = module_bytes(model)
-            elif options.dit_fsdp:  # each block sharded as soon as it has loaded
+            elif options.dit_fsdp:
+                # Each block is sharded as soon as it has loaded; one split between two files waits
+                # for its second part while the first file's last blocks load: two at most.
                 each = [module_bytes(block) for block in model.blocks]
-                through = module_bytes(model) - sum(each) + max(each)
+                through = module_bytes(model) - sum(each) + 2 * max(each)
             else:
                 through = sum(sizes)
             if through:
