@@ -296,12 +296,17 @@ def _print_plan(
         print(f"  memory: {_peak_memory(job, (width, height), weights, estimates)}")
     if weights.device.type != "cpu":
         print(f"memory: the weights take {weights.describe()}")
-    if weights.options.world == 1:  # on the CPU, the same memory: this line alone
-        from wan_runtime.pipelines.host_memory import free_memory, host_plan
+    print(_host_memory_line(weights))
 
-        free = free_memory()
-        have = "" if free is None else f"; the machine has {free.describe()}"
-        print(f"memory: the weights take {host_plan(weights).describe()}{have}")
+
+def _host_memory_line(weights: WeightPlan) -> str:
+    """What the weights take of CPU memory (each process's, under torchrun) and what is free."""
+    from wan_runtime.pipelines.host_memory import free_memory, host_plan, local_processes
+
+    free = free_memory()
+    have = "" if free is None else f"; the machine has {free.describe()}"
+    each = f" in each of this machine's {local_processes()} processes" if weights.options.world > 1 else ""
+    return f"memory: the weights take {host_plan(weights).describe()}{each}{have}"
 
 
 def _make_videos(

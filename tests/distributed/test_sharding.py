@@ -8,7 +8,8 @@ import torch
 from tests.distributed.dit_inputs import CASES, dit_inputs
 from tests.distributed.ranks import run_ranks
 from wan_runtime.distributed.ulysses import SequenceParallel
-from wan_runtime.tiny_checkpoints import random_dit
+from wan_runtime.models import WanModel
+from wan_runtime.tiny_checkpoints import TINY_I2V, random_dit, write_dit
 
 CPU = torch.device("cpu")
 
@@ -39,3 +40,21 @@ def _sharded(rank: int) -> None:
 
 def test_sharded_dit_matches_the_whole_one():
     run_ranks(_sharded, 2)
+
+
+def _sharded_as_it_loads(rank: int, folder: str) -> None:
+    loaded = WanModel.from_pretrained(folder, dtype=torch.bfloat16, convert_model_dtype=True, fsdp_device=CPU)
+    whole = WanModel.from_pretrained(folder, dtype=torch.bfloat16, convert_model_dtype=True)
+    after = WanModel.from_pretrained(folder, dtype=torch.bfloat16, convert_model_dtype=True).enable_fsdp(CPU)
+    for (name, shard), (_, want) in zip(loaded.named_parameters(), after.named_parameters(), strict=True):
+        assert torch.equal(shard.to_local(), want.to_local()), name
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    inputs = dit_inputs(TINY_I2V, (3, 6, 10), False)
+    with torch.inference_mode():
+        assert torch.equal(loaded(*inputs), whole(*inputs))
+
+
+def test_a_dit_sharded_block_by_block_as_it_loads_is_the_one_sharded_after(tmp_path):
+    """In a checkpoint of three files, so that blocks are split between two."""
+    folder = write_dit(tmp_path / "dit", TINY_I2V, seed=1, shards=3)
+    run_ranks(_sharded_as_it_loads, 2, str(folder))

@@ -208,7 +208,8 @@ def test_bf16_load_needs_one_model_not_two(tmp_path):
 
 def test_each_block_is_handed_on_as_soon_as_its_weights_have_loaded(ti2v_dit_dir):
     """``when_loaded`` (FSDP shards a block then): when a block's hook runs, every block handed on
-    so far and this one have loaded, and no other has begun."""
+    so far and this one have loaded, and no other has begun (in one file; where a block is split
+    between two files, ``test_sharding`` loads one)."""
     model, entries = WanModel._meta_model(ti2v_dit_dir)
     seen = []
 

@@ -239,22 +239,41 @@ def test_the_remedies_are_those_of_what_holds_the_memory(i2v_root):
 
 
 def test_processes_of_one_machine_that_may_not_fit_together_are_warned_of(i2v_root, monkeypatch):
-    sharded = plan("i2v-A14B", i2v_root, world=2, dit_fsdp=True)
-    host = host_plan(sharded)
-    # Each DiT loads on the CPU block by block, each block sharded onto the GPUs as soon as it has
-    # loaded (two at once where a block is split between two files).
-    dit = sharded.meta_models["DiT low_noise"]
-    rest = module_bytes(dit) - sum(module_bytes(block) for block in dit.blocks)
-    assert host.settled == 0 and host.loading == rest + 2 * module_bytes(dit.blocks[0])
+    streaming = plan("i2v-A14B", i2v_root, world=2, stream_blocks=1)
+    host = host_plan(streaming)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     warning = r"the 2 processes on this machine load at the same time, each taking at most .*--nproc_per_node"
-    with pytest.warns(UserWarning, match=warning):
-        check_host_memory(sharded, FreeMemory(host.peak, host.peak // 2, "MemAvailable"))
+    with pytest.warns(UserWarning, match=warning):  # each fits, two do not
+        check_host_memory(streaming, FreeMemory(host.peak, 0, "MemAvailable"))
+    with pytest.warns(UserWarning, match=warning):  # their pinned blocks cannot go to swap
+        check_host_memory(streaming, FreeMemory(2 * host.pinned - 1, 2 * host.peak, "MemAvailable"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        check_host_memory(sharded, FreeMemory(host.peak, host.peak, "MemAvailable"))
+        check_host_memory(streaming, FreeMemory(2 * host.peak, 0, "MemAvailable"))
         monkeypatch.setenv("LOCAL_RANK", "1")  # the machine's first process alone says it
-        check_host_memory(sharded, FreeMemory(host.peak, 0, "MemAvailable"))
+        check_host_memory(streaming, FreeMemory(host.peak, 0, "MemAvailable"))
+    # One process that cannot hold its own weights is refused, as a single process is.
+    with pytest.raises(InputError, match="the streamed blocks would pin .* fewer stream_blocks"):
+        check_host_memory(streaming, FreeMemory(host.pinned - 1, 0, "MemAvailable"))
+
+
+def test_sharded_models_take_no_cpu_memory_but_a_float32_text_encoders_load(i2v_root):
+    """FSDP's DiTs load onto the GPUs block by block; a float32 text encoder is converted on the
+    CPU before it is sharded, and is then not kept there, even with offload_model."""
+    assert host_plan(plan("i2v-A14B", i2v_root, world=2, dit_fsdp=True, t5_fsdp=True)).peak == 0
+    wide = plan("i2v-A14B", i2v_root, world=2, dtype=torch.float32, t5_fsdp=True, offload_model=True)
+    host = host_plan(wide)
+    assert host.models[TEXT_ENCODER] == 0 and host.loading >= module_bytes(wide.meta_models[TEXT_ENCODER])
+
+
+def test_a_dry_run_under_torchrun_says_the_count_is_each_processs(i2v_root, monkeypatch):
+    from wan_runtime.generate import _host_memory_line
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    line = _host_memory_line(plan("i2v-A14B", i2v_root, world=4, stream_blocks=1))
+    assert line.startswith("memory: the weights take at most ")
+    assert " in each of this machine's 4 processes" in line
+    assert "processes" not in _host_memory_line(plan("i2v-A14B", i2v_root, stream_blocks=1))
 
 
 @pytest.mark.parametrize(("value", "count"), [(None, 1), ("4", 4), ("0", 1), ("four", 1)])

@@ -130,8 +130,9 @@ class WanModel(nn.Module):
         ``enable_block_streaming(host_blocks, ...)`` streams (give it the same count) load into CPU
         memory, the rest onto ``device``, so that no weight passes through CPU memory that does not
         stay there. ``fsdp_device``: shard the weights over the process group onto it as
-        ``enable_fsdp`` does, each block as soon as it has loaded, so that a process holds one
-        block whole at a time (besides the embeddings and head), not the whole DiT.
+        ``enable_fsdp`` does, each block as soon as it has loaded, so that a process holds a block
+        or two whole at a time (besides the embeddings and head), not the whole DiT: loaded
+        straight onto the GPU, a DiT larger than one GPU shards onto several.
         """
         model, entries = cls._meta_model(Path(path))
         updates = _weight_updates(model, loras, label or str(path))

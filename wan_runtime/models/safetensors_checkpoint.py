@@ -119,7 +119,8 @@ def load_parameters(
     (default ``device``), before that dtype's rounding. An ``Fp8Linear``'s weight is quantized
     there too (``Fp8Linear.set_weight``). ``when_loaded``: for a name prefix, what to run as soon
     as every parameter under it has loaded (FSDP shards a block then: a file lists each block's
-    tensors one after another, so a block or two are whole at a time)."""
+    tensors one after another, so a block or two are whole at a time, two where a block is split
+    between two files)."""
     by_file: dict[Path, list[str]] = {}
     for name, entry in entries.items():
         by_file.setdefault(entry.file, []).append(name)

@@ -7,22 +7,21 @@ text encoder's bfloat16 file converted). What counts is the memory the kernel ca
 copies. A text encoder in bfloat16 on the CPU, offloaded too, reads its memory-mapped file (the
 release's is bfloat16), whose pages the kernel drops and reads again as it needs, so it is not
 counted. A DiT that waits on the CPU (offloaded) loads there whole first, one kept on the GPU its
-streamed blocks alone, one that FSDP shards its embeddings and head and a block or two at a time;
-the speech encoder loads there whole. Those loads,
-offloaded DiTs and, with the device the CPU, every model are counted whole: exact for weights
-converted as they load (a float32 file's DiT run in bfloat16), an upper bound for those kept in
-their file's dtype, which read the mapped file too.
+streamed blocks alone (FSDP's, sharded block by block as it loads, none); the speech encoder
+loads there whole. Those loads, offloaded DiTs and, with the device the CPU, every model are
+counted whole: exact for weights converted as they load (a float32 file's DiT run in bfloat16),
+an upper bound for those kept in their file's dtype, which read the mapped file too.
 
 A machine without that much memory free raises no error: minutes into loading its out-of-memory
 killer ends the process, which prints one word, "Killed". So ``load_pipeline`` compares the
 plan with the memory free before it loads a model (``check_host_memory``). Free is Linux's
 ``MemAvailable`` (free pages and those it can reclaim), at most the room left under the process's
 cgroup limit (a container's memory), and free swap for the pageable weights; pinned pages cannot
-be swapped out. Several processes (``torchrun``) count themselves before any has loaded: those on
-one machine together are compared with its free memory, and only warned about (the sum is a
-bound: they need not peak together). Elsewhere than Linux, on the CPU device (an upper bound),
-and with ``WAN_HOST_MEMORY_CHECK=0`` (for memory the kernel does not count as available, such as
-a ZFS cache), nothing is checked.
+be swapped out. Several processes (``torchrun``) count themselves before any has loaded: each is
+refused what it could not hold alone, and those on one machine together are compared with its
+free memory and only warned about (the sum is a bound: they need not peak together). Elsewhere
+than Linux, on the CPU device (an upper bound), and with ``WAN_HOST_MEMORY_CHECK=0`` (for memory
+the kernel does not count as available, such as a ZFS cache), nothing is checked.
 """
 
 from __future__ import annotations
@@ -116,7 +115,8 @@ def host_plan(plan: WeightPlan) -> HostPlan:
         before = sum(models.values()) + pinned
         if name == TEXT_ENCODER:
             mapped = next(model.parameters()).dtype == torch.bfloat16
-            kept = on_cpu or options.t5_cpu or options.offload_model
+            # Sharded onto the GPUs, it is neither kept on the CPU nor offloaded.
+            kept = on_cpu or ((options.t5_cpu or options.offload_model) and not options.t5_fsdp)
             models[name] = module_bytes(model) if kept and not mapped else 0
             if options.t5_fsdp and not mapped:  # converted on the CPU, then sharded
                 loading = max(loading, module_bytes(model))
@@ -126,16 +126,8 @@ def host_plan(plan: WeightPlan) -> HostPlan:
             chunks = layout(sizes).chunks
             resident = module_bytes(model) - sum(sizes)
             models[name] = resident if waiting else 0
-            if waiting:
-                through = module_bytes(model)
-            elif options.dit_fsdp:
-                # Each block is sharded as soon as it has loaded; one split between two files waits
-                # for its second part while the first file's last blocks load: two at most.
-                each = [module_bytes(block) for block in model.blocks]
-                through = module_bytes(model) - sum(each) + 2 * max(each)
-            else:
-                through = sum(sizes)
-            if through:
+            if waiting or chunks:
+                through = module_bytes(model) if waiting else sum(sizes)
                 loading = max(loading, before + through + max(chunks, default=0))
             pinned += sum(chunks)
         else:
@@ -280,17 +272,16 @@ def local_processes() -> int:
 def check_host_memory(plan: WeightPlan, free: FreeMemory | None) -> None:
     """Raise ``InputError`` if ``plan``'s weights need more CPU memory than ``free`` (see
     ``HostPlan.fits``), naming what lowers them; warn when they would need the swap, which slows
-    every copy. With several processes (``plan``'s world), warn (on each machine's first) when
-    those on this machine together may need more than ``free``. Nothing is checked without
-    ``free`` or on the CPU device (the module's docstring)."""
+    every copy. With several processes (``plan``'s world) each is checked alone, and when those
+    on this machine together may need more than ``free`` its first process warns. Nothing is
+    checked without ``free`` or on the CPU device (the module's docstring)."""
     if free is None or plan.device.type == "cpu":
         return
     host = host_plan(plan)
-    if plan.options.world > 1:
-        _check_local_processes(host, free)
-        return
     if host.fits(free):
-        if host.peak > free.ram:
+        if plan.options.world > 1:
+            _check_local_processes(host, free)
+        elif host.peak > free.ram:
             warnings.warn(f"the weights take {host.describe()}: more than the {free.describe()}; the rest "
                           "goes to swap, which slows the run", stacklevel=2)
         return
@@ -308,7 +299,8 @@ def _check_local_processes(host: HostPlan, free: FreeMemory) -> None:
     # Each process counts itself before any has loaded, so each sees the whole machine free. The
     # sum is a bound, not a certainty (the processes need not peak together), hence a warning.
     local = local_processes()
-    if host.peak * local <= free.ram + free.swap or os.environ.get("LOCAL_RANK", "0") != "0":
+    together = HostPlan({"all": (host.peak - host.pinned) * local}, host.pinned * local, 0)
+    if together.fits(free) or os.environ.get("LOCAL_RANK", "0") != "0":
         return
     total = host.peak * local / _GIB
     warnings.warn(f"the {local} processes on this machine load at the same time, each taking "

@@ -238,7 +238,7 @@ def load_pipeline(
     dits = {}
     for name, folder in zip(names, spec.dit_folders, strict=True):
         dits[name] = guard(dit_class.from_pretrained(
-            root / folder, dtype=dtype, device=_CPU if dit_fsdp else rest,
+            root / folder, dtype=dtype, device=rest,
             convert_model_dtype=convert_model_dtype or dit_fsdp, loras=dit_loras[name], label=labels[name],
             merge_device=device, fp8=dit_fp8, host_blocks=stream_blocks,
             fsdp_device=device if dit_fsdp else None,
