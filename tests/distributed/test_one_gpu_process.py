@@ -1,6 +1,7 @@
 """On a GPU (skipped without one): the DiT split and sharded in a process group of one NCCL
 process, as a lent machine has one GPU. What the CPU tests cannot show: FSDP's shards, loaded on
-the CPU, land on the GPU, and the exchanges run as NCCL functional collectives."""
+the CPU or straight onto the GPU block by block, land on the GPU, and the exchanges run as NCCL
+functional collectives."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import torch
 
 from tests.distributed.dit_inputs import CASES, dit_inputs
 from tests.distributed.ranks import run_ranks
-from tests.tolerances import PARALLEL_VS_ONE_PROCESS_FP32, rel_l2
+from tests.tolerances import PARALLEL_VS_ONE_PROCESS_BF16, PARALLEL_VS_ONE_PROCESS_FP32, rel_l2
 from wan_runtime.distributed.ulysses import SequenceParallel
-from wan_runtime.tiny_checkpoints import random_dit
+from wan_runtime.models import WanModel
+from wan_runtime.tiny_checkpoints import TINY_I2V, random_dit, write_dit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
@@ -33,3 +35,20 @@ def _on_the_gpu(rank: int) -> None:
 
 def test_split_and_sharded_dit_on_the_gpu():
     run_ranks(_on_the_gpu, 1, backend="nccl")
+
+
+def _loaded_onto_the_gpu(rank: int, folder: str) -> None:
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    loaded = WanModel.from_pretrained(folder, dtype=torch.bfloat16, convert_model_dtype=True, device=device,
+                                      fsdp_device=device)
+    whole = WanModel.from_pretrained(folder, dtype=torch.bfloat16, convert_model_dtype=True, device=device)
+    assert all(p.device == device for p in loaded.parameters())
+    inputs = [None if x is None else x.to(device) for x in dit_inputs(TINY_I2V, (3, 6, 10), False)]
+    with torch.no_grad():
+        assert rel_l2(loaded(*inputs), whole(*inputs)) <= PARALLEL_VS_ONE_PROCESS_BF16
+
+
+def test_a_dit_loads_onto_the_gpu_sharded_block_by_block(tmp_path):
+    folder = write_dit(tmp_path / "dit", TINY_I2V, seed=1, shards=3)
+    run_ranks(_loaded_onto_the_gpu, 1, str(folder), backend="nccl")
