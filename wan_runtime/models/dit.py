@@ -124,7 +124,7 @@ class WanModel(nn.Module):
         ``loras``: ``(LoRA file, strength)`` pairs merged into the weights as they load
         (``wan_runtime.lora``; ``label`` names this DiT in their errors), the products computed
         on ``merge_device`` (default ``device``: a GPU is worth it when the weights load to the
-        CPU, for offloading or FSDP). ``fp8``: the linear layers of ``fp8_modules`` store their
+        CPU, for offloading). ``fp8``: the linear layers of ``fp8_modules`` store their
         weights in float8, each quantized on ``merge_device`` once its LoRA changes are in, and compute in
         ``dtype`` (``wan_runtime.models.fp8_weights``; lossy). ``host_blocks``: the blocks that
         ``enable_block_streaming(host_blocks, ...)`` streams (give it the same count) load into CPU
