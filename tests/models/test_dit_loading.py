@@ -224,3 +224,14 @@ def test_each_block_is_handed_on_as_soon_as_its_weights_have_loaded(ti2v_dit_dir
     load_parameters(model, entries, "cpu", when_loaded=hooks)
     assert len(model.blocks) > 1 and sorted(i for i, _ in seen) == list(range(len(model.blocks)))
     assert all(loaded == sorted(i for i, _ in seen[:k + 1]) for k, (_, loaded) in enumerate(seen))
+
+
+def test_a_hooks_own_error_is_not_blamed_on_the_checkpoint(ti2v_dit_dir):
+    model, entries = WanModel._meta_model(ti2v_dit_dir)
+
+    def failing() -> None:
+        raise OSError("a collective's socket closed")
+
+    with pytest.raises(OSError) as caught:
+        load_parameters(model, entries, "cpu", when_loaded={"blocks.0.": failing})
+    assert type(caught.value) is OSError

@@ -79,7 +79,7 @@ def read_entries(files: list[Path]) -> dict[str, TensorEntry]:
                         )
                     entries[key] = TensorEntry(file, tuple(handle.get_slice(key).get_shape()))
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{file} is unreadable or truncated ({err}); {_REDOWNLOAD}") from err
+            raise _unreadable(file, err) from err
     return entries
 
 
@@ -128,25 +128,34 @@ def load_parameters(
     hooks = dict(when_loaded or {})
     pending = {prefix: sum(name.startswith(prefix) for name in params) for prefix in hooks}
     for file, names in by_file.items():
+        # Only reading the file can fail for the file's sake: a hook's error is its own.
         try:
-            with safe_open(str(file), framework="pt", device="cpu") as handle:
-                for name in names:
-                    target = "cpu" if name.startswith(host_prefixes) else device
-                    value = handle.get_tensor(name)
-                    if updates is not None and name in updates:
-                        wide = value.to(device=merge_device or device, dtype=torch.float32)
-                        value = updates.apply(name, wide)
-                    owner, _, leaf = name.rpartition(".")
-                    module = model.get_submodule(owner)
-                    if isinstance(module, Fp8Linear) and leaf == "weight":
-                        module.set_weight(value.to(merge_device or device), target)
-                    else:
-                        value = value.to(device=target, dtype=params[name].dtype)
-                        module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
-                    for prefix in hooks:
-                        if name.startswith(prefix):
-                            pending[prefix] -= 1
-                            if not pending[prefix]:
-                                hooks[prefix]()
+            handle = safe_open(str(file), framework="pt", device="cpu")
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{file} is unreadable or truncated ({err}); {_REDOWNLOAD}") from err
+            raise _unreadable(file, err) from err
+        with handle:
+            for name in names:
+                target = "cpu" if name.startswith(host_prefixes) else device
+                try:
+                    value = handle.get_tensor(name)
+                except (SafetensorError, OSError) as err:
+                    raise _unreadable(file, err) from err
+                if updates is not None and name in updates:
+                    wide = value.to(device=merge_device or device, dtype=torch.float32)
+                    value = updates.apply(name, wide)
+                owner, _, leaf = name.rpartition(".")
+                module = model.get_submodule(owner)
+                if isinstance(module, Fp8Linear) and leaf == "weight":
+                    module.set_weight(value.to(merge_device or device), target)
+                else:
+                    value = value.to(device=target, dtype=params[name].dtype)
+                    module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+                for prefix in hooks:
+                    if name.startswith(prefix):
+                        pending[prefix] -= 1
+                        if not pending[prefix]:
+                            hooks[prefix]()
+
+
+def _unreadable(file: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(f"{file} is unreadable or truncated ({err}); {_REDOWNLOAD}")
