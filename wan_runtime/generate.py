@@ -23,7 +23,7 @@ import torch
 
 from wan_runtime import demo
 from wan_runtime.batch_file import line_numbers, resolve_jobs
-from wan_runtime.checks import PLACEMENT_FLAGS, VAE_TILE_MULTIPLE
+from wan_runtime.checks import PLACEMENT_FLAGS
 from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser
 from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, NumericalError
@@ -561,7 +561,7 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
         return say(steps, flags=True, nothing="no flag lowers the weights further: it takes a GPU with more "
                                               "memory (or more GPUs)")
     # Smaller tiles lower the decode alone; tiles at all, the peak of a stage not known.
-    tiles = tiling_step(flags.vae_tiling or 0, VAE_TILE_MULTIPLE)
+    tiles = tiling_step(flags.vae_tiling or 0)
     if tiles and (stage == "vae_decode" or not flags.vae_tiling):
         steps.insert(0 if stage == "vae_decode" else len(steps), tiles)
     frames = "infer_frames" if flags.task == "s2v-14B" else "frame_num"

@@ -54,5 +54,5 @@ def test_several_processes_add_the_shards_and_fsdp_leaves_no_placement_to_the_di
 
 @pytest.mark.parametrize(("tiling", "value"), [(0, True), (256, 128), (192, 64), (128, 64), (64, None)])
 def test_tiles_then_tiles_half_as_wide_down_to_the_smallest(tiling, value):
-    step = tiling_step(tiling, 64)
+    step = tiling_step(tiling)
     assert (None if step is None else step.value) == value

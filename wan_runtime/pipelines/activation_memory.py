@@ -39,7 +39,6 @@ from typing import NamedTuple
 import torch
 
 from wan_runtime.cache import CacheConfig, CacheManager, S2VStages, WanStages
-from wan_runtime.checks import VAE_TILE_MULTIPLE
 from wan_runtime.models import WanModel, WanVAE
 from wan_runtime.models.audio_encoder import resample_features, speech_clip_count
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
@@ -124,7 +123,7 @@ class MemoryEstimate:
         """What lowers ``stage``'s bytes, naming the command line's flags (``flags``) or the
         arguments: for the decode, tiles (smaller tiles); a smaller video or fewer frames; and
         what lowers the weights, first when they are the larger part."""
-        tiles = tiling_step(self.vae_tiling, VAE_TILE_MULTIPLE) if stage.stage == "vae_decode" else None
+        tiles = tiling_step(self.vae_tiling) if stage.stage == "vae_decode" else None
         steps = [tiles] if tiles else []
         steps += video_steps(self.frames_option)
         # No option lowers the VAE's or the speech encoder's own weights: only other models' there.

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
+from wan_runtime.checks import VAE_TILE_MULTIPLE
+
 if TYPE_CHECKING:
     from wan_runtime.pipelines.memory_plan import PlanOptions
 
@@ -24,8 +26,9 @@ _DIRECTIONS = frozenset({"more", "fewer", "smaller"})
 
 
 class Step(NamedTuple):
-    """Set ``option`` to ``value`` (a switch's True or False, a number, a dtype's name), or move
-    it the way ``value`` says (``"more"``, ``"fewer"``, ``"smaller"``); ``why``: what it does."""
+    """Set ``option`` to ``value`` (a switch's True or False, a number or ``"N"`` for one to
+    choose, a dtype's name), or move it the way ``value`` says (``"more"``, ``"fewer"``,
+    ``"smaller"``); ``why``: what it does."""
 
     option: str
     value: bool | int | str = True
@@ -79,13 +82,13 @@ def weight_steps(options: PlanOptions, most_streamed: int | None) -> list[Step]:
     return steps
 
 
-def tiling_step(vae_tiling: int, multiple: int) -> Step | None:
+def tiling_step(vae_tiling: int) -> Step | None:
     """What lowers the VAE decode's memory: decoding in tiles, or in tiles half as wide (a
-    multiple of ``multiple`` pixels); None when the tiles are as small as they go."""
+    multiple of ``VAE_TILE_MULTIPLE`` pixels); None when the tiles are as small as they go."""
     if not vae_tiling:
         return Step("vae_tiling", True, "the VAE decodes in tiles, about a third of its memory at 720p, "
                                         "not the official video")
-    smaller = max(multiple, vae_tiling // 2 // multiple * multiple)
+    smaller = max(VAE_TILE_MULTIPLE, vae_tiling // 2 // VAE_TILE_MULTIPLE * VAE_TILE_MULTIPLE)
     return None if smaller == vae_tiling else Step("vae_tiling", smaller, "smaller tiles")
 
 
