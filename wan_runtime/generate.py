@@ -305,7 +305,9 @@ def _host_memory_line(weights: WeightPlan) -> str:
 
     free = free_memory()
     have = "" if free is None else f"; the machine has {free.describe()}"
-    each = f" in each of this machine's {local_processes()} processes" if weights.options.world > 1 else ""
+    local = local_processes()
+    each = "" if weights.options.world == 1 else (
+        f" in each of this machine's {local} processes" if local > 1 else " in this machine's one process")
     return f"memory: the weights take {host_plan(weights).describe()}{each}{have}"
 
 

@@ -39,7 +39,6 @@ def test_split_and_sharded_dit_on_the_gpu():
 
 def _loaded_onto_the_gpu(rank: int, folder: str) -> None:
     device = torch.device("cuda", rank)
-    torch.cuda.set_device(device)
     loaded = WanModel.from_pretrained(folder, dtype=torch.bfloat16, convert_model_dtype=True, device=device,
                                       fsdp_device=device)
     whole = WanModel.from_pretrained(folder, dtype=torch.bfloat16, convert_model_dtype=True, device=device)

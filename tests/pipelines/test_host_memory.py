@@ -242,7 +242,7 @@ def test_processes_of_one_machine_that_may_not_fit_together_are_warned_of(i2v_ro
     streaming = plan("i2v-A14B", i2v_root, world=2, stream_blocks=1)
     host = host_plan(streaming)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    warning = r"the 2 processes on this machine load at the same time, each taking at most .*--nproc_per_node"
+    warning = r"in each of this machine's 2 processes \(.* GiB in all\): more than .*--nproc_per_node"
     with pytest.warns(UserWarning, match=warning):  # each fits, two do not
         check_host_memory(streaming, FreeMemory(host.peak, 0, "MemAvailable"))
     with pytest.warns(UserWarning, match=warning):  # their pinned blocks cannot go to swap
@@ -252,9 +252,23 @@ def test_processes_of_one_machine_that_may_not_fit_together_are_warned_of(i2v_ro
         check_host_memory(streaming, FreeMemory(2 * host.peak, 0, "MemAvailable"))
         monkeypatch.setenv("LOCAL_RANK", "1")  # the machine's first process alone says it
         check_host_memory(streaming, FreeMemory(host.peak, 0, "MemAvailable"))
-    # One process that cannot hold its own weights is refused, as a single process is.
-    with pytest.raises(InputError, match="the streamed blocks would pin .* fewer stream_blocks"):
+    # One process that cannot hold its own weights is refused, as a single process is, without
+    # fit_memory, which places the models of one process only.
+    with pytest.raises(InputError, match="the streamed blocks would pin .* fewer stream_blocks") as caught:
         check_host_memory(streaming, FreeMemory(host.pinned - 1, 0, "MemAvailable"))
+    assert "fit_memory" not in str(caught.value)
+
+
+def test_processes_of_one_machine_that_fit_together_only_with_swap_are_told_so(i2v_root, monkeypatch):
+    wide = plan("i2v-A14B", i2v_root, world=2, dtype=torch.float32, t5_cpu=True)
+    host = host_plan(wide)
+    assert host.pinned == 0 and host.peak == host.models[TEXT_ENCODER] > 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.warns(UserWarning, match=r"in each of this machine's 2 processes .* the rest goes to swap"):
+        check_host_memory(wide, FreeMemory(host.peak, host.peak, "MemAvailable"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    with pytest.warns(UserWarning, match=r"at once \(text encoder .*\): more than .* the rest goes to swap"):
+        check_host_memory(wide, FreeMemory(host.peak - 1, host.peak, "MemAvailable"))
 
 
 def test_sharded_models_take_no_cpu_memory_but_a_float32_text_encoders_load(i2v_root):
@@ -264,6 +278,9 @@ def test_sharded_models_take_no_cpu_memory_but_a_float32_text_encoders_load(i2v_
     wide = plan("i2v-A14B", i2v_root, world=2, dtype=torch.float32, t5_fsdp=True, offload_model=True)
     host = host_plan(wide)
     assert host.models[TEXT_ENCODER] == 0 and host.loading >= module_bytes(wide.meta_models[TEXT_ENCODER])
+    # bfloat16 would read its mapped file instead.
+    sharded = plan("i2v-A14B", i2v_root, world=2, dtype=torch.float32, t5_fsdp=True)
+    assert "dtype bfloat16" in host_remedy(sharded)
 
 
 def test_a_dry_run_under_torchrun_says_the_count_is_each_processs(i2v_root, monkeypatch):
@@ -273,7 +290,9 @@ def test_a_dry_run_under_torchrun_says_the_count_is_each_processs(i2v_root, monk
     line = _host_memory_line(plan("i2v-A14B", i2v_root, world=4, stream_blocks=1))
     assert line.startswith("memory: the weights take at most ")
     assert " in each of this machine's 4 processes" in line
-    assert "processes" not in _host_memory_line(plan("i2v-A14B", i2v_root, stream_blocks=1))
+    assert "process" not in _host_memory_line(plan("i2v-A14B", i2v_root, stream_blocks=1))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert " in this machine's one process" in _host_memory_line(plan("i2v-A14B", i2v_root, world=4))
 
 
 @pytest.mark.parametrize(("value", "count"), [(None, 1), ("4", 4), ("0", 1), ("four", 1)])

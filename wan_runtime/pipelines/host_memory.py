@@ -279,11 +279,7 @@ def check_host_memory(plan: WeightPlan, free: FreeMemory | None) -> None:
         return
     host = host_plan(plan)
     if host.fits(free):
-        if plan.options.world > 1:
-            _check_local_processes(host, free)
-        elif host.peak > free.ram:
-            warnings.warn(f"the weights take {host.describe()}: more than the {free.describe()}; the rest "
-                          "goes to swap, which slows the run", stacklevel=2)
+        _warn_when_short(host, free, local_processes() if plan.options.world > 1 else 1)
         return
     if host.pinned > free.ram:
         problem = (f"the streamed blocks would pin {host.pinned / _GIB:.2f} GiB of CPU memory, which "
@@ -295,18 +291,22 @@ def check_host_memory(plan: WeightPlan, free: FreeMemory | None) -> None:
                      f"{ENV_VAR}=0)")
 
 
-def _check_local_processes(host: HostPlan, free: FreeMemory) -> None:
-    # Each process counts itself before any has loaded, so each sees the whole machine free. The
-    # sum is a bound, not a certainty (the processes need not peak together), hence a warning.
-    local = local_processes()
-    together = HostPlan({"all": (host.peak - host.pinned) * local}, host.pinned * local, 0)
-    if together.fits(free) or os.environ.get("LOCAL_RANK", "0") != "0":
+def _warn_when_short(host: HostPlan, free: FreeMemory, local: int) -> None:
+    # Each of the ``local`` processes on this machine counts itself before any has loaded, so each
+    # sees the whole machine free; the first of them speaks for all. Their sum is a bound, not a
+    # certainty (they need not peak together), hence a warning, not a refusal.
+    if local > 1 and os.environ.get("LOCAL_RANK", "0") != "0":
         return
-    total = host.peak * local / _GIB
-    warnings.warn(f"the {local} processes on this machine load at the same time, each taking "
-                  f"{host.describe()}: up to {total:.2f} GiB in all, more than the {free.describe()}; if the "
-                  "run is killed (\"Killed\"), start fewer processes per machine (torchrun --nproc_per_node) "
-                  "or free memory", stacklevel=3)
+    together = HostPlan({"all": (host.peak - host.pinned) * local}, host.pinned * local, 0)
+    total = together.peak / _GIB
+    each = "" if local == 1 else f", in each of this machine's {local} processes ({total:.2f} GiB in all)"
+    if not together.fits(free):
+        warnings.warn(f"the weights take {host.describe()}{each}: more than the {free.describe()}; if the "
+                      "run is killed (\"Killed\"), start fewer processes per machine (torchrun "
+                      "--nproc_per_node) or free memory", stacklevel=3)
+    elif together.peak > free.ram:
+        warnings.warn(f"the weights take {host.describe()}{each}: more than the {free.describe()}; the rest "
+                      "goes to swap, which slows the run", stacklevel=3)
 
 
 def host_remedy(plan: WeightPlan, pinned_only: bool = False, placements: bool = True) -> str:
@@ -315,7 +315,9 @@ def host_remedy(plan: WeightPlan, pinned_only: bool = False, placements: bool = 
     models wait only with ``placements`` (``fit_memory`` has tried every placement)."""
     o, host = plan.options, host_plan(plan)
     dits = host.pinned > 0 or (not pinned_only and any(b for n, b in host.models.items() if is_dit(n)))
-    encoder = not pinned_only and host.models.get(TEXT_ENCODER, 0) > 0
+    # A float32 text encoder that FSDP shards is converted on the CPU first.
+    sharded_wide = o.t5_fsdp and o.dtype == torch.float32
+    encoder = not pinned_only and (host.models.get(TEXT_ENCODER, 0) > 0 or sharded_wide)
     steps = []
     if dits and not o.dit_fp8:
         steps.append(DIT_FP8)
@@ -328,5 +330,7 @@ def host_remedy(plan: WeightPlan, pinned_only: bool = False, placements: bool = 
             steps.append(Step("offload_model", False, "the models stay on the GPU"))
         if host.pinned:
             steps.append(Step("stream_blocks", "fewer"))
-    weighs = "; fit_memory (--fit_memory) weighs both memories" if placements and steps else ""
+    # fit_memory places the models of one process only.
+    fits_them = placements and o.world == 1 and steps
+    weighs = "; fit_memory (--fit_memory) weighs both memories" if fits_them else ""
     return say(steps, flags=False) + weighs

@@ -224,7 +224,7 @@ def load_pipeline(
     residency = Residency(device, offload_model)
 
     text_dtype = torch.float32 if dtype == torch.float32 else torch.bfloat16
-    # Sharded modules are loaded on the CPU and sharded onto the device; they stay there.
+    # A sharded text encoder is read on the CPU (its mapped file) and sharded onto the device.
     text_encoder = load_text_encoder(root, device=_CPU if t5_cpu or t5_fsdp else rest, dtype=text_dtype)
     if t5_fsdp:
         shard_module(text_encoder.model, text_encoder.model.encoder.block, device)
