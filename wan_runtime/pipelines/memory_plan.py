@@ -12,6 +12,7 @@ and depend on the video: ``activation_memory`` adds them, stage by stage, on the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,9 +45,19 @@ def is_dit(label: str) -> bool:
     return label == "DiT" or label.startswith("DiT ")
 
 
+def _bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """The bytes of ``tensors``, each counted once."""
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
+
 def module_bytes(module: nn.Module) -> int:
     """The bytes of ``module``'s parameters and buffers, a tensor two layers share counted once."""
-    return sum(t.numel() * t.element_size() for t in module_tensors(module))
+    return _bytes(module_tensors(module))
+
+
+def parameter_bytes(module: nn.Module) -> int:
+    """The bytes of ``module``'s parameters, one two layers share counted once."""
+    return _bytes(module.parameters())
 
 
 def shard_bytes(model: nn.Module, world: int) -> int:
@@ -68,15 +79,24 @@ class Footprint(NamedTuple):
 
 
 def sharded(model: nn.Module, blocks: list[nn.Module], world: int, root_stays: bool) -> Footprint:
-    """``model`` sharded over ``world`` FSDP processes, one unit per block and one for the rest
-    (the root): a share of every weight, and while it works one block gathered whole and the root
-    (which FSDP keeps gathered after the forward when ``root_stays``)."""
-    block = max(module_bytes(b) for b in blocks)
-    root = module_bytes(model) - sum(module_bytes(b) for b in blocks)
-    share, others = shard_bytes(model, world), 1 - 1 / world
-    if root_stays:
-        return Footprint(share + int(root * others), int(block * others))
-    return Footprint(share, int((root + block) * others))
+    """``model`` sharded over ``world`` FSDP processes (``fully_shard``), one unit per block and one
+    for the rest (the root): each process keeps a share of every weight and the buffers whole.
+
+    A unit runs gathered: its shares all-gathered into one buffer, copied out into the whole
+    weights. In a forward, FSDP frees a unit's buffer only once the next unit's copy-out is done,
+    so while block i+1 is copied out, block i's buffer, block i+1's buffer and its weights are
+    alive (the root's buffer in block i's place at the first block), and the root's weights
+    throughout. ``root_stays``: the root's weights are counted as staying gathered between
+    forwards (FSDP keeps its root unit gathered after a forward called directly), else as
+    gathered only while the model works (its caller reshards it).
+    """
+    block = max(parameter_bytes(b) for b in blocks)
+    root = parameter_bytes(model) - sum(parameter_bytes(b) for b in blocks)
+    block_buffer = max(world * shard_bytes(b, world) for b in blocks)
+    root_buffer = world * (shard_bytes(model, world) - sum(shard_bytes(b, world) for b in blocks))
+    kept = shard_bytes(model, world) + module_bytes(model) - parameter_bytes(model)
+    working = block_buffer + block + max(root_buffer, block_buffer)
+    return Footprint(kept + root, working) if root_stays else Footprint(kept, root + working)
 
 
 def prepare_dit(model: WanModel, dtype: torch.dtype, keep_float32: bool, fp8: bool) -> WanModel:
