@@ -5,7 +5,8 @@ measured.
 
     python -m benchmarks.weight_plans [--out-dir DIR]
 
-Columns: the task, the flags (one GPU, bfloat16), the most GiB of weights on the GPU at once
+Columns: the task, the flags (one GPU, bfloat16; or a torchrun launch over N GPUs, each process's
+share: its weights and, split N ways, its tokens), the most GiB of weights on the GPU at once
 (``peak_GiB``) and the models there then (``at_the_peak``), the most GiB of weights in CPU memory
 at once (``cpu_GiB``, ``wan_runtime.pipelines.host_memory``); then the peak of the task's release
 video (``RELEASE_VIDEOS``), weights and activations, at least (``video_GiB``), its stage
@@ -51,6 +52,10 @@ FLAGS = {
     "--t5_cpu --stream_blocks 99 (all but one)": {"t5_cpu": True, "stream_blocks": 99},
     "--t5_cpu --dit_fp8 --stream_blocks 99": {"t5_cpu": True, "dit_fp8": True, "stream_blocks": 99},
 }
+# A torchrun launch over N GPUs with every several-GPU flag (the models stay on the GPUs, as
+# torchrun's default --offload_model False keeps them).
+SEVERAL_GPUS = {f"torchrun x{n}: --ulysses_size {n} --dit_fsdp --t5_fsdp":
+                {"offload_model": False, "dit_fsdp": True, "t5_fsdp": True, "world": n} for n in (2, 4, 8)}
 _GIB = 2**30
 
 
@@ -76,7 +81,8 @@ def release_video(task: str, vae_tiling: int = 0) -> VideoShape:
 
 
 def release_plan(task: str, **flags: object) -> WeightPlan:
-    """``task``'s plan on one GPU in bfloat16 under ``flags`` (``load_pipeline``'s arguments)."""
+    """``task``'s plan on one GPU in bfloat16 under ``flags`` (``load_pipeline``'s arguments; with
+    ``world``, one process's of a launch over that many)."""
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     spec = task_spec(task)
@@ -99,13 +105,14 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for task in ("i2v-A14B", "ti2v-5B", "s2v-14B"):
-        for name, flags in FLAGS.items():
+        for name, flags in {**FLAGS, **SEVERAL_GPUS}.items():
             plan = release_plan(task, **flags)
             row = {"task": task, "flags": name, "peak_GiB": round(plan.peak / _GIB, 2),
                    "at_the_peak": ", ".join(plan.peak_models),
                    "cpu_GiB": round(host_plan(plan).peak / _GIB, 2)}
             for column, tile in (("video", 0), ("tiled", DEFAULT_VAE_TILE)):
-                estimate = estimate_memory(plan, task_spec(task), release_video(task, tile))
+                estimate = estimate_memory(plan, task_spec(task), release_video(task, tile),
+                                           ulysses=flags.get("world", 1))
                 row.update({f"{column}_GiB": round(estimate.peak / _GIB, 2),
                             f"{column}_stage": f"{estimate.busiest.stage} ({estimate.busiest.model})"})
             rows.append(row)

@@ -372,28 +372,27 @@ def _peak_memory(
     estimates: dict[VideoShape, MemoryEstimate],
 ) -> str:
     """What ``job``'s video of ``size`` takes of the device's memory at its peak, at least, in words
-    (``wan_runtime.pipelines.activation_memory``), worked out once per video shape (``estimates``);
-    a warning when that is more than the GPU has."""
+    (``wan_runtime.pipelines.activation_memory``; under torchrun, in each process), worked out once
+    per video shape (``estimates``); a warning when that is more than the GPU has."""
     from wan_runtime.pipelines import estimate_memory
 
-    if job.launch.distributed:
-        return "the video's peak is not worked out under torchrun (the weights and the sequence are split)"
     spec = TASKS[job.task]
     video = _video_shape(job, size)
     if video not in estimates:
         try:
-            estimates[video] = estimate_memory(weights, spec, video, job.compile)
+            estimates[video] = estimate_memory(weights, spec, video, job.compile, job.ulysses_size)
         except Exception as err:  # an estimate that fails must not cost the video
             return f"the video's peak could not be worked out ({type(err).__name__}: {_one_line(str(err))})"
     estimate = estimates[video]
     stage = estimate.busiest_bound
+    takes = "takes in each process" if job.launch.distributed else "takes"
     if weights.device.type == "cuda" and stage is not None:
         capacity = torch.cuda.get_device_properties(weights.device).total_memory
         if stage.total > capacity:
             remedy = estimate.remedy_for(stage, flags=True)
-            warnings.warn(f"this video will run out of GPU memory: it takes {estimate.describe(stage)}, more "
-                          f"than the {capacity / 2**30:.2f} GiB the GPU has; {remedy}", stacklevel=2)
-    return f"the video takes {estimate.describe()}"
+            warnings.warn(f"this video will run out of GPU memory: it {takes} {estimate.describe(stage)}, "
+                          f"more than the {capacity / 2**30:.2f} GiB the GPU has; {remedy}", stacklevel=2)
+    return f"the video {takes} {estimate.describe()}"
 
 
 def _video_shape(job: GenerateConfig, size: tuple[int, int]) -> VideoShape:

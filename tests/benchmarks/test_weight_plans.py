@@ -39,3 +39,17 @@ def test_ti2v_at_its_release_size_peaks_in_the_decode():
     plan = weight_plans.release_plan("ti2v-5B", t5_cpu=True)
     estimate = estimate_memory(plan, task_spec("ti2v-5B"), weight_plans.release_video("ti2v-5B"))
     assert estimate.busiest.stage == "vae_decode" and estimate.peak > 16 * 2**30
+
+
+def test_more_gpus_take_less_of_each():
+    from wan_runtime.pipelines import estimate_memory
+    from wan_runtime.tasks import task_spec
+
+    video = weight_plans.release_video("i2v-A14B")
+    peaks = []
+    for flags in weight_plans.SEVERAL_GPUS.values():
+        plan = weight_plans.release_plan("i2v-A14B", **flags)
+        estimate = estimate_memory(plan, task_spec("i2v-A14B"), video, ulysses=flags["world"])
+        denoise = next(stage for stage in estimate.stages if stage.stage == "denoise")
+        peaks.append((plan.peak, denoise.activations))
+    assert all(more > fewer for pair in zip(peaks, peaks[1:]) for more, fewer in zip(*pair)), peaks

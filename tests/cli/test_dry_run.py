@@ -99,13 +99,27 @@ def test_a_video_larger_than_the_gpu_is_warned_of_with_what_lowers_it(ti2v_root,
         _peak_memory(job, size, weights, {})
 
 
-def test_under_torchrun_the_peak_is_not_worked_out(ti2v_root, monkeypatch):
+def test_under_torchrun_the_peak_is_each_processs(ti2v_root, monkeypatch):
+    from types import SimpleNamespace
+
+    from tests.pipelines.test_memory_plan import plan as cuda_plan
     from wan_runtime.distributed.launch import Launch
     from wan_runtime.generate import _peak_memory
 
-    job = dataclasses.replace(_job("--ckpt_dir", str(ti2v_root)), launch=Launch(rank=0, world=2))
-    assert _peak_memory(job, (1280, 704), None, {}) == (
-        "the video's peak is not worked out under torchrun (the weights and the sequence are split)")
+    big = SimpleNamespace(total_memory=2**40)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: big)
+    weights = cuda_plan("ti2v-5B", ti2v_root, world=2, dit_fsdp=True, t5_fsdp=True)
+    job = dataclasses.replace(_job("--ckpt_dir", str(ti2v_root), "--frame_num", "9"),
+                              launch=Launch(rank=0, world=2), ulysses_size=2, dit_fsdp=True, t5_fsdp=True)
+    estimates = {}
+    line = _peak_memory(job, (1280, 704), weights, estimates)
+    (estimate,) = estimates.values()
+    assert line == f"the video takes in each process {estimate.describe()}"
+    one = {}
+    _peak_memory(dataclasses.replace(job, ulysses_size=1), (1280, 704), weights, one)
+    (whole,) = one.values()
+    denoise = [[s.activations for s in e.stages if s.stage == "denoise"] for e in (estimate, whole)]
+    assert denoise[0] < denoise[1]
 
 
 def test_an_estimate_that_fails_is_told_and_costs_no_video(ti2v_root, monkeypatch):

@@ -119,6 +119,7 @@ def test_two_processes_write_one_video(tmp_path, one_process_frames):
     two = _torchrun(tmp_path, "two.mp4", "--ulysses_size", "2", "--dit_fsdp", "--t5_fsdp")
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("wrote ") == 1 and "processes: 2" in two.stdout, two.stdout
+    assert "memory: the video takes in each process at least " in two.stdout, two.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["two.mp4"]
     frames = read_video(tmp_path / "two.mp4")[0]
     assert frames.shape == one_process_frames.shape

@@ -421,10 +421,15 @@ def test_each_stages_estimate_is_at_most_what_the_run_holds_in_it(task, argument
         assert denoise > max(s.activations for s in uncached.stages if s.stage == "denoise")
 
 
-def test_a_distributed_pipeline_is_refused_an_estimate(ti2v_pipeline, monkeypatch):
-    from wan_runtime.errors import InputError
-    from wan_runtime.pipelines import Pipeline
+def test_under_torchrun_the_advice_splits_the_tokens_where_they_are_not(ti2v_root):
+    spec, video = task_spec("ti2v-5B"), VideoShape(1280, 704, 9, False, 5.0)
+    split = "--ulysses_size 2 (each GPU computes a slice of the tokens)"
 
-    monkeypatch.setattr(Pipeline, "distributed", property(lambda self: True))
-    with pytest.raises(InputError, match="works out one process's run"):
-        ti2v_pipeline.estimate_memory()
+    def advice(estimate: MemoryEstimate, stage: str) -> str:
+        return estimate.remedy_for(next(s for s in estimate.stages if s.stage == stage), flags=True)
+
+    several = cuda_plan("ti2v-5B", ti2v_root, world=2)
+    assert split in advice(estimate_memory(several, spec, video), "denoise")
+    assert split not in advice(estimate_memory(several, spec, video), "vae_decode")
+    assert split not in advice(estimate_memory(several, spec, video, ulysses=2), "denoise")
+    assert split not in advice(estimate_memory(cuda_plan("ti2v-5B", ti2v_root), spec, video), "denoise")

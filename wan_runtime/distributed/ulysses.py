@@ -9,6 +9,9 @@ end; the padded keys are dropped before attention, so no real token sees them, a
 rows are dropped when the slices are gathered.
 
 The exchanges are functional collectives, which ``torch.compile`` traces without a graph break.
+A split with no process group (``SequenceParallel.planned``) exchanges nothing: each exchange
+gives uninitialised tensors of its results' shapes, made as the collectives make them, so that a
+process's memory can be counted on the meta device (``wan_runtime.pipelines.activation_memory``).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ _all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_te
 
 @dataclass(frozen=True)
 class SequenceParallel:
-    """The process group a sequence is split over, and this process's place in it."""
+    """The process group a sequence is split over, and this process's place in it (no group:
+    ``planned``)."""
 
-    group: dist.ProcessGroup
+    group: dist.ProcessGroup | None
     world: int
     rank: int
 
@@ -40,6 +44,12 @@ class SequenceParallel:
                                "torchrun)")
         group = group or dist.group.WORLD
         return cls(group, dist.get_world_size(group), dist.get_rank(group))
+
+    @classmethod
+    def planned(cls, world: int, rank: int = 0) -> SequenceParallel:
+        """Rank ``rank``'s place in a split over ``world`` processes that exchanges nothing (see
+        the module's docstring): for counting memory, not for computing."""
+        return cls(None, world, rank)
 
     def shard(self, length: int) -> SequenceShard:
         """The slices of a sequence of ``length`` tokens."""
@@ -74,8 +84,14 @@ class SequenceShard:
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Every rank's slice ``x`` [B, local, ...] joined in order: [B, length, ...]."""
         p = self.parallel
-        whole = _all_gather(x.contiguous(), 1, p.group)
-        return whole[:, : self.length]
+        if p.group is not None:
+            return _all_gather(x.contiguous(), 1, p.group)[:, : self.length]
+        # As the functional all-gather along dim 1 does: gathered along dim 0, then rearranged (a
+        # view for one sample).
+        gathered = x.new_empty((p.world * x.size(0), *x.shape[1:]))
+        if x.size(0) > 1:
+            gathered = torch.cat(gathered.chunk(p.world), dim=1)
+        return gathered.view(x.size(0), -1, *x.shape[2:])[:, : self.length]
 
     def to_heads(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """[B, local, H, D] tensors of this rank's tokens -> [B, padded, H / world, D] of every
@@ -85,7 +101,7 @@ class SequenceShard:
         send = torch.stack(xs).view(len(xs), b, local, p.world, heads // p.world, d)
         # Chunk r of the first dimension goes to rank r: its head group, for our tokens.
         send = send.permute(3, 0, 1, 2, 4, 5).contiguous()
-        received = funcol.all_to_all_single(send, None, None, p.group)
+        received = self._exchange(send)
         # Chunk r came from rank r: our head group, for its tokens.
         whole = received.permute(1, 2, 0, 3, 4, 5).reshape(len(xs), b, p.world * local, heads // p.world, d)
         return tuple(whole.unbind(0))
@@ -95,8 +111,14 @@ class SequenceShard:
         p = self.parallel
         b, _, heads, d = x.shape
         send = x.reshape(b, p.world, self.local, heads, d).transpose(0, 1).contiguous()
-        received = funcol.all_to_all_single(send, None, None, p.group)
+        received = self._exchange(send)
         return received.permute(1, 2, 0, 3, 4).reshape(b, self.local, p.world * heads, d)
+
+    def _exchange(self, send: torch.Tensor) -> torch.Tensor:
+        """All-to-all of equal chunks along dim 0: chunk r goes to rank r, and chunk r of the
+        result came from rank r."""
+        group = self.parallel.group
+        return torch.empty_like(send) if group is None else funcol.all_to_all_single(send, None, None, group)
 
     def real_rows(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
         """Of this rank's slice ``x`` [..., local, C], the real tokens (no padding) whose index in

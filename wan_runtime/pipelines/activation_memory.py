@@ -26,19 +26,24 @@ tensors counted here), the tensors one stage hands the next (the prompts' encodi
 image's latent), the solver's past predictions (latent-sized: tens of MB at 720p) and what the
 allocator reserves beyond what it hands out. DiT blocks compiled by
 ``torch.compile`` are counted eager: their fused kernels may hold less, so those stages are no
-bound. One process: under ``torchrun`` the sequence and the weights are split, and this is not
-worked out.
+bound. Under ``torchrun`` it is one process's run: its share of the weights (the plan's) and,
+with ``ulysses`` above 1, the DiT's activations of its slice of the tokens, with the buffers the
+exchanges around attention make (``SequenceParallel.planned``); every process encodes and decodes
+the whole video.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from wan_runtime.cache import CacheConfig, CacheManager, S2VStages, WanStages
+from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.models import WanModel, WanVAE
 from wan_runtime.models.audio_encoder import resample_features, speech_clip_count
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
@@ -76,13 +81,15 @@ class StagePeak(NamedTuple):
 class MemoryEstimate:
     """Each stage's ``StagePeak`` of one video on ``device``. What lowers a stage's peak
     (``remedy_for``) draws on what lowers the weights (``weight_steps``, the ``WeightPlan``'s),
-    the decode's tile size (``vae_tiling``) and the option of the frame count (``frames_option``)."""
+    the decode's tile size (``vae_tiling``), the option of the frame count (``frames_option``) and
+    what lowers the DiT's activations (``token_steps``: splitting the tokens over processes)."""
 
     device: torch.device
     stages: tuple[StagePeak, ...]
     weight_steps: tuple[Step, ...]
     vae_tiling: int = 0
     frames_option: str = "frame_num"
+    token_steps: tuple[Step, ...] = ()
 
     @property
     def busiest(self) -> StagePeak:
@@ -125,6 +132,7 @@ class MemoryEstimate:
         what lowers the weights, first when they are the larger part."""
         tiles = tiling_step(self.vae_tiling) if stage.stage == "vae_decode" else None
         steps = [tiles] if tiles else []
+        steps += [*self.token_steps] if stage.stage == "denoise" else []
         steps += video_steps(self.frames_option)
         # No option lowers the VAE's or the speech encoder's own weights: only other models' there.
         if not (stage.model in (VAE, AUDIO_ENCODER) and stage.weights == stage.own):
@@ -185,12 +193,13 @@ def speech_video(
 
 
 def estimate_memory(
-    plan: WeightPlan, spec: TaskSpec, video: VideoShape, compiled: bool = False
+    plan: WeightPlan, spec: TaskSpec, video: VideoShape, compiled: bool = False, ulysses: int = 1
 ) -> MemoryEstimate:
-    """The peak of ``video``'s run with the models of ``plan`` (``load_pipeline``'s, one process),
-    stage by stage, as the module's docstring says; a second or so for a release DiT, several
-    for a tiled decode at 720p (the meta device runs each tile's ops). ``compiled``: the DiT
-    blocks run compiled (``compile``), so their stages are counted eager and are no bound."""
+    """The peak of ``video``'s run with the models of ``plan`` (``load_pipeline``'s; under
+    ``torchrun``, the first process's, the tokens split over ``ulysses`` processes), stage by
+    stage, as the module's docstring says; a second or so for a release DiT, several for a tiled
+    decode at 720p (the meta device runs each tile's ops). ``compiled``: the DiT blocks run
+    compiled (``compile``), so their stages are counted eager and are no bound."""
     models = plan.meta_models
     vae = codec(models[VAE])
     names = list(spec.dit_names)
@@ -210,12 +219,32 @@ def estimate_memory(
     run = _s2v_activations if spec.audio_dir is not None else _activations
     caches = {name: None if video.cache is None else StepCache(video.cache, cache_name)
               for name, cache_name in zip(names, spec.cache_models, strict=True)}
-    stages += run(vae, dits, latent_shape, video, caches)
+    with _tokens_split(dits.values(), ulysses):
+        stages += run(vae, dits, latent_shape, video, caches)
     peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_, not (compiled and stage == "denoise"),
                        plan.models[model].working) for stage, model, bytes_ in stages]
     frames_option = "frame_num" if spec.audio_dir is None else "infer_frames"
+    world = plan.options.world
+    split = ulysses == 1 < world and config.num_heads % world == 0
+    token_steps = (Step("ulysses_size", world, "each GPU computes a slice of the tokens"),) if split else ()
     return MemoryEstimate(plan.device, tuple(peaks), tuple(plan.remedy_steps), video.vae_tiling,
-                          frames_option)
+                          frames_option, token_steps)
+
+
+@contextmanager
+def _tokens_split(dits: Iterable[WanModel], ulysses: int) -> Iterator[None]:
+    """The (meta) ``dits`` splitting their tokens over ``ulysses`` processes while inside
+    (``SequenceParallel.planned``: the first process's share), as they were after."""
+    dits = list(dits)
+    before = [dit.sequence_parallel for dit in dits]
+    try:
+        if ulysses > 1:
+            for dit in dits:
+                dit.enable_sequence_parallel(SequenceParallel.planned(ulysses))
+        yield
+    finally:
+        for dit, parallel in zip(dits, before, strict=True):
+            dit.sequence_parallel = parallel
 
 
 def _activations(

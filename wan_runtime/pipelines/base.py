@@ -247,7 +247,9 @@ class Pipeline:
     ) -> MemoryEstimate:
         """The device memory ``generate`` with these arguments would take at its peak, at least,
         stage by stage (``wan_runtime.pipelines.activation_memory``): worked out on the meta
-        device, in seconds, without running a model. Arguments as ``generate``'s, checked alike."""
+        device, in seconds, without running a model. Arguments as ``generate``'s, checked alike.
+        A pipeline split over processes (``ulysses_size``, ``dit_fsdp``, ``t5_fsdp``) counts this
+        process's shares: of the weights, and of the tokens."""
         spec = self.spec
         width, height = parse_size(spec.default_size if size is None else size, spec)
         frame_num = check_frame_num(spec.frame_num if frame_num is None else frame_num, spec)
@@ -261,12 +263,10 @@ class Pipeline:
         if self.weight_plan is None:
             raise InputError("estimate_memory needs the memory plan load_pipeline gives a pipeline; "
                              "build the pipeline with wan_runtime.pipelines.load_pipeline")
-        if self.distributed:
-            raise InputError("estimate_memory works out one process's run; this pipeline splits its run "
-                             "over a process group (ulysses_size, dit_fsdp, t5_fsdp), whose shares it does "
-                             "not model")
         compiled = any(dit.blocks_compiled for dit in self.dits.values())
-        return estimate_memory(self.weight_plan, self.spec, video, compiled)
+        parallel = next(iter(self.dits.values())).sequence_parallel
+        return estimate_memory(self.weight_plan, self.spec, video, compiled,
+                               1 if parallel is None else parallel.world)
 
     def _settings(
         self,

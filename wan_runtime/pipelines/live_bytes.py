@@ -12,12 +12,12 @@ first frame's 0 and the step's timestep).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
 # The CUDA caching allocator hands out blocks in multiples of 512 bytes.
@@ -50,11 +50,11 @@ class LiveBytes(TorchDispatchMode):
         # A view or an in-place result shares an input's storage: nothing new, even for an input
         # made before the mode (a weight's transpose is not an activation).
         # The storages are held while their ids are compared, so that no id is reused meanwhile.
-        held = [t.untyped_storage() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        held = list(_storages(tree_leaves((args, kwargs))))
         inputs = {id(storage) for storage in held}
-        for tensor in tree_leaves(out):
-            if isinstance(tensor, torch.Tensor) and id(tensor.untyped_storage()) not in inputs:
-                self._count(tensor.untyped_storage())
+        for storage in _storages(tree_leaves(out)):
+            if id(storage) not in inputs:
+                self._count(storage)
         return out
 
     def _count(self, storage: torch.UntypedStorage) -> None:
@@ -70,6 +70,17 @@ class LiveBytes(TorchDispatchMode):
     def _free(self, key: int, nbytes: int) -> None:
         self._counted.discard(key)
         self.live -= nbytes
+
+
+def _storages(leaves: Iterable[object]) -> Iterator[torch.UntypedStorage]:
+    """The storages of the tensors among ``leaves``: a wrapper subclass's are those of the tensors
+    it wraps (a collective's result waiting for its ``wait``, on real tensors), its own holding none."""
+    for leaf in leaves:
+        if is_traceable_wrapper_subclass(leaf):
+            names, _ = leaf.__tensor_flatten__()
+            yield from _storages(getattr(leaf, name) for name in names)
+        elif isinstance(leaf, torch.Tensor):
+            yield leaf.untyped_storage()
 
 
 def _meta_unique(
