@@ -472,6 +472,12 @@ def _add_cache_flags(p: argparse.ArgumentParser) -> None:
                    help="also measure the uncond branch's change (default true)")
 
 
+def resolved_offload(offload_model: bool | None, launch: Launch) -> bool:
+    """``--offload_model`` as given, else the official script's default: one process offloads,
+    the processes of a torchrun launch do not."""
+    return (not launch.distributed) if offload_model is None else offload_model
+
+
 def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> GenerateConfig:
     """Validate parsed ``args`` and fill in the defaults; raises ``InvalidArguments`` listing
     every problem. Nothing here loads model weights. ``inputs`` shares decoded input files with
@@ -539,8 +545,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
     device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
                              "cuda" if torch.cuda.is_available() else "cpu")
     problems += _device_problems(device)
-    # As the official script: one process offloads by default, several do not.
-    offload_model = (not launch.distributed) if args.offload_model is None else args.offload_model
+    offload_model = resolved_offload(args.offload_model, launch)
     own: list[str] = []  # this process's alone
     if launch.distributed:
         device = _process_device(own, device, launch)

@@ -24,7 +24,7 @@ import torch
 from wan_runtime import demo
 from wan_runtime.batch_file import line_numbers, resolve_jobs
 from wan_runtime.checks import PLACEMENT_FLAGS
-from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser
+from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser, resolved_offload
 from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, NumericalError
 from wan_runtime.tasks import TASKS
@@ -547,10 +547,9 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
 
     flags = args if video is None else video  # the same names
     launch = _launch()
-    offloading = flags.offload_model if flags.offload_model is not None else not launch.distributed
     options = PlanOptions(
         dtype=torch.float32 if flags.dtype in ("float32", torch.float32) else torch.bfloat16,
-        offload_model=offloading, t5_cpu=bool(flags.t5_cpu),
+        offload_model=resolved_offload(flags.offload_model, launch), t5_cpu=bool(flags.t5_cpu),
         convert_model_dtype=bool(flags.convert_model_dtype), dit_fsdp=bool(flags.dit_fsdp),
         t5_fsdp=bool(flags.t5_fsdp), stream_blocks=flags.stream_blocks or 0, dit_fp8=bool(flags.dit_fp8),
         world=launch.world,
