@@ -542,7 +542,14 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     with ``--fit_memory``'s placement) has not done yet (no more streaming than ``most_streamed``
     blocks); in the VAE decode (``stage`` ``vae_decode``), decoding in tiles first; while
     ``LOADING``, only what lowers the weights; after a fit, first a smaller budget."""
-    from wan_runtime.pipelines.memory_advice import Step, say, tiling_step, video_steps, weight_steps
+    from wan_runtime.pipelines.memory_advice import (
+        Step,
+        say,
+        tiling_step,
+        token_steps,
+        video_steps,
+        weight_steps,
+    )
     from wan_runtime.pipelines.memory_plan import PlanOptions
 
     flags = args if video is None else video  # the same names
@@ -564,6 +571,8 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     tiles = tiling_step(flags.vae_tiling or 0)
     if tiles and (stage == "vae_decode" or not flags.vae_tiling):
         steps.insert(0 if stage == "vae_decode" else len(steps), tiles)
+    if stage in (None, "denoise"):
+        steps += token_steps(launch.world, flags.ulysses_size)
     frames = "infer_frames" if flags.task == "s2v-14B" else "frame_num"
     return say(steps + video_steps(frames), flags=True)
 

@@ -345,7 +345,7 @@ def test_out_of_memory_while_loading_advises_on_the_weights_alone(roots, monkeyp
 
     sharded = SimpleNamespace(fit_memory=None, offload_model=False, dit_fsdp=True, t5_fsdp=True, t5_cpu=False,
                               stream_blocks=None, dit_fp8=False, vae_tiling=0, task="ti2v-5B", dtype=None,
-                              convert_model_dtype=False)
+                              convert_model_dtype=False, ulysses_size=1)
     assert _memory_remedy(sharded, None, LOADING).startswith("no flag lowers the weights further")
     # In the decode, tiles half as wide.
     tiled = SimpleNamespace(**vars(sharded) | {"vae_tiling": 256})

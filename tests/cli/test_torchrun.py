@@ -13,7 +13,7 @@ import torch
 
 from tests.cli.helpers import REPO, cli_env, read_video
 from wan_runtime.cli_args import InvalidArguments, resolve
-from wan_runtime.generate import _memory_remedy, build_parser, main
+from wan_runtime.generate import LOADING, _memory_remedy, build_parser, main
 
 
 def _resolve(*argv: str):
@@ -78,6 +78,11 @@ def test_out_of_memory_advice_under_torchrun(monkeypatch):
     advice = _memory_remedy(build_parser().parse_args(["--t5_fsdp"]))
     assert "--offload_model True" in advice and "--dit_fsdp" in advice
     assert "--t5_cpu" not in advice and "--t5_fsdp (" not in advice
+    split = "--ulysses_size 2 (each GPU computes a slice of the tokens)"
+    assert split in advice and split in _memory_remedy(build_parser().parse_args([]), stage="denoise")
+    for argv, stage in ((["--ulysses_size", "2"], "denoise"), ([], "vae_decode"), ([], LOADING)):
+        advice = _memory_remedy(build_parser().parse_args(argv), stage=stage)
+        assert "--ulysses_size" not in advice, (argv, stage)
 
 
 def test_a_launch_that_shares_no_work_is_told(monkeypatch, ti2v_root):

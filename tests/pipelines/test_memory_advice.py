@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wan_runtime.pipelines.memory_advice import Step, say, tiling_step, weight_steps
+from wan_runtime.pipelines.memory_advice import Step, say, tiling_step, token_steps, weight_steps
 from wan_runtime.pipelines.memory_plan import PlanOptions
 
 NONE = PlanOptions(torch.bfloat16, offload_model=False, t5_cpu=False, convert_model_dtype=False,
@@ -56,3 +56,9 @@ def test_several_processes_add_the_shards_and_fsdp_leaves_no_placement_to_the_di
 def test_tiles_then_tiles_half_as_wide_down_to_the_smallest(tiling, value):
     step = tiling_step(tiling)
     assert (None if step is None else step.value) == value
+
+
+def test_the_tokens_split_over_a_launchs_processes_where_they_are_not_yet():
+    split = [Step("ulysses_size", 8, "each GPU computes a slice of the tokens")]
+    assert token_steps(8, 1, 40) == token_steps(8, 1) == split
+    assert token_steps(8, 8, 40) == token_steps(1, 1, 40) == token_steps(3, 1, 40) == []

@@ -50,7 +50,7 @@ from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.models.vae_loading import codec
 from wan_runtime.pipelines.inputs import expert_scale
 from wan_runtime.pipelines.live_bytes import peak_bytes
-from wan_runtime.pipelines.memory_advice import Step, say, tiling_step, video_steps
+from wan_runtime.pipelines.memory_advice import Step, say, tiling_step, token_steps, video_steps
 from wan_runtime.pipelines.memory_plan import _GIB, AUDIO_ENCODER, TEXT_ENCODER, VAE, WeightPlan, dit_label
 from wan_runtime.tasks import DIT, TaskSpec
 
@@ -224,11 +224,8 @@ def estimate_memory(
     peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_, not (compiled and stage == "denoise"),
                        plan.models[model].working) for stage, model, bytes_ in stages]
     frames_option = "frame_num" if spec.audio_dir is None else "infer_frames"
-    world = plan.options.world
-    split = ulysses == 1 < world and config.num_heads % world == 0
-    token_steps = (Step("ulysses_size", world, "each GPU computes a slice of the tokens"),) if split else ()
     return MemoryEstimate(plan.device, tuple(peaks), tuple(plan.remedy_steps), video.vae_tiling,
-                          frames_option, token_steps)
+                          frames_option, tuple(token_steps(plan.options.world, ulysses, config.num_heads)))
 
 
 @contextmanager

@@ -92,6 +92,15 @@ def tiling_step(vae_tiling: int) -> Step | None:
     return None if smaller == vae_tiling else Step("vae_tiling", smaller, "smaller tiles")
 
 
+def token_steps(world: int, ulysses: int, num_heads: int | None = None) -> list[Step]:
+    """What lowers a DiT step's activations under torchrun: splitting its tokens over the launch's
+    ``world`` processes, where they are not split yet (``ulysses`` 1) and ``world`` divides the
+    DiT's ``num_heads`` (None: not known, left to the checks of the run it suggests)."""
+    if ulysses > 1 or world == 1 or (num_heads is not None and num_heads % world):
+        return []
+    return [Step("ulysses_size", world, "each GPU computes a slice of the tokens")]
+
+
 def video_steps(frames_option: str) -> list[Step]:
     """A smaller video: fewer pixels or frames (``frames_option``: the task's frame-count option)."""
     return [Step("size", "smaller"), Step(frames_option, "fewer")]
