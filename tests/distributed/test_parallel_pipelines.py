@@ -46,8 +46,11 @@ def _same_videos(rank: int, task: str, root, options: dict, arguments: dict) -> 
                     assert (mine["computed"], mine["skipped"]) == (stats["computed"], stats["skipped"])
                     skipped += stats["skipped"]
         assert (skipped > 0) == (cache is not None), "the cached run skips steps"
-    if options.get("t5_fsdp"):  # its work done, the encoder holds its share only
+    # Its work done, a sharded model holds its share only (the cached run's DiT too).
+    if options.get("t5_fsdp"):
         assert isinstance(several.text_encoder.model.shared.weight, DTensor)
+    if options.get("dit_fsdp"):
+        assert all(isinstance(dit.patch_embedding.weight, DTensor) for dit in several.dits.values())
 
 
 def _speech() -> np.ndarray:

@@ -5,6 +5,7 @@ estimate counts its share of the tokens."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.distributed.ranks import run_ranks
@@ -91,3 +92,12 @@ def test_a_planned_splits_exchanges_make_what_the_collectives_make():
     planned = {batch: _exchange_counts(shard, torch.empty(batch, shard.local, 4, 8, device="meta"))
                for batch in (1, 2)}
     run_ranks(_exchanges_as_planned, 2, planned)
+
+
+def test_a_planned_split_counts_and_computes_nothing():
+    with pytest.raises(ValueError, match="a split over 2 processes has no rank 2"):
+        SequenceParallel.planned(2, 2)
+    shard = SequenceParallel.planned(2).shard(45)
+    for exchange in (shard.gather, shard.to_heads):
+        with pytest.raises(RuntimeError, match=r"a planned sequence split \(SequenceParallel.planned\)"):
+            exchange(torch.zeros(1, shard.local, 4, 8))

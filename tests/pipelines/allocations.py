@@ -1,6 +1,7 @@
 """The most CPU memory some code holds at once, read from the profiler's allocation events: a
 measurement of what a run allocates, storage resizes included (FSDP gathers a unit's weights by
-resizing their storage, which no dispatch mode sees)."""
+resizing their storage, which no dispatch mode sees). Under gloo an all-gather also copies its
+output once inside the collective, which NCCL does not; the counts here include it."""
 
 from __future__ import annotations
 

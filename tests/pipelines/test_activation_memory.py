@@ -433,3 +433,5 @@ def test_under_torchrun_the_advice_splits_the_tokens_where_they_are_not(ti2v_roo
     assert split not in advice(estimate_memory(several, spec, video), "vae_decode")
     assert split not in advice(estimate_memory(several, spec, video, ulysses=2), "denoise")
     assert split not in advice(estimate_memory(cuda_plan("ti2v-5B", ti2v_root), spec, video), "denoise")
+    with pytest.raises(ValueError, match="ulysses 2: the tokens split over 1 or all 1 processes of the plan"):
+        estimate_memory(cuda_plan("ti2v-5B", ti2v_root), spec, video, ulysses=2)

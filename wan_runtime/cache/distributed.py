@@ -55,6 +55,8 @@ def agreed_metric(
         current.float().square().sum() if squared else current.abs().sum(dtype=torch.float32),
     )
     sums = torch.stack([numerator, denominator])
-    dist.all_reduce(sums, group=shard.parallel.group)
+    group = shard.parallel.group_for(sums)
+    if group is not None:
+        dist.all_reduce(sums, group=group)
     ratio = sums[0] / sums[1]
     return ratio.sqrt() if squared else ratio

@@ -49,7 +49,18 @@ class SequenceParallel:
     def planned(cls, world: int, rank: int = 0) -> SequenceParallel:
         """Rank ``rank``'s place in a split over ``world`` processes that exchanges nothing (see
         the module's docstring): for counting memory, not for computing."""
+        if not 0 <= rank < world:
+            raise ValueError(f"a split over {world} processes has no rank {rank}")
         return cls(None, world, rank)
+
+    def group_for(self, tensor: torch.Tensor) -> dist.ProcessGroup | None:
+        """The group to exchange ``tensor`` over; None for a planned split's meta tensors, which
+        exchange nothing. A planned split refuses real tensors: it computes nothing."""
+        if self.group is None and not tensor.is_meta:
+            raise RuntimeError("a planned sequence split (SequenceParallel.planned) counts memory on the "
+                               "meta device and exchanges nothing; split a computation with "
+                               "SequenceParallel.over()")
+        return self.group
 
     def shard(self, length: int) -> SequenceShard:
         """The slices of a sequence of ``length`` tokens."""
@@ -84,8 +95,9 @@ class SequenceShard:
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """Every rank's slice ``x`` [B, local, ...] joined in order: [B, length, ...]."""
         p = self.parallel
-        if p.group is not None:
-            return _all_gather(x.contiguous(), 1, p.group)[:, : self.length]
+        group = p.group_for(x)
+        if group is not None:
+            return _all_gather(x.contiguous(), 1, group)[:, : self.length]
         # As the functional all-gather along dim 1 does: gathered along dim 0, then rearranged (a
         # view for one sample).
         gathered = x.new_empty((p.world * x.size(0), *x.shape[1:]))
@@ -117,7 +129,7 @@ class SequenceShard:
     def _exchange(self, send: torch.Tensor) -> torch.Tensor:
         """All-to-all of equal chunks along dim 0: chunk r goes to rank r, and chunk r of the
         result came from rank r."""
-        group = self.parallel.group
+        group = self.parallel.group_for(send)
         return torch.empty_like(send) if group is None else funcol.all_to_all_single(send, None, None, group)
 
     def real_rows(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:

@@ -8,12 +8,13 @@ prediction kept while the unconditional one runs; each prompt's encoding at its 
 token), and the VAE decode of the latent (in tiles with ``vae_tiling``). For s2v-14B the clip
 counted is one with the motion's tokens in the DiT and its latent frames before the clip's in the
 decode, when the video has such a clip, the motion context's frames held beside both; a clip
-leaves the device once decoded. Added to the weights on the device during that stage
-(``WeightPlan.weights_while``), the largest sum is the peak. The text encoder's stage counts its
-weights alone: its activations at 512 tokens are a few tens of MB beside 11 GB of weights, and it
-builds its attention mask from the tokens' values, which the meta device does not have. The
-speech encoder's stage counts wav2vec2 on ``audio_samples`` samples (0.74 GiB for a minute),
-when the video gives them.
+leaves the device once decoded. Added to the weights on the device through that stage's
+computing (``WeightPlan.weights_while``; under FSDP the running block's gathered weights, not
+the buffer of the one before, freed first), the largest sum is the peak. The text encoder's
+stage counts its weights alone: its activations at 512 tokens are a few tens of MB beside 11 GB
+of weights, and it builds its attention mask from the tokens' values, which the meta device
+does not have. The speech encoder's stage counts wav2vec2 on ``audio_samples`` samples (0.74
+GiB for a minute), when the video gives them.
 
 With a step cache (``VideoShape.cache``) a DiT's step is a computed step after another, run
 through the run's ``CacheManager``: each branch holds what the step before cached for it (TeaCache's
@@ -146,7 +147,8 @@ class MemoryEstimate:
         ``plan`` keeps off the device (the text encoder under ``t5_cpu``) works off it, and its
         stage is left out."""
         stages = tuple(
-            stage._replace(weights=plan.weights_while(stage.model), own=plan.models[stage.model].working)
+            stage._replace(weights=plan.weights_while(stage.model, computing=True),
+                           own=plan.models[stage.model].while_computing)
             for stage in self.stages if stage.model in plan.models
         )
         return dataclasses.replace(self, stages=stages, weight_steps=tuple(plan.remedy_steps))
@@ -200,6 +202,9 @@ def estimate_memory(
     stage, as the module's docstring says; a second or so for a release DiT, several for a tiled
     decode at 720p (the meta device runs each tile's ops). ``compiled``: the DiT blocks run
     compiled (``compile``), so their stages are counted eager and are no bound."""
+    world = plan.options.world
+    if ulysses not in (1, world):
+        raise ValueError(f"ulysses {ulysses}: the tokens split over 1 or all {world} processes of the plan")
     models = plan.meta_models
     vae = codec(models[VAE])
     names = list(spec.dit_names)
@@ -221,11 +226,12 @@ def estimate_memory(
               for name, cache_name in zip(names, spec.cache_models, strict=True)}
     with _tokens_split(dits.values(), ulysses):
         stages += run(vae, dits, latent_shape, video, caches)
-    peaks = [StagePeak(stage, model, plan.weights_while(model), bytes_, not (compiled and stage == "denoise"),
-                       plan.models[model].working) for stage, model, bytes_ in stages]
+    peaks = [StagePeak(stage, model, plan.weights_while(model, computing=True), bytes_,
+                       not (compiled and stage == "denoise"), plan.models[model].while_computing)
+             for stage, model, bytes_ in stages]
     frames_option = "frame_num" if spec.audio_dir is None else "infer_frames"
     return MemoryEstimate(plan.device, tuple(peaks), tuple(plan.remedy_steps), video.vae_tiling,
-                          frames_option, tuple(token_steps(plan.options.world, ulysses, config.num_heads)))
+                          frames_option, tuple(token_steps(world, ulysses, config.num_heads)))
 
 
 @contextmanager

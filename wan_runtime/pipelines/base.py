@@ -353,13 +353,19 @@ class Pipeline:
         context, context_null = (
             encoder.encode([text])[0][None].to(self.device) for text in (prompt, n_prompt)
         )
-        if isinstance(encoder.model, FSDPModule):
-            # FSDP keeps the top unit (the embedding table, 2 GB in umT5-XXL) gathered after a
-            # forward; the encoder's work is done.
-            encoder.model.reshard()
+        self._release_gathered(encoder.model)
         # When offloading, the encoder leaves the accelerator before the VAE encodes.
         self.residency.release()
         return Prompts(context, context_null)
+
+    @staticmethod
+    def _release_gathered(model: torch.nn.Module) -> None:
+        """Free what FSDP keeps gathered of a sharded ``model`` after its work: its top unit's
+        weights (the text encoder's embedding table, 2 GB in umT5-XXL; the DiT's embeddings after
+        the stages a step cache runs one by one), so that they count only while it works
+        (``memory_plan.sharded``)."""
+        if isinstance(model, FSDPModule):
+            model.reshard()
 
     def _denoise(
         self,
@@ -400,6 +406,7 @@ class Pipeline:
                 flows = [(model(x, timestep, context, condition.y) if manager is None else
                           manager.forward(i, branch, x, timestep, context, condition.y))[0]
                          for branch, context in branches]
+                self._release_gathered(model)
                 flow = flows[0] if len(flows) == 1 else flows[1] + scale * (flows[0] - flows[1])
                 latent = solver.step(flow, t, latent)
                 if first is not None:

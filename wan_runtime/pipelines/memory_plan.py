@@ -46,8 +46,7 @@ def is_dit(label: str) -> bool:
 
 
 def _bytes(tensors: Iterable[torch.Tensor]) -> int:
-    """The bytes of ``tensors``, each counted once."""
-    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def module_bytes(module: nn.Module) -> int:
@@ -68,35 +67,44 @@ def shard_bytes(model: nn.Module, world: int) -> int:
 
 
 class Footprint(NamedTuple):
-    """A model's bytes on the device: always while it is there, and on top while it works."""
+    """A model's bytes on the device: always while it is there (``resident``), on top at most while
+    it works (``extra``) and, of those, what stays on top through all its computing
+    (``computing``; None: all of ``extra``), which the activations' peak meets."""
 
     resident: int
     extra: int = 0
+    computing: int | None = None
 
     @property
     def working(self) -> int:
         return self.resident + self.extra
 
+    @property
+    def while_computing(self) -> int:
+        """The bytes on the device through all the model's computing."""
+        return self.resident + (self.extra if self.computing is None else self.computing)
 
-def sharded(model: nn.Module, blocks: list[nn.Module], world: int, root_stays: bool) -> Footprint:
+
+def sharded(model: nn.Module, blocks: list[nn.Module], world: int, root_buffer_kept: bool) -> Footprint:
     """``model`` sharded over ``world`` FSDP processes (``fully_shard``), one unit per block and one
-    for the rest (the root): each process keeps a share of every weight and the buffers whole.
+    for the rest (the root): each process keeps a share of every weight and the buffers whole, and
+    the root unit's weights are gathered only while the model works (the pipelines reshard it
+    after, ``Pipeline._release_gathered``).
 
-    A unit runs gathered: its shares all-gathered into one buffer, copied out into the whole
-    weights. In a forward, FSDP frees a unit's buffer only once the next unit's copy-out is done,
-    so while block i+1 is copied out, block i's buffer, block i+1's buffer and its weights are
-    alive (the root's buffer in block i's place at the first block), and the root's weights
-    throughout. ``root_stays``: the root's weights are counted as staying gathered between
-    forwards (FSDP keeps its root unit gathered after a forward called directly), else as
-    gathered only while the model works (its caller reshards it).
+    A unit runs gathered: its shares all-gathered into one buffer of ``world`` shares, copied out
+    into the whole weights (as large, padding included). In a forward, FSDP frees a unit's buffer
+    only once the next unit's copy-out is done, so while block i+1 is copied out, block i's
+    buffer, block i+1's buffer and its weights are alive, and while it computes, its buffer and
+    its weights; the root's weights throughout. ``root_buffer_kept``: the root's buffer too waits
+    for the first block's copy-out (a forward called directly); else (the DiT's, which runs
+    through FSDP-registered stages whose first ends before a block gathers) it is freed first.
     """
-    block = max(parameter_bytes(b) for b in blocks)
-    root = parameter_bytes(model) - sum(parameter_bytes(b) for b in blocks)
-    block_buffer = max(world * shard_bytes(b, world) for b in blocks)
-    root_buffer = world * (shard_bytes(model, world) - sum(shard_bytes(b, world) for b in blocks))
+    block = max(world * shard_bytes(b, world) for b in blocks)
+    root = world * (shard_bytes(model, world) - sum(shard_bytes(b, world) for b in blocks))
     kept = shard_bytes(model, world) + module_bytes(model) - parameter_bytes(model)
-    working = block_buffer + block + max(root_buffer, block_buffer)
-    return Footprint(kept + root, working) if root_stays else Footprint(kept, root + working)
+    computing = 2 * block  # the running block's buffer and weights
+    copy_out = computing + max(root, block) if root_buffer_kept else max(root, computing + block)
+    return Footprint(kept, root + copy_out, root + computing)
 
 
 def prepare_dit(model: WanModel, dtype: torch.dtype, keep_float32: bool, fp8: bool) -> WanModel:
@@ -117,7 +125,7 @@ def dit_footprint(model: WanModel, stream_blocks: int, world: int) -> Footprint:
     """A loaded (or ``prepare_dit``'s) DiT as it runs: ``stream_blocks`` of its last blocks in CPU
     memory, one at a time on the device; sharded over ``world`` processes (FSDP) when above 1."""
     if world > 1:
-        return sharded(model, list(model.blocks), world, root_stays=True)
+        return sharded(model, list(model.blocks), world, root_buffer_kept=False)
     streamed = [module_bytes(block) for block in streamed_blocks(model, stream_blocks)]
     return Footprint(module_bytes(model) - sum(streamed), max(streamed, default=0))
 
@@ -151,10 +159,13 @@ class WeightPlan:
     options: PlanOptions
     meta_models: dict[str, nn.Module] = field(default_factory=dict, compare=False, repr=False)
 
-    def weights_while(self, name: str) -> int:
-        """The weights on the device while the model ``name`` works."""
+    def weights_while(self, name: str, computing: bool = False) -> int:
+        """The most weights on the device while the model ``name`` works (``computing``: those
+        there through all its computing)."""
         staying = sum(f.resident for n, f in self.models.items() if n not in self.moving)
-        return staying + self.models[name].extra + (self.models[name].resident if name in self.moving else 0)
+        own = self.models[name]
+        mine = own.while_computing if computing else own.working
+        return staying - (0 if name in self.moving else own.resident) + mine
 
     @property
     def busiest(self) -> str:
@@ -272,7 +283,7 @@ def _placed(device: torch.device, meta_models: dict[str, nn.Module], options: Pl
     if not t5_cpu and text_encoder is not None:
         if options.t5_fsdp and options.world > 1:
             blocks = list(text_encoder.encoder.block)
-            models[TEXT_ENCODER] = sharded(text_encoder, blocks, options.world, root_stays=False)
+            models[TEXT_ENCODER] = sharded(text_encoder, blocks, options.world, root_buffer_kept=True)
         else:
             models[TEXT_ENCODER] = Footprint(module_bytes(text_encoder))
             moving.append(TEXT_ENCODER)

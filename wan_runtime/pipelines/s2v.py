@@ -296,6 +296,7 @@ class S2VPipeline(Pipeline):
                             audio, inputs.pose, self.motion_frames, inputs.drop_motion)
                     flow = model(*args) if manager is None else manager.forward(i, branch, *args)
                     flows.append(flow[0])
+                self._release_gathered(model)
                 flow = flows[0] if len(flows) == 1 else flows[1] + guide * (flows[0] - flows[1])
                 latent = solver.step(flow, t, latent)
                 watch.observe(i, latent)
