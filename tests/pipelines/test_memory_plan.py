@@ -150,7 +150,8 @@ def _gathered_peaks(rank: int, root, dit_folder, planned: dict[str, tuple[int, i
             activations, peak = peaks
             most, computing = planned[label.split(",")[0]]
             # The gathered weights at their most are reached, and with the activations cover the
-            # peak; those held through the computing, with the activations' peak, are reached too.
+            # peak; the least FSDP keeps gathered while the model works, with the activations'
+            # peak, is reached too.
             assert most <= peak <= most + activations, (label, peak, activations, most)
             assert computing + activations <= peak, (label, peak, activations, computing)
 

@@ -8,9 +8,9 @@ prediction kept while the unconditional one runs; each prompt's encoding at its 
 token), and the VAE decode of the latent (in tiles with ``vae_tiling``). For s2v-14B the clip
 counted is one with the motion's tokens in the DiT and its latent frames before the clip's in the
 decode, when the video has such a clip, the motion context's frames held beside both; a clip
-leaves the device once decoded. Added to the weights on the device through that stage's
-computing (``WeightPlan.weights_while``; under FSDP the running block's gathered weights, not
-the buffer of the one before, freed first), the largest sum is the peak. The text encoder's
+leaves the device once decoded. Added to the weights on the device at every moment of that
+stage (``WeightPlan.weights_while``; under FSDP the least it keeps gathered while a model works,
+wherever the activations peak), the largest sum is the peak. The text encoder's
 stage counts its weights alone: its activations at 512 tokens are a few tens of MB beside 11 GB
 of weights, and it builds its attention mask from the tokens' values, which the meta device
 does not have. The speech encoder's stage counts wav2vec2 on ``audio_samples`` samples (0.74

@@ -3,7 +3,8 @@
 Each model is built on the meta device from its checkpoint's headers, in the dtypes and layout
 ``load_pipeline`` would give it (float32 islands, ``convert_model_dtype``, float8 DiT weights,
 streamed blocks, FSDP shards), and its bytes counted: what stays on the device (``Footprint.resident``)
-and what comes only while the model works (``extra``: one streamed block, FSDP's gathered units).
+and what comes only while the model works (``extra``: one streamed block, FSDP's gathered units;
+``computing``: of those, what the activations' peak meets).
 Where the models sit follows the pipeline's residency: the VAE always on the device; the text
 encoder there unless ``t5_cpu``; with ``offload_model`` the big models (text encoder, DiTs, speech
 encoder) one at a time, else all at once; one model works at a time. The activations come on top
@@ -46,7 +47,8 @@ def is_dit(label: str) -> bool:
 
 
 def _bytes(tensors: Iterable[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """The bytes of ``tensors``, each counted once."""
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
 
 def module_bytes(module: nn.Module) -> int:
@@ -68,8 +70,9 @@ def shard_bytes(model: nn.Module, world: int) -> int:
 
 class Footprint(NamedTuple):
     """A model's bytes on the device: always while it is there (``resident``), on top at most while
-    it works (``extra``) and, of those, what stays on top through all its computing
-    (``computing``; None: all of ``extra``), which the activations' peak meets."""
+    it works (``extra``) and, of those, what the activations' peak is counted beside
+    (``computing``: for FSDP, the least it keeps gathered at any moment of the work; None: all of
+    ``extra``, as a streamed block, there while each block it streams computes)."""
 
     resident: int
     extra: int = 0
@@ -81,7 +84,7 @@ class Footprint(NamedTuple):
 
     @property
     def while_computing(self) -> int:
-        """The bytes on the device through all the model's computing."""
+        """The bytes on the device counted beside the activations' peak."""
         return self.resident + (self.extra if self.computing is None else self.computing)
 
 
@@ -94,17 +97,19 @@ def sharded(model: nn.Module, blocks: list[nn.Module], world: int, root_buffer_k
     A unit runs gathered: its shares all-gathered into one buffer of ``world`` shares, copied out
     into the whole weights (as large, padding included). In a forward, FSDP frees a unit's buffer
     only once the next unit's copy-out is done, so while block i+1 is copied out, block i's
-    buffer, block i+1's buffer and its weights are alive, and while it computes, its buffer and
-    its weights; the root's weights throughout. ``root_buffer_kept``: the root's buffer too waits
-    for the first block's copy-out (a forward called directly); else (the DiT's, which runs
-    through FSDP-registered stages whose first ends before a block gathers) it is freed first.
+    buffer, block i+1's buffer and its weights are alive; the root's weights throughout.
+    ``root_buffer_kept``: the root's buffer too waits for the first block's copy-out (a forward
+    called directly), and some buffer is alive at every moment; else (the DiT's, which runs
+    through FSDP-registered stages whose first ends before a block gathers) it is freed first, and
+    the last stage (the head) works beside the root's weights alone.
     """
     block = max(world * shard_bytes(b, world) for b in blocks)
     root = world * (shard_bytes(model, world) - sum(shard_bytes(b, world) for b in blocks))
     kept = shard_bytes(model, world) + module_bytes(model) - parameter_bytes(model)
-    computing = 2 * block  # the running block's buffer and weights
-    copy_out = computing + max(root, block) if root_buffer_kept else max(root, computing + block)
-    return Footprint(kept, root + copy_out, root + computing)
+    running = 2 * block  # a block's buffer and weights
+    if root_buffer_kept:
+        return Footprint(kept, root + running + max(root, block), root + min(root, block))
+    return Footprint(kept, root + max(root, running + block), root)
 
 
 def prepare_dit(model: WanModel, dtype: torch.dtype, keep_float32: bool, fp8: bool) -> WanModel:
@@ -161,7 +166,7 @@ class WeightPlan:
 
     def weights_while(self, name: str, computing: bool = False) -> int:
         """The most weights on the device while the model ``name`` works (``computing``: those
-        there through all its computing)."""
+        counted beside its activations' peak, ``Footprint.computing``)."""
         staying = sum(f.resident for n, f in self.models.items() if n not in self.moving)
         own = self.models[name]
         mine = own.while_computing if computing else own.working
