@@ -34,9 +34,15 @@ def _same_videos(rank: int, task: str, root, options: dict, arguments: dict) -> 
     several = load_pipeline(task, root, device="cpu", dtype=torch.float32, **options)
     if task == "s2v-14B":  # a short motion context, as tests/pipelines/test_s2v.py runs it
         one.motion_frames = several.motion_frames = (9, 3)
+    held = []  # after each step, whether a sharded DiT holds more than its share
+
+    def gathered(event) -> None:
+        dit = several.dits[event.model]
+        held.append(options.get("dit_fsdp", False) and not isinstance(dit.patch_embedding.weight, DTensor))
+
     for cache in (None, FBCACHE):
         expected = one.generate("a cat", cache=cache, **arguments)
-        got = several.generate("a cat", cache=cache, **arguments)
+        got = several.generate("a cat", cache=cache, on_step=gathered, **arguments)
         assert rel_l2(got, expected) <= PARALLEL_VS_ONE_PROCESS_FP32, cache
         skipped = 0
         for model, branches in one.cache_report().items():
@@ -46,7 +52,9 @@ def _same_videos(rank: int, task: str, root, options: dict, arguments: dict) -> 
                     assert (mine["computed"], mine["skipped"]) == (stats["computed"], stats["skipped"])
                     skipped += stats["skipped"]
         assert (skipped > 0) == (cache is not None), "the cached run skips steps"
-    # Its work done, a sharded model holds its share only (the cached run's DiT too).
+    # Its work done, a sharded model holds its share only: the DiT after each step (the cached
+    # run's too), the text encoder after the run.
+    assert held and not any(held)
     if options.get("t5_fsdp"):
         assert isinstance(several.text_encoder.model.shared.weight, DTensor)
     if options.get("dit_fsdp"):
