@@ -167,10 +167,9 @@ class WeightPlan:
     def weights_while(self, name: str, computing: bool = False) -> int:
         """The most weights on the device while the model ``name`` works (``computing``: those
         counted beside its activations' peak, ``Footprint.computing``)."""
-        staying = sum(f.resident for n, f in self.models.items() if n not in self.moving)
+        others = sum(f.resident for n, f in self.models.items() if n not in self.moving and n != name)
         own = self.models[name]
-        mine = own.while_computing if computing else own.working
-        return staying - (0 if name in self.moving else own.resident) + mine
+        return others + (own.while_computing if computing else own.working)
 
     @property
     def busiest(self) -> str:
