@@ -5,6 +5,10 @@ then 4 frames at a time; the decoder: one latent frame at a time). Every layer t
 in time keeps what it needs of the previous chunk in a ``StreamCache``, so a chunked pass gives
 the same numbers as the official one while only a few frames' activations are alive at once.
 
+Split over processes in bands of rows (``wan_runtime.distributed.row_split``), the layers that
+read past a pixel's row, the 3x3 convolutions and the attention, read the neighbouring bands'
+rows or the whole frame, so that each band's rows are the whole frame's.
+
 Parameter names (``residual.0.gamma``, ``resample.1.weight``, ``time_conv.weight``, ...) are the
 official ones, so the official ``.pth`` state dicts load without a key mapping; where a layer
 has no parameters it still occupies its index in an ``nn.Sequential`` to keep the numbering.
@@ -15,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from wan_runtime.distributed.row_split import active_bands
 
 StreamCache = dict[nn.Module, "torch.Tensor | None"]
 """Per-layer state carried from one chunk to the next; a fresh empty dict starts a new video."""
@@ -42,15 +48,22 @@ class CausalConv3d(nn.Conv3d):
         self.history = 2 * pt
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
-        if self.history == 0:
+        rows = self.padding[1]
+        bands = active_bands() if rows else None
+        if bands is not None:
+            # Past a band's edges the rows are its neighbours', not the padding's zeros; the past
+            # frames are cached with them.
+            x = bands.halo(x, rows, rows)
+        if self.history:
+            past = cache.get(self) if cache is not None else None
+            if past is None:
+                past = x.new_zeros(*x.shape[:2], self.history, *x.shape[3:])
+            x = torch.cat([past, x], dim=2)
+            if cache is not None:
+                cache[self] = x[:, :, -self.history :].clone()
+        if bands is None:
             return super().forward(x)
-        past = cache.get(self) if cache is not None else None
-        if past is None:
-            past = x.new_zeros(*x.shape[:2], self.history, *x.shape[3:])
-        x = torch.cat([past, x], dim=2)
-        if cache is not None:
-            cache[self] = x[:, :, -self.history :].clone()
-        return super().forward(x)
+        return F.conv3d(x, self.weight, self.bias, self.stride, (0, 0, self.padding[2]))
 
 
 class RMSNorm(nn.Module):
@@ -113,7 +126,11 @@ class AttentionBlock(nn.Module):
         return self.proj(out.squeeze(1).transpose(1, 2).reshape(n, c, h, w))
 
     def forward(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
-        return x + per_frame(self._attend, x)
+        bands = active_bands()
+        if bands is None:
+            return x + per_frame(self._attend, x)
+        # Each pixel attends to the whole frame: attend over the gathered frame, keep the band.
+        return x + bands.own(per_frame(self._attend, bands.gather(x)))
 
 
 class Resample(nn.Module):
@@ -161,10 +178,23 @@ class Resample(nn.Module):
             return x
         return self.time_conv(torch.cat([previous, x], dim=2))
 
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        """``resample`` on each frame; on a band of rows (``active_bands``) the convolution
+        reads the neighbouring bands' rows past the band's edges."""
+        bands = active_bands()
+        if bands is None:
+            return per_frame(self.resample, x)
+        first, conv = self.resample
+        if self.mode.startswith("upsample"):
+            x, padding = bands.halo(per_frame(first, x), 1, 1), (0, 1)
+        else:  # the zero padding right and below: below, the band below's first row instead
+            x, padding = F.pad(bands.halo(x, 0, 1), (0, 1)), 0
+        return per_frame(lambda frames: F.conv2d(frames, conv.weight, conv.bias, conv.stride, padding), x)
+
     def forward(self, x: torch.Tensor, cache: StreamCache) -> torch.Tensor:
         if self.mode == "upsample3d":
             x = self._double_frames(x, cache)
-        x = per_frame(self.resample, x)
+        x = self._resample(x)
         if self.mode == "downsample3d":
             x = self._halve_frames(x, cache)
         return x

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from wan_runtime.checks import DEFAULT_VAE_TILE
+from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.errors import InputError
 from wan_runtime.models.vae_autoencoder import ENCODER_CHUNK, CausalAutoencoder
 from wan_runtime.models.vae_tiling import decode_tiled
@@ -21,7 +22,14 @@ class WanVAE:
     ``(mu - mean) / std``; ``decode`` maps latents back to videos clamped to [-1, 1]. Inputs may
     be on any device and dtype: they are moved to the model's; outputs are float32 on the model's
     device. The model computes in ``dtype`` (the official wrappers' autocast dtype).
+
+    ``row_split``: the processes of a launch that encode and decode every video together (each
+    of them calling with the same videos or latents, and each getting the whole result), each a
+    band of the rows (or a share of the tiles): about ``1 / world`` of the time and of the
+    activations' memory each. None (the default): this process alone.
     """
+
+    row_split: RowSplit | None = None
 
     def __init__(
         self, version: str, model: CausalAutoencoder, mean: Sequence[float], std: Sequence[float]
@@ -71,7 +79,7 @@ class WanVAE:
         with torch.inference_mode():
             out = []
             for u in videos:
-                mu = self.model.encode(u.to(self.device, self.dtype).unsqueeze(0))
+                mu = self.model.encode(u.to(self.device, self.dtype).unsqueeze(0), self.row_split)
                 out.append(((mu - self.mean) * self.inv_std).float().squeeze(0))
             return out
 
@@ -126,8 +134,9 @@ class WanVAE:
             for u in zs:
                 z = u.to(self.device, self.dtype).unsqueeze(0) / self.inv_std + self.mean
                 if tiled:
-                    pixels = decode_tiled(self.model, z, tile_size // stride, tile_overlap // stride)
+                    pixels = decode_tiled(self.model, z, tile_size // stride, tile_overlap // stride,
+                                          self.row_split)
                 else:
-                    pixels = self.model.decode(z).float()
+                    pixels = self.model.decode(z, self.row_split).float()
                 out.append(pixels.clamp_(-1, 1).squeeze(0))
             return out

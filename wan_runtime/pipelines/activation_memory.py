@@ -29,8 +29,10 @@ allocator reserves beyond what it hands out. DiT blocks compiled by
 ``torch.compile`` are counted eager: their fused kernels may hold less, so those stages are no
 bound. Under ``torchrun`` it is one process's run: its share of the weights (the plan's) and,
 with ``ulysses`` above 1, the DiT's activations of its slice of the tokens, with the buffers the
-exchanges around attention make (``SequenceParallel.planned``); every process encodes and decodes
-the whole video.
+exchanges around attention make (``SequenceParallel.planned``); and, when the processes share
+the generation (``ulysses`` above 1, or the plan's FSDP), the VAE's encodes and decodes of its
+band of the rows, with the rows its neighbours lend and the gathered results
+(``RowSplit.planned``: the band with the most rows and two neighbours).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import NamedTuple
 import torch
 
 from wan_runtime.cache import CacheConfig, CacheManager, S2VStages, WanStages
+from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.models import WanModel, WanVAE
 from wan_runtime.models.audio_encoder import resample_features, speech_clip_count
@@ -207,6 +210,8 @@ def estimate_memory(
         raise ValueError(f"ulysses {ulysses}: the tokens split over 1 or all {world} processes of the plan")
     models = plan.meta_models
     vae = codec(models[VAE])
+    if world > 1 and (ulysses > 1 or plan.options.dit_fsdp or plan.options.t5_fsdp):
+        vae.row_split = RowSplit.planned(world)
     names = list(spec.dit_names)
     dits: dict[str, WanModel] = {name: models[dit_label(name, names)] for name in names}
     config = next(iter(dits.values())).config

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from wan_runtime.checks import check_dit_fp8, check_stream_blocks
+from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import InputError
@@ -211,7 +212,9 @@ def load_pipeline(
     arguments, as the official flags of the same names: ``ulysses_size`` (the number of
     processes, or 1) splits every DiT forward's tokens over the processes (Ulysses sequence
     parallelism); ``dit_fsdp`` and ``t5_fsdp`` shard the DiTs' and the text
-    encoder's weights over them (FSDP). ``dit_fsdp`` computes with every DiT weight in ``dtype``,
+    encoder's weights over them (FSDP). With any of them the VAE encodes and decodes each video
+    split over the processes too, each a band of the rows (``WanVAE.row_split``), for the same
+    numbers within float32 rounding. ``dit_fsdp`` computes with every DiT weight in ``dtype``,
     as the official FSDP does (its outputs then match ``convert_model_dtype``'s), and keeps the
     DiTs on the GPUs (no ``offload_model``). The official FSDP also rounds the DiT's floating-point
     inputs to ``dtype``, which for ti2v-5B's per-token timesteps and s2v-14B's audio features
@@ -257,5 +260,7 @@ def load_pipeline(
         guard(audio_encoder.model)
         residency.add(AUDIO_ENCODER, audio_encoder.model)
         pipeline = S2VPipeline(spec, device, text_encoder, vae, dits, residency, audio_encoder)
+    if pipeline.distributed:
+        vae.row_split = RowSplit.over()
     pipeline.weight_plan = weights
     return pipeline
