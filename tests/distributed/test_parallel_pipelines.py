@@ -1,7 +1,7 @@
-"""Pipelines over two CPU processes (gloo) with the official multi-GPU settings: every process's
-video is the one a single process makes (to float32 rounding), with and without the step cache,
-whose decisions are the single process's; settings that cannot work are refused before anything
-loads."""
+"""Pipelines over two CPU processes (gloo) with the official multi-GPU settings (and the VAE split
+in bands of rows): every process's video is the one a single process makes (to float32 rounding),
+with and without the step cache, whose decisions are the single process's; settings that cannot
+work are refused before anything loads."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ TEACACHE = CacheConfig(teacache=True, teacache_thresh=0.2, teacache_warmup=1, te
 def _same_videos(rank: int, task: str, root, options: dict, arguments: dict) -> None:
     one = load_pipeline(task, root, device="cpu", dtype=torch.float32)
     several = load_pipeline(task, root, device="cpu", dtype=torch.float32, **options)
+    assert several.vae.row_split.world == 2 and one.vae.row_split is None  # the VAE's rows split too
     if task == "s2v-14B":  # a short motion context, as tests/pipelines/test_s2v.py runs it
         one.motion_frames = several.motion_frames = (9, 3)
     held = []  # after each step, whether a sharded DiT holds more than its share
