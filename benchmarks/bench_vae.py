@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.common import median_seconds, run_cases
 from wan_runtime.checks import DEFAULT_VAE_TILE
+from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.models import WanVAE, vae2_1, vae2_2
 from wan_runtime.models.vae_autoencoder import CausalAutoencoder
 from wan_runtime.models.vae_loading import codec
@@ -59,12 +60,13 @@ def build(case: Case, device: torch.device, dtype: torch.dtype) -> WanVAE:
     return codec(randomize(_model(case), seed=0).to(device, dtype))
 
 
-def estimated_peak(case: Case, dtype: torch.dtype) -> int:
+def estimated_peak(case: Case, dtype: torch.dtype, row_split: RowSplit | None = None) -> int:
     """The bytes ``case`` holds at its peak, at least, as ``--dry_run`` counts them
     (``wan_runtime.pipelines.activation_memory``): the weights, and the tensors of the same work
-    on the meta device."""
+    on the meta device (split as ``row_split``, a planned one)."""
     with torch.device("meta"):
         vae = codec(_model(case).to(dtype))
+    vae.row_split = row_split
     if case.op == "encode":
         work = peak_bytes(encode_work, vae, case.frames, case.height, case.width)
     else:
@@ -78,7 +80,7 @@ def _latent_shape(case: Case, vae: WanVAE) -> tuple[int, int, int, int]:
     return vae.z_dim, frames, case.height // stride, case.width // stride
 
 
-def _measured(run: Callable[[], list[torch.Tensor]], device: torch.device) -> tuple[list[torch.Tensor], dict]:
+def measured(run: Callable[[], list[torch.Tensor]], device: torch.device) -> tuple[list[torch.Tensor], dict]:
     """What one ``run`` returns, and the peak memory it allocated and reserved (none on the CPU)."""
     if device.type != "cuda":
         return run(), {}
@@ -91,27 +93,26 @@ def _measured(run: Callable[[], list[torch.Tensor]], device: torch.device) -> tu
                     "peak_reserved_GiB": round(torch.cuda.max_memory_reserved(device) / _GIB, 2)}
 
 
-def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeat: int,
-             whole: dict[Case, torch.Tensor]) -> dict:
-    """Time and measure ``case``; a whole-frame decode's video is kept in ``whole`` for the tiled
-    cases of the same VAE and size that follow it."""
-    vae = build(case, device, dtype)
+def runner(case: Case, vae: WanVAE, device: torch.device) -> Callable[[], list[torch.Tensor]]:
+    """``case``'s work with ``vae`` on its inputs (random, the same in every process)."""
     generator = torch.Generator().manual_seed(0)
     if case.op == "encode":
         video = torch.zeros(3, case.frames, case.height, case.width, device=device)
         video[:, 0] = torch.rand(3, case.height, case.width, generator=generator) * 2 - 1
+        return lambda: vae.encode([video])
+    z = torch.randn(_latent_shape(case, vae), generator=generator).to(device)
+    return lambda: vae.decode([z], tiled=case.tile > 0, tile_size=case.tile or DEFAULT_VAE_TILE)
 
-        def run() -> list[torch.Tensor]:
-            return vae.encode([video])
-    else:
-        z = torch.randn(_latent_shape(case, vae), generator=generator).to(device)
 
-        def run() -> list[torch.Tensor]:
-            return vae.decode([z], tiled=case.tile > 0, tile_size=case.tile or DEFAULT_VAE_TILE)
+def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeat: int,
+             whole: dict[Case, torch.Tensor]) -> dict:
+    """Time and measure ``case``; a whole-frame decode's video is kept in ``whole`` for the tiled
+    cases of the same VAE and size that follow it."""
+    run = runner(case, build(case, device, dtype), device)
     row = {"op": case.op, "vae": case.version, "size": f"{case.width}*{case.height}", "frames": case.frames,
            "tile": case.tile, "dtype": str(dtype).removeprefix("torch.")}
     # The measured run is the timing's warm-up too.
-    [out], peaks = _measured(run, device)
+    [out], peaks = measured(run, device)
     row.update(peaks, ms=round(median_seconds(run, device, warmup=0, repeat=repeat) * 1e3, 1),
                estimate_GiB=round(estimated_peak(case, dtype) / _GIB, 2))
     if case.op == "decode":

@@ -110,12 +110,14 @@ def _works(vae) -> dict[str, tuple]:
     stride = vae.spatial_stride
     return {"encode": (encode_work, (5, 5 * stride, 3 * stride)),
             "decode": (decode_work, ((vae.z_dim, 2, 5, 3), 0)),
+            "decode, 4 rows": (decode_work, ((vae.z_dim, 2, 4, 3), 0)),
             "tiled decode": (decode_work, ((vae.z_dim, 2, 5, 3), 4 * stride))}
 
 
 def test_each_processs_share_is_counted_as_it_runs(files):
     """The meta device's count of each of 3 processes' encode and decode, with a planned split,
-    equals the count of its real tensors; the default planned rank holds the most."""
+    equals the count of its real tensors; the default planned rank holds the most: rank 1 for
+    5 rows (2 + 2 + 1: two neighbours), rank 0 for 4 (2 + 1 + 1: a row more)."""
     planned = {}
     for version, path in files.items():
         meta = codec(load_vae(path).model.to("meta"))

@@ -21,14 +21,19 @@ be counted on the meta device (``wan_runtime.pipelines.activation_memory``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+T = TypeVar("T")
+# torch 2.13 deprecates all_gather_into_tensor for all_gather_single, which torch 2.11 lacks.
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class RowSplit:
 
     group: dist.ProcessGroup | None
     world: int
-    rank: int
+    rank: int | None
 
     @classmethod
     def over(cls, group: dist.ProcessGroup | None = None) -> RowSplit:
@@ -52,10 +57,9 @@ class RowSplit:
     @classmethod
     def planned(cls, world: int, rank: int | None = None) -> RowSplit:
         """Rank ``rank``'s place in a split over ``world`` processes that exchanges nothing (see
-        the module's docstring): for counting memory, not for computing. By default the rank
-        with the most rows and a neighbour on both sides, whose memory is the largest."""
-        rank = (1 if world > 2 else 0) if rank is None else rank
-        if not 0 <= rank < world:
+        the module's docstring): for counting memory, not for computing. None (the default): in
+        each frame, the rank whose work holds the most memory (``bands``, ``share``)."""
+        if rank is not None and not 0 <= rank < world:
             raise ValueError(f"a split over {world} processes has no rank {rank}")
         return cls(None, world, rank)
 
@@ -73,7 +77,17 @@ class RowSplit:
         if rows < self.world:
             return None
         base, extra = divmod(rows, self.world)
-        return Bands(self, tuple(base + (rank < extra) for rank in range(self.world)))
+        rank = self.rank
+        if rank is None:
+            # Rank 0 alone with a row more holds the most: its extra row outweighs rank 1's second
+            # neighbour's (one row at each level). Else rank 1: as many rows as any, two neighbours.
+            rank = 0 if self.world == 2 or extra == 1 else 1
+        return Bands(self, tuple(base + (r < extra) for r in range(self.world)), rank)
+
+    def share(self, items: Sequence[T]) -> Sequence[T]:
+        """This process's share of ``items`` (every ``world``-th; a planned split's busiest rank:
+        rank 0, which has the most)."""
+        return items[self.rank or 0 :: self.world]
 
 
 _ACTIVE: ContextVar[Bands | None] = ContextVar("active_bands", default=None)
@@ -86,15 +100,17 @@ def active_bands() -> Bands | None:
 
 @dataclass(frozen=True)
 class Bands:
-    """A frame's rows split over ``split``'s processes: ``sizes[r]`` base rows for rank ``r``."""
+    """A frame's rows split over ``split``'s processes: ``sizes[r]`` base rows for rank ``r``;
+    this process is ``rank``."""
 
     split: RowSplit
     sizes: tuple[int, ...]
+    rank: int
 
     @property
     def start(self) -> int:
         """This process's first base row."""
-        return sum(self.sizes[: self.split.rank])
+        return sum(self.sizes[: self.rank])
 
     @contextmanager
     def active(self) -> Iterator[Bands]:
@@ -108,16 +124,16 @@ class Bands:
     def own(self, x: torch.Tensor) -> torch.Tensor:
         """This process's band of ``x``, a whole frame (rows: dim -2)."""
         scale = self._scale(x.shape[-2], sum(self.sizes))
-        return x[..., self.start * scale : (self.start + self.sizes[self.split.rank]) * scale, :]
+        return x[..., self.start * scale : (self.start + self.sizes[self.rank]) * scale, :]
 
     def halo(self, x: torch.Tensor, above: int, below: int) -> torch.Tensor:
         """This process's band ``x`` with ``above`` rows of the band above before it and
         ``below`` rows of the band below after it (zeros at the frame's edges)."""
         split = self.split
-        self._scale(x.shape[-2], self.sizes[split.rank])
+        self._scale(x.shape[-2], self.sizes[self.rank])
         top = x.new_zeros(*x.shape[:-2], above, x.shape[-1])
         bottom = x.new_zeros(*x.shape[:-2], below, x.shape[-1])
-        rank, rows = split.rank, x.shape[-2]
+        rank, rows = self.rank, x.shape[-2]
         # The band above reads our first ``below`` rows, the band below our last ``above`` (copied
         # to be sent, in a planned split too, so that both count the same memory).
         neighbours = []
@@ -139,13 +155,15 @@ class Bands:
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """The whole frame from every process's band ``x`` (rows: dim -2)."""
         split = self.split
-        scale = self._scale(x.shape[-2], self.sizes[split.rank])
+        scale = self._scale(x.shape[-2], self.sizes[self.rank])
         most = max(self.sizes) * scale
-        padded = F.pad(x, (0, 0, 0, most - x.shape[-2]))
-        pieces = [torch.empty_like(padded) for _ in range(split.world)]
+        # The collective takes bands of one size: ours padded to the largest.
+        padded = (x if x.shape[-2] == most else F.pad(x, (0, 0, 0, most - x.shape[-2]))).contiguous()
+        gathered = padded.new_empty(split.world * padded.shape[0], *padded.shape[1:])
         group = split.group_for(x)
         if group is not None:
-            dist.all_gather(pieces, padded, group)
+            _all_gather(gathered, padded, group)
+        pieces = gathered.unflatten(0, (split.world, padded.shape[0])).unbind(0)
         bands = [piece[..., : n * scale, :] for piece, n in zip(pieces, self.sizes, strict=True)]
         return torch.cat(bands, dim=-2)
 

@@ -51,7 +51,8 @@ class CausalConv3d(nn.Conv3d):
         rows = self.padding[1]
         bands = active_bands() if rows else None
         if bands is not None:
-            # Past a band's edges the rows are its neighbours', not the padding's zeros; the past
+            # Past a band's edges the rows are its neighbours', not the padding's zeros (the row
+            # stride is 1: the band's output rows read ``rows`` more on each side); the past
             # frames are cached with them.
             x = bands.halo(x, rows, rows)
         if self.history:

@@ -25,8 +25,10 @@ class WanVAE:
 
     ``row_split``: the processes of a launch that encode and decode every video together (each
     of them calling with the same videos or latents, and each getting the whole result), each a
-    band of the rows (or a share of the tiles): about ``1 / world`` of the time and of the
-    activations' memory each. None (the default): this process alone.
+    band of the rows (``wan_runtime.distributed.row_split``): about ``1 / world`` of the time and
+    of the activations each, besides the whole result gathered. A tiled decode shares out the
+    tiles instead: ``1 / world`` of the time, each process as much memory as alone. None (the
+    default): this process alone.
     """
 
     row_split: RowSplit | None = None

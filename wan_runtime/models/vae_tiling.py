@@ -49,7 +49,8 @@ def decode_tiled(
     stride = model.spatial_stride
     fade = overlap * stride
     tiles = [(y, x) for y in tile_starts(h, tile, overlap) for x in tile_starts(w, tile, overlap)]
-    mine = set(tiles if split is None else tiles[split.rank :: split.world])
+    mine = set(tiles if split is None else split.share(tiles))
+    # Made whole before any tile: a process may have none, and still adds its zeros to the sum.
     out = z.new_zeros(1, 3, 1 + ENCODER_CHUNK * (t - 1), h * stride, w * stride, dtype=torch.float32)
     total = torch.zeros(h * stride, w * stride, device=z.device)
     for y, x in tiles:

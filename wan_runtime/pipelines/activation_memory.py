@@ -32,7 +32,7 @@ with ``ulysses`` above 1, the DiT's activations of its slice of the tokens, with
 exchanges around attention make (``SequenceParallel.planned``); and, when the processes share
 the generation (``ulysses`` above 1, or the plan's FSDP), the VAE's encodes and decodes of its
 band of the rows, with the rows its neighbours lend and the gathered results
-(``RowSplit.planned``: the band with the most rows and two neighbours).
+(``RowSplit.planned``: the process whose band holds the most).
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def estimate_memory(
         raise ValueError(f"ulysses {ulysses}: the tokens split over 1 or all {world} processes of the plan")
     models = plan.meta_models
     vae = codec(models[VAE])
-    if world > 1 and (ulysses > 1 or plan.options.dit_fsdp or plan.options.t5_fsdp):
+    if plan.options.shared(ulysses):
         vae.row_split = RowSplit.planned(world)
     names = list(spec.dit_names)
     dits: dict[str, WanModel] = {name: models[dit_label(name, names)] for name in names}

@@ -260,7 +260,7 @@ def load_pipeline(
         guard(audio_encoder.model)
         residency.add(AUDIO_ENCODER, audio_encoder.model)
         pipeline = S2VPipeline(spec, device, text_encoder, vae, dits, residency, audio_encoder)
-    if pipeline.distributed:
+    if weights.options.shared(ulysses_size):
         vae.row_split = RowSplit.over()
     pipeline.weight_plan = weights
     return pipeline

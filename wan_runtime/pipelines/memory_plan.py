@@ -149,6 +149,11 @@ class PlanOptions(NamedTuple):
     dit_fp8: bool
     world: int = 1
 
+    def shared(self, ulysses: int) -> bool:
+        """Whether the processes share one generation, the tokens split over ``ulysses`` of them
+        or the weights sharded; they then split the VAE's rows too (``WanVAE.row_split``)."""
+        return self.world > 1 and (ulysses > 1 or self.dit_fsdp or self.t5_fsdp)
+
 
 @dataclass(frozen=True)
 class WeightPlan:
