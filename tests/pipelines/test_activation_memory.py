@@ -227,6 +227,30 @@ def test_the_peak_is_the_busiest_stages_sum_and_told_as_a_lower_bound():
     assert denoise.peak == 15
 
 
+def test_weights_fsdp_gathers_beyond_those_beside_the_activations_can_make_the_peak():
+    """Under FSDP a model's stage holds, at one time, the weights beside its activations' peak
+    and, at another, the most it gathers (``working``): the stage's peak is the larger."""
+    weights = (Step("dit_fsdp", True, "shards"),)
+    text = StagePeak("text_encode", TEXT_ENCODER, 5, 0, working=9)
+    step = StagePeak("denoise", "DiT", 6, 4, working=8)
+    estimate = MemoryEstimate(torch.device("cuda"), (text, step), weights)
+    assert (text.total, step.total) == (9, 10) and estimate.busiest == step
+    words = "at least 0.00 GiB of cuda memory at the peak, in the text_encode (weights, gathered while the "
+    assert estimate.describe(text) == f"{words}{TEXT_ENCODER} works)"
+    # The gathered weights are the larger part: what lowers the weights comes first.
+    gathering = StagePeak("denoise", "DiT", 2, 3, working=8)
+    assert gathering.total == 8 and estimate.remedy_for(gathering).startswith("to fit, try dit_fsdp (shards)")
+    assert not estimate.remedy_for(gathering._replace(working=0)).startswith("to fit, try dit_fsdp")
+
+
+def test_a_sharded_plans_text_encode_peaks_at_what_fsdp_gathers(ti2v_root):
+    sharded = cuda_plan("ti2v-5B", ti2v_root, world=2, dit_fsdp=True, t5_fsdp=True)
+    estimate = estimate_memory(sharded, task_spec("ti2v-5B"), VideoShape(64, 64, 5, False, 5.0), ulysses=2)
+    text = estimate.stages[0]
+    assert text.stage == "text_encode" and text.working == sharded.weights_while(TEXT_ENCODER)
+    assert text.weights == sharded.weights_while(TEXT_ENCODER, computing=True) < text.total == text.working
+
+
 def test_a_pipelines_estimate_resolves_its_arguments_as_generate(ti2v_pipeline, i2v_pipeline):
     from PIL import Image
 

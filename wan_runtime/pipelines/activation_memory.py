@@ -67,7 +67,9 @@ class StagePeak(NamedTuple):
     (the ``WeightPlan``'s name), the weights on the device meanwhile and the stage's activations
     at their most, in bytes; ``bound``: whether the run holds at least that (not for DiT blocks
     compiled by ``torch.compile``, whose fused kernels may leave out tensors the eager count has);
-    ``own``: the working model's part of ``weights``."""
+    ``own``: the working model's part of ``weights``; ``working``: the most weights on the device
+    at once while the model works (under FSDP more than ``weights``, which are those kept beside
+    the activations' peak), no activation counted beside them."""
 
     stage: str
     model: str
@@ -75,10 +77,18 @@ class StagePeak(NamedTuple):
     activations: int
     bound: bool = True
     own: int = 0
+    working: int = 0
+
+    @property
+    def gathering(self) -> bool:
+        """Whether the stage's peak is the weights FSDP gathers while the model works (more than
+        the weights beside the activations' peak and those activations)."""
+        return self.working > self.weights + self.activations
 
     @property
     def total(self) -> int:
-        return self.weights + self.activations
+        """The stage's peak: each of its two moments is held at some time of the stage."""
+        return max(self.weights + self.activations, self.working)
 
 
 @dataclass(frozen=True)
@@ -126,9 +136,13 @@ class MemoryEstimate:
         """The peak (or ``stage``'s) and what makes it, in words."""
         stage = stage or self.busiest
         amount = "at least" if stage.bound else "about (counted eager: the compiled blocks may hold less)"
+        if stage.gathering:
+            what = f"weights, gathered while the {stage.model} works"
+        else:
+            what = (f"{stage.weights / _GIB:.2f} GiB of weights, {stage.activations / _GIB:.2f} GiB of "
+                    f"activations of the {stage.model}")
         return (f"{amount} {stage.total / _GIB:.2f} GiB of {self.device} memory at the peak, in the "
-                f"{stage.stage} ({stage.weights / _GIB:.2f} GiB of weights, {stage.activations / _GIB:.2f} "
-                f"GiB of activations of the {stage.model})")
+                f"{stage.stage} ({what})")
 
     def remedy_for(self, stage: StagePeak, flags: bool = False) -> str:
         """What lowers ``stage``'s bytes, naming the command line's flags (``flags``) or the
@@ -140,7 +154,7 @@ class MemoryEstimate:
         steps += video_steps(self.frames_option)
         # No option lowers the VAE's or the speech encoder's own weights: only other models' there.
         if not (stage.model in (VAE, AUDIO_ENCODER) and stage.weights == stage.own):
-            position = 0 if stage.weights > stage.activations else len(steps)
+            position = 0 if stage.gathering or stage.weights > stage.activations else len(steps)
             steps[position:position] = self.weight_steps
         return say(steps, flags)
 
@@ -151,7 +165,8 @@ class MemoryEstimate:
         stage is left out."""
         stages = tuple(
             stage._replace(weights=plan.weights_while(stage.model, computing=True),
-                           own=plan.models[stage.model].while_computing)
+                           own=plan.models[stage.model].while_computing,
+                           working=plan.weights_while(stage.model))
             for stage in self.stages if stage.model in plan.models
         )
         return dataclasses.replace(self, stages=stages, weight_steps=tuple(plan.remedy_steps))
@@ -232,7 +247,8 @@ def estimate_memory(
     with _tokens_split(dits.values(), ulysses):
         stages += run(vae, dits, latent_shape, video, caches)
     peaks = [StagePeak(stage, model, plan.weights_while(model, computing=True), bytes_,
-                       not (compiled and stage == "denoise"), plan.models[model].while_computing)
+                       not (compiled and stage == "denoise"), plan.models[model].while_computing,
+                       plan.weights_while(model))
              for stage, model, bytes_ in stages]
     frames_option = "frame_num" if spec.audio_dir is None else "infer_frames"
     return MemoryEstimate(plan.device, tuple(peaks), tuple(plan.remedy_steps), video.vae_tiling,
