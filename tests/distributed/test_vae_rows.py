@@ -66,27 +66,27 @@ def _as_one_process(rank: int, files: dict, rows: tuple[int, ...]) -> None:
     torch.set_num_threads(1)  # the processes share the machine's cores
     for version, path in files.items():
         vae, exact = load_vae(path), load_vae(path, dtype=torch.float64)
-        tile = 2 * vae.spatial_stride
+        tile = 4 * vae.spatial_stride
         for latent_rows in rows:
             video = _video(vae, latent_rows)
             z = vae.encode([video])[0]
             x = vae.decode([z])[0]
             exact_z, exact_x = exact.encode([video])[0], exact.decode([z])[0]
-            tiled = vae.decode([z], tiled=True, tile_size=tile, tile_overlap=tile // 2)[0]
+            exact_tiled = exact.decode([z], tiled=True, tile_size=tile, tile_overlap=tile // 4)[0]
+            tiled = vae.decode([z], tiled=True, tile_size=tile, tile_overlap=tile // 4)[0]
             vae.row_split = RowSplit.over()
             split_z = vae.encode([video])[0]
             split_x = vae.decode([z])[0]
-            split_tiled = vae.decode([z], tiled=True, tile_size=tile, tile_overlap=tile // 2)[0]
+            split_tiled = vae.decode([z], tiled=True, tile_size=tile, tile_overlap=tile // 4)[0]
             vae.row_split = None
             what = (version, latent_rows)
             assert split_z.shape == z.shape and split_x.shape == x.shape == video.shape, what
             if latent_rows < RowSplit.over().world:  # whole frames in every process
                 assert torch.equal(split_z, z) and torch.equal(split_x, x), what
-            for one, split, exact_one in ((z, split_z, exact_z), (x, split_x, exact_x)):
+            for one, split, exact_one in ((z, split_z, exact_z), (x, split_x, exact_x),
+                                          (tiled, split_tiled, exact_tiled)):
                 assert rel_l2(one, exact_one) <= FLOAT32_VS_FLOAT64, what
                 assert rel_l2(split, exact_one) <= FLOAT32_VS_FLOAT64, what
-            # The same tiles; the processes' sums added up in another order.
-            assert torch.allclose(split_tiled, tiled, rtol=0, atol=1e-6), what
 
 
 @pytest.mark.parametrize(("world", "rows"), [(2, (3,)), (3, (5, 2))])
@@ -129,8 +129,7 @@ def test_each_processs_share_is_counted_as_it_runs(files):
             meta.row_split = RowSplit.planned(3)
             assert peak_bytes(work, meta, *args) == max(counts), (version, name)
             meta.row_split = None
-            if name != "tiled decode":  # each process decodes whole tiles
-                assert max(counts) < peak_bytes(work, meta, *args), (version, name)
+            assert max(counts) < peak_bytes(work, meta, *args), (version, name)
             planned[version, name] = counts
     run_ranks(_counts_as_planned, 3, files, planned)
 

@@ -21,17 +21,15 @@ be counted on the meta device (``wan_runtime.pipelines.activation_memory``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-T = TypeVar("T")
 # torch 2.13 deprecates all_gather_into_tensor for all_gather_single, which torch 2.11 lacks.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
@@ -58,7 +56,7 @@ class RowSplit:
     def planned(cls, world: int, rank: int | None = None) -> RowSplit:
         """Rank ``rank``'s place in a split over ``world`` processes that exchanges nothing (see
         the module's docstring): for counting memory, not for computing. None (the default): in
-        each frame, the rank whose work holds the most memory (``bands``, ``share``)."""
+        each frame, the rank whose band holds the most memory (``bands``)."""
         if rank is not None and not 0 <= rank < world:
             raise ValueError(f"a split over {world} processes has no rank {rank}")
         return cls(None, world, rank)
@@ -83,11 +81,6 @@ class RowSplit:
             # neighbour's (one row at each level). Else rank 1: as many rows as any, two neighbours.
             rank = 0 if self.world == 2 or extra == 1 else 1
         return Bands(self, tuple(base + (r < extra) for r in range(self.world)), rank)
-
-    def share(self, items: Sequence[T]) -> Sequence[T]:
-        """This process's share of ``items`` (every ``world``-th; a planned split's busiest rank:
-        rank 0, which has the most)."""
-        return items[self.rank or 0 :: self.world]
 
 
 _ACTIVE: ContextVar[Bands | None] = ContextVar("active_bands", default=None)

@@ -25,10 +25,9 @@ class WanVAE:
 
     ``row_split``: the processes of a launch that encode and decode every video together (each
     of them calling with the same videos or latents, and each getting the whole result), each a
-    band of the rows (``wan_runtime.distributed.row_split``): about ``1 / world`` of the time and
-    of the activations each, besides the whole result gathered. A tiled decode shares out the
-    tiles instead: ``1 / world`` of the time, each process as much memory as alone. None (the
-    default): this process alone.
+    band of the rows (``wan_runtime.distributed.row_split``; of each tile's rows in a tiled
+    decode): about ``1 / world`` of the time and of the activations each, besides the whole
+    result gathered. None (the default): this process alone.
     """
 
     row_split: RowSplit | None = None

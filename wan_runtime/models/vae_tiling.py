@@ -6,17 +6,16 @@ overlap by ``overlap`` latent pixels; in the overlap the decoded pixels are blen
 that ramp linearly from one tile to the other, and every output pixel is the weighted mean of the
 tiles covering it. The decoder's middle attention sees only its tile and its convolutions see
 zeros past the tile border, so the result differs from the untiled decode near tile borders
-(measured error and memory: see ``WanVAE.decode``). Split over processes, each decodes every
-``world``-th tile and the weighted sums are added up over the processes.
+(measured error and memory: see ``WanVAE.decode``). Split over processes, each tile is decoded
+split in bands of rows (``CausalAutoencoder.decode``): the memory of a band of a tile.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from wan_runtime.distributed.row_split import RowSplit
-from wan_runtime.models.vae_autoencoder import ENCODER_CHUNK, CausalAutoencoder
+from wan_runtime.models.vae_autoencoder import CausalAutoencoder
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -43,27 +42,24 @@ def decode_tiled(
 ) -> torch.Tensor:
     """``model.decode(z)`` for one [1, C, T, h, w] latent video, in ``tile x tile`` latent tiles
     overlapping by ``overlap`` (``0 < 2 * overlap <= tile``); returns float32 pixels. ``split``:
-    each process of it decodes its share of the tiles (every one holding the whole latent) and
-    every one returns the whole video."""
-    _, _, t, h, w = z.shape
+    every tile decoded split over its processes (each holding the whole latent, each getting the
+    whole video)."""
+    _, _, _, h, w = z.shape
     stride = model.spatial_stride
+    rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     fade = overlap * stride
-    tiles = [(y, x) for y in tile_starts(h, tile, overlap) for x in tile_starts(w, tile, overlap)]
-    mine = set(tiles if split is None else split.share(tiles))
-    # Made whole before any tile: a process may have none, and still adds its zeros to the sum.
-    out = z.new_zeros(1, 3, 1 + ENCODER_CHUNK * (t - 1), h * stride, w * stride, dtype=torch.float32)
+    out: torch.Tensor | None = None
     total = torch.zeros(h * stride, w * stride, device=z.device)
-    for y, x in tiles:
-        th, tw = min(tile, h) * stride, min(tile, w) * stride
-        weight = _ramp(th, fade, y > 0, y + tile < h, z.device)[:, None] * _ramp(
-            tw, fade, x > 0, x + tile < w, z.device
-        )
-        region = (slice(y * stride, y * stride + th), slice(x * stride, x * stride + tw))
-        total[region] += weight
-        if (y, x) in mine:
-            pixels = model.decode(z[:, :, :, y : y + tile, x : x + tile]).float()
+    for y in rows:
+        for x in cols:
+            pixels = model.decode(z[:, :, :, y : y + tile, x : x + tile], split).float()
+            th, tw = pixels.shape[-2:]
+            weight = _ramp(th, fade, y > 0, y + tile < h, z.device)[:, None] * _ramp(
+                tw, fade, x > 0, x + tile < w, z.device
+            )
+            if out is None:
+                out = pixels.new_zeros(*pixels.shape[:3], h * stride, w * stride)
+            region = (slice(y * stride, y * stride + th), slice(x * stride, x * stride + tw))
             out[..., region[0], region[1]] += pixels * weight
-    group = None if split is None else split.group_for(out)
-    if group is not None:
-        dist.all_reduce(out, group=group)
+            total[region] += weight
     return out / total
