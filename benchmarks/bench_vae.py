@@ -140,13 +140,18 @@ def cases(gpu: bool) -> list[Case]:
     return [*decodes, Case("encode", "2.1", dims, width, height, frames)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", action="store_true", help="the release widths at 720p on cuda in bfloat16")
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs after the measured one (default 1)")
+def vae_parser(doc: str, repeat: int, repeat_help: str) -> argparse.ArgumentParser:
+    """The VAE benchmarks' arguments: ``--gpu``, ``--repeat`` (default ``repeat``: ``repeat_help``)
+    and ``--out-dir``; ``doc`` is the module's docstring."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="the release widths at 720p on GPUs in bfloat16")
+    parser.add_argument("--repeat", type=int, default=repeat, help=f"{repeat_help} (default {repeat})")
     parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = vae_parser(__doc__, 1, "timed runs after the measured one").parse_args()
     device = torch.device("cuda" if args.gpu else "cpu")
     dtype = torch.bfloat16 if args.gpu else torch.float32
     whole: dict[Case, torch.Tensor] = {}

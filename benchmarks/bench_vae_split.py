@@ -16,13 +16,12 @@ of their median times. ``rel_l2``: the split result's relative L2 distance from 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
-from benchmarks.bench_vae import Case, build, cases, estimated_peak, measured, runner
+from benchmarks.bench_vae import Case, build, cases, estimated_peak, measured, runner, vae_parser
 from benchmarks.common import median_seconds_in_turns, run_cases
 from wan_runtime.distributed.launch import Launch
 from wan_runtime.distributed.row_split import RowSplit
@@ -70,12 +69,7 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, repeat: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gpu", action="store_true", help="the release widths at 720p on GPUs, bfloat16")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each way (default 3)")
-    parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
-    args = parser.parse_args()
+    args = vae_parser(__doc__, 3, "timed runs of each way").parse_args()
     launch = Launch.from_env()
     if not launch.distributed:
         raise SystemExit("start it with torchrun --nproc_per_node N (N of 2 or more), see --help")
