@@ -18,7 +18,7 @@ def _rows(rank: int) -> None:
     for row, case in zip(rows, CASES, strict=True):
         assert (row["op"], row["processes"]) == (case.op, 2)
         assert row["alone_ms"] > 0 and row["split_ms"] > 0 and row["speedup"] > 0
-        assert 0 < row["rel_l2"] < 1e-5 and "estimate_GiB" in row and "peak_split_GiB" not in row
+        assert row["rel_l2"] < 1e-5 and "estimate_GiB" in row and "peak_split_GiB" not in row
 
 
 def test_each_way_is_timed_and_the_split_matches():
@@ -30,8 +30,3 @@ def test_the_split_estimates_less_than_one_process():
         split = bench_vae.estimated_peak(case, torch.float32, RowSplit.planned(2))
         assert 0 < split < bench_vae.estimated_peak(case, torch.float32)
 
-
-def test_the_cpu_cases_are_the_release_widths():
-    cases = bench_vae_split.cpu_cases()
-    assert {case.dims for case in cases} == {(96,), (160, 256)}
-    assert [case.tile for case in cases if case.op == "decode"] == [0, 64, 0, 64]

@@ -44,13 +44,13 @@ def _counts_as_planned(rank: int, roots: dict[str, str], planned: dict[str, list
                 pipelines[task].motion_frames = (9, 3)
         assert real_peak(work, pipelines[task].dits[dit], *args, cache=cache) == planned[name][rank], name
     if rank == 0:  # the split pipeline's estimate: the same stages, the DiT's with half the tokens,
-        # the VAE's with half the rows (in tiles: whole tiles, as many at once as one process)
+        # the VAE's with half the rows (of each tile)
         for tiling in (512, 0):
             several = pipelines["ti2v-5B"].estimate_memory(size="1280*704", frame_num=9, vae_tiling=tiling)
             one = estimate_memory(float32_plan("ti2v-5B", roots["ti2v-5B"]), task_spec("ti2v-5B"),
                                   VideoShape(1280, 704, 9, False, 5.0, tiling))
             for mine, whole in zip(several.stages, one.stages, strict=True):
-                if mine.stage == "denoise" or (mine.stage == "vae_decode" and not tiling):
+                if mine.stage in ("denoise", "vae_decode"):
                     # More than half: the tiny DiT's text context, whole in each process, weighs
                     # much; the decode gathers the whole video in each.
                     assert mine._replace(activations=0) == whole._replace(activations=0)

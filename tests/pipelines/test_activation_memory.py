@@ -33,6 +33,7 @@ from wan_runtime.pipelines.memory_plan import AUDIO_ENCODER, TEXT_ENCODER, VAE
 from wan_runtime.tasks import task_spec
 
 KIB = 1024
+GIB = 2**30
 CPU = torch.device("cpu")
 
 
@@ -193,6 +194,7 @@ def test_i2v_has_a_stage_per_model_and_the_peak_is_the_largest(i2v_root):
         assert stage.weights == plan.weights_while(stage.model)
         assert stage.activations > 0 or stage.stage == "text_encode"
     assert estimate.peak == max(s.weights + s.activations for s in estimate.stages)
+    assert not any(s.gathering for s in estimate.stages)  # one process: no FSDP
     assert estimate.busiest.total == estimate.peak
 
 
@@ -231,16 +233,22 @@ def test_weights_fsdp_gathers_beyond_those_beside_the_activations_can_make_the_p
     """Under FSDP a model's stage holds, at one time, the weights beside its activations' peak
     and, at another, the most it gathers (``working``): the stage's peak is the larger."""
     weights = (Step("dit_fsdp", True, "shards"),)
-    text = StagePeak("text_encode", TEXT_ENCODER, 5, 0, working=9)
-    step = StagePeak("denoise", "DiT", 6, 4, working=8)
+    text = StagePeak("text_encode", TEXT_ENCODER, 5 * GIB, 0, working=9 * GIB)
+    step = StagePeak("denoise", "DiT", 6 * GIB, 4 * GIB, bound=False, working=8 * GIB)
     estimate = MemoryEstimate(torch.device("cuda"), (text, step), weights)
-    assert (text.total, step.total) == (9, 10) and estimate.busiest == step
-    words = "at least 0.00 GiB of cuda memory at the peak, in the text_encode (weights, gathered while the "
-    assert estimate.describe(text) == f"{words}{TEXT_ENCODER} works)"
-    # The gathered weights are the larger part: what lowers the weights comes first.
-    gathering = StagePeak("denoise", "DiT", 2, 3, working=8)
-    assert gathering.total == 8 and estimate.remedy_for(gathering).startswith("to fit, try dit_fsdp (shards)")
-    assert not estimate.remedy_for(gathering._replace(working=0)).startswith("to fit, try dit_fsdp")
+    assert (text.total, step.total) == (9 * GIB, 10 * GIB) and estimate.busiest == step
+    assert text.gathering and not step.gathering and estimate.busiest_bound == text
+    words = "at least 9.00 GiB of cuda memory at the peak, in the text_encode (weights, 4.00 GiB of them"
+    assert estimate.describe(text) == (f"{words} blocks FSDP gathers beside the one the {TEXT_ENCODER} "
+                                       "computes, no activations counted)")
+    # Weights alone: what lowers them, not a smaller video; a compiled stage's gathered weights
+    # are surely held.
+    gathering = StagePeak("denoise", "DiT", 2 * GIB, 3 * GIB, bound=False, working=8 * GIB)
+    assert gathering.total == 8 * GIB and gathering.sure
+    names = " (the command line's flags of those names)"
+    assert estimate.remedy_for(gathering) == f"to fit, try dit_fsdp (shards){names}"
+    assert "smaller size" in estimate.remedy_for(gathering._replace(working=None))
+    assert MemoryEstimate(torch.device("cuda"), (gathering,), ()).remedy == "no option lowers them further"
 
 
 def test_a_sharded_plans_text_encode_peaks_at_what_fsdp_gathers(ti2v_root):

@@ -10,7 +10,9 @@ counted is one with the motion's tokens in the DiT and its latent frames before 
 decode, when the video has such a clip, the motion context's frames held beside both; a clip
 leaves the device once decoded. Added to the weights on the device at every moment of that
 stage (``WeightPlan.weights_while``; under FSDP the least it keeps gathered while a model works,
-wherever the activations peak), the largest sum is the peak. The text encoder's
+wherever the activations peak), the largest sum is the peak; under FSDP a stage's peak may also
+be the most weights it gathers at once (``StagePeak.working``), no activation counted beside
+them. The text encoder's
 stage counts its weights alone: its activations at 512 tokens are a few tens of MB beside 11 GB
 of weights, and it builds its attention mask from the tokens' values, which the meta device
 does not have. The speech encoder's stage counts wav2vec2 on ``audio_samples`` samples (0.74
@@ -65,11 +67,11 @@ _BRANCHES = ("cond", "uncond")  # the guidance branches, in the order a step run
 class StagePeak(NamedTuple):
     """A stage of the run (named as the run report's timings name it), the model working in it
     (the ``WeightPlan``'s name), the weights on the device meanwhile and the stage's activations
-    at their most, in bytes; ``bound``: whether the run holds at least that (not for DiT blocks
+    at their most, in bytes; ``bound``: whether the run holds at least those (not for DiT blocks
     compiled by ``torch.compile``, whose fused kernels may leave out tensors the eager count has);
     ``own``: the working model's part of ``weights``; ``working``: the most weights on the device
-    at once while the model works (under FSDP more than ``weights``, which are those kept beside
-    the activations' peak), no activation counted beside them."""
+    at once while the model works, no activation counted beside them (under FSDP more than
+    ``weights``, those kept beside the activations' peak; None: no more)."""
 
     stage: str
     model: str
@@ -77,18 +79,24 @@ class StagePeak(NamedTuple):
     activations: int
     bound: bool = True
     own: int = 0
-    working: int = 0
+    working: int | None = None
 
     @property
     def gathering(self) -> bool:
         """Whether the stage's peak is the weights FSDP gathers while the model works (more than
         the weights beside the activations' peak and those activations)."""
-        return self.working > self.weights + self.activations
+        return self.working is not None and self.working > self.weights + self.activations
 
     @property
     def total(self) -> int:
         """The stage's peak: each of its two moments is held at some time of the stage."""
-        return max(self.weights + self.activations, self.working)
+        return self.working if self.gathering else self.weights + self.activations
+
+    @property
+    def sure(self) -> bool:
+        """Whether the run holds at least ``total``: ``bound``, or weights make it, which no
+        compiled kernel lowers."""
+        return self.bound or self.gathering
 
 
 @dataclass(frozen=True)
@@ -112,13 +120,13 @@ class MemoryEstimate:
 
     @property
     def peak(self) -> int:
-        """The most bytes on the device at once (at least that, when ``busiest.bound``)."""
+        """The most bytes on the device at once (at least that, when ``busiest.sure``)."""
         return self.busiest.total
 
     @property
     def busiest_bound(self) -> StagePeak | None:
         """The stage of the most bytes the run surely holds at once (None: no stage is a bound)."""
-        bounds = [stage for stage in self.stages if stage.bound]
+        bounds = [stage for stage in self.stages if stage.sure]
         return max(bounds, key=lambda stage: stage.total, default=None)
 
     @property
@@ -135,9 +143,11 @@ class MemoryEstimate:
     def describe(self, stage: StagePeak | None = None) -> str:
         """The peak (or ``stage``'s) and what makes it, in words."""
         stage = stage or self.busiest
-        amount = "at least" if stage.bound else "about (counted eager: the compiled blocks may hold less)"
+        amount = "at least" if stage.sure else "about (counted eager: the compiled blocks may hold less)"
         if stage.gathering:
-            what = f"weights, gathered while the {stage.model} works"
+            extra = (stage.working - stage.weights) / _GIB
+            what = (f"weights, {extra:.2f} GiB of them blocks FSDP gathers beside the one the {stage.model} "
+                    "computes, no activations counted")
         else:
             what = (f"{stage.weights / _GIB:.2f} GiB of weights, {stage.activations / _GIB:.2f} GiB of "
                     f"activations of the {stage.model}")
@@ -148,13 +158,15 @@ class MemoryEstimate:
         """What lowers ``stage``'s bytes, naming the command line's flags (``flags``) or the
         arguments: for the decode, tiles (smaller tiles); a smaller video or fewer frames; and
         what lowers the weights, first when they are the larger part."""
+        if stage.gathering:  # weights alone: no smaller video or split lowers them
+            return say(self.weight_steps, flags)
         tiles = tiling_step(self.vae_tiling) if stage.stage == "vae_decode" else None
         steps = [tiles] if tiles else []
         steps += [*self.token_steps] if stage.stage == "denoise" else []
         steps += video_steps(self.frames_option)
         # No option lowers the VAE's or the speech encoder's own weights: only other models' there.
         if not (stage.model in (VAE, AUDIO_ENCODER) and stage.weights == stage.own):
-            position = 0 if stage.gathering or stage.weights > stage.activations else len(steps)
+            position = 0 if stage.weights > stage.activations else len(steps)
             steps[position:position] = self.weight_steps
         return say(steps, flags)
 
@@ -216,7 +228,8 @@ def estimate_memory(
     plan: WeightPlan, spec: TaskSpec, video: VideoShape, compiled: bool = False, ulysses: int = 1
 ) -> MemoryEstimate:
     """The peak of ``video``'s run with the models of ``plan`` (``load_pipeline``'s; under
-    ``torchrun``, the first process's, the tokens split over ``ulysses`` processes), stage by
+    ``torchrun``, the first process's, the tokens split over ``ulysses`` processes, the VAE's rows
+    as the process holding the most splits them), stage by
     stage, as the module's docstring says; a second or so for a release DiT, several for a tiled
     decode at 720p (the meta device runs each tile's ops). ``compiled``: the DiT blocks run
     compiled (``compile``), so their stages are counted eager and are no bound."""

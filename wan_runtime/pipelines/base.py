@@ -249,7 +249,8 @@ class Pipeline:
         stage by stage (``wan_runtime.pipelines.activation_memory``): worked out on the meta
         device, in seconds, without running a model. Arguments as ``generate``'s, checked alike.
         A pipeline split over processes (``ulysses_size``, ``dit_fsdp``, ``t5_fsdp``) counts this
-        process's shares: of the weights, and of the tokens."""
+        process's shares: of the weights, of the tokens and of the VAE's rows (the band of the
+        process that holds the most)."""
         spec = self.spec
         width, height = parse_size(spec.default_size if size is None else size, spec)
         frame_num = check_frame_num(spec.frame_num if frame_num is None else frame_num, spec)

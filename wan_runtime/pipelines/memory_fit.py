@@ -50,8 +50,10 @@ RESERVED = _GIB
 
 
 def needed(stage: StagePeak) -> int:
-    """The bytes ``stage`` is given room for: its weights, and its activations with the margin."""
-    return stage.weights + math.ceil(ACTIVATION_MARGIN * stage.activations) + WORKSPACE
+    """The bytes ``stage`` is given room for: its weights and its activations with the margin (or
+    the weights FSDP gathers, if more), and the workspace."""
+    with_margin = stage.weights + math.ceil(ACTIVATION_MARGIN * stage.activations)
+    return max(with_margin, stage.working or 0) + WORKSPACE
 
 
 @dataclasses.dataclass(frozen=True)
