@@ -103,5 +103,5 @@ def test_a_planned_split_counts_and_computes_nothing():
         SequenceParallel.planned(2, 2)
     shard = SequenceParallel.planned(2).shard(45)
     for exchange in (shard.gather, shard.to_heads):
-        with pytest.raises(RuntimeError, match=r"a planned sequence split \(SequenceParallel.planned\)"):
+        with pytest.raises(RuntimeError, match=r"a planned split of a sequence \(SequenceParallel.planned\)"):
             exchange(torch.zeros(1, shard.local, 4, 8))

@@ -136,7 +136,7 @@ def test_each_processs_share_is_counted_as_it_runs(files):
 
 def test_a_planned_split_computes_nothing():
     bands = RowSplit.planned(2).bands(4)
-    with pytest.raises(RuntimeError, match="planned row split"):
+    with pytest.raises(RuntimeError, match=r"a planned split of frames' rows \(RowSplit.planned\)"):
         bands.halo(torch.zeros(1, 1, 2, 3), 1, 1)
     with pytest.raises(ValueError, match="no rank 2"):
         RowSplit.planned(2, 2)

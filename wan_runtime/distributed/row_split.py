@@ -25,49 +25,31 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from wan_runtime.distributed.process_split import ProcessSplit
 
 # torch 2.13 deprecates all_gather_into_tensor for all_gather_single, which torch 2.11 lacks.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 @dataclass(frozen=True)
-class RowSplit:
+class RowSplit(ProcessSplit):
     """The process group frames are split over, and this process's place in it (no group:
     ``planned``)."""
 
-    group: dist.ProcessGroup | None
-    world: int
-    rank: int | None
-
-    @classmethod
-    def over(cls, group: dist.ProcessGroup | None = None) -> RowSplit:
-        """The split over ``group`` (default: every process), which must be initialised."""
-        if not dist.is_initialized():
-            raise RuntimeError("splitting frames over processes needs torch.distributed initialised "
-                               "(launch with torchrun)")
-        group = group or dist.group.WORLD
-        return cls(group, dist.get_world_size(group), dist.get_rank(group))
+    what: ClassVar[str] = "frames' rows"
 
     @classmethod
     def planned(cls, world: int, rank: int | None = None) -> RowSplit:
         """Rank ``rank``'s place in a split over ``world`` processes that exchanges nothing (see
         the module's docstring): for counting memory, not for computing. None (the default): in
         each frame, the rank whose band holds the most memory (``bands``)."""
-        if rank is not None and not 0 <= rank < world:
-            raise ValueError(f"a split over {world} processes has no rank {rank}")
-        return cls(None, world, rank)
-
-    def group_for(self, tensor: torch.Tensor) -> dist.ProcessGroup | None:
-        """The group to exchange ``tensor``'s rows over; None for a planned split's meta tensors,
-        which exchange nothing. A planned split refuses real tensors: it computes nothing."""
-        if self.group is None and not tensor.is_meta:
-            raise RuntimeError("a planned row split (RowSplit.planned) counts memory on the meta device "
-                               "and exchanges nothing; split a computation with RowSplit.over()")
-        return self.group
+        return super().planned(world, rank)
 
     def bands(self, rows: int) -> Bands | None:
         """The bands of a frame of ``rows`` base rows; None when there are fewer rows than

@@ -17,50 +17,25 @@ process's memory can be counted on the meta device (``wan_runtime.pipelines.acti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
+
+from wan_runtime.distributed.process_split import ProcessSplit
 
 # torch 2.12 renamed all_gather_tensor (kept, deprecated, in later versions) to all_gather_single.
 _all_gather = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
 
 
 @dataclass(frozen=True)
-class SequenceParallel:
+class SequenceParallel(ProcessSplit):
     """The process group a sequence is split over, and this process's place in it (no group:
     ``planned``)."""
 
-    group: dist.ProcessGroup | None
-    world: int
     rank: int
-
-    @classmethod
-    def over(cls, group: dist.ProcessGroup | None = None) -> SequenceParallel:
-        """The split over ``group`` (default: every process), which must be initialised."""
-        if not dist.is_initialized():
-            raise RuntimeError("sequence parallelism needs torch.distributed initialised (launch with "
-                               "torchrun)")
-        group = group or dist.group.WORLD
-        return cls(group, dist.get_world_size(group), dist.get_rank(group))
-
-    @classmethod
-    def planned(cls, world: int, rank: int = 0) -> SequenceParallel:
-        """Rank ``rank``'s place in a split over ``world`` processes that exchanges nothing (see
-        the module's docstring): for counting memory, not for computing."""
-        if not 0 <= rank < world:
-            raise ValueError(f"a split over {world} processes has no rank {rank}")
-        return cls(None, world, rank)
-
-    def group_for(self, tensor: torch.Tensor) -> dist.ProcessGroup | None:
-        """The group to exchange ``tensor`` over; None for a planned split's meta tensors, which
-        exchange nothing. A planned split refuses real tensors: it computes nothing."""
-        if self.group is None and not tensor.is_meta:
-            raise RuntimeError("a planned sequence split (SequenceParallel.planned) counts memory on the "
-                               "meta device and exchanges nothing; split a computation with "
-                               "SequenceParallel.over()")
-        return self.group
+    what: ClassVar[str] = "a sequence"
 
     def shard(self, length: int) -> SequenceShard:
         """The slices of a sequence of ``length`` tokens."""
