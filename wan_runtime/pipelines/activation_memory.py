@@ -157,7 +157,8 @@ class MemoryEstimate:
     def remedy_for(self, stage: StagePeak, flags: bool = False) -> str:
         """What lowers ``stage``'s bytes, naming the command line's flags (``flags``) or the
         arguments: for the decode, tiles (smaller tiles); a smaller video or fewer frames; and
-        what lowers the weights, first when they are the larger part."""
+        what lowers the weights, first when they are the larger part (alone when FSDP's gathered
+        weights make the peak)."""
         if stage.gathering:  # weights alone: no smaller video or split lowers them
             return say(self.weight_steps, flags)
         tiles = tiling_step(self.vae_tiling) if stage.stage == "vae_decode" else None
