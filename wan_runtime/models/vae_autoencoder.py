@@ -9,7 +9,7 @@ the whole model (see ``vae2_1`` and ``vae2_2``).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -96,24 +96,36 @@ class CausalAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor, split: RowSplit | None = None) -> torch.Tensor:
         """``split``: each process of it encodes a band of the rows (every one holding the
         whole video ``x``) and every one returns the whole latent."""
-        bands = None if split is None else split.bands(x.shape[-2] // self.spatial_stride)
-        with nullcontext() if bands is None else bands.active():
-            x = patchify(x if bands is None else bands.own(x), self.patch_size)
-            cache: StreamCache = {}
-            starts = [0, *range(1, x.shape[2], ENCODER_CHUNK)]
-            ends = [*starts[1:], x.shape[2]]
-            chunks = [x[:, :, a:b] for a, b in zip(starts, ends, strict=True)]
-            out = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
-            mu = self.conv1(out)[:, : self.z_dim]
-        return mu if bands is None else bands.gather(mu)
+        return _in_bands(split, x.shape[-2] // self.spatial_stride, self._encode, x)
 
     def decode(self, z: torch.Tensor, split: RowSplit | None = None) -> torch.Tensor:
         """``split``: each process of it decodes a band of the rows (every one holding the
         whole latent ``z``) and every one returns the whole video."""
-        bands = None if split is None else split.bands(z.shape[-2])
-        with nullcontext() if bands is None else bands.active():
-            x = self.conv2(z if bands is None else bands.own(z))
-            cache: StreamCache = {}
-            frames = [self.decoder(x[:, :, i : i + 1], cache) for i in range(x.shape[2])]
-            video = unpatchify(torch.cat(frames, dim=2), self.patch_size)
-        return video if bands is None else bands.gather(video)
+        return _in_bands(split, z.shape[-2], self._decode, z)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        x = patchify(x, self.patch_size)
+        cache: StreamCache = {}
+        starts = [0, *range(1, x.shape[2], ENCODER_CHUNK)]
+        ends = [*starts[1:], x.shape[2]]
+        chunks = [x[:, :, a:b] for a, b in zip(starts, ends, strict=True)]
+        out = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
+        return self.conv1(out)[:, : self.z_dim]
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(z)
+        cache: StreamCache = {}
+        frames = [self.decoder(x[:, :, i : i + 1], cache) for i in range(x.shape[2])]
+        return unpatchify(torch.cat(frames, dim=2), self.patch_size)
+
+
+def _in_bands(
+    split: RowSplit | None, rows: int, work: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """``work(x)`` on a frame of ``rows`` base rows; with ``split``, on this process's band of
+    them, the bands gathered whole after."""
+    bands = None if split is None else split.bands(rows)
+    if bands is None:
+        return work(x)
+    with bands.active():
+        return bands.gather(work(bands.own(x)))
