@@ -570,7 +570,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
     _check(problems, lambda: check_stream_blocks(stream_blocks, args.dit_fsdp, flag="--"))
     _check(problems, lambda: check_dit_fp8(args.dit_fp8, args.dit_fsdp, flag="--"))
     vae_tiling = _check(problems, lambda: check_vae_tiling(args.vae_tiling, "--vae_tiling"))
-    fit_memory = _fit_memory(problems, args, device, launch)
+    fit_memory = _fit_memory(problems, args, device)
     if stream_blocks > 0 and device == "cpu":
         warnings.warn("--stream_blocks changes nothing on the CPU, where every block already is in CPU "
                       "memory", stacklevel=2)
@@ -631,11 +631,9 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
     )
 
 
-def _fit_memory(
-    problems: list[str], args: argparse.Namespace, device: str, launch: Launch
-) -> FitMemory | None:
+def _fit_memory(problems: list[str], args: argparse.Namespace, device: str) -> FitMemory | None:
     """``--fit_memory``'s request, or None without the flag; refused where there is no GPU's
-    memory to fit (the CPU) or where the estimate does not model the run (several processes)."""
+    memory to fit (the CPU)."""
     if args.fit_memory is None:
         return None
     budget = None if args.fit_memory is True else args.fit_memory
@@ -645,9 +643,6 @@ def _fit_memory(
     if device == "cpu":
         problems.append("--fit_memory places the models for a GPU's memory; on the CPU every model is in its "
                         "memory (leave it out, or pass --device cuda)")
-    if launch.distributed:
-        problems.append("--fit_memory works out one process's run; under torchrun the processes share the "
-                        "weights and the sequence, which it does not model (leave it out)")
     return FitMemory(budget, tuple(name for name in PLACEMENT_FLAGS if getattr(args, name) is not None))
 
 

@@ -96,18 +96,6 @@ def test_fit_memory_is_refused_where_there_is_nothing_to_fit(ti2v_root, fake_gpu
     assert error.startswith(f"error: {problem}")
 
 
-def test_fit_memory_is_refused_under_torchrun(ti2v_root, fake_gpu, monkeypatch, capsys):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    argv = ["--ckpt_dir", str(ti2v_root), "--device", "cuda", "--fit_memory", "--ulysses_size", "2"]
-    assert main(argv) == 2
-    errors = capsys.readouterr().err.splitlines()
-    assert any("--fit_memory works out one process's run; under torchrun" in line for line in errors), errors
-
-
 def test_each_videos_shape_carries_its_step_cache(ti2v_root):
     """So that the estimate, and the fit, count the cache's tensors."""
     from tests.cli.test_dry_run import _job

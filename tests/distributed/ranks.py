@@ -45,4 +45,5 @@ def _rank_main(rank: int, fn: Callable[..., None], world: int, port: int, backen
     try:
         fn(rank, *args)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # the command line's main leaves the group itself
+            dist.destroy_process_group()

@@ -252,11 +252,10 @@ def test_processes_of_one_machine_that_may_not_fit_together_are_warned_of(i2v_ro
         check_host_memory(streaming, FreeMemory(2 * host.peak, 0, "MemAvailable"))
         monkeypatch.setenv("LOCAL_RANK", "1")  # the machine's first process alone says it
         check_host_memory(streaming, FreeMemory(host.peak, 0, "MemAvailable"))
-    # One process that cannot hold its own weights is refused, as a single process is, without
-    # fit_memory, which places the models of one process only.
+    # One process that cannot hold its own weights is refused, as a single process is.
     with pytest.raises(InputError, match="the streamed blocks would pin .* fewer stream_blocks") as caught:
         check_host_memory(streaming, FreeMemory(host.pinned - 1, 0, "MemAvailable"))
-    assert "fit_memory" not in str(caught.value)
+    assert WEIGHS in str(caught.value)
 
 
 def test_processes_of_one_machine_that_fit_together_only_with_swap_are_told_so(i2v_root, monkeypatch):

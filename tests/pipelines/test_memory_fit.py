@@ -61,6 +61,27 @@ def test_an_estimate_placed_otherwise_is_the_estimate_of_that_placement(i2v_root
     assert TEXT_ENCODER not in {stage.model for stage in estimate.placed(plan.placed(True, True, 0)).stages}
 
 
+def test_fsdp_shards_stay_on_the_gpus_and_the_rest_is_placed_as_in_one_process(i2v_root):
+    """Sharded DiTs are neither offloaded nor streamed, a sharded text encoder not kept on the
+    CPU; what else a sharded plan places is the plan made for that placement."""
+    dits = cuda_plan("i2v-A14B", i2v_root, world=2, dit_fsdp=True)
+    encoder = cuda_plan("i2v-A14B", i2v_root, world=2, t5_fsdp=True)
+    both = cuda_plan("i2v-A14B", i2v_root, world=2, dit_fsdp=True, t5_fsdp=True)
+    assert list(placements(dits, {})) == [(False, False, 0), (False, True, 0)]
+    assert list(placements(encoder, {})) == [(False, False, 0), (True, False, 0), (False, False, 1),
+                                              (True, False, 1)]
+    assert list(placements(both, {})) == [(False, False, 0)]
+    for sharded, fsdp in ((dits, {"dit_fsdp": True}), (encoder, {"t5_fsdp": True})):
+        for offload_model, t5_cpu, stream_blocks in placements(sharded, {}):
+            expected = cuda_plan("i2v-A14B", i2v_root, world=2, offload_model=offload_model, t5_cpu=t5_cpu,
+                                 stream_blocks=stream_blocks, **fsdp)
+            assert sharded.placed(offload_model, t5_cpu, stream_blocks) == expected
+    refused = ((dits, (True, False, 0)), (dits, (False, False, 1)), (encoder, (False, True, 0)))
+    for sharded, placement in refused:
+        with pytest.raises(ValueError, match="FSDP's shards stay on the GPUs"):
+            sharded.placed(*placement)
+
+
 def test_the_first_placement_that_fits_every_video_is_chosen(i2v_root):
     plan = _base(i2v_root)
     estimates = _estimates(plan, I2V, I2V_TILED)
@@ -151,7 +172,7 @@ def test_a_budget_above_the_free_memory_is_warned_of_and_no_free_memory_refused(
     ({"budget_gib": True}, "budget_gib must be a number of GiB above 0, got True"),
     ({"budget_gib": float("inf")}, "budget_gib must be a number of GiB above 0, got inf"),
     ({"device": "cpu"}, "fit_memory places the models for a GPU's memory; on cpu every model stays"),
-    ({"ulysses_size": 2}, "fit_memory works out one process's run"),
+    ({"ulysses_size": 2}, "ulysses_size 2 splits each DiT forward over 2 processes but this launch has 1"),
     ({"dtype": torch.float16}, "dtype must be torch.bfloat16"),
 ])
 def test_fit_memory_refuses_what_it_cannot_fit(i2v_root, monkeypatch, arguments, problem):

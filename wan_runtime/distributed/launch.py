@@ -1,5 +1,5 @@
 """The processes of one ``torchrun`` launch: which one this is, the process group's start and
-end, and what every process must agree on before it computes (the seed)."""
+end, and what every process must agree on before it computes (the seed, the free memory)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,17 @@ def from_rank0(value: T) -> T:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def from_every_rank(value: T) -> list[T]:
+    """Every rank's ``value``, in rank order, on every rank of the process group (``[value]``
+    without one), for what every rank must decide alike from what each finds for itself (the
+    free memory of its GPU and machine)."""
+    if not dist.is_initialized():
+        return [value]
+    values: list[T] = [value] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def shared_seed(seed: int) -> int:

@@ -90,8 +90,16 @@ class HostPlan:
         """Whether the pinned bytes fit in ``free``'s RAM and all of them in its RAM and swap."""
         return self.pinned <= free.ram and self.peak <= free.ram + free.swap
 
-    def describe(self) -> str:
-        """The peak and what makes it, in words."""
+    def on_machine(self, processes: int) -> HostPlan:
+        """The bytes of ``processes`` processes of this plan on one machine, their peaks taken
+        together (a bound: they need not peak at once)."""
+        if processes == 1:
+            return self
+        return HostPlan({"all": (self.peak - self.pinned) * processes}, self.pinned * processes, 0)
+
+    def describe(self, processes: int = 1) -> str:
+        """The peak and what makes it, in words; of each of ``processes`` on one machine, with
+        their sum, when several."""
         parts = [f"{name} {size / _GIB:.2f} GiB" for name, size in self.models.items() if size]
         if self.pinned:
             parts.append(f"the streamed blocks {self.pinned / _GIB:.2f} GiB, pinned")
@@ -99,7 +107,11 @@ class HostPlan:
             parts.append(f"{self.loading / _GIB:.2f} GiB while a model loads through it")
         if not parts:
             return "no CPU memory"
-        return f"at most {self.peak / _GIB:.2f} GiB of CPU memory at once ({', '.join(parts)})"
+        each = f"at most {self.peak / _GIB:.2f} GiB of CPU memory at once ({', '.join(parts)})"
+        if processes == 1:
+            return each
+        total = self.on_machine(processes).peak / _GIB
+        return f"{each}, in each of this machine's {processes} processes ({total:.2f} GiB in all)"
 
 
 def host_plan(plan: WeightPlan) -> HostPlan:
@@ -297,15 +309,13 @@ def _warn_when_short(host: HostPlan, free: FreeMemory, local: int) -> None:
     # certainty (they need not peak together), hence a warning, not a refusal.
     if local > 1 and os.environ.get("LOCAL_RANK", "0") != "0":
         return
-    together = HostPlan({"all": (host.peak - host.pinned) * local}, host.pinned * local, 0)
-    total = together.peak / _GIB
-    each = "" if local == 1 else f", in each of this machine's {local} processes ({total:.2f} GiB in all)"
+    together = host.on_machine(local)
     if not together.fits(free):
-        warnings.warn(f"the weights take {host.describe()}{each}: more than the {free.describe()}; if the "
+        warnings.warn(f"the weights take {host.describe(local)}: more than the {free.describe()}; if the "
                       "run is killed (\"Killed\"), start fewer processes per machine (torchrun "
                       "--nproc_per_node) or free memory", stacklevel=3)
     elif together.peak > free.ram:
-        warnings.warn(f"the weights take {host.describe()}{each}: more than the {free.describe()}; the rest "
+        warnings.warn(f"the weights take {host.describe(local)}: more than the {free.describe()}; the rest "
                       "goes to swap, which slows the run", stacklevel=3)
 
 
@@ -330,7 +340,6 @@ def host_remedy(plan: WeightPlan, pinned_only: bool = False, placements: bool = 
             steps.append(Step("offload_model", False, "the models stay on the GPU"))
         if host.pinned:
             steps.append(Step("stream_blocks", "fewer"))
-    # fit_memory places the models of one process only.
-    fits_them = placements and o.world == 1 and steps
+    fits_them = placements and steps
     weighs = "; fit_memory (--fit_memory) weighs both memories" if fits_them else ""
     return say(steps, flags=False) + weighs

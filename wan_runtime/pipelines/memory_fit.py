@@ -16,6 +16,11 @@ of every video fits the budget (``wan_runtime.pipelines.activation_memory``'s es
 Options the caller gives are kept. The lossy ones (``dit_fp8``, ``vae_tiling``) are never
 chosen: when nothing fits, the error names them with what else would lower the peak.
 
+Under ``torchrun`` the estimates are of one process's share (``ulysses_size``, ``dit_fsdp``,
+``t5_fsdp``), FSDP's shards stay on the GPUs, and every process chooses the same placement from
+the least free memory of any of them (GPU and machine, the machine's taken by each of its
+processes), since processes that share a generation must load alike.
+
 An estimate counts tensors alone. On an H100 the bf16 VAE decodes at 720p, whole and tiled,
 allocated 0.8-3.0 GiB (1.18-1.51x) more than the tensors counted: cuDNN's workspaces, which grow
 less than the tensors do. A stage fits when its weights (counted exactly), its activations times
@@ -36,9 +41,17 @@ from typing import Any
 import torch
 
 from wan_runtime.checks import PLACEMENT_FLAGS
+from wan_runtime.distributed.launch import from_every_rank
 from wan_runtime.errors import InputError
 from wan_runtime.pipelines.activation_memory import MemoryEstimate, StagePeak, VideoShape, estimate_memory
-from wan_runtime.pipelines.host_memory import FreeMemory, HostPlan, free_to_check, host_plan, host_remedy
+from wan_runtime.pipelines.host_memory import (
+    FreeMemory,
+    HostPlan,
+    free_to_check,
+    host_plan,
+    host_remedy,
+    local_processes,
+)
 from wan_runtime.pipelines.loading import check_pipeline
 from wan_runtime.pipelines.memory_plan import _GIB, WeightPlan
 from wan_runtime.tasks import task_spec
@@ -94,7 +107,11 @@ def _room(stage: StagePeak) -> str:
 
 def placements(plan: WeightPlan, given: Mapping[str, Any]) -> Iterator[tuple[bool, bool, int]]:
     """Each ``(offload_model, t5_cpu, stream_blocks)`` to try, fastest run first (the module's
-    order), the options in ``given`` kept as they are."""
+    order), the options in ``given`` kept as they are, and those FSDP's shards allow alone (they
+    stay on the GPUs)."""
+    o = plan.options
+    given = {**({"offload_model": False, "stream_blocks": 0} if o.dit_fsdp else {}),
+             **({"t5_cpu": False} if o.t5_fsdp else {}), **given}
     t5 = [given["t5_cpu"]] if "t5_cpu" in given else [False, True]
     streams = [given["stream_blocks"]] if "stream_blocks" in given else range(plan.most_streamed + 1)
     offload = [given["offload_model"]] if "offload_model" in given else [False, True]
@@ -106,12 +123,13 @@ def placements(plan: WeightPlan, given: Mapping[str, Any]) -> Iterator[tuple[boo
 
 def fit_placement(
     plan: WeightPlan, estimates: Mapping[VideoShape, MemoryEstimate], budget: int, given: Mapping[str, Any],
-    free: FreeMemory | None = None,
+    free: FreeMemory | None = None, local: int = 1,
 ) -> MemoryFit:
     """The first of ``placements`` of ``plan``'s models under which every stage of every video
     (``estimates``, made with ``plan``) ``needed`` at most ``budget`` bytes and, given the machine's
-    ``free`` CPU memory, the weights waiting there fit it (``host_memory``): in its RAM if one
-    does, else with its swap; ``InputError`` naming what else would lower the peak when none does."""
+    ``free`` CPU memory, the weights waiting there fit it (``host_memory``; those of each of the
+    ``local`` processes on the machine, together): in its RAM if one does, else with its swap;
+    ``InputError`` naming what else would lower the peak when none does."""
     fitting_gpu: list[tuple[MemoryFit, HostPlan]] = []
     for offload_model, t5_cpu, stream_blocks in placements(plan, given):
         placed = plan.placed(offload_model, t5_cpu, stream_blocks)
@@ -120,11 +138,11 @@ def fit_placement(
             if free is None:
                 return fit
             host = host_plan(placed)
-            if host.fits(free._replace(swap=0)):
+            if host.on_machine(local).fits(free._replace(swap=0)):
                 return fit
             fitting_gpu.append((fit, host))
     if free is not None:  # the placements that fit the GPU, then, with the swap
-        swapping = next((f for f, host in fitting_gpu if host.fits(free)), None)
+        swapping = next((f for f, host in fitting_gpu if host.on_machine(local).fits(free)), None)
         if swapping is not None:
             return swapping
     stage = fit.busiest
@@ -133,7 +151,7 @@ def fit_placement(
         least, host = min(fitting_gpu, key=lambda pair: pair[1].peak)
         raise NoFit(f"every placement that fits the video in {budget / _GIB:.2f} GiB of the GPU needs more "
                     f"CPU memory than the machine's {free.describe()}: the least, {_placement(least.plan)}, "
-                    f"takes {host.describe()}; {host_remedy(least.plan, placements=False)}", video)
+                    f"takes {host.describe(local)}; {host_remedy(least.plan, placements=False)}", video)
     raise NoFit(f"no placement of the models fits the video in {budget / _GIB:.2f} GiB: with the least on "
                 f"the GPU, {fit.describe()}; {estimate.remedy_for(stage)}", video)
 
@@ -158,33 +176,49 @@ def fit_memory(
     which each of ``videos`` fits ``budget_gib`` GiB (default: the GPU's free memory less
     ``RESERVED``), as the module's docstring says; loads nothing (seconds: ``check_pipeline``'s
     checks and each video's estimate). ``load_pipeline(task, ckpt_dir, **options, **fit.options)``
-    then loads the pipeline so placed. ``InputError`` when nothing fits, with what else would."""
+    then loads the pipeline so placed. ``InputError`` when nothing fits, with what else would.
+
+    Under ``torchrun`` every process calls it with the same arguments, and each estimate is of
+    one process's share (``ulysses_size``, ``dit_fsdp``, ``t5_fsdp``); every process then
+    chooses the same placement, fitted to the least free memory of any GPU and machine of the
+    launch, the machine's shared by its processes (torchrun's ``LOCAL_WORLD_SIZE``)."""
     if not videos:
         raise InputError("fit_memory needs the videos to fit (VideoShape), got none")
     number = isinstance(budget_gib, (int, float)) and not isinstance(budget_gib, bool)
     if budget_gib is not None and not (number and math.isfinite(budget_gib) and budget_gib > 0):
         raise InputError(f"budget_gib must be a number of GiB above 0, got {budget_gib!r}")
-    several = options.get("ulysses_size", 1) != 1 or options.get("dit_fsdp") or options.get("t5_fsdp")
-    if several:
-        raise InputError("fit_memory works out one process's run; ulysses_size, dit_fsdp and t5_fsdp split "
-                         "the run over several, whose shares it does not model")
     given = {name: options[name] for name in PLACEMENT_FLAGS if name in options}
     most = {"offload_model": False, "t5_cpu": False, "stream_blocks": 0}
     plan = check_pipeline(task, ckpt_dir, check_fits=False, **{**options, **most, **given})
     if plan.device.type != "cuda":
         raise InputError(f"fit_memory places the models for a GPU's memory; on {plan.device} every model "
                          "stays in its memory (pass device='cuda')")
-    free = torch.cuda.mem_get_info(plan.device)[0]
+    # Processes that share a generation must load alike (a text encoder on the CPU of one alone would
+    # give it other prompt encodings), so all of them decide from the same, least, free memory.
+    measured = from_every_rank((torch.cuda.mem_get_info(plan.device)[0], free_to_check()))
+    free, host = min(gpu for gpu, _ in measured), _least([host for _, host in measured])
+    gpu = "the GPU" if len(measured) == 1 else f"the fullest of the {len(measured)} processes' GPUs"
     budget = free - RESERVED if budget_gib is None else int(budget_gib * _GIB)
     if budget_gib is None and budget <= 0:
-        raise InputError(f"the GPU has {free / _GIB:.2f} GiB free, no more than the {RESERVED / _GIB:g} GiB "
+        raise InputError(f"{gpu} has {free / _GIB:.2f} GiB free, no more than the {RESERVED / _GIB:g} GiB "
                          "the fit keeps in reserve: another process holds its memory (give a budget to fit "
                          "anyway)")
     if budget > free - RESERVED:
-        warnings.warn(f"a budget of {budget / _GIB:.2f} GiB is more than the {free / _GIB:.2f} GiB the GPU "
+        warnings.warn(f"a budget of {budget / _GIB:.2f} GiB is more than the {free / _GIB:.2f} GiB {gpu} "
                       f"has free less the {RESERVED / _GIB:g} GiB reserve: the run may run out of memory",
                       stacklevel=2)
     spec = task_spec(task)
-    compiled = bool(options.get("compile", False))
-    estimates = {video: estimate_memory(plan, spec, video, compiled) for video in dict.fromkeys(videos)}
-    return fit_placement(plan, estimates, budget, given, free_to_check())
+    compiled, ulysses = bool(options.get("compile", False)), options.get("ulysses_size", 1)
+    estimates = {video: estimate_memory(plan, spec, video, compiled, ulysses)
+                 for video in dict.fromkeys(videos)}
+    local = local_processes() if plan.options.world > 1 else 1
+    return fit_placement(plan, estimates, budget, given, host, local)
+
+
+def _least(free: Sequence[FreeMemory | None]) -> FreeMemory | None:
+    """The least RAM and the least swap of the machines' ``free`` memory (None where none was
+    checked)."""
+    counted = [f for f in free if f is not None]
+    if not counted:
+        return None
+    return min(counted, key=lambda f: f.ram)._replace(swap=min(f.swap for f in counted))

@@ -222,11 +222,12 @@ class WeightPlan:
         return say(self.remedy_steps, flags=False)
 
     def placed(self, offload_model: bool, t5_cpu: bool, stream_blocks: int) -> WeightPlan:
-        """The plan of the same models placed under these options instead (one process, no FSDP):
-        what ``plan_models`` would give for them. On a GPU the text encoder must have been read
-        (a plan made under ``t5_cpu`` lacks it) to be placed there."""
-        if self.options.world > 1 and (self.options.dit_fsdp or self.options.t5_fsdp):
-            raise ValueError("placed: a plan sharded over processes (dit_fsdp, t5_fsdp) is not placed again")
+        """The plan of the same models placed under these options instead: what ``plan_models``
+        would give for them. On a GPU the text encoder must have been read (a plan made under
+        ``t5_cpu`` lacks it) to be placed there; FSDP's shards stay on the GPUs."""
+        if (self.options.dit_fsdp and (offload_model or stream_blocks)) or (self.options.t5_fsdp and t5_cpu):
+            raise ValueError("placed: FSDP's shards stay on the GPUs (no offload_model or stream_blocks with "
+                             "dit_fsdp, no t5_cpu with t5_fsdp)")
         if self.device.type == "cuda" and not t5_cpu and TEXT_ENCODER not in self.meta_models:
             raise ValueError("placed: this plan was made without the text encoder (t5_cpu on a GPU); "
                              "make it with t5_cpu=False to place the text encoder on the device")
