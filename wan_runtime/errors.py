@@ -13,5 +13,10 @@ class InputError(WanError):
     """An argument or tensor given to the runtime is not valid."""
 
 
+class LaunchInputError(InputError):
+    """An ``InputError`` every process of a ``torchrun`` launch finds alike, from what they all
+    share (so the first process alone need tell it)."""
+
+
 class NumericalError(WanError):
     """A run produced NaN or infinite values."""

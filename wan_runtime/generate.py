@@ -26,7 +26,7 @@ from wan_runtime.batch_file import line_numbers, resolve_jobs
 from wan_runtime.checks import PLACEMENT_FLAGS
 from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser, resolved_offload
 from wan_runtime.distributed.launch import Launch, from_rank0
-from wan_runtime.errors import CheckpointError, InputError, NumericalError
+from wan_runtime.errors import CheckpointError, InputError, LaunchInputError, NumericalError
 from wan_runtime.tasks import TASKS
 from wan_runtime.video_io import write_mp4
 from wan_runtime.video_settings import FLAGS_KEY, SOFTWARE, VideoSettings, recorded_flags, run_setup
@@ -84,7 +84,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
         # Found only while loading or running: still a problem with what the user gave.
         if args.debug:
             raise
-        _error(_one_line(str(err)))
+        if _launch().main or not isinstance(err, LaunchInputError):
+            _error(_one_line(str(err)))
         return 2
     except torch.OutOfMemoryError as err:
         if args.debug:
@@ -255,7 +256,7 @@ def _fit(
         lines = [job.batch_line for (job, _), shape in zip(videos, shapes, strict=True) if shape == err.video]
         if lines[0] is None:
             raise
-        raise InputError(f"--batch {line_numbers(lines)}: {err}") from err
+        raise NoFit(f"--batch {line_numbers(lines)}: {err}", err.video) from err
     if videos[0][0].launch.main:
         print(f"fit_memory: {fit.describe()}", flush=True)
     placement = fit.options

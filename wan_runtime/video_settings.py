@@ -249,11 +249,13 @@ class VideoSettings:
         """``config`` with the text encoder where the video's ran, for ``--fit_memory`` to keep
         (unless the command line placed it), when the video was made for the same task on the
         same kind of device: elsewhere the encoder would encode the prompt otherwise in its last
-        bits. Any other ``config`` as it is."""
+        bits. Any other ``config`` as it is, and one whose text encoder FSDP shards over the GPUs
+        (``check_setup`` warns when the video's ran elsewhere)."""
         fit, stored = config.fit_memory, self.stored.get("t5_cpu")
         same_run = (_device_kind(self.stored.get("device")) == _device_kind(config.device)
                     and self.stored.get("task") == config.task)
-        if fit is None or "t5_cpu" in fit.given or not isinstance(stored, bool) or not same_run:
+        placed = fit is None or "t5_cpu" in fit.given or config.t5_fsdp
+        if placed or not isinstance(stored, bool) or not same_run:
             return config
         return replace(config, t5_cpu=stored, fit_memory=fit._replace(given=(*fit.given, "t5_cpu")))
 

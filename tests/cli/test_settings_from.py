@@ -468,3 +468,10 @@ def test_fit_memory_keeps_the_text_encoder_where_the_video_had_it(tmp_path, monk
     with pytest.warns(UserWarning, match=differs):
         [kept] = _jobs("--settings_from", video, "--device", "cuda", "--fit_memory", "--no-t5_cpu")
     assert kept.t5_cpu is False and kept.fit_memory.given == ("t5_cpu",)
+    # Sharded over the GPUs of a launch (--t5_fsdp), the text encoder cannot go to the CPU.
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.warns(UserWarning, match=differs):
+        [sharded] = _jobs("--settings_from", video, "--device", "cuda", "--fit_memory", "--t5_fsdp")
+    assert sharded.t5_cpu is False and sharded.t5_fsdp and sharded.fit_memory.given == ()

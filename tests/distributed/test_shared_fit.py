@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import pickle
+from pathlib import Path
 
 import torch
 
@@ -47,19 +49,31 @@ def _fake_gpus(rank: int, free_gpu: list[int], free_ram: list[int]) -> None:
     memory_fit.free_to_check = lambda: FreeMemory(free_ram[rank], 0, "MemAvailable")
 
 
-def _fit_in_rank(rank: int, roots: dict, free_gpu: list[int], free_ram: list[int], out: str) -> None:
+def _in_rank(rank: int, i2v: str | None, argv: list[str], gpus: list[int], ram: list[int], local: list[int],
+             out: str) -> None:
+    """Rank ``rank`` of a launch whose machines run ``local[rank]`` processes: the fit of ``I2V``
+    from the release folder ``i2v`` (if given) with the GPUs and machines so free, then the
+    command line ``argv`` with each GPU roomy; what they give saved in ``out``."""
     from wan_runtime.generate import main
     from wan_runtime.pipelines import fit_memory
 
+    os.environ["LOCAL_WORLD_SIZE"] = str(local[rank])
     torch.set_num_threads(1)
-    _fake_gpus(rank, free_gpu, free_ram)
-    fit = fit_memory("i2v-A14B", roots["i2v"], [I2V], device=f"cuda:{rank}", ulysses_size=2)
+    _fake_gpus(rank, gpus, ram)
+    fit = None if i2v is None else fit_memory("i2v-A14B", i2v, [I2V], device=f"cuda:{rank}", ulysses_size=2)
     _fake_gpus(rank, [ROOMY] * 2, [GIB] * 2)
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["--ckpt_dir", roots["ti2v"], *DRY_RUN]) == 0
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        code = main(argv)
+    fitted = None if fit is None else (fit.options, fit.budget, fit.estimates)
     with open(f"{out}/{rank}.pkl", "wb") as file:
-        pickle.dump((fit.options, fit.budget, fit.estimates, printed.getvalue()), file)
+        pickle.dump((fitted, code, printed.getvalue().splitlines(), errors.getvalue().splitlines()), file)
+
+
+def _ranks(out: Path, *args: object) -> list[tuple]:
+    """What ``_in_rank`` gives in each of two processes."""
+    run_ranks(_in_rank, 2, *args, str(out))
+    return [pickle.loads((out / f"{rank}.pkl").read_bytes()) for rank in range(2)]
 
 
 def test_every_process_places_the_models_for_the_fullest_gpu_and_machine(i2v_root, ti2v_root, tmp_path):
@@ -79,18 +93,27 @@ def test_every_process_places_the_models_for_the_fullest_gpu_and_machine(i2v_roo
     assert alone["rank 1, one process"].options["offload_model"]
     assert expected.options == {"offload_model": False, "t5_cpu": False, "stream_blocks": 1}
 
-    roots = {"i2v": str(i2v_root), "ti2v": str(ti2v_root)}
-    run_ranks(_fit_in_rank, 2, roots, free_gpu, free_ram, str(tmp_path))
-    results = [pickle.loads((tmp_path / f"{rank}.pkl").read_bytes()) for rank in range(2)]
-    for rank, (options, budget, fitted, _) in enumerate(results):
-        assert (options, budget) == (expected.options, on_gpu - 1)
+    # Rank 1's machine runs one process, rank 0's two: the most of any machine count.
+    dry_run = ["--ckpt_dir", str(ti2v_root), *DRY_RUN]
+    results = _ranks(tmp_path, str(i2v_root), dry_run, free_gpu, free_ram, [2, 1])
+    for rank, (fitted, code, *_) in enumerate(results):
         on_its_gpu = dataclasses.replace(expected.estimates[I2V], device=torch.device("cuda", rank))
-        assert fitted == {I2V: on_its_gpu}
+        assert code == 0 and fitted == (expected.options, on_gpu - 1, {I2V: on_its_gpu})
     # The command line's fit (each GPU roomy), told by the first process alone, is that of each
     # process's share.
     ti2v = cuda_plan("ti2v-5B", ti2v_root, world=2)
     shares = {TI2V: estimate_memory(ti2v, task_spec("ti2v-5B"), TI2V, False, 2)}
     told = fit_placement(ti2v, shares, ROOMY - RESERVED, {}, FreeMemory(GIB, 0, "MemAvailable"), 2)
-    first, second = (printed.splitlines() for *_, printed in results)
+    (_, _, first, _), (_, _, second, _) = results
     assert f"fit_memory: {told.describe()}" in first
     assert not [line for line in second if line.startswith("fit_memory: ")]
+
+
+def test_what_no_placement_fits_is_told_by_the_first_process_alone(ti2v_root, tmp_path):
+    small = ["--ckpt_dir", str(ti2v_root), *DRY_RUN, "0.5"]
+    results = _ranks(tmp_path, None, small, [ROOMY] * 2, [GIB] * 2, [2, 2])
+    assert [code for _, code, *_ in results] == [2, 2]
+    first, second = ([line for line in errors if line.startswith("error: ")] for *_, errors in results)
+    assert len(first) == 1 and first[0].startswith("error: rank 0: no placement of the models fits the video "
+                                                   "in 0.50 GiB")
+    assert second == []

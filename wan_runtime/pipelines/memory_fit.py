@@ -19,7 +19,8 @@ chosen: when nothing fits, the error names them with what else would lower the p
 Under ``torchrun`` the estimates are of one process's share (``ulysses_size``, ``dit_fsdp``,
 ``t5_fsdp``), FSDP's shards stay on the GPUs, and every process chooses the same placement from
 the least free memory of any of them (GPU and machine, the machine's taken by each of its
-processes), since processes that share a generation must load alike.
+processes, as many as the most of any machine), since processes that share a generation must
+load alike.
 
 An estimate counts tensors alone. On an H100 the bf16 VAE decodes at 720p, whole and tiled,
 allocated 0.8-3.0 GiB (1.18-1.51x) more than the tensors counted: cuDNN's workspaces, which grow
@@ -42,7 +43,7 @@ import torch
 
 from wan_runtime.checks import PLACEMENT_FLAGS
 from wan_runtime.distributed.launch import from_every_rank
-from wan_runtime.errors import InputError
+from wan_runtime.errors import InputError, LaunchInputError
 from wan_runtime.pipelines.activation_memory import MemoryEstimate, StagePeak, VideoShape, estimate_memory
 from wan_runtime.pipelines.host_memory import (
     FreeMemory,
@@ -149,15 +150,17 @@ def fit_placement(
     video, estimate = next((v, e) for v, e in fit.estimates.items() if stage in e.stages)
     if fitting_gpu and free is not None:
         least, host = min(fitting_gpu, key=lambda pair: pair[1].peak)
+        machine = "the machine's" if plan.options.world == 1 else "the least free machine's"
         raise NoFit(f"every placement that fits the video in {budget / _GIB:.2f} GiB of the GPU needs more "
-                    f"CPU memory than the machine's {free.describe()}: the least, {_placement(least.plan)}, "
+                    f"CPU memory than {machine} {free.describe()}: the least, {_placement(least.plan)}, "
                     f"takes {host.describe(local)}; {host_remedy(least.plan, placements=False)}", video)
     raise NoFit(f"no placement of the models fits the video in {budget / _GIB:.2f} GiB: with the least on "
                 f"the GPU, {fit.describe()}; {estimate.remedy_for(stage)}", video)
 
 
-class NoFit(InputError):
-    """No placement fits ``video`` (the one that needs the most) in the budget."""
+class NoFit(LaunchInputError):
+    """No placement fits ``video`` (the one that needs the most) in the budget (every process of
+    a launch fits the same videos to the same, least, free memory)."""
 
     def __init__(self, message: str, video: VideoShape) -> None:
         super().__init__(message)
@@ -181,7 +184,8 @@ def fit_memory(
     Under ``torchrun`` every process calls it with the same arguments, and each estimate is of
     one process's share (``ulysses_size``, ``dit_fsdp``, ``t5_fsdp``); every process then
     chooses the same placement, fitted to the least free memory of any GPU and machine of the
-    launch, the machine's shared by its processes (torchrun's ``LOCAL_WORLD_SIZE``)."""
+    launch, the machine's shared by its processes (torchrun's ``LOCAL_WORLD_SIZE``, the most of
+    any machine's)."""
     if not videos:
         raise InputError("fit_memory needs the videos to fit (VideoShape), got none")
     number = isinstance(budget_gib, (int, float)) and not isinstance(budget_gib, bool)
@@ -195,14 +199,15 @@ def fit_memory(
                          "stays in its memory (pass device='cuda')")
     # Processes that share a generation must load alike (a text encoder on the CPU of one alone would
     # give it other prompt encodings), so all of them decide from the same, least, free memory.
-    measured = from_every_rank((torch.cuda.mem_get_info(plan.device)[0], free_to_check()))
-    free, host = min(gpu for gpu, _ in measured), _least([host for _, host in measured])
+    local = local_processes() if plan.options.world > 1 else 1
+    measured = from_every_rank((torch.cuda.mem_get_info(plan.device)[0], free_to_check(), local))
+    free, host = min(gpu for gpu, *_ in measured), _least([host for _, host, _ in measured])
     gpu = "the GPU" if len(measured) == 1 else f"the fullest of the {len(measured)} processes' GPUs"
     budget = free - RESERVED if budget_gib is None else int(budget_gib * _GIB)
     if budget_gib is None and budget <= 0:
-        raise InputError(f"{gpu} has {free / _GIB:.2f} GiB free, no more than the {RESERVED / _GIB:g} GiB "
-                         "the fit keeps in reserve: another process holds its memory (give a budget to fit "
-                         "anyway)")
+        raise LaunchInputError(f"{gpu} has {free / _GIB:.2f} GiB free, no more than the {RESERVED / _GIB:g} "
+                               "GiB the fit keeps in reserve: another process holds its memory (give a "
+                               "budget to fit anyway)")
     if budget > free - RESERVED:
         warnings.warn(f"a budget of {budget / _GIB:.2f} GiB is more than the {free / _GIB:.2f} GiB {gpu} "
                       f"has free less the {RESERVED / _GIB:g} GiB reserve: the run may run out of memory",
@@ -211,8 +216,9 @@ def fit_memory(
     compiled, ulysses = bool(options.get("compile", False)), options.get("ulysses_size", 1)
     estimates = {video: estimate_memory(plan, spec, video, compiled, ulysses)
                  for video in dict.fromkeys(videos)}
-    local = local_processes() if plan.options.world > 1 else 1
-    return fit_placement(plan, estimates, budget, given, host, local)
+    # The most processes of any machine with the least memory of any: an agreed bound where torchrun
+    # starts more processes on some machines than on others.
+    return fit_placement(plan, estimates, budget, given, host, max(count for *_, count in measured))
 
 
 def _least(free: Sequence[FreeMemory | None]) -> FreeMemory | None:
