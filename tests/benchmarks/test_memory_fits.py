@@ -1,14 +1,25 @@
-"""``memory_fits``: the placements chosen for the release video on each card size hold together."""
+"""``memory_fits``: the placements chosen for the release video on each card size hold together,
+on one GPU and on each of several."""
 
 from __future__ import annotations
+
+import pytest
 
 from benchmarks import memory_fits, weight_plans
 from wan_runtime.checks import PLACEMENT_FLAGS
 from wan_runtime.pipelines.memory_fit import placements
 
+ORDER = [", ".join(f"{name} {value}" for name, value in zip(PLACEMENT_FLAGS, placement, strict=True))
+         for placement in placements(weight_plans.release_plan("ti2v-5B"), {})]
 
-def test_a_larger_card_never_gets_a_slower_placement():
-    rows = memory_fits.fits("ti2v-5B", 0)
+
+@pytest.fixture(scope="module")
+def one_gpu() -> list[dict]:
+    return memory_fits.fits("ti2v-5B", 0)
+
+
+def test_a_larger_card_never_gets_a_slower_placement(one_gpu):
+    rows = one_gpu
     assert [row["card_GiB"] for row in rows] == list(memory_fits.CARDS)
     # The decode of 121 frames at 720p in float32 needs more than a 16 GB card; 141 GB holds every model.
     assert rows[0]["placement"] == "no fit" and rows[0]["stage"] == "vae_decode (VAE)"
@@ -16,9 +27,23 @@ def test_a_larger_card_never_gets_a_slower_placement():
     fitting = [row for row in rows if row["placement"] != "no fit"]
     assert all(row["need_GiB"] <= row["budget_GiB"] for row in fitting)
     # Each larger card's placement comes no later in the order of speed, and needs no less.
-    order = [", ".join(f"{name} {value}" for name, value in zip(PLACEMENT_FLAGS, placement, strict=True))
-             for placement in placements(weight_plans.release_plan("ti2v-5B"), {})]
-    ranks = [order.index(row["placement"]) for row in fitting]
+    ranks = [ORDER.index(row["placement"]) for row in fitting]
     assert ranks == sorted(ranks, reverse=True) and ranks[0] > ranks[-1] == 0
     needs = [row["need_GiB"] for row in fitting]
     assert needs == sorted(needs)
+
+
+def test_each_of_two_gpus_fits_its_share(one_gpu):
+    """Each process holds a share of the tokens and of the VAE's rows, so two cards never get a
+    slower placement than one of them alone; sharded weights stay on the GPUs."""
+    whole, sharded = memory_fits.fits("ti2v-5B", 0, 2), memory_fits.fits("ti2v-5B", 0, 2, sharded=True)
+    for alone, shared in zip(one_gpu, whole, strict=True):
+        assert shared["gpus"] == 2 and not shared["fsdp"]
+        if alone["placement"] != "no fit":
+            assert ORDER.index(shared["placement"]) <= ORDER.index(alone["placement"])
+            assert shared["need_GiB"] <= shared["budget_GiB"]
+    assert whole[0]["placement"] != "no fit"  # a 16 GB card fits a half of the decode
+    cpu = [row["cpu_GiB"] for row in whole if row["placement"].startswith("offload_model True")]
+    assert cpu and all(gib > 0 for gib in cpu)  # both processes' offloaded models
+    chosen = {row["placement"] for row in sharded} - {"no fit"}
+    assert chosen and chosen <= {"offload_model False, t5_cpu False, stream_blocks 0"}
