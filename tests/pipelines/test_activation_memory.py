@@ -4,6 +4,7 @@ float32 on the CPU), and the estimate's stages, peak and advice."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 
 import pytest
@@ -27,7 +28,7 @@ from wan_runtime.pipelines.activation_memory import (
     speech_work,
     step_work,
 )
-from wan_runtime.pipelines.live_bytes import FusedAttention, LiveBytes, peak_bytes
+from wan_runtime.pipelines.live_bytes import FusedAttention, LiveBytes, QuickNormalize, peak_bytes
 from wan_runtime.pipelines.memory_advice import Step
 from wan_runtime.pipelines.memory_plan import AUDIO_ENCODER, TEXT_ENCODER, VAE
 from wan_runtime.tasks import task_spec
@@ -87,6 +88,38 @@ def test_meta_attention_leaves_a_real_tensors_call_alone():
     with FusedAttention():
         out = F.scaled_dot_product_attention(q, q, q)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, q, q), rtol=0, atol=0)
+
+
+META = torch.device("meta")
+# [1, 8, 3, 6, 5] laid out in memory as a VAE's activations may be.
+LAYOUTS = {
+    "contiguous": lambda dtype: torch.empty(1, 8, 3, 6, 5, dtype=dtype, device=META),
+    "frames first": lambda dtype: torch.empty(1, 3, 8, 6, 5, dtype=dtype, device=META).transpose(1, 2),
+    "channels last": lambda dtype: torch.empty(1, 8, 3, 6, 5, dtype=dtype, device=META).to(
+        memory_format=torch.channels_last_3d),
+    "a slice (not dense)": lambda dtype: torch.empty(1, 8, 3, 6, 9, dtype=dtype, device=META)[..., :5],
+}
+
+
+@pytest.mark.parametrize("dim", [1, -1, (1, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_quick_normalize_allocates_what_normalize_allocates(layout, dtype, dim):
+    """The same peak and the same quotient (shape, strides, dtype) as the meta kernels' run."""
+    def peak(quick: bool):
+        x, mode = LAYOUTS[layout](dtype), QuickNormalize() if quick else contextlib.nullcontext()
+        with torch.inference_mode(), mode, LiveBytes() as counter:
+            out = F.normalize(x, dim=dim)
+        return counter.peak, (out.shape, out.stride(), out.dtype)
+
+    assert peak(quick=True) == peak(quick=False)
+
+
+def test_quick_normalize_runs_normalize_on_real_tensors():
+    x = torch.randn(2, 4, 3)
+    with QuickNormalize():
+        out = F.normalize(x, dim=1)
+    torch.testing.assert_close(out, F.normalize(x, dim=1), rtol=0, atol=0)
 
 
 def real_peak(work, *args, **kwargs) -> int:
