@@ -10,6 +10,7 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.pipelines.test_memory_plan import plan as cuda_plan
 from wan_runtime.cache import CacheConfig
@@ -101,18 +102,55 @@ LAYOUTS = {
 }
 
 
+class _Ops(TorchDispatchMode):
+    """Records the name of each aten op run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _normalized(x: torch.Tensor, quick: bool, **arguments) -> tuple[int, tuple, list[str]]:
+    """The peak of ``F.normalize(x, **arguments)`` with or without ``QuickNormalize``, its
+    result's shape, strides and dtype, and the aten ops it ran."""
+    mode, ops = QuickNormalize() if quick else contextlib.nullcontext(), _Ops()
+    with torch.inference_mode(), mode, LiveBytes() as counter, ops:
+        out = F.normalize(x, **arguments)
+    return counter.peak, (out.shape, out.stride(), out.dtype), ops.names
+
+
 @pytest.mark.parametrize("dim", [1, -1, (1, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_quick_normalize_allocates_what_normalize_allocates(layout, dtype, dim):
-    """The same peak and the same quotient (shape, strides, dtype) as the meta kernels' run."""
-    def peak(quick: bool):
-        x, mode = LAYOUTS[layout](dtype), QuickNormalize() if quick else contextlib.nullcontext()
-        with torch.inference_mode(), mode, LiveBytes() as counter:
-            out = F.normalize(x, dim=dim)
-        return counter.peak, (out.shape, out.stride(), out.dtype)
+    """The same peak and the same quotient (shape, strides, dtype) as the meta kernels' run, which
+    a dense input skips."""
+    x = LAYOUTS[layout](dtype)
+    *quick, ops = _normalized(x, True, dim=dim)
+    *slow, slow_ops = _normalized(x, False, dim=dim)
+    assert quick == slow and "linalg_vector_norm" in slow_ops
+    assert ops == (slow_ops if layout == "a slice (not dense)" else ["new_empty", "empty_like", "empty_like"])
 
-    assert peak(quick=True) == peak(quick=False)
+
+@pytest.mark.parametrize("arguments", [{"p": 1.0, "eps": 1e-3}, {"dim": None}, {"dim": ()}, {"dim": (1, -3)},
+                                       {"dim": 5}, {"out": torch.empty(2, 3, 4, 5, device=META)}])
+def test_quick_normalize_answers_other_arguments_as_normalize_does(arguments):
+    """Another norm is allocated alike; what is no set of dims (all of them, none, one twice, one
+    out of range) or an ``out`` runs as it is, or fails as it does."""
+    x = torch.empty(2, 3, 4, 5, device=META)
+    try:
+        slow = _normalized(x, False, **arguments)
+    except (IndexError, RuntimeError) as err:
+        with pytest.raises(type(err)):
+            _normalized(x, True, **arguments)
+        return
+    quick = _normalized(x, True, **arguments)
+    assert quick[:2] == slow[:2]
+    assert (quick[2] == ["new_empty", "empty_like", "empty_like"]) == ("p" in arguments)
 
 
 def test_quick_normalize_runs_normalize_on_real_tensors():

@@ -114,10 +114,11 @@ class FusedAttention(TorchFunctionMode):
 
 
 class QuickNormalize(TorchFunctionMode):
-    """``F.normalize`` of a dense floating-point meta tensor, answered by allocating what it
-    allocates, in the same order (the norm, its clamp, the quotient, laid out as the input),
-    without running its three ops: their meta kernels are Python decompositions, which took half
-    the time of a VAE's estimate (its RMS norms)."""
+    """``F.normalize`` of a dense floating-point meta tensor over given dims, answered by
+    allocating what it allocates, in the same order (the norm, its clamp, the quotient, laid out
+    as the input but for the strides of size-1 dims, which hold no bytes), without running its
+    three ops: their meta kernels are Python decompositions, which took half the time of a VAE's
+    estimate (its RMS norms). Any other call runs as it is."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -125,12 +126,11 @@ class QuickNormalize(TorchFunctionMode):
             return func(*args, **kwargs)
         named = {**dict(zip(("input", "p", "dim", "eps", "out"), args, strict=False)), **kwargs}
         x = named["input"]
-        if not (x.is_meta and x.is_floating_point() and _dense(x)) or named.get("out") is not None:
+        dims = _reduced_dims(x, named.get("dim", 1))
+        quick = dims is not None and named.get("out") is None
+        if not (quick and x.is_meta and x.is_floating_point() and _dense(x)):
             return func(*args, **kwargs)
-        dim = named.get("dim", 1)
-        reduced = [1 if i in {d % x.dim() for d in (dim if isinstance(dim, (tuple, list)) else (dim,))} else n
-                   for i, n in enumerate(x.shape)]
-        norm = x.new_empty(reduced)
+        norm = x.new_empty([1 if i in dims else n for i, n in enumerate(x.shape)])
         clamped = torch.empty_like(norm)
         del norm
         quotient = torch.empty_like(x)
@@ -138,8 +138,19 @@ class QuickNormalize(TorchFunctionMode):
         return quotient
 
 
+def _reduced_dims(x: torch.Tensor, dim: object) -> set[int] | None:
+    """The dims of ``x`` that ``dim`` (an int, or a tuple or list of them) names, each once;
+    None for anything else (no dims, out of range, twice the same), which the real call judges."""
+    dims = list(dim) if isinstance(dim, (tuple, list)) else [dim]
+    if not dims or x.dim() == 0 or not all(isinstance(d, int) and -x.dim() <= d < x.dim() for d in dims):
+        return None
+    wrapped = {d % x.dim() for d in dims}
+    return wrapped if len(wrapped) == len(dims) else None
+
+
 def _dense(x: torch.Tensor) -> bool:
-    """Whether ``x``'s elements fill its storage without gaps or overlaps, in any order of dims."""
+    """Whether ``x``'s elements lie in one gap-free, overlap-free run of memory, in any order of
+    dims."""
     expected = 1
     for stride, size in sorted((stride, size) for size, stride in zip(x.shape, x.stride(), strict=True)
                                if size != 1):
