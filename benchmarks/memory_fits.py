@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import print_table, save_results
-from benchmarks.weight_plans import release_plan, release_video
+from benchmarks.weight_plans import DITS, release_plan, release_video
 from wan_runtime.checks import DEFAULT_VAE_TILE, PLACEMENT_FLAGS
 from wan_runtime.errors import InputError
+from wan_runtime.parallel_checks import check_heads_split
 from wan_runtime.pipelines import estimate_memory
 from wan_runtime.pipelines.host_memory import host_plan
 from wan_runtime.pipelines.memory_fit import fit_placement, needed, placements
@@ -40,6 +41,9 @@ CARDS = {16: 14.5, 24: 22.5, 32: 30.5, 48: 46.5, 80: 77.6, 141: 138.3}
 def fits(task: str, tile: int, gpus: int = 1, sharded: bool = False) -> list[dict]:
     """The rows of ``task``'s release video decoded whole (``tile`` 0) or in tiles, on one GPU or
     on each of ``gpus`` (the tokens split over them; the weights ``sharded`` or not)."""
+    if gpus < 1:
+        raise ValueError(f"gpus must be at least 1, got {gpus}")
+    check_heads_split(DITS[task].num_heads, gpus)
     plan = release_plan(task, offload_model=False, world=gpus, dit_fsdp=sharded, t5_fsdp=sharded)
     video = release_video(task, tile)
     estimates = {video: estimate_memory(plan, task_spec(task), video, False, gpus)}
