@@ -74,8 +74,11 @@ def test_each_processs_share_of_a_step_is_counted_as_it_runs(ti2v_root, i2v_root
 
 def _exchange_counts(shard, x: torch.Tensor) -> dict[str, tuple[int, tuple[int, ...]]]:
     """Each exchange of ``shard`` on ``x`` [B, local, H, D]: its peak count and its result's shape."""
+    # to_tokens' input is made before its count: gloo's worker thread may hold the input of the
+    # exchange that made it a moment after that exchange returned, which a plan cannot know.
+    heads = shard.to_heads(x)[0]
     exchanges = {"gather": lambda: shard.gather(x), "to_heads": lambda: shard.to_heads(x, x, x)[0],
-                 "to_tokens": lambda: shard.to_tokens(shard.to_heads(x)[0])}
+                 "to_tokens": lambda: shard.to_tokens(heads)}
     counts = {}
     for name, exchange in exchanges.items():
         with torch.inference_mode(), LiveBytes() as counter:
