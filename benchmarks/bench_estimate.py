@@ -1,6 +1,6 @@
 """How long a run takes to work out a video's peak memory before it loads anything
-(``estimate_memory`` on the meta device, which ``--dry_run``, ``--fit_memory`` and every run on a
-GPU wait for): each task's release video, decoded whole and in ``--vae_tiling``'s 512-pixel tiles,
+(``estimate_memory`` on the meta device, which every run, ``--dry_run`` and ``--fit_memory`` wait
+for): each task's release video, decoded whole and in ``--vae_tiling``'s 512-pixel tiles,
 timed on this machine's CPU (the estimate never touches the GPU), the best of ``--repeat`` runs.
 
     python -m benchmarks.bench_estimate [--repeat N] [--out-dir DIR]
