@@ -106,6 +106,7 @@ def test_every_process_places_the_models_for_the_fullest_gpu_and_machine(i2v_roo
     told = fit_placement(ti2v, shares, ROOMY - RESERVED, {}, FreeMemory(GIB, 0, "MemAvailable"), 2)
     (_, _, first, _), (_, _, second, _) = results
     assert f"fit_memory: {told.describe()}" in first
+    assert told.describe().endswith(" GiB budget of each of the 2 GPUs")
     assert not [line for line in second if line.startswith("fit_memory: ")]
 
 

@@ -90,10 +90,12 @@ class MemoryFit:
         return max((stage for estimate in self.estimates.values() for stage in estimate.stages), key=needed)
 
     def describe(self) -> str:
-        """The placement and how close it comes to the budget, in words."""
-        stage = self.busiest
+        """The placement and how close it comes to the budget (each process's, of its GPU), in words."""
+        stage, world = self.busiest, self.plan.options.world
+        each = "" if world == 1 else f" of each of the {world} GPUs"
         return (f"{_placement(self.plan)}: the {stage.stage} of the {stage.model} needs the most, "
-                f"{needed(stage) / _GIB:.2f} GiB ({_room(stage)}) of the {self.budget / _GIB:.2f} GiB budget")
+                f"{needed(stage) / _GIB:.2f} GiB ({_room(stage)}) of the {self.budget / _GIB:.2f} GiB "
+                f"budget{each}")
 
 
 def _placement(plan: WeightPlan) -> str:
