@@ -29,20 +29,24 @@ ROOMY = 80 * GIB
 DRY_RUN = ["--frame_num", "5", "--device", "cuda", "--dry_run", "--ulysses_size", "2", "--fit_memory"]
 
 
-def _fake_gpus(rank: int, free_gpu: list[int], free_ram: list[int]) -> None:
-    """This process's GPU, ``free_gpu[rank]`` bytes free, and machine, ``free_ram[rank]``, with
-    the checks of a CPU launch where they ask for the backend that moves its tensors (gloo)."""
-    from types import SimpleNamespace
-
+def _stand_in_for_gpus() -> None:
+    """This process as one with two GPUs, with the checks of a CPU launch where they ask for the
+    backend that moves the tensors (gloo)."""
     import wan_runtime.pipelines.loading as loading
-    import wan_runtime.pipelines.memory_fit as memory_fit
 
-    checks = getattr(loading.check_parallel, "checks", loading.check_parallel)
+    checks = loading.check_parallel
     loading.check_parallel = lambda spec, device, *rest: checks(spec, torch.device("cpu"), *rest)
-    loading.check_parallel.checks = checks
     torch.cuda.set_device = lambda device: None
     torch.cuda.is_available = lambda: True
     torch.cuda.device_count = lambda: 2
+
+
+def _free(rank: int, free_gpu: list[int], free_ram: list[int]) -> None:
+    """This process's GPU with ``free_gpu[rank]`` bytes free, its machine ``free_ram[rank]``."""
+    from types import SimpleNamespace
+
+    import wan_runtime.pipelines.memory_fit as memory_fit
+
     torch.cuda.mem_get_info = lambda device=None: (free_gpu[rank], 2 * free_gpu[rank])
     properties = SimpleNamespace(total_memory=2 * free_gpu[rank], name="fake GPU", major=9, minor=0)
     torch.cuda.get_device_properties = lambda device=None: properties
@@ -59,9 +63,10 @@ def _in_rank(rank: int, i2v: str | None, argv: list[str], gpus: list[int], ram: 
 
     os.environ["LOCAL_WORLD_SIZE"] = str(local[rank])
     torch.set_num_threads(1)
-    _fake_gpus(rank, gpus, ram)
+    _stand_in_for_gpus()
+    _free(rank, gpus, ram)
     fit = None if i2v is None else fit_memory("i2v-A14B", i2v, [I2V], device=f"cuda:{rank}", ulysses_size=2)
-    _fake_gpus(rank, [ROOMY] * 2, [GIB] * 2)
+    _free(rank, [ROOMY] * 2, [GIB] * 2)
     printed, errors = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
         code = main(argv)
