@@ -14,10 +14,16 @@ from wan_runtime.pipelines.memory_plan import _GIB
 
 
 @pytest.fixture(scope="module")
-def order() -> list[str]:
-    """ti2v-5B's placements, as the rows name them, fastest first."""
-    return [", ".join(f"{name} {value}" for name, value in zip(PLACEMENT_FLAGS, placement, strict=True))
-            for placement in placements(weight_plans.release_plan("ti2v-5B"), {})]
+def named() -> dict[str, tuple]:
+    """ti2v-5B's placements by the names the rows give them, fastest first."""
+    every = placements(weight_plans.release_plan("ti2v-5B"), {})
+    return {", ".join(f"{flag} {value}" for flag, value in zip(PLACEMENT_FLAGS, placement, strict=True)):
+            placement for placement in every}
+
+
+@pytest.fixture(scope="module")
+def order(named) -> list[str]:
+    return list(named)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,7 @@ def test_a_larger_card_never_gets_a_slower_placement(one_gpu, order):
     assert needs == sorted(needs)
 
 
-def test_each_of_two_gpus_fits_its_share(one_gpu, order):
+def test_each_of_two_gpus_fits_its_share(one_gpu, order, named):
     """Each process holds a share of the tokens and of the VAE's rows, so two cards never get a
     slower placement than one of them alone; each process keeps its own weights in CPU memory,
     and sharded weights stay on the GPUs."""
@@ -55,9 +61,7 @@ def test_each_of_two_gpus_fits_its_share(one_gpu, order):
     offloaded = [row for row in whole if row["placement"].startswith("offload_model True")]
     assert offloaded
     for row in offloaded:
-        placement = [value == "True" if value in ("True", "False") else int(value)
-                     for value in (part.split()[1] for part in row["placement"].split(", "))]
-        assert row["cpu_GiB"] == round(2 * host_plan(plan.placed(*placement)).peak / _GIB, 2)
+        assert row["cpu_GiB"] == round(2 * host_plan(plan.placed(*named[row["placement"]])).peak / _GIB, 2)
     chosen = {row["placement"] for row in sharded} - {"no fit"}
     assert chosen and chosen <= {"offload_model False, t5_cpu False, stream_blocks 0"}
 
