@@ -8,8 +8,12 @@ as ``--base_seed`` or an argument such as ``seed``).
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING
 
 from wan_runtime.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 # torch.Generator.manual_seed accepts seeds up to 2**64 - 1.
 MAX_SEED = 2**64 - 1
@@ -80,6 +84,24 @@ def check_dit_fp8(dit_fp8: bool, dit_fsdp: bool, flag: str = "") -> None:
     if dit_fp8 and dit_fsdp:
         raise InputError(f"{flag}dit_fp8 and {flag}dit_fsdp do not combine: FSDP shards the DiT weights in "
                          "the compute dtype; choose one")
+
+
+def check_cuda_graphs(
+    device: torch.device, stream_blocks: int, dit_fsdp: bool, ulysses_size: int, flag: str = ""
+) -> None:
+    """The DiT's block stages replay as CUDA graphs on a CUDA ``device`` only, and only where no
+    weight moves and no process exchanges anything while they run (``flag`` prefixes the names:
+    ``"--"``)."""
+    if device.type != "cuda":
+        raise InputError(f"{flag}cuda_graphs needs a CUDA device, not {device.type}; run without it")
+    why = {"stream_blocks": "copies each streamed block's weights in as the blocks run",
+           "dit_fsdp": "gathers each block's weights as the blocks run",
+           "ulysses_size": "exchanges tokens between the processes inside every block"}
+    on = {"stream_blocks": stream_blocks > 0, "dit_fsdp": dit_fsdp, "ulysses_size": ulysses_size > 1}
+    for name, conflict in on.items():
+        if conflict:
+            raise InputError(f"{flag}cuda_graphs and {flag}{name} do not combine: {flag}{name} {why[name]}, "
+                             "which a captured graph cannot; choose one")
 
 
 def check_vae_tiling(vae_tiling: object, name: str) -> int:

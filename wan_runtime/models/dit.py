@@ -25,6 +25,7 @@ from wan_runtime.distributed.ulysses import SequenceParallel, SequenceShard
 from wan_runtime.errors import InputError
 from wan_runtime.lora import LoraFile, WeightUpdates
 from wan_runtime.models.block_streaming import BlockStreaming
+from wan_runtime.models.cuda_graphs import StageGraphs
 from wan_runtime.models.dit_blocks import AffineLayerNorm, DiTBlock, Head, RMSNorm, linear_float32
 from wan_runtime.models.dit_config import DiTConfig, config_from_checkpoint, read_config_json
 from wan_runtime.models.fp8_weights import FP8, Fp8Linear, store_linears_in_fp8
@@ -98,6 +99,8 @@ class WanModel(nn.Module):
         # Set by ``enable_sequence_parallel`` and ``enable_block_streaming``.
         self.sequence_parallel: SequenceParallel | None = None
         self.block_streaming: BlockStreaming | None = None
+        # Set by ``enable_cuda_graphs``.
+        self.stage_graphs: StageGraphs | None = None
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -193,6 +196,12 @@ class WanModel(nn.Module):
         ``host_blocks``)."""
         indices = self.streamed_indices(count)
         self.block_streaming = BlockStreaming(self.blocks, indices, device) if indices else None
+        return self
+
+    def enable_cuda_graphs(self, graphs: StageGraphs) -> WanModel:
+        """Run the block stages from CUDA graphs kept in ``graphs`` (``wan_runtime.models.cuda_graphs``;
+        not with streamed blocks, FSDP or sequence parallelism: ``check_cuda_graphs``)."""
+        self.stage_graphs = graphs
         return self
 
     def streamed_indices(self, count: int) -> range:
@@ -301,7 +310,16 @@ class WanModel(nn.Module):
     def run_blocks(
         self, tokens: torch.Tensor, cond: Conditioning, start: int = 0, stop: int | None = None
     ) -> torch.Tensor:
-        """Run ``blocks[start:stop]`` on tokens [B, L, dim]."""
+        """Run ``blocks[start:stop]`` on tokens [B, L, dim]; from a CUDA graph after
+        ``enable_cuda_graphs``."""
+        if self.stage_graphs is None:
+            return self._run_blocks_eagerly(tokens, cond, start, stop)
+        return self.stage_graphs.run(self, ("blocks", start, stop),
+                                     partial(self._run_blocks_eagerly, start=start, stop=stop), tokens, cond)
+
+    def _run_blocks_eagerly(
+        self, tokens: torch.Tensor, cond: Conditioning, start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
         for index in range(len(self.blocks))[start:stop]:
             tokens = self.run_block(index, tokens, cond)
         return tokens

@@ -169,10 +169,10 @@ class WanModelS2V(WanModel):
         )
         return tokens, S2VConditioning(dit, local.flatten(0, 1), global_.flatten(0, 1), video_tokens)
 
-    def run_blocks(
+    def _run_blocks_eagerly(
         self, tokens: torch.Tensor, cond: S2VConditioning, start: int = 0, stop: int | None = None
     ) -> torch.Tensor:
-        """Run ``blocks[start:stop]`` on tokens [B, L, dim], each followed by its audio injection."""
+        # Each block followed by its audio injection.
         c = cond.dit
         for index in range(len(self.blocks))[start:stop]:
             tokens = self.run_block(index, tokens, c)

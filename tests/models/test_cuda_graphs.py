@@ -1,0 +1,223 @@
+"""``StageGraphs``: the DiT's block stages replayed from graphs give the eager numbers; one graph a
+kind of call, captured at its second call; inputs and outputs shared where they look alike, each
+output copied out; new graphs when the weights move; nothing in a stage that a CUDA capture
+refuses (a host read, a tensor made on the host). On a GPU, the real capture."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+
+from tests.models.graph_stand_in import EagerReplay
+from tests.models.s2v_helpers import s2v_inputs
+from wan_runtime.checks import check_cuda_graphs
+from wan_runtime.errors import InputError
+from wan_runtime.models import WanModel
+from wan_runtime.models.cuda_graphs import StageGraphs
+from wan_runtime.models.s2v_dit import WanModelS2V
+from wan_runtime.tiny_checkpoints.dit import TINY_I2V, TINY_TI2V, random_dit
+from wan_runtime.tiny_checkpoints.s2v import TINY_S2V
+
+
+def _inputs(model: WanModel, seed: int, per_token: bool = False, size: int = 8):
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, c.in_dim, 2, size, size, generator=g)
+    tokens = 2 * size * size // 4
+    t = torch.full((1, tokens), 500.0 + seed) if per_token else torch.tensor([900.0 - seed])
+    if per_token:
+        t[:, : tokens // 2] = 0.0
+    return x, t, torch.randn(1, 5, c.text_dim, generator=g)
+
+
+def _graphed(model: WanModel) -> tuple[WanModel, StageGraphs, EagerReplay]:
+    backend = EagerReplay()
+    graphs = StageGraphs(backend)
+    return copy.deepcopy(model).enable_cuda_graphs(graphs), graphs, backend
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_replayed_blocks_give_the_eager_numbers(per_token):
+    model = random_dit(TINY_TI2V).eval()
+    graphed, graphs, backend = _graphed(model)
+    with torch.inference_mode():
+        for seed in range(4):
+            inputs = _inputs(model, seed, per_token)
+            assert torch.equal(graphed(*inputs), model(*inputs))
+    # The first call ran eagerly, the second was captured, and it and the others replayed.
+    assert (backend.warm_ups, graphs.captures, graphs.replays) == (1, 1, 3)
+
+
+def test_an_output_keeps_its_values_when_the_graph_replays_again():
+    model = random_dit(TINY_TI2V).eval()
+    graphed, graphs, _ = _graphed(model)
+    with torch.inference_mode():
+        tokens, cond = graphed.prepare(*_inputs(model, 0))
+        graphed.run_blocks(tokens, cond)  # the warm-up
+        first = graphed.run_blocks(tokens, cond)
+        kept = first.clone()
+        second = graphed.run_blocks(tokens * 2, cond)
+    assert graphs.replays == 2 and not torch.equal(second, kept)
+    assert torch.equal(first, kept)
+
+
+def _i2v_inputs(c, g: torch.Generator, size: int = 8):
+    latent = (1, c.out_dim, 2, size, size)
+    image = (1, c.in_dim - c.out_dim, 2, size, size)
+    text = torch.randn(1, 5, c.text_dim, generator=g)
+    return torch.randn(latent, generator=g), torch.tensor([700.0]), text, torch.randn(image, generator=g)
+
+
+def test_each_kind_of_call_has_its_own_graph_and_alike_ones_share_buffers():
+    """Two experts of one shape share their input and output buffers; a stage split at block 1
+    (the step cache's) and another size are other kinds."""
+    backend = EagerReplay()
+    graphs = StageGraphs(backend)
+    high, low = (random_dit(TINY_I2V, seed=seed).eval().enable_cuda_graphs(graphs) for seed in (1, 2))
+    g = torch.Generator().manual_seed(0)
+    c = high.config
+    with torch.inference_mode():
+        for _ in range(2):
+            high(*_i2v_inputs(c, g))
+        held = graphs.held_bytes
+        for _ in range(2):
+            low(*_i2v_inputs(c, g))
+        assert graphs.captures == 2 and graphs.held_bytes == held
+        tokens, cond = high.prepare(*_i2v_inputs(c, g))
+        for _ in range(2):
+            first = high.run_blocks(tokens, cond, 0, 1)
+            high.run_blocks(first, cond, 1)
+        assert graphs.captures == 4
+        for _ in range(2):
+            high(*_i2v_inputs(c, g, size=6))
+    assert graphs.captures == 5 and graphs.held_bytes > held
+
+
+def test_moved_weights_get_new_graphs():
+    model = random_dit(TINY_TI2V).eval()
+    graphed, graphs, backend = _graphed(model)
+    inputs = _inputs(model, 0)
+    with torch.inference_mode():
+        for _ in range(2):
+            graphed(*inputs)
+        for param in graphed.parameters():  # what an offloaded model brought back has: new copies
+            param.data = param.data.clone()
+        graphed(*inputs)
+        assert (backend.warm_ups, graphs.captures) == (2, 1)
+        graphed(*inputs)
+    assert graphs.captures == 2
+
+
+def test_release_drops_every_graph_and_buffer():
+    model = random_dit(TINY_TI2V).eval()
+    graphed, graphs, backend = _graphed(model)
+    inputs = _inputs(model, 0)
+    with torch.inference_mode():
+        for _ in range(2):
+            graphed(*inputs)
+        assert graphs.held_bytes > 0
+        graphs.release()
+        assert (graphs.held_bytes, graphs.captures, backend.releases) == (0, 0, 1)
+        graphed(*inputs)  # eager again: a first call
+    assert backend.warm_ups == 2 and graphs.captures == 0
+
+
+class _CaptureRules(TorchDispatchMode):
+    """Records what a CUDA capture refuses, on the meta device: a value read back to the host (a
+    meta tensor has none), an output sized by values, a tensor the host made."""
+
+    HOST_READS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive",
+                  "masked_select", "repeat_interleave", "equal", "is_nonzero"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.problems: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name.split("::")[-1]
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if name in self.HOST_READS:
+            self.problems.append(f"{name} reads values on the host")
+        elif any(t.device.type != "meta" for t in tensors):
+            self.problems.append(f"{name} takes a tensor of the host")
+        return func(*args, **kwargs)
+
+
+def _on_meta(tree):
+    return tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, tree)
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_a_block_stage_holds_nothing_a_capture_refuses(per_token):
+    model = random_dit(TINY_TI2V).eval()
+    with torch.inference_mode():
+        tokens, cond = model.prepare(*_inputs(model, 0, per_token))
+        meta = copy.deepcopy(model).to("meta")
+        inputs, rules = _on_meta((tokens, cond)), _CaptureRules()
+        with rules:
+            meta.run_blocks(*inputs)
+    assert rules.problems == []
+
+
+def test_an_s2v_block_stage_holds_nothing_a_capture_refuses():
+    model = random_dit(TINY_S2V, model_class=WanModelS2V).eval()
+    with torch.inference_mode():
+        tokens, cond = model.prepare(**s2v_inputs(model.config, seed=0))
+        meta = copy.deepcopy(model).to("meta")
+        inputs, rules = _on_meta((tokens, cond)), _CaptureRules()
+        with rules:
+            meta.run_blocks(*inputs)
+    assert rules.problems == []
+
+
+def test_the_rules_find_a_host_read_and_a_host_tensor():
+    rules = _CaptureRules()
+    x, host = torch.ones(3, device="meta"), torch.tensor(2.0)
+    with rules:
+        x + host  # a value a graph would keep as it was at the capture
+    # A meta tensor has no value to read: the read fails after the rules have seen it.
+    with rules, pytest.raises((RuntimeError, NotImplementedError)):
+        x.sum().item()
+    assert rules.problems == ["add takes a tensor of the host",
+                              "_local_scalar_dense reads values on the host"]
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ((torch.device("cpu"), 0, False, 1), "cuda_graphs needs a CUDA device, not cpu; run without it"),
+    ((torch.device("cuda"), 3, False, 1), "cuda_graphs and stream_blocks do not combine: stream_blocks "
+                                          "copies each streamed block's weights in"),
+    ((torch.device("cuda"), 0, True, 1), "cuda_graphs and dit_fsdp do not combine: dit_fsdp gathers"),
+    ((torch.device("cuda"), 0, False, 2), "cuda_graphs and ulysses_size do not combine: ulysses_size "
+                                          "exchanges tokens"),
+])
+def test_settings_a_graph_cannot_serve_are_refused(settings, message):
+    with pytest.raises(InputError, match=message):
+        check_cuda_graphs(*settings)
+
+
+def test_offloading_and_compile_are_allowed():
+    check_cuda_graphs(torch.device("cuda:1"), 0, False, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("per_token", [False, True])
+def test_cuda_graphs_replay_the_eager_numbers_on_a_gpu(per_token):
+    """bfloat16 blocks with the GPU's kernels; the weights then move (an offload round trip)."""
+    device = torch.device("cuda")
+    model = random_dit(TINY_TI2V).eval().set_compute_dtype(torch.bfloat16).to(device)
+    graphs = StageGraphs.on(device)
+    graphed = copy.deepcopy(model).enable_cuda_graphs(graphs)
+    with torch.inference_mode():
+        for step in range(6):
+            if step == 3:
+                graphed.to("cpu").to(device)
+            inputs = [t.to(device) for t in _inputs(model, step, per_token)]
+            assert torch.equal(graphed(*inputs), model(*inputs))
+        assert (graphs.captures, graphs.replays) == (2, 2)
+        graphs.release()
+    assert graphs.held_bytes == 0
