@@ -35,6 +35,7 @@ from wan_runtime.checks import (
     PLACEMENT_FLAGS,
     VAE_TILE_MULTIPLE,
     check_clip_seeds,
+    check_cuda_graphs,
     check_dit_fp8,
     check_infer_frames,
     check_num_clip,
@@ -111,10 +112,10 @@ class GenerateConfig:
     is then its own GPU); ``ulysses_size``, ``dit_fsdp`` and ``t5_fsdp`` as the official flags.
     ``loras``: the LoRAs of ``--lora_dir``, ``--lora``, ``--lora_high_noise`` and
     ``--lora_low_noise``; ``lora_flags``: those flags as given, (dest, value) with absolute paths;
-    ``stream_blocks`` and ``dit_fp8`` as ``load_pipeline``'s; ``fit_memory``: ``--fit_memory``'s
-    request (None without it: the placement flags stand as resolved); ``vae_tiling`` the decode's tile
-    size in pixels (0: whole frames); ``dry_run``: check, print the plan,
-    load nothing;
+    ``stream_blocks``, ``dit_fp8`` and ``cuda_graphs`` as ``load_pipeline``'s; ``fit_memory``:
+    ``--fit_memory``'s request (None without it: the placement flags stand as resolved);
+    ``vae_tiling`` the decode's tile size in pixels (0: whole frames); ``dry_run``: check, print
+    the plan, load nothing;
     ``batch_line``: the line of the ``--batch`` file this video comes from (None without one).
     """
 
@@ -156,6 +157,7 @@ class GenerateConfig:
     stream_blocks: int = 0
     fit_memory: FitMemory | None = None
     dit_fp8: bool = False
+    cuda_graphs: bool = False
     vae_tiling: int = 0
     dry_run: bool = False
     batch_line: int | None = None
@@ -249,6 +251,7 @@ def _differences() -> str:
         "(--use_prompt_extend, the TTS and animate flags) are "
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
+        "--cuda_graphs, "
         "--debug, --dry_run, --batch, --skip_existing, --demo, --settings_from, --negative_prompt, "
         "--stream_blocks, --fit_memory, --no-t5_cpu, --dit_fp8, --vae_tiling, the LoRA flags and the step "
         "cache flags."
@@ -258,9 +261,9 @@ def _differences() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The parser: the official ``generate.py``'s flags and defaults but for the differences its
     epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
-    ``--compile``, ``--debug``, ``--dry_run``, ``--batch``, ``--skip_existing``, ``--demo``,
-    ``--settings_from``, ``--negative_prompt``, ``--stream_blocks``, ``--fit_memory``, ``--dit_fp8``,
-    ``--vae_tiling``,
+    ``--compile``, ``--cuda_graphs``, ``--debug``, ``--dry_run``, ``--batch``, ``--skip_existing``,
+    ``--demo``, ``--settings_from``, ``--negative_prompt``, ``--stream_blocks``, ``--fit_memory``,
+    ``--dit_fp8``, ``--vae_tiling``,
     ``--lora*`` and the step cache flags ``--teacache*``, ``--fbcache``, ``--fb_*``; see
     ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are listed
@@ -340,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="compile the DiT blocks with torch.compile (the first step pays the "
                         "compile time)")
+    p.add_argument("--cuda_graphs", action="store_true",
+                   help="run the DiT blocks from CUDA graphs, captured at their second call of each kind "
+                        "(the same numbers, without the host's kernel launches between; a copy of the "
+                        "blocks' input and two of their output more memory); not with --stream_blocks, "
+                        "--dit_fsdp or --ulysses_size")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--dry_run", action="store_true",
                    help="check every argument and file as a run would (the checkpoint's configs, headers "
@@ -544,7 +552,8 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
     launch = _check(problems, Launch.from_env) or Launch()
     device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
                              "cuda" if torch.cuda.is_available() else "cpu")
-    problems += _device_problems(device)
+    bad_device = _device_problems(device)
+    problems += bad_device
     offload_model = resolved_offload(args.offload_model, launch)
     own: list[str] = []  # this process's alone
     if launch.distributed:
@@ -569,6 +578,9 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
     stream_blocks = 0 if args.stream_blocks is None else args.stream_blocks
     _check(problems, lambda: check_stream_blocks(stream_blocks, args.dit_fsdp, flag="--"))
     _check(problems, lambda: check_dit_fp8(args.dit_fp8, args.dit_fsdp, flag="--"))
+    if args.cuda_graphs and not bad_device:
+        _check(problems, lambda: check_cuda_graphs(torch.device(device), stream_blocks, args.dit_fsdp,
+                                                   args.ulysses_size, flag="--"))
     vae_tiling = _check(problems, lambda: check_vae_tiling(args.vae_tiling, "--vae_tiling"))
     fit_memory = _fit_memory(problems, args, device)
     if stream_blocks > 0 and device == "cpu":
@@ -625,6 +637,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
         stream_blocks=stream_blocks,
         fit_memory=fit_memory,
         dit_fp8=args.dit_fp8,
+        cuda_graphs=args.cuda_graphs,
         vae_tiling=vae_tiling,
         dry_run=args.dry_run,
         **speech,

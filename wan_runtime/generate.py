@@ -197,6 +197,7 @@ def _load_arguments(config: GenerateConfig) -> dict[str, object]:
         "convert_model_dtype": config.convert_model_dtype, "compile": config.compile,
         "ulysses_size": config.ulysses_size, "dit_fsdp": config.dit_fsdp, "t5_fsdp": config.t5_fsdp,
         "loras": config.loras, "stream_blocks": config.stream_blocks, "dit_fp8": config.dit_fp8,
+        "cuda_graphs": config.cuda_graphs,
     }
 
 
@@ -488,6 +489,7 @@ def _settings(config: GenerateConfig, run: dict[str, object]) -> dict[str, objec
         **run_setup(config),
         "stream_blocks": config.stream_blocks,
         "dit_fp8": config.dit_fp8,
+        "cuda_graphs": config.cuda_graphs,
         "cache": config.cache.describe(),
         "loras": [_describe_lora(lora) for lora in config.loras],
         "demo": config.demo,

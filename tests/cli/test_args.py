@@ -517,3 +517,8 @@ def test_official_defaults_spelled_out_are_accepted(roots):
 
 def test_one_frame_is_accepted_as_by_the_official_script(roots):
     assert _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--frame_num", "1").frame_num == 1
+
+
+def test_cuda_graphs_on_the_cpu_is_refused(roots, capsys):
+    lines = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--device", "cpu", "--cuda_graphs"])
+    assert lines == ["error: --cuda_graphs needs a CUDA device, not cpu; run without it"]

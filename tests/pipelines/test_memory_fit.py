@@ -180,3 +180,13 @@ def test_fit_memory_refuses_what_it_cannot_fit(i2v_root, monkeypatch, arguments,
     arguments = {"videos": [I2V], "device": "cuda", **arguments}
     with pytest.raises(InputError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         fit_memory("i2v-A14B", i2v_root, **arguments)
+
+
+def test_cuda_graphs_are_fitted_without_streamed_blocks(i2v_root, monkeypatch):
+    """A streamed block's weights move under its graph: the fit takes the next placement instead."""
+    plan = _base(i2v_root)
+    _fake_gpu(monkeypatch, _most_needed(plan, _estimates(plan, I2V), (False, False, 1)) + RESERVED)
+    options = {"device": "cuda", "offload_model": False}
+    assert fit_memory("i2v-A14B", i2v_root, [I2V], **options).options["stream_blocks"] == 1
+    graphed = fit_memory("i2v-A14B", i2v_root, [I2V], cuda_graphs=True, **options)
+    assert graphed.options == {"offload_model": False, "t5_cpu": True, "stream_blocks": 0}

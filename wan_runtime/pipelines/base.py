@@ -8,6 +8,8 @@ task, which expert and guide scale serve a timestep (``_expert``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -22,6 +24,7 @@ from wan_runtime.distributed.launch import shared_seed
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
 from wan_runtime.models import TextEncoder, WanModel, WanVAE
+from wan_runtime.models.cuda_graphs import StageGraphs
 from wan_runtime.pipelines.activation_memory import MemoryEstimate, VideoShape, estimate_memory
 from wan_runtime.pipelines.inputs import (
     check_frame_num,
@@ -146,6 +149,8 @@ class Pipeline:
         self._cache_report: dict[str, dict] = {}
         # What its weights take of the device's memory, as ``load_pipeline`` planned it.
         self.weight_plan: WeightPlan | None = None
+        # The DiTs' CUDA graphs, as ``load_pipeline`` set them up (``cuda_graphs``), or None.
+        self.stage_graphs: StageGraphs | None = None
 
     # -- what a task defines ------------------------------------------------------------------
 
@@ -388,7 +393,7 @@ class Pipeline:
         steps = timesteps.tolist()
         manager = self._cache_manager(cache, steps, guide)
         watch = FiniteWatch(latent.device)
-        with reporter.steps(len(steps), self.task, show_model=expert_names) as done:
+        with self._loop_graphs(), reporter.steps(len(steps), self.task, show_model=expert_names) as done:
             for i, t in enumerate(steps):
                 name, scale = self._expert(t, guide)
                 model = self.residency.activate(name)
@@ -418,6 +423,16 @@ class Pipeline:
         watch.check(len(steps), lambda step: self._describe(self._expert(steps[step], guide)[0]),
                     lambda: self._remedy(cache))
         return latent
+
+    @contextmanager
+    def _loop_graphs(self) -> Iterator[None]:
+        """The DiTs' CUDA graphs serve one denoising loop: after it their memory is the VAE's, and
+        an offloaded expert's graphs would read weights that have moved."""
+        try:
+            yield
+        finally:
+            if self.stage_graphs is not None:
+                self.stage_graphs.release()
 
     def _cache_manager(
         self, cache: CacheConfig | None, timesteps: list[float], guide: float | tuple[float, float],

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from wan_runtime.checks import check_dit_fp8, check_stream_blocks
+from wan_runtime.checks import check_cuda_graphs, check_dit_fp8, check_stream_blocks
 from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel
@@ -21,6 +21,7 @@ from wan_runtime.lora import Lora, LoraFile, read_loras
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
 from wan_runtime.models.audio_encoder import Wav2Vec2Features
 from wan_runtime.models.compilation import check_compile_support, check_fp8_compile_support, compile_blocks
+from wan_runtime.models.cuda_graphs import StageGraphs
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.models.t5_checkpoint import check_checkpoint_file
 from wan_runtime.models.vae_loading import check_vae_file
@@ -107,11 +108,12 @@ def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
     weights' memory plan, checked against a GPU's memory and the free CPU memory when
     ``check_fits`` (a tenth of a second on the release folders: headers and archive indexes)."""
     (task, ckpt_dir, device, dtype, offload_model, t5_cpu, convert_model_dtype, compile, ulysses_size,
-     dit_fsdp, t5_fsdp, loras, stream_blocks, dit_fp8) = arguments.values()
+     dit_fsdp, t5_fsdp, loras, stream_blocks, dit_fp8, cuda_graphs) = arguments.values()
     if not isinstance(ckpt_dir, (str, os.PathLike)):
         raise InputError(f"ckpt_dir must be the release folder's path (str or Path), got {ckpt_dir!r}")
     switches = {"offload_model": offload_model, "t5_cpu": t5_cpu, "convert_model_dtype": convert_model_dtype,
-                "compile": compile, "dit_fsdp": dit_fsdp, "t5_fsdp": t5_fsdp, "dit_fp8": dit_fp8}
+                "compile": compile, "dit_fsdp": dit_fsdp, "t5_fsdp": t5_fsdp, "dit_fp8": dit_fp8,
+                "cuda_graphs": cuda_graphs}
     for name, value in switches.items():
         if not isinstance(value, bool):
             raise InputError(f"{name} must be True or False, got {value!r}")
@@ -129,6 +131,8 @@ def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
         check_compile_support(device)
         if dit_fp8:
             check_fp8_compile_support(device)
+    if cuda_graphs:
+        check_cuda_graphs(device, stream_blocks, dit_fsdp, ulysses_size)
     inference_only_enabled()  # a bad WAN_INFERENCE_ONLY value fails before minutes of loading
     root = Path(ckpt_dir)
     names = spec.dit_names
@@ -172,6 +176,7 @@ def load_pipeline(
     loras: Sequence[Lora] = (),
     stream_blocks: int = 0,
     dit_fp8: bool = False,
+    cuda_graphs: bool = False,
 ) -> Pipeline:
     """Load ``task`` (``"i2v-A14B"``, ``"ti2v-5B"`` or ``"s2v-14B"``) from its official release
     folder ``ckpt_dir``.
@@ -219,6 +224,11 @@ def load_pipeline(
     DiTs on the GPUs (no ``offload_model``). The official FSDP also rounds the DiT's floating-point
     inputs to ``dtype``, which for ti2v-5B's per-token timesteps and s2v-14B's audio features
     changes the numbers (timestep 999 becomes 1000 in bfloat16); that rounding is not reproduced.
+
+    ``cuda_graphs``: the DiT blocks run from CUDA graphs, captured at each kind of forward's
+    second call and dropped after each video's last step (``wan_runtime.models.cuda_graphs``): the
+    same numbers, without the host's launches between the blocks' kernels. On CUDA, not with
+    ``stream_blocks``, ``dit_fsdp`` or ``ulysses_size`` above 1.
     """
     # At the first line locals() holds the arguments alone, in the parameters' order.
     spec, device, root, dit_class, dit_loras, labels, weights = _checked(locals())
@@ -238,6 +248,7 @@ def load_pipeline(
     vae = load_vae(root / spec.vae_file, device=device, dtype=torch.float32)
     guard(vae.model)
 
+    graphs = StageGraphs.on(device) if cuda_graphs else None
     dits = {}
     for name, folder in zip(names, spec.dit_folders, strict=True):
         dits[name] = guard(dit_class.from_pretrained(
@@ -252,6 +263,8 @@ def load_pipeline(
             dits[name].enable_sequence_parallel(SequenceParallel.over())
         if compile:
             compile_blocks(dits[name])
+        if graphs is not None:
+            dits[name].enable_cuda_graphs(graphs)
         residency.add(name, dits[name], dits[name].resident_modules())
     if spec.audio_dir is None:
         pipeline = pipeline_class(spec, device, text_encoder, vae, dits, residency)
@@ -263,4 +276,5 @@ def load_pipeline(
     if weights.options.shared(ulysses_size):
         vae.row_split = RowSplit.over()
     pipeline.weight_plan = weights
+    pipeline.stage_graphs = graphs
     return pipeline

@@ -194,6 +194,8 @@ def fit_memory(
     if budget_gib is not None and not (number and math.isfinite(budget_gib) and budget_gib > 0):
         raise InputError(f"budget_gib must be a number of GiB above 0, got {budget_gib!r}")
     given = {name: options[name] for name in PLACEMENT_FLAGS if name in options}
+    if options.get("cuda_graphs"):  # a streamed block's weights would move under its graph
+        given = {"stream_blocks": 0, **given}
     most = {"offload_model": False, "t5_cpu": False, "stream_blocks": 0}
     plan = check_pipeline(task, ckpt_dir, check_fits=False, **{**options, **most, **given})
     if plan.device.type != "cuda":

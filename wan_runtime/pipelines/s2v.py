@@ -282,7 +282,7 @@ class S2VPipeline(Pipeline):
         watch = FiniteWatch(latent.device)
         silent = torch.zeros_like(inputs.audio)
         desc = f"{self.task} clip {clip + 1}/{clips}"
-        with reporter.steps(len(timesteps), desc, clip=clip + 1, clips=clips) as done:
+        with self._loop_graphs(), reporter.steps(len(timesteps), desc, clip=clip + 1, clips=clips) as done:
             for i, t in enumerate(timesteps.tolist()):
                 model = self.residency.activate(DIT)
                 if manager is not None and self.residency.offload:

@@ -1,0 +1,92 @@
+"""``cuda_graphs=True``: the pipelines' videos when the DiT blocks replay from graphs are the eager
+videos, step caches that skip included; the graphs serve one denoising loop (each video, each s2v
+clip), a stopped run's too. The graphs here are ``EagerReplay``'s (``tests/models``); a GPU's are
+in ``tests/models/test_cuda_graphs.py`` and ``benchmarks/gpu_pipelines.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.models.graph_stand_in import EagerReplay
+from tests.pipelines.images import gradient_image
+from wan_runtime.cache import CacheConfig
+from wan_runtime.errors import InputError
+from wan_runtime.models.cuda_graphs import StageGraphs
+from wan_runtime.pipelines import Pipeline, load_pipeline
+
+RUN = {"frame_num": 5, "sampling_steps": 4, "shift": 3.0, "seed": 3, "progress": False}
+# Skips from the third step on: the cached residuals are read from graphs' outputs.
+SKIPPING = CacheConfig(fbcache=True, fb_thresh=10.0, fb_warmup=2)
+
+
+def _graphed(pipeline: Pipeline) -> EagerReplay:
+    backend = EagerReplay()
+    pipeline.stage_graphs = StageGraphs(backend)
+    for dit in pipeline.dits.values():
+        dit.enable_cuda_graphs(pipeline.stage_graphs)
+    return backend
+
+
+@pytest.mark.parametrize("cache", [None, SKIPPING], ids=["uncached", "fbcache"])
+def test_ti2v_video_is_the_eager_one(ti2v_root, ti2v_pipeline, cache):
+    graphed = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32)
+    backend = _graphed(graphed)
+    image = gradient_image(80, 60)
+    video = graphed.generate("a cat", image=image, size="64*64", cache=cache, **RUN)
+    assert torch.equal(video, ti2v_pipeline.generate("a cat", image=image, size="64*64", cache=cache, **RUN))
+    if cache is not None:
+        assert graphed.cache_report()["ti2v"]["cond"]["skipped"] == 1
+    assert backend.releases == 1 and graphed.stage_graphs.held_bytes == 0
+
+
+def test_i2v_video_is_the_eager_one_with_both_experts_offloaded(i2v_root, i2v_pipeline):
+    graphed = load_pipeline("i2v-A14B", i2v_root, device="cpu", dtype=torch.float32, offload_model=True)
+    backend = _graphed(graphed)
+    image = gradient_image(80, 60)
+    video = graphed.generate("a cat", image=image, size="64*64", **RUN)
+    assert torch.equal(video, i2v_pipeline.generate("a cat", image=image, size="64*64", **RUN))
+    # One kind of call for each expert, both branches alike: one warm-up each.
+    assert backend.warm_ups == 2 and backend.releases == 1
+
+
+def test_s2v_each_clip_has_its_own_graphs(s2v_root):
+    eager, graphed = (load_pipeline("s2v-14B", s2v_root, device="cpu", dtype=torch.float32) for _ in range(2))
+    backend = _graphed(graphed)
+    portrait = gradient_image(72, 56)
+    speech = (0.3 * np.sin(np.arange(8000) / 9)).astype(np.float32)
+    run = {"infer_frames": 4, "size": "64*64", "sampling_steps": 3, "seed": 11, "num_clip": 2,
+           "progress": False}
+    videos = []
+    for pipeline in (eager, graphed):
+        pipeline.motion_frames = (9, 3)  # the tiny motion context of tests/pipelines/test_s2v.py
+        videos.append(pipeline.generate("a woman speaks", image=portrait, audio=speech, **run))
+    assert torch.equal(videos[1], videos[0])
+    assert backend.warm_ups == 2 and backend.releases == 2
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_stopped_run_drops_its_graphs(ti2v_root):
+    graphed = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32)
+    backend = _graphed(graphed)
+
+    def stop(event) -> None:
+        if event.step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        graphed.generate("a cat", size="64*64", on_step=stop, **RUN)
+    assert backend.releases == 1 and graphed.stage_graphs.held_bytes == 0
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"device": "cpu", "cuda_graphs": True}, "cuda_graphs needs a CUDA device, not cpu"),
+    ({"device": "cpu", "cuda_graphs": "yes"}, "cuda_graphs must be True or False, got 'yes'"),
+])
+def test_what_cannot_be_graphed_is_refused_before_loading(ti2v_root, options, message):
+    with pytest.raises(InputError, match=message):
+        load_pipeline("ti2v-5B", ti2v_root, **options)
