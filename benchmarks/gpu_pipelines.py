@@ -5,8 +5,10 @@
 What the CPU suite cannot show: the seeded CUDA generator (same seed, same video), bfloat16
 models on the device with and without ``offload_model`` (after a run every offloaded model is back
 on the CPU), each solver stepping device tensors (``euler`` keeps its schedule on the CPU), the
-peak-memory report beside the estimate made before the run (also with both step caches on), and
-per-phase timings. The checkpoints are tiny, so the timings measure overheads, not the real models.
+peak-memory report beside the estimate made before the run (also with both step caches on),
+the DiT blocks replayed from CUDA graphs (``cuda_graphs``: the eager pipeline's video, offloaded
+and cached too), and per-phase timings. The checkpoints are tiny, so the timings measure
+overheads, not the real models.
 """
 
 from __future__ import annotations
@@ -38,10 +40,17 @@ def request(task: str, solver: str) -> dict:
 CACHED = CacheConfig(teacache=True, fbcache=True)
 
 
-def run(task: str, root: Path, offload: bool, solver: str, device: torch.device, cache: bool) -> dict:
-    pipe = load_pipeline(task, root, device=device, dtype=torch.bfloat16, offload_model=offload)
+def run(
+    task: str, root: Path, offload: bool, solver: str, device: torch.device, cache: bool, graphs: bool = False
+) -> dict:
+    options = {"device": device, "dtype": torch.bfloat16, "offload_model": offload}
+    pipe = load_pipeline(task, root, cuda_graphs=graphs, **options)
     arguments = {**request(task, solver), "cache": CACHED if cache else None}
     videos = [pipe.generate("a red boat on a river", **arguments) for _ in range(2)]
+    graphed = {}
+    if graphs:
+        eager = load_pipeline(task, root, **options).generate("a red boat on a river", **arguments)
+        graphed = {"same_as_eager": bool(torch.equal(videos[0], eager))}
     sampling = ("sampling_steps", "seed", "progress", "sample_solver")
     estimate = pipe.estimate_memory(**{k: v for k, v in arguments.items() if k not in sampling})
     report = pipe.last_report
@@ -51,6 +60,8 @@ def run(task: str, root: Path, offload: bool, solver: str, device: torch.device,
         "offload": offload,
         "solver": solver,
         "cache": cache,
+        "graphs": graphs,
+        **graphed,
         "shape": "x".join(map(str, videos[0].shape)),
         "finite": bool(torch.isfinite(videos[0]).all()),
         "same_seed_same_video": bool(torch.equal(videos[0], videos[1])),
@@ -73,16 +84,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for task in TASKS:
             root = write_task_checkpoint(task, Path(tmp) / task)
-            cases = ((False, "unipc", False), (True, "unipc", False), (False, "euler", False),
-                     (False, "dpm++", False), (False, "unipc", True))
-            for offload, solver, cache in cases:
+            # (offload, solver, step caches, CUDA graphs)
+            cases = ((False, "unipc", False, False), (True, "unipc", False, False),
+                     (False, "euler", False, False), (False, "dpm++", False, False),
+                     (False, "unipc", True, False), (False, "unipc", False, True),
+                     (True, "unipc", True, True))
+            for offload, solver, cache, graphs in cases:
+                if graphs and device.type != "cuda":
+                    continue
                 try:
-                    rows.append(run(task, root, offload, solver, device, cache))
+                    rows.append(run(task, root, offload, solver, device, cache, graphs))
                 except Exception as error:  # one failing case must not cost the others' results
                     traceback.print_exc()
                     failure = f"{type(error).__name__}: {error}"
                     rows.append({"task": task, "offload": offload, "solver": solver, "cache": cache,
-                                 "error": failure})
+                                 "graphs": graphs, "error": failure})
                 print(rows[-1], flush=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     print_table(rows, columns)

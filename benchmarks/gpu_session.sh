@@ -17,6 +17,7 @@
 #   5. bench_dit --gpu --compile: the DiT against the official one at real widths (S2V included),
 #      and with its blocks compiled (saved after each case)
 #   6. gpu_pipelines: the pipelines end to end on CUDA
+#   6b. bench_graphs --gpu: DiT blocks replayed from CUDA graphs against eager ones (time, memory)
 #   7. bench_streaming --gpu: streamed DiT blocks against resident ones at the A14B width (time
 #      and peak memory)
 #   8. bench_fp8 --gpu --compile: float8 DiT weights against bfloat16 ones at real widths (time,
@@ -34,7 +35,7 @@ budget=${BUDGET_S:-540}
 mkdir -p "$out"
 log="$out/session.log"
 start=$SECONDS
-steps=" cuda_build kernel_tests bench_cache bench_kernels bench_dit gpu_pipelines bench_streaming bench_fp8 bench_vae "
+steps=" cuda_build kernel_tests bench_cache bench_kernels bench_dit gpu_pipelines bench_graphs bench_streaming bench_fp8 bench_vae "
 for name in "$@"; do
   if [[ "$steps" != *" $name "* ]]; then
     echo "unknown step '$name'; the steps are:$steps" >&2
@@ -98,7 +99,7 @@ kernel_tests=(env WAN_KERNELS_BUILD_DIR=$cuda_build TORCHINDUCTOR_COMPILE_THREAD
   -p no:cacheprovider $workers tests/kernels tests/benchmarks tests/distributed/test_one_gpu_process.py
   tests/lora/test_lora_devices.py tests/models/test_block_streaming.py tests/models/test_fp8_weights.py
   tests/models/test_pinned_chunks.py tests/pipelines/test_memory_plan.py tests/pipelines/test_offload.py
-  tests/pipelines/test_host_memory.py
+  tests/pipelines/test_host_memory.py tests/models/test_cuda_graphs.py
   --ignore=tests/kernels/test_cuda_sources.py
   --ignore=tests/kernels/test_cmake_build.py --ignore=tests/kernels/test_bench_cpu.py
   --ignore=tests/benchmarks/test_bench_dit.py
@@ -117,6 +118,7 @@ step bench_kernels 240 90 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m bench
 step kernel_tests 200 40 "${kernel_tests[@]}" -k "not (cuda or native)"
 step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --compile --out-dir "$out"
 step gpu_pipelines 90 30 python3 -m benchmarks.gpu_pipelines --out-dir "$out"
+step bench_graphs 90 40 python3 -m benchmarks.bench_graphs --gpu --out-dir "$out"
 step bench_streaming 60 30 python3 -m benchmarks.bench_streaming --gpu --out-dir "$out"
 step bench_fp8 120 45 python3 -m benchmarks.bench_fp8 --gpu --compile --out-dir "$out"
 step bench_vae 150 60 python3 -m benchmarks.bench_vae --gpu --out-dir "$out"
