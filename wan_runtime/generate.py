@@ -382,7 +382,8 @@ def _peak_memory(
     video = _video_shape(job, size)
     if video not in estimates:
         try:
-            estimates[video] = estimate_memory(weights, spec, video, job.compile, job.ulysses_size)
+            estimates[video] = estimate_memory(weights, spec, video, job.compile, job.ulysses_size,
+                                               job.cuda_graphs)
         except Exception as err:  # an estimate that fails must not cost the video
             return f"the video's peak could not be worked out ({type(err).__name__}: {_one_line(str(err))})"
     estimate = estimates[video]

@@ -1,4 +1,4 @@
-"""``bench_graphs`` on a tiny model with the CPU stand-in graphs: the row, exact; the script itself
+"""``bench_graphs`` on a tiny model with ``RerunBackend``'s graphs: the row, exact; the script itself
 stops without a GPU, saying why."""
 
 import subprocess
@@ -9,15 +9,14 @@ import torch
 
 from benchmarks import bench_graphs
 from benchmarks.bench_dit import Case
-from tests.models.graph_stand_in import EagerReplay
 from wan_runtime.models import DiTConfig
-from wan_runtime.models.cuda_graphs import StageGraphs
+from wan_runtime.models.cuda_graphs import RerunBackend, StageGraphs
 
 TINY = DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, num_heads=2, num_layers=3)
 
 
 def test_row_replays_the_eager_numbers_and_releases_its_graphs():
-    graphs = StageGraphs(EagerReplay())
+    graphs = StageGraphs(RerunBackend())
     row = bench_graphs.run_case(Case(TINY, (2, 4, 6)), torch.device("cpu"), torch.float32, warmup=0, repeat=1,
                                 graphs=graphs)
     assert (row["layers"], row["tokens"], row["captures"], row["equal"]) == (3, 12, 1, True)

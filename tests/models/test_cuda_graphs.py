@@ -12,12 +12,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from tests.models.graph_stand_in import EagerReplay
 from tests.models.s2v_helpers import s2v_inputs
 from wan_runtime.checks import check_cuda_graphs
 from wan_runtime.errors import InputError
 from wan_runtime.models import WanModel
-from wan_runtime.models.cuda_graphs import StageGraphs
+from wan_runtime.models.cuda_graphs import RerunBackend, StageGraphs
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.tiny_checkpoints.dit import TINY_I2V, TINY_TI2V, random_dit
 from wan_runtime.tiny_checkpoints.s2v import TINY_S2V
@@ -34,8 +33,8 @@ def _inputs(model: WanModel, seed: int, per_token: bool = False, size: int = 8):
     return x, t, torch.randn(1, 5, c.text_dim, generator=g)
 
 
-def _graphed(model: WanModel) -> tuple[WanModel, StageGraphs, EagerReplay]:
-    backend = EagerReplay()
+def _graphed(model: WanModel) -> tuple[WanModel, StageGraphs, RerunBackend]:
+    backend = RerunBackend()
     graphs = StageGraphs(backend)
     return copy.deepcopy(model).enable_cuda_graphs(graphs), graphs, backend
 
@@ -75,7 +74,7 @@ def _i2v_inputs(c, g: torch.Generator, size: int = 8):
 def test_each_kind_of_call_has_its_own_graph_and_alike_ones_share_buffers():
     """Two experts of one shape share their input and output buffers; a stage split at block 1
     (the step cache's) and another size are other kinds."""
-    backend = EagerReplay()
+    backend = RerunBackend()
     graphs = StageGraphs(backend)
     high, low = (random_dit(TINY_I2V, seed=seed).eval().enable_cuda_graphs(graphs) for seed in (1, 2))
     g = torch.Generator().manual_seed(0)

@@ -269,6 +269,24 @@ def test_i2v_has_a_stage_per_model_and_the_peak_is_the_largest(i2v_root):
     assert estimate.busiest.total == estimate.peak
 
 
+@pytest.mark.parametrize("cache", [None, CacheConfig(fbcache=True)], ids=["uncached", "fbcache"])
+def test_graphed_steps_hold_the_graphs_buffers_too(i2v_root, cache):
+    """Each kind of blocks' call holds a copy of its inputs, and their output one buffer more."""
+    plan, spec = cuda_plan("i2v-A14B", i2v_root), task_spec("i2v-A14B")
+    c = plan.meta_models["DiT high_noise"].config
+    tokens = 3 * 4 * 6
+    # The text (bfloat16), the modulation rows and time embedding, the rope tables.
+    cond = c.text_len * c.dim * 2 + 7 * c.dim * 4 + tokens * c.head_dim * 4
+    first = tokens * c.dim * 2 + cond  # block 0 takes the bfloat16 patch embedding
+    rest = tokens * c.dim * 4 + cond  # the blocks after FBCache's split, the float32 stream
+    output = tokens * c.dim * 4
+    held = first + output + (0 if cache is None else rest)
+    video = VideoShape(96, 64, 9, True, (3.5, 3.5), cache=cache)
+    eager, graphed = (estimate_memory(plan, spec, video, cuda_graphs=graphs) for graphs in (False, True))
+    for before, after in zip(eager.stages, graphed.stages, strict=True):
+        assert after.activations - before.activations == (held if before.stage == "denoise" else 0)
+
+
 def test_guidance_at_scale_1_runs_one_branch_and_takes_less(i2v_root):
     plan = cuda_plan("i2v-A14B", i2v_root)
     spec = task_spec("i2v-A14B")

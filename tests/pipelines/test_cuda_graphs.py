@@ -1,7 +1,7 @@
 """``cuda_graphs=True``: the pipelines' videos when the DiT blocks replay from graphs are the eager
 videos, step caches that skip included; the graphs serve one denoising loop (each video, each s2v
-clip), a stopped run's too. The graphs here are ``EagerReplay``'s (``tests/models``); a GPU's are
-in ``tests/models/test_cuda_graphs.py`` and ``benchmarks/gpu_pipelines.py``."""
+clip), a stopped run's too. The graphs here are ``RerunBackend``'s (a stage replayed by running it
+again); a GPU's are in ``tests/models/test_cuda_graphs.py`` and ``benchmarks/gpu_pipelines.py``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.models.graph_stand_in import EagerReplay
 from tests.pipelines.images import gradient_image
 from wan_runtime.cache import CacheConfig
 from wan_runtime.errors import InputError
-from wan_runtime.models.cuda_graphs import StageGraphs
+from wan_runtime.models.cuda_graphs import RerunBackend, StageGraphs
 from wan_runtime.pipelines import Pipeline, load_pipeline
 
 RUN = {"frame_num": 5, "sampling_steps": 4, "shift": 3.0, "seed": 3, "progress": False}
@@ -21,8 +20,8 @@ RUN = {"frame_num": 5, "sampling_steps": 4, "shift": 3.0, "seed": 3, "progress":
 SKIPPING = CacheConfig(fbcache=True, fb_thresh=10.0, fb_warmup=2)
 
 
-def _graphed(pipeline: Pipeline) -> EagerReplay:
-    backend = EagerReplay()
+def _graphed(pipeline: Pipeline) -> RerunBackend:
+    backend = RerunBackend()
     pipeline.stage_graphs = StageGraphs(backend)
     for dit in pipeline.dits.values():
         dit.enable_cuda_graphs(pipeline.stage_graphs)
@@ -90,3 +89,12 @@ def test_a_stopped_run_drops_its_graphs(ti2v_root):
 def test_what_cannot_be_graphed_is_refused_before_loading(ti2v_root, options, message):
     with pytest.raises(InputError, match=message):
         load_pipeline("ti2v-5B", ti2v_root, **options)
+
+
+def test_the_estimate_of_a_graphed_pipeline_counts_the_graphs_buffers(ti2v_root, ti2v_pipeline):
+    graphed = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32)
+    _graphed(graphed)
+    video = {"size": "64*64", "frame_num": 5}
+    steps = [next(s for s in pipeline.estimate_memory(**video).stages if s.stage == "denoise")
+             for pipeline in (ti2v_pipeline, graphed)]
+    assert steps[1].activations > steps[0].activations

@@ -82,6 +82,27 @@ class CudaGraphBackend:
         torch.cuda.empty_cache()
 
 
+class RerunBackend:
+    """Replays a stage by running its Python again on the graph's buffers, where a CUDA graph would
+    replay its kernels on them: ``StageGraphs``' bookkeeping on a device without graphs (the memory
+    estimate's meta device counts what a graphed step holds; tests run on the CPU). Counts its
+    warm-ups and releases."""
+
+    def __init__(self) -> None:
+        self.warm_ups = 0
+        self.releases = 0
+
+    def warm_up(self, work: Callable[[], Any]) -> Any:
+        self.warm_ups += 1
+        return work()
+
+    def capture(self, work: Callable[[], None]) -> Callable[[], None]:
+        return work
+
+    def release(self) -> None:
+        self.releases += 1
+
+
 def _describe(leaf: Any) -> Hashable:
     if isinstance(leaf, torch.Tensor):
         return (tuple(leaf.shape), leaf.stride(), leaf.dtype, leaf.device)
@@ -97,10 +118,13 @@ class _Graph:
 
 class StageGraphs:
     """CUDA graphs of the stages ``run`` is given, for the models of one pipeline (see the module's
-    notes). ``captures`` and ``replays`` count what it did since the last ``release``."""
+    notes). ``captures`` and ``replays`` count what it did since the last ``release``.
+    ``capture_at_first_call``: a kind's first call, once run eagerly, is captured and replayed at
+    once (twice the work), so that one call of each kind holds what every replay does."""
 
-    def __init__(self, backend: GraphBackend) -> None:
+    def __init__(self, backend: GraphBackend, capture_at_first_call: bool = False) -> None:
         self.backend = backend
+        self.capture_at_first_call = capture_at_first_call
         self._first: dict[Hashable, tuple[torch.Size, torch.dtype]] = {}  # kinds run once: their output
         self._graphs: dict[Hashable, _Graph] = {}
         self._inputs: dict[Hashable, list[torch.Tensor | None]] = {}
@@ -126,7 +150,9 @@ class StageGraphs:
             if key not in self._first:
                 out = self.backend.warm_up(lambda: work(*inputs))
                 self._first[key] = (out.shape, out.dtype)
-                return out
+                if not self.capture_at_first_call:
+                    return out
+                del out
             graph = self._graphs[key] = self._capture(key, looks, leaves, spec, work)
         for buffer, leaf in zip(graph.inputs, leaves, strict=True):
             if buffer is not None:

@@ -52,6 +52,7 @@ from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.models import WanModel, WanVAE
 from wan_runtime.models.audio_encoder import resample_features, speech_clip_count
+from wan_runtime.models.cuda_graphs import RerunBackend, StageGraphs
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.models.vae_loading import codec
 from wan_runtime.pipelines.inputs import expert_scale
@@ -226,14 +227,17 @@ def speech_video(
 
 
 def estimate_memory(
-    plan: WeightPlan, spec: TaskSpec, video: VideoShape, compiled: bool = False, ulysses: int = 1
+    plan: WeightPlan, spec: TaskSpec, video: VideoShape, compiled: bool = False, ulysses: int = 1,
+    cuda_graphs: bool = False,
 ) -> MemoryEstimate:
     """The peak of ``video``'s run with the models of ``plan`` (``load_pipeline``'s; under
     ``torchrun``, the first process's, the tokens split over ``ulysses`` processes, the VAE's rows
     as the process holding the most splits them), stage by
     stage, as the module's docstring says; a second or so for a release DiT, several for a tiled
     decode at 720p (the meta device runs each tile's ops). ``compiled``: the DiT blocks run
-    compiled (``compile``), so their stages are counted eager and are no bound."""
+    compiled (``compile``), so their stages are counted eager and are no bound. ``cuda_graphs``:
+    the DiT blocks replay from CUDA graphs (``cuda_graphs``), whose input and output buffers the
+    DiT steps then hold too."""
     world = plan.options.world
     if ulysses not in (1, world):
         raise ValueError(f"ulysses {ulysses}: the tokens split over 1 or all {world} processes of the plan")
@@ -258,7 +262,7 @@ def estimate_memory(
     run = _s2v_activations if spec.audio_dir is not None else _activations
     caches = {name: None if video.cache is None else StepCache(video.cache, cache_name)
               for name, cache_name in zip(names, spec.cache_models, strict=True)}
-    with _tokens_split(dits.values(), ulysses):
+    with _dits_as_run(dits.values(), ulysses, cuda_graphs):
         stages += run(vae, dits, latent_shape, video, caches)
     peaks = [StagePeak(stage, model, plan.weights_while(model, computing=True), bytes_,
                        not (compiled and stage == "denoise"), plan.models[model].while_computing,
@@ -270,19 +274,24 @@ def estimate_memory(
 
 
 @contextmanager
-def _tokens_split(dits: Iterable[WanModel], ulysses: int) -> Iterator[None]:
-    """The (meta) ``dits`` splitting their tokens over ``ulysses`` processes while inside
-    (``SequenceParallel.planned``: the first process's share), as they were after."""
+def _dits_as_run(dits: Iterable[WanModel], ulysses: int, cuda_graphs: bool) -> Iterator[None]:
+    """The (meta) ``dits`` splitting their tokens over ``ulysses`` processes
+    (``SequenceParallel.planned``: the first process's share) and, with ``cuda_graphs``, replaying
+    their blocks from graphs of their own (their buffers allocated in the DiT's own stage), while
+    inside; as they were after."""
     dits = list(dits)
-    before = [dit.sequence_parallel for dit in dits]
+    before = [(dit.sequence_parallel, dit.stage_graphs) for dit in dits]
     try:
-        if ulysses > 1:
-            for dit in dits:
+        for dit in dits:
+            if ulysses > 1:
                 dit.enable_sequence_parallel(SequenceParallel.planned(ulysses))
+            if cuda_graphs:
+                # Captured at once, so that the one step of each kind the estimate runs holds them.
+                dit.enable_cuda_graphs(StageGraphs(RerunBackend(), capture_at_first_call=True))
         yield
     finally:
-        for dit, parallel in zip(dits, before, strict=True):
-            dit.sequence_parallel = parallel
+        for dit, (parallel, graphs) in zip(dits, before, strict=True):
+            dit.sequence_parallel, dit.stage_graphs = parallel, graphs
 
 
 def _activations(

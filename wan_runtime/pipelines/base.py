@@ -272,7 +272,7 @@ class Pipeline:
         compiled = any(dit.blocks_compiled for dit in self.dits.values())
         parallel = next(iter(self.dits.values())).sequence_parallel
         return estimate_memory(self.weight_plan, self.spec, video, compiled,
-                               1 if parallel is None else parallel.world)
+                               1 if parallel is None else parallel.world, self.stage_graphs is not None)
 
     def _settings(
         self,

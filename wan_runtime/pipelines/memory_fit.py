@@ -218,7 +218,8 @@ def fit_memory(
                       stacklevel=2)
     spec = task_spec(task)
     compiled, ulysses = bool(options.get("compile", False)), options.get("ulysses_size", 1)
-    estimates = {video: estimate_memory(plan, spec, video, compiled, ulysses)
+    graphs = bool(options.get("cuda_graphs", False))
+    estimates = {video: estimate_memory(plan, spec, video, compiled, ulysses, graphs)
                  for video in dict.fromkeys(videos)}
     # The most processes of any machine with the least memory of any: an agreed bound where torchrun
     # starts more processes on some machines than on others.
