@@ -8,9 +8,10 @@ timed in turns, and peak reserved memory, same weights and inputs, one process.
 CUDA graphs need a GPU: without ``--gpu`` the script says so and stops.
 
 Columns: ``eager_ms`` / ``graphs_ms`` and ``x_eager`` (the eager time over the graphs' one: above 1
-the graphs are faster), the peak memory the allocator reserved in each forward (the graphs' pool
-and buffers included) and ``extra_GB``, and whether the two outputs are bitwise equal. Each
-forward is timed after its graphs are captured (the first two calls).
+the graphs are faster), the peak memory the allocator reserved in each forward (both models'
+weights; the eager one's before any graph was captured, the graphed one's with the graphs' pool and
+buffers) and ``extra_GB``, and whether the two outputs are bitwise equal. Each forward is timed
+after its graphs are captured (the first two calls).
 """
 
 from __future__ import annotations
@@ -52,13 +53,15 @@ def run_case(
     eager = random_dit(case.config, seed=0).eval().set_compute_dtype(dtype).to(device)
     graphed = copy.deepcopy(eager).enable_cuda_graphs(graphs)
     args = inputs(case, device)
+    calls = {"eager": lambda: eager(**args), "graphs": lambda: graphed(**args)}
     with torch.inference_mode():
+        # The eager peak before any graph holds its pool, the graphs' with the pool they hold.
+        peaks = {"eager": peak_reserved(calls["eager"], device)}
         want = eager(**args)
         for _ in range(2):  # the first call of its kind runs eagerly, the second is captured
             got = graphed(**args)
-        calls = {"eager": lambda: eager(**args), "graphs": lambda: graphed(**args)}
+        peaks["graphs"] = peak_reserved(calls["graphs"], device)
         seconds = median_seconds_in_turns(calls, device, warmup, repeat)
-        peaks = {name: peak_reserved(call, device) for name, call in calls.items()}
     row = {"dim": case.config.dim, "layers": case.config.num_layers, "tokens": case.tokens,
            "dtype": str(dtype).removeprefix("torch."), "eager_ms": round(seconds["eager"] * 1e3, 2),
            "graphs_ms": round(seconds["graphs"] * 1e3, 2),

@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="compile the DiT blocks with torch.compile (the first step pays the "
                         "compile time)")
-    p.add_argument("--cuda_graphs", action="store_true",
+    p.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=False,
                    help="run the DiT blocks from CUDA graphs, captured at their second call of each kind "
                         "(the same numbers, without the host's kernel launches between; a copy of the "
                         "blocks' input and two of their output more memory); not with --stream_blocks, "

@@ -18,5 +18,9 @@ class LaunchInputError(InputError):
     share (so the first process alone need tell it)."""
 
 
+class GraphCaptureError(WanError):
+    """The DiT's blocks could not be captured as a CUDA graph (``cuda_graphs``)."""
+
+
 class NumericalError(WanError):
     """A run produced NaN or infinite values."""

@@ -547,6 +547,7 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     blocks); in the VAE decode (``stage`` ``vae_decode``), decoding in tiles first; while
     ``LOADING``, only what lowers the weights; after a fit, first a smaller budget."""
     from wan_runtime.pipelines.memory_advice import (
+        NO_CUDA_GRAPHS,
         Step,
         say,
         tiling_step,
@@ -566,6 +567,8 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
         world=launch.world,
     )
     steps = weight_steps(options, most_streamed)
+    if flags.cuda_graphs:  # no block streams under a graph
+        steps = [step for step in steps if step.option != "stream_blocks"]
     if args.fit_memory is not None:
         steps.insert(0, Step("fit_memory", "smaller", "a budget in GiB; the fit's estimate fell short here"))
     if stage == LOADING:  # the video's size does not matter yet
@@ -577,6 +580,8 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
         steps.insert(0 if stage == "vae_decode" else len(steps), tiles)
     if stage in (None, "denoise"):
         steps += token_steps(launch.world, flags.ulysses_size)
+        # The graphs' copies are held through the steps, dropped before the decode.
+        steps += [NO_CUDA_GRAPHS] if flags.cuda_graphs else []
     frames = "infer_frames" if flags.task == "s2v-14B" else "frame_num"
     return say(steps + video_steps(frames), flags=True)
 

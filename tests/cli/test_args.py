@@ -345,8 +345,14 @@ def test_out_of_memory_while_loading_advises_on_the_weights_alone(roots, monkeyp
 
     sharded = SimpleNamespace(fit_memory=None, offload_model=False, dit_fsdp=True, t5_fsdp=True, t5_cpu=False,
                               stream_blocks=None, dit_fp8=False, vae_tiling=0, task="ti2v-5B", dtype=None,
-                              convert_model_dtype=False, ulysses_size=1)
+                              convert_model_dtype=False, ulysses_size=1, cuda_graphs=False)
     assert _memory_remedy(sharded, None, LOADING).startswith("no flag lowers the weights further")
+    # In the steps the graphs' copies can go; no block streams under a graph.
+    graphed = SimpleNamespace(**vars(sharded) | {"dit_fsdp": False, "t5_fsdp": False, "cuda_graphs": True})
+    advice = _memory_remedy(graphed, None, "denoise")
+    assert ("--no-cuda_graphs (the DiT blocks' graphs keep copies of their input and output), smaller "
+            "--size") in advice and "--stream_blocks" not in advice
+    assert "cuda_graphs" not in _memory_remedy(graphed, None, LOADING)
     # In the decode, tiles half as wide.
     tiled = SimpleNamespace(**vars(sharded) | {"vae_tiling": 256})
     smaller = "--vae_tiling 128 (smaller tiles), smaller --size, fewer --frame_num"

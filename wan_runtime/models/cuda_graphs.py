@@ -7,21 +7,23 @@ does the step cache's host decision between block 0 and the rest.
 
 A graph serves one kind of call: the model, ``start`` and ``stop``, the weights' addresses, and
 the shapes, dtypes and strides of every input tensor (with the inputs' other values, e.g. the
-token grid). The first call of a kind runs eagerly on the capture's stream (Triton compiles its
-kernels, cuBLAS makes its workspace, ``torch.compile`` traces, outside any capture) and its result
-is used; the second is captured, then replayed, as is every later one: the inputs are copied into
-the graph's static buffers, the graph replays, and its output is copied out.
+token grid). Every call copies its inputs into buffers kept for calls that look alike. The first
+call of a kind runs eagerly on them, on the capture's stream (Triton compiles its kernels, cuBLAS
+makes its workspace, ``torch.compile`` traces, outside any capture), and its result is used; the
+second is captured, then replayed, as is every later one, and the output is copied out.
 
 Memory: the graphs of one ``StageGraphs`` share one memory pool for what their kernels allocate,
 and the graphs whose inputs look alike (the two experts', the two guidance branches') read one set
 of input buffers; outputs alike are written to one buffer. Sharing is safe because the graphs run
 on one stream one at a time, and each output is copied out of its buffer before another graph
 replays, so what one graph leaves in the pool is never read again. Over eager blocks a stage thus
-holds a copy of its inputs and two of its output (the buffer and the copy out) more.
+holds a copy of its inputs and its output's buffer more (the copy out stands for the eager output),
+and what its kernels allocate stays in the pool, out of reach of the eager work around them.
 
 The graphs record the weights' addresses: a model offloaded and brought back (new addresses) gets
-new graphs, and ``release`` drops them all (the pipeline does at the end of each denoising loop,
-so that the VAE has the pool's memory). Weights moved while a stage runs (streamed blocks, FSDP's
+new graphs, and ``release`` drops them all (the pipeline does when i2v-A14B's experts take over
+from each other, whose graphs never replay again, and after each denoising loop, so that the VAE
+has the pool's memory). Weights moved while a stage runs (streamed blocks, FSDP's
 gathers) cannot be graphed at all, nor collectives (sequence parallelism):
 ``wan_runtime.checks.check_cuda_graphs``.
 """
@@ -35,6 +37,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+from wan_runtime.errors import GraphCaptureError
 
 
 class GraphBackend(Protocol):
@@ -59,6 +63,7 @@ class CudaGraphBackend:
         self.device = device
         self._stream = torch.cuda.Stream(device)
         self._pool = torch.cuda.graph_pool_handle()
+        self._failed = False
 
     def warm_up(self, work: Callable[[], Any]) -> Any:
         main = torch.cuda.current_stream(self.device)
@@ -72,14 +77,28 @@ class CudaGraphBackend:
 
     def capture(self, work: Callable[[], None]) -> Callable[[], None]:
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
-            work()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
+                work()
+        except Exception as err:
+            # The end of a broken capture raises its own error over the cause: name the cause.
+            self._failed = True
+            cause = err.__context__ if isinstance(err.__context__, Exception) else err
+            first = " ".join(str(cause).split())[:300]
+            raise GraphCaptureError(f"the DiT blocks could not be captured as a CUDA graph "
+                                    f"({type(cause).__name__}: {first}); run without cuda_graphs") from err
         return graph.replay
 
     def release(self) -> None:
+        # After a failed capture the allocator may still count the capture as under way, and
+        # emptying its cache could fail over the capture's own error.
+        if self._failed:
+            return
         # The pool's memory goes back to the allocator once no graph holds it; emptied, it is the
-        # next stage's (the VAE's) to take.
+        # next stage's (the VAE's) to take. The next graphs take a new pool, so that nothing left
+        # in this one can tie them to it.
         torch.cuda.empty_cache()
+        self._pool = torch.cuda.graph_pool_handle()
 
 
 class RerunBackend:
@@ -111,7 +130,7 @@ def _describe(leaf: Any) -> Hashable:
 
 @dataclass
 class _Graph:
-    inputs: list[torch.Tensor | None]  # a static buffer for each tensor input, None for the others
+    inputs: list[torch.Tensor | None]  # a buffer for each tensor input, None for the others
     output: torch.Tensor
     replay: Callable[[], None]
 
@@ -145,25 +164,26 @@ class StageGraphs:
         leaves, spec = tree_flatten(inputs)
         looks = (spec, tuple(_describe(leaf) for leaf in leaves))
         key = (id(model), stage, _addresses(model), looks)
+        buffers = self._buffers(looks, leaves)
+        # The first call and the capture read the same buffers: what the first call set up for
+        # its inputs (a compiled block's guards on their strides) holds in the capture too.
+        static = tree_unflatten([leaf if buffer is None else buffer
+                                 for buffer, leaf in zip(buffers, leaves, strict=True)], spec)
         graph = self._graphs.get(key)
         if graph is None:
             if key not in self._first:
-                out = self.backend.warm_up(lambda: work(*inputs))
+                out = self.backend.warm_up(lambda: work(*static))
                 self._first[key] = (out.shape, out.dtype)
                 if not self.capture_at_first_call:
                     return out
                 del out
-            graph = self._graphs[key] = self._capture(key, looks, leaves, spec, work)
-        for buffer, leaf in zip(graph.inputs, leaves, strict=True):
-            if buffer is not None:
-                buffer.copy_(leaf)
+            graph = self._graphs[key] = self._capture(key, buffers, static, work)
         graph.replay()
         self.replays += 1
         return graph.output.clone()
 
-    def _capture(
-        self, key: Hashable, looks: Hashable, leaves: list[Any], spec: Any, work: Callable[..., torch.Tensor]
-    ) -> _Graph:
+    def _buffers(self, looks: Hashable, leaves: list[Any]) -> list[torch.Tensor | None]:
+        """The input buffers of calls that look like ``looks``, ``leaves`` copied in."""
         if looks not in self._inputs:
             self._inputs[looks] = [torch.empty_like(leaf) if isinstance(leaf, torch.Tensor) else None
                                    for leaf in leaves]
@@ -171,14 +191,18 @@ class StageGraphs:
         for buffer, leaf in zip(buffers, leaves, strict=True):
             if buffer is not None:
                 buffer.copy_(leaf)
+        return buffers
+
+    def _capture(
+        self, key: Hashable, buffers: list[torch.Tensor | None], static: Any,
+        work: Callable[..., torch.Tensor],
+    ) -> _Graph:
         shape, dtype = self._first[key]
-        device = next(leaf.device for leaf in leaves if isinstance(leaf, torch.Tensor))
+        device = next(buffer.device for buffer in buffers if buffer is not None)
         out_key = (tuple(shape), dtype, device)
         if out_key not in self._outputs:
             self._outputs[out_key] = torch.empty(shape, dtype=dtype, device=device)
         output = self._outputs[out_key]
-        static = tree_unflatten([leaf if buffer is None else buffer
-                                 for buffer, leaf in zip(buffers, leaves, strict=True)], spec)
 
         def body() -> None:
             output.copy_(work(*static))
@@ -205,6 +229,5 @@ class StageGraphs:
 
 def _addresses(model: nn.Module) -> tuple[int, ...]:
     # Where the weights are: a model offloaded and brought back has new copies of them, which the
-    # old graphs would not read. Every parameter moves with its model, so two tell.
-    params = list(model.parameters())
-    return (params[0].data_ptr(), params[-1].data_ptr()) if params else ()
+    # old graphs would not read. Each one's, as a new copy may land where another was.
+    return tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))

@@ -396,6 +396,8 @@ class Pipeline:
         with self._loop_graphs(), reporter.steps(len(steps), self.task, show_model=expert_names) as done:
             for i, t in enumerate(steps):
                 name, scale = self._expert(t, guide)
+                if self.stage_graphs is not None and i and name != self._expert(steps[i - 1], guide)[0]:
+                    self.stage_graphs.release()  # the other expert's graphs never replay again
                 model = self.residency.activate(name)
                 if manager is not None and self.residency.offload:
                     manager.release_finished(i)  # not copied to the CPU to be dropped there

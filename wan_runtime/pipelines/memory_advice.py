@@ -48,6 +48,7 @@ class Step(NamedTuple):
 
 DIT_FP8 = Step("dit_fp8", True, "DiT weights in 8-bit floats: half the memory, not the official video")
 TO_BFLOAT16 = Step("dtype", "bfloat16", "half the bytes of float32")
+NO_CUDA_GRAPHS = Step("cuda_graphs", False, "the DiT blocks' graphs keep copies of their input and output")
 
 
 def say(steps: Sequence[Step], flags: bool, nothing: str = "no option lowers them further") -> str:
