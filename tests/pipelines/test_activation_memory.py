@@ -14,8 +14,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.pipelines.test_memory_plan import plan as cuda_plan
 from wan_runtime.cache import CacheConfig
+from wan_runtime.models.cuda_graphs import RerunBackend
 from wan_runtime.models.vae_loading import codec
-from wan_runtime.pipelines import check_pipeline, load_pipeline
+from wan_runtime.pipelines import activation_memory, check_pipeline, load_pipeline
 from wan_runtime.pipelines.activation_memory import (
     MemoryEstimate,
     StagePeak,
@@ -29,7 +30,7 @@ from wan_runtime.pipelines.activation_memory import (
     speech_work,
     step_work,
 )
-from wan_runtime.pipelines.live_bytes import FusedAttention, LiveBytes, QuickNormalize, peak_bytes
+from wan_runtime.pipelines.live_bytes import FusedAttention, LiveBytes, QuickNormalize, peak_bytes, pooled
 from wan_runtime.pipelines.memory_advice import Step
 from wan_runtime.pipelines.memory_plan import AUDIO_ENCODER, TEXT_ENCODER, VAE
 from wan_runtime.tasks import task_spec
@@ -270,8 +271,9 @@ def test_i2v_has_a_stage_per_model_and_the_peak_is_the_largest(i2v_root):
 
 
 @pytest.mark.parametrize("cache", [None, CacheConfig(fbcache=True)], ids=["uncached", "fbcache"])
-def test_graphed_steps_hold_the_graphs_buffers_too(i2v_root, cache):
-    """Each kind of blocks' call holds a copy of its inputs, and their output one buffer more."""
+def test_graphed_steps_hold_the_graphs_buffers_and_pool_too(i2v_root, cache, monkeypatch):
+    """Each kind of blocks' call holds a copy of its inputs, and their output one buffer more; what
+    the blocks allocate stays in the graphs' pool, apart from what the rest of the step allocates."""
     plan, spec = cuda_plan("i2v-A14B", i2v_root), task_spec("i2v-A14B")
     c = plan.meta_models["DiT high_noise"].config
     tokens = 3 * 4 * 6
@@ -283,8 +285,25 @@ def test_graphed_steps_hold_the_graphs_buffers_too(i2v_root, cache):
     held = first + output + (0 if cache is None else rest)
     video = VideoShape(96, 64, 9, True, (3.5, 3.5), cache=cache)
     eager, graphed = (estimate_memory(plan, spec, video, cuda_graphs=graphs) for graphs in (False, True))
-    for before, after in zip(eager.stages, graphed.stages, strict=True):
-        assert after.activations - before.activations == (held if before.stage == "denoise" else 0)
+    # The buffers alone: replays that allocate where the rest of the step does.
+    monkeypatch.setattr(activation_memory, "_PooledRerun", RerunBackend)
+    buffered = estimate_memory(plan, spec, video, cuda_graphs=True)
+    for before, buffers, after in zip(eager.stages, buffered.stages, graphed.stages, strict=True):
+        if before.stage == "denoise":
+            assert buffers.activations - before.activations == held
+            assert after.activations > buffers.activations
+        else:
+            assert before.activations == buffers.activations == after.activations
+
+
+def test_a_graphs_pool_keeps_the_most_it_held_beside_the_other_tensors():
+    def step() -> torch.Tensor:
+        with pooled():
+            replayed = torch.empty(1024, device="meta")  # 4 KiB, freed into the pool
+            del replayed
+        return torch.empty(256, device="meta")  # 1 KiB beside the pool's 4
+
+    assert peak_bytes(step) == 5 * 1024
 
 
 def test_guidance_at_scale_1_runs_one_branch_and_takes_less(i2v_root):

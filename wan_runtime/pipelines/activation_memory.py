@@ -21,7 +21,9 @@ GiB for a minute), when the video gives them.
 With a step cache (``VideoShape.cache``) a DiT's step is a computed step after another, run
 through the run's ``CacheManager``: each branch holds what the step before cached for it (TeaCache's
 or FBCache's float32 residual of the tokens: 1.4 GiB per branch at i2v-A14B's 720p) until it
-captures its own.
+captures its own. With the blocks replayed from CUDA graphs (``cuda_graphs``) a DiT's step also
+holds the graphs' input and output buffers, and what the blocks allocate comes from the graphs'
+pool, which keeps the most it held apart from the rest of the step (``live_bytes.pooled``).
 
 It is a lower bound of ``torch.cuda.max_memory_allocated``: left out are the kernels' workspaces
 (cuDNN's convolutions above all: on an H100 the bf16 VAE decode at 720p allocated 1.2-1.5x the
@@ -40,7 +42,7 @@ band of the rows, with the rows its neighbours lend and the gathered results
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -56,7 +58,7 @@ from wan_runtime.models.cuda_graphs import RerunBackend, StageGraphs
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.models.vae_loading import codec
 from wan_runtime.pipelines.inputs import expert_scale
-from wan_runtime.pipelines.live_bytes import peak_bytes
+from wan_runtime.pipelines.live_bytes import peak_bytes, pooled
 from wan_runtime.pipelines.memory_advice import Step, say, tiling_step, token_steps, video_steps
 from wan_runtime.pipelines.memory_plan import _GIB, AUDIO_ENCODER, TEXT_ENCODER, VAE, WeightPlan, dit_label
 from wan_runtime.tasks import DIT, TaskSpec
@@ -273,6 +275,17 @@ def estimate_memory(
                           frames_option, tuple(token_steps(world, ulysses, config.num_heads)))
 
 
+class _PooledRerun(RerunBackend):
+    """``RerunBackend`` whose replays allocate from the graphs' pool, as ``LiveBytes`` counts it."""
+
+    def capture(self, work: Callable[[], None]) -> Callable[[], None]:
+        def replay() -> None:
+            with pooled():
+                work()
+
+        return replay
+
+
 @contextmanager
 def _dits_as_run(dits: Iterable[WanModel], ulysses: int, cuda_graphs: bool) -> Iterator[None]:
     """The (meta) ``dits`` splitting their tokens over ``ulysses`` processes
@@ -287,7 +300,7 @@ def _dits_as_run(dits: Iterable[WanModel], ulysses: int, cuda_graphs: bool) -> I
                 dit.enable_sequence_parallel(SequenceParallel.planned(ulysses))
             if cuda_graphs:
                 # Captured at once, so that the one step of each kind the estimate runs holds them.
-                dit.enable_cuda_graphs(StageGraphs(RerunBackend(), capture_at_first_call=True))
+                dit.enable_cuda_graphs(StageGraphs(_PooledRerun(), capture_at_first_call=True))
         yield
     finally:
         for dit, (parallel, graphs) in zip(dits, before, strict=True):

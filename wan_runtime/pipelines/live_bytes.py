@@ -7,13 +7,17 @@ differ: attention (``FusedAttention``: a fused kernel keeps its output and the l
 while a meta ``scaled_dot_product_attention`` takes the math path and its [L, L] scores) and
 ``torch.unique`` of a per-token timestep, whose size depends on the data (two values: the fixed
 first frame's 0 and the step's timestep). One function whose meta kernels are slow is answered
-with the tensors it allocates, not run (``QuickNormalize``).
+with the tensors it allocates, not run (``QuickNormalize``). What a CUDA graph's kernels allocate
+(made inside ``pooled``) comes from the graphs' memory pool, which keeps all it ever held apart
+from the rest.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +35,31 @@ def _rounded(nbytes: int) -> int:
     return -(-nbytes // _BLOCK) * _BLOCK
 
 
+_POOLED: ContextVar[bool] = ContextVar("pooled", default=False)
+
+
+@contextmanager
+def pooled() -> Iterator[None]:
+    """The tensors made inside come from the CUDA graphs' memory pool (as ``LiveBytes`` counts)."""
+    token = _POOLED.set(True)
+    try:
+        yield
+    finally:
+        _POOLED.reset(token)
+
+
 class LiveBytes(TorchDispatchMode):
     """A dispatch mode that counts each new tensor storage an op returns from the op until Python
     frees it (views and in-place results share an input's storage, and count with it); ``peak``
-    is the most bytes alive at once since the mode was entered, tensors made before not counted."""
+    is the most bytes alive at once since the mode was entered, tensors made before not counted.
+    A storage made inside ``pooled`` is the graphs' pool's, which holds on to the most it ever
+    held: from then on that most counts beside the other tensors alive."""
 
     def __init__(self) -> None:
         super().__init__()
         self.live = 0
+        self.pool_live = 0
+        self.pool_most = 0
         self.peak = 0
         self._counted: set[int] = set()
 
@@ -64,13 +85,21 @@ class LiveBytes(TorchDispatchMode):
             return
         nbytes = _rounded(storage.nbytes())
         self._counted.add(key)
-        self.live += nbytes
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(storage, self._free, key, nbytes)
+        in_pool = _POOLED.get()
+        if in_pool:
+            self.pool_live += nbytes
+            self.pool_most = max(self.pool_most, self.pool_live)
+        else:
+            self.live += nbytes
+        self.peak = max(self.peak, self.live + self.pool_most)
+        weakref.finalize(storage, self._free, key, nbytes, in_pool)
 
-    def _free(self, key: int, nbytes: int) -> None:
+    def _free(self, key: int, nbytes: int, in_pool: bool) -> None:
         self._counted.discard(key)
-        self.live -= nbytes
+        if in_pool:
+            self.pool_live -= nbytes
+        else:
+            self.live -= nbytes
 
 
 def _storages(leaves: Iterable[object]) -> Iterator[torch.UntypedStorage]:
