@@ -50,7 +50,8 @@ def run(
     graphed = {}
     if graphs:
         eager = load_pipeline(task, root, **options).generate("a red boat on a river", **arguments)
-        graphed = {"same_as_eager": bool(torch.equal(videos[0], eager))}
+        graphed = {"same_as_eager": bool(torch.equal(videos[0], eager)),
+                   "captures": pipe.stage_graphs.captures, "replays": pipe.stage_graphs.replays}
     sampling = ("sampling_steps", "seed", "progress", "sample_solver")
     estimate = pipe.estimate_memory(**{k: v for k, v in arguments.items() if k not in sampling})
     report = pipe.last_report

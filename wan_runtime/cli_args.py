@@ -345,9 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "compile time)")
     p.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=False,
                    help="run the DiT blocks from CUDA graphs, captured at their second call of each kind "
-                        "(the same numbers, without the host's kernel launches between; a copy of the "
-                        "blocks' input and two of their output more memory); not with --stream_blocks, "
-                        "--dit_fsdp or --ulysses_size")
+                        "(the same numbers, without the host's kernel launches between; more memory: a copy "
+                        "of the blocks' input and of their output, and the graphs' pool); not with "
+                        "--stream_blocks, --dit_fsdp or --ulysses_size")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     p.add_argument("--dry_run", action="store_true",
                    help="check every argument and file as a run would (the checkpoint's configs, headers "

@@ -454,7 +454,9 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
     timings = {**({} if load_s is None else {"load": load_s}), **report.timings, "write": write_s}
     print("timings: " + ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in timings.items()))
     peak = report.peak_memory_bytes
-    print(f"peak memory: {'not measured on this device' if peak is None else f'{peak / 2**30:.2f} GiB'}")
+    reserved = " reserved (the CUDA graphs' pool counts only there)" if config.cuda_graphs else ""
+    measured = "not measured on this device" if peak is None else f"{peak / 2**30:.2f} GiB{reserved}"
+    print(f"peak memory: {measured}")
     if config.demo:
         print(demo.NOTICE)
 
@@ -549,6 +551,7 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     from wan_runtime.pipelines.memory_advice import (
         NO_CUDA_GRAPHS,
         Step,
+        graphable,
         say,
         tiling_step,
         token_steps,
@@ -566,9 +569,9 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
         t5_fsdp=bool(flags.t5_fsdp), stream_blocks=flags.stream_blocks or 0, dit_fp8=bool(flags.dit_fp8),
         world=launch.world,
     )
-    steps = weight_steps(options, most_streamed)
-    if flags.cuda_graphs:  # no block streams under a graph
-        steps = [step for step in steps if step.option != "stream_blocks"]
+    # Under CUDA graphs no weight moves and no token is exchanged while the blocks run.
+    fitting = graphable if flags.cuda_graphs else list
+    steps = fitting(weight_steps(options, most_streamed))
     if args.fit_memory is not None:
         steps.insert(0, Step("fit_memory", "smaller", "a budget in GiB; the fit's estimate fell short here"))
     if stage == LOADING:  # the video's size does not matter yet
@@ -579,7 +582,7 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     if tiles and (stage == "vae_decode" or not flags.vae_tiling):
         steps.insert(0 if stage == "vae_decode" else len(steps), tiles)
     if stage in (None, "denoise"):
-        steps += token_steps(launch.world, flags.ulysses_size)
+        steps += fitting(token_steps(launch.world, flags.ulysses_size))
         # The graphs' copies are held through the steps, dropped before the decode.
         steps += [NO_CUDA_GRAPHS] if flags.cuda_graphs else []
     frames = "infer_frames" if flags.task == "s2v-14B" else "frame_num"

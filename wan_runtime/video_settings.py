@@ -5,10 +5,11 @@ Each video stores, beside the account of its run, the flags that make it again (
 written by ``recorded_flags``): every setting that decides its frames, resolved (the drawn seed,
 the task's or the demo's defaults but the example prompt, which is each task's own), with paths
 made absolute. What places the work (device, offloading, ``--t5_cpu``, ``--stream_blocks``,
-``--compile``, the several-GPU flags) and where the video goes are not recorded: the command line
-gives those. The same flags make the same frames where the work is computed alike: on the same
-kind of device, with the same kernels, compiled or not, the text encoder on the same device
-(``run_setup``, which the video's settings keep; ``check_setup`` warns of a difference).
+``--compile``, ``--cuda_graphs``, the several-GPU flags) and where the video goes are not
+recorded: the command line gives those. The same flags make the same frames where the work is
+computed alike: on the same kind of device, with the same kernels, compiled or not, the text
+encoder on the same device (``run_setup``, which the video's settings keep; ``check_setup``
+warns of a difference).
 
 ``VideoSettings.fill`` gives each recorded flag that the command line (and a ``--batch`` line)
 leaves out the video's value; a flag given keeps its own. Some flags stand for a group, so that

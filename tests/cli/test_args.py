@@ -528,3 +528,4 @@ def test_one_frame_is_accepted_as_by_the_official_script(roots):
 def test_cuda_graphs_on_the_cpu_is_refused(roots, capsys):
     lines = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--device", "cpu", "--cuda_graphs"])
     assert lines == ["error: --cuda_graphs needs a CUDA device, not cpu; run without it"]
+

@@ -239,3 +239,18 @@ def test_s2v_undecodable_audio_is_one_line_and_exit_2(cache_env, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: --audio {tmp_path / 'talk.mp3'} cannot be decoded by ffmpeg")
+
+
+def test_a_run_loads_with_every_option_load_pipeline_takes(tmp_path):
+    """A flag that ``_load_arguments`` left out would load with that option's default."""
+    import inspect
+
+    from wan_runtime.cli_args import build_parser, resolve
+    from wan_runtime.generate import _load_arguments
+    from wan_runtime.pipelines import load_pipeline
+    from wan_runtime.tiny_checkpoints import write_task_checkpoint
+
+    folder = write_task_checkpoint("ti2v-5B", tmp_path / "ti2v")
+    config = resolve(build_parser().parse_args(["--ckpt_dir", str(folder), "--device", "cpu"]))
+    arguments = _load_arguments(config)
+    assert set(arguments) == set(inspect.signature(load_pipeline).parameters)

@@ -120,9 +120,9 @@ def test_release_drops_every_graph_and_buffer():
             graphed(*inputs)
         assert graphs.held_bytes > 0
         graphs.release()
-        assert (graphs.held_bytes, graphs.captures, backend.releases) == (0, 0, 1)
+        assert (graphs.held_bytes, backend.releases) == (0, 1)
         graphed(*inputs)  # eager again: a first call
-    assert backend.warm_ups == 2 and graphs.captures == 0
+    assert backend.warm_ups == 2 and graphs.captures == 1
 
 
 class _CaptureRules(TorchDispatchMode):
@@ -200,7 +200,7 @@ def test_settings_a_graph_cannot_serve_are_refused(settings, message):
         check_cuda_graphs(*settings)
 
 
-def test_offloading_and_compile_are_allowed():
+def test_a_cuda_device_alone_is_allowed():
     check_cuda_graphs(torch.device("cuda:1"), 0, False, 1)
 
 

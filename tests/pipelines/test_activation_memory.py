@@ -575,3 +575,15 @@ def test_under_torchrun_the_advice_splits_the_tokens_where_they_are_not(ti2v_roo
     assert split not in advice(estimate_memory(cuda_plan("ti2v-5B", ti2v_root), spec, video), "denoise")
     with pytest.raises(ValueError, match="ulysses 2: the tokens split over 1 or all 1 processes of the plan"):
         estimate_memory(cuda_plan("ti2v-5B", ti2v_root), spec, video, ulysses=2)
+
+
+def test_a_graphed_steps_advice_drops_the_graphs_copies_and_no_block_streams(i2v_root):
+    plan = cuda_plan("i2v-A14B", i2v_root)
+    estimate = estimate_memory(plan, task_spec("i2v-A14B"), VideoShape(96, 64, 9, True, (3.5, 3.5)),
+                               cuda_graphs=True)
+    step = next(stage for stage in estimate.stages if stage.stage == "denoise")
+    for advice in (estimate.remedy_for(step), estimate.placed(plan).remedy_for(step)):
+        assert "no cuda_graphs (the DiT blocks' graphs keep copies" in advice
+        assert "stream_blocks" not in advice
+    eager = estimate_memory(plan, task_spec("i2v-A14B"), VideoShape(96, 64, 9, True, (3.5, 3.5)))
+    assert "stream_blocks" in eager.remedy_for(step) and "cuda_graphs" not in eager.remedy_for(step)

@@ -80,6 +80,8 @@ class CudaGraphBackend:
         try:
             with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
                 work()
+        except torch.OutOfMemoryError:
+            raise  # the capture ended; the run's out-of-memory advice applies
         except Exception as err:
             # The end of a broken capture raises its own error over the cause: name the cause.
             self._failed = True
@@ -137,7 +139,7 @@ class _Graph:
 
 class StageGraphs:
     """CUDA graphs of the stages ``run`` is given, for the models of one pipeline (see the module's
-    notes). ``captures`` and ``replays`` count what it did since the last ``release``.
+    notes). ``captures`` and ``replays`` count what it did since it was made.
     ``capture_at_first_call``: a kind's first call, once run eagerly, is captured and replayed at
     once (twice the work), so that one call of each kind holds what every replay does."""
 
@@ -223,7 +225,6 @@ class StageGraphs:
         self._graphs.clear()
         self._inputs.clear()
         self._outputs.clear()
-        self.captures = self.replays = 0
         self.backend.release()
 
 

@@ -59,7 +59,15 @@ from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.models.vae_loading import codec
 from wan_runtime.pipelines.inputs import expert_scale
 from wan_runtime.pipelines.live_bytes import peak_bytes, pooled
-from wan_runtime.pipelines.memory_advice import Step, say, tiling_step, token_steps, video_steps
+from wan_runtime.pipelines.memory_advice import (
+    NO_CUDA_GRAPHS,
+    Step,
+    graphable,
+    say,
+    tiling_step,
+    token_steps,
+    video_steps,
+)
 from wan_runtime.pipelines.memory_plan import _GIB, AUDIO_ENCODER, TEXT_ENCODER, VAE, WeightPlan, dit_label
 from wan_runtime.tasks import DIT, TaskSpec
 
@@ -107,7 +115,9 @@ class MemoryEstimate:
     """Each stage's ``StagePeak`` of one video on ``device``. What lowers a stage's peak
     (``remedy_for``) draws on what lowers the weights (``weight_steps``, the ``WeightPlan``'s),
     the decode's tile size (``vae_tiling``), the option of the frame count (``frames_option``) and
-    what lowers the DiT's activations (``token_steps``: splitting the tokens over processes)."""
+    what lowers the DiT's activations (``token_steps``: splitting the tokens over processes);
+    ``cuda_graphs``: the DiT blocks replay from CUDA graphs, which rule some of those out and
+    whose copies can go (``memory_advice.graphable``)."""
 
     device: torch.device
     stages: tuple[StagePeak, ...]
@@ -115,6 +125,7 @@ class MemoryEstimate:
     vae_tiling: int = 0
     frames_option: str = "frame_num"
     token_steps: tuple[Step, ...] = ()
+    cuda_graphs: bool = False
 
     @property
     def busiest(self) -> StagePeak:
@@ -162,16 +173,19 @@ class MemoryEstimate:
         arguments: for the decode, tiles (smaller tiles); a smaller video or fewer frames; and
         what lowers the weights, first when they are the larger part (alone when FSDP's gathered
         weights make the peak)."""
+        fitting = graphable if self.cuda_graphs else list
+        weights = fitting(self.weight_steps)
         if stage.gathering:  # weights alone: no smaller video or split lowers them
-            return say(self.weight_steps, flags)
+            return say(weights, flags)
         tiles = tiling_step(self.vae_tiling) if stage.stage == "vae_decode" else None
         steps = [tiles] if tiles else []
-        steps += [*self.token_steps] if stage.stage == "denoise" else []
+        if stage.stage == "denoise":
+            steps += fitting(self.token_steps) + ([NO_CUDA_GRAPHS] if self.cuda_graphs else [])
         steps += video_steps(self.frames_option)
         # No option lowers the VAE's or the speech encoder's own weights: only other models' there.
         if not (stage.model in (VAE, AUDIO_ENCODER) and stage.weights == stage.own):
             position = 0 if stage.weights > stage.activations else len(steps)
-            steps[position:position] = self.weight_steps
+            steps[position:position] = weights
         return say(steps, flags)
 
     def placed(self, plan: WeightPlan) -> MemoryEstimate:
@@ -272,7 +286,7 @@ def estimate_memory(
              for stage, model, bytes_ in stages]
     frames_option = "frame_num" if spec.audio_dir is None else "infer_frames"
     return MemoryEstimate(plan.device, tuple(peaks), tuple(plan.remedy_steps), video.vae_tiling,
-                          frames_option, tuple(token_steps(world, ulysses, config.num_heads)))
+                          frames_option, tuple(token_steps(world, ulysses, config.num_heads)), cuda_graphs)
 
 
 class _PooledRerun(RerunBackend):

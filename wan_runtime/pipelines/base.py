@@ -348,7 +348,11 @@ class Pipeline:
         return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype, compiled, fp8)
 
     def _peak_memory(self) -> int | None:
-        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        if self.device.type != "cuda":
+            return None
+        # A replay allocates nothing: its pool's memory counts as reserved, not allocated.
+        graphed = self.stage_graphs is not None
+        return (torch.cuda.max_memory_reserved if graphed else torch.cuda.max_memory_allocated)(self.device)
 
     def _encode_text(self, prompt: str, n_prompt: str) -> Prompts:
         """Both prompts, encoded one at a time as the official pipelines do (a batch of two

@@ -226,8 +226,9 @@ def load_pipeline(
     changes the numbers (timestep 999 becomes 1000 in bfloat16); that rounding is not reproduced.
 
     ``cuda_graphs``: the DiT blocks run from CUDA graphs, captured at each kind of forward's
-    second call and dropped after each video's last step (``wan_runtime.models.cuda_graphs``): the
-    same numbers, without the host's launches between the blocks' kernels. On CUDA, not with
+    second call and dropped after each denoising loop (a video, an s2v clip) and at i2v-A14B's
+    switch of experts (``wan_runtime.models.cuda_graphs``): the same numbers, without the host's
+    launches between the blocks' kernels. On CUDA, not with
     ``stream_blocks``, ``dit_fsdp`` or ``ulysses_size`` above 1.
     """
     # At the first line locals() holds the arguments alone, in the parameters' order.

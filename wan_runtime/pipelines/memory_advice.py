@@ -49,6 +49,13 @@ class Step(NamedTuple):
 DIT_FP8 = Step("dit_fp8", True, "DiT weights in 8-bit floats: half the memory, not the official video")
 TO_BFLOAT16 = Step("dtype", "bfloat16", "half the bytes of float32")
 NO_CUDA_GRAPHS = Step("cuda_graphs", False, "the DiT blocks' graphs keep copies of their input and output")
+# What moves weights or exchanges tokens while the DiT blocks run, which no CUDA graph can hold.
+_UNGRAPHABLE = frozenset({"stream_blocks", "dit_fsdp", "ulysses_size"})
+
+
+def graphable(steps: Sequence[Step]) -> list[Step]:
+    """The ``steps`` a run whose DiT blocks replay from CUDA graphs can take."""
+    return [step for step in steps if step.option not in _UNGRAPHABLE]
 
 
 def say(steps: Sequence[Step], flags: bool, nothing: str = "no option lowers them further") -> str:

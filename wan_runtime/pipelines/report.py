@@ -24,7 +24,9 @@ class RunReport:
     default negative prompt filled in), the output ``size`` as ``"W*H"``, seconds per stage in
     ``timings`` (``audio_encode`` for s2v-14B, ``text_encode``, ``vae_encode`` when an image is
     encoded, ``denoise``, ``vae_decode``; s2v-14B's summed over its clips) and the peak
-    accelerator memory (``None`` on the CPU). For s2v-14B ``frame_num`` is the frames made;
+    accelerator memory (``None`` on the CPU): the tensors' (``max_memory_allocated``), or with
+    CUDA graphs the allocator's reserve (``max_memory_reserved``), which alone holds the graphs'
+    pool while they replay. For s2v-14B ``frame_num`` is the frames made;
     ``vae_tiling`` is the decode's tile size in pixels (0: whole frames)."""
 
     task: str
