@@ -83,6 +83,12 @@ def _compile_support() -> str:
     return ", ".join(states)
 
 
+def _cuda_graphs_support() -> str:
+    if not torch.cuda.is_available():
+        return "unavailable (it needs a CUDA device; this torch sees none)"
+    return "cuda ready (not with --stream_blocks, --dit_fsdp or --ulysses_size)"
+
+
 def _ffmpeg() -> str:
     try:
         import imageio_ffmpeg
@@ -123,7 +129,7 @@ def report() -> list[tuple[str, str]]:
     rows += [("GPU", gpu) for gpu in _gpus()]
     rows.append(("CPU memory", _cpu_memory()))
     rows += [("attention backends", _attention_backends()), ("kernel backends", _kernel_backends()),
-             ("--compile", _compile_support())]
+             ("--compile", _compile_support()), ("--cuda_graphs", _cuda_graphs_support())]
     return rows
 
 

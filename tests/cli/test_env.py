@@ -23,6 +23,8 @@ def test_env_report_runs():
     assert re.fullmatch(r"[\d.]+ GiB of RAM free \([^)]+\) and [\d.]+ GiB of swap", rows["CPU memory"])
     # This machine has a C++ compiler (the C++ kernel tests build with it).
     assert rows["--compile"].endswith("cpu ready")
+    graphs = "cuda ready" if torch.cuda.is_available() else "unavailable (it needs a CUDA device"
+    assert rows["--cuda_graphs"].startswith(graphs)
 
 
 def test_env_report_says_why_compile_cannot_run():
