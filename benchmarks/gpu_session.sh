@@ -118,7 +118,7 @@ step bench_kernels 240 90 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m bench
 step kernel_tests 200 40 "${kernel_tests[@]}" -k "not (cuda or native)"
 step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --compile --out-dir "$out"
 step gpu_pipelines 90 30 python3 -m benchmarks.gpu_pipelines --out-dir "$out"
-step bench_graphs 90 40 python3 -m benchmarks.bench_graphs --gpu --out-dir "$out"
+step bench_graphs 150 60 python3 -m benchmarks.bench_graphs --gpu --out-dir "$out"
 step bench_streaming 60 30 python3 -m benchmarks.bench_streaming --gpu --out-dir "$out"
 step bench_fp8 120 45 python3 -m benchmarks.bench_fp8 --gpu --compile --out-dir "$out"
 step bench_vae 150 60 python3 -m benchmarks.bench_vae --gpu --out-dir "$out"
