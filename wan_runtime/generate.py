@@ -548,16 +548,7 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     with ``--fit_memory``'s placement) has not done yet (no more streaming than ``most_streamed``
     blocks); in the VAE decode (``stage`` ``vae_decode``), decoding in tiles first; while
     ``LOADING``, only what lowers the weights; after a fit, first a smaller budget."""
-    from wan_runtime.pipelines.memory_advice import (
-        NO_CUDA_GRAPHS,
-        Step,
-        graphable,
-        say,
-        tiling_step,
-        token_steps,
-        video_steps,
-        weight_steps,
-    )
+    from wan_runtime.pipelines import memory_advice as advice
     from wan_runtime.pipelines.memory_plan import PlanOptions
 
     flags = args if video is None else video  # the same names
@@ -570,23 +561,24 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
         world=launch.world,
     )
     # Under CUDA graphs no weight moves and no token is exchanged while the blocks run.
-    fitting = graphable if flags.cuda_graphs else list
-    steps = fitting(weight_steps(options, most_streamed))
+    fitting = advice.graphable if flags.cuda_graphs else list
+    steps = fitting(advice.weight_steps(options, most_streamed))
     if args.fit_memory is not None:
-        steps.insert(0, Step("fit_memory", "smaller", "a budget in GiB; the fit's estimate fell short here"))
+        smaller = "a budget in GiB; the fit's estimate fell short here"
+        steps.insert(0, advice.Step("fit_memory", "smaller", smaller))
     if stage == LOADING:  # the video's size does not matter yet
-        return say(steps, flags=True, nothing="no flag lowers the weights further: it takes a GPU with more "
-                                              "memory (or more GPUs)")
+        nothing = "no flag lowers the weights further: it takes a GPU with more memory (or more GPUs)"
+        return advice.say(steps, flags=True, nothing=nothing)
     # Smaller tiles lower the decode alone; tiles at all, the peak of a stage not known.
-    tiles = tiling_step(flags.vae_tiling or 0)
+    tiles = advice.tiling_step(flags.vae_tiling or 0)
     if tiles and (stage == "vae_decode" or not flags.vae_tiling):
         steps.insert(0 if stage == "vae_decode" else len(steps), tiles)
     if stage in (None, "denoise"):
-        steps += fitting(token_steps(launch.world, flags.ulysses_size))
+        steps += fitting(advice.token_steps(launch.world, flags.ulysses_size))
         # The graphs' copies are held through the steps, dropped before the decode.
-        steps += [NO_CUDA_GRAPHS] if flags.cuda_graphs else []
+        steps += [advice.NO_CUDA_GRAPHS] if flags.cuda_graphs else []
     frames = "infer_frames" if flags.task == "s2v-14B" else "frame_num"
-    return say(steps + video_steps(frames), flags=True)
+    return advice.say(steps + advice.video_steps(frames), flags=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:

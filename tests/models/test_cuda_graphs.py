@@ -96,13 +96,21 @@ def test_each_kind_of_call_has_its_own_graph_and_alike_ones_share_buffers():
     assert graphs.captures == 5 and graphs.held_bytes > held
 
 
-def test_moved_weights_get_new_graphs():
+def _captured():
+    """A graphed ti2v DiT, its graphs and their backend, once its forward of ``inputs`` has been
+    warmed up and captured; and those inputs."""
     model = random_dit(TINY_TI2V).eval()
     graphed, graphs, backend = _graphed(model)
     inputs = _inputs(model, 0)
     with torch.inference_mode():
         for _ in range(2):
             graphed(*inputs)
+    return graphed, graphs, backend, inputs
+
+
+def test_moved_weights_get_new_graphs():
+    graphed, graphs, backend, inputs = _captured()
+    with torch.inference_mode():
         for param in graphed.parameters():  # what an offloaded model brought back has: new copies
             param.data = param.data.clone()
         graphed(*inputs)
@@ -112,12 +120,8 @@ def test_moved_weights_get_new_graphs():
 
 
 def test_release_drops_every_graph_and_buffer():
-    model = random_dit(TINY_TI2V).eval()
-    graphed, graphs, backend = _graphed(model)
-    inputs = _inputs(model, 0)
+    graphed, graphs, backend, inputs = _captured()
     with torch.inference_mode():
-        for _ in range(2):
-            graphed(*inputs)
         assert graphs.held_bytes > 0
         graphs.release()
         assert (graphs.held_bytes, backend.releases) == (0, 1)
@@ -151,27 +155,27 @@ def _on_meta(tree):
     return tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, tree)
 
 
-@pytest.mark.parametrize("per_token", [False, True])
-def test_a_block_stage_holds_nothing_a_capture_refuses(per_token):
-    model = random_dit(TINY_TI2V).eval()
+def _block_stage_problems(model: WanModel, *args, **kwargs) -> list[str]:
+    """What a capture refuses in ``model``'s blocks, run on the meta device after its
+    ``prepare(*args, **kwargs)``."""
     with torch.inference_mode():
-        tokens, cond = model.prepare(*_inputs(model, 0, per_token))
+        tokens, cond = model.prepare(*args, **kwargs)
         meta = copy.deepcopy(model).to("meta")
         inputs, rules = _on_meta((tokens, cond)), _CaptureRules()
         with rules:
             meta.run_blocks(*inputs)
-    assert rules.problems == []
+    return rules.problems
+
+
+@pytest.mark.parametrize("per_token", [False, True])
+def test_a_block_stage_holds_nothing_a_capture_refuses(per_token):
+    model = random_dit(TINY_TI2V).eval()
+    assert _block_stage_problems(model, *_inputs(model, 0, per_token)) == []
 
 
 def test_an_s2v_block_stage_holds_nothing_a_capture_refuses():
     model = random_dit(TINY_S2V, model_class=WanModelS2V).eval()
-    with torch.inference_mode():
-        tokens, cond = model.prepare(**s2v_inputs(model.config, seed=0))
-        meta = copy.deepcopy(model).to("meta")
-        inputs, rules = _on_meta((tokens, cond)), _CaptureRules()
-        with rules:
-            meta.run_blocks(*inputs)
-    assert rules.problems == []
+    assert _block_stage_problems(model, **s2v_inputs(model.config, seed=0)) == []
 
 
 def test_the_rules_find_a_host_read_and_a_host_tensor():
