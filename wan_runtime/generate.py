@@ -548,7 +548,14 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     with ``--fit_memory``'s placement) has not done yet (no more streaming than ``most_streamed``
     blocks); in the VAE decode (``stage`` ``vae_decode``), decoding in tiles first; while
     ``LOADING``, only what lowers the weights; after a fit, first a smaller budget."""
-    from wan_runtime.pipelines import memory_advice as advice
+    from wan_runtime.pipelines.memory_advice import (
+        Step,
+        say,
+        tiling_step,
+        token_steps,
+        video_steps,
+        weight_steps,
+    )
     from wan_runtime.pipelines.memory_plan import PlanOptions
 
     flags = args if video is None else video  # the same names
@@ -560,25 +567,20 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
         t5_fsdp=bool(flags.t5_fsdp), stream_blocks=flags.stream_blocks or 0, dit_fp8=bool(flags.dit_fp8),
         world=launch.world,
     )
-    # Under CUDA graphs no weight moves and no token is exchanged while the blocks run.
-    fitting = advice.graphable if flags.cuda_graphs else list
-    steps = fitting(advice.weight_steps(options, most_streamed))
+    steps = weight_steps(options, most_streamed, flags.cuda_graphs)
     if args.fit_memory is not None:
-        smaller = "a budget in GiB; the fit's estimate fell short here"
-        steps.insert(0, advice.Step("fit_memory", "smaller", smaller))
+        steps.insert(0, Step("fit_memory", "smaller", "a budget in GiB; the fit's estimate fell short here"))
     if stage == LOADING:  # the video's size does not matter yet
-        nothing = "no flag lowers the weights further: it takes a GPU with more memory (or more GPUs)"
-        return advice.say(steps, flags=True, nothing=nothing)
+        return say(steps, flags=True, nothing="no flag lowers the weights further: it takes a GPU with more "
+                                              "memory (or more GPUs)")
     # Smaller tiles lower the decode alone; tiles at all, the peak of a stage not known.
-    tiles = advice.tiling_step(flags.vae_tiling or 0)
+    tiles = tiling_step(flags.vae_tiling or 0)
     if tiles and (stage == "vae_decode" or not flags.vae_tiling):
         steps.insert(0 if stage == "vae_decode" else len(steps), tiles)
     if stage in (None, "denoise"):
-        steps += fitting(advice.token_steps(launch.world, flags.ulysses_size))
-        # The graphs' copies are held through the steps, dropped before the decode.
-        steps += [advice.NO_CUDA_GRAPHS] if flags.cuda_graphs else []
+        steps += token_steps(launch.world, flags.ulysses_size, cuda_graphs=flags.cuda_graphs)
     frames = "infer_frames" if flags.task == "s2v-14B" else "frame_num"
-    return advice.say(steps + advice.video_steps(frames), flags=True)
+    return say(steps + video_steps(frames), flags=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:

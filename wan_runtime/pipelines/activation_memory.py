@@ -59,15 +59,7 @@ from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.models.vae_loading import codec
 from wan_runtime.pipelines.inputs import expert_scale
 from wan_runtime.pipelines.live_bytes import peak_bytes, pooled
-from wan_runtime.pipelines.memory_advice import (
-    NO_CUDA_GRAPHS,
-    Step,
-    graphable,
-    say,
-    tiling_step,
-    token_steps,
-    video_steps,
-)
+from wan_runtime.pipelines.memory_advice import Step, graphable, say, tiling_step, token_steps, video_steps
 from wan_runtime.pipelines.memory_plan import _GIB, AUDIO_ENCODER, TEXT_ENCODER, VAE, WeightPlan, dit_label
 from wan_runtime.tasks import DIT, TaskSpec
 
@@ -115,9 +107,9 @@ class MemoryEstimate:
     """Each stage's ``StagePeak`` of one video on ``device``. What lowers a stage's peak
     (``remedy_for``) draws on what lowers the weights (``weight_steps``, the ``WeightPlan``'s),
     the decode's tile size (``vae_tiling``), the option of the frame count (``frames_option``) and
-    what lowers the DiT's activations (``token_steps``: splitting the tokens over processes);
-    ``cuda_graphs``: the DiT blocks replay from CUDA graphs, which rule some of those out and
-    whose copies can go (``memory_advice.graphable``)."""
+    what lowers the DiT's activations (``token_steps``: splitting the tokens over processes, or
+    the CUDA graphs' copies); ``cuda_graphs``: the DiT blocks replay from CUDA graphs, which rule
+    some weights' steps out (``memory_advice.graphable``)."""
 
     device: torch.device
     stages: tuple[StagePeak, ...]
@@ -173,14 +165,12 @@ class MemoryEstimate:
         arguments: for the decode, tiles (smaller tiles); a smaller video or fewer frames; and
         what lowers the weights, first when they are the larger part (alone when FSDP's gathered
         weights make the peak)."""
-        fitting = graphable if self.cuda_graphs else list
-        weights = fitting(self.weight_steps)
+        weights = graphable(self.weight_steps) if self.cuda_graphs else list(self.weight_steps)
         if stage.gathering:  # weights alone: no smaller video or split lowers them
             return say(weights, flags)
         tiles = tiling_step(self.vae_tiling) if stage.stage == "vae_decode" else None
         steps = [tiles] if tiles else []
-        if stage.stage == "denoise":
-            steps += fitting(self.token_steps) + ([NO_CUDA_GRAPHS] if self.cuda_graphs else [])
+        steps += [*self.token_steps] if stage.stage == "denoise" else []
         steps += video_steps(self.frames_option)
         # No option lowers the VAE's or the speech encoder's own weights: only other models' there.
         if not (stage.model in (VAE, AUDIO_ENCODER) and stage.weights == stage.own):
@@ -286,7 +276,8 @@ def estimate_memory(
              for stage, model, bytes_ in stages]
     frames_option = "frame_num" if spec.audio_dir is None else "infer_frames"
     return MemoryEstimate(plan.device, tuple(peaks), tuple(plan.remedy_steps), video.vae_tiling,
-                          frames_option, tuple(token_steps(world, ulysses, config.num_heads)), cuda_graphs)
+                          frames_option, tuple(token_steps(world, ulysses, config.num_heads, cuda_graphs)),
+                          cuda_graphs)
 
 
 class _PooledRerun(RerunBackend):

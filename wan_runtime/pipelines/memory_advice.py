@@ -67,9 +67,10 @@ def say(steps: Sequence[Step], flags: bool, nothing: str = "no option lowers the
     return "to fit, try " + ", ".join(step.say(flags) for step in steps) + names
 
 
-def weight_steps(options: PlanOptions, most_streamed: int | None) -> list[Step]:
+def weight_steps(options: PlanOptions, most_streamed: int | None, cuda_graphs: bool = False) -> list[Step]:
     """What lowers the weights' device memory, of what ``options`` allow and have not done
-    (``most_streamed``: how many blocks can stream at most; None: unknown)."""
+    (``most_streamed``: how many blocks can stream at most; None: unknown), and a run whose DiT
+    blocks replay from CUDA graphs (``cuda_graphs``) can take."""
     o, several = options, options.world > 1
     steps = []
     if not o.offload_model and not o.dit_fsdp:
@@ -87,7 +88,7 @@ def weight_steps(options: PlanOptions, most_streamed: int | None) -> list[Step]:
         steps.append(DIT_FP8)
     if o.dtype == torch.float32:
         steps.append(TO_BFLOAT16)
-    return steps
+    return graphable(steps) if cuda_graphs else steps
 
 
 def tiling_step(vae_tiling: int) -> Step | None:
@@ -100,10 +101,16 @@ def tiling_step(vae_tiling: int) -> Step | None:
     return None if smaller == vae_tiling else Step("vae_tiling", smaller, "smaller tiles")
 
 
-def token_steps(world: int, ulysses: int, num_heads: int | None = None) -> list[Step]:
-    """What lowers a DiT step's activations under torchrun: splitting its tokens over the launch's
-    ``world`` processes, where they are not split yet (``ulysses`` 1) and ``world`` divides the
-    DiT's ``num_heads`` (None: not known, left to the checks of the run it suggests)."""
+def token_steps(
+    world: int, ulysses: int, num_heads: int | None = None, cuda_graphs: bool = False
+) -> list[Step]:
+    """What lowers a DiT step's activations beyond a smaller video: with the blocks replayed from
+    CUDA graphs (``cuda_graphs``), dropping the graphs' copies, which the steps hold; else under
+    torchrun splitting its tokens over the launch's ``world`` processes, where they are not split
+    yet (``ulysses`` 1) and ``world`` divides the DiT's ``num_heads`` (None: not known, left to
+    the checks of the run it suggests)."""
+    if cuda_graphs:  # no token exchanged under a graph
+        return [NO_CUDA_GRAPHS]
     if ulysses > 1 or world == 1 or (num_heads is not None and num_heads % world):
         return []
     return [Step("ulysses_size", world, "each GPU computes a slice of the tokens")]
