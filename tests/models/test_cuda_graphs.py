@@ -261,3 +261,11 @@ def test_cuda_graphs_replay_the_eager_numbers_on_a_gpu(per_token):
         assert (graphs.captures, graphs.replays) == (2, 4)
         graphs.release()
     assert graphs.held_bytes == 0
+
+
+def test_a_stage_that_hands_back_its_input_hands_back_no_buffer():
+    """``run_blocks(tokens, cond, 1)`` of a one-block DiT runs no block."""
+    graphs, owner = StageGraphs(RerunBackend()), torch.nn.Linear(1, 1)
+    first = graphs.run(owner, "none", lambda x: x, torch.zeros(3))
+    graphs.run(owner, "none", lambda x: x, torch.ones(3))
+    assert torch.equal(first, torch.zeros(3))

@@ -177,7 +177,8 @@ class StageGraphs:
                 out = self.backend.warm_up(lambda: work(*static))
                 self._first[key] = (out.shape, out.dtype)
                 if not self.capture_at_first_call:
-                    return out
+                    # A stage that hands back its input (no block to run) hands back a buffer.
+                    return out.clone() if any(out is buffer for buffer in buffers) else out
                 del out
             graph = self._graphs[key] = self._capture(key, buffers, static, work)
         graph.replay()
