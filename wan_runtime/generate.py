@@ -457,6 +457,8 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
     reserved = " reserved (the CUDA graphs' pool counts only there)" if config.cuda_graphs else ""
     measured = "not measured on this device" if peak is None else f"{peak / 2**30:.2f} GiB{reserved}"
     print(f"peak memory: {measured}")
+    if report.cuda_graphs is not None:
+        print(report.graphs_line())
     if config.demo:
         print(demo.NOTICE)
 
@@ -464,7 +466,7 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
 def _run_fields(report: RunReport) -> dict[str, object]:
     """The report's account of the run (seed and defaults resolved), without timings and memory."""
     fields = dataclasses.asdict(report)
-    del fields["timings"], fields["peak_memory_bytes"]
+    del fields["timings"], fields["peak_memory_bytes"], fields["cuda_graphs"]
     return fields
 
 

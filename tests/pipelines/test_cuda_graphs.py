@@ -42,6 +42,11 @@ def test_ti2v_video_is_the_eager_one(ti2v_root, ti2v_pipeline, cache):
     graphs = graphed.stage_graphs
     assert (backend.warm_ups, graphs.captures) == (kinds, kinds) and graphs.replays > 4
     assert backend.releases == 1 and graphs.held_bytes == 0
+    # The run's report counts them, and the next run its own.
+    assert graphed.last_report.cuda_graphs == (graphs.captures, graphs.replays)
+    assert "CUDA graphs: " in graphed.last_report.summary() and ti2v_pipeline.last_report.cuda_graphs is None
+    graphed.generate("a cat", image=image, size="64*64", cache=cache, **RUN)
+    assert graphed.last_report.cuda_graphs[0] == kinds
 
 
 def test_i2v_video_is_the_eager_one_and_each_expert_has_its_own_graphs(i2v_root, i2v_pipeline):
@@ -70,6 +75,8 @@ def test_s2v_each_clip_has_its_own_graphs(s2v_root):
         videos.append(pipeline.generate("a woman speaks", image=portrait, audio=speech, **run))
     assert torch.equal(videos[1], videos[0])
     assert backend.warm_ups == 2 and backend.releases == 2
+    # Each clip: its first step warms up, its second captures, the steps after replay.
+    assert graphed.last_report.cuda_graphs == (2, 2 * (2 * 3 - 1))
 
 
 class Stop(Exception):

@@ -100,14 +100,14 @@ class Settings:
 
     def report(
         self, task: str, seed: int, width: int, height: int, frame_num: int, clock: StageClock,
-        peak_memory: int | None,
+        peak_memory: int | None, cuda_graphs: tuple[int, int] | None = None,
     ) -> RunReport:
         """The run report of a finished run with these settings."""
         return RunReport(
             task=task, prompt=self.prompt, n_prompt=self.n_prompt, seed=seed, size=f"{width}*{height}",
             frame_num=frame_num, sampling_steps=self.steps, guide_scale=self.guide, shift=self.shift,
             sample_solver=self.sample_solver, vae_tiling=self.vae_tiling, timings=clock.timings,
-            peak_memory_bytes=peak_memory,
+            peak_memory_bytes=peak_memory, cuda_graphs=cuda_graphs,
         )
 
     def decode(self, vae: WanVAE, latent: torch.Tensor) -> torch.Tensor:
@@ -219,6 +219,7 @@ class Pipeline:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         clock = StageClock(self.device)
+        graphs = self._graph_counts()
         with torch.inference_mode(), self.residency.released_after():
             generator = torch.Generator(device=self.device).manual_seed(seed)
             noise = torch.randn(
@@ -237,7 +238,7 @@ class Pipeline:
                 video = settings.decode(self.vae, latent)
             check_video(video, self.vae.dtype)
         self.last_report = settings.report(self.task, seed, plan.width, plan.height, frame_num, clock,
-                                           self._peak_memory())
+                                           self._peak_memory(), self._graph_counts(graphs))
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
 
@@ -353,6 +354,14 @@ class Pipeline:
         # A replay allocates nothing: its pool's memory counts as reserved, not allocated.
         graphed = self.stage_graphs is not None
         return (torch.cuda.max_memory_reserved if graphed else torch.cuda.max_memory_allocated)(self.device)
+
+    def _graph_counts(self, since: tuple[int, int] | None = None) -> tuple[int, int] | None:
+        """The CUDA graphs captured and the replays (since the counts ``since``), or None without
+        graphs."""
+        if self.stage_graphs is None:
+            return None
+        captured, replayed = since or (0, 0)
+        return self.stage_graphs.captures - captured, self.stage_graphs.replays - replayed
 
     def _encode_text(self, prompt: str, n_prompt: str) -> Prompts:
         """Both prompts, encoded one at a time as the official pipelines do (a batch of two

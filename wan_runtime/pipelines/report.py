@@ -26,8 +26,9 @@ class RunReport:
     encoded, ``denoise``, ``vae_decode``; s2v-14B's summed over its clips) and the peak
     accelerator memory (``None`` on the CPU): the tensors' (``max_memory_allocated``), or with
     CUDA graphs the allocator's reserve (``max_memory_reserved``), which alone holds the graphs'
-    pool while they replay. For s2v-14B ``frame_num`` is the frames made;
-    ``vae_tiling`` is the decode's tile size in pixels (0: whole frames)."""
+    pool while they replay; ``cuda_graphs``: with them, the graphs captured and the replays. For
+    s2v-14B ``frame_num`` is the frames made; ``vae_tiling`` is the decode's tile size in pixels
+    (0: whole frames)."""
 
     task: str
     prompt: str
@@ -42,6 +43,7 @@ class RunReport:
     vae_tiling: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
+    cuda_graphs: tuple[int, int] | None = None
 
     def summary(self) -> str:
         """A few lines for a person: what ran, the time per stage, the peak memory."""
@@ -53,13 +55,20 @@ class RunReport:
             else f"peak accelerator memory: {self.peak_memory_bytes / 2**30:.2f} GiB"
         )
         tiles = f", decoded in {self.vae_tiling}-pixel tiles" if self.vae_tiling else ""
+        graphs = [] if self.cuda_graphs is None else [self.graphs_line()]
         return "\n".join([
             f"{self.task}: {self.size}, {self.frame_num} frames, seed {self.seed}{tiles}",
             f"{self.sampling_steps} steps of {self.sample_solver}, shift {self.shift:g}, "
             f"guide scale {self.guide_scale}",
             f"time: {stages} (total {total:.1f} s)",
             memory,
+            *graphs,
         ])
+
+    def graphs_line(self) -> str:
+        """What the CUDA graphs did in words (``cuda_graphs`` set)."""
+        captured, replayed = self.cuda_graphs or (0, 0)
+        return f"CUDA graphs: {captured} captured, {replayed} replays of the DiT blocks"
 
 
 class StageOutOfMemory(torch.OutOfMemoryError):

@@ -135,6 +135,7 @@ class S2VPipeline(Pipeline):
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         clock = StageClock(self.device)
+        graphs = self._graph_counts()
         self.clip_cache_reports = []
         with torch.inference_mode(), self.residency.released_after():
             with clock.stage("audio_encode"):
@@ -193,7 +194,7 @@ class S2VPipeline(Pipeline):
             video = torch.cat(out, dim=1)
             check_video(video, self.vae.dtype)
         self.last_report = settings.report(self.task, seed, width, height, video.shape[1], clock,
-                                           self._peak_memory())
+                                           self._peak_memory(), self._graph_counts(graphs))
         self._cache_report = merge_reports(self.clip_cache_reports)
         for line in summary_lines(self._cache_report):  # one line per model for the whole run
             tqdm.write(line)
