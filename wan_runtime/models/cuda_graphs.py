@@ -167,12 +167,12 @@ class StageGraphs:
         looks = (spec, tuple(_describe(leaf) for leaf in leaves))
         key = (id(model), stage, _addresses(model), looks)
         buffers = self._buffers(looks, leaves)
-        # The first call and the capture read the same buffers: what the first call set up for
-        # its inputs (a compiled block's guards on their strides) holds in the capture too.
-        static = tree_unflatten([leaf if buffer is None else buffer
-                                 for buffer, leaf in zip(buffers, leaves, strict=True)], spec)
         graph = self._graphs.get(key)
         if graph is None:
+            # The first call and the capture read the same buffers: what the first call set up
+            # for its inputs (a compiled block's guards on their strides) holds in the capture too.
+            static = tree_unflatten([leaf if buffer is None else buffer
+                                     for buffer, leaf in zip(buffers, leaves, strict=True)], spec)
             if key not in self._first:
                 out = self.backend.warm_up(lambda: work(*static))
                 self._first[key] = (out.shape, out.dtype)
