@@ -25,11 +25,12 @@ captures its own. With the blocks replayed from CUDA graphs (``cuda_graphs``) a 
 holds the graphs' input and output buffers, and what the blocks allocate comes from the graphs'
 pool, which keeps the most it held apart from the rest of the step (``live_bytes.pooled``).
 
-It is a lower bound of ``torch.cuda.max_memory_allocated``: left out are the kernels' workspaces
-(cuDNN's convolutions above all: on an H100 the bf16 VAE decode at 720p allocated 1.2-1.5x the
-tensors counted here), the tensors one stage hands the next (the prompts' encodings, the
-image's latent), the solver's past predictions (latent-sized: tens of MB at 720p) and what the
-allocator reserves beyond what it hands out. DiT blocks compiled by
+It is a lower bound of ``torch.cuda.max_memory_allocated`` (with CUDA graphs, of
+``max_memory_reserved``, which alone counts the pool while the graphs replay): left out are the
+kernels' workspaces (cuDNN's convolutions above all: on an H100 the bf16 VAE decode at 720p
+allocated 1.2-1.5x the tensors counted here), the tensors one stage hands the next (the prompts'
+encodings, the image's latent), the solver's past predictions (latent-sized: tens of MB at 720p)
+and what the allocator reserves beyond what it hands out. DiT blocks compiled by
 ``torch.compile`` are counted eager: their fused kernels may hold less, so those stages are no
 bound. Under ``torchrun`` it is one process's run: its share of the weights (the plan's) and,
 with ``ulysses`` above 1, the DiT's activations of its slice of the tokens, with the buffers the
@@ -242,8 +243,8 @@ def estimate_memory(
     stage, as the module's docstring says; a second or so for a release DiT, several for a tiled
     decode at 720p (the meta device runs each tile's ops). ``compiled``: the DiT blocks run
     compiled (``compile``), so their stages are counted eager and are no bound. ``cuda_graphs``:
-    the DiT blocks replay from CUDA graphs (``cuda_graphs``), whose input and output buffers the
-    DiT steps then hold too."""
+    the DiT blocks replay from CUDA graphs (``cuda_graphs``), whose input and output buffers and
+    pool the DiT steps then hold too."""
     world = plan.options.world
     if ulysses not in (1, world):
         raise ValueError(f"ulysses {ulysses}: the tokens split over 1 or all {world} processes of the plan")
