@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from wan_runtime.distributed.launch import leave_process_group
+
 
 def free_port() -> int:
     """A TCP port nothing listens on now, for a rendezvous."""
@@ -46,4 +48,4 @@ def _rank_main(rank: int, fn: Callable[..., None], world: int, port: int, backen
         fn(rank, *args)
     finally:
         if dist.is_initialized():  # the command line's main leaves the group itself
-            dist.destroy_process_group()
+            leave_process_group()

@@ -3,6 +3,7 @@ end, and what every process must agree on before it computes (the seed, the free
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import TypeVar
@@ -68,13 +69,28 @@ class Launch:
         """Leave the process group once every process has finished."""
         if dist.is_initialized():
             dist.barrier()
-            dist.destroy_process_group()
+            leave_process_group()
 
     def abandon(self) -> None:
         """Leave the process group after a failure, without waiting for the other processes
         (torchrun stops them when one fails)."""
         if dist.is_initialized():
-            dist.destroy_process_group()
+            leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Destroy the process group and free the groups' objects now, while the interpreter is whole
+    (what still holds a model sharded over them keeps them, as it should)."""
+    from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+
+    dist.destroy_process_group()
+    # DTensor's sharding-propagation caches hold FSDP's device meshes, and so their groups, until
+    # the interpreter exits. A gloo group's worker thread still letting go of a finished
+    # collective's tensors then takes the GIL during finalization, and the process aborts
+    # ("terminate called without an active exception"; pytorch/pytorch PR 179291). Freed here,
+    # each group first joins its threads.
+    _clear_sharding_prop_cache()
+    gc.collect()
 
 
 def from_rank0(value: T) -> T:

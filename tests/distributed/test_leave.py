@@ -1,0 +1,38 @@
+"""Leaving the process group frees the groups at once, not at the interpreter's exit, where a gloo
+group's worker thread still holding a collective's tensors aborts the process."""
+
+from __future__ import annotations
+
+import os
+import weakref
+
+import torch
+import torch.distributed as dist
+
+from tests.distributed.dit_inputs import CASES, dit_inputs
+from tests.distributed.ranks import run_ranks
+from wan_runtime.distributed.launch import leave_process_group
+from wan_runtime.distributed.ulysses import SequenceParallel
+from wan_runtime.tiny_checkpoints import random_dit
+
+
+def _sharded_forward_then_leave(rank: int) -> None:
+    config, grid, per_token = next(iter(CASES.values()))
+    model = random_dit(config, seed=0).enable_fsdp(torch.device("cpu"))
+    model.enable_sequence_parallel(SequenceParallel.over())
+    with torch.inference_mode():
+        model(*dit_inputs(config, grid, per_token))
+    del model
+    world = weakref.ref(dist.group.WORLD)
+    assert "pt_gloo_runloop" in _threads()
+    leave_process_group()
+    assert world() is None
+    assert "pt_gloo_runloop" not in _threads()  # every group's worker threads joined
+
+
+def _threads() -> list[str]:
+    return [open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")]
+
+
+def test_leaving_frees_the_groups_a_sharded_model_used():
+    run_ranks(_sharded_forward_then_leave, 2)
