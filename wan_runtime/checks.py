@@ -94,6 +94,12 @@ def check_cuda_graphs(
     ``"--"``)."""
     if device.type != "cuda":
         raise InputError(f"{flag}cuda_graphs needs a CUDA device, not {device.type}; run without it")
+    check_graph_conflicts(stream_blocks, dit_fsdp, ulysses_size, flag)
+
+
+def check_graph_conflicts(stream_blocks: int, dit_fsdp: bool, ulysses_size: int, flag: str = "") -> None:
+    """Nothing moves the DiT's weights or exchanges its tokens while its blocks run, as CUDA graphs
+    of them need (``check_cuda_graphs``, whatever the device)."""
     why = {"stream_blocks": "copies each streamed block's weights in as the blocks run",
            "dit_fsdp": "gathers each block's weights as the blocks run",
            "ulysses_size": "exchanges tokens between the processes inside every block"}

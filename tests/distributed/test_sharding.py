@@ -3,12 +3,15 @@ and the forward and every stage a caller runs directly match the unsharded model
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.distributed.dit_inputs import CASES, dit_inputs
 from tests.distributed.ranks import run_ranks
 from wan_runtime.distributed.ulysses import SequenceParallel
+from wan_runtime.errors import InputError
 from wan_runtime.models import WanModel
+from wan_runtime.models.cuda_graphs import RerunBackend, StageGraphs
 from wan_runtime.tiny_checkpoints import TINY_I2V, random_dit, write_dit
 
 CPU = torch.device("cpu")
@@ -18,6 +21,8 @@ def _sharded(rank: int) -> None:
     for name, (config, grid, per_token) in CASES.items():
         one = random_dit(config, seed=0)
         sharded = random_dit(config, seed=0).enable_fsdp(CPU)
+        with pytest.raises(InputError, match="cuda_graphs and dit_fsdp do not combine"):
+            sharded.enable_cuda_graphs(StageGraphs(RerunBackend()))
         held = sum(p.to_local().numel() for p in sharded.parameters())
         assert held < 0.55 * sum(p.numel() for p in one.parameters()), name
         if "16 tokens" in name:  # both at once

@@ -14,6 +14,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from tests.models.s2v_helpers import s2v_inputs
 from wan_runtime.checks import check_cuda_graphs
+from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import GraphCaptureError, InputError
 from wan_runtime.models import WanModel
 from wan_runtime.models.cuda_graphs import CudaGraphBackend, RerunBackend, StageGraphs
@@ -208,26 +209,70 @@ def test_a_cuda_device_alone_is_allowed():
     check_cuda_graphs(torch.device("cuda:1"), 0, False, 1)
 
 
+def test_graphs_on_the_cpu_are_refused():
+    with pytest.raises(InputError, match="cuda_graphs needs a CUDA device, not cpu"):
+        StageGraphs.on(torch.device("cpu"))
+
+
+CPU = torch.device("cpu")
+# What moves the weights or exchanges tokens as the blocks run, turned on in a model.
+_UNGRAPHABLE = {
+    "stream_blocks": lambda model: model.enable_block_streaming(2, CPU),
+    "ulysses_size": lambda model: model.enable_sequence_parallel(SequenceParallel.planned(2)),
+}
+
+
+@pytest.mark.parametrize("option", _UNGRAPHABLE)
+def test_a_model_refuses_graphs_with_what_they_cannot_hold_in_either_order(option):
+    message = f"cuda_graphs and {option} do not combine"
+    graphed = random_dit(TINY_TI2V).enable_cuda_graphs(StageGraphs(RerunBackend()))
+    with pytest.raises(InputError, match=message):
+        _UNGRAPHABLE[option](graphed)
+    assert graphed.block_streaming is None and graphed.sequence_parallel is None
+    with pytest.raises(InputError, match=message):
+        _UNGRAPHABLE[option](random_dit(TINY_TI2V)).enable_cuda_graphs(StageGraphs(RerunBackend()))
+
+
+def test_a_graphed_model_refuses_fsdp():
+    graphed = random_dit(TINY_TI2V).enable_cuda_graphs(StageGraphs(RerunBackend()))
+    with pytest.raises(InputError, match="cuda_graphs and dit_fsdp do not combine"):
+        graphed.enable_fsdp(CPU)  # refused before it needs a process group
+
+
 class _BrokenCapture:
-    """``torch.cuda.graph`` whose end fails, as a capture's end does after the stage broke it."""
+    """``torch.cuda.graph`` whose end fails, as a capture's end does after the stage broke it: in
+    PyTorch's order, the capture's stream made current, then the end's error before the caller's
+    stream is back."""
+
+    current = "caller's stream"
 
     def __init__(self, graph, pool=None, stream=None) -> None:
-        pass
+        self.stream = stream
 
     def __enter__(self) -> None:
-        pass
+        _BrokenCapture.current = self.stream
 
     def __exit__(self, *exc) -> None:
         raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
 
 
-def test_a_failed_capture_names_its_cause_and_what_to_do(monkeypatch):
+@pytest.fixture
+def broken_capture(monkeypatch):
+    """A ``CudaGraphBackend`` whose captures break, and the list of its cache's emptyings."""
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
     monkeypatch.setattr(torch.cuda, "graph", _BrokenCapture)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _BrokenCapture.current)
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda stream: setattr(_BrokenCapture, "current", stream))
+    monkeypatch.setattr(_BrokenCapture, "current", "caller's stream")
     emptied = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
     backend = object.__new__(CudaGraphBackend)  # no CUDA stream or pool here
-    backend._pool, backend._stream, backend._failed = None, None, False
+    backend.device, backend._pool, backend._stream, backend._failed = None, None, "capture's stream", False
+    return backend, emptied
+
+
+def test_a_failed_capture_names_its_cause_and_what_to_do(broken_capture):
+    backend, emptied = broken_capture
 
     def stage() -> None:
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
@@ -236,8 +281,20 @@ def test_a_failed_capture_names_its_cause_and_what_to_do(monkeypatch):
                                                 r"\(RuntimeError: CUDA error: operation not permitted when "
                                                 r"stream is capturing\); run without cuda_graphs"):
         backend.capture(stage)
+    assert _BrokenCapture.current == "caller's stream"  # what runs next does not run on the capture's
     backend.release()  # the allocator may still count the capture as under way: left alone
     assert emptied == []
+
+
+def test_running_out_of_memory_in_a_capture_is_said_as_running_out_of_memory(broken_capture):
+    backend, _ = broken_capture
+
+    def stage() -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate 2.00 GiB"):
+        backend.capture(stage)
+    assert _BrokenCapture.current == "caller's stream"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

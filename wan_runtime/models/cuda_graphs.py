@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from wan_runtime.checks import check_cuda_graphs
 from wan_runtime.errors import GraphCaptureError
 
 
@@ -77,22 +78,29 @@ class CudaGraphBackend:
 
     def capture(self, work: Callable[[], None]) -> Callable[[], None]:
         graph = torch.cuda.CUDAGraph()
+        caller = torch.cuda.current_stream(self.device)
         try:
             with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
                 work()
-        except torch.OutOfMemoryError:
-            raise  # the capture ended; the run's out-of-memory advice applies
         except Exception as err:
-            # The end of a broken capture raises its own error over the cause: name the cause.
+            # A capture's end that fails leaves the capture's stream current: work after the
+            # error (a caller's retry without graphs) belongs on the caller's.
+            torch.cuda.set_stream(caller)
+            if isinstance(err, torch.OutOfMemoryError):
+                raise  # the capture ended; the run's out-of-memory advice applies
             self._failed = True
+            # The end of a broken capture raises its own error over the cause: name the cause.
             cause = err.__context__ if isinstance(err.__context__, Exception) else err
+            if isinstance(cause, torch.OutOfMemoryError):
+                raise cause from None  # the end's error follows from it; the advice applies as well
             first = " ".join(str(cause).split())[:300]
             raise GraphCaptureError(f"the DiT blocks could not be captured as a CUDA graph "
                                     f"({type(cause).__name__}: {first}); run without cuda_graphs") from err
         return graph.replay
 
     def release(self) -> None:
-        # After a failed capture the allocator may still count the capture as under way, and
+        # After a failed capture the allocator may still count the capture as under way (PyTorch
+        # tells it the capture ended only once the end succeeds), for the process's life, and
         # emptying its cache could fail over the capture's own error.
         if self._failed:
             return
@@ -156,6 +164,7 @@ class StageGraphs:
     @classmethod
     def on(cls, device: torch.device) -> StageGraphs:
         """Graphs captured on CUDA ``device``."""
+        check_cuda_graphs(device, stream_blocks=0, dit_fsdp=False, ulysses_size=1)
         return cls(CudaGraphBackend(device))
 
     def run(

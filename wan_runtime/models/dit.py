@@ -19,7 +19,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
+from wan_runtime.checks import check_graph_conflicts
 from wan_runtime.distributed.sharding import Sharding, shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel, SequenceShard
 from wan_runtime.errors import InputError
@@ -185,6 +187,7 @@ class WanModel(nn.Module):
         slice of the tokens and ``num_heads / world`` heads of self-attention, and every rank
         returns the whole output. Every rank must call the forward with the same inputs."""
         check_heads_split(self.config.num_heads, parallel.world)
+        self._refuse_under_graphs(ulysses_size=parallel.world)
         self.sequence_parallel = parallel
         return self
 
@@ -195,14 +198,25 @@ class WanModel(nn.Module):
         modulation outside a forward. Call it with those blocks on the CPU (``from_pretrained``'s
         ``host_blocks``)."""
         indices = self.streamed_indices(count)
+        self._refuse_under_graphs(stream_blocks=len(indices))
         self.block_streaming = BlockStreaming(self.blocks, indices, device) if indices else None
         return self
 
     def enable_cuda_graphs(self, graphs: StageGraphs) -> WanModel:
         """Run the block stages from CUDA graphs kept in ``graphs`` (``wan_runtime.models.cuda_graphs``;
         not with streamed blocks, FSDP or sequence parallelism: ``check_cuda_graphs``)."""
+        streamed = 0 if self.block_streaming is None else len(self.block_streaming.indices)
+        parallel = 1 if self.sequence_parallel is None else self.sequence_parallel.world
+        check_graph_conflicts(streamed, isinstance(self, FSDPModule), parallel)
         self.stage_graphs = graphs
         return self
+
+    def _refuse_under_graphs(
+        self, stream_blocks: int = 0, dit_fsdp: bool = False, ulysses_size: int = 1
+    ) -> None:
+        """``check_graph_conflicts`` of what is being enabled, where the blocks replay from graphs."""
+        if self.stage_graphs is not None:
+            check_graph_conflicts(stream_blocks, dit_fsdp, ulysses_size)
 
     def streamed_indices(self, count: int) -> range:
         """The blocks ``enable_block_streaming(count)`` streams: the last ``count``, all but the
@@ -221,6 +235,7 @@ class WanModel(nn.Module):
     def enable_fsdp(self, device: torch.device) -> WanModel:
         """Shard the weights over every process of the process group (FSDP), onto ``device``: one
         unit per block, gathered as it runs, and one for the embeddings and head."""
+        self._refuse_under_graphs(dit_fsdp=True)
         return shard_module(self, self.blocks, device, *self.FSDP_ENTRY_POINTS)
 
     def float32_parameters(self) -> list[nn.Parameter]:
