@@ -5,6 +5,8 @@ again); a GPU's are in ``tests/models/test_cuda_graphs.py`` and ``benchmarks/gpu
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -21,10 +23,12 @@ SKIPPING = CacheConfig(fbcache=True, fb_thresh=10.0, fb_warmup=2)
 
 
 def _graphed(pipeline: Pipeline) -> RerunBackend:
+    """``pipeline``'s DiTs replaying from graphs given them after the load: the pipeline knows."""
     backend = RerunBackend()
-    pipeline.stage_graphs = StageGraphs(backend)
+    graphs = StageGraphs(backend)
     for dit in pipeline.dits.values():
-        dit.enable_cuda_graphs(pipeline.stage_graphs)
+        dit.enable_cuda_graphs(graphs)
+    assert pipeline.stage_graphs is graphs
     return backend
 
 
@@ -112,3 +116,24 @@ def test_the_estimate_of_a_graphed_pipeline_counts_the_graphs_buffers(ti2v_root,
     steps = [next(s for s in pipeline.estimate_memory(**video).stages if s.stage == "denoise")
              for pipeline in (ti2v_pipeline, graphed)]
     assert steps[1].activations > steps[0].activations
+
+
+def test_a_graphed_run_counts_its_peak_from_an_emptied_cache(monkeypatch):
+    """A graphed run reports reserved memory: what the allocator kept of the run before goes back
+    before the count starts."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append("reset"))
+    for graphs in (None, StageGraphs(RerunBackend())):
+        Pipeline._start_peak_memory(SimpleNamespace(device=torch.device("cuda"), stage_graphs=graphs))
+    assert calls == ["reset", "empty", "reset"]
+
+
+def test_dits_with_graphs_of_their_own_are_refused_before_the_run(i2v_root):
+    pipeline = load_pipeline("i2v-A14B", i2v_root, device="cpu", dtype=torch.float32)
+    for dit in pipeline.dits.values():
+        dit.enable_cuda_graphs(StageGraphs(RerunBackend()))
+    message = ("the DiTs of a pipeline replay from one StageGraphs; give each DiT's enable_cuda_graphs "
+               "the same one")
+    with pytest.raises(InputError, match=message):
+        pipeline.generate("a cat", image=gradient_image(80, 60), size="64*64", **RUN)

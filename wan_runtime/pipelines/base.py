@@ -149,8 +149,17 @@ class Pipeline:
         self._cache_report: dict[str, dict] = {}
         # What its weights take of the device's memory, as ``load_pipeline`` planned it.
         self.weight_plan: WeightPlan | None = None
-        # The DiTs' CUDA graphs, as ``load_pipeline`` set them up (``cuda_graphs``), or None.
-        self.stage_graphs: StageGraphs | None = None
+
+    @property
+    def stage_graphs(self) -> StageGraphs | None:
+        """The CUDA graphs the DiTs replay their blocks from (``cuda_graphs``; one ``StageGraphs``
+        for them all), which the pipeline releases when they will not replay again; None without."""
+        graphs = {id(dit.stage_graphs): dit.stage_graphs for dit in self.dits.values()
+                  if dit.stage_graphs is not None}
+        if len(graphs) > 1:
+            raise InputError("the DiTs of a pipeline replay from one StageGraphs; give each DiT's "
+                             "enable_cuda_graphs the same one")
+        return next(iter(graphs.values()), None)
 
     # -- what a task defines ------------------------------------------------------------------
 
@@ -216,8 +225,7 @@ class Pipeline:
         plan = self._plan(None if image is None else load_image(image), width, height, frame_num)
         seed = self._resolve_seed(seed)
 
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self._start_peak_memory()
         clock = StageClock(self.device)
         graphs = self._graph_counts()
         with torch.inference_mode(), self.residency.released_after():
@@ -347,6 +355,16 @@ class Pipeline:
         compiled = any(dit.blocks_compiled for dit in self.dits.values())
         fp8 = any(dit.weights_fp8 for dit in self.dits.values())
         return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype, compiled, fp8)
+
+    def _start_peak_memory(self) -> None:
+        """Count the run's peak from here (``_peak_memory``)."""
+        if self.device.type != "cuda":
+            return
+        if self.stage_graphs is not None:
+            # Reserved memory counts: what the allocator still keeps of the previous run goes
+            # back first, or a batch's later videos would report it as theirs.
+            torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
 
     def _peak_memory(self) -> int | None:
         if self.device.type != "cuda":

@@ -277,5 +277,4 @@ def load_pipeline(
     if weights.options.shared(ulysses_size):
         vae.row_split = RowSplit.over()
     pipeline.weight_plan = weights
-    pipeline.stage_graphs = graphs
     return pipeline

@@ -132,8 +132,7 @@ class S2VPipeline(Pipeline):
         width, height = self.output_size(self.spec, picture, settings.width, settings.height)
         seed = self._resolve_seed(seed)
 
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self._start_peak_memory()
         clock = StageClock(self.device)
         graphs = self._graph_counts()
         self.clip_cache_reports = []
