@@ -567,9 +567,9 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
         offload_model=resolved_offload(flags.offload_model, launch), t5_cpu=bool(flags.t5_cpu),
         convert_model_dtype=bool(flags.convert_model_dtype), dit_fsdp=bool(flags.dit_fsdp),
         t5_fsdp=bool(flags.t5_fsdp), stream_blocks=flags.stream_blocks or 0, dit_fp8=bool(flags.dit_fp8),
-        world=launch.world,
+        world=launch.world, cuda_graphs=bool(flags.cuda_graphs),
     )
-    steps = weight_steps(options, most_streamed, flags.cuda_graphs)
+    steps = weight_steps(options, most_streamed)
     if args.fit_memory is not None:
         steps.insert(0, Step("fit_memory", "smaller", "a budget in GiB; the fit's estimate fell short here"))
     if stage == LOADING:  # the video's size does not matter yet

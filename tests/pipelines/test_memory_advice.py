@@ -62,3 +62,32 @@ def test_the_tokens_split_over_a_launchs_processes_where_they_are_not_yet():
     split = [Step("ulysses_size", 8, "each GPU computes a slice of the tokens")]
     assert token_steps(8, 1, 40) == token_steps(8, 1) == split
     assert token_steps(8, 8, 40) == token_steps(1, 1, 40) == token_steps(3, 1, 40) == []
+
+
+def test_under_cuda_graphs_what_no_graph_holds_comes_after_going_without_them():
+    graphed = NONE._replace(world=2, cuda_graphs=True)
+    steps = weight_steps(graphed, None)
+    assert options(steps) == [("offload_model", True), ("t5_fsdp", True), ("t5_cpu", True), ("dit_fp8", True),
+                              ("cuda_graphs", False)]
+    assert options(steps[-1].then) == [("dit_fsdp", True), ("stream_blocks", "N")]
+    assert steps[-1].say(flags=True) == (
+        "--no-cuda_graphs (the DiT blocks' graphs keep copies of their input and output), then --dit_fsdp "
+        "(each GPU holds a share of the DiT weights), then --stream_blocks N (DiT blocks wait in CPU memory "
+        "until they run)")
+    # Nothing ruled out: the graphs stay.
+    assert weight_steps(NONE._replace(dit_fsdp=True, t5_cpu=True, world=2, cuda_graphs=True), None) == []
+
+
+def test_under_cuda_graphs_the_tokens_split_after_going_without_them():
+    [step] = token_steps(8, 1, 40, cuda_graphs=True)
+    assert (step.option, step.value, options(step.then)) == ("cuda_graphs", False, [("ulysses_size", 8)])
+    assert token_steps(1, 1, 40, cuda_graphs=True)[0].then == ()
+
+
+def test_the_advice_says_a_step_twice_given_once_with_all_it_opens():
+    done = NONE._replace(t5_cpu=True, offload_model=True, dit_fp8=True, cuda_graphs=True)
+    weights = weight_steps(done, None)
+    advice = say([*weights, *token_steps(2, 1, 40, cuda_graphs=True)], flags=True)
+    assert advice == ("to fit, try --no-cuda_graphs (the DiT blocks' graphs keep copies of their input and "
+                      "output), then --stream_blocks N (DiT blocks wait in CPU memory until they run), then "
+                      "--ulysses_size 2 (each GPU computes a slice of the tokens)")

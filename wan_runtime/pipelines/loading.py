@@ -153,7 +153,8 @@ def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     weights = plan_weights(spec, root, device, dit_class, dtype=dtype, offload_model=offload_model,
                            t5_cpu=t5_cpu, convert_model_dtype=convert_model_dtype, dit_fsdp=dit_fsdp,
-                           t5_fsdp=t5_fsdp, stream_blocks=stream_blocks, dit_fp8=dit_fp8, world=world)
+                           t5_fsdp=t5_fsdp, stream_blocks=stream_blocks, dit_fp8=dit_fp8, world=world,
+                           cuda_graphs=cuda_graphs)
     if device.type == "cuda" and check_fits:
         weights.check_fits(torch.cuda.get_device_properties(device).total_memory)
     if check_fits:

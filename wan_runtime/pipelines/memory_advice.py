@@ -28,11 +28,12 @@ _DIRECTIONS = frozenset({"more", "fewer", "smaller"})
 class Step(NamedTuple):
     """Set ``option`` to ``value`` (a switch's True or False, a number or ``"N"`` for one to
     choose, a dtype's name), or move it the way ``value`` says (``"more"``, ``"fewer"``,
-    ``"smaller"``); ``why``: what it does."""
+    ``"smaller"``); ``why``: what it does; ``then``: the steps it opens the way to."""
 
     option: str
     value: bool | int | str = True
     why: str = ""
+    then: tuple[Step, ...] = ()
 
     def say(self, flags: bool) -> str:
         """The step in words, naming the command line's flag (``flags``) or the argument."""
@@ -43,7 +44,8 @@ class Step(NamedTuple):
             text = name if self.value else (f"--no-{self.option}" if flags else f"no {name}")
         else:
             text = f"{name} {self.value}"
-        return f"{text} ({self.why})" if self.why else text
+        text = f"{text} ({self.why})" if self.why else text
+        return ", then ".join([text, *(step.say(flags) for step in self.then)])
 
 
 DIT_FP8 = Step("dit_fp8", True, "DiT weights in 8-bit floats: half the memory, not the official video")
@@ -54,23 +56,34 @@ _UNGRAPHABLE = frozenset({"stream_blocks", "dit_fsdp", "ulysses_size"})
 
 
 def graphable(steps: Sequence[Step]) -> list[Step]:
-    """The ``steps`` a run whose DiT blocks replay from CUDA graphs can take."""
-    return [step for step in steps if step.option not in _UNGRAPHABLE]
+    """The ``steps`` a run whose DiT blocks replay from CUDA graphs can take; those no graph can
+    hold, after going without the graphs."""
+    kept = [step for step in steps if step.option not in _UNGRAPHABLE]
+    ruled_out = tuple(step for step in steps if step.option in _UNGRAPHABLE)
+    return kept + [NO_CUDA_GRAPHS._replace(then=ruled_out)] if ruled_out else kept
 
 
 def say(steps: Sequence[Step], flags: bool, nothing: str = "no option lowers them further") -> str:
-    """``steps`` as one piece of advice, or ``nothing`` when there are none. Said with the
-    arguments' names, it tells the command line's user that the flags have the same names."""
+    """``steps`` as one piece of advice, or ``nothing`` when there are none; a step that twice
+    sets one option to one value said once, where it comes first, with what each opened the way
+    to. Said with the arguments' names, it tells the command line's user that the flags have the
+    same names."""
     if not steps:
         return nothing
+    merged: dict[tuple[str, object], Step] = {}
+    for step in steps:
+        key = (step.option, step.value)
+        first = merged.setdefault(key, step)
+        if first is not step:
+            merged[key] = first._replace(then=first.then + step.then)
     names = "" if flags else " (the command line's flags of those names)"
-    return "to fit, try " + ", ".join(step.say(flags) for step in steps) + names
+    return "to fit, try " + ", ".join(step.say(flags) for step in merged.values()) + names
 
 
-def weight_steps(options: PlanOptions, most_streamed: int | None, cuda_graphs: bool = False) -> list[Step]:
+def weight_steps(options: PlanOptions, most_streamed: int | None) -> list[Step]:
     """What lowers the weights' device memory, of what ``options`` allow and have not done
-    (``most_streamed``: how many blocks can stream at most; None: unknown), and a run whose DiT
-    blocks replay from CUDA graphs (``cuda_graphs``) can take."""
+    (``most_streamed``: how many blocks can stream at most; None: unknown), as a run whose DiT
+    blocks replay from CUDA graphs (``cuda_graphs``) can take it."""
     o, several = options, options.world > 1
     steps = []
     if not o.offload_model and not o.dit_fsdp:
@@ -88,7 +101,7 @@ def weight_steps(options: PlanOptions, most_streamed: int | None, cuda_graphs: b
         steps.append(DIT_FP8)
     if o.dtype == torch.float32:
         steps.append(TO_BFLOAT16)
-    return graphable(steps) if cuda_graphs else steps
+    return graphable(steps) if o.cuda_graphs else steps
 
 
 def tiling_step(vae_tiling: int) -> Step | None:
@@ -105,15 +118,14 @@ def token_steps(
     world: int, ulysses: int, num_heads: int | None = None, cuda_graphs: bool = False
 ) -> list[Step]:
     """What lowers a DiT step's activations beyond a smaller video: with the blocks replayed from
-    CUDA graphs (``cuda_graphs``), dropping the graphs' copies, which the steps hold; else under
-    torchrun splitting its tokens over the launch's ``world`` processes, where they are not split
-    yet (``ulysses`` 1) and ``world`` divides the DiT's ``num_heads`` (None: not known, left to
-    the checks of the run it suggests)."""
-    if cuda_graphs:  # no token exchanged under a graph
-        return [NO_CUDA_GRAPHS]
-    if ulysses > 1 or world == 1 or (num_heads is not None and num_heads % world):
-        return []
-    return [Step("ulysses_size", world, "each GPU computes a slice of the tokens")]
+    CUDA graphs (``cuda_graphs``), dropping the graphs' copies, which the steps hold; under
+    torchrun splitting its tokens over the launch's ``world`` processes (after dropping the
+    graphs, which exchange no token), where they are not split yet (``ulysses`` 1) and ``world``
+    divides the DiT's ``num_heads`` (None: not known, left to the checks of the run it
+    suggests)."""
+    split = ulysses == 1 and world > 1 and (num_heads is None or num_heads % world == 0)
+    steps = [Step("ulysses_size", world, "each GPU computes a slice of the tokens")] if split else []
+    return [NO_CUDA_GRAPHS._replace(then=tuple(steps))] if cuda_graphs else steps
 
 
 def video_steps(frames_option: str) -> list[Step]:

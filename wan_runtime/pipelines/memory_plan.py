@@ -136,8 +136,8 @@ def dit_footprint(model: WanModel, stream_blocks: int, world: int) -> Footprint:
 
 
 class PlanOptions(NamedTuple):
-    """``load_pipeline``'s arguments that shape its weights' plan, and ``world``: the processes
-    FSDP shards over."""
+    """``load_pipeline``'s arguments that shape its weights' plan or what lowers them, and
+    ``world``: the processes FSDP shards over."""
 
     dtype: torch.dtype
     offload_model: bool
@@ -148,6 +148,7 @@ class PlanOptions(NamedTuple):
     stream_blocks: int
     dit_fp8: bool
     world: int = 1
+    cuda_graphs: bool = False
 
     def shared(self, ulysses: int) -> bool:
         """Whether the processes share one generation, the tokens split over ``ulysses`` of them
