@@ -10,8 +10,9 @@ CUDA graphs need a GPU: without ``--gpu`` the script says so and stops.
 Columns: ``eager_ms`` / ``graphs_ms`` and ``x_eager`` (the eager time over the graphs' one: above 1
 the graphs are faster), the peak memory the allocator reserved in each forward (both models'
 weights; the eager one's before any graph was captured, the graphed one's with the graphs' pool and
-buffers) and ``extra_GB``, and whether the two outputs are bitwise equal. Each forward is timed
-after its graphs are captured (the first two calls).
+buffers) and ``extra_GB``, the graphs each case captured, and whether the two outputs are
+bitwise equal (the script exits 1 after the table where one is not). Each forward is timed after
+its graphs are captured (the first two calls).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def run_case(
     eager = random_dit(case.config, seed=0).eval().set_compute_dtype(dtype).to(device)
     graphed = copy.deepcopy(eager).enable_cuda_graphs(graphs)
     args = inputs(case, device)
+    captured = graphs.captures
     calls = {"eager": lambda: eager(**args), "graphs": lambda: graphed(**args)}
     with torch.inference_mode():
         # The eager peak before any graph holds its pool, the graphs' with the pool they hold.
@@ -65,7 +67,7 @@ def run_case(
     row = {"dim": case.config.dim, "layers": case.config.num_layers, "tokens": case.tokens,
            "dtype": str(dtype).removeprefix("torch."), "eager_ms": round(seconds["eager"] * 1e3, 2),
            "graphs_ms": round(seconds["graphs"] * 1e3, 2),
-           "x_eager": round(seconds["eager"] / seconds["graphs"], 3), "captures": graphs.captures,
+           "x_eager": round(seconds["eager"] / seconds["graphs"], 3), "captures": graphs.captures - captured,
            "equal": bool(torch.equal(got, want))}
     if peaks["eager"] is not None:
         row.update(eager_peak_GB=round(peaks["eager"] / _GB, 2),
@@ -84,10 +86,16 @@ def main() -> None:
              for config in (TI2V_5B, A14B) for grid in (GRID_480P_SHORT, GRID_480P, GRID_720P)]
     columns = ["dim", "layers", "tokens", "dtype", "eager_ms", "graphs_ms", "x_eager", "eager_peak_GB",
                "graphs_peak_GB", "extra_GB", "captures", "equal"]
-    graphs = StageGraphs.on(device)
-    run_cases("bench_graphs", device, cases,
-              lambda case: run_case(case, device, torch.bfloat16, args.warmup, args.repeat, graphs), columns,
-              args.out_dir)
+    graphs, rows = StageGraphs.on(device), []
+
+    def run(case: Case) -> dict:
+        rows.append(run_case(case, device, torch.bfloat16, args.warmup, args.repeat, graphs))
+        return rows[-1]
+
+    run_cases("bench_graphs", device, cases, run, columns, args.out_dir)
+    differ = [row["tokens"] for row in rows if not row["equal"]]
+    if differ:
+        sys.exit(f"bench_graphs: the graphed output differs from the eager one at {differ} tokens")
 
 
 if __name__ == "__main__":

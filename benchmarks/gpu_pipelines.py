@@ -14,6 +14,7 @@ overheads, not the real models.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import traceback
 from pathlib import Path
@@ -104,6 +105,9 @@ def main() -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     print_table(rows, columns)
     print("saved", save_results("gpu_pipelines", device, rows, args.out_dir))
+    failed = [row for row in rows if "error" in row or row.get("same_as_eager") is False]
+    if failed:
+        sys.exit(f"gpu_pipelines: {len(failed)} case(s) failed or made another video than the eager run")
 
 
 if __name__ == "__main__":

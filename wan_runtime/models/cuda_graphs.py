@@ -140,7 +140,6 @@ def _describe(leaf: Any) -> Hashable:
 
 @dataclass
 class _Graph:
-    inputs: list[torch.Tensor | None]  # a buffer for each tensor input, None for the others
     output: torch.Tensor
     replay: Callable[[], None]
 
@@ -186,8 +185,11 @@ class StageGraphs:
                 out = self.backend.warm_up(lambda: work(*static))
                 self._first[key] = (out.shape, out.dtype)
                 if not self.capture_at_first_call:
-                    # A stage that hands back its input (no block to run) hands back a buffer.
-                    return out.clone() if any(out is buffer for buffer in buffers) else out
+                    # A stage that hands back its input or a view of it (no block to run) hands
+                    # back a buffer, which the next call overwrites.
+                    held = any(buffer is not None and (out is buffer or out._base is buffer)
+                               for buffer in buffers)
+                    return out.clone() if held else out
                 del out
             graph = self._graphs[key] = self._capture(key, buffers, static, work)
         graph.replay()
@@ -221,7 +223,7 @@ class StageGraphs:
 
         replay = self.backend.capture(body)
         self.captures += 1
-        return _Graph(buffers, output, replay)
+        return _Graph(output, replay)
 
     @property
     def held_bytes(self) -> int:
