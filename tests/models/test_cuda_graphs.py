@@ -17,6 +17,7 @@ from wan_runtime.checks import check_cuda_graphs
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import GraphCaptureError, InputError
 from wan_runtime.models import WanModel
+from wan_runtime.models.compilation import compile_blocks
 from wan_runtime.models.cuda_graphs import CudaGraphBackend, RerunBackend, StageGraphs
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.tiny_checkpoints.dit import TINY_I2V, TINY_TI2V, random_dit
@@ -318,6 +319,37 @@ def test_cuda_graphs_replay_the_eager_numbers_on_a_gpu(per_token):
         assert (graphs.captures, graphs.replays) == (2, 4)
         graphs.release()
     assert graphs.held_bytes == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_kinds_sharing_buffers_and_a_pool_replay_their_own_numbers_on_a_gpu(compiled):
+    """What a graphed step cache runs on a GPU: block 0 and the rest apart, for two models (the
+    experts) and two text conditions (the guidance branches), whose graphs share one pool and the
+    buffers of inputs alike; with compiled blocks too."""
+    device = torch.device("cuda")
+    graphs = StageGraphs.on(device)
+
+    def model(seed: int, graphed: bool) -> WanModel:
+        dit = random_dit(TINY_TI2V, seed=seed).eval().set_compute_dtype(torch.bfloat16).to(device)
+        dit = compile_blocks(dit) if compiled else dit
+        return dit.enable_cuda_graphs(graphs) if graphed else dit
+
+    def block_0_then_the_rest(dit: WanModel, x, t, context) -> torch.Tensor:
+        tokens, cond = dit.prepare(x, t, context)
+        return dit.run_blocks(dit.run_blocks(tokens, cond, 0, 1), cond, 1)
+
+    pairs = [(model(seed, False), model(seed, True)) for seed in (0, 1)]
+    with torch.inference_mode():
+        for step in range(4):
+            x, t, context = (tensor.to(device) for tensor in _inputs(pairs[0][0], step))
+            for eager, graphed in pairs:
+                for text in (context, -context):
+                    want = block_0_then_the_rest(eager, x, t, text)
+                    assert torch.equal(block_0_then_the_rest(graphed, x, t, text), want), step
+        # Two stages of two models: 8 calls of each kind, the first eager, the others replayed.
+        assert (graphs.captures, graphs.replays) == (4, 4 * 7)
+        graphs.release()
 
 
 @pytest.mark.parametrize("stage", [lambda x: x, lambda x: x[1:]], ids=["input", "view"])
