@@ -121,6 +121,14 @@ def test_moved_weights_get_new_graphs():
     assert graphs.captures == 2
 
 
+def test_a_replaced_submodule_gets_new_graphs():
+    graphed, graphs, backend, inputs = _captured()
+    with torch.inference_mode():
+        graphed.blocks[-1].ffn = copy.deepcopy(graphed.blocks[-1].ffn)  # new weights, new tensors
+        graphed(*inputs)
+    assert backend.warm_ups == 2
+
+
 def test_release_drops_every_graph_and_buffer():
     graphed, graphs, backend, inputs = _captured()
     with torch.inference_mode():
