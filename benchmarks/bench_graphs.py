@@ -86,13 +86,10 @@ def main() -> None:
              for config in (TI2V_5B, A14B) for grid in (GRID_480P_SHORT, GRID_480P, GRID_720P)]
     columns = ["dim", "layers", "tokens", "dtype", "eager_ms", "graphs_ms", "x_eager", "eager_peak_GB",
                "graphs_peak_GB", "extra_GB", "captures", "equal"]
-    graphs, rows = StageGraphs.on(device), []
-
-    def run(case: Case) -> dict:
-        rows.append(run_case(case, device, torch.bfloat16, args.warmup, args.repeat, graphs))
-        return rows[-1]
-
-    run_cases("bench_graphs", device, cases, run, columns, args.out_dir)
+    graphs = StageGraphs.on(device)
+    rows = run_cases("bench_graphs", device, cases,
+                     lambda case: run_case(case, device, torch.bfloat16, args.warmup, args.repeat, graphs),
+                     columns, args.out_dir)
     differ = [row["tokens"] for row in rows if not row["equal"]]
     if differ:
         sys.exit(f"bench_graphs: the graphed output differs from the eager one at {differ} tokens")

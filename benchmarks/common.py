@@ -93,9 +93,10 @@ def forward_parser(doc: str, gpu_help: str, layers: int) -> argparse.ArgumentPar
 def run_cases(
     name: str, device: torch.device, cases: Iterable[CaseT], run: Callable[[CaseT], dict], columns: list[str],
     out_dir: str | None,
-) -> Path | None:
+) -> list[dict]:
     """``run`` each case, printing its row and saving every row so far after it (a run cut off
-    by a time limit keeps the rows it made), then the table; returns the results file."""
+    by a time limit keeps the rows it made), then the table and the results file; returns the
+    rows."""
     rows, path = [], None
     for case in cases:
         rows.append(run(case))
@@ -106,4 +107,4 @@ def run_cases(
             torch.cuda.empty_cache()
     print_table(rows, columns)
     print("saved", path)
-    return path
+    return rows

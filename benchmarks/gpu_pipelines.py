@@ -8,7 +8,8 @@ on the CPU), each solver stepping device tensors (``euler`` keeps its schedule o
 peak-memory report beside the estimate made before the run (also with both step caches on),
 the DiT blocks replayed from CUDA graphs (``cuda_graphs``: the eager pipeline's video, offloaded
 and cached too), and per-phase timings. The checkpoints are tiny, so the timings measure
-overheads, not the real models.
+overheads, not the real models. It exits 1 after the table where a case failed or a graphed video
+is not the eager one.
 """
 
 from __future__ import annotations

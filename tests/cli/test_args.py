@@ -349,11 +349,11 @@ def test_out_of_memory_while_loading_advises_on_the_weights_alone(roots, monkeyp
     assert _memory_remedy(sharded, None, LOADING).startswith("no flag lowers the weights further")
     # In the steps the graphs' copies can go; blocks stream once the graphs have gone.
     graphed = SimpleNamespace(**vars(sharded) | {"dit_fsdp": False, "t5_fsdp": False, "cuda_graphs": True})
-    without_graphs = ("--no-cuda_graphs (the DiT blocks' graphs keep copies of their input and output), then "
-                      "--stream_blocks N (DiT blocks wait in CPU memory until they run)")
-    for stage in ("denoise", LOADING):
-        advice = _memory_remedy(graphed, None, stage)
-        assert without_graphs in advice and advice.count("cuda_graphs") == 1, stage
+    streamed = "then --stream_blocks N (DiT blocks wait in CPU memory until they run)"
+    copies = "--no-cuda_graphs (the DiT blocks' graphs keep copies of their input and output)"
+    assert f"{copies}, {streamed}" in _memory_remedy(graphed, None, "denoise")
+    advice = _memory_remedy(graphed, None, LOADING)  # the graphs' copies are no weights
+    assert f"--no-cuda_graphs, {streamed}" in advice and advice.count("cuda_graphs") == 1
     # In the decode, tiles half as wide.
     tiled = SimpleNamespace(**vars(sharded) | {"vae_tiling": 256})
     smaller = "--vae_tiling 128 (smaller tiles), smaller --size, fewer --frame_num"

@@ -67,13 +67,16 @@ def test_the_tokens_split_over_a_launchs_processes_where_they_are_not_yet():
 def test_under_cuda_graphs_what_no_graph_holds_comes_after_going_without_them():
     graphed = NONE._replace(world=2, cuda_graphs=True)
     steps = weight_steps(graphed, None)
-    assert options(steps) == [("offload_model", True), ("t5_fsdp", True), ("t5_cpu", True), ("dit_fp8", True),
-                              ("cuda_graphs", False)]
-    assert options(steps[-1].then) == [("dit_fsdp", True), ("stream_blocks", "N")]
-    assert steps[-1].say(flags=True) == (
-        "--no-cuda_graphs (the DiT blocks' graphs keep copies of their input and output), then --dit_fsdp "
-        "(each GPU holds a share of the DiT weights), then --stream_blocks N (DiT blocks wait in CPU memory "
-        "until they run)")
+    # Where the first of them was: before the steps that change the video.
+    assert options(steps) == [("offload_model", True), ("cuda_graphs", False), ("t5_fsdp", True),
+                              ("t5_cpu", True), ("dit_fp8", True)]
+    assert options(steps[1].then) == [("dit_fsdp", True), ("stream_blocks", "N")]
+    assert steps[1].say(flags=True) == (
+        "--no-cuda_graphs, then any of --dit_fsdp (each GPU holds a share of the DiT weights), "
+        "--stream_blocks N (DiT blocks wait in CPU memory until they run)")
+    [one] = [step for step in weight_steps(graphed._replace(world=1), None) if step.option == "cuda_graphs"]
+    streamed = "stream_blocks N (DiT blocks wait in CPU memory until they run)"
+    assert one.say(flags=False) == f"no cuda_graphs, then {streamed}"
     # Nothing ruled out: the graphs stay.
     assert weight_steps(NONE._replace(dit_fsdp=True, t5_cpu=True, world=2, cuda_graphs=True), None) == []
 
@@ -89,5 +92,5 @@ def test_the_advice_says_a_step_twice_given_once_with_all_it_opens():
     weights = weight_steps(done, None)
     advice = say([*weights, *token_steps(2, 1, 40, cuda_graphs=True)], flags=True)
     assert advice == ("to fit, try --no-cuda_graphs (the DiT blocks' graphs keep copies of their input and "
-                      "output), then --stream_blocks N (DiT blocks wait in CPU memory until they run), then "
-                      "--ulysses_size 2 (each GPU computes a slice of the tokens)")
+                      "output), then any of --stream_blocks N (DiT blocks wait in CPU memory until they "
+                      "run), --ulysses_size 2 (each GPU computes a slice of the tokens)")

@@ -80,16 +80,20 @@ class Launch:
 
 def leave_process_group() -> None:
     """Destroy the process group and free the groups' objects now, while the interpreter is whole
-    (what still holds a model sharded over them keeps them, as it should)."""
-    from torch.distributed.tensor.debug import _clear_sharding_prop_cache
-
+    (what still holds a model sharded over them keeps them, as it should: after a failure, the
+    traceback's frames)."""
     dist.destroy_process_group()
     # DTensor's sharding-propagation caches hold FSDP's device meshes, and so their groups, until
     # the interpreter exits. A gloo group's worker thread still letting go of a finished
     # collective's tensors then takes the GIL during finalization, and the process aborts
     # ("terminate called without an active exception"; pytorch/pytorch PR 179291). Freed here,
-    # each group first joins its threads.
-    _clear_sharding_prop_cache()
+    # each group first joins its threads. The caches are this thread's, where the models ran.
+    try:
+        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+    except ImportError:  # an older torch, which has no way to clear them: its groups live to the exit
+        pass
+    else:
+        _clear_sharding_prop_cache()
     gc.collect()
 
 

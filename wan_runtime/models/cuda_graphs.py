@@ -186,10 +186,8 @@ class StageGraphs:
                 self._first[key] = (out.shape, out.dtype)
                 if not self.capture_at_first_call:
                     # A stage that hands back its input or a view of it (no block to run) hands
-                    # back a buffer, which the next call overwrites.
-                    held = any(buffer is not None and (out is buffer or out._base is buffer)
-                               for buffer in buffers)
-                    return out.clone() if held else out
+                    # back a buffer's memory, which the next call overwrites.
+                    return out.clone() if any(_within(out, buffer) for buffer in buffers) else out
                 del out
             graph = self._graphs[key] = self._capture(key, buffers, static, work)
         graph.replay()
@@ -238,6 +236,14 @@ class StageGraphs:
         self._inputs.clear()
         self._outputs.clear()
         self.backend.release()
+
+
+def _within(tensor: torch.Tensor, buffer: torch.Tensor | None) -> bool:
+    # By address, as an inference-mode view keeps no ``_base`` to follow back to its buffer.
+    if buffer is None:
+        return False
+    start = buffer.data_ptr()
+    return start <= tensor.data_ptr() < start + buffer.nbytes
 
 
 def _addresses(model: nn.Module) -> tuple[int, ...]:

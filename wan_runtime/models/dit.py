@@ -204,7 +204,7 @@ class WanModel(nn.Module):
 
     def enable_cuda_graphs(self, graphs: StageGraphs) -> WanModel:
         """Run the block stages from CUDA graphs kept in ``graphs`` (``wan_runtime.models.cuda_graphs``;
-        not with streamed blocks, FSDP or sequence parallelism: ``check_cuda_graphs``)."""
+        not with streamed blocks, FSDP or sequence parallelism: ``check_graph_conflicts``)."""
         streamed = 0 if self.block_streaming is None else len(self.block_streaming.indices)
         parallel = 1 if self.sequence_parallel is None else self.sequence_parallel.world
         check_graph_conflicts(streamed, isinstance(self, FSDPModule), parallel)

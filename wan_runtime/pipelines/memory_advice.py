@@ -28,7 +28,7 @@ _DIRECTIONS = frozenset({"more", "fewer", "smaller"})
 class Step(NamedTuple):
     """Set ``option`` to ``value`` (a switch's True or False, a number or ``"N"`` for one to
     choose, a dtype's name), or move it the way ``value`` says (``"more"``, ``"fewer"``,
-    ``"smaller"``); ``why``: what it does; ``then``: the steps it opens the way to."""
+    ``"smaller"``); ``why``: what it does; ``then``: the steps it opens the way to, any of them."""
 
     option: str
     value: bool | int | str = True
@@ -45,7 +45,10 @@ class Step(NamedTuple):
         else:
             text = f"{name} {self.value}"
         text = f"{text} ({self.why})" if self.why else text
-        return ", then ".join([text, *(step.say(flags) for step in self.then)])
+        if not self.then:
+            return text
+        opened = ", ".join(step.say(flags) for step in self.then)
+        return f"{text}, then {opened}" if len(self.then) == 1 else f"{text}, then any of {opened}"
 
 
 DIT_FP8 = Step("dit_fp8", True, "DiT weights in 8-bit floats: half the memory, not the official video")
@@ -57,17 +60,19 @@ _UNGRAPHABLE = frozenset({"stream_blocks", "dit_fsdp", "ulysses_size"})
 
 def graphable(steps: Sequence[Step]) -> list[Step]:
     """The ``steps`` a run whose DiT blocks replay from CUDA graphs can take; those no graph can
-    hold, after going without the graphs."""
+    hold, after going without the graphs, where the first of them was."""
     kept = [step for step in steps if step.option not in _UNGRAPHABLE]
     ruled_out = tuple(step for step in steps if step.option in _UNGRAPHABLE)
-    return kept + [NO_CUDA_GRAPHS._replace(then=ruled_out)] if ruled_out else kept
+    if ruled_out:
+        kept.insert(list(steps).index(ruled_out[0]), Step("cuda_graphs", False, then=ruled_out))
+    return kept
 
 
 def say(steps: Sequence[Step], flags: bool, nothing: str = "no option lowers them further") -> str:
     """``steps`` as one piece of advice, or ``nothing`` when there are none; a step that twice
-    sets one option to one value said once, where it comes first, with what each opened the way
-    to. Said with the arguments' names, it tells the command line's user that the flags have the
-    same names."""
+    sets one option to one value said once, where it comes first, with the first reason given and
+    what each opened the way to. Said with the arguments' names, it tells the command line's user
+    that the flags have the same names."""
     if not steps:
         return nothing
     merged: dict[tuple[str, object], Step] = {}
@@ -75,7 +80,7 @@ def say(steps: Sequence[Step], flags: bool, nothing: str = "no option lowers the
         key = (step.option, step.value)
         first = merged.setdefault(key, step)
         if first is not step:
-            merged[key] = first._replace(then=first.then + step.then)
+            merged[key] = first._replace(why=first.why or step.why, then=first.then + step.then)
     names = "" if flags else " (the command line's flags of those names)"
     return "to fit, try " + ", ".join(step.say(flags) for step in merged.values()) + names
 
@@ -83,7 +88,7 @@ def say(steps: Sequence[Step], flags: bool, nothing: str = "no option lowers the
 def weight_steps(options: PlanOptions, most_streamed: int | None) -> list[Step]:
     """What lowers the weights' device memory, of what ``options`` allow and have not done
     (``most_streamed``: how many blocks can stream at most; None: unknown), as a run whose DiT
-    blocks replay from CUDA graphs (``cuda_graphs``) can take it."""
+    blocks replay from CUDA graphs (``options.cuda_graphs``) can take it (``graphable``)."""
     o, several = options, options.world > 1
     steps = []
     if not o.offload_model and not o.dit_fsdp:
