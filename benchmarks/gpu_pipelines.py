@@ -8,8 +8,8 @@ on the CPU), each solver stepping device tensors (``euler`` keeps its schedule o
 peak-memory report beside the estimate made before the run (also with both step caches on),
 the DiT blocks replayed from CUDA graphs (``cuda_graphs``: the eager pipeline's video, offloaded
 and cached too), and per-phase timings. The checkpoints are tiny, so the timings measure
-overheads, not the real models. It exits 1 after the table where a case failed or a graphed video
-is not the eager one.
+overheads, not the real models. It exits 1 after the table where a case failed or one of its
+checks did not hold (``_failed_checks``).
 """
 
 from __future__ import annotations
@@ -106,9 +106,20 @@ def main() -> None:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     print_table(rows, columns)
     print("saved", save_results("gpu_pipelines", device, rows, args.out_dir))
-    failed = [row for row in rows if "error" in row or row.get("same_as_eager") is False]
+    failed = [row for row in rows if "error" in row or _failed_checks(row)]
     if failed:
-        sys.exit(f"gpu_pipelines: {len(failed)} case(s) failed or made another video than the eager run")
+        cases = (f"{row['task']} {row['solver']} offload={row['offload']} cache={row['cache']} "
+                 f"graphs={row['graphs']}: {row.get('error') or ', '.join(_failed_checks(row))}"
+                 for row in failed)
+        sys.exit("gpu_pipelines: " + "; ".join(cases))
+
+
+def _failed_checks(row: dict) -> list[str]:
+    """The checks of ``row`` that did not hold: a finite video, the seed's video again, the eager
+    video from graphs, and after an offloaded run every DiT back on the CPU."""
+    checks = ["finite", "same_seed_same_video", "same_as_eager"]
+    checks += ["dits_on_cpu_after"] if row["offload"] else []
+    return [name for name in checks if row.get(name) is False]
 
 
 if __name__ == "__main__":
