@@ -190,3 +190,17 @@ def test_cuda_graphs_are_fitted_without_streamed_blocks(i2v_root, monkeypatch):
     assert fit_memory("i2v-A14B", i2v_root, [I2V], **options).options["stream_blocks"] == 1
     graphed = fit_memory("i2v-A14B", i2v_root, [I2V], cuda_graphs=True, **options)
     assert graphed.options == {"offload_model": False, "t5_cpu": True, "stream_blocks": 0}
+
+
+def test_graphs_that_fit_nowhere_are_told_what_streams_once_they_go(i2v_root, monkeypatch):
+    """Under CUDA graphs no block streams: the refusal says to drop the graphs, then stream blocks."""
+    plan = _base(i2v_root)
+    _fake_gpu(monkeypatch, _most_needed(plan, _estimates(plan, I2V), (True, True, 1)) + RESERVED)
+    with pytest.raises(InputError) as error:
+        fit_memory("i2v-A14B", i2v_root, [I2V], device="cuda", cuda_graphs=True)
+    message = str(error.value)
+    assert message.startswith("no placement of the models fits the video in ")
+    assert "stream_blocks 0: the " in message
+    copies = "no cuda_graphs (the DiT blocks' graphs keep copies of their input and output)"
+    assert f"{copies}, then stream_blocks" in message
+    fit_memory("i2v-A14B", i2v_root, [I2V], device="cuda")  # streamed blocks fit it
