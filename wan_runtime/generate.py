@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -51,7 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _launch().main:
             warnings.simplefilter("ignore")
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-        return _run(parser, args, argv)
+        code = _run(parser, args, argv)
+    if _launch().distributed:
+        # A failure's traceback held the pipeline, and through its sharded DiT the process groups
+        # that Launch.abandon left: freed now, while the interpreter is whole (leave_process_group).
+        gc.collect()
+    return code
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str] | None) -> int:

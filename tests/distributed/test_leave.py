@@ -36,3 +36,24 @@ def _threads() -> list[str]:
 
 def test_leaving_frees_the_groups_a_sharded_model_used():
     run_ranks(_sharded_forward_then_leave, 2)
+
+
+def _failing_run_then_check(rank: int, ckpt_dir: str, save_file: str) -> None:
+    from wan_runtime.generate import main
+    from wan_runtime.pipelines.base import Settings
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the decoder broke")
+
+    Settings.decode = broken  # after the sharded DiT ran, as a failure mid-run would
+    argv = ["--ckpt_dir", ckpt_dir, "--device", "cpu", "--frame_num", "5", "--sample_steps", "2",
+            "--ulysses_size", "2", "--dit_fsdp", "--save_file", save_file]
+    torch.set_num_threads(1)
+    assert main(argv) == 1
+    assert not dist.is_initialized()
+    assert "pt_gloo_runloop" not in _threads()  # the traceback's pipeline freed with its groups
+
+
+def test_a_failed_run_frees_the_groups_its_sharded_pipeline_held(ti2v_root, tmp_path):
+    run_ranks(_failing_run_then_check, 2, str(ti2v_root), str(tmp_path / "never.mp4"))
+    assert not list(tmp_path.iterdir())

@@ -81,7 +81,7 @@ class Launch:
 def leave_process_group() -> None:
     """Destroy the process group and free the groups' objects now, while the interpreter is whole
     (what still holds a model sharded over them keeps them, as it should: after a failure, the
-    traceback's frames)."""
+    traceback's frames, which the command line lets go of once it has told the error)."""
     dist.destroy_process_group()
     # DTensor's sharding-propagation caches hold FSDP's device meshes, and so their groups, until
     # the interpreter exits. A gloo group's worker thread still letting go of a finished
