@@ -399,7 +399,7 @@ def test_a_lightning_folder_is_read_once_for_the_batch(tmp_path, monkeypatch):
 
     (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     read = []
-    monkeypatch.setattr(lightning_folder, "_release_factor", lambda path: read.append(path) or 1.0)
+    monkeypatch.setattr(lightning_folder, "_warn_of_differences", read.append)
     jobs = _jobs(*FAST, "--lora_dir", str(tmp_path), "--batch",
                  str(_batch(tmp_path, *[{"base_seed": i} for i in range(4)])))
     assert len(read) == 1 and all(job.loras == jobs[0].loras for job in jobs)

@@ -22,6 +22,8 @@ BAD_FILES = {
     "text_encoder": ({"lora_te1_encoder_block_0.lora_down.weight": torch.ones(2, 4)}, "text encoder"),
     "loha": ({f"{Q}.hada_w1_a": torch.ones(2, 4)}, "LoHa adapter"),
     "dora": ({**factors(), f"{Q}.dora_scale": torch.ones(1, 64)}, "DoRA"),
+    "peft_dora": ({**factors(), f"{Q}.lora_magnitude_vector": torch.ones(64)}, "DoRA"),
+    "rank_0": ({**factors(rank=0), f"{Q}.alpha": torch.tensor(2.0)}, "has factors of rank 0"),
     "unknown_part": ({f"{Q}.weight": torch.ones(64, 64)}, "ends in none of"),
     "missing_up": ({f"{Q}.lora_down.weight": torch.ones(2, 64)}, "down factor but no up factor"),
     "rank_mismatch": ({f"{Q}.lora_down.weight": torch.ones(2, 64), f"{Q}.lora_up.weight": torch.ones(64, 3)},

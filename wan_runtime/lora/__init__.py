@@ -27,11 +27,14 @@ class Lora:
     ``strength``: its multiplier (1 as trained, 0 leaves the model unchanged, negative subtracts).
     ``expert``: for i2v-A14B, ``"high_noise"`` or ``"low_noise"`` to change that expert alone
     (the Wan2.2-Lightning LoRAs come as one file per expert); ``None`` changes every DiT.
+    ``alpha``: the alpha every module's factors merge at (``alpha / rank``) in place of the one
+    the file gives (the Wan2.2-Lightning release merges its files at 8); ``None``: the file's.
     """
 
     path: str | Path
     strength: float = 1.0
     expert: str | None = None
+    alpha: float | None = None
 
 
 def check_loras(loras: Sequence[Lora], task: str, dits: Sequence[str]) -> None:
@@ -43,10 +46,11 @@ def check_loras(loras: Sequence[Lora], task: str, dits: Sequence[str]) -> None:
     for lora in loras:
         if not isinstance(lora, Lora):
             raise InputError(f"loras must hold wan_runtime.lora.Lora items, got {lora!r}")
-        strength = lora.strength
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(
-                strength):
-            raise InputError(f"the strength of LoRA {lora.path} must be a finite number, got {strength!r}")
+        for name, value in (("strength", lora.strength), ("alpha", lora.alpha)):
+            if name == "alpha" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise InputError(f"the {name} of LoRA {lora.path} must be a finite number, got {value!r}")
         if lora.expert is not None and len(dits) == 1:
             raise InputError(f"{task} has one DiT, so LoRA {lora.path} takes no expert "
                              f"(got {lora.expert!r}); drop it")
@@ -61,7 +65,8 @@ def check_loras(loras: Sequence[Lora], task: str, dits: Sequence[str]) -> None:
 def read_loras(
     loras: Sequence[Lora], task: str, dits: Sequence[str]
 ) -> dict[str, list[tuple[LoraFile, float]]]:
-    """Each of ``dits``' LoRA files (each file read and checked once) with their strengths."""
+    """Each of ``dits``' LoRA files (each file read and checked once), at their alphas, with their
+    strengths."""
     check_loras(loras, task, dits)
     files: dict[Path, LoraFile] = {}
     by_dit: dict[str, list[tuple[LoraFile, float]]] = {name: [] for name in dits}
@@ -69,6 +74,7 @@ def read_loras(
         path = Path(lora.path)
         if path not in files:
             files[path] = LoraFile.read(path)
+        file = files[path] if lora.alpha is None else files[path].with_alpha(float(lora.alpha))
         for name in dits if lora.expert is None else (lora.expert,):
-            by_dit[name].append((files[path], float(lora.strength)))
+            by_dit[name].append((file, float(lora.strength)))
     return by_dit

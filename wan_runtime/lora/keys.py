@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 DOWN, UP, ALPHA, DIFF, DIFF_B, DIFF_M = "down", "up", "alpha", "diff", "diff_b", "diff_m"
 
-_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet_")
+# peft's own files name the modules of the model it wrapped behind this.
+PEFT_PREFIX = "base_model.model."
+_PREFIXES = (PEFT_PREFIX, "model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet_")
 _PARTS = {
     ".lora_down.weight": DOWN, ".lora_A.weight": DOWN, ".lora_A.default.weight": DOWN,
     ".lora_up.weight": UP, ".lora_B.weight": UP, ".lora_B.default.weight": UP,
@@ -36,7 +38,7 @@ _PARTS = {
 }
 # Name endings of adapters that are not a low-rank product, each with the trainer's name for it.
 _OTHER_ADAPTERS = {
-    ".dora_scale": "DoRA (weight-decomposed LoRA)",
+    ".dora_scale": "DoRA (weight-decomposed LoRA)", ".lora_magnitude_vector": "DoRA (weight-decomposed LoRA)",
     ".hada_w1_a": "LoHa", ".hada_w1_b": "LoHa", ".hada_w2_a": "LoHa", ".hada_w2_b": "LoHa",
     ".hada_t1": "LoHa", ".hada_t2": "LoHa",
     ".lokr_w1": "LoKr", ".lokr_w2": "LoKr", ".lokr_w1_a": "LoKr", ".lokr_w1_b": "LoKr",

@@ -11,7 +11,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from wan_runtime.errors import InputError
-from wan_runtime.lora.keys import ALPHA, DOWN, UP, KeyProblem, ModuleNames, image_branch, parse_key
+from wan_runtime.lora.adapter_config import PEFT_CONFIG, AdapterConfig, AdapterConfigProblem, saved_config
+from wan_runtime.lora.keys import (
+    ALPHA,
+    DOWN,
+    PEFT_PREFIX,
+    UP,
+    KeyProblem,
+    ModuleNames,
+    image_branch,
+    parse_key,
+)
 
 _PICKLES = (".pt", ".pth", ".ckpt", ".bin")
 _SHOWN = 3
@@ -57,7 +67,9 @@ class LoraFile:
 
     ``LoraFile.read`` refuses (``InputError``, naming the file, the tensor and the fix) a missing
     or pickled file, an unreadable one, tensor names of no LoRA kind read here, factors without
-    their partner, ranks that disagree, an alpha that is not one number, and non-finite values.
+    their partner, ranks that disagree or are 0, an alpha that is not one number, and non-finite
+    values. The alphas of a file that peft or diffusers saved come from the config saved with it
+    (``wan_runtime.lora.adapter_config``).
     """
 
     path: Path
@@ -69,8 +81,10 @@ class LoraFile:
         check_lora_path(path)
         modules: dict[str, ModuleUpdate] = {}
         problems: list[str] = []
+        peft_names = False
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
+                header = handle.metadata()
                 for key in handle.keys():
                     try:
                         parsed = parse_key(key)
@@ -85,12 +99,15 @@ class LoraFile:
                     if parsed.part in parts:  # e.g. both lora_down and lora_A
                         problems.append(f"{key!r} is a second {parsed.part} of {parsed.module!r}")
                     parts[parsed.part] = tensor
+                    peft_names |= key.startswith(PEFT_PREFIX)
         except (SafetensorError, OSError) as err:
             raise InputError(
                 f"LoRA file {path} is not a readable safetensors file ({err}); download it again"
             ) from err
         for module, update in modules.items():
             problems += _pair_problems(module, update)
+        if not problems:
+            problems += _saved_alphas(modules, header, path, peft_names)
         if problems:
             raise InputError(f"LoRA file {path} cannot be applied: {listed(problems)}")
         if not modules:
@@ -105,6 +122,13 @@ class LoraFile:
                 f"LoRA file {path} also updates Wan2.1's CLIP image branch ({listed(left_out)}), which "
                 "Wan2.2's DiTs do not have; those modules are left out, the others applied", stacklevel=2)
         return cls(path, {module: update for module, update in modules.items() if module not in left_out})
+
+    def with_alpha(self, alpha: float) -> LoraFile:
+        """This file with every module's factors scaled by ``alpha / rank``, whatever alpha it stores
+        (the whole-tensor differences unchanged)."""
+        return LoraFile(self.path, {
+            module: ModuleUpdate({**update.parts, ALPHA: torch.tensor(alpha, dtype=torch.float64)})
+            if DOWN in update.parts else update for module, update in self.modules.items()})
 
     def targets(self, names: ModuleNames, dit: str) -> dict[str, tuple[str, ModuleUpdate]]:
         """Each updated module (as the file names it) -> its official name in the DiT whose
@@ -138,8 +162,41 @@ def _pair_problems(module: str, update: ModuleUpdate) -> list[str]:
                 or any(s != 1 for s in up.shape[2:])):
             problems.append(f"{module!r} has factors of shapes {list(down.shape)} (down) and "
                             f"{list(up.shape)} (up), which do not multiply")
+        elif down.shape[0] == 0:
+            problems.append(f"{module!r} has factors of rank 0 (the file is incomplete)")
     if ALPHA in parts and DOWN not in parts:
         problems.append(f"{module!r} has an alpha but no factors for it to scale")
     elif ALPHA in parts and parts[ALPHA].numel() != 1:
         problems.append(f"{module!r} has an alpha of shape {list(parts[ALPHA].shape)}, not one number")
     return problems
+
+
+def _saved_alphas(modules: dict[str, ModuleUpdate], header: dict[str, str] | None, path: Path,
+                  peft_names: bool) -> list[str]:
+    """Give each module's factors the alpha of the adapter config saved with the file, if any;
+    the problems that stop it."""
+    try:
+        config = saved_config(header, path)
+    except AdapterConfigProblem as err:
+        return [f"the scale of its factors (alpha / rank) cannot be read: {err}"]
+    if config is None:
+        if peft_names:
+            return [f"its tensor names are peft's ({PEFT_PREFIX}...), whose scale (alpha / rank) peft keeps "
+                    f"in the {PEFT_CONFIG} it saved beside the file: put that file beside it, and name "
+                    "the LoRA adapter_model.safetensors as peft does"]
+        return []
+    return [problem for module, update in modules.items() if DOWN in update.parts
+            for problem in [_give_alpha(module, update, config)] if problem]
+
+
+def _give_alpha(module: str, update: ModuleUpdate, config: AdapterConfig) -> str | None:
+    if ALPHA in update.parts:
+        return (f"{module!r} has an alpha tensor, and {config.source} gives every module its alpha: "
+                "which one holds is not known")
+    try:
+        alpha = config.alpha(module, update.rank)
+    except AdapterConfigProblem as err:
+        return str(err)
+    # float64: alpha / rank is then the config's scale to a double's rounding.
+    update.parts[ALPHA] = torch.tensor(alpha, dtype=torch.float64)
+    return None
