@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from PIL import Image
@@ -17,19 +18,20 @@ def load_image(image: object, label: str = "image") -> Image.Image:
     than minutes later. ``label`` names the argument in error messages (e.g. ``"--image"``).
     """
     if isinstance(image, Image.Image):
-        picture = image
+        # An image opened but not loaded yet decodes its file in convert; the caller's stays open.
+        source, fix = f"the {label} (a PIL image)", "load it from a whole file"
+        opened = contextlib.nullcontext(image)
     elif isinstance(image, (str, Path)):
         path = Path(image)
         require_file(path, label, "the path of a PNG, JPEG or WebP file")
-        try:
-            with Image.open(path) as opened:
-                picture = opened.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise InputError(
-                f"{label} {path} cannot be read as an image ({err}); pass a PNG, JPEG or WebP file"
-            ) from err
+        source, fix, opened = f"{label} {path}", "pass a PNG, JPEG or WebP file", None
     else:
         raise InputError(f"{label} must be a PIL image or a file path, got {type(image).__name__}")
-    if picture.width < 1 or picture.height < 1:
-        raise InputError(f"the {label} is empty ({picture.width}x{picture.height} pixels)")
-    return picture.convert("RGB")
+    try:
+        with Image.open(path) if opened is None else opened as picture:
+            rgb = picture.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"{source} cannot be read as an image ({err}); {fix}") from err
+    if rgb.width < 1 or rgb.height < 1:
+        raise InputError(f"the {label} is empty ({rgb.width}x{rgb.height} pixels)")
+    return rgb

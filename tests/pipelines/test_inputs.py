@@ -6,13 +6,14 @@ import shutil
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from tests.pipelines.images import gradient_image
 from wan_runtime import generate, pipelines
 from wan_runtime.checks import check_clip_seeds
 from wan_runtime.errors import CheckpointError, InputError
-from wan_runtime.pipelines import check_output_size, load_pipeline, loading
+from wan_runtime.pipelines import check_output_size, check_pipeline, load_pipeline, loading
 
 GOOD = {"size": "64*64", "frame_num": 5, "sampling_steps": 2, "seed": 0, "progress": False}
 
@@ -72,6 +73,16 @@ def test_unreadable_images(i2v_pipeline, untouchable, tmp_path):
     text.write_text("hello")
     with pytest.raises(InputError, match="cannot be read as an image"):
         pipeline.generate("a cat", image=str(text), **GOOD)
+    # A PIL image opened lazily decodes its file, cut short, only when converted.
+    whole = tmp_path / "whole.png"
+    gradient_image(64, 64).save(whole)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:-200])
+    with Image.open(cut) as opened:
+        with pytest.raises(InputError, match=r"the image \(a PIL image\) cannot be read as an image .*; "
+                                             "load it from a whole file"):
+            pipeline.generate("a cat", image=opened, **GOOD)
+        assert opened.fp is not None  # the caller's image is left open
 
 
 def test_image_too_extreme_for_the_area(i2v_pipeline, ti2v_pipeline, untouchable):
@@ -128,6 +139,11 @@ def test_load_checks_the_folder_and_arguments_first(tmp_path, ti2v_root):
         load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float16)
     with pytest.raises(InputError, match="not a torch device"):
         load_pipeline("ti2v-5B", ti2v_root, device="gpu")
+    for device in ("mps", "xpu", "meta", torch.device("meta")):
+        with pytest.raises(InputError, match="runs on NVIDIA GPUs .CUDA. and the CPU; use 'cuda', 'cuda:N'"):
+            load_pipeline("ti2v-5B", ti2v_root, device=device)
+        with pytest.raises(InputError, match="runs on NVIDIA GPUs"):
+            check_pipeline("ti2v-5B", ti2v_root, device=device)
 
 
 def _truncate(path):

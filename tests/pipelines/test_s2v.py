@@ -165,7 +165,14 @@ def test_decoded_wav_is_the_samples(tmp_path, speech):
     ({"pose_video": 3}, "pose_video must be the path of a video file"),
     ({"start_from_ref": 1}, "start_from_ref"),
 ])
-def test_bad_input_is_refused(s2v_pipeline, speech, portrait, change, message):
+def test_bad_input_is_refused(s2v_pipeline, speech, portrait, monkeypatch, change, message):
+    """Before any model runs (the seed's clips counted from the speech's samples)."""
+    def fail(*args, **kwargs):
+        raise AssertionError("a model ran before the arguments were checked")
+
+    monkeypatch.setattr(s2v_pipeline, "audio_encoder", fail)
+    monkeypatch.setattr(s2v_pipeline.text_encoder, "encode", fail)
+    monkeypatch.setattr(s2v_pipeline.vae, "encode", fail)
     arguments = {"image": portrait, "audio": speech, **RUN, **change}
     with pytest.raises(InputError, match=message):
         s2v_pipeline.generate("a woman speaks", progress=False, **arguments)

@@ -57,6 +57,9 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
         raise InputError(
             f"device {device!r} is not a torch device; use e.g. 'cuda', 'cuda:1' or 'cpu'"
         ) from err
+    if resolved.type not in ("cuda", "cpu"):
+        raise InputError(f"device {device!r}: the runtime runs on NVIDIA GPUs (CUDA) and the CPU; use "
+                         "'cuda', 'cuda:N' or 'cpu'")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} asks for CUDA, which this machine lacks; use device='cpu'")
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():

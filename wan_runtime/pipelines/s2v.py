@@ -32,7 +32,7 @@ from wan_runtime.cache.telemetry import merge_reports, summary_lines
 from wan_runtime.checks import check_clip_seeds, check_vae_tiling
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
-from wan_runtime.models.audio_encoder import audio_buckets
+from wan_runtime.models.audio_encoder import audio_buckets, speech_clip_count
 from wan_runtime.models.s2v_dit import MOTION_FRAMES
 from wan_runtime.pipelines.activation_memory import MemoryEstimate, speech_video
 from wan_runtime.pipelines.base import Pipeline, Prompts
@@ -131,6 +131,8 @@ class S2VPipeline(Pipeline):
                                                     start_from_ref)
         width, height = self.output_size(self.spec, picture, settings.width, settings.height)
         seed = self._resolve_seed(seed)
+        clips = speech_clip_count(waveform.shape[-1], infer_frames, self.fps)
+        check_clip_seeds(seed, clips if num_clip is None else min(num_clip, clips), "seed")
 
         self._start_peak_memory()
         clock = StageClock(self.device)
@@ -142,7 +144,6 @@ class S2VPipeline(Pipeline):
                 columns, available = audio_buckets(self.audio_encoder(waveform), infer_frames, self.fps)
                 self.residency.release()
             clips = available if num_clip is None else min(num_clip, available)
-            check_clip_seeds(seed, clips, "seed")
             with clock.stage("text_encode"):
                 prompts = self._encode_text(settings.prompt, settings.n_prompt)
             with clock.stage("vae_encode"):
