@@ -177,8 +177,10 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
     if dry_run:
         _print_plan([(job, size) for job, size, skip in zip(jobs, sizes, exists, strict=True) if not skip],
                     weights, estimates)
-    elif last is not None:
+    elif last is not None and not batch:
         _write(*last)
+    elif last is not None and not _written(*last, args, going_on=False):
+        failed.append(last[0].batch_line)
     if not todo:
         print("nothing to make: every video's file exists (--skip_existing)")
     elif batch and not dry_run:
@@ -370,9 +372,25 @@ def _make_videos(
         if job is jobs[-1]:
             last = (job, pipeline, video, load_s)
         elif job.launch.main:  # the other processes go on and wait for it in their next collective
-            _write(job, pipeline, video, load_s)
+            if not _written(job, pipeline, video, load_s, args, going_on=True):
+                failed.append(job.batch_line)
         load_s = None  # paid once, by the first video
     return failed, last
+
+
+def _written(job: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load_s: float | None,
+             args: argparse.Namespace, going_on: bool) -> bool:
+    """``_write`` for a video of a batch, whose failure to be written (a full disk, a folder
+    removed) is told and costs that video alone; whether it was written."""
+    try:
+        _write(job, pipeline, video, load_s)
+    except OSError as err:
+        if args.debug:
+            raise
+        _error(f"--batch line {job.batch_line}: {_one_line(str(err))}"
+               f"{'; going on with the next line' if going_on else ''}")
+        return False
+    return True
 
 
 def _peak_memory(

@@ -296,6 +296,28 @@ def test_a_failed_video_does_not_stop_the_batch(in_folder, monkeypatch, capsys):
     assert error.startswith("error: NumericalError: the latent turned NaN")
 
 
+def test_a_video_that_cannot_be_written_does_not_stop_the_batch(in_folder, monkeypatch, capsys):
+    """A full disk (or a folder removed) costs the videos it stops, the last one's too."""
+    write = generate.write_mp4
+
+    def disk_full_for_some(video, path, **kwargs):
+        if "full" in str(path):
+            raise OSError(f"could not write {path}: [Errno 28] No space left on device")
+        return write(video, path, **kwargs)
+
+    monkeypatch.setattr(generate, "write_mp4", disk_full_for_some)
+    path = _batch(in_folder, {"save_file": "full1.mp4"}, {"save_file": "two.mp4"}, {"save_file": "full3.mp4"})
+    assert generate.main([*FAST, "--batch", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert _errors(captured.err) == [
+        "error: --batch line 1: could not write full1.mp4: [Errno 28] No space left on device; going on with "
+        "the next line",
+        "error: --batch line 3: could not write full3.mp4: [Errno 28] No space left on device",
+    ]
+    assert "batch: wrote 1 of 3 videos (lines 1, 3 failed, above)" in captured.out
+    assert [p.name for p in in_folder.glob("*.mp4")] == ["two.mp4"]
+
+
 def test_an_interrupted_batch_keeps_the_finished_videos(in_folder, monkeypatch, capsys):
     made = generate._make_video
 
