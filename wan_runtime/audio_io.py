@@ -42,8 +42,7 @@ def decode_audio(path: str | Path, label: str = "audio") -> np.ndarray:
     Raises ``InputError`` naming ``label`` for a missing file, one ffmpeg cannot decode, or one
     without sound.
     """
-    path = Path(path)
-    require_file(path, label, "a WAV, MP3, FLAC or other audio file")
+    path = require_file(path, label, "a WAV, MP3, FLAC or other audio file")
     # Channels are kept and averaged here, as librosa downmixes (ffmpeg's ``-ac 1`` weights them
     # by layout). A WAV stream on the pipe carries the channel count in its header.
     command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path), "-vn", "-map", "0:a:0",

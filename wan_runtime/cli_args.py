@@ -539,7 +539,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
     image = None
     if image_path is not None:
         image = _check(problems, lambda: inputs.get("image", image_path,
-                                                    lambda: load_image(image_path, "--image")))
+                                                    lambda: load_image(args.image, "--image")))
     elif args.task in ("i2v-A14B", S2V):
         if args.demo:
             image = demo.demo_image()
@@ -765,7 +765,7 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace, inputs: Decoded
     audio = None
     if audio_path is not None:
         audio = _check(problems, lambda: inputs.get("audio", audio_path,
-                                                    lambda: decode_audio(audio_path, "--audio")))
+                                                    lambda: decode_audio(args.audio, "--audio")))
     elif args.demo:
         audio = demo.demo_audio()
     elif not args.enable_tts:
@@ -777,7 +777,7 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace, inputs: Decoded
         _check(problems, lambda: check_clip_seeds(args.base_seed, clips, "--base_seed"))
     pose_video = None if args.pose_video is None else Path(args.pose_video)
     if pose_video is not None:
-        _check(problems, lambda: probe_video(pose_video, "--pose_video"))
+        _check(problems, lambda: probe_video(args.pose_video, "--pose_video"))
     return {"audio_path": audio_path, "audio": audio, "num_clip": args.num_clip, "infer_frames": infer_frames,
             "start_from_ref": args.start_from_ref, "pose_video": pose_video}
 

@@ -1,14 +1,32 @@
-"""Reading the input image of a run, shared by the CLI's up-front checks and the pipelines."""
+"""Reading the input image of a run, shared by the CLI's up-front checks and the pipelines.
+
+The official code takes ``Image.open(path).convert("RGB")``; so does the runtime, with three
+exceptions where that gives a picture other than the one the file shows, each said: 16-bit
+greyscale (which ``convert`` clips to white) is scaled to 8 bits, a floating-point image (whose
+values have no agreed range) is refused, and an EXIF rotation or a transparent area, which
+``convert`` ignores as the official code does, is warned of.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from wan_runtime.errors import InputError
 from wan_runtime.input_files import require_file
+
+# Phone cameras make photos of up to 200 million pixels; Pillow's guard against decompression
+# bombs warns from 89 million and refuses from 179 million. 805 MB decoded at this limit.
+MAX_PIXELS = 2**28
+_PIXEL_GUARD = threading.Lock()
+_EXIF_ORIENTATION = 0x0112
+_TURNS = {2: "mirrored", 3: "upside down", 4: "flipped upside down", 5: "mirrored and on its side",
+          6: "on its side", 7: "mirrored and on its side", 8: "on its side"}
 
 
 def load_image(image: object, label: str = "image") -> Image.Image:
@@ -22,16 +40,52 @@ def load_image(image: object, label: str = "image") -> Image.Image:
         source, fix = f"the {label} (a PIL image)", "load it from a whole file"
         opened = contextlib.nullcontext(image)
     elif isinstance(image, (str, Path)):
-        path = Path(image)
-        require_file(path, label, "the path of a PNG, JPEG or WebP file")
+        path = require_file(image, label, "the path of a PNG, JPEG or WebP file")
         source, fix, opened = f"{label} {path}", "pass a PNG, JPEG or WebP file", None
     else:
         raise InputError(f"{label} must be a PIL image or a file path, got {type(image).__name__}")
     try:
-        with Image.open(path) if opened is None else opened as picture:
-            rgb = picture.convert("RGB")
+        with _open(path, source) if opened is None else opened as picture:
+            rgb = _rgb(picture, source)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise InputError(f"{source} cannot be read as an image ({err}); {fix}") from err
     if rgb.width < 1 or rgb.height < 1:
         raise InputError(f"the {label} is empty ({rgb.width}x{rgb.height} pixels)")
     return rgb
+
+
+def _open(path: Path, source: str) -> Image.Image:
+    """``path`` opened (its header read), with the runtime's own pixel limit for Pillow's."""
+    with _PIXEL_GUARD:  # Pillow's limit is global: lifted for this open alone
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            picture = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    width, height = picture.size
+    if width * height > MAX_PIXELS:
+        picture.close()
+        raise InputError(f"{source} is {width}x{height}, {width * height:,} pixels, more than the "
+                         f"{MAX_PIXELS:,} the runtime decodes; scale it down (a video's frame has about a "
+                         "million)")
+    return picture
+
+
+def _rgb(picture: Image.Image, source: str) -> Image.Image:
+    if picture.mode == "F":
+        raise InputError(f"{source} is a floating-point image, whose values have no agreed range; save it as "
+                         "an 8-bit PNG or JPEG")
+    orientation = picture.getexif().get(_EXIF_ORIENTATION)
+    if orientation in _TURNS:
+        warnings.warn(f"{source} is shown {_TURNS[orientation]} by its EXIF orientation ({orientation}), "
+                      "which the official code ignores, and so does the runtime: the video starts from the "
+                      "pixels as stored; save the image turned as it is shown to start from that",
+                      stacklevel=3)
+    if picture.mode.startswith("I;16"):
+        # 0..65535: convert would clip every value above 255 to white.
+        grey = np.asarray(picture).astype(np.float64) / 257
+        return Image.fromarray(grey.round().astype(np.uint8), "L").convert("RGB")
+    if picture.mode in ("RGBA", "LA") and picture.getchannel("A").getextrema()[0] < 255:
+        warnings.warn(f"{source} has transparent pixels; as in the official code, their stored colour is "
+                      "used (often black): flatten the image onto the background you want", stacklevel=3)
+    return picture.convert("RGB")

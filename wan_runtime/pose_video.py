@@ -50,8 +50,7 @@ def probe_video(path: str | Path, label: str = "pose_video") -> VideoInfo:
     Raises ``InputError`` naming ``label`` for a missing file, one ffmpeg cannot open or decode,
     one without frames, or one whose frame rate ffmpeg does not report.
     """
-    path = Path(path)
-    require_file(path, label, "an MP4, MOV, WebM or other video file")
+    path = require_file(path, label, "an MP4, MOV, WebM or other video file")
     with closing(_frames(path, label)) as frames:
         info = next(frames)
         if next(frames, None) is None:

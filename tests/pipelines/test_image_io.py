@@ -1,0 +1,91 @@
+"""The input image as the official code reads it (``Image.open(path).convert("RGB")``), but where
+that is not the picture the file shows: 16-bit greyscale scaled, floating point refused, EXIF
+rotations and transparency warned of, photos above Pillow's decompression-bomb guard read."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.pipelines.images import gradient_image
+from wan_runtime import image_io
+from wan_runtime.errors import InputError
+from wan_runtime.image_io import load_image
+
+
+def official(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def quietly(path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return np.asarray(load_image(path))
+
+
+@pytest.mark.parametrize(("mode", "suffix"), [("RGB", ".png"), ("L", ".png"), ("P", ".png"), ("RGBA", ".png"),
+                                              ("LA", ".png"), ("CMYK", ".jpg"), ("RGB", ".webp")])
+def test_an_image_is_what_the_official_code_reads(tmp_path, mode, suffix):
+    path = tmp_path / f"image{suffix}"
+    gradient_image(40, 24).convert(mode).save(path)
+    np.testing.assert_array_equal(quietly(path), official(path))
+    np.testing.assert_array_equal(quietly(Image.open(path)), official(path))
+
+
+def test_16_bit_greyscale_is_scaled_to_8_bits(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 8).round().astype(np.uint16).reshape(8, 64)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode == "I;16"
+    assert (official(path) == 255).mean() > 0.99  # what convert makes of it: white
+    got = quietly(path)
+    np.testing.assert_array_equal(got[..., 0], np.round(ramp / 257).astype(np.uint8))
+    assert (got == got[..., :1]).all()
+
+
+def test_a_floating_point_image_is_refused(tmp_path):
+    path = tmp_path / "float.tiff"
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(path)
+    with pytest.raises(InputError, match="float.tiff is a floating-point image, whose values have no agreed "
+                                         "range; save it as an 8-bit PNG or JPEG"):
+        load_image(path)
+
+
+def test_an_exif_rotation_is_warned_of_and_left_as_the_official_code_leaves_it(tmp_path):
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    gradient_image(40, 24).save(path, exif=exif)
+    with pytest.warns(UserWarning, match=r"phone.jpg is shown on its side by its EXIF orientation \(6\), "
+                                         "which the official code ignores"):
+        got = np.asarray(load_image(path, "--image"))
+    np.testing.assert_array_equal(got, official(path))
+    assert got.shape == (24, 40, 3)
+
+
+def test_transparency_is_warned_of(tmp_path):
+    picture = gradient_image(40, 24).convert("RGBA")
+    picture.putpixel((0, 0), (0, 0, 0, 0))
+    path = tmp_path / "cutout.png"
+    picture.save(path)
+    with pytest.warns(UserWarning, match="cutout.png has transparent pixels; as in the official code"):
+        np.testing.assert_array_equal(np.asarray(load_image(path)), official(path))
+
+
+def test_a_large_photo_is_read_and_a_larger_one_refused(tmp_path, monkeypatch):
+    """Past Pillow's decompression-bomb guard (here set to 100 pixels: it refuses from twice that)
+    up to the runtime's own limit, Pillow's guard left as it was."""
+    path = tmp_path / "photo.jpg"
+    gradient_image(64, 48).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+    assert quietly(path).shape == (48, 64, 3)
+    assert Image.MAX_IMAGE_PIXELS == 100
+    monkeypatch.setattr(image_io, "MAX_PIXELS", 64 * 48 - 1)
+    with pytest.raises(InputError, match="photo.jpg is 64x48, 3,072 pixels, more than the 3,071 the runtime "
+                                         "decodes; scale it down"):
+        load_image(path)
