@@ -22,6 +22,8 @@ MAX_SEED = 2**64 - 1
 MAX_INFER_FRAMES = 4096
 # So do the i2v and ti2v DiTs' tables: the first frame and 4 frames per latent frame after it.
 MAX_FRAME_NUM = 1 + 4 * 1023
+# And 1024 rows and columns of tokens.
+MAX_TOKENS_A_SIDE = 1024
 # Decoding in tiles: their size in pixels when asked for without one, and what sizes must divide
 # (a quarter of the tile overlaps its neighbours, in whole latent pixels of either VAE).
 DEFAULT_VAE_TILE = 512

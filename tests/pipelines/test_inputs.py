@@ -41,6 +41,7 @@ def untouchable(monkeypatch):
         ({"size": "a*b"}, "'W\\*H' string"),
         ({"size": (64, 64)}, "'W\\*H' string"),
         ({"frame_num": 6}, r"1 \+ 4n .* nearest valid: 5 or 9"),
+        ({"size": "100032*704"}, r"size 100032\*704 is too large for i2v-A14B: at most 16384 pixels a side"),
         ({"frame_num": 4097}, r"1 \+ 4n from 1 to 4093 .* nearest valid: 4093, the most the official"),
         ({"frame_num": 0}, r"1 \+ 4n"),
         ({"frame_num": 4}, r"1 \+ 4n"),

@@ -11,7 +11,14 @@ import random
 import sys
 from pathlib import Path
 
-from wan_runtime.checks import MAX_FRAME_NUM, check_infer_frames, check_num_clip, check_seed, is_int
+from wan_runtime.checks import (
+    MAX_FRAME_NUM,
+    MAX_TOKENS_A_SIDE,
+    check_infer_frames,
+    check_num_clip,
+    check_seed,
+    is_int,
+)
 from wan_runtime.errors import InputError
 from wan_runtime.tasks import HIGH_NOISE, TaskSpec
 
@@ -29,8 +36,8 @@ def _nearest_multiples(value: int, step: int) -> list[int]:
 def parse_size(size: str, spec: TaskSpec) -> tuple[int, int]:
     """``"W*H"`` (width first, as the official ``SIZE_CONFIGS`` keys) -> ``(W, H)``.
 
-    Any width and height that ``size_multiple(spec)`` divides is accepted; the error for
-    another names the nearest valid sizes.
+    Any width and height that ``size_multiple(spec)`` divides is accepted, up to 1024 times it;
+    the error for another names the nearest valid sizes.
     """
     if not isinstance(size, str) or size.count("*") != 1:
         raise InputError(f"size must be a 'W*H' string such as {spec.default_size!r}, got {size!r}")
@@ -39,6 +46,11 @@ def parse_size(size: str, spec: TaskSpec) -> tuple[int, int]:
     except ValueError:
         raise InputError(f"size must be a 'W*H' string such as {spec.default_size!r}, got {size!r}") from None
     step = size_multiple(spec)
+    most = MAX_TOKENS_A_SIDE * step
+    if max(width, height) > most:
+        raise InputError(f"size {size} is too large for {spec.name}: at most {most} pixels a side, as the "
+                         f"official model's position tables hold {MAX_TOKENS_A_SIDE} tokens a side (trained "
+                         f"sizes: {', '.join(spec.supported_sizes)})")
     if width > 0 and height > 0 and width % step == 0 and height % step == 0:
         return width, height
     widths, heights = _nearest_multiples(max(width, 1), step), _nearest_multiples(max(height, 1), step)
