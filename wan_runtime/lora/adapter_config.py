@@ -85,7 +85,11 @@ def saved_config(header: Mapping[str, str] | None, path: Path) -> AdapterConfig 
         return None  # another component's config alone (its tensors are refused by name)
     beside = path.with_name(PEFT_CONFIG)
     if path.name == "adapter_model.safetensors" and beside.is_file():
-        return AdapterConfig.parse(_json(beside.read_text(encoding="utf-8"), str(beside)), str(beside))
+        try:
+            text = beside.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise AdapterConfigProblem(f"{beside} cannot be read ({err})") from None
+        return AdapterConfig.parse(_json(text, str(beside)), str(beside))
     return None
 
 

@@ -185,8 +185,12 @@ def _saved_alphas(modules: dict[str, ModuleUpdate], header: dict[str, str] | Non
                     f"in the {PEFT_CONFIG} it saved beside the file: put that file beside it, and name "
                     "the LoRA adapter_model.safetensors as peft does"]
         return []
-    return [problem for module, update in modules.items() if DOWN in update.parts
-            for problem in [_give_alpha(module, update, config)] if problem]
+    problems = []
+    for module, update in modules.items():
+        problem = _give_alpha(module, update, config) if DOWN in update.parts else None
+        if problem is not None:
+            problems.append(problem)
+    return problems
 
 
 def _give_alpha(module: str, update: ModuleUpdate, config: AdapterConfig) -> str | None:
