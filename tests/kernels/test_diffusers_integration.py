@@ -8,6 +8,8 @@ match within the float32 tolerance of the kernel tests.
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -94,6 +96,37 @@ def test_output_unchanged(backend, dtype, timesteps):
         assert torch.equal(actual, expected)
     else:
         assert_matches(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("timestep", [torch.tensor([300.0]), torch.linspace(0, 999, TOKENS).view(1, -1)],
+                         ids=["per_sample", "per_token"])
+def test_one_timestep_for_the_whole_batch(backend, timestep):
+    """diffusers broadcasts a batch-1 timestep over the batch; so do the patched blocks."""
+    model = _model(torch.float32)
+    expected = _forward(model, timestep)
+    actual = _forward(integration.apply(model), timestep)
+    assert_matches(actual, expected, torch.float32)
+
+
+def test_a_patched_model_pickles():
+    """torch.save of the whole model (or a spawned process's copy) loads back patched."""
+    model = integration.apply(_model(torch.float32))
+    expected = _forward(model, TIMESTEPS["per_sample"])
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert integration.is_applied(loaded)
+    assert loaded.blocks[0].forward.args == (loaded.blocks[0],)
+    assert torch.equal(_forward(loaded, TIMESTEPS["per_sample"]), expected)
+
+
+def test_a_float64_model_is_told_to_run_unpatched():
+    model = integration.apply(_model(torch.float64).double())
+    with pytest.raises(ValueError, match="the fused blocks run float32, bfloat16 or float16 models, this "
+                                         r"one runs torch.float64; call wan_kernels.integrations.diffusers"):
+        _forward(model, TIMESTEPS["per_sample"])
+    assert _forward(integration.remove(model), TIMESTEPS["per_sample"]).dtype == torch.float64
 
 
 def test_apply_is_idempotent_and_removable():

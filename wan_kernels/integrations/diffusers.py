@@ -16,7 +16,7 @@ fine-tuned after ``apply`` trains as the original does.
 
 from __future__ import annotations
 
-import types
+import functools
 
 import torch
 
@@ -31,6 +31,8 @@ except ImportError as err:  # pragma: no cover - exercised only where diffusers 
     ) from err
 
 __all__ = ["apply", "is_applied", "remove"]
+
+_STREAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _fused_forward(
@@ -47,12 +49,19 @@ def _fused_forward(
     ``round_to_input=False``; ``h.float() + y * gate`` is ``gated_residual``; both are rounded to the
     stream's dtype as diffusers' ``type_as`` does.
     """
+    if hidden_states.dtype not in _STREAM_DTYPES:
+        raise ValueError(f"wan_kernels.integrations.diffusers: the fused blocks run float32, bfloat16 or "
+                         f"float16 models, this one runs {hidden_states.dtype}; call "
+                         "wan_kernels.integrations.diffusers.remove(transformer) to run it so")
     if temb.ndim == 4:
         # Wan2.2 ti2v: temb [B, L, 6, C] gives per-token rows [B, L, C].
         rows = (self.scale_shift_table.unsqueeze(0) + temb.float()).unbind(2)
     else:
         rows = (self.scale_shift_table + temb.float()).chunk(6, dim=1)
-    shift, scale, gate, c_shift, c_scale, c_gate = rows
+    # One timestep for the whole batch, which diffusers' arithmetic broadcasts: the ops take
+    # the rows expanded (stride 0, no copy).
+    batch = hidden_states.size(0)
+    shift, scale, gate, c_shift, c_scale, c_gate = (row.expand(batch, *row.shape[1:]) for row in rows)
 
     # 1. Self-attention.
     norm_hidden_states = wan_kernels.layernorm_modulate(
@@ -103,7 +112,7 @@ def _blocks(transformer: object) -> list[WanTransformerBlock]:
 
 def _applied(block: WanTransformerBlock) -> bool:
     forward = vars(block).get("forward")
-    return getattr(forward, "__func__", None) is _fused_forward
+    return isinstance(forward, functools.partial) and forward.func is _fused_forward
 
 
 def is_applied(transformer: WanTransformer3DModel) -> bool:
@@ -129,7 +138,9 @@ def apply(transformer: WanTransformer3DModel) -> WanTransformer3DModel:
                 "wan_kernels.integrations.diffusers.apply before registering hooks on the model"
             )
     for block in blocks:
-        block.forward = types.MethodType(_fused_forward, block)
+        if not _applied(block):
+            # A partial, not a bound method: pickle finds it again (torch.save of the whole model).
+            block.forward = functools.partial(_fused_forward, block)
     # Marks the model (copies included) for remove(): a wrapper found later may hide our forward.
     transformer._wan_kernels_applied = True
     return transformer
