@@ -596,7 +596,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
 
     cache = None
     given = {name: getattr(args, name) for name in CacheConfig().as_dict() if getattr(args, name) is not None}
-    problems += _idle_cache_flag_problems(given)
+    problems += _idle_cache_flag_problems(given, args.batch is not None)
     try:
         cache = CacheConfig(**given)
     except InvalidCacheConfig as err:
@@ -784,13 +784,16 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace, inputs: Decoded
             "start_from_ref": args.start_from_ref, "pose_video": pose_video}
 
 
-def _idle_cache_flag_problems(given: dict[str, object]) -> list[str]:
-    """A cache setting given without its cache: it would change nothing, silently."""
+def _idle_cache_flag_problems(given: dict[str, object], batch: bool) -> list[str]:
+    """A cache setting given without its cache: it would change nothing, silently (on a line of a
+    batch, the line's null drops the command line's setting)."""
     problems = []
     for gate, prefix in (("fbcache", "fb_"), ("teacache", "teacache_")):
-        if not given.get(gate):
-            problems += [f"--{name} has no effect without --{gate}; add --{gate} or drop it"
-                         for name in given if name.startswith(prefix)]
+        if given.get(gate):
+            continue
+        for name in (name for name in given if name.startswith(prefix)):
+            drop = f' (a --batch line drops the command line\'s with "{name}": null)' if batch else ""
+            problems.append(f"--{name} has no effect without --{gate}; add --{gate} or drop it{drop}")
     return problems
 
 

@@ -59,3 +59,10 @@ def test_numpy_scalars_are_taken_as_python_numbers():
     assert (type(config.fb_ema), type(config.fb_warmup), type(config.fb_thresh)) == (float, int, float)
     with pytest.raises(InputError, match="--fb_downsample must be an integer >= 1"):
         CacheConfig(fb_downsample=np.float32(2.0))
+
+
+def test_a_downsampling_stride_past_any_token_count_is_refused():
+    assert CacheConfig(fbcache=True, fb_downsample=2**30).fb_downsample == 2**30
+    with pytest.raises(InputError, match=r"--fb_downsample must be an integer >= 1 and at most 2\*\*30 \(a "
+                                         r"stride over the tokens\), got 1073741825"):
+        CacheConfig(fbcache=True, fb_downsample=2**30 + 1)

@@ -125,7 +125,7 @@ def test_a_graphed_run_counts_its_peak_from_an_emptied_cache(monkeypatch):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append("reset"))
     for graphs in (None, StageGraphs(RerunBackend())):
-        Pipeline._start_peak_memory(SimpleNamespace(device=torch.device("cuda"), stage_graphs=graphs))
+        Pipeline._start_run(SimpleNamespace(device=torch.device("cuda"), stage_graphs=graphs))
     assert calls == ["reset", "empty", "reset"]
 
 

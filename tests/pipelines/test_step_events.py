@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.pipelines.images import gradient_image
+from wan_runtime.cache import CacheConfig
 from wan_runtime.pipelines import StepEvent, load_pipeline
 from wan_runtime.solvers import make_solver
 
@@ -76,8 +77,13 @@ def test_an_exception_from_on_step_stops_the_run_and_the_next_is_unchanged(ti2v_
         if event.step == 2:
             raise Stop
 
+    assert pipeline.last_report is not None and pipeline.cache_report() == {}
+    pipeline.generate("a cat", cache=CacheConfig(fbcache=True, fb_thresh=1.0), **RUN)
+    assert pipeline.cache_report()
     with pytest.raises(Stop):
         pipeline.generate("a cat", on_step=stop_at_two, **RUN)
     assert seen == [1, 2]
     assert set(pipeline.residency.placement.values()) == {"cpu"}
+    # The stopped run made no report, and the one before is not told as its.
+    assert pipeline.last_report is None and pipeline.cache_report() == {}
     assert torch.equal(pipeline.generate("a cat", **RUN), want)

@@ -15,6 +15,7 @@ from wan_runtime.errors import InputError
 
 TEACACHE_POLICIES = ("linear", "poly")
 FB_METRICS = ("hidden_rel_l1", "residual_rel_l1", "hidden_rel_l2")
+_MAX_DOWNSAMPLE = 2**30
 
 
 class InvalidCacheConfig(InputError):
@@ -89,8 +90,11 @@ class CacheConfig:
                 found.append(f"--{name} must be a number >= 0, got {value!r}")
         if not _is_number(self.fb_ema) or not 0 <= self.fb_ema < 1:
             found.append(f"--fb_ema must be in [0, 1), got {self.fb_ema!r}")
-        if not _is_int(self.fb_downsample) or self.fb_downsample < 1:
-            found.append(f"--fb_downsample must be an integer >= 1, got {self.fb_downsample!r}")
+        # A stride over the tokens: past any video's token count it measures the first token alone,
+        # and past int64 the strided view fails.
+        if not _is_int(self.fb_downsample) or not 1 <= self.fb_downsample <= _MAX_DOWNSAMPLE:
+            found.append(f"--fb_downsample must be an integer >= 1 and at most 2**30 (a stride over the "
+                         f"tokens), got {self.fb_downsample!r}")
         for name in ("teacache_warmup", "teacache_last_steps", "fb_warmup", "fb_last_steps"):
             value = getattr(self, name)
             if not _is_int(value) or value < 0:

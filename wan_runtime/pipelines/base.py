@@ -225,7 +225,7 @@ class Pipeline:
         plan = self._plan(None if image is None else load_image(image), width, height, frame_num)
         seed = self._resolve_seed(seed)
 
-        self._start_peak_memory()
+        self._start_run()
         clock = StageClock(self.device)
         graphs = self._graph_counts()
         with torch.inference_mode(), self.residency.released_after():
@@ -356,8 +356,10 @@ class Pipeline:
         fp8 = any(dit.weights_fp8 for dit in self.dits.values())
         return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype, compiled, fp8)
 
-    def _start_peak_memory(self) -> None:
-        """Count the run's peak from here (``_peak_memory``)."""
+    def _start_run(self) -> None:
+        """Forget the previous run's reports (a run that stops has none) and count this run's peak
+        from here (``_peak_memory``)."""
+        self.last_report, self._cache_report = None, {}
         if self.device.type != "cuda":
             return
         if self.stage_graphs is not None:

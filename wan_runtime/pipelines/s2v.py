@@ -134,7 +134,7 @@ class S2VPipeline(Pipeline):
         clips = speech_clip_count(waveform.shape[-1], infer_frames, self.fps)
         check_clip_seeds(seed, clips if num_clip is None else min(num_clip, clips), "seed")
 
-        self._start_peak_memory()
+        self._start_run()
         clock = StageClock(self.device)
         graphs = self._graph_counts()
         self.clip_cache_reports = []
