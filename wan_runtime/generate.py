@@ -469,7 +469,9 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
     start = time.perf_counter()
     # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
     audio = config.audio_path or config.audio
-    metadata = {**settings, FLAGS_KEY: recorded_flags(config, report.seed)}
+    # What the step cache did is kept beside the settings (printed already, as the run ended).
+    telemetry = {"step_cache": report.step_cache} if report.step_cache else {}
+    metadata = {**settings, **telemetry, FLAGS_KEY: recorded_flags(config, report.seed)}
     write_mp4(video, save_file, fps=pipeline.fps, metadata=metadata, audio=audio)
     write_s = time.perf_counter() - start
 
@@ -492,7 +494,7 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
 def _run_fields(report: RunReport) -> dict[str, object]:
     """The report's account of the run (seed and defaults resolved), without timings and memory."""
     fields = dataclasses.asdict(report)
-    del fields["timings"], fields["peak_memory_bytes"], fields["cuda_graphs"]
+    del fields["timings"], fields["peak_memory_bytes"], fields["cuda_graphs"], fields["step_cache"]
     return fields
 
 

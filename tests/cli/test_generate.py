@@ -61,7 +61,7 @@ def test_ti2v_demo_writes_the_video_under_the_official_name(cache_env, tmp_path)
     )
     assert (settings["task"], settings["size"], settings["demo"]) == ("ti2v-5B", "128*96", True)
     assert settings["n_prompt"] == TASKS["ti2v-5B"].negative_prompt
-    assert settings["cache"] == "off" and settings["compile"] is False
+    assert settings["cache"] == "off" and settings["compile"] is False and "step_cache" not in settings
     out = result.stdout
     assert out.count(demo.NOTICE) == 2 and "using cached checkpoint" in out
     assert "seed: 42" in out and "prompt: a red fox" in out
@@ -90,6 +90,12 @@ def test_i2v_demo_follows_the_image_and_the_save_file(cache_env, tmp_path):
         "fb_last_steps=1 fb_cfg_sep_diff=True"
     )
     assert "CacheManager[high] summary: " in result.stdout and "CacheManager[low] summary: " in result.stdout
+    # What the cache did is kept in the video: per expert and branch, each of the 2 steps counted once.
+    telemetry = settings["step_cache"]
+    assert set(telemetry) == {"high", "low"}
+    branches = [stats for e in telemetry.values() for key, stats in e.items() if key != "residual_bytes"]
+    assert sum(stats["steps"] for stats in branches) == 2 * 2
+    assert all(stats["computed"] + stats["skipped"] == stats["steps"] for stats in branches)
 
 
 def test_i2v_demo_with_a_lora_per_expert(cache_env, tmp_path, monkeypatch):

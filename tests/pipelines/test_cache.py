@@ -43,6 +43,7 @@ def test_ti2v_is_bitwise_uncached_at_threshold_zero(ti2v_pipeline, ti2v_referenc
     assert torch.equal(video, reference)
     report = ti2v_pipeline.cache_report()
     assert report == {} if not config.enabled else report["ti2v"]["cond"]["skipped"] == 0
+    assert ti2v_pipeline.last_report.step_cache == report
 
 
 def test_i2v_is_bitwise_uncached_at_threshold_zero(i2v_pipeline):

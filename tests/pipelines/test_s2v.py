@@ -259,6 +259,10 @@ def test_step_cache_without_guidance_runs_the_cond_branch_alone(s2v_pipeline, sp
     s2v_pipeline.generate("a woman speaks", image=portrait, audio=speech, progress=False, cache=loose, **run)
     cond = s2v_pipeline.cache_report()["s2v"]["cond"]
     assert (cond["computed"], cond["skipped"]) == (2, 2)
+    report = s2v_pipeline.last_report
+    assert report.step_cache == s2v_pipeline.cache_report()
+    line = "step cache: forwards skipped s2v 2 of 4"
+    assert report.summary().splitlines()[-1] == report.step_cache_line() == line
 
 
 @pytest.mark.parametrize(("height", "width", "area"), [

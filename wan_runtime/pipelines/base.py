@@ -100,14 +100,14 @@ class Settings:
 
     def report(
         self, task: str, seed: int, width: int, height: int, frame_num: int, clock: StageClock,
-        peak_memory: int | None, cuda_graphs: tuple[int, int] | None = None,
+        peak_memory: int | None, cuda_graphs: tuple[int, int] | None, step_cache: dict[str, dict],
     ) -> RunReport:
         """The run report of a finished run with these settings."""
         return RunReport(
             task=task, prompt=self.prompt, n_prompt=self.n_prompt, seed=seed, size=f"{width}*{height}",
             frame_num=frame_num, sampling_steps=self.steps, guide_scale=self.guide, shift=self.shift,
             sample_solver=self.sample_solver, vae_tiling=self.vae_tiling, timings=clock.timings,
-            peak_memory_bytes=peak_memory, cuda_graphs=cuda_graphs,
+            peak_memory_bytes=peak_memory, cuda_graphs=cuda_graphs, step_cache=step_cache,
         )
 
     def decode(self, vae: WanVAE, latent: torch.Tensor) -> torch.Tensor:
@@ -246,7 +246,8 @@ class Pipeline:
                 video = settings.decode(self.vae, latent)
             check_video(video, self.vae.dtype)
         self.last_report = settings.report(self.task, seed, plan.width, plan.height, frame_num, clock,
-                                           self._peak_memory(), self._graph_counts(graphs))
+                                           self._peak_memory(), self._graph_counts(graphs),
+                                           self._cache_report)
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
 

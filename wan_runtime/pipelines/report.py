@@ -28,7 +28,8 @@ class RunReport:
     CUDA graphs the allocator's reserve (``max_memory_reserved``), which alone holds the graphs'
     pool while they replay; ``cuda_graphs``: with them, the graphs captured and the replays. For
     s2v-14B ``frame_num`` is the frames made; ``vae_tiling`` is the decode's tile size in pixels
-    (0: whole frames)."""
+    (0: whole frames). ``step_cache`` is what the step cache did (``Pipeline.cache_report``'s
+    telemetry by model; empty without a cache)."""
 
     task: str
     prompt: str
@@ -44,6 +45,7 @@ class RunReport:
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
     cuda_graphs: tuple[int, int] | None = None
+    step_cache: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> str:
         """A few lines for a person: what ran, the time per stage, the peak memory."""
@@ -56,6 +58,7 @@ class RunReport:
         )
         tiles = f", decoded in {self.vae_tiling}-pixel tiles" if self.vae_tiling else ""
         graphs = [] if self.cuda_graphs is None else [self.graphs_line()]
+        cache = [self.step_cache_line()] if self.step_cache else []
         return "\n".join([
             f"{self.task}: {self.size}, {self.frame_num} frames, seed {self.seed}{tiles}",
             f"{self.sampling_steps} steps of {self.sample_solver}, shift {self.shift:g}, "
@@ -63,7 +66,18 @@ class RunReport:
             f"time: {stages} (total {total:.1f} s)",
             memory,
             *graphs,
+            *cache,
         ])
+
+    def step_cache_line(self) -> str:
+        """The DiT forwards the step cache skipped, per model (``step_cache`` set)."""
+        parts = []
+        for model, entry in self.step_cache.items():
+            branches = [stats for name, stats in entry.items() if name != "residual_bytes"]
+            skipped = sum(stats["skipped"] for stats in branches)
+            steps = sum(stats["steps"] for stats in branches)
+            parts.append(f"{model} {skipped} of {steps}")
+        return "step cache: forwards skipped " + ", ".join(parts)
 
     def graphs_line(self) -> str:
         """What the CUDA graphs did in words (``cuda_graphs`` set)."""
