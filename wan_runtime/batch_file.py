@@ -51,7 +51,7 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
                             "save_file (a line without one gets the default name, with its line number)")
         args = argparse.Namespace(**{**vars(args), "save_file": None})
     try:
-        lines = read_batch(Path(args.batch), parser)
+        lines, unread = read_batch(Path(args.batch), parser)
     except InvalidArguments as err:
         raise InvalidArguments(command_line + err.problems) from None
     jobs: list[GenerateConfig] = []
@@ -70,7 +70,7 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
             except InvalidArguments as err:
                 problems[number], own[number] = err.problems, err.own
     _warn_by_line(raised, len(lines))
-    told = command_line + _by_line(problems, len(lines)) + _shared_save_files(jobs)
+    told = command_line + _by_line(problems, len(lines)) + _by_line(unread, 0) + _shared_save_files(jobs)
     if told:
         raise InvalidArguments(told, _by_line(own, len(lines)))
     return jobs
@@ -103,9 +103,12 @@ def _warn_by_line(raised: dict[int, list[warnings.WarningMessage]], line_count: 
             warnings.warn(message, category, stacklevel=3)
 
 
-def read_batch(path: Path, parser: argparse.ArgumentParser) -> list[tuple[int, dict[str, object]]]:
-    """The lines of the batch file at ``path``: (line number, the flags it sets, as ``parser``'s
-    types make them); ``InvalidArguments`` listing every problem of the file."""
+def read_batch(path: Path, parser: argparse.ArgumentParser) -> tuple[list[tuple[int, dict[str, object]]],
+                                                                     dict[int, list[str]]]:
+    """The lines of the batch file at ``path`` that read: (line number, the flags it sets, as
+    ``parser``'s types make them); and by line number the problems of those that do not, so that
+    the lines that read are checked too and every problem is told at once. Raises
+    ``InvalidArguments`` when the file cannot be read or holds no video line."""
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise InvalidArguments([f"--batch {path} {what}; give a JSON Lines file, one video per line"])
@@ -115,27 +118,27 @@ def read_batch(path: Path, parser: argparse.ArgumentParser) -> list[tuple[int, d
     except (OSError, UnicodeDecodeError) as err:
         raise InvalidArguments([f"cannot read --batch {path}: {err}; give a UTF-8 JSON Lines file"]) from None
     actions = {action.dest: action for action in parser._actions}
-    lines, problems = [], []
+    lines, problems = [], {}
     # Lines end at newlines alone: JSON strings may hold the other characters splitlines() splits at.
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip() or line.lstrip().startswith(COMMENT):
             continue
         try:
-            values = _line_values(json.loads(line, object_pairs_hook=_unique_keys), actions)
+            values, problems[number] = _line_values(json.loads(line, object_pairs_hook=_unique_keys), actions)
         except json.JSONDecodeError as err:
-            problems.append(f"--batch line {number} is not JSON ({err.msg} at column {err.colno}); write one "
-                            'JSON object per line, e.g. {"prompt": "a red boat", "base_seed": 1}')
+            problems[number] = [f"it is not JSON ({err.msg} at column {err.colno}); write one JSON object "
+                                'per line, e.g. {"prompt": "a red boat", "base_seed": 1}']
             continue
-        except (ValueError, TypeError) as err:
-            problems.append(f"--batch line {number}: {err}")
+        except TypeError as err:
+            problems[number] = [str(err)]
             continue
-        lines.append((number, values))
+        if not problems[number]:
+            del problems[number]
+            lines.append((number, values))
     if not lines and not problems:
-        problems.append(f"--batch {path} holds no video; write one JSON object per line, e.g. "
-                        '{"prompt": "a red boat on a river", "base_seed": 1}')
-    if problems:
-        raise InvalidArguments(problems)
-    return lines
+        raise InvalidArguments([f"--batch {path} holds no video; write one JSON object per line, e.g. "
+                                '{"prompt": "a red boat on a river", "base_seed": 1}'])
+    return lines, problems
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -147,18 +150,23 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return dict(pairs)
 
 
-def _line_values(line: object, actions: dict[str, argparse.Action]) -> dict[str, object]:
-    """The flags a line's JSON sets, converted as the command line would convert them."""
+def _line_values(line: object, actions: dict[str, argparse.Action]) -> tuple[dict[str, object], list[str]]:
+    """The flags a line's JSON sets, converted as the command line would convert them, and the
+    problem of each that cannot be."""
     if not isinstance(line, dict):
         raise TypeError(f"a line must be a JSON object of flags, e.g. {{\"prompt\": \"...\"}}, got "
                         f"{type(line).__name__}")
-    values = {}
+    values, problems = {}, []
     for key, value in line.items():
         if key not in PER_VIDEO:
             where = "given on the command line, the same for every video" if key in actions else "not a flag"
-            raise ValueError(f"{key!r} cannot be set per video ({where}); a line sets {', '.join(PER_VIDEO)}")
-        values[key] = json_flag_value(key, value, actions[key])
-    return values
+            problems.append(f"{key!r} cannot be set per video ({where}); a line sets {', '.join(PER_VIDEO)}")
+            continue
+        try:
+            values[key] = json_flag_value(key, value, actions[key])
+        except (TypeError, ValueError) as err:
+            problems.append(str(err))
+    return values, problems
 
 
 def _by_line(problems: dict[int, list[str]], line_count: int) -> list[str]:

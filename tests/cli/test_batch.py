@@ -13,7 +13,7 @@ import torch
 
 from tests.cli.helpers import read_settings, read_video
 from wan_runtime import generate
-from wan_runtime.batch_file import resolve_jobs
+from wan_runtime.batch_file import PER_VIDEO, resolve_jobs
 from wan_runtime.cli_args import InvalidArguments, build_parser
 from wan_runtime.errors import NumericalError
 from wan_runtime.tasks import TASKS
@@ -78,7 +78,7 @@ def test_without_a_batch_one_video():
     ('{"fb_cfg_sep_diff": 1}', "--batch line 1: fb_cfg_sep_diff must be true or false, got 1"),
     ('["a fox"]', "--batch line 1: a line must be a JSON object of flags"),
     ('{"prompt": "a", "prompt": "b"}', "--batch line 1: prompt given twice"),
-    ('{"prompt": "a" "fox"}', "--batch line 1 is not JSON (Expecting ',' delimiter at column 16); write one"),
+    ('{"prompt": "a" "fox"}', "--batch line 1: it is not JSON (Expecting ',' delimiter at column 16); write"),
     ('{"task": "i2v-A14B"}', "--batch line 1: 'task' cannot be set per video (given on the command line, "
                              "the same for every video); a line sets prompt, negative_prompt, image"),
     ('{"lora": "style.safetensors"}', "--batch line 1: 'lora' cannot be set per video (given on the command"),
@@ -92,18 +92,20 @@ def test_a_bad_line_is_named(tmp_path, line, problem):
 def test_every_problem_of_every_line_at_once(tmp_path, image):
     """A problem every line has (a command-line setting) is told once; the others with their lines."""
     path = _batch(tmp_path, {"frame_num": 4}, {"frame_num": 4, "image": str(tmp_path / "gone.png")},
-                  {"prompt": "fine"}, '{"base_seed": 1.5}')
-    problems = _problems(*FAST, "--size", "100*100", "--batch", str(path))
-    # The file's own problems are found before any line is checked as a command line.
-    assert problems == ['--batch line 4: base_seed must be a whole number, got 1.5']
-    path = _batch(tmp_path, {"frame_num": 4}, {"frame_num": 4, "image": str(tmp_path / "gone.png")},
-                  {"prompt": "fine"})
+                  {"prompt": "fine"}, '{"base_seed": 1.5, "sample_steps": "two", "seed": 1}', '{"prompt": ')
     problems = _problems(*FAST, "--size", "100*100", "--batch", str(path))
     assert problems[0].startswith("demo --size must be width*height with both multiples of 32")
     assert problems[1] == ("--batch lines 1, 2: --frame_num must be 4n+1 from 1 to 4093 (1, 5, 9, ..., 121), "
                            "got 4")
     assert problems[2].startswith(f"--batch line 2: --image {tmp_path / 'gone.png'} ")
-    assert len(problems) == 3
+    # A line that does not read is told with every problem of its own, beside the others' problems.
+    assert problems[3:6] == [
+        "--batch line 4: base_seed must be a whole number, got 1.5",
+        '--batch line 4: sample_steps must be a whole number, got "two"',
+        "--batch line 4: 'seed' cannot be set per video (not a flag); a line sets " + ", ".join(PER_VIDEO),
+    ]
+    assert problems[6].startswith("--batch line 5: it is not JSON (Expecting value at column 12)")
+    assert len(problems) == 7
 
 
 def test_two_lines_writing_one_file_are_refused(tmp_path, monkeypatch):
