@@ -4,10 +4,11 @@ The file holds one JSON object per line (JSON Lines; blank lines and lines start
 are skipped), one video each. Its keys are the per-video flags without their dashes (``prompt``,
 ``image``, ``base_seed``, ``save_file``, the sampling and step cache settings, ...); what a line
 leaves out comes from the command line (and its ``--settings_from`` video), and ``null`` stands
-for the flag's default. What the loaded models depend on (task, checkpoint, device, dtype, LoRAs,
-offloading, compiling, parallelism) is the command line's (or its video's) for every line. Each
-line is checked as a command line of its own before any model loads, and every problem of every
-line is listed at once.
+for the flag's default; a line turning a step cache off (``"teacache": false``) drops the
+command line's settings of that cache. What the loaded models depend on (task, checkpoint,
+device, dtype, LoRAs, offloading, compiling, parallelism) is the command line's (or its video's)
+for every line. Each line is checked as a command line of its own before any model loads, and
+every problem of every line is listed at once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wan_runtime.cache.config import CacheConfig
+from wan_runtime.cache.config import CACHE_FIELDS, CacheConfig
 from wan_runtime.cli_args import DecodedInputs, GenerateConfig, InvalidArguments, json_flag_value, resolve
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
     for number, values in lines:
         line_args = copy.copy(args)
         vars(line_args).update(values)
+        for switch, names in CACHE_FIELDS.items():
+            if switch in values and not values[switch]:  # and the command line's settings of that cache
+                vars(line_args).update({name: None for name in names[1:] if name not in values})
         with warnings.catch_warnings(record=True) as raised[number]:
             # Every line's notices, though they come from one place; other kinds as filtered.
             warnings.simplefilter("always", UserWarning)

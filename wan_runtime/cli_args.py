@@ -27,7 +27,13 @@ from PIL import Image
 import wan_kernels
 from wan_runtime import demo
 from wan_runtime.audio_io import decode_audio
-from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig, InvalidCacheConfig
+from wan_runtime.cache.config import (
+    CACHE_FIELDS,
+    FB_METRICS,
+    TEACACHE_POLICIES,
+    CacheConfig,
+    InvalidCacheConfig,
+)
 from wan_runtime.checks import (
     DEFAULT_VAE_TILE,
     MAX_FRAME_NUM,
@@ -788,10 +794,10 @@ def _idle_cache_flag_problems(given: dict[str, object], batch: bool) -> list[str
     """A cache setting given without its cache: it would change nothing, silently (on a line of a
     batch, the line's null drops the command line's setting)."""
     problems = []
-    for gate, prefix in (("fbcache", "fb_"), ("teacache", "teacache_")):
+    for gate in ("fbcache", "teacache"):
         if given.get(gate):
             continue
-        for name in (name for name in given if name.startswith(prefix)):
+        for name in (name for name in given if name in CACHE_FIELDS[gate][1:]):
             drop = f' (a --batch line drops the command line\'s with "{name}": null)' if batch else ""
             problems.append(f"--{name} has no effect without --{gate}; add --{gate} or drop it{drop}")
     return problems

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import wan_kernels
 from wan_runtime import __version__
-from wan_runtime.cache.config import CacheConfig
+from wan_runtime.cache.config import CACHE_FIELDS, CacheConfig
 from wan_runtime.cli_args import (
     DTYPES,
     EXAMPLE_PROMPT,
@@ -55,8 +55,6 @@ FLAGS_KEY = "flags"
 SOFTWARE = f"wan_runtime {__version__}"
 
 _CACHE = tuple(CacheConfig().as_dict())
-_TEACACHE = tuple(name for name in _CACHE if name.startswith("teacache"))
-_FBCACHE = tuple(name for name in _CACHE if name.startswith("fb"))
 _LORAS = ("lora_dir", *LORA_FLAGS)
 _SAMPLING = ("sample_steps", "sample_shift", "sample_guide_scale", "sample_solver")
 _SPEECH = ("audio", "num_clip", "infer_frames", "start_from_ref", "pose_video")
@@ -202,13 +200,13 @@ class VideoSettings:
         # A Lightning folder's sampling comes and goes with it.
         if args.lora_dir or ("lora_dir" in left and self.values.get("lora_dir")):
             left.update(_SAMPLING)
-        for switch, own, other in (("teacache", _TEACACHE, _FBCACHE), ("fbcache", _FBCACHE, _TEACACHE)):
+        for switch, other in (("teacache", "fbcache"), ("fbcache", "teacache")):
             if switch not in given:
                 continue
             if not getattr(args, switch):  # --no-...: none of that cache's settings
-                left.update(own)
+                left.update(CACHE_FIELDS[switch])
             elif not self.values.get(switch):  # this cache instead of the video's other
-                left.update(other)
+                left.update(CACHE_FIELDS[other])
         if "task" in given and args.task != self.values["task"]:
             left.update(_TASK_BOUND)
         return left

@@ -14,6 +14,7 @@ import torch
 from tests.cli.helpers import read_settings, read_video
 from wan_runtime import generate
 from wan_runtime.batch_file import PER_VIDEO, resolve_jobs
+from wan_runtime.cache import CacheConfig
 from wan_runtime.cli_args import InvalidArguments, build_parser
 from wan_runtime.errors import NumericalError
 from wan_runtime.tasks import TASKS
@@ -57,6 +58,22 @@ def test_lines_fill_in_the_command_line(tmp_path, image):
     assert second.image is None and second.base_seed == -1  # null: the flag's default, not the command line's
     assert second.cache.fbcache and not second.cache.fb_cfg_sep_diff
     assert second.save_file == Path("two.mp4") and first.frame_num == second.frame_num == 5
+
+
+def test_a_line_turning_a_cache_off_drops_the_command_lines_settings_of_it(tmp_path):
+    caches = ["--teacache", "--teacache_thresh", "0.2", "--fbcache", "--fb_thresh", "0.1"]
+    path = _batch(tmp_path, {}, {"teacache": False}, {"fbcache": None}, {"teacache": False, "fbcache": False})
+    both, fb, tea, off = (job.cache for job in _jobs(*FAST, *caches, "--batch", str(path)))
+    assert both == CacheConfig(teacache=True, teacache_thresh=0.2, fbcache=True, fb_thresh=0.1)
+    assert fb == CacheConfig(fbcache=True, fb_thresh=0.1)
+    assert tea == CacheConfig(teacache=True, teacache_thresh=0.2)
+    assert not off.enabled
+    # A setting the line gives itself for a cache it turns off is idle, and said so.
+    path = _batch(tmp_path, {"teacache": False, "teacache_thresh": 0.3})
+    assert _problems(*FAST, *caches, "--batch", str(path)) == [
+        '--batch line 1: --teacache_thresh has no effect without --teacache; add --teacache or drop it (a '
+        '--batch line drops the command line\'s with "teacache_thresh": null)'
+    ]
 
 
 def test_a_line_may_switch_a_flag_of_an_optional_value(tmp_path):

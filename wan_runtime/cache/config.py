@@ -126,12 +126,19 @@ class CacheConfig:
     def fields_on(self) -> dict[str, object]:
         """The fields of the caches that are on, switches included, by name (none when both are
         off): the flags that make this configuration."""
-        prefixes = tuple(p for p, on in (("teacache", self.teacache), ("fb", self.fbcache)) if on)
-        return {name: value for name, value in self.as_dict().items() if name.startswith(prefixes)}
+        on = {name for switch, names in CACHE_FIELDS.items() if getattr(self, switch) for name in names}
+        return {name: value for name, value in self.as_dict().items() if name in on}
 
     def as_dict(self) -> dict[str, object]:
         """The fields by name (for run reports and benchmark rows)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# Each cache's fields, its switch first, by the switch: what the switch turns on.
+CACHE_FIELDS = {
+    switch: (switch, *(f.name for f in fields(CacheConfig) if f.name.startswith(prefix)))
+    for switch, prefix in (("teacache", "teacache_"), ("fbcache", "fb_"))
+}
 
 
 def _is_number(value: object) -> bool:
