@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Sequence
 from datetime import datetime
@@ -52,7 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _launch().main:
             warnings.simplefilter("ignore")
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-        code = _run(parser, args, argv)
+        try:
+            code = _run(parser, args, argv)
+        except Exception:  # raised by --debug
+            if not _launch().distributed:
+                raise
+            # Printed here rather than raised: the traceback's frames go, and with them the groups.
+            traceback.print_exc()
+            code = 1
     if _launch().distributed:
         # A failure's traceback held the pipeline, and through its sharded DiT the process groups
         # that Launch.abandon left: freed now, while the interpreter is whole (leave_process_group).

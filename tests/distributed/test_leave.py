@@ -3,9 +3,12 @@ group's worker thread still holding a collective's tensors aborts the process.""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import weakref
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -38,7 +41,7 @@ def test_leaving_frees_the_groups_a_sharded_model_used():
     run_ranks(_sharded_forward_then_leave, 2)
 
 
-def _failing_run_then_check(rank: int, ckpt_dir: str, save_file: str) -> None:
+def _failing_run_then_check(rank: int, ckpt_dir: str, save_file: str, debug: bool) -> None:
     from wan_runtime.generate import main
     from wan_runtime.pipelines.base import Settings
 
@@ -49,11 +52,17 @@ def _failing_run_then_check(rank: int, ckpt_dir: str, save_file: str) -> None:
     argv = ["--ckpt_dir", ckpt_dir, "--device", "cpu", "--frame_num", "5", "--sample_steps", "2",
             "--ulysses_size", "2", "--dit_fsdp", "--save_file", save_file]
     torch.set_num_threads(1)
-    assert main(argv) == 1
+    told = io.StringIO()
+    with contextlib.redirect_stderr(told):
+        assert main(argv + ["--debug"] * debug) == 1
     assert not dist.is_initialized()
     assert "pt_gloo_runloop" not in _threads()  # the traceback's pipeline freed with its groups
+    # --debug shows the whole traceback, the others one line.
+    assert ("Traceback (most recent call last)" in told.getvalue()) == debug
+    assert "RuntimeError: the decoder broke" in told.getvalue()
 
 
-def test_a_failed_run_frees_the_groups_its_sharded_pipeline_held(ti2v_root, tmp_path):
-    run_ranks(_failing_run_then_check, 2, str(ti2v_root), str(tmp_path / "never.mp4"))
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_a_failed_run_frees_the_groups_its_sharded_pipeline_held(ti2v_root, tmp_path, debug):
+    run_ranks(_failing_run_then_check, 2, str(ti2v_root), str(tmp_path / "never.mp4"), debug)
     assert not list(tmp_path.iterdir())
