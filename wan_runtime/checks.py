@@ -15,6 +15,8 @@ from wan_runtime.errors import InputError
 if TYPE_CHECKING:
     import torch
 
+    from wan_runtime.tasks import TaskSpec
+
 # torch.Generator.manual_seed accepts seeds up to 2**64 - 1.
 MAX_SEED = 2**64 - 1
 # The official S2V DiT's position table holds 1024 latent frames, 4 video frames each: a clip of
@@ -30,6 +32,20 @@ DEFAULT_VAE_TILE = 512
 VAE_TILE_MULTIPLE = 64
 # load_pipeline's options that place the models without changing the GPU's numbers (fit_memory's).
 PLACEMENT_FLAGS = ("offload_model", "t5_cpu", "stream_blocks")
+
+
+def check_frame_num(frame_num: int, spec: TaskSpec, flag: str = "") -> int:
+    """``frame_num`` must be ``4n + 1`` (n >= 0): the VAE packs 4 frames per latent after the
+    first. The official pipelines also run with 1 frame (a single image). ``flag`` ("--" on the
+    command line) prefixes the name in the error."""
+    stride = spec.vae_stride[0]
+    if not (is_int(frame_num) and 1 <= frame_num <= MAX_FRAME_NUM and (frame_num - 1) % stride == 0):
+        below = max(1, (int(frame_num) - 1) // stride * stride + 1) if is_int(frame_num) else 1
+        nearest = (f"{below} or {below + stride}" if below < MAX_FRAME_NUM else
+                   f"{MAX_FRAME_NUM}, the most the official model's position tables (1024 latents) hold")
+        raise InputError(f"{flag}frame_num must be {stride}n+1 from 1 to {MAX_FRAME_NUM} (1, 5, 9, ..., "
+                         f"{spec.frame_num}), got {frame_num!r}; nearest valid: {nearest}")
+    return int(frame_num)
 
 
 def is_int(value: object) -> bool:

@@ -36,7 +36,6 @@ from wan_runtime.cache.config import (
 )
 from wan_runtime.checks import (
     DEFAULT_VAE_TILE,
-    MAX_FRAME_NUM,
     MAX_INFER_FRAMES,
     MAX_SEED,
     PLACEMENT_FLAGS,
@@ -44,6 +43,7 @@ from wan_runtime.checks import (
     check_clip_seeds,
     check_cuda_graphs,
     check_dit_fp8,
+    check_frame_num,
     check_infer_frames,
     check_num_clip,
     check_seed,
@@ -528,10 +528,8 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
         warnings.warn("--frame_num is ignored by s2v-14B: the video follows the audio's length, "
                       "--infer_frames frames per clip (at most --num_clip clips)", stacklevel=2)
     frame_num = _given_or_default(None if frame_num_ignored else args.frame_num, base, "frame_num")
-    if frame_num is not None and not (1 <= frame_num <= MAX_FRAME_NUM and frame_num % 4 == 1):
-        most = "" if spec is None else f", ..., {spec.frame_num}"
-        problems.append(f"--frame_num must be 4n+1 from 1 to {MAX_FRAME_NUM} (1, 5, 9{most}), "
-                        f"got {frame_num}")
+    if frame_num is not None and spec is not None:
+        _check(problems, lambda: check_frame_num(frame_num, spec, flag="--"))
     steps = _given_or_default(args.sample_steps, base, "sampling_steps")
     if steps is not None and steps < 1:
         problems.append(f"--sample_steps must be a positive number of steps, got {steps}")

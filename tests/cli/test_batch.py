@@ -113,7 +113,7 @@ def test_every_problem_of_every_line_at_once(tmp_path, image):
     problems = _problems(*FAST, "--size", "100*100", "--batch", str(path))
     assert problems[0].startswith("demo --size must be width*height with both multiples of 32")
     assert problems[1] == ("--batch lines 1, 2: --frame_num must be 4n+1 from 1 to 4093 (1, 5, 9, ..., 121), "
-                           "got 4")
+                           "got 4; nearest valid: 1 or 5")
     assert problems[2].startswith(f"--batch line 2: --image {tmp_path / 'gone.png'} ")
     # A line that does not read is told with every problem of its own, beside the others' problems.
     assert problems[3:6] == [
@@ -130,7 +130,8 @@ def test_two_lines_writing_one_file_are_refused(tmp_path, monkeypatch):
     path = _batch(tmp_path, {"save_file": "a.mp4"}, {"save_file": "./a.mp4"}, {"save_file": "b.mp4"},
                   {"frame_num": 4})
     assert _problems(*FAST, "--batch", str(path)) == [  # listed with the lines' other problems
-        "--batch line 4: --frame_num must be 4n+1 from 1 to 4093 (1, 5, 9, ..., 121), got 4",
+        "--batch line 4: --frame_num must be 4n+1 from 1 to 4093 (1, 5, 9, ..., 121), got 4; nearest valid: "
+        "1 or 5",
         f"--batch lines 1, 2 all write {tmp_path / 'a.mp4'}; give each line its own save_file (or leave it "
         "out for the default name)",
     ]
@@ -174,7 +175,8 @@ def test_a_warning_of_every_line_is_shown_once_and_a_lines_own_with_its_number(t
 
 def test_the_problems_of_a_one_line_batch_name_the_line(tmp_path):
     assert _problems(*FAST, "--batch", str(_batch(tmp_path, {"frame_num": 4}))) == [
-        "--batch line 1: --frame_num must be 4n+1 from 1 to 4093 (1, 5, 9, ..., 121), got 4"
+        "--batch line 1: --frame_num must be 4n+1 from 1 to 4093 (1, 5, 9, ..., 121), got 4; nearest valid: "
+        "1 or 5"
     ]
 
 

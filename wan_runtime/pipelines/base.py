@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import wan_kernels
 from wan_runtime.cache import CacheConfig, CacheManager, WanStages
-from wan_runtime.checks import check_vae_tiling
+from wan_runtime.checks import check_frame_num, check_vae_tiling
 from wan_runtime.distributed.launch import shared_seed
 from wan_runtime.errors import InputError
 from wan_runtime.image_io import load_image
@@ -27,7 +27,6 @@ from wan_runtime.models import TextEncoder, WanModel, WanVAE
 from wan_runtime.models.cuda_graphs import StageGraphs
 from wan_runtime.pipelines.activation_memory import MemoryEstimate, VideoShape, estimate_memory
 from wan_runtime.pipelines.inputs import (
-    check_frame_num,
     check_guide_scale,
     check_prompt,
     parse_size,

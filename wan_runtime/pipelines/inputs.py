@@ -12,12 +12,10 @@ import sys
 from pathlib import Path
 
 from wan_runtime.checks import (
-    MAX_FRAME_NUM,
     MAX_TOKENS_A_SIDE,
     check_infer_frames,
     check_num_clip,
     check_seed,
-    is_int,
 )
 from wan_runtime.errors import InputError
 from wan_runtime.tasks import HIGH_NOISE, TaskSpec
@@ -64,19 +62,6 @@ def parse_size(size: str, spec: TaskSpec) -> tuple[int, int]:
         f"(VAE stride {spec.vae_stride[1]} x patch {spec.patch_size[1]}); nearest valid sizes: {nearest} "
         f"(trained sizes: {', '.join(spec.supported_sizes)})"
     )
-
-
-def check_frame_num(frame_num: int, spec: TaskSpec) -> int:
-    """``frame_num`` must be ``1 + 4n`` (n >= 0): the VAE packs 4 frames per latent after the
-    first. The official pipelines also run with 1 frame (a single image)."""
-    stride = spec.vae_stride[0]
-    if not (is_int(frame_num) and 1 <= frame_num <= MAX_FRAME_NUM and (frame_num - 1) % stride == 0):
-        below = max(1, (int(frame_num) - 1) // stride * stride + 1) if is_int(frame_num) else 1
-        nearest = (f"{below} or {below + stride}" if below < MAX_FRAME_NUM else
-                   f"{MAX_FRAME_NUM}, the most the official model's position tables (1024 latents) hold")
-        raise InputError(f"frame_num must be 1 + {stride}n from 1 to {MAX_FRAME_NUM} (1, 5, 9, ..., "
-                         f"{spec.frame_num}), got {frame_num!r}; nearest valid: {nearest}")
-    return int(frame_num)
 
 
 def _check_scale(value: object) -> float:
