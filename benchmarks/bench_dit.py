@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch._inductor import config as inductor_config
 
-from benchmarks.common import forward_parser, median_seconds, median_seconds_in_turns, run_cases
+from benchmarks.common import forward_parser, host_dit, median_seconds, median_seconds_in_turns, run_cases
 from benchmarks.release_configs import A14B, TI2V_5B
 from tests.models.s2v_helpers import official_s2v
 from tests.official import official_module
@@ -37,7 +37,6 @@ from wan_runtime.models import DiTConfig, WanModel
 from wan_runtime.models.compilation import compile_blocks
 from wan_runtime.models.s2v_config import S2VConfig
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
-from wan_runtime.tiny_checkpoints import random_dit
 
 CPU_SIZE = DiTConfig(
     model_type="ti2v", in_dim=48, out_dim=48, dim=512, ffn_dim=2048, num_heads=4, num_layers=4
@@ -120,7 +119,7 @@ def run_case(
     case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeat: int, compiled: bool = False
 ) -> dict:
     model_class = WanModelS2V if case.config.model_type == "s2v" else WanModel
-    ours = random_dit(case.config, seed=0, model_class=model_class)
+    ours = host_dit(case.config, model_class)
     ref = official_model(case, ours).to(device)
     ours = ours.to(device)
     args = inputs(case, device)

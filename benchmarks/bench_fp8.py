@@ -24,18 +24,17 @@ from dataclasses import replace
 import torch
 
 from benchmarks.bench_dit import A14B, CPU_SIZE, GRID_480P, GRID_720P, TI2V_5B, Case, inputs
-from benchmarks.common import forward_parser, median_seconds_in_turns, run_cases
+from benchmarks.common import forward_parser, host_dit, median_seconds_in_turns, run_cases
 from tests.tolerances import rel_l2
 from wan_runtime.models.compilation import compile_blocks
 from wan_runtime.pipelines.memory_plan import module_bytes
-from wan_runtime.tiny_checkpoints import random_dit
 
 _MB = 1e6
 
 
 def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeat: int,
              compiled: bool = False) -> dict:
-    base = random_dit(case.config, seed=0).eval()
+    base = host_dit(case.config).eval()
     fp8 = copy.deepcopy(base).store_weights_in_fp8().set_compute_dtype(dtype).to(device)
     args = inputs(case, device)
     with torch.no_grad():

@@ -19,9 +19,8 @@ from dataclasses import replace
 import torch
 
 from benchmarks.bench_dit import A14B, CPU_SIZE, GRID_480P, GRID_720P, Case, inputs
-from benchmarks.common import forward_parser, median_seconds_in_turns, run_cases
+from benchmarks.common import forward_parser, host_dit, median_seconds_in_turns, run_cases
 from wan_runtime.models import WanModel
-from wan_runtime.tiny_checkpoints import random_dit
 
 _GB = 1e9
 
@@ -39,7 +38,7 @@ def peak_bytes(forward, device: torch.device) -> int | None:
 
 
 def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, repeat: int) -> dict:
-    resident = random_dit(case.config, seed=0).eval().set_compute_dtype(dtype)
+    resident = host_dit(case.config).eval().set_compute_dtype(dtype)
     streamed = copy.deepcopy(resident).enable_block_streaming(case.config.num_layers, device)
     resident.to(device)
     streamed.resident_modules().to(device)

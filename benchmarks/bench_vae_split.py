@@ -85,7 +85,8 @@ def main() -> None:
         with torch.inference_mode():
             if launch.main:
                 run_cases(f"bench_vae_split_x{launch.world}", device, todo,
-                          lambda case: run_case(case, device, dtype, args.repeat), columns, args.out_dir)
+                          lambda case: run_case(case, device, dtype, args.repeat), columns, args.out_dir,
+                          keep_going=False)  # the other processes would wait for it in a collective
             else:
                 for case in todo:
                     run_case(case, device, dtype, args.repeat)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import gc
 import json
 import platform
 import statistics
+import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 import torch
+
+from wan_runtime.models import DiTConfig, WanModel
+from wan_runtime.tiny_checkpoints import random_dit
 
 RESULTS = Path(__file__).parent / "results"
 CaseT = TypeVar("CaseT")
@@ -91,20 +97,48 @@ def forward_parser(doc: str, gpu_help: str, layers: int) -> argparse.ArgumentPar
 
 
 def run_cases(
-    name: str, device: torch.device, cases: Iterable[CaseT], run: Callable[[CaseT], dict], columns: list[str],
-    out_dir: str | None,
+    name: str, device: torch.device, cases: Iterable[CaseT], run: Callable[[CaseT], dict],
+    columns: list[str] | None, out_dir: str | Path | None, keep_going: bool = True,
+    label: Callable[[CaseT], dict] = lambda case: {"case": str(case)},
 ) -> list[dict]:
     """``run`` each case, printing its row and saving every row so far after it (a run cut off
-    by a time limit keeps the rows it made), then the table and the results file; returns the
-    rows."""
+    by a time limit keeps the rows it made), then the table (of ``columns``, or of every row's
+    keys) and the results file; returns the rows. With ``keep_going`` a case that raises gives
+    the row ``label(case)`` with its ``error`` and the next case runs (the script then exits 1
+    after the table): on a lent GPU one failure must not cost the other cases. Without it (cases
+    whose processes must stay in step) the error is raised."""
     rows, path = [], None
     for case in cases:
-        rows.append(run(case))
+        try:
+            rows.append(run(case))
+        except Exception as error:
+            if not keep_going:
+                raise
+            traceback.print_exc()
+            rows.append({**label(case), "error": f"{type(error).__name__}: {error}"})
         print(rows[-1], flush=True)
         path = save_results(name, device, rows, Path(out_dir) if out_dir else None)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print_table(rows, columns)
+    print_table(rows, columns or list(dict.fromkeys(key for row in rows for key in row)))
     print("saved", path)
+    failed = [row for row in rows if "error" in row]
+    if failed:
+        sys.exit(f"{name}: {len(failed)} of {len(rows)} cases failed: "
+                 + "; ".join(f"{row['error']}" for row in failed))
     return rows
+
+
+def host_dit(config: DiTConfig, model_class: type[WanModel] = WanModel) -> WanModel:
+    """A copy of ``random_dit(config, seed=0, model_class=model_class)``, float32 on the host,
+    built once for consecutive cases of one model (a random A14B-width DiT takes the host ~20 s
+    to draw); the previous model's build is dropped before the next is drawn."""
+    key = (config, model_class)
+    if key not in _HOST_DITS:
+        _HOST_DITS.clear()
+        _HOST_DITS[key] = random_dit(config, seed=0, model_class=model_class)
+    return copy.deepcopy(_HOST_DITS[key])
+
+
+_HOST_DITS: dict[tuple[DiTConfig, type[WanModel]], WanModel] = {}

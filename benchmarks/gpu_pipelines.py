@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import print_table, save_results
+from benchmarks.common import run_cases
 from wan_runtime.cache import CacheConfig
 from wan_runtime.demo import demo_audio, demo_image
 from wan_runtime.pipelines import load_pipeline
@@ -75,6 +74,12 @@ def run(
     }
 
 
+# (offload, solver, step caches, CUDA graphs) of each task.
+CASES = ((False, "unipc", False, False), (True, "unipc", False, False), (False, "euler", False, False),
+         (False, "dpm++", False, False), (False, "unipc", True, False), (False, "unipc", False, True),
+         (True, "unipc", True, True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,35 +88,25 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cpu only to try the script itself")
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = []
+    cases = [(task, *case) for task in TASKS for case in CASES if device.type == "cuda" or not case[3]]
     with tempfile.TemporaryDirectory() as tmp:
-        for task in TASKS:
-            root = write_task_checkpoint(task, Path(tmp) / task)
-            # (offload, solver, step caches, CUDA graphs)
-            cases = ((False, "unipc", False, False), (True, "unipc", False, False),
-                     (False, "euler", False, False), (False, "dpm++", False, False),
-                     (False, "unipc", True, False), (False, "unipc", False, True),
-                     (True, "unipc", True, True))
-            for offload, solver, cache, graphs in cases:
-                if graphs and device.type != "cuda":
-                    continue
-                try:
-                    rows.append(run(task, root, offload, solver, device, cache, graphs))
-                except Exception as error:  # one failing case must not cost the others' results
-                    traceback.print_exc()
-                    failure = f"{type(error).__name__}: {error}"
-                    rows.append({"task": task, "offload": offload, "solver": solver, "cache": cache,
-                                 "graphs": graphs, "error": failure})
-                print(rows[-1], flush=True)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    print_table(rows, columns)
-    print("saved", save_results("gpu_pipelines", device, rows, args.out_dir))
-    failed = [row for row in rows if "error" in row or _failed_checks(row)]
+        roots = {task: write_task_checkpoint(task, Path(tmp) / task) for task in TASKS}
+        rows = run_cases("gpu_pipelines", device, cases, lambda case: _run_case(case, roots, device), None,
+                         args.out_dir, label=_label)
+    failed = [row for row in rows if _failed_checks(row)]
     if failed:
-        cases = (f"{row['task']} {row['solver']} offload={row['offload']} cache={row['cache']} "
-                 f"graphs={row['graphs']}: {row.get('error') or ', '.join(_failed_checks(row))}"
-                 for row in failed)
-        sys.exit("gpu_pipelines: " + "; ".join(cases))
+        sys.exit("gpu_pipelines: " + "; ".join(
+            f"{row['task']} {row['solver']} offload={row['offload']} cache={row['cache']} "
+            f"graphs={row['graphs']}: {', '.join(_failed_checks(row))}" for row in failed))
+
+
+def _run_case(case: tuple[str, bool, str, bool, bool], roots: dict[str, Path], device: torch.device) -> dict:
+    task, offload, solver, cache, graphs = case
+    return run(task, roots[task], offload, solver, device, cache, graphs)
+
+
+def _label(case: tuple[str, bool, str, bool, bool]) -> dict:
+    return dict(zip(("task", "offload", "solver", "cache", "graphs"), case, strict=True))
 
 
 def _failed_checks(row: dict) -> list[str]:

@@ -7,26 +7,30 @@
 # skipping a step when less than its minimum is left:
 #   1. build the cuda backend with the image's nvcc (its compile check is this build), and the
 #      cpp backend, so that the test workers find both built
-#   2. the kernel tests on the GPU: the cuda backend's cases and the compiled ops' own checks
-#   3. bench_cache --gpu: the step cache at the ti2v-5B width
-#   4. bench_kernels: every op on triton and cuda, the Triton geometry sweep of the two sweep
-#      shapes after their op rows, then whole blocks, starting nothing new past its deadline and
-#      saving after each part
-#   4b. the rest of the kernel tests (torch and real Triton), and the split and sharded DiT in
-#       one NCCL process (FSDP's shards on the GPU, the exchanges as NCCL collectives)
-#   5. bench_dit --gpu --compile: the DiT against the official one at real widths (S2V included),
-#      and with its blocks compiled (saved after each case)
-#   6. gpu_pipelines: the pipelines end to end on CUDA
-#   6b. bench_graphs --gpu: DiT blocks replayed from CUDA graphs against eager ones (time, memory)
-#   7. bench_streaming --gpu: streamed DiT blocks against resident ones at the A14B width (time
+#   2. the kernel tests on the GPU: the cuda backend's cases, the compiled ops' own checks and the
+#      CUDA graph tests
+#   3. bench_kernels (#7, the open issue): every op on triton and cuda, the Triton geometry sweep
+#      of the two sweep shapes after their op rows, then whole blocks, starting nothing new past
+#      its deadline and saving after each part
+#   4. bench_graphs --gpu: DiT blocks replayed from CUDA graphs against eager ones (time, memory),
+#      720p at the A14B width first (never run on a GPU before)
+#   5. gpu_pipelines: the pipelines end to end on CUDA, with CUDA graphs too
+#   6. bench_streaming --gpu: streamed DiT blocks against resident ones at the A14B width (time
 #      and peak memory)
-#   8. bench_fp8 --gpu --compile: float8 DiT weights against bfloat16 ones at real widths (time,
+#   7. bench_fp8 --gpu --compile: float8 DiT weights against bfloat16 ones at real widths (time,
 #      eager and compiled, memory and error)
-#   9. bench_vae --gpu: the VAEs' decode at 720p, 81 frames, whole frames against 512- and
+#   8. bench_vae --gpu: the VAEs' decode at 720p, 81 frames, whole frames against 512- and
 #      256-pixel tiles (time, peak memory, distance), and i2v-A14B's encode
+#   9. the rest of the kernel tests (torch and real Triton, which earlier sessions ran on GPUs),
+#      and the split and sharded DiT in one NCCL process
+#   10. bench_dit --gpu --compile: the DiT against the official one at real widths (S2V included),
+#       and with its blocks compiled (saved after each case)
+#   11. bench_cache --gpu: the step cache at the ti2v-5B width
+# The never-run checks (4-8) come right after the open issue's; 9-11 have run on GPUs before.
+# Each benchmark saves its rows after each case, and a case that fails costs its row alone.
 # Run from the repository root on the device machine with the wheels listed in benchmarks/README.md
-# in .whl/. Everything goes to $OUT: one session.log and each benchmark's JSON (the device tool
-# brings back at most 8 files). Step names given as arguments run only those steps (in the order
+# in .whl/. Everything goes to $OUT: one session.log and each benchmark's JSON, packed into
+# results.tgz when the session ends with more than 7 (the device tool brings back at most 8 files). Step names given as arguments run only those steps (in the order
 # above), e.g. `bash benchmarks/gpu_session.sh bench_dit gpu_pipelines` for a second, shorter call.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -35,7 +39,7 @@ budget=${BUDGET_S:-540}
 mkdir -p "$out"
 log="$out/session.log"
 start=$SECONDS
-steps=" cuda_build kernel_tests bench_cache bench_kernels bench_dit gpu_pipelines bench_graphs bench_streaming bench_fp8 bench_vae "
+steps=" cuda_build kernel_tests bench_kernels bench_graphs gpu_pipelines bench_streaming bench_fp8 bench_vae bench_dit bench_cache "
 for name in "$@"; do
   if [[ "$steps" != *" $name "* ]]; then
     echo "unknown step '$name'; the steps are:$steps" >&2
@@ -106,20 +110,24 @@ kernel_tests=(env WAN_KERNELS_BUILD_DIR=$cuda_build TORCHINDUCTOR_COMPILE_THREAD
   --deselect tests/benchmarks/test_gpu_tools.py::test_compiled_kernels_at_the_widest_real_shape
   --maxfail=25 --no-header -rfE --durations=10)
 step kernel_tests 110 40 "${kernel_tests[@]}" -k "cuda or native"
-# 30 generations of 10 steps at 18,480 tokens (an estimated 2-3 s each on an H100): one untimed
-# round for the quality columns (saved first), two timed rounds.
-step bench_cache 150 90 python3 -m benchmarks.bench_cache --gpu --layers 4 --repeat 2 --out-dir "$out"
 # Its own deadline 25 s inside the step's limit, so that it stops and saves rather than being killed.
-kernels_limit=$(( $(left) < 240 ? $(left) : 240 ))
-step bench_kernels 240 90 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m benchmarks.bench_kernels \
-  --compile-budget-s 120 --sweep --sweep-budget-s 60 --deadline-s $((kernels_limit - 25)) --out-dir "$out"
-# The rest of the kernel tests (torch and Triton cases, which earlier sessions ran on GPUs) after
-# the benchmark, with what is left.
-step kernel_tests 200 40 "${kernel_tests[@]}" -k "not (cuda or native)"
-step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --compile --out-dir "$out"
-step gpu_pipelines 90 30 python3 -m benchmarks.gpu_pipelines --out-dir "$out"
-step bench_graphs 150 60 python3 -m benchmarks.bench_graphs --gpu --out-dir "$out"
+kernels_limit=$(( $(left) < 200 ? $(left) : 200 ))
+step bench_kernels 200 90 env WAN_KERNELS_BUILD_DIR=$cuda_build python3 -m benchmarks.bench_kernels \
+  --compile-budget-s 100 --sweep --sweep-budget-s 45 --deadline-s $((kernels_limit - 25)) --out-dir "$out"
+step bench_graphs 120 50 python3 -m benchmarks.bench_graphs --gpu --out-dir "$out"
+step gpu_pipelines 120 30 python3 -m benchmarks.gpu_pipelines --out-dir "$out"
 step bench_streaming 60 30 python3 -m benchmarks.bench_streaming --gpu --out-dir "$out"
 step bench_fp8 120 45 python3 -m benchmarks.bench_fp8 --gpu --compile --out-dir "$out"
 step bench_vae 150 60 python3 -m benchmarks.bench_vae --gpu --out-dir "$out"
+step kernel_tests 200 40 "${kernel_tests[@]}" -k "not (cuda or native)"
+step bench_dit 150 60 python3 -m benchmarks.bench_dit --gpu --layers 2 --compile --out-dir "$out"
+# 30 generations of 10 steps at 18,480 tokens (an estimated 2-3 s each on an H100): one untimed
+# round for the quality columns (saved first), two timed rounds.
+step bench_cache 150 90 python3 -m benchmarks.bench_cache --gpu --layers 4 --repeat 2 --out-dir "$out"
 echo "session done in $((SECONDS - start)) s of ${budget}" | tee -a "$log"
+shopt -s nullglob
+results=("$out"/*.json)
+if [ "${#results[@]}" -gt 7 ]; then
+  tar czf "$out/results.tgz" -C "$out" "${results[@]##*/}" && rm -f "${results[@]}"
+  echo "packed ${#results[@]} result files into results.tgz" | tee -a "$log"
+fi

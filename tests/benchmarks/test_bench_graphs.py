@@ -16,8 +16,8 @@ TINY = DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, 
 
 
 def test_rows_replay_the_eager_numbers_count_their_own_captures_and_release_their_graphs():
-    graphs = StageGraphs(RerunBackend())  # the script's cases share one
     for grid, tokens in (((2, 4, 6), 12), ((2, 4, 4), 8)):
+        graphs = StageGraphs(RerunBackend())  # each of the script's cases has its own
         row = bench_graphs.run_case(Case(TINY, grid), torch.device("cpu"), torch.float32, warmup=0, repeat=1,
                                     graphs=graphs)
         assert (row["layers"], row["tokens"], row["captures"], row["equal"]) == (3, tokens, 1, True)
