@@ -156,11 +156,19 @@ def check_checkpoint_dir(task: str, ckpt_dir: str | Path) -> TaskSpec:
     if not root.is_dir():
         problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise CheckpointError(f"checkpoint folder {root} {problem}; pass the folder of the {task} release")
-    missing = [" or ".join(names) for names in required_files(spec)
-               if not any((root / name).is_file() for name in names)]
+    missing = _missing_files(spec, root)
     if missing:
+        # Most often the folder is complete, for another task than the one asked for.
+        others = [name for name, other in TASKS.items() if name != task and not _missing_files(other, root)]
+        remedy = (f"it holds the {others[0]} release: give that task (--task {others[0]} on the command line)"
+                  if others else "download the whole official release folder")
         raise CheckpointError(
-            f"{root} is not a complete {task} checkpoint folder: missing {', '.join(missing)}; "
-            "download the whole official release folder"
+            f"{root} is not a complete {task} checkpoint folder: missing {', '.join(missing)}; {remedy}"
         )
     return spec
+
+
+def _missing_files(spec: TaskSpec, root: Path) -> list[str]:
+    """The files of ``required_files(spec)`` that ``root`` lacks, alternatives joined by "or"."""
+    return [" or ".join(names) for names in required_files(spec)
+            if not any((root / name).is_file() for name in names)]

@@ -93,10 +93,21 @@ def test_checkpoint_check_lists_every_missing_file(tmp_path):
     with pytest.raises(CheckpointError) as info:
         check_checkpoint_dir("i2v-A14B", root)
     assert "missing Wan2.1_VAE.pth, low_noise_model/config.json" in str(info.value)
+    assert str(info.value).endswith("; download the whole official release folder")
     with pytest.raises(CheckpointError, match="does not exist"):
         check_checkpoint_dir("ti2v-5B", tmp_path / "nowhere")
     with pytest.raises(InputError, match="unknown task"):
         check_checkpoint_dir("t2v-A14B", root)
+
+
+def test_a_complete_folder_of_another_task_names_that_task(task_root):
+    task, root = task_root
+    for other in TASKS:
+        if other != task:
+            with pytest.raises(CheckpointError) as info:
+                check_checkpoint_dir(other, root)
+            remedy = f"; it holds the {task} release: give that task (--task {task} on the command line)"
+            assert str(info.value).endswith(remedy)
 
 
 def test_s2v_check_needs_the_speech_encoder(tmp_path):
