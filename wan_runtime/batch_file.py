@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wan_runtime.cache.config import CACHE_FIELDS, CacheConfig
-from wan_runtime.cli_args import DecodedInputs, GenerateConfig, InvalidArguments, json_flag_value, resolve
+from wan_runtime.cli_args import (
+    DecodedInputs,
+    GenerateConfig,
+    InvalidArguments,
+    did_you_mean,
+    json_flag_value,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from wan_runtime.video_settings import VideoSettings
@@ -163,8 +170,14 @@ def _line_values(line: object, actions: dict[str, argparse.Action]) -> tuple[dic
     values, problems = {}, []
     for key, value in line.items():
         if key not in PER_VIDEO:
-            where = "given on the command line, the same for every video" if key in actions else "not a flag"
-            problems.append(f"{key!r} cannot be set per video ({where}); a line sets {', '.join(PER_VIDEO)}")
+            hint = "" if key in actions else did_you_mean(repr(key), map(repr, PER_VIDEO))
+            if hint:
+                problems.append(f"{key!r} is not a flag{hint}")
+            elif key in actions:
+                problems.append(f"{key!r} cannot be set per video (given on the command line, the same for "
+                                f"every video); a line sets {', '.join(PER_VIDEO)}")
+            else:
+                problems.append(f"{key!r} is not a flag; a line sets {', '.join(PER_VIDEO)}")
             continue
         try:
             values[key] = json_flag_value(key, value, actions[key])

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import json
 import math
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -198,7 +199,23 @@ class _Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line (no usage block), exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see --help)\n")
+        self.exit(2, f"error: {message}{self._hints(message)} (see --help)\n")
+
+    def _hints(self, message: str) -> str:
+        """For each unknown flag the known one it most resembles (``--seed``: ``--base_seed``)."""
+        unknown = message.removeprefix("unrecognized arguments: ")
+        if unknown == message:
+            return ""
+        flags = [flag for action in self._actions for flag in action.option_strings if flag.startswith("--")]
+        hints = [f"{word}{hint}" for word in dict.fromkeys(w.split("=", 1)[0] for w in unknown.split())
+                 if word.startswith("--") and (hint := did_you_mean(word, flags))]
+        return "".join(f"; {hint}" for hint in hints)
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """``: did you mean X?`` with the one of ``known`` most like ``word``, or "" when none is."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f": did you mean {close[0]}?" if close else ""
 
 
 def str2bool(value: str) -> bool:

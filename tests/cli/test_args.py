@@ -287,6 +287,16 @@ def test_malformed_value_is_one_line(capsys):
     assert captured.err == "error: argument --frame_num: invalid int value: 'nine' (see --help)\n"
 
 
+def test_an_unknown_flag_is_told_the_one_it_resembles(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--demo", "--seed", "5", "--frame-num=5", "--zzz"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: unrecognized arguments: --seed 5 --frame-num=5 --zzz; --seed: did you mean --base_seed?; "
+        "--frame-num: did you mean --frame_num? (see --help)\n"
+    )
+
+
 @pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
 def test_run_time_failure_is_exit_1_and_one_line(debug, tmp_path, monkeypatch, capsys):
     # The demo cache cannot be created (its root is a file): a failure at run time, not bad input.

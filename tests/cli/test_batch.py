@@ -13,7 +13,7 @@ import torch
 
 from tests.cli.helpers import read_settings, read_video
 from wan_runtime import generate
-from wan_runtime.batch_file import PER_VIDEO, resolve_jobs
+from wan_runtime.batch_file import resolve_jobs
 from wan_runtime.cache import CacheConfig
 from wan_runtime.cli_args import InvalidArguments, build_parser
 from wan_runtime.errors import NumericalError
@@ -99,7 +99,8 @@ def test_without_a_batch_one_video():
     ('{"task": "i2v-A14B"}', "--batch line 1: 'task' cannot be set per video (given on the command line, "
                              "the same for every video); a line sets prompt, negative_prompt, image"),
     ('{"lora": "style.safetensors"}', "--batch line 1: 'lora' cannot be set per video (given on the command"),
-    ('{"seed": 3}', "--batch line 1: 'seed' cannot be set per video (not a flag)"),
+    ('{"seed": 3}', "--batch line 1: 'seed' is not a flag: did you mean 'base_seed'?"),
+    ('{"zzz": 3}', "--batch line 1: 'zzz' is not a flag; a line sets prompt, negative_prompt, image"),
 ])
 def test_a_bad_line_is_named(tmp_path, line, problem):
     [told] = _problems(*FAST, "--batch", str(_batch(tmp_path, line)))
@@ -119,7 +120,7 @@ def test_every_problem_of_every_line_at_once(tmp_path, image):
     assert problems[3:6] == [
         "--batch line 4: base_seed must be a whole number, got 1.5",
         '--batch line 4: sample_steps must be a whole number, got "two"',
-        "--batch line 4: 'seed' cannot be set per video (not a flag); a line sets " + ", ".join(PER_VIDEO),
+        "--batch line 4: 'seed' is not a flag: did you mean 'base_seed'?",
     ]
     assert problems[6].startswith("--batch line 5: it is not JSON (Expecting value at column 12)")
     assert len(problems) == 7
