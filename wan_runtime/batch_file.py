@@ -81,7 +81,9 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
             except InvalidArguments as err:
                 problems[number], own[number] = err.problems, err.own
     _warn_by_line(raised, len(lines))
-    told = command_line + _by_line(problems, len(lines)) + _by_line(unread, 0) + _shared_save_files(jobs)
+    # Those of the lines that did not read among the others, in the order of the file's lines.
+    told = [*command_line, *_by_line({**problems, **unread}, len(lines), bare=problems),
+            *_shared_save_files(jobs)]
     if told:
         raise InvalidArguments(told, _by_line(own, len(lines)))
     return jobs
@@ -186,15 +188,20 @@ def _line_values(line: object, actions: dict[str, argparse.Action]) -> tuple[dic
     return values, problems
 
 
-def _by_line(problems: dict[int, list[str]], line_count: int) -> list[str]:
-    """Each problem once: bare when every line of several has it (the command line's), else after
-    the numbers of its lines."""
+def _by_line(problems: dict[int, list[str]], line_count: int,
+             bare: dict[int, list[str]] | None = None) -> list[str]:
+    """Each problem once: bare when every line of several has it (the command line's; among
+    ``bare``'s problems alone, when given), the others after the numbers of their lines, in the
+    order of their first line."""
     lines_of: dict[str, list[int]] = {}
-    for number, line_problems in problems.items():
+    for number, line_problems in sorted(problems.items()):
         for problem in dict.fromkeys(line_problems):
             lines_of.setdefault(problem, []).append(number)
-    return [problem if len(numbers) == line_count > 1 else f"--batch {line_numbers(numbers)}: {problem}"
-            for problem, numbers in lines_of.items()]
+    shared = {problem for line in (problems if bare is None else bare).values() for problem in line}
+    every = [problem for problem, numbers in lines_of.items()
+             if problem in shared and len(numbers) == line_count > 1]
+    return every + [f"--batch {line_numbers(numbers)}: {problem}"
+                    for problem, numbers in lines_of.items() if problem not in every]
 
 
 def line_numbers(numbers: list[int]) -> str:

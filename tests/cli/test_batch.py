@@ -126,6 +126,14 @@ def test_every_problem_of_every_line_at_once(tmp_path, image):
     assert len(problems) == 7
 
 
+def test_the_problems_of_the_lines_come_in_the_order_of_the_lines(tmp_path):
+    """A line that does not read among those that do, not after them."""
+    path = _batch(tmp_path, '{"base_seed": "x"}', {"frame_num": 4}, '{"base_seed": "x"}', {"frame_num": 4},
+                  {"prompt": "fine"})
+    problems = _problems(*FAST, "--batch", str(path))
+    assert [problem.split(":")[0] for problem in problems] == ["--batch lines 1, 3", "--batch lines 2, 4"]
+
+
 def test_two_lines_writing_one_file_are_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = _batch(tmp_path, {"save_file": "a.mp4"}, {"save_file": "./a.mp4"}, {"save_file": "b.mp4"},
