@@ -199,6 +199,8 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
         notes += [f"{line_numbers(skipped)} skipped, the file exists"] if skipped else []
         print(f"batch: wrote {len(todo) - len(failed)} of {len(todo)} videos" +
               (f" ({'; '.join(notes)})" if notes else ""))
+    if jobs[0].demo and todo and not dry_run:  # once more under the videos' accounts
+        print(demo.NOTICE)
     return 1 if failed else 0
 
 
@@ -495,8 +497,6 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
     print(f"peak memory: {measured}")
     if report.cuda_graphs is not None:
         print(report.graphs_line())
-    if config.demo:
-        print(demo.NOTICE)
 
 
 def _run_fields(report: RunReport) -> dict[str, object]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.cli.helpers import read_settings, read_video
-from wan_runtime import generate
+from wan_runtime import demo, generate
 from wan_runtime.batch_file import resolve_jobs
 from wan_runtime.cache import CacheConfig
 from wan_runtime.cli_args import InvalidArguments, build_parser
@@ -288,7 +288,8 @@ def test_each_video_is_the_one_its_line_makes_alone(in_folder, capsys):
     assert generate.main([*FAST, "--prompt", "a fox", "--base_seed", "3", "--batch", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.count("timings: load ") == 1 and out.count("timings: text_encode ") == 2
-    assert "batch: wrote 3 of 3 videos\n" in out
+    assert out.endswith(f"batch: wrote 3 of 3 videos\n{demo.NOTICE}\n")  # the notice once at each end
+    assert out.count(demo.NOTICE) == 2
     assert "--batch line 1 (video 1 of 3): a fox\n" in out and "--batch line 3 (video 3 of 3): a fox\n" in out
     [cached] = in_folder.glob("*_line1.mp4")
     assert cached.name.startswith("ti2v-5B_128*96_1_a_fox_")
