@@ -767,13 +767,13 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace, inputs: Decoded
     given = [flag for flag, value in values.items() if value is not None]
     given += [flag for flag, on in (("--start_from_ref", args.start_from_ref),
                                     ("--enable_tts", args.enable_tts)) if on]
-    if args.task != S2V:
-        problems += [f"{flag} is for --task s2v-14B only" for flag in given]
-        return {}
     tts_given = [flag for flag in ("--enable_tts", *tts) if flag in given]
-    if tts_given:
+    if tts_given:  # for no task, so said first
         problems.append(f"{tts_given[0]}: text-to-speech is out of scope of wan_runtime; record or "
-                        "synthesise the speech elsewhere and pass it with --audio")
+                        "synthesise the speech elsewhere and pass it with --audio (to --task s2v-14B)")
+    if args.task != S2V:
+        problems += [f"{flag} is for --task s2v-14B only" for flag in given if flag not in tts_given]
+        return {}
     base = demo.DEMO_SETTINGS if args.demo else None
     infer_frames = _given_or_default(args.infer_frames, base, "infer_frames")
     infer_frames = DEFAULT_INFER_FRAMES if infer_frames is None else infer_frames

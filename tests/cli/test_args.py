@@ -477,6 +477,10 @@ def test_s2v_flags_are_refused_for_other_tasks(roots, capsys):
     lines = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--infer_frames", "8", "--start_from_ref"])
     assert lines == ["error: --infer_frames is for --task s2v-14B only",
                      "error: --start_from_ref is for --task s2v-14B only"]
+    # Text-to-speech is for no task: said first, so that switching the task does not meet it next.
+    lines = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--enable_tts", "--tts_text", "hi"])
+    assert lines == ["error: --enable_tts: text-to-speech is out of scope of wan_runtime; record or "
+                     "synthesise the speech elsewhere and pass it with --audio (to --task s2v-14B)"]
 
 
 def test_s2v_official_defaults(roots, image, speech):
