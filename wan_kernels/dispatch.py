@@ -77,6 +77,10 @@ def triton_interpreted() -> bool:
 
 
 def _unavailable_reason(name: str) -> str:
+    if name in _EXTENSIONS and _EXTENSIONS[name].cuda and not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return f"; it needs an NVIDIA GPU and a CUDA build of torch (this is torch {torch.__version__})"
+        return "; it needs an NVIDIA GPU, and torch sees none"
     if name == "triton" and _importable("triton") and not torch.cuda.is_available():
         if not _interpreter_requested():
             return "; on a CPU Triton needs its interpreter: set TRITON_INTERPRET=1 before importing triton"

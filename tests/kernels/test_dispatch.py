@@ -36,7 +36,7 @@ def test_auto_picks_cuda_or_triton_on_a_gpu_else_cpp_else_torch():
 
 @pytest.mark.parametrize("name, message", [
     ("nope", "unknown wan_kernels backend"),
-    pytest.param("cuda", "not available here",
+    pytest.param("cuda", r"not available here; it needs an NVIDIA GPU(,| and a CUDA build of torch)",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda backend builds here")),
 ])
 def test_set_backend_rejects_unknown_and_unavailable(name, message):
