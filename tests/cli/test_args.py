@@ -170,7 +170,7 @@ BAD_INPUTS = {
     "animate switch": (["--replace_flag"], "ti2v-5B", ["--replace_flag: the animate-14B task"]),
     "animate relighting": (["--use_relighting_lora"], "ti2v-5B", ["--use_relighting_lora: the animate-14B"]),
     "frame_num of ti2v": (["--frame_num", "3"], "ti2v-5B", ["from 1 to 4093 (1, 5, 9, ..., 121), got 3"]),
-    "tts text": (["--tts_text", "hello"], "ti2v-5B", ["--tts_text is for --task s2v-14B only"]),
+    "tts text": (["--tts_text", "hello"], "ti2v-5B", ["--tts_text: text-to-speech is out of scope"]),
     "i2v without image": ([], "i2v-A14B", ["pass --image"]),
     "missing image": (["--image", "/nonexistent/cat.png"], "ti2v-5B",
                       ["--image /nonexistent/cat.png does not exist"]),
