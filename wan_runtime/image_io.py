@@ -44,14 +44,34 @@ def load_image(image: object, label: str = "image") -> Image.Image:
         source, fix, opened = f"{label} {path}", "pass a PNG, JPEG or WebP file", None
     else:
         raise InputError(f"{label} must be a PIL image or a file path, got {type(image).__name__}")
+    kind = None
     try:
         with _open(path, source) if opened is None else opened as picture:
+            kind = picture.format
             rgb = _rgb(picture, source)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
+        if opened is None and (kind := kind or _signature(path)):  # an image file that does not decode
+            fix = f"its {kind} data is damaged or cut short: copy or save the file again whole"
         raise InputError(f"{source} cannot be read as an image ({err}); {fix}") from err
     if rgb.width < 1 or rgb.height < 1:
         raise InputError(f"the {label} is empty ({rgb.width}x{rgb.height} pixels)")
     return rgb
+
+
+# The first bytes of the formats users give, for a file cut short before Pillow knows its format.
+_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF"}
+
+
+def _signature(path: Path) -> str | None:
+    """The image format ``path``'s first bytes announce, if one of ``_SIGNATURES`` or WebP."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return None
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((kind for magic, kind in _SIGNATURES.items() if head.startswith(magic)), None)
 
 
 def _open(path: Path, source: str) -> Image.Image:

@@ -224,6 +224,8 @@ def test_unreadable_image(content, image, roots, capsys):
     image.write_bytes(content if content is not None else data[: len(data) // 2])
     [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--image", str(image)])
     assert f"--image {image} cannot be read as an image" in line
+    fix = "pass a PNG, JPEG or WebP file" if content else "its PNG data is damaged or cut short: copy or save"
+    assert fix in line
 
 
 def test_incomplete_checkpoint_lists_every_missing_file(roots, tmp_path, image, capsys):

@@ -89,3 +89,18 @@ def test_a_large_photo_is_read_and_a_larger_one_refused(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="photo.jpg is 64x48, 3,072 pixels, more than the 3,071 the runtime "
                                          "decodes; scale it down"):
         load_image(path)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".gif"])
+@pytest.mark.parametrize("kept", [0.5, 0.02], ids=["pixels cut", "header cut"])
+def test_a_file_cut_short_is_told_damaged_and_another_file_not_an_image(tmp_path, suffix, kept):
+    path = tmp_path / f"photo{suffix}"
+    gradient_image(64, 48).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: max(12, int(len(data) * kept))])
+    kind = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".gif": "GIF"}[suffix]
+    with pytest.raises(InputError, match=f"its {kind} data is damaged or cut short: copy or save the file"):
+        load_image(path)
+    path.write_bytes(b"a text file, not an image")
+    with pytest.raises(InputError, match="cannot be read as an image .*; pass a PNG, JPEG or WebP file$"):
+        load_image(path)
