@@ -71,6 +71,11 @@ class TaskSpec:
     audio_dir: str | None = None
     dit_names: tuple[str, ...] = (DIT,)
 
+    @property
+    def release(self) -> str:
+        """The official release's repository on Hugging Face and ModelScope (``Wan-AI/Wan2.2-TI2V-5B``)."""
+        return f"Wan-AI/Wan2.2-{self.name.upper()}"
+
 
 TASKS = {
     "i2v-A14B": TaskSpec(
@@ -155,13 +160,20 @@ def check_checkpoint_dir(task: str, ckpt_dir: str | Path) -> TaskSpec:
     spec, root = task_spec(task), Path(ckpt_dir)
     if not root.is_dir():
         problem = "is a file, not a folder" if root.exists() else "does not exist"
-        raise CheckpointError(f"checkpoint folder {root} {problem}; pass the folder of the {task} release")
+        raise CheckpointError(f"checkpoint folder {root} {problem}; pass the folder of the {task} release "
+                              f"({spec.release})")
     missing = _missing_files(spec, root)
     if missing:
         # Most often the folder is complete, for another task than the one asked for.
         others = [name for name, other in TASKS.items() if name != task and not _missing_files(other, root)]
-        remedy = (f"it holds the {others[0]} release: give that task (--task {others[0]} on the command line)"
-                  if others else "download the whole official release folder")
+        if others:
+            remedy = (f"it holds the {others[0]} release: give that task (--task {others[0]} on the command "
+                      "line)")
+        elif (root / "model_index.json").is_file():
+            remedy = (f"it is in diffusers' layout (model_index.json), and wan_runtime reads the official "
+                      f"one: download {spec.release}, not {spec.release}-Diffusers")
+        else:
+            remedy = f"download the whole official release folder ({spec.release})"
         raise CheckpointError(
             f"{root} is not a complete {task} checkpoint folder: missing {', '.join(missing)}; {remedy}"
         )

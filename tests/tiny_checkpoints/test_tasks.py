@@ -93,8 +93,14 @@ def test_checkpoint_check_lists_every_missing_file(tmp_path):
     with pytest.raises(CheckpointError) as info:
         check_checkpoint_dir("i2v-A14B", root)
     assert "missing Wan2.1_VAE.pth, low_noise_model/config.json" in str(info.value)
-    assert str(info.value).endswith("; download the whole official release folder")
-    with pytest.raises(CheckpointError, match="does not exist"):
+    assert str(info.value).endswith("; download the whole official release folder (Wan-AI/Wan2.2-I2V-A14B)")
+    (root / "model_index.json").write_text("{}")  # what a diffusers folder holds
+    diffusers = ("it is in diffusers' layout .*: download Wan-AI/Wan2.2-I2V-A14B, "
+                 "not Wan-AI/Wan2.2-I2V-A14B-Diffusers$")
+    with pytest.raises(CheckpointError, match=diffusers):
+        check_checkpoint_dir("i2v-A14B", root)
+    with pytest.raises(CheckpointError, match=r"does not exist; pass the folder of the ti2v-5B release "
+                                              r"\(Wan-AI/Wan2.2-TI2V-5B\)"):
         check_checkpoint_dir("ti2v-5B", tmp_path / "nowhere")
     with pytest.raises(InputError, match="unknown task"):
         check_checkpoint_dir("t2v-A14B", root)
