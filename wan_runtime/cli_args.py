@@ -868,18 +868,22 @@ def _check(problems: list[str], step: Callable[[], T]) -> T | None:
 def _size_problems(spec: TaskSpec, size: str, demo_run: bool) -> list[str]:
     # Real checkpoints only run at the sizes they were trained at; the demo's tiny random
     # weights run at any size the latent grid can hold.
+    step = spec.vae_stride[1] * spec.patch_size[1]
+
+    def fits(text: str) -> bool:
+        if not demo_run:
+            return text in spec.supported_sizes
+        match = re.fullmatch(r"(\d+)\*(\d+)", text)
+        return match is not None and all(int(v) > 0 and int(v) % step == 0 for v in match.groups())
+
+    if fits(size):
+        return []
     # 1280x704 is the usual way to write a size elsewhere.
     starred = re.sub(r"^(\d+)\s*[xX×]\s*(\d+)$", r"\1*\2", size)
-    hint = f" (with a '*': {starred})" if starred != size else ""
+    hint = "" if starred == size else f"; sizes are written with a '*'{f': {starred}' * fits(starred)}"
     if not demo_run:
-        if size in spec.supported_sizes:
-            return []
         supported = ", ".join(spec.supported_sizes)
         return [f"size {size} is not supported by {spec.name}; supported sizes: {supported}{hint}"]
-    step = spec.vae_stride[1] * spec.patch_size[1]
-    match = re.fullmatch(r"(\d+)\*(\d+)", size)
-    if match and all(int(v) > 0 and int(v) % step == 0 for v in match.groups()):
-        return []
     return [f"demo --size must be width*height with both multiples of {step}, got {size!r}{hint}"]
 
 

@@ -141,8 +141,9 @@ BAD_INPUTS = {
                          ["size 1280*720 is not supported by ti2v-5B", "704*1280, 1280*704"]),
     "bad demo size": (["--demo", "--size", "100*96"], None, ["multiples of 32"]),
     "size with an x": (["--size", "1280x704"], "ti2v-5B",
-                       ["size 1280x704 is not supported by ti2v-5B", "1280*704 (with a '*': 1280*704)"]),
-    "demo size with an x": (["--demo", "--size", "128 X 96"], None, ["got '128 X 96' (with a '*': 128*96)"]),
+                       ["size 1280x704 is not supported", "sizes are written with a '*': 1280*704"]),
+    "demo size with an x": (["--demo", "--size", "128 X 96"], None,
+                            ["got '128 X 96'; sizes are written with a '*': 128*96"]),
     "frame_num not 4n+1": (["--frame_num", "8"], "ti2v-5B", ["--frame_num", "4n+1", "got 8"]),
     "vae tile size": (["--vae_tiling", "100"], "ti2v-5B",
                       ["--vae_tiling must be a tile size in pixels, a multiple of 64 (e.g. 512", "got 100"]),
@@ -208,6 +209,12 @@ def test_bad_input_gives_one_line_and_exit_2(name, roots, capsys):
                                              (["--vae_tiling", "0"], 0)])
 def test_vae_tiling_is_a_tile_size_or_none(roots, flags, tile):
     assert _resolve("--ckpt_dir", str(roots["ti2v-5B"]), *flags).vae_tiling == tile
+
+
+def test_a_size_with_an_x_is_not_told_a_size_that_does_not_fit_either(roots, capsys):
+    assert _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--size", "1920x1080"]) == [
+        "error: size 1920x1080 is not supported by ti2v-5B; supported sizes: 704*1280, 1280*704; sizes are "
+        "written with a '*'"]
 
 
 def test_fp8_beside_fsdp_is_refused(roots, capsys):
