@@ -44,14 +44,12 @@ def load_image(image: object, label: str = "image") -> Image.Image:
         source, fix, opened = f"{label} {path}", "pass a PNG, JPEG or WebP file", None
     else:
         raise InputError(f"{label} must be a PIL image or a file path, got {type(image).__name__}")
-    kind = None
     try:
         with _open(path, source) if opened is None else opened as picture:
-            kind = picture.format
             rgb = _rgb(picture, source)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        if opened is None and (kind := kind or _signature(path)):  # an image file that does not decode
-            fix = f"its {kind} data is damaged or cut short: copy or save the file again whole"
+        if opened is None and (kind := _signature(path)):  # a common format, which Pillow reads when whole
+            fix = f"this {kind} file is likely damaged or cut short: copy or save it again whole"
         raise InputError(f"{source} cannot be read as an image ({err}); {fix}") from err
     if rgb.width < 1 or rgb.height < 1:
         raise InputError(f"the {label} is empty ({rgb.width}x{rgb.height} pixels)")

@@ -231,7 +231,7 @@ def test_unreadable_image(content, image, roots, capsys):
     image.write_bytes(content if content is not None else data[: len(data) // 2])
     [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--image", str(image)])
     assert f"--image {image} cannot be read as an image" in line
-    fix = "pass a PNG, JPEG or WebP file" if content else "its PNG data is damaged or cut short: copy or save"
+    fix = "pass a PNG, JPEG or WebP file" if content else "this PNG file is likely damaged or cut short"
     assert fix in line
 
 

@@ -99,7 +99,7 @@ def test_a_file_cut_short_is_told_damaged_and_another_file_not_an_image(tmp_path
     data = path.read_bytes()
     path.write_bytes(data[: max(12, int(len(data) * kept))])
     kind = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".gif": "GIF"}[suffix]
-    with pytest.raises(InputError, match=f"its {kind} data is damaged or cut short: copy or save the file"):
+    with pytest.raises(InputError, match=f"this {kind} file is likely damaged or cut short: copy or save it"):
         load_image(path)
     path.write_bytes(b"a text file, not an image")
     with pytest.raises(InputError, match="cannot be read as an image .*; pass a PNG, JPEG or WebP file$"):
