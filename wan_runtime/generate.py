@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not _launch().distributed:
                 raise
             # Printed here rather than raised: the traceback's frames go, and with them the groups.
+            print(f"rank {_launch().rank}:", file=sys.stderr)
             traceback.print_exc()
             code = 1
     if _launch().distributed:

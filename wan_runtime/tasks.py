@@ -171,7 +171,7 @@ def check_checkpoint_dir(task: str, ckpt_dir: str | Path) -> TaskSpec:
                       "line)")
         elif (root / "model_index.json").is_file():
             remedy = (f"it is in diffusers' layout (model_index.json), and wan_runtime reads the official "
-                      f"one: download {spec.release}, not {spec.release}-Diffusers")
+                      f"one: download the repository without -Diffusers ({spec.release} for {task})")
         else:
             remedy = f"download the whole official release folder ({spec.release})"
         raise CheckpointError(

@@ -59,6 +59,7 @@ def _failing_run_then_check(rank: int, ckpt_dir: str, save_file: str, debug: boo
     assert "pt_gloo_runloop" not in _threads()  # the traceback's pipeline freed with its groups
     # --debug shows the whole traceback, the others one line.
     assert ("Traceback (most recent call last)" in told.getvalue()) == debug
+    assert (f"rank {rank}:\nTraceback" if debug else f"error: rank {rank}: RuntimeError") in told.getvalue()
     assert "RuntimeError: the decoder broke" in told.getvalue()
 
 

@@ -95,8 +95,8 @@ def test_checkpoint_check_lists_every_missing_file(tmp_path):
     assert "missing Wan2.1_VAE.pth, low_noise_model/config.json" in str(info.value)
     assert str(info.value).endswith("; download the whole official release folder (Wan-AI/Wan2.2-I2V-A14B)")
     (root / "model_index.json").write_text("{}")  # what a diffusers folder holds
-    diffusers = ("it is in diffusers' layout .*: download Wan-AI/Wan2.2-I2V-A14B, "
-                 "not Wan-AI/Wan2.2-I2V-A14B-Diffusers$")
+    diffusers = (r"it is in diffusers' layout .*: download the repository without -Diffusers "
+                 r"\(Wan-AI/Wan2.2-I2V-A14B for i2v-A14B\)$")
     with pytest.raises(CheckpointError, match=diffusers):
         check_checkpoint_dir("i2v-A14B", root)
     with pytest.raises(CheckpointError, match=r"does not exist; pass the folder of the ti2v-5B release "
