@@ -94,10 +94,10 @@ def _resolve(args: argparse.Namespace, video: VideoSettings | None, line: Iterab
     """``resolve(args)``, with ``video``'s flags for what neither the command line nor ``line``
     (the flags a batch line sets) gives, and its problems about those flags saying so."""
     if video is None:
-        return resolve(args, inputs)
+        return resolve(args, inputs, line)
     filled, taken = video.fill(args, line)
     try:
-        config = resolve(filled, inputs)
+        config = resolve(filled, inputs, line)
     except InvalidArguments as err:
         problems, own = (video.source_of(told, taken) for told in (err.problems, err.own))
         raise InvalidArguments(problems, own) from None

@@ -510,10 +510,12 @@ def resolved_offload(offload_model: bool | None, launch: Launch) -> bool:
     return (not launch.distributed) if offload_model is None else offload_model
 
 
-def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> GenerateConfig:
+def resolve(
+    args: argparse.Namespace, inputs: DecodedInputs | None = None, line: Iterable[str] = ()
+) -> GenerateConfig:
     """Validate parsed ``args`` and fill in the defaults; raises ``InvalidArguments`` listing
     every problem. Nothing here loads model weights. ``inputs`` shares decoded input files with
-    other calls (a batch's lines)."""
+    other calls (a batch's lines); ``line`` names the flags of ``args`` a batch line set."""
     inputs = inputs or DecodedInputs()
     if args.lora_dir is not None:  # the Lightning release's sampling, but for what is given
         release = {flag: LIGHTNING_SAMPLING[name] for name, flag in _SAMPLING_FLAGS.items()}
@@ -617,7 +619,7 @@ def resolve(args: argparse.Namespace, inputs: DecodedInputs | None = None) -> Ge
 
     cache = None
     given = {name: getattr(args, name) for name in CacheConfig().as_dict() if getattr(args, name) is not None}
-    problems += _idle_cache_flag_problems(given, args.batch is not None)
+    problems += _idle_cache_flag_problems(given, () if args.batch is None else given.keys() - set(line))
     try:
         cache = CacheConfig(**given)
     except InvalidCacheConfig as err:
@@ -805,15 +807,16 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace, inputs: Decoded
             "start_from_ref": args.start_from_ref, "pose_video": pose_video}
 
 
-def _idle_cache_flag_problems(given: dict[str, object], batch: bool) -> list[str]:
-    """A cache setting given without its cache: it would change nothing, silently (on a line of a
-    batch, the line's null drops the command line's setting)."""
+def _idle_cache_flag_problems(given: dict[str, object], command_line: Iterable[str]) -> list[str]:
+    """A cache setting given without its cache: it would change nothing, silently (for a line of a
+    batch, the line's null drops a ``command_line`` setting)."""
     problems = []
     for gate in ("fbcache", "teacache"):
         if given.get(gate):
             continue
         for name in (name for name in given if name in CACHE_FIELDS[gate][1:]):
-            drop = f' (a --batch line drops the command line\'s with "{name}": null)' if batch else ""
+            drop = (f' (a --batch line drops the command line\'s with "{name}": null)'
+                    if name in command_line else "")
             problems.append(f"--{name} has no effect without --{gate}; add --{gate} or drop it{drop}")
     return problems
 

@@ -71,7 +71,12 @@ def test_a_line_turning_a_cache_off_drops_the_command_lines_settings_of_it(tmp_p
     # A setting the line gives itself for a cache it turns off is idle, and said so.
     path = _batch(tmp_path, {"teacache": False, "teacache_thresh": 0.3})
     assert _problems(*FAST, *caches, "--batch", str(path)) == [
-        '--batch line 1: --teacache_thresh has no effect without --teacache; add --teacache or drop it (a '
+        "--batch line 1: --teacache_thresh has no effect without --teacache; add --teacache or drop it"
+    ]
+    # One the command line gives beside no cache: a line keeps it, unless its null drops it.
+    path = _batch(tmp_path, {"teacache": True}, {}, {"teacache_thresh": None})
+    assert _problems(*FAST, "--teacache_thresh", "0.3", "--batch", str(path)) == [
+        '--batch line 2: --teacache_thresh has no effect without --teacache; add --teacache or drop it (a '
         '--batch line drops the command line\'s with "teacache_thresh": null)'
     ]
 
