@@ -63,6 +63,11 @@ class Case:
         p = self.config.patch_size
         return f // p[0] * (h // p[1]) * (w // p[2])
 
+    def label(self) -> dict[str, object]:
+        """What names the case in a row of its own (one that failed)."""
+        return {"model": self.config.model_type, "dim": self.config.dim, "layers": self.config.num_layers,
+                "tokens": self.tokens}
+
 
 def inputs(case: Case, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor | None]:
     """Our forward's arguments: latents, timesteps (per token for ti2v: first frame at 0), text, and
@@ -200,7 +205,7 @@ def main() -> None:
         columns += ["compiled_ms", "eager_in_turns_ms", "x_eager", "first_call_s", "compiled~ours"]
     run_cases("bench_dit_compile" if args.compile else "bench_dit", device, cases,
               lambda case: run_case(case, device, dtype, args.warmup, args.repeat, args.compile), columns,
-              args.out_dir)
+              args.out_dir, label=Case.label)
 
 
 if __name__ == "__main__":

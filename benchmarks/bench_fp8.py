@@ -77,7 +77,7 @@ def main() -> None:
         columns += ["c_bf16_ms", "c_fp8_ms", "c_x_bf16"]
     run_cases("bench_fp8", device, cases,
               lambda case: run_case(case, device, torch.bfloat16, args.warmup, args.repeat, args.compile),
-              columns, args.out_dir)
+              columns, args.out_dir, label=Case.label)
 
 
 if __name__ == "__main__":

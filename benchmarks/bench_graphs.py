@@ -87,13 +87,10 @@ def main() -> None:
     columns = ["dim", "layers", "tokens", "dtype", "eager_ms", "graphs_ms", "x_eager", "eager_peak_GB",
                "graphs_peak_GB", "extra_GB", "captures", "equal"]
     # Graphs of their own for each case: a failed capture leaves its StageGraphs off for good.
-    rows = run_cases("bench_graphs", device, cases,
-                     lambda case: run_case(case, device, torch.bfloat16, args.warmup, args.repeat,
-                                           StageGraphs.on(device)),
-                     columns, args.out_dir)
-    differ = [row["tokens"] for row in rows if not row["equal"]]
-    if differ:
-        sys.exit(f"bench_graphs: the graphed output differs from the eager one at {differ} tokens")
+    run_cases("bench_graphs", device, cases,
+              lambda case: run_case(case, device, torch.bfloat16, args.warmup, args.repeat,
+                                    StageGraphs.on(device)),
+              columns, args.out_dir, label=Case.label, checks=lambda row: [] if row["equal"] else ["equal"])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ and peak device memory, same weights and inputs, one process.
 
 Columns: ``resident_ms`` / ``streamed_ms`` and their ratio ``x_resident`` (the streamed time over
 the resident one: what streaming costs), the peak memory of each forward (weights included) and
-the difference ``saved_GB``, and whether the two outputs are bitwise equal.
+the difference ``saved_GB``, and whether the two outputs are bitwise equal (the script exits 1
+after the table where they are not).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main() -> None:
     columns = ["dim", "layers", "streamed", "tokens", "dtype", "resident_ms", "streamed_ms", "x_resident",
                "resident_peak_GB", "streamed_peak_GB", "saved_GB", "equal"]
     run_cases("bench_streaming", device, cases,
-              lambda case: run_case(case, device, dtype, args.warmup, args.repeat), columns, args.out_dir)
+              lambda case: run_case(case, device, dtype, args.warmup, args.repeat), columns, args.out_dir,
+              label=Case.label, checks=lambda row: [] if row["equal"] else ["equal"])
 
 
 if __name__ == "__main__":

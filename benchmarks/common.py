@@ -100,33 +100,40 @@ def run_cases(
     name: str, device: torch.device, cases: Iterable[CaseT], run: Callable[[CaseT], dict],
     columns: list[str] | None, out_dir: str | Path | None, keep_going: bool = True,
     label: Callable[[CaseT], dict] = lambda case: {"case": str(case)},
+    checks: Callable[[dict], list[str]] = lambda row: [],
 ) -> list[dict]:
     """``run`` each case, printing its row and saving every row so far after it (a run cut off
     by a time limit keeps the rows it made), then the table (of ``columns``, or of every row's
     keys) and the results file; returns the rows. With ``keep_going`` a case that raises gives
-    the row ``label(case)`` with its ``error`` and the next case runs (the script then exits 1
-    after the table): on a lent GPU one failure must not cost the other cases. Without it (cases
-    whose processes must stay in step) the error is raised."""
-    rows, path = [], None
+    the row ``label(case)`` with its ``error`` and the next case runs: on a lent GPU one failure
+    must not cost the other cases. Without it (cases whose processes must stay in step) the
+    error is raised. After the table the script exits 1 naming each case (``label``) that
+    failed or whose row failed one of its ``checks`` (the names of those that did not hold)."""
+    rows, path, failures = [], None, []
     for case in cases:
         try:
             rows.append(run(case))
+            failed = checks(rows[-1])
         except Exception as error:
             if not keep_going:
                 raise
             traceback.print_exc()
             rows.append({**label(case), "error": f"{type(error).__name__}: {error}"})
+            failed = [rows[-1]["error"]]
+        if failed:
+            case_name = " ".join(f"{key}={value}" for key, value in label(case).items())
+            failures.append(f"{case_name}: {', '.join(failed)}")
         print(rows[-1], flush=True)
         path = save_results(name, device, rows, Path(out_dir) if out_dir else None)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print_table(rows, columns or list(dict.fromkeys(key for row in rows for key in row)))
+    # The columns chosen, and with a failed case what names it and its error.
+    extra = dict.fromkeys(key for row in rows for key in row if columns is None or "error" in row)
+    print_table(rows, [*(columns or []), *(key for key in extra if key not in (columns or []))])
     print("saved", path)
-    failed = [row for row in rows if "error" in row]
-    if failed:
-        sys.exit(f"{name}: {len(failed)} of {len(rows)} cases failed: "
-                 + "; ".join(f"{row['error']}" for row in failed))
+    if failures:
+        sys.exit(f"{name}: {len(failures)} of {len(rows)} cases failed: " + "; ".join(failures))
     return rows
 
 

@@ -33,12 +33,21 @@ def test_a_failing_case_costs_its_row_alone_and_the_script_exits_1(tmp_path, cap
     """Every row saved, the failing one with its error, the cases after it run; exit 1 at the end."""
     with pytest.raises(SystemExit) as stopped:
         run_cases("demo", torch.device("cpu"), [1, 2, 3], _run, None, tmp_path)
-    assert str(stopped.value) == "demo: 1 of 3 cases failed: RuntimeError: out of memory"
+    assert str(stopped.value) == "demo: 1 of 3 cases failed: case=2: RuntimeError: out of memory"
     [saved] = tmp_path.iterdir()
     rows = json.loads(saved.read_text())["rows"]
     assert rows == [{"case": 1, "ms": 1.0}, {"case": "2", "error": "RuntimeError: out of memory"},
                     {"case": 3, "ms": 1.0}]
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_the_exit_names_each_failed_case_and_check_and_the_table_shows_them(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        run_cases("demo", torch.device("cpu"), [1, 2, 3], _run, ["ms"], tmp_path,
+                  label=lambda case: {"n": case}, checks=lambda row: ["fast"] if row["case"] == 3 else [])
+    assert str(stopped.value) == "demo: 2 of 3 cases failed: n=2: RuntimeError: out of memory; n=3: fast"
+    header = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ms")]
+    assert header[0].split() == ["ms", "n", "error"]  # what names the failed case, beside the columns
 
 
 def test_without_keep_going_the_error_is_raised(tmp_path):
