@@ -67,36 +67,39 @@ def _lightning_file(path, alphas: dict[str, float], rank: int = 2):
 @pytest.mark.parametrize("alphas", [
     {"blocks.0.self_attn.q": 8.0, "blocks.0.self_attn.k": 8.0},  # the release's files
     {"blocks.0.self_attn.q": 4.0, "blocks.0.self_attn.k": 4.0},
-    {"blocks.0.self_attn.q": 8.0},  # one module at alpha 8, the other at its rank
+    {"blocks.0.self_attn.q": 8.0},  # one module at alpha 8, the other at scale 1
     {"blocks.0.self_attn.q": 0.0, "blocks.0.self_attn.k": 2.0},
 ])
 def test_a_lightning_folder_merges_as_the_release_does(roots, lora, image, tmp_path, alphas):
-    """One LoRA per expert at alpha 8 whatever alphas the file stores, and the release's sampling
-    for what is not given."""
+    """One LoRA per expert, each module at the alpha the file stores (a module without one at
+    scale 1), and the release's sampling for what is not given."""
     folder = tmp_path / "Wan2.2-I2V-A14B-4steps-lora-rank64-Seko-V1"
     folder.mkdir()
     for name in ("high_noise_model", "low_noise_model", "diffusion_pytorch_model"):
         _lightning_file(folder / f"{name}.safetensors", alphas)
     config = _resolve("--task", "i2v-A14B", "--ckpt_dir", str(roots["i2v-A14B"]), "--image", str(image),
                       "--lora_dir", str(folder), "--lora", f"{lora}=0.5")
-    assert config.loras == (Lora(folder / "high_noise_model.safetensors", 1.0, "high_noise", alpha=8.0),
-                            Lora(folder / "low_noise_model.safetensors", 1.0, "low_noise", alpha=8.0),
+    assert config.loras == (Lora(folder / "high_noise_model.safetensors", 1.0, "high_noise"),
+                            Lora(folder / "low_noise_model.safetensors", 1.0, "low_noise"),
                             Lora(str(lora), 0.5))
     assert (config.sample_solver, config.sample_steps, config.sample_shift, config.sample_guide_scale) == (
         "euler", 4, 5.0, 1.0)
     by_dit = read_loras(config.loras[:2], "i2v-A14B", ["high_noise", "low_noise"])
-    assert [update.scale for (file, _), in by_dit.values() for update in file.modules.values()] == [4.0] * 4
+    modules = ("blocks.0.self_attn.q", "blocks.0.self_attn.k")
+    for [(file, _)] in by_dit.values():  # rank 2
+        assert {module: update.scale for module, update in file.modules.items()} == {
+            module: alphas.get(module, 2.0) / 2 for module in modules}
     config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", f"{folder}=0.5",
                       "--sample_steps", "6", "--sample_solver", "unipc")
-    assert config.loras == (Lora(folder / "diffusion_pytorch_model.safetensors", 0.5, alpha=8.0),)
+    assert config.loras == (Lora(folder / "diffusion_pytorch_model.safetensors", 0.5),)
     assert (config.sample_solver, config.sample_steps, config.sample_shift, config.sample_guide_scale) == (
         "unipc", 6, 5.0, 1.0)
 
 
 def test_a_lightning_folder_file_named_otherwise_merges_as_the_release(roots, tmp_path):
-    """diffusers-style factor names (lora_A) and the official prefix: merged at alpha 8 as the
-    release's own names; whole-tensor differences, which the release's merge leaves out, are
-    merged and told."""
+    """diffusers-style factor names (lora_A) and the official prefix: merged at the file's alpha
+    as the release's own names; whole-tensor differences, which the release's merge leaves out,
+    are merged and told."""
     save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": torch.ones(4, 8),
                "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.ones(8, 4),
                "blocks.0.self_attn.q.alpha": torch.tensor(2.0),
@@ -104,7 +107,7 @@ def test_a_lightning_folder_file_named_otherwise_merges_as_the_release(roots, tm
               str(tmp_path / "diffusion_pytorch_model.safetensors"))
     with pytest.warns(UserWarning, match="holds 1 whole-tensor differences .* which the Wan2.2-Lightning"):
         config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", str(tmp_path))
-    assert config.loras == (Lora(tmp_path / "diffusion_pytorch_model.safetensors", alpha=8.0),)
+    assert config.loras == (Lora(tmp_path / "diffusion_pytorch_model.safetensors"),)
 
 
 @pytest.mark.parametrize(("task", "make", "words"), [

@@ -28,7 +28,7 @@ class Lora:
     ``expert``: for i2v-A14B, ``"high_noise"`` or ``"low_noise"`` to change that expert alone
     (the Wan2.2-Lightning LoRAs come as one file per expert); ``None`` changes every DiT.
     ``alpha``: the alpha every module's factors merge at (``alpha / rank``) in place of the one
-    the file gives (the Wan2.2-Lightning release merges its files at 8); ``None``: the file's.
+    the file gives; ``None``: the file's.
     """
 
     path: str | Path

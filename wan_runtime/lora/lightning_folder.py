@@ -1,6 +1,7 @@
 """The LoRA folders of the Wan2.2-Lightning release, as its ``generate.py --lora_dir`` reads them:
-one file per DiT under a fixed name, merged at alpha 8 over each module's rank whatever alpha the
-file stores."""
+one file per DiT under a fixed name, each module merged at the alpha the file stores over its rank
+(as the release's ``load_and_merge_lora_weight`` has since its commit 803e7e8; its first version
+merged every module at alpha 8)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,6 @@ from wan_runtime.lora import Lora
 from wan_runtime.lora.keys import DIFF, DIFF_B, DIFF_M, KeyProblem, parse_key
 from wan_runtime.lora.lora_file import check_lora_path
 from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE
-
-# The alpha the release's generate.py merges every module at (alpha / rank times up @ down).
-LIGHTNING_ALPHA = 8.0
 
 # The sampling the release runs its LoRAs with (its configs and generate.py's defaults), for
 # i2v-A14B and ti2v-5B alike, as ``Pipeline.generate``'s arguments.
@@ -49,8 +47,7 @@ def folder_loras(folder: str | Path, task: str, strength: float = 1.0) -> tuple[
                          f"folder holds {' and '.join(files.values())}")
     for name in files.values():
         _warn_of_differences(folder / name)
-    return tuple(Lora(folder / name, strength, expert, alpha=LIGHTNING_ALPHA)
-                 for expert, name in files.items())
+    return tuple(Lora(folder / name, strength, expert) for expert, name in files.items())
 
 
 def _warn_of_differences(path: Path) -> None:
