@@ -60,10 +60,11 @@ def write_official(path: Path, lora: dict, prefix: str = "diffusion_model.", dow
     return path
 
 
-def write_musubi(path: Path, lora: dict) -> Path:
-    """kohya/musubi-tuner names: ``lora_unet_`` + the module name with its dots as underscores."""
+def write_musubi(path: Path, lora: dict, prefix: str = "lora_unet_") -> Path:
+    """kohya/musubi-tuner names: ``lora_unet_`` + the module name with its dots as underscores
+    (VideoX-Fun's ``lora_unet__``, SimpleTuner's ``lycoris_`` in place of the prefix)."""
     names = {"down": "lora_down.weight", "up": "lora_up.weight", "alpha": "alpha"}
-    tensors = {f"lora_unet_{module.replace('.', '_')}.{names[part]}": t
+    tensors = {f"{prefix}{module.replace('.', '_')}.{names[part]}": t
                for module, parts in lora.items() for part, t in parts.items()}
     save_file(tensors, str(path))
     return path

@@ -84,7 +84,11 @@ def test_every_scheme_merges_the_same(tmp_path, ti2v_dit_dir):
     factors; diffusers' files fold the alpha into a factor)."""
     lora = random_lora(parameter_shapes(ti2v_dit_dir), top=False, biases=False)
     schemes = {**WRITERS, "unprefixed_peft": lambda path, lora: write_official(path, lora, prefix="",
-                                                                               down="lora_A", up="lora_B")}
+                                                                               down="lora_A", up="lora_B"),
+               "diffsynth": lambda path, lora: write_official(path, lora, prefix="pipe.dit.",
+                                                              down="lora_A.default", up="lora_B.default"),
+               "videox_fun": lambda path, lora: write_musubi(path, lora, prefix="lora_unet__"),
+               "lycoris": lambda path, lora: write_musubi(path, lora, prefix="lycoris_")}
     loaded = {name: WanModel.from_pretrained(ti2v_dit_dir, loras=[
         (LoraFile.read(write(tmp_path / f"{name}.safetensors", lora)), 1.0)]).state_dict()
         for name, write in schemes.items()}

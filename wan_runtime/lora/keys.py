@@ -27,7 +27,10 @@ DOWN, UP, ALPHA, DIFF, DIFF_B, DIFF_M = "down", "up", "alpha", "diff", "diff_b",
 
 # peft's own files name the modules of the model it wrapped behind this.
 PEFT_PREFIX = "base_model.model."
-_PREFIXES = (PEFT_PREFIX, "model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet_")
+# VideoX-Fun writes kohya's lora_unet_ with a second underscore; SimpleTuner's LyCORIS files a
+# lycoris_ prefix; DiffSynth-Studio keeps its pipeline's pipe.dit. unless told to remove it.
+_PREFIXES = (PEFT_PREFIX, "model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet__",
+             "lora_unet_", "lycoris_", "pipe.dit.")
 _PARTS = {
     ".lora_down.weight": DOWN, ".lora_A.weight": DOWN, ".lora_A.default.weight": DOWN,
     ".lora_up.weight": UP, ".lora_B.weight": UP, ".lora_B.default.weight": UP,
