@@ -24,6 +24,11 @@ from wan_runtime.models.audio_encoder import SAMPLE_RATE, VIDEO_FPS
 MIN_SAMPLES = SAMPLE_RATE // VIDEO_FPS
 
 
+def heard_frames(samples: int, fps: int) -> int:
+    """The frames at ``fps`` that ``samples`` of 16 kHz speech span: those begun before it ends."""
+    return -(-samples * fps // SAMPLE_RATE)
+
+
 def ffmpeg_exe() -> str:
     """The ffmpeg binary bundled with imageio-ffmpeg."""
     return imageio_ffmpeg.get_ffmpeg_exe()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from wan_runtime import demo
+from wan_runtime.audio_io import heard_frames
 from wan_runtime.batch_file import line_numbers, resolve_jobs
 from wan_runtime.checks import PLACEMENT_FLAGS
 from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser, resolved_offload
@@ -306,7 +307,7 @@ def _print_plan(
             "task": job.task, "prompt": job.prompt, "n_prompt": job.negative_prompt or spec.negative_prompt,
             "seed": job.base_seed if job.base_seed >= 0 else "random",
             "size": f"{width}*{height}",
-            "frame_num": job.frame_num if job.audio is None else "--infer_frames per clip",
+            "frame_num": job.frame_num if job.audio is None else _speech_frames(job),
             "sampling_steps": job.sample_steps,
             "guide_scale": check_guide_scale(job.sample_guide_scale, spec),  # i2v-A14B: one per expert
             "shift": job.sample_shift, "sample_solver": job.sample_solver, "vae_tiling": job.vae_tiling,
@@ -320,6 +321,17 @@ def _print_plan(
     if weights.device.type != "cpu":
         print(f"memory: the weights take {weights.describe()}")
     print(_host_memory_line(weights))
+
+
+def _speech_frames(job: GenerateConfig) -> str:
+    """What an s2v-14B video's speech makes: its clips, and the frames the MP4 keeps."""
+    from wan_runtime.models.audio_encoder import SAMPLE_RATE, speech_clip_count
+
+    started = speech_clip_count(job.audio.size, job.infer_frames, TASKS[job.task].fps)
+    clips = started if job.num_clip is None else min(started, job.num_clip)
+    capped = f" (--num_clip {job.num_clip} of the {started} the speech starts)" if clips < started else ""
+    return (f"{clips} clip{'s' * (clips > 1)} of {job.infer_frames} frames{capped}, the MP4 at most the "
+            f"speech's {job.audio.size / SAMPLE_RATE:.2f} s")
 
 
 def _host_memory_line(weights: WeightPlan) -> str:
@@ -480,6 +492,13 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
     start = time.perf_counter()
     # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
     audio = config.audio_path or config.audio
+    cut = ""
+    if config.audio is not None:
+        # And ends with it: the official merge (ffmpeg -shortest) drops the last clip's frames past it.
+        heard = heard_frames(config.audio.size, pipeline.fps)
+        if heard < video.shape[1]:
+            cut = f"; the last {video.shape[1] - heard} of {video.shape[1]} made, past the speech, left out"
+            video = video[:, :heard]
     # What the step cache did is kept beside the settings (printed already, as the run ended).
     telemetry = {"step_cache": report.step_cache} if report.step_cache else {}
     metadata = {**settings, **telemetry, FLAGS_KEY: recorded_flags(config, report.seed)}
@@ -487,7 +506,7 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
     write_s = time.perf_counter() - start
 
     frames, height, width = video.shape[1:]
-    print(f"wrote {save_file} ({frames} frames, {width}x{height}, {pipeline.fps} fps)")
+    print(f"wrote {save_file} ({frames} frames, {width}x{height}, {pipeline.fps} fps{cut})")
     for key, value in settings.items():
         print(f"  {key}: {value}")
     timings = {**({} if load_s is None else {"load": load_s}), **report.timings, "write": write_s}

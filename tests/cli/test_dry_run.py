@@ -55,6 +55,21 @@ def test_demo_dry_run_says_it_is_a_demo(capsys, tmp_path, monkeypatch, no_loadin
     assert plan["demo"] == "True" and NOTICE in out
 
 
+def test_s2v_plan_counts_the_clips_of_the_speech(capsys, tmp_path, monkeypatch, no_loading):
+    import numpy as np
+
+    from wan_runtime.audio_io import write_wav
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    speech = write_wav(np.full(3 * 16000, 0.1, np.float32), tmp_path / "three.wav")
+    argv = ["--demo", "--task", "s2v-14B", "--audio", str(speech), "--dry_run"]
+    plan, _ = _plan(capsys, argv)
+    assert plan["frame_num"] == "6 clips of 8 frames, the MP4 at most the speech's 3.00 s"
+    plan, _ = _plan(capsys, [*argv, "--num_clip", "2"])
+    assert plan["frame_num"] == ("2 clips of 8 frames (--num_clip 2 of the 6 the speech starts), the MP4 at "
+                                 "most the speech's 3.00 s")
+
+
 def test_a_lora_that_does_not_fit_fails_the_dry_run(ti2v_root, tmp_path, capsys, no_loading):
     lora = tmp_path / "wide.safetensors"
     save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.ones(2, 8),

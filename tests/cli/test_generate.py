@@ -26,7 +26,7 @@ from tests.cli.helpers import cli_env, read_settings, read_video, run_module  # 
 from tests.lora.lora_writers import parameter_shapes, random_lora, write_official  # noqa: E402
 from tests.pipelines.images import write_pose_video  # noqa: E402
 from wan_runtime import demo  # noqa: E402
-from wan_runtime.audio_io import decode_audio  # noqa: E402
+from wan_runtime.audio_io import decode_audio, write_wav  # noqa: E402
 from wan_runtime.tasks import TASKS  # noqa: E402
 
 FAST = ["--demo", "--frame_num", "5", "--sample_steps", "2"]
@@ -224,6 +224,21 @@ def test_s2v_demo_carries_its_speech(cache_env, tmp_path):
     assert (settings["audio"], settings["infer_frames"], settings["frame_num"]) == (
         "built-in demo sound", 8, 5
     )
+
+
+def test_s2v_video_ends_with_the_speech(cache_env, tmp_path):
+    """As the official merge (ffmpeg -shortest) ends the video with the speech: of the 5 frames the
+    clip makes, the 4 that 0.2 s of speech spans at 16 fps (the last begun before it ends)."""
+    speech = write_wav(demo.demo_audio()[:3200], tmp_path / "short.wav")
+    target = tmp_path / "talk.mp4"
+    result = _generate("--demo", "--task", "s2v-14B", "--size", "64*64", "--sample_steps", "1", "--audio",
+                       str(speech), "--save_file", str(target), cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {target} (4 frames, 64x64, 16 fps; the last 1 of 5 made, past the speech, left out)" in (
+        result.stdout)
+    frames, _ = read_video(target)
+    assert frames.shape == (4, 64, 64, 3)
+    assert decode_audio(target).size == 3200  # the whole speech
 
 
 def test_s2v_demo_follows_a_pose_video(cache_env, tmp_path):
