@@ -17,11 +17,11 @@ import torch
 
 from wan_runtime.errors import InputError
 from wan_runtime.input_files import require_file
-from wan_runtime.models.audio_encoder import SAMPLE_RATE, VIDEO_FPS
+from wan_runtime.models.audio_encoder import SAMPLE_RATE
 
-# The shortest speech that drives one video frame (1/16 s): wav2vec2 needs 400 samples for its
-# first feature and the 30 fps resampling needs two features to produce one.
-MIN_SAMPLES = SAMPLE_RATE // VIDEO_FPS
+# The shortest speech the official pipeline makes a clip of (45 ms): wav2vec2 needs 400 samples
+# for its first feature and 320 more for its second, and the 30 fps resampling needs two to make one.
+MIN_SAMPLES = 400 + 320
 
 
 def heard_frames(samples: int, fps: int) -> int:
@@ -99,7 +99,7 @@ def check_waveform(samples: object, label: str = "audio") -> np.ndarray:
     if samples.size < MIN_SAMPLES:
         raise InputError(
             f"{label} is too short: {samples.size / SAMPLE_RATE * 1000:.0f} ms; s2v needs at least "
-            f"{MIN_SAMPLES / SAMPLE_RATE * 1000:.1f} ms (one video frame at {VIDEO_FPS} fps)"
+            f"{MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms (two wav2vec2 features)"
         )
     if not np.isfinite(samples).all():
         raise InputError(f"{label} holds NaN or infinite samples")

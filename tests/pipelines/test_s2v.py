@@ -90,6 +90,15 @@ def test_matches_official(s2v_root, s2v_pipeline, speech, portrait, tmp_path, st
     assert s2v_pipeline.last_report.size == "64*64" and s2v_pipeline.last_report.frame_num == frames
 
 
+def test_the_shortest_speech_the_official_pipeline_takes(s2v_root, s2v_pipeline, speech, portrait, tmp_path):
+    """720 samples (45 ms): wav2vec2's two first features, one clip; one sample fewer is refused."""
+    want = _official_video(s2v_root, tmp_path, portrait, speech[:720], MOTION_FRAMES[0])
+    got = s2v_pipeline.generate("a woman speaks", image=portrait, audio=speech[:720], progress=False, **RUN)
+    _check_parity(got, want, (3, RUN["infer_frames"] - 3, 64, 64), "720 samples")
+    with pytest.raises(InputError, match="too short: 45 ms; s2v needs at least 45 ms"):
+        s2v_pipeline.generate("a woman speaks", image=portrait, audio=speech[:719], progress=False, **RUN)
+
+
 def test_release_motion_context_matches_official(s2v_root, s2v_pipeline, speech, portrait, tmp_path,
                                                  monkeypatch):
     """The release's 73 frames (19 latents) of motion context, the pipeline's default (~20 s on
