@@ -93,6 +93,10 @@ def _frames(path: Path, label: str) -> Iterator[VideoInfo | np.ndarray]:
             for data in reader:
                 yield np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
         except _READ_ERRORS as err:
+            # What ffmpeg says of a file without pictures (a sound file) is about the output.
+            if "does not contain any stream" in str(err):
+                raise InputError(f"{label} {path} has no video stream; pass an MP4, MOV, WebM or other video "
+                                 "file") from err
             reason = _problems(str(err)) or "no reason given"
             raise InputError(
                 f"{label} {path} cannot be decoded by ffmpeg ({reason}); pass an MP4, MOV, WebM or other "
