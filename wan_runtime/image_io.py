@@ -103,7 +103,10 @@ def _rgb(picture: Image.Image, source: str) -> Image.Image:
         # 0..65535: convert would clip every value above 255 to white.
         grey = np.asarray(picture).astype(np.float64) / 257
         return Image.fromarray(grey.round().astype(np.uint8), "L").convert("RGB")
-    if picture.mode in ("RGBA", "LA") and picture.getchannel("A").getextrema()[0] < 255:
+    # A palette or greyscale image may mark a colour transparent instead of holding an alpha band.
+    alpha = (picture.getchannel("A") if picture.mode in ("RGBA", "LA", "PA") else
+             picture.convert("RGBA").getchannel("A") if "transparency" in picture.info else None)
+    if alpha is not None and alpha.getextrema()[0] < 255:
         warnings.warn(f"{source} has transparent pixels; as in the official code, their stored colour is "
                       "used (often black): flatten the image onto the background you want", stacklevel=3)
     return picture.convert("RGB")

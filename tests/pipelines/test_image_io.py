@@ -66,13 +66,22 @@ def test_an_exif_rotation_is_warned_of_and_left_as_the_official_code_leaves_it(t
     assert got.shape == (24, 40, 3)
 
 
-def test_transparency_is_warned_of(tmp_path):
-    picture = gradient_image(40, 24).convert("RGBA")
-    picture.putpixel((0, 0), (0, 0, 0, 0))
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L"])
+def test_transparency_is_warned_of(tmp_path, mode):
+    """An alpha band, or (palette, greyscale) a colour marked transparent; none when all is opaque."""
+    picture = gradient_image(40, 24).convert(mode)
     path = tmp_path / "cutout.png"
-    picture.save(path)
+    if mode in ("RGBA", "LA"):
+        picture.putpixel((0, 0), (0,) * (len(mode) - 1) + (0,))
+        picture.save(path)
+    else:
+        picture.save(path, transparency=picture.getpixel((0, 0)))
     with pytest.warns(UserWarning, match="cutout.png has transparent pixels; as in the official code"):
         np.testing.assert_array_equal(np.asarray(load_image(path)), official(path))
+    gradient_image(40, 24).convert(mode).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(path)
 
 
 def test_a_large_photo_is_read_and_a_larger_one_refused(tmp_path, monkeypatch):
