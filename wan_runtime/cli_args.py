@@ -797,8 +797,7 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace, inputs: Decoded
         problems.append("s2v-14B is driven by speech: pass --audio (a WAV, MP3, FLAC or other audio file)")
     if audio is not None and frames_ok and clips_ok and 0 <= args.base_seed <= MAX_SEED:
         # Clip r is seeded with base_seed + r: a seed near 2**64 fails here, not after loading.
-        clips = speech_clip_count(audio.size, infer_frames, TASKS[S2V].fps)
-        clips = clips if args.num_clip is None else min(clips, args.num_clip)
+        clips = speech_clip_count(audio.size, infer_frames, TASKS[S2V].fps, args.num_clip)
         _check(problems, lambda: check_clip_seeds(args.base_seed, clips, "--base_seed"))
     pose_video = None if args.pose_video is None else Path(args.pose_video)
     if pose_video is not None:

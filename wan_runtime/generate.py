@@ -327,8 +327,9 @@ def _speech_frames(job: GenerateConfig) -> str:
     """What an s2v-14B video's speech makes: its clips, and the frames the MP4 keeps."""
     from wan_runtime.models.audio_encoder import SAMPLE_RATE, speech_clip_count
 
-    started = speech_clip_count(job.audio.size, job.infer_frames, TASKS[job.task].fps)
-    clips = started if job.num_clip is None else min(started, job.num_clip)
+    fps = TASKS[job.task].fps
+    started = speech_clip_count(job.audio.size, job.infer_frames, fps)
+    clips = speech_clip_count(job.audio.size, job.infer_frames, fps, job.num_clip)
     capped = f" (--num_clip {job.num_clip} of the {started} the speech starts)" if clips < started else ""
     return (f"{clips} clip{'s' * (clips > 1)} of {job.infer_frames} frames{capped}, the MP4 at most the "
             f"speech's {job.audio.size / SAMPLE_RATE:.2f} s")

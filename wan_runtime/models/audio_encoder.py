@@ -67,11 +67,15 @@ def feature_count(samples: int) -> int:
     return length
 
 
-def speech_clip_count(samples: int, frames_per_clip: int, fps: int = VIDEO_FPS) -> int:
+def speech_clip_count(
+    samples: int, frames_per_clip: int, fps: int = VIDEO_FPS, num_clip: int | None = None
+) -> int:
     """The clip count ``audio_buckets`` gives for the features of ``samples`` 16 kHz samples (as
     many as ``wan_runtime.audio_io.check_waveform`` accepts), from the feature encoder's geometry
-    alone: so the command line knows it without loading wav2vec2."""
-    return clip_count(resampled_length(feature_count(samples)), frames_per_clip, fps)
+    alone: so the command line knows it without loading wav2vec2. With ``num_clip``, at most
+    that many: the clips a run makes."""
+    started = clip_count(resampled_length(feature_count(samples)), frames_per_clip, fps)
+    return started if num_clip is None else min(started, num_clip)
 
 
 def audio_buckets(

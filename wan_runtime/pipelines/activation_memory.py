@@ -226,8 +226,7 @@ def speech_video(
 ) -> VideoShape:
     """An s2v-14B video's ``VideoShape``: as many clips as ``samples`` of speech start (at most
     ``num_clip``), the other arguments as ``generate``'s, checked."""
-    clips = speech_clip_count(samples, infer_frames, fps)
-    clips = clips if num_clip is None else min(clips, num_clip)
+    clips = speech_clip_count(samples, infer_frames, fps, num_clip)
     return VideoShape(width, height, infer_frames, image=True, guide=guide, vae_tiling=vae_tiling,
                       clips=clips, start_from_ref=start_from_ref, pose=pose, audio_samples=samples,
                       motion_frames=motion_frames, cache=cache)

@@ -131,8 +131,8 @@ class S2VPipeline(Pipeline):
                                                     start_from_ref)
         width, height = self.output_size(self.spec, picture, settings.width, settings.height)
         seed = self._resolve_seed(seed)
-        clips = speech_clip_count(waveform.shape[-1], infer_frames, self.fps)
-        check_clip_seeds(seed, clips if num_clip is None else min(num_clip, clips), "seed")
+        check_clip_seeds(seed, speech_clip_count(waveform.shape[-1], infer_frames, self.fps, num_clip),
+                         "seed")
 
         self._start_run()
         clock = StageClock(self.device)
