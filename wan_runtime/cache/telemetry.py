@@ -75,9 +75,8 @@ def merge_reports(reports: list[dict[str, dict]]) -> dict[str, dict]:
         for model, entry in report.items():
             into = merged.setdefault(model, {"residual_bytes": 0})
             into["residual_bytes"] = max(into["residual_bytes"], entry["residual_bytes"])
-            for branch, stats in entry.items():
-                if branch != "residual_bytes":
-                    into[branch] = _merge_branch(into.get(branch), stats)
+            for branch, stats in branches_of(entry).items():
+                into[branch] = _merge_branch(into.get(branch), stats)
     return merged
 
 
@@ -118,8 +117,10 @@ def summary_line(model: str, branches: dict[str, dict[str, object]], residual_by
 
 def summary_lines(report: dict[str, dict]) -> list[str]:
     """``summary_line`` of every model of a ``CacheManager.report()`` (or of merged reports)."""
-    lines = []
-    for model, entry in report.items():
-        branches = {b: stats for b, stats in entry.items() if b != "residual_bytes"}
-        lines.append(summary_line(model, branches, entry["residual_bytes"]))
-    return lines
+    return [summary_line(model, branches_of(entry), entry["residual_bytes"])
+            for model, entry in report.items()]
+
+
+def branches_of(entry: dict[str, object]) -> dict[str, dict[str, object]]:
+    """The branches' stats (``cond``, ``uncond``) of one model's entry of a report."""
+    return {branch: stats for branch, stats in entry.items() if branch != "residual_bytes"}

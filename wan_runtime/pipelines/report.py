@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from wan_runtime.cache.telemetry import branches_of
+
 _STAGE_NAMES = {
     "audio_encode": "audio",
     "text_encode": "text",
@@ -73,7 +75,7 @@ class RunReport:
         """The DiT forwards the step cache skipped, per model (``step_cache`` set)."""
         parts = []
         for model, entry in self.step_cache.items():
-            branches = [stats for name, stats in entry.items() if name != "residual_bytes"]
+            branches = branches_of(entry).values()
             skipped = sum(stats["skipped"] for stats in branches)
             steps = sum(stats["steps"] for stats in branches)
             parts.append(f"{model} {skipped} of {steps}")
