@@ -137,16 +137,15 @@ def read_batch(path: Path, parser: argparse.ArgumentParser) -> tuple[list[tuple[
         if not line.strip() or line.lstrip().startswith(COMMENT):
             continue
         try:
-            values, problems[number] = _line_values(json.loads(line, object_pairs_hook=_unique_keys), actions)
+            values, line_problems = _line_values(json.loads(line, object_pairs_hook=_unique_keys), actions)
         except json.JSONDecodeError as err:
-            problems[number] = [f"it is not JSON ({err.msg} at column {err.colno}); write one JSON object "
-                                'per line, e.g. {"prompt": "a red boat", "base_seed": 1}']
-            continue
+            line_problems = [f"it is not JSON ({err.msg} at column {err.colno}); write one JSON object per "
+                             'line, e.g. {"prompt": "a red boat", "base_seed": 1}']
         except TypeError as err:
-            problems[number] = [str(err)]
-            continue
-        if not problems[number]:
-            del problems[number]
+            line_problems = [str(err)]
+        if line_problems:
+            problems[number] = line_problems
+        else:
             lines.append((number, values))
     if not lines and not problems:
         raise InvalidArguments([f"--batch {path} holds no video; write one JSON object per line, e.g. "
@@ -170,16 +169,14 @@ def _line_values(line: object, actions: dict[str, argparse.Action]) -> tuple[dic
         raise TypeError(f"a line must be a JSON object of flags, e.g. {{\"prompt\": \"...\"}}, got "
                         f"{type(line).__name__}")
     values, problems = {}, []
+    every = f"; a line sets {', '.join(PER_VIDEO)}"
     for key, value in line.items():
+        if key in actions and key not in PER_VIDEO:
+            problems.append(f"{key!r} cannot be set per video (given on the command line, the same for every "
+                            f"video){every}")
+            continue
         if key not in PER_VIDEO:
-            hint = "" if key in actions else did_you_mean(repr(key), map(repr, PER_VIDEO))
-            if hint:
-                problems.append(f"{key!r} is not a flag{hint}")
-            elif key in actions:
-                problems.append(f"{key!r} cannot be set per video (given on the command line, the same for "
-                                f"every video); a line sets {', '.join(PER_VIDEO)}")
-            else:
-                problems.append(f"{key!r} is not a flag; a line sets {', '.join(PER_VIDEO)}")
+            problems.append(f"{key!r} is not a flag{did_you_mean(repr(key), map(repr, PER_VIDEO)) or every}")
             continue
         try:
             values[key] = json_flag_value(key, value, actions[key])
