@@ -17,11 +17,11 @@ import torch
 
 from wan_runtime.errors import InputError
 from wan_runtime.input_files import require_file
-from wan_runtime.models.audio_encoder import SAMPLE_RATE
+from wan_runtime.models.audio_encoder import SAMPLE_RATE, samples_for_features
 
-# The shortest speech the official pipeline makes a clip of (45 ms): wav2vec2 needs 400 samples
-# for its first feature and 320 more for its second, and the 30 fps resampling needs two to make one.
-MIN_SAMPLES = 400 + 320
+# The shortest speech the official pipeline makes a clip of (720 samples, 45 ms): the 30 fps
+# resampling needs two wav2vec2 features to make one.
+MIN_SAMPLES = samples_for_features(2)
 
 
 def heard_frames(samples: int, fps: int) -> int:

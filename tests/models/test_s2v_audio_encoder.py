@@ -17,6 +17,7 @@ from wan_runtime.models.audio_encoder import (
     Wav2Vec2Features,
     audio_buckets,
     feature_count,
+    samples_for_features,
     speech_clip_count,
 )
 from wan_runtime.tiny_checkpoints import write_wav2vec2
@@ -58,6 +59,10 @@ def test_clip_count_from_the_sample_count_is_that_of_the_encoder(wav2vec2_dir):
     samples = torch.arange(400, 3 * SAMPLE_RATE)
     lengths = encoder.model._get_feat_extract_output_lengths(samples)
     assert [feature_count(n) for n in samples.tolist()] == lengths.tolist()
+    # And its inverse: the fewest samples that make each count of features.
+    for features in range(1, 150):
+        fewest = samples_for_features(features)
+        assert feature_count(fewest) == features and feature_count(fewest - 1) == features - 1
     rng = np.random.default_rng(1)
     for count in (1000, 4559, 4560, 8079, 8080, 12345):
         waveform = rng.standard_normal(count).astype(np.float32)

@@ -59,6 +59,16 @@ def clip_count(features: int, frames_per_clip: int, fps: int = VIDEO_FPS) -> int
     return int(features / (frames_per_clip * (RESAMPLED_FPS / fps))) + 1
 
 
+def samples_for_features(features: int) -> int:
+    """The fewest 16 kHz samples of which wav2vec2 makes ``features`` features (``feature_count``'s
+    inverse): the front end's receptive field, then its hop for each further feature."""
+    field, hop = 1, 1
+    for kernel, stride in CONV_LAYERS:
+        field += (kernel - 1) * hop
+        hop *= stride
+    return field + (features - 1) * hop
+
+
 def feature_count(samples: int) -> int:
     """wav2vec2 features (``WAV2VEC2_FPS`` a second) of ``samples`` 16 kHz samples (at least 400)."""
     length = samples
