@@ -81,16 +81,34 @@ def _unavailable_reason(name: str) -> str:
         if torch.version.cuda is None:
             return f"; it needs an NVIDIA GPU and a CUDA build of torch (this is torch {torch.__version__})"
         return "; it needs an NVIDIA GPU, and torch sees none"
-    if name == "triton" and _importable("triton") and not torch.cuda.is_available():
-        if not _interpreter_requested():
-            return "; on a CPU Triton needs its interpreter: set TRITON_INTERPRET=1 before importing triton"
+    if name != "triton":
+        return ""
+    if not _installed("triton"):
+        return "; Triton is not installed (pip install triton)"
+    if not torch.cuda.is_available() and not _interpreter_requested():
+        return "; on a CPU Triton needs its interpreter: set TRITON_INTERPRET=1 before importing triton"
+    if not torch.cuda.is_available() and not triton_interpreted():
         return "; TRITON_INTERPRET=1 was set after triton was imported: set it before anything imports triton"
-    return ""
+    error = _import_error("triton")
+    return f"; importing triton failed ({error})" if error else ""
 
 
 @functools.cache
-def _importable(module: str) -> bool:
+def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+@functools.cache
+def _import_error(module: str) -> str | None:
+    """Why ``module`` does not import, or None: an installed package may still fail to (a broken or
+    mismatched install), and a backend whose module fails must not count as available."""
+    if not _installed(module):
+        return f"{module} is not installed"
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # Triton's import fails in many ways (versions, drivers): each a reason.
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _runs_on(backend: str, device: torch.device) -> bool:
@@ -112,9 +130,11 @@ def _usable(backend: str, build: bool = False) -> bool:
             _warn_of_other_builds(backend, ext)
             return False
         return native.load(ext)
-    if backend not in _MODULES or not _importable(backend):
+    if backend not in _MODULES:
         return False
-    return backend == "torch" or torch.cuda.is_available() or triton_interpreted()
+    # The import comes last: on a CPU without the interpreter, triton is not imported at all.
+    return backend == "torch" or (
+        (torch.cuda.is_available() or triton_interpreted()) and _import_error(backend) is None)
 
 
 def _warn_of_other_builds(backend: str, ext: native.Extension) -> None:

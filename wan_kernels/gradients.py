@@ -16,12 +16,19 @@ import torch
 
 
 def _setup_context(ctx: object, inputs: tuple, output: object) -> None:
-    ctx.save_for_backward(*(a for a in inputs if isinstance(a, torch.Tensor)))
+    tensors = [a for a in inputs if isinstance(a, torch.Tensor)]
+    # A tensor made under inference_mode (a cached activation beside a trained LoRA) cannot be saved
+    # for backward, and the reference's own autograd would not need to save it where it only adds.
+    # It has no version counter to check and outside inference mode it cannot change in place, so
+    # the context holds it as it is.
+    ctx.save_for_backward(*(None if t.is_inference() else t for t in tensors))
+    ctx.inference_tensors = [t if t.is_inference() else None for t in tensors]
     ctx.constants = tuple(None if isinstance(a, torch.Tensor) else a for a in inputs)
 
 
 def _backward(reference: Callable, ctx: object, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    saved = iter(ctx.saved_tensors)
+    held = zip(ctx.saved_tensors, ctx.inference_tensors, strict=True)
+    saved = iter(s if s is not None else t for s, t in held)
     args = [next(saved) if c is None else c for c in ctx.constants]
     # The inputs to differentiate: tensors that need a gradient (not, say, RoPE tables).
     wrt = [i for i, c in enumerate(ctx.constants) if c is None and ctx.needs_input_grad[i]]

@@ -11,8 +11,10 @@ Python versions and a digest of the extension's sources, headers, flags and buil
 compiler, the GPU architectures). A later process, from this checkout or any other with the same
 sources, loads the library found there without running the build again; changed sources (a ``git
 pull``) get a folder of their own, built on the first ``set_backend`` of that extension, never by
-``auto``, which meanwhile warns once that it passes over the older build. Older folders may be
-deleted. Their ops are ``torch.ops.<name>.<op>``.
+``auto``, which meanwhile warns once that it passes over the older build; a module setup.py built
+is passed over likewise where a file under ``csrc/`` is newer than it, and with a warning where it
+does not load (built for another torch). Older folders may be deleted. Their ops are
+``torch.ops.<name>.<op>``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
@@ -49,6 +52,11 @@ class Extension:
         """The extension's sources (empty where ``csrc/`` does not ship, as in a wheel)."""
         return sorted(SOURCE_DIR.glob(self.pattern))
 
+    def inputs(self) -> list[Path]:
+        """What its build reads from ``csrc/``: its sources and every header there."""
+        headers = [*SOURCE_DIR.glob("*.h"), *SOURCE_DIR.glob("cuda/*.cuh")]
+        return sorted({*self.sources(), *headers})
+
     def digest(self) -> str:
         """A digest of what its build reads: its sources, every header under ``csrc/``, its flags,
         the compiler named by ``CXX`` and, for CUDA, the GPU architectures torch compiles for (from
@@ -61,8 +69,7 @@ class Extension:
             gpus = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
             setting += [os.environ.get("TORCH_CUDA_ARCH_LIST"), gpus, cpp_extension.CUDA_HOME]
         h = hashlib.sha256(repr(setting).encode())
-        headers = [*SOURCE_DIR.glob("*.h"), *SOURCE_DIR.glob("cuda/*.cuh")]
-        for path in sorted({*self.sources(), *headers}):
+        for path in self.inputs():
             h.update(path.relative_to(SOURCE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
         return h.hexdigest()[:16]
 
@@ -114,9 +121,26 @@ def _complete(folder: Path) -> bool:
     return (folder / _COMPLETE).is_file()
 
 
-def _prebuilt(ext: Extension) -> str | None:
+def _installed(ext: Extension) -> str | None:
     spec = importlib.util.find_spec(ext.prebuilt)
     return spec.origin if spec is not None and spec.origin else None
+
+
+def _stale_prebuilt(ext: Extension) -> str | None:
+    """The module setup.py built where a source or header beside it (a checkout, after a ``git
+    pull``) is newer than it: built from other sources, so passed over like an older just-in-time
+    build. An installed wheel ships no ``csrc/`` and is never stale."""
+    found = _installed(ext)
+    if found is None:
+        return None
+    built = Path(found).stat().st_mtime
+    return found if any(p.stat().st_mtime > built for p in ext.inputs()) else None
+
+
+def _prebuilt(ext: Extension) -> str | None:
+    """The module setup.py built, where it is of these sources."""
+    found = _installed(ext)
+    return None if found is None or _stale_prebuilt(ext) else found
 
 
 @functools.cache
@@ -132,7 +156,9 @@ def other_builds(ext: Extension) -> list[Path]:
     """Complete builds of ``ext`` for other sources or settings (an earlier checkout, another GPU):
     ``auto`` does not take them, and says so once."""
     here = build_dir(ext)
-    return sorted(f for f in _builds_root().glob(f"{ext.name}-*") if f != here and _complete(f))
+    older = sorted(f for f in _builds_root().glob(f"{ext.name}-*") if f != here and _complete(f))
+    stale = _stale_prebuilt(ext)
+    return older + [Path(stale)] if stale else older
 
 
 def buildable(ext: Extension) -> bool:
@@ -174,19 +200,19 @@ def nvcc_command(nvcc: str, source: Path, output: Path, arch: str = "sm_90") -> 
 def load(ext: Extension) -> bool:
     """Load ``ext``, building it first if needed; whether its ops are now registered.
 
-    A failed build warns once with the reason and leaves the other backends in place.
+    A failed build, or a prebuilt module that does not load (built for another torch), warns once
+    with the reason and leaves the other backends in place.
     """
     prebuilt = _prebuilt(ext)
-    if prebuilt is not None:
-        torch.ops.load_library(prebuilt)
-        return True
-    if not ext.sources():
+    if prebuilt is None and not ext.sources():
         return False
     from torch.utils import cpp_extension
 
     folder = build_dir(ext)
     try:
-        if _complete(folder):
+        if prebuilt is not None:
+            torch.ops.load_library(prebuilt)
+        elif _complete(folder):
             # Built from these very sources and settings: cpp_extension.load would rerun ninja, which
             # rebuilds whenever the sources' paths differ from the build's (another checkout).
             torch.ops.load_library(str(_library(ext)))
@@ -200,14 +226,19 @@ def load(ext: Extension) -> bool:
                 build_directory=str(folder), is_python_module=False, verbose=False, with_cuda=ext.cuda,
             )
             (folder / _COMPLETE).touch()
-    except (OSError, RuntimeError, ImportError) as err:
+    # CalledProcessError: cpp_extension's compiler check, where the compiler does not run.
+    except (OSError, RuntimeError, ImportError, subprocess.CalledProcessError) as err:
         # The compiler's output is in the message: its error lines, else its last line.
         lines = str(err).strip().splitlines() or [""]
         reason = "\n".join([line for line in lines if "error" in line.lower()][:10] or lines[-1:])
+        where, fix = (
+            (f"from {prebuilt}", "Rebuild it for this torch (WAN_KERNELS_BUILD_EXT=1 pip install "
+             "--no-build-isolation .) or uninstall it") if prebuilt else
+            (f"in {folder}", f"It needs {ext.needs}; delete that folder to build it afresh")
+        )
         warnings.warn(
-            f"wan_kernels: the {ext.label} backend could not be built or loaded in {folder} "
-            f"({type(err).__name__}: {reason}); the other backends remain. It needs {ext.needs}; "
-            f"delete that folder to build it afresh.",
+            f"wan_kernels: the {ext.label} backend could not be built or loaded {where} "
+            f"({type(err).__name__}: {reason}); the other backends remain. {fix}.",
             stacklevel=2,
         )
         return False

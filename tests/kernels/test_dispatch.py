@@ -95,7 +95,7 @@ except ValueError as err:
 """
 
 
-@pytest.mark.skipif(not dispatch._importable("triton") or torch.cuda.is_available(),
+@pytest.mark.skipif(not dispatch._installed("triton") or torch.cuda.is_available(),
                     reason="needs Triton and no GPU")
 @pytest.mark.parametrize("when, hint", [
     ("never", "on a CPU Triton needs its interpreter: set TRITON_INTERPRET=1 before importing triton"),
@@ -205,3 +205,32 @@ def test_functions_name_a_non_tensor_argument():
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+BROKEN_TRITON = """
+import wan_kernels
+print(wan_kernels.available_backends())
+try:
+    wan_kernels.set_backend("triton")
+except ValueError as err:
+    print(err)
+"""
+
+
+def test_a_triton_that_does_not_import_is_not_available(tmp_path):
+    """Installed is not enough: a broken install fails at import, and would otherwise fail in every
+    op call of a backend that counted as available."""
+    (tmp_path / "triton").mkdir()
+    (tmp_path / "triton" / "__init__.py").write_text('raise ImportError("triton is broken")\n')
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    env.pop(dispatch.ENV_VAR, None)
+    out = subprocess.run([sys.executable, "-c", BROKEN_TRITON], env=env, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert "triton" not in out[0]
+    assert out[1].startswith("wan_kernels backend 'triton' is not available here; importing triton failed "
+                             "(ImportError: triton is broken)"), out
+
+
+def test_an_uninstalled_triton_is_named(monkeypatch):
+    monkeypatch.setattr(dispatch, "_installed", lambda module: module != "triton")
+    assert dispatch._unavailable_reason("triton") == "; Triton is not installed (pip install triton)"

@@ -62,3 +62,26 @@ def test_gradients_when_only_some_inputs_need_them():
                                                              4, 1e-6)[0].sum(), (q, weight))
     for got, want in zip(grads, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(OP_ARGS))
+def test_inputs_made_in_inference_mode_beside_ones_that_need_gradients(backend, name):
+    """A cached activation made under inference_mode, beside a trained input: torch refuses to save
+    an inference tensor for backward, and the reference's autograd gets by without saving it where
+    it only adds; the op's backward must get by too, with the reference's gradients."""
+    args = OP_ARGS[name](block_inputs())
+    first = next(i for i, a in enumerate(args) if isinstance(a, torch.Tensor))
+    with torch.inference_mode():
+        frozen = args[first].clone()
+    trained = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and i != first]
+
+    def grads(fn):
+        leaves = [a.detach().clone().requires_grad_() if i in trained else a for i, a in enumerate(args)]
+        leaves[first] = frozen
+        out = fn(*leaves)
+        total = sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,)))
+        return torch.autograd.grad(total, [leaves[i] for i in trained])
+
+    for got, want in zip(grads(getattr(torch.ops.wan_kernels, name)), grads(getattr(reference, name)),
+                         strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -128,3 +128,39 @@ def test_a_built_extension_loads_without_building_from_any_checkout(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["loaded", native.build_dir(native.CPP).name]
+
+
+def test_a_prebuilt_module_that_does_not_load_is_passed_over_aloud(tmp_path, monkeypatch):
+    """setup.py's module built for an earlier torch (an ABI it no longer has): a warning and the
+    other backends, not an error out of every op call."""
+    broken = tmp_path / "_cpp.so"
+    broken.write_bytes(b"not a library")
+    monkeypatch.setattr(native, "_installed", lambda ext: str(broken))
+    message = f"loaded from {re.escape(str(broken))} \\(OSError: .*Rebuild it for this torch"
+    with pytest.warns(UserWarning, match=message):
+        assert not native.load.__wrapped__(native.CPP)
+
+
+def test_a_prebuilt_module_older_than_the_sources_beside_it_is_passed_over_aloud(build_root, tmp_path,
+                                                                                monkeypatch):
+    """An editable install's module after a ``git pull`` changed ``csrc/``: of other sources, like an
+    older just-in-time build, so ``auto`` does not take it and says so."""
+    older = tmp_path / "_cpp.so"
+    older.write_bytes(b"\x7fELF")
+    os.utime(older, (0, 0))
+    monkeypatch.setattr(native, "_installed", lambda ext: str(older) if ext is native.CPP else None)
+    assert native._prebuilt(native.CPP) is None and not native.is_built(native.CPP)
+    with pytest.warns(UserWarning, match=re.escape(f"build in {older} is of other sources")):
+        assert "cpp" not in dispatch.available_backends()
+    os.utime(older)
+    native.is_built.cache_clear()
+    assert native._prebuilt(native.CPP) == str(older) and native.is_built(native.CPP)
+
+
+def test_a_compiler_that_does_not_run_is_a_warning_not_an_error(build_root, monkeypatch):
+    """torch's compiler check runs ``$CXX --version`` and raises CalledProcessError where it fails."""
+    if native._prebuilt(native.CPP):
+        pytest.skip("the C++ extension is installed prebuilt")
+    monkeypatch.setenv("CXX", "/bin/false")
+    with pytest.warns(UserWarning, match="loaded in .*CalledProcessError.*It needs a C"):
+        assert not native.load.__wrapped__(native.CPP)
