@@ -29,11 +29,11 @@ import wan_kernels
 from wan_runtime import demo
 from wan_runtime.audio_io import decode_audio
 from wan_runtime.cache.config import (
-    CACHE_FIELDS,
     FB_METRICS,
     TEACACHE_POLICIES,
     CacheConfig,
     InvalidCacheConfig,
+    idle_settings,
 )
 from wan_runtime.checks import (
     DEFAULT_VAE_TILE,
@@ -619,9 +619,12 @@ def resolve(
 
     cache = None
     given = {name: getattr(args, name) for name in CacheConfig().as_dict() if getattr(args, name) is not None}
-    problems += _idle_cache_flag_problems(given, () if args.batch is None else given.keys() - set(line))
+    idle = idle_settings(given)
+    problems += _idle_cache_flag_problems(idle, () if args.batch is None else given.keys() - set(line))
     try:
-        cache = CacheConfig(**given)
+        # Without the settings just refused, which CacheConfig would refuse again.
+        cache = CacheConfig(**{name: value for name, value in given.items()
+                               if not any(name in names for names in idle.values())})
     except InvalidCacheConfig as err:
         problems += err.problems
     if cache is not None and spec is not None:
@@ -806,14 +809,12 @@ def _s2v_problems(problems: list[str], args: argparse.Namespace, inputs: Decoded
             "start_from_ref": args.start_from_ref, "pose_video": pose_video}
 
 
-def _idle_cache_flag_problems(given: dict[str, object], command_line: Iterable[str]) -> list[str]:
-    """A cache setting given without its cache: it would change nothing, silently (for a line of a
-    batch, the line's null drops a ``command_line`` setting)."""
+def _idle_cache_flag_problems(idle: dict[str, list[str]], command_line: Iterable[str]) -> list[str]:
+    """Cache settings given without their cache (``idle_settings``): they would change nothing,
+    silently (for a line of a batch, the line's null drops a ``command_line`` setting)."""
     problems = []
-    for gate in ("fbcache", "teacache"):
-        if given.get(gate):
-            continue
-        for name in (name for name in given if name in CACHE_FIELDS[gate][1:]):
+    for gate, names in sorted(idle.items()):
+        for name in names:
             drop = (f' (a --batch line drops the command line\'s with "{name}": null)'
                     if name in command_line else "")
             problems.append(f"--{name} has no effect without --{gate}; add --{gate} or drop it{drop}")

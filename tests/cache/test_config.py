@@ -29,7 +29,7 @@ def test_poly_needs_fitted_coefficients():
     config.check_models(["ti2v"])
     with pytest.raises(InputError, match=r"no fitted coefficients for model 'high'.*fitted set: ti2v"):
         config.check_models(["high", "low"])
-    CacheConfig(teacache=False, teacache_policy="poly").check_models(["high"])  # TeaCache off: fine
+    CacheConfig(fbcache=True).check_models(["high"])  # TeaCache off: fine
 
 
 def test_describe_names_the_fields_of_the_caches_that_are_on():
@@ -49,16 +49,17 @@ def test_describe_names_the_fields_of_the_caches_that_are_on():
 def test_serves_matches_check_models():
     poly = CacheConfig(teacache=True, teacache_policy="poly")
     assert poly.serves(["ti2v"]) and not poly.serves(["high", "low"])
-    assert CacheConfig(teacache_policy="poly").serves(["high"])  # TeaCache off
+    assert CacheConfig().serves(["high"])  # TeaCache off
     assert CacheConfig(teacache=True).serves(["high", "s2v"])
 
 
 def test_numpy_scalars_are_taken_as_python_numbers():
-    config = CacheConfig(fb_ema=np.float32(0.5), fb_warmup=np.int64(2), fb_thresh=np.float64(0.1))
+    config = CacheConfig(fbcache=True, fb_ema=np.float32(0.5), fb_warmup=np.int64(2),
+                         fb_thresh=np.float64(0.1))
     assert (config.fb_ema, config.fb_warmup, config.fb_thresh) == (0.5, 2, 0.1)
     assert (type(config.fb_ema), type(config.fb_warmup), type(config.fb_thresh)) == (float, int, float)
     with pytest.raises(InputError, match="--fb_downsample must be an integer >= 1"):
-        CacheConfig(fb_downsample=np.float32(2.0))
+        CacheConfig(fbcache=True, fb_downsample=np.float32(2.0))
 
 
 def test_a_downsampling_stride_past_any_token_count_is_refused():
@@ -66,3 +67,16 @@ def test_a_downsampling_stride_past_any_token_count_is_refused():
     with pytest.raises(InputError, match=r"--fb_downsample must be an integer >= 1 and at most 2\*\*30 \(a "
                                          r"stride over the tokens\), got 1073741825"):
         CacheConfig(fbcache=True, fb_downsample=2**30 + 1)
+
+
+def test_a_setting_of_a_cache_left_off_is_refused_as_on_the_command_line():
+    """It would change nothing: ``CacheConfig(fb_thresh=0.2)`` without ``fbcache=True`` is an
+    uncached run that looks like a cached one."""
+    with pytest.raises(InvalidCacheConfig) as err:
+        CacheConfig(fb_thresh=0.2, teacache_policy="poly", teacache_alternating=True)
+    assert err.value.problems == [
+        "--teacache_policy has no effect without --teacache; add --teacache or drop it",
+        "--teacache_alternating has no effect without --teacache; add --teacache or drop it",
+        "--fb_thresh has no effect without --fbcache; add --fbcache or drop it",
+    ]
+    assert CacheConfig(teacache=True, teacache_policy="poly", fb_thresh=0.08).teacache_policy == "poly"

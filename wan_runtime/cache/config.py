@@ -7,7 +7,7 @@ weights, and the Python API raises the same messages.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
 from wan_runtime.cache.policies import available, policy_for
@@ -79,7 +79,9 @@ class CacheConfig:
         return self.teacache or self.fbcache
 
     def problems(self) -> list[str]:
-        """One message per invalid value, named as the flag (``--teacache_thresh`` ...)."""
+        """One message per invalid value, named as the flag (``--teacache_thresh`` ...); where every
+        value is valid, one per setting changed from its default for a cache left off (it would
+        change nothing, silently, as the command line refuses it)."""
         found = []
         for name in ("teacache", "teacache_alternating", "fbcache", "fb_cfg_sep_diff"):
             if not isinstance(getattr(self, name), bool):
@@ -104,7 +106,13 @@ class CacheConfig:
         if self.teacache_policy not in TEACACHE_POLICIES:
             found.append(f"unknown --teacache_policy {self.teacache_policy!r} (choose "
                          f"{' or '.join(TEACACHE_POLICIES)})")
-        return found
+        if found:
+            return found
+        defaults = CacheConfig.__dataclass_fields__
+        changed = {name: value for name, value in self.as_dict().items()
+                   if name in CACHE_FIELDS or value != defaults[name].default}
+        return [f"--{name} has no effect without --{gate}; add --{gate} or drop it"
+                for gate, names in idle_settings(changed).items() for name in names]
 
     def serves(self, models: Iterable[str]) -> bool:
         """Whether the policy can serve every named model (``poly`` needs fitted coefficients);
@@ -139,6 +147,14 @@ CACHE_FIELDS = {
     switch: (switch, *(f.name for f in fields(CacheConfig) if f.name.startswith(prefix)))
     for switch, prefix in (("teacache", "teacache_"), ("fbcache", "fb_"))
 }
+
+
+def idle_settings(given: Mapping[str, object]) -> dict[str, list[str]]:
+    """The settings in ``given`` (by field name) of a cache whose switch ``given`` leaves off, by
+    that switch: they would change nothing."""
+    idle = {gate: [name for name in given if name in names[1:]]
+            for gate, names in CACHE_FIELDS.items() if not given.get(gate)}
+    return {gate: names for gate, names in idle.items() if names}
 
 
 def _is_number(value: object) -> bool:
