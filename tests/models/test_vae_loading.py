@@ -72,6 +72,25 @@ def test_truncated_file(files, tmp_path):
     )
 
 
+@pytest.mark.parametrize("where", ["data", "header"])
+def test_file_damaged_inside(files, tmp_path, where):
+    """Bytes overwritten inside a record, or its local header, keep the zip directory whole and the
+    file loadable by torch (which checks no CRC; memory-mapped, not the local headers either), as
+    values no model was trained with: the records' checks find them."""
+    data = bytearray(files["2.1"].read_bytes())
+    with zipfile.ZipFile(files["2.1"]) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+    inside = largest.header_offset + (128 if where == "data" else 0)
+    data[inside:inside + 64] = bytes(64)
+    path = tmp_path / "Wan2.1_VAE.pth"
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True, mmap=True)
+    message = (rf"VAE checkpoint {path} is corrupt: 1 of its records do not match their checksums "
+               r"\(the first: .*/data/\d+\), .*; download Wan2\.1")
+    with pytest.raises(CheckpointError, match=message):
+        load_vae(path)
+
+
 def test_zip_archive_that_torch_did_not_write(tmp_path):
     path = tmp_path / "Wan2.1_VAE.pth"
     with zipfile.ZipFile(path, "w") as archive:
