@@ -9,9 +9,11 @@ import torch
 from PIL import Image
 
 import wan_kernels
+from tests.lora.lora_writers import parameter_shapes, random_lora, write_official
 from tests.pipelines.images import gradient_image
 from tests.pipelines.poison import poison
 from wan_runtime import NumericalError
+from wan_runtime.lora import Lora
 from wan_runtime.pipelines import load_pipeline
 from wan_runtime.pipelines.numerics import FiniteWatch, remedy
 from wan_runtime.tasks import LOW_NOISE
@@ -61,15 +63,17 @@ def test_nan_from_a_step_of_ti2v_names_the_step_and_the_model(ti2v_pipeline, mon
     assert message.endswith("a guide scale or shift far from the task's defaults can also overflow")
 
 
-@pytest.mark.parametrize(("backend", "cache_on", "dtype", "compiled", "fp8", "tries"), [
-    ("triton", True, torch.bfloat16, True, True, "with WAN_KERNELS_BACKEND=torch (no fused kernels), or "
-     "without compile, or without the step cache, or without dit_fp8 (float8 weights), or in float32; "),
-    ("torch", False, torch.bfloat16, False, False, "in float32; "),
-    ("torch", False, torch.float32, False, True, "without dit_fp8 (float8 weights); "),
-    ("torch", False, torch.float32, False, False, ""),
+@pytest.mark.parametrize(("backend", "cache_on", "dtype", "compiled", "fp8", "loras", "tries"), [
+    ("triton", True, torch.bfloat16, True, True, True, "without the LoRAs (or at lower strengths), or with "
+     "WAN_KERNELS_BACKEND=torch (no fused kernels), or without compile, or without the step cache, or "
+     "without dit_fp8 (float8 weights), or in float32; "),
+    ("torch", False, torch.bfloat16, False, False, False, "in float32; "),
+    ("torch", False, torch.float32, False, True, False, "without dit_fp8 (float8 weights); "),
+    ("torch", False, torch.float32, False, False, True, "without the LoRAs (or at lower strengths); "),
+    ("torch", False, torch.float32, False, False, False, ""),
 ])
-def test_remedy_names_only_what_the_run_did_not_do(backend, cache_on, dtype, compiled, fp8, tries):
-    advice = remedy(backend, cache_on, dtype, compiled, fp8)
+def test_remedy_names_only_what_the_run_did_not_do(backend, cache_on, dtype, compiled, fp8, loras, tries):
+    advice = remedy(backend, cache_on, dtype, compiled, fp8, loras)
     assert advice == (f"to find the cause, run again {tries}" if tries else "") + (
         "a guide scale or shift far from the task's defaults can also overflow")
 
@@ -80,6 +84,15 @@ def test_nan_with_float8_weights_names_them(ti2v_root, monkeypatch):
     poison(dit, monkeypatch, from_call=0)
     expected = r"\(model 'ti2v', torch.float32 with float8 weights, wan_kernels backend .*without dit_fp8"
     with pytest.raises(NumericalError, match=expected):
+        pipeline.generate("a boat", **RUN)
+
+
+def test_nan_with_a_lora_names_it_first(ti2v_root, tmp_path, monkeypatch):
+    lora = write_official(tmp_path / "lora.safetensors", random_lora(parameter_shapes(ti2v_root), seed=4))
+    pipeline = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32, loras=[Lora(lora)])
+    [dit] = pipeline.dits.values()
+    poison(dit, monkeypatch, from_call=0)
+    with pytest.raises(NumericalError, match=r"run again without the LoRAs \(or at lower strengths\), or"):
         pipeline.generate("a boat", **RUN)
 
 

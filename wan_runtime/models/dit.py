@@ -96,8 +96,9 @@ class WanModel(nn.Module):
         # Set by ``compilation.compile_blocks``: a numerical failure's advice names compile only
         # for a run that used it.
         self.blocks_compiled = False
-        # Set by ``store_weights_in_fp8``, for the same reason.
+        # Set by ``store_weights_in_fp8``, for the same reason, and by ``from_pretrained``.
         self.weights_fp8 = False
+        self.loras_merged = False
         # Set by ``enable_sequence_parallel`` and ``enable_block_streaming``.
         self.sequence_parallel: SequenceParallel | None = None
         self.block_streaming: BlockStreaming | None = None
@@ -151,6 +152,7 @@ class WanModel(nn.Module):
         load_parameters(model, entries, device or "cpu", updates, merge_device, host, shard_each)
         if sharding is not None:
             sharding.root(model)
+        model.loras_merged = bool(loras)
         return model.eval().requires_grad_(False)
 
     @classmethod

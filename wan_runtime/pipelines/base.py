@@ -354,7 +354,8 @@ class Pipeline:
         cache_on = cache is not None and cache.enabled
         compiled = any(dit.blocks_compiled for dit in self.dits.values())
         fp8 = any(dit.weights_fp8 for dit in self.dits.values())
-        return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype, compiled, fp8)
+        loras = any(dit.loras_merged for dit in self.dits.values())
+        return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype, compiled, fp8, loras)
 
     def _start_run(self) -> None:
         """Forget the previous run's reports (a run that stops has none) and count this run's peak

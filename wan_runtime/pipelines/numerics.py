@@ -11,10 +11,12 @@ from wan_runtime.errors import NumericalError
 
 
 def remedy(
-    backend: str, cache_on: bool, dtype: torch.dtype, compiled: bool = False, fp8: bool = False
+    backend: str, cache_on: bool, dtype: torch.dtype, compiled: bool = False, fp8: bool = False,
+    loras: bool = False,
 ) -> str:
     """What narrows a numerical failure's cause down, of what the run did not do already."""
-    tries = []
+    # A LoRA's products added to the weights are the likeliest cause where there are any.
+    tries = ["without the LoRAs (or at lower strengths)"] if loras else []
     if backend != "torch":
         tries.append("with WAN_KERNELS_BACKEND=torch (no fused kernels)")
     if compiled:
