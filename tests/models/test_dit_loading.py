@@ -115,6 +115,16 @@ def test_unknown_model_type(folder, model_type):
     expect_error(folder, f"model_type {model_type!r}", "i2v, ti2v")
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("eps", -1, "eps must be a small positive number"), ("eps", 0, "eps must be"),
+    ("text_len", 0, "text_len must be a positive token count, got 0"),
+    ("eps", None, "float() argument must be"), ("dim", "wide", "invalid literal for int()"),
+])
+def test_config_values_a_forward_would_fail_on(folder, field, value, message):
+    edit_config(folder, **{field: value})
+    expect_error(folder, f"{folder / 'config.json'}: {message}", "restore it from the release")
+
+
 def test_no_weights(folder):
     (folder / SINGLE_FILE).unlink()
     expect_error(folder, f"holds neither {SINGLE_FILE} nor {INDEX_FILE}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -148,6 +149,11 @@ def test_load_checks_the_folder_and_arguments_first(tmp_path, ti2v_root):
             check_pipeline("ti2v-5B", ti2v_root, device=device)
 
 
+def _edit_config(root, **values):
+    path = root / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
 def _truncate(path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -156,10 +162,11 @@ def _truncate(path):
 @pytest.mark.parametrize(("corrupt", "message"), [
     (lambda root: (root / "config.json").write_text("{bad json"), "config.json"),
     (lambda root: (root / "config.json").write_text("{}"), "config.json"),
+    (lambda root: _edit_config(root, text_len=8), "config.json: text_len 8 holds fewer tokens than the 512"),
     (lambda root: _truncate(root / "diffusion_pytorch_model-00002-of-00002.safetensors"), "truncated"),
     (lambda root: (root / "diffusion_pytorch_model-00001-of-00002.safetensors").unlink(), "lacks shard"),
     (lambda root: (root / "diffusion_pytorch_model.safetensors.index.json").unlink(), "holds neither"),
-], ids=["bad-json", "empty-config", "truncated-shard", "missing-shard", "missing-index"])
+], ids=["bad-json", "empty-config", "short-text-len", "truncated-shard", "missing-shard", "missing-index"])
 def test_a_bad_dit_folder_fails_before_any_model_loads(ti2v_root, tmp_path, monkeypatch, corrupt, message):
     root = shutil.copytree(ti2v_root, tmp_path / "Wan2.2-TI2V-5B")
     corrupt(root)

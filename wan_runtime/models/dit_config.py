@@ -40,6 +40,10 @@ class DiTConfig:
             raise ValueError(
                 f"dim {self.dim} must split into {self.num_heads} heads of even size"
             )
+        if self.text_len < 1:
+            raise ValueError(f"text_len must be a positive token count, got {self.text_len}")
+        if not 0 < self.eps < 1:  # also refuses NaN; the release's is 1e-6
+            raise ValueError(f"eps must be a small positive number (the norms' epsilon), got {self.eps}")
 
     @property
     def head_dim(self) -> int:
@@ -117,5 +121,5 @@ def config_from_checkpoint(raw: dict, shapes: dict[str, tuple[int, ...]], source
             cross_attn_norm="blocks.0.norm3.weight" in shapes,
             eps=float(raw.get("eps", 1e-6)),
         )
-    except ValueError as err:
-        raise CheckpointError(f"{source}: {err}; restore config.json from the release") from err
+    except (TypeError, ValueError) as err:  # a value of another JSON type, or out of range
+        raise CheckpointError(f"{source / 'config.json'}: {err}; restore it from the release") from err

@@ -15,7 +15,7 @@ from wan_runtime.checks import check_cuda_graphs, check_dit_fp8, check_stream_bl
 from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel
-from wan_runtime.errors import InputError
+from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.inference_only import guard, inference_only_enabled
 from wan_runtime.lora import Lora, LoraFile, read_loras
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
@@ -148,9 +148,13 @@ def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
     check_checkpoint_file(root / spec.t5_file)
     check_vae_file(root / spec.vae_file)
     for name, folder in zip(names, spec.dit_folders, strict=True):
-        num_heads = dit_class.check_pretrained(root / folder, dit_loras[name], labels[name]).num_heads
+        config = dit_class.check_pretrained(root / folder, dit_loras[name], labels[name])
+        if config.text_len < spec.text_len:
+            raise CheckpointError(f"{root / folder / 'config.json'}: text_len {config.text_len} holds fewer "
+                                  f"tokens than the {spec.text_len} a prompt's encoding may have; restore "
+                                  f"config.json from the release")
         if ulysses_size > 1:
-            check_heads_split(num_heads, ulysses_size)
+            check_heads_split(config.num_heads, ulysses_size)
     if spec.audio_dir is not None:
         Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
