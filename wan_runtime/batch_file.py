@@ -31,6 +31,7 @@ from wan_runtime.cli_args import (
     json_flag_value,
     resolve,
 )
+from wan_runtime.input_files import file_problem
 
 if TYPE_CHECKING:
     from wan_runtime.video_settings import VideoSettings
@@ -122,9 +123,9 @@ def read_batch(path: Path, parser: argparse.ArgumentParser) -> tuple[list[tuple[
     ``parser``'s types make them); and by line number the problems of those that do not, so that
     the lines that read are checked too and every problem is told at once. Raises
     ``InvalidArguments`` when the file cannot be read or holds no video line."""
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise InvalidArguments([f"--batch {path} {what}; give a JSON Lines file, one video per line"])
+    problem = file_problem(path)
+    if problem is not None:
+        raise InvalidArguments([f"--batch {path} {problem}; give a JSON Lines file, one video per line"])
     try:
         # utf-8-sig: a byte order mark, as Windows editors write, is not part of line 1.
         text = path.read_text(encoding="utf-8-sig")

@@ -7,6 +7,18 @@ from pathlib import Path
 from wan_runtime.errors import InputError
 
 
+def file_problem(path: Path) -> str | None:
+    """What keeps ``path`` from being read as an input file (``"does not exist"``, ``"is a folder"``,
+    or that it is a pipe or device, which inputs read more than once cannot be), or None."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder"
+    if path.exists():
+        return "is not a regular file (a pipe or a device, read more than once here); save it to a file first"
+    return "does not exist"
+
+
 def require_file(given: str | Path, label: str, expected: str) -> Path:
     """``given`` as a path; ``InputError`` naming ``label`` unless it is a file: an empty one, a
     folder or a missing path is said to be one; ``expected`` (e.g. ``"a PNG, JPEG or WebP file"``)
@@ -14,7 +26,7 @@ def require_file(given: str | Path, label: str, expected: str) -> Path:
     if str(given) == "":  # Path("") is the current folder
         raise InputError(f"{label} is empty; pass {expected}")
     path = Path(given)
-    if not path.is_file():
-        problem = "is a folder" if path.is_dir() else "does not exist"
+    problem = file_problem(path)
+    if problem is not None:
         raise InputError(f"{label} {path} {problem}; pass {expected}")
     return path

@@ -27,6 +27,7 @@ import torch
 
 from wan_runtime.audio_io import ffmpeg_exe, ffmpeg_path, write_wav
 from wan_runtime.errors import InputError
+from wan_runtime.input_files import file_problem
 
 # The official writer's settings: imageio's libx264 at quality 8, which it passes as ``-crf 10``,
 # in yuv420p, with sizes that are not multiples of 16 scaled up to the next ones.
@@ -120,9 +121,9 @@ def mp4_tags(path: str | Path, label: str = "video") -> dict[str, str]:
     """The file-wide metadata tags of the video at ``path``, by name. Raises ``InputError``
     naming ``label`` for a missing file and one ffmpeg cannot read."""
     path = Path(path)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise InputError(f"{label} {path} {what}; give an MP4 written by python -m wan_runtime.generate")
+    problem = file_problem(path)
+    if problem is not None:
+        raise InputError(f"{label} {path} {problem}; give an MP4 written by python -m wan_runtime.generate")
     command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path), "-f", "ffmetadata", "-"]
     result = subprocess.run(command, capture_output=True, check=False)
     if result.returncode != 0:

@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from wan_runtime.errors import InputError
+from wan_runtime.input_files import file_problem
 from wan_runtime.lora.adapter_config import PEFT_CONFIG, AdapterConfig, AdapterConfigProblem, saved_config
 from wan_runtime.lora.keys import (
     ALPHA,
@@ -34,8 +35,9 @@ def listed(items: list[str]) -> str:
 
 def check_lora_path(path: Path) -> None:
     """``InputError`` unless ``path`` is a file that is not a pickle (by its suffix)."""
-    if not path.is_file():
-        raise InputError(f"LoRA file {path} does not exist (or is not a file); check the path")
+    problem = file_problem(path)
+    if problem is not None:
+        raise InputError(f"LoRA file {path} {problem}; check the path")
     if path.suffix.lower() in _PICKLES:
         raise InputError(
             f"LoRA file {path} is a pickle ({path.suffix}), which can run code when loaded; only "
