@@ -10,22 +10,19 @@ stopped (the pipelines run under ``torch.inference_mode``, so no graph is record
 
 from __future__ import annotations
 
-import os
 import types
 
 from torch import nn
 
-from wan_runtime.errors import InputError, WanError
+from wan_runtime.env_switches import env_switch
+from wan_runtime.errors import WanError
 
 ENV_VAR = "WAN_INFERENCE_ONLY"
 
 
 def inference_only_enabled() -> bool:
-    """Whether ``WAN_INFERENCE_ONLY`` asks for the guard (unset means yes)."""
-    value = os.environ.get(ENV_VAR, "1").strip()
-    if value not in ("0", "1"):
-        raise InputError(f"{ENV_VAR} must be 1 (refuse training, the default) or 0 (allow it), got {value!r}")
-    return value == "1"
+    """Whether ``WAN_INFERENCE_ONLY`` asks for the guard (unset or empty means yes)."""
+    return env_switch(ENV_VAR, True, "refuse training", "allow it")
 
 
 def _refuse(what: str) -> WanError:

@@ -307,8 +307,10 @@ def test_the_check_can_be_turned_off_and_its_setting_is_checked(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "0")
     assert free_to_check() is None
     monkeypatch.setenv(ENV_VAR, "no")
-    with pytest.raises(InputError, match=f"{ENV_VAR} must be 1 .* or 0, got 'no'"):
+    with pytest.raises(InputError, match=rf"{ENV_VAR} must be 1 .* or 0 \(do not check\), got 'no'"):
         free_to_check()
+    monkeypatch.setenv(ENV_VAR, "")  # as `export WAN_HOST_MEMORY_CHECK=` leaves it: the default
+    assert free_to_check() is not None
     monkeypatch.delenv(ENV_VAR)
     assert free_to_check() is not None
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wan_runtime.errors import InputError, WanError
-from wan_runtime.inference_only import ENV_VAR, guard
+from wan_runtime.inference_only import ENV_VAR, guard, inference_only_enabled
 from wan_runtime.pipelines import load_pipeline
 
 
@@ -40,8 +40,15 @@ def test_zero_lifts_the_guard(monkeypatch, ti2v_root):
 
 def test_bad_value_is_an_input_error(monkeypatch, ti2v_root):
     monkeypatch.setenv(ENV_VAR, "yes")
-    with pytest.raises(InputError, match=f"{ENV_VAR} must be 1 .* or 0"):
+    message = rf"{ENV_VAR} must be 1 \(refuse training, the default\) or 0 \(allow it\), got 'yes'"
+    with pytest.raises(InputError, match=message):
         load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32)
+
+
+def test_empty_is_the_default(monkeypatch):
+    """``export WAN_INFERENCE_ONLY=`` blanks a variable, as unset."""
+    monkeypatch.setenv(ENV_VAR, " ")
+    assert inference_only_enabled()
 
 
 def test_guard_keeps_the_module_usable(monkeypatch):

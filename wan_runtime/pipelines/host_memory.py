@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import torch
 
+from wan_runtime.env_switches import env_switch
 from wan_runtime.errors import InputError
 from wan_runtime.models.device_copies import module_tensors
 from wan_runtime.models.pinned_chunks import layout
@@ -265,11 +266,8 @@ def _read_fields(path: Path) -> dict[str, int]:
 def free_to_check() -> FreeMemory | None:
     """The free memory to check weights against (``free_memory``); None where nothing is checked:
     not Linux, or ``WAN_HOST_MEMORY_CHECK=0``."""
-    setting = os.environ.get(ENV_VAR, "1")
-    if setting not in ("0", "1"):
-        raise InputError(f"{ENV_VAR} must be 1 (check that the weights fit in CPU memory, the default) or 0, "
-                         f"got {setting!r}")
-    return free_memory() if setting == "1" else None
+    checked = env_switch(ENV_VAR, True, "check that the weights fit in CPU memory", "do not check")
+    return free_memory() if checked else None
 
 
 def local_processes() -> int:
