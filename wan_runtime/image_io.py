@@ -2,8 +2,9 @@
 
 The official code takes ``Image.open(path).convert("RGB")``; so does the runtime, with three
 exceptions where that gives a picture other than the one the file shows, each said: 16-bit
-greyscale (which ``convert`` clips to white) is scaled to 8 bits, a floating-point image (whose
-values have no agreed range) is refused, and an EXIF rotation or a transparent area, which
+greyscale (which ``convert`` clips to white) is scaled to 8 bits, and so is 32-bit integer greyscale
+whose values go past 8 bits but fit in 16, a floating-point image or a 32-bit one past 16 bits
+(whose values have no agreed range) is refused, and an EXIF rotation or a transparent area, which
 ``convert`` ignores as the official code does, is warned of.
 """
 
@@ -99,10 +100,17 @@ def _rgb(picture: Image.Image, source: str) -> Image.Image:
                       "which the official code ignores, and so does the runtime: the video starts from the "
                       "pixels as stored; save the image turned as it is shown to start from that",
                       stacklevel=3)
-    if picture.mode.startswith("I;16"):
-        # 0..65535: convert would clip every value above 255 to white.
-        grey = np.asarray(picture).astype(np.float64) / 257
-        return Image.fromarray(grey.round().astype(np.uint8), "L").convert("RGB")
+    if picture.mode.startswith("I;16") or picture.mode == "I":
+        # 0..65535: convert would clip every value above 255 to white. A 32-bit image (a scientific
+        # TIFF) holds the 8 or 16 bits it was made from, or a range nothing says how to show.
+        values = np.asarray(picture)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise InputError(f"{source} is a 32-bit integer image with values from {low} to {high}, which "
+                             "have no agreed range; save it as an 8- or 16-bit PNG")
+        if picture.mode.startswith("I;16") or high > 255:
+            grey = values.astype(np.float64) / 257
+            return Image.fromarray(grey.round().astype(np.uint8), "L").convert("RGB")
     # A palette or greyscale image may mark a colour transparent instead of holding an alpha band.
     alpha = (picture.getchannel("A") if picture.mode in ("RGBA", "LA", "PA") else
              picture.convert("RGBA").getchannel("A") if "transparency" in picture.info else None)

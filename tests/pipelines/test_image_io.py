@@ -46,6 +46,30 @@ def test_16_bit_greyscale_is_scaled_to_8_bits(tmp_path):
     assert (got == got[..., :1]).all()
 
 
+@pytest.mark.parametrize(("top", "bits"), [(65535, 16), (255, 8)])
+def test_32_bit_greyscale_within_16_bits_is_read_as_what_it_holds(tmp_path, top, bits):
+    """A 32-bit TIFF (mode I) whose values go past 255 holds 16 bits, which convert would clip to
+    white; one within 255 is read as convert reads it, the official way."""
+    ramp = np.linspace(0, top, 64 * 8).round().astype(np.int32).reshape(8, 64)
+    path = tmp_path / "grey32.tiff"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode == "I"
+    want = np.round(ramp / 257) if bits == 16 else ramp
+    np.testing.assert_array_equal(quietly(path)[..., 0], want.astype(np.uint8))
+    if bits == 8:
+        np.testing.assert_array_equal(quietly(path), official(path))
+
+
+@pytest.mark.parametrize("values", [(-1, 10), (0, 70000)])
+def test_32_bit_greyscale_past_16_bits_is_refused(tmp_path, values):
+    path = tmp_path / "grey32.tiff"
+    Image.fromarray(np.array([values], np.int32)).save(path)
+    low, high = values
+    message = f"grey32.tiff is a 32-bit integer image with values from {low} to {high}, which have no agreed"
+    with pytest.raises(InputError, match=message):
+        load_image(path)
+
+
 def test_a_floating_point_image_is_refused(tmp_path):
     path = tmp_path / "float.tiff"
     Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(path)
