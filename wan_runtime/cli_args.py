@@ -897,6 +897,9 @@ def _save_file_problems(save_file: str | None) -> list[str]:
     if path is not None and path.name.lower() == ".mp4":
         return [f"--save_file {save_file} has no name before .mp4; give e.g. video.mp4"]
     if path is not None and path.suffix.lower() != ".mp4":
+        if _is_folder(path):
+            return [f"--save_file {save_file} is a folder; give a file name ending in .mp4, e.g. "
+                    f"{path / 'video.mp4'}"]
         return [f"--save_file {save_file} must end in .mp4 (the video is written as H.264 MP4)"]
     folder = Path.cwd() if path is None else path.parent
     # Before anything asks the file system about the path, which it refuses for too long a name.
@@ -914,6 +917,13 @@ def _save_file_problems(save_file: str | None) -> list[str]:
         what = "the default output file" if save_file is None else str(save_file)
         return [f"cannot write {what}: folder {folder} is not writable"]
     return []
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for the file system, which is_dir does not swallow
+        return False
 
 
 def _name_max(folder: Path) -> int:

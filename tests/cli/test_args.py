@@ -184,6 +184,8 @@ BAD_INPUTS = {
     "save folder missing": (["--save_file", "/nonexistent/dir/out.mp4"], "ti2v-5B",
                             ["folder /nonexistent/dir does not exist"]),
     "save file not mp4": (["--save_file", "out.avi"], "ti2v-5B", ["must end in .mp4"]),
+    "save file a folder": (["--save_file", "/tmp"], "ti2v-5B",
+                           ["--save_file /tmp is a folder; give a file name", "e.g. /tmp/video.mp4"]),
     "save file only a suffix": (["--save_file", ".mp4"], "ti2v-5B", ["--save_file .mp4 has no name before"]),
     "save file empty": (["--save_file", ""], "ti2v-5B", ["--save_file is empty"]),
     "save file name too long": (["--save_file", "a" * 252 + ".mp4"], "ti2v-5B", ["256 bytes", "at most 255"]),
