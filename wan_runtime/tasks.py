@@ -72,6 +72,12 @@ class TaskSpec:
     dit_names: tuple[str, ...] = (DIT,)
 
     @property
+    def model_type(self) -> str:
+        """The ``model_type`` of the release DiTs' ``config.json`` (``ti2v``), which only ti2v-5B
+        runs without an image."""
+        return self.name.split("-")[0]
+
+    @property
     def release(self) -> str:
         """The official release's repository on Hugging Face and ModelScope (``Wan-AI/Wan2.2-TI2V-5B``)."""
         return f"Wan-AI/Wan2.2-{self.name.upper()}"

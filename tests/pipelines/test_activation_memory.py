@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.pipelines.test_memory_plan import plan as cuda_plan
 from wan_runtime.cache import CacheConfig
+from wan_runtime.errors import InputError
 from wan_runtime.models.cuda_graphs import RerunBackend
 from wan_runtime.models.vae_loading import codec
 from wan_runtime.pipelines import activation_memory, check_pipeline, load_pipeline
@@ -254,6 +255,25 @@ def test_s2v_counts_the_speech_when_given_and_a_later_clips_motion(s2v_root):
     for stage in ("denoise", "vae_decode"):
         by_stage = [{s.stage: s.activations for s in e.stages}[stage] for e in (one, more)]
         assert by_stage[1] > by_stage[0]
+
+
+@pytest.mark.parametrize(("task", "given", "video", "message"), [
+    ("ti2v-5B", "ti2v-5B", VideoShape(64, 64, 8, False, 5.0), r"VideoShape.frame_num must be 4n\+1"),
+    ("ti2v-5B", "ti2v-5B", VideoShape(64, 64, 0, False, 5.0), r"VideoShape.frame_num must be 4n\+1"),
+    ("ti2v-5B", "ti2v-5B", VideoShape(64, 48, 5, False, 5.0), "height must be a positive multiple of 32"),
+    ("s2v-14B", "s2v-14B", VideoShape(64, 64, 7, True, 4.5), "frame_num .* must be a multiple of 4"),
+    ("s2v-14B", "s2v-14B", VideoShape(64, 64, 8, False, 4.5), "VideoShape.image must be True for s2v-14B"),
+    ("s2v-14B", "ti2v-5B", VideoShape(64, 64, 9, False, 5.0), r"holds 1 s2v DiT\(s\), not the ti2v-5B"),
+    ("ti2v-5B", "s2v-14B", VideoShape(64, 64, 8, True, 4.5), r"holds 1 ti2v DiT\(s\), not the s2v-14B"),
+    ("ti2v-5B", "i2v-A14B", VideoShape(64, 64, 9, True, 3.5), r"holds 1 ti2v DiT\(s\), not the i2v-A14B"),
+], ids=["frames-8", "frames-0", "height", "infer-frames", "no-image", "s2v-plan", "ti2v-plan", "one-dit"])
+def test_an_estimate_of_what_generate_refuses_is_refused(request, task, given, video, message):
+    """Before loading, the estimate is the only check of the video's shape: what generate refuses,
+    or a plan of another task's models, is an InputError, not an error deep in a stage."""
+    plan = check_pipeline(task, request.getfixturevalue(f"{task.split('-')[0]}_root"), device="cpu",
+                          dtype=torch.float32)
+    with pytest.raises(InputError, match=message):
+        estimate_memory(plan, task_spec(given), video)
 
 
 def test_i2v_has_a_stage_per_model_and_the_peak_is_the_largest(i2v_root):

@@ -51,8 +51,10 @@ from typing import NamedTuple
 import torch
 
 from wan_runtime.cache import CacheConfig, CacheManager, S2VStages, WanStages
+from wan_runtime.checks import check_frame_num, check_infer_frames, is_int
 from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.distributed.ulysses import SequenceParallel
+from wan_runtime.errors import InputError
 from wan_runtime.models import WanModel, WanVAE
 from wan_runtime.models.audio_encoder import resample_features, speech_clip_count
 from wan_runtime.models.cuda_graphs import RerunBackend, StageGraphs
@@ -61,7 +63,15 @@ from wan_runtime.models.vae_loading import codec
 from wan_runtime.pipelines.inputs import expert_scale
 from wan_runtime.pipelines.live_bytes import peak_bytes, pooled
 from wan_runtime.pipelines.memory_advice import Step, graphable, say, tiling_step, token_steps, video_steps
-from wan_runtime.pipelines.memory_plan import _GIB, AUDIO_ENCODER, TEXT_ENCODER, VAE, WeightPlan, dit_label
+from wan_runtime.pipelines.memory_plan import (
+    _GIB,
+    AUDIO_ENCODER,
+    TEXT_ENCODER,
+    VAE,
+    WeightPlan,
+    dit_label,
+    is_dit,
+)
 from wan_runtime.tasks import DIT, TaskSpec
 
 _META = torch.device("meta")
@@ -248,6 +258,7 @@ def estimate_memory(
     if ulysses not in (1, world):
         raise ValueError(f"ulysses {ulysses}: the tokens split over 1 or all {world} processes of the plan")
     models = plan.meta_models
+    _check_video(spec, [model for label, model in models.items() if is_dit(label)], video)
     vae = codec(models[VAE])
     if plan.options.shared(ulysses):
         vae.row_split = RowSplit.planned(world)
@@ -278,6 +289,27 @@ def estimate_memory(
     return MemoryEstimate(plan.device, tuple(peaks), tuple(plan.remedy_steps), video.vae_tiling,
                           frames_option, tuple(token_steps(world, ulysses, config.num_heads, cuda_graphs)),
                           cuda_graphs)
+
+
+def _check_video(spec: TaskSpec, dits: list[WanModel], video: VideoShape) -> None:
+    """``InputError`` for a plan of other DiTs than ``spec``'s task runs, or a ``video`` its
+    ``generate`` refuses, before the meta device runs a stage on it."""
+    if len(dits) != len(spec.dit_names) or any(dit.config.model_type != spec.model_type for dit in dits):
+        kinds = sorted({dit.config.model_type for dit in dits})
+        raise InputError(f"estimate_memory: the plan holds {len(dits)} {'/'.join(kinds)} DiT(s), not the "
+                         f"{spec.name} ones; pass the task_spec of the task check_pipeline was given")
+    if spec.audio_dir is None:
+        check_frame_num(video.frame_num, spec, "VideoShape.")
+    else:
+        check_infer_frames(video.frame_num, "VideoShape.frame_num (s2v-14B's frames a clip, infer_frames)")
+    multiple = spec.vae_stride[1] * spec.patch_size[1]
+    for name in ("width", "height"):
+        value = getattr(video, name)
+        if not is_int(value) or value < multiple or value % multiple:
+            raise InputError(f"VideoShape.{name} must be a positive multiple of {multiple} for {spec.name} "
+                             f"(its VAE's and patches' stride), got {value!r}")
+    if spec.model_type != "ti2v" and video.image is not True:
+        raise InputError(f"VideoShape.image must be True for {spec.name}, which starts from an image")
 
 
 class _PooledRerun(RerunBackend):
