@@ -88,9 +88,14 @@ def check_waveform(samples: object, label: str = "audio") -> np.ndarray:
     """``samples`` (a 1-D tensor or array of 16 kHz samples) as float32 numpy, after checking that
     they are finite and long enough to drive one video frame."""
     if isinstance(samples, torch.Tensor):
+        if samples.dtype == torch.bool or samples.is_complex():
+            raise InputError(f"{label} samples must be real numbers, got a {samples.dtype} tensor")
         samples = samples.detach().cpu().float().numpy()
     if not isinstance(samples, np.ndarray):
         raise InputError(f"{label} must be a file path or 1-D 16 kHz samples, got {type(samples).__name__}")
+    # Signed or unsigned integers (PCM) or floats: wav2vec2's extractor normalises their scale.
+    if samples.dtype.kind not in "iuf":
+        raise InputError(f"{label} samples must be real numbers, got an array of {samples.dtype}")
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     if samples.ndim != 1:
         raise InputError(f"{label} must be mono: 1-D samples at 16 kHz, got shape {list(samples.shape)}")
