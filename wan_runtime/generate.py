@@ -324,15 +324,19 @@ def _print_plan(
 
 
 def _speech_frames(job: GenerateConfig) -> str:
-    """What an s2v-14B video's speech makes: its clips, and the frames the MP4 keeps."""
+    """What an s2v-14B video's speech makes: its clips, the frames they make and those the MP4
+    keeps, which ends with the speech (``_write``)."""
     from wan_runtime.models.audio_encoder import SAMPLE_RATE, speech_clip_count
+    from wan_runtime.pipelines.s2v import frames_made
 
     fps = TASKS[job.task].fps
     started = speech_clip_count(job.audio.size, job.infer_frames, fps)
     clips = speech_clip_count(job.audio.size, job.infer_frames, fps, job.num_clip)
     capped = f" (--num_clip {job.num_clip} of the {started} the speech starts)" if clips < started else ""
-    return (f"{clips} clip{'s' * (clips > 1)} of {job.infer_frames} frames{capped}, the MP4 at most the "
-            f"speech's {job.audio.size / SAMPLE_RATE:.2f} s")
+    made = frames_made(clips, job.infer_frames, job.start_from_ref)
+    kept = min(made, heard_frames(job.audio.size, fps))
+    return (f"{clips} clip{'s' * (clips > 1)} of {job.infer_frames} frames{capped}: {made} frames, the MP4 "
+            f"{kept} of them ({kept / fps:.2f} s; the speech lasts {job.audio.size / SAMPLE_RATE:.2f} s)")
 
 
 def _host_memory_line(weights: WeightPlan) -> str:
@@ -489,7 +493,6 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
     report = pipeline.last_report
     save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now(),
                                                       config.ulysses_size, config.batch_line)
-    settings = _settings(config, _run_fields(report))
     start = time.perf_counter()
     # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
     audio = config.audio_path or config.audio
@@ -500,6 +503,8 @@ def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load
         if heard < video.shape[1]:
             cut = f"; the last {video.shape[1] - heard} of {video.shape[1]} made, past the speech, left out"
             video = video[:, :heard]
+    # The settings describe the file: its frames, not the clips' (last_report.frame_num keeps those).
+    settings = _settings(config, {**_run_fields(report), "frame_num": video.shape[1]})
     # What the step cache did is kept beside the settings (printed already, as the run ended).
     telemetry = {"step_cache": report.step_cache} if report.step_cache else {}
     metadata = {**settings, **telemetry, FLAGS_KEY: recorded_flags(config, report.seed)}

@@ -64,10 +64,14 @@ def test_s2v_plan_counts_the_clips_of_the_speech(capsys, tmp_path, monkeypatch, 
     speech = write_wav(np.full(3 * 16000, 0.1, np.float32), tmp_path / "three.wav")
     argv = ["--demo", "--task", "s2v-14B", "--audio", str(speech), "--dry_run"]
     plan, _ = _plan(capsys, argv)
-    assert plan["frame_num"] == "6 clips of 8 frames, the MP4 at most the speech's 3.00 s"
+    # 6 clips of 8 frames, the first clip's first 3 dropped: 45 frames, within the speech's 48.
+    speech = "the speech lasts 3.00 s"
+    assert plan["frame_num"] == f"6 clips of 8 frames: 45 frames, the MP4 45 of them (2.81 s; {speech})"
     plan, _ = _plan(capsys, [*argv, "--num_clip", "2"])
-    assert plan["frame_num"] == ("2 clips of 8 frames (--num_clip 2 of the 6 the speech starts), the MP4 at "
-                                 "most the speech's 3.00 s")
+    assert plan["frame_num"] == ("2 clips of 8 frames (--num_clip 2 of the 6 the speech starts): 13 frames, "
+                                 f"the MP4 13 of them (0.81 s; {speech})")
+    plan, _ = _plan(capsys, [*argv, "--start_from_ref"])
+    assert plan["frame_num"].startswith("6 clips of 8 frames: 48 frames, the MP4 48 of them (3.00 s;")
 
 
 def test_a_lora_that_does_not_fit_fails_the_dry_run(ti2v_root, tmp_path, capsys, no_loading):

@@ -239,6 +239,8 @@ def test_s2v_video_ends_with_the_speech(cache_env, tmp_path):
     frames, _ = read_video(target)
     assert frames.shape == (4, 64, 64, 3)
     assert decode_audio(target).size == 3200  # the whole speech
+    assert read_settings(target)["frame_num"] == 4  # the settings describe the file
+    assert "  frame_num: 4\n" in result.stdout
 
 
 def test_s2v_demo_follows_a_pose_video(cache_env, tmp_path):

@@ -87,3 +87,24 @@ def test_an_exception_from_on_step_stops_the_run_and_the_next_is_unchanged(ti2v_
     # The stopped run made no report, and the one before is not told as its.
     assert pipeline.last_report is None and pipeline.cache_report() == {}
     assert torch.equal(pipeline.generate("a cat", **RUN), want)
+
+
+def test_an_s2v_run_stopped_in_a_later_clip_leaves_no_clip_reports(s2v_root):
+    """The clips it finished are not told as a run's, as its last_report is not."""
+    pipeline = load_pipeline("s2v-14B", s2v_root, device="cpu", dtype=torch.float32)
+    pipeline.motion_frames = (9, 3)
+    speech = (0.3 * np.sin(np.arange(8000) / 9)).astype(np.float32)
+    run = {"image": gradient_image(72, 56), "audio": speech, "size": "64*64", "infer_frames": 4,
+           "num_clip": 2, "sampling_steps": 2, "seed": 1, "progress": False,
+           "cache": CacheConfig(fbcache=True, fb_thresh=1.0)}
+    pipeline.generate("a man speaks", **run)
+    assert len(pipeline.clip_cache_reports) == 2
+
+    def stop_in_clip_two(event: StepEvent) -> None:
+        if event.clip == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        pipeline.generate("a man speaks", on_step=stop_in_clip_two, **run)
+    assert pipeline.last_report is None and pipeline.cache_report() == {}
+    assert pipeline.clip_cache_reports == []

@@ -65,6 +65,11 @@ FIRST_CLIP_DROPPED_FRAMES = 3
 REF_CONTEXT_FRAMES = 6
 
 
+def frames_made(clips: int, infer_frames: int, start_from_ref: bool) -> int:
+    """The frames ``S2VPipeline.generate`` returns for ``clips`` clips of ``infer_frames``."""
+    return clips * infer_frames - (0 if start_from_ref else FIRST_CLIP_DROPPED_FRAMES)
+
+
 class S2VPipeline(Pipeline):
     """The s2v-14B task: ``dits`` holds its one DiT, ``audio_encoder`` the release's wav2vec2."""
 
@@ -118,7 +123,8 @@ class S2VPipeline(Pipeline):
         ``start_from_ref``; clips follow the audio's length, at most ``num_clip`` (None: all).
         ``pose_video`` (a video file ffmpeg decodes) drives the motion: every ``round(fps / 16)``-th
         frame from its first, resized and centre-cropped to the output, ``infer_frames`` per clip
-        (frames of -1 past its end). Other arguments as ``Pipeline.generate``; every one is checked
+        (frames of -1 past its end). Other arguments as ``Pipeline.generate``'s, which has a
+        ``frame_num`` this one has not: the speech sets the length. Every one is checked
         (``InputError``), the pose video's first frame decoded, before any model runs.
         ``cache_report()`` gives the step cache's telemetry over all clips,
         ``clip_cache_reports`` that of each clip. ``on_step``'s events count the steps of each
@@ -137,7 +143,8 @@ class S2VPipeline(Pipeline):
         self._start_run()
         clock = StageClock(self.device)
         graphs = self._graph_counts()
-        self.clip_cache_reports = []
+        # Published when the run ends: a stopped run leaves none, as it leaves no last_report.
+        self.clip_cache_reports, clip_reports = [], []
         with torch.inference_mode(), self.residency.released_after():
             with clock.stage("audio_encode"):
                 self.residency.activate(AUDIO_ENCODER)
@@ -172,8 +179,10 @@ class S2VPipeline(Pipeline):
                 inputs = _ClipInputs(ref_latent, motion, audio_clip.to(self.device, self._dtype), pose,
                                      drop_motion)
                 with clock.stage("denoise"):
-                    latent = self._denoise_clip(noise, prompts, settings.new_solver(self.device),
-                                                settings.guide, inputs, reporter, cache, clip, clips)
+                    solver = settings.new_solver(self.device)
+                    latent, report = self._denoise_clip(noise, prompts, solver, settings.guide, inputs,
+                                                        reporter, cache, clip, clips)
+                    clip_reports.append(report)
                     self.residency.release()
                 with clock.stage("vae_decode"):
                     behind = ref_latent if drop_motion else motion
@@ -193,7 +202,8 @@ class S2VPipeline(Pipeline):
                 del frames
             video = torch.cat(out, dim=1)
             check_video(video, self.vae.dtype)
-        self._cache_report = merge_reports(self.clip_cache_reports)
+        self.clip_cache_reports = clip_reports
+        self._cache_report = merge_reports(clip_reports)
         self.last_report = settings.report(self.task, seed, width, height, video.shape[1], clock,
                                            self._peak_memory(), self._graph_counts(graphs),
                                            self._cache_report)
@@ -275,9 +285,10 @@ class S2VPipeline(Pipeline):
         cache: CacheConfig | None,
         clip: int,
         clips: int,
-    ) -> torch.Tensor:
-        """One clip's solver steps from ``noise`` [C, F, h, w]; the final latent. The unconditional
-        branch runs only when ``guide > 1``, as in the official pipeline."""
+    ) -> tuple[torch.Tensor, dict[str, dict]]:
+        """One clip's solver steps from ``noise`` [C, F, h, w]; the final latent and the step
+        cache's report (empty without one). The unconditional branch runs only when ``guide > 1``,
+        as in the official pipeline."""
         latent = noise
         timesteps = solver.timesteps
         manager = self._cache_manager(cache, timesteps.tolist(), guide, notice=clip == 0)
@@ -303,10 +314,10 @@ class S2VPipeline(Pipeline):
                 latent = solver.step(flow, t, latent)
                 watch.observe(i, latent)
                 done(i, t, DIT, latent)
-        self.clip_cache_reports.append({} if manager is None else manager.finish(summary=False))
+        report = {} if manager is None else manager.finish(summary=False)
         watch.check(len(timesteps), lambda _: f"clip {clip + 1} of {clips}, {self._describe(DIT)}",
                     lambda: self._remedy(cache))
-        return latent
+        return latent, report
 
 
 class _ClipInputs(NamedTuple):
