@@ -84,7 +84,7 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
     _warn_by_line(raised, len(lines))
     # Those of the lines that did not read among the others, in the order of the file's lines.
     told = [*command_line, *_by_line({**problems, **unread}, len(lines), bare=problems),
-            *_shared_save_files(jobs)]
+            *_shared_save_files({number: values.get("save_file") for number, values in lines})]
     if told:
         raise InvalidArguments(told, _by_line(own, len(lines)))
     return jobs
@@ -207,12 +207,13 @@ def line_numbers(numbers: list[int]) -> str:
     return f"line{'s' * (len(numbers) > 1)} {', '.join(map(str, numbers))}"
 
 
-def _shared_save_files(jobs: list[GenerateConfig]) -> list[str]:
-    """Lines that would write the same file: the later video would replace the earlier."""
+def _shared_save_files(save_files: dict[int, object]) -> list[str]:
+    """Lines that would write the same file: the later video would replace the earlier. By each
+    line's ``save_file`` as read, so that lines with other problems are compared too."""
     lines_of: dict[Path, list[int]] = {}
-    for job in jobs:
-        if job.save_file is not None:
-            lines_of.setdefault(job.save_file.resolve(), []).append(job.batch_line)
+    for number, save_file in save_files.items():
+        if save_file:
+            lines_of.setdefault(Path(str(save_file)).resolve(), []).append(number)
     return [f"--batch {line_numbers(numbers)} all write {path}; give each line its own save_file (or "
             "leave it out for the default name)"
             for path, numbers in lines_of.items() if len(numbers) > 1]

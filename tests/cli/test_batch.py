@@ -149,6 +149,9 @@ def test_two_lines_writing_one_file_are_refused(tmp_path, monkeypatch):
         f"--batch lines 1, 2 all write {tmp_path / 'a.mp4'}; give each line its own save_file (or leave it "
         "out for the default name)",
     ]
+    # Lines that share another problem (the command line's image) are compared too.
+    assert _problems(*FAST, "--image", "missing.png", "--batch", str(path))[-1].startswith(
+        "--batch lines 1, 2 all write ")
     assert _problems(*FAST, "--save_file", "all.mp4", "--batch", str(_batch(tmp_path, {}, {}))) == [
         "--save_file names one video, and --batch makes several: give each line its own save_file (a line "
         "without one gets the default name, with its line number)"
