@@ -71,6 +71,14 @@ RECORDED = frozenset(("task", "demo", "prompt", "negative_prompt", "base_seed", 
                       "convert_model_dtype", "dit_fp8", "vae_tiling", *_TASK_BOUND))
 
 
+def _one_scale(guide_scale: float | tuple[float, float]) -> float | None:
+    """The one number ``--sample_guide_scale`` gives for ``guide_scale``, if there is one."""
+    if not isinstance(guide_scale, tuple):
+        return guide_scale
+    low, high = guide_scale
+    return low if low == high else None
+
+
 def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
     """The flags that make ``config``'s video again, as JSON values by flag name: ``seed`` the
     one the run used (drawn when ``config.base_seed`` is negative), the defaults resolved, paths
@@ -89,8 +97,9 @@ def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
         "sample_solver": config.sample_solver,
         "sample_steps": config.sample_steps,
         "sample_shift": config.sample_shift,
-        # i2v-A14B's default is a scale per expert, which no flag gives: left to the default.
-        "sample_guide_scale": None if isinstance(guide_scale, tuple) else guide_scale,
+        # i2v-A14B's is a scale per expert, which the flag gives where the two are one (its default):
+        # a pair of two would be left to the default.
+        "sample_guide_scale": _one_scale(guide_scale),
         "dtype": next(name for name, dtype in DTYPES.items() if dtype == config.dtype),
         # The several-GPU DiT shards compute in --dtype alone, as --convert_model_dtype does.
         "convert_model_dtype": config.convert_model_dtype or config.dit_fsdp,

@@ -103,8 +103,8 @@ def test_a_default_seed_is_recorded_as_drawn_and_paths_as_absolute(tmp_path, ima
     monkeypatch.chdir(image.parent)
     flags = _recording(tmp_path / "a.mp4", *FAST, "--task", "i2v-A14B", "--image", image.name, seed=123)
     assert flags["base_seed"] == 123 and flags["image"] == str(image)
-    # i2v-A14B's default guidance, a scale per expert, is the default again.
-    assert flags["sample_guide_scale"] is None and flags["negative_prompt"] is None
+    # i2v-A14B's default guidance, a scale per expert, is one for both: recorded, as its flag gives it.
+    assert flags["sample_guide_scale"] == 3.5 and flags["negative_prompt"] is None
 
 
 def test_the_command_line_keeps_what_it_gives(tmp_path, capsys):
