@@ -73,8 +73,7 @@ class TaskSpec:
 
     @property
     def model_type(self) -> str:
-        """The ``model_type`` of the release DiTs' ``config.json`` (``ti2v``), which only ti2v-5B
-        runs without an image."""
+        """The ``model_type`` in the release DiTs' ``config.json``: ``i2v``, ``ti2v`` or ``s2v``."""
         return self.name.split("-")[0]
 
     @property

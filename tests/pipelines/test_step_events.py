@@ -10,6 +10,7 @@ import torch
 from tests.pipelines.images import gradient_image
 from wan_runtime.cache import CacheConfig
 from wan_runtime.pipelines import StepEvent, load_pipeline
+from wan_runtime.pipelines.s2v import frames_made
 from wan_runtime.solvers import make_solver
 
 RUN = {"size": "64*64", "frame_num": 5, "sampling_steps": 4, "shift": 3.0, "seed": 3, "progress": False}
@@ -56,9 +57,10 @@ def test_s2v_counts_the_steps_of_each_clip(s2v_root):
     pipeline.motion_frames = (9, 3)  # a short motion context keeps the clips quick
     speech = (0.3 * np.sin(np.arange(8000) / 9)).astype(np.float32)
     events: list[StepEvent] = []
-    pipeline.generate("a man speaks", image=gradient_image(72, 56), audio=speech, size="64*64",
-                      infer_frames=4, num_clip=2, sampling_steps=2, seed=1, progress=False,
-                      on_step=record(events))
+    video = pipeline.generate("a man speaks", image=gradient_image(72, 56), audio=speech, size="64*64",
+                              infer_frames=4, num_clip=2, sampling_steps=2, seed=1, progress=False,
+                              on_step=record(events))
+    assert video.shape[1] == frames_made(2, 4, start_from_ref=False) == 5  # the dry run's count
     assert [(e.clip, e.clips, e.step, e.steps, e.model) for e in events] == [
         (clip, 2, step, 2, "dit") for clip in (1, 2) for step in (1, 2)]
 
