@@ -308,7 +308,7 @@ def _check_video(spec: TaskSpec, dits: list[WanModel], video: VideoShape) -> Non
         if not is_int(value) or value < multiple or value % multiple:
             raise InputError(f"VideoShape.{name} must be a positive multiple of {multiple} for {spec.name} "
                              f"(its VAE's and patches' stride), got {value!r}")
-    if spec.model_type != "ti2v" and video.image is not True:  # ti2v-5B alone may run from text alone
+    if spec.model_type != "ti2v" and video.image is not True:  # ti2v-5B alone may run without one
         raise InputError(f"VideoShape.image must be True for {spec.name}, which starts from an image")
 
 
