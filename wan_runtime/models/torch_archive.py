@@ -67,7 +67,7 @@ def damaged_records(path: Path) -> list[str]:
     """The members of the zip archive ``path`` whose local header is damaged or whose stored bytes
     do not match their CRC-32 (torch stores every record uncompressed; a CRC of 0 on a record that
     is not empty is taken as none written, as ``torch.serialization.set_crc32_options(False)``
-    writes); reading it memory-mapped, as ``torch.load(mmap=True)`` does."""
+    writes); reading it memory-mapped, as the tensors are loaded."""
     damaged = []
     with zipfile.ZipFile(path) as archive, path.open("rb") as file, \
             mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as data:
