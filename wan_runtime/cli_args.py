@@ -896,10 +896,10 @@ def _save_file_problems(save_file: str | None) -> list[str]:
     path = None if save_file is None else Path(save_file)
     if path is not None and path.name.lower() == ".mp4":
         return [f"--save_file {save_file} has no name before .mp4; give e.g. video.mp4"]
+    if path is not None and _is_folder(path):
+        return [f"--save_file {save_file} is a folder; give a file name ending in .mp4, e.g. "
+                f"{path / 'video.mp4'}"]
     if path is not None and path.suffix.lower() != ".mp4":
-        if _is_folder(path):
-            return [f"--save_file {save_file} is a folder; give a file name ending in .mp4, e.g. "
-                    f"{path / 'video.mp4'}"]
         return [f"--save_file {save_file} must end in .mp4 (the video is written as H.264 MP4)"]
     folder = Path.cwd() if path is None else path.parent
     # Before anything asks the file system about the path, which it refuses for too long a name.
@@ -907,8 +907,6 @@ def _save_file_problems(save_file: str | None) -> list[str]:
     if path is not None and len(os.fsencode(path.name)) > limit:
         return [f"--save_file name {path.name[:40]}... is {len(os.fsencode(path.name))} bytes long; the file "
                 f"system takes at most {limit}"]
-    if path is not None and path.is_dir():
-        return [f"--save_file {save_file} is a folder; give a file name ending in .mp4"]
     if folder.exists() and not folder.is_dir():
         return [f"cannot write {save_file}: {folder} is a file, not a folder"]
     if not folder.is_dir():

@@ -572,3 +572,11 @@ def test_cuda_graphs_on_the_cpu_is_refused(roots, capsys):
     lines = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--device", "cpu", "--cuda_graphs"])
     assert lines == ["error: --cuda_graphs needs a CUDA device, not cpu; run without it"]
 
+
+
+def test_save_file_naming_a_folder_ending_in_mp4_says_so(roots, tmp_path, capsys):
+    folder = tmp_path / "out.mp4"
+    folder.mkdir()
+    [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--save_file", str(folder)])
+    assert line.endswith(f"--save_file {folder} is a folder; give a file name ending in .mp4, e.g. "
+                         f"{folder / 'video.mp4'}")
