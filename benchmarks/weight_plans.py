@@ -24,7 +24,7 @@ from PIL import Image
 from benchmarks.common import print_table, save_results
 from benchmarks.release_configs import A14B, S2V_14B, TI2V_5B
 from wan_runtime.checks import DEFAULT_VAE_TILE
-from wan_runtime.cli_args import DEFAULT_INFER_FRAMES
+from wan_runtime.cli_parser import DEFAULT_INFER_FRAMES
 from wan_runtime.models import WanModel
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.models.t5_checkpoint import T5Sizes

@@ -23,14 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wan_runtime.cache.config import CACHE_FIELDS, CacheConfig
-from wan_runtime.cli_args import (
-    DecodedInputs,
-    GenerateConfig,
-    InvalidArguments,
-    did_you_mean,
-    json_flag_value,
-    resolve,
-)
+from wan_runtime.cli_args import DecodedInputs, GenerateConfig, InvalidArguments, resolve
+from wan_runtime.cli_parser import did_you_mean, json_flag_value
 from wan_runtime.input_files import file_problem
 
 if TYPE_CHECKING:

@@ -27,7 +27,8 @@ from wan_runtime import demo
 from wan_runtime.audio_io import heard_frames
 from wan_runtime.batch_file import line_numbers, resolve_jobs
 from wan_runtime.checks import PLACEMENT_FLAGS
-from wan_runtime.cli_args import GenerateConfig, InvalidArguments, build_parser, resolved_offload
+from wan_runtime.cli_args import GenerateConfig, InvalidArguments, resolved_offload
+from wan_runtime.cli_parser import build_parser
 from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, LaunchInputError, NumericalError
 from wan_runtime.tasks import TASKS

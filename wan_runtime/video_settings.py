@@ -37,16 +37,8 @@ from pathlib import Path
 import wan_kernels
 from wan_runtime import __version__
 from wan_runtime.cache.config import CACHE_FIELDS, CacheConfig
-from wan_runtime.cli_args import (
-    DTYPES,
-    EXAMPLE_PROMPT,
-    LORA_FLAGS,
-    GenerateConfig,
-    InvalidArguments,
-    absolute_lora,
-    json_flag_value,
-    split_lora,
-)
+from wan_runtime.cli_args import EXAMPLE_PROMPT, GenerateConfig, InvalidArguments, absolute_lora, split_lora
+from wan_runtime.cli_parser import DTYPES, LORA_FLAGS, json_flag_value
 from wan_runtime.errors import InputError
 from wan_runtime.video_io import read_mp4_settings
 

@@ -16,7 +16,8 @@ import torch
 
 from tests.cli.helpers import run_module
 from tests.pipelines.images import write_pose_video
-from wan_runtime.cli_args import EXAMPLE_PROMPT, build_parser, resolve, str2bool
+from wan_runtime.cli_args import EXAMPLE_PROMPT, resolve
+from wan_runtime.cli_parser import build_parser, str2bool
 from wan_runtime.demo import DEMO_SETTINGS
 from wan_runtime.generate import default_save_file, main
 from wan_runtime.pipelines import check_output_size

@@ -15,7 +15,8 @@ from tests.cli.helpers import read_settings, read_video
 from wan_runtime import demo, generate
 from wan_runtime.batch_file import resolve_jobs
 from wan_runtime.cache import CacheConfig
-from wan_runtime.cli_args import InvalidArguments, build_parser
+from wan_runtime.cli_args import InvalidArguments
+from wan_runtime.cli_parser import build_parser
 from wan_runtime.errors import NumericalError
 from wan_runtime.tasks import TASKS
 

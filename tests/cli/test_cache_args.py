@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wan_runtime.cache import CacheConfig
-from wan_runtime.cli_args import build_parser, resolve
+from wan_runtime.cli_args import resolve
+from wan_runtime.cli_parser import build_parser
 from wan_runtime.generate import main
 
 pytestmark = pytest.mark.usefixtures("no_pipelines")

@@ -85,7 +85,7 @@ def test_a_lora_that_does_not_fit_fails_the_dry_run(ti2v_root, tmp_path, capsys,
 
 def _job(*argv: str):
     from wan_runtime.batch_file import resolve_jobs
-    from wan_runtime.cli_args import build_parser
+    from wan_runtime.cli_parser import build_parser
 
     parser = build_parser()
     [job] = resolve_jobs(parser, parser.parse_args(list(argv)))

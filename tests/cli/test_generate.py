@@ -268,7 +268,8 @@ def test_a_run_loads_with_every_option_load_pipeline_takes(tmp_path):
     """A flag that ``_load_arguments`` left out would load with that option's default."""
     import inspect
 
-    from wan_runtime.cli_args import build_parser, resolve
+    from wan_runtime.cli_args import resolve
+    from wan_runtime.cli_parser import build_parser
     from wan_runtime.generate import _load_arguments
     from wan_runtime.pipelines import load_pipeline
     from wan_runtime.tiny_checkpoints import write_task_checkpoint

@@ -19,7 +19,8 @@ from tests.cli.helpers import read_settings, read_video
 from tests.lora.lora_writers import parameter_shapes, random_lora, write_official
 from wan_runtime import __version__, demo, generate
 from wan_runtime.batch_file import resolve_jobs
-from wan_runtime.cli_args import EXAMPLE_PROMPT, InvalidArguments, build_parser, resolve
+from wan_runtime.cli_args import EXAMPLE_PROMPT, InvalidArguments, resolve
+from wan_runtime.cli_parser import build_parser
 from wan_runtime.errors import InputError
 from wan_runtime.video_io import read_mp4_settings, write_mp4
 from wan_runtime.video_settings import FLAGS_KEY, VideoSettings, command_line, recorded_flags, run_setup
