@@ -17,8 +17,6 @@ import time
 import traceback
 import warnings
 from collections.abc import Sequence
-from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,12 +30,11 @@ from wan_runtime.cli_parser import build_parser
 from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, LaunchInputError, NumericalError
 from wan_runtime.tasks import TASKS
-from wan_runtime.video_io import write_mp4
-from wan_runtime.video_settings import FLAGS_KEY, SOFTWARE, VideoSettings, recorded_flags, run_setup
+from wan_runtime.video_output import made_with, write_video
+from wan_runtime.video_settings import VideoSettings
 
 if TYPE_CHECKING:
-    from wan_runtime.lora import Lora
-    from wan_runtime.pipelines import MemoryEstimate, MemoryFit, Pipeline, RunReport, VideoShape
+    from wan_runtime.pipelines import MemoryEstimate, MemoryFit, Pipeline, VideoShape
     from wan_runtime.pipelines.memory_plan import WeightPlan
 
 
@@ -134,19 +131,6 @@ def cli() -> None:
     sys.exit(main())
 
 
-def default_save_file(task: str, size: str, prompt: str, now: datetime, ulysses_size: int = 1,
-                      batch_line: int | None = None) -> Path:
-    """The official default output name (control characters, too, made ``_``):
-    ``<task>_<size>_<ulysses_size>_<prompt stub>_<YYYYmmdd_HHMMSS>.mp4``, with ``_line<N>``
-    before the suffix for line N of a ``--batch`` file (whose videos may share prompt and second)."""
-    size_part = size.replace("*", "x") if sys.platform == "win32" else size
-    # Line breaks and other control characters too, which the official name keeps, would split
-    # the name in listings and in the "wrote" line.
-    stub = "".join("_" if c in " /" or ord(c) < 32 or ord(c) == 127 else c for c in prompt)[:50]
-    line = "" if batch_line is None else f"_line{batch_line}"
-    return Path(f"{task}_{size_part}_{ulysses_size}_{stub}_{now.strftime('%Y%m%d_%H%M%S')}{line}.mp4")
-
-
 def _existing(jobs: list[GenerateConfig]) -> list[bool]:
     """``--skip_existing``: whether each video's file exists (a default name, which holds the time
     of writing, never does), as rank 0 sees it, so that every process makes the same videos."""
@@ -191,7 +175,7 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
         _print_plan([(job, size) for job, size, skip in zip(jobs, sizes, exists, strict=True) if not skip],
                     weights, estimates)
     elif last is not None and not batch:
-        _write(*last)
+        write_video(*last)
     elif last is not None and not _written(*last, args, going_on=False):
         failed.append(last[0].batch_line)
     if not todo:
@@ -292,7 +276,7 @@ def _print_plan(
     estimates: dict[VideoShape, MemoryEstimate],
 ) -> None:
     """What a run of this command line would make (each video with its width and height) and
-    with what, as ``_write`` prints it, and what its weights take of the device's memory (each
+    with what, as ``write_video`` prints it, and what its weights take of the device's memory (each
     video's peak worked out once per shape, unless in ``estimates``)."""
     from wan_runtime.pipelines.inputs import check_guide_scale
 
@@ -316,7 +300,7 @@ def _print_plan(
         if job.batch_line is not None:
             print(f"--batch line {job.batch_line}:")
         print(f"  save_file: {job.save_file or 'the official default name, with the time of writing'}")
-        for key, value in _settings(job, run).items():
+        for key, value in made_with(job, run).items():
             print(f"  {key}: {value}")
         print(f"  memory: {_peak_memory(job, (width, height), weights, estimates)}")
     if weights.device.type != "cpu":
@@ -326,7 +310,7 @@ def _print_plan(
 
 def _speech_frames(job: GenerateConfig) -> str:
     """What an s2v-14B video's speech makes: its clips, the frames they make and those the MP4
-    keeps, which ends with the speech (``_write``)."""
+    keeps, which ends with the speech (``write_video``)."""
     from wan_runtime.models.audio_encoder import SAMPLE_RATE, speech_clip_count
     from wan_runtime.pipelines.s2v import frames_made
 
@@ -359,7 +343,7 @@ def _make_videos(
     lines whose video failed on its input or on NaNs (a batch goes on without them, unless under
     torchrun, where the processes could part ways; a video alone raises its failure, as does
     running out of memory, after which the models' placement is not to be trusted), and the last
-    video with what ``_write`` takes (None if it failed)."""
+    video with what ``write_video`` takes (None if it failed)."""
     arguments = _load_arguments(jobs[0])
     sizes = _output_sizes(jobs)
     jobs, arguments, fit = _fit(jobs, sizes, arguments)
@@ -411,10 +395,10 @@ def _make_videos(
 
 def _written(job: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load_s: float | None,
              args: argparse.Namespace, going_on: bool) -> bool:
-    """``_write`` for a video of a batch, whose failure to be written (a full disk, a folder
+    """``write_video`` for a video of a batch, whose failure to be written (a full disk, a folder
     removed) is told and costs that video alone; whether it was written."""
     try:
-        _write(job, pipeline, video, load_s)
+        write_video(job, pipeline, video, load_s)
     except OSError as err:
         if args.debug:
             raise
@@ -487,97 +471,6 @@ def _make_video(pipeline: Pipeline, config: GenerateConfig) -> torch.Tensor:
             pose_video=config.pose_video, **common,
         )
     return video
-
-
-def _write(config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load_s: float | None) -> None:
-    """Write the MP4 and print what made it (the load time, unless None: another video's)."""
-    report = pipeline.last_report
-    save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now(),
-                                                      config.ulysses_size, config.batch_line)
-    start = time.perf_counter()
-    # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
-    audio = config.audio_path or config.audio
-    cut = ""
-    if config.audio is not None:
-        # And ends with it: the official merge (ffmpeg -shortest) drops the last clip's frames past it.
-        heard = heard_frames(config.audio.size, pipeline.fps)
-        if heard < video.shape[1]:
-            cut = f"; the last {video.shape[1] - heard} of {video.shape[1]} made, past the speech, left out"
-            video = video[:, :heard]
-    # The settings describe the file: its frames, not the clips' (last_report.frame_num keeps those).
-    settings = _settings(config, {**_run_fields(report), "frame_num": video.shape[1]})
-    # What the step cache did is kept beside the settings (printed already, as the run ended).
-    telemetry = {"step_cache": report.step_cache} if report.step_cache else {}
-    metadata = {**settings, **telemetry, FLAGS_KEY: recorded_flags(config, report.seed)}
-    write_mp4(video, save_file, fps=pipeline.fps, metadata=metadata, audio=audio)
-    write_s = time.perf_counter() - start
-
-    frames, height, width = video.shape[1:]
-    print(f"wrote {save_file} ({frames} frames, {width}x{height}, {pipeline.fps} fps{cut})")
-    for key, value in settings.items():
-        print(f"  {key}: {value}")
-    timings = {**({} if load_s is None else {"load": load_s}), **report.timings, "write": write_s}
-    print("timings: " + ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in timings.items()))
-    peak = report.peak_memory_bytes
-    reserved = " reserved (the CUDA graphs' pool counts only there)" if config.cuda_graphs else ""
-    measured = "not measured on this device" if peak is None else f"{peak / 2**30:.2f} GiB{reserved}"
-    print(f"peak memory: {measured}")
-    if report.cuda_graphs is not None:
-        print(report.graphs_line())
-
-
-def _run_fields(report: RunReport) -> dict[str, object]:
-    """The report's account of the run (seed and defaults resolved), without timings and memory."""
-    fields = dataclasses.asdict(report)
-    del fields["timings"], fields["peak_memory_bytes"], fields["cuda_graphs"], fields["step_cache"]
-    return fields
-
-
-def _settings(config: GenerateConfig, run: dict[str, object]) -> dict[str, object]:
-    """What made this video: ``run``, the run's account (``_run_fields``), and the command line's
-    other settings; stored in the MP4 and printed."""
-    if config.image_path is not None:
-        image = str(config.image_path)
-    else:
-        image = None if config.image is None else "built-in demo image"
-    speech = {}
-    if config.audio is not None:
-        speech = {
-            "audio": "built-in demo sound" if config.audio_path is None else str(config.audio_path),
-            "infer_frames": config.infer_frames,
-            "num_clip": config.num_clip,
-            "start_from_ref": config.start_from_ref,
-            "pose_video": None if config.pose_video is None else str(config.pose_video),
-        }
-    return {
-        "software": SOFTWARE,
-        **run,
-        "image": image,
-        "dtype": str(config.dtype).removeprefix("torch."),
-        **run_setup(config),
-        "stream_blocks": config.stream_blocks,
-        "dit_fp8": config.dit_fp8,
-        "cuda_graphs": config.cuda_graphs,
-        "cache": config.cache.describe(),
-        "loras": [_describe_lora(lora) for lora in config.loras],
-        "demo": config.demo,
-        **_parallel_settings(config),
-        **speech,
-    }
-
-
-def _describe_lora(lora: Lora) -> str:
-    """``PATH=STRENGTH``, with the expert it changes alone, if one."""
-    expert = "" if lora.expert is None else f" ({lora.expert.replace('_', '-')} expert)"
-    return f"{lora.path}={lora.strength:g}{expert}"
-
-
-def _parallel_settings(config: GenerateConfig) -> dict[str, object]:
-    """How a several-process run shared the work (nothing for one process)."""
-    if not config.launch.distributed:
-        return {}
-    return {"processes": config.launch.world, "ulysses_size": config.ulysses_size,
-            "dit_fsdp": config.dit_fsdp, "t5_fsdp": config.t5_fsdp}
 
 
 def _launch() -> Launch:

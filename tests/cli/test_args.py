@@ -19,10 +19,11 @@ from tests.pipelines.images import write_pose_video
 from wan_runtime.cli_args import EXAMPLE_PROMPT, resolve
 from wan_runtime.cli_parser import build_parser, str2bool
 from wan_runtime.demo import DEMO_SETTINGS
-from wan_runtime.generate import default_save_file, main
+from wan_runtime.generate import main
 from wan_runtime.pipelines import check_output_size
 from wan_runtime.tasks import TASKS
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
+from wan_runtime.video_output import default_save_file
 
 pytestmark = pytest.mark.usefixtures("no_pipelines")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.cli.helpers import read_settings, read_video
-from wan_runtime import demo, generate
+from wan_runtime import demo, generate, video_output
 from wan_runtime.batch_file import resolve_jobs
 from wan_runtime.cache import CacheConfig
 from wan_runtime.cli_args import InvalidArguments
@@ -231,7 +231,7 @@ def test_negative_prompt_without_guidance_is_told(tmp_path):
 def test_default_names_carry_the_batch_line():
     from datetime import datetime
 
-    name = generate.default_save_file("ti2v-5B", "1280*704", "cat", datetime(2025, 7, 28), batch_line=12)
+    name = video_output.default_save_file("ti2v-5B", "1280*704", "cat", datetime(2025, 7, 28), batch_line=12)
     assert name.name.endswith("_cat_20250728_000000_line12.mp4")
 
 
@@ -339,14 +339,14 @@ def test_a_failed_video_does_not_stop_the_batch(in_folder, monkeypatch, capsys):
 
 def test_a_video_that_cannot_be_written_does_not_stop_the_batch(in_folder, monkeypatch, capsys):
     """A full disk (or a folder removed) costs the videos it stops, the last one's too."""
-    write = generate.write_mp4
+    write = video_output.write_mp4
 
     def disk_full_for_some(video, path, **kwargs):
         if "full" in str(path):
             raise OSError(f"could not write {path}: [Errno 28] No space left on device")
         return write(video, path, **kwargs)
 
-    monkeypatch.setattr(generate, "write_mp4", disk_full_for_some)
+    monkeypatch.setattr(video_output, "write_mp4", disk_full_for_some)
     path = _batch(in_folder, {"save_file": "full1.mp4"}, {"save_file": "two.mp4"}, {"save_file": "full3.mp4"})
     assert generate.main([*FAST, "--batch", str(path)]) == 1
     captured = capsys.readouterr()
