@@ -53,10 +53,11 @@ from wan_runtime.image_io import load_image
 from wan_runtime.lora import Lora, check_loras
 from wan_runtime.lora.lightning_folder import LIGHTNING_SAMPLING, folder_loras
 from wan_runtime.models.audio_encoder import speech_clip_count
-from wan_runtime.parallel_checks import check_heads, parallel_problems
+from wan_runtime.parallel_checks import check_heads, check_heads_split, parallel_problems
 from wan_runtime.pose_video import probe_video
 from wan_runtime.solvers import SOLVER_NAMES as SOLVERS
 from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE, TASKS, TaskSpec, check_checkpoint_dir
+from wan_runtime.tiny_checkpoints import dit_heads
 
 T = TypeVar("T")
 
@@ -252,8 +253,9 @@ def resolve(
     speech = _s2v_problems(problems, args, inputs)
 
     save_file = None if args.save_file is None else Path(args.save_file)
-    problems += _save_file_problems(args.save_file)
     launch = _check(problems, Launch.from_env) or Launch()
+    # Rank 0 writes the video; the processes of its machine see the same folders.
+    problems += _save_file_problems(args.save_file, on_writers_machine=launch.rank == launch.local_rank)
     device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
                              "cuda" if torch.cuda.is_available() else "cpu")
     bad_device = _device_problems(device)
@@ -266,8 +268,11 @@ def resolve(
         parallel = parallel_problems(spec, launch.world, args.ulysses_size, args.dit_fsdp, args.t5_fsdp,
                                      offload_model, bool(args.t5_cpu), flag="--")
         problems += parallel
-        if checkpoint_ok and not parallel and args.ulysses_size > 1:
-            _check(problems, lambda: check_heads(spec, ckpt_dir, args.ulysses_size))
+        if not parallel and args.ulysses_size > 1:
+            if checkpoint_ok:
+                _check(problems, lambda: check_heads(spec, ckpt_dir, args.ulysses_size))
+            elif args.demo:
+                _check(problems, lambda: check_heads_split(dit_heads(spec.name), args.ulysses_size))
     if launch.distributed and args.ulysses_size == 1 and not (args.dit_fsdp or args.t5_fsdp):
         warnings.warn(f"{launch.world} processes share no work without --ulysses_size, --dit_fsdp or "
                       "--t5_fsdp: each makes the whole video and rank 0 alone writes it", stacklevel=2)
@@ -361,8 +366,10 @@ def _fit_memory(problems: list[str], args: argparse.Namespace, device: str) -> F
         problems.append(f"--fit_memory takes a GPU memory budget in GiB above 0 (or none: the GPU's free "
                         f"memory), got {budget:g}")
     if device == "cpu":
+        gpu = "pass --device cuda" if torch.cuda.is_available() else (
+            f"run where torch sees a GPU; this torch, {torch.__version__}, sees none")
         problems.append("--fit_memory places the models for a GPU's memory; on the CPU every model is in its "
-                        "memory (leave it out, or pass --device cuda)")
+                        f"memory (leave it out, or {gpu})")
     return FitMemory(budget, tuple(name for name in PLACEMENT_FLAGS if getattr(args, name) is not None))
 
 
@@ -569,7 +576,9 @@ def _size_problems(spec: TaskSpec, size: str, demo_run: bool) -> list[str]:
     return [f"demo --size must be width*height with both multiples of {step}, got {size!r}{hint}"]
 
 
-def _save_file_problems(save_file: str | None) -> list[str]:
+def _save_file_problems(save_file: str | None, on_writers_machine: bool) -> list[str]:
+    """What is wrong with ``--save_file``'s name and, on the machine of the process that writes
+    the video (rank 0 of a launch), with its folder."""
     if save_file == "":
         return ["--save_file is empty; give a file name ending in .mp4"]
     path = None if save_file is None else Path(save_file)
@@ -580,6 +589,8 @@ def _save_file_problems(save_file: str | None) -> list[str]:
                 f"{path / 'video.mp4'}"]
     if path is not None and path.suffix.lower() != ".mp4":
         return [f"--save_file {save_file} must end in .mp4 (the video is written as H.264 MP4)"]
+    if not on_writers_machine:
+        return []
     folder = Path.cwd() if path is None else path.parent
     # Before anything asks the file system about the path, which it refuses for too long a name.
     limit = _name_max(folder)

@@ -1,13 +1,15 @@
 """``python -m wan_runtime.env``: what a bug report needs to know about this installation.
 
 Versions (Python, torch, CUDA, Triton, the video writer), the GPUs, the free CPU memory, which
-attention and kernel backends this machine can use, and where ``--compile`` can run. Every probe
+attention and kernel backends this machine can use, where ``--compile`` can run, and the runtime's
+on/off environment variables. Every probe
 is guarded, so the report prints even on a broken installation.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import sys
 from importlib import metadata
@@ -15,6 +17,7 @@ from importlib import metadata
 import torch
 
 from wan_runtime import __version__
+from wan_runtime.errors import InputError
 
 
 def _version(distribution: str) -> str:
@@ -108,6 +111,23 @@ def _cpu_memory() -> str:
     return "unknown (not Linux)" if free is None else free.describe()
 
 
+def _switches() -> str:
+    """The runtime's on/off environment variables as set (a bad value said, as a run refuses it)."""
+    from wan_runtime import inference_only
+    from wan_runtime.pipelines import host_memory
+
+    told = []
+    for name, read in ((host_memory.ENV_VAR, host_memory.free_to_check),
+                       (inference_only.ENV_VAR, inference_only.inference_only_enabled)):
+        try:
+            read()
+        except InputError as err:
+            told.append(f"{name} invalid ({err})")
+        else:
+            told.append(f"{name}={os.environ.get(name, '').strip() or '1 (unset, the default)'}")
+    return ", ".join(told)
+
+
 def report() -> list[tuple[str, str]]:
     """The report as (label, value) rows."""
     cuda = torch.version.cuda or "none (CPU build)"
@@ -129,7 +149,8 @@ def report() -> list[tuple[str, str]]:
     rows += [("GPU", gpu) for gpu in _gpus()]
     rows.append(("CPU memory", _cpu_memory()))
     rows += [("attention backends", _attention_backends()), ("kernel backends", _kernel_backends()),
-             ("--compile", _compile_support()), ("--cuda_graphs", _cuda_graphs_support())]
+             ("--compile", _compile_support()), ("--cuda_graphs", _cuda_graphs_support()),
+             ("switches", _switches())]
     return rows
 
 

@@ -11,13 +11,12 @@ import contextlib
 import dataclasses
 import gc
 import os
-import signal
 import sys
 import time
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 
@@ -29,6 +28,7 @@ from wan_runtime.cli_args import GenerateConfig, InvalidArguments, resolved_offl
 from wan_runtime.cli_parser import build_parser
 from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, LaunchInputError, NumericalError
+from wan_runtime.stop_signals import handle_stops
 from wan_runtime.tasks import TASKS
 from wan_runtime.video_output import made_with, write_video
 from wan_runtime.video_settings import VideoSettings
@@ -79,20 +79,20 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
         jobs = resolve_jobs(parser, args, video)
         args = args if video is None else filled
         return _generate(jobs, args)
+    except _BatchStopped:
+        return 1
     except InvalidArguments as err:
-        # Rank 0 tells what every process finds; another process what concerns it alone.
-        for problem in err.problems if _launch().main else err.own:
+        # One process per machine tells what every process there finds; another what concerns it alone.
+        for problem in err.problems if _launch().speaks_for_machine else err.own:
             _error(problem)
         return 2
     except KeyboardInterrupt:
         if args.debug:
             raise
-        # A batch's finished videos are written; the one being made never is.
-        unwritten = "no video was written" if args.batch is None else "the video in progress was not written"
         if _launch().distributed:  # torchrun stops every process when one fails
-            _error(f"stopped; {unwritten} (if another process failed, its error is above)")
+            _error(f"stopped; {_unwritten(args)} (if another process failed, its error is above)")
         else:
-            _error(f"interrupted; {unwritten}")
+            _error(f"interrupted; {_unwritten(args)}")
         return 130
     except (InputError, CheckpointError) as err:
         # Found only while loading or running: still a problem with what the user gave.
@@ -115,6 +115,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
     except Exception as err:
         if args.debug:
             raise
+        if _launch().distributed and _lost_peers(err):
+            what = f"{type(err).__name__}: {_one_line(str(err))[:120]}"
+            _error(f"stopped: lost touch with another process of the launch ({what}); {_unwritten(args)} (if "
+                   "another process failed, its error is above)")
+            return 1
         if args.compile and type(err).__module__.startswith(("torch._dynamo", "torch._inductor")):
             # A compiler report runs to pages; its first line names the failure.
             first = _one_line(next(iter(str(err).strip().splitlines()), ""))
@@ -125,9 +130,25 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
         return 1
 
 
+_PEER_GONE = ("gloo/transport", "Connection closed by peer", "Connection reset by peer")
+
+
+def _unwritten(args: argparse.Namespace) -> str:
+    # A batch's finished videos are written; the one being made never is.
+    return "no video was written" if args.batch is None else "the video in progress was not written"
+
+
+def _lost_peers(err: Exception) -> bool:
+    """Whether ``err`` is a collective's failure because another process left the launch (which
+    a process that failed does, at once: ``Launch.abandon``)."""
+    # gloo raises a plain RuntimeError from its transport.
+    return isinstance(err, torch.distributed.DistError) or any(words in str(err) for words in _PEER_GONE)
+
+
 def cli() -> None:
-    """Entry point: ``main`` with SIGTERM handled like Ctrl-C, so partial output is removed."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    """Entry point: ``main`` with SIGTERM handled like Ctrl-C, so partial output is removed, and a
+    process that cannot take either signal (blocked in a rendezvous or collective) ended."""
+    handle_stops(_error_prefix())
     sys.exit(main())
 
 
@@ -326,10 +347,18 @@ def _speech_frames(job: GenerateConfig) -> str:
 
 def _host_memory_line(weights: WeightPlan) -> str:
     """What the weights take of CPU memory (each process's, under torchrun) and what is free."""
-    from wan_runtime.pipelines.host_memory import free_memory, host_plan, local_processes
+    from wan_runtime.pipelines.host_memory import (
+        ENV_VAR,
+        free_memory,
+        free_to_check,
+        host_plan,
+        local_processes,
+    )
 
     free = free_memory()
     have = "" if free is None else f"; the machine has {free.describe()}"
+    if free is not None and free_to_check() is None:
+        have += f" (not checked: {ENV_VAR}=0)"
     local = local_processes()
     each = "" if weights.options.world == 1 else (
         f" in each of this machine's {local} processes" if local > 1 else " in this machine's one process")
@@ -378,8 +407,10 @@ def _make_videos(
             raise VideoOutOfMemory(str(err), job, getattr(err, "stage", None),
                                    getattr(err, "stage_name", None), most) from err
         except (InputError, CheckpointError, NumericalError) as err:
-            if job.batch_line is None or job.launch.distributed or args.debug:
+            if job.batch_line is None or args.debug:
                 raise
+            if job.launch.distributed:
+                _stop_batch(jobs, count, failed, err)
             going_on = "" if job is jobs[-1] else "; going on with the next line"
             _error(f"--batch line {job.batch_line}: {_one_line(str(err))}{going_on}")
             failed.append(job.batch_line)
@@ -391,6 +422,27 @@ def _make_videos(
                 failed.append(job.batch_line)
         load_s = None  # paid once, by the first video
     return failed, last
+
+
+class _BatchStopped(Exception):
+    """A batch under torchrun stopped at a video that failed, as told."""
+
+
+def _stop_batch(jobs: list[GenerateConfig], count: int, failed: list[int], err: Exception) -> NoReturn:
+    """Tell that the ``count``-th video of ``jobs`` failed with ``err`` and stop the batch: under
+    torchrun the processes cannot go on without it, as one that had not failed would wait for the
+    others in the next video's collectives. ``failed``: the earlier videos not written."""
+    job = jobs[count - 1]
+    _error(f"--batch line {job.batch_line}: {_one_line(str(err))}; the batch stops there, as the processes "
+           "of a torchrun launch go on together (run it again with --skip_existing not to make the videos "
+           "written so far again)")
+    if job.launch.main:
+        notes = [f"{line_numbers(sorted([*failed, job.batch_line]))} failed, above"]
+        if count < len(jobs):
+            notes.append(f"{line_numbers([later.batch_line for later in jobs[count:]])} not made")
+        written = count - 1 - len(failed)
+        print(f"batch: wrote {written} of {len(jobs)} videos ({'; '.join(notes)})", flush=True)
+    raise _BatchStopped from err
 
 
 def _written(job: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load_s: float | None,
@@ -541,19 +593,18 @@ def _memory_remedy(args: argparse.Namespace, video: GenerateConfig | None = None
     return say(steps + video_steps(frames), flags=True)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _warning_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
     print(f"warning: {_one_line(str(message))}", file=sys.stderr)
 
 
 def _error(message: str) -> None:
+    print(f"{_error_prefix()}{message}", file=sys.stderr)
+
+
+def _error_prefix() -> str:
     # Each process of a torchrun launch fails on its own: say which one.
     launch = _launch()
-    where = f"rank {launch.rank}: " if launch.distributed else ""
-    print(f"error: {where}{message}", file=sys.stderr)
+    return f"error: rank {launch.rank}: " if launch.distributed else "error: "
 
 
 def _one_line(text: str) -> str:

@@ -67,7 +67,8 @@ def check_heads_split(num_heads: int, ulysses_size: int) -> None:
     """``InputError`` unless a DiT's ``num_heads`` split evenly over ``ulysses_size`` processes."""
     if num_heads % ulysses_size:
         raise InputError(f"ulysses_size {ulysses_size} does not divide the DiT's {num_heads} attention "
-                         "heads, which sequence parallelism splits over the processes; use a size that does")
+                         "heads, which sequence parallelism splits over the processes; launch a number of "
+                         f"processes that divides {num_heads}, with ulysses_size that number")
 
 
 def check_heads(spec: TaskSpec, root: Path, ulysses_size: int) -> None:

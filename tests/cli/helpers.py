@@ -23,6 +23,15 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def launch_env(monkeypatch, rank: int, world: int, local_rank: int | None = None) -> None:
+    """This process's environment as torchrun sets it for process ``rank`` of ``world`` (by default
+    all on one machine); no process group is started."""
+    values = {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank if local_rank is None else local_rank,
+              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29500}
+    for name, value in values.items():
+        monkeypatch.setenv(name, str(value))
+
+
 def run_module(
     module: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:

@@ -36,6 +36,10 @@ def test_ti2v_plan_at_the_official_size(ti2v_root, tmp_path, monkeypatch, capsys
     assert plan["seed"] == "random"
     assert (plan["sampling_steps"], plan["guide_scale"], plan["prompt"]) == ("50", "5.0", "a fox")
     assert list(tmp_path.iterdir()) == []
+    # Every setting, those that place the models or change the numbers without a flag of the video's too.
+    plan, _ = _plan(capsys, ["--ckpt_dir", str(ti2v_root), "--dry_run", "--device", "cpu",
+                             "--convert_model_dtype", "--offload_model", "False"])
+    assert (plan["convert_model_dtype"], plan["offload_model"], plan["t5_cpu"]) == ("True", "False", "False")
 
 
 def test_i2v_plan_takes_the_images_aspect_ratio(i2v_root, tmp_path, capsys, no_loading):
@@ -154,3 +158,10 @@ def test_an_estimate_that_fails_is_told_and_costs_no_video(ti2v_root, monkeypatc
     assert line == ("the video's peak could not be worked out (RuntimeError: an op the meta device lacks "
                     "second line)")
 
+
+
+def test_the_plan_says_when_the_cpu_memory_goes_unchecked(ti2v_root, monkeypatch, capsys, no_loading):
+    monkeypatch.setenv("WAN_HOST_MEMORY_CHECK", "0")
+    _, out = _plan(capsys, ["--ckpt_dir", str(ti2v_root), "--dry_run", "--device", "cpu"])
+    assert out[-1].startswith("memory: the weights take ") and out[-1].endswith(
+        " (not checked: WAN_HOST_MEMORY_CHECK=0)"), out[-1]

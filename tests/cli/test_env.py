@@ -47,3 +47,13 @@ def test_command_line_lists_a_bad_backend_variable_as_a_problem():
     lines = result.stderr.splitlines()
     assert "error: WAN_KERNELS_BACKEND='bogus': unknown wan_kernels backend" in result.stderr
     assert any("--sample_steps" in line for line in lines)
+
+
+def test_env_report_shows_the_switches_and_a_bad_value(monkeypatch):
+    monkeypatch.setenv("WAN_HOST_MEMORY_CHECK", "bogus")
+    monkeypatch.delenv("WAN_INFERENCE_ONLY", raising=False)
+    switches = dict(env.report())["switches"]
+    assert switches.startswith("WAN_HOST_MEMORY_CHECK invalid (WAN_HOST_MEMORY_CHECK must be 1 "), switches
+    assert switches.endswith(", WAN_INFERENCE_ONLY=1 (unset, the default)"), switches
+    monkeypatch.setenv("WAN_HOST_MEMORY_CHECK", "0")
+    assert dict(env.report())["switches"].startswith("WAN_HOST_MEMORY_CHECK=0, ")

@@ -96,6 +96,15 @@ def test_fit_memory_is_refused_where_there_is_nothing_to_fit(ti2v_root, fake_gpu
     assert error.startswith(f"error: {problem}")
 
 
+def test_fit_memory_without_a_gpu_says_so(ti2v_root, monkeypatch, capsys):
+    """Not "pass --device cuda", which would be refused in turn."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--ckpt_dir", str(ti2v_root), "--fit_memory", "20"]) == 2
+    [error] = capsys.readouterr().err.splitlines()
+    told = f"(leave it out, or run where torch sees a GPU; this torch, {torch.__version__}, sees none)"
+    assert error.endswith(told), error
+
+
 def test_each_videos_shape_carries_its_step_cache(ti2v_root):
     """So that the estimate, and the fit, count the cache's tensors."""
     from tests.cli.test_dry_run import _job

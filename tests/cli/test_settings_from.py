@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.cli.helpers import read_settings, read_video
+from tests.cli.helpers import launch_env, read_settings, read_video
 from tests.lora.lora_writers import parameter_shapes, random_lora, write_official
 from wan_runtime import __version__, demo, generate
 from wan_runtime.batch_file import resolve_jobs
@@ -470,8 +470,7 @@ def test_fit_memory_keeps_the_text_encoder_where_the_video_had_it(tmp_path, monk
         [kept] = _jobs("--settings_from", video, "--device", "cuda", "--fit_memory", "--no-t5_cpu")
     assert kept.t5_cpu is False and kept.fit_memory.given == ("t5_cpu",)
     # Sharded over the GPUs of a launch (--t5_fsdp), the text encoder cannot go to the CPU.
-    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
-        monkeypatch.setenv(name, value)
+    launch_env(monkeypatch, 0, 2)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.warns(UserWarning, match=differs):
         [sharded] = _jobs("--settings_from", video, "--device", "cuda", "--fit_memory", "--t5_fsdp")

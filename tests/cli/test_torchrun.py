@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import shutil
 import subprocess
 import sys
@@ -11,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cli.helpers import REPO, cli_env, read_video
+from tests.cli.helpers import REPO, cli_env, launch_env, read_video
+from tests.distributed.ranks import run_ranks
+from wan_runtime import generate
 from wan_runtime.cli_args import InvalidArguments, resolve
 from wan_runtime.generate import LOADING, _memory_remedy, build_parser, main
 
@@ -23,8 +28,7 @@ def _resolve(*argv: str):
 @pytest.fixture
 def second_of_two(monkeypatch):
     """This process as rank 1 of a two-process launch."""
-    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
-        monkeypatch.setenv(name, value)
+    launch_env(monkeypatch, 1, 2)
 
 
 def test_launch_defaults(second_of_two, ti2v_root):
@@ -46,14 +50,9 @@ def test_launch_refuses_what_cannot_work(second_of_two, ti2v_root, argv, words):
 
 
 def test_heads_the_size_does_not_divide_are_refused_before_loading(monkeypatch, ti2v_root):
-    monkeypatch.setenv("WORLD_SIZE", "4")
+    launch_env(monkeypatch, 0, 4)
     with pytest.raises(InvalidArguments, match="ulysses_size 4 does not divide the DiT's 2 attention heads"):
         _resolve("--ckpt_dir", str(ti2v_root), "--device", "cpu", "--ulysses_size", "4")
-
-
-def _launch_env(monkeypatch, rank: int, world: int) -> None:
-    for name, value in (("RANK", rank), ("WORLD_SIZE", world), ("LOCAL_RANK", rank)):
-        monkeypatch.setenv(name, str(value))
 
 
 def test_each_process_tells_its_own_problem_and_rank_0_the_common_ones(monkeypatch, ti2v_root, capsys):
@@ -64,7 +63,7 @@ def test_each_process_tells_its_own_problem_and_rank_0_the_common_ones(monkeypat
     argv = ["--ckpt_dir", str(ti2v_root), "--device", "cuda", "--dit_fsdp", "--base_seed", str(2**64)]
     lines = {}
     for rank in range(3):
-        _launch_env(monkeypatch, rank, 3)
+        launch_env(monkeypatch, rank, 3)
         assert main(argv) == 2
         lines[rank] = capsys.readouterr().err.splitlines()
     assert len(lines[0]) == 1 and lines[0][0].startswith("error: rank 0: --base_seed")
@@ -74,7 +73,7 @@ def test_each_process_tells_its_own_problem_and_rank_0_the_common_ones(monkeypat
 
 
 def test_out_of_memory_advice_under_torchrun(monkeypatch):
-    _launch_env(monkeypatch, 0, 2)
+    launch_env(monkeypatch, 0, 2)
     advice = _memory_remedy(build_parser().parse_args(["--t5_fsdp"]))
     assert "--offload_model True" in advice and "--dit_fsdp" in advice
     assert "--t5_cpu" not in advice and "--t5_fsdp (" not in advice
@@ -86,7 +85,7 @@ def test_out_of_memory_advice_under_torchrun(monkeypatch):
 
 
 def test_a_launch_that_shares_no_work_is_told(monkeypatch, ti2v_root):
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    launch_env(monkeypatch, 0, 2)
     with pytest.warns(UserWarning, match="2 processes share no work without --ulysses_size"):
         _resolve("--ckpt_dir", str(ti2v_root), "--device", "cpu")
 
@@ -155,3 +154,100 @@ def test_a_batch_over_two_processes(tmp_path, one_process_frames):
     assert again.returncode == 0, again.stderr
     assert "--batch line 2: four.mp4 exists; skipped (--skip_existing)" in again.stdout
     assert "batch: wrote 1 of 1 videos (line 2 skipped, the file exists)" in again.stdout, again.stdout
+
+
+def test_the_first_process_of_each_machine_tells_what_its_files_lack(monkeypatch, ti2v_root, tmp_path,
+                                                                     capsys):
+    """Four processes on two machines: the files are each machine's, so the first process of the
+    second machine tells what is missing there too; the others only what concerns them alone."""
+    argv = ["--ckpt_dir", str(ti2v_root), "--device", "cpu", "--dit_fsdp",
+            "--image", str(tmp_path / "no.png")]
+    lines = {}
+    for rank, local_rank in ((0, 0), (1, 1), (2, 0), (3, 1)):
+        launch_env(monkeypatch, rank, 4, local_rank)
+        assert main(argv) == 2
+        lines[rank] = capsys.readouterr().err.splitlines()
+    for rank in (0, 2):
+        [line] = lines[rank]
+        assert line.startswith(f"error: rank {rank}: --image {tmp_path / 'no.png'}"), line
+    assert lines[1] == lines[3] == []
+
+
+def test_only_the_writers_machine_checks_the_output_folder(monkeypatch, ti2v_root, tmp_path):
+    """Rank 0 writes the video: another machine need not have its folder."""
+    argv = ["--ckpt_dir", str(ti2v_root), "--device", "cpu", "--dit_fsdp",
+            "--save_file", str(tmp_path / "only_on_the_first" / "v.mp4")]
+    launch_env(monkeypatch, 2, 4, local_rank=0)
+    assert _resolve(*argv).launch.rank == 2
+    for rank in (0, 1):
+        launch_env(monkeypatch, rank, 4)
+        with pytest.raises(InvalidArguments, match="folder .*only_on_the_first does not exist"):
+            _resolve(*argv)
+
+
+def test_a_launch_without_its_rendezvous_is_refused(monkeypatch, ti2v_root):
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    refused = ("WORLD_SIZE=2 describes a launch of several processes, but MASTER_ADDR and MASTER_PORT are "
+               "not set; start them with torchrun")
+    with pytest.raises(InvalidArguments, match=refused):
+        _resolve("--ckpt_dir", str(ti2v_root), "--device", "cpu", "--dit_fsdp")
+
+
+def test_the_demo_heads_are_checked_before_loading(monkeypatch):
+    launch_env(monkeypatch, 0, 4)
+    refused = "ulysses_size 4 does not divide the DiT's 2 attention heads, .*; launch a number of processes"
+    with pytest.raises(InvalidArguments, match=refused):
+        _resolve("--demo", "--ulysses_size", "4")
+
+
+def test_a_process_left_by_another_says_so(monkeypatch, capsys):
+    """The error of a collective whose peer left (after failing, its error told by itself) is not
+    this process's failure."""
+    def peer_gone(*args: object) -> int:
+        raise RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by "
+                           "peer [127.0.0.1]:2988. This is typically caused by a remote worker crashing.")
+
+    monkeypatch.setattr(generate, "_generate", peer_gone)
+    launch_env(monkeypatch, 0, 2)
+    assert main(["--demo", "--ulysses_size", "2"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: rank 0: stopped: lost touch with another process of the launch "
+                           "(RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] "
+                           "Connection closed"), line
+    assert line.endswith("; no video was written (if another process failed, its error is above)"), line
+
+
+def _batch_failing_at_line_2(rank: int, ckpt_dir: str, folder: str) -> None:
+    from wan_runtime.errors import NumericalError
+
+    made = generate._make_video
+
+    def nan_at_line_2(pipeline, job):
+        if job.batch_line == 2:
+            raise NumericalError("the latent turned NaN at step 1")
+        return made(pipeline, job)
+
+    generate._make_video = nan_at_line_2
+    batch = Path(folder) / "jobs.jsonl"
+    argv = ["--ckpt_dir", ckpt_dir, "--device", "cpu", "--frame_num", "5", "--sample_steps", "2",
+            "--ulysses_size", "2", "--batch", str(batch)]
+    torch.set_num_threads(1)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(argv) == 1, err.getvalue()
+    told = (f"error: rank {rank}: --batch line 2: the latent turned NaN at step 1; the batch stops there, as "
+            "the processes of a torchrun launch go on together (run it again with --skip_existing not to "
+            "make the videos written so far again)")
+    assert [line for line in err.getvalue().splitlines() if "error" in line] == [told], err.getvalue()
+    if rank == 0:
+        assert "batch: wrote 1 of 3 videos (line 2 failed, above; line 3 not made)" in out.getvalue()
+
+
+def test_a_batch_video_that_fails_under_torchrun_stops_the_batch_and_says_where(ti2v_root, tmp_path):
+    lines = [{"save_file": str(tmp_path / f"v{n}.mp4"), "base_seed": n} for n in (1, 2, 3)]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run_ranks(_batch_failing_at_line_2, 2, str(ti2v_root), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["v1.mp4"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
+import warnings
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -14,6 +16,10 @@ import torch.distributed as dist
 from wan_runtime.errors import InputError
 
 T = TypeVar("T")
+
+WAIT_NOTE_S = 60.0
+# Where the processes of a launch meet (torch.distributed's env:// rendezvous).
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,8 @@ class Launch:
     @classmethod
     def from_env(cls) -> Launch:
         """The launch ``torchrun`` describes in ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``
-        (``InputError`` for values it would never set)."""
+        (``InputError`` for values it would never set, or a launch of several processes without
+        the rendezvous address it sets too)."""
         values = {}
         for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)):
             raw = os.environ.get(name, str(default))
@@ -42,6 +49,11 @@ class Launch:
             raise InputError(f"RANK={launch.rank}, WORLD_SIZE={launch.world}, LOCAL_RANK={launch.local_rank} "
                              "describe no process of a launch; start several processes with torchrun, "
                              "or unset them")
+        unset = [name for name in RENDEZVOUS if launch.distributed and not os.environ.get(name)]
+        if unset:
+            raise InputError(f"WORLD_SIZE={launch.world} describes a launch of several processes, but "
+                             f"{' and '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set; start "
+                             "them with torchrun, which sets both, or unset WORLD_SIZE")
         return launch
 
     @property
@@ -54,16 +66,34 @@ class Launch:
         """Whether this process reports and writes the results (rank 0)."""
         return self.rank == 0
 
-    def start(self, device: torch.device) -> None:
+    @property
+    def speaks_for_machine(self) -> bool:
+        """Whether this process tells the problems every process of its machine finds in the
+        command line: rank 0, and the first process of each other machine, whose files may differ
+        from rank 0's machine's."""
+        return self.local_rank == 0
+
+    def start(self, device: torch.device, note_after_s: float = WAIT_NOTE_S) -> None:
         """Join the launch's process group (NCCL for CUDA ``device``, the GPU this process then
-        uses; gloo for the CPU). Nothing to do for one process."""
+        uses; gloo for the CPU), warning if the other processes have not all come after
+        ``note_after_s`` seconds. Nothing to do for one process."""
         if not self.distributed or dist.is_initialized():
             return
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
+        # A process started alone, or a launch of fewer processes than it says, waits silently.
+        note = threading.Timer(note_after_s, warnings.warn, args=(
+            f"rank {self.rank} has waited {note_after_s:g} s for the other processes of the launch "
+            f"({self.world} in all) at {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}; "
+            "start them all with torchrun (--nproc_per_node, and --nnodes with several machines)",))
+        note.daemon = True
+        note.start()
+        try:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+                dist.init_process_group("nccl", device_id=device)
+            else:
+                dist.init_process_group("gloo")
+        finally:
+            note.cancel()
 
     def stop(self) -> None:
         """Leave the process group once every process has finished."""

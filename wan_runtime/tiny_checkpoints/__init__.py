@@ -7,7 +7,7 @@ complete.
 
 from wan_runtime.tiny_checkpoints.dit import TINY_I2V, TINY_TI2V, random_dit, write_dit
 from wan_runtime.tiny_checkpoints.s2v import TINY_S2V, write_s2v_checkpoint, write_wav2vec2
-from wan_runtime.tiny_checkpoints.tasks import write_task_checkpoint
+from wan_runtime.tiny_checkpoints.tasks import dit_heads, write_task_checkpoint
 from wan_runtime.tiny_checkpoints.text_encoder import write_text_encoder
 from wan_runtime.tiny_checkpoints.vae import write_vae21, write_vae22
 
@@ -15,6 +15,7 @@ __all__ = [
     "TINY_I2V",
     "TINY_S2V",
     "TINY_TI2V",
+    "dit_heads",
     "random_dit",
     "write_dit",
     "write_s2v_checkpoint",

@@ -7,7 +7,7 @@ from pathlib import Path
 from wan_runtime.errors import InputError
 from wan_runtime.tasks import TASKS
 from wan_runtime.tiny_checkpoints.dit import TINY_I2V, TINY_TI2V, write_dit
-from wan_runtime.tiny_checkpoints.s2v import write_s2v_checkpoint
+from wan_runtime.tiny_checkpoints.s2v import TINY_S2V, write_s2v_checkpoint
 from wan_runtime.tiny_checkpoints.text_encoder import write_text_encoder
 from wan_runtime.tiny_checkpoints.vae import write_vae21, write_vae22
 
@@ -32,3 +32,8 @@ def write_task_checkpoint(task: str, root: str | Path, seed: int = 0) -> Path:
     for i, folder in enumerate(spec.dit_folders):
         write_dit(root / folder, _DIT_CONFIGS[task], seed=seed + 1 + i, shards=2)
     return root
+
+
+def dit_heads(task: str) -> int:
+    """The attention heads of the DiTs ``write_task_checkpoint(task, ...)`` writes."""
+    return TINY_S2V.num_heads if task == "s2v-14B" else _DIT_CONFIGS[task].num_heads
