@@ -19,6 +19,8 @@ import torch
 from wan_runtime import demo
 from wan_runtime.cache.config import FB_METRICS, TEACACHE_POLICIES, CacheConfig
 from wan_runtime.checks import DEFAULT_VAE_TILE, MAX_INFER_FRAMES, VAE_TILE_MULTIPLE
+from wan_runtime.distributed.launch import Launch
+from wan_runtime.errors import InputError
 from wan_runtime.solvers import SOLVER_NAMES as SOLVERS
 from wan_runtime.tasks import TASKS
 
@@ -37,7 +39,12 @@ class _Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line (no usage block), exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message}{self._hints(message)} (see --help)\n")
+        # The processes of a torchrun launch parse the same command line: one per machine tells.
+        try:
+            quiet = not Launch.from_env().speaks_for_machine
+        except InputError:  # not a launch torchrun would make: told as the command line is checked
+            quiet = False
+        self.exit(2, None if quiet else f"error: {message}{self._hints(message)} (see --help)\n")
 
     def _hints(self, message: str) -> str:
         """For each unknown flag the known one it most resembles (``--seed``: ``--base_seed``)."""

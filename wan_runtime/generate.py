@@ -89,8 +89,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
     except KeyboardInterrupt:
         if args.debug:
             raise
-        if _launch().distributed:  # torchrun stops every process when one fails
-            _error(f"stopped; {_unwritten(args)} (if another process failed, its error is above)")
+        if _launch().distributed:  # torchrun stops every process when one fails: one per machine tells
+            if _launch().speaks_for_machine:
+                _error(f"stopped; {_unwritten(args)} (if another process failed, its error is above)")
         else:
             _error(f"interrupted; {_unwritten(args)}")
         return 130

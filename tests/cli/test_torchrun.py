@@ -251,3 +251,23 @@ def test_a_batch_video_that_fails_under_torchrun_stops_the_batch_and_says_where(
     (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     run_ranks(_batch_failing_at_line_2, 2, str(ti2v_root), str(tmp_path))
     assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["v1.mp4"]
+
+
+def test_what_every_process_finds_alike_one_per_machine_tells(monkeypatch, capsys):
+    """A flag argparse refuses, and the stop torchrun sends every process when one fails."""
+    def stopped(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "_generate", stopped)
+    told = {}
+    for rank, local_rank in ((0, 0), (1, 1), (2, 0)):
+        launch_env(monkeypatch, rank, 3, local_rank)
+        with pytest.raises(SystemExit) as exited:
+            main(["--demo", "--ulysses_size", "x"])
+        assert exited.value.code == 2
+        assert main(["--demo", "--dit_fsdp"]) == 130
+        told[rank] = capsys.readouterr().err.splitlines()
+    assert told[1] == []
+    assert told[0][0] == told[2][0] == "error: argument --ulysses_size: invalid int value: 'x' (see --help)"
+    assert told[2][1] == ("error: rank 2: stopped; no video was written (if another process failed, its "
+                          "error is above)")
