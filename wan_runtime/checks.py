@@ -72,11 +72,19 @@ def check_seed(seed: object, name: str) -> None:
                          f"seed), got {seed!r}")
 
 
-def check_num_clip(num_clip: object, name: str) -> None:
-    """s2v-14B's clip count: positive, or None for as many clips as the audio needs."""
-    if num_clip is not None and (not is_int(num_clip) or num_clip < 1):
-        raise InputError(f"{name} must be a positive number of clips (or none given: as many as the audio "
-                         f"needs), got {num_clip!r}")
+def check_switch(value: object, name: str) -> None:
+    """An option that is on or off: ``True`` or ``False``, not a value that reads as one."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be True or False, got {value!r}")
+
+
+def check_num_clip(num_clip: object, name: str, optional: bool = True) -> None:
+    """s2v-14B's clip count: positive, or (``optional``) None for as many clips as the audio needs."""
+    if num_clip is None and optional:
+        return
+    if not is_int(num_clip) or num_clip < 1:
+        none = " (or none given: as many as the audio needs)" if optional else ""
+        raise InputError(f"{name} must be a positive number of clips{none}, got {num_clip!r}")
 
 
 def check_clip_seeds(seed: int, clips: int, name: str) -> None:

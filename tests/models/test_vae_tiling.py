@@ -39,10 +39,14 @@ def test_tiled_decode_error_is_bounded(vaes, version):
 
 
 @pytest.mark.parametrize("version", ["2.1", "2.2"])
-def test_one_tile_covering_the_frame_is_the_untiled_decode(vaes, version):
+@pytest.mark.parametrize("tile", [4, 10**10], ids=["4-latents", "1e10-latents"])
+def test_one_tile_covering_the_frame_is_the_untiled_decode(vaes, version, tile):
+    """However large the tile: nothing is sized by it (a blending ramp of 10**10 latents would not
+    fit in memory)."""
     vae = vaes[version]
     z = torch.randn(vae.z_dim, 2, 2, 3, generator=torch.Generator().manual_seed(1))
-    tiled = vae.decode([z], tiled=True, tile_size=4 * vae.spatial_stride, tile_overlap=vae.spatial_stride)
+    stride = vae.spatial_stride
+    tiled = vae.decode([z], tiled=True, tile_size=tile * stride, tile_overlap=tile // 4 * stride)
     assert torch.equal(tiled[0], vae.decode([z])[0])
 
 
@@ -53,6 +57,22 @@ def test_blending_reproduces_a_local_decoder_exactly():
     z = torch.randn(1, 3, 2, 13, 17, dtype=torch.float64)
     out = decode_tiled(model, z, tile=6, overlap=2)
     assert torch.allclose(out, model.decode(z, None).float(), atol=1e-6)
+
+
+def test_on_the_meta_device_each_kind_of_tile_decodes_once():
+    """The memory estimate's walk: a tile of the same edges as one before holds what that one held
+    (tests/pipelines/test_activation_memory.py compares the counts with the full walk's)."""
+    shapes = []
+
+    def decode(z, _):
+        shapes.append(tuple(z.shape))
+        return F.interpolate(z, scale_factor=(1, 4, 4))
+
+    model = SimpleNamespace(spatial_stride=4, decode=decode)
+    for device, tiles in (("cpu", 3 * 7), ("meta", 3 * 3)):  # first, middle and last rows and columns
+        shapes.clear()
+        out = decode_tiled(model, torch.zeros(1, 3, 2, 20, 40, device=device), tile=8, overlap=2)
+        assert shapes == [(1, 3, 2, 8, 8)] * tiles and out.shape == (1, 3, 2, 80, 160)
 
 
 def test_tile_starts_cover_with_overlap():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import warnings
 
 import pytest
 import torch
@@ -201,10 +202,14 @@ def test_a_steps_count_on_the_meta_device_is_that_of_real_tensors(
         assert meta >= peak_bytes(step_work, plan.meta_models[label], *args) + residuals
 
 
-@pytest.mark.parametrize("vae_tiling", [0, 64])
-def test_the_vaes_count_on_the_meta_device_is_that_of_real_tensors(vae_tiling, i2v_pipeline, i2v_root):
+@pytest.mark.parametrize(("vae_tiling", "latent"), [
+    (0, (16, 2, 12, 16)), (64, (16, 2, 12, 16)), (64, (16, 1, 20, 40)),
+], ids=["whole", "6-tiles", "21-tiles"])
+def test_the_vaes_count_on_the_meta_device_is_that_of_real_tensors(
+    vae_tiling, latent, i2v_pipeline, i2v_root
+):
+    """The meta device decodes each kind of tile once (9 of the 21), the real tensors every one."""
     vae = codec(float32_plan("i2v-A14B", i2v_root).meta_models[VAE])
-    latent = (16, 2, 12, 16)
     assert peak_bytes(decode_work, vae, latent, vae_tiling) == real_peak(
         decode_work, i2v_pipeline.vae, latent, vae_tiling)
     assert peak_bytes(encode_work, vae, 9, 64, 96) == real_peak(encode_work, i2v_pipeline.vae, 9, 64, 96)
@@ -266,7 +271,21 @@ def test_s2v_counts_the_speech_when_given_and_a_later_clips_motion(s2v_root):
     ("s2v-14B", "ti2v-5B", VideoShape(64, 64, 9, False, 5.0), r"holds 1 s2v DiT\(s\), not the ti2v-5B"),
     ("ti2v-5B", "s2v-14B", VideoShape(64, 64, 8, True, 4.5), r"holds 1 ti2v DiT\(s\), not the s2v-14B"),
     ("ti2v-5B", "i2v-A14B", VideoShape(64, 64, 9, True, 3.5), r"holds 1 ti2v DiT\(s\), not the i2v-A14B"),
-], ids=["frames-8", "frames-0", "height", "infer-frames", "no-image", "s2v-plan", "ti2v-plan", "one-dit"])
+    ("ti2v-5B", "ti2v-5B", VideoShape(64, 64, 5, "yes", 5.0), "VideoShape.image must be True or False"),
+    ("ti2v-5B", "ti2v-5B", VideoShape(64, 64, 5, False, [5.0]), "one model: VideoShape.guide is one"),
+    ("i2v-A14B", "i2v-A14B", VideoShape(64, 64, 5, True, (3.5,)), "VideoShape.guide for i2v-A14B is a"),
+    ("s2v-14B", "s2v-14B", VideoShape(64, 64, 8, True, None), "VideoShape.guide must be a finite number"),
+    ("ti2v-5B", "ti2v-5B", VideoShape(64, 64, 5, False, 5.0, 96), "VideoShape.vae_tiling must be a tile"),
+    ("ti2v-5B", "ti2v-5B", VideoShape(64, 64, 5, False, 5.0, "512"), "VideoShape.vae_tiling must be a tile"),
+    ("s2v-14B", "s2v-14B", VideoShape(64, 64, 8, True, 4.5, clips=0), "VideoShape.clips must be a positive"),
+    ("s2v-14B", "s2v-14B", VideoShape(64, 64, 8, True, 4.5, pose=1), "VideoShape.pose must be True or False"),
+    ("s2v-14B", "s2v-14B", VideoShape(64, 64, 8, True, 4.5, audio_samples=-5), "VideoShape.audio_samples"),
+    ("s2v-14B", "s2v-14B", VideoShape(64, 64, 8, True, 4.5, motion_frames=(-1, 0)),
+     r"VideoShape.motion_frames must be the motion context's \(pixel, latent\) frame counts, positive"),
+    ("ti2v-5B", "ti2v-5B", (64, 64, 5), "a video must be a VideoShape, got tuple"),
+], ids=["frames-8", "frames-0", "height", "infer-frames", "no-image", "s2v-plan", "ti2v-plan", "one-dit",
+        "image-str", "one-guide", "guide-pair", "guide-none", "tile-96", "tile-str", "clips-0", "pose-int",
+        "samples", "motion", "not-a-video"])
 def test_an_estimate_of_what_generate_refuses_is_refused(request, task, given, video, message):
     """Before loading, the estimate is the only check of the video's shape: what generate refuses,
     or a plan of another task's models, is an InputError, not an error deep in a stage."""
@@ -274,6 +293,15 @@ def test_an_estimate_of_what_generate_refuses_is_refused(request, task, given, v
                           dtype=torch.float32)
     with pytest.raises(InputError, match=message):
         estimate_memory(plan, task_spec(given), video)
+
+
+def test_an_estimate_resolves_the_guide_and_tiles_as_generate(ti2v_root, i2v_root):
+    ti2v = cuda_plan("ti2v-5B", ti2v_root)
+    tiled = estimate_memory(ti2v, task_spec("ti2v-5B"), VideoShape(64, 64, 5, False, 5, True))
+    assert tiled == estimate_memory(ti2v, task_spec("ti2v-5B"), VideoShape(64, 64, 5, False, 5.0, 512))
+    i2v, spec = cuda_plan("i2v-A14B", i2v_root), task_spec("i2v-A14B")
+    pair = estimate_memory(i2v, spec, VideoShape(64, 64, 5, True, [1.0, 3.5]))
+    assert pair == estimate_memory(i2v, spec, VideoShape(64, 64, 5, True, (1.0, 3.5)))
 
 
 def test_i2v_has_a_stage_per_model_and_the_peak_is_the_largest(i2v_root):
@@ -348,19 +376,48 @@ def test_ti2v_without_an_image_has_no_encode_and_tiles_shrink_the_decode(ti2v_ro
     assert tiled.busiest.stage == "vae_decode" and "try vae_tiling 64 (smaller tiles)" in tiled.remedy
 
 
+@pytest.mark.parametrize("vae_tiling", [512, 64 * 10**10])
+def test_a_tile_covering_the_frame_costs_what_the_whole_frames_decode_costs(ti2v_root, vae_tiling):
+    plan = cuda_plan("ti2v-5B", ti2v_root, t5_cpu=True)
+    spec = task_spec("ti2v-5B")
+    whole = estimate_memory(plan, spec, VideoShape(512, 256, 9, False, 5.0))
+    # The advice halves the tile from the frame's size at most.
+    advice = rf"^vae_tiling {vae_tiling}: .* no less than .*; try vae_tiling 256 "
+    with pytest.warns(UserWarning, match=advice):
+        covering = estimate_memory(plan, spec, VideoShape(512, 256, 9, False, 5.0, vae_tiling=vae_tiling))
+    assert covering.stages == whole.stages
+
+
+def test_tiles_whose_decode_takes_no_less_than_whole_frames_are_warned_of(ti2v_root):
+    plan = cuda_plan("ti2v-5B", ti2v_root, t5_cpu=True)
+    spec = task_spec("ti2v-5B")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = estimate_memory(plan, spec, VideoShape(512, 256, 9, False, 5.0, vae_tiling=128))
+    # Two tiles of 448 pixels a row: each nearly the frame's decode, and the blend's buffers beside it.
+    with pytest.warns(UserWarning) as caught:
+        large = estimate_memory(plan, spec, VideoShape(512, 256, 9, False, 5.0, vae_tiling=448))
+    decode = large.stages[-1].activations
+    assert decode > small.stages[-1].activations
+    assert [str(w.message) for w in caught] == [
+        f"vae_tiling 448: decoding the 512x256 frames in tiles of that size takes {decode / GIB:.2f} GiB of "
+        "activations, no less than the 0.20 GiB whole frames take; try vae_tiling 192 (smaller tiles) or "
+        "leave vae_tiling out"]
+
+
 def test_the_peak_is_the_busiest_stages_sum_and_told_as_a_lower_bound():
     stages = [StagePeak("denoise", "DiT", 10, 5), StagePeak("vae_decode", VAE, 2, 20)]
-    estimate = MemoryEstimate(torch.device("cuda"), tuple(stages), ())
+    estimate = MemoryEstimate(torch.device("cuda"), tuple(stages), {})
     assert estimate.peak == 22 and estimate.busiest == stages[1]
     assert "at least" in estimate.describe() and "in the vae_decode" in estimate.describe()
-    denoise = MemoryEstimate(torch.device("cuda"), (StagePeak("denoise", "DiT", 10, 5),), ())
+    denoise = MemoryEstimate(torch.device("cuda"), (StagePeak("denoise", "DiT", 10, 5),), {})
     assert denoise.peak == 15
 
 
 def test_weights_fsdp_gathers_beyond_those_beside_the_activations_can_make_the_peak():
     """Under FSDP a model's stage holds, at one time, the weights beside its activations' peak
     and, at another, the most it gathers (``working``): the stage's peak is the larger."""
-    weights = (Step("dit_fsdp", True, "shards"),)
+    weights = {"DiT": (Step("dit_fsdp", True, "shards"),)}
     text = StagePeak("text_encode", TEXT_ENCODER, 5 * GIB, 0, working=9 * GIB)
     step = StagePeak("denoise", "DiT", 6 * GIB, 4 * GIB, bound=False, working=8 * GIB)
     estimate = MemoryEstimate(torch.device("cuda"), (text, step), weights)
@@ -376,7 +433,7 @@ def test_weights_fsdp_gathers_beyond_those_beside_the_activations_can_make_the_p
     names = " (the command line's flags of those names)"
     assert estimate.remedy_for(gathering) == f"to fit, try dit_fsdp (shards){names}"
     assert "smaller size" in estimate.remedy_for(gathering._replace(working=None))
-    assert MemoryEstimate(torch.device("cuda"), (gathering,), ()).remedy == "no option lowers them further"
+    assert MemoryEstimate(torch.device("cuda"), (gathering,), {}).remedy == "no option lowers them further"
 
 
 def test_a_sharded_plans_text_encode_peaks_at_what_fsdp_gathers(ti2v_root):
@@ -459,13 +516,13 @@ def test_compiled_blocks_make_the_denoise_no_bound(ti2v_root):
     assert eager.describe().startswith("at least ") and eager.lower_bound == eager.peak
     # When the compiled step is the largest, the words say so, and the bound is the other stage's.
     step, decode = StagePeak("denoise", "DiT", 10, 9, bound=False), StagePeak("vae_decode", VAE, 2, 12)
-    both = MemoryEstimate(torch.device("cuda"), (step, decode), ())
+    both = MemoryEstimate(torch.device("cuda"), (step, decode), {})
     assert both.describe().startswith("about (counted eager") and both.busiest_bound == decode
     assert both.lower_bound == 14 < both.peak == 19
 
 
 def test_the_advice_names_each_tasks_options_and_puts_the_larger_part_first():
-    weights = (Step("offload_model", True, "models wait"),)
+    weights = {VAE: (Step("offload_model", True, "models wait"),)}
     names = " (the command line's flags of those names)"
     decode = StagePeak("vae_decode", VAE, 60, 20)
     estimate = MemoryEstimate(torch.device("cuda"), (decode,), weights, vae_tiling=256)
@@ -479,8 +536,8 @@ def test_the_advice_names_each_tasks_options_and_puts_the_larger_part_first():
     # No tile is smaller than 64 pixels.
     waits = "offload_model True (models wait)"
     assert s2v.remedy == f"to fit, try smaller size, fewer infer_frames, {waits}{names}"
-    # The VAE alone on the device: no weights' option lowers its stage.
-    alone = MemoryEstimate(torch.device("cuda"), (StagePeak("vae_decode", VAE, 2, 20, own=2),), weights, 64)
+    # The weights' steps are those of the stage's model: none where no step lowers its stage.
+    alone = MemoryEstimate(torch.device("cuda"), (StagePeak("vae_decode", VAE, 2, 20, own=2),), {VAE: ()}, 64)
     assert alone.remedy == f"to fit, try smaller size, fewer frame_num{names}"
     dits_stay = MemoryEstimate(torch.device("cuda"), (StagePeak("vae_encode", VAE, 30, 20, own=2),), weights)
     assert dits_stay.remedy.startswith("to fit, try offload_model True")

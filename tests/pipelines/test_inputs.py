@@ -15,6 +15,7 @@ from wan_runtime import generate, pipelines
 from wan_runtime.checks import check_clip_seeds
 from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.pipelines import check_output_size, check_pipeline, load_pipeline, loading
+from wan_runtime.tasks import task_spec
 
 GOOD = {"size": "64*64", "frame_num": 5, "sampling_steps": 2, "seed": 0, "progress": False}
 
@@ -104,6 +105,19 @@ def test_output_size_is_checked_without_a_model(task, size, message):
     with pytest.raises(InputError, match=message):
         check_output_size(task, gradient_image(60000, 1), size)
     check_output_size(task, gradient_image(80, 60), size)
+
+
+@pytest.mark.parametrize("task", ["i2v-A14B", "ti2v-5B", "s2v-14B"])
+def test_output_size_reads_an_images_path_as_generate_does(task, tmp_path):
+    image, size = gradient_image(640, 360), task_spec(task).default_size
+    image.save(tmp_path / "cat.png")
+    expected = check_output_size(task, image, size)
+    for path in (tmp_path / "cat.png", str(tmp_path / "cat.png")):
+        assert check_output_size(task, path, size) == expected
+    with pytest.raises(InputError, match="^image .*dog.png"):
+        check_output_size(task, tmp_path / "dog.png", size)
+    with pytest.raises(InputError, match="image must be a PIL image or a file path, got int"):
+        check_output_size(task, 3, size)
 
 
 def test_command_line_refuses_an_extreme_image_before_loading(ti2v_root, tmp_path, monkeypatch, capsys):

@@ -52,6 +52,32 @@ def test_several_processes_add_the_shards_and_fsdp_leaves_no_placement_to_the_di
     assert weight_steps(sharded, None) == []
 
 
+@pytest.mark.parametrize(("working", "on_device", "expected"), [
+    # A DiT's turn under offload_model: the text encoder's steps leave it as it is.
+    ("DiT high_noise", ["VAE", "DiT high_noise"], [("stream_blocks", "N"), ("dit_fp8", True),
+                                                   ("dtype", "bfloat16")]),
+    # The text encoder's turn: the DiTs' steps leave it as it is.
+    ("text encoder", ["VAE", "text encoder"], [("t5_cpu", True), ("dtype", "bfloat16")]),
+    # The decode beside a DiT that stays: it may take turns, and its weights shrink.
+    ("VAE", ["VAE", "DiT"], [("offload_model", True), ("stream_blocks", "N"), ("dit_fp8", True),
+                             ("dtype", "bfloat16")]),
+    # The speech encoder's turn: nothing lowers its float32 weights or the VAE's.
+    ("speech encoder", ["VAE", "speech encoder"], []),
+    ("VAE", ["VAE"], []),
+])
+def test_the_weights_steps_are_those_that_lower_the_stages_models(working, on_device, expected):
+    float32 = NONE._replace(dtype=torch.float32)
+    assert options(weight_steps(float32, None, working, on_device)) == expected
+
+
+def test_a_text_encoder_fsdp_shards_takes_no_turns():
+    sharded = NONE._replace(world=2, t5_fsdp=True)
+    everything = ["VAE", "text encoder", "DiT"]
+    assert options(weight_steps(sharded, None, "text encoder", everything)) == [
+        ("offload_model", True), ("dit_fsdp", True), ("stream_blocks", "N"), ("dit_fp8", True)]
+    assert options(weight_steps(sharded, None, "DiT", everything))[0] == ("dit_fsdp", True)
+
+
 @pytest.mark.parametrize(("tiling", "value"), [(0, True), (256, 128), (192, 64), (128, 64), (64, None)])
 def test_tiles_then_tiles_half_as_wide_down_to_the_smallest(tiling, value):
     step = tiling_step(tiling)

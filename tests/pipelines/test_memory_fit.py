@@ -174,12 +174,23 @@ def test_a_budget_above_the_free_memory_is_warned_of_and_no_free_memory_refused(
     ({"device": "cpu"}, "fit_memory places the models for a GPU's memory; on cpu every model stays"),
     ({"ulysses_size": 2}, "ulysses_size 2 splits each DiT forward over 2 processes but this launch has 1"),
     ({"dtype": torch.float16}, "dtype must be torch.bfloat16"),
+    ({"videos": I2V}, "fit_memory takes a list of the videos to fit (VideoShape), got VideoShape: pass "),
+    ({"videos": [(64, 48, 5)]}, "a video must be a VideoShape, got tuple"),
+    ({"videos": [VideoShape(64, 48, 5, True, 3.5, 96)]}, "VideoShape.vae_tiling must be a tile size"),
+    ({"offload": True}, "fit_memory takes load_pipeline's arguments: got an unexpected keyword argument"),
 ])
 def test_fit_memory_refuses_what_it_cannot_fit(i2v_root, monkeypatch, arguments, problem):
     _fake_gpu(monkeypatch, 80 * GIB)
     arguments = {"videos": [I2V], "device": "cuda", **arguments}
     with pytest.raises(InputError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         fit_memory("i2v-A14B", i2v_root, **arguments)
+
+
+def test_the_videos_are_fitted_as_generate_resolves_them(i2v_root, monkeypatch):
+    """A list of guide scales (unhashable) and ``vae_tiling=True`` are what ``generate`` takes."""
+    _fake_gpu(monkeypatch, 80 * GIB)
+    fit = fit_memory("i2v-A14B", i2v_root, [VideoShape(64, 48, 5, True, [1.0, 3.5], True)], device="cuda")
+    assert list(fit.estimates) == [VideoShape(64, 48, 5, True, (1.0, 3.5), 512)]
 
 
 def test_cuda_graphs_are_fitted_without_streamed_blocks(i2v_root, monkeypatch):

@@ -35,8 +35,9 @@ def test_the_video_is_the_tiled_decode_of_the_same_latent(ti2v_pipeline, i2v_pip
     assert torch.equal(tiled, expected)
     # 64-pixel tiles of a 128-pixel frame: the tiles' decoders each see a part of it.
     assert not torch.equal(tiled, whole)
-    # False, 0, and a tile that holds the whole frame: the whole frame's decode.
-    for whole_frame in (False, 0, 256):
+    # False, 0, and a tile that holds the whole frame, however large (nothing sized by it): the
+    # whole frame's decode.
+    for whole_frame in (False, 0, 256, 64 * 10**10):
         assert torch.equal(pipeline.generate("a cat", image=image, vae_tiling=whole_frame, **RUN), whole)
 
 

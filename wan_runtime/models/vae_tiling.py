@@ -41,22 +41,32 @@ def decode_tiled(
     model: CausalAutoencoder, z: torch.Tensor, tile: int, overlap: int, split: RowSplit | None = None
 ) -> torch.Tensor:
     """``model.decode(z)`` for one [1, C, T, h, w] latent video, in ``tile x tile`` latent tiles
-    overlapping by ``overlap`` (``0 < 2 * overlap <= tile``); returns float32 pixels. ``split``:
-    every tile decoded split over its processes (each holding the whole latent, each getting the
-    whole video)."""
+    overlapping by ``overlap`` (``0 < 2 * overlap <= tile``), or whole when one tile covers the
+    frame; returns float32 pixels. ``split``: every tile decoded split over its processes (each
+    holding the whole latent, each getting the whole video)."""
     _, _, _, h, w = z.shape
+    if h <= tile and w <= tile:
+        # One tile covers the frame: decoding it whole gives the same numbers without the blend's
+        # buffers, and nothing is sized by the tile, however large.
+        return model.decode(z, split).float()
     stride = model.spatial_stride
     rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     fade = overlap * stride
     out: torch.Tensor | None = None
     total = torch.zeros(h * stride, w * stride, device=z.device)
+    done: set[tuple[bool, ...]] = set()
     for y in rows:
         for x in cols:
+            edges = (y > 0, y + tile < h, x > 0, x + tile < w)
+            # Every tile has one shape, so what one allocates, beside what the tiles before it left
+            # (the same from the second on), follows from its edges: on the meta device (the memory
+            # estimate's, whose tensors have no values to blend) each kind decodes once, however many.
+            if z.is_meta and edges in done:
+                continue
+            done.add(edges)
             pixels = model.decode(z[:, :, :, y : y + tile, x : x + tile], split).float()
             th, tw = pixels.shape[-2:]
-            weight = _ramp(th, fade, y > 0, y + tile < h, z.device)[:, None] * _ramp(
-                tw, fade, x > 0, x + tile < w, z.device
-            )
+            weight = _ramp(th, fade, *edges[:2], z.device)[:, None] * _ramp(tw, fade, *edges[2:], z.device)
             if out is None:
                 out = pixels.new_zeros(*pixels.shape[:3], h * stride, w * stride)
             region = (slice(y * stride, y * stride + th), slice(x * stride, x * stride + tw))

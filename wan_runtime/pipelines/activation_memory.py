@@ -43,7 +43,8 @@ band of the rows, with the rows its neighbours lend and the gathered results
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -51,7 +52,15 @@ from typing import NamedTuple
 import torch
 
 from wan_runtime.cache import CacheConfig, CacheManager, S2VStages, WanStages
-from wan_runtime.checks import check_frame_num, check_infer_frames, is_int
+from wan_runtime.checks import (
+    VAE_TILE_MULTIPLE,
+    check_frame_num,
+    check_infer_frames,
+    check_num_clip,
+    check_switch,
+    check_vae_tiling,
+    is_int,
+)
 from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import InputError
@@ -60,7 +69,7 @@ from wan_runtime.models.audio_encoder import resample_features, speech_clip_coun
 from wan_runtime.models.cuda_graphs import RerunBackend, StageGraphs
 from wan_runtime.models.s2v_dit import MOTION_FRAMES, WanModelS2V
 from wan_runtime.models.vae_loading import codec
-from wan_runtime.pipelines.inputs import expert_scale
+from wan_runtime.pipelines.inputs import check_guide_scale, expert_scale
 from wan_runtime.pipelines.live_bytes import peak_bytes, pooled
 from wan_runtime.pipelines.memory_advice import Step, graphable, say, tiling_step, token_steps, video_steps
 from wan_runtime.pipelines.memory_plan import (
@@ -116,15 +125,16 @@ class StagePeak(NamedTuple):
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Each stage's ``StagePeak`` of one video on ``device``. What lowers a stage's peak
-    (``remedy_for``) draws on what lowers the weights (``weight_steps``, the ``WeightPlan``'s),
-    the decode's tile size (``vae_tiling``), the option of the frame count (``frames_option``) and
-    what lowers the DiT's activations (``token_steps``: splitting the tokens over processes, or
+    (``remedy_for``) draws on what lowers the weights on the device while its model works
+    (``weight_steps``, by the model's name: the ``WeightPlan``'s ``steps_while``), the decode's
+    tile size (``vae_tiling``), the option of the frame count (``frames_option``) and what lowers
+    the DiT's activations (``token_steps``: splitting the tokens over processes, or
     the CUDA graphs' copies); ``cuda_graphs``: the DiT blocks replay from CUDA graphs, which rule
     some weights' steps out (``memory_advice.graphable``)."""
 
     device: torch.device
     stages: tuple[StagePeak, ...]
-    weight_steps: tuple[Step, ...]
+    weight_steps: Mapping[str, tuple[Step, ...]]
     vae_tiling: int = 0
     frames_option: str = "frame_num"
     token_steps: tuple[Step, ...] = ()
@@ -176,17 +186,16 @@ class MemoryEstimate:
         arguments: for the decode, tiles (smaller tiles); a smaller video or fewer frames; and
         what lowers the weights, first when they are the larger part (alone when FSDP's gathered
         weights make the peak)."""
-        weights = graphable(self.weight_steps) if self.cuda_graphs else list(self.weight_steps)
+        own = self.weight_steps.get(stage.model, ())
+        weights = graphable(own) if self.cuda_graphs else list(own)
         if stage.gathering:  # weights alone: no smaller video or split lowers them
             return say(weights, flags)
         tiles = tiling_step(self.vae_tiling) if stage.stage == "vae_decode" else None
         steps = [tiles] if tiles else []
         steps += [*self.token_steps] if stage.stage == "denoise" else []
         steps += video_steps(self.frames_option)
-        # No option lowers the VAE's or the speech encoder's own weights: only other models' there.
-        if not (stage.model in (VAE, AUDIO_ENCODER) and stage.weights == stage.own):
-            position = 0 if stage.weights > stage.activations else len(steps)
-            steps[position:position] = weights
+        position = 0 if stage.weights > stage.activations else len(steps)
+        steps[position:position] = weights
         return say(steps, flags)
 
     def placed(self, plan: WeightPlan) -> MemoryEstimate:
@@ -200,7 +209,7 @@ class MemoryEstimate:
                            working=plan.weights_while(stage.model))
             for stage in self.stages if stage.model in plan.models
         )
-        return dataclasses.replace(self, stages=stages, weight_steps=tuple(plan.remedy_steps))
+        return dataclasses.replace(self, stages=stages, weight_steps=_weight_steps(plan))
 
 
 @dataclass(frozen=True)
@@ -250,7 +259,9 @@ def estimate_memory(
     ``torchrun``, the first process's, the tokens split over ``ulysses`` processes, the VAE's rows
     as the process holding the most splits them), stage by
     stage, as the module's docstring says; a second or so for a release DiT, several for a tiled
-    decode at 720p (the meta device runs each tile's ops). ``compiled``: the DiT blocks run
+    decode at 720p (the meta device runs the ops of each kind of tile, at most 9 whatever their
+    count, and of the whole frames' decode, to warn of tiles that take no less). ``video`` is
+    checked first (``check_video``). ``compiled``: the DiT blocks run
     compiled (``compile``), so their stages are counted eager and are no bound. ``cuda_graphs``:
     the DiT blocks replay from CUDA graphs (``cuda_graphs``), whose input and output buffers and
     pool the DiT steps then hold too."""
@@ -258,7 +269,8 @@ def estimate_memory(
     if ulysses not in (1, world):
         raise ValueError(f"ulysses {ulysses}: the tokens split over 1 or all {world} processes of the plan")
     models = plan.meta_models
-    _check_video(spec, [model for label, model in models.items() if is_dit(label)], video)
+    _check_plan(spec, [model for label, model in models.items() if is_dit(label)])
+    video = check_video(spec, video)
     vae = codec(models[VAE])
     if plan.options.shared(ulysses):
         vae.row_split = RowSplit.planned(world)
@@ -286,18 +298,31 @@ def estimate_memory(
                        plan.weights_while(model))
              for stage, model, bytes_ in stages]
     frames_option = "frame_num" if spec.audio_dir is None else "infer_frames"
-    return MemoryEstimate(plan.device, tuple(peaks), tuple(plan.remedy_steps), video.vae_tiling,
+    return MemoryEstimate(plan.device, tuple(peaks), _weight_steps(plan), video.vae_tiling,
                           frames_option, tuple(token_steps(world, ulysses, config.num_heads, cuda_graphs)),
                           cuda_graphs)
 
 
-def _check_video(spec: TaskSpec, dits: list[WanModel], video: VideoShape) -> None:
-    """``InputError`` for a plan of other DiTs than ``spec``'s task runs, or a ``video`` its
-    ``generate`` refuses, before the meta device runs a stage on it."""
+def _weight_steps(plan: WeightPlan) -> dict[str, tuple[Step, ...]]:
+    """What lowers the weights on the device while each of ``plan``'s models works, by its name."""
+    return {name: tuple(plan.steps_while(name)) for name in plan.models}
+
+
+def _check_plan(spec: TaskSpec, dits: list[WanModel]) -> None:
+    """``InputError`` for a plan of other DiTs than ``spec``'s task runs."""
     if len(dits) != len(spec.dit_names) or any(dit.config.model_type != spec.model_type for dit in dits):
         kinds = sorted({dit.config.model_type for dit in dits})
         raise InputError(f"estimate_memory: the plan holds {len(dits)} {'/'.join(kinds)} DiT(s), not the "
                          f"{spec.name} ones; pass the task_spec of the task check_pipeline was given")
+
+
+def check_video(spec: TaskSpec, video: object) -> VideoShape:
+    """``video``, a ``VideoShape`` of ``spec``'s task, checked as ``generate`` checks its arguments
+    (``InputError`` naming the field), before the meta device runs a stage on it; returned with
+    the guide scale and the tile size resolved as ``generate`` resolves them (i2v-A14B's one
+    scale as a pair, ``vae_tiling=True`` as 512)."""
+    if not isinstance(video, VideoShape):
+        raise InputError(f"a video must be a VideoShape, got {type(video).__name__}")
     if spec.audio_dir is None:
         check_frame_num(video.frame_num, spec, "VideoShape.")
     else:
@@ -308,8 +333,23 @@ def _check_video(spec: TaskSpec, dits: list[WanModel], video: VideoShape) -> Non
         if not is_int(value) or value < multiple or value % multiple:
             raise InputError(f"VideoShape.{name} must be a positive multiple of {multiple} for {spec.name} "
                              f"(its VAE's and patches' stride), got {value!r}")
-    if spec.model_type != "ti2v" and video.image is not True:  # ti2v-5B alone may run without one
+    check_switch(video.image, "VideoShape.image")
+    if spec.model_type != "ti2v" and not video.image:  # ti2v-5B alone may run without one
         raise InputError(f"VideoShape.image must be True for {spec.name}, which starts from an image")
+    guide = check_guide_scale(video.guide, spec, "VideoShape.guide")
+    tiling = check_vae_tiling(video.vae_tiling, "VideoShape.vae_tiling")
+    if spec.audio_dir is not None:
+        check_num_clip(video.clips, "VideoShape.clips", optional=False)
+        check_switch(video.start_from_ref, "VideoShape.start_from_ref")
+        check_switch(video.pose, "VideoShape.pose")
+        if not is_int(video.audio_samples) or video.audio_samples < 0:
+            raise InputError("VideoShape.audio_samples must be the speech's count of 16 kHz samples (0: not "
+                             f"known), got {video.audio_samples!r}")
+        motion = video.motion_frames
+        if not (isinstance(motion, tuple) and len(motion) == 2 and all(is_int(n) and n > 0 for n in motion)):
+            raise InputError("VideoShape.motion_frames must be the motion context's (pixel, latent) frame "
+                             f"counts, positive (the release's: {MOTION_FRAMES}), got {motion!r}")
+    return dataclasses.replace(video, guide=guide, vae_tiling=tiling)
 
 
 class _PooledRerun(RerunBackend):
@@ -361,7 +401,7 @@ def _activations(
         per_token = video.image and config.in_dim == config.out_dim
         step = peak_bytes(step_work, dit, latent_shape, branches, per_token, cache=caches[name])
         stages.append(("denoise", dit_label(name, names), step))
-    stages.append(("vae_decode", VAE, peak_bytes(decode_work, vae, latent_shape, video.vae_tiling)))
+    stages.append(("vae_decode", VAE, _decode_bytes(decode_work, vae, latent_shape, video)))
     return stages
 
 
@@ -387,9 +427,32 @@ def _s2v_activations(
                       context, video.motion_frames, cache=caches[name])
     behind = video.motion_frames[1] if motion else 1
     decoded = (latent_shape[0], behind + latent_shape[1], *latent_shape[2:])
-    decode = peak_bytes(s2v_decode_work, vae, decoded, video.vae_tiling, context)
+    decode = _decode_bytes(s2v_decode_work, vae, decoded, video, context)
     return [("vae_encode", VAE, encode), ("denoise", dit_label(DIT, [DIT]), step),
             ("vae_decode", VAE, decode)]
+
+
+def _decode_bytes(
+    work: Callable[..., None], vae: WanVAE, latent_shape: tuple[int, ...], video: VideoShape, *context: object
+) -> int:
+    """The activations of ``work`` (``decode_work``, or ``s2v_decode_work`` with its ``context``),
+    decoding a latent of ``latent_shape`` in ``video``'s tiles; a warning when whole frames take
+    no more, as tiles nearly the frame's size do (the blend's frame-sized buffers come on top of a
+    tile's decode)."""
+    tiled = peak_bytes(work, vae, latent_shape, video.vae_tiling, *context)
+    if not video.vae_tiling:
+        return tiled
+    whole = peak_bytes(work, vae, latent_shape, 0, *context)
+    if tiled >= whole:
+        # Halved from the frame's size at most: a larger tile decodes the frame whole.
+        frame = max(video.width, video.height) // VAE_TILE_MULTIPLE * VAE_TILE_MULTIPLE
+        smaller = tiling_step(min(video.vae_tiling, frame))
+        instead = "" if smaller is None else f"try {smaller.say(flags=False)} or "
+        warnings.warn(f"vae_tiling {video.vae_tiling}: decoding the {video.width}x{video.height} frames in "
+                      f"tiles of that size takes {tiled / _GIB:.2f} GiB of activations, no less than the "
+                      f"{whole / _GIB:.2f} GiB whole frames take; {instead}leave vae_tiling out",
+                      stacklevel=2)
+    return tiled
 
 
 def encode_work(vae: WanVAE, frames: int, height: int, width: int, device: torch.device = _META) -> None:

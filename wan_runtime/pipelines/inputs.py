@@ -16,6 +16,7 @@ from wan_runtime.checks import (
     check_infer_frames,
     check_num_clip,
     check_seed,
+    check_switch,
 )
 from wan_runtime.errors import InputError
 from wan_runtime.tasks import HIGH_NOISE, TaskSpec
@@ -64,28 +65,29 @@ def parse_size(size: str, spec: TaskSpec) -> tuple[int, int]:
     )
 
 
-def _check_scale(value: object) -> float:
+def _check_scale(value: object, name: str) -> float:
     if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < math.inf):
-        raise InputError(f"guide_scale must be a finite number >= 0 (e.g. 3.5 or 5.0), got {value!r}")
+        raise InputError(f"{name} must be a finite number >= 0 (e.g. 3.5 or 5.0), got {value!r}")
     return float(value)
 
 
-def check_guide_scale(guide_scale: object, spec: TaskSpec) -> float | tuple[float, float]:
+def check_guide_scale(
+    guide_scale: object, spec: TaskSpec, name: str = "guide_scale"
+) -> float | tuple[float, float]:
     """One scale, or for the two-expert task a number or ``(low_noise, high_noise)`` pair, which is
-    returned as a pair."""
+    returned as a pair (``name``: the argument's, in the errors)."""
     if spec.boundary is None:
         if isinstance(guide_scale, (tuple, list)):
-            raise InputError(f"{spec.name} has one model: guide_scale is one number, got {guide_scale!r}")
-        return _check_scale(guide_scale)
+            raise InputError(f"{spec.name} has one model: {name} is one number, got {guide_scale!r}")
+        return _check_scale(guide_scale, name)
     if isinstance(guide_scale, (tuple, list)):
         if len(guide_scale) != 2:
             raise InputError(
-                f"guide_scale for {spec.name} is a number or a (low_noise, high_noise) pair, "
-                f"got {guide_scale!r}"
+                f"{name} for {spec.name} is a number or a (low_noise, high_noise) pair, got {guide_scale!r}"
             )
-        low, high = (_check_scale(v) for v in guide_scale)
+        low, high = (_check_scale(v, name) for v in guide_scale)
         return low, high
-    scale = _check_scale(guide_scale)
+    scale = _check_scale(guide_scale, name)
     return scale, scale
 
 
@@ -119,7 +121,6 @@ def check_clip_arguments(infer_frames: object, num_clip: object, start_from_ref:
     file itself is checked by ``wan_runtime.pose_video.probe_video``)."""
     check_infer_frames(infer_frames, "infer_frames")
     check_num_clip(num_clip, "num_clip")
-    if not isinstance(start_from_ref, bool):
-        raise InputError(f"start_from_ref must be True or False, got {start_from_ref!r}")
+    check_switch(start_from_ref, "start_from_ref")
     if pose_video is not None and not isinstance(pose_video, (str, Path)):
         raise InputError(f"pose_video must be the path of a video file, got {type(pose_video).__name__}")

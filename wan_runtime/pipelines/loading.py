@@ -6,16 +6,18 @@ import inspect
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
+from PIL import Image
 
-from wan_runtime.checks import check_cuda_graphs, check_dit_fp8, check_stream_blocks
+from wan_runtime.checks import check_cuda_graphs, check_dit_fp8, check_stream_blocks, check_switch
 from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.image_io import load_image
 from wan_runtime.inference_only import guard, inference_only_enabled
 from wan_runtime.lora import Lora, LoraFile, read_loras
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
@@ -35,9 +37,6 @@ from wan_runtime.pipelines.residency import Residency
 from wan_runtime.pipelines.s2v import AUDIO_ENCODER, S2VPipeline
 from wan_runtime.pipelines.ti2v import TI2VPipeline
 from wan_runtime.tasks import TaskSpec, check_checkpoint_dir, task_spec
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 _PIPELINES = {
     "i2v-A14B": I2VPipeline,
@@ -68,13 +67,15 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
     return resolved
 
 
-def check_output_size(task: str, image: Image.Image | None, size: str) -> tuple[int, int]:
+def check_output_size(task: str, image: Image.Image | str | Path | None, size: str) -> tuple[int, int]:
     """The video's (width, height) for ``task``'s target ``size`` ``"W*H"`` and the input
-    ``image``, as ``generate`` makes it, without loading anything; ``InputError`` for an image
-    that cannot fit."""
+    ``image`` (a PIL image, or a file path read as ``generate`` reads it), as ``generate`` makes
+    it, without loading a model; ``InputError`` for an image that cannot be read or fit."""
     spec = task_spec(task)
     width, height = parse_size(size, spec)
-    return _PIPELINES[spec.name].output_size(spec, image, width, height)
+    # An image given is used as it is: reading it again would repeat the warnings its reading gave.
+    picture = image if image is None or isinstance(image, Image.Image) else load_image(image)
+    return _PIPELINES[spec.name].output_size(spec, picture, width, height)
 
 
 def check_pipeline(task: str, ckpt_dir: str | Path, *, check_fits: bool = True, **options: Any) -> WeightPlan:
@@ -85,10 +86,18 @@ def check_pipeline(task: str, ckpt_dir: str | Path, *, check_fits: bool = True, 
     machine's free CPU memory (unless not ``check_fits``; ``wan_runtime.pipelines.host_memory``).
     Raises what ``load_pipeline`` would (``InputError``, ``CheckpointError``); returns the weights'
     memory plan (``wan_runtime.pipelines.memory_plan``)."""
+    return checked_plan("check_pipeline", task, ckpt_dir, options, check_fits)
+
+
+def checked_plan(
+    caller: str, task: str, ckpt_dir: str | Path, options: Mapping[str, Any], check_fits: bool = True
+) -> WeightPlan:
+    """``check_pipeline`` for ``caller``, a function taking ``load_pipeline``'s arguments
+    (``options``: its keyword arguments), which the error for an argument it does not take names."""
     try:
         arguments = inspect.signature(load_pipeline).bind(task, ckpt_dir, **options)
     except TypeError as err:
-        raise InputError(f"check_pipeline takes load_pipeline's arguments: {err}") from err
+        raise InputError(f"{caller} takes load_pipeline's arguments: {err}") from err
     arguments.apply_defaults()
     return _checked(arguments.arguments, check_fits).plan
 
@@ -118,8 +127,7 @@ def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
                 "compile": compile, "dit_fsdp": dit_fsdp, "t5_fsdp": t5_fsdp, "dit_fp8": dit_fp8,
                 "cuda_graphs": cuda_graphs}
     for name, value in switches.items():
-        if not isinstance(value, bool):
-            raise InputError(f"{name} must be True or False, got {value!r}")
+        check_switch(value, name)
     spec = check_checkpoint_dir(task, ckpt_dir)
     if dtype not in _DTYPES:
         raise InputError(f"dtype must be torch.bfloat16 (the official) or torch.float32, got {dtype!r}")

@@ -8,7 +8,7 @@ command line's own out-of-memory message and warning name its flags (``--t5_cpu`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -17,6 +17,20 @@ from wan_runtime.checks import VAE_TILE_MULTIPLE
 
 if TYPE_CHECKING:
     from wan_runtime.pipelines.memory_plan import PlanOptions
+
+# The models' names in a memory plan and its advice (a task's DiTs: ``dit_label``'s).
+TEXT_ENCODER, VAE, AUDIO_ENCODER = "text encoder", "VAE", "speech encoder"
+
+
+def dit_label(name: str, names: list[str]) -> str:
+    """The plan's name of the DiT ``name`` of a task's ``names``."""
+    return f"DiT {name}" if len(names) > 1 else "DiT"
+
+
+def is_dit(label: str) -> bool:
+    """Whether the plan's name ``label`` is a DiT's (``dit_label``'s)."""
+    return label == "DiT" or label.startswith("DiT ")
+
 
 # Options whose flags take True or False as a value, as the official script's, said with the value
 # either way; the others are switches (``--t5_cpu``, ``--no-t5_cpu``).
@@ -85,26 +99,39 @@ def say(steps: Sequence[Step], flags: bool, nothing: str = "no option lowers the
     return "to fit, try " + ", ".join(step.say(flags) for step in merged.values()) + names
 
 
-def weight_steps(options: PlanOptions, most_streamed: int | None) -> list[Step]:
+def weight_steps(
+    options: PlanOptions, most_streamed: int | None, working: str | None = None,
+    on_device: Collection[str] = (),
+) -> list[Step]:
     """What lowers the weights' device memory, of what ``options`` allow and have not done
     (``most_streamed``: how many blocks can stream at most; None: unknown), as a run whose DiT
-    blocks replay from CUDA graphs (``options.cuda_graphs``) can take it (``graphable``)."""
+    blocks replay from CUDA graphs (``options.cuda_graphs``) can take it (``graphable``).
+    ``working``: the model (by the plan's name) whose stage to lower, ``on_device`` the models on
+    the device meanwhile, itself among them (``WeightPlan.on_device``): the steps that leave their
+    weights as they are are left out (None: the stage not known, every step)."""
     o, several = options, options.world > 1
+    every = working is None
+    text = every or TEXT_ENCODER in on_device
+    dits = every or any(is_dit(name) for name in on_device)
+    # Taking turns sends the others away, but for the VAE and a text encoder FSDP shards, which stay.
+    turns = every or any(name not in (working, VAE) and not (name == TEXT_ENCODER and o.t5_fsdp)
+                         for name in on_device)
     steps = []
-    if not o.offload_model and not o.dit_fsdp:
+    if turns and not o.offload_model and not o.dit_fsdp:
         steps.append(Step("offload_model", True, "models wait on the CPU while another works"))
-    if several and not o.dit_fsdp:
+    if dits and several and not o.dit_fsdp:
         steps.append(Step("dit_fsdp", True, "each GPU holds a share of the DiT weights"))
-    if several and not (o.t5_fsdp or o.t5_cpu):
+    if text and several and not (o.t5_fsdp or o.t5_cpu):
         steps.append(Step("t5_fsdp", True, "each GPU holds a share of the text encoder"))
-    if not (o.t5_cpu or o.t5_fsdp):
+    if text and not (o.t5_cpu or o.t5_fsdp):
         steps.append(Step("t5_cpu", True, "the text encoder stays on the CPU"))
-    if not o.dit_fsdp and (most_streamed is None or o.stream_blocks < most_streamed):
+    if dits and not o.dit_fsdp and (most_streamed is None or o.stream_blocks < most_streamed):
         steps.append(Step("stream_blocks", "more" if o.stream_blocks else "N",
                           "DiT blocks wait in CPU memory until they run"))
-    if not (o.dit_fsdp or o.dit_fp8):
+    if dits and not (o.dit_fsdp or o.dit_fp8):
         steps.append(DIT_FP8)
-    if o.dtype == torch.float32:
+    # The VAE and the speech encoder compute in float32 whatever the dtype.
+    if (text or dits) and o.dtype == torch.float32:
         steps.append(TO_BFLOAT16)
     return graphable(steps) if o.cuda_graphs else steps
 

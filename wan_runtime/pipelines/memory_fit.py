@@ -44,7 +44,13 @@ import torch
 from wan_runtime.checks import PLACEMENT_FLAGS
 from wan_runtime.distributed.launch import from_every_rank
 from wan_runtime.errors import InputError, LaunchInputError
-from wan_runtime.pipelines.activation_memory import MemoryEstimate, StagePeak, VideoShape, estimate_memory
+from wan_runtime.pipelines.activation_memory import (
+    MemoryEstimate,
+    StagePeak,
+    VideoShape,
+    check_video,
+    estimate_memory,
+)
 from wan_runtime.pipelines.host_memory import (
     FreeMemory,
     HostPlan,
@@ -53,7 +59,7 @@ from wan_runtime.pipelines.host_memory import (
     host_remedy,
     local_processes,
 )
-from wan_runtime.pipelines.loading import check_pipeline
+from wan_runtime.pipelines.loading import checked_plan
 from wan_runtime.pipelines.memory_plan import _GIB, WeightPlan
 from wan_runtime.tasks import task_spec
 
@@ -73,7 +79,8 @@ def needed(stage: StagePeak) -> int:
 @dataclasses.dataclass(frozen=True)
 class MemoryFit:
     """The placement chosen (``plan``: its options and the weights' bytes under them), the
-    ``budget`` in bytes, and each video's estimate under the placement, by its ``VideoShape``."""
+    ``budget`` in bytes, and each video's estimate under the placement, by its ``VideoShape`` (as
+    ``check_video`` resolves it)."""
 
     plan: WeightPlan
     estimates: dict[VideoShape, MemoryEstimate]
@@ -188,6 +195,9 @@ def fit_memory(
     chooses the same placement, fitted to the least free memory of any GPU and machine of the
     launch, the machine's shared by its processes (torchrun's ``LOCAL_WORLD_SIZE``, the most of
     any machine's)."""
+    if not isinstance(videos, (list, tuple)):
+        raise InputError(f"fit_memory takes a list of the videos to fit (VideoShape), got "
+                         f"{type(videos).__name__}: pass [video] for one")
     if not videos:
         raise InputError("fit_memory needs the videos to fit (VideoShape), got none")
     number = isinstance(budget_gib, (int, float)) and not isinstance(budget_gib, bool)
@@ -197,7 +207,9 @@ def fit_memory(
     if options.get("cuda_graphs"):  # a streamed block's weights would move under its graph
         given = {"stream_blocks": 0, **given}
     most = {"offload_model": False, "t5_cpu": False, "stream_blocks": 0}
-    plan = check_pipeline(task, ckpt_dir, check_fits=False, **{**options, **most, **given})
+    plan = checked_plan("fit_memory", task, ckpt_dir, {**options, **most, **given}, check_fits=False)
+    spec = task_spec(task)
+    videos = [check_video(spec, video) for video in videos]
     if plan.device.type != "cuda":
         raise InputError(f"fit_memory places the models for a GPU's memory; on {plan.device} every model "
                          "stays in its memory (pass device='cuda')")
@@ -216,7 +228,6 @@ def fit_memory(
         warnings.warn(f"a budget of {budget / _GIB:.2f} GiB is more than the {free / _GIB:.2f} GiB {gpu} "
                       f"has free less the {RESERVED / _GIB:g} GiB reserve: the run may run out of memory",
                       stacklevel=2)
-    spec = task_spec(task)
     compiled, ulysses = bool(options.get("compile", False)), options.get("ulysses_size", 1)
     graphs = bool(options.get("cuda_graphs", False))
     estimates = {video: estimate_memory(plan, spec, video, compiled, ulysses, graphs)

@@ -28,22 +28,20 @@ from wan_runtime.models.device_copies import module_tensors
 from wan_runtime.models.t5_checkpoint import read_checkpoint
 from wan_runtime.models.umt5 import meta_encoder
 from wan_runtime.models.vae_loading import meta_vae
-from wan_runtime.pipelines.memory_advice import Step, say, weight_steps
+from wan_runtime.pipelines.memory_advice import (
+    AUDIO_ENCODER,
+    TEXT_ENCODER,
+    VAE,
+    Step,
+    dit_label,
+    is_dit,
+    say,
+    weight_steps,
+)
 from wan_runtime.tasks import TaskSpec
 
-TEXT_ENCODER, VAE, AUDIO_ENCODER = "text encoder", "VAE", "speech encoder"
 # GiB, as torch reports a GPU's memory and as the cards are sold ("24 GB" is 24 GiB).
 _GIB = 2**30
-
-
-def dit_label(name: str, names: list[str]) -> str:
-    """The plan's name of the DiT ``name`` of a task's ``names``."""
-    return f"DiT {name}" if len(names) > 1 else "DiT"
-
-
-def is_dit(label: str) -> bool:
-    """Whether the plan's name ``label`` is a DiT's (``dit_label``'s)."""
-    return label == "DiT" or label.startswith("DiT ")
 
 
 def _bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -188,10 +186,14 @@ class WeightPlan:
         """The most bytes of weights on the device at once."""
         return self.weights_while(self.busiest)
 
+    def on_device(self, name: str) -> list[str]:
+        """The models on the device while the model ``name`` works."""
+        return [n for n in self.models if n not in self.moving or n == name]
+
     @property
     def peak_models(self) -> list[str]:
         """The models on the device at the peak."""
-        return [n for n in self.models if n not in self.moving or n == self.busiest]
+        return self.on_device(self.busiest)
 
     def describe(self) -> str:
         """The peak and what makes it, in words."""
@@ -214,8 +216,13 @@ class WeightPlan:
 
     @property
     def remedy_steps(self) -> list[Step]:
-        """What lowers the weights' memory, of what these options allow and have not done."""
-        return weight_steps(self.options, self.most_streamed)
+        """What lowers the weights' peak, of what these options allow and have not done."""
+        return self.steps_while(self.busiest)
+
+    def steps_while(self, name: str) -> list[Step]:
+        """What lowers the weights on the device while the model ``name`` works, of what these
+        options allow and have not done."""
+        return weight_steps(self.options, self.most_streamed, name, self.on_device(name))
 
     @property
     def remedy(self) -> str:
