@@ -77,9 +77,9 @@ def test_the_run_loads_with_the_placement_and_out_of_memory_advises_a_smaller_bu
 
 
 def test_nothing_that_fits_is_an_input_error_before_loading(ti2v_root, fake_gpu, capsys):
-    assert main(["--ckpt_dir", str(ti2v_root), *FLAGS, "--fit_memory", "0.5"]) == 2
+    assert main(["--ckpt_dir", str(ti2v_root), *FLAGS, "--fit_memory", "2.02"]) == 2
     [error] = capsys.readouterr().err.splitlines()
-    assert error.startswith("error: no placement of the models fits the video in 0.50 GiB: with the least "
+    assert error.startswith("error: no placement of the models fits the video in 2.02 GiB: with the least "
                             "on the GPU, offload_model True, t5_cpu True, stream_blocks 1: the ")
 
 

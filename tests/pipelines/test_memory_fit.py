@@ -163,6 +163,10 @@ def test_a_budget_above_the_free_memory_is_warned_of_and_no_free_memory_refused(
     _fake_gpu(monkeypatch, RESERVED)
     with pytest.raises(InputError, match="the GPU has 1.00 GiB free, no more than the 1 GiB the fit keeps"):
         fit_memory("i2v-A14B", i2v_root, [I2V], device="cuda")
+    _fake_gpu(monkeypatch, RESERVED + 2 * GIB)
+    refused = r"a budget of 2.00 GiB \(the GPU's free memory less the 1 GiB reserve\) holds nothing beside"
+    with pytest.raises(InputError, match=refused):
+        fit_memory("i2v-A14B", i2v_root, [I2V], device="cuda")
 
 
 @pytest.mark.parametrize(("arguments", "problem"), [
@@ -171,6 +175,7 @@ def test_a_budget_above_the_free_memory_is_warned_of_and_no_free_memory_refused(
     ({"budget_gib": "24"}, "budget_gib must be a number of GiB above 0, got '24'"),
     ({"budget_gib": True}, "budget_gib must be a number of GiB above 0, got True"),
     ({"budget_gib": float("inf")}, "budget_gib must be a number of GiB above 0, got inf"),
+    ({"budget_gib": 2}, "a budget of 2.00 GiB holds nothing beside the 2 GiB each stage keeps for the"),
     ({"device": "cpu"}, "fit_memory places the models for a GPU's memory; on cpu every model stays"),
     ({"ulysses_size": 2}, "ulysses_size 2 splits each DiT forward over 2 processes but this launch has 1"),
     ({"dtype": torch.float16}, "dtype must be torch.bfloat16"),

@@ -224,6 +224,13 @@ def fit_memory(
         raise LaunchInputError(f"{gpu} has {free / _GIB:.2f} GiB free, no more than the {RESERVED / _GIB:g} "
                                "GiB the fit keeps in reserve: another process holds its memory (give a "
                                "budget to fit anyway)")
+    if budget <= WORKSPACE:
+        which = "" if budget_gib is not None else (
+            f" ({gpu}'s free memory less the {RESERVED / _GIB:g} GiB reserve)")
+        error = InputError if budget_gib is not None else LaunchInputError
+        raise error(f"a budget of {budget / _GIB:.2f} GiB{which} holds nothing beside the "
+                    f"{WORKSPACE / _GIB:g} GiB each stage keeps for the kernels' workspaces; no placement "
+                    "fits in it")
     if budget > free - RESERVED:
         warnings.warn(f"a budget of {budget / _GIB:.2f} GiB is more than the {free / _GIB:.2f} GiB {gpu} "
                       f"has free less the {RESERVED / _GIB:g} GiB reserve: the run may run out of memory",
