@@ -4,6 +4,7 @@ kept, and what cannot fit is refused with what else would lower the peak."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -126,6 +127,9 @@ def test_nothing_that_fits_is_refused_with_what_else_lowers_the_peak(i2v_root):
     assert "with the least on the GPU, offload_model True, t5_cpu True, stream_blocks 1: the " in message
     assert "smaller size, fewer frame_num" in message
     assert "dit_fp8" in message and "to fit, " in message
+    # One byte over: the need and the budget read apart.
+    need, budget = re.search(r"needs the most, ([\d.]+) GiB .* of the ([\d.]+) GiB budget", message).groups()
+    assert need != budget, message
     fit_placement(plan, estimates, least, {})
 
 

@@ -100,9 +100,21 @@ class MemoryFit:
         """The placement and how close it comes to the budget (each process's, of its GPU), in words."""
         stage, world = self.busiest, self.plan.options.world
         each = "" if world == 1 else f" of each of the {world} GPUs"
+        need, budget = _distinct_gib(needed(stage), self.budget)
         return (f"{_placement(self.plan)}: the {stage.stage} of the {stage.model} needs the most, "
-                f"{needed(stage) / _GIB:.2f} GiB ({_room(stage)}) of the {self.budget / _GIB:.2f} GiB "
-                f"budget{each}")
+                f"{need} GiB ({_room(stage)}) of the {budget} GiB budget{each}")
+
+
+def _distinct_gib(first: int, second: int) -> tuple[str, str]:
+    """``first`` and ``second`` bytes in GiB, with the decimals (2 to 4) that tell them apart
+    where they differ: a need just over the budget must not read as equal to it (at 4 decimals
+    the larger is rounded up and the smaller down)."""
+    for digits in (2, 3):
+        pair = f"{first / _GIB:.{digits}f}", f"{second / _GIB:.{digits}f}"
+        if pair[0] != pair[1] or first == second:
+            return pair
+    up, down = (math.ceil, math.floor) if first > second else (math.floor, math.ceil)
+    return f"{up(first / _GIB * 1e4) / 1e4:.4f}", f"{down(second / _GIB * 1e4) / 1e4:.4f}"
 
 
 def _placement(plan: WeightPlan) -> str:
