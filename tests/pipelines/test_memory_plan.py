@@ -278,3 +278,12 @@ def test_a_text_encoder_not_read_cannot_be_placed(ti2v_root):
     with pytest.raises(ValueError, match="made without the text encoder"):
         without.placed(offload_model=True, t5_cpu=False, stream_blocks=0)
     assert without.placed(offload_model=True, t5_cpu=True, stream_blocks=1).models["DiT"].extra > 0
+
+
+def test_on_the_cpu_no_step_moves_a_model_to_cpu_memory(ti2v_root):
+    """Every model is in CPU memory there already: streaming or offloading would lower nothing."""
+    plan = check_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32)
+    for name in plan.models:
+        options = {step.option for step in plan.steps_while(name)}
+        assert not options & {"offload_model", "t5_cpu", "stream_blocks"}, (name, options)
+    assert "dtype bfloat16" in plan.remedy

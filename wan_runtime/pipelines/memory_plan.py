@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from wan_runtime.checks import PLACEMENT_FLAGS
 from wan_runtime.errors import InputError
 from wan_runtime.models import WanModel
 from wan_runtime.models.audio_encoder import Wav2Vec2Features
@@ -221,8 +222,10 @@ class WeightPlan:
 
     def steps_while(self, name: str) -> list[Step]:
         """What lowers the weights on the device while the model ``name`` works, of what these
-        options allow and have not done."""
-        return weight_steps(self.options, self.most_streamed, name, self.on_device(name))
+        options allow and have not done; on the CPU, nothing that places a model in CPU memory,
+        where every model already is."""
+        steps = weight_steps(self.options, self.most_streamed, name, self.on_device(name))
+        return steps if self.device.type != "cpu" else [s for s in steps if s.option not in PLACEMENT_FLAGS]
 
     @property
     def remedy(self) -> str:
