@@ -130,3 +130,25 @@ def test_teacache_signals_are_the_models_own(ti2v_pipeline):
         hook.remove()
     assert torch.equal(signal, given[0])
     assert torch.equal(stages.time_signal(700.0), cond.time_embed)
+
+
+def test_an_expert_given_no_step_is_no_cache_model(i2v_root):
+    """One step: the high-noise expert alone runs; offloading still places both experts."""
+    pipeline = load_pipeline("i2v-A14B", i2v_root, device="cpu", dtype=torch.float32, offload_model=True)
+    for config in (CacheConfig(fbcache=True), CacheConfig(teacache=True)):
+        pipeline.generate("a cat", image=gradient_image(80, 60), cache=config, **{**RUN, "sampling_steps": 1})
+        assert set(pipeline.cache_report()) == {"high"}
+
+
+def test_a_teacache_skip_beside_fbcache_saves_all_blocks_but_the_first(ti2v_root):
+    """FBCache runs block 0 at every step to measure, so a TeaCache skip saves the others only."""
+    pipeline = load_pipeline("ti2v-5B", ti2v_root, device="cpu", dtype=torch.float32)
+    calls: list = []
+    _count_full_runs(pipeline, calls)
+    config = CacheConfig(teacache=True, teacache_thresh=BIG, fbcache=True, fb_thresh=0.0)
+    pipeline.generate("a cat", cache=config, **RUN)
+    cond = pipeline.cache_report()["ti2v"]["cond"]
+    assert cond["skipped_by"] == {"teacache": cond["skipped"]} and cond["skipped"] > 0
+    blocks = pipeline.dits["dit"].config.num_layers
+    run = sum((blocks if stop is None else stop) - start for _, start, stop in calls)
+    assert cond["work_saved"] == pytest.approx(1 - run / (2 * RUN["sampling_steps"] * blocks))

@@ -181,7 +181,8 @@ class CacheManager:
         if gate is not None:
             residual = state.fb_residual if gate == FBCACHE else state.tea_residual
             out = wan_kernels.residual_apply(base, residual)
-            saved = stages.num_blocks - (1 if gate == FBCACHE else 0)
+            # Block 0 ran anyway where FBCache is on, whichever gate skipped.
+            saved = stages.num_blocks - (0 if first is None else 1)
         else:
             out = stages.run_blocks(tokens, cond) if first is None else stages.run_blocks(first, cond, 1)
             self._capture(model, state, tokens, first, out)
@@ -351,8 +352,10 @@ class CacheManager:
     # -- placement and results -------------------------------------------------------------------
 
     def move(self, name: str, device: torch.device) -> None:
-        """Move model ``name``'s cached tensors to ``device``, following the model when offloaded."""
-        for state in self._models[name].branches.values():
+        """Move model ``name``'s cached tensors to ``device``, following the model when offloaded
+        (a model the schedule never runs, as an expert given no step, holds none)."""
+        model = self._models.get(name)
+        for state in () if model is None else model.branches.values():
             state.to(device)
 
     def residual_bytes(self) -> dict[str, int]:
