@@ -163,3 +163,14 @@ def test_plan_follows_a_step_another_gate_skipped():
     assert plan.skipped_by_other(2)
     assert plan.marks() == "CsCCs" and plan[3].metric == pytest.approx(0.18)
     assert plan.restart(3, SHAPE) is False and plan.marks() == "CsCCs"
+
+
+def test_a_replan_that_moves_only_the_metrics_is_no_change():
+    """An FBCache skip of a step the plan computes keeps its change in the accumulator: the later
+    votes' metrics grow, but where no decision flips the plan is told unchanged (not logged)."""
+    gate = TeaCacheGate(LINEAR, 0.5, Lifecycle(1, 0, 5), alternating=False)
+    plan = TeaCachePlan(gate, [(i, False) for i in range(5)], [None, 0.6, 0.6, 0.6, 0.6])
+    assert plan.marks() == "CCCCC"
+    before = [vote.metric for vote in plan.votes]
+    assert plan.skipped_by_other(1) is False and plan.marks() == "CCCCC"
+    assert [vote.metric for vote in plan.votes] != before

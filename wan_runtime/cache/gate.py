@@ -135,13 +135,13 @@ class TeaCachePlan:
 
     def restart(self, index: int, reason: str) -> bool:
         """Step ``index`` computed for ``reason`` (a failsafe) whatever the plan said. Returns
-        whether a later vote changed."""
+        whether a later step's decision changed."""
         self._computed[index] = reason
         return self._replan(index)
 
     def skipped_by_other(self, index: int) -> bool:
         """Step ``index``, which the plan computes, was skipped by another gate: its change stays
-        in the accumulator. Returns whether a later vote changed."""
+        in the accumulator. Returns whether a later step's decision changed."""
         self._skipped.add(index)
         return self._replan(index)
 
@@ -150,9 +150,11 @@ class TeaCachePlan:
         return "".join("s" if vote.skip else "C" for vote in self.votes)
 
     def _replan(self, index: int) -> bool:
-        before = self.votes[index + 1:]
+        # The votes' metrics change with the accumulator whenever an outcome differs; their
+        # decisions, which the log reports, may not.
+        before = self.marks()[index + 1:]
         self.votes = self._plan()
-        return self.votes[index + 1:] != before
+        return self.marks()[index + 1:] != before
 
     def _plan(self) -> list[Vote]:
         """The votes from the first step, with the outcomes known so far."""
