@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -152,3 +154,24 @@ def test_a_teacache_skip_beside_fbcache_saves_all_blocks_but_the_first(ti2v_root
     blocks = pipeline.dits["dit"].config.num_layers
     run = sum((blocks if stop is None else stop) - start for _, start, stop in calls)
     assert cond["work_saved"] == pytest.approx(1 - run / (2 * RUN["sampling_steps"] * blocks))
+
+
+def test_a_cache_that_cannot_skip_a_step_is_warned_of(i2v_pipeline, ti2v_pipeline):
+    """Two steps an expert, warmup 1 and last_steps 1 each: every step is forced."""
+    config = CacheConfig(fbcache=True, fb_thresh=BIG)
+    with pytest.warns(UserWarning) as warned:
+        i2v_pipeline.generate("a cat", image=gradient_image(80, 60), cache=config,
+                              **{**RUN, "sampling_steps": 4, "shift": 5.0})
+    told = [str(warning.message) for warning in warned if "cannot skip" in str(warning.message)]
+    remedy = "give more sampling steps, or lower the cache's warmup or last_steps"
+    assert told == [
+        "the step cache cannot skip any step of model 'high' (2 steps): each is forced (FBCache's warmup 1 "
+        f"and last_steps 1); {remedy}",
+        "the step cache cannot skip any step of model 'low' (2 steps): each is forced (FBCache's warmup 1 "
+        f"and last_steps 1; the switch of experts); {remedy}"]
+    assert all(entry["cond"]["skipped"] == 0 for entry in i2v_pipeline.cache_report().values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ti2v_pipeline.generate("a cat", cache=config, **RUN)  # 5 steps: the middle ones may skip
+    with pytest.warns(UserWarning, match="TeaCache's warmup 100 and last_steps 1"):
+        ti2v_pipeline.generate("a cat", cache=CacheConfig(teacache=True, teacache_warmup=100), **RUN)

@@ -11,6 +11,7 @@ never reads cached data.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -127,10 +128,30 @@ class CacheManager:
         if notice and config.fbcache and config.teacache:
             log("CacheManager: FBCache and TeaCache are both on; FBCache takes precedence "
                 "(a TeaCache skip applies only where FBCache computes)")
+        if notice:
+            self._warn_of_unskippable_models()
         for model in self._models.values():
             if model.tea is not None and model.tea.policy.planned:
                 self._plan_teacache(model, [t for t, n in zip(timesteps, self.schedule, strict=True)
                                             if n == model.name])
+
+    def _warn_of_unskippable_models(self) -> None:
+        """A cache that cannot skip a step of a model (each forced: warmup, last steps, the expert
+        switch) costs its gates for nothing there; say so before the run."""
+        for model in self._models.values():
+            positions = [at for at, name in zip(self._position, self.schedule, strict=True)
+                         if name == model.name]
+            gates = {name: gate for name, gate in (("FBCache", model.fb), ("TeaCache", model.tea)) if gate}
+            if any(gate.lifecycle.forced(*at) is None for gate in gates.values() for at in positions):
+                continue
+            phases = [f"{name}'s warmup {gate.lifecycle.warmup} and last_steps {gate.lifecycle.last_steps}"
+                      for name, gate in gates.items()]
+            if any(switch for _, switch in positions):
+                phases.append("the switch of experts")
+            steps = f"{len(positions)} step{'s' * (len(positions) > 1)}"
+            warnings.warn(f"the step cache cannot skip any step of model {model.name!r} ({steps}): each is "
+                          f"forced ({'; '.join(phases)}); give more sampling steps, or lower the cache's "
+                          "warmup or last_steps", stacklevel=3)
 
     def _plan_teacache(self, model: _Model, timesteps: list[float]) -> None:
         """Decide every TeaCache vote of ``model`` now: its signal depends on the timesteps only,
