@@ -75,8 +75,11 @@ def test_a_setting_of_a_cache_left_off_is_refused_as_on_the_command_line():
     with pytest.raises(InvalidCacheConfig) as err:
         CacheConfig(fb_thresh=0.2, teacache_policy="poly", teacache_alternating=True)
     assert err.value.problems == [
-        "--teacache_policy has no effect without --teacache; add --teacache or drop it",
-        "--teacache_alternating has no effect without --teacache; add --teacache or drop it",
-        "--fb_thresh has no effect without --fbcache; add --fbcache or drop it",
+        "teacache_policy='poly' has no effect without teacache=True; set teacache=True or leave "
+        "teacache_policy at its default",
+        "teacache_alternating=True has no effect without teacache=True; set teacache=True or leave "
+        "teacache_alternating at its default",
+        "fb_thresh=0.2 has no effect without fbcache=True; set fbcache=True or leave fb_thresh at its "
+        "default",
     ]
     assert CacheConfig(teacache=True, teacache_policy="poly", fb_thresh=0.08).teacache_policy == "poly"

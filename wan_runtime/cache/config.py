@@ -81,7 +81,8 @@ class CacheConfig:
     def problems(self) -> list[str]:
         """One message per invalid value, named as the flag (``--teacache_thresh`` ...); where every
         value is valid, one per setting changed from its default for a cache left off (it would
-        change nothing, silently, as the command line refuses it)."""
+        change nothing, silently, as the command line refuses it), named as the field: the command
+        line refuses those itself, so these reach the Python caller alone."""
         found = []
         for name in ("teacache", "teacache_alternating", "fbcache", "fb_cfg_sep_diff"):
             if not isinstance(getattr(self, name), bool):
@@ -111,8 +112,8 @@ class CacheConfig:
         defaults = CacheConfig.__dataclass_fields__
         changed = {name: value for name, value in self.as_dict().items()
                    if name in CACHE_FIELDS or value != defaults[name].default}
-        return [f"--{name} has no effect without --{gate}; add --{gate} or drop it"
-                for gate, names in idle_settings(changed).items() for name in names]
+        return [f"{name}={changed[name]!r} has no effect without {gate}=True; set {gate}=True or leave "
+                f"{name} at its default" for gate, names in idle_settings(changed).items() for name in names]
 
     def serves(self, models: Iterable[str]) -> bool:
         """Whether the policy can serve every named model (``poly`` needs fitted coefficients);
