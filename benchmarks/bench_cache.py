@@ -38,6 +38,7 @@ import torch
 from benchmarks.common import print_table, save_results
 from benchmarks.fidelity import VIDEO_RANGE, max_error, psnr
 from wan_runtime.cache import CacheConfig, CacheManager, WanStages
+from wan_runtime.cache.config import InvalidCacheConfig
 from wan_runtime.models import DiTConfig
 from wan_runtime.pipelines import Pipeline, load_pipeline
 from wan_runtime.tasks import TASKS
@@ -222,6 +223,13 @@ def main() -> None:
                         help=f"thresholds of the sweep (default {' '.join(map(str, THRESHOLDS))})")
     parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
     args = parser.parse_args()
+    for name in ("layers", "steps", "repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    try:  # before minutes of writing and loading
+        configs = settings(tuple(args.thresholds))
+    except InvalidCacheConfig as err:
+        parser.error(f"--thresholds: {'; '.join(err.problems)}")
     if args.gpu:
         device, dtype = torch.device("cuda"), torch.bfloat16
         config, shape = replace(TI2V_5B, num_layers=args.layers), GPU_SHAPE
@@ -242,7 +250,7 @@ def main() -> None:
         root = write_task(Path(folder), config, dtype)
         pipeline = load_pipeline(TASK, root, device=device, dtype=dtype, offload_model=False)
         runner = Runner(pipeline, shape, args.steps)
-        rows = sweep(runner, settings(tuple(args.thresholds)), args.repeat, args.steps, device, save)
+        rows = sweep(runner, configs, args.repeat, args.steps, device, save)
     columns = ["setting", "skip_rate", "time_ratio", "ms_per_step", "psnr_db", "max_err", "residual_mib",
                "bitwise", "overhead_ms_per_step", "manager_ms_per_step", "manager_share"]
     print_table(rows, columns)

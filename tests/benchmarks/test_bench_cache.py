@@ -47,3 +47,15 @@ def test_clock_charges_the_model_stages_to_the_model_and_detaches(runner):
     assert 0 < clock.manager_seconds < clock.seconds["model"] < clock.seconds["forward"]
     assert CacheManager.forward is forward
     assert [getattr(WanStages, name) for name in bench_cache.ManagerClock.MODEL_STAGES] == stages
+
+
+@pytest.mark.parametrize(("argv", "told"), [
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--thresholds", "0.1", "-1"], "--thresholds: --teacache_thresh must be a number >= 0, got -1.0"),
+])
+def test_bad_arguments_are_refused_before_any_work(monkeypatch, capsys, argv, told):
+    monkeypatch.setattr("sys.argv", ["bench_cache", *argv])
+    monkeypatch.setattr(bench_cache, "write_task", None)  # never reached
+    with pytest.raises(SystemExit) as exited:
+        bench_cache.main()
+    assert exited.value.code == 2 and told in capsys.readouterr().err
