@@ -60,6 +60,7 @@ def test_numpy_scalars_are_taken_as_python_numbers():
     assert (type(config.fb_ema), type(config.fb_warmup), type(config.fb_thresh)) == (float, int, float)
     with pytest.raises(InputError, match="--fb_downsample must be an integer >= 1"):
         CacheConfig(fbcache=True, fb_downsample=np.float32(2.0))
+    assert "teacache_thresh=0.0 " in CacheConfig(teacache=True, teacache_thresh=-0.0).describe()
 
 
 def test_a_downsampling_stride_past_any_token_count_is_refused():

@@ -65,13 +65,13 @@ class CacheConfig:
         if found:
             raise InvalidCacheConfig(found)
         # NumPy scalars (a sweep's np.linspace thresholds) become Python numbers, so that reports,
-        # JSON results and the video's metadata show plain values.
+        # JSON results and the video's metadata show plain values (and -0.0 reads as 0.0).
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, numbers.Integral) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, int(value))
             elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))
+                object.__setattr__(self, f.name, float(value) + 0.0)
 
     @property
     def enabled(self) -> bool:
