@@ -61,7 +61,6 @@ from wan_runtime.tiny_checkpoints import dit_heads
 
 T = TypeVar("T")
 
-
 # The command-line flags of Pipeline.generate's sampling arguments.
 _SAMPLING_FLAGS = {"sample_solver": "sample_solver", "sampling_steps": "sample_steps",
                    "shift": "sample_shift", "guide_scale": "sample_guide_scale"}
