@@ -116,10 +116,10 @@ def test_every_process_places_the_models_for_the_fullest_gpu_and_machine(i2v_roo
 
 
 def test_what_no_placement_fits_is_told_by_the_first_process_alone(ti2v_root, tmp_path):
-    small = ["--ckpt_dir", str(ti2v_root), *DRY_RUN, "0.5"]
+    small = ["--ckpt_dir", str(ti2v_root), *DRY_RUN, "2.01"]  # the kernels' 2 GiB workspace and 0.01 more
     results = _ranks(tmp_path, None, small, [ROOMY] * 2, [GIB] * 2, [2, 2])
     assert [code for _, code, *_ in results] == [2, 2]
     first, second = ([line for line in errors if line.startswith("error: ")] for *_, errors in results)
     assert len(first) == 1 and first[0].startswith("error: rank 0: no placement of the models fits the video "
-                                                   "in 0.50 GiB")
+                                                   "in 2.01 GiB")
     assert second == []
