@@ -356,9 +356,10 @@ def _host_memory_line(weights: WeightPlan) -> str:
         local_processes,
     )
 
-    free = free_memory()
+    checked = free_to_check()
+    free = free_memory() if checked is None else checked
     have = "" if free is None else f"; the machine has {free.describe()}"
-    if free is not None and free_to_check() is None:
+    if free is not None and checked is None:
         have += f" (not checked: {ENV_VAR}=0)"
     local = local_processes()
     each = "" if weights.options.world == 1 else (
