@@ -254,7 +254,7 @@ def resolve(
     save_file = None if args.save_file is None else Path(args.save_file)
     launch = _check(problems, Launch.from_env) or Launch()
     # Rank 0 writes the video; the processes of its machine see the same folders.
-    problems += _save_file_problems(args.save_file, on_writers_machine=launch.rank == launch.local_rank)
+    problems += _save_file_problems(args.save_file, on_writers_machine=launch.on_main_machine)
     device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
                              "cuda" if torch.cuda.is_available() else "cpu")
     bad_device = _device_problems(device)

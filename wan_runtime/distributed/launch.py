@@ -67,6 +67,12 @@ class Launch:
         return self.rank == 0
 
     @property
+    def on_main_machine(self) -> bool:
+        """Whether this process runs on rank 0's machine (torchrun numbers a machine's processes
+        one after another, so there rank and local rank are equal), whose files rank 0 uses."""
+        return self.rank == self.local_rank
+
+    @property
     def speaks_for_machine(self) -> bool:
         """Whether this process tells the problems every process of its machine finds in the
         command line: rank 0, and the first process of each other machine, whose files may differ
