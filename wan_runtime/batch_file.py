@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import replace
@@ -37,6 +38,8 @@ PER_VIDEO = (
     "pose_video", "start_from_ref", "vae_tiling", *CacheConfig().as_dict(),
 )
 COMMENT = "#"
+# The flags a line gives a path: no shell made its "~" the home folder.
+PATHS = ("image", "audio", "pose_video", "save_file")
 
 
 def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -74,13 +77,15 @@ def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
             try:
                 jobs.append(replace(_resolve(line_args, video, values, inputs), batch_line=number))
             except InvalidArguments as err:
-                problems[number], own[number] = err.problems, err.own
+                problems[number], own[number] = (_beside(told, values, Path(args.batch).parent)
+                                                 for told in (err.problems, err.own))
     _warn_by_line(raised, len(lines))
     # Those of the lines that did not read among the others, in the order of the file's lines.
-    told = [*command_line, *_by_line({**problems, **unread}, len(lines), bare=problems),
+    bare = _own_problems(args, video, inputs) if problems else set()
+    told = [*command_line, *_by_line({**problems, **unread}, len(lines), bare=bare),
             *_shared_save_files({number: values.get("save_file") for number, values in lines})]
     if told:
-        raise InvalidArguments(told, _by_line(own, len(lines)))
+        raise InvalidArguments(told, _by_line(own, len(lines), bare=bare))
     return jobs
 
 
@@ -101,6 +106,31 @@ def _resolve(args: argparse.Namespace, video: VideoSettings | None, line: Iterab
     return config
 
 
+def _beside(problems: list[str], values: dict[str, object], folder: Path) -> list[str]:
+    """``problems`` with a hint where a line's input file, missing from the current folder, is
+    in the batch file's ``folder``."""
+    for key in PATHS:
+        given = values.get(key)
+        if not given or Path(str(given)).is_absolute() or not (folder / str(given)).exists():
+            continue
+        missing = f" {given} does not exist"
+        hint = (f" (a batch file's paths are taken from the current folder; {folder / str(given)} is beside "
+                "the batch file)")
+        problems = [problem + hint if missing in problem else problem for problem in problems]
+    return problems
+
+
+def _own_problems(args: argparse.Namespace, video: VideoSettings | None, inputs: DecodedInputs) -> set[str]:
+    """The problems of the command line alone (its warnings, which the lines repeat, not told)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _resolve(args, video, (), inputs)
+        except InvalidArguments as err:
+            return set(err.problems)
+    return set()
+
+
 def _warn_by_line(raised: dict[int, list[warnings.WarningMessage]], line_count: int) -> None:
     """Each warning the lines raised once, as ``_by_line`` tells problems, in its own category."""
     categories = dict.fromkeys(warning.category for line in raised.values() for warning in line)
@@ -117,7 +147,7 @@ def read_batch(path: Path, parser: argparse.ArgumentParser) -> tuple[list[tuple[
     ``parser``'s types make them); and by line number the problems of those that do not, so that
     the lines that read are checked too and every problem is told at once. Raises
     ``InvalidArguments`` when the file cannot be read or holds no video line."""
-    problem = file_problem(path)
+    problem = file_problem(path, read_once=True)  # as a shell's <(...) gives it
     if problem is not None:
         raise InvalidArguments([f"--batch {path} {problem}; give a JSON Lines file, one video per line"])
     try:
@@ -177,28 +207,37 @@ def _line_values(line: object, actions: dict[str, argparse.Action]) -> tuple[dic
             values[key] = json_flag_value(key, value, actions[key])
         except (TypeError, ValueError) as err:
             problems.append(str(err))
+            continue
+        if key in PATHS and isinstance(values[key], str):
+            values[key] = os.path.expanduser(values[key])
     return values, problems
 
 
-def _by_line(problems: dict[int, list[str]], line_count: int,
-             bare: dict[int, list[str]] | None = None) -> list[str]:
-    """Each problem once: bare when every line of several has it (the command line's; among
-    ``bare``'s problems alone, when given), the others after the numbers of their lines, in the
-    order of their first line."""
+def _by_line(problems: dict[int, list[str]], line_count: int, bare: set[str] | None = None) -> list[str]:
+    """Each problem once: bare when every line of several has it and it is among ``bare`` (the
+    command line's own; None: any), the others after the numbers of their lines, in the order of
+    their first line."""
     lines_of: dict[str, list[int]] = {}
     for number, line_problems in sorted(problems.items()):
         for problem in dict.fromkeys(line_problems):
             lines_of.setdefault(problem, []).append(number)
-    shared = {problem for line in (problems if bare is None else bare).values() for problem in line}
     every = [problem for problem, numbers in lines_of.items()
-             if problem in shared and len(numbers) == line_count > 1]
+             if (bare is None or problem in bare) and len(numbers) == line_count > 1]
     return every + [f"--batch {line_numbers(numbers)}: {problem}"
                     for problem, numbers in lines_of.items() if problem not in every]
 
 
 def line_numbers(numbers: list[int]) -> str:
-    """``line 3`` or ``lines 3, 5``."""
-    return f"line{'s' * (len(numbers) > 1)} {', '.join(map(str, numbers))}"
+    """``line 3``, ``lines 3, 5`` or, for three or more in a row, ``lines 1-40, 42``: a problem of
+    a long file's every line is told in a line of its own."""
+    runs: list[list[int]] = []
+    for number in sorted(numbers):
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    told = [f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs]
+    return f"line{'s' * (len(numbers) > 1)} {', '.join(told)}"
 
 
 def _shared_save_files(save_files: dict[int, object]) -> list[str]:

@@ -587,7 +587,8 @@ def _save_file_problems(save_file: str | None, on_writers_machine: bool) -> list
         return [f"--save_file {save_file} is a folder; give a file name ending in .mp4, e.g. "
                 f"{path / 'video.mp4'}"]
     if path is not None and path.suffix.lower() != ".mp4":
-        return [f"--save_file {save_file} must end in .mp4 (the video is written as H.264 MP4)"]
+        shown = save_file if save_file.strip() == save_file else repr(save_file)  # a space it ends in
+        return [f"--save_file {shown} must end in .mp4 (the video is written as H.264 MP4)"]
     if not on_writers_machine:
         return []
     folder = Path.cwd() if path is None else path.parent

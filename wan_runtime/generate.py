@@ -30,7 +30,7 @@ from wan_runtime.distributed.launch import Launch, from_rank0
 from wan_runtime.errors import CheckpointError, InputError, LaunchInputError, NumericalError
 from wan_runtime.stop_signals import handle_stops
 from wan_runtime.tasks import TASKS
-from wan_runtime.video_output import made_with, write_video
+from wan_runtime.video_output import default_save_file, made_with, write_video
 from wan_runtime.video_settings import VideoSettings
 
 if TYPE_CHECKING:
@@ -86,14 +86,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
         for problem in err.problems if _launch().speaks_for_machine else err.own:
             _error(problem)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if args.debug:
             raise
+        # A batch tells what it had made; stopped before its videos, it made none.
+        unwritten = err.unwritten if isinstance(err, _BatchInterrupted) else "no video was written"
         if _launch().distributed:  # torchrun stops every process when one fails: one per machine tells
             if _launch().speaks_for_machine:
-                _error(f"stopped; {_unwritten(args)} (if another process failed, its error is above)")
+                _error(f"stopped; {unwritten} (if another process failed, its error is above)")
         else:
-            _error(f"interrupted; {_unwritten(args)}")
+            _error(f"interrupted; {unwritten}")
         return 130
     except (InputError, CheckpointError) as err:
         # Found only while loading or running: still a problem with what the user gave.
@@ -198,8 +200,12 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
                     weights, estimates)
     elif last is not None and not batch:
         write_video(*last)
-    elif last is not None and not _written(*last, args, going_on=False):
-        failed.append(last[0].batch_line)
+    elif last is not None:
+        try:
+            if not _written(*last, args, going_on=False):
+                failed.append(last[0].batch_line)
+        except KeyboardInterrupt as err:
+            raise _BatchInterrupted(_interrupted_batch(todo, len(todo), failed)) from err
     if not todo:
         print("nothing to make: every video's file exists (--skip_existing)")
     elif batch and not dry_run:
@@ -305,9 +311,9 @@ def _print_plan(
     if not plans:
         print("dry run: every argument and file is in order (nothing was loaded or generated)")
         return
-    videos = "" if len(plans) == 1 else f" {len(plans)} videos, loading the models once"
+    videos = "one video" if len(plans) == 1 else f"{len(plans)} videos, loading the models once"
     print(f"dry run: every argument and file is in order (nothing was loaded or generated); a run would "
-          f"make{videos}")
+          f"make {videos}:")
     for job, (width, height) in plans:
         spec = TASKS[job.task]
         run = {
@@ -321,7 +327,9 @@ def _print_plan(
         }
         if job.batch_line is not None:
             print(f"--batch line {job.batch_line}:")
-        print(f"  save_file: {job.save_file or 'the official default name, with the time of writing'}")
+        name = job.save_file or default_save_file(job.task, job.size, job.prompt, None, job.ulysses_size,
+                                                  job.batch_line)
+        print(f"  save_file: {name}{' (the official default name)' * (job.save_file is None)}")
         for key, value in made_with(job, run).items():
             print(f"  {key}: {value}")
         print(f"  memory: {_peak_memory(job, (width, height), weights, estimates)}")
@@ -393,36 +401,42 @@ def _make_videos(
     if jobs[0].compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)
     failed, last = [], None
-    for count, (job, size) in enumerate(zip(jobs, sizes, strict=True), start=1):
-        if job.batch_line is not None and job.launch.main:  # where a long batch has got to
-            prompt = _one_line(job.prompt)[:80]
-            print(f"--batch line {job.batch_line} (video {count} of {len(jobs)}): {prompt}", flush=True)
-        if job.launch.main and pipeline.weight_plan is not None:
-            print(f"memory: {_peak_memory(job, size, pipeline.weight_plan, estimates)}", flush=True)
-        try:
-            video = _make_video(pipeline, job)
-        except torch.OutOfMemoryError as err:
-            if job.batch_line is not None and job.launch.main:
-                _error(f"--batch line {job.batch_line} ran out of GPU memory: the batch stops there (run it "
-                       "again with --skip_existing not to make the videos written so far again)")
-            most = None if pipeline.weight_plan is None else pipeline.weight_plan.most_streamed
-            raise VideoOutOfMemory(str(err), job, getattr(err, "stage", None),
-                                   getattr(err, "stage_name", None), most) from err
-        except (InputError, CheckpointError, NumericalError) as err:
-            if job.batch_line is None or args.debug:
-                raise
-            if job.launch.distributed:
-                _stop_batch(jobs, count, failed, err)
-            going_on = "" if job is jobs[-1] else "; going on with the next line"
-            _error(f"--batch line {job.batch_line}: {_one_line(str(err))}{going_on}")
-            failed.append(job.batch_line)
-            continue
-        if job is jobs[-1]:
-            last = (job, pipeline, video, load_s)
-        elif job.launch.main:  # the other processes go on and wait for it in their next collective
-            if not _written(job, pipeline, video, load_s, args, going_on=True):
+    count = 0
+    try:
+        for count, (job, size) in enumerate(zip(jobs, sizes, strict=True), start=1):
+            if job.batch_line is not None and job.launch.main:  # where a long batch has got to
+                prompt = _one_line(job.prompt)[:80]
+                print(f"--batch line {job.batch_line} (video {count} of {len(jobs)}): {prompt}", flush=True)
+            if job.launch.main and pipeline.weight_plan is not None:
+                print(f"memory: {_peak_memory(job, size, pipeline.weight_plan, estimates)}", flush=True)
+            try:
+                video = _make_video(pipeline, job)
+            except torch.OutOfMemoryError as err:
+                if job.batch_line is not None and job.launch.main:
+                    _error(f"--batch line {job.batch_line} ran out of GPU memory: the batch stops there "
+                           f"({_RESUME})")
+                most = None if pipeline.weight_plan is None else pipeline.weight_plan.most_streamed
+                raise VideoOutOfMemory(str(err), job, getattr(err, "stage", None),
+                                       getattr(err, "stage_name", None), most) from err
+            except (InputError, CheckpointError, NumericalError) as err:
+                if job.batch_line is None or args.debug:
+                    raise
+                if job.launch.distributed:
+                    _stop_batch(jobs, count, failed, err)
+                going_on = "" if job is jobs[-1] else "; going on with the next line"
+                _error(f"--batch line {job.batch_line}: {_one_line(str(err))}{going_on}")
                 failed.append(job.batch_line)
-        load_s = None  # paid once, by the first video
+                continue
+            if job is jobs[-1]:
+                last = (job, pipeline, video, load_s)
+            elif job.launch.main:  # the other processes go on and wait for it in their next collective
+                if not _written(job, pipeline, video, load_s, args, going_on=True):
+                    failed.append(job.batch_line)
+            load_s = None  # paid once, by the first video
+    except KeyboardInterrupt as err:
+        if jobs[0].batch_line is None:
+            raise
+        raise _BatchInterrupted(_interrupted_batch(jobs, count, failed)) from err
     return failed, last
 
 
@@ -436,15 +450,43 @@ def _stop_batch(jobs: list[GenerateConfig], count: int, failed: list[int], err: 
     others in the next video's collectives. ``failed``: the earlier videos not written."""
     job = jobs[count - 1]
     _error(f"--batch line {job.batch_line}: {_one_line(str(err))}; the batch stops there, as the processes "
-           "of a torchrun launch go on together (run it again with --skip_existing not to make the videos "
-           "written so far again)")
+           f"of a torchrun launch go on together ({_RESUME})")
     if job.launch.main:
-        notes = [f"{line_numbers(sorted([*failed, job.batch_line]))} failed, above"]
-        if count < len(jobs):
-            notes.append(f"{line_numbers([later.batch_line for later in jobs[count:]])} not made")
-        written = count - 1 - len(failed)
-        print(f"batch: wrote {written} of {len(jobs)} videos ({'; '.join(notes)})", flush=True)
+        print(f"batch: {_tally(jobs, count, [*failed, job.batch_line])}", flush=True)
     raise _BatchStopped from err
+
+
+# What a batch that stopped part way is run again with.
+_RESUME = "run it again with --skip_existing not to make the videos written so far again"
+
+
+def _tally(jobs: list[GenerateConfig], count: int, failed: list[int], current: str = "") -> str:
+    """What a batch of ``jobs`` that stopped at its ``count``-th video made: the videos written,
+    the lines that ``failed`` (``current``, if given, says what became of the ``count``-th) and
+    the lines not made."""
+    notes = [f"{line_numbers(sorted(failed))} failed, above"] if failed else []
+    if current:
+        notes.append(f"line {jobs[count - 1].batch_line} {current}")
+    if count < len(jobs):
+        notes.append(f"{line_numbers([later.batch_line for later in jobs[count:]])} not made")
+    written = count - len(failed) - (1 if current else 0)
+    return f"wrote {written} of {len(jobs)} videos ({'; '.join(notes)})"
+
+
+class _BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) in a batch's videos, with what the batch had made (``unwritten``)."""
+
+    def __init__(self, unwritten: str) -> None:
+        super().__init__(unwritten)
+        self.unwritten = unwritten
+
+
+def _interrupted_batch(jobs: list[GenerateConfig], count: int, failed: list[int]) -> str:
+    """What a batch interrupted in its ``count``-th video (0: none yet) made and left, for the
+    line that tells the interruption."""
+    if count == 0:
+        return "no video was written"
+    return f"the batch {_tally(jobs, count, failed, 'not finished')}; {_RESUME}"
 
 
 def _written(job: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load_s: float | None,

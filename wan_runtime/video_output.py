@@ -22,17 +22,22 @@ if TYPE_CHECKING:
     from wan_runtime.pipelines import Pipeline, RunReport
 
 
-def default_save_file(task: str, size: str, prompt: str, now: datetime, ulysses_size: int = 1,
+TIME_OF_WRITING = "<YYYYmmdd_HHMMSS>"
+
+
+def default_save_file(task: str, size: str, prompt: str, now: datetime | None, ulysses_size: int = 1,
                       batch_line: int | None = None) -> Path:
     """The official default output name (control characters, too, made ``_``):
     ``<task>_<size>_<ulysses_size>_<prompt stub>_<YYYYmmdd_HHMMSS>.mp4``, with ``_line<N>``
-    before the suffix for line N of a ``--batch`` file (whose videos may share prompt and second)."""
+    before the suffix for line N of a ``--batch`` file (whose videos may share prompt and second);
+    ``now`` None leaves ``TIME_OF_WRITING`` in place of the time (a plan's name)."""
     size_part = size.replace("*", "x") if sys.platform == "win32" else size
     # Line breaks and other control characters too, which the official name keeps, would split
     # the name in listings and in the "wrote" line.
     stub = "".join("_" if c in " /" or ord(c) < 32 or ord(c) == 127 else c for c in prompt)[:50]
     line = "" if batch_line is None else f"_line{batch_line}"
-    return Path(f"{task}_{size_part}_{ulysses_size}_{stub}_{now.strftime('%Y%m%d_%H%M%S')}{line}.mp4")
+    stamp = TIME_OF_WRITING if now is None else now.strftime("%Y%m%d_%H%M%S")
+    return Path(f"{task}_{size_part}_{ulysses_size}_{stub}_{stamp}{line}.mp4")
 
 
 def write_video(

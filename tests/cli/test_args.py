@@ -186,6 +186,8 @@ BAD_INPUTS = {
     "save folder missing": (["--save_file", "/nonexistent/dir/out.mp4"], "ti2v-5B",
                             ["folder /nonexistent/dir does not exist"]),
     "save file not mp4": (["--save_file", "out.avi"], "ti2v-5B", ["must end in .mp4"]),
+    "save file ending in a space": (["--save_file", "out.mp4 "], "ti2v-5B",
+                                    ["--save_file 'out.mp4 ' must end"]),
     "save file a folder": (["--save_file", "/tmp"], "ti2v-5B",
                            ["--save_file /tmp is a folder; give a file name", "e.g. /tmp/video.mp4"]),
     "save file only a suffix": (["--save_file", ".mp4"], "ti2v-5B", ["--save_file .mp4 has no name before"]),
@@ -195,7 +197,8 @@ BAD_INPUTS = {
     # /dev/null stands for a pipe (a shell's <(...)) too: neither can be read twice.
     **{f"{flag} a device": ([flag, "/dev/null"], "ti2v-5B",
                             [f"{flag} /dev/null is not a regular file (a pipe or a device, read more"])
-       for flag in ("--image", "--batch", "--settings_from")},
+       for flag in ("--image", "--settings_from")},
+    "batch an empty device": (["--batch", "/dev/null"], "ti2v-5B", ["--batch /dev/null holds no video"]),
     "lora a device": (["--lora", "/dev/null"], "ti2v-5B", ["LoRA file /dev/null is not a regular file"]),
     "unknown device": (["--device", "tpu"], "ti2v-5B", ["unknown --device 'tpu'"]),
     "unknown dtype": (["--dtype", "float16"], "ti2v-5B", ["unknown --dtype 'float16'"]),

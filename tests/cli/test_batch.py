@@ -4,6 +4,8 @@ the models and one video per line, each the video its line would make alone."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -245,7 +247,8 @@ def test_dry_run_plans_every_line(tmp_path, monkeypatch, capsys):
     first, second = out.split("--batch line 1:\n")[1].split("--batch line 3:\n")
     assert "  prompt: a fox\n" in first and "  seed: 1\n" in first
     assert f"  n_prompt: {TASKS['ti2v-5B'].negative_prompt}\n" in first
-    assert "  save_file: the official default name, with the time of writing\n" in first
+    default_name = "ti2v-5B_128*96_1_a_fox_<YYYYmmdd_HHMMSS>_line1.mp4"
+    assert f"  save_file: {default_name} (the official default name)\n" in first
     assert "  n_prompt: blurry\n" in second and "  save_file: b.mp4\n" in second
     # Both videos have one shape: one estimate of the peak, told for each.
     assert first.count("  memory: the video takes at least ") == 1
@@ -368,10 +371,24 @@ def test_an_interrupted_batch_keeps_the_finished_videos(in_folder, monkeypatch, 
         return made(pipeline, config)
 
     monkeypatch.setattr(generate, "_make_video", interrupted_at_second)
+    path = _batch(in_folder, {"save_file": "one.mp4"}, {"save_file": "two.mp4"}, {"save_file": "three.mp4"})
+    assert generate.main([*FAST, "--batch", str(path)]) == 130
+    assert _errors(capsys.readouterr().err) == [
+        "error: interrupted; the batch wrote 1 of 3 videos (line 2 not finished; line 3 not made); run it "
+        "again with --skip_existing not to make the videos written so far again"]
+    assert [p.name for p in in_folder.glob("*.mp4")] == ["one.mp4"]
+
+
+def test_a_batch_interrupted_while_loading_wrote_nothing(in_folder, monkeypatch, capsys):
+    from wan_runtime import pipelines
+
+    def interrupted(**arguments):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipelines, "load_pipeline", interrupted)
     path = _batch(in_folder, {"save_file": "one.mp4"}, {"save_file": "two.mp4"})
     assert generate.main([*FAST, "--batch", str(path)]) == 130
-    assert _errors(capsys.readouterr().err) == ["error: interrupted; the video in progress was not written"]
-    assert [p.name for p in in_folder.glob("*.mp4")] == ["one.mp4"]
+    assert _errors(capsys.readouterr().err) == ["error: interrupted; no video was written"]
 
 
 def test_running_out_of_memory_stops_the_batch(in_folder, monkeypatch, capsys):
@@ -466,3 +483,38 @@ def test_a_lightning_folder_is_read_once_for_the_batch(tmp_path, monkeypatch):
     jobs = _jobs(*FAST, "--lora_dir", str(tmp_path), "--batch",
                  str(_batch(tmp_path, *[{"base_seed": i} for i in range(4)])))
     assert len(read) == 1 and all(job.loras == jobs[0].loras for job in jobs)
+
+
+def test_a_problem_every_line_gives_itself_is_told_with_the_lines(tmp_path):
+    """Bare only when the command line has it: here the lines set it, told in a run of numbers."""
+    path = _batch(tmp_path, *({"base_seed": seed, "frame_num": 10} for seed in range(5)), {"frame_num": 5},
+                  {"frame_num": 10}, {"frame_num": 10})
+    assert _problems(*FAST, "--batch", str(path)) == [
+        "--batch lines 1-5, 7, 8: --frame_num must be 4n+1 from 1 to 4093 (1, 5, 9, ..., 121), got 10; "
+        "nearest valid: 9 or 13"]
+
+
+def test_a_batch_file_may_be_a_pipe(tmp_path):
+    """Read once, as a shell's <(...) gives it."""
+    fifo = tmp_path / "jobs"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=('{"base_seed": 4}\n',))
+    writer.start()
+    [job] = _jobs(*FAST, "--batch", str(fifo))
+    writer.join()
+    assert job.base_seed == 4
+
+
+def test_a_lines_paths_take_home_and_say_where_they_are_looked_for(tmp_path, monkeypatch, image):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "cat.png").write_bytes(image.read_bytes())
+    monkeypatch.chdir(tmp_path / "jobs")
+    path = _batch(tmp_path, {"image": "~/jobs/cat.png", "save_file": "~/a.mp4"})
+    [job] = _jobs(*FAST, "--batch", str(path))
+    assert (job.image_path, job.save_file) == (tmp_path / "jobs" / "cat.png", tmp_path / "a.mp4")
+    monkeypatch.chdir(tmp_path)
+    [problem] = _problems(*FAST, "--batch", str(_batch(tmp_path / "jobs", {"image": "cat.png"})))
+    assert problem.startswith("--batch line 1: --image cat.png does not exist; ")
+    assert problem.endswith("(a batch file's paths are taken from the current folder; "
+                            f"{tmp_path / 'jobs' / 'cat.png'} is beside the batch file)")
