@@ -255,6 +255,8 @@ def resolve(
     launch = _check(problems, Launch.from_env) or Launch()
     # Rank 0 writes the video; the processes of its machine see the same folders.
     problems += _save_file_problems(args.save_file, on_writers_machine=launch.on_main_machine)
+    if save_file is not None and launch.on_main_machine:
+        problems += _replaced_file_problems(args, save_file)
     device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
                              "cuda" if torch.cuda.is_available() else "cpu")
     bad_device = _device_problems(device)
@@ -604,6 +606,26 @@ def _save_file_problems(save_file: str | None, on_writers_machine: bool) -> list
     if not os.access(folder, os.W_OK | os.X_OK):
         what = "the default output file" if save_file is None else str(save_file)
         return [f"cannot write {what}: folder {folder} is not writable"]
+    return []
+
+
+# The flags naming a file the run reads, which its video must not be written over.
+_READ_FILES = ("image", "audio", "pose_video", "settings_from", "batch")
+
+
+def _replaced_file_problems(args: argparse.Namespace, save_file: Path) -> list[str]:
+    """The problem of a ``--save_file`` that is a file the run reads; a warning that an existing
+    one will be replaced (unless ``--skip_existing`` keeps it)."""
+    if not save_file.is_file():
+        return []
+    for flag in _READ_FILES:
+        given = getattr(args, flag, None)
+        if given and Path(given).exists() and os.path.samefile(given, save_file):
+            return [f"--save_file {save_file} is the --{flag} file this run reads; give the video another "
+                    "name"]
+    if not args.skip_existing:
+        warnings.warn(f"--save_file {save_file} exists; this run replaces it (--skip_existing keeps it)",
+                      stacklevel=3)
     return []
 
 

@@ -329,7 +329,9 @@ def _print_plan(
             print(f"--batch line {job.batch_line}:")
         name = job.save_file or default_save_file(job.task, job.size, job.prompt, None, job.ulysses_size,
                                                   job.batch_line)
-        print(f"  save_file: {name}{' (the official default name)' * (job.save_file is None)}")
+        note = (" (the official default name)" if job.save_file is None else
+                " (exists: the run replaces it)" if job.save_file.is_file() else "")
+        print(f"  save_file: {name}{note}")
         for key, value in made_with(job, run).items():
             print(f"  {key}: {value}")
         print(f"  memory: {_peak_memory(job, (width, height), weights, estimates)}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -585,3 +586,24 @@ def test_save_file_naming_a_folder_ending_in_mp4_says_so(roots, tmp_path, capsys
     [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--save_file", str(folder)])
     assert line.endswith(f"--save_file {folder} is a folder; give a file name ending in .mp4, e.g. "
                          f"{folder / 'video.mp4'}")
+
+
+def test_a_video_is_not_written_over_a_file_the_run_reads(roots, image, tmp_path, capsys):
+    """Not even a renamed one: the input is the same file."""
+    named_mp4 = tmp_path / "input.mp4"
+    os.link(image, named_mp4)
+    assert _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--image", str(image), "--save_file",
+                            str(named_mp4)]) == [
+        f"error: --save_file {named_mp4} is the --image file this run reads; give the video another name"]
+
+
+def test_replacing_an_existing_video_is_warned_of_unless_kept(roots, tmp_path):
+    existing = tmp_path / "old.mp4"
+    existing.write_bytes(b"an earlier video")
+    argv = ["--ckpt_dir", str(roots["ti2v-5B"]), "--save_file", str(existing)]
+    with pytest.warns(UserWarning, match=f"--save_file {existing} exists; this run replaces it "
+                                         r"\(--skip_existing keeps it\)"):
+        _resolve(*argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _resolve(*argv, "--skip_existing")
