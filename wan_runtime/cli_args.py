@@ -254,9 +254,10 @@ def resolve(
     save_file = None if args.save_file is None else Path(args.save_file)
     launch = _check(problems, Launch.from_env) or Launch()
     # Rank 0 writes the video; the processes of its machine see the same folders.
-    problems += _save_file_problems(args.save_file, on_writers_machine=launch.on_main_machine)
-    if save_file is not None and launch.on_main_machine:
-        problems += _replaced_file_problems(args, save_file)
+    save_problems = _save_file_problems(args.save_file, on_writers_machine=launch.on_main_machine)
+    if save_file is not None and launch.on_main_machine and not save_problems:
+        save_problems = _replaced_file_problems(args, save_file)
+    problems += save_problems
     device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
                              "cuda" if torch.cuda.is_available() else "cpu")
     bad_device = _device_problems(device)

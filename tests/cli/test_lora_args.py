@@ -105,7 +105,7 @@ def test_a_lightning_folder_file_named_otherwise_merges_as_the_release(roots, tm
                "blocks.0.self_attn.q.alpha": torch.tensor(2.0),
                "diffusion_model.blocks.0.norm3.diff": torch.ones(8)},
               str(tmp_path / "diffusion_pytorch_model.safetensors"))
-    with pytest.warns(UserWarning, match="holds 1 whole-tensor differences .* which the Wan2.2-Lightning"):
+    with pytest.warns(UserWarning, match="holds 1 tensor besides the factors .* which the Wan2.2-Lightning"):
         config = _resolve("--ckpt_dir", str(roots["ti2v-5B"]), "--lora_dir", str(tmp_path))
     assert config.loras == (Lora(tmp_path / "diffusion_pytorch_model.safetensors"),)
 

@@ -33,6 +33,10 @@ BAD_FILES = {
     "nan": ({f"{Q}.lora_down.weight": torch.full((2, 64), float("nan")),
              f"{Q}.lora_up.weight": torch.ones(64, 2)}, "NaN or infinite"),
     "empty": ({}, "holds no tensors"),
+    "int8 factors": ({f"{Q}.lora_down.weight": torch.ones(2, 64, dtype=torch.int8),
+                      f"{Q}.lora_up.weight": torch.ones(64, 2)}, "holds int8 values, not floating-point"),
+    "bool diff": ({f"{Q}.diff": torch.ones(64, 64, dtype=torch.bool)}, "holds bool values"),
+    "bool alpha": ({**factors(), f"{Q}.alpha": torch.tensor(True)}, "holds bool values"),
     "two downs": ({**factors(), f"{Q}.lora_A.weight": torch.ones(2, 64)}, "is a second down of"),
 }
 
@@ -60,17 +64,18 @@ def test_unreadable_missing_and_pickled_files(tmp_path):
         LoraFile.read(pickle)
 
 
-def dit_fit(tmp_path, folder, tensors):
+def dit_fit(tmp_path, folder, tensors, strength=1.0):
     path = tmp_path / "lora.safetensors"
     save_file(tensors, str(path))
-    WanModel.check_pretrained(folder, [(LoraFile.read(path), 1.0)], label="ti2v-5B")
+    WanModel.check_pretrained(folder, [(LoraFile.read(path), strength)], label="ti2v-5B")
 
 
 def test_lora_for_another_model_is_refused(tmp_path, ti2v_dit_dir):
     shapes = parameter_shapes(ti2v_dit_dir)
     dim = shapes["blocks.0.self_attn.q.weight"][0]
-    with pytest.raises(InputError, match=r"does not fit the ti2v-5B DiT .*cannot change a weight of shape"):
-        dit_fit(tmp_path, ti2v_dit_dir, factors(out=dim + 8, inp=dim))
+    for strength in (1.0, 0.0):  # one that merges nothing too: a sweep of strengths learns it at once
+        with pytest.raises(InputError, match=r"does not fit the ti2v-5B DiT .*cannot change a weight of "):
+            dit_fit(tmp_path, ti2v_dit_dir, factors(out=dim + 8, inp=dim), strength)
     with pytest.raises(InputError, match=r"updates modules that the ti2v-5B DiT does not have \(blocks.99"):
         dit_fit(tmp_path, ti2v_dit_dir, {k.replace("blocks.0.", "blocks.99."): v
                                           for k, v in factors(dim, dim).items()})
@@ -99,7 +104,8 @@ def test_merge_that_overflows_is_refused(tmp_path, ti2v_dit_dir):
     dim = parameter_shapes(ti2v_dit_dir)["blocks.0.self_attn.q.weight"][0]
     path = tmp_path / "huge.safetensors"
     save_file({k: v * 1e20 for k, v in factors(dim, dim).items()}, str(path))
-    with pytest.raises(InputError, match="make blocks.0.self_attn.q.weight infinite; lower their strengths"):
+    with pytest.raises(InputError, match=f"LoRA file {path} makes blocks.0.self_attn.q.weight infinite: "
+                                         "their values are too large for its numbers; lower the strength"):
         WanModel.from_pretrained(ti2v_dit_dir, loras=[(LoraFile.read(path), 1.0)])
 
 

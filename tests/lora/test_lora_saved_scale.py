@@ -116,23 +116,42 @@ def test_an_alpha_tensor_beside_a_saved_config_is_refused(tmp_path, ti2v_dit_dir
 
 
 def test_an_alpha_in_place_of_the_files_scales_the_factors_alone(tmp_path, ti2v_dit_dir):
-    """The alpha replaces the file's (and a saved config's) for each module's factors; whole-tensor
-    differences merge at the strength alone."""
+    """The alpha replaces the file's (and a saved config's) for each module's factors, and the
+    bias of its lora_B, which peft scales with them; whole-tensor differences merge at the
+    strength alone."""
     shapes = parameter_shapes(ti2v_dit_dir)
     pairs = factors(shapes, {"blocks.0.ffn.0": 2})
-    diff_b = torch.randn(shapes["blocks.0.self_attn.q.bias"], generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    up_bias, diff_b = (torch.randn(shapes[f"blocks.0.self_attn.{m}.bias"], generator=g) for m in "qk")
     path = tmp_path / "lora.safetensors"
     save_file({**diffusers_layers(pairs), "blocks.0.attn1.to_q.alpha": torch.tensor(1.0),
-               "blocks.0.attn1.to_q.lora_B.bias": diff_b}, str(path))
+               "blocks.0.attn1.to_q.lora_B.bias": up_bias, "blocks.0.attn1.to_k.diff_b": diff_b}, str(path))
     [(file, strength)] = read_loras([Lora(path, 0.5, alpha=8.0)], "ti2v-5B", ["dit"])["dit"]
     got = WanModel.from_pretrained(ti2v_dit_dir, loras=[(file, strength)]).state_dict()
     plain = WanModel.from_pretrained(ti2v_dit_dir).state_dict()
     for module, (down, up) in pairs.items():
         want = plain[f"{module}.weight"] + 0.5 * 8.0 / down.shape[0] * (up @ down)
         torch.testing.assert_close(got[f"{module}.weight"], want, rtol=1e-6, atol=1e-6, msg=module)
-    bias = "blocks.0.self_attn.q.bias"
-    torch.testing.assert_close(got[bias], plain[bias] + 0.5 * diff_b, rtol=0, atol=1e-7)
+    for bias, change in (("q", 0.5 * 8.0 / 4 * up_bias), ("k", 0.5 * diff_b)):
+        name = f"blocks.0.self_attn.{bias}.bias"
+        torch.testing.assert_close(got[name], plain[name] + change, rtol=0, atol=1e-6, msg=name)
     assert LoraFile.read(path).modules["blocks.0.attn1.to_q"].scale == 0.25  # the file itself unchanged
+
+
+def test_the_bias_of_lora_b_merges_at_the_scale_of_the_factors(tmp_path, ti2v_dit_dir):
+    """peft's layer adds ``lora_B(lora_A(x)) * lora_alpha / r``, its bias too (``lora_bias=True``)."""
+    shapes = parameter_shapes(ti2v_dit_dir)
+    pairs = factors(shapes, {})
+    bias = torch.randn(shapes["blocks.0.self_attn.q.bias"], generator=torch.Generator().manual_seed(2))
+    path = tmp_path / "lora.safetensors"
+    save_file({**diffusers_layers(pairs), "blocks.0.attn1.to_q.lora_B.bias": bias}, str(path),
+              metadata={"lora_adapter_metadata": json.dumps({**PEFT_DEFAULTS, "lora_bias": True})})
+    got, plain = merged(ti2v_dit_dir, path, 0.5), WanModel.from_pretrained(ti2v_dit_dir).state_dict()
+    name = "blocks.0.self_attn.q.bias"
+    torch.testing.assert_close(got[name], plain[name] + 0.5 * 16 / 4 * bias, rtol=0, atol=1e-6)
+    save_file({"blocks.0.attn1.to_q.lora_B.bias": bias}, str(path))
+    with pytest.raises(InputError, match="'blocks.0.attn1.to_q' has a bias of lora_B but no factors"):
+        LoraFile.read(path)
 
 
 @pytest.mark.parametrize(("alpha", "words"), [(math.nan, "alpha of LoRA .* must be a finite number"),

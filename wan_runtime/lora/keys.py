@@ -9,8 +9,10 @@ LoRAs for Wan are published under three naming schemes, all read here:
   trainers such as musubi-tuner: ``lora_unet_blocks_0_self_attn_q``).
 
 Each name ends in what the tensor is: the low-rank factors (``lora_down``/``lora_A`` and
-``lora_up``/``lora_B``), their ``alpha``, or a whole-tensor difference (``diff`` for a weight,
-``diff_b`` or ``lora_B.bias`` for a bias, ``diff_m`` for a block's modulation).
+``lora_up``/``lora_B``), their ``alpha``, the bias of peft's ``lora_B`` layer (``lora_B.bias``,
+scaled as the factors are: peft adds ``lora_B(lora_A(x)) * alpha / rank``), or a whole-tensor
+difference (``diff`` for a weight, ``diff_b`` for a bias, ``diff_m`` for a block's modulation),
+which merges at the LoRA's strength alone.
 
 Wan2.1 image-to-video LoRAs, which users apply to Wan2.2, also update that model's CLIP image
 branch (``k_img``, ``v_img``, ``norm_k_img``, ``img_emb``), which no Wan2.2 DiT has;
@@ -23,7 +25,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-DOWN, UP, ALPHA, DIFF, DIFF_B, DIFF_M = "down", "up", "alpha", "diff", "diff_b", "diff_m"
+DOWN, UP, UP_B, ALPHA = "down", "up", "up_b", "alpha"
+DIFF, DIFF_B, DIFF_M = "diff", "diff_b", "diff_m"
 
 # peft's own files name the modules of the model it wrapped behind this.
 PEFT_PREFIX = "base_model.model."
@@ -36,7 +39,8 @@ _PARTS = {
     ".lora_up.weight": UP, ".lora_B.weight": UP, ".lora_B.default.weight": UP,
     ".alpha": ALPHA,
     ".diff": DIFF,
-    ".diff_b": DIFF_B, ".lora_B.bias": DIFF_B, ".lora_B.default.bias": DIFF_B,
+    ".lora_B.bias": UP_B, ".lora_B.default.bias": UP_B,
+    ".diff_b": DIFF_B,
     ".diff_m": DIFF_M,
 }
 # Name endings of adapters that are not a low-rank product, each with the trainer's name for it.
@@ -81,7 +85,7 @@ _IMAGE_BRANCH = re.compile(r"(^|[._])(k_img|v_img|norm_k_img|img_emb|add_k_proj|
 @dataclass(frozen=True)
 class LoraKey:
     """One tensor name of a LoRA file, split: ``module`` as the file names it (prefix removed) and
-    ``part``, one of ``down``, ``up``, ``alpha``, ``diff``, ``diff_b``, ``diff_m``."""
+    ``part``, one of ``down``, ``up``, ``up_b``, ``alpha``, ``diff``, ``diff_b``, ``diff_m``."""
 
     module: str
     part: str
@@ -138,7 +142,7 @@ class ModuleNames:
 
     def target(self, module: str, part: str) -> str | None:
         """The parameter that ``part`` of the (resolved) ``module`` changes, or None if it has none."""
-        if part == DIFF_B:
+        if part in (DIFF_B, UP_B):
             name = f"{module}.bias"
         elif part == DIFF_M:
             name = f"{module}.modulation"

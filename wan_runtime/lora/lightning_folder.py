@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 
 from wan_runtime.errors import InputError
 from wan_runtime.lora import Lora
-from wan_runtime.lora.keys import DIFF, DIFF_B, DIFF_M, KeyProblem, parse_key
+from wan_runtime.lora.keys import DIFF, DIFF_B, DIFF_M, UP_B, KeyProblem, parse_key
 from wan_runtime.lora.lora_file import check_lora_path
 from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE
 
@@ -63,10 +63,10 @@ def _warn_of_differences(path: Path) -> None:
     diffs = 0
     for name in names:
         try:
-            diffs += parse_key(name).part in (DIFF, DIFF_B, DIFF_M)
+            diffs += parse_key(name).part in (DIFF, DIFF_B, DIFF_M, UP_B)
         except KeyProblem:
             continue  # refused, with its reason, when the file is read
     if diffs:
-        warnings.warn(f"LoRA file {path} holds {diffs} whole-tensor differences (diff, diff_b, diff_m), "
-                      "which the Wan2.2-Lightning release's merge leaves out; they are merged here",
-                      stacklevel=3)
+        warnings.warn(f"LoRA file {path} holds {diffs} tensor{'s' * (diffs > 1)} besides the factors (diff, "
+                      "diff_b, diff_m, lora_B.bias), which the Wan2.2-Lightning release's merge leaves out; "
+                      "they are merged here", stacklevel=3)

@@ -18,6 +18,7 @@ from wan_runtime.lora.keys import (
     DOWN,
     PEFT_PREFIX,
     UP,
+    UP_B,
     KeyProblem,
     ModuleNames,
     image_branch,
@@ -94,9 +95,9 @@ class LoraFile:
                         problems.append(f"{key!r} {err}")
                         continue
                     tensor = handle.get_tensor(key)
-                    # float8 files exist, and isfinite has no float8 kernel.
-                    if tensor.is_floating_point() and not torch.isfinite(tensor.float()).all():
-                        problems.append(f"{key!r} holds NaN or infinite values")
+                    problem = _value_problem(tensor, parsed.part)
+                    if problem is not None:
+                        problems.append(f"{key!r} {problem}")
                     parts = modules.setdefault(parsed.module, ModuleUpdate()).parts
                     if parsed.part in parts:  # e.g. both lora_down and lora_A
                         problems.append(f"{key!r} is a second {parsed.part} of {parsed.module!r}")
@@ -152,6 +153,19 @@ class LoraFile:
         return resolved
 
 
+def _value_problem(tensor: torch.Tensor, part: str) -> str | None:
+    """What makes ``tensor``'s values no LoRA's ``part``: not numbers of floating point (but an
+    alpha's whole number), or not finite."""
+    if not tensor.is_floating_point():
+        if part == ALPHA and tensor.dtype != torch.bool and not tensor.is_complex():
+            return None
+        return f"holds {str(tensor.dtype).removeprefix('torch.')} values, not floating-point numbers"
+    # float8 files exist, and isfinite has no float8 kernel.
+    if not torch.isfinite(tensor.float()).all():
+        return "holds NaN or infinite values"
+    return None
+
+
 def _pair_problems(module: str, update: ModuleUpdate) -> list[str]:
     parts = update.parts
     problems = []
@@ -166,6 +180,8 @@ def _pair_problems(module: str, update: ModuleUpdate) -> list[str]:
                             f"{list(up.shape)} (up), which do not multiply")
         elif down.shape[0] == 0:
             problems.append(f"{module!r} has factors of rank 0 (the file is incomplete)")
+    if UP_B in parts and UP not in parts:
+        problems.append(f"{module!r} has a bias of lora_B but no factors (the file is incomplete)")
     if ALPHA in parts and DOWN not in parts:
         problems.append(f"{module!r} has an alpha but no factors for it to scale")
     elif ALPHA in parts and parts[ALPHA].numel() != 1:

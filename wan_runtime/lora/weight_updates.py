@@ -14,24 +14,23 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from wan_runtime.errors import InputError
-from wan_runtime.lora.keys import DIFF, DIFF_B, DIFF_M, DOWN, UP, ModuleNames
+from wan_runtime.lora.keys import DIFF, DIFF_B, DIFF_M, DOWN, UP, UP_B, ModuleNames
 from wan_runtime.lora.lora_file import LoraFile, ModuleUpdate, listed
 
-_WHAT = {DOWN: "weight", DIFF: "weight", DIFF_B: "bias", DIFF_M: "modulation"}
+_WHAT = {DOWN: "weight", UP_B: "bias", DIFF: "weight", DIFF_B: "bias", DIFF_M: "modulation"}
 
 
 class WeightUpdates:
     """``(LoRA file, strength)`` pairs checked against one DiT's parameter ``shapes`` (name ->
-    shape; ``dit`` labels the DiT in messages). Raises ``InputError`` naming every module the DiT
-    lacks or whose shape the LoRA does not fit."""
+    shape; ``dit`` labels the DiT in messages), at strength 0 too, though nothing of theirs is
+    merged then. Raises ``InputError`` naming every module the DiT lacks or whose shape the LoRA
+    does not fit."""
 
     def __init__(self, loras: Sequence[tuple[LoraFile, float]], shapes: Mapping[str, tuple[int, ...]],
                  dit: str) -> None:
         names = ModuleNames(shapes)
-        self._changes: dict[str, list[tuple[str, ModuleUpdate, float]]] = {}
+        self._changes: dict[str, list[tuple[str, ModuleUpdate, float, LoraFile]]] = {}
         for lora, strength in loras:
-            if strength == 0:
-                continue
             problems = []
             named: dict[tuple[str, str], str] = {}
             for module, (official, update) in lora.targets(names, dit).items():
@@ -47,7 +46,8 @@ class WeightUpdates:
                     fits = _fit_problem(update, part, shapes[param])
                     if fits:
                         problems.append(f"{module!r}: {fits}")
-                    self._changes.setdefault(param, []).append((part, update, strength))
+                    if strength != 0:
+                        self._changes.setdefault(param, []).append((part, update, strength, lora))
             if problems:
                 raise InputError(
                     f"LoRA file {lora.path} does not fit the {dit} DiT ({listed(problems)}): it was made "
@@ -60,15 +60,22 @@ class WeightUpdates:
     def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` (float32, the parameter ``name`` as stored, a tensor of the caller's own) with
         every LoRA's change to it added in place."""
-        for part, update, strength in self._changes.get(name, ()):
+        changes = self._changes.get(name, ())
+        for part, update, strength, _ in changes:
             if part == DOWN:
                 up = update.parts[UP].to(weight.device, torch.float32).flatten(1)
                 down = update.parts[DOWN].to(weight.device, torch.float32).flatten(1)
-                weight.add_((up @ down).view(weight.shape), alpha=strength * update.scale)
+                change = (up @ down).view(weight.shape)
             else:
-                weight.add_(update.parts[part].to(weight.device, torch.float32), alpha=strength)
+                change = update.parts[part].to(weight.device, torch.float32)
+            # lora_B's bias belongs to the low-rank product, scaled with it; a difference is not.
+            weight.add_(change, alpha=strength * (update.scale if part in (DOWN, UP_B) else 1.0))
         if not torch.isfinite(weight).all():
-            raise InputError(f"the LoRAs make {name} infinite; lower their strengths")
+            files = list(dict.fromkeys(str(lora.path) for *_, lora in changes))
+            which = (f"LoRA file {files[0]} makes" if len(files) == 1 else
+                     f"LoRA files {', '.join(files)} make")
+            raise InputError(f"{which} {name} infinite: their values are too large for its numbers; lower "
+                             "the strength or use another file")
         return weight
 
 
