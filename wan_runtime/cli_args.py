@@ -391,7 +391,10 @@ def _lora_problems(
     flags = {"--lora": (args.lora, None), "--lora_high_noise": (args.lora_high_noise, HIGH_NOISE),
              "--lora_low_noise": (args.lora_low_noise, LOW_NOISE)}
     loras = []
-    if args.lora_dir is not None and spec is not None:
+    if args.lora_dir == "":
+        problems.append("--lora_dir is empty; give a Wan2.2-Lightning LoRA folder (an empty one leaves out "
+                        "the LoRAs of a --settings_from video)")
+    elif args.lora_dir is not None and spec is not None:
         folder, strength = split_lora(args.lora_dir)
         if strength is None:
             problems.append(_strength_problem("--lora_dir", args.lora_dir, folder))
@@ -401,6 +404,10 @@ def _lora_problems(
                 lambda: folder_loras(folder, spec.name, strength))) or []
     for flag, (values, expert) in flags.items():
         for value in values:
+            if not value:  # what --settings_from takes for none of the video's LoRAs
+                problems.append(f"{flag} is empty; give a LoRA file (an empty one leaves out the LoRAs of a "
+                                "--settings_from video)")
+                continue
             if expert is not None and spec is not None and len(spec.dit_names) == 1:
                 problems.append(f"{flag} is for i2v-A14B's experts; {spec.name} has one DiT: use --lora")
                 continue

@@ -46,6 +46,9 @@ def test_no_lora_by_default(roots):
     ("--lora", "{dir}/absent.safetensors", ["LoRA file", "absent.safetensors does not exist"]),
     ("--lora_high_noise", "{lora}", ["--lora_high_noise is for i2v-A14B's experts; ti2v-5B has one DiT: "
                                      "use --lora"]),
+    ("--lora", "", ["--lora is empty; give a LoRA file (an empty one leaves out the LoRAs of a "
+                    "--settings_from video)"]),
+    ("--lora_dir", "", ["--lora_dir is empty; give a Wan2.2-Lightning LoRA folder"]),
 ])
 def test_bad_lora_flags_give_one_line_and_exit_2(roots, lora, tmp_path, capsys, flag, value, words):
     argv = ["--ckpt_dir", str(roots["ti2v-5B"]), flag, value.format(lora=lora, dir=tmp_path)]

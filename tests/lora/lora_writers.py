@@ -60,11 +60,13 @@ def write_official(path: Path, lora: dict, prefix: str = "diffusion_model.", dow
     return path
 
 
-def write_musubi(path: Path, lora: dict, prefix: str = "lora_unet_") -> Path:
+def write_musubi(path: Path, lora: dict, prefix: str = "lora_unet_", diffusers: bool = False) -> Path:
     """kohya/musubi-tuner names: ``lora_unet_`` + the module name with its dots as underscores
-    (VideoX-Fun's ``lora_unet__``, SimpleTuner's ``lycoris_`` in place of the prefix)."""
+    (VideoX-Fun's ``lora_unet__``, SimpleTuner's ``lycoris_`` in place of the prefix); with
+    ``diffusers``, diffusers' module names so flattened, as kohya's converters write them."""
     names = {"down": "lora_down.weight", "up": "lora_up.weight", "alpha": "alpha"}
-    tensors = {f"{prefix}{module.replace('.', '_')}.{names[part]}": t
+    modules = diffusers_names(list(lora)) if diffusers else {module: module for module in lora}
+    tensors = {f"{prefix}{modules[module].replace('.', '_')}.{names[part]}": t
                for module, parts in lora.items() for part, t in parts.items()}
     save_file(tensors, str(path))
     return path

@@ -62,6 +62,11 @@ def test_unreadable_missing_and_pickled_files(tmp_path):
     torch.save({"a": torch.ones(1)}, pickle)
     with pytest.raises(InputError, match="is a pickle .*use the .safetensors release"):
         LoraFile.read(pickle)
+    for legacy in (False, True):  # torch.save's zip archive, and its plain pickle of before torch 1.6
+        renamed = tmp_path / f"renamed{int(legacy)}.safetensors"
+        torch.save({"a": torch.ones(1)}, renamed, _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(InputError, match=r"is a PyTorch pickle named \.safetensors, which can run code"):
+            LoraFile.read(renamed)
 
 
 def dit_fit(tmp_path, folder, tensors, strength=1.0):

@@ -88,7 +88,10 @@ def test_every_scheme_merges_the_same(tmp_path, ti2v_dit_dir):
                "diffsynth": lambda path, lora: write_official(path, lora, prefix="pipe.dit.",
                                                               down="lora_A.default", up="lora_B.default"),
                "videox_fun": lambda path, lora: write_musubi(path, lora, prefix="lora_unet__"),
-               "lycoris": lambda path, lora: write_musubi(path, lora, prefix="lycoris_")}
+               "lycoris": lambda path, lora: write_musubi(path, lora, prefix="lycoris_"),
+               **{f"flat_diffusers_{prefix}": lambda path, lora, prefix=prefix: write_musubi(
+                   path, lora, prefix=prefix, diffusers=True)
+                  for prefix in ("lora_transformer_", "lora_unet_")}}
     loaded = {name: WanModel.from_pretrained(ti2v_dit_dir, loras=[
         (LoraFile.read(write(tmp_path / f"{name}.safetensors", lora)), 1.0)]).state_dict()
         for name, write in schemes.items()}

@@ -155,10 +155,22 @@ def test_the_bias_of_lora_b_merges_at_the_scale_of_the_factors(tmp_path, ti2v_di
 
 
 @pytest.mark.parametrize(("alpha", "words"), [(math.nan, "alpha of LoRA .* must be a finite number"),
-                                              (True, "alpha of LoRA .* must be a finite number")])
+                                              (True, "alpha of LoRA .* must be a finite number"),
+                                              (0.0, r"alpha of LoRA .* must be > 0, got 0.0 \(alpha / rank")])
 def test_a_bad_alpha_is_refused(tmp_path, alpha, words):
     path = tmp_path / "lora.safetensors"
     save_file({"blocks.0.self_attn.q.lora_A.weight": torch.ones(2, 8),
                "blocks.0.self_attn.q.lora_B.weight": torch.ones(8, 2)}, str(path))
     with pytest.raises(InputError, match=words):
         read_loras([Lora(path, alpha=alpha)], "ti2v-5B", ["dit"])
+
+
+def test_an_alpha_of_0_in_the_file_is_warned_of(tmp_path):
+    """It merges nothing, as ComfyUI and diffusers read it; kohya's trainers read it as the rank."""
+    path = tmp_path / "lora.safetensors"
+    save_file({"blocks.0.self_attn.q.lora_A.weight": torch.ones(2, 8),
+               "blocks.0.self_attn.q.lora_B.weight": torch.ones(8, 2),
+               "blocks.0.self_attn.q.alpha": torch.tensor(0)}, str(path))
+    with pytest.warns(UserWarning, match="stores alpha 0 for blocks.0.self_attn.q, whose factors then merge "
+                                         "at scale 0"):
+        assert LoraFile.read(path).modules["blocks.0.self_attn.q"].scale == 0

@@ -51,6 +51,10 @@ def check_loras(loras: Sequence[Lora], task: str, dits: Sequence[str]) -> None:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise InputError(f"the {name} of LoRA {lora.path} must be a finite number, got {value!r}")
+            if name == "alpha" and value <= 0:
+                raise InputError(f"the alpha of LoRA {lora.path} must be > 0, got {value!r} (alpha / rank "
+                                 "scales its factors; a negative strength subtracts the LoRA, strength 0 "
+                                 "leaves it out)")
         if lora.expert is not None and len(dits) == 1:
             raise InputError(f"{task} has one DiT, so LoRA {lora.path} takes no expert "
                              f"(got {lora.expert!r}); drop it")

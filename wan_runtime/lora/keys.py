@@ -6,7 +6,8 @@ LoRAs for Wan are published under three naming schemes, all read here:
   ComfyUI and LightX2V files, the Wan2.2-Lightning LoRAs);
 - the diffusers names (``blocks.0.attn1.to_q``), usually behind ``transformer.``;
 - the official names with their dots flattened to underscores behind ``lora_unet_`` (kohya-style
-  trainers such as musubi-tuner: ``lora_unet_blocks_0_self_attn_q``).
+  trainers such as musubi-tuner: ``lora_unet_blocks_0_self_attn_q``), and the diffusers names so
+  flattened (``lora_transformer_blocks_0_attn1_to_q``, as kohya's converters write them).
 
 Each name ends in what the tensor is: the low-rank factors (``lora_down``/``lora_A`` and
 ``lora_up``/``lora_B``), their ``alpha``, the bias of peft's ``lora_B`` layer (``lora_B.bias``,
@@ -33,7 +34,7 @@ PEFT_PREFIX = "base_model.model."
 # VideoX-Fun writes kohya's lora_unet_ with a second underscore; SimpleTuner's LyCORIS files a
 # lycoris_ prefix; DiffSynth-Studio keeps its pipeline's pipe.dit. unless told to remove it.
 _PREFIXES = (PEFT_PREFIX, "model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet__",
-             "lora_unet_", "lycoris_", "pipe.dit.")
+             "lora_unet_", "lora_transformer_", "lycoris_", "pipe.dit.")
 _PARTS = {
     ".lora_down.weight": DOWN, ".lora_A.weight": DOWN, ".lora_A.default.weight": DOWN,
     ".lora_up.weight": UP, ".lora_B.weight": UP, ".lora_B.default.weight": UP,
@@ -76,6 +77,8 @@ _DIFFUSERS_TOP = {
     "proj_out": "head.head",
     "scale_shift_table": "head.modulation",
 }
+_OFFICIAL_BLOCK = {official: name for name, official in _DIFFUSERS_BLOCK.items()}
+_OFFICIAL_TOP = {official: name for name, official in _DIFFUSERS_TOP.items()}
 _BLOCK = re.compile(r"^(blocks\.\d+\.)(.+)$")
 # Wan2.1's CLIP image branch under each naming scheme (official, diffusers, flattened).
 _IMAGE_BRANCH = re.compile(r"(^|[._])(k_img|v_img|norm_k_img|img_emb|add_k_proj|add_v_proj|norm_added_k|"
@@ -116,6 +119,14 @@ def image_branch(module: str) -> bool:
     return _IMAGE_BRANCH.search(module) is not None
 
 
+def diffusers_module(module: str) -> str:
+    """The diffusers name of an official module (other names unchanged)."""
+    block = _BLOCK.match(module)
+    if block:
+        return block.group(1) + _OFFICIAL_BLOCK.get(block.group(2), block.group(2))
+    return _OFFICIAL_TOP.get(module, module)
+
+
 def official_module(module: str) -> str:
     """The official name of a module named the diffusers way (other names unchanged)."""
     block = _BLOCK.match(module)
@@ -131,7 +142,9 @@ class ModuleNames:
         self.parameters = frozenset(parameters)
         parts = [name.split(".") for name in self.parameters]
         self._modules = {".".join(p[:i]) for p in parts for i in range(1, len(p) + 1)}
-        self._flat = {name.replace(".", "_"): name for name in self._modules}
+        # Flattened official names first: where a diffusers name flattens to one, the official holds.
+        flat = {diffusers_module(name).replace(".", "_"): name for name in self._modules}
+        self._flat = {**flat, **{name.replace(".", "_"): name for name in self._modules}}
 
     def resolve(self, module: str) -> str | None:
         """The official module (or parameter) name ``module`` denotes in this DiT, or None."""

@@ -40,10 +40,12 @@ def check_lora_path(path: Path) -> None:
     if problem is not None:
         raise InputError(f"LoRA file {path} {problem}; check the path")
     if path.suffix.lower() in _PICKLES:
-        raise InputError(
-            f"LoRA file {path} is a pickle ({path.suffix}), which can run code when loaded; only "
-            "safetensors LoRAs are read: use the .safetensors release of that LoRA"
-        )
+        raise _pickle_refused(path, f"a pickle ({path.suffix})")
+
+
+def _pickle_refused(path: Path, what: str) -> InputError:
+    return InputError(f"LoRA file {path} is {what}, which can run code when loaded; only safetensors LoRAs "
+                      "are read: use the .safetensors release of that LoRA")
 
 
 @dataclass
@@ -104,6 +106,8 @@ class LoraFile:
                     parts[parsed.part] = tensor
                     peft_names |= key.startswith(PEFT_PREFIX)
         except (SafetensorError, OSError) as err:
+            if _pickled(path):
+                raise _pickle_refused(path, f"a PyTorch pickle named {path.suffix}") from err
             raise InputError(
                 f"LoRA file {path} is not a readable safetensors file ({err}); download it again"
             ) from err
@@ -119,6 +123,12 @@ class LoraFile:
         if len(left_out) == len(modules):
             raise InputError(f"LoRA file {path} updates only Wan2.1's CLIP image branch, which Wan2.2's "
                              "DiTs do not have; use a LoRA made for a Wan DiT")
+        silent = [module for module, update in modules.items() if DOWN in update.parts and update.scale == 0]
+        if silent:
+            warnings.warn(
+                f"LoRA file {path} stores alpha 0 for {listed(sorted(silent))}, whose factors then merge at "
+                "scale 0 (nothing), as ComfyUI and diffusers read it (kohya's trainers take 0 for the rank)",
+                stacklevel=2)
         if left_out:
             # Wan2.1 image-to-video LoRAs are applied to Wan2.2 on purpose: the rest of them fits.
             warnings.warn(
@@ -151,6 +161,19 @@ class LoraFile:
                 f"({listed(sorted(unknown))}): it was made for another model; use a LoRA for this one"
             )
         return resolved
+
+
+# How torch.save's files start: a zip archive (torch 1.6 on) or a pickle (protocol 2 to 5).
+_PICKLE_STARTS = (b"PK\x03\x04", *(bytes([0x80, protocol]) for protocol in range(2, 6)))
+
+
+def _pickled(path: Path) -> bool:
+    """Whether the file ``path`` starts as ``torch.save`` writes."""
+    try:
+        with path.open("rb") as file:
+            return file.read(4).startswith(_PICKLE_STARTS)
+    except OSError:
+        return False
 
 
 def _value_problem(tensor: torch.Tensor, part: str) -> str | None:
