@@ -103,6 +103,7 @@ def _resolve(args: argparse.Namespace, video: VideoSettings | None, line: Iterab
         raise InvalidArguments(problems, own) from None
     config = video.keep_text_encoder(config)
     video.check_setup(config)
+    video.check_inputs(config)
     return config
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from wan_runtime.audio_io import heard_frames
+from wan_runtime.input_digests import INPUTS_KEY, input_digests
 from wan_runtime.video_io import write_mp4
 from wan_runtime.video_settings import FLAGS_KEY, SOFTWARE, recorded_flags, run_setup
 
@@ -61,7 +62,8 @@ def write_video(
     settings = made_with(config, {**_run_fields(report), "frame_num": video.shape[1]})
     # What the step cache did is kept beside the settings (printed already, as the run ended).
     telemetry = {"step_cache": report.step_cache} if report.step_cache else {}
-    metadata = {**settings, **telemetry, FLAGS_KEY: recorded_flags(config, report.seed)}
+    metadata = {**settings, **telemetry, FLAGS_KEY: recorded_flags(config, report.seed),
+                INPUTS_KEY: input_digests(config)}
     write_mp4(video, save_file, fps=pipeline.fps, metadata=metadata, audio=audio)
     write_s = time.perf_counter() - start
 

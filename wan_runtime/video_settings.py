@@ -40,6 +40,7 @@ from wan_runtime.cache.config import CACHE_FIELDS, CacheConfig
 from wan_runtime.cli_args import EXAMPLE_PROMPT, GenerateConfig, InvalidArguments, absolute_lora, split_lora
 from wan_runtime.cli_parser import DTYPES, LORA_FLAGS, json_flag_value
 from wan_runtime.errors import InputError
+from wan_runtime.input_digests import INPUTS_KEY, changed_files
 from wan_runtime.video_io import read_mp4_settings
 
 # The key of a video's settings that holds the flags which make it again.
@@ -258,6 +259,15 @@ class VideoSettings:
         if placed or not isinstance(stored, bool) or not same_run:
             return config
         return replace(config, t5_cpu=stored, fit_memory=fit._replace(given=(*fit.given, "t5_cpu")))
+
+    def check_inputs(self, config: GenerateConfig) -> None:
+        """Warn when a file ``config`` reads at a path the video recorded holds something else now
+        (``wan_runtime.input_digests``): the same flags then make another video."""
+        changed = changed_files(self.stored.get(INPUTS_KEY), config)
+        if changed:
+            files = ", ".join(map(str, changed))
+            warnings.warn(f"{files} changed since {self.path} was made (its contents differ from those "
+                          "recorded): the video will differ", stacklevel=2)
 
     def check_setup(self, config: GenerateConfig) -> None:
         """Warn when ``config`` computes otherwise than the video did (``run_setup``): on another

@@ -22,6 +22,7 @@ from wan_runtime.batch_file import resolve_jobs
 from wan_runtime.cli_args import EXAMPLE_PROMPT, InvalidArguments, resolve
 from wan_runtime.cli_parser import build_parser
 from wan_runtime.errors import InputError
+from wan_runtime.input_digests import INPUTS_KEY, input_digests
 from wan_runtime.video_io import read_mp4_settings, write_mp4
 from wan_runtime.video_settings import FLAGS_KEY, VideoSettings, command_line, recorded_flags, run_setup
 
@@ -439,6 +440,8 @@ def test_a_video_is_made_again_from_its_settings(in_folder, image, lora, speech,
     settings = {name: read_settings(in_folder / f"{name}.mp4") for name in ("a", "again", "b")}
     assert settings["a"] == settings["again"]
     assert settings["b"][FLAGS_KEY] == {**settings["a"][FLAGS_KEY], "base_seed": 5}
+    read = {str(path) for path in (image, lora, speech) if str(path) in extra or f"{path}=0.5" in extra}
+    assert set(settings["a"][INPUTS_KEY]) == read  # what each file held, for the next --settings_from
 
 
 def test_fit_memory_keeps_the_text_encoder_where_the_video_had_it(tmp_path, monkeypatch):
@@ -475,3 +478,21 @@ def test_fit_memory_keeps_the_text_encoder_where_the_video_had_it(tmp_path, monk
     with pytest.warns(UserWarning, match=differs):
         [sharded] = _jobs("--settings_from", video, "--device", "cuda", "--fit_memory", "--t5_fsdp")
     assert sharded.t5_cpu is False and sharded.t5_fsdp and sharded.fit_memory.given == ()
+
+
+def test_an_input_file_changed_since_the_video_is_told(tmp_path, image, lora):
+    """The video records what its files held; one at a recorded path that holds something else
+    now makes another video."""
+    argv = ["--demo", "--task", "i2v-A14B", "--image", str(image), "--lora", str(lora)]
+    config = resolve(build_parser().parse_args(argv))
+    digests = input_digests(config)
+    assert set(digests) == {str(image), str(lora)}
+    _video(tmp_path / "a.mp4", {"software": SOFTWARE, FLAGS_KEY: recorded_flags(config, 1),
+                                INPUTS_KEY: digests})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _video_settings(tmp_path / "a.mp4").check_inputs(config)
+    Image.new("RGB", (64, 48), (200, 10, 30)).save(image)
+    with pytest.warns(UserWarning, match=f"{image} changed since {tmp_path / 'a.mp4'} was made .*: the video "
+                                         "will differ"):
+        _video_settings(tmp_path / "a.mp4").check_inputs(config)
