@@ -49,7 +49,7 @@ from wan_runtime.cli_parser import (
 )
 from wan_runtime.distributed.launch import Launch
 from wan_runtime.errors import InputError, WanError
-from wan_runtime.image_io import load_image
+from wan_runtime.image_io import CheckedImage
 from wan_runtime.lora import Lora, check_loras
 from wan_runtime.lora.lightning_folder import LIGHTNING_SAMPLING, folder_loras
 from wan_runtime.models.audio_encoder import speech_clip_count
@@ -128,7 +128,7 @@ class GenerateConfig:
     prompt: str
     negative_prompt: str
     image_path: Path | None
-    image: Image.Image | None
+    image: Image.Image | CheckedImage | None
     save_file: Path | None
     device: str
     dtype: torch.dtype
@@ -243,7 +243,7 @@ def resolve(
     image = None
     if image_path is not None:
         image = _check(problems, lambda: inputs.get("image", image_path,
-                                                    lambda: load_image(args.image, "--image")))
+                                                    lambda: CheckedImage.check(args.image, "--image")))
     elif args.task in ("i2v-A14B", S2V):
         if args.demo:
             image = demo.demo_image()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,44 @@ _TURNS = {2: "mirrored", 3: "upside down", 4: "flipped upside down", 5: "mirrore
           6: "on its side", 7: "mirrored and on its side", 8: "on its side"}
 
 
+@dataclass(frozen=True)
+class CheckedImage:
+    """An image file that decoded whole (``load_image``, its warnings told), ``width`` x ``height``
+    pixels as it reads, decoded again when a video is made from it: the command line's checks
+    hold no pixels, so a batch of many photos keeps none of them while it makes the others."""
+
+    path: Path
+    label: str
+    width: int
+    height: int
+
+    @classmethod
+    def check(cls, path: str | Path, label: str) -> CheckedImage:
+        """The file ``path`` (``label`` names it in messages) decoded once; ``InputError`` as
+        ``load_image`` raises it."""
+        rgb = load_image(path, label)
+        return cls(Path(path), label, rgb.width, rgb.height)
+
+    def load(self) -> Image.Image:
+        """The image, RGB; ``InputError`` for a file that no longer reads as it did."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # told when it was checked
+            rgb = load_image(self.path, self.label)
+        if rgb.size != (self.width, self.height):
+            raise InputError(f"{self.label} {self.path} changed since it was checked ({self.width}x"
+                             f"{self.height} pixels then, {rgb.width}x{rgb.height} now); run again")
+        return rgb
+
+
 def load_image(image: object, label: str = "image") -> Image.Image:
-    """An RGB PIL image from a PIL image or a path (the official CLI converts to RGB too).
+    """An RGB PIL image from a PIL image, a path or a ``CheckedImage`` (the official CLI converts
+    to RGB too).
 
     The whole file is decoded, not only its header, so a truncated file is refused here rather
     than minutes later. ``label`` names the argument in error messages (e.g. ``"--image"``).
     """
+    if isinstance(image, CheckedImage):
+        return image.load()
     if isinstance(image, Image.Image):
         # An image opened but not loaded yet decodes its file in convert; the caller's stays open.
         source, fix = f"the {label} (a PIL image)", "load it from a whole file"

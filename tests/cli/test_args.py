@@ -70,7 +70,7 @@ def test_i2v_keeps_the_official_size_and_guide_scales(roots, image):
     config = _resolve("--task", "i2v-A14B", "--ckpt_dir", str(roots["i2v-A14B"]), "--image", str(image))
     assert config.size == "1280*720"
     assert config.sample_guide_scale == (3.5, 3.5)
-    assert config.image.mode == "RGB" and config.image.size == (64, 48)
+    assert config.image.load().mode == "RGB" and (config.image.width, config.image.height) == (64, 48)
 
 
 def test_given_values_are_kept(roots, tmp_path):

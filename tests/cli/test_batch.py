@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.cli.helpers import read_settings, read_video
 from wan_runtime import demo, generate, video_output
@@ -19,7 +20,7 @@ from wan_runtime.batch_file import resolve_jobs
 from wan_runtime.cache import CacheConfig
 from wan_runtime.cli_args import InvalidArguments
 from wan_runtime.cli_parser import build_parser
-from wan_runtime.errors import NumericalError
+from wan_runtime.errors import InputError, NumericalError
 from wan_runtime.tasks import TASKS
 
 FAST = ["--demo", "--frame_num", "5", "--sample_steps", "2"]
@@ -210,15 +211,23 @@ def test_a_windows_file_reads_as_any_other(tmp_path):
         "a fox\u2028at dawn", 1, 2, 3)
 
 
-def test_the_command_lines_image_is_decoded_once(tmp_path, image, monkeypatch):
-    from wan_runtime import cli_args
+def test_the_command_lines_image_is_decoded_once_and_no_pixels_are_kept(tmp_path, image, monkeypatch):
+    """The lines are checked holding no image's pixels, which a batch of many photos could not."""
+    from wan_runtime import image_io
 
     decoded = []
-    load = cli_args.load_image
-    monkeypatch.setattr(cli_args, "load_image", lambda *args: decoded.append(args) or load(*args))
+    load = image_io.load_image
+    monkeypatch.setattr(image_io, "load_image", lambda *args: decoded.append(args) or load(*args))
     jobs = _jobs(*FAST, "--image", str(image), "--batch", str(_batch(tmp_path, *[{"base_seed": i}
                                                                                    for i in range(5)])))
     assert len(decoded) == 1 and all(job.image is jobs[0].image for job in jobs)
+    assert jobs[0].image == image_io.CheckedImage(image, "--image", 64, 48)
+    assert jobs[0].image.load().size == (64, 48) and len(decoded) == 2  # decoded again for its video
+    # Made from a file that changed size since: that video is refused (a batch goes on without it).
+    Image.new("RGB", (32, 32)).save(image)
+    with pytest.raises(InputError, match=f"--image {image} changed since it was checked \\(64x48 pixels "
+                                         "then, 32x32 now\\); run again"):
+        jobs[0].image.load()
 
 
 def test_negative_prompt_without_guidance_is_told(tmp_path):

@@ -22,7 +22,7 @@ from wan_runtime.cache import CacheConfig, CacheManager, WanStages
 from wan_runtime.checks import check_frame_num, check_vae_tiling
 from wan_runtime.distributed.launch import shared_seed
 from wan_runtime.errors import InputError
-from wan_runtime.image_io import load_image
+from wan_runtime.image_io import CheckedImage, load_image
 from wan_runtime.models import TextEncoder, WanModel, WanVAE
 from wan_runtime.models.cuda_graphs import StageGraphs
 from wan_runtime.pipelines.activation_memory import MemoryEstimate, VideoShape, estimate_memory
@@ -163,7 +163,8 @@ class Pipeline:
     # -- what a task defines ------------------------------------------------------------------
 
     @staticmethod
-    def output_size(spec: TaskSpec, image: Image.Image | None, width: int, height: int) -> tuple[int, int]:
+    def output_size(spec: TaskSpec, image: Image.Image | CheckedImage | None, width: int,
+                    height: int) -> tuple[int, int]:
         """The video's (width, height) for the target ``width*height`` and the input ``image``;
         ``InputError`` when the image cannot fit. Needs no model, so a caller can check a request
         before loading one."""

@@ -22,6 +22,7 @@ from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE
 if TYPE_CHECKING:
     from PIL import Image
 
+    from wan_runtime.image_io import CheckedImage
     from wan_runtime.tasks import TaskSpec
 
 # The VAE 2.1 latent channels (the noise the high- and low-noise experts denoise).
@@ -32,7 +33,8 @@ class I2VPipeline(Pipeline):
     """The i2v-A14B task; ``dits`` holds the experts under ``"high_noise"`` and ``"low_noise"``."""
 
     @staticmethod
-    def output_size(spec: TaskSpec, image: Image.Image | None, width: int, height: int) -> tuple[int, int]:
+    def output_size(spec: TaskSpec, image: Image.Image | CheckedImage | None, width: int,
+                    height: int) -> tuple[int, int]:
         if image is None:
             raise InputError("i2v-A14B needs an input image: pass image= a PIL image or a file path")
         stride = spec.vae_stride[1]

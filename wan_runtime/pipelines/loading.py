@@ -17,7 +17,7 @@ from wan_runtime.distributed.row_split import RowSplit
 from wan_runtime.distributed.sharding import shard_module
 from wan_runtime.distributed.ulysses import SequenceParallel
 from wan_runtime.errors import CheckpointError, InputError
-from wan_runtime.image_io import load_image
+from wan_runtime.image_io import CheckedImage, load_image
 from wan_runtime.inference_only import guard, inference_only_enabled
 from wan_runtime.lora import Lora, LoraFile, read_loras
 from wan_runtime.models import WanModel, load_text_encoder, load_vae
@@ -67,14 +67,18 @@ def _resolve_device(device: torch.device | str | None) -> torch.device:
     return resolved
 
 
-def check_output_size(task: str, image: Image.Image | str | Path | None, size: str) -> tuple[int, int]:
+def check_output_size(
+    task: str, image: Image.Image | CheckedImage | str | Path | None, size: str
+) -> tuple[int, int]:
     """The video's (width, height) for ``task``'s target ``size`` ``"W*H"`` and the input
-    ``image`` (a PIL image, or a file path read as ``generate`` reads it), as ``generate`` makes
-    it, without loading a model; ``InputError`` for an image that cannot be read or fit."""
+    ``image`` (a PIL image, a ``CheckedImage``, or a file path read as ``generate`` reads it), as
+    ``generate`` makes it, without loading a model; ``InputError`` for an image that cannot be read
+    or fit."""
     spec = task_spec(task)
     width, height = parse_size(size, spec)
-    # An image given is used as it is: reading it again would repeat the warnings its reading gave.
-    picture = image if image is None or isinstance(image, Image.Image) else load_image(image)
+    # An image given is used as it is (its size alone counts): reading it again would repeat the
+    # warnings its reading gave.
+    picture = image if image is None or isinstance(image, (Image.Image, CheckedImage)) else load_image(image)
     return _PIPELINES[spec.name].output_size(spec, picture, width, height)
 
 

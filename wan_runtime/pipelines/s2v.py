@@ -31,7 +31,7 @@ from wan_runtime.cache import CacheConfig, S2VStages
 from wan_runtime.cache.telemetry import merge_reports, summary_lines
 from wan_runtime.checks import check_clip_seeds, check_vae_tiling
 from wan_runtime.errors import InputError
-from wan_runtime.image_io import load_image
+from wan_runtime.image_io import CheckedImage, load_image
 from wan_runtime.models.audio_encoder import audio_buckets, speech_clip_count
 from wan_runtime.models.s2v_dit import MOTION_FRAMES
 from wan_runtime.pipelines.activation_memory import MemoryEstimate, speech_video
@@ -257,7 +257,8 @@ class S2VPipeline(Pipeline):
         return picture, waveform, None if pose_video is None else probe_video(pose_video)
 
     @staticmethod
-    def output_size(spec: TaskSpec, image: Image.Image | None, width: int, height: int) -> tuple[int, int]:
+    def output_size(spec: TaskSpec, image: Image.Image | CheckedImage | None, width: int,
+                    height: int) -> tuple[int, int]:
         if image is None:
             raise InputError("s2v-14B needs a reference image: pass image= a PIL image or a file path")
         fit_h, fit_w = s2v_output_size(image.height, image.width, width * height)

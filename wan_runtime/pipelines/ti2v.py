@@ -16,6 +16,7 @@ from wan_runtime.pipelines.resolution import best_output_size, image_to_tensor, 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from wan_runtime.image_io import CheckedImage
     from wan_runtime.tasks import TaskSpec
 
 
@@ -23,7 +24,8 @@ class TI2VPipeline(Pipeline):
     """The ti2v-5B task; ``dits`` holds its one DiT."""
 
     @staticmethod
-    def output_size(spec: TaskSpec, image: Image.Image | None, width: int, height: int) -> tuple[int, int]:
+    def output_size(spec: TaskSpec, image: Image.Image | CheckedImage | None, width: int,
+                    height: int) -> tuple[int, int]:
         if image is None:
             return width, height
         _, stride_h, stride_w = spec.vae_stride
