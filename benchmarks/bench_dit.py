@@ -187,7 +187,7 @@ def time_compiled(ours: WanModel, args: dict, device: torch.device, warmup: int,
 
 
 def main() -> None:
-    parser = forward_parser(__doc__, "real widths on cuda in bfloat16", layers=2)
+    parser = forward_parser(__doc__, "real widths on cuda in bfloat16", layers=2, gpu_layers_only=True)
     parser.add_argument("--compile", action="store_true", help="also time ours with the blocks compiled")
     args = parser.parse_args()
     if args.gpu:

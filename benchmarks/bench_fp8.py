@@ -61,7 +61,7 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, warmup: int, 
 
 
 def main() -> None:
-    parser = forward_parser(__doc__, "real widths on cuda", layers=2)
+    parser = forward_parser(__doc__, "real widths on cuda", layers=2, gpu_layers_only=True)
     parser.add_argument("--compile", action="store_true", help="also both with the blocks compiled")
     args = parser.parse_args()
     if args.gpu:

@@ -84,12 +84,16 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(f"{row.get(c, '')}".ljust(w) for c, w in zip(columns, widths, strict=True)))
 
 
-def forward_parser(doc: str, gpu_help: str, layers: int) -> argparse.ArgumentParser:
+def forward_parser(
+    doc: str, gpu_help: str, layers: int, gpu_layers_only: bool = False
+) -> argparse.ArgumentParser:
     """The arguments of the forward benchmarks: ``--gpu`` (``gpu_help``), ``--layers`` (default
-    ``layers``), ``--warmup``, ``--repeat``, ``--out-dir``; ``doc`` is the module's docstring."""
+    ``layers``; ``gpu_layers_only``: the CPU cases keep their own), ``--warmup``, ``--repeat``,
+    ``--out-dir``; ``doc`` is the module's docstring."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help=gpu_help)
-    parser.add_argument("--layers", type=int, default=layers, help=f"DiT blocks (default {layers})")
+    where = " with --gpu (the CPU cases have their own)" if gpu_layers_only else ""
+    parser.add_argument("--layers", type=int, default=layers, help=f"DiT blocks{where} (default {layers})")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out-dir", default=None, help="JSON folder (default benchmarks/results)")
