@@ -3,6 +3,8 @@ bad one refused with one line and exit 2 before any model is imported."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -87,7 +89,9 @@ def test_a_lightning_folder_merges_as_the_release_does(roots, lora, image, tmp_p
                             Lora(str(lora), 0.5))
     assert (config.sample_solver, config.sample_steps, config.sample_shift, config.sample_guide_scale) == (
         "euler", 4, 5.0, 1.0)
-    by_dit = read_loras(config.loras[:2], "i2v-A14B", ["high_noise", "low_noise"])
+    silent = 0.0 in alphas.values()  # merges nothing, as the release merges it, and told
+    with pytest.warns(UserWarning, match="stores alpha 0") if silent else contextlib.nullcontext():
+        by_dit = read_loras(config.loras[:2], "i2v-A14B", ["high_noise", "low_noise"])
     modules = ("blocks.0.self_attn.q", "blocks.0.self_attn.k")
     for [(file, _)] in by_dit.values():  # rank 2
         assert {module: update.scale for module, update in file.modules.items()} == {
