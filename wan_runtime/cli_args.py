@@ -294,9 +294,8 @@ def resolve(
                                                    args.ulysses_size, flag="--"))
     vae_tiling = _check(problems, lambda: check_vae_tiling(args.vae_tiling, "--vae_tiling"))
     fit_memory = _fit_memory(problems, args, device)
-    if stream_blocks > 0 and device == "cpu":
-        warnings.warn("--stream_blocks changes nothing on the CPU, where every block already is in CPU "
-                      "memory", stacklevel=2)
+    if device == "cpu":
+        _warn_placement_on_cpu(args, stream_blocks)
     loras = _lora_problems(problems, args, spec, inputs)
     try:
         wan_kernels.get_backend()
@@ -381,6 +380,17 @@ def _warn_unused_negative_prompt(guide_scale: float | tuple[float, float]) -> No
     if all(scale == 1 for scale in scales):
         warnings.warn("--negative_prompt has no effect at --sample_guide_scale 1 (guidance then uses the "
                       "prompt alone)", stacklevel=3)
+
+
+def _warn_placement_on_cpu(args: argparse.Namespace, stream_blocks: int) -> None:
+    """Warn of each placement flag given that moves nothing on the CPU, where every model is in
+    CPU memory already."""
+    given = [flag for flag, on in (("--offload_model True", args.offload_model), ("--t5_cpu", args.t5_cpu),
+                                    ("--stream_blocks", stream_blocks > 0)) if on]
+    if given:
+        verb = "changes" if len(given) == 1 else "change"
+        warnings.warn(f"{' and '.join(given)} {verb} nothing on the CPU, where every model already is in CPU "
+                      "memory", stacklevel=3)
 
 
 def _lora_problems(

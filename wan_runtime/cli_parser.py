@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{' or '.join(DTYPES)} (default {DEFAULT_DTYPE}; --demo: {d.dtype})")
     p.add_argument("--compile", action="store_true",
                    help="compile the DiT blocks with torch.compile (the first step pays the "
-                        "compile time)")
+                        "compile time, as does the first video of another size; needs a C++ compiler "
+                        "on the CPU, Triton on a GPU)")
     p.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=False,
                    help="run the DiT blocks from CUDA graphs, captured at their second call of each kind "
                         "(the same numbers, without the host's kernel launches between; more memory: a copy "

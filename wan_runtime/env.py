@@ -65,6 +65,9 @@ def _kernel_backends() -> str:
         return f"wan_kernels cannot be imported ({type(err).__name__}: {_first_line(str(err))})"
     try:
         setting = kernels.get_backend()
+        # What runs where: auto takes Triton on GPUs alone, though its interpreter lists it here.
+        devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+        setting += "; runs " + ", ".join(f"{kernels.backend_for(device)} on {device}" for device in devices)
     except ValueError as err:  # a bad WAN_KERNELS_BACKEND: the report says so instead of failing
         setting = f"invalid ({_first_line(str(err))})"
     return f"{', '.join(kernels.available_backends()) or 'none'} (setting: {setting})"

@@ -74,13 +74,14 @@ def test_i2v_keeps_the_official_size_and_guide_scales(roots, image):
 
 
 def test_given_values_are_kept(roots, tmp_path):
-    config = _resolve(
-        "--ckpt_dir", str(roots["ti2v-5B"]), "--size", "704*1280", "--frame_num", "9",
-        "--sample_steps", "3", "--sample_shift", "3", "--sample_guide_scale", "0", "--sample_solver",
-        "dpm++", "--base_seed", "7", "--prompt", "a cat", "--offload_model", "False", "--t5_cpu",
-        "--convert_model_dtype", "--device", "cpu", "--dtype", "float32",
-        "--save_file", str(tmp_path / "out.mp4"),
-    )
+    with pytest.warns(UserWarning, match="--t5_cpu changes nothing on the CPU"):
+        config = _resolve(
+            "--ckpt_dir", str(roots["ti2v-5B"]), "--size", "704*1280", "--frame_num", "9",
+            "--sample_steps", "3", "--sample_shift", "3", "--sample_guide_scale", "0", "--sample_solver",
+            "dpm++", "--base_seed", "7", "--prompt", "a cat", "--offload_model", "False", "--t5_cpu",
+            "--convert_model_dtype", "--device", "cpu", "--dtype", "float32",
+            "--save_file", str(tmp_path / "out.mp4"),
+        )
     assert (config.size, config.frame_num, config.sample_steps) == ("704*1280", 9, 3)
     assert config.sample_shift == 3.0
     assert (config.sample_guide_scale, config.sample_solver, config.base_seed) == (0.0, "dpm++", 7)
@@ -607,3 +608,13 @@ def test_replacing_an_existing_video_is_warned_of_unless_kept(roots, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _resolve(*argv, "--skip_existing")
+
+
+def test_placement_flags_that_move_nothing_on_the_cpu_are_told(roots):
+    argv = ["--ckpt_dir", str(roots["ti2v-5B"]), "--device", "cpu"]
+    with pytest.warns(UserWarning, match="^--offload_model True and --t5_cpu change nothing on the CPU, "
+                                         "where every model already is in CPU memory$"):
+        _resolve(*argv, "--offload_model", "True", "--t5_cpu")
+    with warnings.catch_warnings():  # the defaults, and turning them off, say nothing
+        warnings.simplefilter("error")
+        _resolve(*argv, "--offload_model", "False", "--no-t5_cpu")

@@ -188,7 +188,7 @@ def test_a_warning_of_every_line_is_shown_once_and_a_lines_own_with_its_number(t
         warnings.simplefilter("always")
         _jobs(*FAST, "--stream_blocks", "1", "--batch", str(path))
     assert [str(w.message) for w in raised] == [
-        "--stream_blocks changes nothing on the CPU, where every block already is in CPU memory",
+        "--stream_blocks changes nothing on the CPU, where every model already is in CPU memory",
         "--batch line 2: --negative_prompt has no effect at --sample_guide_scale 1 (guidance then uses the "
         "prompt alone)",
     ]
