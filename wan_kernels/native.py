@@ -220,6 +220,9 @@ def load(ext: Extension) -> bool:
             if not buildable(ext):
                 raise RuntimeError(f"torch {torch.__version__} (CUDA {torch.version.cuda}) found no nvcc")
             folder.mkdir(parents=True, exist_ok=True)
+            # A minute or more with no output would look like a hang.
+            print(f"wan_kernels: building the {ext.label} kernels once, into {folder}", file=sys.stderr,
+                  flush=True)
             cpp_extension.load(
                 ext.name, [str(s) for s in ext.sources()], extra_cflags=list(ext.cflags),
                 extra_cuda_cflags=list(ext.cuda_cflags), extra_ldflags=list(ext.ldflags),

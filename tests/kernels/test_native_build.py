@@ -157,10 +157,13 @@ def test_a_prebuilt_module_older_than_the_sources_beside_it_is_passed_over_aloud
     assert native._prebuilt(native.CPP) == str(older) and native.is_built(native.CPP)
 
 
-def test_a_compiler_that_does_not_run_is_a_warning_not_an_error(build_root, monkeypatch):
-    """torch's compiler check runs ``$CXX --version`` and raises CalledProcessError where it fails."""
+def test_a_compiler_that_does_not_run_is_a_warning_not_an_error(build_root, monkeypatch, capsys):
+    """torch's compiler check runs ``$CXX --version`` and raises CalledProcessError where it fails;
+    the build was announced first, as a first build runs a minute or more."""
     if native._prebuilt(native.CPP):
         pytest.skip("the C++ extension is installed prebuilt")
     monkeypatch.setenv("CXX", "/bin/false")
     with pytest.warns(UserWarning, match="loaded in .*CalledProcessError.*It needs a C"):
         assert not native.load.__wrapped__(native.CPP)
+    told = f"wan_kernels: building the {native.CPP.label} kernels once, into {native.build_dir(native.CPP)}\n"
+    assert capsys.readouterr().err == told

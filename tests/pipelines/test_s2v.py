@@ -275,7 +275,9 @@ def test_step_cache_without_guidance_runs_the_cond_branch_alone(s2v_pipeline, sp
     assert (cond["computed"], cond["skipped"]) == (2, 2)
     report = s2v_pipeline.last_report
     assert report.step_cache == s2v_pipeline.cache_report()
-    line = "step cache: forwards skipped s2v 2 of 4"
+    # Block 0 ran in the forwards FBCache skipped: less than half of the blocks' work was saved.
+    assert 0 < cond["work_saved"] < 0.5
+    line = f"step cache: forwards skipped s2v 2 of 4 ({cond['work_saved']:.0%} of the blocks' work saved)"
     assert report.summary().splitlines()[-1] == report.step_cache_line() == line
 
 

@@ -72,13 +72,15 @@ class RunReport:
         ])
 
     def step_cache_line(self) -> str:
-        """The DiT forwards the step cache skipped, per model (``step_cache`` set)."""
+        """The DiT forwards the step cache skipped, per model, with the share of the blocks' work
+        that saved (``step_cache`` set): FBCache runs block 0 of a forward it skips."""
         parts = []
         for model, entry in self.step_cache.items():
             branches = branches_of(entry).values()
             skipped = sum(stats["skipped"] for stats in branches)
             steps = sum(stats["steps"] for stats in branches)
-            parts.append(f"{model} {skipped} of {steps}")
+            saved = sum(stats["work_saved"] * stats["steps"] for stats in branches) / steps if steps else 0.0
+            parts.append(f"{model} {skipped} of {steps} ({saved:.0%} of the blocks' work saved)")
         return "step cache: forwards skipped " + ", ".join(parts)
 
     def graphs_line(self) -> str:
