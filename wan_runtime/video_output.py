@@ -85,6 +85,7 @@ def _run_fields(report: RunReport) -> dict[str, object]:
     """The report's account of the run (seed and defaults resolved), without timings and memory."""
     fields = dataclasses.asdict(report)
     del fields["timings"], fields["peak_memory_bytes"], fields["cuda_graphs"], fields["step_cache"]
+    del fields["setup"]  # made_with records it from the command line (run_setup), with --t5_cpu
     return fields
 
 

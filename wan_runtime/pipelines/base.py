@@ -100,13 +100,14 @@ class Settings:
     def report(
         self, task: str, seed: int, width: int, height: int, frame_num: int, clock: StageClock,
         peak_memory: int | None, cuda_graphs: tuple[int, int] | None, step_cache: dict[str, dict],
+        setup: dict[str, object],
     ) -> RunReport:
-        """The run report of a finished run with these settings."""
+        """The run report of a finished run with these settings, computed as ``setup`` says."""
         return RunReport(
             task=task, prompt=self.prompt, n_prompt=self.n_prompt, seed=seed, size=f"{width}*{height}",
             frame_num=frame_num, sampling_steps=self.steps, guide_scale=self.guide, shift=self.shift,
             sample_solver=self.sample_solver, vae_tiling=self.vae_tiling, timings=clock.timings,
-            peak_memory_bytes=peak_memory, cuda_graphs=cuda_graphs, step_cache=step_cache,
+            peak_memory_bytes=peak_memory, cuda_graphs=cuda_graphs, step_cache=step_cache, setup=setup,
         )
 
     def decode(self, vae: WanVAE, latent: torch.Tensor) -> torch.Tensor:
@@ -247,7 +248,7 @@ class Pipeline:
             check_video(video, self.vae.dtype)
         self.last_report = settings.report(self.task, seed, plan.width, plan.height, frame_num, clock,
                                            self._peak_memory(), self._graph_counts(graphs),
-                                           self._cache_report)
+                                           self._cache_report, self._run_setup())
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
         return video.clone()
 
@@ -338,6 +339,12 @@ class Pipeline:
         (a random seed drawn by each process would differ)."""
         seed = resolve_seed(seed)
         return shared_seed(seed) if self.distributed else seed
+
+    def _run_setup(self) -> dict[str, object]:
+        """``RunReport.setup`` of this pipeline's runs."""
+        return {"device": str(self.device), "dtype": str(self._dtype).removeprefix("torch."),
+                "kernels": wan_kernels.backend_for(self.device),
+                "compile": any(dit.blocks_compiled for dit in self.dits.values())}
 
     @property
     def _dtype(self) -> torch.dtype:

@@ -31,7 +31,9 @@ class RunReport:
     pool while they replay; ``cuda_graphs``: with them, the graphs captured and the replays. For
     s2v-14B ``frame_num`` is the frames made; ``vae_tiling`` is the decode's tile size in pixels
     (0: whole frames). ``step_cache`` is what the step cache did (``Pipeline.cache_report``'s
-    telemetry by model; empty without a cache)."""
+    telemetry by model; empty without a cache). ``setup``: how the numbers were computed, which
+    changes their last bits: ``device``, the DiTs' ``dtype``, the ``wan_kernels`` backend
+    (``kernels``) and whether the DiT blocks were compiled (``compile``)."""
 
     task: str
     prompt: str
@@ -48,6 +50,7 @@ class RunReport:
     peak_memory_bytes: int | None = None
     cuda_graphs: tuple[int, int] | None = None
     step_cache: dict[str, dict] = field(default_factory=dict)
+    setup: dict[str, object] = field(default_factory=dict)
 
     def summary(self) -> str:
         """A few lines for a person: what ran, the time per stage, the peak memory."""
@@ -66,10 +69,18 @@ class RunReport:
             f"{self.sampling_steps} steps of {self.sample_solver}, shift {self.shift:g}, "
             f"guide scale {self.guide_scale}",
             f"time: {stages} (total {total:.1f} s)",
+            *([self.setup_line()] if self.setup else []),
             memory,
             *graphs,
             *cache,
         ])
+
+    def setup_line(self) -> str:
+        """How the numbers were computed, in words (``setup`` set)."""
+        s = self.setup
+        blocks = "compiled" if s["compile"] else "eager"
+        return (f"computed on {s['device']} in {s['dtype']}, wan_kernels backend {s['kernels']}, "
+                f"{blocks} DiT blocks")
 
     def step_cache_line(self) -> str:
         """The DiT forwards the step cache skipped, per model, with the share of the blocks' work

@@ -206,7 +206,7 @@ class S2VPipeline(Pipeline):
         self._cache_report = merge_reports(clip_reports)
         self.last_report = settings.report(self.task, seed, width, height, video.shape[1], clock,
                                            self._peak_memory(), self._graph_counts(graphs),
-                                           self._cache_report)
+                                           self._cache_report, self._run_setup())
         for line in summary_lines(self._cache_report):  # one line per model for the whole run
             tqdm.write(line)
         # A normal tensor, not an inference tensor, so that callers may modify it in place.
