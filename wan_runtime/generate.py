@@ -31,7 +31,7 @@ from wan_runtime.errors import CheckpointError, InputError, LaunchInputError, Nu
 from wan_runtime.stop_signals import handle_stops
 from wan_runtime.tasks import TASKS
 from wan_runtime.video_output import default_save_file, made_with, write_video
-from wan_runtime.video_settings import VideoSettings
+from wan_runtime.video_settings import VideoSettings, settings_differ
 
 if TYPE_CHECKING:
     from wan_runtime.pipelines import MemoryEstimate, MemoryFit, Pipeline, VideoShape
@@ -166,9 +166,14 @@ def _existing(jobs: list[GenerateConfig]) -> list[bool]:
                       "time of writing, so no such file exists yet", stacklevel=2)
     exists = from_rank0([job.save_file is not None and job.save_file.exists() for job in jobs])
     for job, skipped in zip(jobs, exists, strict=True):
-        if skipped:
-            where = "" if job.batch_line is None else f"--batch line {job.batch_line}: "
-            print(f"{where}{job.save_file} exists; skipped (--skip_existing)")
+        if not skipped:
+            continue
+        where = "" if job.batch_line is None else f"--batch line {job.batch_line}: "
+        print(f"{where}{job.save_file} exists; skipped (--skip_existing)")
+        other = settings_differ(job.save_file, job) if job.launch.main else None
+        if other is not None:  # an edited line's video, or a file of another run
+            warnings.warn(f"{where}{job.save_file} was kept, but {other}; remove it to make this video",
+                          stacklevel=2)
     return exists
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import re
 import shlex
 import warnings
@@ -109,6 +110,27 @@ def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
                      infer_frames=config.infer_frames, start_from_ref=config.start_from_ref,
                      pose_video=_absolute(config.pose_video))
     return flags
+
+
+def settings_differ(path: Path, config: GenerateConfig) -> str | None:
+    """How the video at ``path`` was made otherwise than ``config`` would make it, in words (the
+    flags that differ, with both values; a seed ``config`` would draw matches any), or None if
+    the same; a file without our settings says so."""
+    try:
+        then = read_mp4_settings(path).get(FLAGS_KEY)
+    except InputError:
+        return "it holds no settings of wan_runtime"
+    if not isinstance(then, dict):
+        return "it records no flags"
+    # Through JSON, as stored: tuples are lists there.
+    now = json.loads(json.dumps(recorded_flags(config, config.base_seed)))
+    if config.base_seed < 0:
+        now["base_seed"] = then.get("base_seed")
+    differ = [key for key in sorted(then.keys() | now.keys()) if then.get(key) != now.get(key)]
+    if not differ:
+        return None
+    return "it was made with " + ", ".join(f"{key} {json.dumps(then.get(key))} (this run: "
+                                            f"{json.dumps(now.get(key))})" for key in differ)
 
 
 def run_setup(config: GenerateConfig) -> dict[str, object]:

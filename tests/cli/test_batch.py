@@ -468,6 +468,22 @@ def test_skip_existing_makes_only_the_missing_videos(in_folder, capsys):
     ]
 
 
+def test_a_video_kept_that_its_line_would_make_otherwise_is_told(in_folder, capsys):
+    """A line edited since its video was made, and a file of something else: kept, and said."""
+    one, two = {"save_file": "one.mp4", "base_seed": 3}, {"save_file": "two.mp4", "base_seed": 4}
+    assert generate.main([*FAST, "--batch", str(_batch(in_folder, one, two))]) == 0
+    (in_folder / "two.mp4").write_bytes(b"another file")
+    path = _batch(in_folder, {**one, "base_seed": 5}, two)
+    capsys.readouterr()
+    assert generate.main([*FAST, "--batch", str(path), "--skip_existing"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warned == [
+        "warning: --batch line 1: one.mp4 was kept, but it was made with base_seed 3 (this run: 5); remove "
+        "it to make this video",
+        "warning: --batch line 2: two.mp4 was kept, but it holds no settings of wan_runtime; remove it to "
+        "make this video"]
+
+
 def test_a_dry_run_skipping_every_video_still_checks_the_models(in_folder, monkeypatch, capsys):
     checked = []
     monkeypatch.setattr("wan_runtime.pipelines.check_pipeline", lambda **kwargs: checked.append(kwargs))
