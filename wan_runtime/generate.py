@@ -241,6 +241,13 @@ def _load_arguments(config: GenerateConfig) -> dict[str, object]:
     }
 
 
+def _lora_changes(pipeline: Pipeline) -> str:
+    """The parameters (weights, biases) the LoRAs changed in each DiT of ``pipeline``, in words."""
+    told = [f"{dit.lora_changes} parameter{'s' * (dit.lora_changes != 1)} of the "
+            f"{'' if len(pipeline.dits) == 1 else name + ' '}DiT" for name, dit in pipeline.dits.items()]
+    return " and ".join(told) + " changed"
+
+
 def _output_sizes(jobs: list[GenerateConfig]) -> list[tuple[int, int]]:
     """Each video's width and height; an image too extreme for its size is refused now, before
     minutes of loading, with every such line of a batch named."""
@@ -404,6 +411,8 @@ def _make_videos(
     load_s: float | None = time.perf_counter() - start
     if jobs[0].launch.main and pipeline.weight_plan is not None:
         print(f"memory: the weights take {pipeline.weight_plan.describe()}", flush=True)
+    if jobs[0].launch.main and jobs[0].loras:  # a LoRA that changed nothing would go unnoticed
+        print(f"loras merged: {_lora_changes(pipeline)}", flush=True)
     estimates = {} if fit is None else dict(fit.estimates)  # more shapes join it as they come
     if jobs[0].compile:  # else a first step many times longer than the next looks like a hang
         print("compile: the first sampling step also compiles the DiT blocks and takes longer", flush=True)

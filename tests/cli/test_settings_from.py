@@ -5,6 +5,7 @@ readable settings is refused in one line before anything loads."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import warnings
@@ -23,6 +24,7 @@ from wan_runtime.cli_args import EXAMPLE_PROMPT, InvalidArguments, resolve
 from wan_runtime.cli_parser import build_parser
 from wan_runtime.errors import InputError
 from wan_runtime.input_digests import INPUTS_KEY, input_digests
+from wan_runtime.lora import LoraFile
 from wan_runtime.video_io import read_mp4_settings, write_mp4
 from wan_runtime.video_settings import FLAGS_KEY, VideoSettings, command_line, recorded_flags, run_setup
 
@@ -430,6 +432,12 @@ def test_a_video_is_made_again_from_its_settings(in_folder, image, lora, speech,
                          "--image", str(image)]}[task]
     fast = ["--demo", "--sample_steps", "2", *(["--frame_num", "5"] if task != "s2v-14B" else [])]
     assert generate.main([*fast, "--task", task, *extra, "--save_file", "a.mp4"]) == 0
+    if task == "i2v-A14B":  # what the LoRA changed, as loaded
+        merged = re.search(r"^loras merged: (\d+) parameters of the high_noise DiT and 0 parameters of "
+                           "the low_noise DiT changed$", capsys.readouterr().out, re.MULTILINE)
+        changes = {"down", "diff", "diff_b", "diff_m", "up_b"}  # the factors' weight, the differences
+        assert merged and int(merged[1]) == sum(len(changes & update.parts.keys())
+                                                for update in LoraFile.read(lora).modules.values())
     assert generate.main(["--settings_from", "a.mp4", "--save_file", "again.mp4"]) == 0
     assert generate.main(["--settings_from", "a.mp4", "--base_seed", "5", "--save_file", "seed5.mp4"]) == 0
     assert generate.main([*fast, "--task", task, *extra, "--base_seed", "5", "--save_file", "b.mp4"]) == 0

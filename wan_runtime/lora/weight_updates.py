@@ -57,6 +57,10 @@ class WeightUpdates:
     def __contains__(self, name: str) -> bool:
         return name in self._changes
 
+    def __len__(self) -> int:
+        """The parameters the LoRAs change (none of those at strength 0)."""
+        return len(self._changes)
+
     def apply(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` (float32, the parameter ``name`` as stored, a tensor of the caller's own) with
         every LoRA's change to it added in place."""

@@ -96,9 +96,10 @@ class WanModel(nn.Module):
         # Set by ``compilation.compile_blocks``: a numerical failure's advice names compile only
         # for a run that used it.
         self.blocks_compiled = False
-        # Set by ``store_weights_in_fp8``, for the same reason, and by ``from_pretrained``.
+        # Set by ``store_weights_in_fp8``, for the same reason, and by ``from_pretrained``: the
+        # parameters its LoRAs changed.
         self.weights_fp8 = False
-        self.loras_merged = False
+        self.lora_changes = 0
         # Set by ``enable_sequence_parallel`` and ``enable_block_streaming``.
         self.sequence_parallel: SequenceParallel | None = None
         self.block_streaming: BlockStreaming | None = None
@@ -152,7 +153,7 @@ class WanModel(nn.Module):
         load_parameters(model, entries, device or "cpu", updates, merge_device, host, shard_each)
         if sharding is not None:
             sharding.root(model)
-        model.loras_merged = bool(loras)
+        model.lora_changes = 0 if updates is None else len(updates)
         return model.eval().requires_grad_(False)
 
     @classmethod

@@ -362,7 +362,7 @@ class Pipeline:
         cache_on = cache is not None and cache.enabled
         compiled = any(dit.blocks_compiled for dit in self.dits.values())
         fp8 = any(dit.weights_fp8 for dit in self.dits.values())
-        loras = any(dit.loras_merged for dit in self.dits.values())
+        loras = any(dit.lora_changes for dit in self.dits.values())
         return remedy(wan_kernels.backend_for(self.device), cache_on, self._dtype, compiled, fp8, loras)
 
     def _start_run(self) -> None:
