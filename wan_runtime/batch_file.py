@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 from wan_runtime.cache.config import CACHE_FIELDS, CacheConfig
 from wan_runtime.cli_args import DecodedInputs, GenerateConfig, InvalidArguments, resolve
 from wan_runtime.cli_parser import did_you_mean, json_flag_value
+from wan_runtime.distributed.launch import Launch
+from wan_runtime.errors import InputError
 from wan_runtime.input_files import file_problem
 
 if TYPE_CHECKING:
@@ -38,8 +40,9 @@ PER_VIDEO = (
     "pose_video", "start_from_ref", "vae_tiling", *CacheConfig().as_dict(),
 )
 COMMENT = "#"
-# The flags a line gives a path: no shell made its "~" the home folder.
-PATHS = ("image", "audio", "pose_video", "save_file")
+# The flags a line gives an input file, and all it gives a path: no shell made their "~" the home folder.
+INPUTS = ("image", "audio", "pose_video")
+PATHS = (*INPUTS, "save_file")
 
 
 def resolve_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -103,18 +106,19 @@ def _resolve(args: argparse.Namespace, video: VideoSettings | None, line: Iterab
         raise InvalidArguments(problems, own) from None
     config = video.keep_text_encoder(config)
     video.check_setup(config)
-    video.check_inputs(config)
+    if config.launch.main:  # the others' warnings go untold: no need to read the files
+        video.check_inputs(config)
     return config
 
 
 def _beside(problems: list[str], values: dict[str, object], folder: Path) -> list[str]:
     """``problems`` with a hint where a line's input file, missing from the current folder, is
     in the batch file's ``folder``."""
-    for key in PATHS:
+    for key in INPUTS:
         given = values.get(key)
         if not given or Path(str(given)).is_absolute() or not (folder / str(given)).exists():
             continue
-        missing = f" {given} does not exist"
+        missing = f" {Path(str(given))} does not exist"  # as the problem writes it
         hint = (f" (a batch file's paths are taken from the current folder; {folder / str(given)} is beside "
                 "the batch file)")
         problems = [problem + hint if missing in problem else problem for problem in problems]
@@ -149,6 +153,8 @@ def read_batch(path: Path, parser: argparse.ArgumentParser) -> tuple[list[tuple[
     the lines that read are checked too and every problem is told at once. Raises
     ``InvalidArguments`` when the file cannot be read or holds no video line."""
     problem = file_problem(path, read_once=True)  # as a shell's <(...) gives it
+    if problem is None and path.is_fifo() and _distributed():
+        problem = "is a pipe, and under torchrun every process reads the batch file: save it to a file"
     if problem is not None:
         raise InvalidArguments([f"--batch {path} {problem}; give a JSON Lines file, one video per line"])
     try:
@@ -177,6 +183,15 @@ def read_batch(path: Path, parser: argparse.ArgumentParser) -> tuple[list[tuple[
         raise InvalidArguments([f"--batch {path} holds no video; write one JSON object per line, e.g. "
                                 '{"prompt": "a red boat on a river", "base_seed": 1}'])
     return lines, problems
+
+
+def _distributed() -> bool:
+    """Whether this process is one of a torchrun launch (a launch described wrong, which the
+    checks of the command line tell, counts as none)."""
+    try:
+        return Launch.from_env().distributed
+    except InputError:
+        return False
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:

@@ -10,12 +10,14 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import itertools
 import os
 import sys
 import time
 import traceback
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NoReturn
 
 import torch
@@ -89,8 +91,11 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequen
     except KeyboardInterrupt as err:
         if args.debug:
             raise
-        # A batch tells what it had made; stopped before its videos, it made none.
-        unwritten = err.unwritten if isinstance(err, _BatchInterrupted) else "no video was written"
+        # A batch tells what it had made (rank 0, which alone writes, knows); stopped before its
+        # videos, it made none.
+        unwritten = "no video was written"
+        if isinstance(err, _BatchInterrupted):
+            unwritten = err.unwritten if _launch().main else "rank 0 tells what the batch wrote"
         if _launch().distributed:  # torchrun stops every process when one fails: one per machine tells
             if _launch().speaks_for_machine:
                 _error(f"stopped; {unwritten} (if another process failed, its error is above)")
@@ -165,13 +170,15 @@ def _existing(jobs: list[GenerateConfig]) -> list[bool]:
         warnings.warn(f"--skip_existing cannot skip {which} without a save_file: a default name holds the "
                       "time of writing, so no such file exists yet", stacklevel=2)
     exists = from_rank0([job.save_file is not None and job.save_file.exists() for job in jobs])
-    for job, skipped in zip(jobs, exists, strict=True):
-        if not skipped:
-            continue
+    kept = [job for job, skipped in zip(jobs, exists, strict=True) if skipped]
+    # An edited line's video, or a file of another run: read by rank 0, an ffmpeg each, side by side.
+    read = kept if jobs[0].launch.main else []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        others = list(pool.map(lambda job: settings_differ(job.save_file, job), read))
+    for job, other in itertools.zip_longest(kept, others):
         where = "" if job.batch_line is None else f"--batch line {job.batch_line}: "
         print(f"{where}{job.save_file} exists; skipped (--skip_existing)")
-        other = settings_differ(job.save_file, job) if job.launch.main else None
-        if other is not None:  # an edited line's video, or a file of another run
+        if other is not None:
             warnings.warn(f"{where}{job.save_file} was kept, but {other}; remove it to make this video",
                           stacklevel=2)
     return exists
@@ -215,10 +222,7 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
         print("nothing to make: every video's file exists (--skip_existing)")
     elif batch and not dry_run:
         skipped = [job.batch_line for job, skip in zip(jobs, exists, strict=True) if skip]
-        notes = [f"{line_numbers(failed)} failed, above"] if failed else []
-        notes += [f"{line_numbers(skipped)} skipped, the file exists"] if skipped else []
-        print(f"batch: wrote {len(todo) - len(failed)} of {len(todo)} videos" +
-              (f" ({'; '.join(notes)})" if notes else ""))
+        print(f"batch: {_tally(todo, len(todo), failed, skipped=skipped)}")
     if jobs[0].demo and todo and not dry_run:  # once more under the videos' accounts
         print(demo.NOTICE)
     return 1 if failed else 0
@@ -476,17 +480,20 @@ def _stop_batch(jobs: list[GenerateConfig], count: int, failed: list[int], err: 
 _RESUME = "run it again with --skip_existing not to make the videos written so far again"
 
 
-def _tally(jobs: list[GenerateConfig], count: int, failed: list[int], current: str = "") -> str:
-    """What a batch of ``jobs`` that stopped at its ``count``-th video made: the videos written,
-    the lines that ``failed`` (``current``, if given, says what became of the ``count``-th) and
-    the lines not made."""
+def _tally(jobs: list[GenerateConfig], count: int, failed: list[int], current: str = "",
+           skipped: list[int] | None = None) -> str:
+    """What a batch that made ``jobs`` (the lines not ``skipped``, whose file exists) and stopped
+    at its ``count``-th video made: the videos written, the lines that ``failed`` (``current``, if
+    given, says what became of the ``count``-th) and the lines not made."""
     notes = [f"{line_numbers(sorted(failed))} failed, above"] if failed else []
     if current:
         notes.append(f"line {jobs[count - 1].batch_line} {current}")
     if count < len(jobs):
         notes.append(f"{line_numbers([later.batch_line for later in jobs[count:]])} not made")
+    if skipped:
+        notes.append(f"{line_numbers(skipped)} skipped, the file exists")
     written = count - len(failed) - (1 if current else 0)
-    return f"wrote {written} of {len(jobs)} videos ({'; '.join(notes)})"
+    return f"wrote {written} of {len(jobs)} videos" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 class _BatchInterrupted(KeyboardInterrupt):

@@ -24,8 +24,15 @@ def input_files(config: GenerateConfig) -> list[Path]:
 
 
 def input_digests(config: GenerateConfig) -> dict[str, str]:
-    """``sha256:<hex>`` of each of ``input_files(config)``, by path."""
-    return {str(path): file_digest(path) for path in input_files(config)}
+    """``sha256:<hex>`` of each of ``input_files(config)`` as it is now, by path; a file gone or
+    unreadable since the run read it is left out (the video it made is not to be lost for it)."""
+    digests = {}
+    for path in input_files(config):
+        try:
+            digests[str(path)] = file_digest(path)
+        except OSError:
+            continue
+    return digests
 
 
 def file_digest(path: Path) -> str:

@@ -9,15 +9,13 @@ from wan_runtime.errors import InputError
 
 def file_problem(path: Path, read_once: bool = False) -> str | None:
     """What keeps ``path`` from being read as an input file (``"does not exist"``, ``"is a folder"``,
-    or, unless the file is ``read_once``, that it is a pipe or device, which inputs read more than
-    once cannot be), or None."""
-    if path.is_file():
+    or that it is a pipe or device, which inputs read more than once cannot be; a pipe passes
+    for a file ``read_once``), or None."""
+    if path.is_file() or (read_once and path.is_fifo()):
         return None
     if path.is_dir():
         return "is a folder"
     if path.exists():
-        if read_once:
-            return None
         return "is not a regular file (a pipe or a device, read more than once here); save it to a file first"
     return "does not exist"
 

@@ -48,6 +48,7 @@ def write_video(
     report = pipeline.last_report
     save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now(),
                                                       config.ulysses_size, config.batch_line)
+    digests = input_digests(config)  # reads the inputs again: not the writing's time
     start = time.perf_counter()
     # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
     audio = config.audio_path or config.audio
@@ -63,7 +64,7 @@ def write_video(
     # What the step cache did is kept beside the settings (printed already, as the run ended).
     telemetry = {"step_cache": report.step_cache} if report.step_cache else {}
     metadata = {**settings, **telemetry, FLAGS_KEY: recorded_flags(config, report.seed),
-                INPUTS_KEY: input_digests(config)}
+                INPUTS_KEY: digests}
     write_mp4(video, save_file, fps=pipeline.fps, metadata=metadata, audio=audio)
     write_s = time.perf_counter() - start
 

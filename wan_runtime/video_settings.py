@@ -115,11 +115,11 @@ def recorded_flags(config: GenerateConfig, seed: int) -> dict[str, object]:
 def settings_differ(path: Path, config: GenerateConfig) -> str | None:
     """How the video at ``path`` was made otherwise than ``config`` would make it, in words (the
     flags that differ, with both values; a seed ``config`` would draw matches any), or None if
-    the same; a file without our settings says so."""
+    the same; a file without our settings, or that is no video, says so."""
     try:
-        then = read_mp4_settings(path).get(FLAGS_KEY)
-    except InputError:
-        return "it holds no settings of wan_runtime"
+        then = read_mp4_settings(path, "the file").get(FLAGS_KEY)
+    except InputError as err:  # not ours, or not a video ffmpeg reads: its first clause says which
+        return str(err).split("; ")[0]
     if not isinstance(then, dict):
         return "it records no flags"
     # Through JSON, as stored: tuples are lists there.
@@ -288,7 +288,8 @@ class VideoSettings:
         changed = changed_files(self.stored.get(INPUTS_KEY), config)
         if changed:
             files = ", ".join(map(str, changed))
-            warnings.warn(f"{files} changed since {self.path} was made (its contents differ from those "
+            whose = "its" if len(changed) == 1 else "their"
+            warnings.warn(f"{files} changed since {self.path} was made ({whose} contents differ from those "
                           "recorded): the video will differ", stacklevel=2)
 
     def check_setup(self, config: GenerateConfig) -> None:

@@ -196,11 +196,10 @@ BAD_INPUTS = {
     "save file empty": (["--save_file", ""], "ti2v-5B", ["--save_file is empty"]),
     "save file name too long": (["--save_file", "a" * 252 + ".mp4"], "ti2v-5B", ["256 bytes", "at most 255"]),
     "image is a folder": (["--image", "/tmp"], "ti2v-5B", ["--image /tmp is a folder; pass the path of a"]),
-    # /dev/null stands for a pipe (a shell's <(...)) too: neither can be read twice.
+    # A device cannot be read twice, nor can a pipe (a shell's <(...)), which --batch alone takes.
     **{f"{flag} a device": ([flag, "/dev/null"], "ti2v-5B",
                             [f"{flag} /dev/null is not a regular file (a pipe or a device, read more"])
-       for flag in ("--image", "--settings_from")},
-    "batch an empty device": (["--batch", "/dev/null"], "ti2v-5B", ["--batch /dev/null holds no video"]),
+       for flag in ("--image", "--batch", "--settings_from")},
     "lora a device": (["--lora", "/dev/null"], "ti2v-5B", ["LoRA file /dev/null is not a regular file"]),
     "unknown device": (["--device", "tpu"], "ti2v-5B", ["unknown --device 'tpu'"]),
     "unknown dtype": (["--dtype", "float16"], "ti2v-5B", ["unknown --dtype 'float16'"]),

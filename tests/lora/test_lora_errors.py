@@ -94,6 +94,14 @@ def test_lora_for_another_model_is_refused(tmp_path, ti2v_dit_dir):
                                          r"blocks.0.self_attn.q.weight|'blocks.0.self_attn.q' and "
                                          r"'blocks.0.attn1.to_q' both change"):
         dit_fit(tmp_path, ti2v_dit_dir, twins)
+    bias_twice = {**factors(dim, dim), f"{Q}.lora_B.bias": torch.ones(dim), f"{Q}.diff_b": torch.ones(dim)}
+    with pytest.raises(InputError, match=r"has both a bias of lora_B and a diff_b, two changes of one bias"):
+        dit_fit(tmp_path, ti2v_dit_dir, bias_twice)
+    named_twice = {f"{Q}.diff_b": torch.ones(dim), **{
+        k.replace(Q, "transformer.blocks.0.attn1.to_q"): v for k, v in factors(dim, dim).items()},
+        "transformer.blocks.0.attn1.to_q.lora_B.bias": torch.ones(dim)}
+    with pytest.raises(InputError, match=r"both change blocks.0.self_attn.q.bias"):
+        dit_fit(tmp_path, ti2v_dit_dir, named_twice)
     modulation = {"diffusion_model.blocks.0.diff_m": torch.ones(1, 6, dim),
                   "diffusion_model.blocks.0.modulation.diff": torch.ones(1, 6, dim)}
     with pytest.raises(InputError, match=r"both change blocks.0.modulation"):
@@ -110,7 +118,8 @@ def test_merge_that_overflows_is_refused(tmp_path, ti2v_dit_dir):
     path = tmp_path / "huge.safetensors"
     save_file({k: v * 1e20 for k, v in factors(dim, dim).items()}, str(path))
     with pytest.raises(InputError, match=f"LoRA file {path} makes blocks.0.self_attn.q.weight infinite: "
-                                         "their values are too large for its numbers; lower the strength"):
+                                         "its values are too large for the weight's numbers; lower the "
+                                         "strength"):
         WanModel.from_pretrained(ti2v_dit_dir, loras=[(LoraFile.read(path), 1.0)])
 
 

@@ -8,7 +8,7 @@ import torch
 import wan_kernels
 from tests.pipelines.images import gradient_image
 from wan_runtime.models.dit_blocks import RMSNorm
-from wan_runtime.pipelines import RunReport, StageOutOfMemory, load_pipeline
+from wan_runtime.pipelines import RunReport, RunSetup, StageOutOfMemory, load_pipeline
 from wan_runtime.tasks import DEFAULT_NEGATIVE_PROMPT
 
 RUN = {"size": "64*64", "frame_num": 5, "sampling_steps": 3, "progress": False}
@@ -29,12 +29,11 @@ def test_report_of_an_i2v_run(i2v_pipeline, capsys):
     assert all(seconds > 0 for seconds in report.timings.values())
     assert report.peak_memory_bytes is None
     # How the numbers were computed, which the CLI records for --settings_from too.
-    assert report.setup == {"device": "cpu", "dtype": "float32", "kernels": wan_kernels.backend_for("cpu"),
-                            "compile": False}
+    assert report.setup == RunSetup("cpu", "float32", wan_kernels.backend_for("cpu"), compile=False)
     summary = report.summary()
     assert len(summary.splitlines()) == 5
     assert all(word in summary for word in (str(report.seed), "64*48", "denoise"))
-    assert (f"computed on cpu in float32, wan_kernels backend {report.setup['kernels']}, eager DiT blocks"
+    assert (f"computed on cpu in float32, wan_kernels backend {report.setup.kernels}, eager DiT blocks"
             in summary.splitlines())
     assert (i2v_pipeline.task, i2v_pipeline.fps) == ("i2v-A14B", 16)
     # The bar names the expert at work: both ran in these three steps (999, 937, 833).

@@ -142,7 +142,7 @@ class ModuleNames:
         self.parameters = frozenset(parameters)
         parts = [name.split(".") for name in self.parameters]
         self._modules = {".".join(p[:i]) for p in parts for i in range(1, len(p) + 1)}
-        # Flattened official names first: where a diffusers name flattens to one, the official holds.
+        # Where a flattened diffusers name is also a flattened official one, the official meaning holds.
         flat = {diffusers_module(name).replace(".", "_"): name for name in self._modules}
         self._flat = {**flat, **{name.replace(".", "_"): name for name in self._modules}}
 

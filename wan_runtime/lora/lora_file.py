@@ -15,6 +15,7 @@ from wan_runtime.input_files import file_problem
 from wan_runtime.lora.adapter_config import PEFT_CONFIG, AdapterConfig, AdapterConfigProblem, saved_config
 from wan_runtime.lora.keys import (
     ALPHA,
+    DIFF_B,
     DOWN,
     PEFT_PREFIX,
     UP,
@@ -205,6 +206,8 @@ def _pair_problems(module: str, update: ModuleUpdate) -> list[str]:
             problems.append(f"{module!r} has factors of rank 0 (the file is incomplete)")
     if UP_B in parts and UP not in parts:
         problems.append(f"{module!r} has a bias of lora_B but no factors (the file is incomplete)")
+    if UP_B in parts and DIFF_B in parts:
+        problems.append(f"{module!r} has both a bias of lora_B and a diff_b, two changes of one bias")
     if ALPHA in parts and DOWN not in parts:
         problems.append(f"{module!r} has an alpha but no factors for it to scale")
     elif ALPHA in parts and parts[ALPHA].numel() != 1:

@@ -39,8 +39,9 @@ class WeightUpdates:
                     if param is None:
                         problems.append(f"{module!r} has no {_WHAT[part]} in the {dit} DiT")
                         continue
-                    # One module under two naming schemes would be applied twice.
-                    twin = named.setdefault((param, DIFF if part == DIFF_M else part), module)
+                    # One module under two naming schemes would be applied twice (a bias by either name).
+                    kind = {DIFF_M: DIFF, UP_B: DIFF_B}.get(part, part)
+                    twin = named.setdefault((param, kind), module)
                     if twin != module:
                         problems.append(f"{twin!r} and {module!r} both change {param}")
                     fits = _fit_problem(update, part, shapes[param])
@@ -76,10 +77,10 @@ class WeightUpdates:
             weight.add_(change, alpha=strength * (update.scale if part in (DOWN, UP_B) else 1.0))
         if not torch.isfinite(weight).all():
             files = list(dict.fromkeys(str(lora.path) for *_, lora in changes))
-            which = (f"LoRA file {files[0]} makes" if len(files) == 1 else
-                     f"LoRA files {', '.join(files)} make")
-            raise InputError(f"{which} {name} infinite: their values are too large for its numbers; lower "
-                             "the strength or use another file")
+            which = (f"LoRA file {files[0]} makes {name} infinite: its" if len(files) == 1 else
+                     f"LoRA files {', '.join(files)} make {name} infinite: their")
+            raise InputError(f"{which} values are too large for the weight's numbers; lower the strength or "
+                             "use another file")
         return weight
 
 

@@ -96,9 +96,9 @@ class WanModel(nn.Module):
         # Set by ``compilation.compile_blocks``: a numerical failure's advice names compile only
         # for a run that used it.
         self.blocks_compiled = False
-        # Set by ``store_weights_in_fp8``, for the same reason, and by ``from_pretrained``: the
-        # parameters its LoRAs changed.
+        # Set by ``store_weights_in_fp8``, for the same reason.
         self.weights_fp8 = False
+        # Set by ``from_pretrained``: the parameters its LoRAs changed (none at strength 0).
         self.lora_changes = 0
         # Set by ``enable_sequence_parallel`` and ``enable_block_streaming``.
         self.sequence_parallel: SequenceParallel | None = None

@@ -14,14 +14,14 @@ from wan_runtime.pipelines.host_memory import FreeMemory, HostPlan, free_memory,
 from wan_runtime.pipelines.i2v import I2VPipeline
 from wan_runtime.pipelines.loading import check_output_size, check_pipeline, load_pipeline
 from wan_runtime.pipelines.memory_fit import MemoryFit, fit_memory
-from wan_runtime.pipelines.report import RunReport, StageOutOfMemory
+from wan_runtime.pipelines.report import RunReport, RunSetup, StageOutOfMemory
 from wan_runtime.pipelines.s2v import S2VPipeline
 from wan_runtime.pipelines.step_events import StepEvent
 from wan_runtime.pipelines.ti2v import TI2VPipeline
 
 __all__ = [
     "FreeMemory", "HostPlan", "I2VPipeline", "MemoryEstimate", "MemoryFit", "Pipeline", "RunReport",
-    "S2VPipeline", "StagePeak", "StageOutOfMemory", "StepEvent", "TI2VPipeline", "VideoShape",
+    "RunSetup", "S2VPipeline", "StagePeak", "StageOutOfMemory", "StepEvent", "TI2VPipeline", "VideoShape",
     "check_output_size", "check_pipeline", "estimate_memory", "fit_memory", "free_memory", "host_plan",
     "load_pipeline",
 ]

@@ -34,7 +34,7 @@ from wan_runtime.pipelines.inputs import (
 )
 from wan_runtime.pipelines.memory_plan import WeightPlan
 from wan_runtime.pipelines.numerics import FiniteWatch, check_video, remedy
-from wan_runtime.pipelines.report import RunReport, StageClock
+from wan_runtime.pipelines.report import RunReport, RunSetup, StageClock
 from wan_runtime.pipelines.residency import Residency
 from wan_runtime.pipelines.step_events import StepCallback, StepReporter
 from wan_runtime.solvers import FlowSolver, make_solver
@@ -100,7 +100,7 @@ class Settings:
     def report(
         self, task: str, seed: int, width: int, height: int, frame_num: int, clock: StageClock,
         peak_memory: int | None, cuda_graphs: tuple[int, int] | None, step_cache: dict[str, dict],
-        setup: dict[str, object],
+        setup: RunSetup,
     ) -> RunReport:
         """The run report of a finished run with these settings, computed as ``setup`` says."""
         return RunReport(
@@ -187,7 +187,7 @@ class Pipeline:
     def generate(
         self,
         prompt: str,
-        image: Image.Image | str | Path | None = None,
+        image: Image.Image | CheckedImage | str | Path | None = None,
         size: str | None = None,
         frame_num: int | None = None,
         sampling_steps: int | None = None,
@@ -254,7 +254,7 @@ class Pipeline:
 
     def estimate_memory(
         self,
-        image: Image.Image | str | Path | None = None,
+        image: Image.Image | CheckedImage | str | Path | None = None,
         size: str | None = None,
         frame_num: int | None = None,
         guide_scale: float | tuple[float, float] | None = None,
@@ -340,11 +340,11 @@ class Pipeline:
         seed = resolve_seed(seed)
         return shared_seed(seed) if self.distributed else seed
 
-    def _run_setup(self) -> dict[str, object]:
+    def _run_setup(self) -> RunSetup:
         """``RunReport.setup`` of this pipeline's runs."""
-        return {"device": str(self.device), "dtype": str(self._dtype).removeprefix("torch."),
-                "kernels": wan_kernels.backend_for(self.device),
-                "compile": any(dit.blocks_compiled for dit in self.dits.values())}
+        compiled = any(dit.blocks_compiled for dit in self.dits.values())
+        return RunSetup(str(self.device), str(self._dtype).removeprefix("torch."),
+                        wan_kernels.backend_for(self.device), compiled)
 
     @property
     def _dtype(self) -> torch.dtype:

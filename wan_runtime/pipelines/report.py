@@ -20,6 +20,17 @@ _STAGE_NAMES = {
 }
 
 
+@dataclass(frozen=True)
+class RunSetup:
+    """How a run's numbers were computed, which decides their last bits: on ``device``, the DiTs
+    in ``dtype``, on the ``wan_kernels`` backend ``kernels``, the DiT blocks compiled or not."""
+
+    device: str
+    dtype: str
+    kernels: str
+    compile: bool
+
+
 @dataclass
 class RunReport:
     """One run: every argument as used (``None`` defaults resolved, the random seed drawn, the
@@ -31,9 +42,7 @@ class RunReport:
     pool while they replay; ``cuda_graphs``: with them, the graphs captured and the replays. For
     s2v-14B ``frame_num`` is the frames made; ``vae_tiling`` is the decode's tile size in pixels
     (0: whole frames). ``step_cache`` is what the step cache did (``Pipeline.cache_report``'s
-    telemetry by model; empty without a cache). ``setup``: how the numbers were computed, which
-    changes their last bits: ``device``, the DiTs' ``dtype``, the ``wan_kernels`` backend
-    (``kernels``) and whether the DiT blocks were compiled (``compile``)."""
+    telemetry by model; empty without a cache). ``setup``: how the numbers were computed."""
 
     task: str
     prompt: str
@@ -50,7 +59,7 @@ class RunReport:
     peak_memory_bytes: int | None = None
     cuda_graphs: tuple[int, int] | None = None
     step_cache: dict[str, dict] = field(default_factory=dict)
-    setup: dict[str, object] = field(default_factory=dict)
+    setup: RunSetup | None = None
 
     def summary(self) -> str:
         """A few lines for a person: what ran, the time per stage, the peak memory."""
@@ -69,7 +78,7 @@ class RunReport:
             f"{self.sampling_steps} steps of {self.sample_solver}, shift {self.shift:g}, "
             f"guide scale {self.guide_scale}",
             f"time: {stages} (total {total:.1f} s)",
-            *([self.setup_line()] if self.setup else []),
+            *([] if self.setup is None else [self.setup_line()]),
             memory,
             *graphs,
             *cache,
@@ -78,9 +87,8 @@ class RunReport:
     def setup_line(self) -> str:
         """How the numbers were computed, in words (``setup`` set)."""
         s = self.setup
-        blocks = "compiled" if s["compile"] else "eager"
-        return (f"computed on {s['device']} in {s['dtype']}, wan_kernels backend {s['kernels']}, "
-                f"{blocks} DiT blocks")
+        blocks = "compiled" if s.compile else "eager"
+        return f"computed on {s.device} in {s.dtype}, wan_kernels backend {s.kernels}, {blocks} DiT blocks"
 
     def step_cache_line(self) -> str:
         """The DiT forwards the step cache skipped, per model, with the share of the blocks' work

@@ -95,7 +95,7 @@ class S2VPipeline(Pipeline):
     def generate(  # type: ignore[override]  # s2v takes audio and clip arguments, no frame_num
         self,
         prompt: str,
-        image: Image.Image | str | Path | None = None,
+        image: Image.Image | CheckedImage | str | Path | None = None,
         audio: str | Path | torch.Tensor | np.ndarray | None = None,
         num_clip: int | None = None,
         infer_frames: int = 80,
@@ -214,7 +214,7 @@ class S2VPipeline(Pipeline):
 
     def estimate_memory(  # type: ignore[override]  # s2v takes audio and clip arguments, no frame_num
         self,
-        image: Image.Image | str | Path | None = None,
+        image: Image.Image | CheckedImage | str | Path | None = None,
         audio: str | Path | torch.Tensor | np.ndarray | None = None,
         num_clip: int | None = None,
         infer_frames: int = 80,
@@ -242,7 +242,8 @@ class S2VPipeline(Pipeline):
 
     @staticmethod
     def _inputs(
-        image: Image.Image | str | Path | None, audio: str | Path | torch.Tensor | np.ndarray | None,
+        image: Image.Image | CheckedImage | str | Path | None,
+        audio: str | Path | torch.Tensor | np.ndarray | None,
         num_clip: int | None, infer_frames: int, pose_video: str | Path | None, start_from_ref: bool,
     ) -> tuple[Image.Image, np.ndarray, VideoInfo | None]:
         """The checked clip arguments' reference image, loaded, speech samples, decoded, and the
