@@ -31,3 +31,21 @@ def require_file(given: str | Path, label: str, expected: str) -> Path:
     if problem is not None:
         raise InputError(f"{label} {path} {problem}; pass {expected}")
     return path
+
+
+# How a Git LFS pointer starts: what a repository cloned without git-lfs holds in place of its
+# large files.
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def lfs_pointer_problem(path: Path) -> str | None:
+    """That the file ``path`` is a Git LFS pointer and what to do, or None (also for a file that
+    cannot be read: its reader says why)."""
+    try:
+        with path.open("rb") as file:
+            if file.read(len(_LFS_POINTER)) != _LFS_POINTER:
+                return None
+    except OSError:
+        return None
+    return ("is a Git LFS pointer, not the file itself (the release was cloned without git-lfs): run "
+            "git lfs pull in its folder, or download the file")

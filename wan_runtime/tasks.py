@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.models.audio_encoder import WAV2VEC2_DIR, WAV2VEC2_WEIGHTS
 from wan_runtime.models.t5_checkpoint import CHECKPOINT_FILE
-from wan_runtime.models.text_encoder import TOKENIZER_DIR, TOKENIZER_FILES
+from wan_runtime.models.text_encoder import TOKENIZER_DIR, TOKENIZER_FILES, TOKENIZER_SPECIALS
 
 # The official default negative prompt (shared by all tasks).
 DEFAULT_NEGATIVE_PROMPT = (
@@ -147,7 +147,8 @@ def required_files(spec: TaskSpec) -> list[tuple[str, ...]]:
         one_of(spec.audio_dir, ("config.json",)), one_of(spec.audio_dir, ("preprocessor_config.json",)),
         one_of(spec.audio_dir, WAV2VEC2_WEIGHTS),
     ]
-    return [(spec.t5_file,), one_of(spec.tokenizer_dir, TOKENIZER_FILES), (spec.vae_file,), *dits, *audio]
+    tokenizer = [one_of(spec.tokenizer_dir, TOKENIZER_FILES), one_of(spec.tokenizer_dir, TOKENIZER_SPECIALS)]
+    return [(spec.t5_file,), *tokenizer, (spec.vae_file,), *dits, *audio]
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -167,7 +168,11 @@ def check_checkpoint_dir(task: str, ckpt_dir: str | Path) -> TaskSpec:
         problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise CheckpointError(f"checkpoint folder {root} {problem}; pass the folder of the {task} release "
                               f"({spec.release})")
-    missing = _missing_files(spec, root)
+    try:
+        missing = _missing_files(spec, root)
+    except PermissionError as err:  # a folder this user may not read: is_file does not say False
+        raise CheckpointError(f"checkpoint folder {root}: {err.filename} cannot be read (permission denied); "
+                              "give this user read access to the release folder") from None
     if missing:
         # Most often the folder is complete, for another task than the one asked for.
         others = [name for name, other in TASKS.items() if name != task and not _missing_files(other, root)]

@@ -190,6 +190,36 @@ def test_a_bad_dit_folder_fails_before_any_model_loads(ti2v_root, tmp_path, monk
         load_pipeline("ti2v-5B", root, device="cpu", dtype=torch.float32)
 
 
+def _replace(target, source) -> None:
+    """The file or folder ``target`` replaced by a copy of ``source``."""
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    shutil.copytree(source, target) if source.is_dir() else shutil.copyfile(source, target)
+
+
+@pytest.mark.parametrize(("task", "mix", "message"), [
+    ("i2v-A14B", lambda root, roots: _replace(root / "high_noise_model", roots["ti2v-5B"]),
+     r"high_noise_model holds a ti2v DiT \(its config.json's model_type\), and i2v-A14B's is i2v: the folder "
+     r"is of another release; download i2v-A14B's"),
+    ("ti2v-5B", lambda root, roots: _replace(root / "Wan2.2_VAE.pth", roots["i2v-A14B"] / "Wan2.1_VAE.pth"),
+     r"Wan2.2_VAE.pth is a VAE of 16-channel latents, and the DiT in .* makes 48-channel ones: one of them "
+     r"is of another release \(Wan2.1_VAE.pth has 16 channels, Wan2.2_VAE.pth 48\)"),
+    ("ti2v-5B", lambda root, roots: _edit_config(root, num_heads=0), "must split into 0 heads"),
+], ids=["5B-DiT-as-an-expert", "Wan2.1-VAE-as-Wan2.2", "no-heads"])
+def test_files_of_another_release_are_refused_before_any_model_loads(ti2v_root, i2v_root, tmp_path, task, mix,
+                                                                     message):
+    """The dry run's checks: a DiT or VAE of another task would fail at the first step, loaded."""
+    roots = {"ti2v-5B": ti2v_root, "i2v-A14B": i2v_root}
+    root = shutil.copytree(roots[task], tmp_path / task)
+    mix(root, roots)
+    with pytest.raises(CheckpointError, match=message):
+        check_pipeline(task, root, device="cpu", dtype=torch.float32)
+
+
+def _lfs_pointer(path):
+    """``path`` as a repository cloned without git-lfs holds it."""
+    path.write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{'0' * 64}\nsize 1234\n")
+
+
 def _loads_nothing(*args, **kwargs):
     raise AssertionError("a model loaded before the DiT folder was checked")
 
@@ -220,7 +250,11 @@ def _truncated_wav2vec2_bin(root):
     ("s2v-14B", lambda root: _truncate(root / WAV2VEC2 / "model.safetensors"),
      "model.safetensors is unreadable or truncated"),
     ("s2v-14B", _truncated_wav2vec2_bin, "wav2vec2 weight file .*pytorch_model.bin is truncated or corrupt"),
-], ids=["truncated-t5", "truncated-vae", "old-format-vae", "truncated-wav2vec2", "truncated-wav2vec2-bin"])
+    *[("ti2v-5B", lambda root, name=name: _lfs_pointer(root / name),
+       f"{name} is a Git LFS pointer, not the file itself .*: run git lfs pull in its folder, or download")
+      for name in ("Wan2.2_VAE.pth", "diffusion_pytorch_model-00002-of-00002.safetensors")],
+], ids=["truncated-t5", "truncated-vae", "old-format-vae", "truncated-wav2vec2", "truncated-wav2vec2-bin",
+        "lfs-pointer-vae", "lfs-pointer-shard"])
 def test_a_bad_weight_file_fails_before_any_model_loads(request, tmp_path, monkeypatch, task, corrupt,
                                                         message):
     root = shutil.copytree(request.getfixturevalue(f"{task.split('-')[0]}_root"), tmp_path / task)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -141,3 +143,32 @@ def test_tokenizer_folder_needs_its_vocabulary(tmp_path):
         check_checkpoint_dir("ti2v-5B", root)
     (root / "google" / "umt5-xxl" / "spiece.model").write_bytes(data)
     assert check_checkpoint_dir("ti2v-5B", root) is TASKS["ti2v-5B"]
+
+
+def test_tokenizer_folder_needs_its_special_tokens(tmp_path):
+    """Without both files that name them the tokenizer has no padding token, which encoding needs:
+    it would fail with every model loaded. Either file is enough."""
+    root = write_task_checkpoint("ti2v-5B", tmp_path / "ckpt")
+    folder = root / "google" / "umt5-xxl"
+    (folder / "special_tokens_map.json").unlink()
+    assert check_checkpoint_dir("ti2v-5B", root) is TASKS["ti2v-5B"]
+    (folder / "tokenizer_config.json").unlink()
+    with pytest.raises(CheckpointError, match="missing google/umt5-xxl/special_tokens_map.json or "
+                                              "google/umt5-xxl/tokenizer_config.json; download"):
+        check_checkpoint_dir("ti2v-5B", root)
+
+
+def test_a_folder_this_user_cannot_read_is_told(tmp_path, monkeypatch):
+    root = write_task_checkpoint("ti2v-5B", tmp_path / "ckpt")
+    denied = root / "google" / "umt5-xxl" / "tokenizer.json"
+    is_file = Path.is_file
+
+    def unreadable(path):  # root reads every folder: the error a user without access gets
+        if path == denied:
+            raise PermissionError(13, "Permission denied", str(path))
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", unreadable)
+    with pytest.raises(CheckpointError, match=f"checkpoint folder {root}: {denied} cannot be read "
+                                              "\\(permission denied\\); give this user read access"):
+        check_checkpoint_dir("ti2v-5B", root)

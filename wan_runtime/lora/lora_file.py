@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from wan_runtime.errors import InputError
-from wan_runtime.input_files import file_problem
+from wan_runtime.input_files import file_problem, lfs_pointer_problem
 from wan_runtime.lora.adapter_config import PEFT_CONFIG, AdapterConfig, AdapterConfigProblem, saved_config
 from wan_runtime.lora.keys import (
     ALPHA,
@@ -109,6 +109,9 @@ class LoraFile:
         except (SafetensorError, OSError) as err:
             if _pickled(path):
                 raise _pickle_refused(path, f"a PyTorch pickle named {path.suffix}") from err
+            pointer = lfs_pointer_problem(path)
+            if pointer is not None:
+                raise InputError(f"LoRA file {path} {pointer}") from err
             raise InputError(
                 f"LoRA file {path} is not a readable safetensors file ({err}); download it again"
             ) from err

@@ -36,7 +36,7 @@ class DiTConfig:
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+        if self.num_heads < 1 or self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
             raise ValueError(
                 f"dim {self.dim} must split into {self.num_heads} heads of even size"
             )

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from wan_runtime.errors import CheckpointError
+from wan_runtime.input_files import lfs_pointer_problem
 from wan_runtime.lora import WeightUpdates
 from wan_runtime.models.fp8_weights import Fp8Linear
 
@@ -158,4 +159,7 @@ def load_parameters(
 
 
 def _unreadable(file: Path, err: Exception) -> CheckpointError:
+    pointer = lfs_pointer_problem(file)
+    if pointer is not None:
+        return CheckpointError(f"{file} {pointer}")
     return CheckpointError(f"{file} is unreadable or truncated ({err}); {_REDOWNLOAD}")

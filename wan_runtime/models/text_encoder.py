@@ -23,6 +23,8 @@ TOKENIZER_DIR = "google/umt5-xxl"
 # The files that hold a tokenizer's vocabulary (fast, sentencepiece); a folder with neither still
 # loads in transformers, as a tokenizer of its few special tokens that makes every word <unk>.
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+# The files that name its special tokens, the padding one among them, which encoding needs.
+TOKENIZER_SPECIALS = ("special_tokens_map.json", "tokenizer_config.json")
 TEXT_LEN = 512
 _DTYPES = (torch.bfloat16, torch.float32)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from wan_runtime.errors import CheckpointError
+from wan_runtime.input_files import lfs_pointer_problem
 
 # Every zip archive starts with a local file header.
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -48,6 +49,9 @@ def check_torch_archive(path: Path, what: str, fix: str, legacy_ok: bool = False
         if not start.startswith(_ZIP_MAGIC):
             if legacy_ok and start == _LEGACY_MAGIC:
                 return
+            pointer = lfs_pointer_problem(path)
+            if pointer is not None:
+                raise CheckpointError(f"{what} {path} {pointer}")
             # Memory-mapped loading needs the zip format, in which the official files are.
             raise CheckpointError(f"{what} {path} is not a torch.save zip archive (it is damaged or of "
                                   f"another format); {fix}")

@@ -32,6 +32,7 @@ from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
 from wan_runtime.pipelines.host_memory import check_host_memory, free_to_check
 from wan_runtime.pipelines.i2v import I2VPipeline
 from wan_runtime.pipelines.inputs import parse_size
+from wan_runtime.pipelines.memory_advice import VAE
 from wan_runtime.pipelines.memory_plan import WeightPlan, plan_weights
 from wan_runtime.pipelines.residency import Residency
 from wan_runtime.pipelines.s2v import AUDIO_ENCODER, S2VPipeline
@@ -159,8 +160,14 @@ def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
     # shards, headers, tensor names and shapes), the speech encoder's weights.
     check_checkpoint_file(root / spec.t5_file)
     check_vae_file(root / spec.vae_file)
+    out_dims = {}
     for name, folder in zip(names, spec.dit_folders, strict=True):
         config = dit_class.check_pretrained(root / folder, dit_loras[name], labels[name])
+        if config.model_type != spec.model_type:
+            raise CheckpointError(f"{root / folder} holds a {config.model_type} DiT (its config.json's "
+                                  f"model_type), and {spec.name}'s is {spec.model_type}: the folder is of "
+                                  f"another release; download {spec.name}'s")
+        out_dims[root / folder] = config.out_dim
         if config.text_len < spec.text_len:
             raise CheckpointError(f"{root / folder / 'config.json'}: text_len {config.text_len} holds fewer "
                                   f"tokens than the {spec.text_len} a prompt's encoding may have; restore "
@@ -174,11 +181,24 @@ def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
                            t5_cpu=t5_cpu, convert_model_dtype=convert_model_dtype, dit_fsdp=dit_fsdp,
                            t5_fsdp=t5_fsdp, stream_blocks=stream_blocks, dit_fp8=dit_fp8, world=world,
                            cuda_graphs=cuda_graphs)
+    _check_latents(root / spec.vae_file, weights.meta_models[VAE].z_dim, out_dims)
     if device.type == "cuda" and check_fits:
         weights.check_fits(torch.cuda.get_device_properties(device).total_memory)
     if check_fits:
         check_host_memory(weights, free_to_check())
     return _Checked(spec, device, root, dit_class, dit_loras, labels, weights)
+
+
+def _check_latents(vae_file: Path, z_dim: int, out_dims: Mapping[Path, int]) -> None:
+    """``CheckpointError`` unless each DiT (by folder: the latent channels it makes) makes the
+    latents of the VAE of ``vae_file`` (``z_dim`` channels): a Wan2.1 VAE in a Wan2.2 one's place,
+    or the reverse, would fail only at the first sampling step, its models loaded."""
+    for folder, out_dim in out_dims.items():
+        if out_dim != z_dim:
+            raise CheckpointError(f"{vae_file} is a VAE of {z_dim}-channel latents, and the DiT in {folder} "
+                                  f"makes {out_dim}-channel ones: one of them is of another release "
+                                  "(Wan2.1_VAE.pth has 16 channels, Wan2.2_VAE.pth 48); download the "
+                                  "release's own")
 
 
 def load_pipeline(
