@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from tests.models.vae_helpers import DEC_DIM_22, DIM_21, DIM_22, tiny_files
 from tests.tolerances import rel_l2
 from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.models import torch_archive
 from wan_runtime.models.vae_loading import load_vae
 
 # bfloat16 weights and activations against float32: rounding through ~40 conv layers.
@@ -89,6 +91,25 @@ def test_file_damaged_inside(files, tmp_path, where):
                r"\(the first: .*/data/\d+\), .*; download Wan2\.1")
     with pytest.raises(CheckpointError, match=message):
         load_vae(path)
+
+
+def test_an_archive_is_checksummed_once_while_unchanged(files, tmp_path, monkeypatch):
+    """A pipeline's checks and its loading both ask; the file changed is read again."""
+    path = tmp_path / "Wan2.1_VAE.pth"
+    path.write_bytes(files["2.1"].read_bytes())
+    crcs = []
+    crc32 = torch_archive.zlib.crc32
+    monkeypatch.setattr(torch_archive.zlib, "crc32", lambda *args: crcs.append(1) or crc32(*args))
+    assert torch_archive.damaged_records(path) == [] and crcs
+    read = len(crcs)
+    assert torch_archive.damaged_records(path) == [] and len(crcs) == read
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+    data[largest.header_offset + 128:largest.header_offset + 192] = bytes(64)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(0, 1))  # changed, whatever the clock's resolution
+    assert len(torch_archive.damaged_records(path)) == 1 and len(crcs) > read
 
 
 def test_zip_archive_that_torch_did_not_write(tmp_path):
