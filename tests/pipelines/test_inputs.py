@@ -204,7 +204,10 @@ def _replace(target, source) -> None:
      r"Wan2.2_VAE.pth is a VAE of 16-channel latents, and the DiT in .* makes 48-channel ones: one of them "
      r"is of another release \(Wan2.1_VAE.pth has 16 channels, Wan2.2_VAE.pth 48\)"),
     ("ti2v-5B", lambda root, roots: _edit_config(root, num_heads=0), "must split into 0 heads"),
-], ids=["5B-DiT-as-an-expert", "Wan2.1-VAE-as-Wan2.2", "no-heads"])
+    ("i2v-A14B", lambda root, roots: _replace(root / "low_noise_model", root / "high_noise_model"),
+     r"high_noise_model and .*low_noise_model hold the same weights, and i2v-A14B's two experts differ: one "
+     r"folder was copied over the other; download low_noise_model \(or high_noise_model\) again"),
+], ids=["5B-DiT-as-an-expert", "Wan2.1-VAE-as-Wan2.2", "no-heads", "one-expert-twice"])
 def test_files_of_another_release_are_refused_before_any_model_loads(ti2v_root, i2v_root, tmp_path, task, mix,
                                                                      message):
     """The dry run's checks: a DiT or VAE of another task would fail at the first step, loaded."""

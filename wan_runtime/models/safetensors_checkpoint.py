@@ -66,6 +66,29 @@ def checkpoint_files(folder: Path) -> list[Path]:
     )
 
 
+# Windows of a weight file compared to tell two copies of one DiT from two DiTs of one shape.
+_SAMPLES, _SAMPLE_BYTES = 8, 1 << 16
+
+
+def same_weights(first: list[Path], second: list[Path]) -> bool:
+    """Whether the weight files ``first`` and ``second`` (``checkpoint_files`` of two DiT folders)
+    are copies of one DiT: the same sizes and the same bytes where sampled (a millisecond's
+    reading; two DiTs of one architecture share their headers, not their weights)."""
+    if len(first) != len(second):
+        return False
+    for a, b in zip(first, second, strict=True):
+        size = a.stat().st_size
+        if b.stat().st_size != size:
+            return False
+        with a.open("rb") as one, b.open("rb") as other:
+            for offset in range(0, size, max(1, size // _SAMPLES)):
+                one.seek(offset)
+                other.seek(offset)
+                if one.read(_SAMPLE_BYTES) != other.read(_SAMPLE_BYTES):
+                    return False
+    return True
+
+
 def read_entries(files: list[Path]) -> dict[str, TensorEntry]:
     """Every tensor's file and shape, read from the headers only."""
     entries: dict[str, TensorEntry] = {}

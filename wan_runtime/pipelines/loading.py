@@ -25,6 +25,7 @@ from wan_runtime.models.audio_encoder import Wav2Vec2Features
 from wan_runtime.models.compilation import check_compile_support, check_fp8_compile_support, compile_blocks
 from wan_runtime.models.cuda_graphs import StageGraphs
 from wan_runtime.models.s2v_dit import WanModelS2V
+from wan_runtime.models.safetensors_checkpoint import checkpoint_files, same_weights
 from wan_runtime.models.t5_checkpoint import check_checkpoint_file
 from wan_runtime.models.vae_loading import check_vae_file
 from wan_runtime.parallel_checks import check_heads_split, check_parallel
@@ -175,6 +176,11 @@ def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
                                   f"config.json from the release")
         if ulysses_size > 1:
             check_heads_split(config.num_heads, ulysses_size)
+    if len(names) == 2 and same_weights(*(checkpoint_files(root / folder) for folder in spec.dit_folders)):
+        first, second = spec.dit_folders
+        raise CheckpointError(f"{root / first} and {root / second} hold the same weights, and {spec.name}'s "
+                              f"two experts differ: one folder was copied over the other; download {second} "
+                              f"(or {first}) again")
     if spec.audio_dir is not None:
         Wav2Vec2Features.check_pretrained(root / spec.audio_dir)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
