@@ -28,7 +28,9 @@ def remedy(
     if dtype != torch.float32:
         tries.append("in float32")
     hint = f"to find the cause, run again {', or '.join(tries)}; " if tries else ""
-    return hint + "a guide scale or shift far from the task's defaults can also overflow"
+    # A weight file damaged inside passes every check of its headers and sizes.
+    return hint + ("a guide scale or shift far from the task's defaults can also overflow, and a DiT weight "
+                   "file damaged inside (download it again) gives NaN every way")
 
 
 class FiniteWatch:
