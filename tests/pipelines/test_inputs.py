@@ -179,8 +179,11 @@ def _truncate(path):
     (lambda root: _edit_config(root, text_len=8), "config.json: text_len 8 holds fewer tokens than the 512"),
     (lambda root: _truncate(root / "diffusion_pytorch_model-00002-of-00002.safetensors"), "truncated"),
     (lambda root: (root / "diffusion_pytorch_model-00001-of-00002.safetensors").unlink(), "lacks shard"),
-    (lambda root: (root / "diffusion_pytorch_model.safetensors.index.json").unlink(), "holds neither"),
-], ids=["bad-json", "empty-config", "short-text-len", "truncated-shard", "missing-shard", "missing-index"])
+    (lambda root: (root / "diffusion_pytorch_model.safetensors.index.json").unlink(),
+     "holds the DiT's shards but not their index, diffusion_pytorch_model.safetensors.index.json; download"),
+    (lambda root: [path.unlink() for path in root.glob("diffusion_pytorch_model*")], "holds neither"),
+], ids=["bad-json", "empty-config", "short-text-len", "truncated-shard", "missing-shard", "missing-index",
+        "no-weights"])
 def test_a_bad_dit_folder_fails_before_any_model_loads(ti2v_root, tmp_path, monkeypatch, corrupt, message):
     root = shutil.copytree(ti2v_root, tmp_path / "Wan2.2-TI2V-5B")
     corrupt(root)

@@ -60,6 +60,9 @@ def checkpoint_files(folder: Path) -> list[Path]:
         return _read_index(folder / INDEX_FILE)
     if (folder / SINGLE_FILE).is_file():
         return [folder / SINGLE_FILE]
+    if any(folder.glob("diffusion_pytorch_model-*-of-*.safetensors")):
+        raise CheckpointError(f"{folder} holds the DiT's shards but not their index, {INDEX_FILE}; download "
+                              "that file too")
     raise CheckpointError(
         f"{folder} holds neither {SINGLE_FILE} nor {INDEX_FILE}; point to the folder that holds "
         "the DiT weights (for i2v-A14B: high_noise_model/ or low_noise_model/)"
