@@ -82,10 +82,14 @@ def test_weights_saved_by_torch_before_1_6_are_taken(wav2vec2_dir, tmp_path):
 
 def test_weights_that_are_no_torch_file_are_refused_up_front(wav2vec2_dir, tmp_path):
     """A Git LFS pointer where the weights should be (a clone without git-lfs) is neither a zip
-    archive nor torch's old format."""
+    archive nor torch's old format: told as what it is; another file of neither as such."""
     folder = shutil.copytree(wav2vec2_dir, tmp_path / "wav2vec2-large-xlsr-53-english")
     (folder / "model.safetensors").unlink()
     (folder / "pytorch_model.bin").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
+    pointer = r"pytorch_model.bin is a Git LFS pointer, not the file itself \(the release was cloned without"
+    with pytest.raises(CheckpointError, match=pointer + " git-lfs"):
+        Wav2Vec2Features.check_pretrained(folder)
+    (folder / "pytorch_model.bin").write_text("<html>Not Found</html>")
     with pytest.raises(CheckpointError, match="pytorch_model.bin is not a torch.save zip archive"):
         Wav2Vec2Features.check_pretrained(folder)
 
