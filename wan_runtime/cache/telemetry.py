@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from wan_runtime.cache.gate import FAILSAFES, FORCED_REASONS
@@ -93,10 +94,16 @@ def _merge_branch(a: dict[str, object] | None, b: dict[str, object]) -> dict[str
                + b["mean_metric"].get(gate, 0.0) * b["metric_count"].get(gate, 0)) / n
         for gate, n in counts.items()
     }
-    # Same model, so the same blocks per step: the shares weigh by steps.
-    saved = a["work_saved"] * a["steps"] + b["work_saved"] * b["steps"]
-    out["work_saved"] = saved / out["steps"] if out["steps"] else 0.0
+    out["work_saved"] = work_saved([a, b])
     return out
+
+
+def work_saved(stats: Iterable[dict[str, object]]) -> float:
+    """The share of block work not run over several runs' or branches' ``stats`` of one model:
+    the same blocks per step, so the shares weigh by their steps."""
+    stats = list(stats)
+    steps = sum(s["steps"] for s in stats)
+    return sum(s["work_saved"] * s["steps"] for s in stats) / steps if steps else 0.0
 
 
 def summary_line(model: str, branches: dict[str, dict[str, object]], residual_bytes: int) -> str:

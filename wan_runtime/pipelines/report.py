@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wan_runtime.cache.telemetry import branches_of
+from wan_runtime.cache.telemetry import branches_of, work_saved
 
 _STAGE_NAMES = {
     "audio_encode": "audio",
@@ -98,7 +98,7 @@ class RunReport:
             branches = branches_of(entry).values()
             skipped = sum(stats["skipped"] for stats in branches)
             steps = sum(stats["steps"] for stats in branches)
-            saved = sum(stats["work_saved"] * stats["steps"] for stats in branches) / steps if steps else 0.0
+            saved = work_saved(branches)
             parts.append(f"{model} {skipped} of {steps} ({saved:.0%} of the blocks' work saved)")
         return "step cache: forwards skipped " + ", ".join(parts)
 
