@@ -258,6 +258,8 @@ def resolve(
     if save_file is not None and launch.on_main_machine and not save_problems:
         save_problems = _replaced_file_problems(args, save_file)
     problems += save_problems
+    if args.verify_checkpoint:
+        problems += _verify_problems(args.demo, launch)
     device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
                              "cuda" if torch.cuda.is_available() else "cpu")
     bad_device = _device_problems(device)
@@ -629,6 +631,20 @@ def _save_file_problems(save_file: str | None, on_writers_machine: bool) -> list
 
 # The flags naming a file the run reads, which its video must not be written over.
 _READ_FILES = ("image", "audio", "pose_video", "settings_from", "batch")
+
+
+def _verify_problems(demo_run: bool, launch: Launch) -> list[str]:
+    """What keeps ``--verify_checkpoint`` from this command line."""
+    if demo_run:
+        return ["--verify_checkpoint checks a downloaded release against its download's records, and "
+                "--demo's checkpoint is written here: drop one of the two"]
+    if launch.distributed:
+        # Hashing 30-70 GB in one process would keep the others waiting in their first collective,
+        # whose time-out it can outlast; in every process it would read the release once each.
+        return ["--verify_checkpoint reads the whole release: verify it once without torchrun (python -m "
+                "wan_runtime.generate --task TASK --ckpt_dir DIR --verify_checkpoint --dry_run), then launch "
+                "without the flag"]
+    return []
 
 
 def _replaced_file_problems(args: argparse.Namespace, save_file: Path) -> list[str]:

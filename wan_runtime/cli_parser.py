@@ -121,20 +121,19 @@ def _differences() -> str:
         "refused unless left at their official defaults (the --prompt_extend_* settings are ignored, as the "
         "official script ignores them without --use_prompt_extend). Added: --device, --dtype, --compile, "
         "--cuda_graphs, "
-        "--debug, --dry_run, --batch, --skip_existing, --demo, --settings_from, --negative_prompt, "
-        "--stream_blocks, --fit_memory, --no-t5_cpu, --dit_fp8, --vae_tiling, the LoRA flags and the step "
-        "cache flags."
+        "--debug, --dry_run, --verify_checkpoint, --batch, --skip_existing, --demo, --settings_from, "
+        "--negative_prompt, --stream_blocks, --fit_memory, --no-t5_cpu, --dit_fp8, --vae_tiling, the LoRA "
+        "flags and the step cache flags."
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser: the official ``generate.py``'s flags and defaults but for the differences its
     epilog lists (``_differences``), and the flags added here (``--device``, ``--dtype``,
-    ``--compile``, ``--cuda_graphs``, ``--debug``, ``--dry_run``, ``--batch``, ``--skip_existing``,
-    ``--demo``, ``--settings_from``, ``--negative_prompt``, ``--stream_blocks``, ``--fit_memory``,
-    ``--dit_fp8``, ``--vae_tiling``,
-    ``--lora*`` and the step cache flags ``--teacache*``, ``--fbcache``, ``--fb_*``; see
-    ``wan_runtime.cache.CacheConfig``).
+    ``--compile``, ``--cuda_graphs``, ``--debug``, ``--dry_run``, ``--verify_checkpoint``, ``--batch``,
+    ``--skip_existing``, ``--demo``, ``--settings_from``, ``--negative_prompt``, ``--stream_blocks``,
+    ``--fit_memory``, ``--dit_fp8``, ``--vae_tiling``, ``--lora*`` and the step cache flags
+    ``--teacache*``, ``--fbcache``, ``--fb_*``; see ``wan_runtime.cache.CacheConfig``).
     Task, size, solver, device and dtype are checked by ``resolve`` so all problems are listed
     together."""
     d = demo.DEMO_SETTINGS
@@ -223,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check every argument and file as a run would (the checkpoint's configs, headers "
                         "and archives, the LoRAs and their fit), print what it would make, and exit "
                         "without loading a model")
+    p.add_argument("--verify_checkpoint", action="store_true",
+                   help="first hash every file the task reads from --ckpt_dir (30-70 GB) and compare each "
+                        "with the digest its Hugging Face download recorded (hf download --local-dir, or the "
+                        "hub's cache): a file that differs stops the run, one without a record has its "
+                        "SHA-256 printed (with --dry_run, no model loads)")
     p.add_argument("--skip_existing", action="store_true",
                    help="make no video whose --save_file (a --batch line's save_file) already exists, as "
                         "when running an interrupted batch again")

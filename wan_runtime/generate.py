@@ -193,6 +193,8 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
     failed: list[int] = []
     last = None
     try:
+        if args.verify_checkpoint:
+            _verify(jobs[0])
         exists = _existing(jobs) if args.skip_existing else [False] * len(jobs)
         todo = [job for job, skipped in zip(jobs, exists, strict=True) if not skipped]
         if dry_run:  # every check, the skipped videos' too
@@ -226,6 +228,17 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
     if jobs[0].demo and todo and not dry_run:  # once more under the videos' accounts
         print(demo.NOTICE)
     return 1 if failed else 0
+
+
+def _verify(config: GenerateConfig) -> None:
+    """``--verify_checkpoint``: each file of the release hashed and compared with its download's
+    record, told as it is done (``CheckpointError`` for one that differs)."""
+    from wan_runtime.checkpoint_verify import verify_checkpoint
+
+    print(f"verify: hashing the files {config.task} reads from {config.ckpt_dir}", flush=True)
+    result = verify_checkpoint(config.task, config.ckpt_dir, progress=lambda file, done, total: print(
+        f"verify: [{done}/{total}] {file.describe()}", flush=True))
+    print(f"verify: {result.describe()}", flush=True)
 
 
 def _load_arguments(config: GenerateConfig) -> dict[str, object]:
