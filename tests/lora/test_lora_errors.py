@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from tests.lora.lora_writers import parameter_shapes, random_lora, write_official
 from wan_runtime.errors import InputError
-from wan_runtime.lora import Lora, LoraFile, check_loras
+from wan_runtime.lora import Lora, LoraFile, check_loras, read_loras
 from wan_runtime.models import WanModel
 
 Q = "diffusion_model.blocks.0.self_attn.q"
@@ -124,8 +124,8 @@ def test_merge_that_overflows_is_refused(tmp_path, ti2v_dit_dir):
 
 
 @pytest.mark.parametrize(("loras", "fragment"), [
-    ("lora.safetensors", "must be a list"),
-    (["lora.safetensors"], "must hold wan_runtime.lora.Lora items"),
+    ("lora.safetensors", r"must be a list .*; for one LoRA pass \[it\]"),
+    ([b"lora.safetensors"], "must hold wan_runtime.lora.Lora items or LoRA file paths, got b'lora"),
     ([Lora("{f}", strength=float("nan"))], "must be a finite number"),
     ([Lora("{f}", strength=True)], "must be a finite number"),
     ([Lora("{f}", strength="1")], "must be a finite number"),
@@ -140,6 +140,16 @@ def test_bad_lora_requests_are_refused(tmp_path, loras, fragment):
                  Lora(lora.path.format(f=file, d=tmp_path), lora.strength, lora.expert) for lora in loras]
     with pytest.raises(InputError, match=fragment):
         check_loras(loras, "ti2v-5B", ["dit"])
+
+
+def test_a_path_in_the_list_is_the_lora_at_full_strength_on_every_dit(tmp_path):
+    file = tmp_path / "lora.safetensors"
+    save_file(factors(), str(file))
+    dits = ["high_noise", "low_noise"]
+    for path in (file, str(file)):
+        read = read_loras([path, Lora(file, 0.5, "low_noise")], "i2v-A14B", dits)
+        merged = {name: [(lora.path, strength) for lora, strength in pairs] for name, pairs in read.items()}
+        assert merged == {"high_noise": [(file, 1.0)], "low_noise": [(file, 1.0), (file, 0.5)]}
 
 
 def test_unknown_expert_is_refused(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +38,25 @@ class Lora:
     alpha: float | None = None
 
 
-def check_loras(loras: Sequence[Lora], task: str, dits: Sequence[str]) -> None:
+def as_loras(loras: Sequence[Lora | str | os.PathLike]) -> list[Lora]:
+    """``loras`` as ``Lora`` items, a file's path standing for ``Lora(path)`` (full strength, every
+    DiT); ``InputError`` for anything else."""
+    if isinstance(loras, (str, os.PathLike, Lora)) or not isinstance(loras, Sequence):
+        raise InputError(f"loras must be a list of wan_runtime.lora.Lora (or of LoRA file paths), got "
+                         f"{loras!r}; for one LoRA pass [it]")
+    items = []
+    for lora in loras:
+        if not isinstance(lora, (Lora, str, os.PathLike)):
+            raise InputError(f"loras must hold wan_runtime.lora.Lora items or LoRA file paths, got {lora!r}")
+        items.append(lora if isinstance(lora, Lora) else Lora(lora))
+    return items
+
+
+def check_loras(loras: Sequence[Lora | str | os.PathLike], task: str, dits: Sequence[str]) -> None:
     """Refuse (``InputError``) what is wrong with ``loras`` for ``task``, whose DiTs are named
     ``dits``, without reading the files: the types, strengths, experts, and missing or pickled
     files."""
-    if isinstance(loras, (str, Path, Lora)) or not isinstance(loras, Sequence):
-        raise InputError(f"loras must be a list of wan_runtime.lora.Lora, got {loras!r}")
-    for lora in loras:
-        if not isinstance(lora, Lora):
-            raise InputError(f"loras must hold wan_runtime.lora.Lora items, got {lora!r}")
+    for lora in as_loras(loras):
         for name, value in (("strength", lora.strength), ("alpha", lora.alpha)):
             if name == "alpha" and value is None:
                 continue
@@ -67,14 +78,14 @@ def check_loras(loras: Sequence[Lora], task: str, dits: Sequence[str]) -> None:
 
 
 def read_loras(
-    loras: Sequence[Lora], task: str, dits: Sequence[str]
+    loras: Sequence[Lora | str | os.PathLike], task: str, dits: Sequence[str]
 ) -> dict[str, list[tuple[LoraFile, float]]]:
     """Each of ``dits``' LoRA files (each file read and checked once), at their alphas, with their
-    strengths."""
+    strengths (a path given for a LoRA: full strength on every DiT)."""
     check_loras(loras, task, dits)
     files: dict[Path, LoraFile] = {}
     by_dit: dict[str, list[tuple[LoraFile, float]]] = {name: [] for name in dits}
-    for lora in loras:
+    for lora in as_loras(loras):
         path = Path(lora.path)
         if path not in files:
             files[path] = LoraFile.read(path)

@@ -220,7 +220,7 @@ def load_pipeline(
     ulysses_size: int = 1,
     dit_fsdp: bool = False,
     t5_fsdp: bool = False,
-    loras: Sequence[Lora] = (),
+    loras: Sequence[Lora | str | os.PathLike] = (),
     stream_blocks: int = 0,
     dit_fp8: bool = False,
     cuda_graphs: bool = False,
@@ -244,7 +244,8 @@ def load_pipeline(
     ``WAN_INFERENCE_ONLY=0``, the loaded models refuse ``train(True)`` and ``requires_grad_(True)``.
 
     ``loras``: ``wan_runtime.lora.Lora`` files merged into the DiT weights as they load, each
-    with its strength, into every DiT or (i2v-A14B) one expert; every file is read and checked
+    with its strength, into every DiT or (i2v-A14B) one expert (a file's path in the list:
+    ``Lora(path)``, full strength on every DiT); every file is read and checked
     against the DiTs' shapes before any model loads (``InputError``), and a step then costs what
     it costs without them.
 
