@@ -7,9 +7,11 @@ the video is noise; what it shows is that loading, sampling, decoding and writin
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +19,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from wan_runtime import __version__
+from wan_runtime.checkpoint_verify import file_digest, release_files
 from wan_runtime.errors import CheckpointError
 from wan_runtime.tasks import check_checkpoint_dir
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
+
+# The SHA-256 of each file the demo checkpoint was written with, beside them: a file changed
+# since (a disk error, an edit) would otherwise fail the demo as a damaged release, whose advice
+# (download it again) does not apply to a folder written here.
+_DIGESTS = ".sha256.json"
 
 NOTICE = (
     "demo: the weights are tiny and random, so the video is noise; "
@@ -55,18 +63,23 @@ def demo_checkpoint(task: str) -> tuple[Path, bool]:
 
     The folder is ``<cache_root>/<task>-v<version>``, so a new runtime version writes its own.
     It is written into a temporary sibling and renamed into place, so an interrupted write never
-    leaves a folder that looks complete; a folder found incomplete is written again.
+    leaves a folder that looks complete; a folder found incomplete, or with a file that is not what
+    was written (by the SHA-256 kept beside the files; 50 MB, hashed in a fraction of a second), is
+    written again.
     """
     folder = cache_root() / f"{task}-v{__version__}"
-    try:
-        check_checkpoint_dir(task, folder)
-        return folder, False
-    except CheckpointError:
+    if folder.exists():
+        problem = _problem(task, folder)
+        if problem is None:
+            return folder, False
+        warnings.warn(f"demo: the cached checkpoint {folder} {problem}; writing it again", stacklevel=2)
         shutil.rmtree(folder, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         write_task_checkpoint(task, staging, seed=0)
+        names = release_files(check_checkpoint_dir(task, staging), staging)
+        (staging / _DIGESTS).write_text(json.dumps({name: file_digest(staging / name) for name in names}))
         try:
             staging.rename(folder)
         except OSError:
@@ -75,6 +88,26 @@ def demo_checkpoint(task: str) -> tuple[Path, bool]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder, True
+
+
+def _problem(task: str, folder: Path) -> str | None:
+    """What is wrong with the demo checkpoint ``folder``, in words, or None."""
+    try:
+        names = release_files(check_checkpoint_dir(task, folder), folder)
+    except CheckpointError:
+        return "is incomplete"
+    try:
+        written = json.loads((folder / _DIGESTS).read_text())
+    except (OSError, ValueError):
+        written = None
+    if not isinstance(written, dict):
+        return (f"has no readable record of its files ({_DIGESTS}: an earlier wan_runtime wrote it, or it "
+                "is damaged)")
+    try:
+        changed = [name for name in names if written.get(name) != file_digest(folder / name)]
+    except OSError as err:
+        return f"cannot be read ({err})"
+    return None if not changed else f"has files changed since it was written ({', '.join(changed)})"
 
 
 def demo_image(width: int = 128, height: int = 96) -> Image.Image:

@@ -43,10 +43,33 @@ def test_incomplete_cache_is_written_again(cache):
     stale = cache / f"ti2v-5B-v{__version__}"
     stale.mkdir(parents=True)
     (stale / "Wan2.2_VAE.pth").write_bytes(b"left by hand")
-    assert demo.demo_checkpoint("ti2v-5B") == (stale, True)
+    with pytest.warns(UserWarning, match=f"the cached checkpoint {stale} is incomplete; writing it again"):
+        assert demo.demo_checkpoint("ti2v-5B") == (stale, True)
     check_checkpoint_dir("ti2v-5B", stale)
     assert (stale / "Wan2.2_VAE.pth").stat().st_size > 1000
     assert [p.name for p in cache.iterdir()] == [stale.name]
+
+
+def test_a_cached_file_changed_since_it_was_written_is_written_again(cache):
+    folder, _ = demo.demo_checkpoint("i2v-A14B")
+    shard = folder / "low_noise_model" / "diffusion_pytorch_model-00001-of-00002.safetensors"
+    written = shard.read_bytes()
+    damaged = bytearray(written)
+    damaged[40] ^= 0xFF  # inside the header's JSON: loading would blame the release
+    shard.write_bytes(damaged)
+    with pytest.warns(UserWarning, match=f"the cached checkpoint {folder} has files changed since it was "
+                                         f"written .low_noise_model/{shard.name}.; writing it again"):
+        assert demo.demo_checkpoint("i2v-A14B") == (folder, True)
+    assert shard.read_bytes() == written
+    assert demo.demo_checkpoint("i2v-A14B") == (folder, False)
+
+
+def test_a_cache_without_its_record_is_written_again(cache):
+    folder, _ = demo.demo_checkpoint("ti2v-5B")
+    (folder / ".sha256.json").unlink()
+    with pytest.warns(UserWarning, match="has no readable record of its files .*; writing it again"):
+        assert demo.demo_checkpoint("ti2v-5B") == (folder, True)
+    assert demo.demo_checkpoint("ti2v-5B") == (folder, False)
 
 
 def test_demo_image():
