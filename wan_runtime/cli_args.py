@@ -58,6 +58,7 @@ from wan_runtime.pose_video import probe_video
 from wan_runtime.solvers import SOLVER_NAMES as SOLVERS
 from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE, TASKS, TaskSpec, check_checkpoint_dir
 from wan_runtime.tiny_checkpoints import dit_heads
+from wan_runtime.video_io import name_max, writer_problem
 
 T = TypeVar("T")
 
@@ -258,6 +259,9 @@ def resolve(
     if save_file is not None and launch.on_main_machine and not save_problems:
         save_problems = _replaced_file_problems(args, save_file)
     problems += save_problems
+    writer = writer_problem() if launch.on_main_machine else None
+    if writer is not None:
+        problems.append(f"cannot write the video: {writer}")
     if args.verify_checkpoint:
         problems += _verify_problems(args.demo, launch)
     device = args.device or (demo.DEMO_SETTINGS.device if args.demo else
@@ -615,18 +619,27 @@ def _save_file_problems(save_file: str | None, on_writers_machine: bool) -> list
         return []
     folder = Path.cwd() if path is None else path.parent
     # Before anything asks the file system about the path, which it refuses for too long a name.
-    limit = _name_max(folder)
+    limit = name_max(folder)
     if path is not None and len(os.fsencode(path.name)) > limit:
         return [f"--save_file name {path.name[:40]}... is {len(os.fsencode(path.name))} bytes long; the file "
-                f"system takes at most {limit}"]
+                f"system takes at most {limit}: shorten it"]
     if folder.exists() and not folder.is_dir():
         return [f"cannot write {save_file}: {folder} is a file, not a folder"]
     if not folder.is_dir():
-        return [f"cannot write {save_file}: folder {folder} does not exist"]
+        return [f"cannot write {save_file}: folder {folder} does not exist; create it first"]
     if not os.access(folder, os.W_OK | os.X_OK):
         what = "the default output file" if save_file is None else str(save_file)
-        return [f"cannot write {what}: folder {folder} is not writable"]
+        why = ("is on a read-only file system" if _read_only(folder) else
+               "is not writable by this user (change its permissions)")
+        return [f"cannot write {what}: folder {folder} {why}; or give --save_file in another folder"]
     return []
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):  # no statvfs (Windows)
+        return False
 
 
 # The flags naming a file the run reads, which its video must not be written over.
@@ -668,14 +681,6 @@ def _is_folder(path: Path) -> bool:
         return path.is_dir()
     except OSError:  # a name too long for the file system, which is_dir does not swallow
         return False
-
-
-def _name_max(folder: Path) -> int:
-    """The longest file name ``folder``'s file system takes, in bytes."""
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no answer
-        return 255
 
 
 def _process_device(problems: list[str], device: str, launch: Launch) -> str:

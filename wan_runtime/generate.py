@@ -213,7 +213,13 @@ def _generate(jobs: list[GenerateConfig], args: argparse.Namespace) -> int:
         _print_plan([(job, size) for job, size, skip in zip(jobs, sizes, exists, strict=True) if not skip],
                     weights, estimates)
     elif last is not None and not batch:
-        write_video(*last)
+        try:
+            write_video(*last)
+        except OSError as err:  # a full disk, a folder gone: the user's to mend, not a crash
+            if args.debug:
+                raise
+            _error(f"{_one_line(str(err))}; the video was made but not written: mend that and run again")
+            return 1
     elif last is not None:
         try:
             if not _written(*last, args, going_on=False):

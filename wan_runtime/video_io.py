@@ -12,10 +12,12 @@ terminal and reported in the error instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -34,6 +36,14 @@ from wan_runtime.input_files import file_problem
 CODEC = "libx264"
 CRF = 10
 MACRO_BLOCK = 16
+# What the frames' colours are: ffmpeg converts the RGB frames to YUV with the BT.601 matrix (its
+# default, the official writer's) and leaves the file untagged, which players read as BT.709 from
+# HD sizes on (shifting reds and greens). The tags name the matrix and the frames' sRGB colours;
+# the pixels are the official writer's. (A filter: libx264 takes the frames' own tags over
+# ``-color_primaries`` and the like.)
+COLOUR_TAGS = "setparams=colorspace=smpte170m:color_primaries=bt709:color_trc=bt709:range=tv"
+# The index before the frames, so that a browser plays the file while it downloads.
+FAST_START = ("-movflags", "+faststart")
 # Sound codecs that MP4 players read, copied into the file as they are; others (e.g. the PCM of WAV
 # files, which ffmpeg would store as ``ipcm``) are encoded as AAC.
 PLAYABLE_AUDIO = ("aac", "mp3")
@@ -77,10 +87,11 @@ def write_mp4(
     frames = video_to_frames(video)
     if not path.parent.is_dir():
         raise OSError(f"could not write {path}: the folder {path.parent} does not exist; create it first")
-    # Names of a fixed length, so that any name valid for ``path`` fits; ffmpeg creates the
-    # videos itself, so they get the usual permissions.
+    # Hidden names that start like the video's (what a killed run left is then known) and fit
+    # wherever its name fits; ffmpeg creates the videos itself, so they get the usual permissions.
+    stem = os.fsencode(path.stem)[:max(0, name_max(path.parent) - _OWN_BYTES)].decode(errors="ignore")
     token = secrets.token_hex(4)
-    tmp, silent, wav, tags = (path.parent / f".{token}.{kind}" for kind in
+    tmp, silent, wav, tags = (path.parent / f".{stem}.{token}.{kind}" for kind in
                               ("partial.mp4", "video.mp4", "audio.wav", "metadata.txt"))
     try:
         # A file rather than a ``-metadata`` argument: Linux caps one argument at 128 KiB.
@@ -91,6 +102,7 @@ def write_mp4(
             os.replace(tmp, silent)
             sound = write_wav(audio, wav) if isinstance(audio, np.ndarray) else Path(audio)
             _mux(silent, sound, tmp, seconds=len(frames) / fps)
+        _sync(tmp)
         os.replace(tmp, path)
     except Exception as err:
         _remove(tmp, silent, wav, tags)
@@ -99,7 +111,61 @@ def write_mp4(
         _remove(tmp, silent, wav, tags)
         raise
     _remove(silent, wav, tags)
+    with contextlib.suppress(OSError):  # the rename too (not every file system syncs a folder)
+        _sync(path.parent)
     return path
+
+
+# The bytes of a temporary file's name besides the video's stem (".", ".", the token, ".", the kind).
+_OWN_BYTES = 23
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name ``folder``'s file system takes, in bytes."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no answer
+        return 255
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder) to the disk, so that a crash after the rename leaves
+    the whole video or the older file, not an empty one."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def writer_problem() -> str | None:
+    """What keeps ffmpeg from writing the videos (none to be found or run, or one without the
+    libx264 encoder), with the fix, or None: a run of ``ffmpeg -encoders`` (milliseconds), so that
+    a run is refused before its minutes of work rather than when it writes."""
+    chosen = os.environ.get("IMAGEIO_FFMPEG_EXE")
+    fix = (f"unset IMAGEIO_FFMPEG_EXE (it names {chosen}) to use the ffmpeg that imageio-ffmpeg bundles, or "
+           "name an ffmpeg built with libx264" if chosen else
+           "reinstall imageio-ffmpeg, which bundles one (pip install --force-reinstall imageio-ffmpeg)")
+    try:
+        exe = ffmpeg_exe()
+    except RuntimeError:
+        return f"no ffmpeg to write the video with; {fix}"
+    problem = _encoder_problem(exe)
+    return None if problem is None else f"ffmpeg {exe} {problem}; {fix}"
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder_problem(exe: str) -> str | None:
+    try:
+        result = subprocess.run([exe, "-hide_banner", "-nostdin", "-encoders"], capture_output=True,
+                                timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"cannot be run ({err.strerror if isinstance(err, OSError) else 'it did not answer in 60 s'})"
+    if result.returncode != 0:
+        return f"fails {_exit_status(result.returncode)} ({_complaint(result.stderr)})"
+    if not re.search(rb"\s" + CODEC.encode() + rb"\s", result.stdout):
+        return f"has no {CODEC} encoder, which the videos are written with"
+    return None
 
 
 def read_mp4_settings(path: str | Path, label: str = "video") -> dict[str, object]:
@@ -169,10 +235,10 @@ def _encode(frames: np.ndarray, fps: int, tags: Path, out: Path) -> None:
     command = [ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo", "-s", f"{width}x{height}",
                "-pix_fmt", "rgb24", "-r", str(Fraction(fps).limit_denominator()), "-i", "-",
                "-f", "ffmetadata", "-i", ffmpeg_path(tags), "-map", "0:v:0", "-map_metadata", "1",
-               "-an", "-vcodec", CODEC, "-pix_fmt", "yuv420p", "-crf", str(CRF)]
+               "-an", "-vcodec", CODEC, "-pix_fmt", "yuv420p", "-crf", str(CRF), *FAST_START]
     scaled = (-(-width // MACRO_BLOCK) * MACRO_BLOCK, -(-height // MACRO_BLOCK) * MACRO_BLOCK)
-    if scaled != (width, height):
-        command += ["-vf", f"scale={scaled[0]}:{scaled[1]}"]
+    scale = [] if scaled == (width, height) else [f"scale={scaled[0]}:{scaled[1]}"]
+    command += ["-vf", ",".join([*scale, COLOUR_TAGS])]
     # ``-f mp4``: the temporary suffix must not decide the container.
     command += ["-v", "error", "-f", "mp4", ffmpeg_path(out)]
     with tempfile.TemporaryFile() as log:
@@ -187,7 +253,7 @@ def _encode(frames: np.ndarray, fps: int, tags: Path, out: Path) -> None:
                 process.wait()
         if process.returncode != 0:
             log.seek(0)
-            raise OSError(f"ffmpeg failed with exit status {process.returncode} ({_complaint(log.read())})")
+            raise OSError(f"ffmpeg failed {_exit_status(process.returncode)} ({_complaint(log.read())})")
 
 
 def _mux(video: Path, audio: Path, out: Path, seconds: float) -> None:
@@ -204,7 +270,7 @@ def _mux(video: Path, audio: Path, out: Path, seconds: float) -> None:
     for method in ("copy", "aac") if codec in PLAYABLE_AUDIO else ("aac",):
         command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", ffmpeg_path(video),
                    "-i", ffmpeg_path(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", method,
-                   "-t", f"{seconds:.6f}", "-map_metadata", "0", "-f", "mp4", ffmpeg_path(out)]
+                   "-t", f"{seconds:.6f}", "-map_metadata", "0", *FAST_START, "-f", "mp4", ffmpeg_path(out)]
         result = subprocess.run(command, capture_output=True, check=False)
         if result.returncode == 0:
             return
@@ -229,10 +295,31 @@ def _ffmetadata(tags: Mapping[str, str]) -> str:
 
 
 def _complaint(stderr: bytes) -> str:
-    """The last line of ffmpeg's log (what became of the failure), without its ``[component @
-    address]`` prefix."""
-    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
-    return _LOG_PREFIX.sub("", lines[-1])[:300] if lines else "no reason given"
+    """The last lines of ffmpeg's log (the cause, then what became of it: "Unknown encoder
+    'libx264'", then "Encoder not found"), without their ``[component @ address]`` prefixes."""
+    lines = [_LOG_PREFIX.sub("", line.strip()) for line in stderr.decode(errors="replace").splitlines()]
+    kept = list(dict.fromkeys(line for line in lines if line))[-_COMPLAINT_LINES:]
+    return " / ".join(kept)[-400:] if kept else "no reason given"
+
+
+_COMPLAINT_LINES = 3
+# What a signal that stops ffmpeg says of the machine, where it is not the user's doing.
+_SIGNAL_CAUSES = {
+    signal.SIGXFSZ: "the file-size limit (ulimit -f) was reached",
+    signal.SIGKILL: "killed, as the kernel kills a process when the machine runs out of memory",
+}
+
+
+def _exit_status(code: int) -> str:
+    """ffmpeg's exit ``code`` in words: its status, or the signal that stopped it and why."""
+    if code >= 0:
+        return f"with exit status {code}"
+    try:
+        stop = signal.Signals(-code)
+    except ValueError:
+        return f"on signal {-code}"
+    cause = _SIGNAL_CAUSES.get(stop)
+    return f"on signal {stop.name}" + ("" if cause is None else f": {cause}")
 
 
 def _remove(*paths: Path) -> None:

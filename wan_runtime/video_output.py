@@ -6,13 +6,16 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
-from wan_runtime.audio_io import heard_frames
+from wan_runtime.audio_io import decode_audio, heard_frames
+from wan_runtime.errors import InputError
 from wan_runtime.input_digests import INPUTS_KEY, input_digests
 from wan_runtime.video_io import write_mp4
 from wan_runtime.video_settings import FLAGS_KEY, SOFTWARE, recorded_flags, run_setup
@@ -50,8 +53,7 @@ def write_video(
                                                       config.ulysses_size, config.batch_line)
     digests = input_digests(config)  # reads the inputs again: not the writing's time
     start = time.perf_counter()
-    # The official s2v output carries the speech; the file is muxed in (the demo's sound as samples).
-    audio = config.audio_path or config.audio
+    audio = _speech(config)
     cut = ""
     if config.audio is not None:
         # And ends with it: the official merge (ffmpeg -shortest) drops the last clip's frames past it.
@@ -80,6 +82,23 @@ def write_video(
     print(f"peak memory: {measured}")
     if report.cuda_graphs is not None:
         print(report.graphs_line())
+
+
+def _speech(config: GenerateConfig) -> Path | np.ndarray | None:
+    """The sound track of an s2v video, as the official output carries the speech: the ``--audio``
+    file, muxed in as it is; the samples the video was made from (16 kHz mono) for the demo's
+    sound and for a file changed or gone since the run read it (with a warning)."""
+    if config.audio_path is None:
+        return config.audio
+    try:
+        unchanged = np.array_equal(decode_audio(config.audio_path, "--audio"), config.audio)
+    except InputError:
+        unchanged = False
+    if unchanged:
+        return config.audio_path
+    warnings.warn(f"--audio {config.audio_path} changed or went since the run read it; the video carries the "
+                  "speech it was made from, as the run read it (16 kHz mono)", stacklevel=2)
+    return config.audio
 
 
 def _run_fields(report: RunReport) -> dict[str, object]:

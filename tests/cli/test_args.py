@@ -186,7 +186,7 @@ BAD_INPUTS = {
     "unknown solver": (["--sample_solver", "heun"], "ti2v-5B", ["'heun'", "unipc, dpm++, euler"]),
     "empty solver": (["--sample_solver", ""], "ti2v-5B", ["unknown --sample_solver ''"]),
     "save folder missing": (["--save_file", "/nonexistent/dir/out.mp4"], "ti2v-5B",
-                            ["folder /nonexistent/dir does not exist"]),
+                            ["folder /nonexistent/dir does not exist; create it first"]),
     "save file not mp4": (["--save_file", "out.avi"], "ti2v-5B", ["must end in .mp4"]),
     "save file ending in a space": (["--save_file", "out.mp4 "], "ti2v-5B",
                                     ["--save_file 'out.mp4 ' must end"]),
@@ -283,6 +283,21 @@ def test_unwritable_save_folder(roots, tmp_path, capsys):
     folder.mkdir(mode=0o500)
     [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--save_file", str(folder / "a.mp4")])
     assert f"folder {folder} is not writable" in line
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_a_folder_the_video_cannot_go_in_says_why(roots, tmp_path, capsys, monkeypatch, read_only):
+    """As root finds a read-only mount, or another user a folder not theirs."""
+    import wan_runtime.cli_args as cli_args
+
+    real_access = os.access
+    monkeypatch.setattr(cli_args.os, "access", lambda at, mode: at != tmp_path and real_access(at, mode))
+    monkeypatch.setattr(cli_args, "_read_only", lambda folder: read_only)
+    target = tmp_path / "a.mp4"
+    [line] = _errors(capsys, ["--ckpt_dir", str(roots["ti2v-5B"]), "--save_file", str(target)])
+    why = "on a read-only file system" if read_only else "not writable by this user (change its permissions)"
+    assert line == (f"error: cannot write {target}: folder {tmp_path} is {why}; or give --save_file in "
+                    "another folder")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -167,16 +167,36 @@ def test_compiled_demo_writes_the_video(cache_env, tmp_path):
     assert "the first sampling step also compiles the DiT blocks" in result.stdout
 
 
-def test_failed_write_exits_1_and_leaves_no_file(cache_env, tmp_path):
-    # ffmpeg fails: a run-time failure after the whole pipeline ran.
+def test_failed_write_exits_1_and_leaves_no_file(cache_env, tmp_path, tmp_path_factory):
+    # ffmpeg fails as the disk fills: a failure after the whole pipeline ran, the user's to mend.
+    fake = tmp_path_factory.mktemp("bin") / "ffmpeg"
+    fake.write_text("""#!/bin/sh
+case " $* " in *" -encoders "*) echo ' V....D libx264   libx264 H.264'; exit 0;; esac
+cat > /dev/null
+echo "[out#0/mp4 @ 0x5a] Error writing trailer: No space left on device" >&2
+exit 1
+""")
+    fake.chmod(0o755)
     target = tmp_path / "out.mp4"
     result = _generate(*FAST, "--save_file", str(target), cwd=tmp_path,
-                       env=dict(cache_env, IMAGEIO_FFMPEG_EXE="/bin/false"))
+                       env=dict(cache_env, IMAGEIO_FFMPEG_EXE=str(fake)))
     assert result.returncode == 1
     assert list(tmp_path.iterdir()) == []
     assert "Traceback" not in result.stderr
     [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert error.startswith(f"error: OSError: could not write {target}") and "--debug" in error
+    assert error == (f"error: could not write {target}: ffmpeg failed with exit status 1 (Error writing "
+                     "trailer: No space left on device); the video was made but not written: mend that and "
+                     "run again")
+
+
+def test_no_ffmpeg_to_write_with_is_refused_before_the_run(cache_env, tmp_path):
+    result = _generate(*FAST, "--save_file", str(tmp_path / "out.mp4"), cwd=tmp_path,
+                       env=dict(cache_env, IMAGEIO_FFMPEG_EXE="/bin/false"))
+    assert result.returncode == 2 and "step" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: cannot write the video: ffmpeg /bin/false fails with exit status 1 (no reason given); unset "
+        "IMAGEIO_FFMPEG_EXE (it names /bin/false) to use the ffmpeg that imageio-ffmpeg bundles, or name an "
+        "ffmpeg built with libx264"]
 
 
 def test_interrupted_run_leaves_no_file(cache_env, tmp_path):

@@ -44,26 +44,54 @@ def _fake_ffmpeg(tmp_path, monkeypatch, script: str) -> None:
 
 
 def test_failed_write_leaves_nothing_and_keeps_an_older_file(tmp_path, monkeypatch, capfd):
-    """ffmpeg fails half-way: its partial output is removed, and its last complaint is in the one
-    error, not on the terminal."""
+    """ffmpeg fails half-way: its partial output, named after the video, is removed, and its last
+    complaints (the cause, then what became of it) are in the one error, not on the terminal."""
     target = tmp_path / "out.mp4"
     target.write_bytes(b"an earlier result")
     _fake_ffmpeg(tmp_path, monkeypatch, """for last; do :; done
 head -c 100 > /dev/null
 printf partial > "$last"
-echo "[libx264 @ 0x55d0c0ffee00] frame I:1 Avg QP:10.00" >&2
+basename "$last" > written_as
+echo "[mp4 @ 0x55d0c0ffee00] Failed to write the index" >&2
+echo "[aost#0:0/copy @ 0x55d0c0ffee00] Error muxing a packet" >&2
+echo "[out#0/mp4 @ 0x55d0c0ffee00] Error writing trailer: No space left on device" >&2
 echo "[out#0/mp4 @ 0x55d0c0ffee00] Error writing trailer: No space left on device" >&2
 exit 1
 """)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(OSError) as raised:
         write_mp4(torch.zeros(3, 9, 32, 32), target, fps=24, metadata={})
     assert str(raised.value) == (
-        f"could not write {target}: ffmpeg failed with exit status 1 "
-        "(Error writing trailer: No space left on device)"
+        f"could not write {target}: ffmpeg failed with exit status 1 (Failed to write the index / Error "
+        "muxing a packet / Error writing trailer: No space left on device)"
     )
     assert capfd.readouterr().err == ""
     assert target.read_bytes() == b"an earlier result"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ffmpeg", "out.mp4"]
+    assert (tmp_path / "written_as").read_text().startswith(".out.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ffmpeg", "out.mp4", "written_as"]
+
+
+def test_ffmpeg_stopped_by_a_signal_says_which_and_why(tmp_path, monkeypatch):
+    _fake_ffmpeg(tmp_path, monkeypatch, "cat > /dev/null\nkill -XFSZ $$\n")
+    with pytest.raises(OSError, match=r"could not write .*out.mp4: ffmpeg failed on signal SIGXFSZ: the "
+                                      r"file-size limit \(ulimit -f\) was reached \(no reason given\)"):
+        write_mp4(torch.zeros(3, 5, 32, 32), tmp_path / "out.mp4", fps=24, metadata={})
+    assert [p.name for p in tmp_path.iterdir()] == ["ffmpeg"]
+
+
+def test_a_missing_or_unfit_ffmpeg_is_told_with_the_fix(tmp_path, monkeypatch):
+    assert video_io.writer_problem() is None
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "nowhere"))
+    assert video_io.writer_problem() == (
+        f"ffmpeg {tmp_path / 'nowhere'} cannot be run (No such file or directory); unset IMAGEIO_FFMPEG_EXE "
+        f"(it names {tmp_path / 'nowhere'}) to use the ffmpeg that imageio-ffmpeg bundles, or name an ffmpeg "
+        "built with libx264")
+    _fake_ffmpeg(tmp_path, monkeypatch, "echo ' V....D libx265   libx265 H.265 / HEVC'\n")
+    assert video_io.writer_problem().startswith(
+        f"ffmpeg {tmp_path / 'ffmpeg'} has no libx264 encoder, which the videos are written with; unset")
+    (tmp_path / "broken").mkdir()
+    _fake_ffmpeg(tmp_path / "broken", monkeypatch, "echo 'cannot load libavcodec.so' >&2\nexit 127\n")
+    assert "fails with exit status 127 (cannot load libavcodec.so)" in video_io.writer_problem()
 
 
 def test_ffmpeg_failing_at_exit_is_an_error(tmp_path, monkeypatch):
@@ -110,6 +138,37 @@ def test_interrupted_write_stops_ffmpeg_and_leaves_nothing(tmp_path, monkeypatch
         write_mp4(torch.zeros(3, 3, 32, 32), tmp_path / "out.mp4", fps=16, metadata={})
     assert started[0].returncode is not None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_colours_are_tagged_and_the_index_comes_first(tmp_path):
+    """The BT.601 matrix ffmpeg converts with is named (untagged, players take HD video for BT.709),
+    and the index precedes the frames, for playing while downloading."""
+    path = write_mp4(torch.zeros(3, 5, 32, 48), tmp_path / "out.mp4", fps=16, metadata={})
+    from wan_runtime.audio_io import ffmpeg_exe
+
+    banner = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True).stderr
+    assert b"yuv420p(tv, smpte170m/bt709/bt709, progressive)" in banner
+    data = path.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")
+
+
+def test_the_video_is_on_the_disk_before_it_is_renamed(tmp_path, monkeypatch):
+    synced, replaced = [], []
+    real_fsync, real_replace = video_io.os.fsync, video_io.os.replace
+
+    def fsync(descriptor):
+        synced.append(Path(f"/proc/self/fd/{descriptor}").resolve())
+        real_fsync(descriptor)
+
+    def replace(source, target):
+        replaced.append((Path(source), list(synced)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(video_io.os, "fsync", fsync)
+    monkeypatch.setattr(video_io.os, "replace", replace)
+    write_mp4(torch.zeros(3, 3, 32, 32), tmp_path / "out.mp4", fps=16, metadata={})
+    [(source, before)] = replaced
+    assert before == [source.resolve()] and synced == [source.resolve(), tmp_path.resolve()]
 
 
 @pytest.mark.parametrize("size", [(48, 64), (40, 72)])
