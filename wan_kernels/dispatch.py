@@ -81,6 +81,9 @@ def _unavailable_reason(name: str) -> str:
         if torch.version.cuda is None:
             return f"; it needs an NVIDIA GPU and a CUDA build of torch (this is torch {torch.__version__})"
         return "; it needs an NVIDIA GPU, and torch sees none"
+    if name in _EXTENSIONS:
+        failure = native.failure(_EXTENSIONS[name])
+        return "" if failure is None else f"; {failure}"
     if name != "triton":
         return ""
     if not _installed("triton"):

@@ -33,7 +33,15 @@ from pathlib import Path
 import torch
 
 BUILD_DIR_VAR = "WAN_KERNELS_BUILD_DIR"
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"
+
+
+def _source_dir() -> Path:
+    """The copy of ``csrc/`` a wheel ships inside the package, else a checkout's, beside it."""
+    package = Path(__file__).resolve().parent
+    return package / "csrc" if (package / "csrc").is_dir() else package.parent / "csrc"
+
+
+SOURCE_DIR = _source_dir()
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,14 @@ def nvcc_command(nvcc: str, source: Path, output: Path, arch: str = "sm_90") -> 
             "-fPIC", *cpp_extension.COMMON_NVCC_FLAGS, *CUDA.cuda_cflags, *includes]
 
 
+_FAILURES: dict[str, str] = {}
+
+
+def failure(ext: Extension) -> str | None:
+    """Why ``load(ext)`` gave False in this process, with the fix; None if it did not."""
+    return _FAILURES.get(ext.name)
+
+
 @functools.cache
 def load(ext: Extension) -> bool:
     """Load ``ext``, building it first if needed; whether its ops are now registered.
@@ -205,6 +221,8 @@ def load(ext: Extension) -> bool:
     """
     prebuilt = _prebuilt(ext)
     if prebuilt is None and not ext.sources():
+        _FAILURES[ext.name] = (f"this install holds neither its sources ({SOURCE_DIR}) nor a prebuilt "
+                               "module: reinstall wan-runtime, whose wheel carries them")
         return False
     from torch.utils import cpp_extension
 
@@ -239,11 +257,12 @@ def load(ext: Extension) -> bool:
              "--no-build-isolation .) or uninstall it") if prebuilt else
             (f"in {folder}", f"It needs {ext.needs}; delete that folder to build it afresh")
         )
-        warnings.warn(
-            f"wan_kernels: the {ext.label} backend could not be built or loaded {where} "
-            f"({type(err).__name__}: {reason}); the other backends remain. {fix}.",
-            stacklevel=2,
-        )
+        told = f"could not be built or loaded {where} ({type(err).__name__}: {reason})"
+        # Kept for set_backend's error: load is cached, and its warning is given once.
+        _FAILURES[ext.name] = f"it {told}; {fix}"
+        warnings.warn(f"wan_kernels: the {ext.label} backend {told}; the other backends remain. {fix}.",
+                      stacklevel=2)
         return False
     is_built.cache_clear()
+    _FAILURES.pop(ext.name, None)
     return True

@@ -144,7 +144,6 @@ def report() -> list[tuple[str, str]]:
         ("triton", _importable_version("triton")),
         ("transformers", _version("transformers")),
         ("safetensors", _version("safetensors")),
-        ("imageio", _version("imageio")),
         ("imageio-ffmpeg", _version("imageio-ffmpeg")),
         ("ffmpeg", _ffmpeg()),
         ("flash-attn", _version("flash-attn")),

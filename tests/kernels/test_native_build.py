@@ -163,7 +163,23 @@ def test_a_compiler_that_does_not_run_is_a_warning_not_an_error(build_root, monk
     if native._prebuilt(native.CPP):
         pytest.skip("the C++ extension is installed prebuilt")
     monkeypatch.setenv("CXX", "/bin/false")
+    monkeypatch.setattr(native, "_FAILURES", {})
     with pytest.warns(UserWarning, match="loaded in .*CalledProcessError.*It needs a C"):
         assert not native.load.__wrapped__(native.CPP)
     told = f"wan_kernels: building the {native.CPP.label} kernels once, into {native.build_dir(native.CPP)}\n"
     assert capsys.readouterr().err == told
+    # set_backend's error says why, when the warning (given once) may be long gone.
+    folder = re.escape(str(native.build_dir(native.CPP)))
+    assert re.fullmatch(f"; it could not be built or loaded in {folder} "
+                        r"\(CalledProcessError: .*\); It needs a C\+\+ compiler.*",
+                        dispatch._unavailable_reason("cpp"))
+
+
+def test_an_install_without_the_sources_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "SOURCE_DIR", tmp_path / "csrc")
+    monkeypatch.setattr(native, "_installed", lambda ext: None)
+    monkeypatch.setattr(native, "_FAILURES", {})
+    assert not native.load.__wrapped__(native.CPP)
+    assert dispatch._unavailable_reason("cpp") == (
+        f"; this install holds neither its sources ({tmp_path / 'csrc'}) nor a prebuilt module: reinstall "
+        "wan-runtime, whose wheel carries them")

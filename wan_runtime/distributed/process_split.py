@@ -9,10 +9,13 @@ the meta device (``wan_runtime.pipelines.activation_memory``); it refuses real t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:  # typing has Self from Python 3.11; the annotations are strings
+    from typing import Self
 
 
 @dataclass(frozen=True)
