@@ -2,11 +2,12 @@
 driving speech muxed in for s2v-14B and the settings that made them stored in them; reading those
 settings back.
 
-Used by the CLI only; the pipelines return tensors and know nothing of files. Frames are
-converted and encoded exactly as the official ``wan.utils.utils.save_video`` does through imageio
-(same quantisation, codec, quality and ffmpeg command), so a file matches the official one for the
-same video. ffmpeg runs here rather than inside imageio so that its output can be kept off the
-terminal and reported in the error instead.
+Used by the CLI (and by API users who want the same files); the pipelines return tensors and
+know nothing of files. Frames are converted and encoded exactly as the official
+``wan.utils.utils.save_video`` does through imageio (same quantisation, codec, quality and
+conversion to YUV), so a file decodes to the official one's frames for the same video; the file
+adds what the official one lacks: colour tags and its index first. ffmpeg runs here rather than
+inside imageio so that its output can be kept off the terminal and reported in the error instead.
 """
 
 from __future__ import annotations
