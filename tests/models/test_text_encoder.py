@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -165,6 +166,29 @@ def test_broken_tokenizer_folder(damaged):
     for file in (damaged / TOKENIZER_DIR).iterdir():
         file.unlink()
     expect_error(damaged, "google/umt5-xxl", "download")
+
+
+def _tokenizer_with_code(folder: Path, marker: Path) -> None:
+    """A tokenizer folder whose config points transformers at a Python file beside it (auto_map,
+    and no tokenizer_class): transformers would offer to run it."""
+    config = folder / TOKENIZER_DIR / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    settings.pop("tokenizer_class", None)
+    settings["auto_map"] = {"AutoTokenizer": ["evil.Tokenizer", "evil.Tokenizer"]}
+    config.write_text(json.dumps(settings))
+    (folder / TOKENIZER_DIR / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+
+
+def test_a_tokenizer_that_names_code_of_its_own_is_refused_unrun(damaged, tmp_path, monkeypatch):
+    marker = tmp_path / "code_ran"
+    _tokenizer_with_code(damaged, marker)
+    expect_error(damaged, "tokenizer_config.json names code of its own to run (auto_map)",
+                 "download google/umt5-xxl/ again")
+    # transformers itself is told not to run it, were the check passed over.
+    monkeypatch.setattr("wan_runtime.models.text_encoder.check_tokenizer_folder", lambda folder: None)
+    monkeypatch.setattr("builtins.input", lambda *args: "y")
+    expect_error(damaged, "the tokenizer in", "cannot be loaded")
+    assert not marker.exists()
 
 
 def test_tokenizer_without_its_vocabulary(damaged):

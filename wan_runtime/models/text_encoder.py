@@ -8,6 +8,7 @@ of tokens (``</s>`` included, at most ``text_len``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,18 +30,37 @@ TEXT_LEN = 512
 _DTYPES = (torch.bfloat16, torch.float32)
 
 
-def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    """The Hugging Face tokenizer saved in ``folder``, read from disk only."""
-    # transformers is imported on use: importing the models package stays light for DiT-only work.
-    from transformers import AutoTokenizer
-
+def check_tokenizer_folder(folder: Path) -> None:
+    """``CheckpointError`` unless ``folder`` is a tokenizer folder that names no code of its own:
+    an ``auto_map`` in its ``tokenizer_config.json`` points transformers at Python files beside it,
+    which the official umT5 tokenizer has none of and this runtime never runs."""
     if not folder.is_dir():
         raise CheckpointError(
             f"the tokenizer folder {folder} does not exist; the Wan2.2 release root holds it as "
             f"{TOKENIZER_DIR}/ next to {CHECKPOINT_FILE}: download that folder too"
         )
+    config = folder / "tokenizer_config.json"
+    redownload = f"download {TOKENIZER_DIR}/ again from the official Wan2.2 release"
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        settings = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise CheckpointError(f"{config} is not readable JSON ({type(err).__name__}); {redownload}") from err
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{config} must hold a JSON object; {redownload}")
+    if "auto_map" in settings:
+        raise CheckpointError(f"{config} names code of its own to run (auto_map), which the official umT5 "
+                              f"tokenizer does not and wan_runtime never runs: {redownload}")
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The Hugging Face tokenizer saved in ``folder``, read from disk only, without running code of
+    the folder's (``check_tokenizer_folder``)."""
+    # transformers is imported on use: importing the models package stays light for DiT-only work.
+    from transformers import AutoTokenizer
+
+    check_tokenizer_folder(folder)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError) as err:
         raise CheckpointError(
             f"the tokenizer in {folder} cannot be loaded ({err}); download {TOKENIZER_DIR}/ again "

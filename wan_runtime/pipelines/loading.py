@@ -27,6 +27,7 @@ from wan_runtime.models.cuda_graphs import StageGraphs
 from wan_runtime.models.s2v_dit import WanModelS2V
 from wan_runtime.models.safetensors_checkpoint import checkpoint_files, same_weights
 from wan_runtime.models.t5_checkpoint import check_checkpoint_file
+from wan_runtime.models.text_encoder import check_tokenizer_folder
 from wan_runtime.models.vae_loading import check_vae_file
 from wan_runtime.parallel_checks import check_heads_split, check_parallel
 from wan_runtime.pipelines.base import TEXT_ENCODER, Pipeline
@@ -161,6 +162,7 @@ def _checked(arguments: Mapping[str, Any], check_fits: bool = True) -> _Checked:
     # A bad file fails before minutes of loading: a truncated T5 or VAE archive, a DiT folder (config,
     # shards, headers, tensor names and shapes), the speech encoder's weights.
     check_checkpoint_file(root / spec.t5_file)
+    check_tokenizer_folder(root / spec.tokenizer_dir)
     check_vae_file(root / spec.vae_file)
     out_dims = {}
     for name, folder in zip(names, spec.dit_folders, strict=True):
