@@ -118,11 +118,21 @@ def test_unknown_model_type(folder, model_type):
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("eps", -1, "eps must be a small positive number"), ("eps", 0, "eps must be"),
     ("text_len", 0, "text_len must be a positive token count, got 0"),
-    ("eps", None, "float() argument must be"), ("dim", "wide", "invalid literal for int()"),
+    ("eps", None, "float() argument must be"), ("dim", "wide", "dim 'wide' must be whole numbers"),
+    ("num_layers", 2.7, "num_layers 2.7 must be whole numbers"), ("ffn_dim", "256", "ffn_dim '256' must be"),
+    ("num_layers", True, "num_layers True must be"),
 ])
 def test_config_values_a_forward_would_fail_on(folder, field, value, message):
     edit_config(folder, **{field: value})
     expect_error(folder, f"{folder / 'config.json'}: {message}", "restore it from the release")
+
+
+@pytest.mark.parametrize("layers", [10**9, 1])
+def test_a_layer_count_the_weights_do_not_hold_is_refused_before_a_model_of_it(folder, layers):
+    held = json.loads((folder / "config.json").read_text())["num_layers"]
+    edit_config(folder, num_layers=layers)
+    expect_error(folder, f"config.json says num_layers {layers}, and the weights hold {held} blocks: they "
+                         "are of different models; restore it from the release (or the weights)")
 
 
 def test_no_weights(folder):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -91,6 +92,24 @@ def test_weights_that_are_no_torch_file_are_refused_up_front(wav2vec2_dir, tmp_p
         Wav2Vec2Features.check_pretrained(folder)
     (folder / "pytorch_model.bin").write_text("<html>Not Found</html>")
     with pytest.raises(CheckpointError, match="pytorch_model.bin is not a torch.save zip archive"):
+        Wav2Vec2Features.check_pretrained(folder)
+
+
+@pytest.mark.parametrize("layers", [10**8, 0, 2.5, "24"])
+def test_a_layer_count_is_checked_before_a_model_of_it(wav2vec2_dir, tmp_path, layers):
+    """Against the weights' own count where they are safetensors, else against a bound."""
+    folder = shutil.copytree(wav2vec2_dir, tmp_path / "wav2vec2-large-xlsr-53-english")
+    config = json.loads((folder / "config.json").read_text())
+    held = config["num_hidden_layers"]
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+    told = f"gives num_hidden_layers {layers!r}, and model.safetensors holds {held} layers .the release's"
+    with pytest.raises(CheckpointError, match=told):
+        Wav2Vec2Features.check_pretrained(folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    if isinstance(layers, int) and 0 < layers <= 256:
+        return
+    with pytest.raises(CheckpointError, match=f"gives num_hidden_layers {layers!r} .the release's"):
         Wav2Vec2Features.check_pretrained(folder)
 
 

@@ -232,6 +232,20 @@ def test_inconsistent_tensors(damaged):
                  "blocks.0.attn.o.weight has shape")
 
 
+@pytest.mark.parametrize(("stray", "told"), [
+    ("blocks.999999.norm1.weight", "its blocks are not numbered 0 to N-1"),
+    ("blocks.100000000.norm1.weight", "unexpected tensors: blocks.100000000.norm1.weight"),
+    ("blocks.3.norm1.weight", "its blocks are not numbered 0 to N-1"),
+    ("blocks." + "9" * 5000 + ".x", "unexpected tensors: blocks.999"),
+])
+def test_a_stray_block_number_is_refused_before_a_model_of_that_many_blocks(damaged, stray, told):
+    path = damaged / CHECKPOINT_FILE
+    state = torch.load(path, weights_only=True)
+    state[stray] = torch.zeros(1)
+    torch.save(state, path)
+    expect_error(damaged, told)
+
+
 def test_tokenizer_larger_than_embedding(damaged):
     path = damaged / CHECKPOINT_FILE
     state = torch.load(path, weights_only=True)

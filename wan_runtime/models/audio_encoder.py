@@ -16,6 +16,7 @@ Decoding audio files (and resampling them to 16 kHz) belongs to the pipeline's I
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from wan_runtime.errors import CheckpointError, InputError
+from wan_runtime.models.block_numbers import numbered_blocks
 from wan_runtime.models.safetensors_checkpoint import read_entries
 from wan_runtime.models.torch_archive import check_torch_archive
 
@@ -32,6 +34,9 @@ SAMPLE_RATE = 16000
 WAV2VEC2_DIR = "wav2vec2-large-xlsr-53-english"
 # The weight files transformers reads from the folder, in its order of preference.
 WAV2VEC2_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# Where the weights' own count cannot be read cheaply (pytorch_model.bin), the most layers a
+# config may give: a wav2vec2 has tens.
+_MAX_LAYERS = 256
 WAV2VEC2_FPS = 50  # one feature per 20 ms (the convolutional front end's stride of 320 samples)
 RESAMPLED_FPS = 30
 VIDEO_FPS = 16
@@ -167,11 +172,25 @@ class Wav2Vec2Features:
                 f"the weights, {' or '.join(WAV2VEC2_WEIGHTS)}); download {WAV2VEC2_DIR}/ of the "
                 "Wan2.2-S2V-14B release into it"
             )
+        redownload = f"download {WAV2VEC2_DIR}/ again from the Wan2.2-S2V-14B release"
         if weights.suffix == ".safetensors":
-            read_entries([weights])
+            held = numbered_blocks((name.removeprefix("wav2vec2.") for name in read_entries([weights])),
+                                   "encoder.layers.")
         else:  # transformers also reads the pickles torch wrote before 1.6
             check_torch_archive(weights, "wav2vec2 weight file", f"download {WAV2VEC2_DIR}/{weights.name} "
                                 "again from the Wan2.2-S2V-14B release", legacy_ok=True)
+            held = None
+        # Before meta_model builds that many layers: the weights' count, else a bound.
+        try:
+            layers = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError) as err:
+            raise CheckpointError(f"{folder / 'config.json'} is not a JSON object ({type(err).__name__}); "
+                                  f"{redownload}") from err
+        if isinstance(layers, bool) or not isinstance(layers, int) or not 0 < layers <= _MAX_LAYERS \
+                or held not in (None, layers):
+            weights_hold = "" if held is None else f", and {weights.name} holds {held} layers"
+            raise CheckpointError(f"{folder / 'config.json'} gives num_hidden_layers {layers!r}"
+                                  f"{weights_hold} (the release's model has 24); {redownload}")
 
     @staticmethod
     def meta_model(folder: str | Path) -> torch.nn.Module:

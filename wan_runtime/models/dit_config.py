@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from wan_runtime.errors import CheckpointError
+from wan_runtime.models.block_numbers import numbered_blocks
 
 SUPPORTED_MODEL_TYPES = ("i2v", "ti2v")
 _REQUIRED_KEYS = ("dim", "ffn_dim", "freq_dim", "in_dim", "out_dim", "num_heads", "num_layers")
@@ -104,6 +105,19 @@ def config_from_checkpoint(raw: dict, shapes: dict[str, tuple[int, ...]], source
         return shapes[key]
 
     patch = shape("patch_embedding.weight")
+    config_file = source / "config.json"
+    fixes = "restore it from the release"
+    sizes = {key: raw[key] for key in (*_REQUIRED_KEYS, "text_len") if key in raw}
+    odd = [f"{key} {value!r}" for key, value in sizes.items()
+           if isinstance(value, bool) or not isinstance(value, int)]
+    if odd:
+        raise CheckpointError(f"{config_file}: {', '.join(odd)} must be whole numbers; {fixes}")
+    # Before a model of that many blocks is built: the weights' own count.
+    blocks = numbered_blocks(shapes, "blocks.")
+    if blocks != raw["num_layers"]:
+        held = "blocks not numbered 0 to N-1" if blocks is None else f"{blocks} blocks"
+        raise CheckpointError(f"{config_file} says num_layers {raw['num_layers']}, and the weights hold "
+                              f"{held}: they are of different models; {fixes} (or the weights)")
     try:
         return DiTConfig(
             model_type=raw["model_type"],

@@ -8,19 +8,18 @@ any weight is converted.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from wan_runtime.errors import CheckpointError
+from wan_runtime.models.block_numbers import numbered_blocks
 from wan_runtime.models.torch_archive import check_torch_archive, load_state_dict
 
 CHECKPOINT_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 _REDOWNLOAD = f"download {CHECKPOINT_FILE} again from the official Wan2.2 release"
 _WHAT = "the text encoder file"
-_BLOCK = re.compile(r"blocks\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,9 @@ def sizes_from_state_dict(state: dict[str, torch.Tensor], path: Path) -> T5Sizes
     num_buckets, num_heads = _shape(state, "blocks.0.pos_embedding.embedding.weight", path)
     dim_attn = _shape(state, "blocks.0.attn.q.weight", path)[0]
     dim_ffn = _shape(state, "blocks.0.ffn.fc1.weight", path)[0]
-    num_layers = 1 + max(int(m.group(1)) for key in state if (m := _BLOCK.match(key)))
+    num_layers = numbered_blocks(state, "blocks.")
+    if num_layers is None:
+        raise CheckpointError(f"{path}: its blocks are not numbered 0 to N-1 (blocks.N.*); {_REDOWNLOAD}")
     if dim_attn % num_heads:
         raise CheckpointError(
             f"{path}: attention width {dim_attn} is not a multiple of the {num_heads} heads of "
