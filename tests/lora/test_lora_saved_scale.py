@@ -105,6 +105,29 @@ def test_a_config_that_gives_no_scale_is_refused(tmp_path, ti2v_dit_dir, case):
     assert str(path) in str(err.value)
 
 
+def _with_pattern(tmp_path, ti2v_dit_dir, pattern: str):
+    path = tmp_path / "lora.safetensors"
+    config = {**PEFT_DEFAULTS, "rank_pattern": {pattern: 8}}
+    save_file(diffusers_layers(factors(parameter_shapes(ti2v_dit_dir), {})), str(path),
+              metadata={"lora_adapter_metadata": json.dumps(config)})
+    return path
+
+
+def test_a_pattern_that_backtracks_for_hours_in_re_names_no_module_at_once():
+    """Python's re takes hours over this one and a long module name."""
+    from wan_runtime.lora.adapter_config import _matching
+
+    assert _matching({r"((\w|\.)+)+Z": 8}, "blocks.0.self_attn.q_proj_with_a_long_name", 4.0) == 4.0
+
+
+def test_a_pattern_that_takes_too_long_is_refused(tmp_path, ti2v_dit_dir, monkeypatch):
+    monkeypatch.setattr("wan_runtime.lora.adapter_config._MATCH_SECONDS", 1e-7)
+    path = _with_pattern(tmp_path, ti2v_dit_dir, r"((.|\w)*)*Z")
+    told = r"its pattern .* took over 1e-07 s to match .* \(it backtracks without end\); a pattern names"
+    with pytest.raises(InputError, match=told):
+        LoraFile.read(path)
+
+
 def test_an_alpha_tensor_beside_a_saved_config_is_refused(tmp_path, ti2v_dit_dir):
     layers = diffusers_layers(factors(parameter_shapes(ti2v_dit_dir), {}))
     path = tmp_path / "both.safetensors"

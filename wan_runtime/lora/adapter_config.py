@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import regex
 
 HEADER_KEY = "lora_adapter_metadata"
 PEFT_CONFIG = "adapter_config.json"
@@ -112,9 +113,18 @@ def _matching(patterns: Mapping[str, float], module: str, default: float) -> flo
     trailing run of the module's dotted name), else ``default``."""
     for pattern, value in patterns.items():
         try:
-            if re.match(rf"(.*\.)?({pattern})$", module):
+            # The regex module (re's superset), for its time-out: a file's pattern may backtrack
+            # for hours on a module's name.
+            if regex.match(rf"(.*\.)?({pattern})$", module, timeout=_MATCH_SECONDS):
                 return float(value)
-        except re.error as err:
+        except regex.error as err:
             problem = f"its pattern {pattern!r} is not a regular expression ({err})"
             raise AdapterConfigProblem(problem) from None
+        except TimeoutError:
+            problem = (f"its pattern {pattern!r} took over {_MATCH_SECONDS:g} s to match {module!r} (it "
+                       "backtracks without end); a pattern names modules, as blocks.0.self_attn.q does")
+            raise AdapterConfigProblem(problem) from None
     return default
+
+
+_MATCH_SECONDS = 1.0
