@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,6 +112,42 @@ def test_an_archive_is_checksummed_once_while_unchanged(files, tmp_path, monkeyp
     path.write_bytes(bytes(data))
     os.utime(path, ns=(0, 1))  # changed, whatever the clock's resolution
     assert len(torch_archive.damaged_records(path)) == 1 and len(crcs) > read
+
+
+def _with_aliases(source: Path, target: Path, count: int) -> int:
+    """``source``'s archive with ``count`` more directory entries that all point at its largest
+    record (crafted: each would have that record's bytes summed once more); that record's size."""
+    data = source.read_bytes()
+    with zipfile.ZipFile(source) as archive:
+        infos, directory = archive.infolist(), archive.start_dir
+    largest = max(infos, key=lambda info: info.compress_size)
+
+    def entry(name: str, info: zipfile.ZipInfo) -> bytes:
+        encoded = name.encode()
+        return struct.pack("<4s6H3I5HII", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, info.CRC, info.compress_size,
+                           info.file_size, len(encoded), 0, 0, 0, 0, 0, info.header_offset) + encoded
+
+    prefix = infos[0].filename.split("/")[0]
+    entries = [entry(info.filename, info) for info in infos]
+    entries += [entry(f"{prefix}/alias{n}", largest) for n in range(count)]
+    listing = b"".join(entries)
+    end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(listing), directory, 0)
+    target.write_bytes(data[:directory] + listing + end)
+    return largest.compress_size
+
+
+def test_records_that_share_their_bytes_are_damaged_and_summed_once(files, tmp_path, monkeypatch):
+    path = tmp_path / "Wan2.1_VAE.pth"
+    size = _with_aliases(files["2.1"], path, count=50)
+    summed = []
+    crc32 = torch_archive.zlib.crc32
+    monkeypatch.setattr(torch_archive.zlib, "crc32", lambda chunk, *args: summed.append(len(chunk)) or
+                        crc32(chunk, *args))
+    damaged = torch_archive.damaged_records(path)
+    assert sorted(damaged) == sorted(f"{damaged[0].split('/')[0]}/alias{n}" for n in range(50))
+    assert sum(summed) < path.stat().st_size < 50 * size
+    with pytest.raises(CheckpointError, match="is corrupt: 50 of its records do not match their checksums"):
+        load_vae(path)
 
 
 def test_zip_archive_that_torch_did_not_write(tmp_path):
