@@ -51,6 +51,18 @@ def test_bad_lora_files_are_refused(tmp_path, case):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float8_e4m3fn])
+def test_values_past_the_first_chunk_are_checked(tmp_path, monkeypatch, dtype):
+    """The finite check goes through a tensor in chunks (no float32 copy of a whole one)."""
+    monkeypatch.setattr("wan_runtime.lora.lora_file._FINITE_CHUNK", 16)
+    down = torch.ones(2, 64)
+    down[1, 63] = float("nan")
+    path = tmp_path / "late.safetensors"
+    save_file({f"{Q}.lora_down.weight": down.to(dtype), f"{Q}.lora_up.weight": torch.ones(64, 2)}, str(path))
+    with pytest.raises(InputError, match=f"'{Q}.lora_down.weight' holds NaN or infinite values"):
+        LoraFile.read(path)
+
+
 def test_unreadable_missing_and_pickled_files(tmp_path):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 20)
