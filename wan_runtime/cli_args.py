@@ -56,6 +56,7 @@ from wan_runtime.models.audio_encoder import speech_clip_count
 from wan_runtime.parallel_checks import check_heads, check_heads_split, parallel_problems
 from wan_runtime.pose_video import probe_video
 from wan_runtime.solvers import SOLVER_NAMES as SOLVERS
+from wan_runtime.solvers.schedule import NUM_TRAIN_TIMESTEPS
 from wan_runtime.tasks import HIGH_NOISE, LOW_NOISE, TASKS, TaskSpec, check_checkpoint_dir
 from wan_runtime.tiny_checkpoints import dit_heads
 from wan_runtime.video_io import name_max, writer_problem
@@ -230,8 +231,10 @@ def resolve(
     if frame_num is not None and spec is not None:
         _check(problems, lambda: check_frame_num(frame_num, spec, flag="--"))
     steps = _given_or_default(args.sample_steps, base, "sampling_steps")
-    if steps is not None and steps < 1:
-        problems.append(f"--sample_steps must be a positive number of steps, got {steps}")
+    if steps is not None and not 1 <= steps <= NUM_TRAIN_TIMESTEPS:
+        # Past the training timesteps the official schedule, of whole timesteps, repeats them.
+        problems.append(f"--sample_steps must be a number of steps from 1 to {NUM_TRAIN_TIMESTEPS} (the "
+                        f"timesteps the models were trained on), got {steps}")
     if args.sample_guide_scale is not None and not 0 <= args.sample_guide_scale < math.inf:
         problems.append(f"--sample_guide_scale must be a finite number >= 0, got {args.sample_guide_scale}")
     if args.sample_shift is not None and not 0 < args.sample_shift < math.inf:

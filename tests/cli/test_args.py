@@ -194,6 +194,8 @@ BAD_INPUTS = {
                       ["--image /nonexistent/cat.png does not exist"]),
     "negative steps": (["--sample_steps", "-3"], "ti2v-5B", ["--sample_steps", "got -3"]),
     "zero steps": (["--sample_steps", "0"], "ti2v-5B", ["--sample_steps", "got 0"]),
+    "more steps than timesteps": (["--sample_steps", "1001"], "ti2v-5B",
+                                  ["--sample_steps must be a number of steps from 1 to 1000", "got 1001"]),
     "negative guide scale": (["--sample_guide_scale", "-1"], "ti2v-5B", ["--sample_guide_scale", "-1.0"]),
     "non-positive shift": (["--sample_shift", "0"], "ti2v-5B", ["--sample_shift must be a finite", "got 0"]),
     "unknown solver": (["--sample_solver", "heun"], "ti2v-5B", ["'heun'", "unipc, dpm++, euler"]),

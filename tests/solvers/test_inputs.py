@@ -15,9 +15,10 @@ def test_unknown_solver(name):
         make_solver(name, 40, 5.0)
 
 
-@pytest.mark.parametrize("steps", [0, -3, 2.0, True, None])
+@pytest.mark.parametrize("steps", [0, -3, 2.0, True, None, 1001, 10**8])
 def test_bad_step_count(steps):
-    with pytest.raises(InputError, match="sampling_steps must be a positive integer"):
+    """Past the 1000 training timesteps the official schedule repeats whole timesteps."""
+    with pytest.raises(InputError, match="sampling_steps must be a whole number of steps from 1 to 1000 "):
         make_solver("unipc", steps, 5.0)
 
 

@@ -21,7 +21,13 @@ from wan_runtime.solvers.dpmpp import DPMSolverPlusPlus
 from wan_runtime.solvers.euler import EulerSolver
 from wan_runtime.solvers.flow_solver import FlowSolver
 from wan_runtime.solvers.multistep import MultistepFlowSolver
-from wan_runtime.solvers.schedule import FlowSchedule, dpmpp_sigmas, euler_schedule, unipc_sigmas
+from wan_runtime.solvers.schedule import (
+    NUM_TRAIN_TIMESTEPS,
+    FlowSchedule,
+    dpmpp_sigmas,
+    euler_schedule,
+    unipc_sigmas,
+)
 from wan_runtime.solvers.unipc import UniPCSolver
 
 Device = torch.device | str | None
@@ -49,8 +55,9 @@ def _is_number(value: object, kind: type) -> bool:
 def _check_arguments(name: str, sampling_steps: int, shift: float) -> None:
     if name not in _SOLVERS:
         raise InputError(f"unknown solver {name!r}; valid solvers are {', '.join(map(repr, SOLVER_NAMES))}")
-    if not (_is_number(sampling_steps, numbers.Integral) and sampling_steps >= 1):
-        raise InputError(f"sampling_steps must be a positive integer (1, 2, ...), got {sampling_steps!r}")
+    if not (_is_number(sampling_steps, numbers.Integral) and 1 <= sampling_steps <= NUM_TRAIN_TIMESTEPS):
+        raise InputError(f"sampling_steps must be a whole number of steps from 1 to {NUM_TRAIN_TIMESTEPS} "
+                         f"(the timesteps the models were trained on), got {sampling_steps!r}")
     if not (_is_number(shift, numbers.Real) and 0 < shift < math.inf):
         raise InputError(f"shift must be a positive finite number (e.g. 3.0 or 5.0), got {shift!r}")
 
