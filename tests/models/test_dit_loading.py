@@ -135,6 +135,16 @@ def test_a_layer_count_the_weights_do_not_hold_is_refused_before_a_model_of_it(f
                          "are of different models; restore it from the release (or the weights)")
 
 
+@pytest.mark.parametrize("where", ["../out.safetensors", "/abs/shard.safetensors", "..", "sub/a.safetensors"])
+def test_an_index_naming_files_outside_its_folder_is_refused(tmp_path, where):
+    folder = write_dit(tmp_path / "dit", TINY_I2V, shards=2)
+    index = json.loads((folder / INDEX_FILE).read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = where
+    (folder / INDEX_FILE).write_text(json.dumps(index))
+    expect_error(folder, "names shards that are no file names of its folder", repr(where))
+
+
 def test_no_weights(folder):
     (folder / SINGLE_FILE).unlink()
     expect_error(folder, f"holds neither {SINGLE_FILE} nor {INDEX_FILE}")

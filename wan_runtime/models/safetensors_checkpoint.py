@@ -40,10 +40,17 @@ def _read_index(index_path: Path) -> list[Path]:
         index = json.loads(index_path.read_text())
         weight_map = index["weight_map"]
         names = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError,
+            RecursionError) as err:
         raise CheckpointError(
-            f"{index_path} is not a valid safetensors index ({err}); {_REDOWNLOAD}"
+            f"{index_path} is not a valid safetensors index ({type(err).__name__}: {err}); {_REDOWNLOAD}"
         ) from err
+    # A shard is a file of the folder, by its bare name: not a path into another folder.
+    elsewhere = [repr(name) for name in names
+                 if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..")]
+    if elsewhere:
+        raise CheckpointError(f"{index_path} names shards that are no file names of its folder "
+                              f"({', '.join(elsewhere[:3])}); {_REDOWNLOAD}")
     shards = [index_path.parent / name for name in names]
     missing = [shard.name for shard in shards if not shard.is_file()]
     if missing:
