@@ -22,6 +22,8 @@ from wan_runtime.models.audio_encoder import SAMPLE_RATE, samples_for_features
 # The shortest speech the official pipeline makes a clip of (720 samples, 45 ms): the 30 fps
 # resampling needs two wav2vec2 features to make one.
 MIN_SAMPLES = samples_for_features(2)
+# The longest speech decoded: an hour, 230 MB of samples (720 clips of the official 80 frames).
+MAX_SECONDS = 3600
 
 
 def heard_frames(samples: int, fps: int) -> int:
@@ -50,8 +52,10 @@ def decode_audio(path: str | Path, label: str = "audio") -> np.ndarray:
     path = require_file(path, label, "a WAV, MP3, FLAC or other audio file")
     # Channels are kept and averaged here, as librosa downmixes (ffmpeg's ``-ac 1`` weights them
     # by layout). A WAV stream on the pipe carries the channel count in its header.
+    # Decoded no further than just past the longest speech taken: a tiny file of a low sample rate
+    # resamples to hours of 16 kHz samples, gigabytes, before any length is known.
     command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path), "-vn", "-map", "0:a:0",
-               "-ar", str(SAMPLE_RATE), "-c:a", "pcm_f32le", "-f", "wav", "-"]
+               "-t", str(MAX_SECONDS + 1), "-ar", str(SAMPLE_RATE), "-c:a", "pcm_f32le", "-f", "wav", "-"]
     result = subprocess.run(command, capture_output=True, check=False)
     if result.returncode != 0:
         reason = " ".join(result.stderr.decode(errors="replace").split())[-300:] or "no reason given"
@@ -65,6 +69,9 @@ def decode_audio(path: str | Path, label: str = "audio") -> np.ndarray:
         )
     channels, samples = _read_wav_stream(result.stdout)
     samples = samples[: samples.size // channels * channels].reshape(-1, channels).mean(axis=1)
+    if samples.size > MAX_SECONDS * SAMPLE_RATE:
+        raise InputError(f"{label} {path} is longer than {MAX_SECONDS // 60} minutes, the longest speech the "
+                         f"runtime takes; cut it (e.g. ffmpeg -i IN -t {MAX_SECONDS} OUT.wav)")
     return check_waveform(samples, f"{label} {path}")
 
 

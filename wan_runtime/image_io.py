@@ -142,8 +142,9 @@ def _rgb(picture: Image.Image, source: str) -> Image.Image:
             raise InputError(f"{source} is a 32-bit integer image with values from {low} to {high}, which "
                              "have no agreed range; save it as an 8- or 16-bit PNG")
         if picture.mode.startswith("I;16") or high > 255:
-            grey = values.astype(np.float64) / 257
-            return Image.fromarray(grey.round().astype(np.uint8), "L").convert("RGB")
+            # round(v / 257) in whole numbers (v / 257 is never halfway): 4 bytes a pixel, not 16.
+            grey = (values.astype(np.uint32) + 128) // 257
+            return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
     # A palette or greyscale image may mark a colour transparent instead of holding an alpha band.
     alpha = (picture.getchannel("A") if picture.mode in ("RGBA", "LA", "PA") else
              picture.convert("RGBA").getchannel("A") if "transparency" in picture.info else None)

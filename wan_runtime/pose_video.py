@@ -25,6 +25,8 @@ from wan_runtime.input_files import require_file
 
 # ffmpeg's defaults duplicate or drop frames to reach a constant rate and rotate by the
 # metadata; decord's frame indices are the decoded frames as they are.
+# The largest frame decoded: past 8K video's 33 million pixels, with room to spare.
+MAX_FRAME_PIXELS = 2**26
 _INPUT_PARAMS = ["-noautorotate"]
 _OUTPUT_PARAMS = ["-fps_mode", "passthrough"]
 # What imageio-ffmpeg raises for a file ffmpeg cannot open or decode, and its header parser for
@@ -89,6 +91,11 @@ def _frames(path: Path, label: str) -> Iterator[VideoInfo | np.ndarray]:
         try:
             meta = next(reader)
             width, height = meta["size"]
+            # Before a frame is decoded: a crafted file's frames may each take gigabytes.
+            if width * height > MAX_FRAME_PIXELS:
+                raise InputError(f"{label} {path} has frames of {width}x{height} pixels, more than the "
+                                 f"{MAX_FRAME_PIXELS:,} the runtime decodes; scale it down (each frame is "
+                                 "resized to the video's size anyway)")
             yield VideoInfo(float(meta["fps"]), width, height)
             for data in reader:
                 yield np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)

@@ -191,6 +191,16 @@ def test_bad_input_is_refused(s2v_pipeline, speech, portrait, monkeypatch, chang
         s2v_pipeline.generate("a woman speaks", progress=False, **arguments)
 
 
+def test_speech_past_the_longest_taken_is_refused_before_it_is_all_decoded(tmp_path, monkeypatch, speech):
+    from wan_runtime import audio_io
+
+    monkeypatch.setattr(audio_io, "MAX_SECONDS", 0)
+    path = audio_io.write_wav(speech, tmp_path / "talk.wav")
+    with pytest.raises(InputError, match=r"talk.wav is longer than 0 minutes, the longest speech the runtime "
+                                         r"takes; cut it \(e.g. ffmpeg -i IN -t 0 OUT.wav\)"):
+        audio_io.decode_audio(path)
+
+
 def test_undecodable_audio_is_refused(s2v_pipeline, portrait, tmp_path):
     (tmp_path / "noise.mp3").write_bytes(b"not audio at all" * 10)
     with pytest.raises(InputError, match="cannot be decoded by ffmpeg"):
@@ -212,6 +222,15 @@ def test_undecodable_pose_video_is_refused(s2v_pipeline, portrait, speech, tmp_p
     message = rf"pose_video \S*{pose.name} {reason}"
     with pytest.raises(InputError, match=message):
         s2v_pipeline.generate("a woman speaks", image=portrait, audio=speech, pose_video=pose, progress=False)
+
+
+def test_pose_frames_too_large_to_decode_are_refused_before_one_is(tmp_path, monkeypatch):
+    monkeypatch.setattr(pose_video.imageio_ffmpeg, "read_frames", _fake_reader({"size": (16000, 16000),
+                                                                                "fps": 25.0}, 0))
+    (tmp_path / "pose.mp4").write_bytes(b"")
+    told = "pose.mp4 has frames of 16000x16000 pixels, more than the 67,108,864 the runtime decodes; scale"
+    with pytest.raises(InputError, match=told):
+        pose_video.probe_video(tmp_path / "pose.mp4")
 
 
 def _fake_reader(meta: dict, frames: int):
