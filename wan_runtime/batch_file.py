@@ -169,10 +169,11 @@ def read_batch(path: Path, parser: argparse.ArgumentParser) -> tuple[list[tuple[
         if not line.strip() or line.lstrip().startswith(COMMENT):
             continue
         try:
-            values, line_problems = _line_values(json.loads(line, object_pairs_hook=_unique_keys), actions)
+            values, line_problems = _line_values(_parsed(line), actions)
         except json.JSONDecodeError as err:
-            line_problems = [f"it is not JSON ({err.msg} at column {err.colno}); write one JSON object per "
-                             'line, e.g. {"prompt": "a red boat", "base_seed": 1}']
+            line_problems = [f"it is not JSON ({err.msg} at column {err.colno}); {_ONE_OBJECT}"]
+        except _Unreadable as err:
+            line_problems = [f"it is JSON no flag takes ({err}); {_ONE_OBJECT}"]
         except TypeError as err:
             line_problems = [str(err)]
         if line_problems:
@@ -192,6 +193,22 @@ def _distributed() -> bool:
         return Launch.from_env().distributed
     except InputError:
         return False
+
+
+_ONE_OBJECT = 'write one flat JSON object per line, e.g. {"prompt": "a red boat", "base_seed": 1}'
+
+
+class _Unreadable(Exception):
+    """JSON that Python reads no further: a number of thousands of digits, nesting past the stack."""
+
+
+def _parsed(line: str) -> object:
+    try:
+        return json.loads(line, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as err:
+        raise _Unreadable(type(err).__name__) from None
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:

@@ -104,8 +104,9 @@ def test_missing_config(folder):
     expect_error(folder, "config.json is missing", str(folder))
 
 
-def test_unreadable_config(folder):
-    (folder / "config.json").write_text("{not json")
+@pytest.mark.parametrize("text", ["{not json", "[" * 100_000 + "]" * 100_000, '{"dim": ' + "9" * 5000 + "}"])
+def test_unreadable_config(folder, text):
+    (folder / "config.json").write_text(text)
     expect_error(folder, "not readable JSON")
 
 

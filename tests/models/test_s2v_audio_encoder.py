@@ -125,6 +125,25 @@ def test_bad_waveform_and_features(wav2vec2_dir):
         audio_buckets(torch.zeros(25, 0, 32), 80)
 
 
+class _Runs:
+    """A pickle that would run code as it loads."""
+
+    def __reduce__(self):
+        return (print, ("code of the file ran",))
+
+
+def test_weights_that_would_run_code_are_refused_unrun(wav2vec2_dir, tmp_path, capfd):
+    folder = shutil.copytree(wav2vec2_dir, tmp_path / "wav2vec2-large-xlsr-53-english")
+    torch.save({**load_file(folder / "model.safetensors"), "extra": _Runs()}, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"wav2vec2 does not load \(UnpicklingError: .*\); download "
+                                              "wav2vec2-large-xlsr-53-english/ of the Wan2.2-S2V-14B") as err:
+        Wav2Vec2Features(folder)
+    assert "Unsupported global: GLOBAL builtins.print" in str(err.value) or "GLOBAL print" in str(err.value)
+    assert "weights_only" not in str(err.value) and "\x1b" not in str(err.value)
+    assert "code of the file ran" not in capfd.readouterr().out
+
+
 def test_load_is_quiet_and_refuses_missing_weights(wav2vec2_dir, tmp_path, capfd):
     Wav2Vec2Features(wav2vec2_dir)
     captured = capfd.readouterr()

@@ -97,8 +97,8 @@ def saved_config(header: Mapping[str, str] | None, path: Path) -> AdapterConfig 
 def _json(text: str, source: str) -> dict[str, object]:
     try:
         fields = json.loads(text)
-    except ValueError as err:
-        raise AdapterConfigProblem(f"{source} is not JSON ({err})") from None
+    except (ValueError, RecursionError) as err:
+        raise AdapterConfigProblem(f"{source} is not JSON ({str(err)[:120] or type(err).__name__})") from None
     if not isinstance(fields, dict):
         raise AdapterConfigProblem(f"{source} is not a JSON object")
     return fields

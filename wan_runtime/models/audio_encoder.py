@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from wan_runtime.errors import CheckpointError, InputError
 from wan_runtime.models.block_numbers import numbered_blocks
 from wan_runtime.models.safetensors_checkpoint import read_entries
-from wan_runtime.models.torch_archive import check_torch_archive
+from wan_runtime.models.torch_archive import check_torch_archive, load_failure
 
 SAMPLE_RATE = 16000
 WAV2VEC2_DIR = "wav2vec2-large-xlsr-53-english"
@@ -146,8 +147,10 @@ class Wav2Vec2Features:
                 self.extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder, local_files_only=True)
                 self.model, info = Wav2Vec2Model.from_pretrained(folder, local_files_only=True,
                                                                  output_loading_info=True)
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{folder}: wav2vec2 does not load ({err}); download it again") from err
+        except (OSError, ValueError, pickle.UnpicklingError) as err:
+            raise CheckpointError(f"{folder}: wav2vec2 does not load ({type(err).__name__}: "
+                                  f"{load_failure(err)}); download {WAV2VEC2_DIR}/ of the Wan2.2-S2V-14B "
+                                  "release again") from err
         # The release is a CTC model: its lm_head is not used (the official code reads the hidden
         # states); any other difference would leave weights random.
         # Mismatches are (name, stored shape, expected shape).

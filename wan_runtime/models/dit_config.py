@@ -87,7 +87,7 @@ def read_json_object(path: Path, where: str) -> dict:
         )
     try:
         raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise CheckpointError(f"{path} is not readable JSON ({err}); restore it from the release") from err
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} must hold a JSON object; restore it from the release")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import mmap
+import re
 import struct
 import zipfile
 import zlib
@@ -109,6 +110,19 @@ def _damaged_records(path: Path, size: int, mtime_ns: int) -> tuple[str, ...]:
     return tuple(damaged)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_REFUSED = re.compile(r"WeightsUnpickler error: (.*?)(?: Please use|$)", re.MULTILINE)
+
+
+def load_failure(err: Exception) -> str:
+    """What ``torch.load(weights_only=True)``'s error ``err`` says went wrong, in one line: for a
+    pickle refused, what it would have run, without torch's advice to load it unchecked (which
+    runs the file's code)."""
+    refused = _REFUSED.search(str(err))
+    line = refused.group(1) if refused else next(iter(str(err).strip().splitlines()), "")
+    return _ANSI.sub("", line).strip()[:300]
+
+
 def load_state_dict(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
     """The memory-mapped tensors of the ``torch.save`` file ``path``, read with
     ``weights_only=True``; it must hold a flat name -> tensor dict, and each record its CRC-32
@@ -117,10 +131,9 @@ def load_state_dict(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch reports damaged archives and refused pickles with many types
-        first_line = next(iter(str(err).splitlines()), "")
         raise CheckpointError(f"{what} {path} cannot be loaded as plain tensors ({type(err).__name__}: "
-                              f"{first_line}): it is unreadable, corrupt or holds more than a state dict; "
-                              f"{fix}") from err
+                              f"{load_failure(err)}): it is unreadable, corrupt or holds more than a state "
+                              f"dict; {fix}") from err
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
