@@ -71,14 +71,6 @@ exit 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ffmpeg", "out.mp4", "written_as"]
 
 
-def test_ffmpeg_stopped_by_a_signal_says_which_and_why(tmp_path, monkeypatch):
-    _fake_ffmpeg(tmp_path, monkeypatch, "cat > /dev/null\nkill -XFSZ $$\n")
-    with pytest.raises(OSError, match=r"could not write .*out.mp4: ffmpeg failed on signal SIGXFSZ: the "
-                                      r"file-size limit \(ulimit -f\) was reached \(no reason given\)"):
-        write_mp4(torch.zeros(3, 5, 32, 32), tmp_path / "out.mp4", fps=24, metadata={})
-    assert [p.name for p in tmp_path.iterdir()] == ["ffmpeg"]
-
-
 def test_a_missing_or_unfit_ffmpeg_is_told_with_the_fix(tmp_path, monkeypatch):
     assert video_io.writer_problem() is None
     monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "nowhere"))
@@ -94,11 +86,15 @@ def test_a_missing_or_unfit_ffmpeg_is_told_with_the_fix(tmp_path, monkeypatch):
     assert "fails with exit status 127 (cannot load libavcodec.so)" in video_io.writer_problem()
 
 
-def test_ffmpeg_failing_at_exit_is_an_error(tmp_path, monkeypatch):
-    # An ffmpeg that reads every frame and then fails silently must still give an error, and no file.
-    _fake_ffmpeg(tmp_path, monkeypatch, "cat > /dev/null\nexit 1\n")
-    with pytest.raises(OSError, match=r"could not write .*out.mp4: ffmpeg failed with exit status 1 "
-                                      r"\(no reason given\)"):
+@pytest.mark.parametrize(("ending", "told"), [
+    ("exit 1", "with exit status 1"),
+    ("kill -XFSZ $$", r"on signal SIGXFSZ: the file-size limit \(ulimit -f\) was reached"),
+])
+def test_ffmpeg_failing_at_exit_is_an_error(tmp_path, monkeypatch, ending, told):
+    """An ffmpeg that reads every frame and then fails silently, or is stopped by a signal (which
+    is named, with what it says of the machine), must still give an error, and no file."""
+    _fake_ffmpeg(tmp_path, monkeypatch, f"cat > /dev/null\n{ending}\n")
+    with pytest.raises(OSError, match=rf"could not write .*out.mp4: ffmpeg failed {told} \(no reason given"):
         write_mp4(torch.zeros(3, 5, 32, 32), tmp_path / "out.mp4", fps=24, metadata={})
     assert [p.name for p in tmp_path.iterdir()] == ["ffmpeg"]
 
