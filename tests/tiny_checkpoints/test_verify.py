@@ -41,13 +41,14 @@ def _etag(path: Path) -> str:
 
 
 def _record_local_dir(root: Path, names: list[str], base: Path | None = None) -> None:
-    """The records ``hf download --local-dir base`` leaves for the files ``names`` of ``root``."""
+    """The records ``hf download --local-dir base`` leaves for the files ``names`` of ``root``,
+    written by huggingface_hub's own writer."""
+    from huggingface_hub._local_folder import write_download_metadata
+
     base = root if base is None else base
     for name in names:
         path = root / name
-        metadata = base / ".cache" / "huggingface" / "download" / f"{path.relative_to(base)}.metadata"
-        metadata.parent.mkdir(parents=True, exist_ok=True)
-        metadata.write_text(f"{'a' * 40}\n{_etag(path)}\n{time.time()}\n")
+        write_download_metadata(base, path.relative_to(base).as_posix(), "a" * 40, _etag(path))
 
 
 def _flip_byte(path: Path, offset: int = 4096) -> None:
