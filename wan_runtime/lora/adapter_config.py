@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,10 @@ _DEFAULT_RANK, _DEFAULT_ALPHA = 8, 8
 
 class AdapterConfigProblem(ValueError):
     """A saved adapter config that cannot say a module's scale; the message says why."""
+
+
+class PatternTimeout(AdapterConfigProblem):
+    """Matching a config's patterns ran past its time: a problem of the config, not of a module."""
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,15 @@ class AdapterConfig:
                                            f"{pattern!r}")
         return cls(source, int(r), float(alpha), dict(ranks), dict(alphas), rslora)
 
-    def alpha(self, module: str, rank: int) -> float:
+    def alpha(self, module: str, rank: int, deadline: float) -> float:
         """The alpha that scales ``module``'s factors of rank ``rank`` by ``alpha / rank`` as peft
-        scales them; ``AdapterConfigProblem`` when the config gives the module another rank."""
-        r = _matching(self.rank_pattern, module, self.r)
+        scales them; ``AdapterConfigProblem`` when the config gives the module another rank, and
+        ``PatternTimeout`` when matching its patterns runs past ``deadline`` (``time.monotonic``)."""
+        r = _matching(self.rank_pattern, module, self.r, deadline)
         if r != rank:
             raise AdapterConfigProblem(f"{self.source} gives {module!r} rank {r:g}, and its factors are of "
                                        f"rank {rank}")
-        alpha = _matching(self.alpha_pattern, module, self.lora_alpha)
+        alpha = _matching(self.alpha_pattern, module, self.lora_alpha, deadline)
         return alpha * math.sqrt(rank) if self.use_rslora else alpha
 
 
@@ -108,23 +114,30 @@ def _number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _matching(patterns: Mapping[str, float], module: str, default: float) -> float:
+def _matching(patterns: Mapping[str, float], module: str, default: float, deadline: float) -> float:
     """The value of the first pattern that names ``module`` (peft: the pattern matches a whole
     trailing run of the module's dotted name), else ``default``."""
     for pattern, value in patterns.items():
         try:
             # The regex module (re's superset), for its time-out: a file's pattern may backtrack
             # for hours on a module's name.
-            if regex.match(rf"(.*\.)?({pattern})$", module, timeout=_MATCH_SECONDS):
+            if regex.match(rf"(.*\.)?({pattern})$", module, timeout=max(deadline - time.monotonic(), 1e-6)):
                 return float(value)
         except regex.error as err:
             problem = f"its pattern {pattern!r} is not a regular expression ({err})"
             raise AdapterConfigProblem(problem) from None
         except TimeoutError:
-            problem = (f"its pattern {pattern!r} took over {_MATCH_SECONDS:g} s to match {module!r} (it "
-                       "backtracks without end); a pattern names modules, as blocks.0.self_attn.q does")
-            raise AdapterConfigProblem(problem) from None
+            raise PatternTimeout(f"matching its patterns to the modules' names took over {MATCH_SECONDS:g} "
+                                 f"s, the last {pattern!r} to {module!r} (it backtracks without end); a "
+                                 "pattern names modules, as blocks.0.self_attn.q does") from None
     return default
 
 
-_MATCH_SECONDS = 1.0
+# The time matching a config's patterns to every module's name may take (thousands of matches).
+MATCH_SECONDS = 5.0
+
+
+def match_deadline() -> float:
+    """When matching a config's patterns to a file's modules, started now, must end
+    (``time.monotonic``): ``MATCH_SECONDS`` from now."""
+    return time.monotonic() + MATCH_SECONDS

@@ -12,7 +12,14 @@ from safetensors import SafetensorError, safe_open
 
 from wan_runtime.errors import InputError
 from wan_runtime.input_files import file_problem, lfs_pointer_problem
-from wan_runtime.lora.adapter_config import PEFT_CONFIG, AdapterConfig, AdapterConfigProblem, saved_config
+from wan_runtime.lora.adapter_config import (
+    PEFT_CONFIG,
+    AdapterConfig,
+    AdapterConfigProblem,
+    PatternTimeout,
+    match_deadline,
+    saved_config,
+)
 from wan_runtime.lora.keys import (
     ALPHA,
     DIFF_B,
@@ -239,19 +246,25 @@ def _saved_alphas(modules: dict[str, ModuleUpdate], header: dict[str, str] | Non
                     "the LoRA adapter_model.safetensors as peft does"]
         return []
     problems = []
-    for module, update in modules.items():
-        problem = _give_alpha(module, update, config) if DOWN in update.parts else None
-        if problem is not None:
-            problems.append(problem)
+    deadline = match_deadline()
+    try:
+        for module, update in modules.items():
+            problem = _give_alpha(module, update, config, deadline) if DOWN in update.parts else None
+            if problem is not None:
+                problems.append(problem)
+    except PatternTimeout as err:
+        return [str(err)]
     return problems
 
 
-def _give_alpha(module: str, update: ModuleUpdate, config: AdapterConfig) -> str | None:
+def _give_alpha(module: str, update: ModuleUpdate, config: AdapterConfig, deadline: float) -> str | None:
     if ALPHA in update.parts:
         return (f"{module!r} has an alpha tensor, and {config.source} gives every module its alpha: "
                 "which one holds is not known")
     try:
-        alpha = config.alpha(module, update.rank)
+        alpha = config.alpha(module, update.rank, deadline)
+    except PatternTimeout:
+        raise
     except AdapterConfigProblem as err:
         return str(err)
     # float64: alpha / rank is then the config's scale to a double's rounding.
