@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -231,9 +232,12 @@ def _hash_one(root: Path, name: str, stop: threading.Event) -> FileDigest:
 
 def _differing_message(spec: TaskSpec, result: CheckpointVerification) -> str:
     differing = result.differing
-    names = " ".join(file.path for file in differing)
-    in_cache = all("Hugging Face cache" in (file.record or "") for file in differing)
-    where = "--force-download" if in_cache else f"--local-dir {result.root}"
+    names = " ".join(shlex.quote(file.path) for file in differing)
+    # --force-download: the downloader trusts a file its record still matches by time and ETag,
+    # which a file damaged in place (or on the way, with its record written after) keeps.
+    blob = (result.root / differing[0].path).resolve()
+    where = (f"--cache-dir {shlex.quote(str(blob.parents[2]))}" if blob.parent.name == "blobs" else
+             f"--local-dir {shlex.quote(str(result.root))}")
     return (f"{result.root}: {'; '.join(file.describe() for file in differing)}; damaged in the download or "
             f"changed since: download {'it' if len(differing) == 1 else 'them'} again (hf download "
-            f"{spec.release} {names} {where})")
+            f"{spec.release} {names} {where} --force-download)")

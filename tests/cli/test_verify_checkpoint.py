@@ -64,7 +64,7 @@ def test_a_file_that_differs_stops_the_run_before_loading(release, capsys, no_lo
     assert error.startswith(f"error: {release}: {shard.name} (")
     assert "DIFFERS from its download record" in error
     assert error.endswith(f"download it again (hf download Wan-AI/Wan2.2-TI2V-5B {shard.name} --local-dir "
-                          f"{release})")
+                          f"{release} --force-download)")
 
 
 def _problems(*argv: str) -> list[str]:

@@ -98,7 +98,7 @@ def test_a_damaged_weight_file_is_named_with_the_download_that_mends_it(release,
         verify_checkpoint(task, root)
     message = str(err.value)
     assert f"{damaged} (" in message and "DIFFERS from its download record" in message
-    assert f"hf download {TASKS[task].release} {damaged} --local-dir {root}" in message
+    assert f"hf download {TASKS[task].release} {damaged} --local-dir {root} --force-download" in message
     assert sum(name in message for name in names) == 1
 
 
@@ -132,7 +132,9 @@ def test_the_hub_cache_blobs_are_the_records(tmp_path):
     assert all(file.matches for file in result.files) and len(result.files) == len(names)
     damaged = "low_noise_model/diffusion_pytorch_model-00001-of-00002.safetensors"
     _flip_byte((snapshot / damaged).resolve())
-    with pytest.raises(CheckpointError, match=f"{damaged} .*the Hugging Face cache.*--force-download"):
+    with pytest.raises(CheckpointError, match=f"{damaged} .*the Hugging Face cache.*hf download "
+                                              f"Wan-AI/Wan2.2-I2V-A14B {damaged} --cache-dir {cache.parent} "
+                                              "--force-download"):
         verify_checkpoint("i2v-A14B", snapshot)
 
 
