@@ -73,8 +73,11 @@ def write_mp4(
     fps: int,
     metadata: Mapping[str, object],
     audio: str | Path | np.ndarray | None = None,
+    keep_existing: bool = False,
 ) -> Path:
-    """Write ``video`` ([3, F, H, W] in [-1, 1]) to ``path`` as an H.264 MP4 at ``fps``.
+    """Write ``video`` ([3, F, H, W] in [-1, 1]) to ``path`` as an H.264 MP4 at ``fps``; returns
+    the path written: ``path``, or with ``keep_existing`` where a file has that name, the first
+    free ``<stem>_<n>.mp4``, claimed so that two writers at once never take one name.
 
     ``metadata`` is stored as JSON in the file's ``comment`` tag. ``audio`` (an audio file, or
     mono 16 kHz samples) becomes the file's sound track, cut to the video's length: copied as it
@@ -104,7 +107,10 @@ def write_mp4(
             sound = write_wav(audio, wav) if isinstance(audio, np.ndarray) else Path(audio)
             _mux(silent, sound, tmp, seconds=len(frames) / fps)
         _sync(tmp)
-        os.replace(tmp, path)
+        if keep_existing:
+            path = _claim(tmp, path)
+        else:
+            os.replace(tmp, path)
     except Exception as err:
         _remove(tmp, silent, wav, tags)
         raise OSError(f"could not write {path}: {str(err).strip() or type(err).__name__}") from err
@@ -119,6 +125,26 @@ def write_mp4(
 
 # The bytes of a temporary file's name besides the video's stem (".", ".", the token, ".", the kind).
 _OWN_BYTES = 23
+
+
+def _claim(tmp: Path, path: Path) -> Path:
+    """Give the file ``tmp`` the name ``path``, or the first free ``<stem>_<n><suffix>``, never
+    replacing a file: a hard link fails where the name is taken, whoever took it."""
+    name, count = path, 0
+    while True:
+        try:
+            os.link(tmp, name)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: a check, then the rename
+            if not name.exists():
+                os.replace(tmp, name)
+                return name
+        else:
+            tmp.unlink()
+            return name
+        count += 1
+        name = path.with_stem(f"{path.stem}_{count}")
 
 
 def name_max(folder: Path) -> int:

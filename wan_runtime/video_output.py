@@ -44,23 +44,13 @@ def default_save_file(task: str, size: str, prompt: str, now: datetime | None, u
     return Path(f"{task}_{size_part}_{ulysses_size}_{stub}_{stamp}{line}.mp4")
 
 
-def _unused(name: Path) -> Path:
-    """The default ``name``, or where a file has it (another run of the same prompt that ended in
-    the same second, say with another seed), the first free ``<name>_<n>.mp4``: a name the user
-    did not give replaces nothing."""
-    free, count = name, 1
-    while free.exists():
-        free, count = name.with_stem(f"{name.stem}_{count}"), count + 1
-    return free
-
-
 def write_video(
     config: GenerateConfig, pipeline: Pipeline, video: torch.Tensor, load_s: float | None
 ) -> None:
     """Write the MP4 and print what made it (the load time, unless None: another video's)."""
     report = pipeline.last_report
-    save_file = config.save_file or _unused(default_save_file(
-        config.task, config.size, config.prompt, datetime.now(), config.ulysses_size, config.batch_line))
+    save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now(),
+                                                      config.ulysses_size, config.batch_line)
     digests = input_digests(config)  # reads the inputs again: not the writing's time
     start = time.perf_counter()
     audio = _speech(config)
@@ -77,7 +67,10 @@ def write_video(
     telemetry = {"step_cache": report.step_cache} if report.step_cache else {}
     metadata = {**settings, **telemetry, FLAGS_KEY: recorded_flags(config, report.seed),
                 INPUTS_KEY: digests}
-    write_mp4(video, save_file, fps=pipeline.fps, metadata=metadata, audio=audio)
+    # A name the user did not give replaces nothing (another run of the prompt that ended in the
+    # same second, say with another seed).
+    save_file = write_mp4(video, save_file, fps=pipeline.fps, metadata=metadata, audio=audio,
+                          keep_existing=config.save_file is None)
     write_s = time.perf_counter() - start
 
     frames, height, width = video.shape[1:]

@@ -138,19 +138,6 @@ def test_default_save_file_is_the_official_name():
         == f"ti2v-5B_{size}_1_a_cat_at_night___20250728_000000.mp4"
 
 
-def test_a_default_name_taken_gets_a_number(tmp_path, monkeypatch):
-    """Two runs of one prompt ending in one second (two seeds on two GPUs) keep both videos."""
-    from wan_runtime.video_output import _unused
-
-    monkeypatch.chdir(tmp_path)
-    name = Path("ti2v-5B_1280*704_1_cat_20250728_000000.mp4")
-    assert _unused(name) == name
-    name.write_bytes(b"the first")
-    assert _unused(name) == Path("ti2v-5B_1280*704_1_cat_20250728_000000_1.mp4")
-    _unused(name).write_bytes(b"the second")
-    assert _unused(name) == Path("ti2v-5B_1280*704_1_cat_20250728_000000_2.mp4")
-
-
 # (argv after the checkpoint arguments, task, expected words in the single error line)
 BAD_INPUTS = {
     "unknown task": (["--task", "t2v-A14B", "--demo"], None, ["unknown task 't2v-A14B'", "ti2v-5B"]),

@@ -136,6 +136,23 @@ def test_interrupted_write_stops_ffmpeg_and_leaves_nothing(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_default_name_taken_gets_a_number(tmp_path, monkeypatch):
+    """Two runs of one prompt ending in one second (two seeds on two GPUs) keep both videos: a
+    name the user did not give replaces nothing, and two writers never claim one name."""
+    monkeypatch.chdir(tmp_path)
+    name = Path("ti2v-5B_1280*704_1_cat_20250728_000000.mp4")
+    video = torch.zeros(3, 1, 16, 16)
+    assert write_mp4(video, name, fps=16, metadata={"n": 1}, keep_existing=True) == name
+    assert write_mp4(video, name, fps=16, metadata={"n": 2}, keep_existing=True) == Path(
+        "ti2v-5B_1280*704_1_cat_20250728_000000_1.mp4")
+    # Without hard links (a FAT or network drive) the name is checked, then taken.
+    monkeypatch.setattr("os.link", lambda *args: (_ for _ in ()).throw(PermissionError(1, "no links")))
+    assert write_mp4(video, name, fps=16, metadata={"n": 3}, keep_existing=True) == Path(
+        "ti2v-5B_1280*704_1_cat_20250728_000000_2.mp4")
+    assert [read_settings(path)["n"] for path in sorted(tmp_path.glob("*.mp4"))] == [1, 2, 3]
+    assert not list(tmp_path.glob(".*"))
+
+
 def test_colours_are_tagged_and_the_index_comes_first(tmp_path):
     """The BT.601 matrix ffmpeg converts with is named (untagged, players take HD video for BT.709),
     and the index precedes the frames, for playing while downloading."""
