@@ -9,6 +9,7 @@ than librosa's, which differ by a fraction of a percent of the signal.
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -56,9 +57,13 @@ def decode_audio(path: str | Path, label: str = "audio") -> np.ndarray:
     # resamples to hours of 16 kHz samples, gigabytes, before any length is known.
     command = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path), "-vn", "-map", "0:a:0",
                "-t", str(MAX_SECONDS + 1), "-ar", str(SAMPLE_RATE), "-c:a", "pcm_f32le", "-f", "wav", "-"]
-    result = subprocess.run(command, capture_output=True, check=False)
-    if result.returncode != 0:
-        reason = " ".join(result.stderr.decode(errors="replace").split())[-300:] or "no reason given"
+    stdout, stderr, code = _decoded(command)
+    if stdout is None:
+        raise InputError(f"{label} {path} holds more sound than the runtime decodes, an hour of stereo (its "
+                         "channels count each); cut it or mix it down to mono (e.g. ffmpeg -i IN -ac 1 -t "
+                         f"{MAX_SECONDS} OUT.wav)")
+    if code != 0:
+        reason = " ".join(stderr.decode(errors="replace").split())[-300:] or "no reason given"
         # What ffmpeg says of a file without sound (e.g. a silent video) is about our ``-map``.
         if "matches no streams" in reason:
             raise InputError(
@@ -67,12 +72,31 @@ def decode_audio(path: str | Path, label: str = "audio") -> np.ndarray:
         raise InputError(
             f"{label} {path} cannot be decoded by ffmpeg ({reason}); pass a WAV, MP3 or FLAC file"
         )
-    channels, samples = _read_wav_stream(result.stdout)
+    channels, samples = _read_wav_stream(stdout)
     samples = samples[: samples.size // channels * channels].reshape(-1, channels).mean(axis=1)
     if samples.size > MAX_SECONDS * SAMPLE_RATE:
         raise InputError(f"{label} {path} is longer than {MAX_SECONDS // 60} minutes, the longest speech the "
                          f"runtime takes; cut it (e.g. ffmpeg -i IN -t {MAX_SECONDS} OUT.wav)")
     return check_waveform(samples, f"{label} {path}")
+
+
+# The most decoded bytes read from ffmpeg: the longest speech in stereo float32, and a header.
+_MAX_BYTES = (MAX_SECONDS + 1) * SAMPLE_RATE * 4 * 2 + 4096
+
+
+def _decoded(command: list[str]) -> tuple[bytes | None, bytes, int]:
+    """ffmpeg's output (None past ``_MAX_BYTES``: it is stopped there, as a file of many channels
+    would otherwise fill the memory), its log and its exit status."""
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
+        with process:
+            data = process.stdout.read(_MAX_BYTES + 1)
+            if len(data) > _MAX_BYTES:
+                process.kill()
+                return None, b"", -1
+            process.wait()
+        log.seek(0)
+        return data, log.read(), process.returncode
 
 
 def _read_wav_stream(data: bytes) -> tuple[int, np.ndarray]:

@@ -201,6 +201,24 @@ def test_speech_past_the_longest_taken_is_refused_before_it_is_all_decoded(tmp_p
         audio_io.decode_audio(path)
 
 
+def test_speech_of_many_channels_is_read_no_further_than_its_bytes_allow(tmp_path, monkeypatch):
+    """The cap counts each channel: a crafted file of dozens of them would fill the memory first."""
+    import wave
+
+    from wan_runtime import audio_io
+
+    path = tmp_path / "many.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(8)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(bytes(2 * 8 * 16000))  # one second
+    monkeypatch.setattr(audio_io, "_MAX_BYTES", 16000 * 4 * 4)  # two seconds of stereo
+    told = r"many.wav holds more sound than the runtime decodes, an hour of stereo \(its channels count"
+    with pytest.raises(InputError, match=told):
+        audio_io.decode_audio(path)
+
+
 def test_undecodable_audio_is_refused(s2v_pipeline, portrait, tmp_path):
     (tmp_path / "noise.mp3").write_bytes(b"not audio at all" * 10)
     with pytest.raises(InputError, match="cannot be decoded by ffmpeg"):
