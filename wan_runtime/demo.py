@@ -7,6 +7,7 @@ the video is noise; what it shows is that loading, sampling, decoding and writin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -73,7 +74,12 @@ def demo_checkpoint(task: str) -> tuple[Path, bool]:
         if problem is None:
             return folder, False
         warnings.warn(f"demo: the cached checkpoint {folder} {problem}; writing it again", stacklevel=2)
-        shutil.rmtree(folder, ignore_errors=True)
+        # Moved aside in one step first: a process removes what it moved, never a folder another
+        # has just put in place.
+        trash = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+        with contextlib.suppress(OSError):
+            folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:

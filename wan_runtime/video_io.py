@@ -325,7 +325,8 @@ def _complaint(stderr: bytes) -> str:
     """The last lines of ffmpeg's log (the cause, then what became of it: "Unknown encoder
     'libx264'", then "Encoder not found"), without their ``[component @ address]`` prefixes."""
     lines = [_LOG_PREFIX.sub("", line.strip()) for line in stderr.decode(errors="replace").splitlines()]
-    kept = list(dict.fromkeys(line for line in lines if line))[-_COMPLAINT_LINES:]
+    # Each line once, where it came last: the last line says what became of the failure.
+    kept = list(dict.fromkeys(line for line in reversed(lines) if line))[:_COMPLAINT_LINES][::-1]
     return " / ".join(kept)[-400:] if kept else "no reason given"
 
 

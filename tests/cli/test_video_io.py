@@ -71,6 +71,12 @@ exit 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ffmpeg", "out.mp4", "written_as"]
 
 
+def test_the_complaint_ends_with_ffmpegs_last_line():
+    log = b"[out @ 0x1] Error A\nframe=1\nframe=2\nsize=3\n[out @ 0x1] Error A\n"
+    assert video_io._complaint(log) == "frame=2 / size=3 / Error A"
+    assert video_io._complaint(b"\n \n") == "no reason given"
+
+
 def test_a_missing_or_unfit_ffmpeg_is_told_with_the_fix(tmp_path, monkeypatch):
     assert video_io.writer_problem() is None
     monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "nowhere"))
