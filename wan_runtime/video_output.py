@@ -51,9 +51,8 @@ def write_video(
     report = pipeline.last_report
     save_file = config.save_file or default_save_file(config.task, config.size, config.prompt, datetime.now(),
                                                       config.ulysses_size, config.batch_line)
-    digests = input_digests(config)  # reads the inputs again: not the writing's time
+    digests, audio = _inputs(config)  # reads the inputs again: not the writing's time
     start = time.perf_counter()
-    audio = _speech(config)
     cut = ""
     if config.audio is not None:
         # And ends with it: the official merge (ffmpeg -shortest) drops the last clip's frames past it.
@@ -85,6 +84,16 @@ def write_video(
     print(f"peak memory: {measured}")
     if report.cuda_graphs is not None:
         print(report.graphs_line())
+
+
+def _inputs(config: GenerateConfig) -> tuple[dict[str, str], Path | np.ndarray | None]:
+    """The input files' digests to store in the video, and its sound track (``_speech``): an
+    ``--audio`` file changed since the run read it has none, as the video is not of its sound."""
+    digests = input_digests(config)
+    audio = _speech(config)
+    if config.audio_path is not None and audio is config.audio:
+        digests.pop(str(Path(config.audio_path).absolute()), None)
+    return digests, audio
 
 
 def _speech(config: GenerateConfig) -> Path | np.ndarray | None:

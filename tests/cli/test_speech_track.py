@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from wan_runtime.audio_io import decode_audio, write_wav
-from wan_runtime.video_output import _speech
+from wan_runtime.video_output import _inputs, _speech
 
 
 def _chirp(seconds: float, pitch: float) -> np.ndarray:
@@ -22,7 +22,8 @@ def _chirp(seconds: float, pitch: float) -> np.ndarray:
 @pytest.fixture
 def speech(tmp_path):
     path = write_wav(_chirp(0.5, 220), tmp_path / "talk.wav")
-    return SimpleNamespace(audio_path=path, audio=decode_audio(path))
+    return SimpleNamespace(audio_path=path, audio=decode_audio(path), image_path=None, pose_video=None,
+                           loras=())
 
 
 def test_the_file_as_it_was_read_is_muxed(speech):
@@ -47,3 +48,12 @@ def test_a_file_changed_or_gone_gives_the_samples_the_video_was_made_from(speech
     told = f"--audio {speech.audio_path} changed or went since the run read it; the video carries the speech"
     with pytest.warns(UserWarning, match=told):
         assert _speech(speech) is speech.audio
+
+
+def test_the_stored_digest_is_of_the_sound_the_video_carries(speech):
+    digests, audio = _inputs(speech)
+    assert audio == speech.audio_path and list(digests) == [str(speech.audio_path.absolute())]
+    write_wav(_chirp(0.5, 440), speech.audio_path)
+    with pytest.warns(UserWarning, match="changed or went since the run read it"):
+        digests, audio = _inputs(speech)
+    assert audio is speech.audio and digests == {}
