@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wan_runtime.errors import CheckpointError
+from wan_runtime.models.audio_encoder import WAV2VEC2_CONFIGS, WAV2VEC2_WEIGHTS
 from wan_runtime.models.safetensors_checkpoint import INDEX_FILE, checkpoint_files
 from wan_runtime.tasks import TaskSpec, check_checkpoint_dir
 
@@ -108,14 +109,17 @@ def _size(count: int) -> str:
 def release_files(spec: TaskSpec, root: Path) -> list[str]:
     """The files of the release folder ``root`` that ``spec``'s task reads, relative to it: the T5,
     the tokenizer's folder, the VAE, each DiT's config, index and weights, and the speech
-    encoder's folder (``CheckpointError`` for a DiT folder without its weights)."""
+    encoder's configs and the one weight file transformers takes (``CheckpointError`` for a DiT
+    folder without its weights)."""
     names = [spec.t5_file, *_folder_files(root, spec.tokenizer_dir), spec.vae_file]
     for folder in spec.dit_folders:
         index = [INDEX_FILE] if (root / folder / INDEX_FILE).is_file() else []
         weights = [os.path.relpath(path, root) for path in checkpoint_files(root / folder)]
         names += [os.path.normpath(os.path.join(folder, name)) for name in ("config.json", *index)] + weights
     if spec.audio_dir is not None:
-        names += _folder_files(root, spec.audio_dir)
+        # The first of the weight files that is there, as transformers takes it.
+        present = [name for name in WAV2VEC2_WEIGHTS if (root / spec.audio_dir / name).is_file()]
+        names += [str(Path(spec.audio_dir) / name) for name in (*WAV2VEC2_CONFIGS, *present[:1])]
     return list(dict.fromkeys(Path(name).as_posix() for name in names))
 
 

@@ -35,6 +35,8 @@ SAMPLE_RATE = 16000
 WAV2VEC2_DIR = "wav2vec2-large-xlsr-53-english"
 # The weight files transformers reads from the folder, in its order of preference.
 WAV2VEC2_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# What transformers reads of the folder besides the weights: the model's and the extractor's.
+WAV2VEC2_CONFIGS = ("config.json", "preprocessor_config.json")
 # Where the weights' own count cannot be read cheaply (pytorch_model.bin), the most layers a
 # config may give: a wav2vec2 has tens.
 _MAX_LAYERS = 256
@@ -168,7 +170,7 @@ class Wav2Vec2Features:
         (``CheckpointError``)."""
         folder = Path(folder)
         weights = next((folder / name for name in WAV2VEC2_WEIGHTS if (folder / name).is_file()), None)
-        configs = all((folder / name).is_file() for name in ("config.json", "preprocessor_config.json"))
+        configs = all((folder / name).is_file() for name in WAV2VEC2_CONFIGS)
         if weights is None or not configs:
             raise CheckpointError(
                 f"{folder} is not a wav2vec2 folder (it needs config.json, preprocessor_config.json and "
