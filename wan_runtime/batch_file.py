@@ -173,7 +173,7 @@ def read_batch(path: Path, parser: argparse.ArgumentParser) -> tuple[list[tuple[
         except json.JSONDecodeError as err:
             line_problems = [f"it is not JSON ({err.msg} at column {err.colno}); {_ONE_OBJECT}"]
         except _Unreadable as err:
-            line_problems = [f"it is JSON no flag takes ({err}); {_ONE_OBJECT}"]
+            line_problems = [f"it holds {err}, which no flag takes; {_ONE_OBJECT}"]
         except TypeError as err:
             line_problems = [str(err)]
         if line_problems:
@@ -207,8 +207,10 @@ def _parsed(line: str) -> object:
         return json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError:
         raise
-    except (ValueError, RecursionError) as err:
-        raise _Unreadable(type(err).__name__) from None
+    except ValueError:  # what json says of a number past Python's limit of digits
+        raise _Unreadable("a number of thousands of digits") from None
+    except RecursionError:
+        raise _Unreadable("nesting deeper than Python reads") from None
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
