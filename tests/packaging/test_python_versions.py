@@ -26,19 +26,28 @@ NEWER = {
 NEWER_MODULES = {"tomllib", "wsgiref.types"}
 
 
-def _runtime_imports(tree: ast.Module) -> list[tuple[str, str | None]]:
-    """(module, name) of every import outside an ``if TYPE_CHECKING:`` block."""
+def _newer_uses(tree: ast.Module) -> list[str]:
+    """``module.name`` of every name of ``NEWER`` (or module of ``NEWER_MODULES``) that ``tree``
+    imports or reads as an attribute, outside an ``if TYPE_CHECKING:`` block."""
     found = []
 
+    def type_checking(test: ast.expr) -> bool:
+        return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if isinstance(node, ast.If) and type_checking(node.test):
             for child in node.orelse:
                 visit(child)
             return
         if isinstance(node, ast.Import):
-            found.extend((alias.name, None) for alias in node.names)
+            found.extend(alias.name for alias in node.names if alias.name in NEWER_MODULES)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            found.extend((node.module, alias.name) for alias in node.names)
+            found.extend(f"{node.module}.{alias.name}" for alias in node.names
+                         if node.module in NEWER_MODULES or alias.name in NEWER.get(node.module, ()))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.attr in NEWER.get(node.value.id, ()):
+            found.append(f"{node.value.id}.{node.attr}")
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -48,13 +57,13 @@ def _runtime_imports(tree: ast.Module) -> list[tuple[str, str | None]]:
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda path: str(path.relative_to(REPO)))
 def test_python_310_reads_it(path):
-    source = path.read_text()
-    tree = ast.parse(source, str(path), feature_version=(3, 10))
-    newer = [f"{module}.{name}" if name else module for module, name in _runtime_imports(tree)
-             if module in NEWER_MODULES or name in NEWER.get(module, ())]
-    assert not newer, f"{path.name} imports {newer}, which Python 3.10 lacks (import under TYPE_CHECKING)"
+    tree = ast.parse(path.read_text(), str(path), feature_version=(3, 10))
+    newer = _newer_uses(tree)
+    assert not newer, f"{path.name} uses {newer}, which Python 3.10 lacks (import under TYPE_CHECKING)"
 
 
 def test_the_check_finds_a_newer_name():
-    tree = ast.parse("from typing import ClassVar, Self\nif TYPE_CHECKING:\n    from enum import StrEnum\n")
-    assert _runtime_imports(tree) == [("typing", "ClassVar"), ("typing", "Self")]
+    tree = ast.parse("from typing import ClassVar, Self\nimport datetime, tomllib\nnow = datetime.UTC\n"
+                     "if TYPE_CHECKING:\n    from enum import StrEnum\n"
+                     "if not TYPE_CHECKING:\n    x = typing.Never\n")
+    assert _newer_uses(tree) == ["typing.Self", "tomllib", "datetime.UTC", "typing.Never"]
