@@ -12,7 +12,6 @@ SHA-256 told, to compare with the one the release's page shows.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
@@ -24,16 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wan_runtime.errors import CheckpointError
+from wan_runtime.file_hashes import GIT_SHA1, SHA256, file_digest
 from wan_runtime.models.audio_encoder import WAV2VEC2_CONFIGS, WAV2VEC2_WEIGHTS
 from wan_runtime.models.safetensors_checkpoint import INDEX_FILE, checkpoint_files
 from wan_runtime.tasks import TaskSpec, check_checkpoint_dir
 
 # Hugging Face's ETag of a file: its SHA-256 (LFS, Xet) or the SHA-1 of its git blob.
-SHA256, GIT_SHA1 = "sha256", "git-sha1"
 _ETAG_KINDS = {64: SHA256, 40: GIT_SHA1}
 _HEX = re.compile(r"[0-9a-f]+")
 _METADATA = Path(".cache", "huggingface", "download")
-_CHUNK = 16 << 20
 # Threads hashing files at once: hashlib lets go of the GIL, and a server's disk reads faster
 # than one core hashes.
 _WORKERS = 4
@@ -159,21 +157,6 @@ def _metadata_record(metadata: Path) -> tuple[str, str, str] | None:
 
 def _etag_kind(etag: str) -> str | None:
     return _ETAG_KINDS.get(len(etag)) if _HEX.fullmatch(etag) else None
-
-
-def file_digest(path: Path, kind: str = SHA256, stop: threading.Event | None = None) -> str:
-    """The hex digest of the file ``path``: its SHA-256, or (``GIT_SHA1``) the SHA-1 git gives the
-    blob of its bytes, as ``git hash-object`` does. Once ``stop`` is set it stops reading and
-    raises ``InterruptedError``."""
-    size = path.stat().st_size
-    sha = hashlib.sha256() if kind == SHA256 else hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
-    buffer = bytearray(_CHUNK)
-    with path.open("rb", buffering=0) as file, memoryview(buffer) as view:
-        while read := file.readinto(buffer):
-            if stop is not None and stop.is_set():
-                raise InterruptedError(f"stopped hashing {path}")
-            sha.update(view[:read])
-    return sha.hexdigest()
 
 
 def verify_checkpoint(

@@ -20,8 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from wan_runtime import __version__
-from wan_runtime.checkpoint_verify import file_digest, release_files
+from wan_runtime.checkpoint_verify import release_files
 from wan_runtime.errors import CheckpointError
+from wan_runtime.file_hashes import file_digest
 from wan_runtime.tasks import check_checkpoint_dir
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
 

@@ -5,16 +5,16 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from wan_runtime.file_hashes import file_digest
 
 if TYPE_CHECKING:
     from wan_runtime.cli_args import GenerateConfig
 
 # The key of a video's settings that holds the digests, by absolute path.
 INPUTS_KEY = "input_files"
-_CHUNK = 1 << 20
 
 
 def input_files(config: GenerateConfig) -> list[Path]:
@@ -29,13 +29,13 @@ def input_digests(config: GenerateConfig) -> dict[str, str]:
     digests = {}
     for path in input_files(config):
         try:
-            digests[str(path)] = file_digest(path)
+            digests[str(path)] = _recorded_digest(path)
         except OSError:
             continue
     return digests
 
 
-def file_digest(path: Path) -> str:
+def _recorded_digest(path: Path) -> str:
     """``sha256:<hex>`` of the file ``path``, read once per size and time of change (a batch's
     videos share their files)."""
     stat = path.stat()
@@ -44,11 +44,7 @@ def file_digest(path: Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _digest(path: Path, size: int, mtime_ns: int) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(_CHUNK):
-            sha.update(chunk)
-    return f"sha256:{sha.hexdigest()}"
+    return f"sha256:{file_digest(path)}"
 
 
 def changed_files(recorded: object, config: GenerateConfig) -> list[Path]:
@@ -59,6 +55,6 @@ def changed_files(recorded: object, config: GenerateConfig) -> list[Path]:
     changed = []
     for path in input_files(config):
         then = recorded.get(str(path))
-        if isinstance(then, str) and path.is_file() and file_digest(path) != then:
+        if isinstance(then, str) and path.is_file() and _recorded_digest(path) != then:
             changed.append(path)
     return changed

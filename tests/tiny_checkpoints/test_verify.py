@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import wan_runtime
-from wan_runtime.checkpoint_verify import GIT_SHA1, SHA256, file_digest, release_files, verify_checkpoint
+from wan_runtime.checkpoint_verify import release_files, verify_checkpoint
 from wan_runtime.errors import CheckpointError
+from wan_runtime.file_hashes import GIT_SHA1, SHA256, file_digest
 from wan_runtime.models.audio_encoder import WAV2VEC2_DIR
 from wan_runtime.tasks import TASKS
 from wan_runtime.tiny_checkpoints import write_task_checkpoint
