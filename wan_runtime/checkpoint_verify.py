@@ -6,8 +6,9 @@ check of names, headers and sizes; the DiT's safetensors carry no checksum of th
 Face's downloader keeps each file's ETag, which is the file's SHA-256 for one stored through LFS or
 Xet (the weights) and its git blob SHA-1 for a small one: ``hf download --local-dir`` in
 ``.cache/huggingface/download/<file>.metadata`` beside the files, its cache as the name of the blob
-each of a snapshot's links points to. A file with no such record (ModelScope keeps none) gets its
-SHA-256 told, to compare with the one the release's page shows.
+each of a snapshot's links points to; a git clone keeps the same in its index
+(``wan_runtime.git_records``). A file with no such record (ModelScope keeps none) gets its SHA-256
+told, to compare with the one the release's page shows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from wan_runtime.errors import CheckpointError
 from wan_runtime.file_hashes import GIT_SHA1, SHA256, file_digest
+from wan_runtime.git_records import GIT_INDEX, Record, git_records
 from wan_runtime.models.audio_encoder import WAV2VEC2_CONFIGS, WAV2VEC2_WEIGHTS
 from wan_runtime.models.safetensors_checkpoint import INDEX_FILE, checkpoint_files
 from wan_runtime.tasks import TaskSpec, check_checkpoint_dir
@@ -126,7 +128,7 @@ def _folder_files(root: Path, folder: str) -> list[str]:
                   if path.is_file() and not path.name.startswith("."))
 
 
-def download_record(root: Path, name: str) -> tuple[str, str, str] | None:
+def download_record(root: Path, name: str) -> Record | None:
     """The digest Hugging Face's downloader recorded for the file ``name`` of ``root``: its kind,
     its hex value and where it was found (the ``.metadata`` file of a ``--local-dir`` download in
     the folder or one above it, or the cache's blob that the file links to); None without one."""
@@ -145,7 +147,7 @@ def download_record(root: Path, name: str) -> tuple[str, str, str] | None:
     return None
 
 
-def _metadata_record(metadata: Path) -> tuple[str, str, str] | None:
+def _metadata_record(metadata: Path) -> Record | None:
     try:
         lines = metadata.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
@@ -163,18 +165,22 @@ def verify_checkpoint(
     task: str, ckpt_dir: str | Path, *, progress: Callable[[FileDigest, int, int], None] | None = None,
 ) -> CheckpointVerification:
     """Hash every file ``task`` reads from its release folder ``ckpt_dir`` (``release_files``)
-    and compare each with the digest its Hugging Face download recorded (``download_record``),
-    several files at once; ``progress`` is called with each file as it is done, how many are done
-    and how many there are. Raises
-    ``CheckpointError`` naming every file that differs, with the command that downloads them
-    again; a file without a record is not an error (its SHA-256 is in the result)."""
+    and compare each with the digest its Hugging Face download recorded (``download_record``) or,
+    for a git clone, its index (``git_records``), several files at once; ``progress`` is called
+    with each file as it is done, how many are done and how many there are. Raises
+    ``CheckpointError`` naming every file that differs, with the command that fetches them again;
+    a file without a record is not an error (its SHA-256 is in the result)."""
     spec = check_checkpoint_dir(task, ckpt_dir)
     root = Path(ckpt_dir)
     names = release_files(spec, root)
     start = time.perf_counter()
+    records = {name: download_record(root, name) for name in names}
+    unrecorded = [name for name, record in records.items() if record is None]
+    if unrecorded:  # a git clone's own records, read in a few calls of git for all the files
+        records.update(git_records(root, unrecorded))
     done = []
     try:
-        for file in _hashed(root, names):
+        for file in _hashed(root, names, records):
             done.append(file)
             if progress is not None:
                 progress(file, len(done), len(names))
@@ -189,14 +195,14 @@ def verify_checkpoint(
     return result
 
 
-def _hashed(root: Path, names: list[str]) -> Iterator[FileDigest]:
+def _hashed(root: Path, names: list[str], records: dict[str, Record | None]) -> Iterator[FileDigest]:
     # The largest first, so that the last to finish is a small one.
     names = sorted(names, key=lambda name: -(root / name).stat().st_size)
     # Set when the caller stops early (an error, Ctrl-C): the threads stop within a chunk, and the
     # process does not wait for gigabytes more of hashing.
     stop = threading.Event()
     with ThreadPoolExecutor(min(_WORKERS, len(names))) as pool:
-        futures = [pool.submit(_hash_one, root, name, stop) for name in names]
+        futures = [pool.submit(_hash_one, root, name, records.get(name), stop) for name in names]
         try:
             for future in as_completed(futures):
                 yield future.result()
@@ -206,9 +212,8 @@ def _hashed(root: Path, names: list[str]) -> Iterator[FileDigest]:
                 future.cancel()
 
 
-def _hash_one(root: Path, name: str, stop: threading.Event) -> FileDigest:
+def _hash_one(root: Path, name: str, record: Record | None, stop: threading.Event) -> FileDigest:
     path = root / name
-    record = download_record(root, name)
     kind = SHA256 if record is None else record[0]
     digest = file_digest(path, kind, stop)
     size = path.stat().st_size
@@ -220,11 +225,15 @@ def _hash_one(root: Path, name: str, stop: threading.Event) -> FileDigest:
 def _differing_message(spec: TaskSpec, result: CheckpointVerification) -> str:
     differing = result.differing
     names = " ".join(shlex.quote(file.path) for file in differing)
+    them = "it" if len(differing) == 1 else "them"
+    told = (f"{result.root}: {'; '.join(file.describe() for file in differing)}; damaged in the download "
+            "or changed since")
+    if all(GIT_INDEX in (file.record or "") for file in differing):
+        return (f"{told}: restore {them} from the clone (git -C {shlex.quote(str(result.root))} checkout -- "
+                f"{names}; git lfs fsck first checks the clone's own copies of the weights)")
     # --force-download: the downloader trusts a file its record still matches by time and ETag,
     # which a file damaged in place (or on the way, with its record written after) keeps.
     blob = (result.root / differing[0].path).resolve()
     where = (f"--cache-dir {shlex.quote(str(blob.parents[2]))}" if blob.parent.name == "blobs" else
              f"--local-dir {shlex.quote(str(result.root))}")
-    return (f"{result.root}: {'; '.join(file.describe() for file in differing)}; damaged in the download or "
-            f"changed since: download {'it' if len(differing) == 1 else 'them'} again (hf download "
-            f"{spec.release} {names} {where} --force-download)")
+    return f"{told}: download {them} again (hf download {spec.release} {names} {where} --force-download)"

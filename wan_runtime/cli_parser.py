@@ -224,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without loading a model")
     p.add_argument("--verify_checkpoint", action="store_true",
                    help="first hash every file the task reads from --ckpt_dir (30-70 GB) and compare each "
-                        "with the digest its Hugging Face download recorded (hf download --local-dir, or the "
-                        "hub's cache): a file that differs stops the run, one without a record has its "
-                        "SHA-256 printed (with --dry_run, no model loads)")
+                        "with the digest its Hugging Face download recorded (hf download --local-dir, the "
+                        "hub's cache, or a git clone's index): a file that differs stops the run, one "
+                        "without a record has its SHA-256 printed (with --dry_run, no model loads)")
     p.add_argument("--skip_existing", action="store_true",
                    help="make no video whose --save_file (a --batch line's save_file) already exists, as "
                         "when running an interrupted batch again")

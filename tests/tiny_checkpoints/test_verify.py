@@ -145,6 +145,44 @@ def test_the_hub_cache_blobs_are_the_records(tmp_path):
         verify_checkpoint("i2v-A14B", snapshot)
 
 
+def _git_clone(repo: Path, lfs: tuple[str, ...]) -> None:
+    """``repo`` as a git-lfs clone holds it: the files of ``lfs`` indexed as the pointers git-lfs
+    writes (their working copies the files themselves), the others as blobs."""
+    git = shutil.which("git")
+
+    def run(*args: str, data: bytes | None = None) -> str:
+        done = subprocess.run([git, "-C", str(repo), *args], input=data, capture_output=True, check=True)
+        return done.stdout.decode()
+
+    run("init", "-q")
+    for path in sorted(p for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts):
+        name = path.relative_to(repo).as_posix()
+        if path.suffix not in lfs:
+            run("add", name)
+            continue
+        pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{_etag(path)}\n"
+                   f"size {path.stat().st_size}\n").encode()
+        blob = run("hash-object", "-w", "--stdin", data=pointer).strip()
+        run("update-index", "--add", "--cacheinfo", f"100644,{blob},{name}")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_a_git_clones_index_is_the_record(tmp_path):
+    repo = tmp_path / "Wan2.2-I2V-A14B"
+    root = write_task_checkpoint("i2v-A14B", repo / "release", seed=4)
+    _git_clone(repo, _LFS)
+    result = verify_checkpoint("i2v-A14B", root)
+    assert all(file.matches for file in result.files)
+    kinds = {file.path: (file.kind, file.record) for file in result.files}
+    assert kinds["Wan2.1_VAE.pth"] == (SHA256, f"the git-lfs pointer in the git index of {repo.resolve()}")
+    assert kinds["high_noise_model/config.json"] == (GIT_SHA1, f"the git index of {repo.resolve()}")
+    damaged = "high_noise_model/diffusion_pytorch_model-00002-of-00002.safetensors"
+    _flip_byte(root / damaged)
+    told = f"{damaged} .*: restore it from the clone .git -C {root} checkout -- {damaged}; git lfs fsck first"
+    with pytest.raises(CheckpointError, match=told):
+        verify_checkpoint("i2v-A14B", root)
+
+
 def test_files_without_records_get_their_sha256(release, tmp_path):
     task, root = release
     root = _copy(root, tmp_path)
