@@ -118,7 +118,8 @@ def test_unknown_model_type(folder, model_type):
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("eps", -1, "eps must be a small positive number"), ("eps", 0, "eps must be"),
-    ("text_len", 0, "text_len must be a positive token count, got 0"),
+    ("text_len", 0, "text_len must be a token count from 1 to 65,536 (the release's is 512), got 0"),
+    ("text_len", 10**10, "text_len must be a token count from 1 to 65,536"),
     ("eps", None, "float() argument must be"), ("dim", "wide", "dim 'wide' must be whole numbers"),
     ("num_layers", 2.7, "num_layers 2.7 must be whole numbers"), ("ffn_dim", "256", "ffn_dim '256' must be"),
     ("num_layers", True, "num_layers True must be"),

@@ -14,6 +14,9 @@ from wan_runtime.errors import CheckpointError
 from wan_runtime.models.block_numbers import numbered_blocks
 
 SUPPORTED_MODEL_TYPES = ("i2v", "ti2v")
+# The most context tokens a config may pad prompts to: 128 times the release's, and a context of
+# hundreds of megabytes a forward at the DiTs' widths, not terabytes.
+MAX_TEXT_LEN = 1 << 16
 _REQUIRED_KEYS = ("dim", "ffn_dim", "freq_dim", "in_dim", "out_dim", "num_heads", "num_layers")
 
 
@@ -41,8 +44,10 @@ class DiTConfig:
             raise ValueError(
                 f"dim {self.dim} must split into {self.num_heads} heads of even size"
             )
-        if self.text_len < 1:
-            raise ValueError(f"text_len must be a positive token count, got {self.text_len}")
+        # The prompt's context is padded to text_len tokens (the release's 512) for every forward.
+        if not 1 <= self.text_len <= MAX_TEXT_LEN:
+            raise ValueError(f"text_len must be a token count from 1 to {MAX_TEXT_LEN:,} (the release's is "
+                             f"512), got {self.text_len}")
         if not 0 < self.eps < 1:  # also refuses NaN; the release's is 1e-6
             raise ValueError(f"eps must be a small positive number (the norms' epsilon), got {self.eps}")
 
